@@ -1,0 +1,918 @@
+//! `proxy.toml`: its tables as types, loaded and validated once.
+//!
+//! [`RawConfig`] mirrors the file (unknown keys are errors); [`Config::from_raw`] resolves secrets from
+//! the environment or files, parses URLs and addresses, checks every cross-reference and builds the
+//! runtime types the request path uses without re-checking. Every error names the key it is about
+//! (`backends[0].url: …`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+use crate::auth::{HaptikClient, HaptikClients};
+use crate::signing::CsmlKey;
+
+/// A configuration error: the key it is about and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key, e.g. `backends[0].url`; empty for file-level errors.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a secret comes from: the literal string, `{ env = "VAR" }` or `{ file = "path" }`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// Written in the file itself (fine for demos, not for production).
+    Literal(String),
+    /// Read from an environment variable at load.
+    Env(String),
+    /// Read from a file at load (one trailing newline is removed).
+    File(String),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Literal(_) => f.write_str("Literal(<redacted>)"),
+            SecretSource::Env(v) => write!(f, "Env({v})"),
+            SecretSource::File(p) => write!(f, "File({p})"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SecretSource;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a string, { env = "VAR" } or { file = "path" }"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretSource, E> {
+                Ok(SecretSource::Literal(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretSource, A::Error> {
+                let mut found = None;
+                while let Some(k) = map.next_key::<String>()? {
+                    let v: String = map.next_value()?;
+                    let s = match k.as_str() {
+                        "env" => SecretSource::Env(v),
+                        "file" => SecretSource::File(v),
+                        other => return Err(de::Error::unknown_field(other, &["env", "file"])),
+                    };
+                    if found.replace(s).is_some() {
+                        return Err(de::Error::custom("give exactly one of `env` or `file`"));
+                    }
+                }
+                found.ok_or_else(|| de::Error::custom("give one of `env` or `file`"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret. `key` names the config key for errors; the value never appears in one.
+    pub fn resolve(&self, key: &str) -> Result<String, ConfigError> {
+        let value = match self {
+            SecretSource::Literal(s) => s.clone(),
+            SecretSource::Env(var) => std::env::var(var).map_err(|_| {
+                ConfigError::new(key, format!("environment variable `{var}` is not set"))
+            })?,
+            SecretSource::File(path) => {
+                let mut s = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(key, format!("cannot read `{path}`: {e}")))?;
+                if s.ends_with('\n') {
+                    s.pop();
+                    if s.ends_with('\r') {
+                        s.pop();
+                    }
+                }
+                s
+            }
+        };
+        if value.is_empty() {
+            return Err(ConfigError::new(key, "the secret is empty"));
+        }
+        Ok(value)
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub log: RawLog,
+    pub demo: Option<RawDemo>,
+    #[serde(default)]
+    pub clients: RawClients,
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`: the public listener and process settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: String,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_answer")]
+    pub max_answer_bytes: usize,
+    #[serde(default = "default_pool")]
+    pub upstream_pool_size: usize,
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+    #[serde(default = "default_pid")]
+    pub pid_file: String,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+/// `[admin]`: the metrics and health listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: String,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_filter")]
+    pub filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Human,
+            filter: default_filter(),
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[demo]`: the built-in demo bot, a CSML Chat API backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDemo {
+    pub listen: String,
+    pub api_key: String,
+    pub api_secret: SecretSource,
+}
+
+/// `[clients]`: who may call the proxy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClients {
+    #[serde(default)]
+    pub haptik: Vec<RawHaptikClient>,
+}
+
+/// `[[clients.haptik]]`: one Haptik caller. Give `token` or `token_sha256`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHaptikClient {
+    pub name: String,
+    pub client_id: String,
+    pub token: Option<SecretSource>,
+    pub token_sha256: Option<SecretSource>,
+}
+
+/// `[[backends]]`: one bot the proxy forwards to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub dialect: BackendDialect,
+    pub url: String,
+    #[serde(default)]
+    pub auth: CsmlAuthMode,
+    pub api_key: String,
+    pub api_secret: Option<SecretSource>,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_idle_s")]
+    pub pool_idle_timeout_s: u64,
+}
+
+/// The dialect a backend speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendDialect {
+    /// CSML Chat API (`POST …/api/chat`).
+    Csml,
+}
+
+impl BackendDialect {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendDialect::Csml => "csml",
+        }
+    }
+}
+
+/// How the proxy authenticates to a CSML backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CsmlAuthMode {
+    /// `x-api-key: KEY|TS` + `x-api-signature`.
+    #[default]
+    Signed,
+    /// `x-api-key: KEY` only.
+    Plain,
+}
+
+/// `[[routes]]`: a path clients call and where it leads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub path: String,
+    pub ingress: IngressDialect,
+    pub backend: Option<String>,
+    pub business_name: Option<String>,
+    #[serde(default = "default_bot_name")]
+    pub bot_name: String,
+    #[serde(default)]
+    pub businesses: Vec<RawBusiness>,
+}
+
+/// The dialect a route accepts from clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressDialect {
+    /// Haptik synchronous webhook requests.
+    Haptik,
+}
+
+impl IngressDialect {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressDialect::Haptik => "haptik",
+        }
+    }
+}
+
+/// `[[routes.businesses]]`: one Haptik business id and the backend that serves it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBusiness {
+    pub id: i64,
+    pub backend: Option<String>,
+    pub name: Option<String>,
+}
+
+fn default_threads() -> usize {
+    2
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_max_answer() -> usize {
+    1024 * 1024
+}
+fn default_pool() -> usize {
+    256
+}
+fn default_grace() -> u64 {
+    5
+}
+fn default_pid() -> String {
+    "/tmp/botbridge.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/botbridge_upgrade.sock".into()
+}
+fn default_filter() -> String {
+    "info".into()
+}
+fn default_connect_ms() -> u64 {
+    2_000
+}
+fn default_read_ms() -> u64 {
+    30_000
+}
+fn default_idle_s() -> u64 {
+    30
+}
+fn default_bot_name() -> String {
+    "botbridge".into()
+}
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin_listen: SocketAddr,
+    pub log: RawLog,
+    pub demo: Option<DemoConfig>,
+    pub haptik_clients: HaptikClients,
+    /// Client ids whose credentials are the shipped demo ones (warned about at start).
+    pub demo_credentials_in_use: Vec<String>,
+    pub backends: Vec<Backend>,
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub max_answer_bytes: usize,
+    pub upstream_pool_size: usize,
+    pub grace_period_seconds: u64,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+/// `[demo]`, validated.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub listen: SocketAddr,
+    pub key: CsmlKey,
+}
+
+/// How the proxy authenticates to a CSML backend, with the key material.
+#[derive(Debug, Clone)]
+pub enum CsmlAuth {
+    /// Signs every request (pre-keyed HMAC state).
+    Signed(CsmlKey),
+    /// Sends the key alone.
+    Plain(String),
+}
+
+/// A backend, validated: address resolved, credentials loaded.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub name: String,
+    pub dialect: BackendDialect,
+    pub tls: bool,
+    /// The host as written in the URL (Host header and TLS server name).
+    pub host: String,
+    /// `host[:port]` for the Host header.
+    pub authority: String,
+    pub addr: SocketAddr,
+    pub path: String,
+    pub auth: CsmlAuth,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+/// Where a request for one business goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Index into [`Config::backends`].
+    pub backend: usize,
+    /// The business name shown to Haptik clients.
+    pub business_name: String,
+}
+
+/// A route, validated.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub path: String,
+    pub ingress: IngressDialect,
+    pub bot_name: String,
+    /// For business ids not listed in `businesses`; `None` rejects them.
+    pub default_target: Option<Target>,
+    pub businesses: HashMap<i64, Target>,
+}
+
+impl Route {
+    /// The target for a business id, if the route serves it.
+    pub fn target(&self, business_id: Option<i64>) -> Option<&Target> {
+        business_id
+            .and_then(|id| self.businesses.get(&id))
+            .or(self.default_target.as_ref())
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.message().to_string();
+        let at = inner
+            .span()
+            .map(|s| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigError::new(
+            if key == "." { String::new() } else { key },
+            format!("{msg}{at}"),
+        )
+    })?;
+    Config::from_raw(raw)
+}
+
+fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| ConfigError::new(key, format!("`{s}` is not an address like 127.0.0.1:8080")))
+}
+
+fn nonzero(key: &str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        Err(ConfigError::new(key, "must be greater than 0"))
+    } else {
+        Ok(v)
+    }
+}
+
+impl Config {
+    /// Validates the raw file into the runtime configuration.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let s = &raw.server;
+        if s.threads == 0 || s.threads > 256 {
+            return Err(ConfigError::new(
+                "server.threads",
+                "must be between 1 and 256",
+            ));
+        }
+        nonzero("server.max_body_bytes", s.max_body_bytes as u64)?;
+        nonzero("server.max_answer_bytes", s.max_answer_bytes as u64)?;
+        nonzero("server.upstream_pool_size", s.upstream_pool_size as u64)?;
+        let server = ServerConfig {
+            listen: socket_addr("server.listen", &s.listen)?,
+            threads: s.threads,
+            max_body_bytes: s.max_body_bytes,
+            max_answer_bytes: s.max_answer_bytes,
+            upstream_pool_size: s.upstream_pool_size,
+            grace_period_seconds: s.grace_period_seconds,
+            pid_file: s.pid_file.clone(),
+            upgrade_sock: s.upgrade_sock.clone(),
+        };
+        let admin_listen = socket_addr("admin.listen", &raw.admin.listen)?;
+        if admin_listen == server.listen {
+            return Err(ConfigError::new(
+                "admin.listen",
+                "must differ from server.listen",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&raw.log.filter)
+            .map_err(|e| ConfigError::new("log.filter", format!("not a valid filter: {e}")))?;
+
+        let demo = match &raw.demo {
+            None => None,
+            Some(d) => {
+                let listen = socket_addr("demo.listen", &d.listen)?;
+                if listen == server.listen || listen == admin_listen {
+                    return Err(ConfigError::new(
+                        "demo.listen",
+                        "must differ from the other listeners",
+                    ));
+                }
+                if d.api_key.is_empty() || d.api_key.contains('|') {
+                    return Err(ConfigError::new(
+                        "demo.api_key",
+                        "must be non-empty and contain no `|`",
+                    ));
+                }
+                let secret = d.api_secret.resolve("demo.api_secret")?;
+                Some(DemoConfig {
+                    listen,
+                    key: CsmlKey::new(d.api_key.clone(), secret.as_bytes()),
+                })
+            }
+        };
+
+        let mut haptik_clients = HaptikClients::new();
+        let mut demo_credentials_in_use = Vec::new();
+        for (i, c) in raw.clients.haptik.iter().enumerate() {
+            let key = format!("clients.haptik[{i}]");
+            if c.client_id.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.client_id"),
+                    "must not be empty",
+                ));
+            }
+            let client = match (&c.token, &c.token_sha256) {
+                (Some(t), None) => {
+                    let token = t.resolve(&format!("{key}.token"))?;
+                    if token == "demo-token" {
+                        demo_credentials_in_use.push(c.client_id.clone());
+                    }
+                    HaptikClient::with_token(c.name.clone(), token.as_bytes())
+                }
+                (None, Some(h)) => {
+                    let k = format!("{key}.token_sha256");
+                    let hexed = h.resolve(&k)?;
+                    let mut digest = [0u8; 32];
+                    hex::decode_to_slice(hexed.trim(), &mut digest).map_err(|_| {
+                        ConfigError::new(&k, "must be 64 hex digits (a SHA-256 digest)")
+                    })?;
+                    HaptikClient::with_token_sha256(c.name.clone(), digest)
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        key,
+                        "give exactly one of `token` or `token_sha256`",
+                    ))
+                }
+            };
+            if !haptik_clients.insert(c.client_id.clone(), client) {
+                return Err(ConfigError::new(
+                    format!("{key}.client_id"),
+                    format!("`{}` is configured twice", c.client_id),
+                ));
+            }
+        }
+
+        let mut backends = Vec::with_capacity(raw.backends.len());
+        let mut backend_index = HashMap::new();
+        for (i, b) in raw.backends.iter().enumerate() {
+            let key = format!("backends[{i}]");
+            if backend_index.insert(b.name.clone(), i).is_some() {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!("`{}` is used twice", b.name),
+                ));
+            }
+            backends.push(backend(&key, b)?);
+        }
+
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for (i, r) in raw.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if !r.path.starts_with('/') {
+                return Err(ConfigError::new(
+                    format!("{key}.path"),
+                    "must start with `/`",
+                ));
+            }
+            if routes.iter().any(|x: &Route| x.path == r.path) {
+                return Err(ConfigError::new(
+                    format!("{key}.path"),
+                    format!("`{}` is routed twice", r.path),
+                ));
+            }
+            let lookup = |k: String, name: &str| {
+                backend_index
+                    .get(name)
+                    .copied()
+                    .ok_or_else(|| ConfigError::new(k, format!("no backend named `{name}`")))
+            };
+            let default_name = r.business_name.clone();
+            let default_target = match &r.backend {
+                Some(name) => {
+                    let idx = lookup(format!("{key}.backend"), name)?;
+                    Some(Target {
+                        backend: idx,
+                        business_name: default_name.clone().unwrap_or_else(|| name.clone()),
+                    })
+                }
+                None => None,
+            };
+            let mut businesses = HashMap::new();
+            for (j, biz) in r.businesses.iter().enumerate() {
+                let bkey = format!("{key}.businesses[{j}]");
+                let (idx, bname) = match (&biz.backend, &default_target) {
+                    (Some(name), _) => (lookup(format!("{bkey}.backend"), name)?, name.clone()),
+                    (None, Some(t)) => (t.backend, backends[t.backend].name.clone()),
+                    (None, None) => {
+                        return Err(ConfigError::new(
+                            format!("{bkey}.backend"),
+                            "missing, and the route has no default `backend`",
+                        ))
+                    }
+                };
+                let business_name = biz
+                    .name
+                    .clone()
+                    .or_else(|| default_name.clone())
+                    .unwrap_or(bname);
+                if businesses
+                    .insert(
+                        biz.id,
+                        Target {
+                            backend: idx,
+                            business_name,
+                        },
+                    )
+                    .is_some()
+                {
+                    return Err(ConfigError::new(
+                        format!("{bkey}.id"),
+                        format!("business {} is listed twice", biz.id),
+                    ));
+                }
+            }
+            if default_target.is_none() && businesses.is_empty() {
+                return Err(ConfigError::new(
+                    key,
+                    "give a `backend` or at least one `businesses` entry",
+                ));
+            }
+            if r.ingress == IngressDialect::Haptik && haptik_clients.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.ingress"),
+                    "accepts Haptik clients but no [[clients.haptik]] is configured",
+                ));
+            }
+            routes.push(Route {
+                name: r.name.clone(),
+                path: r.path.clone(),
+                ingress: r.ingress,
+                bot_name: r.bot_name.clone(),
+                default_target,
+                businesses,
+            });
+        }
+        if routes.is_empty() {
+            return Err(ConfigError::new("routes", "at least one route is needed"));
+        }
+
+        Ok(Config {
+            server,
+            admin_listen,
+            log: raw.log,
+            demo,
+            haptik_clients,
+            demo_credentials_in_use,
+            backends,
+            routes,
+        })
+    }
+}
+
+fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
+    let url_key = format!("{key}.url");
+    let uri: http::Uri = b
+        .url
+        .parse()
+        .map_err(|e| ConfigError::new(&url_key, format!("not a valid URL: {e}")))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(ConfigError::new(
+                &url_key,
+                "must start with http:// or https://",
+            ))
+        }
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ConfigError::new(&url_key, "has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(ConfigError::new(
+            &url_key,
+            "must not contain credentials; use api_key/api_secret",
+        ));
+    }
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::new(&url_key, format!("cannot resolve `{host}`: {e}")))?
+        .next()
+        .ok_or_else(|| ConfigError::new(&url_key, format!("`{host}` resolves to no address")))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if b.api_key.is_empty() || b.api_key.contains('|') {
+        return Err(ConfigError::new(
+            format!("{key}.api_key"),
+            "must be non-empty and contain no `|`",
+        ));
+    }
+    let auth = match (b.auth, &b.api_secret) {
+        (CsmlAuthMode::Signed, Some(s)) => {
+            let secret = s.resolve(&format!("{key}.api_secret"))?;
+            CsmlAuth::Signed(CsmlKey::new(b.api_key.clone(), secret.as_bytes()))
+        }
+        (CsmlAuthMode::Signed, None) => {
+            return Err(ConfigError::new(
+                format!("{key}.api_secret"),
+                "missing: `auth = \"signed\"` needs the API secret",
+            ))
+        }
+        (CsmlAuthMode::Plain, None) => CsmlAuth::Plain(b.api_key.clone()),
+        (CsmlAuthMode::Plain, Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{key}.api_secret"),
+                "not used with `auth = \"plain\"`; remove it",
+            ))
+        }
+    };
+    Ok(Backend {
+        name: b.name.clone(),
+        dialect: b.dialect,
+        tls,
+        host,
+        authority,
+        addr,
+        path,
+        auth,
+        connect_timeout: Duration::from_millis(nonzero(
+            &format!("{key}.connect_timeout_ms"),
+            b.connect_timeout_ms,
+        )?),
+        read_timeout: Duration::from_millis(nonzero(
+            &format!("{key}.read_timeout_ms"),
+            b.read_timeout_ms,
+        )?),
+        pool_idle_timeout: Duration::from_secs(nonzero(
+            &format!("{key}.pool_idle_timeout_s"),
+            b.pool_idle_timeout_s,
+        )?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("../proxy.toml");
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let c = parse(DEFAULT).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert!(c.demo.is_some());
+        assert_eq!(c.demo_credentials_in_use, ["demo-client"]);
+        assert_eq!(c.routes[0].path, "/chat");
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).unwrap_err()
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:1"
+[admin]
+listen = "127.0.0.1:2"
+[[clients.haptik]]
+name = "c"
+client_id = "cid"
+token = "t"
+[[backends]]
+name = "b"
+dialect = "csml"
+url = "http://127.0.0.1:3/api/chat"
+api_key = "k"
+api_secret = "s"
+[[routes]]
+name = "r"
+path = "/chat"
+ingress = "haptik"
+backend = "b"
+"#;
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.backends[0].path, "/api/chat");
+        assert_eq!(c.backends[0].authority, "127.0.0.1:3");
+        assert!(c.routes[0].target(Some(99)).is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&MINIMAL.replace("name = \"b\"", "name = \"b\"\ncolour = 1"));
+        assert_eq!(e.key, "backends[0].colour");
+        assert!(e.problem.contains("unknown field `colour`"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[extra]\n"));
+        assert!(e.to_string().contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (
+                MINIMAL.replace("http://127.0.0.1:3/api/chat", "ftp://x/y"),
+                "backends[0].url",
+            ),
+            (
+                MINIMAL.replace("backend = \"b\"", "backend = \"nope\""),
+                "routes[0].backend",
+            ),
+            (
+                MINIMAL.replace("listen = \"127.0.0.1:1\"", "listen = \"nowhere\""),
+                "server.listen",
+            ),
+            (
+                MINIMAL.replace("api_secret = \"s\"", ""),
+                "backends[0].api_secret",
+            ),
+            (
+                MINIMAL.replace(
+                    "token = \"t\"",
+                    "token = { env = \"BOTBRIDGE_TEST_UNSET_VAR\" }",
+                ),
+                "clients.haptik[0].token",
+            ),
+            (
+                MINIMAL.replace("token = \"t\"", "token = { file = \"/nonexistent/x\" }"),
+                "clients.haptik[0].token",
+            ),
+            (
+                MINIMAL.replace("token = \"t\"", "token = { vault = \"x\" }"),
+                "clients.haptik[0].token",
+            ),
+            (
+                MINIMAL.replace("dialect = \"csml\"", "dialect = \"klingon\""),
+                "backends[0].dialect",
+            ),
+            (
+                MINIMAL.replace("token = \"t\"", "token_sha256 = \"abc\""),
+                "clients.haptik[0].token_sha256",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(&text);
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_files_and_never_print() {
+        std::env::set_var("BOTBRIDGE_TEST_SECRET", "from-env");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let src = SecretSource::Env("BOTBRIDGE_TEST_SECRET".into());
+        assert_eq!(src.resolve("k").unwrap(), "from-env");
+        let src = SecretSource::File(f.to_string_lossy().into());
+        assert_eq!(src.resolve("k").unwrap(), "from-file");
+        assert!(!format!("{:?}", SecretSource::Literal("hush".into())).contains("hush"));
+        let c = parse(&MINIMAL.replace(
+            "api_secret = \"s\"",
+            "api_secret = { env = \"BOTBRIDGE_TEST_SECRET\" }",
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("from-env"));
+    }
+}

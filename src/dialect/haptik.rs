@@ -1,0 +1,456 @@
+//! Haptik's synchronous-webhook dialect: its request body, its legacy answer array, its error body.
+//!
+//! Request: `{"user":{"auth_id"},"message_body","message_type","business_id"}` (`message_type` 0 text,
+//! 1 image URL, 52 document URL; absent means 0). Answer: a JSON array with one `api.chatmessaged`
+//! object whose `bot_messages` are strings. Rich replies become text in that array (see
+//! [`reply_text`]): the legacy shape documents `bot_messages` as a list of strings, so a client written
+//! for it never meets an object it cannot read.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{json_error, ProxyError};
+use crate::model::{ChatAnswer, ChatRequest, Content, MediaKind, Reply};
+
+/// Haptik `message_type` for text.
+pub const MESSAGE_TYPE_TEXT: i64 = 0;
+/// Haptik `message_type` for an image (the body is its URL).
+pub const MESSAGE_TYPE_IMAGE: i64 = 1;
+/// Haptik `message_type` for a document (the body is its URL).
+pub const MESSAGE_TYPE_DOCUMENT: i64 = 52;
+
+#[derive(Deserialize)]
+struct RequestWire<'a> {
+    #[serde(borrow)]
+    user: UserWire<'a>,
+    #[serde(borrow)]
+    message_body: Cow<'a, str>,
+    #[serde(default)]
+    message_type: i64,
+    business_id: i64,
+}
+
+#[derive(Deserialize)]
+struct UserWire<'a> {
+    #[serde(borrow)]
+    auth_id: Cow<'a, str>,
+}
+
+/// Parses a Haptik webhook request body into the canonical request.
+///
+/// Errors are 400s that name the field: malformed JSON, a missing or mistyped field, an empty
+/// `user.auth_id` or `message_body`, an unsupported `message_type`, a media message whose body is not an
+/// http(s) URL.
+pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
+    let wire: RequestWire<'_> =
+        serde_json::from_slice(body).map_err(|_| json_error::<RequestWire<'_>>(body))?;
+    if wire.user.auth_id.is_empty() {
+        return Err(ProxyError::bad_request(
+            "invalid field `user.auth_id`: must not be empty",
+        ));
+    }
+    if wire.message_body.is_empty() {
+        return Err(ProxyError::bad_request(
+            "invalid field `message_body`: must not be empty",
+        ));
+    }
+    let content = match wire.message_type {
+        MESSAGE_TYPE_TEXT => Content::Text(wire.message_body),
+        MESSAGE_TYPE_IMAGE | MESSAGE_TYPE_DOCUMENT => {
+            if !is_http_url(&wire.message_body) {
+                return Err(ProxyError::bad_request(format!(
+                    "invalid field `message_body`: message_type {} needs an http(s) URL",
+                    wire.message_type
+                )));
+            }
+            let kind = if wire.message_type == MESSAGE_TYPE_IMAGE {
+                MediaKind::Image
+            } else {
+                MediaKind::File
+            };
+            Content::Media {
+                kind,
+                url: wire.message_body,
+            }
+        }
+        other => return Err(ProxyError::bad_request(format!(
+            "invalid field `message_type`: {other} is not supported (0 text, 1 image, 52 document)"
+        ))),
+    };
+    Ok(ChatRequest {
+        user_id: wire.user.auth_id,
+        content,
+        business_id: Some(wire.business_id),
+        message_type: wire.message_type,
+    })
+}
+
+/// Whether `s` looks like an absolute http or https URL.
+pub fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/'))
+}
+
+/// What the shell supplies to render an answer: the clock, a fresh id and configured names.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerContext<'a> {
+    /// A process-unique message id (`pk` and `fields.id`).
+    pub message_id: u64,
+    /// When the message was received.
+    pub received: SystemTime,
+    /// The configured name of the business the message went to.
+    pub business_name: &'a str,
+    /// The configured name of the bot that answered (`claim_name`).
+    pub bot_name: &'a str,
+}
+
+#[derive(Serialize)]
+struct LegacyMessage<'a> {
+    model: &'static str,
+    pk: u64,
+    fields: LegacyFields<'a>,
+    bot_messages: Vec<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+struct LegacyFields<'a> {
+    coll_id: u32,
+    body: &'a str,
+    direction: bool,
+    received: bool,
+    active: bool,
+    created_at: &'a str,
+    modified_at: &'a str,
+    id_hash: &'a str,
+    emailed: bool,
+    ticket_no: u32,
+    agent_name: Option<&'a str>,
+    claim_name: &'a str,
+    app_auto_reply: u32,
+    sort_id: u32,
+    business_via_name: &'a str,
+    body_processed: Option<&'a str>,
+    ares_flag: u32,
+    clarification_flag: bool,
+    message_type: i64,
+    conversation_no: u32,
+    id: u64,
+    business_id: i64,
+    business_name: &'a str,
+}
+
+/// The text a Haptik client sees for the user's own message (`fields.body`).
+pub fn request_body_text<'b>(content: &'b Content<'_>) -> &'b str {
+    match content {
+        Content::Text(t) | Content::Url(t) | Content::Payload(t) => t,
+        Content::Media { url, .. } => url,
+        Content::FlowTrigger { flow_id, .. } => flow_id,
+    }
+}
+
+/// Renders one reply as a legacy `bot_messages` string.
+///
+/// - text: the text itself;
+/// - question: the title, then each button's label in brackets on one line (`Pick one\n[Yes] [No]`);
+///   typing a label back reaches the bot as that label, which CSML buttons accept;
+/// - button: `[label]`;
+/// - url: `label: URL` (label is the url's text, else its title), or the bare URL;
+/// - image, video, audio, file: the bare URL.
+pub fn reply_text<'a>(reply: &Reply<'a>) -> Cow<'a, str> {
+    match reply {
+        Reply::Text(t) => t.clone(),
+        Reply::Question { title, buttons } => {
+            let mut s = String::with_capacity(title.len() + buttons.len() * 12);
+            s.push_str(title);
+            for (i, b) in buttons.iter().enumerate() {
+                s.push(if i == 0 { '\n' } else { ' ' });
+                s.push('[');
+                s.push_str(&b.title);
+                s.push(']');
+            }
+            Cow::Owned(s)
+        }
+        Reply::Button(b) => Cow::Owned(format!("[{}]", b.title)),
+        Reply::Url { url, text, title } => match text.as_deref().or(title.as_deref()) {
+            Some(label) if !label.is_empty() => Cow::Owned(format!("{label}: {url}")),
+            _ => url.clone(),
+        },
+        Reply::Media { url, .. } => url.clone(),
+    }
+}
+
+/// Renders the canonical answer as Haptik's legacy sync answer: a one-element JSON array.
+pub fn render_answer(
+    req: &ChatRequest<'_>,
+    answer: &ChatAnswer<'_>,
+    ctx: &AnswerContext<'_>,
+) -> Vec<u8> {
+    let stamp = humantime::format_rfc3339_millis(ctx.received).to_string();
+    let id_hash = hex::encode(&Sha256::digest(ctx.message_id.to_be_bytes())[..16]);
+    let user_hash = Sha256::digest(req.user_id.as_bytes());
+    let coll_id = u32::from_be_bytes([user_hash[0], user_hash[1], user_hash[2], user_hash[3]]) >> 1;
+    let msg = LegacyMessage {
+        model: "api.chatmessaged",
+        pk: ctx.message_id,
+        fields: LegacyFields {
+            coll_id,
+            body: request_body_text(&req.content),
+            direction: true,
+            received: false,
+            active: true,
+            created_at: &stamp,
+            modified_at: &stamp,
+            id_hash: &id_hash,
+            emailed: false,
+            ticket_no: 0,
+            agent_name: None,
+            claim_name: ctx.bot_name,
+            app_auto_reply: 0,
+            sort_id: 1,
+            business_via_name: ctx.business_name,
+            body_processed: None,
+            ares_flag: 0,
+            clarification_flag: false,
+            message_type: req.message_type,
+            conversation_no: 1,
+            id: ctx.message_id,
+            business_id: req.business_id.unwrap_or(0),
+            business_name: ctx.business_name,
+        },
+        bot_messages: answer.replies.iter().map(reply_text).collect(),
+    };
+    // Serializing plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(&[msg]).expect("haptik answer serializes")
+}
+
+#[derive(Serialize)]
+struct ErrorWire<'a> {
+    error_message: &'a str,
+}
+
+/// Renders an error the way Haptik does: `{"error_message": "…"}`.
+pub fn render_error(err: &ProxyError) -> Vec<u8> {
+    serde_json::to_vec(&ErrorWire {
+        error_message: &err.message,
+    })
+    .expect("haptik error serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Button;
+    use serde_json::Value;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const SEED_REQUEST: &str = include_str!("../../tests/fixtures/haptik/seed-request.json");
+    const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/haptik/seed-response.json");
+
+    #[test]
+    fn parses_the_seed_request() {
+        let req = parse_request(SEED_REQUEST.as_bytes()).unwrap();
+        assert_eq!(req.user_id, "<AUTH_ID>");
+        assert_eq!(req.content, Content::Text("<MESSAGE_BODY>".into()));
+        assert_eq!(req.business_id, Some(343));
+        assert_eq!(req.message_type, 0);
+    }
+
+    #[test]
+    fn message_type_defaults_to_text_and_image_needs_a_url() {
+        let req = parse_request(br#"{"user":{"auth_id":"u"},"message_body":"hi","business_id":1}"#)
+            .unwrap();
+        assert_eq!(req.content, Content::Text("hi".into()));
+        let req = parse_request(
+            br#"{"user":{"auth_id":"u"},"message_body":"https://x.test/a.png","message_type":1,"business_id":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            req.content,
+            Content::Media {
+                kind: MediaKind::Image,
+                url: "https://x.test/a.png".into()
+            }
+        );
+        let err = parse_request(
+            br#"{"user":{"auth_id":"u"},"message_body":"not a url","message_type":1,"business_id":1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.status, 400);
+        assert!(err.message.contains("message_body"), "{}", err.message);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"{not json", "malformed JSON"),
+            (br#"{"message_body":"hi","business_id":1}"#, "`user`"),
+            (
+                br#"{"user":{},"message_body":"hi","business_id":1}"#,
+                "`auth_id`",
+            ),
+            (
+                br#"{"user":{"auth_id":5},"message_body":"hi","business_id":1}"#,
+                "`user.auth_id`",
+            ),
+            (
+                br#"{"user":{"auth_id":"u"},"business_id":1}"#,
+                "`message_body`",
+            ),
+            (
+                br#"{"user":{"auth_id":"u"},"message_body":"hi","business_id":"343"}"#,
+                "`business_id`",
+            ),
+            (
+                br#"{"user":{"auth_id":"u"},"message_body":"hi","message_type":9,"business_id":1}"#,
+                "`message_type`",
+            ),
+        ];
+        for (body, needle) in cases {
+            let err = parse_request(body).unwrap_err();
+            assert_eq!(err.status, 400);
+            assert!(
+                err.message.contains(needle),
+                "{:?} -> {}",
+                needle,
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn renders_the_seed_shape() {
+        let req = parse_request(
+            br#"{"user":{"auth_id":"u-1"},"message_body":"Hi","message_type":0,"business_id":494}"#,
+        )
+        .unwrap();
+        let answer = ChatAnswer {
+            replies: vec![Reply::Text("Hello there!".into())],
+            dropped: 0,
+        };
+        let ctx = AnswerContext {
+            message_id: 2581793992,
+            received: UNIX_EPOCH + Duration::from_millis(1_564_385_739_221),
+            business_name: "haptikwebsitechannel",
+            bot_name: "gogo",
+        };
+        let ours: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();
+        let seed: Value = serde_json::from_str(SEED_RESPONSE).unwrap();
+        // Same keys, same types, everywhere the seed has them.
+        assert_same_shape(&seed, &ours, "$");
+        let f = &ours[0]["fields"];
+        assert_eq!(f["body"], "Hi");
+        assert_eq!(f["created_at"], "2019-07-29T07:35:39.221Z");
+        assert_eq!(f["created_at"], seed[0]["fields"]["created_at"]);
+        assert_eq!(f["business_id"], 494);
+        assert_eq!(f["business_name"], "haptikwebsitechannel");
+        assert_eq!(f["claim_name"], "gogo");
+        assert_eq!(f["id"], 2581793992u64);
+        assert_eq!(ours[0]["pk"], 2581793992u64);
+        assert_eq!(ours[0]["bot_messages"], seed[0]["bot_messages"]);
+    }
+
+    fn assert_same_shape(seed: &Value, ours: &Value, at: &str) {
+        match (seed, ours) {
+            (Value::Object(s), Value::Object(o)) => {
+                for (k, v) in s {
+                    let got = o.get(k).unwrap_or_else(|| panic!("{at}.{k} missing"));
+                    assert_same_shape(v, got, &format!("{at}.{k}"));
+                }
+                assert_eq!(s.len(), o.len(), "{at}: extra keys");
+            }
+            (Value::Array(s), Value::Array(o)) => {
+                assert_eq!(s.len(), o.len(), "{at}: array length");
+                for (i, (a, b)) in s.iter().zip(o).enumerate() {
+                    assert_same_shape(a, b, &format!("{at}[{i}]"));
+                }
+            }
+            (Value::Number(_), Value::Number(_))
+            | (Value::String(_), Value::String(_))
+            | (Value::Bool(_), Value::Bool(_))
+            | (Value::Null, Value::Null) => {}
+            _ => panic!("{at}: seed has {seed}, we have {ours}"),
+        }
+    }
+
+    #[test]
+    fn rich_replies_render_as_documented_text() {
+        let bob = Button {
+            title: "Bob".into(),
+            payload: Some("BOB".into()),
+        };
+        let cases = [
+            (Reply::Text("plain".into()), "plain"),
+            (
+                Reply::Question {
+                    title: "Who?".into(),
+                    buttons: vec![
+                        Button {
+                            title: "Alice".into(),
+                            payload: None,
+                        },
+                        bob.clone(),
+                    ],
+                },
+                "Who?\n[Alice] [Bob]",
+            ),
+            (Reply::Button(bob), "[Bob]"),
+            (
+                Reply::Url {
+                    url: "https://e.test".into(),
+                    text: Some("Example".into()),
+                    title: Some("T".into()),
+                },
+                "Example: https://e.test",
+            ),
+            (
+                Reply::Url {
+                    url: "https://e.test".into(),
+                    text: None,
+                    title: Some("T".into()),
+                },
+                "T: https://e.test",
+            ),
+            (
+                Reply::Url {
+                    url: "https://e.test".into(),
+                    text: None,
+                    title: None,
+                },
+                "https://e.test",
+            ),
+            (
+                Reply::Media {
+                    kind: MediaKind::Video,
+                    url: "https://e.test/v.mp4".into(),
+                },
+                "https://e.test/v.mp4",
+            ),
+        ];
+        for (reply, want) in cases {
+            assert_eq!(reply_text(&reply), want);
+        }
+    }
+
+    #[test]
+    fn error_body_is_haptiks() {
+        let body = render_error(&ProxyError::unauthorized("invalid authorization details"));
+        assert_eq!(
+            body,
+            br#"{"error_message":"invalid authorization details"}"#
+        );
+    }
+
+    #[test]
+    fn url_check() {
+        assert!(is_http_url("https://a.b/c"));
+        assert!(is_http_url("http://a"));
+        assert!(!is_http_url("https://"));
+        assert!(!is_http_url("ftp://a"));
+        assert!(!is_http_url("http:///x"));
+    }
+}

@@ -1,0 +1,106 @@
+//! The canonical chat model every dialect parses into and renders from.
+//!
+//! A request from any client becomes one [`ChatRequest`]; a backend's answer becomes one [`ChatAnswer`].
+//! Strings borrow from the bytes they were parsed from where they can (`Cow`), so a round trip through
+//! the proxy copies as little as possible. Nothing here knows about HTTP, sockets or pingora.
+
+use std::borrow::Cow;
+
+/// The kind of a media message: the four CSML media content types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Video,
+    Audio,
+    File,
+}
+
+impl MediaKind {
+    /// The CSML `content_type` for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+            MediaKind::Audio => "audio",
+            MediaKind::File => "file",
+        }
+    }
+}
+
+/// What the user sent: one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content<'a> {
+    /// A typed text message.
+    Text(Cow<'a, str>),
+    /// A picture, video, sound or document, by URL.
+    Media { kind: MediaKind, url: Cow<'a, str> },
+    /// A link the user shared.
+    Url(Cow<'a, str>),
+    /// A button click: the button's payload.
+    Payload(Cow<'a, str>),
+    /// A request to start a named flow of the bot.
+    FlowTrigger {
+        flow_id: Cow<'a, str>,
+        close_flows: Option<bool>,
+    },
+}
+
+/// One message from a user, in no vendor's dialect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest<'a> {
+    /// The user's stable identifier (Haptik `user.auth_id`, CSML `client.user_id`).
+    pub user_id: Cow<'a, str>,
+    /// What the user sent.
+    pub content: Content<'a>,
+    /// The Haptik business (channel) the message is for, when the client named one.
+    pub business_id: Option<i64>,
+    /// The vendor's numeric message type as the client sent it (Haptik `message_type`).
+    pub message_type: i64,
+}
+
+/// A button offered to the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Button<'a> {
+    /// The label shown to the user.
+    pub title: Cow<'a, str>,
+    /// What the bot receives when the user clicks it; `None` means the title.
+    pub payload: Option<Cow<'a, str>>,
+}
+
+impl Button<'_> {
+    /// The payload a click sends: the explicit payload, or else the title.
+    pub fn payload_or_title(&self) -> &str {
+        self.payload.as_deref().unwrap_or(&self.title)
+    }
+}
+
+/// One message of the bot's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply<'a> {
+    /// Plain text.
+    Text(Cow<'a, str>),
+    /// A question with buttons to choose from.
+    Question {
+        title: Cow<'a, str>,
+        buttons: Vec<Button<'a>>,
+    },
+    /// A single button on its own.
+    Button(Button<'a>),
+    /// A link, with an optional label and title.
+    Url {
+        url: Cow<'a, str>,
+        text: Option<Cow<'a, str>>,
+        title: Option<Cow<'a, str>>,
+    },
+    /// A picture, video, sound or document, by URL.
+    Media { kind: MediaKind, url: Cow<'a, str> },
+}
+
+/// The bot's whole answer to one request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatAnswer<'a> {
+    /// The replies the user sees, in order. Presentation-only messages (typing, wait) are not here.
+    pub replies: Vec<Reply<'a>>,
+    /// Messages the backend sent that no client dialect can show (counted, then dropped).
+    pub dropped: usize,
+}
