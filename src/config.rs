@@ -15,6 +15,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::auth::{HaptikClient, HaptikClients};
+pub use crate::dialect::{BackendDialect, IngressDialect};
+pub use crate::signing::CsmlAuth;
 use crate::signing::CsmlKey;
 
 /// A configuration error: the key it is about and what is wrong.
@@ -245,23 +247,6 @@ pub struct RawBackend {
     pub pool_idle_timeout_s: u64,
 }
 
-/// The dialect a backend speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendDialect {
-    /// CSML Chat API (`POST …/api/chat`).
-    Csml,
-}
-
-impl BackendDialect {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendDialect::Csml => "csml",
-        }
-    }
-}
-
 /// How the proxy authenticates to a CSML backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -286,23 +271,6 @@ pub struct RawRoute {
     pub bot_name: String,
     #[serde(default)]
     pub businesses: Vec<RawBusiness>,
-}
-
-/// The dialect a route accepts from clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IngressDialect {
-    /// Haptik synchronous webhook requests.
-    Haptik,
-}
-
-impl IngressDialect {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IngressDialect::Haptik => "haptik",
-        }
-    }
 }
 
 /// `[[routes.businesses]]`: one Haptik business id and the backend that serves it.
@@ -383,15 +351,6 @@ pub struct ServerConfig {
 pub struct DemoConfig {
     pub listen: SocketAddr,
     pub key: CsmlKey,
-}
-
-/// How the proxy authenticates to a CSML backend, with the key material.
-#[derive(Debug, Clone)]
-pub enum CsmlAuth {
-    /// Signs every request (pre-keyed HMAC state).
-    Signed(CsmlKey),
-    /// Sends the key alone.
-    Plain(String),
 }
 
 /// A backend, validated: address resolved, credentials loaded.

@@ -2,12 +2,20 @@
 //!
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
 //! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O),
-//! [`admin`] (metrics and health), [`metrics`], [`demo`] (the built-in demo bot), [`server`]
-//! (assembly), [`logging`].
+//! [`httpio`] (bodies and answers), [`admin`] (metrics and health), [`metrics`], [`demo`] (the
+//! built-in demo bot), [`server`] (assembly), [`logging`].
 
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod dialect;
 pub mod error;
+pub mod httpio;
+pub mod logging;
+pub mod metrics;
 pub mod model;
+pub mod server;
+pub mod service;
 pub mod signing;
+pub mod upstream;

@@ -1,1 +1,60 @@
-fn main() {}
+//! The `botbridge` command: run the proxy, or check a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A protocol-translating reverse proxy for chatbot APIs (Haptik and CSML).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short, long, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+    /// Take over the listening sockets of a running instance (graceful upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate the configuration and exit (non-zero, naming the key, if it is invalid).
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match botbridge::config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("botbridge: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => {
+            println!(
+                "{}: ok ({} routes, {} backends)",
+                cli.config.display(),
+                config.routes.len(),
+                config.backends.len()
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            botbridge::logging::init(config.log.format, &config.log.filter);
+            botbridge::server::run(
+                config,
+                botbridge::server::RunOptions {
+                    upgrade: cli.upgrade,
+                },
+            )
+        }
+    }
+}

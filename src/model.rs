@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use serde_json::value::RawValue;
+
 /// The kind of a media message: the four CSML media content types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {
@@ -46,7 +48,7 @@ pub enum Content<'a> {
 }
 
 /// One message from a user, in no vendor's dialect.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ChatRequest<'a> {
     /// The user's stable identifier (Haptik `user.auth_id`, CSML `client.user_id`).
     pub user_id: Cow<'a, str>,
@@ -56,6 +58,10 @@ pub struct ChatRequest<'a> {
     pub business_id: Option<i64>,
     /// The vendor's numeric message type as the client sent it (Haptik `message_type`).
     pub message_type: i64,
+    /// The client's own request id (CSML `request_id`), if it sent one.
+    pub request_id: Option<Cow<'a, str>>,
+    /// The client's metadata object (CSML `metadata`), passed on as is.
+    pub metadata: Option<&'a RawValue>,
 }
 
 /// A button offered to the user.

@@ -111,6 +111,28 @@ impl CsmlKey {
     }
 }
 
+/// How the proxy authenticates to a CSML backend, with the key material.
+#[derive(Debug, Clone)]
+pub enum CsmlAuth {
+    /// Signs every request: `x-api-key: KEY|TS` + `x-api-signature` (pre-keyed HMAC state).
+    Signed(CsmlKey),
+    /// Sends the key alone: `x-api-key: KEY`.
+    Plain(String),
+}
+
+impl CsmlAuth {
+    /// The headers that authenticate one request sent at `unix_secs`.
+    pub fn headers(&self, unix_secs: u64) -> Vec<(&'static str, String)> {
+        match self {
+            CsmlAuth::Signed(k) => {
+                let s = k.sign(unix_secs);
+                vec![("x-api-key", s.api_key), ("x-api-signature", s.signature)]
+            }
+            CsmlAuth::Plain(key) => vec![("x-api-key", key.clone())],
+        }
+    }
+}
+
 /// Splits `KEY|TS` into the key bytes and the timestamp.
 pub fn split_key(api_key: &[u8]) -> Option<(&[u8], u64)> {
     let bar = api_key.iter().rposition(|&b| b == b'|')?;

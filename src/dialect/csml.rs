@@ -11,15 +11,25 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::{ProxyError, Reason};
+use crate::dialect::haptik::is_http_url;
+use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
 
 #[derive(Serialize)]
 struct RequestWire<'a> {
     client: ClientWire<'a>,
-    metadata: MetadataWire,
+    metadata: MetadataOut<'a>,
     request_id: &'a str,
     payload: PayloadOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MetadataOut<'a> {
+    /// The caller's own metadata, passed through untouched.
+    Raw(&'a RawValue),
+    /// Made by the proxy: the Haptik business id, when there is one.
+    Made(MetadataWire),
 }
 
 #[derive(Serialize)]
@@ -82,8 +92,11 @@ pub fn render_request(req: &ChatRequest<'_>, request_id: &str) -> Vec<u8> {
         client: ClientWire {
             user_id: &req.user_id,
         },
-        metadata: MetadataWire {
-            business_id: req.business_id,
+        metadata: match req.metadata {
+            Some(raw) => MetadataOut::Raw(raw),
+            None => MetadataOut::Made(MetadataWire {
+                business_id: req.business_id,
+            }),
         },
         request_id,
         payload: PayloadOut {
@@ -92,6 +105,121 @@ pub fn render_request(req: &ChatRequest<'_>, request_id: &str) -> Vec<u8> {
         },
     };
     serde_json::to_vec(&wire).expect("csml request serializes")
+}
+
+#[derive(Deserialize)]
+struct RequestIn<'a> {
+    #[serde(borrow)]
+    client: ClientIn<'a>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    request_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    payload: PayloadIn<'a>,
+}
+
+#[derive(Deserialize)]
+struct ClientIn<'a> {
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct PayloadTextIn<'a> {
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct FlowTriggerIn<'a> {
+    #[serde(borrow)]
+    flow_id: Cow<'a, str>,
+    #[serde(default)]
+    close_flows: Option<bool>,
+}
+
+fn request_content<'a, T: Deserialize<'a>>(raw: &'a RawValue, kind: &str) -> Result<T, ProxyError> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        ProxyError::bad_request(format!(
+            "invalid field `payload.content` for content_type `{kind}`: {e}"
+        ))
+    })
+}
+
+/// Parses a CSML Chat API request body into the canonical request.
+///
+/// 400s name the field: malformed JSON, missing `client.user_id`, `payload.content_type` or
+/// `payload.content`, an unknown content type, content that does not fit its type, a media or url
+/// message without an http(s) `url`, a `metadata` that is not an object.
+pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
+    let wire: RequestIn<'_> =
+        serde_json::from_slice(body).map_err(|_| json_error::<RequestIn<'_>>(body))?;
+    if wire.client.user_id.is_empty() {
+        return Err(ProxyError::bad_request(
+            "invalid field `client.user_id`: must not be empty",
+        ));
+    }
+    if let Some(m) = wire.metadata {
+        if !m.get().starts_with('{') {
+            return Err(ProxyError::bad_request(
+                "invalid field `metadata`: must be an object",
+            ));
+        }
+    }
+    let raw = wire.payload.content;
+    let kind = &*wire.payload.content_type;
+    let url_of = |raw| -> Result<Cow<'_, str>, ProxyError> {
+        let u: UrlIn<'_> = request_content(raw, kind)?;
+        if !is_http_url(&u.url) {
+            return Err(ProxyError::bad_request(format!(
+                "invalid field `payload.content.url`: not an http(s) URL for content_type `{kind}`"
+            )));
+        }
+        Ok(u.url)
+    };
+    let content = match kind {
+        "text" => {
+            let t: TextIn<'_> = request_content(raw, kind)?;
+            if t.text.is_empty() {
+                return Err(ProxyError::bad_request(
+                    "invalid field `payload.content.text`: must not be empty",
+                ));
+            }
+            Content::Text(t.text)
+        }
+        "image" | "video" | "audio" | "file" => Content::Media {
+            kind: match kind {
+                "image" => MediaKind::Image,
+                "video" => MediaKind::Video,
+                "audio" => MediaKind::Audio,
+                _ => MediaKind::File,
+            },
+            url: url_of(raw)?,
+        },
+        "url" => Content::Url(url_of(raw)?),
+        "payload" => Content::Payload(request_content::<PayloadTextIn<'_>>(raw, kind)?.payload),
+        "flow_trigger" => {
+            let f: FlowTriggerIn<'_> = request_content(raw, kind)?;
+            Content::FlowTrigger {
+                flow_id: f.flow_id,
+                close_flows: f.close_flows,
+            }
+        }
+        other => {
+            return Err(ProxyError::bad_request(format!(
+                "invalid field `payload.content_type`: `{other}` is not one of text, image, video, audio, file, url, payload, flow_trigger"
+            )))
+        }
+    };
+    Ok(ChatRequest {
+        user_id: wire.client.user_id,
+        content,
+        business_id: None,
+        message_type: 0,
+        request_id: wire.request_id,
+        metadata: wire.metadata,
+    })
 }
 
 #[derive(Deserialize)]
@@ -242,6 +370,29 @@ pub fn parse_answer(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
     Ok(answer)
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorOut<'a> {
+    status_code: u16,
+    error: &'a str,
+    message: &'a str,
+}
+
+/// Renders an error in the shape CSML's HTTP servers use:
+/// `{"statusCode": 401, "error": "Unauthorized", "message": "…"}`.
+pub fn render_error(err: &ProxyError) -> Vec<u8> {
+    let phrase = http::StatusCode::from_u16(err.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    serde_json::to_vec(&ErrorOut {
+        status_code: err.status,
+        error: phrase,
+        message: &err.message,
+    })
+    .expect("csml error serializes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +400,8 @@ mod tests {
 
     const SEED_REQUEST: &str = include_str!("../../tests/fixtures/csml/seed-request.json");
     const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/csml/seed-response.json");
+    const SEED_FLOW: &str =
+        include_str!("../../tests/fixtures/csml/seed-flow-trigger-request.json");
     const ENGINE_HELLO: &str =
         include_str!("../../tests/fixtures/csml-engine/run-response-hello.json");
     const ENGINE_MEDIA: &str =
@@ -261,12 +414,42 @@ mod tests {
             content: Content::Text("Hello".into()),
             business_id: None,
             message_type: 0,
+            request_id: None,
+            metadata: None,
         };
         let ours: Value = serde_json::from_slice(&render_request(&req, "random-id")).unwrap();
         let mut seed: Value = serde_json::from_str(SEED_REQUEST).unwrap();
         // The seed's metadata is the client's own; without a business id ours is empty.
         seed["metadata"] = json!({});
         assert_eq!(ours, seed);
+    }
+
+    #[test]
+    fn seed_requests_round_trip() {
+        for text in [SEED_REQUEST, SEED_FLOW] {
+            let req = parse_request(text.as_bytes()).unwrap();
+            assert_eq!(req.request_id.as_deref(), Some("random-id"));
+            let ours: Value = serde_json::from_slice(&render_request(&req, "random-id")).unwrap();
+            let seed: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(ours, seed);
+        }
+    }
+
+    #[test]
+    fn request_errors_name_the_field() {
+        let cases: [(&[u8], &str); 6] = [
+            (br#"{"payload":{"content_type":"text","content":{"text":"x"}}}"#, "`client`"),
+            (br#"{"client":{"user_id":"u"}}"#, "`payload`"),
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"nope","content":{}}}"#, "`payload.content_type`"),
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"text","content":{}}}"#, "`payload.content`"),
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"image","content":{"url":"x"}}}"#, "`payload.content.url`"),
+            (br#"{"client":{"user_id":"u"},"metadata":[],"payload":{"content_type":"text","content":{"text":"x"}}}"#, "`metadata`"),
+        ];
+        for (body, needle) in cases {
+            let err = parse_request(body).unwrap_err();
+            assert_eq!(err.status, 400);
+            assert!(err.message.contains(needle), "{needle} -> {}", err.message);
+        }
     }
 
     #[test]
@@ -279,6 +462,8 @@ mod tests {
             },
             business_id: Some(343),
             message_type: 1,
+            request_id: None,
+            metadata: None,
         };
         let ours: Value = serde_json::from_slice(&render_request(&req, "r")).unwrap();
         assert_eq!(

@@ -76,15 +76,19 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
                 url: wire.message_body,
             }
         }
-        other => return Err(ProxyError::bad_request(format!(
+        other => {
+            return Err(ProxyError::bad_request(format!(
             "invalid field `message_type`: {other} is not supported (0 text, 1 image, 52 document)"
-        ))),
+        )))
+        }
     };
     Ok(ChatRequest {
         user_id: wire.user.auth_id,
         content,
         business_id: Some(wire.business_id),
         message_type: wire.message_type,
+        request_id: None,
+        metadata: None,
     })
 }
 

@@ -1,0 +1,42 @@
+//! The admin listener: `GET /metrics` (Prometheus text format) and `GET /healthz`.
+//!
+//! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
+//! scrapes, and it is meant to listen on a private address.
+
+use async_trait::async_trait;
+use pingora::protocols::http::ServerSession;
+use prometheus::{Encoder, TextEncoder};
+
+use crate::httpio::{self, Answer, Handler};
+
+/// Serves metrics and health.
+pub struct AdminService;
+
+#[async_trait]
+impl Handler for AdminService {
+    async fn handle(&self, session: &mut ServerSession) -> Answer {
+        let keep = httpio::discard_body(session, 64 * 1024).await;
+        let req = session.req_header();
+        let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
+        let mut answer = match (req.uri.path(), get) {
+            ("/metrics", true) => {
+                let encoder = TextEncoder::new();
+                let mut buf = Vec::with_capacity(16 * 1024);
+                match encoder.encode(&prometheus::gather(), &mut buf) {
+                    Ok(()) => Answer {
+                        content_type: "text/plain; version=0.0.4; charset=utf-8",
+                        ..Answer::text(200, buf)
+                    },
+                    Err(e) => Answer::text(500, format!("cannot encode metrics: {e}\n")),
+                }
+            }
+            ("/healthz", true) => Answer::text(200, "ok\n"),
+            ("/metrics" | "/healthz", false) => {
+                Answer::text(405, "method not allowed\n").with_header("allow", "GET")
+            }
+            _ => Answer::text(404, "not found\n"),
+        };
+        answer.keepalive &= keep;
+        answer
+    }
+}

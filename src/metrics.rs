@@ -1,0 +1,170 @@
+//! The proxy's Prometheus metrics, registered once in the default registry.
+//!
+//! Label values are bounded: configured route and backend names (or `none`), dialect names, status
+//! classes (`2xx` … `5xx`), `source` (`proxy` for answers the proxy made itself, `backend` for
+//! translated backend answers) and the fixed [`Reason`] set. Nothing from a request ever becomes a
+//! label. Units are base units (seconds, bytes).
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge,
+};
+
+use crate::error::Reason;
+
+/// Latency buckets for chat traffic: a few milliseconds to tens of seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Body-size buckets, bytes.
+pub const SIZE_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+];
+
+/// The route label for requests that matched no route.
+pub const NO_ROUTE: &str = "none";
+
+/// All the proxy's metrics.
+pub struct Metrics {
+    /// `botbridge_requests_total{route, ingress, backend_dialect, status_class, source}`
+    pub requests: IntCounterVec,
+    /// `botbridge_request_duration_seconds{route, ingress, backend_dialect}`
+    pub request_duration: HistogramVec,
+    /// `botbridge_backend_duration_seconds{route, backend}`
+    pub backend_duration: HistogramVec,
+    /// `botbridge_request_errors_total{route, reason}`: requests answered with an error, by reason.
+    pub request_errors: IntCounterVec,
+    /// `botbridge_backend_errors_total{backend, reason}`: connect, timeout, status, bad answer.
+    pub backend_errors: IntCounterVec,
+    /// `botbridge_in_flight_requests`
+    pub in_flight: IntGauge,
+    /// `botbridge_request_body_bytes{route}`
+    pub request_bytes: HistogramVec,
+    /// `botbridge_answer_body_bytes{route}`
+    pub answer_bytes: HistogramVec,
+}
+
+impl Metrics {
+    /// The process-wide metrics (registered on first use).
+    pub fn global() -> &'static Metrics {
+        static M: OnceLock<Metrics> = OnceLock::new();
+        M.get_or_init(|| {
+            let build = register_int_gauge_vec!(
+                "botbridge_build_info",
+                "Always 1; the labels say which build is running.",
+                &["version"]
+            )
+            .expect("register build_info");
+            build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+            Metrics {
+                requests: register_int_counter_vec!(
+                    "botbridge_requests_total",
+                    "Requests answered, by route, dialects, status class and who made the answer.",
+                    &[
+                        "route",
+                        "ingress",
+                        "backend_dialect",
+                        "status_class",
+                        "source"
+                    ]
+                )
+                .expect("register requests"),
+                request_duration: register_histogram_vec!(
+                    "botbridge_request_duration_seconds",
+                    "Time from the request header to the last answer byte written.",
+                    &["route", "ingress", "backend_dialect"],
+                    LATENCY_BUCKETS.to_vec()
+                )
+                .expect("register request_duration"),
+                backend_duration: register_histogram_vec!(
+                    "botbridge_backend_duration_seconds",
+                    "Time from contacting the backend to its whole answer read.",
+                    &["route", "backend"],
+                    LATENCY_BUCKETS.to_vec()
+                )
+                .expect("register backend_duration"),
+                request_errors: register_int_counter_vec!(
+                    "botbridge_request_errors_total",
+                    "Requests answered with an error, by reason.",
+                    &["route", "reason"]
+                )
+                .expect("register request_errors"),
+                backend_errors: register_int_counter_vec!(
+                    "botbridge_backend_errors_total",
+                    "Failed backend exchanges, by reason.",
+                    &["backend", "reason"]
+                )
+                .expect("register backend_errors"),
+                in_flight: register_int_gauge!(
+                    "botbridge_in_flight_requests",
+                    "Requests being handled right now."
+                )
+                .expect("register in_flight"),
+                request_bytes: register_histogram_vec!(
+                    "botbridge_request_body_bytes",
+                    "Size of request bodies read from callers.",
+                    &["route"],
+                    SIZE_BUCKETS.to_vec()
+                )
+                .expect("register request_bytes"),
+                answer_bytes: register_histogram_vec!(
+                    "botbridge_answer_body_bytes",
+                    "Size of answer bodies written to callers.",
+                    &["route"],
+                    SIZE_BUCKETS.to_vec()
+                )
+                .expect("register answer_bytes"),
+            }
+        })
+    }
+
+    /// Creates the series of a route so they exist (at zero) before the first request.
+    pub fn register_route(
+        &self,
+        route: &str,
+        ingress: &str,
+        backend_dialects: &[&str],
+        backends: &[&str],
+    ) {
+        for bd in backend_dialects {
+            self.request_duration
+                .with_label_values(&[route, ingress, bd]);
+            for class in ["2xx", "4xx", "5xx"] {
+                for source in ["proxy", "backend"] {
+                    self.requests
+                        .with_label_values(&[route, ingress, bd, class, source]);
+                }
+            }
+        }
+        for b in backends {
+            self.backend_duration.with_label_values(&[route, b]);
+        }
+        for r in Reason::ALL {
+            self.request_errors.with_label_values(&[route, r.as_str()]);
+        }
+        self.request_bytes.with_label_values(&[route]);
+        self.answer_bytes.with_label_values(&[route]);
+    }
+
+    /// Creates the error series of a backend.
+    pub fn register_backend(&self, backend: &str) {
+        for r in Reason::ALL.iter().filter(|r| r.is_backend()) {
+            self.backend_errors
+                .with_label_values(&[backend, r.as_str()]);
+        }
+    }
+}
+
+/// The status class label of a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,75 @@
+//! Assembles the pingora server from a validated configuration: the chat listener, the admin
+//! listener and, when configured, the demo bot, each as its own service.
+
+use std::sync::Arc;
+
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminService;
+use crate::config::Config;
+use crate::demo::DemoBot;
+use crate::httpio::App;
+use crate::service::ChatService;
+
+/// Command-line switches that reach pingora.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Take over the listening sockets of a running instance (graceful upgrade; see README).
+    pub upgrade: bool,
+}
+
+/// Runs the proxy until it is told to stop. Never returns.
+pub fn run(config: Config, opts: RunOptions) -> ! {
+    let config = Arc::new(config);
+    let s = &config.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.grace_period_seconds),
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        upstream_keepalive_pool_size: s.upstream_pool_size,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut chat = Service::new("chat".to_string(), App(ChatService::new(config.clone())));
+    chat.add_tcp(&s.listen.to_string());
+    chat.threads = Some(s.threads);
+
+    let mut admin = Service::new("admin".to_string(), App(AdminService));
+    admin.add_tcp(&config.admin_listen.to_string());
+    admin.threads = Some(1);
+
+    if let Some(demo) = &config.demo {
+        let mut bot = Service::new("demo-bot".to_string(), App(DemoBot::new(demo.key.clone())));
+        bot.add_tcp(&demo.listen.to_string());
+        bot.threads = Some(1);
+        server.add_service(bot);
+        tracing::info!(listen = %demo.listen, "demo bot enabled");
+    }
+    for client_id in &config.demo_credentials_in_use {
+        tracing::warn!(
+            client_id = %client_id,
+            "a Haptik client uses the shipped demo token: replace it before exposing the proxy"
+        );
+    }
+    tracing::info!(
+        listen = %s.listen,
+        admin = %config.admin_listen,
+        routes = config.routes.len(),
+        backends = config.backends.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "botbridge starting"
+    );
+    server.add_service(chat);
+    server.add_service(admin);
+    server.run_forever()
+}

@@ -1,0 +1,373 @@
+//! The public listener: the chat request path, read top to bottom in [`ChatService::serve`].
+//!
+//! read and bound → route → authenticate → parse → pick the backend → translate → sign → forward →
+//! translate back → answer → record. Nothing reaches a backend before the whole body was read,
+//! authenticated, validated and translated; every error is rendered in the caller's dialect.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{Config, Route};
+use crate::dialect::haptik::AnswerContext;
+use crate::dialect::IngressDialect;
+use crate::error::{ProxyError, Reason};
+use crate::httpio::{self, Answer, BodyError, Handler};
+use crate::metrics::{self, Metrics};
+use crate::upstream::{self, Upstream};
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The chat listener's state: configuration, backend peers and the upstream pool.
+pub struct ChatService {
+    config: Arc<Config>,
+    routes_by_path: HashMap<String, usize>,
+    peers: Vec<HttpPeer>,
+    upstream: Upstream,
+    metrics: &'static Metrics,
+    next_message_id: AtomicU64,
+    user_agent: String,
+}
+
+/// What one request did, for the access log and metrics.
+struct Outcome {
+    route: Option<usize>,
+    backend: Option<usize>,
+    request_id: Option<String>,
+    bytes_in: usize,
+    backend_time: Option<Duration>,
+    error: Option<Reason>,
+    /// Whether the answer came from the backend (translated) rather than from the proxy alone.
+    from_backend: bool,
+}
+
+impl ChatService {
+    /// Builds the service from a validated configuration.
+    pub fn new(config: Arc<Config>) -> Self {
+        let metrics = Metrics::global();
+        for b in &config.backends {
+            metrics.register_backend(&b.name);
+        }
+        for r in &config.routes {
+            let mut backends: Vec<&str> = r
+                .default_target
+                .iter()
+                .chain(r.businesses.values())
+                .map(|t| config.backends[t.backend].name.as_str())
+                .collect();
+            backends.sort_unstable();
+            backends.dedup();
+            let mut dialects: Vec<&str> = r
+                .default_target
+                .iter()
+                .chain(r.businesses.values())
+                .map(|t| config.backends[t.backend].dialect.as_str())
+                .collect();
+            dialects.sort_unstable();
+            dialects.dedup();
+            metrics.register_route(&r.name, r.ingress.as_str(), &dialects, &backends);
+        }
+        let start_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        ChatService {
+            routes_by_path: config
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.path.clone(), i))
+                .collect(),
+            peers: config.backends.iter().map(upstream::peer_for).collect(),
+            upstream: Upstream::new(
+                config.server.upstream_pool_size,
+                config.server.max_answer_bytes,
+            ),
+            metrics,
+            next_message_id: AtomicU64::new(start_id),
+            user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
+            config,
+        }
+    }
+
+    fn route(&self, idx: usize) -> &Route {
+        &self.config.routes[idx]
+    }
+
+    /// The request path. Returns the answer body on success.
+    async fn serve(
+        &self,
+        session: &mut ServerSession,
+        out: &mut Outcome,
+    ) -> Result<Vec<u8>, ProxyError> {
+        // Route by path.
+        let req_header = session.req_header();
+        let route_idx = *self
+            .routes_by_path
+            .get(req_header.uri.path())
+            .ok_or_else(|| ProxyError::new(404, Reason::NotFound, "no route for this path"))?;
+        out.route = Some(route_idx);
+        let route = self.route(route_idx);
+        if req_header.method != http::Method::POST {
+            return Err(ProxyError::new(
+                405,
+                Reason::MethodNotAllowed,
+                "only POST is allowed here",
+            ));
+        }
+        out.request_id = Some(request_id(req_header));
+
+        // Authenticate from the headers alone: no body is read for a caller we do not know.
+        let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
+        let client_id = header("client-id").or_else(|| header("client_id"));
+        let client = self
+            .config
+            .haptik_clients
+            .verify(header(http::header::AUTHORIZATION.as_str()), client_id)?;
+        tracing::trace!(client = %client.name, "caller authenticated");
+
+        if !is_json(header(http::header::CONTENT_TYPE.as_str())) {
+            return Err(ProxyError::new(
+                415,
+                Reason::UnsupportedMediaType,
+                "Content-Type must be application/json",
+            ));
+        }
+
+        // Read and bound the whole body.
+        let limit = self.config.server.max_body_bytes;
+        let body = httpio::read_body(session, limit)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => ProxyError::new(
+                    413,
+                    Reason::BodyTooLarge,
+                    format!("the request body is larger than {limit} bytes"),
+                ),
+                BodyError::Io(_) => ProxyError::bad_request("the request body could not be read"),
+            })?;
+        out.bytes_in = body.len();
+
+        // Parse and pick the backend.
+        let req = route.ingress.parse_request(&body)?;
+        let target = route.target(req.business_id).ok_or_else(|| {
+            ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
+        })?;
+        out.backend = Some(target.backend);
+        let backend = &self.config.backends[target.backend];
+
+        // Translate and sign.
+        let request_id = out.request_id.as_deref().unwrap_or_default();
+        let upstream_body = backend.dialect.render_request(&req, request_id);
+        let mut up =
+            RequestHeader::build_no_case(http::Method::POST, backend.path.as_bytes(), Some(8))
+                .map_err(|_| ProxyError::bad_request("cannot build the backend request"))?;
+        let received = SystemTime::now();
+        let unix = received
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let headers = [
+            ("host", backend.authority.clone()),
+            ("content-type", "application/json".to_string()),
+            ("accept", "application/json".to_string()),
+            ("content-length", upstream_body.len().to_string()),
+            ("user-agent", self.user_agent.clone()),
+            (REQUEST_ID, request_id.to_string()),
+        ];
+        for (name, value) in headers.into_iter().chain(backend.auth.headers(unix)) {
+            up.insert_header(name, value).map_err(|_| {
+                ProxyError::bad_request("the request id is not a valid header value")
+            })?;
+        }
+
+        // Forward.
+        let started = Instant::now();
+        let result = self
+            .upstream
+            .exchange(
+                &self.peers[target.backend],
+                backend,
+                up,
+                Bytes::from(upstream_body),
+            )
+            .await;
+        out.backend_time = Some(started.elapsed());
+        let exchange = result.inspect_err(|e| self.backend_error(target.backend, e.reason))?;
+        out.from_backend = true;
+        if !(200..300).contains(&exchange.status) {
+            self.backend_error(target.backend, Reason::BackendStatus);
+            return Err(ProxyError::new(
+                502,
+                Reason::BackendStatus,
+                format!("the backend answered HTTP {}", exchange.status),
+            ));
+        }
+
+        // Translate the answer back.
+        let answer = backend
+            .dialect
+            .parse_answer(&exchange.body)
+            .inspect_err(|e| self.backend_error(target.backend, e.reason))?;
+        if answer.dropped > 0 {
+            tracing::debug!(
+                dropped = answer.dropped,
+                "backend messages without a client rendering were dropped"
+            );
+        }
+        let ctx = AnswerContext {
+            message_id: self.next_message_id.fetch_add(1, Ordering::Relaxed),
+            received,
+            business_name: &target.business_name,
+            bot_name: &route.bot_name,
+        };
+        Ok(route.ingress.render_answer(&req, &answer, &ctx))
+    }
+
+    fn backend_error(&self, backend: usize, reason: Reason) {
+        self.metrics
+            .backend_errors
+            .with_label_values(&[&self.config.backends[backend].name, reason.as_str()])
+            .inc();
+    }
+
+    fn record(&self, out: &Outcome, status: u16, bytes_out: usize, took: Duration) {
+        let m = self.metrics;
+        let (route, ingress, bd) = match out.route {
+            Some(i) => {
+                let r = self.route(i);
+                let bd = out
+                    .backend
+                    .map(|b| self.config.backends[b].dialect.as_str())
+                    .or_else(|| {
+                        r.default_target
+                            .as_ref()
+                            .map(|t| self.config.backends[t.backend].dialect.as_str())
+                    })
+                    .unwrap_or("none");
+                (r.name.as_str(), r.ingress.as_str(), bd)
+            }
+            None => (metrics::NO_ROUTE, "none", "none"),
+        };
+        let source = if out.from_backend { "backend" } else { "proxy" };
+        m.requests
+            .with_label_values(&[route, ingress, bd, metrics::status_class(status), source])
+            .inc();
+        m.request_duration
+            .with_label_values(&[route, ingress, bd])
+            .observe(took.as_secs_f64());
+        m.request_bytes
+            .with_label_values(&[route])
+            .observe(out.bytes_in as f64);
+        m.answer_bytes
+            .with_label_values(&[route])
+            .observe(bytes_out as f64);
+        if let Some(reason) = out.error {
+            m.request_errors
+                .with_label_values(&[route, reason.as_str()])
+                .inc();
+        }
+        if let (Some(b), Some(t)) = (out.backend, out.backend_time) {
+            m.backend_duration
+                .with_label_values(&[route, &self.config.backends[b].name])
+                .observe(t.as_secs_f64());
+        }
+        tracing::info!(
+            target: "botbridge::access",
+            request_id = out.request_id.as_deref().unwrap_or("-"),
+            route,
+            ingress,
+            backend = out.backend.map_or("-", |b| self.config.backends[b].name.as_str()),
+            backend_dialect = bd,
+            status,
+            reason = out.error.map_or("-", |r| r.as_str()),
+            duration_ms = took.as_secs_f64() * 1e3,
+            backend_ms = out.backend_time.map_or(0.0, |t| t.as_secs_f64() * 1e3),
+            bytes_in = out.bytes_in,
+            bytes_out,
+        );
+    }
+}
+
+#[async_trait]
+impl Handler for ChatService {
+    async fn handle(&self, session: &mut ServerSession) -> Answer {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let mut out = Outcome {
+            route: None,
+            backend: None,
+            request_id: None,
+            bytes_in: 0,
+            backend_time: None,
+            error: None,
+            from_backend: false,
+        };
+        let result = self.serve(session, &mut out).await;
+        let ingress = out
+            .route
+            .map_or(IngressDialect::Haptik, |i| self.route(i).ingress);
+        let mut answer = match result {
+            Ok(body) => Answer::json(200, body),
+            Err(err) => {
+                out.error = Some(err.reason);
+                let mut a = Answer::json(err.status, ingress.render_error(&err));
+                if err.reason == Reason::MethodNotAllowed {
+                    a = a.with_header("allow", "POST");
+                }
+                // An unread body must be drained before the connection can serve another request.
+                if !session.is_body_done() {
+                    a.keepalive =
+                        httpio::discard_body(session, self.config.server.max_body_bytes).await;
+                }
+                a
+            }
+        };
+        if let Some(id) = &out.request_id {
+            answer = answer.with_header(REQUEST_ID, id.clone());
+        }
+        self.record(&out, answer.status, answer.body.len(), started.elapsed());
+        self.metrics.in_flight.dec();
+        answer
+    }
+}
+
+/// The caller's `X-Request-Id` if it is sane (1–128 visible ASCII characters), else a new UUID.
+fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get(REQUEST_ID)
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..=0x7e).contains(b)))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Whether a Content-Type header declares JSON (`application/json`, any parameters).
+fn is_json(content_type: Option<&[u8]>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let essence = ct
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json(Some(b"application/json")));
+        assert!(is_json(Some(b"Application/JSON; charset=utf-8")));
+        assert!(!is_json(Some(b"text/plain")));
+        assert!(!is_json(Some(b"application/x-www-form-urlencoded")));
+        assert!(!is_json(None));
+    }
+}
