@@ -145,6 +145,14 @@ impl std::error::Error for ProxyError {}
 /// The fast path parses without tracking the path; only on failure is the body parsed again with
 /// `serde_path_to_error` to learn which field was wrong.
 pub fn json_error<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> ProxyError {
+    match body.trim_ascii_start().first() {
+        Some(b'{') => {}
+        None => return ProxyError::bad_request("the request body is empty"),
+        Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+            return ProxyError::bad_request("invalid body: expected a JSON object")
+        }
+        Some(_) => {}
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(_) => ProxyError::bad_request("malformed JSON body"),

@@ -1,0 +1,428 @@
+//! Test harness: the real `botbridge` binary as a child process, and test backends on loopback.
+//!
+//! [`CsmlBackend`] is a small hyper server that checks the proxy's CSML signature on its own (plain
+//! `hmac`, not the proxy's code), records every request it receives, and answers as told.
+//! [`RawBackend`] speaks raw TCP for the cases hyper cannot produce (non-HTTP garbage).
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const BACKEND_KEY: &str = "test-backend-key";
+pub const BACKEND_SECRET: &str = "test-backend-secret";
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What a test backend received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the CSML signature checked out (key and HMAC).
+    pub signature_ok: bool,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("backend received JSON")
+    }
+}
+
+/// How a test backend answers.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 with this body (only if the signature checks out; else 401).
+    Answer(String),
+    /// Accept the request whatever its credentials, then answer this.
+    AnswerUnchecked(String),
+    /// Answer with this status and body.
+    Status(u16, String),
+    /// Wait this long before answering `Answer`.
+    Slow(Duration, String),
+}
+
+/// A hyper-based CSML Chat API test backend.
+pub struct CsmlBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn signature_ok(key_header: Option<&str>, sig_header: Option<&str>) -> bool {
+    let (Some(key), Some(sig)) = (key_header, sig_header) else {
+        return false;
+    };
+    let Some((k, ts)) = key.rsplit_once('|') else {
+        return false;
+    };
+    let ts: u64 = match ts.parse() {
+        Ok(t) => t,
+        Err(_) => return false,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut mac = Hmac::<Sha256>::new_from_slice(BACKEND_SECRET.as_bytes()).unwrap();
+    mac.update(key.as_bytes());
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    k == BACKEND_KEY && sig == want && ts.abs_diff(now) <= 5
+}
+
+impl CsmlBackend {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let (rec, beh) = (received.clone(), behaviour.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (rec, beh) = (rec.clone(), beh.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (rec, beh) = (rec.clone(), beh.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let headers: Vec<(String, String)> = parts
+                                .headers
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                                .collect();
+                            let get = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+                            let ok = signature_ok(get("x-api-key"), get("x-api-signature"));
+                            rec.lock().unwrap().push(Received {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_string(),
+                                headers,
+                                body: body.to_vec(),
+                                signature_ok: ok,
+                            });
+                            let behaviour = beh.lock().unwrap().clone();
+                            let (status, text) = match behaviour {
+                                Behaviour::Answer(b) if ok => (200, b),
+                                Behaviour::Answer(_) => {
+                                    (401, r#"{"error":"bad signature"}"#.to_string())
+                                }
+                                Behaviour::AnswerUnchecked(b) => (200, b),
+                                Behaviour::Status(s, b) => (s, b),
+                                Behaviour::Slow(d, b) => {
+                                    tokio::time::sleep(d).await;
+                                    (200, b)
+                                }
+                            };
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(text)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        CsmlBackend {
+            addr,
+            received,
+            behaviour,
+            task,
+        }
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for CsmlBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A raw TCP backend that reads one request per connection and writes `reply` verbatim.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub hits: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawBackend {
+    pub async fn start(reply: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(Mutex::new(0));
+        let h = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut got = 0;
+                    // Read until the header end and a body of the declared length.
+                    loop {
+                        let Ok(n) = s.read(&mut buf[got..]).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        got += n;
+                        let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let cl = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length")
+                                        .then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if got >= end + 4 + cl {
+                                break;
+                            }
+                        }
+                    }
+                    *h.lock().unwrap() += 1;
+                    let _ = s.write_all(reply).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        RawBackend { addr, hits, task }
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running proxy process.
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub log_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The config's `[[backends]]` table for a CSML test backend at `addr`.
+pub fn csml_backend_toml(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[[backends]]
+name = "{name}"
+dialect = "csml"
+url = "http://{addr}/api/chat"
+api_key = "{BACKEND_KEY}"
+api_secret = {{ env = "TEST_BACKEND_SECRET" }}
+connect_timeout_ms = 500
+read_timeout_ms = 1500
+{extra}
+"#
+    )
+}
+
+/// A complete config: one Haptik client, the given backends and routes. `{PORT}`, `{ADMIN}` filled in.
+pub fn config_with(backends_and_routes: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{PORT}}"
+threads = 1
+max_body_bytes = 2048
+pid_file = "{{DIR}}/pid"
+upgrade_sock = "{{DIR}}/upgrade.sock"
+grace_period_seconds = 0
+
+[admin]
+listen = "127.0.0.1:{{ADMIN}}"
+
+[log]
+filter = "info"
+
+[[clients.haptik]]
+name = "acme"
+client_id = "acme-client"
+token = "acme-token"
+
+[[clients.haptik]]
+name = "hashed"
+client_id = "hashed-client"
+# sha256("hashed-token")
+token_sha256 = "{}"
+{backends_and_routes}
+"#,
+        hex::encode(<Sha256 as sha2::Digest>::digest(b"hashed-token"))
+    )
+}
+
+impl Proxy {
+    /// Starts the proxy on `config` (with `{PORT}`, `{ADMIN}` and `{DIR}` placeholders) and waits
+    /// until its admin listener answers.
+    pub fn start(config: &str) -> Proxy {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let text = config
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin_port.to_string())
+            .replace("{DIR}", &dir.path().display().to_string());
+        let path = dir.path().join("proxy.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let log_path = dir.path().join("proxy.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_botbridge"));
+        cmd.arg("--config")
+            .arg(&path)
+            .env("TEST_BACKEND_SECRET", BACKEND_SECRET)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start botbridge");
+        let proxy = Proxy {
+            child,
+            port,
+            admin_port,
+            log_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return proxy;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start:\n{}",
+                proxy.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Haptik request body.
+pub fn haptik_body(auth_id: &str, text: &str, business_id: i64) -> String {
+    serde_json::json!({
+        "user": {"auth_id": auth_id},
+        "message_body": text,
+        "message_type": 0,
+        "business_id": business_id
+    })
+    .to_string()
+}
+
+/// A CSML answer with these messages (payload objects).
+pub fn csml_answer(request_id: &str, payloads: &[serde_json::Value]) -> String {
+    let messages: Vec<_> = payloads
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "conversation_id": "c-1", "direction": "SEND", "interaction_order": 0, "payload": p
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "request_id": request_id,
+        "interaction_id": "i-1",
+        "messages": messages,
+        "client": {"bot_id": "b", "channel_id": "ch", "user_id": "u"},
+        "received_at": "2019-11-16T17:48:26.519Z",
+        "is_authorized": true
+    })
+    .to_string()
+}
