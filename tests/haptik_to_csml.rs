@@ -280,7 +280,8 @@ async fn every_caller_error_is_a_haptik_error_and_reaches_no_backend() {
     ));
     let ok = haptik_body("u", "hi", 1);
     let json_ct = ("content-type", "application/json");
-    let cases: Vec<(Vec<(&str, &str)>, String, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("client-id", "acme-client"), json_ct],
             ok.clone(),
