@@ -101,68 +101,90 @@ fn signature_ok(key_header: Option<&str>, sig_header: Option<&str>) -> bool {
     k == BACKEND_KEY && sig == want && ts.abs_diff(now) <= 5
 }
 
+async fn serve_conn<S>(stream: S, rec: Arc<Mutex<Vec<Received>>>, beh: Arc<Mutex<Behaviour>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (rec, beh) = (rec.clone(), beh.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let headers: Vec<(String, String)> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            let get = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+            let ok = signature_ok(get("x-api-key"), get("x-api-signature"));
+            rec.lock().unwrap().push(Received {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                headers,
+                body: body.to_vec(),
+                signature_ok: ok,
+            });
+            let behaviour = beh.lock().unwrap().clone();
+            let (status, text) = match behaviour {
+                Behaviour::Answer(b) if ok => (200, b),
+                Behaviour::Answer(_) => (401, r#"{"error":"bad signature"}"#.to_string()),
+                Behaviour::AnswerUnchecked(b) => (200, b),
+                Behaviour::Status(s, b) => (s, b),
+                Behaviour::Slow(d, b) => {
+                    tokio::time::sleep(d).await;
+                    (200, b)
+                }
+            };
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(text)))
+                    .unwrap(),
+            )
+        }
+    });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
 impl CsmlBackend {
     pub async fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour, None).await
+    }
+
+    /// A backend on `bind`, serving HTTPS with `tls` when given.
+    pub async fn start_on(
+        bind: SocketAddr,
+        behaviour: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let behaviour = Arc::new(Mutex::new(behaviour));
         let (rec, beh) = (received.clone(), behaviour.clone());
+        let tls = tls.map(Arc::new);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (rec, beh) = (rec.clone(), beh.clone());
+                let (rec, beh, tls) = (rec.clone(), beh.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (rec, beh) = (rec.clone(), beh.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let headers: Vec<(String, String)> = parts
-                                .headers
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                                .collect();
-                            let get = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
-                            let ok = signature_ok(get("x-api-key"), get("x-api-signature"));
-                            rec.lock().unwrap().push(Received {
-                                method: parts.method.to_string(),
-                                path: parts.uri.path().to_string(),
-                                headers,
-                                body: body.to_vec(),
-                                signature_ok: ok,
-                            });
-                            let behaviour = beh.lock().unwrap().clone();
-                            let (status, text) = match behaviour {
-                                Behaviour::Answer(b) if ok => (200, b),
-                                Behaviour::Answer(_) => {
-                                    (401, r#"{"error":"bad signature"}"#.to_string())
-                                }
-                                Behaviour::AnswerUnchecked(b) => (200, b),
-                                Behaviour::Status(s, b) => (s, b),
-                                Behaviour::Slow(d, b) => {
-                                    tokio::time::sleep(d).await;
-                                    (200, b)
-                                }
-                            };
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(text)))
-                                    .unwrap(),
-                            )
+                    match tls {
+                        None => serve_conn(stream, rec, beh).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve_conn(s, rec, beh).await
+                            }
                         }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    }
                 });
             }
         });
