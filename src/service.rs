@@ -298,7 +298,7 @@ impl ChatService {
 impl Handler for ChatService {
     async fn handle(&self, session: &mut ServerSession) -> Answer {
         let started = Instant::now();
-        self.metrics.in_flight.inc();
+        let _in_flight = InFlight::enter(self.metrics);
         let mut out = Outcome {
             route: None,
             backend: None,
@@ -332,8 +332,23 @@ impl Handler for ChatService {
             answer = answer.with_header(REQUEST_ID, id.clone());
         }
         self.record(&out, answer.status, answer.body.len(), started.elapsed());
-        self.metrics.in_flight.dec();
         answer
+    }
+}
+
+/// Counts a request in flight for as long as it lives, even if its future is dropped.
+struct InFlight(&'static Metrics);
+
+impl InFlight {
+    fn enter(m: &'static Metrics) -> Self {
+        m.in_flight.inc();
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 

@@ -153,6 +153,30 @@ async fn translates_a_haptik_request_and_the_csml_answer_field_by_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuses_pooled_backend_connections() {
+    let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
+    let proxy = Proxy::start(&config_with(
+        &(csml_backend_toml("bot", backend.addr, "") + &route("")),
+    ));
+    for i in 0..20 {
+        let (status, _, _) = post(
+            &proxy,
+            "/chat",
+            &AUTH,
+            haptik_body("u", &format!("m{i}"), 1),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(backend.count(), 20);
+    assert_eq!(
+        *backend.connections.lock().unwrap(),
+        1,
+        "20 sequential requests over one pooled connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renders_rich_messages_as_documented() {
     let answer = include_str!("fixtures/csml-engine/run-response-media.json");
     let backend = CsmlBackend::start(Behaviour::Answer(answer.to_string())).await;

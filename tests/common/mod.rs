@@ -75,6 +75,8 @@ pub enum Behaviour {
 /// A hyper-based CSML Chat API test backend.
 pub struct CsmlBackend {
     pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub connections: Arc<Mutex<usize>>,
     pub received: Arc<Mutex<Vec<Received>>>,
     behaviour: Arc<Mutex<Behaviour>>,
     task: tokio::task::JoinHandle<()>,
@@ -170,11 +172,14 @@ impl CsmlBackend {
         let behaviour = Arc::new(Mutex::new(behaviour));
         let (rec, beh) = (received.clone(), behaviour.clone());
         let tls = tls.map(Arc::new);
+        let connections = Arc::new(Mutex::new(0));
+        let conns = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                *conns.lock().unwrap() += 1;
                 let (rec, beh, tls) = (rec.clone(), beh.clone(), tls.clone());
                 tokio::spawn(async move {
                     match tls {
@@ -190,6 +195,7 @@ impl CsmlBackend {
         });
         CsmlBackend {
             addr,
+            connections,
             received,
             behaviour,
             task,
