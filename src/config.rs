@@ -14,8 +14,10 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::auth::{HaptikClient, HaptikClients};
-pub use crate::dialect::{BackendDialect, IngressDialect};
+use crate::auth::{CsmlClient, CsmlClientAuth, CsmlClients, HaptikClient, HaptikClients};
+pub use crate::dialect::{
+    AnswerShape, BackendDialect, BackendSpec, FlowTriggerPolicy, IngressDialect, RouteIngress,
+};
 pub use crate::signing::CsmlAuth;
 use crate::signing::CsmlKey;
 
@@ -201,21 +203,40 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[demo]`: the built-in demo bot, a CSML Chat API backend.
+/// `[demo]`: the built-in demo bots (CSML Chat API at `/api/chat`, Haptik webhook at
+/// `/haptik/webhook`, CSML engine at `/run`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDemo {
     pub listen: String,
     pub api_key: String,
     pub api_secret: SecretSource,
+    pub haptik_client_id: Option<String>,
+    pub haptik_token: Option<SecretSource>,
 }
 
 /// `[clients]`: who may call the proxy.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawClients {
     #[serde(default)]
     pub haptik: Vec<RawHaptikClient>,
+    #[serde(default)]
+    pub csml: Vec<RawCsmlClient>,
+    #[serde(default = "default_tolerance")]
+    pub csml_tolerance_secs: u64,
+}
+
+/// `[[clients.csml]]`: one CSML caller.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCsmlClient {
+    pub name: String,
+    pub key: SecretSource,
+    #[serde(default)]
+    pub auth: CsmlAuthMode,
+    pub secret: Option<SecretSource>,
+    pub business_id: Option<i64>,
 }
 
 /// `[[clients.haptik]]`: one Haptik caller. Give `token` or `token_sha256`.
@@ -228,17 +249,37 @@ pub struct RawHaptikClient {
     pub token_sha256: Option<SecretSource>,
 }
 
-/// `[[backends]]`: one bot the proxy forwards to.
+impl Default for RawClients {
+    fn default() -> Self {
+        RawClients {
+            haptik: Vec::new(),
+            csml: Vec::new(),
+            csml_tolerance_secs: default_tolerance(),
+        }
+    }
+}
+
+/// `[[backends]]`: one bot the proxy forwards to. Which credential keys apply depends on `dialect`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub name: String,
     pub dialect: BackendDialect,
     pub url: String,
-    #[serde(default)]
-    pub auth: CsmlAuthMode,
-    pub api_key: String,
+    /// csml: `signed` or `plain`.
+    pub auth: Option<CsmlAuthMode>,
+    /// csml, csml-engine.
+    pub api_key: Option<SecretSource>,
+    /// csml (signed).
     pub api_secret: Option<SecretSource>,
+    /// haptik.
+    pub token: Option<SecretSource>,
+    /// haptik.
+    pub client_id: Option<String>,
+    /// csml-engine.
+    pub bot_id: Option<String>,
+    /// csml-engine.
+    pub channel_id: Option<String>,
     #[serde(default = "default_connect_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "default_read_ms")]
@@ -264,7 +305,12 @@ pub enum CsmlAuthMode {
 pub struct RawRoute {
     pub name: String,
     pub path: String,
-    pub ingress: IngressDialect,
+    pub ingress: RouteIngress,
+    #[serde(default)]
+    pub haptik_answer: AnswerShape,
+    #[serde(default)]
+    pub flow_trigger: FlowTriggerPolicy,
+    pub business_id: Option<i64>,
     pub backend: Option<String>,
     pub business_name: Option<String>,
     #[serde(default = "default_bot_name")]
@@ -315,6 +361,9 @@ fn default_read_ms() -> u64 {
 fn default_idle_s() -> u64 {
     30
 }
+fn default_tolerance() -> u64 {
+    300
+}
 fn default_bot_name() -> String {
     "botbridge".into()
 }
@@ -327,7 +376,8 @@ pub struct Config {
     pub log: RawLog,
     pub demo: Option<DemoConfig>,
     pub haptik_clients: HaptikClients,
-    /// Client ids whose credentials are the shipped demo ones (warned about at start).
+    pub csml_clients: CsmlClients,
+    /// Callers whose credentials are the shipped demo ones (warned about at start).
     pub demo_credentials_in_use: Vec<String>,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
@@ -351,13 +401,15 @@ pub struct ServerConfig {
 pub struct DemoConfig {
     pub listen: SocketAddr,
     pub key: CsmlKey,
+    /// The Haptik demo bot's expected caller, if configured.
+    pub haptik: Option<(String, HaptikClient)>,
 }
 
 /// A backend, validated: address resolved, credentials loaded.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: String,
-    pub dialect: BackendDialect,
+    pub spec: BackendSpec,
     pub tls: bool,
     /// The host as written in the URL (Host header and TLS server name).
     pub host: String,
@@ -365,7 +417,6 @@ pub struct Backend {
     pub authority: String,
     pub addr: SocketAddr,
     pub path: String,
-    pub auth: CsmlAuth,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub pool_idle_timeout: Duration,
@@ -385,7 +436,11 @@ pub struct Target {
 pub struct Route {
     pub name: String,
     pub path: String,
-    pub ingress: IngressDialect,
+    pub ingress: RouteIngress,
+    pub haptik_answer: AnswerShape,
+    pub flow_trigger: FlowTriggerPolicy,
+    /// The Haptik business for callers that name none (CSML callers without a mapping).
+    pub business_id: Option<i64>,
     pub bot_name: String,
     /// For business ids not listed in `businesses`; `None` rejects them.
     pub default_target: Option<Target>,
@@ -493,9 +548,26 @@ impl Config {
                     ));
                 }
                 let secret = d.api_secret.resolve("demo.api_secret")?;
+                let haptik = match (&d.haptik_client_id, &d.haptik_token) {
+                    (Some(id), Some(t)) => Some((
+                        id.clone(),
+                        HaptikClient::with_token(
+                            "demo-haptik-caller",
+                            t.resolve("demo.haptik_token")?.as_bytes(),
+                        ),
+                    )),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::new(
+                            "demo",
+                            "give both `haptik_client_id` and `haptik_token`, or neither",
+                        ))
+                    }
+                };
                 Some(DemoConfig {
                     listen,
                     key: CsmlKey::new(d.api_key.clone(), secret.as_bytes()),
+                    haptik,
                 })
             }
         };
@@ -514,7 +586,7 @@ impl Config {
                 (Some(t), None) => {
                     let token = t.resolve(&format!("{key}.token"))?;
                     if token == "demo-token" {
-                        demo_credentials_in_use.push(c.client_id.clone());
+                        demo_credentials_in_use.push(format!("haptik client {}", c.client_id));
                     }
                     HaptikClient::with_token(c.name.clone(), token.as_bytes())
                 }
@@ -538,6 +610,51 @@ impl Config {
                 return Err(ConfigError::new(
                     format!("{key}.client_id"),
                     format!("`{}` is configured twice", c.client_id),
+                ));
+            }
+        }
+
+        let mut csml_clients = CsmlClients::new(raw.clients.csml_tolerance_secs);
+        for (i, c) in raw.clients.csml.iter().enumerate() {
+            let key = format!("clients.csml[{i}]");
+            let api_key = c.key.resolve(&format!("{key}.key"))?;
+            if api_key.contains('|') {
+                return Err(ConfigError::new(
+                    format!("{key}.key"),
+                    "must not contain `|`",
+                ));
+            }
+            let auth = match (c.auth, &c.secret) {
+                (CsmlAuthMode::Signed, Some(s)) => {
+                    let secret = s.resolve(&format!("{key}.secret"))?;
+                    if api_key == "demo-key" && secret == "demo-secret" {
+                        demo_credentials_in_use.push(format!("csml key {api_key}"));
+                    }
+                    CsmlClientAuth::Signed(CsmlKey::new(api_key.clone(), secret.as_bytes()))
+                }
+                (CsmlAuthMode::Signed, None) => {
+                    return Err(ConfigError::new(
+                        format!("{key}.secret"),
+                        "missing: `auth = \"signed\"` needs the secret",
+                    ))
+                }
+                (CsmlAuthMode::Plain, None) => CsmlClientAuth::Plain,
+                (CsmlAuthMode::Plain, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{key}.secret"),
+                        "not used with `auth = \"plain\"`; remove it",
+                    ))
+                }
+            };
+            let client = CsmlClient {
+                name: c.name.clone(),
+                auth,
+                business_id: c.business_id,
+            };
+            if !csml_clients.insert(&api_key, client) {
+                return Err(ConfigError::new(
+                    format!("{key}.key"),
+                    "this key is configured twice",
                 ));
             }
         }
@@ -627,16 +744,25 @@ impl Config {
                     "give a `backend` or at least one `businesses` entry",
                 ));
             }
-            if r.ingress == IngressDialect::Haptik && haptik_clients.is_empty() {
+            if r.ingress.accepts(IngressDialect::Haptik) && haptik_clients.is_empty() {
                 return Err(ConfigError::new(
                     format!("{key}.ingress"),
-                    "accepts Haptik clients but no [[clients.haptik]] is configured",
+                    "accepts Haptik callers but no [[clients.haptik]] is configured",
+                ));
+            }
+            if r.ingress.accepts(IngressDialect::Csml) && csml_clients.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.ingress"),
+                    "accepts CSML callers but no [[clients.csml]] is configured",
                 ));
             }
             routes.push(Route {
                 name: r.name.clone(),
                 path: r.path.clone(),
                 ingress: r.ingress,
+                haptik_answer: r.haptik_answer,
+                flow_trigger: r.flow_trigger,
+                business_id: r.business_id,
                 bot_name: r.bot_name.clone(),
                 default_target,
                 businesses,
@@ -652,6 +778,7 @@ impl Config {
             log: raw.log,
             demo,
             haptik_clients,
+            csml_clients,
             demo_credentials_in_use,
             backends,
             routes,
@@ -699,40 +826,15 @@ fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
         .next()
         .ok_or_else(|| ConfigError::new(&url_key, format!("`{host}` resolves to no address")))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    if b.api_key.is_empty() || b.api_key.contains('|') {
-        return Err(ConfigError::new(
-            format!("{key}.api_key"),
-            "must be non-empty and contain no `|`",
-        ));
-    }
-    let auth = match (b.auth, &b.api_secret) {
-        (CsmlAuthMode::Signed, Some(s)) => {
-            let secret = s.resolve(&format!("{key}.api_secret"))?;
-            CsmlAuth::Signed(CsmlKey::new(b.api_key.clone(), secret.as_bytes()))
-        }
-        (CsmlAuthMode::Signed, None) => {
-            return Err(ConfigError::new(
-                format!("{key}.api_secret"),
-                "missing: `auth = \"signed\"` needs the API secret",
-            ))
-        }
-        (CsmlAuthMode::Plain, None) => CsmlAuth::Plain(b.api_key.clone()),
-        (CsmlAuthMode::Plain, Some(_)) => {
-            return Err(ConfigError::new(
-                format!("{key}.api_secret"),
-                "not used with `auth = \"plain\"`; remove it",
-            ))
-        }
-    };
+    let spec = backend_spec(key, b)?;
     Ok(Backend {
         name: b.name.clone(),
-        dialect: b.dialect,
+        spec,
         tls,
         host,
         authority,
         addr,
         path,
-        auth,
         connect_timeout: Duration::from_millis(nonzero(
             &format!("{key}.connect_timeout_ms"),
             b.connect_timeout_ms,
@@ -748,6 +850,107 @@ fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
     })
 }
 
+/// The dialect-specific part of a backend: its credentials and parameters. Keys that belong to
+/// another dialect are errors, so a typo cannot silently drop a credential.
+fn backend_spec(key: &str, b: &RawBackend) -> Result<BackendSpec, ConfigError> {
+    let not_for = |field: &str, set: bool| -> Result<(), ConfigError> {
+        if set {
+            Err(ConfigError::new(
+                format!("{key}.{field}"),
+                format!("not used by dialect `{}`; remove it", b.dialect.as_str()),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let required = |field: &str| {
+        ConfigError::new(
+            format!("{key}.{field}"),
+            format!("required by dialect `{}`", b.dialect.as_str()),
+        )
+    };
+    match b.dialect {
+        BackendDialect::Csml => {
+            not_for("token", b.token.is_some())?;
+            not_for("client_id", b.client_id.is_some())?;
+            not_for("bot_id", b.bot_id.is_some())?;
+            not_for("channel_id", b.channel_id.is_some())?;
+            let api_key = b
+                .api_key
+                .as_ref()
+                .ok_or_else(|| required("api_key"))?
+                .resolve(&format!("{key}.api_key"))?;
+            if api_key.contains('|') {
+                return Err(ConfigError::new(
+                    format!("{key}.api_key"),
+                    "must not contain `|`",
+                ));
+            }
+            let auth = match (b.auth.unwrap_or_default(), &b.api_secret) {
+                (CsmlAuthMode::Signed, Some(s)) => {
+                    let secret = s.resolve(&format!("{key}.api_secret"))?;
+                    CsmlAuth::Signed(CsmlKey::new(api_key, secret.as_bytes()))
+                }
+                (CsmlAuthMode::Signed, None) => {
+                    return Err(ConfigError::new(
+                        format!("{key}.api_secret"),
+                        "missing: `auth = \"signed\"` needs the API secret",
+                    ))
+                }
+                (CsmlAuthMode::Plain, None) => CsmlAuth::Plain(api_key),
+                (CsmlAuthMode::Plain, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{key}.api_secret"),
+                        "not used with `auth = \"plain\"`; remove it",
+                    ))
+                }
+            };
+            Ok(BackendSpec::Csml { auth })
+        }
+        BackendDialect::Haptik => {
+            not_for("auth", b.auth.is_some())?;
+            not_for("api_key", b.api_key.is_some())?;
+            not_for("api_secret", b.api_secret.is_some())?;
+            not_for("bot_id", b.bot_id.is_some())?;
+            not_for("channel_id", b.channel_id.is_some())?;
+            let token = b
+                .token
+                .as_ref()
+                .ok_or_else(|| required("token"))?
+                .resolve(&format!("{key}.token"))?;
+            let client_id = b
+                .client_id
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| required("client_id"))?;
+            Ok(BackendSpec::Haptik { token, client_id })
+        }
+        BackendDialect::CsmlEngine => {
+            not_for("auth", b.auth.is_some())?;
+            not_for("api_secret", b.api_secret.is_some())?;
+            not_for("token", b.token.is_some())?;
+            not_for("client_id", b.client_id.is_some())?;
+            let api_key = match &b.api_key {
+                Some(k) => Some(k.resolve(&format!("{key}.api_key"))?),
+                None => None,
+            };
+            Ok(BackendSpec::CsmlEngine {
+                bot_id: b
+                    .bot_id
+                    .clone()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| required("bot_id"))?,
+                channel_id: b
+                    .channel_id
+                    .clone()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| required("channel_id"))?,
+                api_key,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,7 +963,10 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
         assert!(c.demo.is_some());
-        assert_eq!(c.demo_credentials_in_use, ["demo-client"]);
+        assert_eq!(
+            c.demo_credentials_in_use,
+            ["haptik client demo-client", "csml key demo-key"]
+        );
         assert_eq!(c.routes[0].path, "/chat");
     }
 

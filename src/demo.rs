@@ -1,39 +1,56 @@
-//! The built-in demo bot: a CSML Chat API backend at `POST /api/chat`, so the default `proxy.toml`
-//! works out of the box.
+//! The built-in demo bots, so the default `proxy.toml` works out of the box: one listener that
+//! speaks all three backend dialects.
 //!
-//! It checks the caller's `x-api-key`/`x-api-signature` exactly as a CSML server would (the proxy's
-//! re-signing is therefore exercised on every demo request) and answers with three messages: a text,
-//! a question with two buttons, and an echo of what the user sent.
+//! - `POST /api/chat`: a CSML Chat API bot. It checks `x-api-key: KEY|TS` + `x-api-signature` exactly
+//!   as a CSML server would, so the proxy's re-signing is exercised on every demo request.
+//! - `POST /haptik/webhook`: a Haptik webhook bot (checks `Authorization: Bearer` + `client-id`) that
+//!   answers in Haptik's current HSL shape.
+//! - `POST /run`: a CSML engine bot (checks a plain `X-Api-Key`).
+//!
+//! Each answers with three messages: a text, a question with two buttons, and an echo of what the
+//! user sent, rendered by the same dialect code the proxy uses.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use crate::dialect::csml;
-use crate::error::ProxyError;
+use crate::auth::{HaptikClient, HaptikClients};
+use crate::dialect::{csml, haptik, AnswerShape};
+use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Handler};
-use crate::model::{ChatRequest, Content};
+use crate::model::{Button, ChatAnswer, ChatRequest, Content, Reply};
 use crate::signing::CsmlKey;
 
 /// How far a signature's timestamp may be from the demo bot's clock.
 pub const TOLERANCE_SECS: u64 = 300;
 
-/// The demo bot.
+/// The demo bots.
 pub struct DemoBot {
     key: CsmlKey,
+    haptik: HaptikClients,
 }
 
 impl DemoBot {
-    /// A demo bot accepting requests signed with `key`.
-    pub fn new(key: CsmlKey) -> Self {
-        DemoBot { key }
+    /// Demo bots accepting CSML requests signed with `key` (and engine requests with its plain key),
+    /// and Haptik requests from `haptik` (client id, client), when given.
+    pub fn new(key: CsmlKey, haptik: Option<(String, HaptikClient)>) -> Self {
+        let mut clients = HaptikClients::new();
+        if let Some((id, client)) = haptik {
+            clients.insert(id, client);
+        }
+        DemoBot {
+            key,
+            haptik: clients,
+        }
     }
 }
 
-/// What the demo bot says to a request: the CSML answer body.
-pub fn answer(req: &ChatRequest<'_>, request_id: &str, received_at: SystemTime) -> Vec<u8> {
+/// What the demo bots say: a greeting, a question with two buttons, an echo.
+pub fn replies(req: &ChatRequest<'_>) -> Vec<Reply<'static>> {
     let echo = match &req.content {
         Content::Text(t) => format!("You said: {t}"),
         Content::Payload(p) => format!("You clicked: {p}"),
@@ -41,85 +58,155 @@ pub fn answer(req: &ChatRequest<'_>, request_id: &str, received_at: SystemTime) 
         Content::Url(u) => format!("You shared a link: {u}"),
         Content::FlowTrigger { flow_id, .. } => format!("You asked for the flow {flow_id}"),
     };
-    let conversation_id = uuid::Uuid::new_v4().to_string();
-    let message = |content_type: &str, content: serde_json::Value| {
-        json!({
-            "conversation_id": conversation_id,
-            "direction": "SEND",
-            "interaction_order": 0,
-            "payload": {"content_type": content_type, "content": content}
-        })
+    let button = |title: &'static str, payload: &'static str| Button {
+        title: Cow::Borrowed(title),
+        payload: Some(Cow::Borrowed(payload)),
     };
-    let body = json!({
-        "request_id": request_id,
-        "interaction_id": uuid::Uuid::new_v4().to_string(),
-        "messages": [
-            message("text", json!({"text": "Hello from the botbridge demo bot!"})),
-            message("question", json!({
-                "title": "Did that reach you?",
-                "buttons": [
-                    {"content_type": "button", "content": {"title": "Yes", "payload": "YES", "accepts": ["Yes", "YES"]}},
-                    {"content_type": "button", "content": {"title": "No", "payload": "NO", "accepts": ["No", "NO"]}}
-                ]
-            })),
-            message("text", json!({"text": echo})),
-        ],
-        "client": {"bot_id": "demo-bot", "channel_id": "demo-channel", "user_id": req.user_id},
-        "received_at": humantime::format_rfc3339_millis(received_at).to_string(),
-        "is_authorized": true
-    });
-    serde_json::to_vec(&body).expect("demo answer serializes")
+    vec![
+        Reply::Text(Cow::Borrowed("Hello from the botbridge demo bot!")),
+        Reply::Question {
+            title: Cow::Borrowed("Did that reach you?"),
+            buttons: vec![button("Yes", "YES"), button("No", "NO")],
+        },
+        Reply::Text(Cow::Owned(echo)),
+    ]
 }
 
-fn error(err: ProxyError) -> Answer {
+/// The CSML answer body the demo bot gives to `req`.
+pub fn csml_answer(req: &ChatRequest<'_>, request_id: &str, received: SystemTime) -> Vec<u8> {
+    let answer = ChatAnswer {
+        replies: replies(req),
+        bot_id: Some(Cow::Borrowed("demo-bot")),
+        channel_id: Some(Cow::Borrowed("demo-channel")),
+        ..ChatAnswer::default()
+    };
+    let ids = uuid::Uuid::new_v4().to_string();
+    csml::render_answer(
+        req,
+        &answer,
+        &csml::CsmlAnswerContext {
+            request_id,
+            interaction_id: &ids,
+            received,
+            bot_id: "demo-bot",
+            channel_id: "demo-channel",
+            conversation_id: &ids,
+        },
+    )
+}
+
+fn csml_error(err: ProxyError) -> Answer {
     Answer::json(err.status, csml::render_error(&err))
+}
+
+#[derive(Deserialize)]
+struct RunIn<'a> {
+    #[serde(borrow)]
+    event: &'a RawValue,
+}
+
+impl DemoBot {
+    fn chat_api(&self, key: &[u8], sig: Option<&[u8]>, body: &[u8], now: SystemTime) -> Answer {
+        let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Err(why) = self.key.verify(key, sig, unix, TOLERANCE_SECS) {
+            return csml_error(ProxyError::unauthorized(format!(
+                "invalid API key or signature ({why:?})"
+            )));
+        }
+        match csml::parse_request(body) {
+            Ok(chat) => {
+                let rid = chat
+                    .request_id
+                    .as_deref()
+                    .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+                Answer::json(200, csml_answer(&chat, &rid, now))
+            }
+            Err(e) => csml_error(e),
+        }
+    }
+
+    fn engine(&self, key: &[u8], body: &[u8], now: SystemTime) -> Answer {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            key,
+            self.key.key().as_bytes(),
+        )) {
+            return Answer::text(401, "invalid X-Api-Key");
+        }
+        // The engine answers bad requests with 400 text/plain, like csml_server.
+        let Ok(run) = serde_json::from_slice::<RunIn<'_>>(body) else {
+            return Answer::text(400, "invalid body: expected {\"bot_id\", \"event\"}");
+        };
+        match csml::parse_request(run.event.get().as_bytes()) {
+            Ok(chat) => {
+                let rid = chat.request_id.as_deref().unwrap_or("").to_owned();
+                Answer::json(200, csml_answer(&chat, &rid, now))
+            }
+            Err(e) => Answer::text(400, e.message.into_owned()),
+        }
+    }
+
+    fn haptik(
+        &self,
+        auth: Option<&[u8]>,
+        client_id: Option<&[u8]>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Answer {
+        let herr = |e: ProxyError| Answer::json(e.status, haptik::render_error(&e));
+        if let Err(e) = self.haptik.verify(auth, client_id) {
+            return herr(e);
+        }
+        match haptik::parse_request(body) {
+            Ok(req) => {
+                let answer = ChatAnswer {
+                    replies: replies(&req),
+                    ..ChatAnswer::default()
+                };
+                let ctx = haptik::AnswerContext {
+                    message_id: now
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(1, |d| d.as_micros() as u64),
+                    received: now,
+                    business_name: "demo",
+                    bot_name: "demo-haptik-bot",
+                    shape: AnswerShape::Hsl,
+                };
+                Answer::json(200, haptik::render_answer(&req, &answer, &ctx))
+            }
+            Err(e) => herr(e),
+        }
+    }
 }
 
 #[async_trait]
 impl Handler for DemoBot {
     async fn handle(&self, session: &mut ServerSession) -> Answer {
-        let req = session.req_header();
-        if req.uri.path() != "/api/chat" {
-            let keep = httpio::discard_body(session, 64 * 1024).await;
-            let mut a = error(ProxyError::new(
-                404,
-                crate::error::Reason::NotFound,
-                "not found",
-            ));
-            a.keepalive = keep;
-            return a;
-        }
-        let now = SystemTime::now();
-        let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let key = req
-            .headers
-            .get("x-api-key")
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        let sig = req.headers.get("x-api-signature").map(|v| v.as_bytes());
-        let verified = self.key.verify(key, sig, unix, TOLERANCE_SECS);
         let body = match httpio::read_body(session, 64 * 1024).await {
             Ok(b) => b,
             Err(_) => {
-                let mut a = error(ProxyError::bad_request("unreadable or oversized body"));
+                let mut a = csml_error(ProxyError::bad_request("unreadable or oversized body"));
                 a.keepalive = false;
                 return a;
             }
         };
-        if let Err(why) = verified {
-            return error(ProxyError::unauthorized(format!(
-                "invalid API key or signature ({why:?})"
-            )));
+        let req = session.req_header();
+        let header = |n: &str| req.headers.get(n).map(|v| v.as_bytes());
+        let now = SystemTime::now();
+        if req.method != http::Method::POST {
+            return csml_error(ProxyError::new(405, Reason::MethodNotAllowed, "only POST"));
         }
-        match csml::parse_request(&body) {
-            Ok(chat) => {
-                let request_id = chat
-                    .request_id
-                    .as_deref()
-                    .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-                Answer::json(200, answer(&chat, &request_id, now))
+        match req.uri.path() {
+            "/api/chat" => self.chat_api(
+                header("x-api-key").unwrap_or_default(),
+                header("x-api-signature"),
+                &body,
+                now,
+            ),
+            "/run" => self.engine(header("x-api-key").unwrap_or_default(), &body, now),
+            "/haptik/webhook" => {
+                self.haptik(header("authorization"), header("client-id"), &body, now)
             }
-            Err(e) => error(e),
+            _ => csml_error(ProxyError::new(404, Reason::NotFound, "not found")),
         }
     }
 }
@@ -134,16 +221,14 @@ mod tests {
             br#"{"client":{"user_id":"u"},"metadata":{},"payload":{"content_type":"text","content":{"text":"ping"}}}"#,
         )
         .unwrap();
-        let body = answer(&req, "r-1", UNIX_EPOCH);
+        let body = csml_answer(&req, "r-1", UNIX_EPOCH);
         let parsed = csml::parse_answer(&body).unwrap();
         assert_eq!(parsed.replies.len(), 3);
-        assert_eq!(
-            parsed.replies[2],
-            crate::model::Reply::Text("You said: ping".into())
-        );
+        assert_eq!(parsed.replies[2], Reply::Text("You said: ping".into()));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["request_id"], "r-1");
         assert_eq!(v["client"]["user_id"], "u");
+        assert_eq!(v["client"]["bot_id"], "demo-bot");
         assert_eq!(v["received_at"], "1970-01-01T00:00:00.000Z");
     }
 }

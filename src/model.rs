@@ -102,11 +102,28 @@ pub enum Reply<'a> {
     Media { kind: MediaKind, url: Cow<'a, str> },
 }
 
+/// Which dialect a backend's original message objects are in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKind {
+    /// CSML message payloads (`{"content_type", "content"}`).
+    CsmlPayload,
+    /// Haptik HSL bodies (`{"text", "type", "data"}`).
+    HaptikHsl,
+}
+
 /// The bot's whole answer to one request.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatAnswer<'a> {
     /// The replies the user sees, in order. Presentation-only messages (typing, wait) are not here.
     pub replies: Vec<Reply<'a>>,
-    /// Messages the backend sent that no client dialect can show (counted, then dropped).
+    /// Messages the backend sent that have no canonical form (dropped when translating).
     pub dropped: usize,
+    /// The backend's original message objects, every one in order, for a caller of the same dialect:
+    /// same-dialect fronting renders these verbatim and loses nothing.
+    pub raw: Option<(RawKind, Vec<&'a RawValue>)>,
+    /// The bot's own ids and conversation state, when the backend reported them.
+    pub bot_id: Option<Cow<'a, str>>,
+    pub channel_id: Option<Cow<'a, str>>,
+    pub conversation_id: Option<Cow<'a, str>>,
+    pub conversation_end: Option<bool>,
 }

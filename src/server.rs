@@ -49,16 +49,19 @@ pub fn run(config: Config, opts: RunOptions) -> ! {
     admin.threads = Some(1);
 
     if let Some(demo) = &config.demo {
-        let mut bot = Service::new("demo-bot".to_string(), App(DemoBot::new(demo.key.clone())));
+        let mut bot = Service::new(
+            "demo-bot".to_string(),
+            App(DemoBot::new(demo.key.clone(), demo.haptik.clone())),
+        );
         bot.add_tcp(&demo.listen.to_string());
         bot.threads = Some(1);
         server.add_service(bot);
         tracing::info!(listen = %demo.listen, "demo bot enabled");
     }
-    for client_id in &config.demo_credentials_in_use {
+    for caller in &config.demo_credentials_in_use {
         tracing::warn!(
-            client_id = %client_id,
-            "a Haptik client uses the shipped demo token: replace it before exposing the proxy"
+            caller = %caller,
+            "a caller uses the shipped demo credentials: replace them before exposing the proxy"
         );
     }
     tracing::info!(

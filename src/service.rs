@@ -16,8 +16,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Config, Route};
-use crate::dialect::haptik::AnswerContext;
-use crate::dialect::IngressDialect;
+use crate::dialect::{self, AnswerContext, BackendRequestContext, IngressDialect};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::metrics::{self, Metrics};
@@ -39,6 +38,7 @@ pub struct ChatService {
 /// What one request did, for the access log and metrics.
 struct Outcome {
     route: Option<usize>,
+    ingress: Option<IngressDialect>,
     backend: Option<usize>,
     request_id: Option<String>,
     bytes_in: usize,
@@ -68,11 +68,15 @@ impl ChatService {
                 .default_target
                 .iter()
                 .chain(r.businesses.values())
-                .map(|t| config.backends[t.backend].dialect.as_str())
+                .map(|t| config.backends[t.backend].spec.dialect().as_str())
                 .collect();
             dialects.sort_unstable();
             dialects.dedup();
-            metrics.register_route(&r.name, r.ingress.as_str(), &dialects, &backends);
+            for ingress in [IngressDialect::Haptik, IngressDialect::Csml] {
+                if r.ingress.accepts(ingress) {
+                    metrics.register_route(&r.name, ingress.as_str(), &dialects, &backends);
+                }
+            }
         }
         let start_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -114,6 +118,13 @@ impl ChatService {
             .ok_or_else(|| ProxyError::new(404, Reason::NotFound, "no route for this path"))?;
         out.route = Some(route_idx);
         let route = self.route(route_idx);
+        let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
+        let authorization = header(http::header::AUTHORIZATION.as_str());
+        let api_key = header("x-api-key");
+        out.ingress = route
+            .ingress
+            .fixed()
+            .or_else(|| dialect::detect(api_key.is_some(), authorization, None));
         if req_header.method != http::Method::POST {
             return Err(ProxyError::new(
                 405,
@@ -122,56 +133,83 @@ impl ChatService {
             ));
         }
         out.request_id = Some(request_id(req_header));
+        let json = is_json(header(http::header::CONTENT_TYPE.as_str()));
+
+        // A caller that sent no credential header at all on a route that takes either dialect: the
+        // body's shape tells which dialect to refuse it in.
+        let mut body = None;
+        let ingress = match out.ingress {
+            Some(d) => d,
+            None => {
+                let b = self.read_body(session, json, out).await?;
+                let d = dialect::detect(false, None, Some(&b)).ok_or_else(|| {
+                    ProxyError::bad_request(
+                        "cannot tell the request's dialect: send Haptik (Authorization: Bearer + client-id) \
+                         or CSML (x-api-key [+ x-api-signature])",
+                    )
+                })?;
+                out.ingress = Some(d);
+                body = Some(b);
+                d
+            }
+        };
 
         // Authenticate from the headers alone: no body is read for a caller we do not know.
+        let req_header = session.req_header();
         let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
-        let client_id = header("client-id").or_else(|| header("client_id"));
-        let client = self
-            .config
-            .haptik_clients
-            .verify(header(http::header::AUTHORIZATION.as_str()), client_id)?;
-        tracing::trace!(client = %client.name, "caller authenticated");
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mapped_business = match ingress {
+            IngressDialect::Haptik => {
+                let client_id = header("client-id").or_else(|| header("client_id"));
+                let client = self
+                    .config
+                    .haptik_clients
+                    .verify(header(http::header::AUTHORIZATION.as_str()), client_id)?;
+                tracing::trace!(client = %client.name, "haptik caller authenticated");
+                None
+            }
+            IngressDialect::Csml => {
+                let client = self.config.csml_clients.verify(
+                    header("x-api-key"),
+                    header("x-api-signature"),
+                    unix,
+                )?;
+                tracing::trace!(client = %client.name, "csml caller authenticated");
+                client.business_id
+            }
+        };
 
-        if !is_json(header(http::header::CONTENT_TYPE.as_str())) {
-            return Err(ProxyError::new(
-                415,
-                Reason::UnsupportedMediaType,
-                "Content-Type must be application/json",
-            ));
+        // Read and bound the whole body, then parse it.
+        let body = match body {
+            Some(b) => b,
+            None => self.read_body(session, json, out).await?,
+        };
+        let mut req = ingress.parse_request(&body)?;
+        if ingress == IngressDialect::Csml {
+            req.business_id = mapped_business.or(route.business_id);
         }
 
-        // Read and bound the whole body.
-        let limit = self.config.server.max_body_bytes;
-        let body = httpio::read_body(session, limit)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge => ProxyError::new(
-                    413,
-                    Reason::BodyTooLarge,
-                    format!("the request body is larger than {limit} bytes"),
-                ),
-                BodyError::Io(_) => ProxyError::bad_request("the request body could not be read"),
-            })?;
-        out.bytes_in = body.len();
-
-        // Parse and pick the backend.
-        let req = route.ingress.parse_request(&body)?;
+        // Pick the backend, translate and sign.
         let target = route.target(req.business_id).ok_or_else(|| {
             ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
         })?;
         out.backend = Some(target.backend);
         let backend = &self.config.backends[target.backend];
-
-        // Translate and sign.
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        let upstream_body = backend.dialect.render_request(&req, request_id);
+        let upstream_body = backend.spec.render_request(
+            &req,
+            &BackendRequestContext {
+                request_id,
+                business_id: req.business_id,
+                flow_trigger: route.flow_trigger,
+            },
+        )?;
         let mut up =
             RequestHeader::build_no_case(http::Method::POST, backend.path.as_bytes(), Some(8))
                 .map_err(|_| ProxyError::bad_request("cannot build the backend request"))?;
         let received = SystemTime::now();
-        let unix = received
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let headers = [
             ("host", backend.authority.clone()),
             ("content-type", "application/json".to_string()),
@@ -180,7 +218,7 @@ impl ChatService {
             ("user-agent", self.user_agent.clone()),
             (REQUEST_ID, request_id.to_string()),
         ];
-        for (name, value) in headers.into_iter().chain(backend.auth.headers(unix)) {
+        for (name, value) in headers.into_iter().chain(backend.spec.auth_headers(unix)) {
             up.insert_header(name, value).map_err(|_| {
                 ProxyError::bad_request("the request id is not a valid header value")
             })?;
@@ -200,33 +238,76 @@ impl ChatService {
         out.backend_time = Some(started.elapsed());
         let exchange = result.inspect_err(|e| self.backend_error(target.backend, e.reason))?;
         out.from_backend = true;
-        if !(200..300).contains(&exchange.status) {
-            self.backend_error(target.backend, Reason::BackendStatus);
-            return Err(ProxyError::new(
-                502,
-                Reason::BackendStatus,
-                format!("the backend answered HTTP {}", exchange.status),
-            ));
-        }
 
         // Translate the answer back.
         let answer = backend
-            .dialect
-            .parse_answer(&exchange.body)
+            .spec
+            .parse_answer(exchange.status, &exchange.body)
             .inspect_err(|e| self.backend_error(target.backend, e.reason))?;
         if answer.dropped > 0 {
             tracing::debug!(
                 dropped = answer.dropped,
-                "backend messages without a client rendering were dropped"
+                "backend messages without a canonical form"
             );
         }
+        let ids = ingress.ids_needed(&answer);
+        let interaction_id = match ingress {
+            IngressDialect::Csml => uuid::Uuid::new_v4().to_string(),
+            IngressDialect::Haptik => String::new(),
+        };
+        let channel_id = req
+            .business_id
+            .map_or_else(|| route.name.clone(), |b| b.to_string());
         let ctx = AnswerContext {
-            message_id: self.next_message_id.fetch_add(1, Ordering::Relaxed),
+            message_id: self.next_message_id.fetch_add(ids, Ordering::Relaxed),
             received,
+            request_id,
+            interaction_id: &interaction_id,
             business_name: &target.business_name,
             bot_name: &route.bot_name,
+            channel_id: &channel_id,
+            shape: route.haptik_answer,
         };
-        Ok(route.ingress.render_answer(&req, &answer, &ctx))
+        Ok(ingress.render_answer(&req, &answer, &ctx))
+    }
+
+    /// Checks the content type, then reads the whole body up to the limit.
+    async fn read_body(
+        &self,
+        session: &mut ServerSession,
+        json: bool,
+        out: &mut Outcome,
+    ) -> Result<Bytes, ProxyError> {
+        if !json {
+            return Err(ProxyError::new(
+                415,
+                Reason::UnsupportedMediaType,
+                "Content-Type must be application/json",
+            ));
+        }
+        let limit = self.config.server.max_body_bytes;
+        let body = httpio::read_body(session, limit)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => ProxyError::new(
+                    413,
+                    Reason::BodyTooLarge,
+                    format!("the request body is larger than {limit} bytes"),
+                ),
+                BodyError::Io(_) => ProxyError::bad_request("the request body could not be read"),
+            })?;
+        out.bytes_in = body.len();
+        Ok(body)
+    }
+
+    /// The caller's dialect judged from its headers alone, for errors before routing.
+    fn guess_dialect(&self, session: &ServerSession) -> Option<IngressDialect> {
+        let h = &session.req_header().headers;
+        dialect::detect(
+            h.contains_key("x-api-key"),
+            h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
+            None,
+        )
     }
 
     fn backend_error(&self, backend: usize, reason: Reason) {
@@ -238,21 +319,17 @@ impl ChatService {
 
     fn record(&self, out: &Outcome, status: u16, bytes_out: usize, took: Duration) {
         let m = self.metrics;
-        let (route, ingress, bd) = match out.route {
+        let ingress = out.ingress.map_or("none", IngressDialect::as_str);
+        let (route, bd) = match out.route {
             Some(i) => {
                 let r = self.route(i);
                 let bd = out
                     .backend
-                    .map(|b| self.config.backends[b].dialect.as_str())
-                    .or_else(|| {
-                        r.default_target
-                            .as_ref()
-                            .map(|t| self.config.backends[t.backend].dialect.as_str())
-                    })
-                    .unwrap_or("none");
-                (r.name.as_str(), r.ingress.as_str(), bd)
+                    .or_else(|| r.default_target.as_ref().map(|t| t.backend))
+                    .map_or("none", |b| self.config.backends[b].spec.dialect().as_str());
+                (r.name.as_str(), bd)
             }
-            None => (metrics::NO_ROUTE, "none", "none"),
+            None => (metrics::NO_ROUTE, "none"),
         };
         let source = if out.from_backend { "backend" } else { "proxy" };
         m.requests
@@ -301,6 +378,7 @@ impl Handler for ChatService {
         let _in_flight = InFlight::enter(self.metrics);
         let mut out = Outcome {
             route: None,
+            ingress: None,
             backend: None,
             request_id: None,
             bytes_in: 0,
@@ -309,14 +387,15 @@ impl Handler for ChatService {
             from_backend: false,
         };
         let result = self.serve(session, &mut out).await;
-        let ingress = out
-            .route
-            .map_or(IngressDialect::Haptik, |i| self.route(i).ingress);
         let mut answer = match result {
             Ok(body) => Answer::json(200, body),
             Err(err) => {
                 out.error = Some(err.reason);
-                let mut a = Answer::json(err.status, ingress.render_error(&err));
+                let body = match out.ingress.or_else(|| self.guess_dialect(session)) {
+                    Some(d) => d.render_error(&err),
+                    None => dialect::render_error_for_either(&err),
+                };
+                let mut a = Answer::json(err.status, body);
                 if err.reason == Reason::MethodNotAllowed {
                     a = a.with_header("allow", "POST");
                 }

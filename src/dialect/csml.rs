@@ -1,19 +1,25 @@
-//! CSML's Chat API dialect: the request body a CSML bot expects and the answer it sends back.
+//! CSML's Chat API dialect: requests and answers as a CSML Studio client or bot sends them.
 //!
 //! Request: `{"client":{"user_id"},"metadata":{…},"request_id","payload":{"content_type","content"}}`.
-//! Answer: `{"request_id", "messages":[{"payload":{"content_type","content"}}], "client", …}`. Message
-//! payloads become canonical [`Reply`]s; `typing` and `wait` are presentation hints and are dropped,
-//! `object` and `payload` messages have no client rendering and are counted as dropped, and an `error`
-//! message (the engine's way of reporting a bot error with HTTP 200) fails the answer.
+//! Answer: `{"request_id","interaction_id","messages":[{"conversation_id","direction","interaction_order",
+//! "payload"}],"client":{"bot_id","channel_id","user_id"},"received_at","is_authorized"}`.
+//! Message payloads become canonical [`Reply`]s; `typing` and `wait` are presentation hints and are
+//! skipped, `object`, `payload` and unknown types have no canonical form and are counted as dropped
+//! (a CSML caller still gets them, from [`ChatAnswer::raw`]), and an `error` message (how the engine
+//! reports a bot error, with HTTP 200) fails the answer.
 
 use std::borrow::Cow;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::dialect::haptik::is_http_url;
 use crate::error::{json_error, ProxyError, Reason};
-use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
+use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
+
+// ---------------------------------------------------------------------------------------------
+// Requests
 
 #[derive(Serialize)]
 struct RequestWire<'a> {
@@ -24,27 +30,26 @@ struct RequestWire<'a> {
 }
 
 #[derive(Serialize)]
-#[serde(untagged)]
-enum MetadataOut<'a> {
-    /// The caller's own metadata, passed through untouched.
-    Raw(&'a RawValue),
-    /// Made by the proxy: the Haptik business id, when there is one.
-    Made(MetadataWire),
-}
-
-#[derive(Serialize)]
 struct ClientWire<'a> {
     user_id: &'a str,
 }
 
+/// The `metadata` object sent to a CSML bot.
 #[derive(Serialize)]
-struct MetadataWire {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    business_id: Option<i64>,
+#[serde(untagged)]
+pub(crate) enum MetadataOut<'a> {
+    /// The caller's own metadata, passed through untouched.
+    Raw(&'a RawValue),
+    /// Made by the proxy: the Haptik business id, when there is one.
+    Made {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        business_id: Option<i64>,
+    },
 }
 
+/// The `payload` of a request sent to a CSML bot.
 #[derive(Serialize)]
-struct PayloadOut<'a> {
+pub(crate) struct PayloadOut<'a> {
     content_type: &'static str,
     content: ContentOut<'a>,
 }
@@ -68,10 +73,8 @@ enum ContentOut<'a> {
     },
 }
 
-/// Renders the canonical request as a CSML Chat API request body.
-///
-/// `metadata` carries the Haptik `business_id` when the request had one.
-pub fn render_request(req: &ChatRequest<'_>, request_id: &str) -> Vec<u8> {
+/// The metadata and payload of a canonical request, as CSML (Chat API and engine) wants them.
+pub(crate) fn request_parts<'a>(req: &'a ChatRequest<'_>) -> (MetadataOut<'a>, PayloadOut<'a>) {
     let (content_type, content) = match &req.content {
         Content::Text(t) => ("text", ContentOut::Text { text: t }),
         Content::Media { kind, url } => (kind.as_str(), ContentOut::Url { url }),
@@ -88,21 +91,34 @@ pub fn render_request(req: &ChatRequest<'_>, request_id: &str) -> Vec<u8> {
             },
         ),
     };
+    let metadata = match req.metadata {
+        Some(raw) => MetadataOut::Raw(raw),
+        None => MetadataOut::Made {
+            business_id: req.business_id,
+        },
+    };
+    (
+        metadata,
+        PayloadOut {
+            content_type,
+            content,
+        },
+    )
+}
+
+/// Renders the canonical request as a CSML Chat API request body.
+///
+/// `metadata` is the caller's own when it sent one (CSML callers), else carries the Haptik
+/// `business_id` when there is one.
+pub fn render_request(req: &ChatRequest<'_>, request_id: &str) -> Vec<u8> {
+    let (metadata, payload) = request_parts(req);
     let wire = RequestWire {
         client: ClientWire {
             user_id: &req.user_id,
         },
-        metadata: match req.metadata {
-            Some(raw) => MetadataOut::Raw(raw),
-            None => MetadataOut::Made(MetadataWire {
-                business_id: req.business_id,
-            }),
-        },
+        metadata,
         request_id,
-        payload: PayloadOut {
-            content_type,
-            content,
-        },
+        payload,
     };
     serde_json::to_vec(&wire).expect("csml request serializes")
 }
@@ -126,6 +142,14 @@ struct ClientIn<'a> {
 }
 
 #[derive(Deserialize)]
+struct PayloadIn<'a> {
+    #[serde(borrow)]
+    content_type: Cow<'a, str>,
+    #[serde(borrow)]
+    content: &'a RawValue,
+}
+
+#[derive(Deserialize)]
 struct PayloadTextIn<'a> {
     #[serde(borrow)]
     payload: Cow<'a, str>,
@@ -144,6 +168,16 @@ fn request_content<'a, T: Deserialize<'a>>(raw: &'a RawValue, kind: &str) -> Res
         ProxyError::bad_request(format!(
             "invalid field `payload.content` for content_type `{kind}`: {e}"
         ))
+    })
+}
+
+fn media_kind(kind: &str) -> Option<MediaKind> {
+    Some(match kind {
+        "image" => MediaKind::Image,
+        "video" => MediaKind::Video,
+        "audio" => MediaKind::Audio,
+        "file" => MediaKind::File,
+        _ => return None,
     })
 }
 
@@ -188,15 +222,6 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
             }
             Content::Text(t.text)
         }
-        "image" | "video" | "audio" | "file" => Content::Media {
-            kind: match kind {
-                "image" => MediaKind::Image,
-                "video" => MediaKind::Video,
-                "audio" => MediaKind::Audio,
-                _ => MediaKind::File,
-            },
-            url: url_of(raw)?,
-        },
         "url" => Content::Url(url_of(raw)?),
         "payload" => Content::Payload(request_content::<PayloadTextIn<'_>>(raw, kind)?.payload),
         "flow_trigger" => {
@@ -206,11 +231,17 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
                 close_flows: f.close_flows,
             }
         }
-        other => {
-            return Err(ProxyError::bad_request(format!(
-                "invalid field `payload.content_type`: `{other}` is not one of text, image, video, audio, file, url, payload, flow_trigger"
-            )))
-        }
+        other => match media_kind(other) {
+            Some(kind) => Content::Media {
+                kind,
+                url: url_of(raw)?,
+            },
+            None => {
+                return Err(ProxyError::bad_request(format!(
+                    "invalid field `payload.content_type`: `{other}` is not one of text, image, video, audio, file, url, payload, flow_trigger"
+                )))
+            }
+        },
     };
     Ok(ChatRequest {
         user_id: wire.client.user_id,
@@ -222,24 +253,33 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Answers
+
 #[derive(Deserialize)]
 struct AnswerWire<'a> {
     #[serde(borrow)]
     messages: Vec<MessageWire<'a>>,
+    #[serde(borrow, default)]
+    client: Option<AnswerClientIn<'a>>,
+    #[serde(default)]
+    conversation_end: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct AnswerClientIn<'a> {
+    #[serde(borrow, default)]
+    bot_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct MessageWire<'a> {
+    #[serde(borrow, default)]
+    conversation_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    payload: PayloadIn<'a>,
-}
-
-#[derive(Deserialize)]
-struct PayloadIn<'a> {
-    #[serde(borrow)]
-    content_type: Cow<'a, str>,
-    #[serde(borrow)]
-    content: &'a RawValue,
+    payload: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -307,7 +347,58 @@ impl<'a> From<ButtonIn<'a>> for Button<'a> {
     }
 }
 
-/// Parses a CSML Chat API answer body (2xx) into the canonical answer.
+/// Parses one CSML message payload: `Ok(None)` for messages with no canonical form (typing and wait
+/// are hints; the caller counts others as dropped via the returned flag).
+fn parse_payload<'a>(
+    payload: &'a RawValue,
+    i: usize,
+) -> Result<(Option<Reply<'a>>, bool), ProxyError> {
+    let p: PayloadIn<'a> = serde_json::from_str(payload.get()).map_err(|e| {
+        ProxyError::bad_answer(format!(
+            "backend answer: messages[{i}].payload is invalid: {e}"
+        ))
+    })?;
+    let raw = p.content;
+    let kind = &*p.content_type;
+    let reply = match kind {
+        "text" => Reply::Text(content::<TextIn<'_>>(raw, i, kind)?.text),
+        "question" => {
+            let q: QuestionIn<'_> = content(raw, i, kind)?;
+            Reply::Question {
+                title: q.title,
+                buttons: q.buttons.into_iter().map(|b| b.content.into()).collect(),
+            }
+        }
+        "button" => Reply::Button(content::<ButtonIn<'_>>(raw, i, kind)?.into()),
+        "url" => {
+            let u: UrlIn<'_> = content(raw, i, kind)?;
+            Reply::Url {
+                url: u.url,
+                text: u.text,
+                title: u.title,
+            }
+        }
+        "typing" | "wait" => return Ok((None, false)),
+        "error" => {
+            let e: ErrorIn<'_> = content(raw, i, kind)?;
+            return Err(ProxyError::new(
+                502,
+                Reason::BotError,
+                format!("the bot reported an error: {}", e.error),
+            ));
+        }
+        other => match media_kind(other) {
+            Some(kind) => Reply::Media {
+                kind,
+                url: content::<UrlIn<'_>>(raw, i, other)?.url,
+            },
+            None => return Ok((None, true)),
+        },
+    };
+    Ok((Some(reply), false))
+}
+
+/// Parses a successful (2xx) CSML answer body (Chat API or engine `/run`) into the canonical answer.
 ///
 /// A body that is not a CSML answer, or a message whose content does not fit its `content_type`, is a
 /// 502 (`backend_bad_answer`); an `error` message is a 502 (`bot_error`) carrying the bot's message.
@@ -316,58 +407,199 @@ pub fn parse_answer(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
         .map_err(|e| ProxyError::bad_answer(format!("backend answer is not a CSML answer: {e}")))?;
     let mut answer = ChatAnswer {
         replies: Vec::with_capacity(wire.messages.len()),
-        dropped: 0,
+        conversation_end: wire.conversation_end,
+        ..ChatAnswer::default()
     };
-    for (i, m) in wire.messages.into_iter().enumerate() {
-        let raw = m.payload.content;
-        let kind = &*m.payload.content_type;
-        let reply = match kind {
-            "text" => Reply::Text(content::<TextIn<'_>>(raw, i, kind)?.text),
-            "question" => {
-                let q: QuestionIn<'_> = content(raw, i, kind)?;
-                Reply::Question {
-                    title: q.title,
-                    buttons: q.buttons.into_iter().map(|b| b.content.into()).collect(),
-                }
-            }
-            "button" => Reply::Button(content::<ButtonIn<'_>>(raw, i, kind)?.into()),
-            "url" => {
-                let u: UrlIn<'_> = content(raw, i, kind)?;
-                Reply::Url {
-                    url: u.url,
-                    text: u.text,
-                    title: u.title,
-                }
-            }
-            "image" | "video" | "audio" | "file" => {
-                let media_kind = match kind {
-                    "image" => MediaKind::Image,
-                    "video" => MediaKind::Video,
-                    "audio" => MediaKind::Audio,
-                    _ => MediaKind::File,
-                };
-                Reply::Media {
-                    kind: media_kind,
-                    url: content::<UrlIn<'_>>(raw, i, kind)?.url,
-                }
-            }
-            "typing" | "wait" => continue,
-            "error" => {
-                let e: ErrorIn<'_> = content(raw, i, kind)?;
-                return Err(ProxyError::new(
-                    502,
-                    Reason::BotError,
-                    format!("the bot reported an error: {}", e.error),
-                ));
-            }
-            _ => {
-                answer.dropped += 1;
-                continue;
-            }
-        };
-        answer.replies.push(reply);
+    if let Some(c) = wire.client {
+        answer.bot_id = c.bot_id;
+        answer.channel_id = c.channel_id;
     }
+    let mut raw = Vec::with_capacity(wire.messages.len());
+    for (i, m) in wire.messages.into_iter().enumerate() {
+        if answer.conversation_id.is_none() {
+            answer.conversation_id = m.conversation_id;
+        }
+        let (reply, dropped) = parse_payload(m.payload, i)?;
+        answer.replies.extend(reply);
+        answer.dropped += usize::from(dropped);
+        raw.push(m.payload);
+    }
+    answer.raw = Some((RawKind::CsmlPayload, raw));
     Ok(answer)
+}
+
+/// What the shell supplies to render a CSML answer.
+#[derive(Debug, Clone, Copy)]
+pub struct CsmlAnswerContext<'a> {
+    pub request_id: &'a str,
+    pub interaction_id: &'a str,
+    pub received: SystemTime,
+    /// Used when the backend did not report its own bot id (non-CSML backends).
+    pub bot_id: &'a str,
+    /// Used when the backend did not report its own channel id.
+    pub channel_id: &'a str,
+    /// Used when the backend did not report a conversation id.
+    pub conversation_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct AnswerOut<'a> {
+    request_id: &'a str,
+    interaction_id: &'a str,
+    messages: Vec<MessageOut<'a>>,
+    client: AnswerClientOut<'a>,
+    received_at: String,
+    is_authorized: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation_end: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct AnswerClientOut<'a> {
+    bot_id: &'a str,
+    channel_id: &'a str,
+    user_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    conversation_id: &'a str,
+    direction: &'static str,
+    interaction_order: u32,
+    payload: PayloadAny<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PayloadAny<'a> {
+    Raw(&'a RawValue),
+    Made(ReplyOut<'a>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "content_type", content = "content", rename_all = "lowercase")]
+enum ReplyOut<'a> {
+    Text {
+        text: &'a str,
+    },
+    Question {
+        title: &'a str,
+        buttons: Vec<ButtonEnvelope<'a>>,
+    },
+    Button(ButtonOut<'a>),
+    Url {
+        url: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        title: Option<&'a str>,
+    },
+    Image {
+        url: &'a str,
+    },
+    Video {
+        url: &'a str,
+    },
+    Audio {
+        url: &'a str,
+    },
+    File {
+        url: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct ButtonEnvelope<'a> {
+    content_type: &'static str,
+    content: ButtonOut<'a>,
+}
+
+#[derive(Serialize)]
+struct ButtonOut<'a> {
+    title: &'a str,
+    payload: &'a str,
+    accepts: [&'a str; 2],
+}
+
+fn button_out<'a>(b: &'a Button<'_>) -> ButtonOut<'a> {
+    let payload = b.payload_or_title();
+    ButtonOut {
+        title: &b.title,
+        payload,
+        accepts: [&b.title, payload],
+    }
+}
+
+/// Renders one canonical reply as a CSML message payload.
+fn reply_out<'a>(r: &'a Reply<'_>) -> ReplyOut<'a> {
+    match r {
+        Reply::Text(t) => ReplyOut::Text { text: t },
+        Reply::Question { title, buttons } => ReplyOut::Question {
+            title,
+            buttons: buttons
+                .iter()
+                .map(|b| ButtonEnvelope {
+                    content_type: "button",
+                    content: button_out(b),
+                })
+                .collect(),
+        },
+        Reply::Button(b) => ReplyOut::Button(button_out(b)),
+        Reply::Url { url, text, title } => ReplyOut::Url {
+            url,
+            text: text.as_deref(),
+            title: title.as_deref(),
+        },
+        Reply::Media { kind, url } => match kind {
+            MediaKind::Image => ReplyOut::Image { url },
+            MediaKind::Video => ReplyOut::Video { url },
+            MediaKind::Audio => ReplyOut::Audio { url },
+            MediaKind::File => ReplyOut::File { url },
+        },
+    }
+}
+
+/// Renders the canonical answer in the CSML Chat API answer shape. A CSML backend's own message
+/// payloads are passed through verbatim (nothing is lost CSML to CSML); others are translated.
+pub fn render_answer(
+    req: &ChatRequest<'_>,
+    answer: &ChatAnswer<'_>,
+    ctx: &CsmlAnswerContext<'_>,
+) -> Vec<u8> {
+    let conversation_id = answer
+        .conversation_id
+        .as_deref()
+        .unwrap_or(ctx.conversation_id);
+    let message = |payload| MessageOut {
+        conversation_id,
+        direction: "SEND",
+        interaction_order: 0,
+        payload,
+    };
+    let messages = match &answer.raw {
+        Some((RawKind::CsmlPayload, raw)) => {
+            raw.iter().map(|p| message(PayloadAny::Raw(p))).collect()
+        }
+        _ => answer
+            .replies
+            .iter()
+            .map(|r| message(PayloadAny::Made(reply_out(r))))
+            .collect(),
+    };
+    let out = AnswerOut {
+        request_id: ctx.request_id,
+        interaction_id: ctx.interaction_id,
+        messages,
+        client: AnswerClientOut {
+            bot_id: answer.bot_id.as_deref().unwrap_or(ctx.bot_id),
+            channel_id: answer.channel_id.as_deref().unwrap_or(ctx.channel_id),
+            user_id: &req.user_id,
+        },
+        received_at: humantime::format_rfc3339_millis(ctx.received).to_string(),
+        is_authorized: true,
+        conversation_end: answer.conversation_end,
+    };
+    serde_json::to_vec(&out).expect("csml answer serializes")
 }
 
 #[derive(Serialize)]

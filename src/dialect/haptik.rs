@@ -1,10 +1,16 @@
-//! Haptik's synchronous-webhook dialect: its request body, its legacy answer array, its error body.
+//! Haptik's synchronous-webhook dialect: its request body, its two answer shapes, its error body.
 //!
 //! Request: `{"user":{"auth_id"},"message_body","message_type","business_id"}` (`message_type` 0 text,
-//! 1 image URL, 52 document URL; absent means 0). Answer: a JSON array with one `api.chatmessaged`
-//! object whose `bot_messages` are strings. Rich replies become text in that array (see
-//! [`reply_text`]): the legacy shape documents `bot_messages` as a list of strings, so a client written
-//! for it never meets an object it cannot read.
+//! 1 image URL, 52 document URL; absent means 0).
+//!
+//! Answers come in two shapes, chosen per route ([`AnswerShape`]):
+//! - legacy (the seed): a JSON array with one `api.chatmessaged` object whose `bot_messages` are
+//!   strings. Rich replies become text there (see [`reply_text`]): the legacy shape documents
+//!   `bot_messages` as strings, so a client written for it never meets an object it cannot read;
+//! - HSL (current): `{"version","timestamp","agent","message":[{"id","body": HSL}]}`, where rich
+//!   replies keep their structure (see `hsl`).
+//!
+//! Errors are `{"error_message": "…"}`.
 
 use std::borrow::Cow;
 use std::time::SystemTime;
@@ -12,8 +18,11 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{json_error, ProxyError};
-use crate::model::{ChatAnswer, ChatRequest, Content, MediaKind, Reply};
+use serde_json::value::RawValue;
+
+use crate::dialect::hsl;
+use crate::error::{json_error, ProxyError, Reason};
+use crate::model::{ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 
 /// Haptik `message_type` for text.
 pub const MESSAGE_TYPE_TEXT: i64 = 0;
@@ -100,17 +109,42 @@ pub fn is_http_url(s: &str) -> bool {
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/'))
 }
 
-/// What the shell supplies to render an answer: the clock, a fresh id and configured names.
+/// Which Haptik answer shape a route serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerShape {
+    /// The seed's array of `api.chatmessaged` with string `bot_messages`.
+    #[default]
+    Legacy,
+    /// `{"version","timestamp","agent","message":[{"id","body": HSL}]}`.
+    Hsl,
+}
+
+/// What to do with a CSML `flow_trigger` sent to a Haptik backend, which has no equivalent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowTriggerPolicy {
+    /// Refuse it with 422.
+    #[default]
+    Reject,
+    /// Send the flow id as a text message.
+    Text,
+}
+
+/// What the shell supplies to render an answer: the clock, fresh ids and configured names.
 #[derive(Debug, Clone, Copy)]
 pub struct AnswerContext<'a> {
-    /// A process-unique message id (`pk` and `fields.id`).
+    /// The first of a block of process-unique ids reserved for this answer (legacy: `pk`; HSL: one
+    /// per message).
     pub message_id: u64,
     /// When the message was received.
     pub received: SystemTime,
     /// The configured name of the business the message went to.
     pub business_name: &'a str,
-    /// The configured name of the bot that answered (`claim_name`).
+    /// The configured name of the bot that answered (`claim_name`, `agent.name`).
     pub bot_name: &'a str,
+    /// Which shape to render.
+    pub shape: AnswerShape,
 }
 
 #[derive(Serialize)]
@@ -188,8 +222,90 @@ pub fn reply_text<'a>(reply: &Reply<'a>) -> Cow<'a, str> {
     }
 }
 
-/// Renders the canonical answer as Haptik's legacy sync answer: a one-element JSON array.
+/// Renders the canonical answer in the route's Haptik shape.
 pub fn render_answer(
+    req: &ChatRequest<'_>,
+    answer: &ChatAnswer<'_>,
+    ctx: &AnswerContext<'_>,
+) -> Vec<u8> {
+    match ctx.shape {
+        AnswerShape::Legacy => render_legacy(req, answer, ctx),
+        AnswerShape::Hsl => render_hsl(answer, ctx),
+    }
+}
+
+/// How many ids [`render_answer`] uses from [`AnswerContext::message_id`].
+pub fn ids_needed(answer: &ChatAnswer<'_>) -> u64 {
+    let n = match &answer.raw {
+        Some((RawKind::HaptikHsl, raw)) => raw.len(),
+        _ => answer.replies.len(),
+    };
+    n.max(1) as u64
+}
+
+#[derive(Serialize)]
+struct HslAnswerOut<'a> {
+    version: &'static str,
+    timestamp: String,
+    agent: AgentOut<'a>,
+    message: Vec<HslMessageOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct AgentOut<'a> {
+    id: u32,
+    name: &'a str,
+    profile_image: &'static str,
+    is_automated: bool,
+}
+
+#[derive(Serialize)]
+struct HslMessageOut<'a> {
+    id: u64,
+    body: HslBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum HslBody<'a> {
+    Raw(&'a RawValue),
+    Made(hsl::HslOut<'a>),
+}
+
+/// The current shape. A Haptik backend's own HSL bodies are passed through verbatim.
+fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>) -> Vec<u8> {
+    let bodies: Vec<HslBody<'_>> = match &answer.raw {
+        Some((RawKind::HaptikHsl, raw)) => raw.iter().map(|b| HslBody::Raw(b)).collect(),
+        _ => answer
+            .replies
+            .iter()
+            .map(|r| HslBody::Made(hsl::render(r)))
+            .collect(),
+    };
+    let name_hash = Sha256::digest(ctx.bot_name.as_bytes());
+    let out = HslAnswerOut {
+        version: "1.0",
+        timestamp: humantime::format_rfc3339_millis(ctx.received).to_string(),
+        agent: AgentOut {
+            id: u32::from_be_bytes([name_hash[0], name_hash[1], name_hash[2], name_hash[3]]) >> 1,
+            name: ctx.bot_name,
+            profile_image: "",
+            is_automated: true,
+        },
+        message: bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| HslMessageOut {
+                id: ctx.message_id + i as u64,
+                body,
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&out).expect("haptik hsl answer serializes")
+}
+
+/// The seed's legacy shape: a one-element JSON array.
+fn render_legacy(
     req: &ChatRequest<'_>,
     answer: &ChatAnswer<'_>,
     ctx: &AnswerContext<'_>,
@@ -230,6 +346,141 @@ pub fn render_answer(
     };
     // Serializing plain structs of strings and numbers cannot fail.
     serde_json::to_vec(&[msg]).expect("haptik answer serializes")
+}
+
+#[derive(Serialize)]
+struct RequestOut<'a> {
+    user: UserOut<'a>,
+    message_body: &'a str,
+    message_type: i64,
+    business_id: i64,
+}
+
+#[derive(Serialize)]
+struct UserOut<'a> {
+    auth_id: &'a str,
+}
+
+/// Renders the canonical request as a Haptik webhook request for business `business_id`.
+///
+/// Text and button payloads are text (type 0); an image is type 1 and a file type 52 with the URL as
+/// body; video, audio and url have no Haptik type and go as their URL in a text. A flow trigger has
+/// no Haptik equivalent: refused with 422, or sent as its flow id, as the route's policy says.
+pub fn render_request(
+    req: &ChatRequest<'_>,
+    business_id: i64,
+    flow: FlowTriggerPolicy,
+) -> Result<Vec<u8>, ProxyError> {
+    let (message_body, message_type): (&str, i64) = match &req.content {
+        Content::Text(t) | Content::Payload(t) | Content::Url(t) => (t, MESSAGE_TYPE_TEXT),
+        Content::Media {
+            kind: MediaKind::Image,
+            url,
+        } => (url, MESSAGE_TYPE_IMAGE),
+        Content::Media {
+            kind: MediaKind::File,
+            url,
+        } => (url, MESSAGE_TYPE_DOCUMENT),
+        Content::Media { url, .. } => (url, MESSAGE_TYPE_TEXT),
+        Content::FlowTrigger { flow_id, .. } => match flow {
+            FlowTriggerPolicy::Text => (flow_id, MESSAGE_TYPE_TEXT),
+            FlowTriggerPolicy::Reject => return Err(ProxyError::new(
+                422,
+                Reason::Untranslatable,
+                "flow_trigger has no equivalent for this bot (a Haptik bot); send a text message",
+            )),
+        },
+    };
+    let out = RequestOut {
+        user: UserOut {
+            auth_id: &req.user_id,
+        },
+        message_body,
+        message_type,
+        business_id,
+    };
+    Ok(serde_json::to_vec(&out).expect("haptik request serializes"))
+}
+
+#[derive(Deserialize)]
+struct ErrorIn<'a> {
+    #[serde(borrow)]
+    error_message: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct LegacyIn<'a> {
+    #[serde(borrow, default)]
+    bot_messages: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct HslAnswerIn<'a> {
+    #[serde(borrow)]
+    message: Vec<HslMessageIn<'a>>,
+    #[serde(borrow, default)]
+    agent: Option<AgentIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HslMessageIn<'a> {
+    #[serde(borrow)]
+    body: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct AgentIn<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// Parses a Haptik backend's answer: the legacy array, the current HSL shape, or a Haptik error body
+/// (`{"error_message"}`, with any status), which becomes a 502 carrying the backend's message.
+pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
+    if let Ok(e) = serde_json::from_slice::<ErrorIn<'_>>(body) {
+        return Err(ProxyError::new(
+            502,
+            Reason::BackendStatus,
+            format!(
+                "the backend refused the request (HTTP {status}): {}",
+                e.error_message
+            ),
+        ));
+    }
+    if !(200..300).contains(&status) {
+        return Err(ProxyError::new(
+            502,
+            Reason::BackendStatus,
+            format!("the backend answered HTTP {status}"),
+        ));
+    }
+    let not_haptik = |e: serde_json::Error| {
+        ProxyError::bad_answer(format!("backend answer is not a Haptik answer: {e}"))
+    };
+    let mut answer = ChatAnswer::default();
+    if body.trim_ascii_start().starts_with(b"[") {
+        let legacy: Vec<LegacyIn<'_>> = serde_json::from_slice(body).map_err(not_haptik)?;
+        for (i, m) in legacy.into_iter().flat_map(|l| l.bot_messages).enumerate() {
+            if m.get().starts_with('"') {
+                let text: Cow<'_, str> = serde_json::from_str(m.get()).map_err(not_haptik)?;
+                answer.replies.push(Reply::Text(text));
+            } else if !hsl::parse(m, &format!("bot_messages[{i}]"), &mut answer.replies)? {
+                answer.dropped += 1;
+            }
+        }
+    } else {
+        let current: HslAnswerIn<'_> = serde_json::from_slice(body).map_err(not_haptik)?;
+        let mut raw = Vec::with_capacity(current.message.len());
+        for (i, m) in current.message.into_iter().enumerate() {
+            if !hsl::parse(m.body, &format!("message[{i}].body"), &mut answer.replies)? {
+                answer.dropped += 1;
+            }
+            raw.push(m.body);
+        }
+        answer.raw = Some((RawKind::HaptikHsl, raw));
+        answer.bot_id = current.agent.and_then(|a| a.name);
+    }
+    Ok(answer)
 }
 
 #[derive(Serialize)]
@@ -334,13 +585,14 @@ mod tests {
         .unwrap();
         let answer = ChatAnswer {
             replies: vec![Reply::Text("Hello there!".into())],
-            dropped: 0,
+            ..ChatAnswer::default()
         };
         let ctx = AnswerContext {
             message_id: 2581793992,
             received: UNIX_EPOCH + Duration::from_millis(1_564_385_739_221),
             business_name: "haptikwebsitechannel",
             bot_name: "gogo",
+            shape: AnswerShape::Legacy,
         };
         let ours: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();
         let seed: Value = serde_json::from_str(SEED_RESPONSE).unwrap();
@@ -438,6 +690,99 @@ mod tests {
         for (reply, want) in cases {
             assert_eq!(reply_text(&reply), want);
         }
+    }
+
+    #[test]
+    fn renders_requests_for_a_haptik_bot() {
+        let req = crate::dialect::csml::parse_request(
+            br#"{"client":{"user_id":"u"},"payload":{"content_type":"payload","content":{"payload":"BOB"}}}"#,
+        )
+        .unwrap();
+        let out: Value =
+            serde_json::from_slice(&render_request(&req, 343, FlowTriggerPolicy::Reject).unwrap())
+                .unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"user":{"auth_id":"u"},"message_body":"BOB","message_type":0,"business_id":343})
+        );
+        let flow = crate::dialect::csml::parse_request(include_bytes!(
+            "../../tests/fixtures/csml/seed-flow-trigger-request.json"
+        ))
+        .unwrap();
+        let err = render_request(&flow, 1, FlowTriggerPolicy::Reject).unwrap_err();
+        assert_eq!((err.status, err.reason), (422, Reason::Untranslatable));
+        let out: Value =
+            serde_json::from_slice(&render_request(&flow, 1, FlowTriggerPolicy::Text).unwrap())
+                .unwrap();
+        assert_eq!(out["message_body"], "some-flow-id");
+    }
+
+    #[test]
+    fn parses_both_answer_shapes_and_errors() {
+        // The seed's own legacy answer.
+        let a = parse_answer(200, SEED_RESPONSE.as_bytes()).unwrap();
+        assert_eq!(a.replies, vec![Reply::Text("Hello there!".into())]);
+        assert!(a.raw.is_none());
+        // The current shape, from the vendor's documentation.
+        let current = br#"{"version":"1.0","timestamp":"2018-10-04T12:41:27.980Z","agent":{"id":4415,"name":"gogo","profile_image":"x","is_automated":true},"message":[{"id":1982371,"body":{"text":"Hi","type":"TEXT","data":{"quick_replies":[]}}}]}"#;
+        let a = parse_answer(200, current).unwrap();
+        assert_eq!(a.replies, vec![Reply::Text("Hi".into())]);
+        assert_eq!(a.bot_id.as_deref(), Some("gogo"));
+        assert_eq!(a.raw.as_ref().map(|r| r.1.len()), Some(1));
+        // Errors, with any status.
+        for status in [200, 401, 403] {
+            let e =
+                parse_answer(status, br#"{"error_message":"invalid token provided"}"#).unwrap_err();
+            assert_eq!(e.status, 502);
+            assert!(
+                e.message.contains("invalid token provided"),
+                "{}",
+                e.message
+            );
+        }
+        assert_eq!(
+            parse_answer(500, b"").unwrap_err().reason,
+            Reason::BackendStatus
+        );
+        assert_eq!(
+            parse_answer(200, b"nope").unwrap_err().reason,
+            Reason::BackendBadAnswer
+        );
+    }
+
+    #[test]
+    fn renders_the_current_shape() {
+        let req = parse_request(SEED_REQUEST.as_bytes()).unwrap();
+        let answer = ChatAnswer {
+            replies: vec![
+                Reply::Text("Hi".into()),
+                Reply::Media {
+                    kind: MediaKind::Image,
+                    url: "https://e.test/i.png".into(),
+                },
+            ],
+            ..ChatAnswer::default()
+        };
+        let ctx = AnswerContext {
+            message_id: 10,
+            received: UNIX_EPOCH + Duration::from_millis(1_538_656_887_980),
+            business_name: "b",
+            bot_name: "gogo",
+            shape: AnswerShape::Hsl,
+        };
+        let v: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();
+        assert_eq!(v["version"], "1.0");
+        assert_eq!(v["timestamp"], "2018-10-04T12:41:27.980Z");
+        assert_eq!(v["agent"]["name"], "gogo");
+        assert_eq!(v["agent"]["is_automated"], true);
+        assert_eq!(v["message"][0]["id"], 10);
+        assert_eq!(v["message"][1]["id"], 11);
+        assert_eq!(
+            v["message"][0]["body"],
+            serde_json::json!({"text":"Hi","type":"TEXT","data":{"quick_replies":[]}})
+        );
+        assert_eq!(v["message"][1]["body"]["type"], "CAROUSEL");
+        assert_eq!(ids_needed(&answer), 2);
     }
 
     #[test]
