@@ -750,6 +750,20 @@ impl Config {
                     "accepts Haptik callers but no [[clients.haptik]] is configured",
                 ));
             }
+            let reaches_haptik = default_target
+                .iter()
+                .chain(businesses.values())
+                .any(|t| backends[t.backend].spec.dialect() == BackendDialect::Haptik);
+            if reaches_haptik
+                && r.ingress.accepts(IngressDialect::Csml)
+                && r.business_id.is_none()
+                && raw.clients.csml.iter().any(|c| c.business_id.is_none())
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.business_id"),
+                    "required: CSML callers without a business_id reach a Haptik bot here",
+                ));
+            }
             if r.ingress.accepts(IngressDialect::Csml) && csml_clients.is_empty() {
                 return Err(ConfigError::new(
                     format!("{key}.ingress"),

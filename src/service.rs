@@ -190,6 +190,14 @@ impl ChatService {
         if ingress == IngressDialect::Csml {
             req.business_id = mapped_business.or(route.business_id);
         }
+        // A CSML caller's own request id is the one it will look for: it goes to the bot and back.
+        if let Some(rid) = req
+            .request_id
+            .as_deref()
+            .filter(|r| sane_request_id(r.as_bytes()))
+        {
+            out.request_id = Some(rid.to_owned());
+        }
 
         // Pick the backend, translate and sign.
         let target = route.target(req.business_id).ok_or_else(|| {
@@ -436,9 +444,14 @@ fn request_id(req: &RequestHeader) -> String {
     req.headers
         .get(REQUEST_ID)
         .map(|v| v.as_bytes())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..=0x7e).contains(b)))
+        .filter(|v| sane_request_id(v))
         .and_then(|v| std::str::from_utf8(v).ok())
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Whether a request id can be passed on as a header: 1–128 visible ASCII characters.
+fn sane_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// Whether a Content-Type header declares JSON (`application/json`, any parameters).

@@ -282,13 +282,15 @@ fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>) -> Vec<u8> {
             .map(|r| HslBody::Made(hsl::render(r)))
             .collect(),
     };
-    let name_hash = Sha256::digest(ctx.bot_name.as_bytes());
+    // A Haptik backend's own agent keeps its name; otherwise the route's bot name.
+    let name = answer.bot_id.as_deref().unwrap_or(ctx.bot_name);
+    let name_hash = Sha256::digest(name.as_bytes());
     let out = HslAnswerOut {
         version: "1.0",
         timestamp: humantime::format_rfc3339_millis(ctx.received).to_string(),
         agent: AgentOut {
             id: u32::from_be_bytes([name_hash[0], name_hash[1], name_hash[2], name_hash[3]]) >> 1,
-            name: ctx.bot_name,
+            name,
             profile_image: "",
             is_automated: true,
         },

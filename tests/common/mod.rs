@@ -26,6 +26,41 @@ use tokio::net::TcpListener;
 
 pub const BACKEND_KEY: &str = "test-backend-key";
 pub const BACKEND_SECRET: &str = "test-backend-secret";
+pub const HAPTIK_BACKEND_TOKEN: &str = "haptik-backend-token";
+pub const HAPTIK_BACKEND_CLIENT: &str = "haptik-backend-client";
+pub const ENGINE_KEY: &str = "engine-key";
+pub const CSML_CALLER_KEY: &str = "csml-caller-key";
+pub const CSML_CALLER_SECRET: &str = "csml-caller-secret";
+pub const CSML_PLAIN_KEY: &str = "csml-plain-key";
+
+/// The credentials a test backend expects.
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    /// CSML Chat API: `x-api-key: KEY|TS` + a valid `x-api-signature`.
+    CsmlSignature,
+    /// Haptik: `Authorization: Bearer` + `client-id`.
+    HaptikBearer,
+    /// CSML engine: `X-Api-Key` equal to [`ENGINE_KEY`].
+    EngineKey,
+}
+
+/// `x-api-key` and `x-api-signature` values for `key`/`secret` at `ts`, computed here with `hmac`.
+pub fn csml_sign(key: &str, secret: &str, ts: u64) -> (String, String) {
+    let api_key = format!("{key}|{ts}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(api_key.as_bytes());
+    (
+        api_key,
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+    )
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -43,7 +78,7 @@ pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// Whether the CSML signature checked out (key and HMAC).
+    /// Whether the backend's credential check passed (see [`Check`]).
     pub signature_ok: bool,
 }
 
@@ -103,8 +138,12 @@ fn signature_ok(key_header: Option<&str>, sig_header: Option<&str>) -> bool {
     k == BACKEND_KEY && sig == want && ts.abs_diff(now) <= 5
 }
 
-async fn serve_conn<S>(stream: S, rec: Arc<Mutex<Vec<Received>>>, beh: Arc<Mutex<Behaviour>>)
-where
+async fn serve_conn<S>(
+    stream: S,
+    rec: Arc<Mutex<Vec<Received>>>,
+    beh: Arc<Mutex<Behaviour>>,
+    check: Check,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -122,7 +161,15 @@ where
                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                 .collect();
             let get = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
-            let ok = signature_ok(get("x-api-key"), get("x-api-signature"));
+            let ok = match check {
+                Check::CsmlSignature => signature_ok(get("x-api-key"), get("x-api-signature")),
+                Check::HaptikBearer => {
+                    get("authorization")
+                        .is_some_and(|v| v == format!("Bearer {HAPTIK_BACKEND_TOKEN}"))
+                        && get("client-id") == Some(HAPTIK_BACKEND_CLIENT)
+                }
+                Check::EngineKey => get("x-api-key") == Some(ENGINE_KEY),
+            };
             rec.lock().unwrap().push(Received {
                 method: parts.method.to_string(),
                 path: parts.uri.path().to_string(),
@@ -160,11 +207,25 @@ impl CsmlBackend {
         Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour, None).await
     }
 
+    /// A backend that checks `check` instead of a CSML signature.
+    pub async fn start_checking(check: Check, behaviour: Behaviour) -> Self {
+        Self::start_full("127.0.0.1:0".parse().unwrap(), behaviour, None, check).await
+    }
+
     /// A backend on `bind`, serving HTTPS with `tls` when given.
     pub async fn start_on(
         bind: SocketAddr,
         behaviour: Behaviour,
         tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        Self::start_full(bind, behaviour, tls, Check::CsmlSignature).await
+    }
+
+    async fn start_full(
+        bind: SocketAddr,
+        behaviour: Behaviour,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        check: Check,
     ) -> Self {
         let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -183,10 +244,10 @@ impl CsmlBackend {
                 let (rec, beh, tls) = (rec.clone(), beh.clone(), tls.clone());
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_conn(stream, rec, beh).await,
+                        None => serve_conn(stream, rec, beh, check).await,
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(stream).await {
-                                serve_conn(s, rec, beh).await
+                                serve_conn(s, rec, beh, check).await
                             }
                         }
                     }
@@ -327,10 +388,24 @@ listen = "127.0.0.1:{{ADMIN}}"
 [log]
 filter = "info"
 
+[clients]
+csml_tolerance_secs = 300
+
 [[clients.haptik]]
 name = "acme"
 client_id = "acme-client"
 token = "acme-token"
+
+[[clients.csml]]
+name = "signed"
+key = "{CSML_CALLER_KEY}"
+secret = {{ env = "TEST_CSML_CALLER_SECRET" }}
+business_id = 77
+
+[[clients.csml]]
+name = "plain"
+key = "{CSML_PLAIN_KEY}"
+auth = "plain"
 
 [[clients.haptik]]
 name = "hashed"
@@ -339,7 +414,7 @@ client_id = "hashed-client"
 token_sha256 = "{}"
 {backends_and_routes}
 "#,
-        hex::encode(<Sha256 as sha2::Digest>::digest(b"hashed-token"))
+        hex::encode(<Sha256 as sha2::Digest>::digest(b"hashed-token")),
     )
 }
 
@@ -368,6 +443,7 @@ impl Proxy {
         cmd.arg("--config")
             .arg(&path)
             .env("TEST_BACKEND_SECRET", BACKEND_SECRET)
+            .env("TEST_CSML_CALLER_SECRET", CSML_CALLER_SECRET)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(log);
