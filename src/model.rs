@@ -62,6 +62,9 @@ pub struct ChatRequest<'a> {
     pub request_id: Option<Cow<'a, str>>,
     /// The client's metadata object (CSML `metadata`), passed on as is.
     pub metadata: Option<&'a RawValue>,
+    /// The client's original CSML `payload` object, passed on as is to CSML bots, so extra
+    /// `content` properties reach them.
+    pub raw_payload: Option<&'a RawValue>,
 }
 
 /// A button offered to the user.

@@ -294,7 +294,11 @@ async fn csml_caller_to_csml_bot_is_lossless() {
     );
     assert_eq!(got["request_id"], "csml-rid-1");
     assert_eq!(got["client"], json!({"user_id": "c-user"}));
-    assert_eq!(got["payload"]["content"]["text"], "/media");
+    assert_eq!(
+        got["payload"],
+        json!({"content_type": "text", "content": {"text": "/media", "extra": 1}}),
+        "extra content properties reach the bot"
+    );
     // Every message the bot sent, typing/wait/object included, comes back verbatim.
     let sent: Value = serde_json::from_str(ENGINE_MEDIA).unwrap();
     let theirs: Vec<&Value> = sent["messages"]

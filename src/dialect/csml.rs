@@ -47,16 +47,20 @@ pub(crate) enum MetadataOut<'a> {
     },
 }
 
-/// The `payload` of a request sent to a CSML bot.
+/// The `payload` of a request sent to a CSML bot: the caller's own, or made from the canonical content.
 #[derive(Serialize)]
-pub(crate) struct PayloadOut<'a> {
-    content_type: &'static str,
-    content: ContentOut<'a>,
+#[serde(untagged)]
+pub(crate) enum PayloadOut<'a> {
+    Raw(&'a RawValue),
+    Made {
+        content_type: &'static str,
+        content: ContentOut<'a>,
+    },
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum ContentOut<'a> {
+pub(crate) enum ContentOut<'a> {
     Text {
         text: &'a str,
     },
@@ -97,13 +101,14 @@ pub(crate) fn request_parts<'a>(req: &'a ChatRequest<'_>) -> (MetadataOut<'a>, P
             business_id: req.business_id,
         },
     };
-    (
-        metadata,
-        PayloadOut {
+    let payload = match req.raw_payload {
+        Some(raw) => PayloadOut::Raw(raw),
+        None => PayloadOut::Made {
             content_type,
             content,
         },
-    )
+    };
+    (metadata, payload)
 }
 
 /// Renders the canonical request as a CSML Chat API request body.
@@ -132,7 +137,7 @@ struct RequestIn<'a> {
     #[serde(borrow, default)]
     request_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    payload: PayloadIn<'a>,
+    payload: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -201,8 +206,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
             ));
         }
     }
-    let raw = wire.payload.content;
-    let kind = &*wire.payload.content_type;
+    let payload: PayloadIn<'_> = serde_json::from_str(wire.payload.get())
+        .map_err(|e| ProxyError::bad_request(format!("invalid field `payload`: {e}")))?;
+    let raw = payload.content;
+    let kind = &*payload.content_type;
     let url_of = |raw| -> Result<Cow<'_, str>, ProxyError> {
         let u: UrlIn<'_> = request_content(raw, kind)?;
         if !is_http_url(&u.url) {
@@ -250,6 +257,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         message_type: 0,
         request_id: wire.request_id,
         metadata: wire.metadata,
+        raw_payload: Some(wire.payload),
     })
 }
 
@@ -648,6 +656,7 @@ mod tests {
             message_type: 0,
             request_id: None,
             metadata: None,
+            raw_payload: None,
         };
         let ours: Value = serde_json::from_slice(&render_request(&req, "random-id")).unwrap();
         let mut seed: Value = serde_json::from_str(SEED_REQUEST).unwrap();
@@ -696,6 +705,7 @@ mod tests {
             message_type: 1,
             request_id: None,
             metadata: None,
+            raw_payload: None,
         };
         let ours: Value = serde_json::from_slice(&render_request(&req, "r")).unwrap();
         assert_eq!(

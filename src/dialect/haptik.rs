@@ -98,6 +98,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         message_type: wire.message_type,
         request_id: None,
         metadata: None,
+        raw_payload: None,
     })
 }
 
