@@ -344,6 +344,11 @@ async fn csml_caller_to_haptik_bot() {
         r.json(),
         json!({"user":{"auth_id":"c-user"},"message_body":"RED","message_type":0,"business_id":77})
     );
+    assert_eq!(
+        r.header("x-request-id"),
+        Some("csml-rid-1"),
+        "the caller's request_id travels as a header"
+    );
     let payloads: Vec<&Value> = body["messages"]
         .as_array()
         .unwrap()
@@ -689,4 +694,57 @@ async fn csml_callers_get_csml_errors_for_limits_and_backend_failures() {
     )
     .await;
     assert_eq!((status, err["statusCode"].as_u64()), (504, Some(504)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_config_runs_every_demo_direction() {
+    // The shipped proxy.toml, moved to free ports: the README's examples.
+    let demo_port = free_port();
+    let cfg = include_str!("../proxy.toml")
+        .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
+        .replace("127.0.0.1:9090", "127.0.0.1:{ADMIN}")
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{demo_port}"))
+        .replace(
+            "[server]",
+            "[server]\npid_file = \"{DIR}/pid\"\nupgrade_sock = \"{DIR}/sock\"",
+        );
+    let proxy = Proxy::start(&cfg);
+    let demo_csml = || {
+        let (k, s) = csml_sign("demo-key", "demo-secret", unix_now());
+        vec![("x-api-key", k), ("x-api-signature", s)]
+    };
+    let demo_haptik = || {
+        vec![
+            ("authorization", "Bearer demo-token".to_string()),
+            ("client-id", "demo-client".to_string()),
+        ]
+    };
+    let echo = "You said: Hello";
+    let csml_req = json!({"client":{"user_id":"u"},"metadata":{},"payload":{"content_type":"text","content":{"text":"Hello"}}}).to_string();
+    let haptik_req = haptik_body("u", "Hello", 343);
+    // CSML clients on CSML's own paths and on /chat.
+    for path in ["/v1/api/chat", "/prod/api/chat", "/chat"] {
+        let (status, body) = send(&proxy, path, &demo_csml(), &csml_req).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["messages"][2]["payload"]["content"]["text"], echo);
+    }
+    // A CSML client reaching the Haptik-speaking bot, and a Haptik client reaching it (HSL answer).
+    let (status, body) = send(&proxy, "/demo/haptik-bot", &demo_csml(), &csml_req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"][1]["payload"]["content_type"], "question");
+    assert_eq!(body["messages"][2]["payload"]["content"]["text"], echo);
+    let (status, body) = send(&proxy, "/demo/haptik-bot", &demo_haptik(), &haptik_req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["message"][2]["body"]["text"], echo);
+    assert_eq!(
+        body["message"][1]["body"]["data"]["quick_replies"][0]["actionable_text"],
+        "Yes"
+    );
+    // Both kinds of client reaching the CSML engine bot.
+    let (status, body) = send(&proxy, "/demo/engine", &demo_haptik(), &haptik_req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["bot_messages"][2], echo);
+    let (status, body) = send(&proxy, "/demo/engine", &demo_csml(), &csml_req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"][2]["payload"]["content"]["text"], echo);
 }
