@@ -294,15 +294,15 @@ fn req_csml_to_csml_unchanged() {
 fn ans_csml_text() {
     let p = json!({"content_type":"text","content":{"text":"Hi"}});
     assert_eq!(
-        legacy_strings(&from_csml(&[p.clone()], H, Legacy).unwrap()),
+        legacy_strings(&from_csml(std::slice::from_ref(&p), H, Legacy).unwrap()),
         json!(["Hi"])
     );
     assert_eq!(
-        hsl_bodies(&from_csml(&[p.clone()], H, Hsl).unwrap()),
+        hsl_bodies(&from_csml(std::slice::from_ref(&p), H, Hsl).unwrap()),
         [json!({"text":"Hi","type":"TEXT","data":{"quick_replies":[]}})]
     );
     assert_eq!(
-        csml_payloads(&from_csml(&[p.clone()], C, Legacy).unwrap()),
+        csml_payloads(&from_csml(std::slice::from_ref(&p), C, Legacy).unwrap()),
         [p]
     );
 }
@@ -313,15 +313,15 @@ fn ans_csml_question() {
         {"content_type":"button","content":{"title":"Alice","payload":"Alice","accepts":["Alice"]}},
         {"content_type":"button","content":{"title":"Bob","payload":"BOB","accepts":["Bob","BOB"]}}]}});
     assert_eq!(
-        legacy_strings(&from_csml(&[p.clone()], H, Legacy).unwrap()),
+        legacy_strings(&from_csml(std::slice::from_ref(&p), H, Legacy).unwrap()),
         json!(["Who?\n[Alice] [Bob]"])
     );
-    let hsl = &hsl_bodies(&from_csml(&[p.clone()], H, Hsl).unwrap())[0];
+    let hsl = &hsl_bodies(&from_csml(std::slice::from_ref(&p), H, Hsl).unwrap())[0];
     assert_eq!(hsl["type"], "TEXT");
     assert_eq!(hsl["data"]["quick_replies"][1]["actionable_text"], "Bob");
     assert_eq!(hsl["data"]["quick_replies"][1]["payload"]["message"], "BOB");
     assert_eq!(
-        csml_payloads(&from_csml(&[p.clone()], C, Legacy).unwrap()),
+        csml_payloads(&from_csml(std::slice::from_ref(&p), C, Legacy).unwrap()),
         [p]
     );
 }
@@ -330,7 +330,7 @@ fn ans_csml_question() {
 fn ans_csml_button() {
     let p = json!({"content_type":"button","content":{"title":"Go","payload":"GO"}});
     assert_eq!(
-        legacy_strings(&from_csml(&[p.clone()], H, Legacy).unwrap()),
+        legacy_strings(&from_csml(std::slice::from_ref(&p), H, Legacy).unwrap()),
         json!(["[Go]"])
     );
     let hsl = &hsl_bodies(&from_csml(&[p], H, Hsl).unwrap())[0];
@@ -348,7 +348,7 @@ fn ans_csml_button() {
 fn ans_csml_url() {
     let p = json!({"content_type":"url","content":{"url":"https://e.test","text":"Example","title":"T"}});
     assert_eq!(
-        legacy_strings(&from_csml(&[p.clone()], H, Legacy).unwrap()),
+        legacy_strings(&from_csml(std::slice::from_ref(&p), H, Legacy).unwrap()),
         json!(["Example: https://e.test"])
     );
     let hsl = &hsl_bodies(&from_csml(&[p], H, Hsl).unwrap())[0];
@@ -361,7 +361,7 @@ fn ans_csml_url() {
 fn ans_csml_image() {
     let p = json!({"content_type":"image","content":{"url":"https://e.test/i.png"}});
     assert_eq!(
-        legacy_strings(&from_csml(&[p.clone()], H, Legacy).unwrap()),
+        legacy_strings(&from_csml(std::slice::from_ref(&p), H, Legacy).unwrap()),
         json!(["https://e.test/i.png"])
     );
     let hsl = &hsl_bodies(&from_csml(&[p], H, Hsl).unwrap())[0];
@@ -382,7 +382,7 @@ fn ans_csml_video_audio_file() {
     ] {
         let p = json!({"content_type":kind,"content":{"url":"https://e.test/m"}});
         assert_eq!(
-            legacy_strings(&from_csml(&[p.clone()], H, Legacy).unwrap()),
+            legacy_strings(&from_csml(std::slice::from_ref(&p), H, Legacy).unwrap()),
             json!(["https://e.test/m"])
         );
         let hsl = &hsl_bodies(&from_csml(&[p], H, Hsl).unwrap())[0];
@@ -423,7 +423,10 @@ fn ans_csml_object_and_payload_dropped_for_haptik_kept_for_csml() {
 fn ans_csml_error_fails_the_answer() {
     let p = json!({"content_type":"error","content":{"error":"boom"}});
     for ingress in [H, C] {
-        assert_eq!(from_csml(&[p.clone()], ingress, Legacy), Err(502));
+        assert_eq!(
+            from_csml(std::slice::from_ref(&p), ingress, Legacy),
+            Err(502)
+        );
     }
 }
 
@@ -433,21 +436,21 @@ fn ans_csml_error_fails_the_answer() {
 fn ans_hsl_text() {
     let b = json!({"text":"Hi","type":"TEXT","data":{"quick_replies":[]}});
     assert_eq!(
-        csml_payloads(&from_hsl(&[b.clone()], C, Legacy)),
+        csml_payloads(&from_hsl(std::slice::from_ref(&b), C, Legacy)),
         [json!({"content_type":"text","content":{"text":"Hi"}})]
     );
     assert_eq!(
-        legacy_strings(&from_hsl(&[b.clone()], H, Legacy)),
+        legacy_strings(&from_hsl(std::slice::from_ref(&b), H, Legacy)),
         json!(["Hi"])
     );
-    assert_eq!(hsl_bodies(&from_hsl(&[b.clone()], H, Hsl)), [b]);
+    assert_eq!(hsl_bodies(&from_hsl(std::slice::from_ref(&b), H, Hsl)), [b]);
 }
 
 #[test]
 fn ans_hsl_text_with_quick_replies() {
     let b = json!({"text":"Pick","type":"TEXT","data":{"quick_replies":[
         {"actionable_text":"Red","is_default":0,"type":"TEXT_ONLY","payload":{"message":"RED","gogo_message":""}}]}});
-    let p = &csml_payloads(&from_hsl(&[b.clone()], C, Legacy))[0];
+    let p = &csml_payloads(&from_hsl(std::slice::from_ref(&b), C, Legacy))[0];
     assert_eq!(p["content_type"], "question");
     assert_eq!(p["content"]["title"], "Pick");
     assert_eq!(
@@ -455,10 +458,10 @@ fn ans_hsl_text_with_quick_replies() {
         json!({"title":"Red","payload":"RED","accepts":["Red","RED"]})
     );
     assert_eq!(
-        legacy_strings(&from_hsl(&[b.clone()], H, Legacy)),
+        legacy_strings(&from_hsl(std::slice::from_ref(&b), H, Legacy)),
         json!(["Pick\n[Red]"])
     );
-    assert_eq!(hsl_bodies(&from_hsl(&[b.clone()], H, Hsl)), [b]);
+    assert_eq!(hsl_bodies(&from_hsl(std::slice::from_ref(&b), H, Hsl)), [b]);
 }
 
 #[test]
@@ -475,7 +478,7 @@ fn ans_hsl_button_link_items() {
     let b = json!({"text":"Docs","type":"BUTTON","data":{"items":[
         {"actionable_text":"Open","location_required":false,"uri":"LINK","is_default":0,"type":"APP_ACTION","payload":{"url":"https://x.test/d","gogo_message":""}}]}});
     assert_eq!(
-        csml_payloads(&from_hsl(&[b.clone()], C, Legacy)),
+        csml_payloads(&from_hsl(std::slice::from_ref(&b), C, Legacy)),
         [
             json!({"content_type":"url","content":{"url":"https://x.test/d","text":"Open","title":"Docs"}})
         ]
@@ -492,20 +495,20 @@ fn ans_hsl_carousel() {
         {"thumbnail":{"image":"https://x.test/1.png"},"title":"One","sub_title":"s","description":"d","actionables":[
             {"actionable_text":"Buy","payload":{"url":"https://x.test/buy"}}]}]}});
     assert_eq!(
-        csml_payloads(&from_hsl(&[b.clone()], C, Legacy)),
+        csml_payloads(&from_hsl(std::slice::from_ref(&b), C, Legacy)),
         [
             json!({"content_type":"image","content":{"url":"https://x.test/1.png"}}),
             json!({"content_type":"url","content":{"url":"https://x.test/buy","text":"Buy"}}),
         ]
     );
-    assert_eq!(hsl_bodies(&from_hsl(&[b.clone()], H, Hsl)), [b]);
+    assert_eq!(hsl_bodies(&from_hsl(std::slice::from_ref(&b), H, Hsl)), [b]);
 }
 
 #[test]
 fn ans_hsl_other_types_dropped_for_csml_kept_for_hsl() {
     let b = json!({"text":"Fill in","type":"FORM","data":{"fields":[]}});
-    assert!(csml_payloads(&from_hsl(&[b.clone()], C, Legacy)).is_empty());
-    assert_eq!(hsl_bodies(&from_hsl(&[b.clone()], H, Hsl)), [b]);
+    assert!(csml_payloads(&from_hsl(std::slice::from_ref(&b), C, Legacy)).is_empty());
+    assert_eq!(hsl_bodies(&from_hsl(std::slice::from_ref(&b), H, Hsl)), [b]);
 }
 
 // Answers: Haptik bot (legacy strings) and Haptik errors
