@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::auth::{HaptikClient, HaptikClients};
-use crate::dialect::{csml, haptik, AnswerShape};
+use crate::dialect::{csml, haptik, AnswerContext, AnswerShape};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Handler};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, Reply};
@@ -84,15 +84,29 @@ pub fn csml_answer(req: &ChatRequest<'_>, request_id: &str, received: SystemTime
     csml::render_answer(
         req,
         &answer,
-        &csml::CsmlAnswerContext {
-            request_id,
-            interaction_id: &ids,
-            received,
-            bot_id: "demo-bot",
-            channel_id: "demo-channel",
-            conversation_id: &ids,
-        },
+        &demo_context(request_id, &ids, received, AnswerShape::Legacy),
     )
+}
+
+/// The answer context of the demo bots.
+fn demo_context<'a>(
+    request_id: &'a str,
+    ids: &'a str,
+    received: SystemTime,
+    shape: AnswerShape,
+) -> AnswerContext<'a> {
+    AnswerContext {
+        message_id: received
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64),
+        received,
+        request_id,
+        interaction_id: ids,
+        business_name: "demo",
+        bot_name: "demo-bot",
+        channel_id: "demo-channel",
+        shape,
+    }
 }
 
 fn csml_error(err: ProxyError) -> Answer {
@@ -162,15 +176,11 @@ impl DemoBot {
                     replies: replies(&req),
                     ..ChatAnswer::default()
                 };
-                let ctx = haptik::AnswerContext {
-                    message_id: now
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(1, |d| d.as_micros() as u64),
-                    received: now,
-                    business_name: "demo",
-                    bot_name: "demo-haptik-bot",
-                    shape: AnswerShape::Hsl,
+                let answer = ChatAnswer {
+                    bot_id: Some(Cow::Borrowed("demo-haptik-bot")),
+                    ..answer
                 };
+                let ctx = demo_context("", "", now, AnswerShape::Hsl);
                 Answer::json(200, haptik::render_answer(&req, &answer, &ctx))
             }
             Err(e) => herr(e),

@@ -699,16 +699,7 @@ async fn csml_callers_get_csml_errors_for_limits_and_backend_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_config_runs_every_demo_direction() {
     // The shipped proxy.toml, moved to free ports: the README's examples.
-    let demo_port = free_port();
-    let cfg = include_str!("../proxy.toml")
-        .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
-        .replace("127.0.0.1:9090", "127.0.0.1:{ADMIN}")
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{demo_port}"))
-        .replace(
-            "[server]",
-            "[server]\npid_file = \"{DIR}/pid\"\nupgrade_sock = \"{DIR}/sock\"",
-        );
-    let proxy = Proxy::start(&cfg);
+    let proxy = Proxy::start(&shipped_config());
     let demo_csml = || {
         let (k, s) = csml_sign("demo-key", "demo-secret", unix_now());
         vec![("x-api-key", k), ("x-api-signature", s)]

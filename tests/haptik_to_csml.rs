@@ -656,17 +656,7 @@ async fn access_log_has_no_secrets_or_message_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_config_serves_the_demo_bot() {
     // The shipped proxy.toml, moved to free ports.
-    let shipped = include_str!("../proxy.toml");
-    let demo_port = free_port();
-    let cfg = shipped
-        .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
-        .replace("127.0.0.1:9090", "127.0.0.1:{ADMIN}")
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{demo_port}"))
-        .replace(
-            "[server]",
-            "[server]\npid_file = \"{DIR}/pid\"\nupgrade_sock = \"{DIR}/sock\"",
-        );
-    let proxy = Proxy::start(&cfg);
+    let proxy = Proxy::start(&shipped_config());
     let headers = [
         ("authorization", "Bearer demo-token"),
         ("client-id", "demo-client"),

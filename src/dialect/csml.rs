@@ -9,12 +9,12 @@
 //! reports a bot error, with HTTP 200) fails the answer.
 
 use std::borrow::Cow;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::dialect::haptik::is_http_url;
+use crate::dialect::AnswerContext;
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 
@@ -436,20 +436,6 @@ pub fn parse_answer(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
     Ok(answer)
 }
 
-/// What the shell supplies to render a CSML answer.
-#[derive(Debug, Clone, Copy)]
-pub struct CsmlAnswerContext<'a> {
-    pub request_id: &'a str,
-    pub interaction_id: &'a str,
-    pub received: SystemTime,
-    /// Used when the backend did not report its own bot id (non-CSML backends).
-    pub bot_id: &'a str,
-    /// Used when the backend did not report its own channel id.
-    pub channel_id: &'a str,
-    /// Used when the backend did not report a conversation id.
-    pub conversation_id: &'a str,
-}
-
 #[derive(Serialize)]
 struct AnswerOut<'a> {
     request_id: &'a str,
@@ -572,12 +558,12 @@ fn reply_out<'a>(r: &'a Reply<'_>) -> ReplyOut<'a> {
 pub fn render_answer(
     req: &ChatRequest<'_>,
     answer: &ChatAnswer<'_>,
-    ctx: &CsmlAnswerContext<'_>,
+    ctx: &AnswerContext<'_>,
 ) -> Vec<u8> {
     let conversation_id = answer
         .conversation_id
         .as_deref()
-        .unwrap_or(ctx.conversation_id);
+        .unwrap_or(ctx.interaction_id);
     let message = |payload| MessageOut {
         conversation_id,
         direction: "SEND",
@@ -595,11 +581,11 @@ pub fn render_answer(
             .collect(),
     };
     let out = AnswerOut {
-        request_id: ctx.request_id,
+        request_id: req.request_id.as_deref().unwrap_or(ctx.request_id),
         interaction_id: ctx.interaction_id,
         messages,
         client: AnswerClientOut {
-            bot_id: answer.bot_id.as_deref().unwrap_or(ctx.bot_id),
+            bot_id: answer.bot_id.as_deref().unwrap_or(ctx.bot_name),
             channel_id: answer.channel_id.as_deref().unwrap_or(ctx.channel_id),
             user_id: &req.user_id,
         },

@@ -13,14 +13,13 @@
 //! Errors are `{"error_message": "…"}`.
 
 use std::borrow::Cow;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use serde_json::value::RawValue;
 
-use crate::dialect::hsl;
+use crate::dialect::{hsl, AnswerContext};
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 
@@ -130,22 +129,6 @@ pub enum FlowTriggerPolicy {
     Reject,
     /// Send the flow id as a text message.
     Text,
-}
-
-/// What the shell supplies to render an answer: the clock, fresh ids and configured names.
-#[derive(Debug, Clone, Copy)]
-pub struct AnswerContext<'a> {
-    /// The first of a block of process-unique ids reserved for this answer (legacy: `pk`; HSL: one
-    /// per message).
-    pub message_id: u64,
-    /// When the message was received.
-    pub received: SystemTime,
-    /// The configured name of the business the message went to.
-    pub business_name: &'a str,
-    /// The configured name of the bot that answered (`claim_name`, `agent.name`).
-    pub bot_name: &'a str,
-    /// Which shape to render.
-    pub shape: AnswerShape,
 }
 
 #[derive(Serialize)]
@@ -595,6 +578,9 @@ mod tests {
             received: UNIX_EPOCH + Duration::from_millis(1_564_385_739_221),
             business_name: "haptikwebsitechannel",
             bot_name: "gogo",
+            request_id: "rid",
+            interaction_id: "iid",
+            channel_id: "chan",
             shape: AnswerShape::Legacy,
         };
         let ours: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();
@@ -771,6 +757,9 @@ mod tests {
             received: UNIX_EPOCH + Duration::from_millis(1_538_656_887_980),
             business_name: "b",
             bot_name: "gogo",
+            request_id: "rid",
+            interaction_id: "iid",
+            channel_id: "chan",
             shape: AnswerShape::Hsl,
         };
         let v: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();

@@ -66,9 +66,10 @@ pub struct AnswerContext<'a> {
     pub message_id: u64,
     /// When the request was received.
     pub received: SystemTime,
-    /// The request id sent to the backend.
+    /// The request id sent to the backend (a CSML caller's own `request_id` wins).
     pub request_id: &'a str,
-    /// A fresh id for this interaction (CSML `interaction_id`).
+    /// A fresh id for this interaction (CSML `interaction_id`, and `conversation_id` for bots that
+    /// report none).
     pub interaction_id: &'a str,
     /// The configured business name (Haptik).
     pub business_name: &'a str,
@@ -113,29 +114,8 @@ impl IngressDialect {
         ctx: &AnswerContext<'_>,
     ) -> Vec<u8> {
         match self {
-            IngressDialect::Haptik => haptik::render_answer(
-                req,
-                answer,
-                &haptik::AnswerContext {
-                    message_id: ctx.message_id,
-                    received: ctx.received,
-                    business_name: ctx.business_name,
-                    bot_name: ctx.bot_name,
-                    shape: ctx.shape,
-                },
-            ),
-            IngressDialect::Csml => csml::render_answer(
-                req,
-                answer,
-                &csml::CsmlAnswerContext {
-                    request_id: req.request_id.as_deref().unwrap_or(ctx.request_id),
-                    interaction_id: ctx.interaction_id,
-                    received: ctx.received,
-                    bot_id: ctx.bot_name,
-                    channel_id: ctx.channel_id,
-                    conversation_id: ctx.interaction_id,
-                },
-            ),
+            IngressDialect::Haptik => haptik::render_answer(req, answer, ctx),
+            IngressDialect::Csml => csml::render_answer(req, answer, ctx),
         }
     }
 

@@ -499,6 +499,19 @@ impl Drop for Proxy {
     }
 }
 
+/// The shipped `proxy.toml`, moved to free ports (`{PORT}`, `{ADMIN}`, `{DIR}` for [`Proxy::start`]).
+pub fn shipped_config() -> String {
+    let demo_port = free_port();
+    include_str!("../../proxy.toml")
+        .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
+        .replace("127.0.0.1:9090", "127.0.0.1:{ADMIN}")
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{demo_port}"))
+        .replace(
+            "[server]",
+            "[server]\npid_file = \"{DIR}/pid\"\nupgrade_sock = \"{DIR}/sock\"",
+        )
+}
+
 /// A Haptik request body.
 pub fn haptik_body(auth_id: &str, text: &str, business_id: i64) -> String {
     serde_json::json!({
