@@ -739,3 +739,57 @@ async fn the_default_config_runs_every_demo_direction() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["messages"][2]["payload"]["content"]["text"], echo);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csml_keys_are_routed_to_their_own_backends() {
+    // The signed key maps to business 77, served by the CSML bot; the plain key has no mapping and
+    // goes to the route's default backend, the engine.
+    let csml = CsmlBackend::start(Behaviour::Answer(ENGINE_MEDIA.into())).await;
+    let engine =
+        CsmlBackend::start_checking(Check::EngineKey, Behaviour::Answer(ENGINE_HELLO.into())).await;
+    let mut cfg = csml_backend_toml("csml", csml.addr, "");
+    cfg += &format!(
+        r#"
+[[backends]]
+name = "engine"
+dialect = "csml-engine"
+url = "http://{}/run"
+bot_id = "hello-bot"
+channel_id = "test-channel"
+api_key = "{ENGINE_KEY}"
+
+[[routes]]
+name = "keyed"
+path = "/keyed"
+ingress = "csml"
+backend = "engine"
+
+[[routes.businesses]]
+id = 77
+backend = "csml"
+"#,
+        engine.addr
+    );
+    let proxy = Proxy::start(&config_with(&cfg));
+    let body = csml_body("text", json!({"text": "hi"}));
+    let (status, _) = send(&proxy, "/keyed", &csml_caller(), &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (csml.count(), engine.count()),
+        (1, 0),
+        "the signed key reached the CSML bot"
+    );
+    let (status, _) = send(
+        &proxy,
+        "/keyed",
+        &[("x-api-key", CSML_PLAIN_KEY.to_string())],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (csml.count(), engine.count()),
+        (1, 1),
+        "the plain key reached the engine"
+    );
+}
