@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::dialect::IngressDialect;
 use crate::error::ProxyError;
 use crate::signing::{split_key, CsmlKey, SignatureError};
 
@@ -68,6 +69,16 @@ impl HaptikClients {
     /// Whether no client is configured.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+
+    /// Verifies a request's headers: `Authorization`, and `client-id` or (as one real client sends
+    /// it) `client_id`.
+    pub fn verify_headers<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Result<&HaptikClient, ProxyError> {
+        let client_id = header("client-id").or_else(|| header("client_id"));
+        self.verify(header("authorization"), client_id)
     }
 
     /// Verifies the raw `Authorization` and `client-id` header values.
@@ -162,11 +173,6 @@ impl CsmlClients {
         self.by_key_digest.is_empty()
     }
 
-    /// The timestamp tolerance, seconds either way.
-    pub fn tolerance_secs(&self) -> u64 {
-        self.tolerance_secs
-    }
-
     /// Verifies the raw `x-api-key` and `x-api-signature` header values at `now` (unix seconds).
     pub fn verify(
         &self,
@@ -218,6 +224,37 @@ impl CsmlClients {
     fn lookup(&self, key: &[u8]) -> Option<&CsmlClient> {
         self.by_key_digest
             .get(&<[u8; 32]>::from(Sha256::digest(key)))
+    }
+}
+
+/// What authenticating a caller found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller<'a> {
+    /// The credential's configured name, for logs.
+    pub name: &'a str,
+    /// The Haptik business the credential is mapped to (CSML callers), if any.
+    pub business_id: Option<i64>,
+}
+
+/// Authenticates a caller of `dialect` from its request headers at `now` (unix seconds).
+pub fn authenticate<'c, 'h>(
+    dialect: IngressDialect,
+    haptik: &'c HaptikClients,
+    csml: &'c CsmlClients,
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+    now: u64,
+) -> Result<Caller<'c>, ProxyError> {
+    match dialect {
+        IngressDialect::Haptik => haptik.verify_headers(header).map(|c| Caller {
+            name: &c.name,
+            business_id: None,
+        }),
+        IngressDialect::Csml => csml
+            .verify(header("x-api-key"), header("x-api-signature"), now)
+            .map(|c| Caller {
+                name: &c.name,
+                business_id: c.business_id,
+            }),
     }
 }
 

@@ -490,6 +490,39 @@ fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| ConfigError::new(key, format!("`{s}` is not an address like 127.0.0.1:8080")))
 }
 
+/// Refuses a value that cannot be sent as an HTTP header value (control characters, non-ASCII),
+/// e.g. a secret file with a stray carriage return. The value itself is never printed.
+fn header_safe(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            "contains characters that cannot be sent in an HTTP header (control or non-ASCII)",
+        ))
+    }
+}
+
+/// Checks every value of a backend spec that is sent as a header.
+fn spec_headers_safe(key: &str, spec: &BackendSpec) -> Result<(), ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    match spec {
+        BackendSpec::Csml {
+            auth: CsmlAuth::Signed(k),
+        } => header_safe(&field("api_key"), k.key()),
+        BackendSpec::Csml {
+            auth: CsmlAuth::Plain(k),
+        } => header_safe(&field("api_key"), k),
+        BackendSpec::Haptik { token, client_id } => {
+            header_safe(&field("token"), token)?;
+            header_safe(&field("client_id"), client_id)
+        }
+        BackendSpec::CsmlEngine { api_key, .. } => api_key
+            .as_deref()
+            .map_or(Ok(()), |k| header_safe(&field("api_key"), k)),
+    }
+}
+
 fn nonzero(key: &str, v: u64) -> Result<u64, ConfigError> {
     if v == 0 {
         Err(ConfigError::new(key, "must be greater than 0"))
@@ -840,7 +873,9 @@ fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
         .next()
         .ok_or_else(|| ConfigError::new(&url_key, format!("`{host}` resolves to no address")))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    header_safe(&url_key, &authority)?;
     let spec = backend_spec(key, b)?;
+    spec_headers_safe(key, &spec)?;
     Ok(Backend {
         name: b.name.clone(),
         spec,
@@ -1074,6 +1109,20 @@ backend = "b"
             let e = err(&text);
             assert_eq!(e.key, key, "{e}");
         }
+    }
+
+    #[test]
+    fn header_breaking_secrets_are_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "tok\r\nX-Evil: 1\n").unwrap();
+        let cfg = MINIMAL.replace(
+            "dialect = \"csml\"\nurl = \"http://127.0.0.1:3/api/chat\"\napi_key = \"k\"\napi_secret = \"s\"",
+            &format!("dialect = \"haptik\"\nurl = \"http://127.0.0.1:3/hook\"\ntoken = {{ file = \"{}\" }}\nclient_id = \"c\"", f.display()),
+        );
+        let e = err(&cfg);
+        assert_eq!(e.key, "backends[0].token", "{e}");
+        assert!(!e.to_string().contains("X-Evil"));
     }
 
     #[test]

@@ -159,26 +159,22 @@ impl DemoBot {
         }
     }
 
-    fn haptik(
+    fn haptik<'h>(
         &self,
-        auth: Option<&[u8]>,
-        client_id: Option<&[u8]>,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
         body: &[u8],
         now: SystemTime,
     ) -> Answer {
         let herr = |e: ProxyError| Answer::json(e.status, haptik::render_error(&e));
-        if let Err(e) = self.haptik.verify(auth, client_id) {
+        if let Err(e) = self.haptik.verify_headers(header) {
             return herr(e);
         }
         match haptik::parse_request(body) {
             Ok(req) => {
                 let answer = ChatAnswer {
                     replies: replies(&req),
-                    ..ChatAnswer::default()
-                };
-                let answer = ChatAnswer {
                     bot_id: Some(Cow::Borrowed("demo-haptik-bot")),
-                    ..answer
+                    ..ChatAnswer::default()
                 };
                 let ctx = demo_context("", "", now, AnswerShape::Hsl);
                 Answer::json(200, haptik::render_answer(&req, &answer, &ctx))
@@ -213,9 +209,7 @@ impl Handler for DemoBot {
                 now,
             ),
             "/run" => self.engine(header("x-api-key").unwrap_or_default(), &body, now),
-            "/haptik/webhook" => {
-                self.haptik(header("authorization"), header("client-id"), &body, now)
-            }
+            "/haptik/webhook" => self.haptik(header, &body, now),
             _ => csml_error(ProxyError::new(404, Reason::NotFound, "not found")),
         }
     }

@@ -37,11 +37,13 @@ pub enum Reason {
     BackendBadAnswer,
     /// The backend's bot reported an error of its own.
     BotError,
+    /// The proxy could not do its part (e.g. a configured value that cannot be sent).
+    Internal,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -55,6 +57,7 @@ impl Reason {
         Reason::BackendStatus,
         Reason::BackendBadAnswer,
         Reason::BotError,
+        Reason::Internal,
     ];
 
     /// The label value.
@@ -73,6 +76,7 @@ impl Reason {
             Reason::BackendStatus => "backend_status",
             Reason::BackendBadAnswer => "backend_bad_answer",
             Reason::BotError => "bot_error",
+            Reason::Internal => "internal",
         }
     }
 
@@ -124,6 +128,14 @@ impl ProxyError {
     pub fn bad_answer(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(502, Reason::BackendBadAnswer, message)
     }
+}
+
+/// The reason phrase of a status code (`Unauthorized`), for error bodies that carry one.
+pub fn status_phrase(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
 }
 
 impl fmt::Display for ProxyError {

@@ -15,6 +15,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::auth;
 use crate::config::{Config, Route};
 use crate::dialect::{self, AnswerContext, BackendRequestContext, IngressDialect};
 use crate::error::{ProxyError, Reason};
@@ -110,6 +111,7 @@ impl ChatService {
         session: &mut ServerSession,
         out: &mut Outcome,
     ) -> Result<Vec<u8>, ProxyError> {
+        let received = SystemTime::now();
         // Route by path.
         let req_header = session.req_header();
         let route_idx = *self
@@ -156,30 +158,14 @@ impl ChatService {
 
         // Authenticate from the headers alone: no body is read for a caller we do not know.
         let req_header = session.req_header();
-        let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mapped_business = match ingress {
-            IngressDialect::Haptik => {
-                let client_id = header("client-id").or_else(|| header("client_id"));
-                let client = self
-                    .config
-                    .haptik_clients
-                    .verify(header(http::header::AUTHORIZATION.as_str()), client_id)?;
-                tracing::trace!(client = %client.name, "haptik caller authenticated");
-                None
-            }
-            IngressDialect::Csml => {
-                let client = self.config.csml_clients.verify(
-                    header("x-api-key"),
-                    header("x-api-signature"),
-                    unix,
-                )?;
-                tracing::trace!(client = %client.name, "csml caller authenticated");
-                client.business_id
-            }
-        };
+        let caller = auth::authenticate(
+            ingress,
+            &self.config.haptik_clients,
+            &self.config.csml_clients,
+            |name| req_header.headers.get(name).map(|v| v.as_bytes()),
+            unix_secs(SystemTime::now()),
+        )?;
+        tracing::trace!(caller = caller.name, "caller authenticated");
 
         // Read and bound the whole body, then parse it.
         let body = match body {
@@ -188,7 +174,7 @@ impl ChatService {
         };
         let mut req = ingress.parse_request(&body)?;
         if ingress == IngressDialect::Csml {
-            req.business_id = mapped_business.or(route.business_id);
+            req.business_id = caller.business_id.or(route.business_id);
         }
         // A CSML caller's own request id is the one it will look for: it goes to the bot and back.
         if let Some(rid) = req
@@ -216,8 +202,9 @@ impl ChatService {
         )?;
         let mut up =
             RequestHeader::build_no_case(http::Method::POST, backend.path.as_bytes(), Some(8))
-                .map_err(|_| ProxyError::bad_request("cannot build the backend request"))?;
-        let received = SystemTime::now();
+                .map_err(|_| {
+                    ProxyError::new(500, Reason::Internal, "cannot build the backend request")
+                })?;
         let headers = [
             ("host", backend.authority.clone()),
             ("content-type", "application/json".to_string()),
@@ -226,9 +213,15 @@ impl ChatService {
             ("user-agent", self.user_agent.clone()),
             (REQUEST_ID, request_id.to_string()),
         ];
-        for (name, value) in headers.into_iter().chain(backend.spec.auth_headers(unix)) {
+        // Signed at the moment of sending, after the caller's body has been read.
+        let signed_at = unix_secs(SystemTime::now());
+        for (name, value) in headers
+            .into_iter()
+            .chain(backend.spec.auth_headers(signed_at))
+        {
+            // Values are checked at load and request ids on arrival, so this cannot fail.
             up.insert_header(name, value).map_err(|_| {
-                ProxyError::bad_request("the request id is not a valid header value")
+                ProxyError::new(500, Reason::Internal, "cannot build the backend request")
             })?;
         }
 
@@ -407,8 +400,11 @@ impl Handler for ChatService {
                 if err.reason == Reason::MethodNotAllowed {
                     a = a.with_header("allow", "POST");
                 }
-                // An unread body must be drained before the connection can serve another request.
-                if !session.is_body_done() {
+                // An unread body must be drained before the connection can serve another request;
+                // one already found oversized is not read any further.
+                if err.reason == Reason::BodyTooLarge {
+                    a.keepalive = false;
+                } else if !session.is_body_done() {
                     a.keepalive =
                         httpio::discard_body(session, self.config.server.max_body_bytes).await;
                 }
@@ -447,6 +443,10 @@ fn request_id(req: &RequestHeader) -> String {
         .filter(|v| sane_request_id(v))
         .and_then(|v| std::str::from_utf8(v).ok())
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Whether a request id can be passed on as a header: 1–128 visible ASCII characters.

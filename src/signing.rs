@@ -112,12 +112,22 @@ impl CsmlKey {
 }
 
 /// How the proxy authenticates to a CSML backend, with the key material.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum CsmlAuth {
     /// Signs every request: `x-api-key: KEY|TS` + `x-api-signature` (pre-keyed HMAC state).
     Signed(CsmlKey),
     /// Sends the key alone: `x-api-key: KEY`.
     Plain(String),
+}
+
+impl fmt::Debug for CsmlAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CsmlAuth::Signed(k) => f.debug_tuple("Signed").field(k).finish(),
+            // A plain key is the whole secret.
+            CsmlAuth::Plain(_) => f.write_str("Plain(<redacted>)"),
+        }
+    }
 }
 
 impl CsmlAuth {
@@ -218,5 +228,7 @@ mod tests {
     fn debug_hides_the_secret() {
         let k = CsmlKey::new("k", b"very-secret");
         assert!(!format!("{k:?}").contains("very-secret"));
+        let plain = CsmlAuth::Plain("plain-secret-key".into());
+        assert!(!format!("{plain:?}").contains("plain-secret-key"));
     }
 }

@@ -13,7 +13,7 @@ use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, RetryType};
 
 use crate::config::Backend;
 use crate::error::{ProxyError, Reason};
@@ -42,12 +42,29 @@ pub fn peer_for(backend: &Backend) -> HttpPeer {
 }
 
 enum Failure {
-    /// Failed before any byte of the answer arrived.
-    BeforeAnswer(Box<Error>),
+    /// The request was not fully delivered, so the backend cannot have acted on it.
+    Sending(Box<Error>),
+    /// The request was delivered but no answer header arrived.
+    AwaitingAnswer(Box<Error>),
     /// Failed while reading the answer.
     DuringAnswer(Box<Error>),
     /// The answer is larger than allowed.
     TooLarge,
+}
+
+impl Failure {
+    /// Whether sending again on a new connection cannot make the bot see the message twice: the
+    /// request never fully left, or pingora judged the failure to be a reused connection the
+    /// backend had already closed (end of stream or an OS error before any answer byte).
+    fn safe_to_retry(&self) -> bool {
+        match self {
+            Failure::Sending(_) => true,
+            Failure::AwaitingAnswer(e) => {
+                matches!(e.retry, RetryType::ReusedOnly | RetryType::Decided(true))
+            }
+            Failure::DuringAnswer(_) | Failure::TooLarge => false,
+        }
+    }
 }
 
 impl Upstream {
@@ -73,18 +90,23 @@ impl Upstream {
                 .connector
                 .get_http_session(peer)
                 .await
-                .map_err(Failure::BeforeAnswer)?;
-            match self.attempt(session, peer, backend, &header, &body).await {
-                Err(Failure::BeforeAnswer(e)) if reused && is_stale_connection(&e) => {
-                    tracing::debug!(backend = %backend.name, error = %e, "pooled connection was stale; retrying on a new one");
+                .map_err(Failure::Sending)?;
+            // Keep a copy of the header only when a retry is possible (a reused connection).
+            let spare = reused.then(|| header.clone());
+            match (
+                self.attempt(session, peer, backend, header, &body).await,
+                spare,
+            ) {
+                (Err(f), Some(header)) if f.safe_to_retry() => {
+                    tracing::debug!(backend = %backend.name, "pooled connection was closed by the backend; retrying on a new one");
                     let (session, _) = self
                         .connector
                         .get_http_session(peer)
                         .await
-                        .map_err(Failure::BeforeAnswer)?;
-                    self.attempt(session, peer, backend, &header, &body).await
+                        .map_err(Failure::Sending)?;
+                    self.attempt(session, peer, backend, header, &body).await
                 }
-                other => other,
+                (result, _) => result,
             }
         };
         match tokio::time::timeout(backend.read_timeout, round_trip).await {
@@ -99,34 +121,42 @@ impl Upstream {
         mut session: HttpSession,
         peer: &HttpPeer,
         backend: &Backend,
-        header: &RequestHeader,
+        header: RequestHeader,
         body: &Bytes,
     ) -> Result<Exchange, Failure> {
         session
-            .write_request_header(Box::new(header.clone()))
+            .write_request_header(Box::new(header))
             .await
-            .map_err(Failure::BeforeAnswer)?;
-        session
-            .write_body(body)
-            .await
-            .map_err(Failure::BeforeAnswer)?;
-        session.finish_body().await.map_err(Failure::BeforeAnswer)?;
-        session
-            .read_response()
-            .await
-            .map_err(Failure::BeforeAnswer)?;
-        let status = session.get_status().map_or(0, |s| s.as_u16());
+            .map_err(Failure::Sending)?;
+        session.write_body(body).await.map_err(Failure::Sending)?;
+        session.finish_body().await.map_err(Failure::Sending)?;
+        // Interim answers (100 Continue, 103 Early Hints) precede the real one.
+        let status = loop {
+            session
+                .read_response()
+                .await
+                .map_err(Failure::AwaitingAnswer)?;
+            match session.get_status() {
+                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
+                s => break s.map_or(0, |s| s.as_u16()),
+            }
+        };
         let mut buf = BytesMut::new();
+        let mut too_large = false;
         while let Some(chunk) = session
-            .read_body_bytes()
+            .read_body_ref()
             .await
             .map_err(Failure::DuringAnswer)?
         {
             if buf.len() + chunk.len() > self.max_answer_bytes {
-                session.shutdown().await;
-                return Err(Failure::TooLarge);
+                too_large = true;
+                break;
             }
-            buf.extend_from_slice(&chunk);
+            buf.extend_from_slice(chunk);
+        }
+        if too_large {
+            session.shutdown().await;
+            return Err(Failure::TooLarge);
         }
         self.connector
             .release_http_session(session, peer, Some(backend.pool_idle_timeout))
@@ -136,14 +166,6 @@ impl Upstream {
             body: buf.freeze(),
         })
     }
-}
-
-/// Whether an error on a reused connection means the backend had closed it while idle.
-fn is_stale_connection(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-    )
 }
 
 fn timeout_error(after: Duration) -> ProxyError {
@@ -161,21 +183,14 @@ fn failure_to_error(f: Failure, backend: &Backend, max: usize) -> ProxyError {
                 "the backend's answer is larger than {max} bytes"
             ))
         }
-        Failure::BeforeAnswer(e) | Failure::DuringAnswer(e) => e,
+        Failure::Sending(e) | Failure::AwaitingAnswer(e) | Failure::DuringAnswer(e) => e,
     };
     tracing::debug!(backend = %backend.name, error = %e, "backend exchange failed");
     match e.etype() {
-        ErrorType::ConnectTimedout
-        | ErrorType::ReadTimedout
-        | ErrorType::WriteTimedout
-        | ErrorType::TLSHandshakeTimedout => {
-            timeout_error(backend.read_timeout.min(match e.etype() {
-                ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
-                    backend.connect_timeout
-                }
-                _ => backend.read_timeout,
-            }))
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
+            timeout_error(backend.connect_timeout.min(backend.read_timeout))
         }
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => timeout_error(backend.read_timeout),
         ErrorType::InvalidHTTPHeader | ErrorType::H1Error => {
             ProxyError::bad_answer("the backend did not answer with valid HTTP")
         }

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::AnswerContext;
-use crate::error::{json_error, ProxyError, Reason};
+use crate::error::{json_error, status_phrase, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 
 // ---------------------------------------------------------------------------------------------
@@ -607,13 +607,9 @@ struct ErrorOut<'a> {
 /// Renders an error in the shape CSML's HTTP servers use:
 /// `{"statusCode": 401, "error": "Unauthorized", "message": "…"}`.
 pub fn render_error(err: &ProxyError) -> Vec<u8> {
-    let phrase = http::StatusCode::from_u16(err.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
     serde_json::to_vec(&ErrorOut {
         status_code: err.status,
-        error: phrase,
+        error: status_phrase(err.status),
         message: &err.message,
     })
     .expect("csml error serializes")

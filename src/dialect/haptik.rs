@@ -402,8 +402,10 @@ struct LegacyIn<'a> {
 
 #[derive(Deserialize)]
 struct HslAnswerIn<'a> {
-    #[serde(borrow)]
-    message: Vec<HslMessageIn<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Vec<HslMessageIn<'a>>>,
+    #[serde(borrow, default)]
+    error_message: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     agent: Option<AgentIn<'a>>,
 }
@@ -423,28 +425,29 @@ struct AgentIn<'a> {
 /// Parses a Haptik backend's answer: the legacy array, the current HSL shape, or a Haptik error body
 /// (`{"error_message"}`, with any status), which becomes a 502 carrying the backend's message.
 pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
-    if let Ok(e) = serde_json::from_slice::<ErrorIn<'_>>(body) {
-        return Err(ProxyError::new(
+    let refused = |message: &str| {
+        ProxyError::new(
             502,
             Reason::BackendStatus,
-            format!(
-                "the backend refused the request (HTTP {status}): {}",
-                e.error_message
-            ),
-        ));
-    }
+            format!("the backend refused the request (HTTP {status}): {message}"),
+        )
+    };
+    let is_array = body.trim_ascii_start().starts_with(b"[");
     if !(200..300).contains(&status) {
-        return Err(ProxyError::new(
-            502,
-            Reason::BackendStatus,
-            format!("the backend answered HTTP {status}"),
-        ));
+        return Err(match serde_json::from_slice::<ErrorIn<'_>>(body) {
+            Ok(e) => refused(&e.error_message),
+            Err(_) => ProxyError::new(
+                502,
+                Reason::BackendStatus,
+                format!("the backend answered HTTP {status}"),
+            ),
+        });
     }
     let not_haptik = |e: serde_json::Error| {
         ProxyError::bad_answer(format!("backend answer is not a Haptik answer: {e}"))
     };
     let mut answer = ChatAnswer::default();
-    if body.trim_ascii_start().starts_with(b"[") {
+    if is_array {
         let legacy: Vec<LegacyIn<'_>> = serde_json::from_slice(body).map_err(not_haptik)?;
         for (i, m) in legacy.into_iter().flat_map(|l| l.bot_messages).enumerate() {
             if m.get().starts_with('"') {
@@ -454,18 +457,25 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyErr
                 answer.dropped += 1;
             }
         }
-    } else {
-        let current: HslAnswerIn<'_> = serde_json::from_slice(body).map_err(not_haptik)?;
-        let mut raw = Vec::with_capacity(current.message.len());
-        for (i, m) in current.message.into_iter().enumerate() {
-            if !hsl::parse(m.body, &format!("message[{i}].body"), &mut answer.replies)? {
-                answer.dropped += 1;
-            }
-            raw.push(m.body);
-        }
-        answer.raw = Some((RawKind::HaptikHsl, raw));
-        answer.bot_id = current.agent.and_then(|a| a.name);
+        return Ok(answer);
     }
+    // One pass over an object answer: an error body (Haptik sends some with 200) or the HSL shape.
+    let current: HslAnswerIn<'_> = serde_json::from_slice(body).map_err(not_haptik)?;
+    if let Some(message) = current.error_message {
+        return Err(refused(&message));
+    }
+    let messages = current.message.ok_or_else(|| {
+        ProxyError::bad_answer("backend answer is not a Haptik answer: no `message` array")
+    })?;
+    let mut raw = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        if !hsl::parse(m.body, &format!("message[{i}].body"), &mut answer.replies)? {
+            answer.dropped += 1;
+        }
+        raw.push(m.body);
+    }
+    answer.raw = Some((RawKind::HaptikHsl, raw));
+    answer.bot_id = current.agent.and_then(|a| a.name);
     Ok(answer)
 }
 

@@ -131,14 +131,10 @@ impl IngressDialect {
 /// Renders an error for a caller whose dialect is unknown: readable as either (`error_message` for
 /// Haptik clients, `statusCode`/`error`/`message` for CSML clients).
 pub fn render_error_for_either(err: &ProxyError) -> Vec<u8> {
-    let phrase = http::StatusCode::from_u16(err.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
     serde_json::to_vec(&serde_json::json!({
         "error_message": err.message,
         "statusCode": err.status,
-        "error": phrase,
+        "error": crate::error::status_phrase(err.status),
         "message": err.message,
     }))
     .expect("error serializes")
