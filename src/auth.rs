@@ -1,22 +1,29 @@
-//! Verifying callers against configured credentials.
+//! Verifying callers: credentials, what they may reach, and the auth service's JSON contract.
 //!
-//! Haptik: `Authorization: Bearer <token>` + `client-id`. Tokens are kept only as SHA-256 digests and
-//! compared in constant time; an unknown client id still costs one comparison, so response timing does
-//! not tell which client ids exist. Wrong client id and wrong token get the same message (`invalid
-//! authorization details`) for the same reason; a missing header gets Haptik's own message naming it.
+//! Haptik: `Authorization: Bearer <token>` + `client-id` (or `client_id`). Tokens are kept only as
+//! SHA-256 digests and compared in constant time; an unknown client id still costs one comparison, so
+//! timing does not tell which client ids exist. Wrong client id and wrong token get the same message
+//! (`invalid authorization details`); a missing header gets Haptik's own message naming it.
 //!
-//! CSML: `x-api-key: KEY|TS` + `x-api-signature: sha256=<hex>` (signed credentials), or `x-api-key: KEY`
-//! (plain credentials, where the key itself is the secret). Credentials are found by the SHA-256 of
-//! the presented key, so a plain key is never compared byte by byte; signatures are checked by
-//! `signing` in constant time, with the timestamp within a tolerance either way.
+//! CSML: `x-api-key: KEY|TS` + `x-api-signature: sha256=<hex>` (signed credentials), or
+//! `x-api-key: KEY` (plain credentials, where the key itself is the secret). Credentials are found by
+//! the SHA-256 of the presented key, so a plain key is never compared byte by byte; signatures are
+//! checked by `signing` in constant time, with the timestamp within a tolerance either way.
+//!
+//! Every credential, configured or vouched for by the auth service, is a [`Grant`]: who the caller
+//! is, the Haptik business it is mapped to, its [`Scope`], and how its CSML requests are verified.
+//! This module is pure: the auth service's I/O and the decision cache live in `authn`.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::dialect::IngressDialect;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Reason};
 use crate::signing::{split_key, CsmlKey, SignatureError};
 
 /// Haptik's message for a missing `client-id` header.
@@ -26,27 +33,226 @@ pub const MSG_TOKEN_MISSING: &str = "token missing in headers";
 /// Haptik's message for credentials that do not match.
 pub const MSG_INVALID: &str = "invalid authorization details";
 
+/// Why a caller was refused: the bounded label set of auth metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthReason {
+    /// A credential header is missing.
+    Missing,
+    /// The header is there but not in the expected form.
+    Malformed,
+    /// Unknown credential or wrong token/key.
+    Invalid,
+    /// The CSML signature does not match.
+    BadSignature,
+    /// The CSML timestamp is outside the tolerance.
+    Expired,
+    /// A signed CSML key sent plain, or the reverse.
+    WrongMode,
+    /// The same signed request was seen before within the tolerance window.
+    Replayed,
+    /// The credential may not reach this route or business.
+    OutOfScope,
+    /// The auth service could not be asked (down, slow, or a bad answer).
+    Unavailable,
+}
+
+impl AuthReason {
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [AuthReason; 9] = [
+        AuthReason::Missing,
+        AuthReason::Malformed,
+        AuthReason::Invalid,
+        AuthReason::BadSignature,
+        AuthReason::Expired,
+        AuthReason::WrongMode,
+        AuthReason::Replayed,
+        AuthReason::OutOfScope,
+        AuthReason::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthReason::Missing => "missing",
+            AuthReason::Malformed => "malformed",
+            AuthReason::Invalid => "invalid",
+            AuthReason::BadSignature => "bad_signature",
+            AuthReason::Expired => "expired",
+            AuthReason::WrongMode => "wrong_mode",
+            AuthReason::Replayed => "replayed",
+            AuthReason::OutOfScope => "out_of_scope",
+            AuthReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A refusal: why (for metrics) and what the caller is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub reason: AuthReason,
+    pub error: ProxyError,
+}
+
+impl Denied {
+    fn new(reason: AuthReason, message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Denied {
+            reason,
+            error: ProxyError::unauthorized(message),
+        }
+    }
+}
+
+impl From<Denied> for ProxyError {
+    fn from(d: Denied) -> Self {
+        d.error
+    }
+}
+
+/// What a credential may reach; `None` means no restriction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// Route names.
+    pub routes: Option<Vec<String>>,
+    /// Haptik business ids (for CSML callers, the business their credential or route maps to).
+    pub businesses: Option<Vec<i64>>,
+}
+
+impl Scope {
+    /// Refuses (403) a route or business outside the scope.
+    pub fn check(&self, route: &str, business_id: Option<i64>) -> Result<(), Denied> {
+        let forbidden = |what: String| Denied {
+            reason: AuthReason::OutOfScope,
+            error: ProxyError::new(
+                403,
+                Reason::Forbidden,
+                format!("this credential may not reach {what}"),
+            ),
+        };
+        if let Some(routes) = &self.routes {
+            if !routes.iter().any(|r| r == route) {
+                return Err(forbidden(format!("route `{route}`")));
+            }
+        }
+        if let Some(businesses) = &self.businesses {
+            match business_id {
+                Some(b) if businesses.contains(&b) => {}
+                Some(b) => return Err(forbidden(format!("business {b}"))),
+                None => return Err(forbidden("a route without a business".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a CSML credential's requests are verified.
+#[derive(Debug, Clone)]
+pub enum CsmlClientAuth {
+    /// `x-api-key: KEY|TS` + `x-api-signature` with this key's pre-keyed HMAC.
+    Signed(CsmlKey),
+    /// `x-api-key: KEY` alone.
+    Plain,
+}
+
+/// An accepted credential: who the caller is and what it may do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The credential's name, for logs.
+    pub name: Arc<str>,
+    /// The Haptik business its requests go to, when a route needs one (CSML callers).
+    pub business_id: Option<i64>,
+    /// What it may reach.
+    pub scope: Scope,
+    /// How its CSML requests are verified (`None` for Haptik credentials).
+    pub csml: Option<CsmlClientAuth>,
+}
+
 /// One Haptik client allowed to call the proxy.
 #[derive(Debug, Clone)]
 pub struct HaptikClient {
-    /// The configured name, for logs.
-    pub name: String,
+    grant: Arc<Grant>,
     token_sha256: [u8; 32],
 }
 
 impl HaptikClient {
     /// A client whose token is given in plain text (only its digest is kept).
-    pub fn with_token(name: impl Into<String>, token: &[u8]) -> Self {
+    pub fn with_token(name: &str, token: &[u8]) -> Self {
         Self::with_token_sha256(name, Sha256::digest(token).into())
     }
 
     /// A client whose token is given as its SHA-256 digest.
-    pub fn with_token_sha256(name: impl Into<String>, token_sha256: [u8; 32]) -> Self {
+    pub fn with_token_sha256(name: &str, token_sha256: [u8; 32]) -> Self {
         HaptikClient {
-            name: name.into(),
+            grant: Arc::new(Grant {
+                name: name.into(),
+                business_id: None,
+                scope: Scope::default(),
+                csml: None,
+            }),
             token_sha256,
         }
     }
+
+    /// Restricts what the client may reach.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        Arc::make_mut(&mut self.grant).scope = scope;
+        self
+    }
+}
+
+/// A Haptik caller's presented credentials.
+#[derive(Clone, Copy)]
+pub struct HaptikPresented<'h> {
+    pub client_id: &'h [u8],
+    pub token: &'h [u8],
+}
+
+impl fmt::Debug for HaptikPresented<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HaptikPresented")
+            .field("client_id", &String::from_utf8_lossy(self.client_id))
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl HaptikPresented<'_> {
+    /// The cache key of this credential: a hash, never the token itself.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"haptik\0");
+        h.update(self.client_id);
+        h.update(b"\0");
+        h.update(self.token);
+        h.finalize().into()
+    }
+}
+
+/// Reads a Haptik caller's credentials from its headers: `Authorization: Bearer <token>`, and
+/// `client-id` or (as one real client sends it) `client_id`.
+pub fn haptik_presented<'h>(
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+) -> Result<HaptikPresented<'h>, Denied> {
+    let client_id = header("client-id")
+        .or_else(|| header("client_id"))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Denied::new(AuthReason::Missing, MSG_CLIENT_ID_MISSING))?;
+    let value = header("authorization")
+        .map(<[u8]>::trim_ascii)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING))?;
+    if value.eq_ignore_ascii_case(b"bearer") {
+        return Err(Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING));
+    }
+    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Err(Denied::new(AuthReason::Malformed, MSG_INVALID));
+    }
+    let token = value[7..].trim_ascii();
+    if token.is_empty() {
+        return Err(Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING));
+    }
+    Ok(HaptikPresented { client_id, token })
 }
 
 /// The configured Haptik clients, by client id.
@@ -71,84 +277,133 @@ impl HaptikClients {
         self.by_id.is_empty()
     }
 
-    /// Verifies a request's headers: `Authorization`, and `client-id` or (as one real client sends
-    /// it) `client_id`.
-    pub fn verify_headers<'h>(
-        &self,
-        header: impl Fn(&str) -> Option<&'h [u8]>,
-    ) -> Result<&HaptikClient, ProxyError> {
-        let client_id = header("client-id").or_else(|| header("client_id"));
-        self.verify(header("authorization"), client_id)
+    /// Whether this client id is configured here (else the auth service may know it).
+    pub fn knows(&self, client_id: &[u8]) -> bool {
+        std::str::from_utf8(client_id).is_ok_and(|id| self.by_id.contains_key(id))
     }
 
-    /// Verifies the raw `Authorization` and `client-id` header values.
-    pub fn verify(
-        &self,
-        authorization: Option<&[u8]>,
-        client_id: Option<&[u8]>,
-    ) -> Result<&HaptikClient, ProxyError> {
-        let client_id = client_id
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| ProxyError::unauthorized(MSG_CLIENT_ID_MISSING))?;
-        let token = bearer_token(authorization)?;
-        let digest: [u8; 32] = Sha256::digest(token).into();
-        let found = std::str::from_utf8(client_id)
+    /// Checks presented credentials against the configured clients.
+    pub fn check(&self, p: &HaptikPresented<'_>) -> Result<Arc<Grant>, Denied> {
+        let digest: [u8; 32] = Sha256::digest(p.token).into();
+        let found = std::str::from_utf8(p.client_id)
             .ok()
             .and_then(|id| self.by_id.get(id));
         // Compare against something even when the id is unknown, so timing does not tell.
         let expected = found.map_or(&[0u8; 32], |c| &c.token_sha256);
         let matches: bool = digest.ct_eq(expected).into();
         match found {
-            Some(client) if matches => Ok(client),
-            _ => Err(ProxyError::unauthorized(MSG_INVALID)),
+            Some(client) if matches => Ok(client.grant.clone()),
+            _ => Err(Denied::new(AuthReason::Invalid, MSG_INVALID)),
         }
     }
+
+    /// Reads and checks a request's headers.
+    pub fn verify_headers<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Result<Arc<Grant>, Denied> {
+        self.check(&haptik_presented(header)?)
+    }
 }
 
-/// Extracts the token of `Bearer <token>` (scheme case-insensitive).
-fn bearer_token(authorization: Option<&[u8]>) -> Result<&[u8], ProxyError> {
-    let value = authorization
+/// A CSML caller's presented credentials.
+#[derive(Clone, Copy)]
+pub struct CsmlPresented<'h> {
+    /// The whole `x-api-key` header.
+    pub api_key: &'h [u8],
+    /// The key part.
+    pub key: &'h [u8],
+    /// The timestamp, when the key was sent signed (`KEY|TS`).
+    pub timestamp: Option<u64>,
+    /// The `x-api-signature` header.
+    pub signature: Option<&'h [u8]>,
+}
+
+impl fmt::Debug for CsmlPresented<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CsmlPresented")
+            .field("timestamp", &self.timestamp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CsmlPresented<'_> {
+    /// The cache key of this credential: the SHA-256 of the key, never the key itself.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.key).into()
+    }
+
+    /// The replay-guard key of a signed request: (key, timestamp, signature), hashed.
+    pub fn replay_digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.api_key);
+        h.update(b"\0");
+        h.update(self.signature.unwrap_or_default());
+        h.finalize().into()
+    }
+}
+
+/// Reads a CSML caller's `x-api-key` and `x-api-signature` headers.
+pub fn csml_presented<'h>(
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+) -> Result<CsmlPresented<'h>, Denied> {
+    let api_key = header("x-api-key")
         .map(<[u8]>::trim_ascii)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| ProxyError::unauthorized(MSG_TOKEN_MISSING))?;
-    if value.eq_ignore_ascii_case(b"bearer") {
-        return Err(ProxyError::unauthorized(MSG_TOKEN_MISSING));
-    }
-    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
-        return Err(ProxyError::unauthorized(MSG_INVALID));
-    }
-    let token = value[7..].trim_ascii();
-    if token.is_empty() {
-        return Err(ProxyError::unauthorized(MSG_TOKEN_MISSING));
-    }
-    Ok(token)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Denied::new(AuthReason::Missing, "missing x-api-key header"))?;
+    let (key, timestamp) = match split_key(api_key) {
+        Some((key, ts)) => (key, Some(ts)),
+        None => (api_key, None),
+    };
+    Ok(CsmlPresented {
+        api_key,
+        key,
+        timestamp,
+        signature: header("x-api-signature"),
+    })
 }
 
-/// How a CSML credential authenticates.
-#[derive(Debug, Clone)]
-pub enum CsmlClientAuth {
-    /// `x-api-key: KEY|TS` + `x-api-signature` with this key's pre-keyed HMAC.
-    Signed(CsmlKey),
-    /// `x-api-key: KEY` alone.
-    Plain,
-}
-
-/// One CSML caller.
-#[derive(Debug, Clone)]
-pub struct CsmlClient {
-    /// The configured name, for logs.
-    pub name: String,
-    /// How it authenticates.
-    pub auth: CsmlClientAuth,
-    /// The Haptik business its requests go to, when a route needs one.
-    pub business_id: Option<i64>,
+/// Verifies a CSML request against the credential it claims, at `now` (unix seconds).
+pub fn verify_csml(
+    grant: &Grant,
+    p: &CsmlPresented<'_>,
+    now: u64,
+    tolerance_secs: u64,
+) -> Result<(), Denied> {
+    match (&grant.csml, p.timestamp) {
+        (Some(CsmlClientAuth::Signed(k)), Some(_)) => {
+            k.verify(p.api_key, p.signature, now, tolerance_secs).map_err(|e| match e {
+                SignatureError::MalformedKey | SignatureError::WrongKey => {
+                    Denied::new(AuthReason::Invalid, "invalid API key")
+                }
+                SignatureError::MalformedSignature => Denied::new(
+                    AuthReason::Malformed,
+                    "missing or malformed x-api-signature header (sha256=<64 hex digits>)",
+                ),
+                SignatureError::BadSignature => Denied::new(AuthReason::BadSignature, "invalid signature"),
+                SignatureError::Expired => Denied::new(
+                    AuthReason::Expired,
+                    format!("the x-api-key timestamp is more than {tolerance_secs} s from the server's clock"),
+                ),
+            })
+        }
+        (Some(CsmlClientAuth::Signed(_)), None) => Err(Denied::new(
+            AuthReason::WrongMode,
+            "this API key needs a signature: send x-api-key: KEY|TIMESTAMP and x-api-signature",
+        )),
+        (Some(CsmlClientAuth::Plain), None) => Ok(()),
+        (Some(CsmlClientAuth::Plain), Some(_)) => Err(Denied::new(
+            AuthReason::WrongMode,
+            "this API key is not set up for signed requests: send x-api-key: KEY alone",
+        )),
+        (None, _) => Err(Denied::new(AuthReason::Invalid, "invalid API key")),
+    }
 }
 
 /// The configured CSML callers, by the SHA-256 of their key.
 #[derive(Debug, Clone)]
 pub struct CsmlClients {
-    by_key_digest: HashMap<[u8; 32], CsmlClient>,
+    by_key_digest: HashMap<[u8; 32], Arc<Grant>>,
     tolerance_secs: u64,
 }
 
@@ -162,9 +417,9 @@ impl CsmlClients {
     }
 
     /// Adds a caller with API key `key`; returns false if the key was already taken.
-    pub fn insert(&mut self, key: &str, client: CsmlClient) -> bool {
+    pub fn insert(&mut self, key: &str, grant: Grant) -> bool {
         self.by_key_digest
-            .insert(Sha256::digest(key.as_bytes()).into(), client)
+            .insert(Sha256::digest(key.as_bytes()).into(), Arc::new(grant))
             .is_none()
     }
 
@@ -173,88 +428,126 @@ impl CsmlClients {
         self.by_key_digest.is_empty()
     }
 
-    /// Verifies the raw `x-api-key` and `x-api-signature` header values at `now` (unix seconds).
-    pub fn verify(
+    /// The timestamp tolerance, seconds either way.
+    pub fn tolerance_secs(&self) -> u64 {
+        self.tolerance_secs
+    }
+
+    /// The configured credential for presented credentials, if any (else the auth service may
+    /// know it).
+    pub fn lookup(&self, p: &CsmlPresented<'_>) -> Option<&Arc<Grant>> {
+        self.by_key_digest.get(&p.digest())
+    }
+
+    /// Reads and verifies a request's headers against the configured callers at `now`.
+    pub fn verify_headers<'h>(
         &self,
-        api_key: Option<&[u8]>,
-        signature: Option<&[u8]>,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
         now: u64,
-    ) -> Result<&CsmlClient, ProxyError> {
-        let api_key = api_key
-            .map(<[u8]>::trim_ascii)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| ProxyError::unauthorized("missing x-api-key header"))?;
-        let invalid = || ProxyError::unauthorized("invalid API key");
-        match split_key(api_key) {
-            Some((key, _)) => {
-                let client = self.lookup(key).ok_or_else(invalid)?;
-                let CsmlClientAuth::Signed(k) = &client.auth else {
-                    return Err(ProxyError::unauthorized(
-                        "this API key is not set up for signed requests: send x-api-key: KEY alone",
-                    ));
-                };
-                k.verify(api_key, signature, now, self.tolerance_secs)
-                    .map_err(|e| match e {
-                        SignatureError::MalformedKey | SignatureError::WrongKey => invalid(),
-                        SignatureError::MalformedSignature => ProxyError::unauthorized(
-                            "missing or malformed x-api-signature header (sha256=<64 hex digits>)",
-                        ),
-                        SignatureError::BadSignature => {
-                            ProxyError::unauthorized("invalid signature")
-                        }
-                        SignatureError::Expired => ProxyError::unauthorized(format!(
-                            "the x-api-key timestamp is more than {} s from the server's clock",
-                            self.tolerance_secs
-                        )),
-                    })?;
-                Ok(client)
-            }
-            None => {
-                let client = self.lookup(api_key).ok_or_else(invalid)?;
-                match client.auth {
-                    CsmlClientAuth::Plain => Ok(client),
-                    CsmlClientAuth::Signed(_) => Err(ProxyError::unauthorized(
-                        "this API key needs a signature: send x-api-key: KEY|TIMESTAMP and x-api-signature",
-                    )),
-                }
-            }
-        }
-    }
-
-    fn lookup(&self, key: &[u8]) -> Option<&CsmlClient> {
-        self.by_key_digest
-            .get(&<[u8; 32]>::from(Sha256::digest(key)))
+    ) -> Result<Arc<Grant>, Denied> {
+        let p = csml_presented(header)?;
+        let grant = self
+            .lookup(&p)
+            .ok_or_else(|| Denied::new(AuthReason::Invalid, "invalid API key"))?;
+        verify_csml(grant, &p, now, self.tolerance_secs)?;
+        Ok(grant.clone())
     }
 }
 
-/// What authenticating a caller found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller<'a> {
-    /// The credential's configured name, for logs.
-    pub name: &'a str,
-    /// The Haptik business the credential is mapped to (CSML callers), if any.
+/// What the proxy asks the auth service (`POST`, JSON).
+#[derive(Debug, Serialize)]
+#[serde(tag = "dialect", rename_all = "lowercase")]
+pub enum AuthQuery<'a> {
+    /// `{"dialect":"haptik","client_id":"…","token":"…"}`
+    Haptik { client_id: &'a str, token: &'a str },
+    /// `{"dialect":"csml","key":"…"}`
+    Csml { key: &'a str },
+}
+
+impl<'a> AuthQuery<'a> {
+    /// The query for Haptik credentials (`None` if they are not UTF-8, which no service knows).
+    pub fn haptik(p: &HaptikPresented<'a>) -> Option<Self> {
+        Some(AuthQuery::Haptik {
+            client_id: std::str::from_utf8(p.client_id).ok()?,
+            token: std::str::from_utf8(p.token).ok()?,
+        })
+    }
+
+    /// The query for a CSML key.
+    pub fn csml(p: &CsmlPresented<'a>) -> Option<Self> {
+        Some(AuthQuery::Csml {
+            key: std::str::from_utf8(p.key).ok()?,
+        })
+    }
+}
+
+/// What the auth service answers (HTTP 200, JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthVerdict {
+    /// Whether the credential is valid.
+    pub valid: bool,
+    /// A name for logs.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// CSML: `signed` (give `secret`) or `plain`.
+    #[serde(default)]
+    pub auth: Option<String>,
+    /// CSML, signed: the API secret, so the proxy checks the signature itself.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The Haptik business the caller's requests go to.
+    #[serde(default)]
     pub business_id: Option<i64>,
+    /// Route names the credential may reach (absent: any).
+    #[serde(default)]
+    pub routes: Option<Vec<String>>,
+    /// Business ids the credential may reach (absent: any).
+    #[serde(default)]
+    pub businesses: Option<Vec<i64>>,
 }
 
-/// Authenticates a caller of `dialect` from its request headers at `now` (unix seconds).
-pub fn authenticate<'c, 'h>(
+/// Turns a verdict into a grant (`Ok(None)`: the credential is not valid). `Err` means the verdict
+/// itself is unusable, which is an auth service failure, not a refusal.
+pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Option<Grant>, String> {
+    if !v.valid {
+        return Ok(None);
+    }
+    let csml = match query {
+        AuthQuery::Haptik { .. } => None,
+        AuthQuery::Csml { key } => Some(match (v.auth.as_deref().unwrap_or("signed"), v.secret) {
+            ("signed", Some(secret)) if !secret.is_empty() => {
+                CsmlClientAuth::Signed(CsmlKey::new(*key, secret.as_bytes()))
+            }
+            ("signed", _) => {
+                return Err("a valid signed CSML key needs a non-empty `secret`".into())
+            }
+            ("plain", _) => CsmlClientAuth::Plain,
+            (other, _) => return Err(format!("`auth` must be `signed` or `plain`, not `{other}`")),
+        }),
+    };
+    Ok(Some(Grant {
+        name: v.name.unwrap_or_else(|| "auth-service".into()).into(),
+        business_id: v.business_id,
+        scope: Scope {
+            routes: v.routes,
+            businesses: v.businesses,
+        },
+        csml,
+    }))
+}
+
+/// Authenticates a caller of `dialect` against the configured credentials only.
+pub fn authenticate<'h>(
     dialect: IngressDialect,
-    haptik: &'c HaptikClients,
-    csml: &'c CsmlClients,
+    haptik: &HaptikClients,
+    csml: &CsmlClients,
     header: impl Fn(&str) -> Option<&'h [u8]>,
     now: u64,
-) -> Result<Caller<'c>, ProxyError> {
+) -> Result<Arc<Grant>, Denied> {
     match dialect {
-        IngressDialect::Haptik => haptik.verify_headers(header).map(|c| Caller {
-            name: &c.name,
-            business_id: None,
-        }),
-        IngressDialect::Csml => csml
-            .verify(header("x-api-key"), header("x-api-signature"), now)
-            .map(|c| Caller {
-                name: &c.name,
-                business_id: c.business_id,
-            }),
+        IngressDialect::Haptik => haptik.verify_headers(header),
+        IngressDialect::Csml => csml.verify_headers(header, now),
     }
 }
 
@@ -262,22 +555,36 @@ pub fn authenticate<'c, 'h>(
 mod tests {
     use super::*;
 
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a [u8]> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_bytes())
+        }
+    }
+
     fn csml() -> CsmlClients {
         let mut c = CsmlClients::new(300);
         c.insert(
             "signed-key",
-            CsmlClient {
+            Grant {
                 name: "s".into(),
-                auth: CsmlClientAuth::Signed(CsmlKey::new("signed-key", b"secret")),
                 business_id: Some(7),
+                scope: Scope::default(),
+                csml: Some(CsmlClientAuth::Signed(CsmlKey::new(
+                    "signed-key",
+                    b"secret",
+                ))),
             },
         );
         c.insert(
             "plain-key",
-            CsmlClient {
+            Grant {
                 name: "p".into(),
-                auth: CsmlClientAuth::Plain,
                 business_id: None,
+                scope: Scope::default(),
+                csml: Some(CsmlClientAuth::Plain),
             },
         );
         c
@@ -288,42 +595,56 @@ mod tests {
         let c = csml();
         let s = CsmlKey::new("signed-key", b"secret").sign(1000);
         let v = |key: &str, sig: Option<&str>, now| {
-            c.verify(Some(key.as_bytes()), sig.map(str::as_bytes), now)
+            let mut h = vec![("x-api-key", key)];
+            h.extend(sig.map(|s| ("x-api-signature", s)));
+            c.verify_headers(headers(&h), now)
         };
         assert_eq!(
             v(&s.api_key, Some(&s.signature), 1000).unwrap().business_id,
             Some(7)
         );
         assert_eq!(
-            v(&s.api_key, Some(&s.signature), 1300).unwrap().name,
+            &*v(&s.api_key, Some(&s.signature), 1300).unwrap().name,
             "s",
             "exactly at the tolerance"
         );
         assert_eq!(
-            v(&s.api_key, Some(&s.signature), 700).unwrap().name,
+            &*v(&s.api_key, Some(&s.signature), 700).unwrap().name,
             "s",
             "from the future, at the tolerance"
         );
-        let msg = |r: Result<&CsmlClient, ProxyError>| r.unwrap_err().message.into_owned();
-        assert!(msg(v(&s.api_key, Some(&s.signature), 1301)).contains("more than 300 s"));
-        assert!(msg(v(&s.api_key, Some(&s.signature), 699)).contains("more than 300 s"));
+        let why = |r: Result<Arc<Grant>, Denied>| {
+            let d = r.unwrap_err();
+            (d.reason, d.error.message.into_owned())
+        };
+        assert_eq!(
+            why(v(&s.api_key, Some(&s.signature), 1301)).0,
+            AuthReason::Expired
+        );
+        assert!(why(v(&s.api_key, Some(&s.signature), 699))
+            .1
+            .contains("more than 300 s"));
         let other = CsmlKey::new("signed-key", b"wrong").sign(1000);
         assert_eq!(
-            msg(v(&s.api_key, Some(&other.signature), 1000)),
-            "invalid signature"
+            why(v(&s.api_key, Some(&other.signature), 1000)),
+            (AuthReason::BadSignature, "invalid signature".into())
         );
-        assert!(msg(v(&s.api_key, None, 1000)).contains("x-api-signature"));
+        assert_eq!(why(v(&s.api_key, None, 1000)).0, AuthReason::Malformed);
         assert_eq!(
-            msg(v("nobody|1000", Some(&s.signature), 1000)),
-            "invalid API key"
+            why(v("nobody|1000", Some(&s.signature), 1000)),
+            (AuthReason::Invalid, "invalid API key".into())
         );
-        assert!(msg(v("signed-key", None, 1000)).contains("needs a signature"));
-        assert_eq!(v("plain-key", None, 0).unwrap().name, "p");
-        assert!(
-            msg(v("plain-key|1000", Some(&s.signature), 1000)).contains("not set up for signed")
+        assert_eq!(why(v("signed-key", None, 1000)).0, AuthReason::WrongMode);
+        assert_eq!(&*v("plain-key", None, 0).unwrap().name, "p");
+        assert_eq!(
+            why(v("plain-key|1000", Some(&s.signature), 1000)).0,
+            AuthReason::WrongMode
         );
-        assert_eq!(msg(v("wrong-key", None, 0)), "invalid API key");
-        assert_eq!(msg(c.verify(None, None, 0)), "missing x-api-key header");
+        assert_eq!(why(v("wrong-key", None, 0)).0, AuthReason::Invalid);
+        assert_eq!(
+            why(c.verify_headers(headers(&[]), 0)),
+            (AuthReason::Missing, "missing x-api-key header".into())
+        );
     }
 
     fn clients() -> HaptikClients {
@@ -342,48 +663,147 @@ mod tests {
     #[test]
     fn accepts_the_right_token_for_the_client() {
         let c = clients();
-        assert_eq!(
-            c.verify(Some(b"Bearer demo-token"), Some(b"demo-client"))
+        let ok = |auth: &str, id_header: &str, id: &str| {
+            c.verify_headers(headers(&[("authorization", auth), (id_header, id)]))
                 .unwrap()
-                .name,
-            "demo"
-        );
+                .name
+                .to_string()
+        };
+        assert_eq!(ok("Bearer demo-token", "client-id", "demo-client"), "demo");
+        assert_eq!(ok("bearer  t2 ", "client-id", "hashed"), "h");
         assert_eq!(
-            c.verify(Some(b"bearer  t2 "), Some(b"hashed"))
-                .unwrap()
-                .name,
-            "h"
+            ok("Bearer t2", "client_id", "hashed"),
+            "h",
+            "the underscore spelling"
         );
     }
 
     #[test]
     fn refuses_with_haptiks_messages() {
         let c = clients();
-        let msg = |a: Option<&[u8]>, id: Option<&[u8]>| {
-            let e = c.verify(a, id).unwrap_err();
-            assert_eq!(e.status, 401);
-            e.message.into_owned()
+        let msg = |pairs: &[(&str, &str)]| {
+            let d = c.verify_headers(headers(pairs)).unwrap_err();
+            assert_eq!(d.error.status, 401);
+            (d.reason, d.error.message.into_owned())
         };
-        assert_eq!(msg(Some(b"Bearer demo-token"), None), MSG_CLIENT_ID_MISSING);
+        use AuthReason::*;
         assert_eq!(
-            msg(Some(b"Bearer demo-token"), Some(b" ")),
+            msg(&[("authorization", "Bearer demo-token")]),
+            (Missing, MSG_CLIENT_ID_MISSING.into())
+        );
+        assert_eq!(
+            msg(&[("authorization", "Bearer demo-token"), ("client-id", " ")]).1,
             MSG_CLIENT_ID_MISSING
         );
-        assert_eq!(msg(None, Some(b"demo-client")), MSG_TOKEN_MISSING);
         assert_eq!(
-            msg(Some(b"Bearer "), Some(b"demo-client")),
+            msg(&[("client-id", "demo-client")]),
+            (Missing, MSG_TOKEN_MISSING.into())
+        );
+        assert_eq!(
+            msg(&[("authorization", "Bearer "), ("client-id", "demo-client")]).1,
             MSG_TOKEN_MISSING
         );
-        assert_eq!(msg(Some(b"Basic abc"), Some(b"demo-client")), MSG_INVALID);
         assert_eq!(
-            msg(Some(b"Bearer wrong"), Some(b"demo-client")),
-            MSG_INVALID
+            msg(&[("authorization", "Basic abc"), ("client-id", "demo-client")]),
+            (Malformed, MSG_INVALID.into())
         );
         assert_eq!(
-            msg(Some(b"Bearer demo-token"), Some(b"nobody")),
+            msg(&[
+                ("authorization", "Bearer wrong"),
+                ("client-id", "demo-client")
+            ]),
+            (Invalid, MSG_INVALID.into())
+        );
+        assert_eq!(
+            msg(&[
+                ("authorization", "Bearer demo-token"),
+                ("client-id", "nobody")
+            ])
+            .1,
             MSG_INVALID
         );
         // One client's token does not open another client.
-        assert_eq!(msg(Some(b"Bearer t2"), Some(b"demo-client")), MSG_INVALID);
+        assert_eq!(
+            msg(&[("authorization", "Bearer t2"), ("client-id", "demo-client")]).1,
+            MSG_INVALID
+        );
+    }
+
+    #[test]
+    fn scopes_limit_routes_and_businesses() {
+        let open = Scope::default();
+        assert!(open.check("any", None).is_ok());
+        let s = Scope {
+            routes: Some(vec!["chat".into()]),
+            businesses: Some(vec![343]),
+        };
+        assert!(s.check("chat", Some(343)).is_ok());
+        let d = s.check("other", Some(343)).unwrap_err();
+        assert_eq!((d.reason, d.error.status), (AuthReason::OutOfScope, 403));
+        assert!(d.error.message.contains("route `other`"));
+        assert!(s
+            .check("chat", Some(1))
+            .unwrap_err()
+            .error
+            .message
+            .contains("business 1"));
+        assert!(s.check("chat", None).is_err());
+    }
+
+    #[test]
+    fn auth_service_contract() {
+        let q = AuthQuery::Haptik {
+            client_id: "c",
+            token: "t",
+        };
+        assert_eq!(
+            serde_json::to_value(&q).unwrap(),
+            serde_json::json!({"dialect":"haptik","client_id":"c","token":"t"})
+        );
+        let q = AuthQuery::Csml { key: "k" };
+        assert_eq!(
+            serde_json::to_value(&q).unwrap(),
+            serde_json::json!({"dialect":"csml","key":"k"})
+        );
+        let verdict = |s: &str| serde_json::from_str::<AuthVerdict>(s).unwrap();
+        let g = grant_from_verdict(
+            &q,
+            verdict(
+                r#"{"valid":true,"name":"acme","secret":"s","business_id":3,"routes":["chat"]}"#,
+            ),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((&*g.name, g.business_id), ("acme", Some(3)));
+        assert!(matches!(g.csml, Some(CsmlClientAuth::Signed(_))));
+        assert_eq!(g.scope.routes.as_deref(), Some(&["chat".to_string()][..]));
+        assert!(grant_from_verdict(&q, verdict(r#"{"valid":false}"#))
+            .unwrap()
+            .is_none());
+        assert!(
+            grant_from_verdict(&q, verdict(r#"{"valid":true}"#)).is_err(),
+            "signed without a secret"
+        );
+        assert!(matches!(
+            grant_from_verdict(&q, verdict(r#"{"valid":true,"auth":"plain"}"#))
+                .unwrap()
+                .unwrap()
+                .csml,
+            Some(CsmlClientAuth::Plain)
+        ));
+        assert!(serde_json::from_str::<AuthVerdict>(r#"{"valid":true,"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn presented_credentials_never_print_secrets() {
+        let p = HaptikPresented {
+            client_id: b"c",
+            token: b"tok-secret",
+        };
+        assert!(!format!("{p:?}").contains("tok-secret"));
+        let h = [("x-api-key", "plain-secret-key")];
+        let c = csml_presented(headers(&h)).unwrap();
+        assert!(!format!("{c:?}").contains("plain-secret-key"));
+        assert_ne!(c.digest(), [0; 32]);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::auth::{CsmlClient, CsmlClientAuth, CsmlClients, HaptikClient, HaptikClients};
+use crate::auth::{CsmlClientAuth, CsmlClients, Grant, HaptikClient, HaptikClients, Scope};
 pub use crate::dialect::{
     AnswerShape, BackendDialect, BackendSpec, FlowTriggerPolicy, IngressDialect, RouteIngress,
 };
@@ -237,6 +237,10 @@ pub struct RawCsmlClient {
     pub auth: CsmlAuthMode,
     pub secret: Option<SecretSource>,
     pub business_id: Option<i64>,
+    /// Route names this caller may reach (absent: any).
+    pub routes: Option<Vec<String>>,
+    /// Business ids this caller may reach (absent: any).
+    pub businesses: Option<Vec<i64>>,
 }
 
 /// `[[clients.haptik]]`: one Haptik caller. Give `token` or `token_sha256`.
@@ -247,6 +251,10 @@ pub struct RawHaptikClient {
     pub client_id: String,
     pub token: Option<SecretSource>,
     pub token_sha256: Option<SecretSource>,
+    /// Route names this caller may reach (absent: any).
+    pub routes: Option<Vec<String>>,
+    /// Business ids this caller may reach (absent: any).
+    pub businesses: Option<Vec<i64>>,
 }
 
 impl Default for RawClients {
@@ -410,14 +418,23 @@ pub struct DemoConfig {
 pub struct Backend {
     pub name: String,
     pub spec: BackendSpec,
+    pub endpoint: Endpoint,
+}
+
+/// Where and how to reach an HTTP service (a backend or the auth service), resolved at load.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The name metrics and logs use.
+    pub name: String,
     pub tls: bool,
-    /// The host as written in the URL (Host header and TLS server name).
+    /// The host as written in the URL (TLS server name).
     pub host: String,
     /// `host[:port]` for the Host header.
     pub authority: String,
     pub addr: SocketAddr,
     pub path: String,
     pub connect_timeout: Duration,
+    /// The whole exchange must finish within this.
     pub read_timeout: Duration,
     pub pool_idle_timeout: Duration,
 }
@@ -621,7 +638,7 @@ impl Config {
                     if token == "demo-token" {
                         demo_credentials_in_use.push(format!("haptik client {}", c.client_id));
                     }
-                    HaptikClient::with_token(c.name.clone(), token.as_bytes())
+                    HaptikClient::with_token(&c.name, token.as_bytes())
                 }
                 (None, Some(h)) => {
                     let k = format!("{key}.token_sha256");
@@ -630,7 +647,7 @@ impl Config {
                     hex::decode_to_slice(hexed.trim(), &mut digest).map_err(|_| {
                         ConfigError::new(&k, "must be 64 hex digits (a SHA-256 digest)")
                     })?;
-                    HaptikClient::with_token_sha256(c.name.clone(), digest)
+                    HaptikClient::with_token_sha256(&c.name, digest)
                 }
                 _ => {
                     return Err(ConfigError::new(
@@ -639,6 +656,10 @@ impl Config {
                     ))
                 }
             };
+            let client = client.with_scope(Scope {
+                routes: c.routes.clone(),
+                businesses: c.businesses.clone(),
+            });
             if !haptik_clients.insert(c.client_id.clone(), client) {
                 return Err(ConfigError::new(
                     format!("{key}.client_id"),
@@ -679,10 +700,14 @@ impl Config {
                     ))
                 }
             };
-            let client = CsmlClient {
-                name: c.name.clone(),
-                auth,
+            let client = Grant {
+                name: c.name.as_str().into(),
                 business_id: c.business_id,
+                scope: Scope {
+                    routes: c.routes.clone(),
+                    businesses: c.businesses.clone(),
+                },
+                csml: Some(auth),
             };
             if !csml_clients.insert(&api_key, client) {
                 return Err(ConfigError::new(
@@ -833,10 +858,17 @@ impl Config {
     }
 }
 
-fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
+/// Timeouts of an endpoint, as written (milliseconds / seconds).
+struct RawTimeouts {
+    connect_ms: u64,
+    read_ms: u64,
+    idle_s: u64,
+}
+
+/// Parses and resolves an `http(s)://` URL into an endpoint. `key` names the table for errors.
+fn endpoint(key: &str, name: &str, url: &str, t: RawTimeouts) -> Result<Endpoint, ConfigError> {
     let url_key = format!("{key}.url");
-    let uri: http::Uri = b
-        .url
+    let uri: http::Uri = url
         .parse()
         .map_err(|e| ConfigError::new(&url_key, format!("not a valid URL: {e}")))?;
     let tls = match uri.scheme_str() {
@@ -862,23 +894,17 @@ fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
         .map(|a| a.as_str().to_string())
         .unwrap_or_default();
     if authority.contains('@') {
-        return Err(ConfigError::new(
-            &url_key,
-            "must not contain credentials; use api_key/api_secret",
-        ));
+        return Err(ConfigError::new(&url_key, "must not contain credentials"));
     }
+    header_safe(&url_key, &authority)?;
     let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| ConfigError::new(&url_key, format!("cannot resolve `{host}`: {e}")))?
         .next()
         .ok_or_else(|| ConfigError::new(&url_key, format!("`{host}` resolves to no address")))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    header_safe(&url_key, &authority)?;
-    let spec = backend_spec(key, b)?;
-    spec_headers_safe(key, &spec)?;
-    Ok(Backend {
-        name: b.name.clone(),
-        spec,
+    Ok(Endpoint {
+        name: name.to_string(),
         tls,
         host,
         authority,
@@ -886,16 +912,33 @@ fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
         path,
         connect_timeout: Duration::from_millis(nonzero(
             &format!("{key}.connect_timeout_ms"),
-            b.connect_timeout_ms,
+            t.connect_ms,
         )?),
-        read_timeout: Duration::from_millis(nonzero(
-            &format!("{key}.read_timeout_ms"),
-            b.read_timeout_ms,
-        )?),
+        read_timeout: Duration::from_millis(nonzero(&format!("{key}.read_timeout_ms"), t.read_ms)?),
         pool_idle_timeout: Duration::from_secs(nonzero(
             &format!("{key}.pool_idle_timeout_s"),
-            b.pool_idle_timeout_s,
+            t.idle_s,
         )?),
+    })
+}
+
+fn backend(key: &str, b: &RawBackend) -> Result<Backend, ConfigError> {
+    let endpoint = endpoint(
+        key,
+        &b.name,
+        &b.url,
+        RawTimeouts {
+            connect_ms: b.connect_timeout_ms,
+            read_ms: b.read_timeout_ms,
+            idle_s: b.pool_idle_timeout_s,
+        },
+    )?;
+    let spec = backend_spec(key, b)?;
+    spec_headers_safe(key, &spec)?;
+    Ok(Backend {
+        name: b.name.clone(),
+        spec,
+        endpoint,
     })
 }
 
@@ -1048,8 +1091,8 @@ backend = "b"
     #[test]
     fn minimal_config_loads() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.backends[0].path, "/api/chat");
-        assert_eq!(c.backends[0].authority, "127.0.0.1:3");
+        assert_eq!(c.backends[0].endpoint.path, "/api/chat");
+        assert_eq!(c.backends[0].endpoint.authority, "127.0.0.1:3");
         assert!(c.routes[0].target(Some(99)).is_some());
     }
 

@@ -167,7 +167,7 @@ impl DemoBot {
     ) -> Answer {
         let herr = |e: ProxyError| Answer::json(e.status, haptik::render_error(&e));
         if let Err(e) = self.haptik.verify_headers(header) {
-            return herr(e);
+            return herr(e.into());
         }
         match haptik::parse_request(body) {
             Ok(req) => {

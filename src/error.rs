@@ -39,11 +39,15 @@ pub enum Reason {
     BotError,
     /// The proxy could not do its part (e.g. a configured value that cannot be sent).
     Internal,
+    /// The caller's credential may not reach this route or business.
+    Forbidden,
+    /// The auth service could not be asked (down, slow, bad answer).
+    AuthUnavailable,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -58,6 +62,8 @@ impl Reason {
         Reason::BackendBadAnswer,
         Reason::BotError,
         Reason::Internal,
+        Reason::Forbidden,
+        Reason::AuthUnavailable,
     ];
 
     /// The label value.
@@ -77,6 +83,8 @@ impl Reason {
             Reason::BackendBadAnswer => "backend_bad_answer",
             Reason::BotError => "bot_error",
             Reason::Internal => "internal",
+            Reason::Forbidden => "forbidden",
+            Reason::AuthUnavailable => "auth_unavailable",
         }
     }
 

@@ -89,7 +89,11 @@ impl ChatService {
                 .enumerate()
                 .map(|(i, r)| (r.path.clone(), i))
                 .collect(),
-            peers: config.backends.iter().map(upstream::peer_for).collect(),
+            peers: config
+                .backends
+                .iter()
+                .map(|b| upstream::peer_for(&b.endpoint))
+                .collect(),
             upstream: Upstream::new(
                 config.server.upstream_pool_size,
                 config.server.max_answer_bytes,
@@ -165,7 +169,7 @@ impl ChatService {
             |name| req_header.headers.get(name).map(|v| v.as_bytes()),
             unix_secs(SystemTime::now()),
         )?;
-        tracing::trace!(caller = caller.name, "caller authenticated");
+        tracing::trace!(caller = &*caller.name, "caller authenticated");
 
         // Read and bound the whole body, then parse it.
         let body = match body {
@@ -200,13 +204,14 @@ impl ChatService {
                 flow_trigger: route.flow_trigger,
             },
         )?;
-        let mut up =
-            RequestHeader::build_no_case(http::Method::POST, backend.path.as_bytes(), Some(8))
-                .map_err(|_| {
-                    ProxyError::new(500, Reason::Internal, "cannot build the backend request")
-                })?;
+        let mut up = RequestHeader::build_no_case(
+            http::Method::POST,
+            backend.endpoint.path.as_bytes(),
+            Some(8),
+        )
+        .map_err(|_| ProxyError::new(500, Reason::Internal, "cannot build the backend request"))?;
         let headers = [
-            ("host", backend.authority.clone()),
+            ("host", backend.endpoint.authority.clone()),
             ("content-type", "application/json".to_string()),
             ("accept", "application/json".to_string()),
             ("content-length", upstream_body.len().to_string()),
@@ -231,7 +236,7 @@ impl ChatService {
             .upstream
             .exchange(
                 &self.peers[target.backend],
-                backend,
+                &backend.endpoint,
                 up,
                 Bytes::from(upstream_body),
             )

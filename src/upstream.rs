@@ -15,7 +15,7 @@ use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, RetryType};
 
-use crate::config::Backend;
+use crate::config::Endpoint;
 use crate::error::{ProxyError, Reason};
 
 /// A backend's answer: status and whole body.
@@ -32,7 +32,7 @@ pub struct Upstream {
 }
 
 /// The pingora peer for a backend (built once at start).
-pub fn peer_for(backend: &Backend) -> HttpPeer {
+pub fn peer_for(backend: &Endpoint) -> HttpPeer {
     let mut peer = HttpPeer::new(backend.addr, backend.tls, backend.host.clone());
     peer.options.connection_timeout = Some(backend.connect_timeout);
     peer.options.read_timeout = Some(backend.read_timeout);
@@ -81,7 +81,7 @@ impl Upstream {
     pub async fn exchange(
         &self,
         peer: &HttpPeer,
-        backend: &Backend,
+        backend: &Endpoint,
         header: RequestHeader,
         body: Bytes,
     ) -> Result<Exchange, ProxyError> {
@@ -120,7 +120,7 @@ impl Upstream {
         &self,
         mut session: HttpSession,
         peer: &HttpPeer,
-        backend: &Backend,
+        backend: &Endpoint,
         header: RequestHeader,
         body: &Bytes,
     ) -> Result<Exchange, Failure> {
@@ -176,7 +176,7 @@ fn timeout_error(after: Duration) -> ProxyError {
     )
 }
 
-fn failure_to_error(f: Failure, backend: &Backend, max: usize) -> ProxyError {
+fn failure_to_error(f: Failure, backend: &Endpoint, max: usize) -> ProxyError {
     let e = match f {
         Failure::TooLarge => {
             return ProxyError::bad_answer(format!(
