@@ -1,16 +1,29 @@
-//! The admin listener: `GET /metrics` (Prometheus text format) and `GET /healthz`.
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`, and
+//! `POST /auth-cache/clear` (forget every cached auth service decision).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
+use crate::authn::Authenticator;
 use crate::httpio::{self, Answer, Handler};
 
-/// Serves metrics and health.
-pub struct AdminService;
+/// Serves metrics, health and cache control.
+pub struct AdminService {
+    authn: Arc<Authenticator>,
+}
+
+impl AdminService {
+    /// The admin listener for this authenticator.
+    pub fn new(authn: Arc<Authenticator>) -> Self {
+        AdminService { authn }
+    }
+}
 
 #[async_trait]
 impl Handler for AdminService {
@@ -31,6 +44,11 @@ impl Handler for AdminService {
                 }
             }
             ("/healthz", true) => Answer::text(200, "ok\n"),
+            ("/auth-cache/clear", _) if req.method == http::Method::POST => {
+                self.authn.clear_cache();
+                tracing::info!("auth cache cleared");
+                Answer::text(200, "cleared\n")
+            }
             ("/metrics" | "/healthz", false) => {
                 Answer::text(405, "method not allowed\n").with_header("allow", "GET")
             }

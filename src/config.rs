@@ -141,6 +141,7 @@ pub struct RawConfig {
     pub demo: Option<RawDemo>,
     #[serde(default)]
     pub clients: RawClients,
+    pub auth_service: Option<RawAuthService>,
     #[serde(default)]
     pub backends: Vec<RawBackend>,
     #[serde(default)]
@@ -225,6 +226,31 @@ pub struct RawClients {
     pub csml: Vec<RawCsmlClient>,
     #[serde(default = "default_tolerance")]
     pub csml_tolerance_secs: u64,
+    /// Refuse a signed CSML request whose (key, timestamp, signature) was already seen within the
+    /// tolerance window. Off by default: the signature covers only `KEY|TS`, so two honest requests
+    /// signed in the same second look identical.
+    #[serde(default)]
+    pub csml_replay_guard: bool,
+}
+
+/// `[auth_service]`: an external service asked about credentials not configured here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthService {
+    pub url: String,
+    /// Sent as `Authorization: Bearer` to the service, if it wants one.
+    pub bearer: Option<SecretSource>,
+    #[serde(default = "default_auth_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_positive_ttl")]
+    pub positive_ttl_s: u64,
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl_s: u64,
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// How long after its TTL a valid decision may still be used while the service is down (0: never).
+    #[serde(default)]
+    pub serve_stale_s: u64,
 }
 
 /// `[[clients.csml]]`: one CSML caller.
@@ -263,6 +289,7 @@ impl Default for RawClients {
             haptik: Vec::new(),
             csml: Vec::new(),
             csml_tolerance_secs: default_tolerance(),
+            csml_replay_guard: false,
         }
     }
 }
@@ -372,6 +399,18 @@ fn default_idle_s() -> u64 {
 fn default_tolerance() -> u64 {
     300
 }
+fn default_auth_timeout() -> u64 {
+    500
+}
+fn default_positive_ttl() -> u64 {
+    60
+}
+fn default_negative_ttl() -> u64 {
+    5
+}
+fn default_max_entries() -> u64 {
+    10_000
+}
 fn default_bot_name() -> String {
     "botbridge".into()
 }
@@ -385,10 +424,23 @@ pub struct Config {
     pub demo: Option<DemoConfig>,
     pub haptik_clients: HaptikClients,
     pub csml_clients: CsmlClients,
+    pub csml_replay_guard: bool,
+    pub auth_service: Option<AuthServiceConfig>,
     /// Callers whose credentials are the shipped demo ones (warned about at start).
     pub demo_credentials_in_use: Vec<String>,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
+}
+
+/// `[auth_service]`, validated.
+#[derive(Debug, Clone)]
+pub struct AuthServiceConfig {
+    pub endpoint: Endpoint,
+    pub bearer: Option<String>,
+    pub positive_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+    pub serve_stale: Option<Duration>,
 }
 
 /// `[server]`, validated.
@@ -717,6 +769,45 @@ impl Config {
             }
         }
 
+        let auth_service = match &raw.auth_service {
+            None => None,
+            Some(a) => {
+                let timeout = nonzero("auth_service.timeout_ms", a.timeout_ms)?;
+                let bearer = match &a.bearer {
+                    Some(b) => {
+                        let v = b.resolve("auth_service.bearer")?;
+                        header_safe("auth_service.bearer", &v)?;
+                        Some(v)
+                    }
+                    None => None,
+                };
+                Some(AuthServiceConfig {
+                    endpoint: endpoint(
+                        "auth_service",
+                        "auth-service",
+                        &a.url,
+                        RawTimeouts {
+                            connect_ms: timeout,
+                            read_ms: timeout,
+                            idle_s: 30,
+                        },
+                    )?,
+                    bearer,
+                    positive_ttl: Duration::from_secs(nonzero(
+                        "auth_service.positive_ttl_s",
+                        a.positive_ttl_s,
+                    )?),
+                    negative_ttl: Duration::from_secs(nonzero(
+                        "auth_service.negative_ttl_s",
+                        a.negative_ttl_s,
+                    )?),
+                    max_entries: nonzero("auth_service.max_entries", a.max_entries)?,
+                    serve_stale: (a.serve_stale_s > 0)
+                        .then(|| Duration::from_secs(a.serve_stale_s)),
+                })
+            }
+        };
+
         let mut backends = Vec::with_capacity(raw.backends.len());
         let mut backend_index = HashMap::new();
         for (i, b) in raw.backends.iter().enumerate() {
@@ -802,7 +893,10 @@ impl Config {
                     "give a `backend` or at least one `businesses` entry",
                 ));
             }
-            if r.ingress.accepts(IngressDialect::Haptik) && haptik_clients.is_empty() {
+            if r.ingress.accepts(IngressDialect::Haptik)
+                && haptik_clients.is_empty()
+                && auth_service.is_none()
+            {
                 return Err(ConfigError::new(
                     format!("{key}.ingress"),
                     "accepts Haptik callers but no [[clients.haptik]] is configured",
@@ -822,7 +916,10 @@ impl Config {
                     "required: CSML callers without a business_id reach a Haptik bot here",
                 ));
             }
-            if r.ingress.accepts(IngressDialect::Csml) && csml_clients.is_empty() {
+            if r.ingress.accepts(IngressDialect::Csml)
+                && csml_clients.is_empty()
+                && auth_service.is_none()
+            {
                 return Err(ConfigError::new(
                     format!("{key}.ingress"),
                     "accepts CSML callers but no [[clients.csml]] is configured",
@@ -843,6 +940,26 @@ impl Config {
         if routes.is_empty() {
             return Err(ConfigError::new("routes", "at least one route is needed"));
         }
+        let scoped = raw
+            .clients
+            .haptik
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("clients.haptik[{i}].routes"), &c.routes))
+            .chain(
+                raw.clients
+                    .csml
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("clients.csml[{i}].routes"), &c.routes)),
+            );
+        for (key, names) in scoped {
+            for name in names.iter().flatten() {
+                if !routes.iter().any(|r| &r.name == name) {
+                    return Err(ConfigError::new(key, format!("no route named `{name}`")));
+                }
+            }
+        }
 
         Ok(Config {
             server,
@@ -851,6 +968,8 @@ impl Config {
             demo,
             haptik_clients,
             csml_clients,
+            csml_replay_guard: raw.clients.csml_replay_guard,
+            auth_service,
             demo_credentials_in_use,
             backends,
             routes,

@@ -2,11 +2,12 @@
 //!
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
 //! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O),
-//! [`httpio`] (bodies and answers), [`admin`] (metrics and health), [`metrics`], [`demo`] (the
+//! [`httpio`] (bodies and answers), [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health), [`metrics`], [`demo`] (the
 //! built-in demo bot), [`server`] (assembly), [`logging`].
 
 pub mod admin;
 pub mod auth;
+pub mod authn;
 pub mod config;
 pub mod demo;
 pub mod dialect;

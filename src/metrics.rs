@@ -8,11 +8,17 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounterVec, IntGauge,
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 
+use crate::auth::AuthReason;
 use crate::error::Reason;
+
+/// Auth service latency buckets: sub-millisecond to a few seconds.
+pub const AUTH_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// Latency buckets for chat traffic: a few milliseconds to tens of seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -45,6 +51,17 @@ pub struct Metrics {
     pub request_bytes: HistogramVec,
     /// `botbridge_answer_body_bytes{route}`
     pub answer_bytes: HistogramVec,
+    /// `botbridge_auth_decisions_total{dialect, result, reason}`: result `allowed`, `denied` or
+    /// `error`; reason `ok`, `stale` or an [`AuthReason`].
+    pub auth_decisions: IntCounterVec,
+    /// `botbridge_auth_cache_requests_total{result}`: `hit` or `miss`.
+    pub auth_cache_requests: IntCounterVec,
+    /// `botbridge_auth_cache_evictions_total{cause}`: `expired`, `size`, `explicit`, `replaced`.
+    pub auth_cache_evictions: IntCounterVec,
+    /// `botbridge_auth_service_duration_seconds`
+    pub auth_service_duration: Histogram,
+    /// `botbridge_auth_service_errors_total{reason}`: `connect`, `timeout`, `status`, `bad_answer`.
+    pub auth_service_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -117,6 +134,36 @@ impl Metrics {
                     SIZE_BUCKETS.to_vec()
                 )
                 .expect("register answer_bytes"),
+                auth_decisions: register_int_counter_vec!(
+                    "botbridge_auth_decisions_total",
+                    "Caller authentication decisions, by caller dialect, result and reason.",
+                    &["dialect", "result", "reason"]
+                )
+                .expect("register auth_decisions"),
+                auth_cache_requests: register_int_counter_vec!(
+                    "botbridge_auth_cache_requests_total",
+                    "Auth service decision cache look-ups, by result.",
+                    &["result"]
+                )
+                .expect("register auth_cache_requests"),
+                auth_cache_evictions: register_int_counter_vec!(
+                    "botbridge_auth_cache_evictions_total",
+                    "Auth service decisions removed from the cache, by cause.",
+                    &["cause"]
+                )
+                .expect("register auth_cache_evictions"),
+                auth_service_duration: register_histogram!(
+                    "botbridge_auth_service_duration_seconds",
+                    "Time to get an answer from the auth service.",
+                    AUTH_BUCKETS.to_vec()
+                )
+                .expect("register auth_service_duration"),
+                auth_service_errors: register_int_counter_vec!(
+                    "botbridge_auth_service_errors_total",
+                    "Failed auth service calls, by reason.",
+                    &["reason"]
+                )
+                .expect("register auth_service_errors"),
             }
         })
     }
@@ -147,6 +194,37 @@ impl Metrics {
         }
         self.request_bytes.with_label_values(&[route]);
         self.answer_bytes.with_label_values(&[route]);
+    }
+
+    /// Creates the auth series (all at zero) so dashboards see them before the first event.
+    pub fn register_auth(&self, dialects: &[&str], with_service: bool) {
+        for d in dialects {
+            self.auth_decisions.with_label_values(&[d, "allowed", "ok"]);
+            for r in AuthReason::ALL {
+                let result = if r == AuthReason::Unavailable {
+                    "error"
+                } else {
+                    "denied"
+                };
+                self.auth_decisions
+                    .with_label_values(&[d, result, r.as_str()]);
+            }
+            if with_service {
+                self.auth_decisions
+                    .with_label_values(&[d, "allowed", "stale"]);
+            }
+        }
+        if with_service {
+            for r in ["hit", "miss"] {
+                self.auth_cache_requests.with_label_values(&[r]);
+            }
+            for c in ["expired", "size", "explicit", "replaced"] {
+                self.auth_cache_evictions.with_label_values(&[c]);
+            }
+            for r in ["connect", "timeout", "status", "bad_answer"] {
+                self.auth_service_errors.with_label_values(&[r]);
+            }
+        }
     }
 
     /// Creates the error series of a backend.

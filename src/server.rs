@@ -8,6 +8,7 @@ use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
+use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::demo::DemoBot;
 use crate::httpio::App;
@@ -40,11 +41,15 @@ pub fn run(config: Config, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut chat = Service::new("chat".to_string(), App(ChatService::new(config.clone())));
+    let authn = Arc::new(Authenticator::new(config.clone()));
+    let mut chat = Service::new(
+        "chat".to_string(),
+        App(ChatService::new(config.clone(), authn.clone())),
+    );
     chat.add_tcp(&s.listen.to_string());
     chat.threads = Some(s.threads);
 
-    let mut admin = Service::new("admin".to_string(), App(AdminService));
+    let mut admin = Service::new("admin".to_string(), App(AdminService::new(authn)));
     admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
 

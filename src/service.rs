@@ -15,7 +15,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::auth;
+use crate::authn::Authenticator;
 use crate::config::{Config, Route};
 use crate::dialect::{self, AnswerContext, BackendRequestContext, IngressDialect};
 use crate::error::{ProxyError, Reason};
@@ -34,6 +34,7 @@ pub struct ChatService {
     metrics: &'static Metrics,
     next_message_id: AtomicU64,
     user_agent: String,
+    authn: Arc<Authenticator>,
 }
 
 /// What one request did, for the access log and metrics.
@@ -51,7 +52,7 @@ struct Outcome {
 
 impl ChatService {
     /// Builds the service from a validated configuration.
-    pub fn new(config: Arc<Config>) -> Self {
+    pub fn new(config: Arc<Config>, authn: Arc<Authenticator>) -> Self {
         let metrics = Metrics::global();
         for b in &config.backends {
             metrics.register_backend(&b.name);
@@ -101,6 +102,7 @@ impl ChatService {
             metrics,
             next_message_id: AtomicU64::new(start_id),
             user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
+            authn,
             config,
         }
     }
@@ -162,13 +164,10 @@ impl ChatService {
 
         // Authenticate from the headers alone: no body is read for a caller we do not know.
         let req_header = session.req_header();
-        let caller = auth::authenticate(
-            ingress,
-            &self.config.haptik_clients,
-            &self.config.csml_clients,
-            |name| req_header.headers.get(name).map(|v| v.as_bytes()),
-            unix_secs(SystemTime::now()),
-        )?;
+        let caller = self
+            .authn
+            .authenticate(ingress, req_header, unix_secs(SystemTime::now()))
+            .await?;
         tracing::trace!(caller = &*caller.name, "caller authenticated");
 
         // Read and bound the whole body, then parse it.
@@ -193,6 +192,11 @@ impl ChatService {
         let target = route.target(req.business_id).ok_or_else(|| {
             ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
         })?;
+        // Least privilege: the credential reaches only its routes and businesses.
+        caller
+            .scope
+            .check(&route.name, req.business_id)
+            .inspect_err(|d| self.authn.denied(ingress, d.reason))?;
         out.backend = Some(target.backend);
         let backend = &self.config.backends[target.backend];
         let request_id = out.request_id.as_deref().unwrap_or_default();

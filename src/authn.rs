@@ -1,0 +1,363 @@
+//! Authenticating callers at run time: configured credentials first, then the auth service behind a
+//! moka decision cache, then the CSML replay guard; every decision counted.
+//!
+//! The cache is keyed by a SHA-256 of the presented credential (never the credential itself). A valid
+//! answer lives `positive_ttl`, an invalid one `negative_ttl`; concurrent misses for one credential
+//! share a single call (moka's `try_get_with`). When the service is down or slower than its timeout,
+//! the caller gets 503 in its own dialect (fail closed), unless a decision that was valid within the
+//! `serve_stale` window is still remembered. The verdict rules themselves are pure (`auth`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use moka::Expiry;
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::auth::{
+    self, csml_presented, grant_from_verdict, haptik_presented, AuthQuery, AuthReason, AuthVerdict,
+    Denied, Grant,
+};
+use crate::config::{AuthServiceConfig, Config, Endpoint};
+use crate::dialect::IngressDialect;
+use crate::error::{ProxyError, Reason};
+use crate::metrics::Metrics;
+use crate::upstream::{self, Upstream};
+
+/// A cached auth service decision.
+#[derive(Clone)]
+enum Decision {
+    Allowed(Arc<Grant>),
+    Denied,
+}
+
+struct DecisionExpiry {
+    positive: Duration,
+    negative: Duration,
+}
+
+impl Expiry<[u8; 32], Decision> for DecisionExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Decision,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(match value {
+            Decision::Allowed(_) => self.positive,
+            Decision::Denied => self.negative,
+        })
+    }
+}
+
+/// The auth service client with its caches.
+struct Service {
+    endpoint: Endpoint,
+    peer: HttpPeer,
+    upstream: Upstream,
+    bearer: Option<String>,
+    decisions: Cache<[u8; 32], Decision>,
+    /// Valid grants remembered for `positive_ttl + serve_stale`, used only when the service fails.
+    stale: Option<Cache<[u8; 32], Arc<Grant>>>,
+}
+
+/// Why an auth service call failed (a bounded label).
+#[derive(Debug)]
+struct ServiceError(&'static str);
+
+/// Authenticates callers; shared by the chat listener and the admin listener.
+pub struct Authenticator {
+    config: Arc<Config>,
+    service: Option<Service>,
+    replay: Option<moka::sync::Cache<[u8; 32], ()>>,
+    metrics: &'static Metrics,
+}
+
+impl Authenticator {
+    /// Builds the authenticator for a configuration.
+    pub fn new(config: Arc<Config>) -> Self {
+        let metrics = Metrics::global();
+        let dialects = ["haptik", "csml"];
+        metrics.register_auth(&dialects, config.auth_service.is_some());
+        let service = config
+            .auth_service
+            .as_ref()
+            .map(|c| Self::service(c, metrics));
+        let tolerance = config.csml_clients.tolerance_secs();
+        let replay = config.csml_replay_guard.then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                // A timestamp is only accepted within ±tolerance, so a signature can only be replayed
+                // for 2 × tolerance after it was first accepted.
+                .time_to_live(Duration::from_secs(2 * tolerance + 1))
+                .build()
+        });
+        Authenticator {
+            config,
+            service,
+            replay,
+            metrics,
+        }
+    }
+
+    fn service(c: &AuthServiceConfig, metrics: &'static Metrics) -> Service {
+        let decisions = Cache::builder()
+            .max_capacity(c.max_entries)
+            .expire_after(DecisionExpiry {
+                positive: c.positive_ttl,
+                negative: c.negative_ttl,
+            })
+            .eviction_listener(move |_key, _value, cause| {
+                let cause = match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Size => "size",
+                    RemovalCause::Explicit => "explicit",
+                    RemovalCause::Replaced => "replaced",
+                };
+                metrics
+                    .auth_cache_evictions
+                    .with_label_values(&[cause])
+                    .inc();
+            })
+            .build();
+        let stale = c.serve_stale.map(|window| {
+            Cache::builder()
+                .max_capacity(c.max_entries)
+                .time_to_live(c.positive_ttl + window)
+                .build()
+        });
+        Service {
+            peer: upstream::peer_for(&c.endpoint),
+            endpoint: c.endpoint.clone(),
+            upstream: Upstream::new(64, 64 * 1024),
+            bearer: c.bearer.clone(),
+            decisions,
+            stale,
+        }
+    }
+
+    /// Forgets every auth service decision (admin `POST /auth-cache/clear`, and on reload).
+    pub fn clear_cache(&self) {
+        if let Some(s) = &self.service {
+            s.decisions.invalidate_all();
+            if let Some(stale) = &s.stale {
+                stale.invalidate_all();
+            }
+        }
+    }
+
+    /// Authenticates a caller of `dialect` from its request headers at `now` (unix seconds).
+    pub async fn authenticate(
+        &self,
+        dialect: IngressDialect,
+        req: &RequestHeader,
+        now: u64,
+    ) -> Result<Arc<Grant>, Denied> {
+        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+        let result = match dialect {
+            IngressDialect::Haptik => self.haptik(header).await,
+            IngressDialect::Csml => self.csml(header, now).await,
+        };
+        match &result {
+            Ok(_) => self.count(dialect, "allowed", "ok"),
+            Err(d) => self.denied(dialect, d.reason),
+        }
+        result
+    }
+
+    /// Counts a refusal decided elsewhere (scope checks) or here.
+    pub fn denied(&self, dialect: IngressDialect, reason: AuthReason) {
+        let result = if reason == AuthReason::Unavailable {
+            "error"
+        } else {
+            "denied"
+        };
+        self.count(dialect, result, reason.as_str());
+    }
+
+    fn count(&self, dialect: IngressDialect, result: &str, reason: &str) {
+        self.metrics
+            .auth_decisions
+            .with_label_values(&[dialect.as_str(), result, reason])
+            .inc();
+    }
+
+    async fn haptik<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Result<Arc<Grant>, Denied> {
+        let p = haptik_presented(header)?;
+        let clients = &self.config.haptik_clients;
+        match &self.service {
+            Some(svc) if !clients.knows(p.client_id) => {
+                let query = AuthQuery::haptik(&p).ok_or_else(invalid_haptik)?;
+                match self
+                    .ask(svc, IngressDialect::Haptik, p.digest(), &query)
+                    .await?
+                {
+                    Decision::Allowed(g) => Ok(g),
+                    Decision::Denied => Err(invalid_haptik()),
+                }
+            }
+            _ => clients.check(&p),
+        }
+    }
+
+    async fn csml<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        now: u64,
+    ) -> Result<Arc<Grant>, Denied> {
+        let p = csml_presented(header)?;
+        let clients = &self.config.csml_clients;
+        let grant = match (clients.lookup(&p), &self.service) {
+            (Some(g), _) => g.clone(),
+            (None, Some(svc)) => {
+                let query = AuthQuery::csml(&p).ok_or_else(invalid_csml)?;
+                match self
+                    .ask(svc, IngressDialect::Csml, p.digest(), &query)
+                    .await?
+                {
+                    Decision::Allowed(g) => g,
+                    Decision::Denied => return Err(invalid_csml()),
+                }
+            }
+            (None, None) => return Err(invalid_csml()),
+        };
+        auth::verify_csml(&grant, &p, now, clients.tolerance_secs())?;
+        // Only a verified signature is remembered, so forged ones cannot fill the guard.
+        if let (Some(replay), Some(_)) = (&self.replay, p.timestamp) {
+            if !replay.entry(p.replay_digest()).or_insert(()).is_fresh() {
+                return Err(Denied {
+                    reason: AuthReason::Replayed,
+                    error: ProxyError::unauthorized(
+                        "this signed request was already used: sign each request anew",
+                    ),
+                });
+            }
+        }
+        Ok(grant)
+    }
+
+    /// Asks the service (through the cache) about one credential.
+    async fn ask(
+        &self,
+        svc: &Service,
+        dialect: IngressDialect,
+        key: [u8; 32],
+        query: &AuthQuery<'_>,
+    ) -> Result<Decision, Denied> {
+        if let Some(d) = svc.decisions.get(&key).await {
+            self.metrics
+                .auth_cache_requests
+                .with_label_values(&["hit"])
+                .inc();
+            return Ok(d);
+        }
+        self.metrics
+            .auth_cache_requests
+            .with_label_values(&["miss"])
+            .inc();
+        // Concurrent misses for the same key wait for this one call; errors are not cached.
+        match svc.decisions.try_get_with(key, self.call(svc, query)).await {
+            Ok(decision) => {
+                if let (Decision::Allowed(g), Some(stale)) = (&decision, &svc.stale) {
+                    stale.insert(key, g.clone()).await;
+                }
+                Ok(decision)
+            }
+            Err(e) => {
+                tracing::warn!(reason = e.0, "auth service unavailable");
+                if let Some(g) = match &svc.stale {
+                    Some(stale) => stale.get(&key).await,
+                    None => None,
+                } {
+                    self.count(dialect, "allowed", "stale");
+                    return Ok(Decision::Allowed(g));
+                }
+                Err(Denied {
+                    reason: AuthReason::Unavailable,
+                    error: ProxyError::new(
+                        503,
+                        Reason::AuthUnavailable,
+                        "the authentication service is unavailable; try again later",
+                    ),
+                })
+            }
+        }
+    }
+
+    /// One call to the auth service.
+    async fn call(&self, svc: &Service, query: &AuthQuery<'_>) -> Result<Decision, ServiceError> {
+        let body = serde_json::to_vec(query).expect("auth query serializes");
+        let mut header =
+            RequestHeader::build_no_case(http::Method::POST, svc.endpoint.path.as_bytes(), Some(6))
+                .map_err(|_| ServiceError("status"))?;
+        let mut values = vec![
+            ("host", svc.endpoint.authority.clone()),
+            ("content-type", "application/json".to_string()),
+            ("accept", "application/json".to_string()),
+            ("content-length", body.len().to_string()),
+        ];
+        if let Some(b) = &svc.bearer {
+            values.push(("authorization", format!("Bearer {b}")));
+        }
+        for (name, value) in values {
+            header
+                .insert_header(name, value)
+                .map_err(|_| ServiceError("status"))?;
+        }
+        let started = Instant::now();
+        let result = svc
+            .upstream
+            .exchange(&svc.peer, &svc.endpoint, header, Bytes::from(body))
+            .await;
+        self.metrics
+            .auth_service_duration
+            .observe(started.elapsed().as_secs_f64());
+        let fail = |reason: &'static str| {
+            self.metrics
+                .auth_service_errors
+                .with_label_values(&[reason])
+                .inc();
+            ServiceError(reason)
+        };
+        let answer = result.map_err(|e| {
+            fail(match e.reason {
+                Reason::BackendTimeout => "timeout",
+                Reason::BackendConnect => "connect",
+                _ => "bad_answer",
+            })
+        })?;
+        if answer.status != 200 {
+            return Err(fail("status"));
+        }
+        let verdict: AuthVerdict =
+            serde_json::from_slice(&answer.body).map_err(|_| fail("bad_answer"))?;
+        match grant_from_verdict(query, verdict) {
+            Ok(Some(g)) => Ok(Decision::Allowed(Arc::new(g))),
+            Ok(None) => Ok(Decision::Denied),
+            Err(why) => {
+                tracing::warn!(problem = %why, "the auth service's answer is unusable");
+                Err(fail("bad_answer"))
+            }
+        }
+    }
+}
+
+fn invalid_haptik() -> Denied {
+    Denied {
+        reason: AuthReason::Invalid,
+        error: ProxyError::unauthorized(auth::MSG_INVALID),
+    }
+}
+
+fn invalid_csml() -> Denied {
+    Denied {
+        reason: AuthReason::Invalid,
+        error: ProxyError::unauthorized("invalid API key"),
+    }
+}
