@@ -2,7 +2,8 @@
 //! set, else by `[log] filter`. pingora's own `log` records are bridged into the same output.
 //!
 //! The access event (target `botbridge::access`, one per request) carries ids, route, dialects,
-//! status, durations and sizes; never credentials and never message text.
+//! status, durations and sizes; never credentials and never message text. pingora's wire-level
+//! header dumps are always filtered out ([`SECRET_GUARDS`]).
 
 use std::io::IsTerminal;
 
@@ -10,12 +11,26 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// pingora's HTTP/1 code writes whole header blocks at trace and debug level, and those carry the
+/// backend's credentials (bearer token, API key, signature). These directives always follow the
+/// operator's filter, so no level set in the config or `RUST_LOG` can let them through.
+pub const SECRET_GUARDS: &str = "pingora_core::protocols::http::v1=info";
+
+/// The operator's filter with [`SECRET_GUARDS`] appended (the more specific directive wins).
+pub fn with_secret_guards(filter: &str) -> String {
+    if filter.trim().is_empty() {
+        SECRET_GUARDS.to_string()
+    } else {
+        format!("{filter},{SECRET_GUARDS}")
+    }
+}
+
 /// Installs the global subscriber. Call once, before the server starts.
 pub fn init(format: LogFormat, filter: &str) {
-    let filter = std::env::var("RUST_LOG")
+    let chosen = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(filter));
+        .filter(|f| EnvFilter::try_new(f).is_ok());
+    let filter = EnvFilter::new(with_secret_guards(chosen.as_deref().unwrap_or(filter)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
