@@ -632,7 +632,8 @@ business_id = 9
     let proxy = Proxy::start_with_env(&cfg, &[("RUST_LOG", "trace")]);
     let signed = csml_signed(CSML_CALLER_KEY, CSML_CALLER_SECRET);
     let svc_signed = csml_signed("svc-key", "svc-secret");
-    let requests: Vec<(&str, Vec<(&str, String)>, String)> = vec![
+    type Sent<'a> = (&'a str, Vec<(&'a str, String)>, String);
+    let requests: Vec<Sent> = vec![
         (
             "/chat",
             haptik("acme-client", "acme-token"),
@@ -689,9 +690,9 @@ business_id = 9
         assert!(!logs.contains(secret), "{secret} appeared in the logs");
     }
     for (_, v) in signed.iter().chain(&svc_signed) {
-        if v.starts_with("sha256=") {
+        if let Some(hex) = v.strip_prefix("sha256=") {
             assert!(
-                !logs.contains(&v[7..]),
+                !logs.contains(hex),
                 "a caller's signature appeared in the logs"
             );
         }
