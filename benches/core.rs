@@ -1,0 +1,231 @@
+//! Micro-benchmarks of the pure core: one request's translation for each dialect pair (parse the
+//! caller's body, render the backend's, parse the backend's answer, render the caller's), caller
+//! verification (Bearer, CSML HMAC pre-keyed and re-keyed, a cached auth service decision) and CSML
+//! signing. Run with `cargo bench --bench core`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use botbridge::auth::{
+    csml_presented, verify_csml, CsmlClientAuth, CsmlClients, Grant, HaptikClient, HaptikClients,
+    Scope,
+};
+use botbridge::dialect::{
+    AnswerContext, AnswerShape, BackendRequestContext, BackendSpec, FlowTriggerPolicy,
+    IngressDialect,
+};
+use botbridge::signing::{CsmlAuth, CsmlKey};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const HAPTIK_REQ: &[u8] = br#"{"user":{"auth_id":"user-4711"},"message_body":"Hello, I would like to know my order status","message_type":0,"business_id":343}"#;
+const CSML_REQ: &[u8] = br#"{"client":{"user_id":"user-4711"},"metadata":{"firstname":"Ada"},"request_id":"r-1","payload":{"content_type":"text","content":{"text":"Hello, I would like to know my order status"}}}"#;
+const CSML_ANSWER: &str = include_str!("../tests/fixtures/csml-engine/run-response-hello.json");
+const HSL_ANSWER: &[u8] = br#"{"version":"1.0","timestamp":"2018-10-04T12:41:27.980Z","agent":{"id":4415,"name":"gogo","profile_image":"","is_automated":true},"message":[{"id":1,"body":{"text":"Hello there!","type":"TEXT","data":{"quick_replies":[]}}},{"id":2,"body":{"text":"What is your name?","type":"TEXT","data":{"quick_replies":[{"actionable_text":"Alice","is_default":0,"type":"TEXT_ONLY","payload":{"message":"Alice","gogo_message":""}}]}}}]}"#;
+
+fn ctx(shape: AnswerShape) -> AnswerContext<'static> {
+    AnswerContext {
+        message_id: 1,
+        received: SystemTime::now(),
+        request_id: "r-1",
+        interaction_id: "i-1",
+        business_name: "biz",
+        bot_name: "bot",
+        channel_id: "chan",
+        shape,
+    }
+}
+
+/// One full translation: caller body → backend body, backend answer → caller answer.
+fn round_trip(
+    ingress: IngressDialect,
+    spec: &BackendSpec,
+    request: &[u8],
+    answer: &[u8],
+    shape: AnswerShape,
+) -> usize {
+    let req = ingress.parse_request(request).unwrap();
+    let up = spec
+        .render_request(
+            &req,
+            &BackendRequestContext {
+                request_id: "r-1",
+                business_id: req.business_id.or(Some(343)),
+                flow_trigger: FlowTriggerPolicy::Reject,
+            },
+        )
+        .unwrap();
+    let parsed = spec.parse_answer(200, answer).unwrap();
+    up.len() + ingress.render_answer(&req, &parsed, &ctx(shape)).len()
+}
+
+fn translation(c: &mut Criterion) {
+    let csml = BackendSpec::Csml {
+        auth: CsmlAuth::Signed(CsmlKey::new("k", b"s")),
+    };
+    let haptik = BackendSpec::Haptik {
+        token: "t".into(),
+        client_id: "c".into(),
+    };
+    let engine = BackendSpec::CsmlEngine {
+        bot_id: "b".into(),
+        channel_id: "ch".into(),
+        api_key: None,
+    };
+    let mut g = c.benchmark_group("translate");
+    let cases: [(
+        &str,
+        IngressDialect,
+        &BackendSpec,
+        &[u8],
+        &[u8],
+        AnswerShape,
+    ); 6] = [
+        (
+            "haptik_to_csml",
+            IngressDialect::Haptik,
+            &csml,
+            HAPTIK_REQ,
+            CSML_ANSWER.as_bytes(),
+            AnswerShape::Legacy,
+        ),
+        (
+            "haptik_to_haptik_hsl",
+            IngressDialect::Haptik,
+            &haptik,
+            HAPTIK_REQ,
+            HSL_ANSWER,
+            AnswerShape::Hsl,
+        ),
+        (
+            "haptik_to_engine",
+            IngressDialect::Haptik,
+            &engine,
+            HAPTIK_REQ,
+            CSML_ANSWER.as_bytes(),
+            AnswerShape::Legacy,
+        ),
+        (
+            "csml_to_csml",
+            IngressDialect::Csml,
+            &csml,
+            CSML_REQ,
+            CSML_ANSWER.as_bytes(),
+            AnswerShape::Legacy,
+        ),
+        (
+            "csml_to_haptik_hsl",
+            IngressDialect::Csml,
+            &haptik,
+            CSML_REQ,
+            HSL_ANSWER,
+            AnswerShape::Legacy,
+        ),
+        (
+            "csml_to_engine",
+            IngressDialect::Csml,
+            &engine,
+            CSML_REQ,
+            CSML_ANSWER.as_bytes(),
+            AnswerShape::Legacy,
+        ),
+    ];
+    for (name, ingress, spec, req, answer, shape) in cases {
+        g.bench_function(name, |b| {
+            b.iter(|| round_trip(ingress, spec, black_box(req), black_box(answer), shape))
+        });
+    }
+    g.finish();
+}
+
+fn verification(c: &mut Criterion) {
+    let mut haptik = HaptikClients::new();
+    for i in 0..100 {
+        haptik.insert(
+            format!("client-{i}"),
+            HaptikClient::with_token(&format!("c{i}"), format!("token-{i}").as_bytes()),
+        );
+    }
+    let bearer = |name: &str| match name {
+        "authorization" => Some(&b"Bearer token-42"[..]),
+        "client-id" => Some(&b"client-42"[..]),
+        _ => None,
+    };
+    let mut g = c.benchmark_group("verify");
+    g.bench_function("bearer_static", |b| {
+        b.iter(|| haptik.verify_headers(black_box(bearer)).unwrap())
+    });
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = CsmlKey::new("csml-key", b"csml-secret");
+    let signed = key.sign(now);
+    let mut csml = CsmlClients::new(300);
+    let grant = Grant {
+        name: "c".into(),
+        business_id: None,
+        scope: Scope::default(),
+        csml: Some(CsmlClientAuth::Signed(key.clone())),
+    };
+    csml.insert("csml-key", grant.clone());
+    let headers = |name: &str| match name {
+        "x-api-key" => Some(signed.api_key.as_bytes()),
+        "x-api-signature" => Some(signed.signature.as_bytes()),
+        _ => None,
+    };
+    // The whole static path: read headers, find the credential by the key's SHA-256, verify.
+    g.bench_function("hmac_static_credential", |b| {
+        b.iter(|| csml.verify_headers(black_box(headers), now).unwrap())
+    });
+    // The MAC check alone, with the HMAC state keyed once per credential (what the proxy does).
+    g.bench_function("hmac_prekeyed_state", |b| {
+        b.iter(|| {
+            key.verify(
+                black_box(signed.api_key.as_bytes()),
+                Some(signed.signature.as_bytes()),
+                now,
+                300,
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("hmac_rekeyed_per_request", |b| {
+        b.iter(|| {
+            // What a proxy without per-credential HMAC state does: key the HMAC from the secret each time.
+            let k = CsmlKey::new("csml-key", black_box(b"csml-secret"));
+            k.verify(
+                signed.api_key.as_bytes(),
+                Some(signed.signature.as_bytes()),
+                now,
+                300,
+            )
+            .unwrap()
+        })
+    });
+    // A credential the auth service vouched for, found in the decision cache (moka), then verified.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let cache: moka::future::Cache<[u8; 32], Arc<Grant>> = moka::future::Cache::builder()
+        .time_to_live(Duration::from_secs(60))
+        .build();
+    let p = csml_presented(headers).unwrap();
+    rt.block_on(cache.insert(p.digest(), Arc::new(grant)));
+    g.bench_function("hmac_cached_service_decision", |b| {
+        b.to_async(&rt).iter(|| async {
+            let p = csml_presented(black_box(headers)).unwrap();
+            let grant = cache.get(&p.digest()).await.unwrap();
+            verify_csml(&grant, &p, now, 300).unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("sign");
+    g.bench_function("csml_hmac_sign", |b| b.iter(|| key.sign(black_box(now))));
+    g.finish();
+}
+
+criterion_group!(benches, translation, verification);
+criterion_main!(benches);
