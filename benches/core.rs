@@ -73,14 +73,15 @@ fn translation(c: &mut Criterion) {
         api_key: None,
     };
     let mut g = c.benchmark_group("translate");
-    let cases: [(
-        &str,
+    type Case<'a> = (
+        &'a str,
         IngressDialect,
-        &BackendSpec,
-        &[u8],
-        &[u8],
+        &'a BackendSpec,
+        &'a [u8],
+        &'a [u8],
         AnswerShape,
-    ); 6] = [
+    );
+    let cases: [Case; 6] = [
         (
             "haptik_to_csml",
             IngressDialect::Haptik,
