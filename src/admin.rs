@@ -1,5 +1,6 @@
-//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`, and
-//! `POST /auth-cache/clear` (forget every cached auth service decision).
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`,
+//! `POST /auth-cache/clear` (forget every cached auth service decision) and `POST /reload` (reload
+//! `proxy.toml`, as `SIGHUP` does).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address.
@@ -10,18 +11,18 @@ use async_trait::async_trait;
 use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
-use crate::authn::Authenticator;
 use crate::httpio::{self, Answer, Handler};
+use crate::reload::Reloader;
 
 /// Serves metrics, health and cache control.
 pub struct AdminService {
-    authn: Arc<Authenticator>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminService {
-    /// The admin listener for this authenticator.
-    pub fn new(authn: Arc<Authenticator>) -> Self {
-        AdminService { authn }
+    /// The admin listener, acting on the runtime the reloader manages.
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        AdminService { reloader }
     }
 }
 
@@ -45,10 +46,14 @@ impl Handler for AdminService {
             }
             ("/healthz", true) => Answer::text(200, "ok\n"),
             ("/auth-cache/clear", _) if req.method == http::Method::POST => {
-                self.authn.clear_cache();
+                self.reloader.runtime().authn.clear_cache();
                 tracing::info!("auth cache cleared");
                 Answer::text(200, "cleared\n")
             }
+            ("/reload", _) if req.method == http::Method::POST => match self.reloader.reload() {
+                Ok(()) => Answer::text(200, "reloaded\n"),
+                Err(e) => Answer::text(400, format!("not reloaded: {e}\n")),
+            },
             ("/metrics" | "/healthz", false) => {
                 Answer::text(405, "method not allowed\n").with_header("allow", "GET")
             }

@@ -601,6 +601,43 @@ fn nonzero(key: &str, v: u64) -> Result<u64, ConfigError> {
 }
 
 impl Config {
+    /// The keys that differ between `self` and `new` and cannot change in a running process.
+    pub fn restart_only_differences(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &new.server);
+        let mut d = Vec::new();
+        let mut check = |key: &'static str, differs: bool| {
+            if differs {
+                d.push(key);
+            }
+        };
+        check("server.listen", a.listen != b.listen);
+        check("server.threads", a.threads != b.threads);
+        check(
+            "server.upstream_pool_size",
+            a.upstream_pool_size != b.upstream_pool_size,
+        );
+        check(
+            "server.max_answer_bytes",
+            a.max_answer_bytes != b.max_answer_bytes,
+        );
+        check(
+            "server.grace_period_seconds",
+            a.grace_period_seconds != b.grace_period_seconds,
+        );
+        check("server.pid_file", a.pid_file != b.pid_file);
+        check("server.upgrade_sock", a.upgrade_sock != b.upgrade_sock);
+        check("admin.listen", self.admin_listen != new.admin_listen);
+        check(
+            "log",
+            self.log.format != new.log.format || self.log.filter != new.log.filter,
+        );
+        check(
+            "demo",
+            self.demo.as_ref().map(|d| d.listen) != new.demo.as_ref().map(|d| d.listen),
+        );
+        d
+    }
+
     /// Validates the raw file into the runtime configuration.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let s = &raw.server;

@@ -3,7 +3,7 @@
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
 //! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O),
 //! [`httpio`] (bodies and answers), [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health), [`metrics`], [`demo`] (the
-//! built-in demo bot), [`server`] (assembly), [`logging`].
+//! built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`server`] (assembly), [`logging`].
 
 pub mod admin;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod httpio;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod signing;

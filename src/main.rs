@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             botbridge::logging::init(config.log.format, &config.log.filter);
             botbridge::server::run(
                 config,
+                cli.config,
                 botbridge::server::RunOptions {
                     upgrade: cli.upgrade,
                 },

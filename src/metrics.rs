@@ -62,6 +62,8 @@ pub struct Metrics {
     pub auth_service_duration: Histogram,
     /// `botbridge_auth_service_errors_total{reason}`: `connect`, `timeout`, `status`, `bad_answer`.
     pub auth_service_errors: IntCounterVec,
+    /// `botbridge_config_reloads_total{result}`: `ok` or `error`.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -164,6 +166,12 @@ impl Metrics {
                     &["reason"]
                 )
                 .expect("register auth_service_errors"),
+                config_reloads: register_int_counter_vec!(
+                    "botbridge_config_reloads_total",
+                    "Configuration reloads (SIGHUP or POST /reload), by result.",
+                    &["result"]
+                )
+                .expect("register config_reloads"),
             }
         })
     }

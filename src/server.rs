@@ -1,18 +1,22 @@
 //! Assembles the pingora server from a validated configuration: the chat listener, the admin
 //! listener and, when configured, the demo bot, each as its own service.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use pingora::services::background::background_service;
 
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
-use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::demo::DemoBot;
 use crate::httpio::App;
-use crate::service::ChatService;
+use crate::reload::{Reloader, SighupListener};
+use crate::service::{ChatService, Runtime};
 
 /// Command-line switches that reach pingora.
 #[derive(Debug, Clone, Copy, Default)]
@@ -22,7 +26,7 @@ pub struct RunOptions {
 }
 
 /// Runs the proxy until it is told to stop. Never returns.
-pub fn run(config: Config, opts: RunOptions) -> ! {
+pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     let config = Arc::new(config);
     let s = &config.server;
     let conf = ServerConf {
@@ -41,15 +45,16 @@ pub fn run(config: Config, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let authn = Arc::new(Authenticator::new(config.clone()));
-    let mut chat = Service::new(
-        "chat".to_string(),
-        App(ChatService::new(config.clone(), authn.clone())),
-    );
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())));
+    let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
+    let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime)));
     chat.add_tcp(&s.listen.to_string());
     chat.threads = Some(s.threads);
 
-    let mut admin = Service::new("admin".to_string(), App(AdminService::new(authn)));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        App(AdminService::new(reloader.clone())),
+    );
     admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
 
@@ -77,6 +82,10 @@ pub fn run(config: Config, opts: RunOptions) -> ! {
         version = env!("CARGO_PKG_VERSION"),
         "botbridge starting"
     );
+    server.add_service(background_service(
+        "config reload",
+        SighupListener(reloader),
+    ));
     server.add_service(chat);
     server.add_service(admin);
     server.run_forever()

@@ -15,6 +15,8 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::upstreams::peer::HttpPeer;
 
+use arc_swap::ArcSwap;
+
 use crate::authn::Authenticator;
 use crate::config::{Config, Route};
 use crate::dialect::{self, AnswerContext, BackendRequestContext, IngressDialect};
@@ -27,32 +29,26 @@ const REQUEST_ID: &str = "x-request-id";
 
 /// The chat listener's state: configuration, backend peers and the upstream pool.
 pub struct ChatService {
-    config: Arc<Config>,
-    routes_by_path: HashMap<String, usize>,
-    peers: Vec<HttpPeer>,
+    runtime: Arc<ArcSwap<Runtime>>,
     upstream: Upstream,
     metrics: &'static Metrics,
     next_message_id: AtomicU64,
     user_agent: String,
-    authn: Arc<Authenticator>,
 }
 
-/// What one request did, for the access log and metrics.
-struct Outcome {
-    route: Option<usize>,
-    ingress: Option<IngressDialect>,
-    backend: Option<usize>,
-    request_id: Option<String>,
-    bytes_in: usize,
-    backend_time: Option<Duration>,
-    error: Option<Reason>,
-    /// Whether the answer came from the backend (translated) rather than from the proxy alone.
-    from_backend: bool,
+/// Everything the request path reads that a configuration reload replaces, swapped as one.
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    routes_by_path: HashMap<String, usize>,
+    peers: Vec<HttpPeer>,
+    /// Caller authentication, with its own (fresh) auth service decision cache.
+    pub authn: Arc<Authenticator>,
 }
 
-impl ChatService {
-    /// Builds the service from a validated configuration.
-    pub fn new(config: Arc<Config>, authn: Arc<Authenticator>) -> Self {
+impl Runtime {
+    /// Builds the runtime of a configuration and creates its metric series.
+    pub fn new(config: Arc<Config>) -> Self {
         let metrics = Metrics::global();
         for b in &config.backends {
             metrics.register_backend(&b.name);
@@ -80,10 +76,7 @@ impl ChatService {
                 }
             }
         }
-        let start_id = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
-        ChatService {
+        Runtime {
             routes_by_path: config
                 .routes
                 .iter()
@@ -95,14 +88,7 @@ impl ChatService {
                 .iter()
                 .map(|b| upstream::peer_for(&b.endpoint))
                 .collect(),
-            upstream: Upstream::new(
-                config.server.upstream_pool_size,
-                config.server.max_answer_bytes,
-            ),
-            metrics,
-            next_message_id: AtomicU64::new(start_id),
-            user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
-            authn,
+            authn: Arc::new(Authenticator::new(config.clone())),
             config,
         }
     }
@@ -110,22 +96,52 @@ impl ChatService {
     fn route(&self, idx: usize) -> &Route {
         &self.config.routes[idx]
     }
+}
 
+/// What one request did, for the access log and metrics.
+struct Outcome {
+    route: Option<usize>,
+    ingress: Option<IngressDialect>,
+    backend: Option<usize>,
+    request_id: Option<String>,
+    bytes_in: usize,
+    backend_time: Option<Duration>,
+    error: Option<Reason>,
+    /// Whether the answer came from the backend (translated) rather than from the proxy alone.
+    from_backend: bool,
+}
+
+impl ChatService {
+    /// Builds the service on a (reloadable) runtime.
+    pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        let server = runtime.load().config.server.clone();
+        let start_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        ChatService {
+            upstream: Upstream::new(server.upstream_pool_size, server.max_answer_bytes),
+            metrics: Metrics::global(),
+            next_message_id: AtomicU64::new(start_id),
+            user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
+            runtime,
+        }
+    }
     /// The request path. Returns the answer body on success.
     async fn serve(
         &self,
+        rt: &Runtime,
         session: &mut ServerSession,
         out: &mut Outcome,
     ) -> Result<Vec<u8>, ProxyError> {
         let received = SystemTime::now();
         // Route by path.
         let req_header = session.req_header();
-        let route_idx = *self
+        let route_idx = *rt
             .routes_by_path
             .get(req_header.uri.path())
             .ok_or_else(|| ProxyError::new(404, Reason::NotFound, "no route for this path"))?;
         out.route = Some(route_idx);
-        let route = self.route(route_idx);
+        let route = rt.route(route_idx);
         let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
         let authorization = header(http::header::AUTHORIZATION.as_str());
         let api_key = header("x-api-key");
@@ -149,7 +165,9 @@ impl ChatService {
         let ingress = match out.ingress {
             Some(d) => d,
             None => {
-                let b = self.read_body(session, json, out).await?;
+                let b = self
+                    .read_body(session, json, rt.config.server.max_body_bytes, out)
+                    .await?;
                 let d = dialect::detect(false, None, Some(&b)).ok_or_else(|| {
                     ProxyError::bad_request(
                         "cannot tell the request's dialect: send Haptik (Authorization: Bearer + client-id) \
@@ -164,7 +182,7 @@ impl ChatService {
 
         // Authenticate from the headers alone: no body is read for a caller we do not know.
         let req_header = session.req_header();
-        let caller = self
+        let caller = rt
             .authn
             .authenticate(ingress, req_header, unix_secs(SystemTime::now()))
             .await?;
@@ -173,7 +191,10 @@ impl ChatService {
         // Read and bound the whole body, then parse it.
         let body = match body {
             Some(b) => b,
-            None => self.read_body(session, json, out).await?,
+            None => {
+                self.read_body(session, json, rt.config.server.max_body_bytes, out)
+                    .await?
+            }
         };
         let mut req = ingress.parse_request(&body)?;
         if ingress == IngressDialect::Csml {
@@ -196,9 +217,9 @@ impl ChatService {
         caller
             .scope
             .check(&route.name, req.business_id)
-            .inspect_err(|d| self.authn.denied(ingress, d.reason))?;
+            .inspect_err(|d| rt.authn.denied(ingress, d.reason))?;
         out.backend = Some(target.backend);
-        let backend = &self.config.backends[target.backend];
+        let backend = &rt.config.backends[target.backend];
         let request_id = out.request_id.as_deref().unwrap_or_default();
         let upstream_body = backend.spec.render_request(
             &req,
@@ -239,21 +260,21 @@ impl ChatService {
         let result = self
             .upstream
             .exchange(
-                &self.peers[target.backend],
+                &rt.peers[target.backend],
                 &backend.endpoint,
                 up,
                 Bytes::from(upstream_body),
             )
             .await;
         out.backend_time = Some(started.elapsed());
-        let exchange = result.inspect_err(|e| self.backend_error(target.backend, e.reason))?;
+        let exchange = result.inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;
         out.from_backend = true;
 
         // Translate the answer back.
         let answer = backend
             .spec
             .parse_answer(exchange.status, &exchange.body)
-            .inspect_err(|e| self.backend_error(target.backend, e.reason))?;
+            .inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;
         if answer.dropped > 0 {
             tracing::debug!(
                 dropped = answer.dropped,
@@ -286,6 +307,7 @@ impl ChatService {
         &self,
         session: &mut ServerSession,
         json: bool,
+        limit: usize,
         out: &mut Outcome,
     ) -> Result<Bytes, ProxyError> {
         if !json {
@@ -295,7 +317,6 @@ impl ChatService {
                 "Content-Type must be application/json",
             ));
         }
-        let limit = self.config.server.max_body_bytes;
         let body = httpio::read_body(session, limit)
             .await
             .map_err(|e| match e {
@@ -320,23 +341,23 @@ impl ChatService {
         )
     }
 
-    fn backend_error(&self, backend: usize, reason: Reason) {
+    fn backend_error(&self, rt: &Runtime, backend: usize, reason: Reason) {
         self.metrics
             .backend_errors
-            .with_label_values(&[&self.config.backends[backend].name, reason.as_str()])
+            .with_label_values(&[&rt.config.backends[backend].name, reason.as_str()])
             .inc();
     }
 
-    fn record(&self, out: &Outcome, status: u16, bytes_out: usize, took: Duration) {
+    fn record(&self, rt: &Runtime, out: &Outcome, status: u16, bytes_out: usize, took: Duration) {
         let m = self.metrics;
         let ingress = out.ingress.map_or("none", IngressDialect::as_str);
         let (route, bd) = match out.route {
             Some(i) => {
-                let r = self.route(i);
+                let r = rt.route(i);
                 let bd = out
                     .backend
                     .or_else(|| r.default_target.as_ref().map(|t| t.backend))
-                    .map_or("none", |b| self.config.backends[b].spec.dialect().as_str());
+                    .map_or("none", |b| rt.config.backends[b].spec.dialect().as_str());
                 (r.name.as_str(), bd)
             }
             None => (metrics::NO_ROUTE, "none"),
@@ -361,7 +382,7 @@ impl ChatService {
         }
         if let (Some(b), Some(t)) = (out.backend, out.backend_time) {
             m.backend_duration
-                .with_label_values(&[route, &self.config.backends[b].name])
+                .with_label_values(&[route, &rt.config.backends[b].name])
                 .observe(t.as_secs_f64());
         }
         tracing::info!(
@@ -369,7 +390,7 @@ impl ChatService {
             request_id = out.request_id.as_deref().unwrap_or("-"),
             route,
             ingress,
-            backend = out.backend.map_or("-", |b| self.config.backends[b].name.as_str()),
+            backend = out.backend.map_or("-", |b| rt.config.backends[b].name.as_str()),
             backend_dialect = bd,
             status,
             reason = out.error.map_or("-", |r| r.as_str()),
@@ -396,7 +417,8 @@ impl Handler for ChatService {
             error: None,
             from_backend: false,
         };
-        let result = self.serve(session, &mut out).await;
+        let rt = self.runtime.load_full();
+        let result = self.serve(&rt, session, &mut out).await;
         let mut answer = match result {
             Ok(body) => Answer::json(200, body),
             Err(err) => {
@@ -415,7 +437,7 @@ impl Handler for ChatService {
                     a.keepalive = false;
                 } else if !session.is_body_done() {
                     a.keepalive =
-                        httpio::discard_body(session, self.config.server.max_body_bytes).await;
+                        httpio::discard_body(session, rt.config.server.max_body_bytes).await;
                 }
                 a
             }
@@ -423,7 +445,13 @@ impl Handler for ChatService {
         if let Some(id) = &out.request_id {
             answer = answer.with_header(REQUEST_ID, id.clone());
         }
-        self.record(&out, answer.status, answer.body.len(), started.elapsed());
+        self.record(
+            &rt,
+            &out,
+            answer.status,
+            answer.body.len(),
+            started.elapsed(),
+        );
         answer
     }
 }

@@ -347,6 +347,8 @@ impl Drop for RawBackend {
 /// A running proxy process.
 pub struct Proxy {
     child: Child,
+    /// The config file the proxy runs on (rewrite it, then reload).
+    pub config_path: std::path::PathBuf,
     pub port: u16,
     pub admin_port: u16,
     pub log_path: std::path::PathBuf,
@@ -453,6 +455,7 @@ impl Proxy {
         let child = cmd.spawn().expect("start botbridge");
         let proxy = Proxy {
             child,
+            config_path: path.clone(),
             port,
             admin_port,
             log_path,
@@ -484,6 +487,27 @@ impl Proxy {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Rewrites the config file (same placeholders as [`Proxy::start`], same ports and folder).
+    pub fn rewrite_config(&self, config: &str) {
+        let dir = self.config_path.parent().unwrap().display().to_string();
+        let text = config
+            .replace("{PORT}", &self.port.to_string())
+            .replace("{ADMIN}", &self.admin_port.to_string())
+            .replace("{DIR}", &dir);
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// Sends a signal to the process (`kill -SIG pid`).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
     }
 
     /// Whether the process is still running.
