@@ -184,6 +184,10 @@ pub struct RawLog {
     pub format: LogFormat,
     #[serde(default = "default_filter")]
     pub filter: String,
+    /// Log caller and backend message bodies at trace level (target `botbridge::messages`). Off by
+    /// default: bodies are what users wrote.
+    #[serde(default)]
+    pub message_bodies: bool,
 }
 
 impl Default for RawLog {
@@ -191,6 +195,7 @@ impl Default for RawLog {
         RawLog {
             format: LogFormat::Human,
             filter: default_filter(),
+            message_bodies: false,
         }
     }
 }

@@ -64,7 +64,20 @@ pub struct Metrics {
     pub auth_service_errors: IntCounterVec,
     /// `botbridge_config_reloads_total{result}`: `ok` or `error`.
     pub config_reloads: IntCounterVec,
+    /// `botbridge_translation_errors_total{route, reason}`: see [`TRANSLATION_REASONS`].
+    pub translation_errors: IntCounterVec,
 }
+
+/// Why a translation failed or lost something: a caller body that cannot be parsed
+/// (`invalid_request`), a request the backend's dialect cannot express (`untranslatable`), a backend
+/// answer that is not valid in its dialect (`invalid_answer`), a backend message with no rendering in
+/// the caller's dialect (`dropped_message`, counted per message).
+pub const TRANSLATION_REASONS: [&str; 4] = [
+    "invalid_request",
+    "untranslatable",
+    "invalid_answer",
+    "dropped_message",
+];
 
 impl Metrics {
     /// The process-wide metrics (registered on first use).
@@ -172,6 +185,12 @@ impl Metrics {
                     &["result"]
                 )
                 .expect("register config_reloads"),
+                translation_errors: register_int_counter_vec!(
+                    "botbridge_translation_errors_total",
+                    "Requests or answers that could not be translated, and messages dropped in translation.",
+                    &["route", "reason"]
+                )
+                .expect("register translation_errors"),
             }
         })
     }
@@ -202,6 +221,9 @@ impl Metrics {
         }
         self.request_bytes.with_label_values(&[route]);
         self.answer_bytes.with_label_values(&[route]);
+        for r in TRANSLATION_REASONS {
+            self.translation_errors.with_label_values(&[route, r]);
+        }
     }
 
     /// Creates the auth series (all at zero) so dashboards see them before the first event.

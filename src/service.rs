@@ -196,7 +196,12 @@ impl ChatService {
                     .await?
             }
         };
-        let mut req = ingress.parse_request(&body)?;
+        if rt.config.log.message_bodies {
+            tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "caller", body = %String::from_utf8_lossy(&body));
+        }
+        let mut req = ingress
+            .parse_request(&body)
+            .inspect_err(|_| self.translation_error(route, "invalid_request", 1))?;
         if ingress == IngressDialect::Csml {
             req.business_id = caller.business_id.or(route.business_id);
         }
@@ -221,14 +226,17 @@ impl ChatService {
         out.backend = Some(target.backend);
         let backend = &rt.config.backends[target.backend];
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        let upstream_body = backend.spec.render_request(
-            &req,
-            &BackendRequestContext {
-                request_id,
-                business_id: req.business_id,
-                flow_trigger: route.flow_trigger,
-            },
-        )?;
+        let upstream_body = backend
+            .spec
+            .render_request(
+                &req,
+                &BackendRequestContext {
+                    request_id,
+                    business_id: req.business_id,
+                    flow_trigger: route.flow_trigger,
+                },
+            )
+            .inspect_err(|_| self.translation_error(route, "untranslatable", 1))?;
         let mut up = RequestHeader::build_no_case(
             http::Method::POST,
             backend.endpoint.path.as_bytes(),
@@ -274,11 +282,20 @@ impl ChatService {
         let answer = backend
             .spec
             .parse_answer(exchange.status, &exchange.body)
-            .inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;
-        if answer.dropped > 0 {
+            .inspect_err(|e| {
+                self.backend_error(rt, target.backend, e.reason);
+                if e.reason == Reason::BackendBadAnswer {
+                    self.translation_error(route, "invalid_answer", 1);
+                }
+            })?;
+        if rt.config.log.message_bodies {
+            tracing::trace!(target: "botbridge::messages", request_id, from = "backend", body = %String::from_utf8_lossy(&exchange.body));
+        }
+        if answer.dropped > 0 && !ingress.passes_through(&answer, route.haptik_answer) {
+            self.translation_error(route, "dropped_message", answer.dropped as u64);
             tracing::debug!(
                 dropped = answer.dropped,
-                "backend messages without a canonical form"
+                "backend messages with no rendering for this caller"
             );
         }
         let ids = ingress.ids_needed(&answer);
@@ -339,6 +356,13 @@ impl ChatService {
             h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
             None,
         )
+    }
+
+    fn translation_error(&self, route: &Route, reason: &str, n: u64) {
+        self.metrics
+            .translation_errors
+            .with_label_values(&[&route.name, reason])
+            .inc_by(n);
     }
 
     fn backend_error(&self, rt: &Runtime, backend: usize, reason: Reason) {

@@ -690,3 +690,56 @@ async fn the_default_config_serves_the_demo_bot() {
         .as_secs();
     assert!(now > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn translation_errors_are_counted_and_bodies_logged_only_when_asked() {
+    let answer = include_str!("fixtures/csml-engine/run-response-media.json");
+    let backend = CsmlBackend::start(Behaviour::Answer(answer.to_string())).await;
+    let cfg = config_with(&(csml_backend_toml("bot", backend.addr, "") + &route(""))).replace(
+        "filter = \"info\"",
+        "filter = \"info\"\nmessage_bodies = true",
+    );
+    let proxy = Proxy::start_with_env(&cfg, &[("RUST_LOG", "info,botbridge::messages=trace")]);
+    // The media answer has one `object` message no Haptik client can show: one dropped message.
+    let (status, _, _) = post(
+        &proxy,
+        "/chat",
+        &AUTH,
+        haptik_body("u", "tell me about whales", 1),
+    )
+    .await;
+    assert_eq!(status, 200);
+    post(&proxy, "/chat", &AUTH, "{not json".to_string()).await;
+    backend.set(Behaviour::Answer("[]".into()));
+    post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
+    let text = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, n) in [
+        ("dropped_message", 1),
+        ("invalid_request", 1),
+        ("invalid_answer", 1),
+        ("untranslatable", 0),
+    ] {
+        let series =
+            format!("botbridge_translation_errors_total{{reason=\"{reason}\",route=\"chat\"}} {n}");
+        assert!(text.contains(&series), "missing {series}");
+    }
+    // With message_bodies on and the messages target at trace, the bodies are logged…
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("tell me about whales"),
+        "caller body logged:\n{logs}"
+    );
+    assert!(
+        logs.contains("https://example.com/image.jpg"),
+        "backend body logged"
+    );
+    assert!(!logs.contains("acme-token"), "but never credentials");
+}

@@ -18,7 +18,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::error::ProxyError;
-use crate::model::{ChatAnswer, ChatRequest};
+use crate::model::{ChatAnswer, ChatRequest, RawKind};
 use crate::signing::CsmlAuth;
 
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
@@ -117,6 +117,20 @@ impl IngressDialect {
             IngressDialect::Haptik => haptik::render_answer(req, answer, ctx),
             IngressDialect::Csml => csml::render_answer(req, answer, ctx),
         }
+    }
+
+    /// Whether rendering `answer` passes the backend's own messages through verbatim (same-dialect
+    /// fronting), so nothing the canonical model cannot hold is lost.
+    pub fn passes_through(self, answer: &ChatAnswer<'_>, shape: AnswerShape) -> bool {
+        matches!(
+            (self, answer.raw.as_ref().map(|r| r.0), shape),
+            (IngressDialect::Csml, Some(RawKind::CsmlPayload), _)
+                | (
+                    IngressDialect::Haptik,
+                    Some(RawKind::HaptikHsl),
+                    AnswerShape::Hsl
+                )
+        )
     }
 
     /// Renders an error the way this dialect's own servers do.
