@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Live check of botbridge's dashboards and Prometheus rules against a real Prometheus.
+
+Starts test bots (a good one, a slow one, one that answers nonsense, one that fails, and a dead
+address), a small auth service, the real botbridge binary and a real Prometheus that scrapes the
+proxy's admin listener every second and evaluates dashboards/prometheus/botbridge-rules.yml. Drives
+traffic with successes, auth failures, backend errors and timeouts, then evaluates every PromQL
+expression of the Grafana dashboard and every rule through Prometheus's HTTP API. It fails on any
+expression that errors or returns no series, on any rule Prometheus reports unhealthy, and on any
+alert that is not pending or firing under this traffic (each alert's condition is made true on
+purpose, so a silently broken alert is caught too).
+
+Usage: python3 dashboards/live_check.py [path/to/botbridge]   (default: target/debug/botbridge)
+Needs prometheus and promtool on PATH (Debian: apt-get install prometheus).
+"""
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DASHBOARD = os.path.join(ROOT, "dashboards", "botbridge.json")
+RULES = os.path.join(ROOT, "dashboards", "prometheus", "botbridge-rules.yml")
+TRAFFIC_SECONDS = 25
+
+CSML_ANSWER = json.dumps({
+    "request_id": "r", "interaction_id": "i",
+    "messages": [
+        {"conversation_id": "c", "direction": "SEND", "interaction_order": 0,
+         "payload": {"content_type": "text", "content": {"text": "Hello!"}}},
+        {"conversation_id": "c", "direction": "SEND", "interaction_order": 0,
+         "payload": {"content_type": "object", "content": {"only": "for csml clients"}}},
+    ],
+    "client": {"bot_id": "b", "channel_id": "c", "user_id": "u"},
+    "received_at": "2026-01-01T00:00:00.000Z", "is_authorized": True,
+}).encode()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def serve(handler_fn):
+    """Starts a threaded HTTP server whose POST handler is handler_fn(path, headers, body) -> (status, bytes)."""
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            status, out = handler_fn(self.path, self.headers, body)
+            try:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the proxy gave up first (the slow bot, on purpose)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def auth_service(path, headers, body):
+    q = json.loads(body)
+    valid = q.get("client_id") == "svc-client" and q.get("token") == "svc-token"
+    return 200, json.dumps({"valid": valid}).encode()
+
+
+def slow_bot(path, headers, body):
+    time.sleep(2.5)
+    return 200, CSML_ANSWER
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_for(url, what, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if http("GET", url, timeout=2)[0] == 200:
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"live check: {what} did not come up at {url}")
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "botbridge")
+    for tool in ("prometheus", "promtool"):
+        if not shutil.which(tool):
+            raise SystemExit(f"live check: {tool} is not installed (apt-get install prometheus)")
+    if not os.path.exists(binary):
+        raise SystemExit(f"live check: no botbridge binary at {binary} (cargo build first)")
+    subprocess.run(["promtool", "check", "rules", RULES], check=True)
+
+    work = tempfile.mkdtemp(prefix="botbridge-live-")
+    procs = []
+    try:
+        servers = {
+            "ok": serve(lambda p, h, b: (200, CSML_ANSWER)),
+            "slow": serve(slow_bot),
+            "bad": serve(lambda p, h, b: (200, b"<html>not a bot</html>")),
+            "fail": serve(lambda p, h, b: (500, b"")),
+            "auth": serve(auth_service),
+        }
+        ports = {k: v[1] for k, v in servers.items()}
+        dead, listen, admin, prom = free_port(), free_port(), free_port(), free_port()
+
+        def backend(name, port, read_ms=5000):
+            return f"""
+[[backends]]
+name = "{name}"
+dialect = "csml"
+url = "http://127.0.0.1:{port}/api/chat"
+auth = "plain"
+api_key = "k"
+connect_timeout_ms = 500
+read_timeout_ms = {read_ms}
+"""
+        config = f"""
+[server]
+listen = "127.0.0.1:{listen}"
+threads = 2
+pid_file = "{work}/pid"
+upgrade_sock = "{work}/sock"
+grace_period_seconds = 0
+[admin]
+listen = "127.0.0.1:{admin}"
+[log]
+filter = "warn"
+[auth_service]
+url = "http://127.0.0.1:{ports['auth']}/verify"
+positive_ttl_s = 60
+negative_ttl_s = 1
+[[clients.haptik]]
+name = "acme"
+client_id = "acme-client"
+token = "acme-token"
+[[clients.csml]]
+name = "plain"
+key = "plain-key"
+auth = "plain"
+{backend("good-bot", ports["ok"])}
+{backend("slow-bot", ports["slow"], read_ms=1000)}
+{backend("nonsense-bot", ports["bad"])}
+{backend("failing-bot", ports["fail"])}
+{backend("dead-bot", dead)}
+[[routes]]
+name = "chat"
+path = "/chat"
+ingress = "auto"
+backend = "good-bot"
+[[routes.businesses]]
+id = 2
+backend = "slow-bot"
+[[routes.businesses]]
+id = 3
+backend = "dead-bot"
+[[routes.businesses]]
+id = 4
+backend = "nonsense-bot"
+[[routes.businesses]]
+id = 5
+backend = "failing-bot"
+"""
+        with open(os.path.join(work, "proxy.toml"), "w") as f:
+            f.write(config)
+        log = open(os.path.join(work, "proxy.log"), "w")
+        procs.append(subprocess.Popen([binary, "--config", os.path.join(work, "proxy.toml")], stdout=log, stderr=log))
+        wait_for(f"http://127.0.0.1:{admin}/healthz", "botbridge")
+
+        shutil.copy(RULES, os.path.join(work, "botbridge-rules.yml"))
+        with open(os.path.join(work, "prometheus.yml"), "w") as f:
+            f.write(f"""
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: [botbridge-rules.yml]
+scrape_configs:
+  - job_name: botbridge
+    static_configs: [{{targets: ["127.0.0.1:{admin}"]}}]
+""")
+        plog = open(os.path.join(work, "prometheus.log"), "w")
+        procs.append(subprocess.Popen([
+            "prometheus", f"--config.file={work}/prometheus.yml", f"--storage.tsdb.path={work}/tsdb",
+            f"--web.listen-address=127.0.0.1:{prom}",
+        ], stdout=plog, stderr=plog))
+        wait_for(f"http://127.0.0.1:{prom}/-/ready", "prometheus")
+
+        chat = f"http://127.0.0.1:{listen}/chat"
+        def haptik(client, token, business=1, body=None):
+            body = body or json.dumps({"user": {"auth_id": "u"}, "message_body": "hi", "message_type": 0, "business_id": business}).encode()
+            return http("POST", chat, body, {"content-type": "application/json", "authorization": f"Bearer {token}", "client-id": client})
+
+        counts = {}
+        lock = threading.Lock()
+        def note(kind, status):
+            with lock:
+                counts.setdefault(kind, {}).setdefault(status, 0)
+                counts[kind][status] += 1
+
+        stop = time.time() + TRAFFIC_SECONDS
+        def timeouts():
+            while time.time() < stop:
+                note("timeout", haptik("acme-client", "acme-token", business=2)[0])
+        threads = [threading.Thread(target=timeouts) for _ in range(3)]
+        for t in threads:
+            t.start()
+        csml = json.dumps({"client": {"user_id": "u"}, "payload": {"content_type": "text", "content": {"text": "hi"}}}).encode()
+        while time.time() < stop:
+            note("ok", haptik("acme-client", "acme-token")[0])
+            note("auth-service ok", haptik("svc-client", "svc-token")[0])
+            note("csml ok", http("POST", chat, csml, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
+            note("bad token", haptik("acme-client", "wrong")[0])
+            note("unknown client", haptik("stranger", "guess")[0])
+            note("no credentials", http("POST", chat, b"{}", {"content-type": "application/json"})[0])
+            note("dead backend", haptik("acme-client", "acme-token", business=3)[0])
+            note("nonsense backend", haptik("acme-client", "acme-token", business=4)[0])
+            note("failing backend", haptik("acme-client", "acme-token", business=5)[0])
+            note("bad json", haptik("acme-client", "acme-token", body=b"{nope")[0])
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        print("traffic:", json.dumps(counts, sort_keys=True))
+        expected = {"ok": 200, "auth-service ok": 200, "csml ok": 200, "bad token": 401, "unknown client": 401,
+                    "no credentials": 400, "dead backend": 502, "nonsense backend": 502, "failing backend": 502,
+                    "bad json": 400, "timeout": 504}
+        for kind, status in expected.items():
+            if set(counts.get(kind, {})) != {status}:
+                raise SystemExit(f"live check: {kind} answered {counts.get(kind)}, expected only {status}")
+        time.sleep(4)  # a few more scrapes and rule evaluations
+
+        def query(expr):
+            url = f"http://127.0.0.1:{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            status, body = http("GET", url)
+            data = json.loads(body)
+            if status != 200 or data.get("status") != "success":
+                return None, data.get("error", body[:200])
+            return data["data"]["result"], None
+
+        failures = []
+        checked = 0
+        dash = json.load(open(DASHBOARD))
+        for panel in dash["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$__rate_interval", "1m").replace("$__interval", "15s").replace('"$route"', '".*"')
+                result, err = query(expr)
+                checked += 1
+                if err is not None:
+                    failures.append(f"dashboard '{panel['title']}' [{target['refId']}]: error: {err}")
+                elif not result:
+                    failures.append(f"dashboard '{panel['title']}' [{target['refId']}]: no series: {expr}")
+        for var in dash["templating"]["list"]:
+            status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/label/route/values")
+            if not json.loads(body)["data"]:
+                failures.append(f"variable {var['name']}: no values")
+
+        status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/rules")
+        groups = json.loads(body)["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        if len(rules) != 10:
+            failures.append(f"prometheus loaded {len(rules)} rules, expected 10")
+        for rule in rules:
+            name = rule.get("name")
+            checked += 1
+            if rule.get("health") != "ok":
+                failures.append(f"rule {name}: health {rule.get('health')}: {rule.get('lastError')}")
+            result, err = query(rule["query"])
+            if err is not None:
+                failures.append(f"rule {name}: error: {err}")
+            elif not result:
+                failures.append(f"rule {name}: no series")
+            if rule["type"] == "alerting" and rule.get("state") not in ("pending", "firing"):
+                failures.append(f"alert {name}: {rule.get('state')} although the traffic makes its condition true")
+
+        print(f"live check: {checked} expressions evaluated against Prometheus")
+        for f in failures:
+            print("  FAIL", f)
+        if failures:
+            print(open(os.path.join(work, "proxy.log")).read()[-3000:])
+            raise SystemExit(1)
+        print("live check: every dashboard query and rule returns series; every alert is pending or firing")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
