@@ -161,6 +161,9 @@ pub struct RawServer {
     pub max_answer_bytes: usize,
     #[serde(default = "default_pool")]
     pub upstream_pool_size: usize,
+    /// Per client connection read buffer; it is held for as long as the connection stays open.
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer_bytes: usize,
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
     #[serde(default = "default_pid")]
@@ -380,6 +383,9 @@ fn default_max_answer() -> usize {
 fn default_pool() -> usize {
     256
 }
+fn default_read_buffer() -> usize {
+    8 * 1024
+}
 fn default_grace() -> u64 {
     5
 }
@@ -456,6 +462,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub max_answer_bytes: usize,
     pub upstream_pool_size: usize,
+    pub read_buffer_bytes: usize,
     pub grace_period_seconds: u64,
     pub pid_file: String,
     pub upgrade_sock: String,
@@ -630,6 +637,10 @@ impl Config {
             a.grace_period_seconds != b.grace_period_seconds,
         );
         check("server.pid_file", a.pid_file != b.pid_file);
+        check(
+            "server.read_buffer_bytes",
+            a.read_buffer_bytes != b.read_buffer_bytes,
+        );
         check("server.upgrade_sock", a.upgrade_sock != b.upgrade_sock);
         check("admin.listen", self.admin_listen != new.admin_listen);
         check(
@@ -654,6 +665,12 @@ impl Config {
         }
         nonzero("server.max_body_bytes", s.max_body_bytes as u64)?;
         nonzero("server.max_answer_bytes", s.max_answer_bytes as u64)?;
+        if !(1024..=1024 * 1024).contains(&s.read_buffer_bytes) {
+            return Err(ConfigError::new(
+                "server.read_buffer_bytes",
+                "must be between 1024 and 1048576",
+            ));
+        }
         nonzero("server.upstream_pool_size", s.upstream_pool_size as u64)?;
         let server = ServerConfig {
             listen: socket_addr("server.listen", &s.listen)?,
@@ -661,6 +678,7 @@ impl Config {
             max_body_bytes: s.max_body_bytes,
             max_answer_bytes: s.max_answer_bytes,
             upstream_pool_size: s.upstream_pool_size,
+            read_buffer_bytes: s.read_buffer_bytes,
             grace_period_seconds: s.grace_period_seconds,
             pid_file: s.pid_file.clone(),
             upgrade_sock: s.upgrade_sock.clone(),

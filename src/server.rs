@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::services::background::background_service;
 
 use pingora::server::configuration::{Opt, ServerConf};
@@ -36,6 +38,8 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         upstream_keepalive_pool_size: s.upstream_pool_size,
+        // One runtime per listener thread; stealing work between them buys nothing here.
+        work_stealing: false,
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -48,7 +52,10 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())));
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
     let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime)));
-    chat.add_tcp(&s.listen.to_string());
+    chat.add_listener(
+        ListenerConfig::tcp(s.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().read(s.read_buffer_bytes)),
+    );
     chat.threads = Some(s.threads);
 
     let mut admin = Service::new(

@@ -24,6 +24,7 @@ use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::metrics::{self, Metrics};
 use crate::upstream::{self, Upstream};
+use prometheus::{Histogram, IntCounter};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -44,6 +45,75 @@ pub struct Runtime {
     peers: Vec<HttpPeer>,
     /// Caller authentication, with its own (fresh) auth service decision cache.
     pub authn: Arc<Authenticator>,
+    route_metrics: Vec<RouteMetrics>,
+}
+
+/// The metric handles of one (ingress dialect, backend) pair of a route.
+struct PairMetrics {
+    ingress: IngressDialect,
+    backend: usize,
+    ok_from_backend: IntCounter,
+    duration: Histogram,
+    backend_duration: Histogram,
+}
+
+/// A route's metric handles, resolved once per configuration so the common request hashes no labels.
+struct RouteMetrics {
+    request_bytes: Histogram,
+    answer_bytes: Histogram,
+    pairs: Vec<PairMetrics>,
+}
+
+impl RouteMetrics {
+    fn new(m: &Metrics, config: &Config, r: &Route) -> Self {
+        let mut pairs = Vec::new();
+        let mut backends: Vec<usize> = r
+            .default_target
+            .iter()
+            .chain(r.businesses.values())
+            .map(|t| t.backend)
+            .collect();
+        backends.sort_unstable();
+        backends.dedup();
+        for ingress in [IngressDialect::Haptik, IngressDialect::Csml] {
+            if !r.ingress.accepts(ingress) {
+                continue;
+            }
+            for &b in &backends {
+                let bd = config.backends[b].spec.dialect().as_str();
+                pairs.push(PairMetrics {
+                    ingress,
+                    backend: b,
+                    ok_from_backend: m.requests.with_label_values(&[
+                        &r.name,
+                        ingress.as_str(),
+                        bd,
+                        "2xx",
+                        "backend",
+                    ]),
+                    duration: m.request_duration.with_label_values(&[
+                        &r.name,
+                        ingress.as_str(),
+                        bd,
+                    ]),
+                    backend_duration: m
+                        .backend_duration
+                        .with_label_values(&[&r.name, &config.backends[b].name]),
+                });
+            }
+        }
+        RouteMetrics {
+            request_bytes: m.request_bytes.with_label_values(&[&r.name]),
+            answer_bytes: m.answer_bytes.with_label_values(&[&r.name]),
+            pairs,
+        }
+    }
+
+    fn pair(&self, ingress: IngressDialect, backend: usize) -> Option<&PairMetrics> {
+        self.pairs
+            .iter()
+            .find(|p| p.ingress == ingress && p.backend == backend)
+    }
 }
 
 impl Runtime {
@@ -89,6 +159,11 @@ impl Runtime {
                 .map(|b| upstream::peer_for(&b.endpoint))
                 .collect(),
             authn: Arc::new(Authenticator::new(config.clone())),
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| RouteMetrics::new(metrics, &config, r))
+                .collect(),
             config,
         }
     }
@@ -387,27 +462,61 @@ impl ChatService {
             None => (metrics::NO_ROUTE, "none"),
         };
         let source = if out.from_backend { "backend" } else { "proxy" };
-        m.requests
-            .with_label_values(&[route, ingress, bd, metrics::status_class(status), source])
-            .inc();
-        m.request_duration
-            .with_label_values(&[route, ingress, bd])
-            .observe(took.as_secs_f64());
-        m.request_bytes
-            .with_label_values(&[route])
-            .observe(out.bytes_in as f64);
-        m.answer_bytes
-            .with_label_values(&[route])
-            .observe(bytes_out as f64);
+        let class = metrics::status_class(status);
+        // The common case, a 2xx translated from a backend, uses handles resolved at load;
+        // everything else looks its series up by labels.
+        let hot = match (out.route, out.ingress, out.backend) {
+            (Some(r), Some(i), Some(b)) => rt.route_metrics[r].pair(i, b),
+            _ => None,
+        };
+        match hot {
+            Some(p) => {
+                if class == "2xx" && out.from_backend {
+                    p.ok_from_backend.inc();
+                } else {
+                    m.requests
+                        .with_label_values(&[route, ingress, bd, class, source])
+                        .inc();
+                }
+                p.duration.observe(took.as_secs_f64());
+                if let Some(t) = out.backend_time {
+                    p.backend_duration.observe(t.as_secs_f64());
+                }
+            }
+            None => {
+                m.requests
+                    .with_label_values(&[route, ingress, bd, class, source])
+                    .inc();
+                m.request_duration
+                    .with_label_values(&[route, ingress, bd])
+                    .observe(took.as_secs_f64());
+                if let (Some(b), Some(t)) = (out.backend, out.backend_time) {
+                    m.backend_duration
+                        .with_label_values(&[route, &rt.config.backends[b].name])
+                        .observe(t.as_secs_f64());
+                }
+            }
+        }
+        match out.route {
+            Some(r) => {
+                rt.route_metrics[r]
+                    .request_bytes
+                    .observe(out.bytes_in as f64);
+                rt.route_metrics[r].answer_bytes.observe(bytes_out as f64);
+            }
+            None => {
+                m.request_bytes
+                    .with_label_values(&[route])
+                    .observe(out.bytes_in as f64);
+                m.answer_bytes
+                    .with_label_values(&[route])
+                    .observe(bytes_out as f64);
+            }
+        }
         if let Some(reason) = out.error {
             m.request_errors
                 .with_label_values(&[route, reason.as_str()])
                 .inc();
-        }
-        if let (Some(b), Some(t)) = (out.backend, out.backend_time) {
-            m.backend_duration
-                .with_label_values(&[route, &rt.config.backends[b].name])
-                .observe(t.as_secs_f64());
         }
         tracing::info!(
             target: "botbridge::access",

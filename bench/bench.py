@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""botbridge against nginx and haproxy under the same wrk load, in one run.
+
+A fixed-answer backend (nginx, one worker, answering a CSML Chat API answer to any request) sits
+behind three proxies, each with one worker thread:
+  - nginx as a plain passthrough proxy,
+  - haproxy as a plain passthrough proxy,
+  - botbridge on its full translating path: a Haptik client request, Bearer + client-id check,
+    translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer.
+wrk (one thread, 50 keep-alive connections) POSTs the same Haptik request through each, in rounds
+that alternate the proxies. For each it reports requests/s, p50, p99, non-2xx answers, and the proxy
+processes' CPU time per request (user + system, from /proc, over the measured interval), with ratios
+against haproxy. Then botbridge's resident memory: idle, with 1,000 idle keep-alive connections open,
+and the peak under load.
+
+The machine has 2 shared cores running the load generator, the backend and the proxy at once, so
+CPU per request and ratios are what to compare, not absolute requests/s.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HAPTIK_BODY = json.dumps({"user": {"auth_id": "bench-user-4711"},
+                          "message_body": "Hello, I would like to know my order status",
+                          "message_type": 0, "business_id": 343})
+CSML_ANSWER = json.dumps({
+    "request_id": "bench", "interaction_id": "i",
+    "messages": [
+        {"conversation_id": "c", "direction": "SEND", "interaction_order": 0,
+         "payload": {"content_type": "text", "content": {"text": "Your order ships tomorrow."}}},
+        {"conversation_id": "c", "direction": "SEND", "interaction_order": 0,
+         "payload": {"content_type": "question", "content": {"title": "Anything else?", "buttons": [
+             {"content_type": "button", "content": {"title": "Yes", "payload": "YES"}},
+             {"content_type": "button", "content": {"title": "No", "payload": "NO"}}]}}},
+    ],
+    "client": {"bot_id": "b", "channel_id": "c", "user_id": "bench-user-4711"},
+    "received_at": "2026-01-01T00:00:00.000Z", "is_authorized": True,
+})
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, seconds=20, log=None):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    detail = open(log).read()[-2000:] if log and os.path.exists(log) else ""
+    raise SystemExit(f"bench: nothing listens on {port}\n{detail}")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def parse_ms(s):
+    m = re.match(r"([\d.]+)(us|ms|s)", s)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def run_wrk(url, script, seconds, connections):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+                         capture_output=True, text=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = parse_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = parse_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"requests": requests, "rps": rps, "p50": p50, "p99": p99,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else "",
+            "raw": out}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/botbridge")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    for tool in ("nginx", "haproxy", "wrk"):
+        if not shutil.which(tool):
+            raise SystemExit(f"bench: {tool} is missing (bash bench/run.sh installs it)")
+
+    work = tempfile.mkdtemp(prefix="botbridge-bench-")
+    os.chmod(work, 0o755)  # nginx workers run unprivileged
+    procs = []
+    try:
+        backend, nginx_port, haproxy_port, bb_port, bb_admin = (free_port() for _ in range(5))
+
+        def nginx_conf(name, server_block):
+            path = os.path.join(work, f"{name}.conf")
+            with open(path, "w") as f:
+                f.write(f"""
+worker_processes 1;
+pid {work}/{name}.pid;
+error_log {work}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/{name}-body;
+  proxy_temp_path {work}/{name}-proxy;
+  keepalive_requests 1000000;
+  {server_block}
+}}
+""")
+            return path
+
+        answer = CSML_ANSWER.replace("'", "\\'")
+        backend_conf = nginx_conf("backend", f"""
+  server {{
+    listen 127.0.0.1:{backend} reuseport;
+    location / {{ default_type application/json; return 200 '{answer}'; }}
+  }}""")
+        proxy_conf = nginx_conf("nginx-proxy", f"""
+  upstream bot {{ server 127.0.0.1:{backend}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{nginx_port};
+    location / {{ proxy_pass http://bot; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}""")
+        haproxy_cfg = os.path.join(work, "haproxy.cfg")
+        with open(haproxy_cfg, "w") as f:
+            f.write(f"""
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{haproxy_port}
+  default_backend bot
+backend bot
+  http-reuse always
+  server s1 127.0.0.1:{backend} maxconn 1000
+""")
+        bb_conf = os.path.join(work, "proxy.toml")
+        with open(bb_conf, "w") as f:
+            f.write(f"""
+[server]
+listen = "127.0.0.1:{bb_port}"
+threads = 1
+upstream_pool_size = 64
+pid_file = "{work}/bb.pid"
+upgrade_sock = "{work}/bb.sock"
+grace_period_seconds = 0
+[admin]
+listen = "127.0.0.1:{bb_admin}"
+[log]
+filter = "warn"
+[[clients.haptik]]
+name = "bench"
+client_id = "bench-client"
+token = "bench-token"
+[[backends]]
+name = "bot"
+dialect = "csml"
+url = "http://127.0.0.1:{backend}/api/chat"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
+[[routes]]
+name = "chat"
+path = "/chat"
+ingress = "haptik"
+backend = "bot"
+""")
+        script = os.path.join(work, "post.lua")
+        with open(script, "w") as f:
+            f.write(f"""
+wrk.method = "POST"
+wrk.body = {json.dumps(HAPTIK_BODY)}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-token"
+wrk.headers["client-id"] = "bench-client"
+""")
+        def start(cmd, port):
+            log = os.path.join(work, "stderr.log")
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "a"))
+            procs.append(p)
+            wait_port(port, log=log)
+            return p
+
+        start(["nginx", "-c", backend_conf, "-g", "daemon off;"], backend)
+        ngx = start(["nginx", "-c", proxy_conf, "-g", "daemon off;"], nginx_port)
+        hap = start(["haproxy", "-f", haproxy_cfg], haproxy_port)
+        bb = start([args.binary, "--config", bb_conf], bb_port)
+        time.sleep(0.5)
+        rss_idle = rss_kib(bb.pid)
+        # CPU is counted over the proxy's whole process tree (nginx: master and worker).
+        proxies = [
+            ("haproxy", f"http://127.0.0.1:{haproxy_port}/chat", lambda: [hap.pid] + children(hap.pid)),
+            ("nginx", f"http://127.0.0.1:{nginx_port}/chat", lambda: [ngx.pid] + children(ngx.pid)),
+            ("botbridge", f"http://127.0.0.1:{bb_port}/chat", lambda: [bb.pid]),
+        ]
+        # Every proxy must answer the request with 200 before measuring.
+        for name, url, _ in proxies:
+            req = urllib.request.Request(url, data=HAPTIK_BODY.encode(), method="POST", headers={
+                "Content-Type": "application/json", "Authorization": "Bearer bench-token", "client-id": "bench-client"})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                body = r.read()
+                assert r.status == 200, (name, r.status)
+            if name == "botbridge":
+                assert json.loads(body)[0]["bot_messages"] == ["Your order ships tomorrow.", "Anything else?\n[Yes] [No]"], body
+        results = {name: [] for name, _, _ in proxies}
+        rss_load = 0
+        for rnd in range(args.rounds + 1):  # round 0 warms up and is not reported
+            for name, url, pids_of in proxies:
+                pids = pids_of()
+                peak = [0]
+                stop = threading.Event()
+                def sample():
+                    while not stop.wait(0.2):
+                        peak[0] = max(peak[0], rss_kib(bb.pid))
+                sampler = threading.Thread(target=sample) if name == "botbridge" else None
+                if sampler:
+                    sampler.start()
+                before = cpu_ticks(pids)
+                r = run_wrk(url, script, args.seconds if rnd else 2, args.connections)
+                r["cpu_us_per_req"] = (cpu_ticks(pids) - before) / TICKS * 1e6 / max(r["requests"], 1)
+                if sampler:
+                    stop.set()
+                    sampler.join()
+                    rss_load = max(rss_load, peak[0])
+                if rnd:
+                    results[name].append(r)
+                print(f"  round {rnd} {name:9s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
+                      f"cpu {r['cpu_us_per_req']:6.1f} us/req  non-2xx {r['non2xx']}", file=sys.stderr)
+
+        # 1,000 idle keep-alive connections, each having made one real request. First opened one after
+        # another (the idle cost), then all at once (a burst: 1,000 requests in flight together).
+        req = (f"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer bench-token\r\n"
+               f"client-id: bench-client\r\nContent-Length: {len(HAPTIK_BODY)}\r\n\r\n{HAPTIK_BODY}").encode()
+
+        def read_answer(s):
+            s.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+            while len(rest) < length:
+                rest += s.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200"), head[:40]
+
+        def idle_connections(burst):
+            socks = [socket.create_connection(("127.0.0.1", bb_port)) for _ in range(1000)]
+            if burst:
+                for s in socks:
+                    s.sendall(req)
+                for s in socks:
+                    read_answer(s)
+            else:
+                for s in socks:
+                    s.sendall(req)
+                    read_answer(s)
+            time.sleep(1)
+            rss = rss_kib(bb.pid)
+            for s in socks:
+                s.close()
+            time.sleep(1)
+            return rss
+
+        rss_idle_conns = idle_connections(burst=False)
+        rss_burst_conns = idle_connections(burst=True)
+
+        def summary(name):
+            rs = results[name]
+            return {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us_per_req")} | {
+                "non2xx": sum(r["non2xx"] for r in rs), "requests": sum(r["requests"] for r in rs)}
+        table = {name: summary(name) for name, _, _ in proxies}
+        base = table["haproxy"]
+        print(f"\nbotbridge vs nginx and haproxy: wrk -t1 -c{args.connections} -d{args.seconds}s, POST of a Haptik request, "
+              f"{args.rounds} rounds (means), one worker thread per proxy, {os.cpu_count()} cores shared with wrk and the backend")
+        print(f"| proxy | requests/s | p50 ms | p99 ms | non-2xx | CPU µs/request | CPU vs haproxy | p99 vs haproxy |")
+        print(f"|---|---|---|---|---|---|---|---|")
+        for name, _, _ in proxies:
+            t = table[name]
+            print(f"| {name} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['non2xx']} of {t['requests']} | "
+                  f"{t['cpu_us_per_req']:.1f} | {t['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x | {t['p99'] / base['p99']:.2f}x |")
+        print(f"\nbotbridge resident memory: idle {rss_idle / 1024:.1f} MB; with 1,000 idle keep-alive connections "
+              f"{rss_idle_conns / 1024:.1f} MB (opened one after another), {rss_burst_conns / 1024:.1f} MB (after all 1,000 "
+              f"asked at once); peak under wrk load {rss_load / 1024:.1f} MB")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"table": table, "rss_mb": {"idle": rss_idle / 1024, "idle_1000_conns": rss_idle_conns / 1024, "burst_1000_conns": rss_burst_conns / 1024,
+                                                      "load_peak": rss_load / 1024}}, f, indent=2)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
