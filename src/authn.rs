@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
@@ -25,7 +24,7 @@ use crate::config::{AuthServiceConfig, Config, Endpoint};
 use crate::dialect::IngressDialect;
 use crate::error::{ProxyError, Reason};
 use crate::metrics::Metrics;
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, RequestBytes, Upstream};
 
 /// A cached auth service decision.
 #[derive(Clone)]
@@ -301,27 +300,20 @@ impl Authenticator {
     /// One call to the auth service.
     async fn call(&self, svc: &Service, query: &AuthQuery<'_>) -> Result<Decision, ServiceError> {
         let body = serde_json::to_vec(query).expect("auth query serializes");
-        let mut header =
-            RequestHeader::build_no_case(http::Method::POST, svc.endpoint.path.as_bytes(), Some(6))
-                .map_err(|_| ServiceError("status"))?;
-        let mut values = vec![
-            ("host", svc.endpoint.authority.clone()),
-            ("content-type", "application/json".to_string()),
-            ("accept", "application/json".to_string()),
-            ("content-length", body.len().to_string()),
-        ];
-        if let Some(b) = &svc.bearer {
-            values.push(("authorization", format!("Bearer {b}")));
+        let mut request = RequestBytes::post(&svc.endpoint.path, body.len());
+        request
+            .header("host", &svc.endpoint.authority)
+            .header("content-type", "application/json")
+            .header("accept", "application/json");
+        let bearer = svc.bearer.as_ref().map(|b| format!("Bearer {b}"));
+        if let Some(b) = &bearer {
+            request.header("authorization", b);
         }
-        for (name, value) in values {
-            header
-                .insert_header(name, value)
-                .map_err(|_| ServiceError("status"))?;
-        }
+        let request = request.body(&body);
         let started = Instant::now();
         let result = svc
             .upstream
-            .exchange(&svc.peer, &svc.endpoint, header, Bytes::from(body))
+            .exchange(&svc.peer, &svc.endpoint, &request)
             .await;
         self.metrics
             .auth_service_duration

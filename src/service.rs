@@ -23,7 +23,7 @@ use crate::dialect::{self, AnswerContext, BackendRequestContext, IngressDialect}
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::metrics::{self, Metrics};
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, RequestBytes, Upstream};
 use prometheus::{Histogram, IntCounter};
 
 const REQUEST_ID: &str = "x-request-id";
@@ -312,42 +312,25 @@ impl ChatService {
                 },
             )
             .inspect_err(|_| self.translation_error(route, "untranslatable", 1))?;
-        let mut up = RequestHeader::build_no_case(
-            http::Method::POST,
-            backend.endpoint.path.as_bytes(),
-            Some(8),
-        )
-        .map_err(|_| ProxyError::new(500, Reason::Internal, "cannot build the backend request"))?;
-        let headers = [
-            ("host", backend.endpoint.authority.clone()),
-            ("content-type", "application/json".to_string()),
-            ("accept", "application/json".to_string()),
-            ("content-length", upstream_body.len().to_string()),
-            ("user-agent", self.user_agent.clone()),
-            (REQUEST_ID, request_id.to_string()),
-        ];
-        // Signed at the moment of sending, after the caller's body has been read.
+        // Signed at the moment of sending, after the caller's body has been read. Header values are
+        // checked when the configuration is loaded and request ids when they arrive.
         let signed_at = unix_secs(SystemTime::now());
-        for (name, value) in headers
-            .into_iter()
-            .chain(backend.spec.auth_headers(signed_at))
-        {
-            // Values are checked at load and request ids on arrival, so this cannot fail.
-            up.insert_header(name, value).map_err(|_| {
-                ProxyError::new(500, Reason::Internal, "cannot build the backend request")
-            })?;
+        let mut up = RequestBytes::post(&backend.endpoint.path, upstream_body.len());
+        up.header("host", &backend.endpoint.authority)
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("user-agent", &self.user_agent)
+            .header(REQUEST_ID, request_id);
+        for (name, value) in backend.spec.auth_headers(signed_at) {
+            up.header(name, &value);
         }
+        let request = up.body(&upstream_body);
 
         // Forward.
         let started = Instant::now();
         let result = self
             .upstream
-            .exchange(
-                &rt.peers[target.backend],
-                &backend.endpoint,
-                up,
-                Bytes::from(upstream_body),
-            )
+            .exchange(&rt.peers[target.backend], &backend.endpoint, &request)
             .await;
         out.backend_time = Some(started.elapsed());
         let exchange = result.inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;

@@ -1,22 +1,33 @@
-//! Talking to backends: pooled keep-alive HTTP/1.1 (plain or rustls TLS) through pingora's connector.
+//! Talking to backends: HTTP/1.1 over pingora's pooled transport (plain TCP or rustls TLS).
 //!
-//! One [`Upstream`] serves all backends. An exchange sends one complete request with an exact
-//! `Content-Length` and reads the whole answer up to a size limit, all within the backend's read
-//! timeout (the connect timeout applies inside it). A pooled connection the backend closed while idle
-//! fails before any answer byte; only that case is retried, once, on a fresh connection.
+//! pingora's own HTTP client writes a request's header and body in two writes and builds a header map
+//! first; a proxy whose requests are small and complete before it sends them does better writing the
+//! whole request in one write from bytes it built directly ([`RequestBytes`]). The answer is parsed
+//! with `httparse`: interim 1xx answers are skipped, the body is framed by `Content-Length`, chunked
+//! encoding, or (without either) the end of the connection, and bounded by a size limit. A connection
+//! goes back to pingora's pool only when the answer was complete, exactly framed and keep-alive.
+//!
+//! One exchange runs within the backend's read timeout (the connect timeout applies inside it). A
+//! reused connection the backend had closed fails before any answer byte; only then, or when the
+//! request could not be fully written, is it retried once on a fresh connection, so a bot never sees
+//! a message twice.
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use pingora::connectors::http::v1::Connector;
-use pingora::connectors::ConnectorOptions;
-use pingora::http::RequestHeader;
-use pingora::protocols::http::v1::client::HttpSession;
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, RetryType};
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::ErrorType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Endpoint;
 use crate::error::{ProxyError, Reason};
+
+/// Largest answer header block accepted.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most answer headers parsed.
+const MAX_HEADERS: usize = 64;
 
 /// A backend's answer: status and whole body.
 #[derive(Debug)]
@@ -25,46 +36,101 @@ pub struct Exchange {
     pub body: Bytes,
 }
 
+/// A complete HTTP/1.1 request, built as bytes: request line, headers, `Content-Length`, body.
+///
+/// Header names and values must already be safe (values are checked when the configuration is
+/// loaded, request ids when they arrive); nothing here re-validates them.
+pub struct RequestBytes(Vec<u8>);
+
+impl RequestBytes {
+    /// `POST <path> HTTP/1.1`, with room for about `capacity` bytes.
+    pub fn post(path: &str, capacity: usize) -> Self {
+        let mut v = Vec::with_capacity(capacity + 256);
+        v.extend_from_slice(b"POST ");
+        v.extend_from_slice(path.as_bytes());
+        v.extend_from_slice(b" HTTP/1.1\r\n");
+        RequestBytes(v)
+    }
+
+    /// Adds a header.
+    pub fn header(&mut self, name: &str, value: &str) -> &mut Self {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value.as_bytes());
+        self.0.extend_from_slice(b"\r\n");
+        self
+    }
+
+    /// Ends the header block with the body's exact `Content-Length`, then appends the body.
+    pub fn body(mut self, body: &[u8]) -> Vec<u8> {
+        let mut len = Decimal(body.len());
+        self.0.extend_from_slice(b"content-length: ");
+        self.0.extend_from_slice(len.as_bytes(&mut [0; 20]));
+        self.0.extend_from_slice(b"\r\n\r\n");
+        self.0.extend_from_slice(body);
+        self.0
+    }
+}
+
+/// A small decimal formatter (no allocation).
+struct Decimal(usize);
+
+impl Decimal {
+    fn as_bytes<'b>(&mut self, buf: &'b mut [u8; 20]) -> &'b [u8] {
+        let mut n = self.0;
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        &buf[i..]
+    }
+}
+
 /// The pooled client for all backends.
 pub struct Upstream {
-    connector: Connector,
+    connector: TransportConnector,
     max_answer_bytes: usize,
 }
 
-/// The pingora peer for a backend (built once at start).
-pub fn peer_for(backend: &Endpoint) -> HttpPeer {
-    let mut peer = HttpPeer::new(backend.addr, backend.tls, backend.host.clone());
-    peer.options.connection_timeout = Some(backend.connect_timeout);
-    peer.options.read_timeout = Some(backend.read_timeout);
-    peer.options.write_timeout = Some(backend.read_timeout);
-    peer.options.idle_timeout = Some(backend.pool_idle_timeout);
+/// The pingora peer for an endpoint (built once per configuration).
+pub fn peer_for(ep: &Endpoint) -> HttpPeer {
+    let mut peer = HttpPeer::new(ep.addr, ep.tls, ep.host.clone());
+    peer.options.connection_timeout = Some(ep.connect_timeout);
+    peer.options.idle_timeout = Some(ep.pool_idle_timeout);
     peer
 }
 
+/// How an attempt failed.
 enum Failure {
-    /// The request was not fully delivered, so the backend cannot have acted on it.
-    Sending(Box<Error>),
-    /// The request was delivered but no answer header arrived.
-    AwaitingAnswer(Box<Error>),
-    /// Failed while reading the answer.
-    DuringAnswer(Box<Error>),
+    /// Getting a connection failed.
+    Connect(Box<pingora::Error>),
+    /// The request could not be fully written: the backend cannot have acted on it.
+    Sending(std::io::Error),
+    /// No answer byte arrived (end of stream or an error): on a reused connection this is the
+    /// backend having closed it while idle.
+    NoAnswer(std::io::Error),
+    /// The answer broke off or is not valid HTTP/1.1.
+    BadAnswer(&'static str),
     /// The answer is larger than allowed.
     TooLarge,
 }
 
 impl Failure {
-    /// Whether sending again on a new connection cannot make the bot see the message twice: the
-    /// request never fully left, or pingora judged the failure to be a reused connection the
-    /// backend had already closed (end of stream or an OS error before any answer byte).
     fn safe_to_retry(&self) -> bool {
-        match self {
-            Failure::Sending(_) => true,
-            Failure::AwaitingAnswer(e) => {
-                matches!(e.retry, RetryType::ReusedOnly | RetryType::Decided(true))
-            }
-            Failure::DuringAnswer(_) | Failure::TooLarge => false,
-        }
+        matches!(self, Failure::Sending(_) | Failure::NoAnswer(_))
     }
+}
+
+/// How the answer body is framed.
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
 }
 
 impl Upstream {
@@ -72,99 +138,282 @@ impl Upstream {
     /// `max_answer_bytes`.
     pub fn new(pool_size: usize, max_answer_bytes: usize) -> Self {
         Upstream {
-            connector: Connector::new(Some(ConnectorOptions::new(pool_size))),
+            connector: TransportConnector::new(Some(ConnectorOptions::new(pool_size))),
             max_answer_bytes,
         }
     }
 
-    /// Sends `header` + `body` to the backend and reads its whole answer.
+    /// Sends a complete request (see [`RequestBytes`]) and reads the whole answer.
     pub async fn exchange(
         &self,
         peer: &HttpPeer,
-        backend: &Endpoint,
-        header: RequestHeader,
-        body: Bytes,
+        ep: &Endpoint,
+        request: &[u8],
     ) -> Result<Exchange, ProxyError> {
         let round_trip = async {
-            let (session, reused) = self
+            let (stream, reused) = self
                 .connector
-                .get_http_session(peer)
+                .get_stream(peer)
                 .await
-                .map_err(Failure::Sending)?;
-            // Keep a copy of the header only when a retry is possible (a reused connection).
-            let spare = reused.then(|| header.clone());
-            match (
-                self.attempt(session, peer, backend, header, &body).await,
-                spare,
-            ) {
-                (Err(f), Some(header)) if f.safe_to_retry() => {
-                    tracing::debug!(backend = %backend.name, "pooled connection was closed by the backend; retrying on a new one");
-                    let (session, _) = self
+                .map_err(Failure::Connect)?;
+            match self.attempt(stream, peer, ep, request).await {
+                Err(f) if reused && f.safe_to_retry() => {
+                    tracing::debug!(backend = %ep.name, "pooled connection was closed by the backend; retrying on a new one");
+                    let (stream, _) = self
                         .connector
-                        .get_http_session(peer)
+                        .get_stream(peer)
                         .await
-                        .map_err(Failure::Sending)?;
-                    self.attempt(session, peer, backend, header, &body).await
+                        .map_err(Failure::Connect)?;
+                    self.attempt(stream, peer, ep, request).await
                 }
-                (result, _) => result,
+                other => other,
             }
         };
-        match tokio::time::timeout(backend.read_timeout, round_trip).await {
+        match tokio::time::timeout(ep.read_timeout, round_trip).await {
             Ok(Ok(x)) => Ok(x),
-            Ok(Err(f)) => Err(failure_to_error(f, backend, self.max_answer_bytes)),
-            Err(_) => Err(timeout_error(backend.read_timeout)),
+            Ok(Err(f)) => Err(failure_to_error(f, ep, self.max_answer_bytes)),
+            Err(_) => Err(timeout_error(ep.read_timeout)),
         }
     }
 
     async fn attempt(
         &self,
-        mut session: HttpSession,
+        mut stream: Stream,
         peer: &HttpPeer,
-        backend: &Endpoint,
-        header: RequestHeader,
-        body: &Bytes,
+        ep: &Endpoint,
+        request: &[u8],
     ) -> Result<Exchange, Failure> {
-        session
-            .write_request_header(Box::new(header))
-            .await
-            .map_err(Failure::Sending)?;
-        session.write_body(body).await.map_err(Failure::Sending)?;
-        session.finish_body().await.map_err(Failure::Sending)?;
-        // Interim answers (100 Continue, 103 Early Hints) precede the real one.
-        let status = loop {
-            session
-                .read_response()
-                .await
-                .map_err(Failure::AwaitingAnswer)?;
-            match session.get_status() {
-                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-                s => break s.map_or(0, |s| s.as_u16()),
+        stream.write_all(request).await.map_err(Failure::Sending)?;
+        stream.flush().await.map_err(Failure::Sending)?;
+        let mut buf = BytesMut::with_capacity(4096);
+        // Whether any answer byte arrived: until then a failure may be a connection closed while idle.
+        let mut answered = false;
+        loop {
+            // Interim answers (100 Continue, 103 Early Hints) precede the real one.
+            while let Some((len, status, framing, keep_alive)) = parse_head(&buf)? {
+                buf.advance(len);
+                if (100..200).contains(&status) && status != 101 {
+                    continue;
+                }
+                let framing = if status == 204 || status == 304 {
+                    Framing::Length(0)
+                } else {
+                    framing
+                };
+                return self
+                    .finish(stream, peer, ep, buf, status, framing, keep_alive)
+                    .await;
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(Failure::BadAnswer("the answer header is too large"));
+            }
+            match read_more(&mut stream, &mut buf).await {
+                Ok(0) if !answered => {
+                    return Err(Failure::NoAnswer(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                Ok(0) => {
+                    return Err(Failure::BadAnswer(
+                        "the backend closed the connection within the answer header",
+                    ))
+                }
+                Ok(_) => answered = true,
+                Err(e) if !answered => return Err(Failure::NoAnswer(e)),
+                Err(_) => {
+                    return Err(Failure::BadAnswer(
+                        "the connection failed within the answer",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Reads the body after the head and returns the connection to the pool when it can be reused.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        mut stream: Stream,
+        peer: &HttpPeer,
+        ep: &Endpoint,
+        mut buf: BytesMut,
+        status: u16,
+        framing: Framing,
+        mut keep_alive: bool,
+    ) -> Result<Exchange, Failure> {
+        let max = self.max_answer_bytes;
+        let body = match framing {
+            Framing::Length(n) => {
+                if n > max {
+                    return Err(Failure::TooLarge);
+                }
+                while buf.len() < n {
+                    if read_body_more(&mut stream, &mut buf).await? == 0 {
+                        return Err(Failure::BadAnswer(
+                            "the backend closed the connection within the answer body",
+                        ));
+                    }
+                }
+                // Bytes beyond the declared body would corrupt the next exchange on this connection.
+                keep_alive &= buf.len() == n;
+                buf.split_to(n).freeze()
+            }
+            Framing::Chunked => read_chunked(&mut stream, &mut buf, max).await?,
+            Framing::UntilClose => {
+                keep_alive = false;
+                while read_body_more(&mut stream, &mut buf).await? > 0 {
+                    if buf.len() > max {
+                        return Err(Failure::TooLarge);
+                    }
+                }
+                buf.split().freeze()
             }
         };
-        let mut buf = BytesMut::new();
-        let mut too_large = false;
-        while let Some(chunk) = session
-            .read_body_ref()
-            .await
-            .map_err(Failure::DuringAnswer)?
-        {
-            if buf.len() + chunk.len() > self.max_answer_bytes {
-                too_large = true;
-                break;
-            }
-            buf.extend_from_slice(chunk);
+        if keep_alive && buf.is_empty() {
+            self.connector
+                .release_stream(stream, peer.reuse_hash(), Some(ep.pool_idle_timeout));
         }
-        if too_large {
-            session.shutdown().await;
+        Ok(Exchange { status, body })
+    }
+}
+
+/// Reads what is available into `buf`; 0 means end of stream.
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    stream.read_buf(buf).await
+}
+
+/// [`read_more`] within an answer body, where any failure means a broken answer.
+async fn read_body_more(stream: &mut Stream, buf: &mut BytesMut) -> Result<usize, Failure> {
+    read_more(stream, buf)
+        .await
+        .map_err(|_| Failure::BadAnswer("the connection failed within the answer"))
+}
+
+/// Parses an answer head: `(length, status, framing, keep-alive)`, or `None` if incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing, bool)>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => {
+            return Err(Failure::BadAnswer(
+                "the backend did not answer with valid HTTP",
+            ))
+        }
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut keep_alive = resp.version == Some(1);
+    let mut length = None;
+    let mut chunked = false;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or(Failure::BadAnswer(
+                    "the answer has an invalid Content-Length",
+                ))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::BadAnswer(
+                    "the answer has conflicting Content-Lengths",
+                ));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = h
+                .value
+                .split(|&b| b == b',')
+                .next_back()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            if !chunked {
+                return Err(Failure::BadAnswer(
+                    "the answer uses a transfer encoding other than chunked",
+                ));
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    // RFC 9112 6.3: chunked wins over Content-Length, and such a message must not be reused.
+    let framing = match (chunked, length) {
+        (true, Some(_)) => {
+            keep_alive = false;
+            Framing::Chunked
+        }
+        (true, None) => Framing::Chunked,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::UntilClose,
+    };
+    Ok(Some((len, status, framing, keep_alive)))
+}
+
+/// Decodes a chunked body from `buf` and the stream, up to `max` bytes of data.
+async fn read_chunked(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Bytes, Failure> {
+    let mut body = BytesMut::new();
+    loop {
+        let line = read_line(stream, buf).await?;
+        let size_hex = line[..]
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let size = std::str::from_utf8(size_hex)
+            .ok()
+            .filter(|s| !s.is_empty() && s.len() <= 16)
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+            .ok_or(Failure::BadAnswer("the answer has an invalid chunk size"))?;
+        if size == 0 {
+            // Trailers, if any, up to the empty line.
+            while !read_line(stream, buf).await?.is_empty() {}
+            return Ok(body.freeze());
+        }
+        if body.len() + size > max {
             return Err(Failure::TooLarge);
         }
-        self.connector
-            .release_http_session(session, peer, Some(backend.pool_idle_timeout))
-            .await;
-        Ok(Exchange {
-            status,
-            body: buf.freeze(),
-        })
+        while buf.len() < size + 2 {
+            if read_body_more(stream, buf).await? == 0 {
+                return Err(Failure::BadAnswer(
+                    "the backend closed the connection within a chunk",
+                ));
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(Failure::BadAnswer("a chunk does not end with CRLF"));
+        }
+        buf.advance(size + 2);
+    }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) from `buf`, reading more as needed.
+async fn read_line(stream: &mut Stream, buf: &mut BytesMut) -> Result<BytesMut, Failure> {
+    loop {
+        if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(pos);
+            buf.advance(2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(Failure::BadAnswer("a chunk line is too long"));
+        }
+        if read_body_more(stream, buf).await? == 0 {
+            return Err(Failure::BadAnswer(
+                "the backend closed the connection within the chunked body",
+            ));
+        }
     }
 }
 
@@ -176,38 +425,115 @@ fn timeout_error(after: Duration) -> ProxyError {
     )
 }
 
-fn failure_to_error(f: Failure, backend: &Endpoint, max: usize) -> ProxyError {
-    let e = match f {
+fn failure_to_error(f: Failure, ep: &Endpoint, max: usize) -> ProxyError {
+    match f {
         Failure::TooLarge => {
-            return ProxyError::bad_answer(format!(
-                "the backend's answer is larger than {max} bytes"
-            ))
+            ProxyError::bad_answer(format!("the backend's answer is larger than {max} bytes"))
         }
-        Failure::Sending(e) | Failure::AwaitingAnswer(e) | Failure::DuringAnswer(e) => e,
-    };
-    tracing::debug!(backend = %backend.name, error = %e, "backend exchange failed");
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
-            timeout_error(backend.connect_timeout.min(backend.read_timeout))
+        Failure::BadAnswer(why) => {
+            tracing::debug!(backend = %ep.name, why, "backend answer unusable");
+            ProxyError::bad_answer(why)
         }
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => timeout_error(backend.read_timeout),
-        ErrorType::InvalidHTTPHeader | ErrorType::H1Error => {
-            ProxyError::bad_answer("the backend did not answer with valid HTTP")
+        Failure::Sending(e) | Failure::NoAnswer(e) => {
+            tracing::debug!(backend = %ep.name, error = %e, "backend exchange failed");
+            ProxyError::new(
+                502,
+                Reason::BackendConnect,
+                "the backend closed the connection without a complete answer",
+            )
         }
-        ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::TLSHandshakeFailure
-        | ErrorType::InvalidCert
-        | ErrorType::HandshakeError
-        | ErrorType::SocketError
-        | ErrorType::BindError => {
-            ProxyError::new(502, Reason::BackendConnect, "the backend is unreachable")
+        Failure::Connect(e) => {
+            tracing::debug!(backend = %ep.name, error = %e, "cannot connect to the backend");
+            match e.etype() {
+                ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
+                    timeout_error(ep.connect_timeout.min(ep.read_timeout))
+                }
+                _ => ProxyError::new(502, Reason::BackendConnect, "the backend is unreachable"),
+            }
         }
-        _ => ProxyError::new(
-            502,
-            Reason::BackendConnect,
-            "the backend closed the connection without a complete answer",
-        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_bytes_are_one_complete_request() {
+        let mut r = RequestBytes::post("/api/chat", 10);
+        r.header("host", "bot:8080").header("x-api-key", "k");
+        let bytes = r.body(b"{\"a\":1}");
+        assert_eq!(
+            bytes,
+            b"POST /api/chat HTTP/1.1\r\nhost: bot:8080\r\nx-api-key: k\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
+        );
+        let mut n = Decimal(0);
+        assert_eq!(n.as_bytes(&mut [0; 20]), b"0");
+        let mut n = Decimal(1234567);
+        assert_eq!(n.as_bytes(&mut [0; 20]), b"1234567");
+    }
+
+    #[test]
+    fn heads_are_framed_by_the_rfc() {
+        let head = |s: &str| match parse_head(s.as_bytes()) {
+            Ok(Some((len, status, framing, ka))) => {
+                let f = match framing {
+                    Framing::Length(n) => format!("len {n}"),
+                    Framing::Chunked => "chunked".into(),
+                    Framing::UntilClose => "close".into(),
+                };
+                Ok((len, status, f, ka))
+            }
+            Ok(None) => Err("partial"),
+            Err(_) => Err("bad"),
+        };
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+            Ok((38, 200, "len 5".into(), true))
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .2,
+            "chunked"
+        );
+        assert_eq!(head("HTTP/1.1 200 OK\r\n\r\n").unwrap().2, "close");
+        assert!(
+            !head("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .3
+        );
+        assert!(
+            !head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .3
+        );
+        assert!(
+            head("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .3
+        );
+        // Chunked and a length: chunked wins, and the connection is not reused.
+        let both =
+            head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap();
+        assert_eq!((both.2.as_str(), both.3), ("chunked", false));
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"),
+            Err("partial")
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+            Err("bad")
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Err("bad")
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Err("bad")
+        );
+        assert_eq!(head("not http at all\r\n\r\n"), Err("bad"));
     }
 }

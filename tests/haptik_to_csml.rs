@@ -743,3 +743,74 @@ async fn translation_errors_are_counted_and_bodies_logged_only_when_asked() {
     );
     assert!(!logs.contains("acme-token"), "but never credentials");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_answers_are_framed_correctly() {
+    // CSML answers framed five ways by raw backends.
+    fn answer(text: &str) -> String {
+        format!(
+            r#"{{"messages":[{{"payload":{{"content_type":"text","content":{{"text":"{text}"}}}}}}]}}"#
+        )
+    }
+    fn leak(v: Vec<u8>) -> &'static [u8] {
+        Box::leak(v.into_boxed_slice())
+    }
+    let body = answer("chunky");
+    let (a, rest) = body.split_at(16);
+    let (b, c) = rest.split_at(30);
+    let mut chunked =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    chunked.extend(
+        format!(
+            "{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n{:X}\r\n{c}\r\n0\r\nX-Trailer: t\r\n\r\n",
+            a.len(),
+            b.len(),
+            c.len()
+        )
+        .into_bytes(),
+    );
+    let close_delimited = format!(
+        "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{}",
+        answer("until close")
+    );
+    let after = answer("after 100");
+    let with_continue = format!(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{after}",
+        after.len()
+    );
+    let truncated = "HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"messages\":[";
+    let conflicting =
+        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 12\r\n\r\n{\"messages\":[]}";
+    let cases: [(&'static [u8], Result<&str, &str>); 5] = [
+        (leak(chunked), Ok("chunky")),
+        (leak(close_delimited.into_bytes()), Ok("until close")),
+        (leak(with_continue.into_bytes()), Ok("after 100")),
+        (
+            truncated.as_bytes(),
+            Err("closed the connection within the answer body"),
+        ),
+        (conflicting.as_bytes(), Err("conflicting Content-Lengths")),
+    ];
+    for (reply, want) in cases {
+        let backend = RawBackend::start(reply).await;
+        let proxy = Proxy::start(&config_with(
+            &(csml_backend_toml("bot", backend.addr, "") + &route("")),
+        ));
+        let (status, _, body) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
+        match want {
+            Ok(text) => {
+                assert_eq!(status, 200, "{body}");
+                assert_eq!(body[0]["bot_messages"], json!([text]));
+            }
+            Err(needle) => {
+                assert_eq!(status, 502, "{body}");
+                assert!(
+                    body["error_message"].as_str().unwrap().contains(needle),
+                    "{body}"
+                );
+            }
+        }
+        assert_eq!(*backend.hits.lock().unwrap(), 1, "sent once");
+    }
+}
