@@ -114,6 +114,8 @@ def run_wrk(url, script, seconds, connections):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="target/release/botbridge")
+    ap.add_argument("--floor", default="target/release/examples/passthrough_floor",
+                    help="the pingora floor app (forwards the body, no work of its own); '' to skip")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=50)
@@ -127,7 +129,7 @@ def main():
     os.chmod(work, 0o755)  # nginx workers run unprivileged
     procs = []
     try:
-        backend, nginx_port, haproxy_port, bb_port, bb_admin = (free_port() for _ in range(5))
+        backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port = (free_port() for _ in range(6))
 
         def nginx_conf(name, server_block):
             path = os.path.join(work, f"{name}.conf")
@@ -229,6 +231,7 @@ wrk.headers["client-id"] = "bench-client"
         ngx = start(["nginx", "-c", proxy_conf, "-g", "daemon off;"], nginx_port)
         hap = start(["haproxy", "-f", haproxy_cfg], haproxy_port)
         bb = start([args.binary, "--config", bb_conf], bb_port)
+        floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor else None
         time.sleep(0.5)
         rss_idle = rss_kib(bb.pid)
         # CPU is counted over the proxy's whole process tree (nginx: master and worker).
@@ -237,6 +240,8 @@ wrk.headers["client-id"] = "bench-client"
             ("nginx", f"http://127.0.0.1:{nginx_port}/chat", lambda: [ngx.pid] + children(ngx.pid)),
             ("botbridge", f"http://127.0.0.1:{bb_port}/chat", lambda: [bb.pid]),
         ]
+        if floor:
+            proxies.insert(2, ("pingora floor", f"http://127.0.0.1:{floor_port}/chat", lambda: [floor.pid]))
         # Every proxy must answer the request with 200 before measuring.
         for name, url, _ in proxies:
             req = urllib.request.Request(url, data=HAPTIK_BODY.encode(), method="POST", headers={
@@ -268,7 +273,7 @@ wrk.headers["client-id"] = "bench-client"
                     rss_load = max(rss_load, peak[0])
                 if rnd:
                     results[name].append(r)
-                print(f"  round {rnd} {name:9s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
+                print(f"  round {rnd} {name:13s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
                       f"cpu {r['cpu_us_per_req']:6.1f} us/req  non-2xx {r['non2xx']}", file=sys.stderr)
 
         # 1,000 idle keep-alive connections, each having made one real request. First opened one after

@@ -17,6 +17,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-cargo build --release --locked
+cargo build --release --locked --bin botbridge --example passthrough_floor
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 bench/bench.py --binary target/release/botbridge "$@"

@@ -1,0 +1,89 @@
+//! The pingora floor for the benchmark: the same plumbing botbridge uses (a pingora HTTP app on one
+//! thread, the same one-write upstream client and pool) doing no work of its own: it forwards the
+//! request body as is and returns the backend's body. No authentication, translation, signing,
+//! metrics or logging. The benchmark runs it beside botbridge, nginx and haproxy, so the gap between
+//! it and haproxy is pingora's, and the gap between it and botbridge is botbridge's own work.
+//! Run: `cargo run --release --example passthrough_floor -- LISTEN BACKEND_ADDR`
+
+use async_trait::async_trait;
+use botbridge::config::Endpoint;
+use botbridge::httpio::{self, Answer, App, Handler};
+use botbridge::upstream::{self, RequestBytes, Upstream};
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use pingora::upstreams::peer::HttpPeer;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Forward {
+    upstream: Upstream,
+    endpoint: Endpoint,
+    peer: HttpPeer,
+}
+
+#[async_trait]
+impl Handler for Forward {
+    async fn handle(&self, session: &mut ServerSession) -> Answer {
+        let Ok(body) = httpio::read_body(session, 64 * 1024).await else {
+            return Answer::text(400, "bad body");
+        };
+        let mut req = RequestBytes::post("/", body.len());
+        req.header("host", &self.endpoint.authority)
+            .header("content-type", "application/json");
+        match self
+            .upstream
+            .exchange(&self.peer, &self.endpoint, &req.body(&body))
+            .await
+        {
+            Ok(x) => Answer::json(x.status, x.body.to_vec()),
+            Err(e) => Answer::text(e.status, e.message.into_owned()),
+        }
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:18601".into());
+    let backend: std::net::SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:18700".into())
+        .parse()
+        .expect("backend address");
+    let endpoint = Endpoint {
+        name: "backend".into(),
+        tls: false,
+        host: backend.ip().to_string(),
+        authority: backend.to_string(),
+        addr: backend,
+        path: "/".into(),
+        connect_timeout: std::time::Duration::from_secs(2),
+        read_timeout: std::time::Duration::from_secs(30),
+        pool_idle_timeout: std::time::Duration::from_secs(30),
+    };
+    let conf = ServerConf {
+        threads: 1,
+        work_stealing: false,
+        upstream_keepalive_pool_size: 64,
+        pid_file: "/tmp/passthrough_floor.pid".into(),
+        upgrade_sock: "/tmp/passthrough_floor.sock".into(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let app = Forward {
+        upstream: Upstream::new(64, 1024 * 1024),
+        peer: upstream::peer_for(&endpoint),
+        endpoint,
+    };
+    let mut svc = Service::new("floor".to_string(), App(app));
+    svc.add_listener(
+        ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(8 * 1024)),
+    );
+    server.add_service(svc);
+    server.run_forever()
+}
