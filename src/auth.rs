@@ -333,13 +333,10 @@ impl CsmlPresented<'_> {
         Sha256::digest(self.key).into()
     }
 
-    /// The replay-guard key of a signed request: (key, timestamp, signature), hashed.
+    /// The replay-guard key of a signed request: `KEY|TS`, hashed. A verified signature is determined
+    /// by it, so keying on the signature's text would only let a replay through in another hex case.
     pub fn replay_digest(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.api_key);
-        h.update(b"\0");
-        h.update(self.signature.unwrap_or_default());
-        h.finalize().into()
+        Sha256::digest(self.api_key).into()
     }
 }
 
@@ -454,14 +451,27 @@ impl CsmlClients {
     }
 }
 
-/// What the proxy asks the auth service (`POST`, JSON).
-#[derive(Debug, Serialize)]
+/// What the proxy asks the auth service (`POST`, JSON). `Debug` hides the token and the key.
+#[derive(Serialize)]
 #[serde(tag = "dialect", rename_all = "lowercase")]
 pub enum AuthQuery<'a> {
     /// `{"dialect":"haptik","client_id":"…","token":"…"}`
     Haptik { client_id: &'a str, token: &'a str },
     /// `{"dialect":"csml","key":"…"}`
     Csml { key: &'a str },
+}
+
+impl fmt::Debug for AuthQuery<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthQuery::Haptik { client_id, .. } => f
+                .debug_struct("Haptik")
+                .field("client_id", client_id)
+                .field("token", &"<redacted>")
+                .finish(),
+            AuthQuery::Csml { .. } => f.debug_struct("Csml").field("key", &"<redacted>").finish(),
+        }
+    }
 }
 
 impl<'a> AuthQuery<'a> {

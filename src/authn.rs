@@ -71,7 +71,7 @@ struct ServiceError(&'static str);
 pub struct Authenticator {
     config: Arc<Config>,
     service: Option<Service>,
-    replay: Option<moka::sync::Cache<[u8; 32], ()>>,
+    replay: Option<Arc<moka::sync::Cache<[u8; 32], ()>>>,
     metrics: &'static Metrics,
     /// `allowed/ok` for Haptik and CSML callers, resolved once (the per-request case).
     allowed: [prometheus::IntCounter; 2],
@@ -79,7 +79,10 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Builds the authenticator for a configuration.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// Builds the authenticator for a configuration. On a reload, `previous` hands over the replay
+    /// guard (when the tolerance is unchanged), so a signature used just before cannot be replayed just
+    /// after; the decision cache always starts empty.
+    pub fn new(config: Arc<Config>, previous: Option<&Authenticator>) -> Self {
         let metrics = Metrics::global();
         let dialects = ["haptik", "csml"];
         metrics.register_auth(&dialects, config.auth_service.is_some());
@@ -89,12 +92,23 @@ impl Authenticator {
             .map(|c| Self::service(c, metrics));
         let tolerance = config.csml_clients.tolerance_secs();
         let replay = config.csml_replay_guard.then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                // A timestamp is only accepted within ±tolerance, so a signature can only be replayed
-                // for 2 × tolerance after it was first accepted.
-                .time_to_live(Duration::from_secs(2 * tolerance + 1))
-                .build()
+            previous
+                .and_then(|p| {
+                    p.replay
+                        .as_ref()
+                        .filter(|_| p.config.csml_clients.tolerance_secs() == tolerance)
+                })
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(
+                        moka::sync::Cache::builder()
+                            .max_capacity(1_000_000)
+                            // A timestamp is only accepted within ±tolerance, so a signature can only
+                            // be replayed for 2 × tolerance after it was first accepted.
+                            .time_to_live(Duration::from_secs(2 * tolerance + 1))
+                            .build(),
+                    )
+                })
         });
         let allowed = [IngressDialect::Haptik, IngressDialect::Csml].map(|d| {
             metrics
@@ -168,11 +182,20 @@ impl Authenticator {
             IngressDialect::Haptik => self.haptik(header).await,
             IngressDialect::Csml => self.csml(header, now).await,
         };
-        match &result {
-            Ok(_) => self.allowed[dialect as usize].inc(),
-            Err(d) => self.denied(dialect, d.reason),
+        match result {
+            Ok((grant, false)) => {
+                self.allowed[dialect as usize].inc();
+                Ok(grant)
+            }
+            Ok((grant, true)) => {
+                self.count(dialect, "allowed", "stale");
+                Ok(grant)
+            }
+            Err(d) => {
+                self.denied(dialect, d.reason);
+                Err(d)
+            }
         }
-        result
     }
 
     /// Counts a refusal decided elsewhere (scope checks) or here.
@@ -195,21 +218,18 @@ impl Authenticator {
     async fn haptik<'h>(
         &self,
         header: impl Fn(&str) -> Option<&'h [u8]>,
-    ) -> Result<Arc<Grant>, Denied> {
+    ) -> Result<(Arc<Grant>, bool), Denied> {
         let p = haptik_presented(header)?;
         let clients = &self.config.haptik_clients;
         match &self.service {
             Some(svc) if !clients.knows(p.client_id) => {
                 let query = AuthQuery::haptik(&p).ok_or_else(invalid_haptik)?;
-                match self
-                    .ask(svc, IngressDialect::Haptik, p.digest(), &query)
-                    .await?
-                {
-                    Decision::Allowed(g) => Ok(g),
-                    Decision::Denied => Err(invalid_haptik()),
+                match self.ask(svc, p.digest(), &query).await? {
+                    (Decision::Allowed(g), stale) => Ok((g, stale)),
+                    (Decision::Denied, _) => Err(invalid_haptik()),
                 }
             }
-            _ => clients.check(&p),
+            _ => clients.check(&p).map(|g| (g, false)),
         }
     }
 
@@ -217,19 +237,16 @@ impl Authenticator {
         &self,
         header: impl Fn(&str) -> Option<&'h [u8]>,
         now: u64,
-    ) -> Result<Arc<Grant>, Denied> {
+    ) -> Result<(Arc<Grant>, bool), Denied> {
         let p = csml_presented(header)?;
         let clients = &self.config.csml_clients;
-        let grant = match (clients.lookup(&p), &self.service) {
-            (Some(g), _) => g.clone(),
+        let (grant, stale) = match (clients.lookup(&p), &self.service) {
+            (Some(g), _) => (g.clone(), false),
             (None, Some(svc)) => {
                 let query = AuthQuery::csml(&p).ok_or_else(invalid_csml)?;
-                match self
-                    .ask(svc, IngressDialect::Csml, p.digest(), &query)
-                    .await?
-                {
-                    Decision::Allowed(g) => g,
-                    Decision::Denied => return Err(invalid_csml()),
+                match self.ask(svc, p.digest(), &query).await? {
+                    (Decision::Allowed(g), stale) => (g, stale),
+                    (Decision::Denied, _) => return Err(invalid_csml()),
                 }
             }
             (None, None) => return Err(invalid_csml()),
@@ -246,23 +263,23 @@ impl Authenticator {
                 });
             }
         }
-        Ok(grant)
+        Ok((grant, stale))
     }
 
-    /// Asks the service (through the cache) about one credential.
+    /// Asks the service (through the cache) about one credential. The flag tells a grant served from
+    /// the stale copy while the service failed.
     async fn ask(
         &self,
         svc: &Service,
-        dialect: IngressDialect,
         key: [u8; 32],
         query: &AuthQuery<'_>,
-    ) -> Result<Decision, Denied> {
+    ) -> Result<(Decision, bool), Denied> {
         if let Some(d) = svc.decisions.get(&key).await {
             self.metrics
                 .auth_cache_requests
                 .with_label_values(&["hit"])
                 .inc();
-            return Ok(d);
+            return Ok((d, false));
         }
         self.metrics
             .auth_cache_requests
@@ -271,10 +288,14 @@ impl Authenticator {
         // Concurrent misses for the same key wait for this one call; errors are not cached.
         match svc.decisions.try_get_with(key, self.call(svc, query)).await {
             Ok(decision) => {
-                if let (Decision::Allowed(g), Some(stale)) = (&decision, &svc.stale) {
-                    stale.insert(key, g.clone()).await;
+                if let Some(stale) = &svc.stale {
+                    match &decision {
+                        Decision::Allowed(g) => stale.insert(key, g.clone()).await,
+                        // A credential the service now refuses must not come back from the stale copy.
+                        Decision::Denied => stale.invalidate(&key).await,
+                    }
                 }
-                Ok(decision)
+                Ok((decision, false))
             }
             Err(e) => {
                 tracing::warn!(reason = e.0, "auth service unavailable");
@@ -282,8 +303,7 @@ impl Authenticator {
                     Some(stale) => stale.get(&key).await,
                     None => None,
                 } {
-                    self.count(dialect, "allowed", "stale");
-                    return Ok(Decision::Allowed(g));
+                    return Ok((Decision::Allowed(g), true));
                 }
                 Err(Denied {
                     reason: AuthReason::Unavailable,

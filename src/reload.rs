@@ -23,6 +23,8 @@ use crate::service::Runtime;
 pub struct Reloader {
     path: PathBuf,
     runtime: Arc<ArcSwap<Runtime>>,
+    /// One reload at a time (SIGHUP and `POST /reload` may race), so the file read last wins.
+    lock: std::sync::Mutex<()>,
 }
 
 impl Reloader {
@@ -33,7 +35,11 @@ impl Reloader {
                 .config_reloads
                 .with_label_values(&[result]);
         }
-        Reloader { path, runtime }
+        Reloader {
+            path,
+            runtime,
+            lock: std::sync::Mutex::new(()),
+        }
     }
 
     /// The runtime in force now.
@@ -59,15 +65,21 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<(), String> {
+        let _one_at_a_time = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let new = config::load(&self.path).map_err(|e| e.to_string())?;
-        let fixed = self.runtime.load().config.restart_only_differences(&new);
+        let current = self.runtime.load_full();
+        let fixed = current.config.restart_only_differences(&new);
         if !fixed.is_empty() {
             return Err(format!(
                 "{} cannot change while running: restart, or upgrade with -u",
                 fixed.join(", ")
             ));
         }
-        self.runtime.store(Arc::new(Runtime::new(Arc::new(new))));
+        self.runtime
+            .store(Arc::new(Runtime::new(Arc::new(new), Some(&current))));
         Ok(())
     }
 }

@@ -49,7 +49,7 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())));
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), None)));
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
     let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime)));
     chat.add_listener(

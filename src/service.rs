@@ -117,8 +117,9 @@ impl RouteMetrics {
 }
 
 impl Runtime {
-    /// Builds the runtime of a configuration and creates its metric series.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// Builds the runtime of a configuration and creates its metric series. On a reload, `previous`
+    /// is the runtime being replaced (it hands over what must outlive a reload, the replay guard).
+    pub fn new(config: Arc<Config>, previous: Option<&Runtime>) -> Self {
         let metrics = Metrics::global();
         for b in &config.backends {
             metrics.register_backend(&b.name);
@@ -158,7 +159,10 @@ impl Runtime {
                 .iter()
                 .map(|b| upstream::peer_for(&b.endpoint))
                 .collect(),
-            authn: Arc::new(Authenticator::new(config.clone())),
+            authn: Arc::new(Authenticator::new(
+                config.clone(),
+                previous.map(|p| &*p.authn),
+            )),
             route_metrics: config
                 .routes
                 .iter()

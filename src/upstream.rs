@@ -7,10 +7,12 @@
 //! encoding, or (without either) the end of the connection, and bounded by a size limit. A connection
 //! goes back to pingora's pool only when the answer was complete, exactly framed and keep-alive.
 //!
-//! One exchange runs within the backend's read timeout (the connect timeout applies inside it). A
-//! reused connection the backend had closed fails before any answer byte; only then, or when the
-//! request could not be fully written, is it retried once on a fresh connection, so a bot never sees
-//! a message twice.
+//! One exchange runs within the backend's read timeout (the connect timeout applies inside it).
+//! Delivery is at most once: a request is retried (once, on a fresh connection) only when it could not
+//! be fully written to a reused connection, since a backend cannot act on a request it never fully
+//! received. Once written, a failure is a 502 rather than a risk of the bot seeing the message twice;
+//! pingora's pool drops connections the backend closed while idle, and `pool_idle_timeout_s` below the
+//! backend's own keep-alive timeout keeps that race rare.
 
 use std::time::Duration;
 
@@ -122,7 +124,7 @@ enum Failure {
 
 impl Failure {
     fn safe_to_retry(&self) -> bool {
-        matches!(self, Failure::Sending(_) | Failure::NoAnswer(_))
+        matches!(self, Failure::Sending(_))
     }
 }
 
@@ -192,7 +194,11 @@ impl Upstream {
             // Interim answers (100 Continue, 103 Early Hints) precede the real one.
             while let Some((len, status, framing, keep_alive)) = parse_head(&buf)? {
                 buf.advance(len);
-                if (100..200).contains(&status) && status != 101 {
+                if status == 101 {
+                    // A protocol switch was never asked for; the connection cannot be used as HTTP.
+                    return Err(Failure::BadAnswer("the backend switched protocols"));
+                }
+                if (100..200).contains(&status) {
                     continue;
                 }
                 let framing = if status == 204 || status == 304 {
@@ -309,9 +315,10 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, Framing, bool)>, Failure
     let mut chunked = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
+            let v = h.value.trim_ascii();
+            let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+                .flatten()
                 .ok_or(Failure::BadAnswer(
                     "the answer has an invalid Content-Length",
                 ))?;
@@ -370,9 +377,10 @@ async fn read_chunked(
             .next()
             .unwrap_or_default()
             .trim_ascii();
+        // Hex digits only (no sign), and few enough that no arithmetic below can overflow.
         let size = std::str::from_utf8(size_hex)
             .ok()
-            .filter(|s| !s.is_empty() && s.len() <= 16)
+            .filter(|s| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()))
             .and_then(|s| usize::from_str_radix(s, 16).ok())
             .ok_or(Failure::BadAnswer("the answer has an invalid chunk size"))?;
         if size == 0 {
@@ -380,7 +388,7 @@ async fn read_chunked(
             while !read_line(stream, buf).await?.is_empty() {}
             return Ok(body.freeze());
         }
-        if body.len() + size > max {
+        if size > max.saturating_sub(body.len()) {
             return Err(Failure::TooLarge);
         }
         while buf.len() < size + 2 {
@@ -535,5 +543,10 @@ mod tests {
             Err("bad")
         );
         assert_eq!(head("not http at all\r\n\r\n"), Err("bad"));
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n"),
+            Err("bad"),
+            "digits only"
+        );
     }
 }

@@ -22,6 +22,8 @@ const SERVICE_BEARER: &str = "auth-service-bearer";
 #[derive(Clone, Debug)]
 enum Mode {
     Normal,
+    /// Refuse every credential.
+    DenyAll,
     Slow(Duration),
     Status(u16),
 }
@@ -84,6 +86,7 @@ impl AuthMock {
                             let (status, out) = match mode {
                                 _ if !authorized => (401, json!({"error": "who are you"})),
                                 Mode::Normal => (200, verdict(&q)),
+                                Mode::DenyAll => (200, json!({"valid": false})),
                                 Mode::Slow(d) => {
                                     tokio::time::sleep(d).await;
                                     (200, verdict(&q))
@@ -461,7 +464,7 @@ async fn serve_stale_keeps_recent_grants_working_while_the_service_is_down() {
     let proxy = Proxy::start(&config(
         &backend,
         &svc.url,
-        "positive_ttl_s = 1\nserve_stale_s = 60\ntimeout_ms = 300",
+        "positive_ttl_s = 1\nnegative_ttl_s = 1\nserve_stale_s = 60\ntimeout_ms = 300",
         "",
     ));
     let body = haptik_body("u", "hi", 1);
@@ -480,6 +483,20 @@ async fn serve_stale_keeps_recent_grants_working_while_the_service_is_down() {
     .await;
     assert_eq!(status, 503, "never seen: fail closed");
     let m = metrics(&proxy).await;
+    let stale_allowed = m.contains(
+        r#"botbridge_auth_decisions_total{dialect="haptik",reason="stale",result="allowed"} 1"#,
+    );
+    // Once the service refuses the credential, the stale copy is gone: a later outage does not let
+    // it back in.
+    svc.set(Mode::DenyAll);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, _) = send(&proxy, "/chat", &haptik("svc-client", "svc-token"), &body).await;
+    assert_eq!(status, 401, "refused by the service");
+    svc.set(Mode::Status(500));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, _) = send(&proxy, "/chat", &haptik("svc-client", "svc-token"), &body).await;
+    assert_eq!(status, 503, "a refused credential is not served stale");
+    assert!(stale_allowed, "one stale decision counted");
     assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"stale\",result=\"allowed\"}"), 1);
     assert!(metric(&m, "botbridge_auth_service_errors_total{reason=\"status\"}") >= 2);
 }
@@ -582,6 +599,25 @@ async fn replays_are_refused_when_the_guard_is_on() {
         err["message"].as_str().unwrap().contains("already used"),
         "{err}"
     );
+    // The same signature in upper-case hex is the same signature.
+    let upper: Vec<(&str, String)> = signed
+        .iter()
+        .map(|(k, v)| match v.strip_prefix("sha256=") {
+            Some(hex) => (*k, format!("sha256={}", hex.to_uppercase())),
+            None => (*k, v.clone()),
+        })
+        .collect();
+    let (status, _) = send(&proxy, "/chat", &upper, &csml_text()).await;
+    assert_eq!(status, 401, "a replay in another hex case");
+    // A configuration reload keeps the guard.
+    let resp = reqwest::Client::new()
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, _) = send(&proxy, "/chat", &signed, &csml_text()).await;
+    assert_eq!(status, 401, "a replay right after a reload");
     // A fresh signature (another timestamp) is fine; a forged one is refused without filling the guard.
     let (k, s) = csml_sign(CSML_CALLER_KEY, CSML_CALLER_SECRET, unix_now() - 7);
     let (status, _) = send(
@@ -594,7 +630,7 @@ async fn replays_are_refused_when_the_guard_is_on() {
     assert_eq!(status, 200);
     assert_eq!(backend.count(), 2, "the replay never reached the bot");
     let m = metrics(&proxy).await;
-    assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"csml\",reason=\"replayed\",result=\"denied\"}"), 1);
+    assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"csml\",reason=\"replayed\",result=\"denied\"}"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -782,7 +782,9 @@ async fn backend_answers_are_framed_correctly() {
     let truncated = "HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"messages\":[";
     let conflicting =
         "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 12\r\n\r\n{\"messages\":[]}";
-    let cases: [(&'static [u8], Result<&str, &str>); 5] = [
+    let huge_chunk = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\nffffffffffffffff\r\nx\r\n0\r\n\r\n";
+    let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n";
+    let cases: [(&'static [u8], Result<&str, &str>); 7] = [
         (leak(chunked), Ok("chunky")),
         (leak(close_delimited.into_bytes()), Ok("until close")),
         (leak(with_continue.into_bytes()), Ok("after 100")),
@@ -791,6 +793,8 @@ async fn backend_answers_are_framed_correctly() {
             Err("closed the connection within the answer body"),
         ),
         (conflicting.as_bytes(), Err("conflicting Content-Lengths")),
+        (huge_chunk.as_bytes(), Err("invalid chunk size")),
+        (switch.as_bytes(), Err("switched protocols")),
     ];
     for (reply, want) in cases {
         let backend = RawBackend::start(reply).await;
