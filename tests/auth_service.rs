@@ -160,24 +160,6 @@ bearer = "{SERVICE_BEARER}"
     )
 }
 
-async fn send(proxy: &Proxy, path: &str, headers: &[(&str, String)], body: &str) -> (u16, Value) {
-    let mut rb = reqwest::Client::new()
-        .post(proxy.url(path))
-        .timeout(Duration::from_secs(10))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (k, v) in headers {
-        rb = rb.header(*k, v);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON: {text}")),
-    )
-}
-
 fn haptik(client: &str, token: &str) -> Vec<(&'static str, String)> {
     vec![
         ("authorization", format!("Bearer {token}")),

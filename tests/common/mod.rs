@@ -536,6 +536,28 @@ pub fn shipped_config() -> String {
         )
 }
 
+/// POSTs a JSON body with these headers to the proxy; the answer's status and JSON body.
+pub async fn send(
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut rb = reqwest::Client::new()
+        .post(proxy.url(path))
+        .timeout(Duration::from_secs(10))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        rb = rb.header(*k, v);
+    }
+    let resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON answer: {text}"));
+    (status, json)
+}
+
 /// A Haptik request body.
 pub fn haptik_body(auth_id: &str, text: &str, business_id: i64) -> String {
     serde_json::json!({
