@@ -535,6 +535,19 @@ impl Route {
             .and_then(|id| self.businesses.get(&id))
             .or(self.default_target.as_ref())
     }
+
+    /// Every backend the route can reach (indexes into [`Config::backends`]), each once, in order.
+    pub fn backends(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self
+            .default_target
+            .iter()
+            .chain(self.businesses.values())
+            .map(|t| t.backend)
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
 }
 
 /// Reads, parses and validates a config file.

@@ -67,6 +67,21 @@ pub struct ChatRequest<'a> {
     pub raw_payload: Option<&'a RawValue>,
 }
 
+impl ChatRequest<'_> {
+    /// The caller's own request id, if it sent one that can travel as a header: a CSML caller will
+    /// look for it, so it goes to the bot and back instead of an id the proxy makes up.
+    pub fn caller_request_id(&self) -> Option<&str> {
+        self.request_id
+            .as_deref()
+            .filter(|r| request_id_is_sane(r.as_bytes()))
+    }
+}
+
+/// Whether a request id can be passed on as a header: 1–128 visible ASCII characters.
+pub fn request_id_is_sane(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
 /// A button offered to the user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Button<'a> {

@@ -23,6 +23,7 @@ use crate::dialect::{self, AnswerContext, BackendRequestContext, IngressDialect}
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::metrics::{self, Metrics};
+use crate::model::request_id_is_sane;
 use crate::upstream::{self, RequestBytes, Upstream};
 use prometheus::{Histogram, IntCounter};
 
@@ -67,14 +68,7 @@ struct RouteMetrics {
 impl RouteMetrics {
     fn new(m: &Metrics, config: &Config, r: &Route) -> Self {
         let mut pairs = Vec::new();
-        let mut backends: Vec<usize> = r
-            .default_target
-            .iter()
-            .chain(r.businesses.values())
-            .map(|t| t.backend)
-            .collect();
-        backends.sort_unstable();
-        backends.dedup();
+        let backends = r.backends();
         for ingress in [IngressDialect::Haptik, IngressDialect::Csml] {
             if !r.ingress.accepts(ingress) {
                 continue;
@@ -125,19 +119,14 @@ impl Runtime {
             metrics.register_backend(&b.name);
         }
         for r in &config.routes {
-            let mut backends: Vec<&str> = r
-                .default_target
+            let reach = r.backends();
+            let backends: Vec<&str> = reach
                 .iter()
-                .chain(r.businesses.values())
-                .map(|t| config.backends[t.backend].name.as_str())
+                .map(|&b| config.backends[b].name.as_str())
                 .collect();
-            backends.sort_unstable();
-            backends.dedup();
-            let mut dialects: Vec<&str> = r
-                .default_target
+            let mut dialects: Vec<&str> = reach
                 .iter()
-                .chain(r.businesses.values())
-                .map(|t| config.backends[t.backend].spec.dialect().as_str())
+                .map(|&b| config.backends[b].spec.dialect().as_str())
                 .collect();
             dialects.sort_unstable();
             dialects.dedup();
@@ -213,21 +202,23 @@ impl ChatService {
         out: &mut Outcome,
     ) -> Result<Vec<u8>, ProxyError> {
         let received = SystemTime::now();
-        // Route by path.
+        // The caller's dialect as its headers tell it (refusals before routing use it too).
         let req_header = session.req_header();
+        let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
+        let by_headers = dialect::detect(
+            header("x-api-key").is_some(),
+            header(http::header::AUTHORIZATION.as_str()),
+            None,
+        );
+        out.ingress = by_headers;
+        // Route by path.
         let route_idx = *rt
             .routes_by_path
             .get(req_header.uri.path())
             .ok_or_else(|| ProxyError::new(404, Reason::NotFound, "no route for this path"))?;
         out.route = Some(route_idx);
         let route = rt.route(route_idx);
-        let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
-        let authorization = header(http::header::AUTHORIZATION.as_str());
-        let api_key = header("x-api-key");
-        out.ingress = route
-            .ingress
-            .fixed()
-            .or_else(|| dialect::detect(api_key.is_some(), authorization, None));
+        out.ingress = route.ingress.fixed().or(by_headers);
         if req_header.method != http::Method::POST {
             return Err(ProxyError::new(
                 405,
@@ -281,15 +272,8 @@ impl ChatService {
         let mut req = ingress
             .parse_request(&body)
             .inspect_err(|_| self.translation_error(route, "invalid_request", 1))?;
-        if ingress == IngressDialect::Csml {
-            req.business_id = caller.business_id.or(route.business_id);
-        }
-        // A CSML caller's own request id is the one it will look for: it goes to the bot and back.
-        if let Some(rid) = req
-            .request_id
-            .as_deref()
-            .filter(|r| sane_request_id(r.as_bytes()))
-        {
+        ingress.settle_business(&mut req, caller.business_id, route.business_id);
+        if let Some(rid) = req.caller_request_id() {
             out.request_id = Some(rid.to_owned());
         }
 
@@ -408,16 +392,6 @@ impl ChatService {
             })?;
         out.bytes_in = body.len();
         Ok(body)
-    }
-
-    /// The caller's dialect judged from its headers alone, for errors before routing.
-    fn guess_dialect(&self, session: &ServerSession) -> Option<IngressDialect> {
-        let h = &session.req_header().headers;
-        dialect::detect(
-            h.contains_key("x-api-key"),
-            h.get(http::header::AUTHORIZATION).map(|v| v.as_bytes()),
-            None,
-        )
     }
 
     fn translation_error(&self, route: &Route, reason: &str, n: u64) {
@@ -543,7 +517,7 @@ impl Handler for ChatService {
             Ok(body) => Answer::json(200, body),
             Err(err) => {
                 out.error = Some(err.reason);
-                let body = match out.ingress.or_else(|| self.guess_dialect(session)) {
+                let body = match out.ingress {
                     Some(d) => d.render_error(&err),
                     None => dialect::render_error_for_either(&err),
                 };
@@ -597,18 +571,13 @@ fn request_id(req: &RequestHeader) -> String {
     req.headers
         .get(REQUEST_ID)
         .map(|v| v.as_bytes())
-        .filter(|v| sane_request_id(v))
+        .filter(|v| request_id_is_sane(v))
         .and_then(|v| std::str::from_utf8(v).ok())
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Whether a request id can be passed on as a header: 1–128 visible ASCII characters.
-fn sane_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
 /// Whether a Content-Type header declares JSON (`application/json`, any parameters).

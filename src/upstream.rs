@@ -65,31 +65,11 @@ impl RequestBytes {
 
     /// Ends the header block with the body's exact `Content-Length`, then appends the body.
     pub fn body(mut self, body: &[u8]) -> Vec<u8> {
-        let mut len = Decimal(body.len());
-        self.0.extend_from_slice(b"content-length: ");
-        self.0.extend_from_slice(len.as_bytes(&mut [0; 20]));
-        self.0.extend_from_slice(b"\r\n\r\n");
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.0, "content-length: {}\r\n\r\n", body.len());
         self.0.extend_from_slice(body);
         self.0
-    }
-}
-
-/// A small decimal formatter (no allocation).
-struct Decimal(usize);
-
-impl Decimal {
-    fn as_bytes<'b>(&mut self, buf: &'b mut [u8; 20]) -> &'b [u8] {
-        let mut n = self.0;
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        &buf[i..]
     }
 }
 
@@ -475,10 +455,6 @@ mod tests {
             bytes,
             b"POST /api/chat HTTP/1.1\r\nhost: bot:8080\r\nx-api-key: k\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
         );
-        let mut n = Decimal(0);
-        assert_eq!(n.as_bytes(&mut [0; 20]), b"0");
-        let mut n = Decimal(1234567);
-        assert_eq!(n.as_bytes(&mut [0; 20]), b"1234567");
     }
 
     #[test]

@@ -98,6 +98,19 @@ impl IngressDialect {
         }
     }
 
+    /// Fills in the Haptik business of a request whose caller names none: a CSML caller is addressed
+    /// by its credential's business, else the route's. A Haptik caller's own `business_id` stands.
+    pub fn settle_business(
+        self,
+        req: &mut ChatRequest<'_>,
+        credential: Option<i64>,
+        route: Option<i64>,
+    ) {
+        if self == IngressDialect::Csml {
+            req.business_id = credential.or(route);
+        }
+    }
+
     /// How many message ids [`Self::render_answer`] uses.
     pub fn ids_needed(self, answer: &ChatAnswer<'_>) -> u64 {
         match self {
