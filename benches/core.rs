@@ -55,7 +55,7 @@ fn round_trip(
             },
         )
         .unwrap();
-    let parsed = spec.parse_answer(200, answer).unwrap();
+    let parsed = spec.parse_answer(200, answer, ingress).unwrap();
     up.len() + ingress.render_answer(&req, &parsed, &ctx(shape)).len()
 }
 
@@ -136,6 +136,42 @@ fn translation(c: &mut Criterion) {
             b.iter(|| round_trip(ingress, spec, black_box(req), black_box(answer), shape))
         });
     }
+    g.finish();
+
+    // The four steps of the benchmark's own path (a Haptik caller, a CSML bot) one by one.
+    let mut g = c.benchmark_group("haptik_to_csml_steps");
+    let haptik = IngressDialect::Haptik;
+    let req = haptik.parse_request(HAPTIK_REQ).unwrap();
+    let up_ctx = BackendRequestContext {
+        request_id: "r-1",
+        business_id: Some(343),
+        flow_trigger: FlowTriggerPolicy::Reject,
+    };
+    let answer = csml
+        .parse_answer(200, CSML_ANSWER.as_bytes(), haptik)
+        .unwrap();
+    let legacy = ctx(AnswerShape::Legacy);
+    g.bench_function("parse_haptik_request", |b| {
+        b.iter(|| haptik.parse_request(black_box(HAPTIK_REQ)).unwrap())
+    });
+    g.bench_function("render_csml_request", |b| {
+        b.iter(|| csml.render_request(black_box(&req), &up_ctx).unwrap())
+    });
+    g.bench_function("parse_csml_answer", |b| {
+        b.iter(|| {
+            csml.parse_answer(200, black_box(CSML_ANSWER.as_bytes()), haptik)
+                .unwrap()
+        })
+    });
+    g.bench_function("parse_csml_answer_keeping_payloads", |b| {
+        b.iter(|| {
+            csml.parse_answer(200, black_box(CSML_ANSWER.as_bytes()), IngressDialect::Csml)
+                .unwrap()
+        })
+    });
+    g.bench_function("render_haptik_answer", |b| {
+        b.iter(|| haptik.render_answer(&req, black_box(&answer), &legacy))
+    });
     g.finish();
 }
 

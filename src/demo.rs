@@ -226,7 +226,7 @@ mod tests {
         )
         .unwrap();
         let body = csml_answer(&req, "r-1", UNIX_EPOCH);
-        let parsed = csml::parse_answer(&body).unwrap();
+        let parsed = csml::parse_answer(&body, false).unwrap();
         assert_eq!(parsed.replies.len(), 3);
         assert_eq!(parsed.replies[2], Reply::Text("You said: ping".into()));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -327,7 +327,7 @@ impl ChatService {
         // Translate the answer back.
         let answer = backend
             .spec
-            .parse_answer(exchange.status, &exchange.body)
+            .parse_answer(exchange.status, &exchange.body, ingress)
             .inspect_err(|e| {
                 self.backend_error(rt, target.backend, e.reason);
                 if e.reason == Reason::BackendBadAnswer {

@@ -92,7 +92,8 @@ fn from_csml(
 ) -> Result<Value, u16> {
     let messages: Vec<Value> = payloads.iter().map(|p| json!({"payload": p})).collect();
     let body = json!({"messages": messages}).to_string();
-    let answer = csml::parse_answer(body.as_bytes()).map_err(|e| e.status)?;
+    let answer = csml::parse_answer(body.as_bytes(), ingress == IngressDialect::Csml)
+        .map_err(|e| e.status)?;
     let req_body = any_request(ingress);
     let req = ingress.parse_request(req_body.as_bytes()).unwrap();
     Ok(serde_json::from_slice(&ingress.render_answer(&req, &answer, &ctx(shape))).unwrap())

@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -334,24 +335,129 @@ struct ErrorIn<'a> {
     error: Cow<'a, str>,
 }
 
-fn content<'a, T: Deserialize<'a>>(
-    raw: &'a RawValue,
-    index: usize,
-    kind: &str,
-) -> Result<T, ProxyError> {
-    serde_json::from_str(raw.get()).map_err(|e| {
-        ProxyError::bad_answer(format!(
-            "backend answer: messages[{index}] ({kind}) has invalid content: {e}"
-        ))
-    })
-}
-
 impl<'a> From<ButtonIn<'a>> for Button<'a> {
     fn from(b: ButtonIn<'a>) -> Self {
         Button {
             title: b.title,
             payload: b.payload,
         }
+    }
+}
+
+/// A message payload's content, read into the type its `content_type` names (one table for both
+/// ways of reading an answer, below).
+enum TypedPayload<'a> {
+    Reply(Reply<'a>),
+    /// `typing` and `wait`: presentation hints, skipped.
+    Hint,
+    /// A type with no canonical form (`object`, `payload`, unknown): counted as dropped.
+    Unknown,
+    /// An `error` message: the bot failed.
+    BotError(Cow<'a, str>),
+}
+
+/// Reads a payload's `content` as the type `.0` (the payload's `content_type`) names.
+struct ContentSeed<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for ContentSeed<'_> {
+    type Value = TypedPayload<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TypedPayload<'de>, D::Error> {
+        let reply = match self.0 {
+            "text" => Reply::Text(TextIn::deserialize(d)?.text),
+            "question" => {
+                let q = QuestionIn::deserialize(d)?;
+                Reply::Question {
+                    title: q.title,
+                    buttons: q.buttons.into_iter().map(|b| b.content.into()).collect(),
+                }
+            }
+            "button" => Reply::Button(ButtonIn::deserialize(d)?.into()),
+            "url" => {
+                let u = UrlIn::deserialize(d)?;
+                Reply::Url {
+                    url: u.url,
+                    text: u.text,
+                    title: u.title,
+                }
+            }
+            "typing" | "wait" => {
+                IgnoredAny::deserialize(d)?;
+                return Ok(TypedPayload::Hint);
+            }
+            "error" => return Ok(TypedPayload::BotError(ErrorIn::deserialize(d)?.error)),
+            other => match media_kind(other) {
+                Some(kind) => Reply::Media {
+                    kind,
+                    url: UrlIn::deserialize(d)?.url,
+                },
+                None => {
+                    IgnoredAny::deserialize(d)?;
+                    return Ok(TypedPayload::Unknown);
+                }
+            },
+        };
+        Ok(TypedPayload::Reply(reply))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum PayloadField {
+    ContentType,
+    Content,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct Kind<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// A whole payload in one pass: when `content_type` comes before `content` (as CSML writes it), the
+/// content is read straight into its type; otherwise it is kept raw and read once the type is known.
+impl<'de: 'a, 'a> Deserialize<'de> for TypedPayload<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PayloadVisitor;
+        impl<'de> Visitor<'de> for PayloadVisitor {
+            type Value = TypedPayload<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CSML message payload")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut kind: Option<Cow<'de, str>> = None;
+                let mut parsed = None;
+                let mut deferred: Option<&'de RawValue> = None;
+                while let Some(field) = map.next_key::<PayloadField>()? {
+                    match field {
+                        PayloadField::ContentType if kind.is_some() => {
+                            return Err(de::Error::duplicate_field("content_type"))
+                        }
+                        PayloadField::ContentType => kind = Some(map.next_value::<Kind<'de>>()?.0),
+                        PayloadField::Content if parsed.is_some() || deferred.is_some() => {
+                            return Err(de::Error::duplicate_field("content"))
+                        }
+                        PayloadField::Content => match &kind {
+                            Some(k) => parsed = Some(map.next_value_seed(ContentSeed(k))?),
+                            None => deferred = Some(map.next_value()?),
+                        },
+                        PayloadField::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                let kind = kind.ok_or_else(|| de::Error::missing_field("content_type"))?;
+                match (parsed, deferred) {
+                    (Some(p), _) => Ok(p),
+                    (None, Some(raw)) => ContentSeed(&kind)
+                        .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+                        .map_err(de::Error::custom),
+                    (None, None) => Err(de::Error::missing_field("content")),
+                }
+            }
+        }
+        d.deserialize_map(PayloadVisitor)
     }
 }
 
@@ -366,51 +472,93 @@ fn parse_payload<'a>(
             "backend answer: messages[{i}].payload is invalid: {e}"
         ))
     })?;
-    let raw = p.content;
     let kind = &*p.content_type;
-    let reply = match kind {
-        "text" => Reply::Text(content::<TextIn<'_>>(raw, i, kind)?.text),
-        "question" => {
-            let q: QuestionIn<'_> = content(raw, i, kind)?;
-            Reply::Question {
-                title: q.title,
-                buttons: q.buttons.into_iter().map(|b| b.content.into()).collect(),
-            }
-        }
-        "button" => Reply::Button(content::<ButtonIn<'_>>(raw, i, kind)?.into()),
-        "url" => {
-            let u: UrlIn<'_> = content(raw, i, kind)?;
-            Reply::Url {
-                url: u.url,
-                text: u.text,
-                title: u.title,
-            }
-        }
-        "typing" | "wait" => return Ok((None, false)),
-        "error" => {
-            let e: ErrorIn<'_> = content(raw, i, kind)?;
-            return Err(ProxyError::new(
-                502,
-                Reason::BotError,
-                format!("the bot reported an error: {}", e.error),
-            ));
-        }
-        other => match media_kind(other) {
-            Some(kind) => Reply::Media {
-                kind,
-                url: content::<UrlIn<'_>>(raw, i, other)?.url,
-            },
-            None => return Ok((None, true)),
-        },
-    };
-    Ok((Some(reply), false))
+    let typed = ContentSeed(kind)
+        .deserialize(&mut serde_json::Deserializer::from_str(p.content.get()))
+        .map_err(|e| {
+            ProxyError::bad_answer(format!(
+                "backend answer: messages[{i}] ({kind}) has invalid content: {e}"
+            ))
+        })?;
+    match typed {
+        TypedPayload::Reply(r) => Ok((Some(r), false)),
+        TypedPayload::Hint => Ok((None, false)),
+        TypedPayload::Unknown => Ok((None, true)),
+        TypedPayload::BotError(e) => Err(bot_error(&e)),
+    }
+}
+
+fn bot_error(e: &str) -> ProxyError {
+    ProxyError::new(
+        502,
+        Reason::BotError,
+        format!("the bot reported an error: {e}"),
+    )
+}
+
+#[derive(Deserialize)]
+struct AnswerTyped<'a> {
+    #[serde(borrow)]
+    messages: Vec<MessageTyped<'a>>,
+    #[serde(borrow, default)]
+    client: Option<AnswerClientIn<'a>>,
+    #[serde(default)]
+    conversation_end: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct MessageTyped<'a> {
+    #[serde(borrow, default)]
+    conversation_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    payload: TypedPayload<'a>,
 }
 
 /// Parses a successful (2xx) CSML answer body (Chat API or engine `/run`) into the canonical answer.
+/// With `keep_raw`, the answer also carries the bot's own message payloads (for a CSML caller, who
+/// gets them verbatim).
 ///
 /// A body that is not a CSML answer, or a message whose content does not fit its `content_type`, is a
 /// 502 (`backend_bad_answer`); an `error` message is a 502 (`bot_error`) carrying the bot's message.
-pub fn parse_answer(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
+pub fn parse_answer(body: &[u8], keep_raw: bool) -> Result<ChatAnswer<'_>, ProxyError> {
+    if !keep_raw {
+        // One pass over the body. Anything wrong is read again step by step below, which names
+        // the message and field at fault.
+        if let Some(answer) = parse_answer_typed(body) {
+            return Ok(answer);
+        }
+    }
+    parse_answer_kept(body)
+}
+
+/// The answer in one pass, without the raw payloads: `None` for any answer that is not simply good.
+fn parse_answer_typed(body: &[u8]) -> Option<ChatAnswer<'_>> {
+    let wire: AnswerTyped<'_> = serde_json::from_slice(body).ok()?;
+    let mut answer = ChatAnswer {
+        replies: Vec::with_capacity(wire.messages.len()),
+        conversation_end: wire.conversation_end,
+        ..ChatAnswer::default()
+    };
+    if let Some(c) = wire.client {
+        answer.bot_id = c.bot_id;
+        answer.channel_id = c.channel_id;
+    }
+    for m in wire.messages {
+        if answer.conversation_id.is_none() {
+            answer.conversation_id = m.conversation_id;
+        }
+        match m.payload {
+            TypedPayload::Reply(r) => answer.replies.push(r),
+            TypedPayload::Hint => {}
+            TypedPayload::Unknown => answer.dropped += 1,
+            TypedPayload::BotError(_) => return None,
+        }
+    }
+    Some(answer)
+}
+
+/// The answer read envelope first, then each payload, keeping the payloads raw.
+fn parse_answer_kept(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
     let wire: AnswerWire<'_> = serde_json::from_slice(body)
         .map_err(|e| ProxyError::bad_answer(format!("backend answer is not a CSML answer: {e}")))?;
     let mut answer = ChatAnswer {
@@ -695,6 +843,67 @@ mod tests {
             json!({"client":{"user_id":"u"},"metadata":{"business_id":343},"request_id":"r",
                    "payload":{"content_type":"image","content":{"url":"https://x.test/i.png"}}})
         );
+    }
+
+    /// Parses an answer both ways (one pass without raw payloads, step by step with them) and
+    /// checks that they agree; returns the step-by-step result.
+    fn parse_answer(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
+        let fast = super::parse_answer(body, false);
+        let kept = super::parse_answer(body, true);
+        match (&fast, &kept) {
+            (Ok(f), Ok(k)) => {
+                assert_eq!(f.replies, k.replies);
+                assert_eq!(f.dropped, k.dropped);
+                assert_eq!(f.conversation_id, k.conversation_id);
+                assert_eq!(f.conversation_end, k.conversation_end);
+                assert_eq!((&f.bot_id, &f.channel_id), (&k.bot_id, &k.channel_id));
+                assert!(f.raw.is_none());
+                assert!(k.raw.is_some());
+            }
+            (Err(f), Err(k)) => assert_eq!(
+                (f.status, f.reason, &f.message),
+                (k.status, k.reason, &k.message)
+            ),
+            _ => panic!("the two readings disagree: {fast:?} vs {kept:?}"),
+        }
+        kept
+    }
+
+    #[test]
+    fn content_is_read_whatever_the_key_order() {
+        let a = parse_answer(
+            br#"{"messages":[{"payload":{"content":{"text":"first"},"extra":[1,{"a":2}],"content_type":"text"}},
+                {"payload":{"content_type":"url","content":{"url":"https://x.test","title":"T"}}},
+                {"payload":{"content":{"duration":1},"content_type":"typing"}},
+                {"payload":{"content":{"any":"thing"},"content_type":"object"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.replies[0], Reply::Text("first".into()));
+        assert!(matches!(&a.replies[1], Reply::Url { title: Some(t), .. } if t == "T"));
+        assert_eq!((a.replies.len(), a.dropped), (2, 1));
+        // Escaped text is unescaped the same way both readings.
+        let a = parse_answer(
+            br#"{"messages":[{"payload":{"content_type":"te\u0078t","content":{"text":"a\"b\u00e9"}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(a.replies[0], Reply::Text("a\"b\u{e9}".into()));
+    }
+
+    #[test]
+    fn malformed_payloads_fail_both_readings_alike() {
+        for body in [
+            &br#"{"messages":[{"payload":{"content_type":"text","content_type":"text","content":{"text":"x"}}}]}"#[..],
+            br#"{"messages":[{"payload":{"content_type":"text","content":{"text":"x"},"content":{"text":"y"}}}]}"#,
+            br#"{"messages":[{"payload":{"content":{"text":"x"}}}]}"#,
+            br#"{"messages":[{"payload":{"content_type":"question","content":{"title":"q","buttons":[{"content":{}}]}}}]}"#,
+            br#"{"messages":[{"payload":{"content_type":"image","content":{"src":"x"}}}]}"#,
+            br#"{"messages":[{"payload":{"content_type":"text","content":{"text":7}}}]}"#,
+            br#"{"messages":[{"payload":"text"}]}"#,
+            br#"{"messages":[{"payload":{"content_type":"text","content":{"text":"x"}}}],"conversation_end":"yes"}"#,
+        ] {
+            let err = parse_answer(body).unwrap_err();
+            assert_eq!((err.status, err.reason), (502, Reason::BackendBadAnswer), "{err}");
+        }
     }
 
     #[test]

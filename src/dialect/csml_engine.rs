@@ -57,10 +57,15 @@ pub fn render_request(
     serde_json::to_vec(&out).expect("engine request serializes")
 }
 
-/// Parses the engine's answer, turning its error answers into 502s.
-pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
+/// Parses the engine's answer, turning its error answers into 502s (`keep_raw` as for
+/// [`csml::parse_answer`]).
+pub fn parse_answer(
+    status: u16,
+    body: &[u8],
+    keep_raw: bool,
+) -> Result<ChatAnswer<'_>, ProxyError> {
     if (200..300).contains(&status) {
-        return csml::parse_answer(body);
+        return csml::parse_answer(body, keep_raw);
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
@@ -96,14 +101,15 @@ mod tests {
 
     #[test]
     fn engine_errors_become_502s() {
-        let e = parse_answer(400, b"missing field `client`").unwrap_err();
+        let e = parse_answer(400, b"missing field `client`", true).unwrap_err();
         assert_eq!((e.status, e.reason), (502, Reason::BackendStatus));
         assert!(e.message.contains("missing field `client`"));
-        let e = parse_answer(500, b"").unwrap_err();
+        let e = parse_answer(500, b"", true).unwrap_err();
         assert!(e.message.contains("HTTP 500, no detail"));
         let a = parse_answer(
             200,
             include_bytes!("../../tests/fixtures/csml-engine/run-response-after-button.json"),
+            false,
         )
         .unwrap();
         assert_eq!(

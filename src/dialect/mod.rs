@@ -318,12 +318,15 @@ impl BackendSpec {
         }
     }
 
-    /// Parses the backend's answer (any status).
+    /// Parses the backend's answer (any status) for a caller speaking `caller`: a CSML caller also
+    /// gets a CSML bot's own message payloads (see [`ChatAnswer::raw`]); for others they are not kept.
     pub fn parse_answer<'b>(
         &self,
         status: u16,
         body: &'b [u8],
+        caller: IngressDialect,
     ) -> Result<ChatAnswer<'b>, ProxyError> {
+        let keep_raw = caller == IngressDialect::Csml;
         match self {
             BackendSpec::Csml { .. } => {
                 if !(200..300).contains(&status) {
@@ -333,10 +336,10 @@ impl BackendSpec {
                         format!("the backend answered HTTP {status}"),
                     ));
                 }
-                csml::parse_answer(body)
+                csml::parse_answer(body, keep_raw)
             }
             BackendSpec::Haptik { .. } => haptik::parse_answer(status, body),
-            BackendSpec::CsmlEngine { .. } => csml_engine::parse_answer(status, body),
+            BackendSpec::CsmlEngine { .. } => csml_engine::parse_answer(status, body, keep_raw),
         }
     }
 }
