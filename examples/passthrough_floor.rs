@@ -15,15 +15,15 @@ use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
-use pingora::upstreams::peer::HttpPeer;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Forward {
     upstream: Upstream,
     endpoint: Endpoint,
-    peer: HttpPeer,
+    peer: upstream::BackendPeer,
 }
 
 #[async_trait]
@@ -37,7 +37,12 @@ impl Handler for Forward {
             .header("content-type", "application/json");
         match self
             .upstream
-            .exchange(&self.peer, &self.endpoint, &req.body(&body))
+            .exchange(
+                &self.peer,
+                &self.endpoint,
+                &req.body(&body),
+                std::time::Instant::now(),
+            )
             .await
         {
             Ok(x) => Answer::json(x.status, x.body.to_vec()),

@@ -14,7 +14,6 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
 use pingora::http::RequestHeader;
-use pingora::upstreams::peer::HttpPeer;
 
 use crate::auth::{
     self, csml_presented, grant_from_verdict, haptik_presented, AuthQuery, AuthReason, AuthVerdict,
@@ -55,7 +54,7 @@ impl Expiry<[u8; 32], Decision> for DecisionExpiry {
 /// The auth service client with its caches.
 struct Service {
     endpoint: Endpoint,
-    peer: HttpPeer,
+    peer: upstream::BackendPeer,
     upstream: Upstream,
     bearer: Option<String>,
     decisions: Cache<[u8; 32], Decision>,
@@ -224,7 +223,7 @@ impl Authenticator {
         match &self.service {
             Some(svc) if !clients.knows(p.client_id) => {
                 let query = AuthQuery::haptik(&p).ok_or_else(invalid_haptik)?;
-                match self.ask(svc, p.digest(), &query).await? {
+                match Box::pin(self.ask(svc, p.digest(), &query)).await? {
                     (Decision::Allowed(g), stale) => Ok((g, stale)),
                     (Decision::Denied, _) => Err(invalid_haptik()),
                 }
@@ -244,7 +243,7 @@ impl Authenticator {
             (Some(g), _) => (g.clone(), false),
             (None, Some(svc)) => {
                 let query = AuthQuery::csml(&p).ok_or_else(invalid_csml)?;
-                match self.ask(svc, p.digest(), &query).await? {
+                match Box::pin(self.ask(svc, p.digest(), &query)).await? {
                     (Decision::Allowed(g), stale) => (g, stale),
                     (Decision::Denied, _) => return Err(invalid_csml()),
                 }
@@ -333,7 +332,7 @@ impl Authenticator {
         let started = Instant::now();
         let result = svc
             .upstream
-            .exchange(&svc.peer, &svc.endpoint, &request)
+            .exchange(&svc.peer, &svc.endpoint, &request, started)
             .await;
         self.metrics
             .auth_service_duration

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
-use pingora::upstreams::peer::HttpPeer;
 
 use arc_swap::ArcSwap;
 
@@ -43,7 +42,7 @@ pub struct Runtime {
     /// The validated configuration.
     pub config: Arc<Config>,
     routes_by_path: HashMap<String, usize>,
-    peers: Vec<HttpPeer>,
+    peers: Vec<upstream::BackendPeer>,
     /// Caller authentication, with its own (fresh) auth service decision cache.
     pub authn: Arc<Authenticator>,
     route_metrics: Vec<RouteMetrics>,
@@ -318,7 +317,12 @@ impl ChatService {
         let started = Instant::now();
         let result = self
             .upstream
-            .exchange(&rt.peers[target.backend], &backend.endpoint, &request)
+            .exchange(
+                &rt.peers[target.backend],
+                &backend.endpoint,
+                &request,
+                started,
+            )
             .await;
         out.backend_time = Some(started.elapsed());
         let exchange = result.inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;

@@ -1,20 +1,31 @@
-//! Talking to backends: HTTP/1.1 over pingora's pooled transport (plain TCP or rustls TLS).
+//! Talking to backends: HTTP/1.1 over pingora's transport (plain TCP or rustls TLS), with a pool of
+//! idle keep-alive connections of its own.
 //!
 //! pingora's own HTTP client writes a request's header and body in two writes and builds a header map
 //! first; a proxy whose requests are small and complete before it sends them does better writing the
 //! whole request in one write from bytes it built directly ([`RequestBytes`]). The answer is parsed
 //! with `httparse`: interim 1xx answers are skipped, the body is framed by `Content-Length`, chunked
 //! encoding, or (without either) the end of the connection, and bounded by a size limit. A connection
-//! goes back to pingora's pool only when the answer was complete, exactly framed and keep-alive.
+//! goes back to the pool only when the answer was complete, exactly framed and keep-alive.
+//!
+//! The pool ([`IdlePool`]) replaces pingora's connection pool, which spawns a watcher task, takes a
+//! lock and checks the socket's peer address for every request it pools: here a connection is
+//! checked when it is taken out (newest first), with one non-blocking read that tells a connection
+//! the backend closed (or that holds unexpected bytes) from a live one, and connections idle longer
+//! than the backend's `pool_idle_timeout_s` are closed instead of used.
 //!
 //! One exchange runs within the backend's read timeout (the connect timeout applies inside it).
 //! Delivery is at most once: a request is retried (once, on a fresh connection) only when it could not
 //! be fully written to a reused connection, since a backend cannot act on a request it never fully
 //! received. Once written, a failure is a 502 rather than a risk of the bot seeing the message twice;
-//! pingora's pool drops connections the backend closed while idle, and `pool_idle_timeout_s` below the
-//! backend's own keep-alive timeout keeps that race rare.
+//! the check on taking a connection out drops connections the backend closed while idle, and
+//! `pool_idle_timeout_s` below the backend's own keep-alive timeout keeps the remaining race rare.
 
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
@@ -76,15 +87,106 @@ impl RequestBytes {
 /// The pooled client for all backends.
 pub struct Upstream {
     connector: TransportConnector,
+    idle: IdlePool,
     max_answer_bytes: usize,
 }
 
-/// The pingora peer for an endpoint (built once per configuration).
-pub fn peer_for(ep: &Endpoint) -> HttpPeer {
+/// A backend address as the client needs it: pingora's peer (address, TLS settings, timeouts) and
+/// the key its idle connections are pooled under. Built once per configuration.
+pub struct BackendPeer {
+    peer: HttpPeer,
+    /// pingora's reuse hash (address, scheme, SNI, TLS settings): connections are shared only
+    /// between identical peers, also across configuration reloads.
+    key: u64,
+}
+
+/// The peer for an endpoint.
+pub fn peer_for(ep: &Endpoint) -> BackendPeer {
     let mut peer = HttpPeer::new(ep.addr, ep.tls, ep.host.clone());
     peer.options.connection_timeout = Some(ep.connect_timeout);
     peer.options.idle_timeout = Some(ep.pool_idle_timeout);
-    peer
+    let key = peer.reuse_hash();
+    BackendPeer { peer, key }
+}
+
+/// Idle keep-alive connections, per peer, at most `max_per_peer` each. The newest is taken first
+/// (it is the least likely to have been closed by the backend); the oldest are closed first.
+struct IdlePool {
+    max_per_peer: usize,
+    peers: Mutex<HashMap<u64, VecDeque<Idle>>>,
+}
+
+struct Idle {
+    stream: Stream,
+    since: Instant,
+}
+
+impl IdlePool {
+    fn new(max_per_peer: usize) -> Self {
+        IdlePool {
+            max_per_peer,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A live idle connection to the peer, if there is one. Connections idle for longer than
+    /// `max_idle`, closed by the backend, or holding bytes nobody asked for are closed instead.
+    fn take(&self, key: u64, max_idle: Duration, now: Instant) -> Option<Stream> {
+        loop {
+            let idle = {
+                let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                let queue = peers.get_mut(&key)?;
+                expire(queue, max_idle, now);
+                queue.pop_back()?
+            };
+            let mut stream = idle.stream;
+            if still_open(&mut stream) {
+                return Some(stream);
+            }
+        }
+    }
+
+    /// Keeps a connection whose last answer was complete, for the next request to the peer.
+    fn put(&self, key: u64, stream: Stream, max_idle: Duration, now: Instant) {
+        if self.max_per_peer == 0 {
+            return;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = peers.entry(key).or_default();
+        expire(queue, max_idle, now);
+        if queue.len() >= self.max_per_peer {
+            queue.pop_front();
+        }
+        queue.push_back(Idle { stream, since: now });
+    }
+
+    #[cfg(test)]
+    fn len(&self, key: u64) -> usize {
+        let peers = self.peers.lock().unwrap();
+        peers.get(&key).map_or(0, VecDeque::len)
+    }
+}
+
+/// Closes the connections at the old end of a queue that have been idle for longer than `max_idle`.
+fn expire(queue: &mut VecDeque<Idle>, max_idle: Duration, now: Instant) {
+    while queue
+        .front()
+        .is_some_and(|i| now.saturating_duration_since(i.since) >= max_idle)
+    {
+        queue.pop_front();
+    }
+}
+
+/// Whether an idle connection can carry a request: a read that does not wait must find nothing to
+/// read. End of stream (the backend closed it), an error, or unexpected bytes all mean it cannot.
+/// Costs at most one `recv` that would block; none when tokio already knows the socket is quiet.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    // `unconstrained`: tokio's cooperative budget must not turn a ready read into a pending one.
+    let read = tokio::task::unconstrained(stream.read(&mut byte));
+    let mut read = std::pin::pin!(read);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(read.as_mut().poll(&mut cx), Poll::Pending)
 }
 
 /// How an attempt failed.
@@ -116,11 +218,13 @@ enum Framing {
 }
 
 impl Upstream {
-    /// A client keeping at most `pool_size` idle connections, reading answers of at most
+    /// A client keeping at most `pool_size` idle connections per backend address, reading answers of at most
     /// `max_answer_bytes`.
     pub fn new(pool_size: usize, max_answer_bytes: usize) -> Self {
         Upstream {
-            connector: TransportConnector::new(Some(ConnectorOptions::new(pool_size))),
+            // Connections are pooled here (IdlePool), not in the connector.
+            connector: TransportConnector::new(Some(ConnectorOptions::new(1))),
+            idle: IdlePool::new(pool_size),
             max_answer_bytes,
         }
     }
@@ -128,25 +232,27 @@ impl Upstream {
     /// Sends a complete request (see [`RequestBytes`]) and reads the whole answer.
     pub async fn exchange(
         &self,
-        peer: &HttpPeer,
+        peer: &BackendPeer,
         ep: &Endpoint,
         request: &[u8],
+        now: Instant,
     ) -> Result<Exchange, ProxyError> {
         let round_trip = async {
-            let (stream, reused) = self
-                .connector
-                .get_stream(peer)
-                .await
-                .map_err(Failure::Connect)?;
+            let pooled = self.idle.take(peer.key, ep.pool_idle_timeout, now);
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(s) => s,
+                None => self.connect(peer).await?,
+            };
             match self.attempt(stream, peer, ep, request).await {
                 Err(f) if reused && f.safe_to_retry() => {
                     tracing::debug!(backend = %ep.name, "pooled connection was closed by the backend; retrying on a new one");
-                    let (stream, _) = self
-                        .connector
-                        .get_stream(peer)
-                        .await
-                        .map_err(Failure::Connect)?;
-                    self.attempt(stream, peer, ep, request).await
+                    // Rare: boxed, so the common path's future stays small.
+                    Box::pin(async {
+                        let stream = self.connect(peer).await?;
+                        self.attempt(stream, peer, ep, request).await
+                    })
+                    .await
                 }
                 other => other,
             }
@@ -158,10 +264,19 @@ impl Upstream {
         }
     }
 
+    /// A new connection (TCP, and TLS when the endpoint is https), within the connect timeout.
+    /// Boxed: connecting (with a TLS handshake) is a large future and, with the pool, a rare one;
+    /// inline it would make every request's future larger.
+    async fn connect(&self, peer: &BackendPeer) -> Result<Stream, Failure> {
+        Box::pin(self.connector.new_stream(&peer.peer))
+            .await
+            .map_err(Failure::Connect)
+    }
+
     async fn attempt(
         &self,
         mut stream: Stream,
-        peer: &HttpPeer,
+        peer: &BackendPeer,
         ep: &Endpoint,
         request: &[u8],
     ) -> Result<Exchange, Failure> {
@@ -218,7 +333,7 @@ impl Upstream {
     async fn finish(
         &self,
         mut stream: Stream,
-        peer: &HttpPeer,
+        peer: &BackendPeer,
         ep: &Endpoint,
         mut buf: BytesMut,
         status: u16,
@@ -254,8 +369,8 @@ impl Upstream {
             }
         };
         if keep_alive && buf.is_empty() {
-            self.connector
-                .release_stream(stream, peer.reuse_hash(), Some(ep.pool_idle_timeout));
+            self.idle
+                .put(peer.key, stream, ep.pool_idle_timeout, Instant::now());
         }
         Ok(Exchange { status, body })
     }
@@ -445,6 +560,108 @@ fn failure_to_error(f: Failure, ep: &Endpoint, max: usize) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback connection: the pool's side as a pingora stream, and the backend's side.
+    async fn pair() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(client));
+        (stream, server)
+    }
+
+    /// The connection's identity (its file descriptor, unique among open connections).
+    fn conn_id(s: &Stream) -> i32 {
+        s.id()
+    }
+
+    const IDLE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn the_pool_hands_back_live_connections_newest_first() {
+        let pool = IdlePool::new(2);
+        let (a, _sa) = pair().await;
+        let (b, _sb) = pair().await;
+        let (c, _sc) = pair().await;
+        let (pa, pb, pc) = (conn_id(&a), conn_id(&b), conn_id(&c));
+        let now = Instant::now();
+        pool.put(7, a, IDLE, now);
+        pool.put(7, b, IDLE, now);
+        pool.put(7, c, IDLE, now);
+        // At most two per peer: the oldest went.
+        assert_eq!(pool.len(7), 2);
+        assert!(pool.take(8, IDLE, now).is_none(), "another peer has none");
+        assert_eq!(conn_id(&pool.take(7, IDLE, now).unwrap()), pc);
+        assert_eq!(conn_id(&pool.take(7, IDLE, now).unwrap()), pb);
+        assert!(pool.take(7, IDLE, now).is_none());
+        let _ = pa;
+    }
+
+    #[tokio::test]
+    async fn connections_closed_by_the_backend_or_holding_bytes_are_not_reused() {
+        use tokio::io::AsyncWriteExt;
+        let pool = IdlePool::new(8);
+        let (closed, server_closed) = pair().await;
+        let (chatty, mut server_chatty) = pair().await;
+        let (live, _server_live) = pair().await;
+        let live_port = conn_id(&live);
+        let now = Instant::now();
+        pool.put(1, live, IDLE, now);
+        pool.put(1, closed, IDLE, now);
+        pool.put(1, chatty, IDLE, now);
+        drop(server_closed);
+        server_chatty
+            .write_all(b"HTTP/1.1 200 OK\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The two newest are unusable; the live one underneath is found.
+        let got = pool
+            .take(1, IDLE, Instant::now())
+            .expect("the live connection");
+        assert_eq!(conn_id(&got), live_port);
+        assert_eq!(pool.len(1), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_the_timeout_are_closed_not_used() {
+        let pool = IdlePool::new(8);
+        let (old, mut server_old) = pair().await;
+        let (fresh, _server_fresh) = pair().await;
+        let fresh_port = conn_id(&fresh);
+        let t0 = Instant::now();
+        pool.put(1, old, Duration::from_secs(5), t0);
+        pool.put(
+            1,
+            fresh,
+            Duration::from_secs(5),
+            t0 + Duration::from_secs(4),
+        );
+        // At t0 + 6 s the first has been idle 6 s (closed), the second 2 s (kept).
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(
+            conn_id(&pool.take(1, Duration::from_secs(5), later).unwrap()),
+            fresh_port
+        );
+        assert!(pool.take(1, Duration::from_secs(5), later).is_none());
+        // The expired connection was really closed: its backend side reads end of stream.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), server_old.read(&mut buf))
+            .await
+            .expect("closed promptly")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn a_pool_of_size_zero_keeps_nothing() {
+        let pool = IdlePool::new(0);
+        let (a, _s) = pair().await;
+        pool.put(1, a, IDLE, Instant::now());
+        assert_eq!(pool.len(1), 0);
+    }
 
     #[test]
     fn request_bytes_are_one_complete_request() {

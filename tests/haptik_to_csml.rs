@@ -818,3 +818,27 @@ async fn backend_answers_are_framed_correctly() {
         assert_eq!(*backend.hits.lock().unwrap(), 1, "sent once");
     }
 }
+
+/// A backend that answers with keep-alive framing but then closes each connection (as backends do
+/// when their keep-alive timeout passes): the pool must notice and never hand the proxy a closed
+/// connection, so no request is lost to a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_backend_closed_are_not_reused() {
+    let answer = csml_answer("r", &[]);
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+    let backend = RawBackend::start(Box::leak(reply.into_bytes().into_boxed_slice())).await;
+    let proxy = Proxy::start(&config_with(
+        &(csml_backend_toml("bot", backend.addr, "") + &route("")),
+    ));
+    for i in 0..10 {
+        let (status, _, body) =
+            post(&proxy, "/chat", &AUTH, haptik_body("u", &format!("m{i}"), 1)).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+        // Let the backend's close arrive before the next request takes a connection.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*backend.hits.lock().unwrap(), 10, "each request delivered once");
+}
