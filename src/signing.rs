@@ -78,7 +78,10 @@ impl CsmlKey {
         let tag = self.mac_of(api_key.as_bytes()).finalize().into_bytes();
         let mut signature = String::with_capacity(7 + 64);
         signature.push_str("sha256=");
-        signature.push_str(&hex::encode(tag));
+        // Into a buffer on the stack: hex::encode builds its String one char at a time.
+        let mut hex_tag = [0u8; 64];
+        hex::encode_to_slice(tag, &mut hex_tag).expect("32 bytes are 64 hex digits");
+        signature.push_str(std::str::from_utf8(&hex_tag).expect("hex digits are ASCII"));
         SignedHeaders { api_key, signature }
     }
 

@@ -297,7 +297,13 @@ fn render_legacy(
     ctx: &AnswerContext<'_>,
 ) -> Vec<u8> {
     let stamp = humantime::format_rfc3339_millis(ctx.received).to_string();
-    let id_hash = hex::encode(&Sha256::digest(ctx.message_id.to_be_bytes())[..16]);
+    let mut id_hash = [0u8; 32];
+    hex::encode_to_slice(
+        &Sha256::digest(ctx.message_id.to_be_bytes())[..16],
+        &mut id_hash,
+    )
+    .expect("16 bytes are 32 hex digits");
+    let id_hash = std::str::from_utf8(&id_hash).expect("hex digits are ASCII");
     let user_hash = Sha256::digest(req.user_id.as_bytes());
     let coll_id = u32::from_be_bytes([user_hash[0], user_hash[1], user_hash[2], user_hash[3]]) >> 1;
     let msg = LegacyMessage {
@@ -311,7 +317,7 @@ fn render_legacy(
             active: true,
             created_at: &stamp,
             modified_at: &stamp,
-            id_hash: &id_hash,
+            id_hash,
             emailed: false,
             ticket_no: 0,
             agent_name: None,
