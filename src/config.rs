@@ -384,7 +384,7 @@ fn default_pool() -> usize {
     256
 }
 fn default_read_buffer() -> usize {
-    8 * 1024
+    0
 }
 fn default_grace() -> u64 {
     5
@@ -678,10 +678,10 @@ impl Config {
         }
         nonzero("server.max_body_bytes", s.max_body_bytes as u64)?;
         nonzero("server.max_answer_bytes", s.max_answer_bytes as u64)?;
-        if !(1024..=1024 * 1024).contains(&s.read_buffer_bytes) {
+        if s.read_buffer_bytes != 0 && !(1024..=1024 * 1024).contains(&s.read_buffer_bytes) {
             return Err(ConfigError::new(
                 "server.read_buffer_bytes",
-                "must be between 1024 and 1048576",
+                "must be 0 (unbuffered) or between 1024 and 1048576",
             ));
         }
         nonzero("server.upstream_pool_size", s.upstream_pool_size as u64)?;
