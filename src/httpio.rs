@@ -1,6 +1,6 @@
 //! HTTP plumbing shared by the listeners: reading a bounded request body, writing a whole response
-//! with an exact `Content-Length` in one write, and the pingora `HttpServerApp` glue that keeps
-//! connections alive only when that is safe.
+//! with an exact `Content-Length` in one write, and the pingora app glue that serves a connection's
+//! requests in turn and keeps it alive only when that is safe.
 //!
 //! A listener implements [`Handler`] (request in, [`Answer`] out); [`App`] turns it into a pingora app.
 
@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
 /// How long an idle client connection is kept open between requests, in seconds.
@@ -65,37 +66,59 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, session: &mut ServerSession) -> Answer;
 }
 
-/// Adapts a [`Handler`] to pingora's [`HttpServerApp`].
+/// Adapts a [`Handler`] to pingora: an HTTP/1.1 server app serving one connection's requests in turn.
+///
+/// It implements pingora's connection-level [`ServerApp`] rather than its per-request
+/// `HttpServerApp`, whose adapter allocates and copies a new boxed future for every request and keeps
+/// a 5 KB one per open connection. Here one small future serves the whole connection (it waits in
+/// pingora's `read_request` while idle) and the handler's future exists only while a request is in
+/// flight; pingora's session still parses requests, frames bodies and decides keep-alive (including
+/// pipelined requests, which [`HttpPersistentSettings`] carries over).
 pub struct App<H>(pub H);
 
 #[async_trait]
-impl<H: Handler> HttpServerApp for App<H> {
-    async fn process_new_http(
+impl<H: Handler> ServerApp for App<H> {
+    async fn process_new(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        stream: Stream,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            _ => return None,
+    ) -> Option<Stream> {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        if let ServerSession::H1(h1) = &mut session {
+            // Requests a client pipelines are answered in order (RFC 9112 9.3.2) instead of
+            // closing the connection on the second; the setting carries over to later sessions.
+            h1.set_pipelining_enabled(true);
         }
-        let draining = *shutdown.borrow();
-        session.set_keepalive(if draining {
-            None
-        } else {
-            Some(CLIENT_KEEPALIVE_SECS)
-        });
-        let answer = self.0.handle(&mut session).await;
-        if !answer.keepalive {
-            session.set_keepalive(None);
-        }
-        if write_answer(&mut session, answer).await.is_err() {
-            return None;
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
-            _ => None,
+        loop {
+            match session.read_request().await {
+                Ok(true) => {}
+                _ => return None,
+            }
+            if *shutdown.borrow() {
+                // Shutting down: answer this request, then close.
+                session.set_keepalive(None);
+            }
+            let answer = self.0.handle(&mut session).await;
+            if !answer.keepalive {
+                session.set_keepalive(None);
+            }
+            if write_answer(&mut session, answer).await.is_err() {
+                return None;
+            }
+            let settings = HttpPersistentSettings::for_session(&session);
+            // Boxed: finishing (which may drain an unread body) is a 3.7 KB future that would
+            // otherwise be part of every open connection's state, idle or not.
+            let reusable = match Box::pin(session.finish()).await {
+                Ok(Some(reusable)) => reusable,
+                _ => return None,
+            };
+            let (stream, settings) =
+                ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
         }
     }
 }

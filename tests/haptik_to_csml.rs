@@ -457,6 +457,13 @@ async fn keeps_the_connection_after_an_error() {
     s.write_all(good.as_bytes()).unwrap();
     let second = read_response(&mut s);
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    // Pipelined: two requests in one write are answered in order on the same connection.
+    s.write_all(format!("{good}{bad}").as_bytes()).unwrap();
+    let third = read_response(&mut s);
+    let fourth = read_response(&mut s);
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+    assert!(fourth.starts_with("HTTP/1.1 401"), "{fourth}");
+    assert_eq!(backend.count(), 2, "the two good requests, nothing else");
 
     fn read_response(s: &mut std::net::TcpStream) -> String {
         let mut buf = Vec::new();
@@ -834,11 +841,20 @@ async fn connections_the_backend_closed_are_not_reused() {
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
     ));
     for i in 0..10 {
-        let (status, _, body) =
-            post(&proxy, "/chat", &AUTH, haptik_body("u", &format!("m{i}"), 1)).await;
+        let (status, _, body) = post(
+            &proxy,
+            "/chat",
+            &AUTH,
+            haptik_body("u", &format!("m{i}"), 1),
+        )
+        .await;
         assert_eq!(status, 200, "request {i}: {body}");
         // Let the backend's close arrive before the next request takes a connection.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(*backend.hits.lock().unwrap(), 10, "each request delivered once");
+    assert_eq!(
+        *backend.hits.lock().unwrap(),
+        10,
+        "each request delivered once"
+    );
 }
