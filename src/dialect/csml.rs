@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::dialect::haptik::is_http_url;
-use crate::dialect::AnswerContext;
+use crate::dialect::{from_json, AnswerContext};
 use crate::error::{json_error, status_phrase, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 
@@ -193,8 +193,7 @@ fn media_kind(kind: &str) -> Option<MediaKind> {
 /// `payload.content`, an unknown content type, content that does not fit its type, a media or url
 /// message without an http(s) `url`, a `metadata` that is not an object.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
-    let wire: RequestIn<'_> =
-        serde_json::from_slice(body).map_err(|_| json_error::<RequestIn<'_>>(body))?;
+    let wire: RequestIn<'_> = from_json(body).map_err(|_| json_error::<RequestIn<'_>>(body))?;
     if wire.client.user_id.is_empty() {
         return Err(ProxyError::bad_request(
             "invalid field `client.user_id`: must not be empty",
@@ -533,7 +532,7 @@ pub fn parse_answer(body: &[u8], keep_raw: bool) -> Result<ChatAnswer<'_>, Proxy
 
 /// The answer in one pass, without the raw payloads: `None` for any answer that is not simply good.
 fn parse_answer_typed(body: &[u8]) -> Option<ChatAnswer<'_>> {
-    let wire: AnswerTyped<'_> = serde_json::from_slice(body).ok()?;
+    let wire: AnswerTyped<'_> = from_json(body).ok()?;
     let mut answer = ChatAnswer {
         replies: Vec::with_capacity(wire.messages.len()),
         conversation_end: wire.conversation_end,
@@ -559,7 +558,7 @@ fn parse_answer_typed(body: &[u8]) -> Option<ChatAnswer<'_>> {
 
 /// The answer read envelope first, then each payload, keeping the payloads raw.
 fn parse_answer_kept(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
-    let wire: AnswerWire<'_> = serde_json::from_slice(body)
+    let wire: AnswerWire<'_> = from_json(body)
         .map_err(|e| ProxyError::bad_answer(format!("backend answer is not a CSML answer: {e}")))?;
     let mut answer = ChatAnswer {
         replies: Vec::with_capacity(wire.messages.len()),

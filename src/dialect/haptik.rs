@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use serde_json::value::RawValue;
 
-use crate::dialect::{hsl, AnswerContext};
+use crate::dialect::{from_json, hsl, AnswerContext};
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 
@@ -53,8 +53,7 @@ struct UserWire<'a> {
 /// `user.auth_id` or `message_body`, an unsupported `message_type`, a media message whose body is not an
 /// http(s) URL.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
-    let wire: RequestWire<'_> =
-        serde_json::from_slice(body).map_err(|_| json_error::<RequestWire<'_>>(body))?;
+    let wire: RequestWire<'_> = from_json(body).map_err(|_| json_error::<RequestWire<'_>>(body))?;
     if wire.user.auth_id.is_empty() {
         return Err(ProxyError::bad_request(
             "invalid field `user.auth_id`: must not be empty",
@@ -454,7 +453,7 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyErr
     };
     let mut answer = ChatAnswer::default();
     if is_array {
-        let legacy: Vec<LegacyIn<'_>> = serde_json::from_slice(body).map_err(not_haptik)?;
+        let legacy: Vec<LegacyIn<'_>> = from_json(body).map_err(not_haptik)?;
         for (i, m) in legacy.into_iter().flat_map(|l| l.bot_messages).enumerate() {
             if m.get().starts_with('"') {
                 let text: Cow<'_, str> = serde_json::from_str(m.get()).map_err(not_haptik)?;
@@ -466,7 +465,7 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyErr
         return Ok(answer);
     }
     // One pass over an object answer: an error body (Haptik sends some with 200) or the HSL shape.
-    let current: HslAnswerIn<'_> = serde_json::from_slice(body).map_err(not_haptik)?;
+    let current: HslAnswerIn<'_> = from_json(body).map_err(not_haptik)?;
     if let Some(message) = current.error_message {
         return Err(refused(&message));
     }

@@ -23,6 +23,16 @@ use crate::signing::CsmlAuth;
 
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
 
+/// Deserializes a JSON body. UTF-8 is checked once for the whole body, so serde_json does not check
+/// each string again (it does when reading bytes); a body that is not UTF-8 is left to serde_json,
+/// whose error says where.
+pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
+}
+
 /// The dialect a caller speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
