@@ -199,7 +199,10 @@ impl ChatService {
         rt: &Runtime,
         session: &mut ServerSession,
         out: &mut Outcome,
+        arrived: Instant,
     ) -> Result<Vec<u8>, ProxyError> {
+        // The wall clock is read once; later wall-clock times are derived from the monotonic clock
+        // reads the request makes anyway.
         let received = SystemTime::now();
         // The caller's dialect as its headers tell it (refusals before routing use it too).
         let req_header = session.req_header();
@@ -253,7 +256,7 @@ impl ChatService {
         let req_header = session.req_header();
         let caller = rt
             .authn
-            .authenticate(ingress, req_header, unix_secs(SystemTime::now()))
+            .authenticate(ingress, req_header, unix_secs(received))
             .await?;
         tracing::trace!(caller = &*caller.name, "caller authenticated");
 
@@ -301,7 +304,8 @@ impl ChatService {
             .inspect_err(|_| self.translation_error(route, "untranslatable", 1))?;
         // Signed at the moment of sending, after the caller's body has been read. Header values are
         // checked when the configuration is loaded and request ids when they arrive.
-        let signed_at = unix_secs(SystemTime::now());
+        let started = Instant::now();
+        let signed_at = unix_secs(received + started.saturating_duration_since(arrived));
         let mut up = RequestBytes::post(&backend.endpoint.path, upstream_body.len());
         up.header("host", &backend.endpoint.authority)
             .header("content-type", "application/json")
@@ -314,7 +318,6 @@ impl ChatService {
         let request = up.body(&upstream_body);
 
         // Forward.
-        let started = Instant::now();
         let result = self
             .upstream
             .exchange(
@@ -516,7 +519,7 @@ impl Handler for ChatService {
             from_backend: false,
         };
         let rt = self.runtime.load_full();
-        let result = self.serve(&rt, session, &mut out).await;
+        let result = self.serve(&rt, session, &mut out, started).await;
         let mut answer = match result {
             Ok(body) => Answer::json(200, body),
             Err(err) => {
