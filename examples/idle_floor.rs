@@ -44,9 +44,7 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut svc = Service::new("ok".to_string(), Ok);
-    svc.add_listener(
-        ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(8 * 1024)),
-    );
+    svc.add_listener(ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(svc);
     server.run_forever()
 }

@@ -86,9 +86,7 @@ fn main() {
         endpoint,
     };
     let mut svc = Service::new("floor".to_string(), App(app));
-    svc.add_listener(
-        ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(8 * 1024)),
-    );
+    svc.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(svc);
     server.run_forever()
 }
