@@ -11,15 +11,18 @@
 //! The pool ([`IdlePool`]) replaces pingora's connection pool, which spawns a watcher task, takes a
 //! lock and checks the socket's peer address for every request it pools: here a connection is
 //! checked when it is taken out (newest first), with one non-blocking read that tells a connection
-//! the backend closed (or that holds unexpected bytes) from a live one, and connections idle longer
-//! than the backend's `pool_idle_timeout_s` are closed instead of used.
+//! the backend closed (or that holds unexpected bytes) from a live one (asking the socket itself
+//! once the connection has been idle for a second), and connections idle longer than the backend's
+//! `pool_idle_timeout_s` are closed instead of used; every peer's are swept each second the pool is
+//! used, so connections to backends no longer in use (after a reload) do not linger.
 //!
 //! One exchange runs within the backend's read timeout (the connect timeout applies inside it).
 //! Delivery is at most once: a request is retried (once, on a fresh connection) only when it could not
 //! be fully written to a reused connection, since a backend cannot act on a request it never fully
 //! received. Once written, a failure is a 502 rather than a risk of the bot seeing the message twice;
 //! the check on taking a connection out drops connections the backend closed while idle, and
-//! `pool_idle_timeout_s` below the backend's own keep-alive timeout keeps the remaining race rare.
+//! `pool_idle_timeout_s` below the backend's own keep-alive timeout keeps the remaining race (a close
+//! in flight while the request is sent) rare.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -109,84 +112,158 @@ pub fn peer_for(ep: &Endpoint) -> BackendPeer {
     BackendPeer { peer, key }
 }
 
+/// How long a connection may sit idle before taking it out also asks its socket whether the backend
+/// closed it. Backends close idle connections after their keep-alive timeout (a second at the very
+/// least); one reused sooner is checked against what tokio already knows, at no cost.
+const PEEK_AFTER_IDLE: Duration = Duration::from_secs(1);
+/// How often every peer's connections are checked for their idle timeout (when the pool is used):
+/// also those of backends no longer used, e.g. after a reload moved them.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Idle keep-alive connections, per peer, at most `max_per_peer` each. The newest is taken first
 /// (it is the least likely to have been closed by the backend); the oldest are closed first.
 struct IdlePool {
     max_per_peer: usize,
-    peers: Mutex<HashMap<u64, VecDeque<Idle>>>,
+    state: Mutex<PoolState>,
+}
+
+struct PoolState {
+    peers: HashMap<u64, VecDeque<Idle>>,
+    last_sweep: Instant,
 }
 
 struct Idle {
     stream: Stream,
     since: Instant,
+    expires: Instant,
 }
 
 impl IdlePool {
     fn new(max_per_peer: usize) -> Self {
         IdlePool {
             max_per_peer,
-            peers: Mutex::new(HashMap::new()),
+            state: Mutex::new(PoolState {
+                peers: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
         }
     }
 
-    /// A live idle connection to the peer, if there is one. Connections idle for longer than
-    /// `max_idle`, closed by the backend, or holding bytes nobody asked for are closed instead.
-    fn take(&self, key: u64, max_idle: Duration, now: Instant) -> Option<Stream> {
-        loop {
-            let idle = {
-                let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-                let queue = peers.get_mut(&key)?;
-                expire(queue, max_idle, now);
-                queue.pop_back()?
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // Nothing panics while the lock is held with the queues half changed.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A live idle connection to the peer, if there is one. Connections past their idle timeout,
+    /// closed by the backend, or holding bytes nobody asked for are closed instead (after the lock
+    /// is released).
+    fn take(&self, key: u64, now: Instant) -> Option<Stream> {
+        let mut closing = Vec::new();
+        let found = loop {
+            let mut idle = {
+                let mut state = self.lock();
+                state.sweep_if_due(now, &mut closing);
+                let Some(queue) = state.peers.get_mut(&key) else {
+                    break None;
+                };
+                expire(queue, now, &mut closing);
+                match queue.pop_back() {
+                    Some(idle) => idle,
+                    None => break None,
+                }
             };
-            let mut stream = idle.stream;
-            if still_open(&mut stream) {
-                return Some(stream);
+            let ask_socket = now.saturating_duration_since(idle.since) >= PEEK_AFTER_IDLE;
+            if usable(&mut idle.stream, ask_socket) {
+                break Some(idle.stream);
             }
-        }
+            closing.push(idle);
+        };
+        drop(closing);
+        found
     }
 
-    /// Keeps a connection whose last answer was complete, for the next request to the peer.
+    /// Keeps a connection whose last answer was complete, for the next request to the peer, until
+    /// it has been idle for `max_idle`.
     fn put(&self, key: u64, stream: Stream, max_idle: Duration, now: Instant) {
         if self.max_per_peer == 0 {
             return;
         }
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let queue = peers.entry(key).or_default();
-        expire(queue, max_idle, now);
-        if queue.len() >= self.max_per_peer {
-            queue.pop_front();
+        let mut closing = Vec::new();
+        {
+            let mut state = self.lock();
+            state.sweep_if_due(now, &mut closing);
+            let queue = state.peers.entry(key).or_default();
+            expire(queue, now, &mut closing);
+            if queue.len() >= self.max_per_peer {
+                closing.extend(queue.pop_front());
+            }
+            queue.push_back(Idle {
+                stream,
+                since: now,
+                expires: now + max_idle,
+            });
         }
-        queue.push_back(Idle { stream, since: now });
+        drop(closing);
     }
 
     #[cfg(test)]
     fn len(&self, key: u64) -> usize {
-        let peers = self.peers.lock().unwrap();
-        peers.get(&key).map_or(0, VecDeque::len)
+        self.lock().peers.get(&key).map_or(0, VecDeque::len)
     }
 }
 
-/// Closes the connections at the old end of a queue that have been idle for longer than `max_idle`.
-fn expire(queue: &mut VecDeque<Idle>, max_idle: Duration, now: Instant) {
-    while queue
-        .front()
-        .is_some_and(|i| now.saturating_duration_since(i.since) >= max_idle)
-    {
-        queue.pop_front();
+impl PoolState {
+    /// At most once per [`SWEEP_EVERY`]: every peer's expired connections, and empty queues.
+    fn sweep_if_due(&mut self, now: Instant, closing: &mut Vec<Idle>) {
+        if now.saturating_duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        self.peers.retain(|_, queue| {
+            expire(queue, now, closing);
+            !queue.is_empty()
+        });
+    }
+}
+
+/// Moves the connections at the old end of a queue whose idle timeout has passed to `closing`.
+fn expire(queue: &mut VecDeque<Idle>, now: Instant, closing: &mut Vec<Idle>) {
+    while queue.front().is_some_and(|i| i.expires <= now) {
+        closing.extend(queue.pop_front());
     }
 }
 
 /// Whether an idle connection can carry a request: a read that does not wait must find nothing to
 /// read. End of stream (the backend closed it), an error, or unexpected bytes all mean it cannot.
-/// Costs at most one `recv` that would block; none when tokio already knows the socket is quiet.
-fn still_open(stream: &mut Stream) -> bool {
+/// First what the stream itself holds and what tokio knows of the socket (no system call when tokio
+/// knows it is quiet); then, with `ask_socket`, the socket itself, for a close tokio's event loop
+/// has not yet seen.
+fn usable(stream: &mut Stream, ask_socket: bool) -> bool {
     let mut byte = [0u8; 1];
     // `unconstrained`: tokio's cooperative budget must not turn a ready read into a pending one.
     let read = tokio::task::unconstrained(stream.read(&mut byte));
     let mut read = std::pin::pin!(read);
     let mut cx = Context::from_waker(Waker::noop());
-    matches!(read.as_mut().poll(&mut cx), Poll::Pending)
+    if !matches!(read.as_mut().poll(&mut cx), Poll::Pending) {
+        return false;
+    }
+    !ask_socket || socket_quiet(stream.id())
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte: whether the socket has nothing to read and is not
+/// closed. Nothing is consumed.
+fn socket_quiet(fd: i32) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the socket of a stream the caller holds open; the buffer is one valid byte.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// How an attempt failed.
@@ -238,7 +315,7 @@ impl Upstream {
         now: Instant,
     ) -> Result<Exchange, ProxyError> {
         let round_trip = async {
-            let pooled = self.idle.take(peer.key, ep.pool_idle_timeout, now);
+            let pooled = self.idle.take(peer.key, now);
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(s) => s,
@@ -592,10 +669,10 @@ mod tests {
         pool.put(7, c, IDLE, now);
         // At most two per peer: the oldest went.
         assert_eq!(pool.len(7), 2);
-        assert!(pool.take(8, IDLE, now).is_none(), "another peer has none");
-        assert_eq!(conn_id(&pool.take(7, IDLE, now).unwrap()), pc);
-        assert_eq!(conn_id(&pool.take(7, IDLE, now).unwrap()), pb);
-        assert!(pool.take(7, IDLE, now).is_none());
+        assert!(pool.take(8, now).is_none(), "another peer has none");
+        assert_eq!(conn_id(&pool.take(7, now).unwrap()), pc);
+        assert_eq!(conn_id(&pool.take(7, now).unwrap()), pb);
+        assert!(pool.take(7, now).is_none());
         let _ = pa;
     }
 
@@ -618,9 +695,7 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The two newest are unusable; the live one underneath is found.
-        let got = pool
-            .take(1, IDLE, Instant::now())
-            .expect("the live connection");
+        let got = pool.take(1, Instant::now()).expect("the live connection");
         assert_eq!(conn_id(&got), live_port);
         assert_eq!(pool.len(1), 0);
     }
@@ -641,12 +716,42 @@ mod tests {
         );
         // At t0 + 6 s the first has been idle 6 s (closed), the second 2 s (kept).
         let later = t0 + Duration::from_secs(6);
-        assert_eq!(
-            conn_id(&pool.take(1, Duration::from_secs(5), later).unwrap()),
-            fresh_port
-        );
-        assert!(pool.take(1, Duration::from_secs(5), later).is_none());
+        assert_eq!(conn_id(&pool.take(1, later).unwrap()), fresh_port);
+        assert!(pool.take(1, later).is_none());
         // The expired connection was really closed: its backend side reads end of stream.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), server_old.read(&mut buf))
+            .await
+            .expect("closed promptly")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn a_close_tokio_has_not_seen_yet_is_caught_at_the_socket() {
+        let pool = IdlePool::new(8);
+        let (conn, server) = pair().await;
+        let t0 = Instant::now();
+        pool.put(1, conn, IDLE, t0);
+        drop(server);
+        // Block the thread: tokio's event loop does not run, so it has not seen the close.
+        std::thread::sleep(Duration::from_millis(50));
+        // Idle for longer than PEEK_AFTER_IDLE: the socket itself is asked.
+        assert!(pool.take(1, t0 + Duration::from_secs(2)).is_none());
+        assert_eq!(pool.len(1), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_of_peers_no_longer_used_are_swept() {
+        let pool = IdlePool::new(8);
+        let (old, mut server_old) = pair().await;
+        let (other, _server_other) = pair().await;
+        let t0 = Instant::now();
+        pool.put(1, old, Duration::from_secs(1), t0);
+        // Only another peer is used from now on; its use sweeps peer 1's expired connection.
+        pool.put(2, other, IDLE, t0 + Duration::from_secs(3));
+        assert_eq!(pool.len(1), 0);
+        assert_eq!(pool.len(2), 1);
         let mut buf = [0u8; 1];
         let n = tokio::time::timeout(Duration::from_secs(2), server_old.read(&mut buf))
             .await
