@@ -654,6 +654,16 @@ mod tests {
         s.id()
     }
 
+    /// The pool closed the connection: its backend side reads end of stream.
+    async fn assert_closed(server: &mut tokio::net::TcpStream) {
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(2), server.read(&mut buf))
+            .await
+            .expect("closed promptly")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
     const IDLE: Duration = Duration::from_secs(30);
 
     #[tokio::test]
@@ -662,7 +672,7 @@ mod tests {
         let (a, _sa) = pair().await;
         let (b, _sb) = pair().await;
         let (c, _sc) = pair().await;
-        let (pa, pb, pc) = (conn_id(&a), conn_id(&b), conn_id(&c));
+        let (pb, pc) = (conn_id(&b), conn_id(&c));
         let now = Instant::now();
         pool.put(7, a, IDLE, now);
         pool.put(7, b, IDLE, now);
@@ -673,7 +683,6 @@ mod tests {
         assert_eq!(conn_id(&pool.take(7, now).unwrap()), pc);
         assert_eq!(conn_id(&pool.take(7, now).unwrap()), pb);
         assert!(pool.take(7, now).is_none());
-        let _ = pa;
     }
 
     #[tokio::test]
@@ -683,7 +692,7 @@ mod tests {
         let (closed, server_closed) = pair().await;
         let (chatty, mut server_chatty) = pair().await;
         let (live, _server_live) = pair().await;
-        let live_port = conn_id(&live);
+        let live_id = conn_id(&live);
         let now = Instant::now();
         pool.put(1, live, IDLE, now);
         pool.put(1, closed, IDLE, now);
@@ -696,7 +705,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The two newest are unusable; the live one underneath is found.
         let got = pool.take(1, Instant::now()).expect("the live connection");
-        assert_eq!(conn_id(&got), live_port);
+        assert_eq!(conn_id(&got), live_id);
         assert_eq!(pool.len(1), 0);
     }
 
@@ -705,7 +714,7 @@ mod tests {
         let pool = IdlePool::new(8);
         let (old, mut server_old) = pair().await;
         let (fresh, _server_fresh) = pair().await;
-        let fresh_port = conn_id(&fresh);
+        let fresh_id = conn_id(&fresh);
         let t0 = Instant::now();
         pool.put(1, old, Duration::from_secs(5), t0);
         pool.put(
@@ -716,15 +725,10 @@ mod tests {
         );
         // At t0 + 6 s the first has been idle 6 s (closed), the second 2 s (kept).
         let later = t0 + Duration::from_secs(6);
-        assert_eq!(conn_id(&pool.take(1, later).unwrap()), fresh_port);
+        assert_eq!(conn_id(&pool.take(1, later).unwrap()), fresh_id);
         assert!(pool.take(1, later).is_none());
         // The expired connection was really closed: its backend side reads end of stream.
-        let mut buf = [0u8; 1];
-        let n = tokio::time::timeout(Duration::from_secs(2), server_old.read(&mut buf))
-            .await
-            .expect("closed promptly")
-            .unwrap();
-        assert_eq!(n, 0);
+        assert_closed(&mut server_old).await;
     }
 
     #[tokio::test]
@@ -752,12 +756,7 @@ mod tests {
         pool.put(2, other, IDLE, t0 + Duration::from_secs(3));
         assert_eq!(pool.len(1), 0);
         assert_eq!(pool.len(2), 1);
-        let mut buf = [0u8; 1];
-        let n = tokio::time::timeout(Duration::from_secs(2), server_old.read(&mut buf))
-            .await
-            .expect("closed promptly")
-            .unwrap();
-        assert_eq!(n, 0);
+        assert_closed(&mut server_old).await;
     }
 
     #[tokio::test]

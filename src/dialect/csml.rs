@@ -264,10 +264,13 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
 // ---------------------------------------------------------------------------------------------
 // Answers
 
+/// A CSML answer's envelope; `P` is how each message payload is read: raw (`&RawValue`, kept for a
+/// CSML caller) or straight into its type ([`TypedPayload`]).
 #[derive(Deserialize)]
-struct AnswerWire<'a> {
+#[serde(bound(deserialize = "P: Deserialize<'de>"))]
+struct AnswerIn<'a, P> {
     #[serde(borrow)]
-    messages: Vec<MessageWire<'a>>,
+    messages: Vec<MessageIn<'a, P>>,
     #[serde(borrow, default)]
     client: Option<AnswerClientIn<'a>>,
     #[serde(default)]
@@ -283,11 +286,11 @@ struct AnswerClientIn<'a> {
 }
 
 #[derive(Deserialize)]
-struct MessageWire<'a> {
+#[serde(bound(deserialize = "P: Deserialize<'de>"))]
+struct MessageIn<'a, P> {
     #[serde(borrow, default)]
     conversation_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    payload: &'a RawValue,
+    payload: P,
 }
 
 #[derive(Deserialize)]
@@ -460,57 +463,54 @@ impl<'de: 'a, 'a> Deserialize<'de> for TypedPayload<'a> {
     }
 }
 
-/// Parses one CSML message payload: `Ok(None)` for messages with no canonical form (typing and wait
-/// are hints; the caller counts others as dropped via the returned flag).
-fn parse_payload<'a>(
-    payload: &'a RawValue,
-    i: usize,
-) -> Result<(Option<Reply<'a>>, bool), ProxyError> {
+/// Reads one raw message payload into its type, naming the message at fault.
+fn parse_payload<'a>(payload: &'a RawValue, i: usize) -> Result<TypedPayload<'a>, ProxyError> {
     let p: PayloadIn<'a> = serde_json::from_str(payload.get()).map_err(|e| {
         ProxyError::bad_answer(format!(
             "backend answer: messages[{i}].payload is invalid: {e}"
         ))
     })?;
     let kind = &*p.content_type;
-    let typed = ContentSeed(kind)
+    ContentSeed(kind)
         .deserialize(&mut serde_json::Deserializer::from_str(p.content.get()))
         .map_err(|e| {
             ProxyError::bad_answer(format!(
                 "backend answer: messages[{i}] ({kind}) has invalid content: {e}"
             ))
-        })?;
-    match typed {
-        TypedPayload::Reply(r) => Ok((Some(r), false)),
-        TypedPayload::Hint => Ok((None, false)),
-        TypedPayload::Unknown => Ok((None, true)),
-        TypedPayload::BotError(e) => Err(bot_error(&e)),
+        })
+}
+
+impl<'a, P> AnswerIn<'a, P> {
+    /// The canonical answer: the envelope's fields, and each message's payload read by `read`
+    /// (an error fails the answer) and added as a reply, skipped or counted as dropped. An `error`
+    /// message fails the answer with what `bot_error` makes of the bot's message.
+    fn into_answer<E>(
+        self,
+        mut read: impl FnMut(usize, P) -> Result<TypedPayload<'a>, E>,
+        bot_error: impl Fn(&str) -> E,
+    ) -> Result<ChatAnswer<'a>, E> {
+        let mut answer = ChatAnswer {
+            replies: Vec::with_capacity(self.messages.len()),
+            conversation_end: self.conversation_end,
+            ..ChatAnswer::default()
+        };
+        if let Some(c) = self.client {
+            answer.bot_id = c.bot_id;
+            answer.channel_id = c.channel_id;
+        }
+        for (i, m) in self.messages.into_iter().enumerate() {
+            if answer.conversation_id.is_none() {
+                answer.conversation_id = m.conversation_id;
+            }
+            match read(i, m.payload)? {
+                TypedPayload::Reply(r) => answer.replies.push(r),
+                TypedPayload::Hint => {}
+                TypedPayload::Unknown => answer.dropped += 1,
+                TypedPayload::BotError(e) => return Err(bot_error(&e)),
+            }
+        }
+        Ok(answer)
     }
-}
-
-fn bot_error(e: &str) -> ProxyError {
-    ProxyError::new(
-        502,
-        Reason::BotError,
-        format!("the bot reported an error: {e}"),
-    )
-}
-
-#[derive(Deserialize)]
-struct AnswerTyped<'a> {
-    #[serde(borrow)]
-    messages: Vec<MessageTyped<'a>>,
-    #[serde(borrow, default)]
-    client: Option<AnswerClientIn<'a>>,
-    #[serde(default)]
-    conversation_end: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct MessageTyped<'a> {
-    #[serde(borrow, default)]
-    conversation_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    payload: TypedPayload<'a>,
 }
 
 /// Parses a successful (2xx) CSML answer body (Chat API or engine `/run`) into the canonical answer.
@@ -532,53 +532,28 @@ pub fn parse_answer(body: &[u8], keep_raw: bool) -> Result<ChatAnswer<'_>, Proxy
 
 /// The answer in one pass, without the raw payloads: `None` for any answer that is not simply good.
 fn parse_answer_typed(body: &[u8]) -> Option<ChatAnswer<'_>> {
-    let wire: AnswerTyped<'_> = from_json(body).ok()?;
-    let mut answer = ChatAnswer {
-        replies: Vec::with_capacity(wire.messages.len()),
-        conversation_end: wire.conversation_end,
-        ..ChatAnswer::default()
-    };
-    if let Some(c) = wire.client {
-        answer.bot_id = c.bot_id;
-        answer.channel_id = c.channel_id;
-    }
-    for m in wire.messages {
-        if answer.conversation_id.is_none() {
-            answer.conversation_id = m.conversation_id;
-        }
-        match m.payload {
-            TypedPayload::Reply(r) => answer.replies.push(r),
-            TypedPayload::Hint => {}
-            TypedPayload::Unknown => answer.dropped += 1,
-            TypedPayload::BotError(_) => return None,
-        }
-    }
-    Some(answer)
+    let wire: AnswerIn<'_, TypedPayload<'_>> = from_json(body).ok()?;
+    wire.into_answer(|_, p| Ok(p), |_| ()).ok()
 }
 
 /// The answer read envelope first, then each payload, keeping the payloads raw.
 fn parse_answer_kept(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
-    let wire: AnswerWire<'_> = from_json(body)
+    let wire: AnswerIn<'_, &RawValue> = from_json(body)
         .map_err(|e| ProxyError::bad_answer(format!("backend answer is not a CSML answer: {e}")))?;
-    let mut answer = ChatAnswer {
-        replies: Vec::with_capacity(wire.messages.len()),
-        conversation_end: wire.conversation_end,
-        ..ChatAnswer::default()
-    };
-    if let Some(c) = wire.client {
-        answer.bot_id = c.bot_id;
-        answer.channel_id = c.channel_id;
-    }
     let mut raw = Vec::with_capacity(wire.messages.len());
-    for (i, m) in wire.messages.into_iter().enumerate() {
-        if answer.conversation_id.is_none() {
-            answer.conversation_id = m.conversation_id;
-        }
-        let (reply, dropped) = parse_payload(m.payload, i)?;
-        answer.replies.extend(reply);
-        answer.dropped += usize::from(dropped);
-        raw.push(m.payload);
-    }
+    let mut answer = wire.into_answer(
+        |i, payload| {
+            raw.push(payload);
+            parse_payload(payload, i)
+        },
+        |e| {
+            ProxyError::new(
+                502,
+                Reason::BotError,
+                format!("the bot reported an error: {e}"),
+            )
+        },
+    )?;
     answer.raw = Some((RawKind::CsmlPayload, raw));
     Ok(answer)
 }
