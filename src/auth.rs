@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::dialect::IngressDialect;
 use crate::error::{ProxyError, Reason};
 use crate::signing::{split_key, CsmlKey, SignatureError};
 
@@ -69,6 +68,16 @@ impl AuthReason {
         AuthReason::OutOfScope,
         AuthReason::Unavailable,
     ];
+
+    /// The `result` label of a refusal for this reason: the service being unreachable is an
+    /// error, anything else a denial.
+    pub fn result(self) -> &'static str {
+        if self == AuthReason::Unavailable {
+            "error"
+        } else {
+            "denied"
+        }
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -545,20 +554,6 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
         },
         csml,
     }))
-}
-
-/// Authenticates a caller of `dialect` against the configured credentials only.
-pub fn authenticate<'h>(
-    dialect: IngressDialect,
-    haptik: &HaptikClients,
-    csml: &CsmlClients,
-    header: impl Fn(&str) -> Option<&'h [u8]>,
-    now: u64,
-) -> Result<Arc<Grant>, Denied> {
-    match dialect {
-        IngressDialect::Haptik => haptik.verify_headers(header),
-        IngressDialect::Csml => csml.verify_headers(header, now),
-    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,9 @@ struct Service {
     upstream: Upstream,
     bearer: Option<String>,
     decisions: Cache<[u8; 32], Decision>,
+    /// `auth_cache_requests{result="hit"}` and `{result="miss"}`, resolved once.
+    cache_hit: prometheus::IntCounter,
+    cache_miss: prometheus::IntCounter,
     /// Valid grants remembered for `positive_ttl + serve_stale`, used only when the service fails.
     stale: Option<Cache<[u8; 32], Arc<Grant>>>,
 }
@@ -77,7 +80,6 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the authenticator for a configuration.
     /// Builds the authenticator for a configuration. On a reload, `previous` hands over the replay
     /// guard (when the tolerance is unchanged), so a signature used just before cannot be replayed just
     /// after; the decision cache always starts empty.
@@ -155,6 +157,8 @@ impl Authenticator {
             upstream: Upstream::new(64, 64 * 1024),
             bearer: c.bearer.clone(),
             decisions,
+            cache_hit: metrics.auth_cache_requests.with_label_values(&["hit"]),
+            cache_miss: metrics.auth_cache_requests.with_label_values(&["miss"]),
             stale,
         }
     }
@@ -199,12 +203,7 @@ impl Authenticator {
 
     /// Counts a refusal decided elsewhere (scope checks) or here.
     pub fn denied(&self, dialect: IngressDialect, reason: AuthReason) {
-        let result = if reason == AuthReason::Unavailable {
-            "error"
-        } else {
-            "denied"
-        };
-        self.count(dialect, result, reason.as_str());
+        self.count(dialect, reason.result(), reason.as_str());
     }
 
     fn count(&self, dialect: IngressDialect, result: &str, reason: &str) {
@@ -274,16 +273,10 @@ impl Authenticator {
         query: &AuthQuery<'_>,
     ) -> Result<(Decision, bool), Denied> {
         if let Some(d) = svc.decisions.get(&key).await {
-            self.metrics
-                .auth_cache_requests
-                .with_label_values(&["hit"])
-                .inc();
+            svc.cache_hit.inc();
             return Ok((d, false));
         }
-        self.metrics
-            .auth_cache_requests
-            .with_label_values(&["miss"])
-            .inc();
+        svc.cache_miss.inc();
         // Concurrent misses for the same key wait for this one call; errors are not cached.
         match svc.decisions.try_get_with(key, self.call(svc, query)).await {
             Ok(decision) => {

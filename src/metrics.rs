@@ -231,13 +231,8 @@ impl Metrics {
         for d in dialects {
             self.auth_decisions.with_label_values(&[d, "allowed", "ok"]);
             for r in AuthReason::ALL {
-                let result = if r == AuthReason::Unavailable {
-                    "error"
-                } else {
-                    "denied"
-                };
                 self.auth_decisions
-                    .with_label_values(&[d, result, r.as_str()]);
+                    .with_label_values(&[d, r.result(), r.as_str()]);
             }
             if with_service {
                 self.auth_decisions

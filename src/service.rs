@@ -312,9 +312,9 @@ impl ChatService {
             .header("accept", "application/json")
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
-        for (name, value) in backend.spec.auth_headers(signed_at) {
-            up.header(name, &value);
-        }
+        backend.spec.auth_headers(signed_at, |name, value| {
+            up.header(name, value);
+        });
         let request = up.body(&upstream_body);
 
         // Forward.
@@ -352,13 +352,15 @@ impl ChatService {
             );
         }
         let ids = ingress.ids_needed(&answer);
-        let interaction_id = match ingress {
-            IngressDialect::Csml => uuid::Uuid::new_v4().to_string(),
-            IngressDialect::Haptik => String::new(),
+        // Only CSML answers carry an interaction id and a channel (the business, else the route).
+        let (interaction_id, channel_id) = match ingress {
+            IngressDialect::Csml => (
+                uuid::Uuid::new_v4().to_string(),
+                req.business_id
+                    .map_or_else(|| route.name.clone(), |b| b.to_string()),
+            ),
+            IngressDialect::Haptik => (String::new(), String::new()),
         };
-        let channel_id = req
-            .business_id
-            .map_or_else(|| route.name.clone(), |b| b.to_string());
         let ctx = AnswerContext {
             message_id: self.next_message_id.fetch_add(ids, Ordering::Relaxed),
             received,

@@ -134,14 +134,15 @@ impl fmt::Debug for CsmlAuth {
 }
 
 impl CsmlAuth {
-    /// The headers that authenticate one request sent at `unix_secs`.
-    pub fn headers(&self, unix_secs: u64) -> Vec<(&'static str, String)> {
+    /// Hands `add` the headers that authenticate one request sent at `unix_secs`.
+    pub fn headers(&self, unix_secs: u64, mut add: impl FnMut(&'static str, &str)) {
         match self {
             CsmlAuth::Signed(k) => {
                 let s = k.sign(unix_secs);
-                vec![("x-api-key", s.api_key), ("x-api-signature", s.signature)]
+                add("x-api-key", &s.api_key);
+                add("x-api-signature", &s.signature);
             }
-            CsmlAuth::Plain(key) => vec![("x-api-key", key.clone())],
+            CsmlAuth::Plain(key) => add("x-api-key", key),
         }
     }
 }

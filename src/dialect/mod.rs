@@ -314,16 +314,19 @@ impl BackendSpec {
         }
     }
 
-    /// The headers that authenticate the proxy to the backend, for a request sent at `unix_secs`.
-    pub fn auth_headers(&self, unix_secs: u64) -> Vec<(&'static str, String)> {
+    /// Hands `add` the headers that authenticate the proxy to the backend, for a request sent at
+    /// `unix_secs`.
+    pub fn auth_headers(&self, unix_secs: u64, mut add: impl FnMut(&'static str, &str)) {
         match self {
-            BackendSpec::Csml { auth } => auth.headers(unix_secs),
-            BackendSpec::Haptik { token, client_id } => vec![
-                ("authorization", format!("Bearer {token}")),
-                ("client-id", client_id.clone()),
-            ],
+            BackendSpec::Csml { auth } => auth.headers(unix_secs, add),
+            BackendSpec::Haptik { token, client_id } => {
+                add("authorization", &format!("Bearer {token}"));
+                add("client-id", client_id);
+            }
             BackendSpec::CsmlEngine { api_key, .. } => {
-                api_key.iter().map(|k| ("x-api-key", k.clone())).collect()
+                if let Some(k) = api_key {
+                    add("x-api-key", k);
+                }
             }
         }
     }
