@@ -442,7 +442,12 @@ impl CsmlClients {
     /// The configured credential for presented credentials, if any (else the auth service may
     /// know it).
     pub fn lookup(&self, p: &CsmlPresented<'_>) -> Option<&Arc<Grant>> {
-        self.by_key_digest.get(&p.digest())
+        self.by_digest(&p.digest())
+    }
+
+    /// The configured caller whose key has this digest ([`CsmlPresented::digest`]).
+    pub fn by_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Grant>> {
+        self.by_key_digest.get(digest)
     }
 
     /// Reads and verifies a request's headers against the configured callers at `now`.

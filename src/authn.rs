@@ -238,11 +238,12 @@ impl Authenticator {
     ) -> Result<(Arc<Grant>, bool), Denied> {
         let p = csml_presented(header)?;
         let clients = &self.config.csml_clients;
-        let (grant, stale) = match (clients.lookup(&p), &self.service) {
+        let digest = p.digest();
+        let (grant, stale) = match (clients.by_digest(&digest), &self.service) {
             (Some(g), _) => (g.clone(), false),
             (None, Some(svc)) => {
                 let query = AuthQuery::csml(&p).ok_or_else(invalid_csml)?;
-                match Box::pin(self.ask(svc, p.digest(), &query)).await? {
+                match Box::pin(self.ask(svc, digest, &query)).await? {
                     (Decision::Allowed(g), stale) => (g, stale),
                     (Decision::Denied, _) => return Err(invalid_csml()),
                 }

@@ -545,9 +545,6 @@ impl Handler for ChatService {
                 a
             }
         };
-        if let Some(id) = &out.request_id {
-            answer = answer.with_header(REQUEST_ID, id.clone());
-        }
         self.record(
             &rt,
             &out,
@@ -555,6 +552,9 @@ impl Handler for ChatService {
             answer.body.len(),
             started.elapsed(),
         );
+        if let Some(id) = out.request_id {
+            answer = answer.with_header(REQUEST_ID, id);
+        }
         answer
     }
 }
