@@ -28,9 +28,14 @@ use prometheus::{Histogram, IntCounter};
 
 const REQUEST_ID: &str = "x-request-id";
 
+/// The wall clock the request path reads: once per request, for signing and timestamps. Tests pass
+/// their own to check time-dependent rules (signature tolerance) without waiting.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
 /// The chat listener's state: configuration, backend peers and the upstream pool.
 pub struct ChatService {
     runtime: Arc<ArcSwap<Runtime>>,
+    clock: Clock,
     upstream: Upstream,
     metrics: &'static Metrics,
     next_message_id: AtomicU64,
@@ -179,10 +184,15 @@ struct Outcome {
 }
 
 impl ChatService {
-    /// Builds the service on a (reloadable) runtime.
+    /// Builds the service on a (reloadable) runtime, on the system clock.
     pub fn new(runtime: Arc<ArcSwap<Runtime>>) -> Self {
+        Self::with_clock(runtime, Arc::new(SystemTime::now))
+    }
+
+    /// Builds the service on a (reloadable) runtime and the given wall clock.
+    pub fn with_clock(runtime: Arc<ArcSwap<Runtime>>, clock: Clock) -> Self {
         let server = runtime.load().config.server.clone();
-        let start_id = SystemTime::now()
+        let start_id = clock()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         ChatService {
@@ -191,6 +201,7 @@ impl ChatService {
             next_message_id: AtomicU64::new(start_id),
             user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
             runtime,
+            clock,
         }
     }
     /// The request path. Returns the answer body on success.
@@ -203,7 +214,7 @@ impl ChatService {
     ) -> Result<Vec<u8>, ProxyError> {
         // The wall clock is read once; later wall-clock times are derived from the monotonic clock
         // reads the request makes anyway.
-        let received = SystemTime::now();
+        let received = (self.clock)();
         // The caller's dialect as its headers tell it (refusals before routing use it too).
         let req_header = session.req_header();
         let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
