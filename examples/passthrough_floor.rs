@@ -46,7 +46,10 @@ impl Handler for Forward {
             .await
         {
             Ok(x) => Answer::json(x.status, x.body.to_vec()),
-            Err(e) => Answer::text(e.status, e.message.into_owned()),
+            Err(e) => {
+                let e = botbridge::error::ProxyError::from(e);
+                Answer::text(e.status, e.message.into_owned())
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::config::{AuthServiceConfig, Config, Endpoint};
 use crate::dialect::IngressDialect;
 use crate::error::{ProxyError, Reason};
 use crate::metrics::Metrics;
-use crate::upstream::{self, RequestBytes, Upstream};
+use crate::upstream::{self, RequestBytes, TransportKind, Upstream};
 
 /// A cached auth service decision.
 #[derive(Clone)]
@@ -339,10 +339,10 @@ impl Authenticator {
             ServiceError(reason)
         };
         let answer = result.map_err(|e| {
-            fail(match e.reason {
-                Reason::BackendTimeout => "timeout",
-                Reason::BackendConnect => "connect",
-                _ => "bad_answer",
+            fail(match e.kind {
+                TransportKind::Timeout | TransportKind::ConnectTimeout => "timeout",
+                TransportKind::Connect | TransportKind::Closed => "connect",
+                TransportKind::BadAnswer | TransportKind::TooLarge => "bad_answer",
             })
         })?;
         if answer.status != 200 {

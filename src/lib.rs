@@ -1,9 +1,11 @@
 //! botbridge: a protocol-translating reverse proxy for chatbot APIs.
 //!
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
-//! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O),
-//! [`httpio`] (bodies and answers), [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health), [`metrics`], [`demo`] (the
-//! built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`server`] (assembly), [`logging`].
+//! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O:
+//! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
+//! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
+//! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`server`]
+//! (assembly), [`logging`].
 
 pub mod admin;
 pub mod auth;

@@ -339,7 +339,9 @@ impl ChatService {
             )
             .await;
         out.backend_time = Some(started.elapsed());
-        let exchange = result.inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;
+        let exchange = result
+            .map_err(ProxyError::from)
+            .inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;
         out.from_backend = true;
 
         // Translate the answer back.

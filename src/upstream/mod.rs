@@ -1,0 +1,56 @@
+//! Talking to backends: HTTP/1.1 over pingora's transport (plain TCP or rustls TLS), with a pool of
+//! idle keep-alive connections of its own.
+//!
+//! One concern per file:
+//! - `request`: the request, written in one write from bytes built directly ([`RequestBytes`]);
+//! - `head` and `answer`: the answer, parsed with `httparse`, interim 1xx answers skipped, the body
+//!   framed by `Content-Length`, chunked encoding or the end of the connection, within a size limit;
+//! - `pool`: idle keep-alive connections, checked when taken out, expired and swept by idle time;
+//! - `exchange`: one request and its answer ([`Upstream::exchange`]) within the backend's read
+//!   timeout, delivered at most once;
+//! - `error`: how an exchange fails ([`TransportError`], by [`TransportKind`]).
+//!
+//! A connection goes back to the pool only when the answer was complete, exactly framed and
+//! keep-alive. No HTTP status is chosen here: the request path picks one from the
+//! [`TransportKind`] (`crate::error`).
+
+mod answer;
+mod error;
+mod exchange;
+mod head;
+mod pool;
+mod request;
+
+use bytes::Bytes;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+
+use crate::config::Endpoint;
+
+pub use error::{TransportError, TransportKind};
+pub use exchange::Upstream;
+pub use request::RequestBytes;
+
+/// A backend's answer: status and whole body.
+#[derive(Debug)]
+pub struct Exchange {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// A backend address as the client needs it: pingora's peer (address, TLS settings, timeouts) and
+/// the key its idle connections are pooled under. Built once per configuration.
+pub struct BackendPeer {
+    peer: HttpPeer,
+    /// pingora's reuse hash (address, scheme, SNI, TLS settings): connections are shared only
+    /// between identical peers, also across configuration reloads.
+    key: u64,
+}
+
+/// The peer for an endpoint.
+pub fn peer_for(ep: &Endpoint) -> BackendPeer {
+    let mut peer = HttpPeer::new(ep.addr, ep.tls, ep.host.clone());
+    peer.options.connection_timeout = Some(ep.connect_timeout);
+    peer.options.idle_timeout = Some(ep.pool_idle_timeout);
+    let key = peer.reuse_hash();
+    BackendPeer { peer, key }
+}
