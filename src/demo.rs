@@ -1,11 +1,13 @@
 //! The built-in demo bots, so the default `proxy.toml` works out of the box: one listener that
-//! speaks all three backend dialects.
+//! speaks all four backend dialects.
 //!
 //! - `POST /api/chat`: a CSML Chat API bot. It checks `x-api-key: KEY|TS` + `x-api-signature` exactly
 //!   as a CSML server would, so the proxy's re-signing is exercised on every demo request.
 //! - `POST /haptik/webhook`: a Haptik webhook bot (checks `Authorization: Bearer` + `client-id`) that
 //!   answers in Haptik's current HSL shape.
 //! - `POST /run`: a CSML engine bot (checks a plain `X-Api-Key`).
+//! - `POST /webhooks/rest/webhook`: a Rasa REST channel bot. Rasa's REST channel has no auth of its
+//!   own, so it checks nothing (a `?token=` query, as Rasa's HTTP API takes, is accepted and ignored).
 //!
 //! Each answers with three messages: a text, a question with two buttons, and an echo of what the
 //! user sent, rendered by the same dialect code the proxy uses.
@@ -19,7 +21,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::auth::{HaptikClient, HaptikClients};
-use crate::dialect::{csml, haptik, AnswerContext, AnswerShape};
+use crate::dialect::{csml, haptik, rasa, AnswerContext, AnswerShape};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Handler};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, Reply};
@@ -184,6 +186,21 @@ impl DemoBot {
     }
 }
 
+/// The Rasa REST answer the demo bot gives to a Rasa request body (an error in Rasa's shape when
+/// the body is not one), with its status.
+pub fn rasa_answer(body: &[u8]) -> (u16, Vec<u8>) {
+    match rasa::parse_request(body) {
+        Ok(req) => {
+            let answer = ChatAnswer {
+                replies: replies(&req),
+                ..ChatAnswer::default()
+            };
+            (200, rasa::render_answer(&req, &answer))
+        }
+        Err(e) => (e.status, rasa::render_error(&e)),
+    }
+}
+
 #[async_trait]
 impl Handler for DemoBot {
     async fn handle(&self, session: &mut ServerSession) -> Answer {
@@ -210,6 +227,10 @@ impl Handler for DemoBot {
             ),
             "/run" => self.engine(header("x-api-key").unwrap_or_default(), &body, now),
             "/haptik/webhook" => self.haptik(header, &body, now),
+            "/webhooks/rest/webhook" => {
+                let (status, body) = rasa_answer(&body);
+                Answer::json(status, body)
+            }
             _ => csml_error(ProxyError::new(404, Reason::NotFound, "not found")),
         }
     }
@@ -234,5 +255,28 @@ mod tests {
         assert_eq!(v["client"]["user_id"], "u");
         assert_eq!(v["client"]["bot_id"], "demo-bot");
         assert_eq!(v["received_at"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_rasa_demo_answers_in_rasas_shape() {
+        let (status, body) = rasa_answer(br#"{"sender":"u","message":"/affirm"}"#);
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"recipient_id":"u","text":"Hello from the botbridge demo bot!"},
+                {"recipient_id":"u","text":"Did that reach you?","buttons":[
+                    {"title":"Yes","payload":"YES"},{"title":"No","payload":"NO"}]},
+                {"recipient_id":"u","text":"You clicked: /affirm"},
+            ])
+        );
+        let parsed = rasa::parse_answer(status, &body).unwrap();
+        assert_eq!(parsed.replies.len(), 3);
+        let (status, body) = rasa_answer(br#"{"sender":"u"}"#);
+        assert_eq!(status, 400);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "failure");
+        assert_eq!(v["code"], 400);
     }
 }

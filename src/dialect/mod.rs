@@ -10,6 +10,7 @@ pub mod csml;
 pub mod csml_engine;
 pub mod haptik;
 pub mod hsl;
+pub mod rasa;
 
 use std::fmt;
 use std::time::SystemTime;
