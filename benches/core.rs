@@ -11,11 +11,11 @@ use botbridge::auth::{
     csml_presented, verify_csml, CsmlClientAuth, CsmlClients, Grant, HaptikClient, HaptikClients,
     Scope,
 };
+use botbridge::dialect::registry::{self, CSML, HAPTIK};
 use botbridge::dialect::{
-    AnswerContext, AnswerShape, BackendRequestContext, BackendSpec, FlowTriggerPolicy,
-    IngressDialect,
+    AnswerContext, AnswerShape, Bot, BotRequestContext, Caller, FixedIds, FlowTriggerPolicy,
 };
-use botbridge::signing::{CsmlAuth, CsmlKey};
+use botbridge::signing::CsmlKey;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const HAPTIK_REQ: &[u8] = br#"{"user":{"auth_id":"user-4711"},"message_body":"Hello, I would like to know my order status","message_type":0,"business_id":343}"#;
@@ -25,21 +25,21 @@ const HSL_ANSWER: &[u8] = br#"{"version":"1.0","timestamp":"2018-10-04T12:41:27.
 
 fn ctx(shape: AnswerShape) -> AnswerContext<'static> {
     AnswerContext {
-        message_id: 1,
+        ids: &FixedIds(1, "iid"),
         received: SystemTime::now(),
         request_id: "r-1",
-        interaction_id: "i-1",
         business_name: "biz",
         bot_name: "bot",
-        channel_id: "chan",
+        route_name: "chan",
+        business_id: None,
         shape,
     }
 }
 
 /// One full translation: caller body → backend body, backend answer → caller answer.
 fn round_trip(
-    ingress: IngressDialect,
-    spec: &BackendSpec,
+    ingress: Caller,
+    spec: &dyn Bot,
     request: &[u8],
     answer: &[u8],
     shape: AnswerShape,
@@ -48,35 +48,34 @@ fn round_trip(
     let up = spec
         .render_request(
             &req,
-            &BackendRequestContext {
+            &BotRequestContext {
                 request_id: "r-1",
                 business_id: req.business_id.or(Some(343)),
                 flow_trigger: FlowTriggerPolicy::Reject,
             },
         )
         .unwrap();
-    let parsed = spec.parse_answer(200, answer, ingress).unwrap();
+    let parsed = spec.parse_answer(200, answer, ingress.keeps_raw()).unwrap();
     up.len() + ingress.render_answer(&req, &parsed, &ctx(shape)).len()
 }
 
+/// A bot of `dialect` configured from a settings table written as TOML.
+fn bot(dialect: &str, settings: &str) -> Box<dyn Bot> {
+    registry::bot_dialect(dialect)
+        .unwrap()
+        .configure("backends[0]", toml::from_str(settings).unwrap())
+        .unwrap()
+}
+
 fn translation(c: &mut Criterion) {
-    let csml = BackendSpec::Csml {
-        auth: CsmlAuth::Signed(CsmlKey::new("k", b"s")),
-    };
-    let haptik = BackendSpec::Haptik {
-        token: "t".into(),
-        client_id: "c".into(),
-    };
-    let engine = BackendSpec::CsmlEngine {
-        bot_id: "b".into(),
-        channel_id: "ch".into(),
-        api_key: None,
-    };
+    let csml = bot("csml", "api_key = \"k\"\napi_secret = \"s\"");
+    let haptik = bot("haptik", "token = \"t\"\nclient_id = \"c\"");
+    let engine = bot("csml-engine", "bot_id = \"b\"\nchannel_id = \"ch\"");
     let mut g = c.benchmark_group("translate");
     type Case<'a> = (
         &'a str,
-        IngressDialect,
-        &'a BackendSpec,
+        Caller,
+        &'a dyn Bot,
         &'a [u8],
         &'a [u8],
         AnswerShape,
@@ -84,48 +83,48 @@ fn translation(c: &mut Criterion) {
     let cases: [Case; 6] = [
         (
             "haptik_to_csml",
-            IngressDialect::Haptik,
-            &csml,
+            HAPTIK,
+            &*csml,
             HAPTIK_REQ,
             CSML_ANSWER.as_bytes(),
             AnswerShape::Legacy,
         ),
         (
             "haptik_to_haptik_hsl",
-            IngressDialect::Haptik,
-            &haptik,
+            HAPTIK,
+            &*haptik,
             HAPTIK_REQ,
             HSL_ANSWER,
             AnswerShape::Hsl,
         ),
         (
             "haptik_to_engine",
-            IngressDialect::Haptik,
-            &engine,
+            HAPTIK,
+            &*engine,
             HAPTIK_REQ,
             CSML_ANSWER.as_bytes(),
             AnswerShape::Legacy,
         ),
         (
             "csml_to_csml",
-            IngressDialect::Csml,
-            &csml,
+            CSML,
+            &*csml,
             CSML_REQ,
             CSML_ANSWER.as_bytes(),
             AnswerShape::Legacy,
         ),
         (
             "csml_to_haptik_hsl",
-            IngressDialect::Csml,
-            &haptik,
+            CSML,
+            &*haptik,
             CSML_REQ,
             HSL_ANSWER,
             AnswerShape::Legacy,
         ),
         (
             "csml_to_engine",
-            IngressDialect::Csml,
-            &engine,
+            CSML,
+            &*engine,
             CSML_REQ,
             CSML_ANSWER.as_bytes(),
             AnswerShape::Legacy,
@@ -140,15 +139,15 @@ fn translation(c: &mut Criterion) {
 
     // The four steps of the benchmark's own path (a Haptik caller, a CSML bot) one by one.
     let mut g = c.benchmark_group("haptik_to_csml_steps");
-    let haptik = IngressDialect::Haptik;
+    let haptik = HAPTIK;
     let req = haptik.parse_request(HAPTIK_REQ).unwrap();
-    let up_ctx = BackendRequestContext {
+    let up_ctx = BotRequestContext {
         request_id: "r-1",
         business_id: Some(343),
         flow_trigger: FlowTriggerPolicy::Reject,
     };
     let answer = csml
-        .parse_answer(200, CSML_ANSWER.as_bytes(), haptik)
+        .parse_answer(200, CSML_ANSWER.as_bytes(), false)
         .unwrap();
     let legacy = ctx(AnswerShape::Legacy);
     g.bench_function("parse_haptik_request", |b| {
@@ -159,13 +158,13 @@ fn translation(c: &mut Criterion) {
     });
     g.bench_function("parse_csml_answer", |b| {
         b.iter(|| {
-            csml.parse_answer(200, black_box(CSML_ANSWER.as_bytes()), haptik)
+            csml.parse_answer(200, black_box(CSML_ANSWER.as_bytes()), false)
                 .unwrap()
         })
     });
     g.bench_function("parse_csml_answer_keeping_payloads", |b| {
         b.iter(|| {
-            csml.parse_answer(200, black_box(CSML_ANSWER.as_bytes()), IngressDialect::Csml)
+            csml.parse_answer(200, black_box(CSML_ANSWER.as_bytes()), true)
                 .unwrap()
         })
     });

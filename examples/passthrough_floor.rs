@@ -6,8 +6,8 @@
 //! Run: `cargo run --release --example passthrough_floor -- LISTEN BACKEND_ADDR`
 
 use async_trait::async_trait;
-use botbridge::config::Endpoint;
 use botbridge::httpio::{self, Answer, App, Handler};
+use botbridge::upstream::Endpoint;
 use botbridge::upstream::{self, RequestBytes, Upstream};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::http::ServerSession;

@@ -103,7 +103,7 @@ pub struct Denied {
 }
 
 impl Denied {
-    fn new(reason: AuthReason, message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+    pub fn new(reason: AuthReason, message: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         Denied {
             reason,
             error: ProxyError::unauthorized(message),
@@ -465,14 +465,161 @@ impl CsmlClients {
     }
 }
 
+/// A credential as a caller presented it, by kind. Each caller dialect reads its own from the request
+/// head; several dialects may share a kind.
+#[derive(Debug)]
+pub enum Presented<'h> {
+    /// A client id and a bearer token (Haptik's kind).
+    ClientToken(HaptikPresented<'h>),
+    /// An API key, plain or signed (CSML's kind).
+    ApiKey(CsmlPresented<'h>),
+    /// A bare token (a bearer token or a `?token=`), valid only for the dialect that presents it.
+    Token(TokenPresented<'h>),
+}
+
+/// A bare token presented by a caller of `dialect`.
+#[derive(Clone)]
+pub struct TokenPresented<'h> {
+    pub dialect: &'static str,
+    pub token: std::borrow::Cow<'h, [u8]>,
+}
+
+impl fmt::Debug for TokenPresented<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenPresented")
+            .field("dialect", &self.dialect)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl TokenPresented<'_> {
+    /// The lookup and cache key: the dialect and the token, hashed; never the token itself.
+    pub fn digest(&self) -> [u8; 32] {
+        token_digest(self.dialect, &self.token)
+    }
+}
+
+/// The key a bare token is stored and cached under.
+pub fn token_digest(dialect: &str, token: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(dialect.as_bytes());
+    h.update(b"\0token\0");
+    h.update(token);
+    h.finalize().into()
+}
+
+/// A configured caller credential, by kind, as a dialect reads it from `[[clients.<dialect>]]`.
+#[derive(Debug)]
+pub enum ClientCredential {
+    /// A client id with its token (Haptik's kind).
+    ClientToken {
+        client_id: String,
+        client: HaptikClient,
+    },
+    /// An API key (CSML's kind).
+    ApiKey { key: String, grant: Grant },
+    /// A bare token, kept as [`token_digest`].
+    Token { digest: [u8; 32], grant: Grant },
+}
+
+/// The configured bare tokens of every dialect that uses them, by [`token_digest`].
+#[derive(Debug, Clone, Default)]
+pub struct TokenClients {
+    by_digest: HashMap<[u8; 32], Arc<Grant>>,
+}
+
+impl TokenClients {
+    /// Adds a token; false if it was already taken.
+    pub fn insert(&mut self, digest: [u8; 32], grant: Grant) -> bool {
+        self.by_digest.insert(digest, Arc::new(grant)).is_none()
+    }
+
+    /// The grant of a presented token. Found by the digest of the token, so the token itself is
+    /// never compared byte by byte.
+    pub fn lookup(&self, p: &TokenPresented<'_>) -> Option<&Arc<Grant>> {
+        self.by_digest.get(&p.digest())
+    }
+}
+
+/// Reads a bare token from `Authorization: Bearer <token>` or the query's `token=` parameter
+/// (percent-decoded). Refuses a missing token with `message`.
+pub fn token_presented<'h>(
+    dialect: &'static str,
+    authorization: Option<&'h [u8]>,
+    query: Option<&'h str>,
+) -> Result<TokenPresented<'h>, Denied> {
+    let bearer = authorization.map(<[u8]>::trim_ascii).and_then(|v| {
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+    });
+    let from_query = || {
+        query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(percent_decode)
+    };
+    let token = match bearer {
+        Some(t) => std::borrow::Cow::Borrowed(t),
+        None => std::borrow::Cow::Owned(from_query().unwrap_or_default()),
+    };
+    if token.is_empty() {
+        return Err(Denied::new(
+            AuthReason::Missing,
+            "missing token: send ?token=<token> or Authorization: Bearer <token>",
+        ));
+    }
+    Ok(TokenPresented { dialect, token })
+}
+
+/// `%XX` and `+` decoding of a query value; malformed escapes stay as they are.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every configured caller credential, by kind.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub client_tokens: HaptikClients,
+    pub api_keys: CsmlClients,
+    pub tokens: TokenClients,
+}
+
 /// What the proxy asks the auth service (`POST`, JSON). `Debug` hides the token and the key.
 #[derive(Serialize)]
-#[serde(tag = "dialect", rename_all = "lowercase")]
+#[serde(untagged)]
 pub enum AuthQuery<'a> {
     /// `{"dialect":"haptik","client_id":"…","token":"…"}`
-    Haptik { client_id: &'a str, token: &'a str },
+    Haptik {
+        dialect: &'static str,
+        client_id: &'a str,
+        token: &'a str,
+    },
     /// `{"dialect":"csml","key":"…"}`
-    Csml { key: &'a str },
+    Csml { dialect: &'static str, key: &'a str },
+    /// `{"dialect":"<name>","token":"…"}`: a bare token of a dialect that uses one.
+    Token {
+        dialect: &'static str,
+        token: &'a str,
+    },
 }
 
 impl fmt::Debug for AuthQuery<'_> {
@@ -484,6 +631,11 @@ impl fmt::Debug for AuthQuery<'_> {
                 .field("token", &"<redacted>")
                 .finish(),
             AuthQuery::Csml { .. } => f.debug_struct("Csml").field("key", &"<redacted>").finish(),
+            AuthQuery::Token { dialect, .. } => f
+                .debug_struct("Token")
+                .field("dialect", dialect)
+                .field("token", &"<redacted>")
+                .finish(),
         }
     }
 }
@@ -492,6 +644,7 @@ impl<'a> AuthQuery<'a> {
     /// The query for Haptik credentials (`None` if they are not UTF-8, which no service knows).
     pub fn haptik(p: &HaptikPresented<'a>) -> Option<Self> {
         Some(AuthQuery::Haptik {
+            dialect: "haptik",
             client_id: std::str::from_utf8(p.client_id).ok()?,
             token: std::str::from_utf8(p.token).ok()?,
         })
@@ -500,7 +653,16 @@ impl<'a> AuthQuery<'a> {
     /// The query for a CSML key.
     pub fn csml(p: &CsmlPresented<'a>) -> Option<Self> {
         Some(AuthQuery::Csml {
+            dialect: "csml",
             key: std::str::from_utf8(p.key).ok()?,
+        })
+    }
+
+    /// The query for a bare token of `dialect`.
+    pub fn token(dialect: &'static str, token: &'a [u8]) -> Option<Self> {
+        Some(AuthQuery::Token {
+            dialect,
+            token: std::str::from_utf8(token).ok()?,
         })
     }
 }
@@ -538,17 +700,21 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
         return Ok(None);
     }
     let csml = match query {
-        AuthQuery::Haptik { .. } => None,
-        AuthQuery::Csml { key } => Some(match (v.auth.as_deref().unwrap_or("signed"), v.secret) {
-            ("signed", Some(secret)) if !secret.is_empty() => {
-                CsmlClientAuth::Signed(CsmlKey::new(*key, secret.as_bytes()))
-            }
-            ("signed", _) => {
-                return Err("a valid signed CSML key needs a non-empty `secret`".into())
-            }
-            ("plain", _) => CsmlClientAuth::Plain,
-            (other, _) => return Err(format!("`auth` must be `signed` or `plain`, not `{other}`")),
-        }),
+        AuthQuery::Haptik { .. } | AuthQuery::Token { .. } => None,
+        AuthQuery::Csml { key, .. } => {
+            Some(match (v.auth.as_deref().unwrap_or("signed"), v.secret) {
+                ("signed", Some(secret)) if !secret.is_empty() => {
+                    CsmlClientAuth::Signed(CsmlKey::new(*key, secret.as_bytes()))
+                }
+                ("signed", _) => {
+                    return Err("a valid signed CSML key needs a non-empty `secret`".into())
+                }
+                ("plain", _) => CsmlClientAuth::Plain,
+                (other, _) => {
+                    return Err(format!("`auth` must be `signed` or `plain`, not `{other}`"))
+                }
+            })
+        }
     };
     Ok(Some(Grant {
         name: v.name.unwrap_or_else(|| "auth-service".into()).into(),
@@ -763,6 +929,7 @@ mod tests {
     #[test]
     fn auth_service_contract() {
         let q = AuthQuery::Haptik {
+            dialect: "haptik",
             client_id: "c",
             token: "t",
         };
@@ -770,7 +937,10 @@ mod tests {
             serde_json::to_value(&q).unwrap(),
             serde_json::json!({"dialect":"haptik","client_id":"c","token":"t"})
         );
-        let q = AuthQuery::Csml { key: "k" };
+        let q = AuthQuery::Csml {
+            dialect: "csml",
+            key: "k",
+        };
         assert_eq!(
             serde_json::to_value(&q).unwrap(),
             serde_json::json!({"dialect":"csml","key":"k"})

@@ -13,16 +13,16 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
-use pingora::http::RequestHeader;
 
 use crate::auth::{
-    self, csml_presented, grant_from_verdict, haptik_presented, AuthQuery, AuthReason, AuthVerdict,
-    Denied, Grant,
+    self, grant_from_verdict, AuthQuery, AuthReason, AuthVerdict, CsmlPresented, Denied, Grant,
+    HaptikPresented, Presented, TokenPresented,
 };
-use crate::config::{AuthServiceConfig, Config, Endpoint};
-use crate::dialect::IngressDialect;
+use crate::config::{AuthServiceConfig, Config};
+use crate::dialect::{registry, Caller, RequestHead};
 use crate::error::{ProxyError, Reason};
 use crate::metrics::Metrics;
+use crate::upstream::Endpoint;
 use crate::upstream::{self, RequestBytes, TransportKind, Upstream};
 
 /// A cached auth service decision.
@@ -75,8 +75,8 @@ pub struct Authenticator {
     service: Option<Service>,
     replay: Option<Arc<moka::sync::Cache<[u8; 32], ()>>>,
     metrics: &'static Metrics,
-    /// `allowed/ok` for Haptik and CSML callers, resolved once (the per-request case).
-    allowed: [prometheus::IntCounter; 2],
+    /// `allowed/ok` per caller dialect (by registry index), resolved once (the per-request case).
+    allowed: Vec<prometheus::IntCounter>,
 }
 
 impl Authenticator {
@@ -85,19 +85,19 @@ impl Authenticator {
     /// after; the decision cache always starts empty.
     pub fn new(config: Arc<Config>, previous: Option<&Authenticator>) -> Self {
         let metrics = Metrics::global();
-        let dialects = ["haptik", "csml"];
+        let dialects = registry::caller_names();
         metrics.register_auth(&dialects, config.auth_service.is_some());
         let service = config
             .auth_service
             .as_ref()
             .map(|c| Self::service(c, metrics));
-        let tolerance = config.csml_clients.tolerance_secs();
-        let replay = config.csml_replay_guard.then(|| {
+        let tolerance = config.clients.credentials.api_keys.tolerance_secs();
+        let replay = config.clients.csml_replay_guard.then(|| {
             previous
                 .and_then(|p| {
-                    p.replay
-                        .as_ref()
-                        .filter(|_| p.config.csml_clients.tolerance_secs() == tolerance)
+                    p.replay.as_ref().filter(|_| {
+                        p.config.clients.credentials.api_keys.tolerance_secs() == tolerance
+                    })
                 })
                 .cloned()
                 .unwrap_or_else(|| {
@@ -111,11 +111,13 @@ impl Authenticator {
                     )
                 })
         });
-        let allowed = [IngressDialect::Haptik, IngressDialect::Csml].map(|d| {
-            metrics
-                .auth_decisions
-                .with_label_values(&[d.as_str(), "allowed", "ok"])
-        });
+        let allowed = registry::callers()
+            .map(|d| {
+                metrics
+                    .auth_decisions
+                    .with_label_values(&[d.as_str(), "allowed", "ok"])
+            })
+            .collect();
         Authenticator {
             config,
             service,
@@ -173,21 +175,23 @@ impl Authenticator {
         }
     }
 
-    /// Authenticates a caller of `dialect` from its request headers at `now` (unix seconds).
+    /// Authenticates a caller of `dialect` from its request head at `now` (unix seconds): the
+    /// dialect reads the credential, then it is checked by its kind.
     pub async fn authenticate(
         &self,
-        dialect: IngressDialect,
-        req: &RequestHeader,
+        dialect: Caller,
+        head: &dyn RequestHead,
         now: u64,
     ) -> Result<Arc<Grant>, Denied> {
-        let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
-        let result = match dialect {
-            IngressDialect::Haptik => self.haptik(header).await,
-            IngressDialect::Csml => self.csml(header, now).await,
+        let result = match dialect.credential(head) {
+            Ok(Presented::ClientToken(p)) => self.haptik(p).await,
+            Ok(Presented::ApiKey(p)) => self.csml(p, now).await,
+            Ok(Presented::Token(p)) => self.token(p).await,
+            Err(d) => Err(d),
         };
         match result {
             Ok((grant, false)) => {
-                self.allowed[dialect as usize].inc();
+                self.allowed[dialect.index()].inc();
                 Ok(grant)
             }
             Ok((grant, true)) => {
@@ -202,23 +206,35 @@ impl Authenticator {
     }
 
     /// Counts a refusal decided elsewhere (scope checks) or here.
-    pub fn denied(&self, dialect: IngressDialect, reason: AuthReason) {
+    pub fn denied(&self, dialect: Caller, reason: AuthReason) {
         self.count(dialect, reason.result(), reason.as_str());
     }
 
-    fn count(&self, dialect: IngressDialect, result: &str, reason: &str) {
+    fn count(&self, dialect: Caller, result: &str, reason: &str) {
         self.metrics
             .auth_decisions
             .with_label_values(&[dialect.as_str(), result, reason])
             .inc();
     }
 
-    async fn haptik<'h>(
-        &self,
-        header: impl Fn(&str) -> Option<&'h [u8]>,
-    ) -> Result<(Arc<Grant>, bool), Denied> {
-        let p = haptik_presented(header)?;
-        let clients = &self.config.haptik_clients;
+    /// A bare token: the configured ones, else the auth service.
+    async fn token(&self, p: TokenPresented<'_>) -> Result<(Arc<Grant>, bool), Denied> {
+        let tokens = &self.config.clients.credentials.tokens;
+        match (tokens.lookup(&p), &self.service) {
+            (Some(g), _) => Ok((g.clone(), false)),
+            (None, Some(svc)) => {
+                let query = AuthQuery::token(p.dialect, &p.token).ok_or_else(invalid_token)?;
+                match Box::pin(self.ask(svc, p.digest(), &query)).await? {
+                    (Decision::Allowed(g), stale) => Ok((g, stale)),
+                    (Decision::Denied, _) => Err(invalid_token()),
+                }
+            }
+            (None, None) => Err(invalid_token()),
+        }
+    }
+
+    async fn haptik(&self, p: HaptikPresented<'_>) -> Result<(Arc<Grant>, bool), Denied> {
+        let clients = &self.config.clients.credentials.client_tokens;
         match &self.service {
             Some(svc) if !clients.knows(p.client_id) => {
                 let query = AuthQuery::haptik(&p).ok_or_else(invalid_haptik)?;
@@ -231,13 +247,8 @@ impl Authenticator {
         }
     }
 
-    async fn csml<'h>(
-        &self,
-        header: impl Fn(&str) -> Option<&'h [u8]>,
-        now: u64,
-    ) -> Result<(Arc<Grant>, bool), Denied> {
-        let p = csml_presented(header)?;
-        let clients = &self.config.csml_clients;
+    async fn csml(&self, p: CsmlPresented<'_>, now: u64) -> Result<(Arc<Grant>, bool), Denied> {
+        let clients = &self.config.clients.credentials.api_keys;
         let digest = p.digest();
         let (grant, stale) = match (clients.by_digest(&digest), &self.service) {
             (Some(g), _) => (g.clone(), false),
@@ -365,6 +376,13 @@ fn invalid_haptik() -> Denied {
     Denied {
         reason: AuthReason::Invalid,
         error: ProxyError::unauthorized(auth::MSG_INVALID),
+    }
+}
+
+fn invalid_token() -> Denied {
+    Denied {
+        reason: AuthReason::Invalid,
+        error: ProxyError::unauthorized("invalid token"),
     }
 }
 

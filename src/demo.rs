@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::auth::{HaptikClient, HaptikClients};
-use crate::dialect::{csml, haptik, rasa, AnswerContext, AnswerShape};
+use crate::dialect::{csml, haptik, rasa, AnswerContext, AnswerShape, FixedIds};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Handler};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, Reply};
@@ -82,7 +82,8 @@ pub fn csml_answer(req: &ChatRequest<'_>, request_id: &str, received: SystemTime
         channel_id: Some(Cow::Borrowed("demo-channel")),
         ..ChatAnswer::default()
     };
-    let ids = uuid::Uuid::new_v4().to_string();
+    let interaction = uuid::Uuid::new_v4().to_string();
+    let ids = FixedIds(message_id(received), &interaction);
     csml::render_answer(
         req,
         &answer,
@@ -93,22 +94,27 @@ pub fn csml_answer(req: &ChatRequest<'_>, request_id: &str, received: SystemTime
 /// The answer context of the demo bots.
 fn demo_context<'a>(
     request_id: &'a str,
-    ids: &'a str,
+    ids: &'a FixedIds<'a>,
     received: SystemTime,
     shape: AnswerShape,
 ) -> AnswerContext<'a> {
     AnswerContext {
-        message_id: received
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64),
+        ids,
         received,
         request_id,
-        interaction_id: ids,
         business_name: "demo",
         bot_name: "demo-bot",
-        channel_id: "demo-channel",
+        route_name: "demo-channel",
+        business_id: None,
         shape,
     }
+}
+
+/// The demo bots' message ids: the time of the request in microseconds.
+fn message_id(received: SystemTime) -> u64 {
+    received
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
 }
 
 fn csml_error(err: ProxyError) -> Answer {
@@ -178,7 +184,8 @@ impl DemoBot {
                     bot_id: Some(Cow::Borrowed("demo-haptik-bot")),
                     ..ChatAnswer::default()
                 };
-                let ctx = demo_context("", "", now, AnswerShape::Hsl);
+                let ids = FixedIds(message_id(now), "");
+                let ctx = demo_context("", &ids, now, AnswerShape::Hsl);
                 Answer::json(200, haptik::render_answer(&req, &answer, &ctx))
             }
             Err(e) => herr(e),

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            botbridge::logging::init(config.log.format, &config.log.filter);
+            botbridge::logging::init(config.process.log.format, &config.process.log.filter);
             botbridge::server::run(
                 config,
                 cli.config,

@@ -30,7 +30,7 @@ pub struct RunOptions {
 /// Runs the proxy until it is told to stop. Never returns.
 pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     let config = Arc::new(config);
-    let s = &config.server;
+    let s = &config.process.server;
     let conf = ServerConf {
         threads: s.threads,
         grace_period_seconds: Some(s.grace_period_seconds),
@@ -62,7 +62,7 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         "admin".to_string(),
         App(AdminService::new(reloader.clone())),
     );
-    admin.add_tcp(&config.admin_listen.to_string());
+    admin.add_tcp(&config.process.admin.listen.to_string());
     admin.threads = Some(1);
 
     if let Some(demo) = &config.demo {
@@ -75,7 +75,7 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         server.add_service(bot);
         tracing::info!(listen = %demo.listen, "demo bot enabled");
     }
-    for caller in &config.demo_credentials_in_use {
+    for caller in &config.clients.demo_credentials_in_use {
         tracing::warn!(
             caller = %caller,
             "a caller uses the shipped demo credentials: replace them before exposing the proxy"
@@ -83,7 +83,7 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     }
     tracing::info!(
         listen = %s.listen,
-        admin = %config.admin_listen,
+        admin = %config.process.admin.listen,
         routes = config.routes.len(),
         backends = config.backends.len(),
         version = env!("CARGO_PKG_VERSION"),

@@ -1,30 +1,32 @@
-//! The public listener: the chat request path, read top to bottom in [`ChatService::serve`].
+//! The public listener: the chat request path, as the named phases [`ChatService::serve`] lists.
 //!
-//! read and bound → route → authenticate → parse → pick the backend → translate → sign → forward →
-//! translate back → answer → record. Nothing reaches a backend before the whole body was read,
-//! authenticated, validated and translated; every error is rendered in the caller's dialect.
+//! admit (route, method, dialect, authenticate) → read and parse → to the bot (target, scope,
+//! translate, sign) → forward → to the caller. Nothing reaches a backend before the whole body was
+//! read, authenticated, validated and translated; every error is rendered in the caller's dialect.
+//! Vendor rules live in the dialects (`crate::dialect`); this file only calls their verbs.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 
-use arc_swap::ArcSwap;
-
+use crate::auth::Grant;
 use crate::authn::Authenticator;
-use crate::config::{Config, Route};
-use crate::dialect::{self, AnswerContext, BackendRequestContext, IngressDialect};
+use crate::config::{Backend, Config, Route, Target};
+use crate::dialect::{
+    self, registry, AnswerContext, AnswerIds, BotRequestContext, Caller, RequestHead,
+};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
-use crate::metrics::{self, Metrics};
-use crate::model::request_id_is_sane;
-use crate::upstream::{self, RequestBytes, Upstream};
-use prometheus::{Histogram, IntCounter};
+use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
+use crate::model::{request_id_is_sane, ChatRequest};
+use crate::upstream::{self, Exchange, RequestBytes, Upstream};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -51,67 +53,8 @@ pub struct Runtime {
     /// Caller authentication, with its own (fresh) auth service decision cache.
     pub authn: Arc<Authenticator>,
     route_metrics: Vec<RouteMetrics>,
-}
-
-/// The metric handles of one (ingress dialect, backend) pair of a route.
-struct PairMetrics {
-    ingress: IngressDialect,
-    backend: usize,
-    ok_from_backend: IntCounter,
-    duration: Histogram,
-    backend_duration: Histogram,
-}
-
-/// A route's metric handles, resolved once per configuration so the common request hashes no labels.
-struct RouteMetrics {
-    request_bytes: Histogram,
-    answer_bytes: Histogram,
-    pairs: Vec<PairMetrics>,
-}
-
-impl RouteMetrics {
-    fn new(m: &Metrics, config: &Config, r: &Route) -> Self {
-        let mut pairs = Vec::new();
-        let backends = r.backends();
-        for ingress in [IngressDialect::Haptik, IngressDialect::Csml] {
-            if !r.ingress.accepts(ingress) {
-                continue;
-            }
-            for &b in &backends {
-                let bd = config.backends[b].spec.dialect().as_str();
-                pairs.push(PairMetrics {
-                    ingress,
-                    backend: b,
-                    ok_from_backend: m.requests.with_label_values(&[
-                        &r.name,
-                        ingress.as_str(),
-                        bd,
-                        "2xx",
-                        "backend",
-                    ]),
-                    duration: m.request_duration.with_label_values(&[
-                        &r.name,
-                        ingress.as_str(),
-                        bd,
-                    ]),
-                    backend_duration: m
-                        .backend_duration
-                        .with_label_values(&[&r.name, &config.backends[b].name]),
-                });
-            }
-        }
-        RouteMetrics {
-            request_bytes: m.request_bytes.with_label_values(&[&r.name]),
-            answer_bytes: m.answer_bytes.with_label_values(&[&r.name]),
-            pairs,
-        }
-    }
-
-    fn pair(&self, ingress: IngressDialect, backend: usize) -> Option<&PairMetrics> {
-        self.pairs
-            .iter()
-            .find(|p| p.ingress == ingress && p.backend == backend)
-    }
+    /// The dialects `ingress = "auto"` means, for refusals before a route is known.
+    auto: Vec<Caller>,
 }
 
 impl Runtime {
@@ -122,65 +65,64 @@ impl Runtime {
         for b in &config.backends {
             metrics.register_backend(&b.name);
         }
-        for r in &config.routes {
-            let reach = r.backends();
-            let backends: Vec<&str> = reach
-                .iter()
-                .map(|&b| config.backends[b].name.as_str())
-                .collect();
-            let mut dialects: Vec<&str> = reach
-                .iter()
-                .map(|&b| config.backends[b].spec.dialect().as_str())
-                .collect();
-            dialects.sort_unstable();
-            dialects.dedup();
-            for ingress in [IngressDialect::Haptik, IngressDialect::Csml] {
-                if r.ingress.accepts(ingress) {
-                    metrics.register_route(&r.name, ingress.as_str(), &dialects, &backends);
-                }
-            }
-        }
         Runtime {
-            routes_by_path: config
-                .routes
-                .iter()
-                .enumerate()
+            routes_by_path: (config.routes.iter().enumerate())
                 .map(|(i, r)| (r.path.clone(), i))
                 .collect(),
-            peers: config
-                .backends
-                .iter()
+            peers: (config.backends.iter())
                 .map(|b| upstream::peer_for(&b.endpoint))
                 .collect(),
             authn: Arc::new(Authenticator::new(
                 config.clone(),
                 previous.map(|p| &*p.authn),
             )),
-            route_metrics: config
-                .routes
-                .iter()
+            route_metrics: (config.routes.iter())
                 .map(|r| RouteMetrics::new(metrics, &config, r))
                 .collect(),
+            auto: registry::callers().filter(|c| c.in_auto()).collect(),
             config,
         }
     }
+}
 
-    fn route(&self, idx: usize) -> &Route {
-        &self.config.routes[idx]
+/// A request head as the dialects see it.
+struct Head<'a>(&'a RequestHeader);
+
+impl RequestHead for Head<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn query(&self) -> Option<&str> {
+        self.0.uri.query()
     }
 }
 
-/// What one request did, for the access log and metrics.
-struct Outcome {
-    route: Option<usize>,
-    ingress: Option<IngressDialect>,
-    backend: Option<usize>,
-    request_id: Option<String>,
-    bytes_in: usize,
-    backend_time: Option<Duration>,
-    error: Option<Reason>,
-    /// Whether the answer came from the backend (translated) rather than from the proxy alone.
-    from_backend: bool,
+/// What admission established: the route, the caller's dialect and credential, and the body if
+/// detection had to read it.
+struct Admitted<'r> {
+    route: &'r Route,
+    ingress: Caller,
+    grant: Arc<Grant>,
+    body: Option<Bytes>,
+}
+
+/// A request ready for its bot: the backend, the bytes to send.
+struct ToBot<'r> {
+    target: &'r Target,
+    backend: &'r Backend,
+    request: Vec<u8>,
+}
+
+/// Message and interaction ids for one answer, drawn from the service's counter on demand.
+struct ServiceIds<'a>(&'a AtomicU64);
+
+impl AnswerIds for ServiceIds<'_> {
+    fn message_ids(&self, count: u64) -> u64 {
+        self.0.fetch_add(count, Ordering::Relaxed)
+    }
+    fn interaction_id(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
 }
 
 impl ChatService {
@@ -191,7 +133,7 @@ impl ChatService {
 
     /// Builds the service on a (reloadable) runtime and the given wall clock.
     pub fn with_clock(runtime: Arc<ArcSwap<Runtime>>, clock: Clock) -> Self {
-        let server = runtime.load().config.server.clone();
+        let server = runtime.load().config.process.server.clone();
         let start_id = clock()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
@@ -204,204 +146,255 @@ impl ChatService {
             clock,
         }
     }
-    /// The request path. Returns the answer body on success.
+
+    /// The request path, phase by phase. Returns the answer body on success.
     async fn serve(
         &self,
         rt: &Runtime,
         session: &mut ServerSession,
-        out: &mut Outcome,
+        out: &mut AccessRecord,
         arrived: Instant,
     ) -> Result<Vec<u8>, ProxyError> {
-        // The wall clock is read once; later wall-clock times are derived from the monotonic clock
-        // reads the request makes anyway.
+        // The wall clock is read once; later wall-clock times are derived from the monotonic clock.
         let received = (self.clock)();
-        // The caller's dialect as its headers tell it (refusals before routing use it too).
-        let req_header = session.req_header();
-        let header = |name: &str| req_header.headers.get(name).map(|v| v.as_bytes());
-        let by_headers = dialect::detect(
-            header("x-api-key").is_some(),
-            header(http::header::AUTHORIZATION.as_str()),
-            None,
-        );
-        out.ingress = by_headers;
-        // Route by path.
+        let mut admitted = self.admit(rt, session, out, received).await?;
+        let body = match admitted.body.take() {
+            Some(b) => b,
+            None => self.read_body(rt, session, out).await?,
+        };
+        let req = self.parse(rt, &admitted, &body, out)?;
+        let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
+        let exchange = self.forward(rt, &to_bot, out).await?;
+        let request_id = out.request_id.as_deref().unwrap_or_default();
+        self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
+    }
+
+    /// Admit: route by path, POST only, tell the caller's dialect, authenticate from the headers
+    /// (no body is read for a caller we do not know, unless only its shape can tell the dialect).
+    async fn admit<'r>(
+        &self,
+        rt: &'r Runtime,
+        session: &mut ServerSession,
+        out: &mut AccessRecord,
+        received: SystemTime,
+    ) -> Result<Admitted<'r>, ProxyError> {
+        let head = Head(session.req_header());
+        // The dialect the headers tell, among all (refusals before routing use it too).
+        out.ingress = registry::detect_by_head(&rt.auto, &head);
         let route_idx = *rt
             .routes_by_path
-            .get(req_header.uri.path())
+            .get(head.0.uri.path())
             .ok_or_else(|| ProxyError::new(404, Reason::NotFound, "no route for this path"))?;
         out.route = Some(route_idx);
-        let route = rt.route(route_idx);
-        out.ingress = route.ingress.fixed().or(by_headers);
-        if req_header.method != http::Method::POST {
+        let route = &rt.config.routes[route_idx];
+        out.ingress = route
+            .fixed()
+            .or_else(|| registry::detect_by_head(&route.ingress, &head));
+        if head.0.method != http::Method::POST {
             return Err(ProxyError::new(
                 405,
                 Reason::MethodNotAllowed,
                 "only POST is allowed here",
             ));
         }
-        out.request_id = Some(request_id(req_header));
-        let json = is_json(header(http::header::CONTENT_TYPE.as_str()));
-
-        // A caller that sent no credential header at all on a route that takes either dialect: the
-        // body's shape tells which dialect to refuse it in.
-        let mut body = None;
-        let ingress = match out.ingress {
-            Some(d) => d,
-            None => {
-                let b = self
-                    .read_body(session, json, rt.config.server.max_body_bytes, out)
-                    .await?;
-                let d = dialect::detect(false, None, Some(&b)).ok_or_else(|| {
-                    ProxyError::bad_request(
-                        "cannot tell the request's dialect: send Haptik (Authorization: Bearer + client-id) \
-                         or CSML (x-api-key [+ x-api-signature])",
-                    )
-                })?;
-                out.ingress = Some(d);
-                body = Some(b);
-                d
-            }
+        out.request_id = Some(request_id(head.0));
+        let (ingress, body) = match out.ingress {
+            Some(d) => (d, None),
+            None => self.detect_by_body(rt, route, session, out).await?,
         };
-
-        // Authenticate from the headers alone: no body is read for a caller we do not know.
-        let req_header = session.req_header();
-        let caller = rt
+        let head = Head(session.req_header());
+        let grant = rt
             .authn
-            .authenticate(ingress, req_header, unix_secs(received))
+            .authenticate(ingress, &head, unix_secs(received))
             .await?;
-        tracing::trace!(caller = &*caller.name, "caller authenticated");
+        tracing::trace!(caller = &*grant.name, "caller authenticated");
+        Ok(Admitted {
+            route,
+            ingress,
+            grant,
+            body,
+        })
+    }
 
-        // Read and bound the whole body, then parse it.
-        let body = match body {
-            Some(b) => b,
-            None => {
-                self.read_body(session, json, rt.config.server.max_body_bytes, out)
-                    .await?
-            }
-        };
-        if rt.config.log.message_bodies {
-            tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "caller", body = %String::from_utf8_lossy(&body));
+    /// A caller that sent no credential header at all on a route that takes several dialects: the
+    /// body's shape tells which dialect to refuse it in.
+    async fn detect_by_body(
+        &self,
+        rt: &Runtime,
+        route: &Route,
+        session: &mut ServerSession,
+        out: &mut AccessRecord,
+    ) -> Result<(Caller, Option<Bytes>), ProxyError> {
+        let body = self.read_body(rt, session, out).await?;
+        let d = registry::detect_by_body(&route.ingress, &body).ok_or_else(|| {
+            ProxyError::bad_request(
+                "cannot tell the request's dialect: send Haptik (Authorization: Bearer + client-id) \
+                 or CSML (x-api-key [+ x-api-signature])",
+            )
+        })?;
+        out.ingress = Some(d);
+        Ok((d, Some(body)))
+    }
+
+    /// Read and parse: the caller's body in its dialect, addressed to a business.
+    fn parse<'b>(
+        &self,
+        rt: &Runtime,
+        a: &Admitted<'_>,
+        body: &'b [u8],
+        out: &mut AccessRecord,
+    ) -> Result<ChatRequest<'b>, ProxyError> {
+        if rt.config.message_bodies {
+            tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "caller", body = %String::from_utf8_lossy(body));
         }
-        let mut req = ingress
-            .parse_request(&body)
-            .inspect_err(|_| self.translation_error(route, "invalid_request", 1))?;
-        ingress.settle_business(&mut req, caller.business_id, route.business_id);
+        let mut req = (a.ingress.parse_request(body))
+            .inspect_err(|_| self.translation_error(a.route, "invalid_request", 1))?;
+        // A caller that names no business is addressed by its credential's, else the route's.
+        req.business_id = req
+            .business_id
+            .or(a.grant.business_id)
+            .or(a.route.business_id);
         if let Some(rid) = req.caller_request_id() {
             out.request_id = Some(rid.to_owned());
         }
+        Ok(req)
+    }
 
-        // Pick the backend, translate and sign.
-        let target = route.target(req.business_id).ok_or_else(|| {
+    /// To the bot: pick the target, check the credential's scope, translate and sign.
+    fn to_bot<'r>(
+        &self,
+        rt: &'r Runtime,
+        a: &Admitted<'r>,
+        req: &ChatRequest<'_>,
+        out: &mut AccessRecord,
+        received: SystemTime,
+        arrived: Instant,
+    ) -> Result<ToBot<'r>, ProxyError> {
+        let target = a.route.target(req.business_id).ok_or_else(|| {
             ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
         })?;
         // Least privilege: the credential reaches only its routes and businesses.
-        caller
-            .scope
-            .check(&route.name, req.business_id)
-            .inspect_err(|d| rt.authn.denied(ingress, d.reason))?;
+        (a.grant.scope.check(&a.route.name, req.business_id))
+            .inspect_err(|d| rt.authn.denied(a.ingress, d.reason))?;
         out.backend = Some(target.backend);
         let backend = &rt.config.backends[target.backend];
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        let upstream_body = backend
-            .spec
-            .render_request(
-                &req,
-                &BackendRequestContext {
-                    request_id,
-                    business_id: req.business_id,
-                    flow_trigger: route.flow_trigger,
-                },
-            )
-            .inspect_err(|_| self.translation_error(route, "untranslatable", 1))?;
-        // Signed at the moment of sending, after the caller's body has been read. Header values are
-        // checked when the configuration is loaded and request ids when they arrive.
-        let started = Instant::now();
-        let signed_at = unix_secs(received + started.saturating_duration_since(arrived));
-        let mut up = RequestBytes::post(&backend.endpoint.path, upstream_body.len());
-        up.header("host", &backend.endpoint.authority)
+        let ctx = BotRequestContext {
+            request_id,
+            business_id: req.business_id,
+            flow_trigger: a.route.flow_trigger,
+        };
+        let body = (backend.bot.render_request(req, &ctx))
+            .inspect_err(|_| self.translation_error(a.route, "untranslatable", 1))?;
+        // Signed at the moment of sending, after the caller's body has been read.
+        let signed_at = unix_secs(received + arrived.elapsed());
+        let request = self.request_bytes(backend, request_id, &body, signed_at);
+        Ok(ToBot {
+            target,
+            backend,
+            request,
+        })
+    }
+
+    /// The whole backend request. Header values are checked when the configuration is loaded and
+    /// request ids when they arrive.
+    fn request_bytes(&self, b: &Backend, request_id: &str, body: &[u8], signed_at: u64) -> Vec<u8> {
+        let mut up = RequestBytes::post(&b.endpoint.path, body.len());
+        up.header("host", &b.endpoint.authority)
             .header("content-type", "application/json")
             .header("accept", "application/json")
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
-        backend.spec.auth_headers(signed_at, |name, value| {
+        b.bot.sign(signed_at, &mut |name, value| {
             up.header(name, value);
         });
-        let request = up.body(&upstream_body);
+        up.body(body)
+    }
 
-        // Forward.
-        let result = self
+    /// Forward: one exchange with the bot; the status for a transport failure is chosen from its
+    /// kind (`ProxyError::from`).
+    async fn forward(
+        &self,
+        rt: &Runtime,
+        to: &ToBot<'_>,
+        out: &mut AccessRecord,
+    ) -> Result<Exchange, ProxyError> {
+        let started = Instant::now();
+        let peer = &rt.peers[to.target.backend];
+        let result = (self
             .upstream
-            .exchange(
-                &rt.peers[target.backend],
-                &backend.endpoint,
-                &request,
-                started,
-            )
-            .await;
+            .exchange(peer, &to.backend.endpoint, &to.request, started))
+        .await;
         out.backend_time = Some(started.elapsed());
         let exchange = result
             .map_err(ProxyError::from)
-            .inspect_err(|e| self.backend_error(rt, target.backend, e.reason))?;
+            .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
         out.from_backend = true;
-
-        // Translate the answer back.
-        let answer = backend
-            .spec
-            .parse_answer(exchange.status, &exchange.body, ingress)
-            .inspect_err(|e| {
-                self.backend_error(rt, target.backend, e.reason);
-                if e.reason == Reason::BackendBadAnswer {
-                    self.translation_error(route, "invalid_answer", 1);
-                }
-            })?;
-        if rt.config.log.message_bodies {
-            tracing::trace!(target: "botbridge::messages", request_id, from = "backend", body = %String::from_utf8_lossy(&exchange.body));
+        if rt.config.message_bodies {
+            tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "backend", body = %String::from_utf8_lossy(&exchange.body));
         }
-        if answer.dropped > 0 && !ingress.passes_through(&answer, route.haptik_answer) {
-            self.translation_error(route, "dropped_message", answer.dropped as u64);
+        Ok(exchange)
+    }
+
+    /// To the caller: the bot's answer read in its dialect and rendered in the caller's.
+    fn to_caller(
+        &self,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        to: &ToBot<'_>,
+        exchange: &Exchange,
+        request_id: &str,
+        received: SystemTime,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let keep_raw = a.ingress.keeps_raw();
+        let answer = (to
+            .backend
+            .bot
+            .parse_answer(exchange.status, &exchange.body, keep_raw))
+        .inspect_err(|e| {
+            if e.reason.is_backend() {
+                self.backend_error(to.backend, e.reason);
+            }
+            if e.reason == Reason::BackendBadAnswer {
+                self.translation_error(a.route, "invalid_answer", 1);
+            }
+        })?;
+        if answer.dropped > 0 && !a.ingress.passes_through(&answer, a.route.haptik_answer) {
+            self.translation_error(a.route, "dropped_message", answer.dropped as u64);
             tracing::debug!(
                 dropped = answer.dropped,
                 "backend messages with no rendering for this caller"
             );
         }
-        let ids = ingress.ids_needed(&answer);
-        // Only CSML answers carry an interaction id and a channel (the business, else the route).
-        let (interaction_id, channel_id) = match ingress {
-            IngressDialect::Csml => (
-                uuid::Uuid::new_v4().to_string(),
-                req.business_id
-                    .map_or_else(|| route.name.clone(), |b| b.to_string()),
-            ),
-            IngressDialect::Haptik => (String::new(), String::new()),
-        };
         let ctx = AnswerContext {
-            message_id: self.next_message_id.fetch_add(ids, Ordering::Relaxed),
+            ids: &ServiceIds(&self.next_message_id),
             received,
             request_id,
-            interaction_id: &interaction_id,
-            business_name: &target.business_name,
-            bot_name: &route.bot_name,
-            channel_id: &channel_id,
-            shape: route.haptik_answer,
+            business_name: &to.target.business_name,
+            bot_name: &a.route.bot_name,
+            route_name: &a.route.name,
+            business_id: req.business_id,
+            shape: a.route.haptik_answer,
         };
-        Ok(ingress.render_answer(&req, &answer, &ctx))
+        Ok(a.ingress.render_answer(req, &answer, &ctx))
     }
 
     /// Checks the content type, then reads the whole body up to the limit.
     async fn read_body(
         &self,
+        rt: &Runtime,
         session: &mut ServerSession,
-        json: bool,
-        limit: usize,
-        out: &mut Outcome,
+        out: &mut AccessRecord,
     ) -> Result<Bytes, ProxyError> {
-        if !json {
+        let ct = session.req_header().headers.get(http::header::CONTENT_TYPE);
+        if !is_json(ct.map(|v| v.as_bytes())) {
             return Err(ProxyError::new(
                 415,
                 Reason::UnsupportedMediaType,
                 "Content-Type must be application/json",
             ));
         }
+        let limit = rt.config.limits.max_body_bytes;
         let body = httpio::read_body(session, limit)
             .await
             .map_err(|e| match e {
@@ -423,98 +416,39 @@ impl ChatService {
             .inc_by(n);
     }
 
-    fn backend_error(&self, rt: &Runtime, backend: usize, reason: Reason) {
+    fn backend_error(&self, backend: &Backend, reason: Reason) {
         self.metrics
             .backend_errors
-            .with_label_values(&[&rt.config.backends[backend].name, reason.as_str()])
+            .with_label_values(&[&backend.name, reason.as_str()])
             .inc();
     }
 
-    fn record(&self, rt: &Runtime, out: &Outcome, status: u16, bytes_out: usize, took: Duration) {
-        let m = self.metrics;
-        let ingress = out.ingress.map_or("none", IngressDialect::as_str);
-        let (route, bd) = match out.route {
-            Some(i) => {
-                let r = rt.route(i);
-                let bd = out
-                    .backend
-                    .or_else(|| r.default_target.as_ref().map(|t| t.backend))
-                    .map_or("none", |b| rt.config.backends[b].spec.dialect().as_str());
-                (r.name.as_str(), bd)
-            }
-            None => (metrics::NO_ROUTE, "none"),
+    /// The answer to a failed request, in the caller's dialect; the connection stays usable only if
+    /// the unread body could be drained.
+    async fn refusal(
+        &self,
+        rt: &Runtime,
+        session: &mut ServerSession,
+        out: &mut AccessRecord,
+        err: ProxyError,
+    ) -> Answer {
+        out.error = Some(err.reason);
+        let body = match out.ingress {
+            Some(d) => d.render_error(&err),
+            None => dialect::render_error_for_either(&err),
         };
-        let source = if out.from_backend { "backend" } else { "proxy" };
-        let class = metrics::status_class(status);
-        // The common case, a 2xx translated from a backend, uses handles resolved at load;
-        // everything else looks its series up by labels.
-        let hot = match (out.route, out.ingress, out.backend) {
-            (Some(r), Some(i), Some(b)) => rt.route_metrics[r].pair(i, b),
-            _ => None,
-        };
-        match hot {
-            Some(p) => {
-                if class == "2xx" && out.from_backend {
-                    p.ok_from_backend.inc();
-                } else {
-                    m.requests
-                        .with_label_values(&[route, ingress, bd, class, source])
-                        .inc();
-                }
-                p.duration.observe(took.as_secs_f64());
-                if let Some(t) = out.backend_time {
-                    p.backend_duration.observe(t.as_secs_f64());
-                }
-            }
-            None => {
-                m.requests
-                    .with_label_values(&[route, ingress, bd, class, source])
-                    .inc();
-                m.request_duration
-                    .with_label_values(&[route, ingress, bd])
-                    .observe(took.as_secs_f64());
-                if let (Some(b), Some(t)) = (out.backend, out.backend_time) {
-                    m.backend_duration
-                        .with_label_values(&[route, &rt.config.backends[b].name])
-                        .observe(t.as_secs_f64());
-                }
-            }
+        let mut a = Answer::json(err.status, body);
+        if err.reason == Reason::MethodNotAllowed {
+            a = a.with_header("allow", "POST");
         }
-        match out.route {
-            Some(r) => {
-                rt.route_metrics[r]
-                    .request_bytes
-                    .observe(out.bytes_in as f64);
-                rt.route_metrics[r].answer_bytes.observe(bytes_out as f64);
-            }
-            None => {
-                m.request_bytes
-                    .with_label_values(&[route])
-                    .observe(out.bytes_in as f64);
-                m.answer_bytes
-                    .with_label_values(&[route])
-                    .observe(bytes_out as f64);
-            }
+        // An unread body must be drained before the connection can serve another request; one
+        // already found oversized is not read any further.
+        if err.reason == Reason::BodyTooLarge {
+            a.keepalive = false;
+        } else if !session.is_body_done() {
+            a.keepalive = httpio::discard_body(session, rt.config.limits.max_body_bytes).await;
         }
-        if let Some(reason) = out.error {
-            m.request_errors
-                .with_label_values(&[route, reason.as_str()])
-                .inc();
-        }
-        tracing::info!(
-            target: "botbridge::access",
-            request_id = out.request_id.as_deref().unwrap_or("-"),
-            route,
-            ingress,
-            backend = out.backend.map_or("-", |b| rt.config.backends[b].name.as_str()),
-            backend_dialect = bd,
-            status,
-            reason = out.error.map_or("-", |r| r.as_str()),
-            duration_ms = took.as_secs_f64() * 1e3,
-            backend_ms = out.backend_time.map_or(0.0, |t| t.as_secs_f64() * 1e3),
-            bytes_in = out.bytes_in,
-            bytes_out,
-        );
+        a
     }
 }
 
@@ -523,47 +457,20 @@ impl Handler for ChatService {
     async fn handle(&self, session: &mut ServerSession) -> Answer {
         let started = Instant::now();
         let _in_flight = InFlight::enter(self.metrics);
-        let mut out = Outcome {
-            route: None,
-            ingress: None,
-            backend: None,
-            request_id: None,
-            bytes_in: 0,
-            backend_time: None,
-            error: None,
-            from_backend: false,
-        };
+        let mut out = AccessRecord::default();
         let rt = self.runtime.load_full();
-        let result = self.serve(&rt, session, &mut out, started).await;
-        let mut answer = match result {
+        let mut answer = match self.serve(&rt, session, &mut out, started).await {
             Ok(body) => Answer::json(200, body),
-            Err(err) => {
-                out.error = Some(err.reason);
-                let body = match out.ingress {
-                    Some(d) => d.render_error(&err),
-                    None => dialect::render_error_for_either(&err),
-                };
-                let mut a = Answer::json(err.status, body);
-                if err.reason == Reason::MethodNotAllowed {
-                    a = a.with_header("allow", "POST");
-                }
-                // An unread body must be drained before the connection can serve another request;
-                // one already found oversized is not read any further.
-                if err.reason == Reason::BodyTooLarge {
-                    a.keepalive = false;
-                } else if !session.is_body_done() {
-                    a.keepalive =
-                        httpio::discard_body(session, rt.config.server.max_body_bytes).await;
-                }
-                a
-            }
+            Err(err) => self.refusal(&rt, session, &mut out, err).await,
         };
-        self.record(
-            &rt,
-            &out,
+        let took = started.elapsed();
+        out.record(
+            self.metrics,
+            &rt.config,
+            &rt.route_metrics,
             answer.status,
             answer.body.len(),
-            started.elapsed(),
+            took,
         );
         if let Some(id) = out.request_id {
             answer = answer.with_header(REQUEST_ID, id);

@@ -376,26 +376,31 @@ async fn csml_caller_to_haptik_bot() {
     assert_eq!(err["statusCode"], 422);
     assert!(err["message"].as_str().unwrap().contains("flow_trigger"));
     assert_eq!(s.haptik.count(), 2);
-    // A Haptik error body becomes a 502 in CSML's shape carrying the bot's message.
+    // A Haptik refusal about the caller's request reaches the caller with the bot's status, in
+    // CSML's shape, with Haptik's documented message.
     s.haptik.set(Behaviour::Status(
         403,
         r#"{"error_message":"user is not registered"}"#.into(),
     ));
-    let (status, err) = send(
-        &s.proxy,
-        "/c2h",
-        &csml_caller(),
-        &csml_body("text", json!({"text": "x"})),
-    )
-    .await;
-    assert_eq!(status, 502);
-    assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("user is not registered"),
-        "{err}"
-    );
+    let text = csml_body("text", json!({"text": "x"}));
+    let (status, err) = send(&s.proxy, "/c2h", &csml_caller(), &text).await;
+    assert_eq!((status, &err["statusCode"]), (403, &json!(403)), "{err}");
+    assert_eq!(err["message"], "user is not registered");
+    // One about the proxy's own credentials at the bot stays a 502.
+    s.haptik.set(Behaviour::Status(
+        401,
+        r#"{"error_message":"invalid authorization details"}"#.into(),
+    ));
+    let (status, err) = send(&s.proxy, "/c2h", &csml_caller(), &text).await;
+    assert_eq!(status, 502, "{err}");
+    // The bot's own free text never reaches the caller.
+    s.haptik.set(Behaviour::Status(
+        400,
+        r#"{"error_message":"SECRET internal detail"}"#.into(),
+    ));
+    let (status, err) = send(&s.proxy, "/c2h", &csml_caller(), &text).await;
+    assert_eq!(status, 400, "{err}");
+    assert!(!err.to_string().contains("SECRET"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use botbridge::dialect::registry::{self, CSML, HAPTIK};
 use botbridge::dialect::{
-    csml, haptik, AnswerContext, AnswerShape, BackendRequestContext, BackendSpec,
-    FlowTriggerPolicy, IngressDialect,
+    csml, haptik, AnswerContext, AnswerShape, Bot, BotRequestContext, Caller, FixedIds,
+    FlowTriggerPolicy,
 };
-use botbridge::signing::CsmlAuth;
 use serde_json::{json, Value};
 
 // ------------------------------------------------------------------------------------------
@@ -29,11 +29,12 @@ fn csml_to_haptik(
     .to_string();
     let mut parsed = csml::parse_request(req.as_bytes()).map_err(|e| e.status)?;
     parsed.business_id = Some(77);
-    let spec = BackendSpec::Haptik {
-        token: "t".into(),
-        client_id: "c".into(),
-    };
-    let ctx = BackendRequestContext {
+    let spec = bot(
+        "haptik",
+        r#"token = "t"
+client_id = "c""#,
+    );
+    let ctx = BotRequestContext {
         request_id: "rid",
         business_id: parsed.business_id,
         flow_trigger: flow,
@@ -48,10 +49,12 @@ fn csml_to_csml(content_type: &str, content: Value) -> Value {
                      "payload":{"content_type":content_type,"content":content}})
     .to_string();
     let parsed = csml::parse_request(req.as_bytes()).unwrap();
-    let spec = BackendSpec::Csml {
-        auth: CsmlAuth::Plain("k".into()),
-    };
-    let ctx = BackendRequestContext {
+    let spec = bot(
+        "csml",
+        r#"auth = "plain"
+api_key = "k""#,
+    );
+    let ctx = BotRequestContext {
         request_id: "other",
         business_id: None,
         flow_trigger: FlowTriggerPolicy::Reject,
@@ -61,46 +64,48 @@ fn csml_to_csml(content_type: &str, content: Value) -> Value {
 
 fn ctx(shape: AnswerShape) -> AnswerContext<'static> {
     AnswerContext {
-        message_id: 100,
+        ids: &FixedIds(100, "iid"),
         received: UNIX_EPOCH + Duration::from_secs(1),
         request_id: "rid",
-        interaction_id: "iid",
         business_name: "biz",
         bot_name: "bot",
-        channel_id: "chan",
+        route_name: "chan",
+        business_id: None,
         shape,
     }
 }
 
-fn any_request(ingress: IngressDialect) -> String {
-    match ingress {
-        IngressDialect::Haptik => {
-            r#"{"user":{"auth_id":"u"},"message_body":"x","business_id":1}"#.into()
-        }
-        IngressDialect::Csml => {
-            r#"{"client":{"user_id":"u"},"payload":{"content_type":"text","content":{"text":"x"}}}"#
-                .into()
-        }
+/// A bot of `dialect` configured from a settings table written as TOML.
+fn bot(dialect: &str, settings: &str) -> Box<dyn Bot> {
+    registry::bot_dialect(dialect)
+        .unwrap()
+        .configure("backends[0]", toml::from_str(settings).unwrap())
+        .unwrap()
+}
+
+fn any_request(ingress: Caller) -> String {
+    if ingress == HAPTIK {
+        r#"{"user":{"auth_id":"u"},"message_body":"x","business_id":1}"#.into()
+    } else if ingress == CSML {
+        r#"{"client":{"user_id":"u"},"payload":{"content_type":"text","content":{"text":"x"}}}"#
+            .into()
+    } else {
+        r#"{"sender":"u","message":"x"}"#.into()
     }
 }
 
 /// A CSML bot's answer with these payloads, rendered for a caller.
-fn from_csml(
-    payloads: &[Value],
-    ingress: IngressDialect,
-    shape: AnswerShape,
-) -> Result<Value, u16> {
+fn from_csml(payloads: &[Value], ingress: Caller, shape: AnswerShape) -> Result<Value, u16> {
     let messages: Vec<Value> = payloads.iter().map(|p| json!({"payload": p})).collect();
     let body = json!({"messages": messages}).to_string();
-    let answer = csml::parse_answer(body.as_bytes(), ingress == IngressDialect::Csml)
-        .map_err(|e| e.status)?;
+    let answer = csml::parse_answer(body.as_bytes(), ingress == CSML).map_err(|e| e.status)?;
     let req_body = any_request(ingress);
     let req = ingress.parse_request(req_body.as_bytes()).unwrap();
     Ok(serde_json::from_slice(&ingress.render_answer(&req, &answer, &ctx(shape))).unwrap())
 }
 
 /// A Haptik bot's current-shape answer with these HSL bodies, rendered for a caller.
-fn from_hsl(bodies: &[Value], ingress: IngressDialect, shape: AnswerShape) -> Value {
+fn from_hsl(bodies: &[Value], ingress: Caller, shape: AnswerShape) -> Value {
     let messages: Vec<Value> = bodies
         .iter()
         .enumerate()
@@ -137,8 +142,8 @@ fn csml_payloads(v: &Value) -> Vec<Value> {
         .collect()
 }
 
+use registry::{CSML as C, HAPTIK as H};
 use AnswerShape::{Hsl, Legacy};
-use IngressDialect::{Csml as C, Haptik as H};
 
 // ------------------------------------------------------------------------------------------
 // Requests: Haptik caller → CSML bot (Chat API or engine)
@@ -604,7 +609,7 @@ fn for_rasa(answer: &botbridge::model::ChatAnswer<'_>) -> Value {
 }
 
 /// A Rasa bot's answer with these messages, rendered for a CSML or Haptik caller.
-fn from_rasa(messages: &[Value], ingress: IngressDialect, shape: AnswerShape) -> Value {
+fn from_rasa(messages: &[Value], ingress: Caller, shape: AnswerShape) -> Value {
     let body = Value::from(messages.to_vec()).to_string();
     let answer = rasa::parse_answer(200, body.as_bytes()).unwrap();
     let req_body = any_request(ingress);

@@ -14,10 +14,18 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::{
+    csml_presented, ClientCredential, CsmlClientAuth, Denied, Grant, Presented, Scope,
+};
+use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::haptik::is_http_url;
-use crate::dialect::{from_json, AnswerContext};
+use crate::dialect::{
+    from_json, settings, AnswerContext, AnswerShape, Bot, BotDialect, BotRequestContext,
+    CallerDialect, ClientEntry, Detection, RequestHead,
+};
 use crate::error::{json_error, status_phrase, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
+use crate::signing::{CsmlAuth, CsmlKey};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -682,10 +690,14 @@ pub fn render_answer(
     answer: &ChatAnswer<'_>,
     ctx: &AnswerContext<'_>,
 ) -> Vec<u8> {
-    let conversation_id = answer
-        .conversation_id
-        .as_deref()
-        .unwrap_or(ctx.interaction_id);
+    let interaction_id = ctx.ids.interaction_id();
+    let conversation_id = answer.conversation_id.as_deref().unwrap_or(&interaction_id);
+    // The bot's channel, else the business the request was for, else the route.
+    let channel_id: Cow<'_, str> = match (&answer.channel_id, ctx.business_id) {
+        (Some(c), _) => Cow::Borrowed(c),
+        (None, Some(b)) => Cow::Owned(b.to_string()),
+        (None, None) => Cow::Borrowed(ctx.route_name),
+    };
     let message = |payload| MessageOut {
         conversation_id,
         direction: "SEND",
@@ -704,11 +716,11 @@ pub fn render_answer(
     };
     let out = AnswerOut {
         request_id: req.request_id.as_deref().unwrap_or(ctx.request_id),
-        interaction_id: ctx.interaction_id,
+        interaction_id: &interaction_id,
         messages,
         client: AnswerClientOut {
             bot_id: answer.bot_id.as_deref().unwrap_or(ctx.bot_name),
-            channel_id: answer.channel_id.as_deref().unwrap_or(ctx.channel_id),
+            channel_id: &channel_id,
             user_id: &req.user_id,
         },
         received_at: humantime::format_rfc3339_millis(ctx.received).to_string(),
@@ -735,6 +747,257 @@ pub fn render_error(err: &ProxyError) -> Vec<u8> {
         message: &err.message,
     })
     .expect("csml error serializes")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dialect interface
+
+/// CSML's Chat API, as callers and bots speak it.
+pub struct Csml;
+
+/// How a CSML key is used: `x-api-key: KEY|TS` + `x-api-signature` (`signed`), or `x-api-key: KEY`
+/// alone (`plain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Signed,
+    Plain,
+}
+
+/// `[[clients.csml]]`: one CSML caller.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    /// A name for logs.
+    name: String,
+    /// Its API key.
+    key: SecretSource,
+    /// `signed` (default) or `plain`.
+    #[serde(default)]
+    auth: AuthMode,
+    /// The API secret of a signed key.
+    secret: Option<SecretSource>,
+    /// The Haptik business its requests go to.
+    business_id: Option<i64>,
+    /// Route names it may reach (absent: any).
+    routes: Option<Vec<String>>,
+    /// Business ids it may reach (absent: any).
+    businesses: Option<Vec<i64>>,
+}
+
+/// A CSML bot's settings (`dialect = "csml"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BotConfig {
+    /// `signed` (default) or `plain`.
+    auth: Option<AuthMode>,
+    /// The bot's API key.
+    api_key: Option<SecretSource>,
+    /// The bot's API secret (signed).
+    api_secret: Option<SecretSource>,
+}
+
+/// A configured CSML Chat API bot.
+#[derive(Debug)]
+struct CsmlBot {
+    auth: CsmlAuth,
+}
+
+#[derive(Deserialize)]
+struct ShapeProbe {
+    message_body: Option<IgnoredAny>,
+    payload: Option<IgnoredAny>,
+    client: Option<IgnoredAny>,
+}
+
+/// A CSML API key from its source: non-empty (checked there) and without `|`.
+pub(crate) fn api_key(key: &str, src: &SecretSource) -> Result<String, ConfigError> {
+    let k = src.resolve(key)?;
+    if k.contains('|') {
+        return Err(ConfigError::new(key, "must not contain `|`"));
+    }
+    header_safe(key, &k)?;
+    Ok(k)
+}
+
+impl CallerDialect for Csml {
+    fn name(&self) -> &'static str {
+        "csml"
+    }
+
+    fn detect(&self, head: &dyn RequestHead) -> Detection {
+        if head.header("x-api-key").is_some() {
+            Detection::Yes
+        } else {
+            Detection::No
+        }
+    }
+
+    fn detect_body(&self, body: &[u8]) -> bool {
+        serde_json::from_slice::<ShapeProbe>(body)
+            .is_ok_and(|p| p.message_body.is_none() && p.client.is_some() && p.payload.is_some())
+    }
+
+    fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied> {
+        csml_presented(|name| head.header(name)).map(Presented::ApiKey)
+    }
+
+    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+        let c: ClientConfig = settings(key, table)?;
+        let api_key = api_key(&format!("{key}.key"), &c.key)?;
+        let mut demo = None;
+        let auth = match (c.auth, &c.secret) {
+            (AuthMode::Signed, Some(s)) => {
+                let secret = s.resolve(&format!("{key}.secret"))?;
+                if api_key == "demo-key" && secret == "demo-secret" {
+                    demo = Some(format!("csml key {api_key}"));
+                }
+                CsmlClientAuth::Signed(CsmlKey::new(api_key.clone(), secret.as_bytes()))
+            }
+            (AuthMode::Signed, None) => {
+                return Err(ConfigError::new(
+                    format!("{key}.secret"),
+                    "missing: `auth = \"signed\"` needs the secret",
+                ))
+            }
+            (AuthMode::Plain, None) => CsmlClientAuth::Plain,
+            (AuthMode::Plain, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{key}.secret"),
+                    "not used with `auth = \"plain\"`; remove it",
+                ))
+            }
+        };
+        let grant = Grant {
+            name: c.name.as_str().into(),
+            business_id: c.business_id,
+            scope: Scope {
+                routes: c.routes,
+                businesses: c.businesses,
+            },
+            csml: Some(auth),
+        };
+        Ok(ClientEntry {
+            credential: ClientCredential::ApiKey {
+                key: api_key,
+                grant,
+            },
+            demo,
+        })
+    }
+
+    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError> {
+        parse_request(body)
+    }
+
+    fn keeps_raw(&self) -> bool {
+        true
+    }
+
+    fn passes_through(&self, answer: &ChatAnswer<'_>, _shape: AnswerShape) -> bool {
+        matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind::CsmlPayload))
+    }
+
+    fn render_answer(
+        &self,
+        req: &ChatRequest<'_>,
+        answer: &ChatAnswer<'_>,
+        ctx: &AnswerContext<'_>,
+    ) -> Vec<u8> {
+        render_answer(req, answer, ctx)
+    }
+
+    fn render_error(&self, err: &ProxyError) -> Vec<u8> {
+        render_error(err)
+    }
+}
+
+impl BotDialect for Csml {
+    fn name(&self) -> &'static str {
+        "csml"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["auth", "api_key", "api_secret"]
+    }
+
+    fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
+        let c: BotConfig = settings(key, table)?;
+        let src = c.api_key.ok_or_else(|| {
+            ConfigError::new(format!("{key}.api_key"), "required by dialect `csml`")
+        })?;
+        let api_key = api_key(&format!("{key}.api_key"), &src)?;
+        let auth = match (c.auth.unwrap_or_default(), &c.api_secret) {
+            (AuthMode::Signed, Some(s)) => {
+                let secret = s.resolve(&format!("{key}.api_secret"))?;
+                CsmlAuth::Signed(CsmlKey::new(api_key, secret.as_bytes()))
+            }
+            (AuthMode::Signed, None) => {
+                return Err(ConfigError::new(
+                    format!("{key}.api_secret"),
+                    "missing: `auth = \"signed\"` needs the API secret",
+                ))
+            }
+            (AuthMode::Plain, None) => CsmlAuth::Plain(api_key),
+            (AuthMode::Plain, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{key}.api_secret"),
+                    "not used with `auth = \"plain\"`; remove it",
+                ))
+            }
+        };
+        Ok(Box::new(CsmlBot { auth }))
+    }
+}
+
+/// What a CSML bot's non-2xx status becomes: a 400 is about the caller's request and reaches the
+/// caller as a 400 with a fixed message; anything else (the proxy's key refused, the bot down) is
+/// a 502.
+pub fn refusal(status: u16) -> ProxyError {
+    if status == 400 {
+        ProxyError::new(
+            400,
+            Reason::BadRequest,
+            "the bot refused the request as invalid",
+        )
+    } else {
+        ProxyError::new(
+            502,
+            Reason::BackendStatus,
+            format!("the backend answered HTTP {status}"),
+        )
+    }
+}
+
+impl Bot for CsmlBot {
+    fn dialect(&self) -> &'static str {
+        "csml"
+    }
+
+    fn render_request(
+        &self,
+        req: &ChatRequest<'_>,
+        ctx: &BotRequestContext<'_>,
+    ) -> Result<Vec<u8>, ProxyError> {
+        Ok(render_request(req, ctx.request_id))
+    }
+
+    fn sign(&self, unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {
+        self.auth.headers(unix_secs, add);
+    }
+
+    fn parse_answer<'b>(
+        &self,
+        status: u16,
+        body: &'b [u8],
+        keep_raw: bool,
+    ) -> Result<ChatAnswer<'b>, ProxyError> {
+        if !(200..300).contains(&status) {
+            return Err(refusal(status));
+        }
+        parse_answer(body, keep_raw)
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 //! engine's own failures, a 400 `text/plain` for a bad request and an empty 500 for an unknown bot or
 //! content type, become 502s; a bot `error` message fails the answer like on the Chat API.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::csml::{self, MetadataOut, PayloadOut};
+use crate::dialect::{settings, Bot, BotDialect, BotRequestContext};
 use crate::error::{ProxyError, Reason};
 use crate::model::{ChatAnswer, ChatRequest};
 
@@ -76,6 +78,106 @@ pub fn parse_answer(
         format!("the CSML engine refused the request (HTTP {status}): {cut}")
     };
     Err(ProxyError::new(502, Reason::BackendStatus, message))
+}
+
+/// The CSML engine's `/run`, as bots speak it.
+pub struct CsmlEngine;
+
+/// A CSML engine bot's settings (`dialect = "csml-engine"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BotConfig {
+    /// The bot's id on the engine.
+    bot_id: Option<String>,
+    /// The channel the proxy's requests are on.
+    channel_id: Option<String>,
+    /// The engine's plain `X-Api-Key`, when it has one.
+    api_key: Option<SecretSource>,
+}
+
+/// A configured engine bot.
+struct EngineBot {
+    bot_id: String,
+    channel_id: String,
+    api_key: Option<String>,
+}
+
+impl std::fmt::Debug for EngineBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBot")
+            .field("bot_id", &self.bot_id)
+            .field("channel_id", &self.channel_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BotDialect for CsmlEngine {
+    fn name(&self) -> &'static str {
+        "csml-engine"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["bot_id", "channel_id", "api_key"]
+    }
+
+    fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
+        let c: BotConfig = settings(key, table)?;
+        let required =
+            |f: &str| ConfigError::new(format!("{key}.{f}"), "required by dialect `csml-engine`");
+        let api_key = match &c.api_key {
+            Some(k) => {
+                let k = k.resolve(&format!("{key}.api_key"))?;
+                header_safe(&format!("{key}.api_key"), &k)?;
+                Some(k)
+            }
+            None => None,
+        };
+        Ok(Box::new(EngineBot {
+            bot_id: c
+                .bot_id
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| required("bot_id"))?,
+            channel_id: c
+                .channel_id
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| required("channel_id"))?,
+            api_key,
+        }))
+    }
+}
+
+impl Bot for EngineBot {
+    fn dialect(&self) -> &'static str {
+        "csml-engine"
+    }
+
+    fn render_request(
+        &self,
+        req: &ChatRequest<'_>,
+        ctx: &BotRequestContext<'_>,
+    ) -> Result<Vec<u8>, ProxyError> {
+        Ok(render_request(
+            req,
+            ctx.request_id,
+            &self.bot_id,
+            &self.channel_id,
+        ))
+    }
+
+    fn sign(&self, _unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {
+        if let Some(k) = &self.api_key {
+            add("x-api-key", k);
+        }
+    }
+
+    fn parse_answer<'b>(
+        &self,
+        status: u16,
+        body: &'b [u8],
+        keep_raw: bool,
+    ) -> Result<ChatAnswer<'b>, ProxyError> {
+        parse_answer(status, body, keep_raw)
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,17 @@ use sha2::{Digest, Sha256};
 
 use serde_json::value::RawValue;
 
-use crate::dialect::{from_json, hsl, AnswerContext};
+use serde::de::IgnoredAny;
+
+use crate::auth::{haptik_presented, ClientCredential, Denied, HaptikClient, Presented, Scope};
+use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
+use crate::config::{header_safe, ConfigError, SecretSource};
+use crate::dialect::{
+    from_json, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
+    ClientEntry, Detection, RequestHead,
+};
 use crate::error::{json_error, ProxyError, Reason};
-use crate::model::{ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
+use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 
 /// Haptik `message_type` for text.
 pub const MESSAGE_TYPE_TEXT: i64 = 0;
@@ -211,13 +219,14 @@ pub fn render_answer(
     answer: &ChatAnswer<'_>,
     ctx: &AnswerContext<'_>,
 ) -> Vec<u8> {
+    let first_id = ctx.ids.message_ids(ids_needed(answer));
     match ctx.shape {
-        AnswerShape::Legacy => render_legacy(req, answer, ctx),
-        AnswerShape::Hsl => render_hsl(answer, ctx),
+        AnswerShape::Legacy => render_legacy(req, answer, ctx, first_id),
+        AnswerShape::Hsl => render_hsl(answer, ctx, first_id),
     }
 }
 
-/// How many ids [`render_answer`] uses from [`AnswerContext::message_id`].
+/// How many message ids [`render_answer`] reserves.
 pub fn ids_needed(answer: &ChatAnswer<'_>) -> u64 {
     let n = match &answer.raw {
         Some((RawKind::HaptikHsl, raw)) => raw.len(),
@@ -256,7 +265,7 @@ enum HslBody<'a> {
 }
 
 /// The current shape. A Haptik backend's own HSL bodies are passed through verbatim.
-fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>) -> Vec<u8> {
+fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>, first_id: u64) -> Vec<u8> {
     let bodies: Vec<HslBody<'_>> = match &answer.raw {
         Some((RawKind::HaptikHsl, raw)) => raw.iter().map(|b| HslBody::Raw(b)).collect(),
         _ => answer
@@ -281,7 +290,7 @@ fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>) -> Vec<u8> {
             .into_iter()
             .enumerate()
             .map(|(i, body)| HslMessageOut {
-                id: ctx.message_id + i as u64,
+                id: first_id + i as u64,
                 body,
             })
             .collect(),
@@ -294,20 +303,18 @@ fn render_legacy(
     req: &ChatRequest<'_>,
     answer: &ChatAnswer<'_>,
     ctx: &AnswerContext<'_>,
+    first_id: u64,
 ) -> Vec<u8> {
     let stamp = humantime::format_rfc3339_millis(ctx.received).to_string();
     let mut id_hash = [0u8; 32];
-    hex::encode_to_slice(
-        &Sha256::digest(ctx.message_id.to_be_bytes())[..16],
-        &mut id_hash,
-    )
-    .expect("16 bytes are 32 hex digits");
+    hex::encode_to_slice(&Sha256::digest(first_id.to_be_bytes())[..16], &mut id_hash)
+        .expect("16 bytes are 32 hex digits");
     let id_hash = std::str::from_utf8(&id_hash).expect("hex digits are ASCII");
     let user_hash = Sha256::digest(req.user_id.as_bytes());
     let coll_id = u32::from_be_bytes([user_hash[0], user_hash[1], user_hash[2], user_hash[3]]) >> 1;
     let msg = LegacyMessage {
         model: "api.chatmessaged",
-        pk: ctx.message_id,
+        pk: first_id,
         fields: LegacyFields {
             coll_id,
             body: request_body_text(&req.content),
@@ -329,7 +336,7 @@ fn render_legacy(
             clarification_flag: false,
             message_type: req.message_type,
             conversation_no: 1,
-            id: ctx.message_id,
+            id: first_id,
             business_id: req.business_id.unwrap_or(0),
             business_name: ctx.business_name,
         },
@@ -428,50 +435,28 @@ struct AgentIn<'a> {
 }
 
 /// Parses a Haptik backend's answer: the legacy array, the current HSL shape, or a Haptik error body
-/// (`{"error_message"}`, with any status), which becomes a 502 carrying the backend's message.
+/// (`{"error_message"}`, with any status), which becomes an error (see [`refusal`]).
 pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
-    let refused = |message: &str| {
-        ProxyError::new(
-            502,
-            Reason::BackendStatus,
-            format!("the backend refused the request (HTTP {status}): {message}"),
-        )
-    };
-    let is_array = body.trim_ascii_start().starts_with(b"[");
     if !(200..300).contains(&status) {
-        return Err(match serde_json::from_slice::<ErrorIn<'_>>(body) {
-            Ok(e) => refused(&e.error_message),
-            Err(_) => ProxyError::new(
-                502,
-                Reason::BackendStatus,
-                format!("the backend answered HTTP {status}"),
-            ),
-        });
+        let message = serde_json::from_slice::<ErrorIn<'_>>(body).ok();
+        return Err(refusal(status, message.as_ref().map(|e| &*e.error_message)));
     }
     let not_haptik = |e: serde_json::Error| {
         ProxyError::bad_answer(format!("backend answer is not a Haptik answer: {e}"))
     };
-    let mut answer = ChatAnswer::default();
-    if is_array {
+    if body.trim_ascii_start().starts_with(b"[") {
         let legacy: Vec<LegacyIn<'_>> = from_json(body).map_err(not_haptik)?;
-        for (i, m) in legacy.into_iter().flat_map(|l| l.bot_messages).enumerate() {
-            if m.get().starts_with('"') {
-                let text: Cow<'_, str> = serde_json::from_str(m.get()).map_err(not_haptik)?;
-                answer.replies.push(Reply::Text(text));
-            } else if !hsl::parse(m, &format!("bot_messages[{i}]"), &mut answer.replies)? {
-                answer.dropped += 1;
-            }
-        }
-        return Ok(answer);
+        return legacy_answer(legacy);
     }
     // One pass over an object answer: an error body (Haptik sends some with 200) or the HSL shape.
     let current: HslAnswerIn<'_> = from_json(body).map_err(not_haptik)?;
     if let Some(message) = current.error_message {
-        return Err(refused(&message));
+        return Err(refusal(status, Some(&message)));
     }
     let messages = current.message.ok_or_else(|| {
         ProxyError::bad_answer("backend answer is not a Haptik answer: no `message` array")
     })?;
+    let mut answer = ChatAnswer::default();
     let mut raw = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
         if !hsl::parse(m.body, &format!("message[{i}].body"), &mut answer.replies)? {
@@ -482,6 +467,135 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyErr
     answer.raw = Some((RawKind::HaptikHsl, raw));
     answer.bot_id = current.agent.and_then(|a| a.name);
     Ok(answer)
+}
+
+/// The legacy array's `bot_messages`. The legacy shape documents them as strings, so a rich reply
+/// arrives as an HSL object encoded in a string: a string that holds an HSL object is read as that
+/// reply; any other string (JSON-looking or not) is text.
+fn legacy_answer(legacy: Vec<LegacyIn<'_>>) -> Result<ChatAnswer<'_>, ProxyError> {
+    let mut answer = ChatAnswer::default();
+    for (i, m) in legacy.into_iter().flat_map(|l| l.bot_messages).enumerate() {
+        let at = format!("bot_messages[{i}]");
+        if m.get().starts_with('"') {
+            let text: Cow<'_, str> = serde_json::from_str(m.get()).map_err(|e| {
+                ProxyError::bad_answer(format!("backend answer is not a Haptik answer: {e}"))
+            })?;
+            match hsl_in_string(&text) {
+                Some(replies) => answer.replies.extend(replies),
+                None => answer.replies.push(Reply::Text(text)),
+            }
+        } else if !hsl::parse(m, &at, &mut answer.replies)? {
+            answer.dropped += 1;
+        }
+    }
+    Ok(answer)
+}
+
+/// The replies of a string that holds an HSL object (`{"text", "type", "data"}` with a known type);
+/// `None` for anything else, which stays text.
+fn hsl_in_string(text: &str) -> Option<Vec<Reply<'static>>> {
+    let trimmed = text.trim();
+    if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
+        return None;
+    }
+    let raw: &RawValue = serde_json::from_str(trimmed).ok()?;
+    let mut replies = Vec::new();
+    match hsl::parse(raw, "bot_messages", &mut replies) {
+        Ok(true) if !replies.is_empty() => Some(replies.into_iter().map(reply_owned).collect()),
+        _ => None,
+    }
+}
+
+/// A reply that owns its strings (one parsed from a temporary string).
+fn reply_owned(r: Reply<'_>) -> Reply<'static> {
+    let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+    let button = |b: Button<'_>| Button {
+        title: own(b.title),
+        payload: b.payload.map(own),
+    };
+    match r {
+        Reply::Text(t) => Reply::Text(own(t)),
+        Reply::Question { title, buttons } => Reply::Question {
+            title: own(title),
+            buttons: buttons.into_iter().map(button).collect(),
+        },
+        Reply::Button(b) => Reply::Button(button(b)),
+        Reply::Url { url, text, title } => Reply::Url {
+            url: own(url),
+            text: text.map(own),
+            title: title.map(own),
+        },
+        Reply::Media { kind, url } => Reply::Media {
+            kind,
+            url: own(url),
+        },
+    }
+}
+
+/// Haptik's documented messages about the caller's request, with the status they come with.
+const CALLER_REFUSALS: [(&str, u16, Reason); 2] = [
+    ("user is not registered", 403, Reason::Forbidden),
+    ("invalid business_id provided", 400, Reason::UnknownTarget),
+];
+
+/// Haptik's documented messages about the proxy's own credentials.
+const CREDENTIAL_REFUSALS: [&str; 6] = [
+    MSG_INVALID,
+    MSG_CLIENT_ID_MISSING,
+    "invalid client_id in headers",
+    MSG_TOKEN_MISSING,
+    "invalid token provided",
+    "invalid authorization details provided",
+];
+
+/// What a Haptik bot's refusal becomes. One about the caller's request (a documented message, or a
+/// 400/404/422) reaches the caller with the bot's status and a message from Haptik's documented
+/// vocabulary or a fixed one; one about the proxy's credentials, or anything else, is a 502. The
+/// bot's own free text never reaches the caller.
+pub fn refusal(status: u16, message: Option<&str>) -> ProxyError {
+    let message = message.map(str::trim).unwrap_or_default();
+    if let Some((m, default_status, reason)) = CALLER_REFUSALS
+        .iter()
+        .find(|(m, ..)| message.eq_ignore_ascii_case(m))
+    {
+        let status = if (400..500).contains(&status) {
+            status
+        } else {
+            *default_status
+        };
+        return ProxyError::new(status, *reason, *m);
+    }
+    if message.starts_with("business ") && message.ends_with(" is inactive") {
+        let status = if (400..500).contains(&status) {
+            status
+        } else {
+            403
+        };
+        return ProxyError::new(status, Reason::UnknownTarget, "the business is inactive");
+    }
+    // About the proxy's own credentials: a 502 naming the documented message (our copy of it).
+    if let Some(m) = CREDENTIAL_REFUSALS
+        .iter()
+        .find(|m| message.eq_ignore_ascii_case(m))
+    {
+        return ProxyError::new(
+            502,
+            Reason::BackendStatus,
+            format!("the backend refused the request (HTTP {status}): {m}"),
+        );
+    }
+    match status {
+        400 | 404 | 422 => ProxyError::new(
+            status,
+            Reason::BadRequest,
+            "the bot refused the request as invalid",
+        ),
+        _ => ProxyError::new(
+            502,
+            Reason::BackendStatus,
+            format!("the backend refused the request (HTTP {status})"),
+        ),
+    }
 }
 
 #[derive(Serialize)]
@@ -497,9 +611,244 @@ pub fn render_error(err: &ProxyError) -> Vec<u8> {
     .expect("haptik error serializes")
 }
 
+// ---------------------------------------------------------------------------------------------
+// The dialect interface
+
+/// Haptik, as callers and bots speak it.
+pub struct Haptik;
+
+/// `[[clients.haptik]]`: one Haptik caller. Give `token` or `token_sha256`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    /// A name for logs.
+    name: String,
+    /// The `client-id` header it sends.
+    client_id: String,
+    /// Its bearer token (only its SHA-256 is kept).
+    token: Option<SecretSource>,
+    /// Or the token's SHA-256, as 64 hex digits.
+    token_sha256: Option<SecretSource>,
+    /// Route names it may reach (absent: any).
+    routes: Option<Vec<String>>,
+    /// Business ids it may reach (absent: any).
+    businesses: Option<Vec<i64>>,
+}
+
+/// A Haptik bot's settings (`dialect = "haptik"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BotConfig {
+    /// The bearer token the proxy sends.
+    token: Option<SecretSource>,
+    /// The `client-id` the proxy sends.
+    client_id: Option<String>,
+}
+
+/// A configured Haptik bot: its credentials, the header value built once.
+struct HaptikBot {
+    authorization: String,
+    client_id: String,
+}
+
+impl std::fmt::Debug for HaptikBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaptikBot")
+            .field("client_id", &self.client_id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct ShapeProbe {
+    message_body: Option<IgnoredAny>,
+    payload: Option<IgnoredAny>,
+    client: Option<IgnoredAny>,
+}
+
+fn is_bearer(v: &[u8]) -> bool {
+    v.len() >= 7 && v[..7].eq_ignore_ascii_case(b"bearer ")
+}
+
+impl CallerDialect for Haptik {
+    fn name(&self) -> &'static str {
+        "haptik"
+    }
+
+    /// `Authorization: Bearer` with a client id is Haptik; a bare bearer token might be.
+    fn detect(&self, head: &dyn RequestHead) -> Detection {
+        match head.header("authorization") {
+            Some(a) if is_bearer(a) => {
+                if head
+                    .header("client-id")
+                    .or(head.header("client_id"))
+                    .is_some()
+                {
+                    Detection::Yes
+                } else {
+                    Detection::Maybe
+                }
+            }
+            _ => Detection::No,
+        }
+    }
+
+    fn names_business(&self) -> bool {
+        true
+    }
+
+    fn detect_body(&self, body: &[u8]) -> bool {
+        serde_json::from_slice::<ShapeProbe>(body)
+            .is_ok_and(|p| p.message_body.is_some() && p.client.is_none() && p.payload.is_none())
+    }
+
+    fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied> {
+        haptik_presented(|name| head.header(name)).map(Presented::ClientToken)
+    }
+
+    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+        let c: ClientConfig = settings(key, table)?;
+        if c.client_id.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.client_id"),
+                "must not be empty",
+            ));
+        }
+        let mut demo = None;
+        let client = match (&c.token, &c.token_sha256) {
+            (Some(t), None) => {
+                let token = t.resolve(&format!("{key}.token"))?;
+                if token == "demo-token" {
+                    demo = Some(format!("haptik client {}", c.client_id));
+                }
+                HaptikClient::with_token(&c.name, token.as_bytes())
+            }
+            (None, Some(h)) => {
+                let k = format!("{key}.token_sha256");
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(h.resolve(&k)?.trim(), &mut digest).map_err(|_| {
+                    ConfigError::new(&k, "must be 64 hex digits (a SHA-256 digest)")
+                })?;
+                HaptikClient::with_token_sha256(&c.name, digest)
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    "give exactly one of `token` or `token_sha256`",
+                ))
+            }
+        };
+        let client = client.with_scope(Scope {
+            routes: c.routes,
+            businesses: c.businesses,
+        });
+        Ok(ClientEntry {
+            credential: ClientCredential::ClientToken {
+                client_id: c.client_id,
+                client,
+            },
+            demo,
+        })
+    }
+
+    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError> {
+        parse_request(body)
+    }
+
+    fn passes_through(&self, answer: &ChatAnswer<'_>, shape: AnswerShape) -> bool {
+        shape == AnswerShape::Hsl
+            && matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind::HaptikHsl))
+    }
+
+    fn render_answer(
+        &self,
+        req: &ChatRequest<'_>,
+        answer: &ChatAnswer<'_>,
+        ctx: &AnswerContext<'_>,
+    ) -> Vec<u8> {
+        render_answer(req, answer, ctx)
+    }
+
+    fn render_error(&self, err: &ProxyError) -> Vec<u8> {
+        render_error(err)
+    }
+}
+
+impl BotDialect for Haptik {
+    fn name(&self) -> &'static str {
+        "haptik"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["token", "client_id"]
+    }
+
+    fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
+        let c: BotConfig = settings(key, table)?;
+        let required =
+            |f: &str| ConfigError::new(format!("{key}.{f}"), "required by dialect `haptik`");
+        let token = c
+            .token
+            .ok_or_else(|| required("token"))?
+            .resolve(&format!("{key}.token"))?;
+        header_safe(&format!("{key}.token"), &token)?;
+        let client_id = c
+            .client_id
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| required("client_id"))?;
+        header_safe(&format!("{key}.client_id"), &client_id)?;
+        Ok(Box::new(HaptikBot {
+            authorization: format!("Bearer {token}"),
+            client_id,
+        }))
+    }
+}
+
+impl Bot for HaptikBot {
+    fn dialect(&self) -> &'static str {
+        "haptik"
+    }
+
+    /// Every Haptik request names a business.
+    fn needs_business(&self) -> bool {
+        true
+    }
+
+    fn render_request(
+        &self,
+        req: &ChatRequest<'_>,
+        ctx: &BotRequestContext<'_>,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let business_id = ctx.business_id.ok_or_else(|| {
+            ProxyError::new(
+                400,
+                Reason::UnknownTarget,
+                "no business_id for this Haptik bot: the credential or route must name one",
+            )
+        })?;
+        render_request(req, business_id, ctx.flow_trigger)
+    }
+
+    fn sign(&self, _unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {
+        add("authorization", &self.authorization);
+        add("client-id", &self.client_id);
+    }
+
+    fn parse_answer<'b>(
+        &self,
+        status: u16,
+        body: &'b [u8],
+        _keep_raw: bool,
+    ) -> Result<ChatAnswer<'b>, ProxyError> {
+        parse_answer(status, body)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::FixedIds;
     use crate::model::Button;
     use serde_json::Value;
     use std::time::{Duration, UNIX_EPOCH};
@@ -589,13 +938,13 @@ mod tests {
             ..ChatAnswer::default()
         };
         let ctx = AnswerContext {
-            message_id: 2581793992,
+            ids: &FixedIds(2581793992, "iid"),
             received: UNIX_EPOCH + Duration::from_millis(1_564_385_739_221),
             business_name: "haptikwebsitechannel",
             bot_name: "gogo",
             request_id: "rid",
-            interaction_id: "iid",
-            channel_id: "chan",
+            route_name: "chan",
+            business_id: None,
             shape: AnswerShape::Legacy,
         };
         let ours: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();
@@ -768,13 +1117,13 @@ mod tests {
             ..ChatAnswer::default()
         };
         let ctx = AnswerContext {
-            message_id: 10,
+            ids: &FixedIds(10, "iid"),
             received: UNIX_EPOCH + Duration::from_millis(1_538_656_887_980),
             business_name: "b",
             bot_name: "gogo",
             request_id: "rid",
-            interaction_id: "iid",
-            channel_id: "chan",
+            route_name: "chan",
+            business_id: None,
             shape: AnswerShape::Hsl,
         };
         let v: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();

@@ -1,28 +1,31 @@
-//! The vendor dialects, one file each, and the types that pick one.
+//! The vendor dialects behind one interface, and the registry that picks one by its config name.
 //!
-//! Each dialect module offers the same verbs over the canonical model (`crate::model`): parse a
-//! request, render a request, parse an answer, render an answer, render an error. [`IngressDialect`]
-//! (what a caller speaks) and [`BackendSpec`] (what a bot speaks, with its credentials and
-//! parameters) are the one place that picks a module; the request path only calls their methods.
-//! [`detect`] tells the two caller dialects apart on a route that accepts both.
+//! Every vendor is one file with the same verbs over the canonical model (`crate::model`):
+//! - [`CallerDialect`], what a caller speaks: detect it, read its credential, parse its request,
+//!   render an answer, render an error;
+//! - [`BotDialect`], what a bot speaks: read its settings from its `[[backends]]` table into a
+//!   configured [`Bot`], which renders a request, signs it, and parses the bot's answer.
+//!
+//! This file only declares the verbs and dispatches; no vendor's rule lives here. [`registry`] lists
+//! the implementations: adding a vendor is one new file plus one line there.
 
 pub mod csml;
 pub mod csml_engine;
 pub mod haptik;
 pub mod hsl;
 pub mod rasa;
+pub mod registry;
 
 use std::fmt;
 use std::time::SystemTime;
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
-
+use crate::auth::{Denied, Presented};
+use crate::config::ConfigError;
 use crate::error::ProxyError;
-use crate::model::{ChatAnswer, ChatRequest, RawKind};
-use crate::signing::CsmlAuth;
+use crate::model::{ChatAnswer, ChatRequest};
 
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
+pub use registry::{bot_dialect, caller, callers, Caller};
 
 /// Deserializes a JSON body. UTF-8 is checked once for the whole body, so serde_json does not check
 /// each string again (it does when reading bytes); a body that is not UTF-8 is left to serde_json,
@@ -34,140 +37,204 @@ pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> serde_
     }
 }
 
-/// The dialect a caller speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IngressDialect {
-    /// Haptik synchronous-webhook requests.
-    Haptik,
-    /// CSML Chat API requests.
-    Csml,
+/// A request's head as the pure core sees it: header values by (lowercase) name and the query.
+pub trait RequestHead: Sync {
+    /// A header's value.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+    /// The query string (after `?`), if any.
+    fn query(&self) -> Option<&str>;
 }
 
-/// What a route accepts from callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RouteIngress {
-    Haptik,
-    Csml,
-    /// Either, told apart by [`detect`].
-    Auto,
+/// How sure a dialect is that a request's headers are its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Detection {
+    /// Nothing of this dialect.
+    No,
+    /// Could be this dialect (e.g. a bare bearer token several dialects use).
+    Maybe,
+    /// This dialect's own credential header.
+    Yes,
 }
 
-impl RouteIngress {
-    /// The dialect, if the route accepts only one.
-    pub fn fixed(self) -> Option<IngressDialect> {
-        match self {
-            RouteIngress::Haptik => Some(IngressDialect::Haptik),
-            RouteIngress::Csml => Some(IngressDialect::Csml),
-            RouteIngress::Auto => None,
-        }
+/// The ids an answer may need, handed out by the shell on demand (so a dialect that needs none
+/// costs nothing).
+pub trait AnswerIds {
+    /// Reserves `count` consecutive process-unique message ids; returns the first.
+    fn message_ids(&self, count: u64) -> u64;
+    /// A fresh id for this interaction.
+    fn interaction_id(&self) -> String;
+}
+
+/// Fixed ids, for tests and the demo bots.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedIds<'a>(pub u64, pub &'a str);
+
+impl AnswerIds for FixedIds<'_> {
+    fn message_ids(&self, _count: u64) -> u64 {
+        self.0
     }
-
-    /// Whether the route accepts this dialect.
-    pub fn accepts(self, d: IngressDialect) -> bool {
-        self.fixed().is_none_or(|f| f == d)
+    fn interaction_id(&self) -> String {
+        self.1.to_owned()
     }
 }
 
 /// Everything a dialect needs to render an answer, supplied by the shell.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AnswerContext<'a> {
-    /// The first of a block of process-unique ids reserved for this answer.
-    pub message_id: u64,
+    /// Where message and interaction ids come from.
+    pub ids: &'a dyn AnswerIds,
     /// When the request was received.
     pub received: SystemTime,
-    /// The request id sent to the backend (a CSML caller's own `request_id` wins).
+    /// The request id sent to the backend (a caller's own `request_id` wins).
     pub request_id: &'a str,
-    /// A fresh id for this interaction (CSML `interaction_id`, and `conversation_id` for bots that
-    /// report none).
-    pub interaction_id: &'a str,
     /// The configured business name (Haptik).
     pub business_name: &'a str,
     /// The configured bot name (Haptik `claim_name`/`agent.name`; CSML `bot_id` for non-CSML bots).
     pub bot_name: &'a str,
-    /// CSML `channel_id` for non-CSML bots.
-    pub channel_id: &'a str,
+    /// The route's name (a CSML `channel_id` when no business is known).
+    pub route_name: &'a str,
+    /// The business the request was addressed to.
+    pub business_id: Option<i64>,
     /// The route's Haptik answer shape.
     pub shape: AnswerShape,
 }
 
-impl IngressDialect {
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IngressDialect::Haptik => "haptik",
-            IngressDialect::Csml => "csml",
-        }
-    }
-
-    /// Parses a caller's request body.
-    pub fn parse_request(self, body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
-        match self {
-            IngressDialect::Haptik => haptik::parse_request(body),
-            IngressDialect::Csml => csml::parse_request(body),
-        }
-    }
-
-    /// Fills in the Haptik business of a request whose caller names none: a CSML caller is addressed
-    /// by its credential's business, else the route's. A Haptik caller's own `business_id` stands.
-    pub fn settle_business(
-        self,
-        req: &mut ChatRequest<'_>,
-        credential: Option<i64>,
-        route: Option<i64>,
-    ) {
-        if self == IngressDialect::Csml {
-            req.business_id = credential.or(route);
-        }
-    }
-
-    /// How many message ids [`Self::render_answer`] uses.
-    pub fn ids_needed(self, answer: &ChatAnswer<'_>) -> u64 {
-        match self {
-            IngressDialect::Haptik => haptik::ids_needed(answer),
-            IngressDialect::Csml => 0,
-        }
-    }
-
-    /// Renders the bot's answer for the caller.
-    pub fn render_answer(
-        self,
-        req: &ChatRequest<'_>,
-        answer: &ChatAnswer<'_>,
-        ctx: &AnswerContext<'_>,
-    ) -> Vec<u8> {
-        match self {
-            IngressDialect::Haptik => haptik::render_answer(req, answer, ctx),
-            IngressDialect::Csml => csml::render_answer(req, answer, ctx),
-        }
-    }
-
-    /// Whether rendering `answer` passes the backend's own messages through verbatim (same-dialect
-    /// fronting), so nothing the canonical model cannot hold is lost.
-    pub fn passes_through(self, answer: &ChatAnswer<'_>, shape: AnswerShape) -> bool {
-        matches!(
-            (self, answer.raw.as_ref().map(|r| r.0), shape),
-            (IngressDialect::Csml, Some(RawKind::CsmlPayload), _)
-                | (
-                    IngressDialect::Haptik,
-                    Some(RawKind::HaptikHsl),
-                    AnswerShape::Hsl
-                )
-        )
-    }
-
-    /// Renders an error the way this dialect's own servers do.
-    pub fn render_error(self, err: &ProxyError) -> Vec<u8> {
-        match self {
-            IngressDialect::Haptik => haptik::render_error(err),
-            IngressDialect::Csml => csml::render_error(err),
-        }
+impl fmt::Debug for AnswerContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnswerContext")
+            .field("request_id", &self.request_id)
+            .field("route_name", &self.route_name)
+            .finish_non_exhaustive()
     }
 }
 
-/// Renders an error for a caller whose dialect is unknown: readable as either (`error_message` for
-/// Haptik clients, `statusCode`/`error`/`message` for CSML clients).
+/// One configured caller credential, read from a `[[clients.<dialect>]]` table by its dialect.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// The credential as the authenticator stores it.
+    pub credential: crate::auth::ClientCredential,
+    /// Whether it is a shipped demo credential (warned about at start), named for the warning.
+    pub demo: Option<String>,
+}
+
+/// What a caller speaks. Implementations are unit structs listed in [`registry`].
+pub trait CallerDialect: Sync + Send + 'static {
+    /// The name in the config (`ingress = "…"`, `[[clients.<name>]]`) and in metric labels.
+    fn name(&self) -> &'static str;
+    /// Whether its requests name their own Haptik business (else the credential's or the route's
+    /// is used).
+    fn names_business(&self) -> bool {
+        false
+    }
+    /// Whether `ingress = "auto"` includes this dialect. Dialects whose credentials another
+    /// dialect's could be mistaken for stay out and are named explicitly instead.
+    fn in_auto(&self) -> bool {
+        true
+    }
+    /// How sure this dialect is, from the request head alone, that the caller speaks it.
+    fn detect(&self, head: &dyn RequestHead) -> Detection;
+    /// Whether a body has this dialect's request shape (when no header told).
+    fn detect_body(&self, body: &[u8]) -> bool;
+    /// The credential the caller presented (authenticate, step one; the shell checks it).
+    fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied>;
+    /// Reads one `[[clients.<name>]]` table (`key` names it for errors).
+    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError>;
+    /// Parses a caller's request body.
+    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError>;
+    /// Whether a bot's own message objects in this dialect's format should be kept for rendering
+    /// verbatim (same-vendor fronting loses nothing).
+    fn keeps_raw(&self) -> bool {
+        false
+    }
+    /// Whether rendering `answer` passes the bot's own messages through verbatim, so nothing the
+    /// canonical model cannot hold is lost (then dropped messages are not translation errors).
+    fn passes_through(&self, _answer: &ChatAnswer<'_>, _shape: AnswerShape) -> bool {
+        false
+    }
+    /// Renders the bot's answer for the caller.
+    fn render_answer(
+        &self,
+        req: &ChatRequest<'_>,
+        answer: &ChatAnswer<'_>,
+        ctx: &AnswerContext<'_>,
+    ) -> Vec<u8>;
+    /// Renders an error the way this dialect's own servers do.
+    fn render_error(&self, err: &ProxyError) -> Vec<u8>;
+}
+
+/// What a route adds to a request for its backend.
+#[derive(Debug, Clone, Copy)]
+pub struct BotRequestContext<'a> {
+    /// The request id to send.
+    pub request_id: &'a str,
+    /// The Haptik business to address (the caller's, its credential's, or the route's).
+    pub business_id: Option<i64>,
+    /// What to do with a flow trigger sent to a bot that has no such thing.
+    pub flow_trigger: FlowTriggerPolicy,
+}
+
+/// A bot dialect: reads a backend's settings into a configured [`Bot`].
+pub trait BotDialect: Sync + Send + 'static {
+    /// The name in the config (`dialect = "…"`) and in metric labels.
+    fn name(&self) -> &'static str;
+    /// The `[[backends]]` keys this dialect reads (beyond the ones every backend has). A key of
+    /// another dialect is refused by name.
+    fn keys(&self) -> &'static [&'static str];
+    /// Reads the dialect's settings (`key` names the table for errors).
+    fn configure(&self, key: &str, settings: toml::Table) -> Result<Box<dyn Bot>, ConfigError>;
+}
+
+/// A configured backend's dialect part: its credentials and parameters.
+pub trait Bot: Send + Sync + fmt::Debug {
+    /// The dialect's name (metric label).
+    fn dialect(&self) -> &'static str;
+    /// Whether requests need a Haptik-style business id (checked when routes are loaded).
+    fn needs_business(&self) -> bool {
+        false
+    }
+    /// A query parameter added to the configured URL (e.g. a bot's `?token=`); `None` for most.
+    fn query_param(&self) -> Option<(&'static str, &str)> {
+        None
+    }
+    /// Renders the request body for the bot, or a 4xx when it cannot be expressed there.
+    fn render_request(
+        &self,
+        req: &ChatRequest<'_>,
+        ctx: &BotRequestContext<'_>,
+    ) -> Result<Vec<u8>, ProxyError>;
+    /// Hands `add` the headers that authenticate the proxy to the bot, for a request sent at
+    /// `unix_secs`.
+    fn sign(&self, unix_secs: u64, add: &mut dyn FnMut(&'static str, &str));
+    /// Parses the bot's answer (any status). With `keep_raw`, a bot of the caller's own vendor
+    /// keeps its message objects for a verbatim rendering.
+    fn parse_answer<'b>(
+        &self,
+        status: u16,
+        body: &'b [u8],
+        keep_raw: bool,
+    ) -> Result<ChatAnswer<'b>, ProxyError>;
+}
+
+/// Reads a dialect's settings table into its own type, refusing unknown keys with the key named.
+pub fn settings<T: serde::de::DeserializeOwned>(
+    key: &str,
+    settings: toml::Table,
+) -> Result<T, ConfigError> {
+    let de = toml::Value::Table(settings);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            key.to_string()
+        } else {
+            format!("{key}.{path}")
+        };
+        ConfigError::new(at, e.into_inner().to_string())
+    })
+}
+
+/// Renders an error for a caller whose dialect is unknown: readable as either of the first two
+/// dialects' shapes (`error_message` for Haptik clients, `statusCode`/`error`/`message` for CSML
+/// clients).
 pub fn render_error_for_either(err: &ProxyError) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "error_message": err.message,
@@ -178,206 +245,9 @@ pub fn render_error_for_either(err: &ProxyError) -> Vec<u8> {
     .expect("error serializes")
 }
 
-#[derive(Deserialize)]
-struct ShapeProbe {
-    message_body: Option<IgnoredAny>,
-    payload: Option<IgnoredAny>,
-    client: Option<IgnoredAny>,
-}
-
-/// Tells the caller's dialect on a route that accepts both: `x-api-key` means CSML, `Authorization:
-/// Bearer` means Haptik; without either, the body's shape decides (`message_body` → Haptik, `client`
-/// and `payload` → CSML). `None` when nothing fits.
-pub fn detect(
-    has_api_key: bool,
-    authorization: Option<&[u8]>,
-    body: Option<&[u8]>,
-) -> Option<IngressDialect> {
-    if has_api_key {
-        return Some(IngressDialect::Csml);
-    }
-    if authorization.is_some_and(|a| a.len() >= 7 && a[..7].eq_ignore_ascii_case(b"bearer ")) {
-        return Some(IngressDialect::Haptik);
-    }
-    let probe: ShapeProbe = serde_json::from_slice(body?).ok()?;
-    match (probe.message_body, probe.client, probe.payload) {
-        (Some(_), None, None) => Some(IngressDialect::Haptik),
-        (None, Some(_), Some(_)) => Some(IngressDialect::Csml),
-        _ => None,
-    }
-}
-
-/// The dialect a backend bot speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendDialect {
-    /// CSML Chat API (`POST …/api/chat`).
-    Csml,
-    /// Haptik synchronous webhook.
-    Haptik,
-    /// The open-source CSML engine (`POST /run`).
-    CsmlEngine,
-}
-
-impl BackendDialect {
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendDialect::Csml => "csml",
-            BackendDialect::Haptik => "haptik",
-            BackendDialect::CsmlEngine => "csml-engine",
-        }
-    }
-}
-
-/// A backend's dialect with its credentials and parameters.
-#[derive(Clone)]
-pub enum BackendSpec {
-    /// CSML Chat API, signed or plain key.
-    Csml { auth: CsmlAuth },
-    /// Haptik webhook with the backend's own bearer token and client id.
-    Haptik { token: String, client_id: String },
-    /// CSML engine `/run` with configured ids and an optional plain `X-Api-Key`.
-    CsmlEngine {
-        bot_id: String,
-        channel_id: String,
-        api_key: Option<String>,
-    },
-}
-
-impl fmt::Debug for BackendSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BackendSpec::Csml { auth } => f.debug_struct("Csml").field("auth", auth).finish(),
-            BackendSpec::Haptik { client_id, .. } => f
-                .debug_struct("Haptik")
-                .field("client_id", client_id)
-                .field("token", &"<redacted>")
-                .finish(),
-            BackendSpec::CsmlEngine {
-                bot_id, channel_id, ..
-            } => f
-                .debug_struct("CsmlEngine")
-                .field("bot_id", bot_id)
-                .field("channel_id", channel_id)
-                .finish_non_exhaustive(),
-        }
-    }
-}
-
-/// What a route adds to a request for its backend.
-#[derive(Debug, Clone, Copy)]
-pub struct BackendRequestContext<'a> {
-    /// The request id to send.
-    pub request_id: &'a str,
-    /// The Haptik business to address (the caller's, its credential's, or the route's).
-    pub business_id: Option<i64>,
-    /// What to do with a flow trigger sent to a Haptik bot.
-    pub flow_trigger: FlowTriggerPolicy,
-}
-
-impl BackendSpec {
-    /// The dialect.
-    pub fn dialect(&self) -> BackendDialect {
-        match self {
-            BackendSpec::Csml { .. } => BackendDialect::Csml,
-            BackendSpec::Haptik { .. } => BackendDialect::Haptik,
-            BackendSpec::CsmlEngine { .. } => BackendDialect::CsmlEngine,
-        }
-    }
-
-    /// Renders the request body for the backend, or a 4xx when it cannot be expressed there.
-    pub fn render_request(
-        &self,
-        req: &ChatRequest<'_>,
-        ctx: &BackendRequestContext<'_>,
-    ) -> Result<Vec<u8>, ProxyError> {
-        match self {
-            BackendSpec::Csml { .. } => Ok(csml::render_request(req, ctx.request_id)),
-            BackendSpec::Haptik { .. } => {
-                let business_id = ctx.business_id.ok_or_else(|| {
-                    ProxyError::new(
-                        400,
-                        crate::error::Reason::UnknownTarget,
-                        "no business_id for this Haptik bot: the credential or route must name one",
-                    )
-                })?;
-                haptik::render_request(req, business_id, ctx.flow_trigger)
-            }
-            BackendSpec::CsmlEngine {
-                bot_id, channel_id, ..
-            } => Ok(csml_engine::render_request(
-                req,
-                ctx.request_id,
-                bot_id,
-                channel_id,
-            )),
-        }
-    }
-
-    /// Hands `add` the headers that authenticate the proxy to the backend, for a request sent at
-    /// `unix_secs`.
-    pub fn auth_headers(&self, unix_secs: u64, mut add: impl FnMut(&'static str, &str)) {
-        match self {
-            BackendSpec::Csml { auth } => auth.headers(unix_secs, add),
-            BackendSpec::Haptik { token, client_id } => {
-                add("authorization", &format!("Bearer {token}"));
-                add("client-id", client_id);
-            }
-            BackendSpec::CsmlEngine { api_key, .. } => {
-                if let Some(k) = api_key {
-                    add("x-api-key", k);
-                }
-            }
-        }
-    }
-
-    /// Parses the backend's answer (any status) for a caller speaking `caller`: a CSML caller also
-    /// gets a CSML bot's own message payloads (see [`ChatAnswer::raw`]); for others they are not kept.
-    pub fn parse_answer<'b>(
-        &self,
-        status: u16,
-        body: &'b [u8],
-        caller: IngressDialect,
-    ) -> Result<ChatAnswer<'b>, ProxyError> {
-        let keep_raw = caller == IngressDialect::Csml;
-        match self {
-            BackendSpec::Csml { .. } => {
-                if !(200..300).contains(&status) {
-                    return Err(ProxyError::new(
-                        502,
-                        crate::error::Reason::BackendStatus,
-                        format!("the backend answered HTTP {status}"),
-                    ));
-                }
-                csml::parse_answer(body, keep_raw)
-            }
-            BackendSpec::Haptik { .. } => haptik::parse_answer(status, body),
-            BackendSpec::CsmlEngine { .. } => csml_engine::parse_answer(status, body, keep_raw),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn detects_each_dialect_and_neither() {
-        use IngressDialect::*;
-        assert_eq!(detect(true, None, None), Some(Csml));
-        assert_eq!(detect(true, Some(b"Bearer x"), None), Some(Csml));
-        assert_eq!(detect(false, Some(b"Bearer x"), None), Some(Haptik));
-        assert_eq!(detect(false, Some(b"bearer x"), None), Some(Haptik));
-        assert_eq!(detect(false, Some(b"Basic x"), Some(b"{}")), None);
-        let haptik = include_bytes!("../../tests/fixtures/haptik/seed-request.json");
-        let csml = include_bytes!("../../tests/fixtures/csml/seed-request.json");
-        assert_eq!(detect(false, None, Some(haptik)), Some(Haptik));
-        assert_eq!(detect(false, None, Some(csml)), Some(Csml));
-        assert_eq!(detect(false, None, Some(b"{\"hello\":1}")), None);
-        assert_eq!(detect(false, None, Some(b"not json")), None);
-        assert_eq!(detect(false, None, None), None);
-    }
 
     #[test]
     fn either_error_is_readable_by_both() {
@@ -387,14 +257,5 @@ mod tests {
         assert_eq!(v["error_message"], "x");
         assert_eq!(v["message"], "x");
         assert_eq!(v["statusCode"], 400);
-    }
-
-    #[test]
-    fn debug_hides_backend_tokens() {
-        let s = BackendSpec::Haptik {
-            token: "tok-secret".into(),
-            client_id: "c".into(),
-        };
-        assert!(!format!("{s:?}").contains("tok-secret"));
     }
 }

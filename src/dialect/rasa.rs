@@ -22,8 +22,15 @@ use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::{
+    token_digest, token_presented, ClientCredential, Denied, Grant, Presented, Scope,
+};
+use crate::config::{ConfigError, SecretSource};
 use crate::dialect::haptik::is_http_url;
-use crate::dialect::{from_json, FlowTriggerPolicy};
+use crate::dialect::{
+    from_json, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
+    ClientEntry, Detection, FlowTriggerPolicy, RequestHead,
+};
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
 
@@ -432,6 +439,176 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyErr
         }
     }
     Ok(answer)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dialect interface
+
+/// Rasa's REST channel, as callers and bots speak it.
+pub struct Rasa;
+
+/// `[[clients.rasa]]`: one Rasa caller, known by its token (`?token=` or `Authorization: Bearer`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    /// A name for logs.
+    name: String,
+    /// Its token (only a digest is kept).
+    token: SecretSource,
+    /// The Haptik business its requests go to.
+    business_id: Option<i64>,
+    /// Route names it may reach (absent: any).
+    routes: Option<Vec<String>>,
+    /// Business ids it may reach (absent: any).
+    businesses: Option<Vec<i64>>,
+}
+
+/// A Rasa bot's settings (`dialect = "rasa"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BotConfig {
+    /// Rasa's `--auth-token`, sent as `?token=`.
+    token: Option<SecretSource>,
+}
+
+/// A configured Rasa bot.
+struct RasaBot {
+    token: Option<String>,
+}
+
+impl fmt::Debug for RasaBot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RasaBot")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl CallerDialect for Rasa {
+    fn name(&self) -> &'static str {
+        "rasa"
+    }
+
+    /// A bare bearer token is also what a Haptik caller without its client id sends, so Rasa
+    /// callers are told apart only on routes that name this dialect.
+    fn in_auto(&self) -> bool {
+        false
+    }
+
+    /// A `?token=`, or a bearer token without a client id.
+    fn detect(&self, head: &dyn RequestHead) -> Detection {
+        let query_token = head
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")));
+        let bearer = head
+            .header("authorization")
+            .is_some_and(|a| a.len() > 7 && a[..7].eq_ignore_ascii_case(b"bearer "));
+        let client_id = head
+            .header("client-id")
+            .or(head.header("client_id"))
+            .is_some();
+        if query_token || (bearer && !client_id) {
+            Detection::Yes
+        } else {
+            Detection::No
+        }
+    }
+
+    fn detect_body(&self, body: &[u8]) -> bool {
+        looks_like_request(body)
+    }
+
+    fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied> {
+        token_presented("rasa", head.header("authorization"), head.query()).map(Presented::Token)
+    }
+
+    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+        let c: ClientConfig = settings(key, table)?;
+        let token = c.token.resolve(&format!("{key}.token"))?;
+        let demo = (token == "demo-rasa-token").then(|| format!("rasa token of {}", c.name));
+        let grant = Grant {
+            name: c.name.as_str().into(),
+            business_id: c.business_id,
+            scope: Scope {
+                routes: c.routes,
+                businesses: c.businesses,
+            },
+            csml: None,
+        };
+        Ok(ClientEntry {
+            credential: ClientCredential::Token {
+                digest: token_digest("rasa", token.as_bytes()),
+                grant,
+            },
+            demo,
+        })
+    }
+
+    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError> {
+        parse_request(body)
+    }
+
+    fn render_answer(
+        &self,
+        req: &ChatRequest<'_>,
+        answer: &ChatAnswer<'_>,
+        _ctx: &AnswerContext<'_>,
+    ) -> Vec<u8> {
+        render_answer(req, answer)
+    }
+
+    fn render_error(&self, err: &ProxyError) -> Vec<u8> {
+        render_error(err)
+    }
+}
+
+impl BotDialect for Rasa {
+    fn name(&self) -> &'static str {
+        "rasa"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["token"]
+    }
+
+    fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
+        let c: BotConfig = settings(key, table)?;
+        let token = match c.token {
+            Some(t) => Some(t.resolve(&format!("{key}.token"))?),
+            None => None,
+        };
+        Ok(Box::new(RasaBot { token }))
+    }
+}
+
+impl Bot for RasaBot {
+    fn dialect(&self) -> &'static str {
+        "rasa"
+    }
+
+    fn query_param(&self) -> Option<(&'static str, &str)> {
+        self.token.as_deref().map(|t| ("token", t))
+    }
+
+    fn render_request(
+        &self,
+        req: &ChatRequest<'_>,
+        ctx: &BotRequestContext<'_>,
+    ) -> Result<Vec<u8>, ProxyError> {
+        render_request(req, ctx.flow_trigger)
+    }
+
+    /// Rasa's REST channel takes no header credential (its token travels in the URL).
+    fn sign(&self, _unix_secs: u64, _add: &mut dyn FnMut(&'static str, &str)) {}
+
+    fn parse_answer<'b>(
+        &self,
+        status: u16,
+        body: &'b [u8],
+        _keep_raw: bool,
+    ) -> Result<ChatAnswer<'b>, ProxyError> {
+        parse_answer(status, body)
+    }
 }
 
 #[cfg(test)]

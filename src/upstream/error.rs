@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pingora::ErrorType;
 
-use crate::config::Endpoint;
+use super::Endpoint;
 
 /// What went wrong talking to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

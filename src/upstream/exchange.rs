@@ -17,8 +17,8 @@ use tokio::io::AsyncWriteExt;
 use super::answer::read_answer;
 use super::error::{Failure, TransportError, TransportKind};
 use super::pool::IdlePool;
+use super::Endpoint;
 use super::{BackendPeer, Exchange};
-use crate::config::Endpoint;
 
 /// The pooled client for all backends.
 pub struct Upstream {

@@ -8,6 +8,7 @@
 //! - `pool`: idle keep-alive connections, checked when taken out, expired and swept by idle time;
 //! - `exchange`: one request and its answer ([`Upstream::exchange`]) within the backend's read
 //!   timeout, delivered at most once;
+//! - `endpoint`: where a service is: its URL parsed and its host resolved at load ([`Endpoint`]);
 //! - `error`: how an exchange fails ([`TransportError`], by [`TransportKind`]).
 //!
 //! A connection goes back to the pool only when the answer was complete, exactly framed and
@@ -15,6 +16,7 @@
 //! [`TransportKind`] (`crate::error`).
 
 mod answer;
+pub mod endpoint;
 mod error;
 mod exchange;
 mod head;
@@ -24,7 +26,7 @@ mod request;
 use bytes::Bytes;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 
-use crate::config::Endpoint;
+pub use endpoint::Endpoint;
 
 pub use error::{TransportError, TransportKind};
 pub use exchange::Upstream;

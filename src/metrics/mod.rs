@@ -12,6 +12,10 @@ use prometheus::{
     register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 
+mod request;
+
+pub use request::{AccessRecord, RouteMetrics};
+
 use crate::auth::AuthReason;
 use crate::error::Reason;
 
@@ -226,7 +230,9 @@ impl Metrics {
         }
     }
 
-    /// Creates the auth series (all at zero) so dashboards see them before the first event.
+    /// Creates the auth series (all at zero) so dashboards see them before the first event. The
+    /// auth cache and auth service series exist even without an auth service, so the shipped
+    /// dashboard shows 0 rather than "no data".
     pub fn register_auth(&self, dialects: &[&str], with_service: bool) {
         for d in dialects {
             self.auth_decisions.with_label_values(&[d, "allowed", "ok"]);
@@ -239,16 +245,14 @@ impl Metrics {
                     .with_label_values(&[d, "allowed", "stale"]);
             }
         }
-        if with_service {
-            for r in ["hit", "miss"] {
-                self.auth_cache_requests.with_label_values(&[r]);
-            }
-            for c in ["expired", "size", "explicit", "replaced"] {
-                self.auth_cache_evictions.with_label_values(&[c]);
-            }
-            for r in ["connect", "timeout", "status", "bad_answer"] {
-                self.auth_service_errors.with_label_values(&[r]);
-            }
+        for r in ["hit", "miss"] {
+            self.auth_cache_requests.with_label_values(&[r]);
+        }
+        for c in ["expired", "size", "explicit", "replaced"] {
+            self.auth_cache_evictions.with_label_values(&[c]);
+        }
+        for r in ["connect", "timeout", "status", "bad_answer"] {
+            self.auth_service_errors.with_label_values(&[r]);
         }
     }
 

@@ -1,0 +1,140 @@
+//! `[clients]`: who may call the proxy. Each `[[clients.<dialect>]]` table is read by that caller
+//! dialect (`CallerDialect::client`); this file only files the credentials by kind and refuses
+//! duplicates.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::auth::{ClientCredential, Credentials, CsmlClients, HaptikClients, TokenClients};
+use crate::dialect::registry;
+
+/// `[clients]` as written: the shared settings, then one array of tables per caller dialect.
+#[derive(Debug, Deserialize)]
+pub struct RawClients {
+    /// How far a CSML signature's timestamp may be from now, seconds either way.
+    #[serde(default = "default_tolerance")]
+    pub csml_tolerance_secs: u64,
+    /// Refuse a signed CSML request whose (key, timestamp, signature) was already seen within the
+    /// tolerance window. Off by default: the signature covers only `KEY|TS`, so two honest requests
+    /// signed in the same second look identical.
+    #[serde(default)]
+    pub csml_replay_guard: bool,
+    /// `[[clients.<dialect>]]` tables, by dialect name.
+    #[serde(flatten)]
+    pub by_dialect: BTreeMap<String, Vec<toml::Table>>,
+}
+
+impl Default for RawClients {
+    fn default() -> Self {
+        RawClients {
+            csml_tolerance_secs: default_tolerance(),
+            csml_replay_guard: false,
+            by_dialect: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+/// `[clients]`, validated.
+#[derive(Debug, Clone)]
+pub struct ClientsConfig {
+    pub credentials: Credentials,
+    pub csml_replay_guard: bool,
+    /// Per caller dialect: how many credentials, and whether any names no business.
+    pub summary: HashMap<&'static str, DialectClients>,
+    /// Callers whose credentials are the shipped demo ones (warned about at start).
+    pub demo_credentials_in_use: Vec<String>,
+    /// Every credential's `routes` scope (`clients.x[i].routes`, names), checked against the routes.
+    pub route_scopes: Vec<(String, Vec<String>)>,
+}
+
+/// What the route checks need to know of one dialect's credentials.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DialectClients {
+    pub count: usize,
+    pub any_without_business: bool,
+}
+
+/// Validates `[clients]`.
+pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
+    let mut out = ClientsConfig {
+        credentials: Credentials {
+            client_tokens: HaptikClients::new(),
+            api_keys: CsmlClients::new(raw.csml_tolerance_secs),
+            tokens: TokenClients::default(),
+        },
+        csml_replay_guard: raw.csml_replay_guard,
+        summary: HashMap::new(),
+        demo_credentials_in_use: Vec::new(),
+        route_scopes: Vec::new(),
+    };
+    for (name, tables) in raw.by_dialect {
+        let dialect = registry::caller(&name).ok_or_else(|| {
+            ConfigError::new(
+                format!("clients.{name}"),
+                format!(
+                    "no caller dialect named `{name}` (one of: {})",
+                    registry::caller_names().join(", ")
+                ),
+            )
+        })?;
+        for (i, table) in tables.into_iter().enumerate() {
+            let key = format!("clients.{name}[{i}]");
+            if let Some(toml::Value::Array(routes)) = table.get("routes") {
+                let names = routes.iter().filter_map(|r| r.as_str().map(str::to_owned));
+                out.route_scopes
+                    .push((format!("{key}.routes"), names.collect()));
+            }
+            let entry = dialect.client(&key, table)?;
+            out.demo_credentials_in_use.extend(entry.demo);
+            let summary = out.summary.entry(dialect.as_str()).or_default();
+            summary.count += 1;
+            file(&mut out.credentials, &key, entry.credential, summary)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Files one credential under its kind; a duplicate is an error naming the key.
+fn file(
+    creds: &mut Credentials,
+    key: &str,
+    c: ClientCredential,
+    summary: &mut DialectClients,
+) -> Result<(), ConfigError> {
+    match c {
+        ClientCredential::ClientToken { client_id, client } => {
+            let taken = format!("`{client_id}` is configured twice");
+            if !creds.client_tokens.insert(client_id, client) {
+                return Err(ConfigError::new(format!("{key}.client_id"), taken));
+            }
+        }
+        ClientCredential::ApiKey {
+            key: api_key,
+            grant,
+        } => {
+            summary.any_without_business |= grant.business_id.is_none();
+            if !creds.api_keys.insert(&api_key, grant) {
+                return Err(ConfigError::new(
+                    format!("{key}.key"),
+                    "this key is configured twice",
+                ));
+            }
+        }
+        ClientCredential::Token { digest, grant } => {
+            summary.any_without_business |= grant.business_id.is_none();
+            if !creds.tokens.insert(digest, grant) {
+                return Err(ConfigError::new(
+                    format!("{key}.token"),
+                    "this token is configured twice",
+                ));
+            }
+        }
+    }
+    Ok(())
+}

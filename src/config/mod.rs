@@ -1,0 +1,360 @@
+//! `proxy.toml`: one file per table, each validated once by its own function into the types the
+//! request path uses without re-checking. Every error names the key it is about
+//! (`backends[0].url: …`).
+//!
+//! - [`server`]: `[server]`; [`admin`]: `[admin]`, `[log]`, `[demo]`; [`clients`]: `[clients]` (each
+//!   dialect reads its own `[[clients.<dialect>]]`); [`auth_service`]; [`backends`] (each dialect
+//!   reads its own keys); [`routes`]; [`secret`]: secrets and the shared checks.
+//! - What a running process cannot change is one type, [`ProcessSettings`], compared as a whole on
+//!   reload: a new setting there is covered by the reload check without anyone listing it.
+
+pub mod admin;
+pub mod auth_service;
+pub mod backends;
+pub mod clients;
+pub mod routes;
+pub mod secret;
+pub mod server;
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use admin::{DemoConfig, LogConfig, LogFormat};
+pub use auth_service::AuthServiceConfig;
+pub use backends::Backend;
+pub use clients::ClientsConfig;
+pub use routes::{Route, Target};
+pub use secret::{header_safe, nonzero, SecretSource};
+pub use server::{Limits, ServerConfig};
+
+/// A configuration error: the key it is about and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key, e.g. `backends[0].url`; empty for file-level errors.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: server::RawServer,
+    pub admin: admin::RawAdmin,
+    #[serde(default)]
+    pub log: admin::RawLog,
+    pub demo: Option<admin::RawDemo>,
+    #[serde(default)]
+    pub clients: clients::RawClients,
+    pub auth_service: Option<auth_service::RawAuthService>,
+    #[serde(default)]
+    pub backends: Vec<backends::RawBackend>,
+    #[serde(default)]
+    pub routes: Vec<routes::RawRoute>,
+}
+
+/// Everything a running process cannot change: listeners, threads, pools, logging, the demo bots.
+/// A reload compares it as a whole ([`Config::restart_only_differences`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessSettings {
+    pub server: ServerConfig,
+    pub admin: admin::AdminConfig,
+    pub log: LogConfig,
+    pub demo: Option<admin::DemoIdentity>,
+}
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug)]
+pub struct Config {
+    pub process: ProcessSettings,
+    pub limits: Limits,
+    /// `[log] message_bodies`: log caller and bot bodies at trace level.
+    pub message_bodies: bool,
+    pub demo: Option<DemoConfig>,
+    pub clients: ClientsConfig,
+    pub auth_service: Option<AuthServiceConfig>,
+    pub backends: Vec<Backend>,
+    pub routes: Vec<Route>,
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text)
+}
+
+/// Parses and validates config text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let at = inner
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        let key = if key == "." { String::new() } else { key };
+        ConfigError::new(key, format!("{}{at}", inner.message()))
+    })?;
+    Config::from_raw(raw)
+}
+
+impl Config {
+    /// Validates the raw file, table by table.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let (server, limits) = server::validate(&raw.server)?;
+        let admin_config = admin::admin(&raw.admin, server.listen)?;
+        let log = admin::log(&raw.log)?;
+        let (demo, demo_identity) = match &raw.demo {
+            Some(d) => {
+                let (c, id) = admin::demo(d, &[server.listen, admin_config.listen])?;
+                (Some(c), Some(id))
+            }
+            None => (None, None),
+        };
+        let clients = clients::validate(raw.clients)?;
+        let auth_service = raw
+            .auth_service
+            .as_ref()
+            .map(auth_service::validate)
+            .transpose()?;
+        let (backends, backend_index) = backends::validate(raw.backends)?;
+        let known = routes::Known {
+            backends: &backends,
+            backend_index: &backend_index,
+            clients: &clients,
+            auth_service: auth_service.is_some(),
+        };
+        let routes = routes::validate(&raw.routes, &known)?;
+        Ok(Config {
+            process: ProcessSettings {
+                server,
+                admin: admin_config,
+                log,
+                demo: demo_identity,
+            },
+            limits,
+            message_bodies: raw.log.message_bodies,
+            demo,
+            clients,
+            auth_service,
+            backends,
+            routes,
+        })
+    }
+
+    /// The keys that differ between `self` and `new` and cannot change in a running process.
+    pub fn restart_only_differences(&self, new: &Config) -> Vec<String> {
+        if self.process == new.process {
+            return Vec::new();
+        }
+        let a = serde_json::to_value(&self.process).expect("settings serialize");
+        let b = serde_json::to_value(&new.process).expect("settings serialize");
+        let mut keys = Vec::new();
+        differing_keys("", &a, &b, &mut keys);
+        keys
+    }
+}
+
+/// The dotted keys under which two JSON values differ.
+fn differing_keys(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            let mut names: Vec<&String> = x.keys().chain(y.keys()).collect();
+            names.sort_unstable();
+            names.dedup();
+            for k in names {
+                let key = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                let null = serde_json::Value::Null;
+                differing_keys(
+                    &key,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(at.to_string()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("../../proxy.toml");
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let c = parse(DEFAULT).unwrap();
+        assert_eq!(c.process.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.process.admin.listen.to_string(), "127.0.0.1:9090");
+        assert!(c.demo.is_some());
+        assert_eq!(
+            c.clients.demo_credentials_in_use,
+            [
+                "csml key demo-key",
+                "haptik client demo-client",
+                "rasa token of demo"
+            ]
+        );
+        assert_eq!(c.routes[0].path, "/chat");
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).unwrap_err()
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:1"
+[admin]
+listen = "127.0.0.1:2"
+[[clients.haptik]]
+name = "c"
+client_id = "cid"
+token = "t"
+[[backends]]
+name = "b"
+dialect = "csml"
+url = "http://127.0.0.1:3/api/chat"
+api_key = "k"
+api_secret = "s"
+[[routes]]
+name = "r"
+path = "/chat"
+ingress = "haptik"
+backend = "b"
+"#;
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.backends[0].endpoint.path, "/api/chat");
+        assert_eq!(c.backends[0].endpoint.authority, "127.0.0.1:3");
+        assert!(c.routes[0].target(Some(99)).is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&MINIMAL.replace("name = \"b\"", "name = \"b\"\ncolour = 1"));
+        assert_eq!(e.key, "backends[0].colour");
+        assert!(e.problem.contains("unknown field `colour`"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[extra]\n"));
+        assert!(e.to_string().contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            (
+                MINIMAL.replace("http://127.0.0.1:3/api/chat", "ftp://x/y"),
+                "backends[0].url",
+            ),
+            (
+                MINIMAL.replace("backend = \"b\"", "backend = \"nope\""),
+                "routes[0].backend",
+            ),
+            (
+                MINIMAL.replace("listen = \"127.0.0.1:1\"", "listen = \"nowhere\""),
+                "server.listen",
+            ),
+            (
+                MINIMAL.replace("api_secret = \"s\"", ""),
+                "backends[0].api_secret",
+            ),
+            (
+                MINIMAL.replace(
+                    "token = \"t\"",
+                    "token = { env = \"BOTBRIDGE_TEST_UNSET_VAR\" }",
+                ),
+                "clients.haptik[0].token",
+            ),
+            (
+                MINIMAL.replace("token = \"t\"", "token = { file = \"/nonexistent/x\" }"),
+                "clients.haptik[0].token",
+            ),
+            (
+                MINIMAL.replace("token = \"t\"", "token = { vault = \"x\" }"),
+                "clients.haptik[0].token",
+            ),
+            (
+                MINIMAL.replace("dialect = \"csml\"", "dialect = \"klingon\""),
+                "backends[0].dialect",
+            ),
+            (
+                MINIMAL.replace("token = \"t\"", "token_sha256 = \"abc\""),
+                "clients.haptik[0].token_sha256",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = err(&text);
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn header_breaking_secrets_are_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "tok\r\nX-Evil: 1\n").unwrap();
+        let cfg = MINIMAL.replace(
+            "dialect = \"csml\"\nurl = \"http://127.0.0.1:3/api/chat\"\napi_key = \"k\"\napi_secret = \"s\"",
+            &format!("dialect = \"haptik\"\nurl = \"http://127.0.0.1:3/hook\"\ntoken = {{ file = \"{}\" }}\nclient_id = \"c\"", f.display()),
+        );
+        let e = err(&cfg);
+        assert_eq!(e.key, "backends[0].token", "{e}");
+        assert!(!e.to_string().contains("X-Evil"));
+    }
+
+    #[test]
+    fn secrets_come_from_env_and_files_and_never_print() {
+        std::env::set_var("BOTBRIDGE_TEST_SECRET", "from-env");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let src = SecretSource::Env("BOTBRIDGE_TEST_SECRET".into());
+        assert_eq!(src.resolve("k").unwrap(), "from-env");
+        let src = SecretSource::File(f.to_string_lossy().into());
+        assert_eq!(src.resolve("k").unwrap(), "from-file");
+        assert!(!format!("{:?}", SecretSource::Literal("hush".into())).contains("hush"));
+        let c = parse(&MINIMAL.replace(
+            "api_secret = \"s\"",
+            "api_secret = { env = \"BOTBRIDGE_TEST_SECRET\" }",
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("from-env"));
+    }
+}

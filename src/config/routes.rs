@@ -1,0 +1,304 @@
+//! `[[routes]]`: the paths callers use, the dialects they may speak there, and where each business
+//! goes.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::backends::Backend;
+use super::clients::ClientsConfig;
+use super::ConfigError;
+use crate::dialect::{registry, AnswerShape, Caller, FlowTriggerPolicy};
+
+/// `[[routes]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Its name in scopes, metrics and logs.
+    pub name: String,
+    /// The exact path callers use.
+    pub path: String,
+    /// What callers speak here: a dialect name, a list of them, or `auto` (every dialect that
+    /// detection can tell apart: Haptik and CSML).
+    pub ingress: IngressSpec,
+    /// The Haptik answer shape for Haptik callers: `legacy` or `hsl`.
+    #[serde(default)]
+    pub haptik_answer: AnswerShape,
+    /// What a flow trigger becomes for a bot that has none: `reject` (422) or `text`.
+    #[serde(default)]
+    pub flow_trigger: FlowTriggerPolicy,
+    /// The Haptik business for callers whose requests and credentials name none.
+    pub business_id: Option<i64>,
+    /// The backend for businesses not listed in `businesses`.
+    pub backend: Option<String>,
+    /// The business name Haptik callers see.
+    pub business_name: Option<String>,
+    /// The bot name callers see where their dialect shows one.
+    #[serde(default = "default_bot_name")]
+    pub bot_name: String,
+    /// Per-business backends.
+    #[serde(default)]
+    pub businesses: Vec<RawBusiness>,
+}
+
+fn default_bot_name() -> String {
+    "botbridge".into()
+}
+
+/// `ingress = "haptik"`, `["haptik", "rasa"]` or `"auto"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum IngressSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[[routes.businesses]]`: one Haptik business id and the backend that serves it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBusiness {
+    pub id: i64,
+    pub backend: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Where a request for one business goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Index into `Config::backends`.
+    pub backend: usize,
+    /// The business name shown to Haptik callers.
+    pub business_name: String,
+}
+
+/// A route, validated.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub path: String,
+    /// The dialects callers may speak here, in detection order.
+    pub ingress: Vec<Caller>,
+    pub haptik_answer: AnswerShape,
+    pub flow_trigger: FlowTriggerPolicy,
+    /// The Haptik business for callers that name none.
+    pub business_id: Option<i64>,
+    pub bot_name: String,
+    /// For business ids not listed in `businesses`; `None` rejects them.
+    pub default_target: Option<Target>,
+    pub businesses: HashMap<i64, Target>,
+}
+
+impl Route {
+    /// The target for a business id, if the route serves it.
+    pub fn target(&self, business_id: Option<i64>) -> Option<&Target> {
+        business_id
+            .and_then(|id| self.businesses.get(&id))
+            .or(self.default_target.as_ref())
+    }
+
+    /// Every backend the route can reach (indexes into `Config::backends`), each once, in order.
+    pub fn backends(&self) -> Vec<usize> {
+        let mut b: Vec<usize> = self
+            .default_target
+            .iter()
+            .chain(self.businesses.values())
+            .map(|t| t.backend)
+            .collect();
+        b.sort_unstable();
+        b.dedup();
+        b
+    }
+
+    /// The dialect, if the route accepts only one.
+    pub fn fixed(&self) -> Option<Caller> {
+        match self.ingress.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// Whether the route accepts this dialect.
+    pub fn accepts(&self, d: Caller) -> bool {
+        self.ingress.contains(&d)
+    }
+}
+
+/// What route validation reads from the tables before it.
+pub struct Known<'a> {
+    pub backends: &'a [Backend],
+    pub backend_index: &'a HashMap<String, usize>,
+    pub clients: &'a ClientsConfig,
+    pub auth_service: bool,
+}
+
+/// Validates every route and the scopes that name routes.
+pub fn validate(raw: &[RawRoute], known: &Known<'_>) -> Result<Vec<Route>, ConfigError> {
+    let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !r.path.starts_with('/') {
+            return Err(ConfigError::new(
+                format!("{key}.path"),
+                "must start with `/`",
+            ));
+        }
+        if routes.iter().any(|x| x.path == r.path) {
+            return Err(ConfigError::new(
+                format!("{key}.path"),
+                format!("`{}` is routed twice", r.path),
+            ));
+        }
+        let route = route(&key, r, known)?;
+        check_callers(&key, &route, known)?;
+        routes.push(route);
+    }
+    if routes.is_empty() {
+        return Err(ConfigError::new("routes", "at least one route is needed"));
+    }
+    for (key, names) in &known.clients.route_scopes {
+        if let Some(name) = names.iter().find(|n| !routes.iter().any(|r| &r.name == *n)) {
+            return Err(ConfigError::new(key, format!("no route named `{name}`")));
+        }
+    }
+    Ok(routes)
+}
+
+fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigError> {
+    let (default_target, businesses) = targets(key, r, known)?;
+    Ok(Route {
+        name: r.name.clone(),
+        path: r.path.clone(),
+        ingress: ingress(&format!("{key}.ingress"), &r.ingress)?,
+        haptik_answer: r.haptik_answer,
+        flow_trigger: r.flow_trigger,
+        business_id: r.business_id,
+        bot_name: r.bot_name.clone(),
+        default_target,
+        businesses,
+    })
+}
+
+/// The accepted dialects: `auto` is every dialect that takes part in detection.
+fn ingress(key: &str, spec: &IngressSpec) -> Result<Vec<Caller>, ConfigError> {
+    let names: Vec<&str> = match spec {
+        IngressSpec::One(n) if n == "auto" => {
+            return Ok(registry::callers().filter(|c| c.in_auto()).collect())
+        }
+        IngressSpec::One(n) => vec![n.as_str()],
+        IngressSpec::Many(v) => v.iter().map(String::as_str).collect(),
+    };
+    if names.is_empty() {
+        return Err(ConfigError::new(key, "name at least one dialect"));
+    }
+    let mut out: Vec<Caller> = Vec::with_capacity(names.len());
+    for n in names {
+        let c = registry::caller(n).ok_or_else(|| {
+            let all = registry::caller_names().join(", ");
+            ConfigError::new(
+                key,
+                format!("unknown dialect `{n}` (one of: {all}, or auto)"),
+            )
+        })?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    // Detection asks dialects in registry order, whatever order the list has.
+    out.sort_by_key(|c| c.index());
+    Ok(out)
+}
+
+type Targets = (Option<Target>, HashMap<i64, Target>);
+
+fn targets(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Targets, ConfigError> {
+    let lookup = |k: String, name: &str| {
+        known
+            .backend_index
+            .get(name)
+            .copied()
+            .ok_or_else(|| ConfigError::new(k, format!("no backend named `{name}`")))
+    };
+    let default_target = match &r.backend {
+        Some(name) => Some(Target {
+            backend: lookup(format!("{key}.backend"), name)?,
+            business_name: r.business_name.clone().unwrap_or_else(|| name.clone()),
+        }),
+        None => None,
+    };
+    let mut businesses = HashMap::new();
+    for (j, biz) in r.businesses.iter().enumerate() {
+        let bkey = format!("{key}.businesses[{j}]");
+        let (backend, bname) = match (&biz.backend, &default_target) {
+            (Some(name), _) => (lookup(format!("{bkey}.backend"), name)?, name.clone()),
+            (None, Some(t)) => (t.backend, known.backends[t.backend].name.clone()),
+            (None, None) => {
+                return Err(ConfigError::new(
+                    format!("{bkey}.backend"),
+                    "missing, and the route has no default `backend`",
+                ))
+            }
+        };
+        let business_name = biz
+            .name
+            .clone()
+            .or_else(|| r.business_name.clone())
+            .unwrap_or(bname);
+        let target = Target {
+            backend,
+            business_name,
+        };
+        if businesses.insert(biz.id, target).is_some() {
+            return Err(ConfigError::new(
+                format!("{bkey}.id"),
+                format!("business {} is listed twice", biz.id),
+            ));
+        }
+    }
+    if default_target.is_none() && businesses.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            "give a `backend` or at least one `businesses` entry",
+        ));
+    }
+    Ok((default_target, businesses))
+}
+
+/// Every accepted dialect must have credentials (or the auth service), and a dialect whose callers
+/// may name no business must be given one when the route reaches a bot that needs it.
+fn check_callers(key: &str, route: &Route, known: &Known<'_>) -> Result<(), ConfigError> {
+    let needs_business = route
+        .backends()
+        .iter()
+        .any(|&b| known.backends[b].bot.needs_business());
+    for &c in &route.ingress {
+        let clients = known
+            .clients
+            .summary
+            .get(c.as_str())
+            .copied()
+            .unwrap_or_default();
+        if clients.count == 0 && !known.auth_service {
+            return Err(ConfigError::new(
+                format!("{key}.ingress"),
+                format!(
+                    "accepts {0} callers but no [[clients.{0}]] is configured",
+                    c.as_str()
+                ),
+            ));
+        }
+        if needs_business
+            && !c.names_business()
+            && route.business_id.is_none()
+            && clients.any_without_business
+        {
+            return Err(ConfigError::new(
+                format!("{key}.business_id"),
+                format!(
+                    "required: {} callers without a business_id reach a bot that needs one here",
+                    c.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The request path's metrics and access log: the handles of each route resolved once per
+//! configuration (so the common request hashes no labels), and the record of one request.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter};
+
+use super::{status_class, Metrics, NO_ROUTE};
+use crate::config::{Config, Route};
+use crate::dialect::Caller;
+use crate::error::Reason;
+
+/// The metric handles of one (caller dialect, backend) pair of a route.
+struct PairMetrics {
+    ingress: Caller,
+    backend: usize,
+    ok_from_backend: IntCounter,
+    duration: Histogram,
+    backend_duration: Histogram,
+}
+
+/// A route's metric handles.
+pub struct RouteMetrics {
+    request_bytes: Histogram,
+    answer_bytes: Histogram,
+    pairs: Vec<PairMetrics>,
+}
+
+impl RouteMetrics {
+    /// Creates a route's series (at zero) and resolves its handles.
+    pub fn new(m: &Metrics, config: &Config, r: &Route) -> Self {
+        let reach = r.backends();
+        let backends: Vec<&str> = reach
+            .iter()
+            .map(|&b| config.backends[b].name.as_str())
+            .collect();
+        let mut dialects: Vec<&str> = reach
+            .iter()
+            .map(|&b| config.backends[b].bot.dialect())
+            .collect();
+        dialects.sort_unstable();
+        dialects.dedup();
+        let mut pairs = Vec::new();
+        for &ingress in &r.ingress {
+            m.register_route(&r.name, ingress.as_str(), &dialects, &backends);
+            for &b in &reach {
+                let bd = config.backends[b].bot.dialect();
+                let labels = [r.name.as_str(), ingress.as_str(), bd, "2xx", "backend"];
+                pairs.push(PairMetrics {
+                    ingress,
+                    backend: b,
+                    ok_from_backend: m.requests.with_label_values(&labels),
+                    duration: m.request_duration.with_label_values(&labels[..3]),
+                    backend_duration: m
+                        .backend_duration
+                        .with_label_values(&[&r.name, &config.backends[b].name]),
+                });
+            }
+        }
+        RouteMetrics {
+            request_bytes: m.request_bytes.with_label_values(&[&r.name]),
+            answer_bytes: m.answer_bytes.with_label_values(&[&r.name]),
+            pairs,
+        }
+    }
+
+    fn pair(&self, ingress: Caller, backend: usize) -> Option<&PairMetrics> {
+        self.pairs
+            .iter()
+            .find(|p| p.ingress == ingress && p.backend == backend)
+    }
+}
+
+/// What one request did, for the access log and metrics.
+#[derive(Debug, Default)]
+pub struct AccessRecord {
+    pub route: Option<usize>,
+    pub ingress: Option<Caller>,
+    pub backend: Option<usize>,
+    pub request_id: Option<String>,
+    pub bytes_in: usize,
+    pub backend_time: Option<Duration>,
+    pub error: Option<Reason>,
+    /// Whether the answer came from the backend (translated) rather than from the proxy alone.
+    pub from_backend: bool,
+}
+
+/// The label values of one record.
+struct Labels<'a> {
+    route: &'a str,
+    ingress: &'static str,
+    backend_dialect: &'static str,
+    class: &'static str,
+    source: &'static str,
+}
+
+impl AccessRecord {
+    /// Counts the request and writes its access log line.
+    pub fn record(
+        &self,
+        m: &Metrics,
+        config: &Config,
+        routes: &[RouteMetrics],
+        status: u16,
+        bytes_out: usize,
+        took: Duration,
+    ) {
+        let l = self.labels(config, status);
+        let hot = match (self.route, self.ingress, self.backend) {
+            (Some(r), Some(i), Some(b)) => routes[r].pair(i, b),
+            _ => None,
+        };
+        match hot {
+            Some(p) => self.observe_hot(m, p, &l, took),
+            None => self.observe_cold(m, config, &l, took),
+        }
+        match self.route {
+            Some(r) => {
+                routes[r].request_bytes.observe(self.bytes_in as f64);
+                routes[r].answer_bytes.observe(bytes_out as f64);
+            }
+            None => {
+                m.request_bytes
+                    .with_label_values(&[l.route])
+                    .observe(self.bytes_in as f64);
+                m.answer_bytes
+                    .with_label_values(&[l.route])
+                    .observe(bytes_out as f64);
+            }
+        }
+        if let Some(reason) = self.error {
+            m.request_errors
+                .with_label_values(&[l.route, reason.as_str()])
+                .inc();
+        }
+        self.log(config, &l, status, bytes_out, took);
+    }
+
+    fn labels<'c>(&self, config: &'c Config, status: u16) -> Labels<'c> {
+        let (route, backend_dialect) = match self.route {
+            Some(i) => {
+                let r = &config.routes[i];
+                let bd = self
+                    .backend
+                    .or_else(|| r.default_target.as_ref().map(|t| t.backend))
+                    .map_or("none", |b| config.backends[b].bot.dialect());
+                (r.name.as_str(), bd)
+            }
+            None => (NO_ROUTE, "none"),
+        };
+        Labels {
+            route,
+            ingress: self.ingress.map_or("none", Caller::as_str),
+            backend_dialect,
+            class: status_class(status),
+            source: if self.from_backend {
+                "backend"
+            } else {
+                "proxy"
+            },
+        }
+    }
+
+    /// The common case, a 2xx translated from a backend, uses handles resolved at load.
+    fn observe_hot(&self, m: &Metrics, p: &PairMetrics, l: &Labels<'_>, took: Duration) {
+        if l.class == "2xx" && self.from_backend {
+            p.ok_from_backend.inc();
+        } else {
+            m.requests
+                .with_label_values(&[l.route, l.ingress, l.backend_dialect, l.class, l.source])
+                .inc();
+        }
+        p.duration.observe(took.as_secs_f64());
+        if let Some(t) = self.backend_time {
+            p.backend_duration.observe(t.as_secs_f64());
+        }
+    }
+
+    /// Everything else looks its series up by labels.
+    fn observe_cold(&self, m: &Metrics, config: &Config, l: &Labels<'_>, took: Duration) {
+        m.requests
+            .with_label_values(&[l.route, l.ingress, l.backend_dialect, l.class, l.source])
+            .inc();
+        m.request_duration
+            .with_label_values(&[l.route, l.ingress, l.backend_dialect])
+            .observe(took.as_secs_f64());
+        if let (Some(b), Some(t)) = (self.backend, self.backend_time) {
+            m.backend_duration
+                .with_label_values(&[l.route, &config.backends[b].name])
+                .observe(t.as_secs_f64());
+        }
+    }
+
+    fn log(&self, config: &Config, l: &Labels<'_>, status: u16, bytes_out: usize, took: Duration) {
+        tracing::info!(
+            target: "botbridge::access",
+            request_id = self.request_id.as_deref().unwrap_or("-"),
+            route = l.route,
+            ingress = l.ingress,
+            backend = self.backend.map_or("-", |b| config.backends[b].name.as_str()),
+            backend_dialect = l.backend_dialect,
+            status,
+            reason = self.error.map_or("-", |r| r.as_str()),
+            duration_ms = took.as_secs_f64() * 1e3,
+            backend_ms = self.backend_time.map_or(0.0, |t| t.as_secs_f64() * 1e3),
+            bytes_in = self.bytes_in,
+            bytes_out,
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! Where and how to reach an HTTP service (a backend or the auth service): its URL parsed and its
+//! host resolved once, when the configuration is loaded.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::config::{header_safe, nonzero, ConfigError};
+
+/// A resolved endpoint.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The name metrics and logs use.
+    pub name: String,
+    pub tls: bool,
+    /// The host as written in the URL (TLS server name).
+    pub host: String,
+    /// `host[:port]` for the Host header.
+    pub authority: String,
+    pub addr: SocketAddr,
+    /// Path and query of every request.
+    pub path: String,
+    pub connect_timeout: Duration,
+    /// The whole exchange must finish within this.
+    pub read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+/// An endpoint's timeouts as written (milliseconds, seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect_ms: u64,
+    pub read_ms: u64,
+    pub idle_s: u64,
+}
+
+/// The parts of an `http(s)://` URL an endpoint needs.
+struct UrlParts {
+    tls: bool,
+    host: String,
+    port: u16,
+    authority: String,
+    path: String,
+}
+
+fn url_parts(url_key: &str, url: &str) -> Result<UrlParts, ConfigError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ConfigError::new(url_key, format!("not a valid URL: {e}")))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            return Err(ConfigError::new(
+                url_key,
+                "must start with http:// or https://",
+            ))
+        }
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ConfigError::new(url_key, "has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let authority = uri.authority().map_or("", |a| a.as_str()).to_string();
+    if authority.contains('@') {
+        return Err(ConfigError::new(url_key, "must not contain credentials"));
+    }
+    header_safe(url_key, &authority)?;
+    Ok(UrlParts {
+        tls,
+        port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+        host,
+        authority,
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    })
+}
+
+/// Parses and resolves `url` into an endpoint. `key` names the table for errors.
+pub fn endpoint(key: &str, name: &str, url: &str, t: Timeouts) -> Result<Endpoint, ConfigError> {
+    let url_key = format!("{key}.url");
+    let p = url_parts(&url_key, url)?;
+    let addr = (p.host.as_str(), p.port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::new(&url_key, format!("cannot resolve `{}`: {e}", p.host)))?
+        .next()
+        .ok_or_else(|| {
+            ConfigError::new(&url_key, format!("`{}` resolves to no address", p.host))
+        })?;
+    let ms = |field: &str, v: u64| nonzero(&format!("{key}.{field}"), v).map(Duration::from_millis);
+    Ok(Endpoint {
+        name: name.to_string(),
+        tls: p.tls,
+        host: p.host,
+        authority: p.authority,
+        addr,
+        path: p.path,
+        connect_timeout: ms("connect_timeout_ms", t.connect_ms)?,
+        read_timeout: ms("read_timeout_ms", t.read_ms)?,
+        pool_idle_timeout: Duration::from_secs(nonzero(
+            &format!("{key}.pool_idle_timeout_s"),
+            t.idle_s,
+        )?),
+    })
+}
+
+impl Endpoint {
+    /// Adds a query parameter to every request's path (percent-encoding the value).
+    pub fn add_query(&mut self, name: &str, value: &str) {
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        self.path.push(sep);
+        self.path.push_str(name);
+        self.path.push('=');
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                self.path.push(b as char);
+            } else {
+                self.path.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+}
