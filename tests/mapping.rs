@@ -547,6 +547,50 @@ fn ans_haptik_error_body() {
     assert!(e.message.contains("invalid token provided"));
 }
 
+#[test]
+fn ans_haptik_legacy_string_holding_hsl() {
+    let hsl = json!({"text":"Pick","type":"TEXT","data":{"quick_replies":[
+        {"actionable_text":"A","is_default":0,"type":"TEXT_ONLY","payload":{"message":"A1","gogo_message":""}}]}});
+    let body = json!([{"bot_messages": [hsl.to_string(), "{\"just\": \"json\"}"]}]).to_string();
+    let answer = haptik::parse_answer(200, body.as_bytes()).unwrap();
+    let req_body = any_request(C);
+    let req = C.parse_request(req_body.as_bytes()).unwrap();
+    let v: Value = serde_json::from_slice(&C.render_answer(&req, &answer, &ctx(Legacy))).unwrap();
+    let p = csml_payloads(&v);
+    assert_eq!(p[0]["content_type"], "question");
+    assert_eq!(p[0]["content"]["buttons"][0]["content"]["payload"], "A1");
+    assert_eq!(
+        p[1],
+        json!({"content_type":"text","content":{"text":"{\"just\": \"json\"}"}})
+    );
+}
+
+#[test]
+fn ans_haptik_refusal_about_the_caller() {
+    for (status, msg, want) in [
+        (403, "user is not registered", "user is not registered"),
+        (
+            400,
+            "invalid business_id provided",
+            "invalid business_id provided",
+        ),
+        (
+            400,
+            "a bot's own words",
+            "the bot refused the request as invalid",
+        ),
+    ] {
+        let body = json!({"error_message": msg}).to_string();
+        let e = haptik::parse_answer(status, body.as_bytes()).unwrap_err();
+        assert_eq!((e.status, &*e.message), (status, want));
+        let v: Value = serde_json::from_slice(&C.render_error(&e)).unwrap();
+        assert_eq!(
+            (v["statusCode"].as_u64(), v["message"].as_str()),
+            (Some(status as u64), Some(want))
+        );
+    }
+}
+
 // ==========================================================================================
 // Rasa REST channel (docs/mapping.md, the "Rasa" sections). Self-contained, below everything
 // else, so that edits to the rows above and to these merge cleanly.

@@ -357,4 +357,89 @@ backend = "b"
         .unwrap();
         assert!(!format!("{c:?}").contains("from-env"));
     }
+
+    #[test]
+    fn a_key_of_another_dialect_is_refused_by_name() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "api_secret = \"s\"",
+                &format!("api_secret = \"s\"\n{extra}"),
+            )
+        };
+        let e = err(&with("token = \"t\""));
+        assert_eq!(
+            e.to_string(),
+            "backends[0].token: not used by dialect `csml`; remove it"
+        );
+        let e = err(&with("bot_id = \"b\""));
+        assert_eq!(e.key, "backends[0].bot_id");
+        let e = err(&with("colour = 1"));
+        assert_eq!(e.to_string(), "backends[0].colour: unknown field `colour`");
+        let e = err(&MINIMAL.replace("dialect = \"csml\"", "dialect = \"rasa\""));
+        assert_eq!(
+            e.to_string(),
+            "backends[0].api_key: not used by dialect `rasa`; remove it"
+        );
+    }
+
+    #[test]
+    fn a_bot_token_travels_in_the_query() {
+        let c = parse(&MINIMAL.replace(
+            "dialect = \"csml\"\nurl = \"http://127.0.0.1:3/api/chat\"\napi_key = \"k\"\napi_secret = \"s\"",
+            "dialect = \"rasa\"\nurl = \"http://127.0.0.1:3/webhooks/rest/webhook?x=1\"\ntoken = \"t k&\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.backends[0].endpoint.path,
+            "/webhooks/rest/webhook?x=1&token=t%20k%26"
+        );
+    }
+
+    #[test]
+    fn ingress_names_dialects_and_clients_tables_must_exist() {
+        let e = err(&MINIMAL.replace("ingress = \"haptik\"", "ingress = \"klingon\""));
+        assert_eq!(e.key, "routes[0].ingress");
+        assert!(e.problem.contains("unknown dialect `klingon`"), "{e}");
+        let c = parse(&MINIMAL.replace("ingress = \"haptik\"", "ingress = [\"haptik\"]")).unwrap();
+        assert_eq!(c.routes[0].fixed().map(|d| d.as_str()), Some("haptik"));
+        let e = err(&MINIMAL.replace("ingress = \"haptik\"", "ingress = \"csml\""));
+        assert_eq!(
+            e.to_string(),
+            "routes[0].ingress: accepts csml callers but no [[clients.csml]] is configured"
+        );
+        let e = err(&format!("{MINIMAL}\n[[clients.klingon]]\nname = \"k\"\n"));
+        assert_eq!(e.key, "clients.klingon");
+    }
+
+    #[test]
+    fn every_process_setting_needs_a_restart_and_is_named() {
+        let a = parse(DEFAULT).unwrap();
+        let same = parse(DEFAULT).unwrap();
+        assert!(a.restart_only_differences(&same).is_empty());
+        let cases = [
+            ("threads = 2", "threads = 3", "process.server.threads"),
+            (
+                "listen = \"127.0.0.1:9090\"",
+                "listen = \"127.0.0.1:9091\"",
+                "admin.listen",
+            ),
+            ("filter = \"info\"", "filter = \"debug\"", "log.filter"),
+            (
+                "api_secret = \"demo-backend-secret\"\nhaptik",
+                "api_secret = \"other\"\nhaptik",
+                "demo.credentials_sha256",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let b = parse(&DEFAULT.replacen(from, to, 1)).unwrap();
+            let keys = a.restart_only_differences(&b);
+            assert!(
+                keys.iter().any(|k| k == key.trim_start_matches("process.")),
+                "{key}: {keys:?}"
+            );
+        }
+        // What a reload may change is not among them.
+        let b = parse(&DEFAULT.replace("max_body_bytes = 65536", "max_body_bytes = 1024")).unwrap();
+        assert!(a.restart_only_differences(&b).is_empty());
+    }
 }

@@ -1158,4 +1158,59 @@ mod tests {
         assert!(!is_http_url("ftp://a"));
         assert!(!is_http_url("http:///x"));
     }
+
+    #[test]
+    fn a_legacy_string_holding_hsl_is_that_reply() {
+        let hsl = r#"{"text":"Pick","type":"TEXT","data":{"quick_replies":[{"actionable_text":"Yes","is_default":0,"type":"TEXT_ONLY","payload":{"message":"YES","gogo_message":""}}]}}"#;
+        let body = serde_json::to_vec(&serde_json::json!([{
+            "bot_messages": [hsl, "{\"looks\": \"like json\"}", "{not json", "plain"]
+        }]))
+        .unwrap();
+        let a = parse_answer(200, &body).unwrap();
+        assert_eq!(
+            a.replies,
+            vec![
+                Reply::Question {
+                    title: "Pick".into(),
+                    buttons: vec![Button {
+                        title: "Yes".into(),
+                        payload: Some("YES".into())
+                    }]
+                },
+                Reply::Text("{\"looks\": \"like json\"}".into()),
+                Reply::Text("{not json".into()),
+                Reply::Text("plain".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_about_the_caller_keep_their_status_and_never_the_bots_text() {
+        let e = refusal(403, Some("user is not registered"));
+        assert_eq!(
+            (e.status, e.reason, &*e.message),
+            (403, Reason::Forbidden, "user is not registered")
+        );
+        let e = refusal(400, Some("Invalid business_id provided"));
+        assert_eq!((e.status, e.reason), (400, Reason::UnknownTarget));
+        assert_eq!(e.message, "invalid business_id provided");
+        let e = refusal(403, Some("business \"343\" is inactive"));
+        assert_eq!((e.status, &*e.message), (403, "the business is inactive"));
+        let e = refusal(400, Some("SECRET free text"));
+        assert_eq!(
+            (e.status, &*e.message),
+            (400, "the bot refused the request as invalid")
+        );
+        for (status, msg) in [
+            (401, "invalid authorization details"),
+            (403, "invalid token provided"),
+        ] {
+            let e = refusal(status, Some(msg));
+            assert_eq!(e.status, 502, "{msg}");
+        }
+        let e = refusal(401, Some("SECRET"));
+        assert_eq!(e.status, 502);
+        assert!(!e.message.contains("SECRET"));
+        assert_eq!(refusal(500, None).status, 502);
+    }
 }
