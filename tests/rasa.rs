@@ -77,7 +77,8 @@ async fn rasa_clients_reach_the_demo_csml_bot_with_either_token_form() {
 async fn rasa_callers_are_refused_in_rasas_error_shape() {
     let proxy = Proxy::start(&shipped_config());
     let body = json!({"sender": "ada", "message": "Hello"}).to_string();
-    let cases: [(String, Vec<(&str, String)>, &str, u16); 4] = [
+    type Case<'a> = (String, Vec<(&'a str, String)>, &'a str, u16);
+    let cases: [Case; 4] = [
         (format!("{RASA_PATH}?token=wrong"), vec![], &body, 401),
         (RASA_PATH.to_string(), vec![], &body, 401),
         (
