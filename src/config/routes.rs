@@ -45,7 +45,7 @@ fn default_bot_name() -> String {
     "botbridge".into()
 }
 
-/// `ingress = "haptik"`, `["haptik", "rasa"]` or `"auto"`.
+/// `ingress = "haptik"`, `["haptik", "csml"]` or `"auto"`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum IngressSpec {
