@@ -227,10 +227,11 @@ impl ChatService {
     ) -> Result<(Caller, Option<Bytes>), ProxyError> {
         let body = self.read_body(rt, session, out).await?;
         let d = registry::detect_by_body(&route.ingress, &body).ok_or_else(|| {
-            ProxyError::bad_request(
-                "cannot tell the request's dialect: send Haptik (Authorization: Bearer + client-id) \
-                 or CSML (x-api-key [+ x-api-signature])",
-            )
+            let hints: Vec<&str> = route.ingress.iter().map(|c| c.credential_hint()).collect();
+            ProxyError::bad_request(format!(
+                "cannot tell the request's dialect: send {}",
+                hints.join(" or ")
+            ))
         })?;
         out.ingress = Some(d);
         Ok((d, Some(body)))

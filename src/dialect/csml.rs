@@ -834,6 +834,10 @@ impl CallerDialect for Csml {
         }
     }
 
+    fn credential_hint(&self) -> &'static str {
+        "CSML (x-api-key [+ x-api-signature])"
+    }
+
     fn detect_body(&self, body: &[u8]) -> bool {
         serde_json::from_slice::<ShapeProbe>(body)
             .is_ok_and(|p| p.message_body.is_none() && p.client.is_some() && p.payload.is_some())

@@ -698,6 +698,10 @@ impl CallerDialect for Haptik {
         true
     }
 
+    fn credential_hint(&self) -> &'static str {
+        "Haptik (Authorization: Bearer + client-id)"
+    }
+
     fn detect_body(&self, body: &[u8]) -> bool {
         serde_json::from_slice::<ShapeProbe>(body)
             .is_ok_and(|p| p.message_body.is_some() && p.client.is_none() && p.payload.is_none())

@@ -133,6 +133,9 @@ pub trait CallerDialect: Sync + Send + 'static {
     }
     /// How sure this dialect is, from the request head alone, that the caller speaks it.
     fn detect(&self, head: &dyn RequestHead) -> Detection;
+    /// How a caller of this dialect shows its credential, for the error when no dialect could be
+    /// told (`Haptik (Authorization: Bearer + client-id)`).
+    fn credential_hint(&self) -> &'static str;
     /// Whether a body has this dialect's request shape (when no header told).
     fn detect_body(&self, body: &[u8]) -> bool;
     /// The credential the caller presented (authenticate, step one; the shell checks it).

@@ -514,6 +514,10 @@ impl CallerDialect for Rasa {
         }
     }
 
+    fn credential_hint(&self) -> &'static str {
+        "Rasa (?token= or Authorization: Bearer)"
+    }
+
     fn detect_body(&self, body: &[u8]) -> bool {
         looks_like_request(body)
     }
