@@ -1,5 +1,8 @@
 //! The auth service, the decision cache, least privilege, the replay guard and log hygiene, against a
 //! real auth service over loopback (a small hyper server that counts its calls).
+//!
+//! In-process; the tests that count metrics (process-wide here) start their proxy alone and count
+//! differences between scrapes. Log hygiene is checked on the spawned binary's log.
 
 mod common;
 
@@ -177,29 +180,12 @@ fn csml_text() -> String {
         .to_string()
 }
 
-async fn metrics(proxy: &Proxy) -> String {
-    reqwest::get(proxy.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-        })
-        .unwrap_or_else(|| panic!("no series {series}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_hit_makes_no_call() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let svc = AuthMock::start().await;
-    let proxy = Proxy::start(&config(&backend, &svc.url, "positive_ttl_s = 60", ""));
+    let proxy = Proxy::start_alone(&config(&backend, &svc.url, "positive_ttl_s = 60", "")).await;
+    let before = scrape(&proxy).await;
     for _ in 0..5 {
         let (status, body) = send(
             &proxy,
@@ -252,39 +238,50 @@ async fn a_cache_hit_makes_no_call() {
         backend.requests().last().unwrap().json()["metadata"],
         json!({"business_id": 77})
     );
-    let m = metrics(&proxy).await;
+    let m = scrape(&proxy).await;
     assert_eq!(
-        metric(&m, "botbridge_auth_cache_requests_total{result=\"hit\"}"),
+        grew(
+            &before,
+            &m,
+            "botbridge_auth_cache_requests_total{result=\"hit\"}"
+        ),
         4 + 3
     );
     assert_eq!(
-        metric(&m, "botbridge_auth_cache_requests_total{result=\"miss\"}"),
+        grew(
+            &before,
+            &m,
+            "botbridge_auth_cache_requests_total{result=\"miss\"}"
+        ),
         2
     );
     assert_eq!(
-        metric(&m, "botbridge_auth_service_duration_seconds_count"),
+        grew(&before, &m, "botbridge_auth_service_duration_seconds_count"),
         2
     );
     assert_eq!(
-        metric(
+        grew(
+            &before,
             &m,
             "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"ok\",result=\"allowed\"}"
         ),
         6
     );
-    assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"csml\",reason=\"bad_signature\",result=\"denied\"}"), 1);
+    assert_eq!(grew(&before, &m, "botbridge_auth_decisions_total{dialect=\"csml\",reason=\"bad_signature\",result=\"denied\"}"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_expire_after_their_ttls() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let svc = AuthMock::start().await;
-    let proxy = Proxy::start(&config(
+    let proxy = Proxy::start_alone(&config(
         &backend,
         &svc.url,
         "positive_ttl_s = 2\nnegative_ttl_s = 1",
         "",
-    ));
+    ))
+    .await;
+    let before = scrape(&proxy).await;
     let unknown = haptik("nobody", "nothing");
     let body = haptik_body("u", "hi", 1);
     let (status, err) = send(&proxy, "/chat", &unknown, &body).await;
@@ -315,8 +312,9 @@ async fn decisions_expire_after_their_ttls() {
     send(&proxy, "/chat", &haptik("svc-client", "svc-token"), &body).await;
     assert_eq!(svc.calls(), 5);
     assert!(
-        metric(
-            &metrics(&proxy).await,
+        grew(
+            &before,
+            &scrape(&proxy).await,
             "botbridge_auth_cache_evictions_total{cause=\"explicit\"}"
         ) >= 1
     );
@@ -327,7 +325,7 @@ async fn a_hundred_concurrent_misses_make_one_call() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let svc = AuthMock::start().await;
     svc.set(Mode::Slow(Duration::from_millis(300)));
-    let proxy = Proxy::start(&config(&backend, &svc.url, "timeout_ms = 3000", ""));
+    let proxy = Proxy::start(&config(&backend, &svc.url, "timeout_ms = 3000", "")).await;
     let proxy = Arc::new(proxy);
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -357,8 +355,10 @@ async fn a_hundred_concurrent_misses_make_one_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_or_slow_service_fails_closed_in_the_callers_dialect() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
-    let dead = format!("http://127.0.0.1:{}/verify", free_port());
-    let proxy = Proxy::start(&config(&backend, &dead, "timeout_ms = 300", ""));
+    let down = RefusedPort::new();
+    let dead = format!("http://{}/verify", down.addr);
+    let proxy = Proxy::start_alone(&config(&backend, &dead, "timeout_ms = 300", "")).await;
+    let before = scrape(&proxy).await;
     let (status, err) = send(
         &proxy,
         "/chat",
@@ -388,20 +388,22 @@ async fn a_down_or_slow_service_fails_closed_in_the_callers_dialect() {
     )
     .await;
     assert_eq!(status, 200);
-    let m = metrics(&proxy).await;
+    let m = scrape(&proxy).await;
     assert_eq!(
-        metric(
+        grew(
+            &before,
             &m,
             "botbridge_auth_service_errors_total{reason=\"connect\"}"
         ),
         2
     );
-    assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"unavailable\",result=\"error\"}"), 1);
+    assert_eq!(grew(&before, &m, "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"unavailable\",result=\"error\"}"), 1);
     drop(proxy);
 
     let svc = AuthMock::start().await;
     svc.set(Mode::Slow(Duration::from_secs(3)));
-    let proxy = Proxy::start(&config(&backend, &svc.url, "timeout_ms = 300", ""));
+    let proxy = Proxy::start_alone(&config(&backend, &svc.url, "timeout_ms = 300", "")).await;
+    let before = scrape(&proxy).await;
     let started = Instant::now();
     let (status, _) = send(
         &proxy,
@@ -416,8 +418,9 @@ async fn a_down_or_slow_service_fails_closed_in_the_callers_dialect() {
         "gave up at the 300 ms timeout"
     );
     assert_eq!(
-        metric(
-            &metrics(&proxy).await,
+        grew(
+            &before,
+            &scrape(&proxy).await,
             "botbridge_auth_service_errors_total{reason=\"timeout\"}"
         ),
         1
@@ -443,12 +446,14 @@ async fn a_down_or_slow_service_fails_closed_in_the_callers_dialect() {
 async fn serve_stale_keeps_recent_grants_working_while_the_service_is_down() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let svc = AuthMock::start().await;
-    let proxy = Proxy::start(&config(
+    let proxy = Proxy::start_alone(&config(
         &backend,
         &svc.url,
         "positive_ttl_s = 1\nnegative_ttl_s = 1\nserve_stale_s = 60\ntimeout_ms = 300",
         "",
-    ));
+    ))
+    .await;
+    let before = scrape(&proxy).await;
     let body = haptik_body("u", "hi", 1);
     let (status, _) = send(&proxy, "/chat", &haptik("svc-client", "svc-token"), &body).await;
     assert_eq!(status, 200);
@@ -464,10 +469,12 @@ async fn serve_stale_keeps_recent_grants_working_while_the_service_is_down() {
     )
     .await;
     assert_eq!(status, 503, "never seen: fail closed");
-    let m = metrics(&proxy).await;
-    let stale_allowed = m.contains(
-        r#"botbridge_auth_decisions_total{dialect="haptik",reason="stale",result="allowed"} 1"#,
-    );
+    let m = scrape(&proxy).await;
+    let stale_allowed = grew(
+        &before,
+        &m,
+        r#"botbridge_auth_decisions_total{dialect="haptik",reason="stale",result="allowed"}"#,
+    ) == 1;
     // Once the service refuses the credential, the stale copy is gone: a later outage does not let
     // it back in.
     svc.set(Mode::DenyAll);
@@ -479,8 +486,14 @@ async fn serve_stale_keeps_recent_grants_working_while_the_service_is_down() {
     let (status, _) = send(&proxy, "/chat", &haptik("svc-client", "svc-token"), &body).await;
     assert_eq!(status, 503, "a refused credential is not served stale");
     assert!(stale_allowed, "one stale decision counted");
-    assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"stale\",result=\"allowed\"}"), 1);
-    assert!(metric(&m, "botbridge_auth_service_errors_total{reason=\"status\"}") >= 2);
+    assert_eq!(grew(&before, &m, "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"stale\",result=\"allowed\"}"), 1);
+    assert!(
+        grew(
+            &before,
+            &m,
+            "botbridge_auth_service_errors_total{reason=\"status\"}"
+        ) >= 2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,7 +506,8 @@ async fn credentials_reach_only_their_scope() {
         "name = \"acme\"\nclient_id = \"acme-client\"\ntoken = \"acme-token\"",
         "name = \"acme\"\nclient_id = \"acme-client\"\ntoken = \"acme-token\"\nroutes = [\"other\"]\nbusinesses = [5]",
     );
-    let proxy = Proxy::start(&cfg);
+    let proxy = Proxy::start_alone(&cfg).await;
+    let before = scrape(&proxy).await;
     let acme = haptik("acme-client", "acme-token");
     let (status, _) = send(&proxy, "/other", &acme, &haptik_body("u", "hi", 5)).await;
     assert_eq!(status, 200);
@@ -527,10 +541,11 @@ async fn credentials_reach_only_their_scope() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(backend.count(), 2, "nothing out of scope reached the bot");
-    let m = metrics(&proxy).await;
-    assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"out_of_scope\",result=\"denied\"}"), 3);
+    let m = scrape(&proxy).await;
+    assert_eq!(grew(&before, &m, "botbridge_auth_decisions_total{dialect=\"haptik\",reason=\"out_of_scope\",result=\"denied\"}"), 3);
     assert_eq!(
-        metric(
+        grew(
+            &before,
             &m,
             "botbridge_request_errors_total{reason=\"forbidden\",route=\"chat\"}"
         ),
@@ -546,7 +561,7 @@ async fn csml_scope_refusals_are_csml_errors() {
         "name = \"signed\"\nkey = \"csml-caller-key\"",
         "name = \"signed\"\nkey = \"csml-caller-key\"\nroutes = [\"other\"]",
     );
-    let proxy = Proxy::start(&cfg);
+    let proxy = Proxy::start(&cfg).await;
     let (status, err) = send(
         &proxy,
         "/chat",
@@ -571,7 +586,9 @@ async fn csml_scope_refusals_are_csml_errors() {
 async fn replays_are_refused_when_the_guard_is_on() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let svc = AuthMock::start().await;
-    let proxy = Proxy::start(&config(&backend, &svc.url, "", "csml_replay_guard = true"));
+    let proxy =
+        Proxy::start_alone(&config(&backend, &svc.url, "", "csml_replay_guard = true")).await;
+    let before = scrape(&proxy).await;
     let signed = csml_signed(CSML_CALLER_KEY, CSML_CALLER_SECRET);
     let (status, _) = send(&proxy, "/chat", &signed, &csml_text()).await;
     assert_eq!(status, 200);
@@ -611,8 +628,8 @@ async fn replays_are_refused_when_the_guard_is_on() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(backend.count(), 2, "the replay never reached the bot");
-    let m = metrics(&proxy).await;
-    assert_eq!(metric(&m, "botbridge_auth_decisions_total{dialect=\"csml\",reason=\"replayed\",result=\"denied\"}"), 3);
+    let m = scrape(&proxy).await;
+    assert_eq!(grew(&before, &m, "botbridge_auth_decisions_total{dialect=\"csml\",reason=\"replayed\",result=\"denied\"}"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -647,7 +664,8 @@ business_id = 9
 "#,
         haptik_bot.addr
     );
-    let proxy = Proxy::start_with_env(&cfg, &[("RUST_LOG", "trace")]);
+    // Spawned: its log is what this test reads.
+    let proxy = SpawnedProxy::start_with_env(&cfg, &[("RUST_LOG", "trace")]);
     let signed = csml_signed(CSML_CALLER_KEY, CSML_CALLER_SECRET);
     let svc_signed = csml_signed("svc-key", "svc-secret");
     type Sent<'a> = (&'a str, Vec<(&'a str, String)>, String);

@@ -1,4 +1,5 @@
-//! End to end over loopback: Haptik clients through the real proxy process to CSML backends.
+//! End to end over loopback: Haptik clients through the proxy to CSML backends. In-process, except the
+//! tests that read the proxy's logs or check that its process survives (on the spawned binary).
 
 mod common;
 
@@ -30,8 +31,8 @@ bot_name = "acme-bot"
     )
 }
 
-async fn post(
-    proxy: &Proxy,
+async fn post<P: Urls>(
+    proxy: &P,
     path: &str,
     headers: &[(&str, &str)],
     body: impl Into<reqwest::Body>,
@@ -72,7 +73,8 @@ async fn translates_a_haptik_request_and_the_csml_answer_field_by_field() {
     .await;
     let proxy = Proxy::start(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
     let before = SystemTime::now();
     let mut headers = AUTH.to_vec();
     headers.push(("x-request-id", "rid-1"));
@@ -157,7 +159,8 @@ async fn reuses_pooled_backend_connections() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let proxy = Proxy::start(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
     for i in 0..20 {
         let (status, _, _) = post(
             &proxy,
@@ -182,7 +185,8 @@ async fn renders_rich_messages_as_documented() {
     let backend = CsmlBackend::start(Behaviour::Answer(answer.to_string())).await;
     let proxy = Proxy::start(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
     let (status, _, body) = post(&proxy, "/chat", &AUTH, haptik_body("u", "/media", 1)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -212,7 +216,8 @@ async fn images_and_hashed_tokens_and_the_underscore_header() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let proxy = Proxy::start(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
     let body = json!({"user":{"auth_id":"u"},"message_body":"https://x.test/cat.png","message_type":1,"business_id":7});
     let headers = [
         ("authorization", "Bearer hashed-token"),
@@ -244,7 +249,7 @@ api_key = "plain-key"
 "#,
         backend.addr
     );
-    let proxy = Proxy::start(&config_with(&(backends + &route(""))));
+    let proxy = Proxy::start(&config_with(&(backends + &route("")))).await;
     let (status, _, _) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
     assert_eq!(status, 200);
     let r = &backend.requests()[0];
@@ -280,7 +285,7 @@ id = 2
 backend = "b"
 "#;
     let cfg = csml_backend_toml("a", a.addr, "") + &csml_backend_toml("b", b.addr, "") + routes;
-    let proxy = Proxy::start(&config_with(&cfg));
+    let proxy = Proxy::start(&config_with(&cfg)).await;
     let (_, _, one) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
     assert_eq!(one[0]["bot_messages"], json!(["from a"]));
     assert_eq!(one[0]["fields"]["business_name"], "first");
@@ -301,7 +306,8 @@ async fn every_caller_error_is_a_haptik_error_and_reaches_no_backend() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let proxy = Proxy::start(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
     let ok = haptik_body("u", "hi", 1);
     let json_ct = ("content-type", "application/json");
     type Case<'a> = (Vec<(&'a str, &'a str)>, String, u16, &'a str);
@@ -443,7 +449,8 @@ async fn keeps_the_connection_after_an_error() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let proxy = Proxy::start(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
     // One raw connection: a 401 with a body, then a good request on the same socket.
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
@@ -491,14 +498,10 @@ async fn keeps_the_connection_after_an_error() {
 async fn backend_failures_are_502_or_504_and_never_wedge_the_proxy() {
     let backend = CsmlBackend::start(Behaviour::Status(500, String::new())).await;
     let garbage = RawBackend::start(b"this is not http\r\n\r\n").await;
-    let dead_port = free_port();
+    let dead = RefusedPort::new();
     let mut cfg = csml_backend_toml("bot", backend.addr, "");
     cfg += &csml_backend_toml("garbage", garbage.addr, "");
-    cfg += &csml_backend_toml(
-        "dead",
-        format!("127.0.0.1:{dead_port}").parse().unwrap(),
-        "",
-    );
+    cfg += &csml_backend_toml("dead", dead.addr, "");
     cfg += r#"
 [[routes]]
 name = "chat"
@@ -514,7 +517,8 @@ backend = "garbage"
 id = 99
 backend = "dead"
 "#;
-    let mut proxy = Proxy::start(&config_with(&cfg));
+    // Spawned: whether the process survives is part of the point.
+    let mut proxy = SpawnedProxy::start(&config_with(&cfg));
     let check = |status: StatusCode, err: &Value, want: u16, needle: &str| {
         assert_eq!(status.as_u16(), want, "{err}");
         let msg = err["error_message"].as_str().unwrap();
@@ -580,9 +584,11 @@ backend = "dead"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_listener_serves_health_and_metrics() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
-    let proxy = Proxy::start(&config_with(
+    let proxy = Proxy::start_alone(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
+    let before = scrape(&proxy).await;
     let health = client()
         .get(proxy.admin_url("/healthz"))
         .send()
@@ -609,12 +615,31 @@ async fn admin_listener_serves_health_and_metrics() {
         .unwrap()
         .starts_with("text/plain"));
     let text = resp.text().await.unwrap();
+    for (series, n) in [
+        (
+            r#"botbridge_requests_total{backend_dialect="csml",ingress="haptik",route="chat",source="backend",status_class="2xx"}"#,
+            3,
+        ),
+        (
+            r#"botbridge_requests_total{backend_dialect="csml",ingress="haptik",route="chat",source="proxy",status_class="4xx"}"#,
+            1,
+        ),
+        (
+            r#"botbridge_request_errors_total{reason="unauthorized",route="chat"}"#,
+            1,
+        ),
+        (
+            r#"botbridge_request_duration_seconds_count{backend_dialect="csml",ingress="haptik",route="chat"}"#,
+            4,
+        ),
+        (
+            r#"botbridge_backend_duration_seconds_count{backend="bot",route="chat"}"#,
+            3,
+        ),
+    ] {
+        assert_eq!(grew(&before, &text, series), n, "{series}");
+    }
     for needle in [
-        r#"botbridge_requests_total{backend_dialect="csml",ingress="haptik",route="chat",source="backend",status_class="2xx"} 3"#,
-        r#"botbridge_requests_total{backend_dialect="csml",ingress="haptik",route="chat",source="proxy",status_class="4xx"} 1"#,
-        r#"botbridge_request_errors_total{reason="unauthorized",route="chat"} 1"#,
-        r#"botbridge_request_duration_seconds_count{backend_dialect="csml",ingress="haptik",route="chat"} 4"#,
-        r#"botbridge_backend_duration_seconds_count{backend="bot",route="chat"} 3"#,
         r#"botbridge_request_duration_seconds_bucket{backend_dialect="csml",ingress="haptik",route="chat",le="0.005"}"#,
         "botbridge_in_flight_requests 0",
         "botbridge_build_info{version=",
@@ -635,7 +660,7 @@ async fn access_log_has_no_secrets_or_message_text() {
     let backend = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let mut cfg = config_with(&(csml_backend_toml("bot", backend.addr, "") + &route("")));
     cfg = cfg.replace("filter = \"info\"", "filter = \"info\"\nformat = \"json\"");
-    let proxy = Proxy::start(&cfg);
+    let proxy = SpawnedProxy::start(&cfg);
     let mut headers = AUTH.to_vec();
     headers.push(("x-request-id", "trace-me-123"));
     post(
@@ -662,8 +687,8 @@ async fn access_log_has_no_secrets_or_message_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_config_serves_the_demo_bot() {
-    // The shipped proxy.toml, moved to free ports.
-    let proxy = Proxy::start(&shipped_config());
+    // The shipped proxy.toml, spawned: the demo credentials warning is in its log.
+    let proxy = SpawnedProxy::start(&shipped_config());
     let headers = [
         ("authorization", "Bearer demo-token"),
         ("client-id", "demo-client"),
@@ -706,7 +731,8 @@ async fn translation_errors_are_counted_and_bodies_logged_only_when_asked() {
         "filter = \"info\"",
         "filter = \"info\"\nmessage_bodies = true",
     );
-    let proxy = Proxy::start_with_env(&cfg, &[("RUST_LOG", "info,botbridge::messages=trace")]);
+    let proxy =
+        SpawnedProxy::start_with_env(&cfg, &[("RUST_LOG", "info,botbridge::messages=trace")]);
     // The media answer has one `object` message no Haptik client can show: one dropped message.
     let (status, _, _) = post(
         &proxy,
@@ -807,7 +833,8 @@ async fn backend_answers_are_framed_correctly() {
         let backend = RawBackend::start(reply).await;
         let proxy = Proxy::start(&config_with(
             &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-        ));
+        ))
+        .await;
         let (status, _, body) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
         match want {
             Ok(text) => {
@@ -839,7 +866,8 @@ async fn connections_the_backend_closed_are_not_reused() {
     let backend = RawBackend::start(Box::leak(reply.into_bytes().into_boxed_slice())).await;
     let proxy = Proxy::start(&config_with(
         &(csml_backend_toml("bot", backend.addr, "") + &route("")),
-    ));
+    ))
+    .await;
     for i in 0..10 {
         let (status, _, body) = post(
             &proxy,

@@ -1,4 +1,7 @@
 //! The proxy reaches a CSML backend over HTTPS (rustls), verifying its certificate.
+//!
+//! On the spawned binary: the trusted roots come from the process environment (`SSL_CERT_FILE`, read
+//! by pingora's connector when the chat service is built), which a test must not change in-process.
 
 mod common;
 
@@ -84,7 +87,7 @@ backend = "bot"
     };
 
     // Trusting the test CA: the exchange works, twice (the second on a pooled TLS connection).
-    let proxy = Proxy::start_with_env(&cfg, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
+    let proxy = SpawnedProxy::start_with_env(&cfg, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())]);
     for _ in 0..2 {
         let resp = send(proxy.url("/chat")).await.unwrap();
         assert_eq!(resp.status(), 200);
@@ -99,7 +102,7 @@ backend = "bot"
     // Not trusting it: the proxy refuses the certificate and answers 502.
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
-    let proxy = Proxy::start_with_env(&cfg, &[("SSL_CERT_FILE", empty.to_str().unwrap())]);
+    let proxy = SpawnedProxy::start_with_env(&cfg, &[("SSL_CERT_FILE", empty.to_str().unwrap())]);
     let resp = send(proxy.url("/chat")).await.unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(

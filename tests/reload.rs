@@ -1,4 +1,5 @@
 //! Reloading the configuration while running: SIGHUP and POST /reload, what changes, what does not.
+//! On the spawned binary: the file is rewritten under a running process, which is signalled.
 
 mod common;
 
@@ -16,7 +17,7 @@ backend = "bot"
 "#
 }
 
-async fn post(proxy: &Proxy, client: &str, token: &str) -> u16 {
+async fn post(proxy: &SpawnedProxy, client: &str, token: &str) -> u16 {
     reqwest::Client::new()
         .post(proxy.url("/chat"))
         .header("authorization", format!("Bearer {token}"))
@@ -30,7 +31,7 @@ async fn post(proxy: &Proxy, client: &str, token: &str) -> u16 {
         .as_u16()
 }
 
-async fn admin_post(proxy: &Proxy, path: &str) -> (u16, String) {
+async fn admin_post(proxy: &SpawnedProxy, path: &str) -> (u16, String) {
     let r = reqwest::Client::new()
         .post(proxy.admin_url(path))
         .send()
@@ -39,7 +40,7 @@ async fn admin_post(proxy: &Proxy, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn reloads(proxy: &Proxy, result: &str) -> u64 {
+async fn reloads(proxy: &SpawnedProxy, result: &str) -> u64 {
     let text = reqwest::get(proxy.admin_url("/metrics"))
         .await
         .unwrap()
@@ -60,7 +61,7 @@ async fn sighup_applies_new_credentials_and_routes() {
     let a = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let b = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let base = csml_backend_toml("bot", a.addr, "") + routes();
-    let proxy = Proxy::start(&config_with(&base));
+    let proxy = SpawnedProxy::start(&config_with(&base));
     assert_eq!(post(&proxy, "new-client", "new-token").await, 401);
     assert_eq!(post(&proxy, "acme-client", "acme-token").await, 200);
     assert_eq!(a.count(), 1);
@@ -92,7 +93,7 @@ async fn sighup_applies_new_credentials_and_routes() {
 async fn an_invalid_or_restart_only_change_is_refused_and_changes_nothing() {
     let a = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let base = config_with(&(csml_backend_toml("bot", a.addr, "") + routes()));
-    let proxy = Proxy::start(&base);
+    let proxy = SpawnedProxy::start(&base);
     // A broken file: refused with the key named; the proxy keeps serving the old config.
     proxy.rewrite_config(&base.replace("backend = \"bot\"", "backend = \"nope\""));
     let (status, text) = admin_post(&proxy, "/reload").await;
@@ -158,7 +159,7 @@ async fn a_reload_clears_the_auth_cache() {
     let a = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
     let cfg = config_with(&(csml_backend_toml("bot", a.addr, "") + routes()))
         + &format!("\n[auth_service]\nurl = \"{url}\"\npositive_ttl_s = 600\n");
-    let proxy = Proxy::start(&cfg);
+    let proxy = SpawnedProxy::start(&cfg);
     for _ in 0..3 {
         assert_eq!(post(&proxy, "svc-client", "svc-token").await, 200);
     }

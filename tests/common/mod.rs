@@ -1,4 +1,11 @@
-//! Test harness: the real `botbridge` binary as a child process, and test backends on loopback.
+//! Test harness: the proxy, and test backends on loopback.
+//!
+//! Two ways to run the proxy:
+//! - [`Proxy`] (`inproc.rs`): the chat, admin and demo services inside the test process, on listeners
+//!   the test binds to port 0 itself, with a [`TestClock`]. For request-path tests: everything that
+//!   only sends requests and checks answers, what backends received and `/metrics`.
+//! - [`SpawnedProxy`] (`spawned.rs`): the real `botbridge` binary as a child process, for what only a
+//!   process has: its log output, signals, reloading its file on `SIGHUP`, surviving, its environment.
 //!
 //! [`CsmlBackend`] is a small hyper server that checks the proxy's CSML signature on its own (plain
 //! `hmac`, not the proxy's code), records every request it receives, and answers as told.
@@ -6,12 +13,19 @@
 
 #![allow(dead_code)]
 
+mod inproc;
+mod spawned;
+
+// Each test binary uses one harness or both.
+#[allow(unused_imports)]
+pub use inproc::*;
+#[allow(unused_imports)]
+pub use spawned::*;
+
 use std::convert::Infallible;
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -32,6 +46,13 @@ pub const ENGINE_KEY: &str = "engine-key";
 pub const CSML_CALLER_KEY: &str = "csml-caller-key";
 pub const CSML_CALLER_SECRET: &str = "csml-caller-secret";
 pub const CSML_PLAIN_KEY: &str = "csml-plain-key";
+
+/// The secrets test configs read from the environment (`{ env = "VAR" }`), and their values: set in a
+/// spawned proxy's environment, written into the config text of an in-process one.
+pub const TEST_SECRETS: [(&str, &str); 2] = [
+    ("TEST_BACKEND_SECRET", BACKEND_SECRET),
+    ("TEST_CSML_CALLER_SECRET", CSML_CALLER_SECRET),
+];
 
 /// The credentials a test backend expects.
 #[derive(Debug, Clone, Copy)]
@@ -62,13 +83,78 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
+/// A loopback address where connections are refused, reserved for as long as this lives: a socket
+/// bound to it that never listens. The kernel gives a bound port to nobody else (no listener, no
+/// outgoing connection) and answers a connection attempt with a reset. For "the backend is down".
+pub struct RefusedPort {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl RefusedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        RefusedPort {
+            addr: socket.local_addr().unwrap(),
+            _socket: socket,
+        }
+    }
+}
+
+/// Where a running proxy (in-process or spawned) answers.
+pub trait Urls {
+    /// The chat listener's port.
+    fn chat_port(&self) -> u16;
+    /// The admin listener's port.
+    fn admin_port(&self) -> u16;
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.chat_port(), path)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port(), path)
+    }
+}
+
+impl<T: Urls + ?Sized> Urls for Arc<T> {
+    fn chat_port(&self) -> u16 {
+        (**self).chat_port()
+    }
+    fn admin_port(&self) -> u16 {
+        (**self).admin_port()
+    }
+}
+
+/// The admin listener's `/metrics` text.
+pub async fn scrape<P: Urls + ?Sized>(proxy: &P) -> String {
+    reqwest::get(proxy.admin_url("/metrics"))
+        .await
         .unwrap()
-        .local_addr()
+        .text()
+        .await
         .unwrap()
-        .port()
+}
+
+/// The value of one series (name and labels as printed, e.g. `x_total{a="b"}`) in a scrape.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
+        Some(rest.trim().parse::<f64>().unwrap())
+    })
+}
+
+/// How much a counter grew from the scrape `before` to the scrape `after` (a series missing from
+/// `before` counts from 0; one missing from `after` fails the test).
+///
+/// The metrics live in the process-wide Prometheus registry, so an in-process test reads its own
+/// effect as a difference, on a proxy started with [`Proxy::start_alone`] so that no other test's
+/// requests move the same series meanwhile.
+pub fn grew(before: &str, after: &str, series: &str) -> u64 {
+    let now = series_value(after, series).unwrap_or_else(|| panic!("no series {series}"));
+    let then = series_value(before, series).unwrap_or(0.0);
+    (now - then) as u64
 }
 
 /// What a test backend received.
@@ -344,17 +430,6 @@ impl Drop for RawBackend {
     }
 }
 
-/// A running proxy process.
-pub struct Proxy {
-    child: Child,
-    /// The config file the proxy runs on (rewrite it, then reload).
-    pub config_path: std::path::PathBuf,
-    pub port: u16,
-    pub admin_port: u16,
-    pub log_path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 /// The config's `[[backends]]` table for a CSML test backend at `addr`.
 pub fn csml_backend_toml(name: &str, addr: SocketAddr, extra: &str) -> String {
     format!(
@@ -372,7 +447,8 @@ read_timeout_ms = 1500
     )
 }
 
-/// A complete config: one Haptik client, the given backends and routes. `{PORT}`, `{ADMIN}` filled in.
+/// A complete config: one Haptik client, the given backends and routes; `{PORT}`, `{ADMIN}` and
+/// `{DIR}` are left for the harness.
 pub fn config_with(backends_and_routes: &str) -> String {
     format!(
         r#"
@@ -420,116 +496,13 @@ token_sha256 = "{}"
     )
 }
 
-impl Proxy {
-    /// Starts the proxy on `config` (with `{PORT}`, `{ADMIN}` and `{DIR}` placeholders) and waits
-    /// until its admin listener answers.
-    pub fn start(config: &str) -> Proxy {
-        Self::start_with_env(config, &[])
-    }
-
-    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let text = config
-            .replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string())
-            .replace("{DIR}", &dir.path().display().to_string());
-        let path = dir.path().join("proxy.toml");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let log_path = dir.path().join("proxy.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_botbridge"));
-        cmd.arg("--config")
-            .arg(&path)
-            .env("TEST_BACKEND_SECRET", BACKEND_SECRET)
-            .env("TEST_CSML_CALLER_SECRET", CSML_CALLER_SECRET)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start botbridge");
-        let proxy = Proxy {
-            child,
-            config_path: path.clone(),
-            port,
-            admin_port,
-            log_path,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                return proxy;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not start:\n{}",
-                proxy.logs()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
-    }
-
-    pub fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.admin_port, path)
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// Rewrites the config file (same placeholders as [`Proxy::start`], same ports and folder).
-    pub fn rewrite_config(&self, config: &str) {
-        let dir = self.config_path.parent().unwrap().display().to_string();
-        let text = config
-            .replace("{PORT}", &self.port.to_string())
-            .replace("{ADMIN}", &self.admin_port.to_string())
-            .replace("{DIR}", &dir);
-        std::fs::write(&self.config_path, text).unwrap();
-    }
-
-    /// Sends a signal to the process (`kill -SIG pid`).
-    pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The shipped `proxy.toml`, moved to free ports (`{PORT}`, `{ADMIN}`, `{DIR}` for [`Proxy::start`]).
+/// The shipped `proxy.toml`, moved off its fixed ports: `{PORT}`, `{ADMIN}`, `{DEMO}` (the demo bots'
+/// port, which the backends' URLs name too) and `{DIR}`, filled in by either harness.
 pub fn shipped_config() -> String {
-    let demo_port = free_port();
     include_str!("../../proxy.toml")
         .replace("127.0.0.1:8080", "127.0.0.1:{PORT}")
         .replace("127.0.0.1:9090", "127.0.0.1:{ADMIN}")
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{demo_port}"))
+        .replace("127.0.0.1:8081", "127.0.0.1:{DEMO}")
         .replace(
             "[server]",
             "[server]\npid_file = \"{DIR}/pid\"\nupgrade_sock = \"{DIR}/sock\"",
@@ -537,8 +510,8 @@ pub fn shipped_config() -> String {
 }
 
 /// POSTs a JSON body with these headers to the proxy; the answer's status and JSON body.
-pub async fn send(
-    proxy: &Proxy,
+pub async fn send<P: Urls + ?Sized>(
+    proxy: &P,
     path: &str,
     headers: &[(&str, String)],
     body: &str,
