@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Instructions per request of botbridge's full translating path, counted by valgrind's callgrind.
+
+The setup of bench/bench.py (a fixed-answer nginx backend with the 600-byte CSML answer; botbridge
+with one worker thread taking a Haptik request with Bearer + client-id, signing it with HMAC for the
+CSML backend and translating the answer back), with botbridge under `valgrind --tool=callgrind`.
+A client here sends a warm-up of requests, then callgrind's counters are zeroed (`callgrind_control
+-z`), then a fixed number of requests is sent over the same keep-alive connections, each answer
+checked for 200, and the counters dumped (`callgrind_control -d`). Prints the proxy's user-space
+instructions (Ir, all its threads) divided by the requests. Unlike CPU time on a shared VM this
+repeats run to run to about 0.1%, so it shows a change's cost.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+from bench import CSML_ANSWER, HAPTIK_BODY  # bench/bench.py, beside this file
+
+
+def free_ports(n):
+    """n free loopback ports below 32768 (outside Linux's ephemeral range)."""
+    ports = []
+    while len(ports) < n:
+        p = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        if p not in ports:
+            ports.append(p)
+    return ports
+
+
+def wait_port(port, proc, log, seconds=120):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"callgrind: nothing listens on {port}\n{open(log).read()[-3000:]}")
+
+
+def drive(socks, count):
+    """Send exactly `count` requests over the keep-alive connections `socks`, one in flight on each;
+    every answer must be a 200 (read to its Content-Length before the next request on its connection)."""
+    req = (f"POST /chat HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+           f"Authorization: Bearer bench-token\r\nclient-id: bench-client\r\n"
+           f"Content-Length: {len(HAPTIK_BODY)}\r\n\r\n{HAPTIK_BODY}").encode()
+    sel = selectors.DefaultSelector()
+    sent = done = 0
+    for s in socks[:count]:
+        s.sendall(req)
+        sent += 1
+        sel.register(s, selectors.EVENT_READ, bytearray())
+    while done < count:
+        events = sel.select(timeout=60)
+        if not events:
+            raise SystemExit(f"callgrind: no answer in 60 s ({done} of {count} answered)")
+        for key, _ in events:
+            s, buf = key.fileobj, key.data
+            data = s.recv(65536)
+            if not data:
+                raise SystemExit("callgrind: botbridge closed a connection")
+            buf += data
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            head = bytes(buf[:end])
+            m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if not m:
+                raise SystemExit(f"callgrind: answer without content-length: {head!r}")
+            if len(buf) < end + 4 + int(m.group(1)):
+                continue
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"callgrind: answer {head[:40]!r}, not 200: {bytes(buf)[-300:]!r}")
+            del buf[:]
+            done += 1
+            if sent < count:
+                s.sendall(req)
+                sent += 1
+            else:
+                sel.unregister(s)
+    sel.close()
+
+
+def callgrind_control(*args):
+    r = subprocess.run(["callgrind_control", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"callgrind: callgrind_control {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
+
+
+def total_ir(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"callgrind: no totals in {path}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary", help="the botbridge binary to measure")
+    ap.add_argument("label", nargs="?", default="", help="a name for the result line")
+    ap.add_argument("--requests", type=int, default=20000, help="counted requests")
+    ap.add_argument("--warmup", type=int, default=2000, help="requests before the counters are zeroed")
+    ap.add_argument("--connections", type=int, default=10, help="keep-alive connections, one request in flight on each")
+    ap.add_argument("--out", help="keep the callgrind dump here (for callgrind_annotate)")
+    args = ap.parse_args()
+    binary = os.path.abspath(args.binary)
+    label = args.label or binary
+
+    work = tempfile.mkdtemp(prefix="botbridge-callgrind-")
+    os.chmod(work, 0o755)  # nginx workers run unprivileged
+    log = os.path.join(work, "stderr.log")
+    procs, socks = [], []
+    try:
+        backend, bb_port, bb_admin = free_ports(3)
+        answer = CSML_ANSWER.replace("'", "\\'")
+        nginx_conf = os.path.join(work, "backend.conf")
+        with open(nginx_conf, "w") as f:
+            f.write(f"""
+worker_processes 1;
+pid {work}/backend.pid;
+error_log {work}/backend.error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/backend-body;
+  keepalive_requests 1000000;
+  keepalive_timeout 600s;
+  server {{
+    listen 127.0.0.1:{backend};
+    location / {{ default_type application/json; return 200 '{answer}'; }}
+  }}
+}}
+""")
+        # The keys bench.py uses, read the same way before and after the config-by-table refactor.
+        bb_conf = os.path.join(work, "proxy.toml")
+        with open(bb_conf, "w") as f:
+            f.write(f"""
+[server]
+listen = "127.0.0.1:{bb_port}"
+threads = 1
+upstream_pool_size = 64
+pid_file = "{work}/bb.pid"
+upgrade_sock = "{work}/bb.sock"
+grace_period_seconds = 0
+[admin]
+listen = "127.0.0.1:{bb_admin}"
+[log]
+filter = "warn"
+[[clients.haptik]]
+name = "bench"
+client_id = "bench-client"
+token = "bench-token"
+[[backends]]
+name = "bot"
+dialect = "csml"
+url = "http://127.0.0.1:{backend}/api/chat"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
+[[routes]]
+name = "chat"
+path = "/chat"
+ingress = "haptik"
+backend = "bot"
+""")
+        check = subprocess.run([binary, "--config", bb_conf, "check"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise SystemExit(f"callgrind: {binary} refuses the configuration:\n{check.stdout}{check.stderr}")
+
+        def start(cmd, port):
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "a"))
+            procs.append(p)
+            wait_port(port, p, log)
+            return p
+
+        start(["nginx", "-c", nginx_conf, "-g", "daemon off;"], backend)
+        out_pattern = os.path.join(work, "callgrind.out")
+        bb = start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_pattern}",
+                    binary, "--config", bb_conf], bb_port)
+
+        # One real request first: the answer must be the translated one.
+        req = urllib.request.Request(f"http://127.0.0.1:{bb_port}/chat", data=HAPTIK_BODY.encode(), method="POST", headers={
+            "Content-Type": "application/json", "Authorization": "Bearer bench-token", "client-id": "bench-client"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = json.loads(r.read())
+        assert body[0]["bot_messages"] == ["Your order ships tomorrow.", "Anything else?\n[Yes] [No]"], body
+        for _ in range(args.connections):
+            socks.append(socket.create_connection(("127.0.0.1", bb_port)))
+            socks[-1].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        drive(socks, args.warmup)
+        callgrind_control("-z", str(bb.pid))
+        drive(socks, args.requests)
+        callgrind_control("-d", str(bb.pid))
+        dump = out_pattern + ".1"  # the first dump on request; callgrind.out itself is the one at exit
+        ir = total_ir(dump)
+        if args.out:
+            shutil.copyfile(dump, args.out)
+        print(f"{label}: {ir / args.requests:.0f} instructions/request "
+              f"({ir} Ir / {args.requests} requests, {args.connections} connections, after {args.warmup} warm-up)")
+    finally:
+        for s in socks:
+            s.close()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT if p.args[0] == "valgrind" else signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
