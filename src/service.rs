@@ -179,12 +179,11 @@ impl ChatService {
         received: SystemTime,
     ) -> Result<Admitted<'r>, ProxyError> {
         let head = Head(session.req_header());
-        // The dialect the headers tell, among all (refusals before routing use it too).
-        out.ingress = registry::detect_by_head(&rt.auto, &head);
-        let route_idx = *rt
-            .routes_by_path
-            .get(head.0.uri.path())
-            .ok_or_else(|| ProxyError::new(404, Reason::NotFound, "no route for this path"))?;
+        let Some(&route_idx) = rt.routes_by_path.get(head.0.uri.path()) else {
+            // Refused in the dialect the headers tell, among all that `auto` takes.
+            out.ingress = registry::detect_by_head(&rt.auto, &head);
+            return Err(ProxyError::new(404, Reason::NotFound, "no route for this path"));
+        };
         out.route = Some(route_idx);
         let route = &rt.config.routes[route_idx];
         out.ingress = route
