@@ -104,7 +104,7 @@ impl Reason {
 }
 
 /// A failed request: what to answer and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ProxyError {
     /// The HTTP status to answer with.
     pub status: u16,
@@ -112,6 +112,10 @@ pub struct ProxyError {
     pub reason: Reason,
     /// A message for the caller; never contains a secret.
     pub message: Cow<'static, str>,
+    /// What only the debug log may show, and only with `[log] message_bodies` on: a parser's own
+    /// words or a bot's text, which can quote what users wrote. Never rendered to the caller, and
+    /// left out of `Debug`.
+    pub detail: Option<Box<str>>,
 }
 
 impl ProxyError {
@@ -121,7 +125,16 @@ impl ProxyError {
             status,
             reason,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    /// The same error with `detail` for the debug log (see [`ProxyError::detail`]); an empty one
+    /// is none.
+    pub fn with_detail(mut self, detail: impl Into<Box<str>>) -> Self {
+        let detail = detail.into();
+        self.detail = (!detail.is_empty()).then_some(detail);
+        self
     }
 
     /// 400: the body is malformed or a field is missing or mistyped.
@@ -157,6 +170,16 @@ impl fmt::Display for ProxyError {
             self.reason.as_str(),
             self.message
         )
+    }
+}
+
+impl fmt::Debug for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyError")
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
     }
 }
 

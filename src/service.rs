@@ -167,6 +167,7 @@ impl ChatService {
         let exchange = self.forward(rt, &to_bot, out).await?;
         let request_id = out.request_id.as_deref().unwrap_or_default();
         self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
+            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))
     }
 
     /// Admit: route by path, POST only, tell the caller's dialect, authenticate from the headers
@@ -503,6 +504,15 @@ fn request_id(req: &RequestHeader) -> String {
         .filter(|v| request_id_is_sane(v))
         .and_then(|v| std::str::from_utf8(v).ok())
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// A bot answer the caller was told about in fixed words only: the debug log says which, and, with
+/// `[log] message_bodies` on, what the parser or the bot said (it can quote what users wrote).
+fn log_unusable_answer(rt: &Runtime, backend: &Backend, e: &ProxyError, request_id: &str) {
+    tracing::debug!(backend = %backend.name, reason = e.reason.as_str(), problem = %e.message, "backend answer unusable");
+    if let (true, Some(detail)) = (rt.config.message_bodies, &e.detail) {
+        tracing::debug!(target: "botbridge::messages", request_id, backend = %backend.name, detail = &**detail, "why the backend answer is unusable");
+    }
 }
 
 fn unix_secs(t: SystemTime) -> u64 {

@@ -526,15 +526,24 @@ backend = "dead"
     };
     let (s, _, e) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
     check(s, &e, 502, "HTTP 500");
+    // Fixed messages that say what was wrong, never the bot's own text.
     backend.set(Behaviour::Answer("<html>oops</html>".into()));
     let (s, _, e) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
-    check(s, &e, 502, "not a CSML answer");
+    check(
+        s,
+        &e,
+        502,
+        "the backend answer is not a CSML answer: expected a JSON object with a `messages` array",
+    );
+    assert!(!e.to_string().contains("oops"), "{e}");
     backend.set(Behaviour::Answer(
         r#"{"messages":[{"payload":{"content_type":"error","content":{"error":"bot crashed"}}}]}"#
             .into(),
     ));
     let (s, _, e) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 1)).await;
-    check(s, &e, 502, "bot crashed");
+    check(s, &e, 502, "the bot reported an error");
+    assert_eq!(e["error_message"], "the bot reported an error");
+    assert!(!e.to_string().contains("bot crashed"), "{e}");
     let (s, _, e) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 66)).await;
     check(s, &e, 502, "");
     let (s, _, e) = post(&proxy, "/chat", &AUTH, haptik_body("u", "x", 99)).await;

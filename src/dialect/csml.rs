@@ -9,6 +9,7 @@
 //! reports a bot error, with HTTP 200) fails the answer.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use crate::auth::{
     csml_presented, ClientCredential, CsmlClientAuth, Denied, Grant, Presented, Scope,
 };
 use crate::config::{header_safe, ConfigError, SecretSource};
+use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
     from_json, settings, AnswerContext, AnswerShape, Bot, BotDialect, BotRequestContext,
@@ -471,20 +473,41 @@ impl<'de: 'a, 'a> Deserialize<'de> for TypedPayload<'a> {
     }
 }
 
-/// Reads one raw message payload into its type, naming the message at fault.
+/// A CSML answer, for the messages about one that is not ([`Expected`]).
+const CSML_ANSWER: Expected = Expected {
+    name: "CSML",
+    shape: "a JSON object with a `messages` array",
+    opens: b"{",
+    keys: &[
+        "messages",
+        "client",
+        "conversation_end",
+        "bot_id",
+        "channel_id",
+        "conversation_id",
+        "payload",
+        "content_type",
+        "content",
+        "text",
+        "url",
+        "title",
+        "buttons",
+        "error",
+    ],
+};
+
+/// Reads one raw message payload into its type, naming the message and field at fault.
 fn parse_payload<'a>(payload: &'a RawValue, i: usize) -> Result<TypedPayload<'a>, ProxyError> {
-    let p: PayloadIn<'a> = serde_json::from_str(payload.get()).map_err(|e| {
-        ProxyError::bad_answer(format!(
-            "backend answer: messages[{i}].payload is invalid: {e}"
-        ))
+    let p: PayloadIn<'a> = serde_json::from_str(payload.get()).map_err(|_| {
+        let at = format!("messages[{i}].payload");
+        CSML_ANSWER.part(PhantomData::<PayloadIn<'_>>, payload.get().as_bytes(), &at)
     })?;
-    let kind = &*p.content_type;
+    let (kind, content) = (&*p.content_type, p.content.get());
     ContentSeed(kind)
-        .deserialize(&mut serde_json::Deserializer::from_str(p.content.get()))
-        .map_err(|e| {
-            ProxyError::bad_answer(format!(
-                "backend answer: messages[{i}] ({kind}) has invalid content: {e}"
-            ))
+        .deserialize(&mut serde_json::Deserializer::from_str(content))
+        .map_err(|_| {
+            let at = format!("messages[{i}].payload.content");
+            CSML_ANSWER.part(ContentSeed(kind), content.as_bytes(), &at)
         })
 }
 
@@ -526,7 +549,9 @@ impl<'a, P> AnswerIn<'a, P> {
 /// gets them verbatim).
 ///
 /// A body that is not a CSML answer, or a message whose content does not fit its `content_type`, is a
-/// 502 (`backend_bad_answer`); an `error` message is a 502 (`bot_error`) carrying the bot's message.
+/// 502 (`backend_bad_answer`) naming the field at fault; an `error` message is a 502 (`bot_error`).
+/// Neither message repeats anything the bot wrote: serde's words and the bot's error text are the
+/// error's detail, for the debug log.
 pub fn parse_answer(body: &[u8], keep_raw: bool) -> Result<ChatAnswer<'_>, ProxyError> {
     if !keep_raw {
         // One pass over the body. Anything wrong is read again step by step below, which names
@@ -546,21 +571,15 @@ fn parse_answer_typed(body: &[u8]) -> Option<ChatAnswer<'_>> {
 
 /// The answer read envelope first, then each payload, keeping the payloads raw.
 fn parse_answer_kept(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
-    let wire: AnswerIn<'_, &RawValue> = from_json(body)
-        .map_err(|e| ProxyError::bad_answer(format!("backend answer is not a CSML answer: {e}")))?;
+    let wire: AnswerIn<'_, &RawValue> =
+        from_json(body).map_err(|_| CSML_ANSWER.body::<AnswerIn<'_, &RawValue>>(body))?;
     let mut raw = Vec::with_capacity(wire.messages.len());
     let mut answer = wire.into_answer(
         |i, payload| {
             raw.push(payload);
             parse_payload(payload, i)
         },
-        |e| {
-            ProxyError::new(
-                502,
-                Reason::BotError,
-                format!("the bot reported an error: {e}"),
-            )
-        },
+        |e| ProxyError::new(502, Reason::BotError, "the bot reported an error").with_detail(e),
     )?;
     answer.raw = Some((RawKind::CsmlPayload, raw));
     Ok(answer)
@@ -998,7 +1017,7 @@ impl Bot for CsmlBot {
         keep_raw: bool,
     ) -> Result<ChatAnswer<'b>, ProxyError> {
         if !(200..300).contains(&status) {
-            return Err(refusal(status));
+            return Err(refusal(status).with_detail(excerpt(body)));
         }
         parse_answer(body, keep_raw)
     }
@@ -1199,38 +1218,69 @@ mod tests {
     }
 
     #[test]
-    fn rejects_what_is_not_an_answer() {
-        for body in [
-            &b"<html>"[..],
-            b"{}",
-            br#"{"messages":{}}"#,
-            br#"{"messages":[{"payload":{"content_type":"text"}}]}"#,
-        ] {
-            let err = parse_answer(body).unwrap_err();
+    fn rejects_what_is_not_an_answer_naming_the_field_never_the_bot() {
+        const SECRET: &str = "SECRET-csml";
+        let not = "the backend answer is not a CSML answer: ";
+        let cases = [
+            (
+                format!("<html>{SECRET}</html>"),
+                format!("{not}expected a JSON object with a `messages` array"),
+            ),
+            (
+                format!(r#"{{"{SECRET}":1}}"#),
+                format!("{not}the body is missing the field `messages`"),
+            ),
+            (
+                format!(r#"{{"messages":"{SECRET}"}}"#),
+                format!("{not}`messages` has the wrong type"),
+            ),
+            (
+                format!(r#"{{"messages":[{{"payload":{{"content_type":"{SECRET}"}}}}]}}"#),
+                format!("{not}`messages[0].payload` is missing the field `content`"),
+            ),
+            (
+                format!(
+                    r#"{{"messages":[{{"payload":{{"content_type":"text","content":{{"text":"a"}}}}}},
+                    {{"payload":{{"content_type":"text","content":{{"text":["{SECRET}"]}}}}}}]}}"#
+                ),
+                format!("{not}`messages[1].payload.content.text` has the wrong type"),
+            ),
+            (
+                format!(
+                    r#"{{"messages":[{{"payload":{{"content_type":"question","content":{{"title":"t",
+                    "buttons":[{{"content":{{"{SECRET}":1}}}}]}}}}}}]}}"#
+                ),
+                format!(
+                    "{not}`messages[0].payload.content.buttons[0].content` is missing the field `title`"
+                ),
+            ),
+            (
+                format!(r#"{{"messages":[{{"payload":"{SECRET}""#),
+                "the backend answer is not valid JSON".to_owned(),
+            ),
+        ];
+        for (body, want) in cases {
+            let err = parse_answer(body.as_bytes()).unwrap_err();
             assert_eq!(
-                (err.status, err.reason),
-                (502, Reason::BackendBadAnswer),
-                "{err}"
+                (err.status, err.reason, &*err.message),
+                (502, Reason::BackendBadAnswer, &*want),
+                "{body}"
             );
+            // serde's own words, which quote the bot, stay in the detail for the debug log.
+            assert!(err.detail.is_some(), "{body}");
         }
-        let err = parse_answer(
-            br#"{"messages":[{"payload":{"content_type":"text","content":{"txt":"x"}}}]}"#,
-        )
-        .unwrap_err();
-        assert!(
-            err.message.contains("messages[0] (text)"),
-            "{}",
-            err.message
-        );
     }
 
     #[test]
-    fn bot_errors_fail_the_answer() {
+    fn bot_errors_fail_the_answer_with_a_fixed_message() {
         let err = parse_answer(
-            br#"{"messages":[{"payload":{"content_type":"error","content":{"error":"boom"}}}]}"#,
+            br#"{"messages":[{"payload":{"content_type":"error","content":{"error":"SECRET boom"}}}]}"#,
         )
         .unwrap_err();
-        assert_eq!((err.status, err.reason), (502, Reason::BotError));
-        assert!(err.message.contains("boom"));
+        assert_eq!(
+            (err.status, err.reason, &*err.message),
+            (502, Reason::BotError, "the bot reported an error")
+        );
+        assert_eq!(err.detail.as_deref(), Some("SECRET boom"));
     }
 }

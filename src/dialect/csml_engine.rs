@@ -4,11 +4,13 @@
 //! "metadata", "payload"}}` with `bot_id` and `channel_id` from configuration; auth, when the engine
 //! has it, is a plain `X-Api-Key`. Answer: the Chat API's message envelope (parsed by `csml`). The
 //! engine's own failures, a 400 `text/plain` for a bad request and an empty 500 for an unknown bot or
-//! content type, become 502s; a bot `error` message fails the answer like on the Chat API.
+//! content type, become 502s naming the status (never the engine's text); a bot `error` message fails
+//! the answer like on the Chat API.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{header_safe, ConfigError, SecretSource};
+use crate::dialect::bad_answer::excerpt;
 use crate::dialect::csml::{self, MetadataOut, PayloadOut};
 use crate::dialect::{settings, Bot, BotDialect, BotRequestContext};
 use crate::error::{ProxyError, Reason};
@@ -60,7 +62,8 @@ pub fn render_request(
 }
 
 /// Parses the engine's answer, turning its error answers into 502s (`keep_raw` as for
-/// [`csml::parse_answer`]).
+/// [`csml::parse_answer`]). The engine's error text (a 400's `text/plain`) is never passed on: the
+/// message names the status, the text is the error's detail, for the debug log.
 pub fn parse_answer(
     status: u16,
     body: &[u8],
@@ -69,15 +72,12 @@ pub fn parse_answer(
     if (200..300).contains(&status) {
         return csml::parse_answer(body, keep_raw);
     }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let message = if text.is_empty() {
+    let message = if body.trim_ascii().is_empty() {
         format!("the CSML engine failed (HTTP {status}, no detail)")
     } else {
-        let cut: String = text.chars().take(200).collect();
-        format!("the CSML engine refused the request (HTTP {status}): {cut}")
+        format!("the CSML engine refused the request (HTTP {status})")
     };
-    Err(ProxyError::new(502, Reason::BackendStatus, message))
+    Err(ProxyError::new(502, Reason::BackendStatus, message).with_detail(excerpt(body)))
 }
 
 /// The CSML engine's `/run`, as bots speak it.
@@ -202,10 +202,17 @@ mod tests {
     }
 
     #[test]
-    fn engine_errors_become_502s() {
-        let e = parse_answer(400, b"missing field `client`", true).unwrap_err();
-        assert_eq!((e.status, e.reason), (502, Reason::BackendStatus));
-        assert!(e.message.contains("missing field `client`"));
+    fn engine_errors_become_502s_naming_the_status_not_the_text() {
+        let e = parse_answer(400, b"missing field `SECRET`", true).unwrap_err();
+        assert_eq!(
+            (e.status, e.reason, &*e.message),
+            (
+                502,
+                Reason::BackendStatus,
+                "the CSML engine refused the request (HTTP 400)"
+            )
+        );
+        assert_eq!(e.detail.as_deref(), Some("missing field `SECRET`"));
         let e = parse_answer(500, b"", true).unwrap_err();
         assert!(e.message.contains("HTTP 500, no detail"));
         let a = parse_answer(

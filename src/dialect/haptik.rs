@@ -13,6 +13,7 @@
 //! Errors are `{"error_message": "…"}`.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,6 +25,7 @@ use serde::de::IgnoredAny;
 use crate::auth::{haptik_presented, ClientCredential, Denied, HaptikClient, Presented, Scope};
 use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 use crate::config::{header_safe, ConfigError, SecretSource};
+use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::{
     from_json, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
     ClientEntry, Detection, RequestHead,
@@ -434,27 +436,44 @@ struct AgentIn<'a> {
     name: Option<Cow<'a, str>>,
 }
 
+/// A Haptik answer, for the messages about one that is not ([`Expected`]); its HSL bodies are
+/// `hsl`'s.
+const HAPTIK_ANSWER: Expected = Expected {
+    name: "Haptik",
+    shape: "the legacy array or an HSL answer object",
+    opens: b"[{",
+    keys: &[
+        "bot_messages",
+        "message",
+        "error_message",
+        "agent",
+        "name",
+        "body",
+    ],
+};
+
 /// Parses a Haptik backend's answer: the legacy array, the current HSL shape, or a Haptik error body
-/// (`{"error_message"}`, with any status), which becomes an error (see [`refusal`]).
+/// (`{"error_message"}`, with any status), which becomes an error (see [`refusal`]). An answer that
+/// is none of these is a 502 naming the field at fault, never repeating the bot's text.
 pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
     if !(200..300).contains(&status) {
         let message = serde_json::from_slice::<ErrorIn<'_>>(body).ok();
-        return Err(refusal(status, message.as_ref().map(|e| &*e.error_message)));
+        let refused = refusal(status, message.as_ref().map(|e| &*e.error_message));
+        return Err(refused.with_detail(excerpt(body)));
     }
-    let not_haptik = |e: serde_json::Error| {
-        ProxyError::bad_answer(format!("backend answer is not a Haptik answer: {e}"))
-    };
     if body.trim_ascii_start().starts_with(b"[") {
-        let legacy: Vec<LegacyIn<'_>> = from_json(body).map_err(not_haptik)?;
+        let legacy: Vec<LegacyIn<'_>> =
+            from_json(body).map_err(|_| HAPTIK_ANSWER.body::<Vec<LegacyIn<'_>>>(body))?;
         return legacy_answer(legacy);
     }
     // One pass over an object answer: an error body (Haptik sends some with 200) or the HSL shape.
-    let current: HslAnswerIn<'_> = from_json(body).map_err(not_haptik)?;
+    let current: HslAnswerIn<'_> =
+        from_json(body).map_err(|_| HAPTIK_ANSWER.body::<HslAnswerIn<'_>>(body))?;
     if let Some(message) = current.error_message {
-        return Err(refusal(status, Some(&message)));
+        return Err(refusal(status, Some(&message)).with_detail(&*message));
     }
     let messages = current.message.ok_or_else(|| {
-        ProxyError::bad_answer("backend answer is not a Haptik answer: no `message` array")
+        ProxyError::bad_answer("the backend answer is not a Haptik answer: no `message` array")
     })?;
     let mut answer = ChatAnswer::default();
     let mut raw = Vec::with_capacity(messages.len());
@@ -477,8 +496,8 @@ fn legacy_answer(legacy: Vec<LegacyIn<'_>>) -> Result<ChatAnswer<'_>, ProxyError
     for (i, m) in legacy.into_iter().flat_map(|l| l.bot_messages).enumerate() {
         let at = format!("bot_messages[{i}]");
         if m.get().starts_with('"') {
-            let text: Cow<'_, str> = serde_json::from_str(m.get()).map_err(|e| {
-                ProxyError::bad_answer(format!("backend answer is not a Haptik answer: {e}"))
+            let text: Cow<'_, str> = serde_json::from_str(m.get()).map_err(|_| {
+                HAPTIK_ANSWER.part(PhantomData::<Cow<'_, str>>, m.get().as_bytes(), &at)
             })?;
             match hsl_in_string(&text) {
                 Some(replies) => answer.replies.extend(replies),
@@ -1105,6 +1124,50 @@ mod tests {
             parse_answer(200, b"nope").unwrap_err().reason,
             Reason::BackendBadAnswer
         );
+    }
+
+    #[test]
+    fn answers_that_are_not_haptik_name_the_field_never_the_bot() {
+        const SECRET: &str = "SECRET-haptik";
+        let not = "the backend answer is not a Haptik answer: ";
+        let cases = [
+            (
+                format!("<p>{SECRET}</p>"),
+                format!("{not}expected the legacy array or an HSL answer object"),
+            ),
+            (
+                format!(r#"[{{"bot_messages":"{SECRET}"}}]"#),
+                format!("{not}`[0].bot_messages` has the wrong type"),
+            ),
+            (
+                format!(r#"{{"message":[{{"body":{{"text":"{SECRET}"}}}}]}}"#),
+                format!("{not}`message[0].body` is missing the field `type`"),
+            ),
+            (
+                format!(
+                    r#"{{"message":[{{"body":{{"text":"a","type":"TEXT","data":
+                    {{"quick_replies":[{{"actionable_text":["{SECRET}"]}}]}}}}}}]}}"#
+                ),
+                format!("{not}`message[0].body.data.quick_replies[0].actionable_text` has the wrong type"),
+            ),
+            (
+                format!(r#"{{"message":[{{"body":"{SECRET}"}}]}}"#),
+                format!("{not}`message[0].body` has the wrong type"),
+            ),
+        ];
+        for (body, want) in cases {
+            let e = parse_answer(200, body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.status, e.reason, &*e.message),
+                (502, Reason::BackendBadAnswer, &*want),
+                "{body}"
+            );
+        }
+        // A bot's own error text is only the detail.
+        let e =
+            parse_answer(500, format!(r#"{{"error_message":"{SECRET}"}}"#).as_bytes()).unwrap_err();
+        assert!(!e.message.contains(SECRET), "{}", e.message);
+        assert!(e.detail.as_deref().unwrap().contains(SECRET));
     }
 
     #[test]

@@ -15,10 +15,12 @@
 //! thumbnail plus one url per `LINK` actionable; other types have no canonical form.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::dialect::bad_answer::Expected;
 use crate::error::ProxyError;
 use crate::model::{Button, MediaKind, Reply};
 
@@ -260,14 +262,35 @@ struct ActionPayloadIn<'a> {
     message: Option<Cow<'a, str>>,
 }
 
+/// An HSL body, for the messages about one that is not ([`Expected`]).
+const HSL_BODY: Expected = Expected {
+    name: "Haptik",
+    shape: "an HSL body",
+    opens: b"{",
+    keys: &[
+        "text",
+        "type",
+        "data",
+        "quick_replies",
+        "items",
+        "thumbnail",
+        "image",
+        "actionables",
+        "actionable_text",
+        "payload",
+        "url",
+        "message",
+    ],
+};
+
 fn data<'a, T: Deserialize<'a> + Default>(
     raw: Option<&'a RawValue>,
     at: &str,
 ) -> Result<T, ProxyError> {
     match raw {
         None => Ok(T::default()),
-        Some(r) => serde_json::from_str(r.get()).map_err(|e| {
-            ProxyError::bad_answer(format!("backend answer: {at}.data is invalid: {e}"))
+        Some(r) => serde_json::from_str(r.get()).map_err(|_| {
+            HSL_BODY.part(PhantomData::<T>, r.get().as_bytes(), &format!("{at}.data"))
         }),
     }
 }
@@ -303,15 +326,14 @@ fn split_actions<'a>(actions: Vec<ActionIn<'a>>, title: Cow<'a, str>, out: &mut 
 }
 
 /// Parses one HSL body into canonical replies (none when its type has no canonical form). `at` names
-/// the body for errors.
+/// the body for errors, which name the field at fault, never the bot's text.
 pub fn parse<'a>(
     body: &'a RawValue,
     at: &str,
     out: &mut Vec<Reply<'a>>,
 ) -> Result<bool, ProxyError> {
-    let h: HslIn<'a> = serde_json::from_str(body.get()).map_err(|e| {
-        ProxyError::bad_answer(format!("backend answer: {at} is not an HSL body: {e}"))
-    })?;
+    let h: HslIn<'a> = serde_json::from_str(body.get())
+        .map_err(|_| HSL_BODY.part(PhantomData::<HslIn<'_>>, body.get().as_bytes(), at))?;
     match &*h.kind {
         "TEXT" => {
             let d: QuickDataIn<'a> = data(h.data, at)?;
@@ -518,5 +540,20 @@ mod tests {
         assert!(!parse(&raw, "m", &mut Vec::new()).unwrap());
         let raw: Box<RawValue> = serde_json::from_str(r#"{"text":1}"#).unwrap();
         assert_eq!(parse(&raw, "m", &mut Vec::new()).unwrap_err().status, 502);
+    }
+
+    #[test]
+    fn bad_bodies_name_the_field_never_the_bot() {
+        let raw: Box<RawValue> = serde_json::from_str(
+            r#"{"text":"","type":"CAROUSEL","data":{"items":[{"thumbnail":{"image":{"SECRET":1}}}]}}"#,
+        )
+        .unwrap();
+        let e = parse(&raw, "message[2].body", &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            e.message,
+            "the backend answer is not a Haptik answer: \
+             `message[2].body.data.items[0].thumbnail.image` has the wrong type"
+        );
+        assert!(e.detail.is_some());
     }
 }

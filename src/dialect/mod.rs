@@ -7,8 +7,10 @@
 //!   configured [`Bot`], which renders a request, signs it, and parses the bot's answer.
 //!
 //! This file only declares the verbs and dispatches; no vendor's rule lives here. [`registry`] lists
-//! the implementations: adding a vendor is one new file plus one line there.
+//! the implementations: adding a vendor is one new file plus one line there. `bad_answer` words the
+//! errors about a bot answer that cannot be used, for every bot dialect alike.
 
+mod bad_answer;
 pub mod csml;
 pub mod csml_engine;
 pub mod haptik;

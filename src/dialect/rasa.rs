@@ -26,6 +26,7 @@ use crate::auth::{
     token_digest, token_presented, ClientCredential, Denied, Grant, Presented, Scope,
 };
 use crate::config::{ConfigError, SecretSource};
+use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
     from_json, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
@@ -329,48 +330,22 @@ struct ButtonIn<'a> {
 #[derive(Deserialize)]
 struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
-/// The keys of [`MessageIn`] and [`ButtonIn`]: the only map keys an error path may name, so an error
-/// message never carries a key the bot made up.
-const KNOWN_KEYS: [&str; 7] = [
-    "text",
-    "image",
-    "buttons",
-    "attachment",
-    "custom",
-    "title",
-    "payload",
-];
-
-/// The fixed-text 502 for an answer that is not a Rasa answer. It names at most a path made of the
-/// proxy's own field names and indices, never anything the bot wrote (serde's messages can quote
-/// values).
-fn not_rasa(body: &[u8]) -> ProxyError {
-    const NOT_AN_ARRAY: &str =
-        "the backend answer is not a Rasa answer: expected a JSON array of messages";
-    if !body.trim_ascii_start().starts_with(b"[") {
-        return ProxyError::bad_answer(NOT_AN_ARRAY);
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let Err(err) = serde_path_to_error::deserialize::<_, Vec<MessageIn<'_>>>(&mut de) else {
-        return ProxyError::bad_answer(NOT_AN_ARRAY);
-    };
-    if err.inner().is_syntax() || err.inner().is_eof() {
-        return ProxyError::bad_answer("the backend answer is not valid JSON");
-    }
-    let ours = err.path().iter().all(|s| match s {
-        serde_path_to_error::Segment::Seq { .. } => true,
-        serde_path_to_error::Segment::Map { key } => KNOWN_KEYS.contains(&key.as_str()),
-        _ => false,
-    });
-    if ours {
-        ProxyError::bad_answer(format!(
-            "the backend answer is not a Rasa answer: `{}` is missing a field or has the wrong type",
-            err.path()
-        ))
-    } else {
-        ProxyError::bad_answer(NOT_AN_ARRAY)
-    }
-}
+/// A Rasa answer, for the messages about one that is not ([`Expected`]): its keys are those of
+/// [`MessageIn`] and [`ButtonIn`], the only map keys an error path may name.
+const RASA_ANSWER: Expected = Expected {
+    name: "Rasa",
+    shape: "a JSON array of messages",
+    opens: b"[",
+    keys: &[
+        "text",
+        "image",
+        "buttons",
+        "attachment",
+        "custom",
+        "title",
+        "payload",
+    ],
+};
 
 /// Parses a Rasa bot's answer (any status) into the canonical answer.
 ///
@@ -388,9 +363,11 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyErr
             502,
             Reason::BackendStatus,
             format!("the backend answered HTTP {status}"),
-        ));
+        )
+        .with_detail(excerpt(body)));
     }
-    let messages: Vec<MessageIn<'_>> = from_json(body).map_err(|_| not_rasa(body))?;
+    let messages: Vec<MessageIn<'_>> =
+        from_json(body).map_err(|_| RASA_ANSWER.body::<Vec<MessageIn<'_>>>(body))?;
     let mut answer = ChatAnswer {
         replies: Vec::with_capacity(messages.len()),
         ..ChatAnswer::default()

@@ -3,7 +3,8 @@
 
 use super::error::Failure;
 
-/// Largest answer header block accepted (also the longest chunk line).
+/// Largest answer header block accepted (each interim answer's, and the final one's), and the most
+/// bytes of trailers after a chunked body.
 pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most answer headers parsed.
 const MAX_HEADERS: usize = 64;
@@ -92,17 +93,16 @@ impl Fields {
         Ok(())
     }
 
-    /// The last coding must be chunked: no other way to find the body's end is supported.
+    /// Exactly `chunked`, once: any other coding (`gzip, chunked`) would have to be decoded, and
+    /// the proxy decodes none, so such a body cannot be read as the bot meant it. A repeated header
+    /// is a list of codings too.
     fn transfer_encoding(&mut self, value: &[u8]) -> Result<(), Failure> {
-        self.chunked = value
-            .split(|&b| b == b',')
-            .next_back()
-            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if !self.chunked {
+        if self.chunked || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err(Failure::BadAnswer(
-                "the answer uses a transfer encoding other than chunked",
+                "the answer uses a transfer coding other than chunked",
             ));
         }
+        self.chunked = true;
         Ok(())
     }
 
@@ -129,6 +129,15 @@ impl Fields {
             (true, None) => Framing::Chunked,
             (false, Some(n)) => Framing::Length(n),
             (false, None) => Framing::UntilClose,
+        };
+        // RFC 9110 15.3.5, 15.4.5: a 204 or 304 has no body, whatever its headers say. One that
+        // declares a body anyway may still send it, and those bytes would be read as the next
+        // answer on the connection: it is not reused.
+        let framing = if status == 204 || status == 304 {
+            keep_alive &= matches!(framing, Framing::Length(0) | Framing::UntilClose);
+            Framing::Length(0)
+        } else {
+            framing
         };
         Head {
             len,
@@ -204,6 +213,44 @@ mod tests {
         assert_eq!(
             head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
             Err("bad")
+        );
+        // Only `chunked` alone: no other coding is decoded, before it or in a second header.
+        for te in [
+            "gzip, chunked",
+            "chunked, chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+        ] {
+            assert_eq!(
+                head(&format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n"
+                )),
+                Err("bad"),
+                "{te}"
+            );
+        }
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n")
+                .unwrap()
+                .framing,
+            Framing::Chunked
+        );
+        // A 204 or 304 has no body; one that declares a body is not reused.
+        let no_body = |s: &str| head(s).map(|h| (h.framing, h.keep_alive));
+        assert_eq!(
+            no_body("HTTP/1.1 204 No Content\r\n\r\n"),
+            Ok((Framing::Length(0), true))
+        );
+        assert_eq!(
+            no_body("HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n"),
+            Ok((Framing::Length(0), true))
+        );
+        assert_eq!(
+            no_body("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"),
+            Ok((Framing::Length(0), false))
+        );
+        assert_eq!(
+            no_body("HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok((Framing::Length(0), false))
         );
         assert_eq!(head("not http at all\r\n\r\n"), Err("bad"));
         assert_eq!(

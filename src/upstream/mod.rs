@@ -3,16 +3,18 @@
 //!
 //! One concern per file:
 //! - `request`: the request, written in one write from bytes built directly ([`RequestBytes`]);
-//! - `head` and `answer`: the answer, parsed with `httparse`, interim 1xx answers skipped, the body
-//!   framed by `Content-Length`, chunked encoding or the end of the connection, within a size limit;
+//! - `head` and `answer`: the answer, parsed strictly with `httparse` (at most 3 interim 1xx answers
+//!   skipped, a head of at most 64 KiB read, no transfer coding but `chunked`, a malformed chunk
+//!   refused at its first wrong byte), the body framed by `Content-Length`, chunked encoding or the
+//!   end of the connection, within a size limit;
 //! - `pool`: idle keep-alive connections, checked when taken out, expired and swept by idle time;
 //! - `exchange`: one request and its answer ([`Upstream::exchange`]) within the backend's read
 //!   timeout, delivered at most once;
 //! - `endpoint`: where a service is: its URL parsed and its host resolved at load ([`Endpoint`]);
 //! - `error`: how an exchange fails ([`TransportError`], by [`TransportKind`]).
 //!
-//! A connection goes back to the pool only when the answer was complete, exactly framed and
-//! keep-alive. No HTTP status is chosen here: the request path picks one from the
+//! A connection goes back to the pool only when the answer was complete, exactly framed (no byte
+//! after it, and no body declared on a 204 or 304) and keep-alive. No HTTP status is chosen here: the request path picks one from the
 //! [`TransportKind`] (`crate::error`).
 
 mod answer;
