@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use botbridge::config::private_dir;
 use clap::{Parser, Subcommand};
 
 #[cfg(feature = "mimalloc")]
@@ -38,6 +39,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let server = &config.process.server;
+    let dirs = match cli.command {
+        Some(Command::Check) => private_dir::check_server(server),
+        None => private_dir::prepare_server(server),
+    };
+    if let Err(e) = dirs {
+        eprintln!("botbridge: {}: {e}", cli.config.display());
+        return ExitCode::from(2);
+    }
     match cli.command {
         Some(Command::Check) => {
             println!(

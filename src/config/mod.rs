@@ -2,8 +2,8 @@
 //! request path uses without re-checking. Every error names the key it is about
 //! (`backends[0].url: …`).
 //!
-//! - [`server`]: `[server]`; [`admin`]: `[admin]`, `[log]`, `[demo]`; [`clients`]: `[clients]` (each
-//!   dialect reads its own `[[clients.<dialect>]]`); [`auth_service`]; [`backends`] (each dialect
+//! - [`server`]: `[server]`, with [`private_dir`] (where `pid_file` and `upgrade_sock` may live);
+//!   [`admin`]: `[admin]`, `[log]`, `[demo]`; [`clients`]: `[clients]` (each dialect reads its own `[[clients.<dialect>]]`); [`auth_service`]; [`backends`] (each dialect
 //!   reads its own keys); [`routes`]; [`secret`]: secrets and the shared checks.
 //! - What a running process cannot change is one type, [`ProcessSettings`], compared as a whole on
 //!   reload: a new setting there is covered by the reload check without anyone listing it.
@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod private_dir;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::private_dir;
 use super::secret::{nonzero, socket_addr};
 use super::ConfigError;
 
@@ -32,11 +33,11 @@ pub struct RawServer {
     /// How long a graceful stop or upgrade waits for requests in flight.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
-    /// Where the process id is written.
-    #[serde(default = "default_pid")]
+    /// Where the process id is written (in a private directory: see [`private_dir`]).
+    #[serde(default = "private_dir::default_pid_file")]
     pub pid_file: String,
-    /// The socket a graceful upgrade hands the listeners over.
-    #[serde(default = "default_upgrade_sock")]
+    /// The socket a graceful upgrade hands the listeners over (in a private directory).
+    #[serde(default = "private_dir::default_upgrade_sock")]
     pub upgrade_sock: String,
 }
 
@@ -106,10 +107,4 @@ fn default_pool() -> usize {
 }
 fn default_grace() -> u64 {
     5
-}
-fn default_pid() -> String {
-    "/tmp/botbridge.pid".into()
-}
-fn default_upgrade_sock() -> String {
-    "/tmp/botbridge_upgrade.sock".into()
 }
