@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use botbridge::config::private_dir;
+use botbridge::config::{admin, private_dir};
 use clap::{Parser, Subcommand};
 
 #[cfg(feature = "mimalloc")]
@@ -50,6 +50,11 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Some(Command::Check) => {
+            if let Some(warning) =
+                admin::exposure_warning(&config.process.admin, &config.admin_lock)
+            {
+                eprintln!("botbridge: warning: {warning}");
+            }
             println!(
                 "{}: ok ({} routes, {} backends)",
                 cli.config.display(),

@@ -81,6 +81,11 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
             "a caller uses the shipped demo credentials: replace them before exposing the proxy"
         );
     }
+    if let Some(warning) =
+        crate::config::admin::exposure_warning(&config.process.admin, &config.admin_lock)
+    {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
         listen = %s.listen,
         admin = %config.process.admin.listen,

@@ -94,6 +94,8 @@ pub struct ProcessSettings {
 pub struct Config {
     pub process: ProcessSettings,
     pub limits: Limits,
+    /// `[admin]`'s token and what it guards (a reload may change them).
+    pub admin_lock: admin::AdminLock,
     /// `[log] message_bodies`: log caller and bot bodies at trace level.
     pub message_bodies: bool,
     pub demo: Option<DemoConfig>,
@@ -131,6 +133,7 @@ impl Config {
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let (server, limits) = server::validate(&raw.server)?;
         let admin_config = admin::admin(&raw.admin, server.listen)?;
+        let admin_lock = admin::lock(&raw.admin)?;
         let log = admin::log(&raw.log)?;
         let (demo, demo_identity) = match &raw.demo {
             Some(d) => {
@@ -161,6 +164,7 @@ impl Config {
                 demo: demo_identity,
             },
             limits,
+            admin_lock,
             message_bodies: raw.log.message_bodies,
             demo,
             clients,
