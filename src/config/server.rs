@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::private_dir;
 use super::secret::{nonzero, socket_addr};
+use super::tls::RawTls;
 use super::ConfigError;
 
 /// `[server]` as written.
@@ -39,6 +40,8 @@ pub struct RawServer {
     /// The socket a graceful upgrade hands the listeners over (in a private directory).
     #[serde(default = "private_dir::default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// Serve HTTPS: `{ cert = "chain.pem", key = "key.pem" }` (see [`super::tls`]).
+    pub tls: Option<RawTls>,
 }
 
 /// `[server]`, validated: everything but the body limit needs a restart to change.
@@ -52,6 +55,8 @@ pub struct ServerConfig {
     pub grace_period_seconds: u64,
     pub pid_file: String,
     pub upgrade_sock: String,
+    /// Whether the chat listener speaks TLS (its certificate may change on reload; this may not).
+    pub tls: bool,
 }
 
 /// What a reload may change in `[server]`.
@@ -86,6 +91,7 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
         grace_period_seconds: s.grace_period_seconds,
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
+        tls: s.tls.is_some(),
     };
     let limits = Limits {
         max_body_bytes: s.max_body_bytes,
