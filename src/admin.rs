@@ -3,15 +3,21 @@
 //! `proxy.toml`, as `SIGHUP` does).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
-//! scrapes, and it is meant to listen on a private address.
+//! scrapes, and it is meant to listen on a private address. The two mutating endpoints refuse
+//! cross-site requests (403: a web page open on the operator's machine must not trigger them) and,
+//! with `[admin] token` set, require it as a bearer token (401); `/metrics` requires it only with
+//! `metrics_token_required`; `/healthz` is always open.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
+use crate::config::admin::AdminLock;
 use crate::httpio::{self, Answer, Handler};
+use crate::metrics::Metrics;
 use crate::reload::Reloader;
 
 /// Serves metrics, health and cache control.
@@ -19,47 +25,282 @@ pub struct AdminService {
     reloader: Arc<Reloader>,
 }
 
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Metrics,
+    Healthz,
+    ClearAuthCache,
+    Reload,
+    /// `/metrics` or `/healthz` with another method than GET/HEAD.
+    WrongMethod,
+    NotFound,
+}
+
+impl Endpoint {
+    fn of(method: &http::Method, path: &str) -> Endpoint {
+        let get = method == http::Method::GET || method == http::Method::HEAD;
+        let post = method == http::Method::POST;
+        match (path, get, post) {
+            ("/metrics", true, _) => Endpoint::Metrics,
+            ("/healthz", true, _) => Endpoint::Healthz,
+            ("/auth-cache/clear", _, true) => Endpoint::ClearAuthCache,
+            ("/reload", _, true) => Endpoint::Reload,
+            ("/metrics" | "/healthz", false, _) => Endpoint::WrongMethod,
+            _ => Endpoint::NotFound,
+        }
+    }
+
+    fn mutating(self) -> bool {
+        matches!(self, Endpoint::ClearAuthCache | Endpoint::Reload)
+    }
+}
+
 impl AdminService {
     /// The admin listener, acting on the runtime the reloader manages.
     pub fn new(reloader: Arc<Reloader>) -> Self {
         AdminService { reloader }
+    }
+
+    /// The 403 or 401 this request gets, if any: cross-site checks first (they hold with or
+    /// without a token), then the token.
+    fn refusal(
+        &self,
+        session: &ServerSession,
+        endpoint: Endpoint,
+        has_body: bool,
+    ) -> Option<Answer> {
+        let runtime = self.reloader.runtime();
+        let lock: &AdminLock = &runtime.config.admin_lock;
+        let header = |name: &str| session.req_header().headers.get(name).map(|v| v.as_bytes());
+        if endpoint.mutating() {
+            let request = CrossSite {
+                origin: header("origin"),
+                fetch_site: header("sec-fetch-site"),
+                content_type: header("content-type"),
+                has_body,
+            };
+            if let Some(why) = request.why(runtime.config.process.admin.listen) {
+                return Some(refuse("cross_site", 403, why));
+            }
+        }
+        let guarded =
+            endpoint.mutating() || (endpoint == Endpoint::Metrics && lock.metrics_token_required);
+        if guarded && !lock.opens(bearer(header("authorization"))) {
+            let answer = refuse("unauthorized", 401, "missing or wrong admin token");
+            return Some(answer.with_header("www-authenticate", "Bearer"));
+        }
+        None
+    }
+
+    fn serve(&self, endpoint: Endpoint) -> Answer {
+        match endpoint {
+            Endpoint::Metrics => metrics(),
+            Endpoint::Healthz => Answer::text(200, "ok\n"),
+            Endpoint::ClearAuthCache => {
+                self.reloader.runtime().authn.clear_cache();
+                tracing::info!("auth cache cleared");
+                Answer::text(200, "cleared\n")
+            }
+            Endpoint::Reload => match self.reloader.reload() {
+                Ok(()) => Answer::text(200, "reloaded\n"),
+                Err(e) => Answer::text(400, format!("not reloaded: {e}\n")),
+            },
+            Endpoint::WrongMethod => {
+                Answer::text(405, "method not allowed\n").with_header("allow", "GET")
+            }
+            Endpoint::NotFound => Answer::text(404, "not found\n"),
+        }
     }
 }
 
 #[async_trait]
 impl Handler for AdminService {
     async fn handle(&self, session: &mut ServerSession) -> Answer {
-        let keep = httpio::discard_body(session, 64 * 1024).await;
+        let body = httpio::read_body(session, 64 * 1024).await;
+        let keep = body.is_ok();
+        // An unreadable or oversized body counts as a body (it is not empty).
+        let has_body = body.map_or(true, |b| !b.is_empty());
         let req = session.req_header();
-        let get = req.method == http::Method::GET || req.method == http::Method::HEAD;
-        let mut answer = match (req.uri.path(), get) {
-            ("/metrics", true) => {
-                let encoder = TextEncoder::new();
-                let mut buf = Vec::with_capacity(16 * 1024);
-                match encoder.encode(&prometheus::gather(), &mut buf) {
-                    Ok(()) => Answer {
-                        content_type: "text/plain; version=0.0.4; charset=utf-8",
-                        ..Answer::text(200, buf)
-                    },
-                    Err(e) => Answer::text(500, format!("cannot encode metrics: {e}\n")),
-                }
-            }
-            ("/healthz", true) => Answer::text(200, "ok\n"),
-            ("/auth-cache/clear", _) if req.method == http::Method::POST => {
-                self.reloader.runtime().authn.clear_cache();
-                tracing::info!("auth cache cleared");
-                Answer::text(200, "cleared\n")
-            }
-            ("/reload", _) if req.method == http::Method::POST => match self.reloader.reload() {
-                Ok(()) => Answer::text(200, "reloaded\n"),
-                Err(e) => Answer::text(400, format!("not reloaded: {e}\n")),
-            },
-            ("/metrics" | "/healthz", false) => {
-                Answer::text(405, "method not allowed\n").with_header("allow", "GET")
-            }
-            _ => Answer::text(404, "not found\n"),
+        let endpoint = Endpoint::of(&req.method, req.uri.path());
+        let mut answer = match self.refusal(session, endpoint, has_body) {
+            Some(refused) => refused,
+            None => self.serve(endpoint),
         };
         answer.keepalive &= keep;
         answer
+    }
+}
+
+fn metrics() -> Answer {
+    let encoder = TextEncoder::new();
+    let mut buf = Vec::with_capacity(16 * 1024);
+    match encoder.encode(&prometheus::gather(), &mut buf) {
+        Ok(()) => Answer {
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            ..Answer::text(200, buf)
+        },
+        Err(e) => Answer::text(500, format!("cannot encode metrics: {e}\n")),
+    }
+}
+
+/// A short JSON refusal, counted and logged (never with a header's value).
+fn refuse(reason: &'static str, status: u16, message: &str) -> Answer {
+    Metrics::global()
+        .admin_refusals
+        .with_label_values(&[reason])
+        .inc();
+    tracing::warn!(reason, message, "admin request refused");
+    let body = serde_json::json!({ "error": message }).to_string();
+    Answer::json(status, body.into_bytes())
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(value: Option<&[u8]>) -> Option<&[u8]> {
+    let value = value?;
+    let (scheme, token) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
+}
+
+/// The headers that tell a browser's cross-site request from an operator's tool.
+struct CrossSite<'a> {
+    origin: Option<&'a [u8]>,
+    fetch_site: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
+    has_body: bool,
+}
+
+impl CrossSite<'_> {
+    /// Why this request looks cross-site, if it does. curl and scripts send no `Origin` and no
+    /// `Sec-Fetch-Site`; a browser always sends `Origin` on a POST. A body that is not JSON is what
+    /// a plain HTML form can send without a CORS preflight (a JSON one needs the preflight, which
+    /// this listener never grants).
+    fn why(&self, listen: SocketAddr) -> Option<&'static str> {
+        if self.origin.is_some_and(|o| !own_origin(o, listen)) {
+            return Some("cross-site request refused: foreign Origin");
+        }
+        let same =
+            |s: &[u8]| s.eq_ignore_ascii_case(b"same-origin") || s.eq_ignore_ascii_case(b"none");
+        if self.fetch_site.is_some_and(|s| !same(s)) {
+            return Some("cross-site request refused: Sec-Fetch-Site is not same-origin");
+        }
+        if self.has_body && !self.content_type.is_some_and(is_json) {
+            return Some("refused: a request body must be empty or application/json");
+        }
+        None
+    }
+}
+
+/// Whether `origin` is the admin listener's own: `http://` and its address and port, or
+/// `localhost` on a loopback listener, or any IP address on a wildcard listener. A DNS name other
+/// than `localhost` never is: a name can be re-pointed at this machine (DNS rebinding), and the
+/// `Host` header is the attacker's too, so neither is compared with it.
+fn own_origin(origin: &[u8], listen: SocketAddr) -> bool {
+    let Ok(uri) = http::Uri::try_from(origin) else {
+        return false;
+    };
+    if uri.scheme_str() != Some("http") || uri.port_u16().unwrap_or(80) != listen.port() {
+        return false;
+    }
+    let host = uri.host().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip == listen.ip() || listen.ip().is_unspecified(),
+        Err(_) => host.eq_ignore_ascii_case("localhost") && listen.ip().is_loopback(),
+    }
+}
+
+/// Whether a `Content-Type` is `application/json` (parameters aside).
+fn is_json(content_type: &[u8]) -> bool {
+    let media = content_type.split(|&b| b == b';').next().unwrap_or(b"");
+    media.trim_ascii().eq_ignore_ascii_case(b"application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_the_listeners_own_origin_is_same_site() {
+        let local = listen("127.0.0.1:9090");
+        for own in [
+            "http://127.0.0.1:9090",
+            "http://localhost:9090",
+            "HTTP://LOCALHOST:9090",
+        ] {
+            assert!(own_origin(own.as_bytes(), local), "{own}");
+        }
+        for foreign in [
+            "https://evil.example",
+            "http://evil.example:9090",
+            "null",
+            "http://127.0.0.1:9091",
+            "https://127.0.0.1:9090",
+            "http://127.0.0.2:9090",
+        ] {
+            assert!(!own_origin(foreign.as_bytes(), local), "{foreign}");
+        }
+        assert!(own_origin(b"http://[::1]:9090", listen("[::1]:9090")));
+        assert!(own_origin(b"http://10.1.2.3:9090", listen("0.0.0.0:9090")));
+        assert!(!own_origin(
+            b"http://admin.example:9090",
+            listen("0.0.0.0:9090")
+        ));
+        assert!(!own_origin(
+            b"http://localhost:9090",
+            listen("10.1.2.3:9090")
+        ));
+    }
+
+    #[test]
+    fn forms_and_foreign_fetches_are_cross_site_tools_are_not() {
+        let local = listen("127.0.0.1:9090");
+        let tool = CrossSite {
+            origin: None,
+            fetch_site: None,
+            content_type: None,
+            has_body: false,
+        };
+        assert_eq!(tool.why(local), None);
+        let form = CrossSite {
+            content_type: Some(b"application/x-www-form-urlencoded"),
+            has_body: true,
+            ..tool
+        };
+        assert!(form.why(local).is_some());
+        let json = CrossSite {
+            content_type: Some(b"Application/JSON; charset=utf-8"),
+            has_body: true,
+            ..tool
+        };
+        assert_eq!(json.why(local), None);
+        for site in [&b"cross-site"[..], b"same-site"] {
+            let fetch = CrossSite {
+                fetch_site: Some(site),
+                ..tool
+            };
+            assert!(fetch.why(local).is_some());
+        }
+        let direct = CrossSite {
+            fetch_site: Some(b"none"),
+            origin: Some(b"http://localhost:9090"),
+            ..tool
+        };
+        assert_eq!(direct.why(local), None);
+    }
+
+    #[test]
+    fn the_bearer_token_is_read_from_its_header() {
+        assert_eq!(bearer(Some(b"Bearer abc")), Some(&b"abc"[..]));
+        assert_eq!(bearer(Some(b"bearer  abc ")), Some(&b"abc"[..]));
+        assert_eq!(bearer(Some(b"Basic abc")), None);
+        assert_eq!(bearer(Some(b"Bearer")), None);
+        assert_eq!(bearer(None), None);
     }
 }

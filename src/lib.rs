@@ -4,8 +4,8 @@
 //! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O:
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
-//! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`server`]
-//! (assembly), [`logging`].
+//! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
+//! listener's certificate), [`server`] (assembly), [`logging`].
 
 pub mod admin;
 pub mod auth;
@@ -22,4 +22,5 @@ pub mod reload;
 pub mod server;
 pub mod service;
 pub mod signing;
+pub mod tls;
 pub mod upstream;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use botbridge::config::{admin, private_dir};
 use clap::{Parser, Subcommand};
 
 #[cfg(feature = "mimalloc")]
@@ -38,8 +39,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let server = &config.process.server;
+    let dirs = match cli.command {
+        Some(Command::Check) => private_dir::check_server(server),
+        None => private_dir::prepare_server(server),
+    };
+    if let Err(e) = dirs {
+        eprintln!("botbridge: {}: {e}", cli.config.display());
+        return ExitCode::from(2);
+    }
     match cli.command {
         Some(Command::Check) => {
+            if let Some(warning) =
+                admin::exposure_warning(&config.process.admin, &config.admin_lock)
+            {
+                eprintln!("botbridge: warning: {warning}");
+            }
             println!(
                 "{}: ok ({} routes, {} backends)",
                 cli.config.display(),

@@ -51,11 +51,15 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
 
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), None)));
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
+    let mut listener = ListenerConfig::tcp(s.listen.to_string())
+        .l4_buffer(L4BufferSettings::default().read(s.read_buffer_bytes));
+    if s.tls {
+        // Cannot fail: no file is read here (the identity was loaded with the configuration).
+        let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
+        listener = listener.tls(tls);
+    }
     let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime)));
-    chat.add_listener(
-        ListenerConfig::tcp(s.listen.to_string())
-            .l4_buffer(L4BufferSettings::default().read(s.read_buffer_bytes)),
-    );
+    chat.add_listener(listener);
     chat.threads = Some(s.threads);
 
     let mut admin = Service::new(
@@ -81,8 +85,14 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
             "a caller uses the shipped demo credentials: replace them before exposing the proxy"
         );
     }
+    if let Some(warning) =
+        crate::config::admin::exposure_warning(&config.process.admin, &config.admin_lock)
+    {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(
         listen = %s.listen,
+        tls = s.tls,
         admin = %config.process.admin.listen,
         routes = config.routes.len(),
         backends = config.backends.len(),

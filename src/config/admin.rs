@@ -1,11 +1,13 @@
 //! `[admin]`, `[log]` and `[demo]`: the operator's listener, logging, and the built-in demo bots.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use super::secret::{socket_addr, SecretSource};
+use super::secret::{header_safe, socket_addr, SecretSource};
 use super::ConfigError;
 use crate::auth::HaptikClient;
 use crate::signing::CsmlKey;
@@ -16,6 +18,12 @@ use crate::signing::CsmlKey;
 pub struct RawAdmin {
     /// Its address (keep it on loopback or a private network).
     pub listen: String,
+    /// The bearer token `POST /reload` and `POST /auth-cache/clear` require (a secret); none by
+    /// default.
+    pub token: Option<SecretSource>,
+    /// Whether `GET /metrics` requires the token too (default false, so scrapers work unchanged).
+    #[serde(default)]
+    pub metrics_token_required: bool,
 }
 
 /// `[log]`
@@ -116,6 +124,79 @@ pub fn admin(raw: &RawAdmin, chat: SocketAddr) -> Result<AdminConfig, ConfigErro
     Ok(AdminConfig { listen })
 }
 
+/// `[admin]`'s lock: the token (as its SHA-256, compared in constant time) and what it guards.
+/// Read from the runtime on every admin request, so a reload applies a new token.
+#[derive(Clone, Default)]
+pub struct AdminLock {
+    token_sha256: Option<[u8; 32]>,
+    /// `GET /metrics` requires the token too.
+    pub metrics_token_required: bool,
+}
+
+impl fmt::Debug for AdminLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminLock")
+            .field("token", &self.token_sha256.map(|_| "<redacted>"))
+            .field("metrics_token_required", &self.metrics_token_required)
+            .finish()
+    }
+}
+
+impl AdminLock {
+    /// Whether a token is configured.
+    pub fn locked(&self) -> bool {
+        self.token_sha256.is_some()
+    }
+
+    /// Whether `presented` (the bearer token of the request, if any) opens the lock: always with
+    /// no token configured, else only with the token, compared in constant time.
+    pub fn opens(&self, presented: Option<&[u8]>) -> bool {
+        let Some(expected) = &self.token_sha256 else {
+            return true;
+        };
+        let Some(presented) = presented else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        digest.ct_eq(expected).into()
+    }
+}
+
+/// Validates `[admin]`'s token and `metrics_token_required`.
+pub fn lock(raw: &RawAdmin) -> Result<AdminLock, ConfigError> {
+    let token_sha256 = match &raw.token {
+        Some(t) => {
+            let token = t.resolve("admin.token")?;
+            header_safe("admin.token", &token)?;
+            Some(Sha256::digest(token.as_bytes()).into())
+        }
+        None if raw.metrics_token_required => {
+            return Err(ConfigError::new(
+                "admin.metrics_token_required",
+                "needs admin.token",
+            ))
+        }
+        None => None,
+    };
+    Ok(AdminLock {
+        token_sha256,
+        metrics_token_required: raw.metrics_token_required,
+    })
+}
+
+/// The warning for an admin listener anyone beyond this machine may reach with no token (its
+/// `POST /reload` and `POST /auth-cache/clear` would be open to them).
+pub fn exposure_warning(admin: &AdminConfig, lock: &AdminLock) -> Option<String> {
+    if admin.listen.ip().is_loopback() || lock.locked() {
+        return None;
+    }
+    Some(format!(
+        "admin.listen: {} is reachable beyond this machine and admin.token is not set: \
+         anyone who can reach it may reload the configuration and clear the auth cache",
+        admin.listen
+    ))
+}
+
 /// Validates `[log]`'s filter.
 pub fn log(raw: &RawLog) -> Result<LogConfig, ConfigError> {
     tracing_subscriber::EnvFilter::try_new(&raw.filter)
@@ -171,4 +252,54 @@ pub fn demo(d: &RawDemo, taken: &[SocketAddr]) -> Result<(DemoConfig, DemoIdenti
         haptik,
     };
     Ok((config, identity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(token: Option<&str>, metrics: bool) -> RawAdmin {
+        RawAdmin {
+            listen: "127.0.0.1:9090".into(),
+            token: token.map(|t| SecretSource::Literal(t.into())),
+            metrics_token_required: metrics,
+        }
+    }
+
+    #[test]
+    fn the_token_opens_the_lock_and_never_prints() {
+        let lock = lock(&raw(Some("s3cret"), true)).unwrap();
+        assert!(lock.opens(Some(b"s3cret")));
+        assert!(!lock.opens(Some(b"s3cret ")));
+        assert!(!lock.opens(Some(b"")));
+        assert!(!lock.opens(None));
+        assert!(!format!("{lock:?}").contains("s3cret"));
+        let open = super::lock(&raw(None, false)).unwrap();
+        assert!(open.opens(None) && !open.locked());
+    }
+
+    #[test]
+    fn metrics_cannot_require_a_token_that_is_not_set() {
+        let e = lock(&raw(None, true)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "admin.metrics_token_required: needs admin.token"
+        );
+        let e = lock(&raw(Some("a\r\nb"), false)).unwrap_err();
+        assert_eq!(e.key, "admin.token");
+    }
+
+    #[test]
+    fn only_an_exposed_listener_without_a_token_is_warned_about() {
+        let at = |listen: &str| AdminConfig {
+            listen: listen.parse().unwrap(),
+        };
+        let open = lock(&raw(None, false)).unwrap();
+        let locked = lock(&raw(Some("t"), false)).unwrap();
+        assert!(exposure_warning(&at("127.0.0.1:9090"), &open).is_none());
+        assert!(exposure_warning(&at("[::1]:9090"), &open).is_none());
+        assert!(exposure_warning(&at("0.0.0.0:9090"), &locked).is_none());
+        let w = exposure_warning(&at("10.0.0.5:9090"), &open).unwrap();
+        assert!(w.starts_with("admin.listen: 10.0.0.5:9090 "), "{w}");
+    }
 }

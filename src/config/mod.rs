@@ -2,7 +2,8 @@
 //! request path uses without re-checking. Every error names the key it is about
 //! (`backends[0].url: …`).
 //!
-//! - [`server`]: `[server]`; [`admin`]: `[admin]`, `[log]`, `[demo]`; [`clients`]: `[clients]` (each
+//! - [`server`]: `[server]`, with [`tls`] (its `tls` table) and [`private_dir`] (where `pid_file` and
+//!   `upgrade_sock` may live); [`admin`]: `[admin]`, `[log]`, `[demo]`; [`clients`]: `[clients]` (each
 //!   dialect reads its own `[[clients.<dialect>]]`); [`auth_service`]; [`backends`] (each dialect
 //!   reads its own keys); [`routes`]; [`secret`]: secrets and the shared checks.
 //! - What a running process cannot change is one type, [`ProcessSettings`], compared as a whole on
@@ -12,9 +13,11 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod private_dir;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod tls;
 
 use std::fmt;
 use std::path::Path;
@@ -28,6 +31,7 @@ pub use clients::ClientsConfig;
 pub use routes::{Route, Target};
 pub use secret::{header_safe, nonzero, SecretSource};
 pub use server::{Limits, ServerConfig};
+pub use tls::TlsIdentity;
 
 /// A configuration error: the key it is about and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +97,10 @@ pub struct ProcessSettings {
 pub struct Config {
     pub process: ProcessSettings,
     pub limits: Limits,
+    /// `[server] tls`: the chat listener's certificate and key, read anew at every load.
+    pub tls: Option<TlsIdentity>,
+    /// `[admin]`'s token and what it guards (a reload may change them).
+    pub admin_lock: admin::AdminLock,
     /// `[log] message_bodies`: log caller and bot bodies at trace level.
     pub message_bodies: bool,
     pub demo: Option<DemoConfig>,
@@ -129,7 +137,9 @@ impl Config {
     /// Validates the raw file, table by table.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let (server, limits) = server::validate(&raw.server)?;
+        let tls = raw.server.tls.as_ref().map(tls::validate).transpose()?;
         let admin_config = admin::admin(&raw.admin, server.listen)?;
+        let admin_lock = admin::lock(&raw.admin)?;
         let log = admin::log(&raw.log)?;
         let (demo, demo_identity) = match &raw.demo {
             Some(d) => {
@@ -160,6 +170,8 @@ impl Config {
                 demo: demo_identity,
             },
             limits,
+            tls,
+            admin_lock,
             message_bodies: raw.log.message_bodies,
             demo,
             clients,

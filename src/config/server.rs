@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::private_dir;
 use super::secret::{nonzero, socket_addr};
+use super::tls::RawTls;
 use super::ConfigError;
 
 /// `[server]` as written.
@@ -32,12 +34,14 @@ pub struct RawServer {
     /// How long a graceful stop or upgrade waits for requests in flight.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
-    /// Where the process id is written.
-    #[serde(default = "default_pid")]
+    /// Where the process id is written (in a private directory: see [`private_dir`]).
+    #[serde(default = "private_dir::default_pid_file")]
     pub pid_file: String,
-    /// The socket a graceful upgrade hands the listeners over.
-    #[serde(default = "default_upgrade_sock")]
+    /// The socket a graceful upgrade hands the listeners over (in a private directory).
+    #[serde(default = "private_dir::default_upgrade_sock")]
     pub upgrade_sock: String,
+    /// Serve HTTPS: `{ cert = "chain.pem", key = "key.pem" }` (see [`super::tls`]).
+    pub tls: Option<RawTls>,
 }
 
 /// `[server]`, validated: everything but the body limit needs a restart to change.
@@ -51,6 +55,8 @@ pub struct ServerConfig {
     pub grace_period_seconds: u64,
     pub pid_file: String,
     pub upgrade_sock: String,
+    /// Whether the chat listener speaks TLS (its certificate may change on reload; this may not).
+    pub tls: bool,
 }
 
 /// What a reload may change in `[server]`.
@@ -85,6 +91,7 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
         grace_period_seconds: s.grace_period_seconds,
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
+        tls: s.tls.is_some(),
     };
     let limits = Limits {
         max_body_bytes: s.max_body_bytes,
@@ -106,10 +113,4 @@ fn default_pool() -> usize {
 }
 fn default_grace() -> u64 {
     5
-}
-fn default_pid() -> String {
-    "/tmp/botbridge.pid".into()
-}
-fn default_upgrade_sock() -> String {
-    "/tmp/botbridge_upgrade.sock".into()
 }

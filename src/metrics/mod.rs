@@ -70,7 +70,13 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `botbridge_translation_errors_total{route, reason}`: see [`TRANSLATION_REASONS`].
     pub translation_errors: IntCounterVec,
+    /// `botbridge_admin_refusals_total{reason}`: admin requests refused, see [`ADMIN_REFUSALS`].
+    pub admin_refusals: IntCounterVec,
 }
+
+/// Why the admin listener refused a request: a cross-site request to a mutating endpoint
+/// (`cross_site`, 403) or a missing or wrong `[admin] token` (`unauthorized`, 401).
+pub const ADMIN_REFUSALS: [&str; 2] = ["cross_site", "unauthorized"];
 
 /// Why a translation failed or lost something: a caller body that cannot be parsed
 /// (`invalid_request`), a request the backend's dialect cannot express (`untranslatable`), a backend
@@ -195,6 +201,18 @@ impl Metrics {
                     &["route", "reason"]
                 )
                 .expect("register translation_errors"),
+                admin_refusals: {
+                    let c = register_int_counter_vec!(
+                        "botbridge_admin_refusals_total",
+                        "Admin listener requests refused, by reason.",
+                        &["reason"]
+                    )
+                    .expect("register admin_refusals");
+                    for r in ADMIN_REFUSALS {
+                        c.with_label_values(&[r]);
+                    }
+                    c
+                },
             }
         })
     }
