@@ -183,7 +183,11 @@ impl ChatService {
         let Some(&route_idx) = rt.routes_by_path.get(head.0.uri.path()) else {
             // Refused in the dialect the headers tell, among all that `auto` takes.
             out.ingress = registry::detect_by_head(&rt.auto, &head);
-            return Err(ProxyError::new(404, Reason::NotFound, "no route for this path"));
+            return Err(ProxyError::new(
+                404,
+                Reason::NotFound,
+                "no route for this path",
+            ));
         };
         out.route = Some(route_idx);
         let route = &rt.config.routes[route_idx];

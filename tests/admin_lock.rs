@@ -8,6 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
+use common::SpawnedProxy as Proxy;
 use common::*;
 
 const TOKEN: &str = "admin-secret-token";
@@ -234,8 +235,8 @@ async fn with_a_token_a_cross_site_request_is_still_refused() {
 fn check(config: &str, dir: &std::path::Path) -> (bool, String) {
     let path = dir.join("proxy.toml");
     let text = config
-        .replace("{PORT}", &free_port().to_string())
-        .replace("{ADMIN}", &free_port().to_string())
+        .replace("{PORT}", &child_port().to_string())
+        .replace("{ADMIN}", &child_port().to_string())
         .replace("{DIR}", &dir.display().to_string());
     std::fs::write(&path, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_botbridge"))

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::SpawnedProxy as Proxy;
 use common::*;
 use serde_json::json;
 use tempfile::TempDir;
