@@ -204,6 +204,7 @@ fn verification(c: &mut Criterion) {
         business_id: None,
         scope: Scope::default(),
         csml: Some(CsmlClientAuth::Signed(key.clone())),
+        limits: Default::default(),
     };
     csml.insert("csml-key", grant.clone());
     let headers = |name: &str| match name {

@@ -98,7 +98,9 @@ impl AdminService {
             Endpoint::Metrics => metrics(),
             Endpoint::Healthz => Answer::text(200, "ok\n"),
             Endpoint::ClearAuthCache => {
-                self.reloader.runtime().authn.clear_cache();
+                let runtime = self.reloader.runtime();
+                runtime.authn.clear_cache();
+                runtime.publish_cache_clear();
                 tracing::info!("auth cache cleared");
                 Answer::text(200, "cleared\n")
             }

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ProxyError, Reason};
+use crate::limits::{credential_id, CallerLimits};
 use crate::signing::{split_key, CsmlKey, SignatureError};
 
 /// Haptik's message for a missing `client-id` header.
@@ -174,6 +175,8 @@ pub struct Grant {
     pub scope: Scope,
     /// How its CSML requests are verified (`None` for Haptik credentials).
     pub csml: Option<CsmlClientAuth>,
+    /// Its own rate limits, and the id its rate limit buckets are keyed by.
+    pub limits: CallerLimits,
 }
 
 /// One Haptik client allowed to call the proxy.
@@ -197,6 +200,7 @@ impl HaptikClient {
                 business_id: None,
                 scope: Scope::default(),
                 csml: None,
+                limits: CallerLimits::default(),
             }),
             token_sha256,
         }
@@ -205,6 +209,12 @@ impl HaptikClient {
     /// Restricts what the client may reach.
     pub fn with_scope(mut self, scope: Scope) -> Self {
         Arc::make_mut(&mut self.grant).scope = scope;
+        self
+    }
+
+    /// Sets the client's rate limits.
+    pub fn with_limits(mut self, limits: CallerLimits) -> Self {
+        Arc::make_mut(&mut self.grant).limits = limits;
         self
     }
 }
@@ -658,6 +668,18 @@ impl<'a> AuthQuery<'a> {
         })
     }
 
+    /// The rate limit id of the credential asked about: the same as the one a configured credential
+    /// of the same identity gets (`config::clients`).
+    pub fn credential_id(&self) -> crate::limits::CredentialId {
+        match self {
+            AuthQuery::Haptik { client_id, .. } => credential_id("client-id", client_id.as_bytes()),
+            AuthQuery::Csml { key, .. } => credential_id("api-key", key.as_bytes()),
+            AuthQuery::Token { dialect, token } => {
+                credential_id("token", &token_digest(dialect, token.as_bytes()))
+            }
+        }
+    }
+
     /// The query for a bare token of `dialect`.
     pub fn token(dialect: &'static str, token: &'a [u8]) -> Option<Self> {
         Some(AuthQuery::Token {
@@ -724,6 +746,10 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
             businesses: v.businesses,
         },
         csml,
+        limits: CallerLimits {
+            id: query.credential_id(),
+            own: Default::default(),
+        },
     }))
 }
 
@@ -752,6 +778,7 @@ mod tests {
                     "signed-key",
                     b"secret",
                 ))),
+                limits: CallerLimits::default(),
             },
         );
         c.insert(
@@ -761,6 +788,7 @@ mod tests {
                 business_id: None,
                 scope: Scope::default(),
                 csml: Some(CsmlClientAuth::Plain),
+                limits: CallerLimits::default(),
             },
         );
         c

@@ -6,7 +6,13 @@
 //! share a single call (moka's `try_get_with`). When the service is down or slower than its timeout,
 //! the caller gets 503 in its own dialect (fail closed), unless a decision that was valid within the
 //! `serve_stale` window is still remembered. The verdict rules themselves are pure (`auth`).
+//!
+//! With `[redis]`, the replay guard is shared: a signature this instance has not seen is recorded in
+//! Redis with `SET NX PX` too, so a replay to any instance is refused (`[redis.replay_guard]
+//! on_redis_error` decides when Redis fails), and a cache clear another instance published empties
+//! this cache before its next look-up (`shared::redis`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +24,13 @@ use crate::auth::{
     self, grant_from_verdict, AuthQuery, AuthReason, AuthVerdict, CsmlPresented, Denied, Grant,
     HaptikPresented, Presented, TokenPresented,
 };
+use crate::config::redis::OnRedisError;
 use crate::config::{AuthServiceConfig, Config};
 use crate::dialect::{registry, Caller, RequestHead};
 use crate::error::{ProxyError, Reason};
+use crate::metrics::shared::{Feature, SharedMetrics};
 use crate::metrics::Metrics;
+use crate::shared::redis::{Op, SharedRedis};
 use crate::upstream::Endpoint;
 use crate::upstream::{self, RequestBytes, TransportKind, Upstream};
 
@@ -77,6 +86,10 @@ pub struct Authenticator {
     metrics: &'static Metrics,
     /// `allowed/ok` per caller dialect (by registry index), resolved once (the per-request case).
     allowed: Vec<prometheus::IntCounter>,
+    /// `[redis]`: the shared replay guard and the cache clears of other instances.
+    shared: Option<Arc<SharedRedis>>,
+    /// The count of other instances' cache clears this cache has applied.
+    clears_seen: AtomicU64,
 }
 
 impl Authenticator {
@@ -124,6 +137,26 @@ impl Authenticator {
             replay,
             metrics,
             allowed,
+            shared: None,
+            clears_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// The same authenticator on the shared Redis, when there is one.
+    pub fn with_shared(mut self, shared: Option<Arc<SharedRedis>>) -> Self {
+        self.clears_seen = AtomicU64::new(shared.as_ref().map_or(0, |s| s.clears()));
+        self.shared = shared;
+        self
+    }
+
+    /// Applies the cache clears other instances published since the last look-up.
+    fn apply_remote_clears(&self) {
+        let Some(shared) = &self.shared else { return };
+        let published = shared.clears();
+        if self.clears_seen.load(Ordering::Acquire) != published
+            && self.clears_seen.swap(published, Ordering::AcqRel) != published
+        {
+            self.clear_cache();
         }
     }
 
@@ -264,16 +297,60 @@ impl Authenticator {
         auth::verify_csml(&grant, &p, now, clients.tolerance_secs())?;
         // Only a verified signature is remembered, so forged ones cannot fill the guard.
         if let (Some(replay), Some(_)) = (&self.replay, p.timestamp) {
-            if !replay.entry(p.replay_digest()).or_insert(()).is_fresh() {
-                return Err(Denied {
-                    reason: AuthReason::Replayed,
-                    error: ProxyError::unauthorized(
-                        "this signed request was already used: sign each request anew",
-                    ),
-                });
-            }
+            self.first_use(replay, p.replay_digest()).await?;
         }
         Ok((grant, stale))
+    }
+
+    /// The replay guard: refuses a signed request seen before, here or (with `[redis]`) at any
+    /// instance. What Redis accepts is remembered here too, so the `local` fallback knows it.
+    async fn first_use(
+        &self,
+        local: &moka::sync::Cache<[u8; 32], ()>,
+        digest: [u8; 32],
+    ) -> Result<(), Denied> {
+        let first_here = || local.entry(digest).or_insert(()).is_fresh();
+        let Some(shared) = &self.shared else {
+            return first_here().then_some(()).ok_or_else(replayed);
+        };
+        let key = shared.key("replay", &digest);
+        let ttl_ms = (2 * self.config.clients.credentials.api_keys.tolerance_secs() + 1) * 1000;
+        let first = shared
+            .call(Op::ReplayGuard, |mut conn| async move {
+                (redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms))
+                .query_async::<Option<String>>(&mut conn)
+                .await
+            })
+            .await;
+        match first {
+            Ok(Some(_)) => {
+                local.insert(digest, ());
+                Ok(())
+            }
+            Ok(None) => Err(replayed()),
+            Err(_) => {
+                let action = shared.settings().replay_guard_on_error;
+                SharedMetrics::global().fallback(Feature::ReplayGuard, action);
+                match action {
+                    OnRedisError::Local => first_here().then_some(()).ok_or_else(replayed),
+                    OnRedisError::Allow => Ok(()),
+                    OnRedisError::Deny => Err(Denied {
+                        reason: AuthReason::Unavailable,
+                        error: ProxyError::new(
+                            503,
+                            Reason::RedisUnavailable,
+                            "the replay guard is unavailable; try again later",
+                        )
+                        .with_header("retry-after", "1"),
+                    }),
+                }
+            }
+        }
     }
 
     /// Asks the service (through the cache) about one credential. The flag tells a grant served from
@@ -284,6 +361,7 @@ impl Authenticator {
         key: [u8; 32],
         query: &AuthQuery<'_>,
     ) -> Result<(Decision, bool), Denied> {
+        self.apply_remote_clears();
         if let Some(d) = svc.decisions.get(&key).await {
             svc.cache_hit.inc();
             return Ok((d, false));
@@ -369,6 +447,15 @@ impl Authenticator {
                 Err(fail("bad_answer"))
             }
         }
+    }
+}
+
+fn replayed() -> Denied {
+    Denied {
+        reason: AuthReason::Replayed,
+        error: ProxyError::unauthorized(
+            "this signed request was already used: sign each request anew",
+        ),
     }
 }
 

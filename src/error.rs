@@ -45,11 +45,17 @@ pub enum Reason {
     Forbidden,
     /// The auth service could not be asked (down, slow, bad answer).
     AuthUnavailable,
+    /// Over a rate limit (429).
+    RateLimited,
+    /// The backend already has `max_in_flight` requests from this instance (503).
+    Overloaded,
+    /// Redis failed and the feature's `on_redis_error` is `deny` (503).
+    RedisUnavailable,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 19] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -66,6 +72,9 @@ impl Reason {
         Reason::Internal,
         Reason::Forbidden,
         Reason::AuthUnavailable,
+        Reason::RateLimited,
+        Reason::Overloaded,
+        Reason::RedisUnavailable,
     ];
 
     /// The label value.
@@ -87,6 +96,9 @@ impl Reason {
             Reason::Internal => "internal",
             Reason::Forbidden => "forbidden",
             Reason::AuthUnavailable => "auth_unavailable",
+            Reason::RateLimited => "rate_limited",
+            Reason::Overloaded => "overloaded",
+            Reason::RedisUnavailable => "redis_unavailable",
         }
     }
 
@@ -116,6 +128,9 @@ pub struct ProxyError {
     /// words or a bot's text, which can quote what users wrote. Never rendered to the caller, and
     /// left out of `Debug`.
     pub detail: Option<Box<str>>,
+    /// Headers the answer carries besides the body (`Retry-After` and the `RateLimit` fields of a
+    /// 429); empty for most errors.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ProxyError {
@@ -126,6 +141,7 @@ impl ProxyError {
             reason,
             message: message.into(),
             detail: None,
+            headers: Vec::new(),
         }
     }
 
@@ -134,6 +150,12 @@ impl ProxyError {
     pub fn with_detail(mut self, detail: impl Into<Box<str>>) -> Self {
         let detail = detail.into();
         self.detail = (!detail.is_empty()).then_some(detail);
+        self
+    }
+
+    /// The same error with a header on its answer.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 

@@ -5,7 +5,8 @@
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
 //! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
-//! listener's certificate), [`server`] (assembly), [`logging`].
+//! listener's certificate), [`server`] (assembly), [`logging`]; [`limits`] (rate limits and
+//! `max_in_flight`) and [`shared`] (state shared between instances on Redis).
 
 pub mod admin;
 pub mod auth;
@@ -15,12 +16,14 @@ pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod httpio;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod reload;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod signing;
 pub mod tls;
 pub mod upstream;

@@ -78,8 +78,10 @@ impl Reloader {
                 fixed.join(", ")
             ));
         }
-        self.runtime
-            .store(Arc::new(Runtime::new(Arc::new(new), Some(&current))));
+        let new = Arc::new(Runtime::new(Arc::new(new), Some(&current)));
+        // The new runtime's cache starts empty; the other instances are told to empty theirs.
+        new.publish_cache_clear();
+        self.runtime.store(new);
         Ok(())
     }
 }

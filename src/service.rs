@@ -3,6 +3,8 @@
 //! admit (route, method, dialect, authenticate) → read and parse → to the bot (target, scope,
 //! translate, sign) → forward → to the caller. Nothing reaches a backend before the whole body was
 //! read, authenticated, validated and translated; every error is rendered in the caller's dialect.
+//! Rate limits are checked after `admit` (the credential's) and after `parse` (the end user's), the
+//! backend's `max_in_flight` just before `forward` (`crate::limits`).
 //! Vendor rules live in the dialects (`crate::dialect`); this file only calls their verbs.
 
 use std::collections::HashMap;
@@ -24,8 +26,10 @@ use crate::dialect::{
 };
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
+use crate::limits::{in_flight::BackendSlots, Limiter, Plan};
 use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
 use crate::model::{request_id_is_sane, ChatRequest};
+use crate::shared::redis::SharedRedis;
 use crate::upstream::{self, Exchange, RequestBytes, Upstream};
 
 const REQUEST_ID: &str = "x-request-id";
@@ -55,32 +59,57 @@ pub struct Runtime {
     route_metrics: Vec<RouteMetrics>,
     /// The dialects `ingress = "auto"` means, for refusals before a route is known.
     auto: Vec<Caller>,
+    /// Rate limits (their in-process buckets outlive a reload).
+    limits: Limiter,
+    /// `max_in_flight` per backend.
+    in_flight: BackendSlots,
+    /// `[redis]`, connected once per process and handed from runtime to runtime.
+    shared: Option<Arc<SharedRedis>>,
 }
 
 impl Runtime {
     /// Builds the runtime of a configuration and creates its metric series. On a reload, `previous`
-    /// is the runtime being replaced (it hands over what must outlive a reload, the replay guard).
+    /// is the runtime being replaced (it hands over what must outlive a reload: the replay guard,
+    /// the rate limit buckets, the requests in flight per backend and the Redis connection).
     pub fn new(config: Arc<Config>, previous: Option<&Runtime>) -> Self {
         let metrics = Metrics::global();
         for b in &config.backends {
             metrics.register_backend(&b.name);
         }
+        let shared = match previous {
+            Some(p) => p.shared.clone(),
+            None => config.process.redis.as_ref().map(SharedRedis::start),
+        };
         Runtime {
+            limits: Limiter::new(
+                &config.rate_limits,
+                previous.map(|p| &p.limits),
+                shared.clone(),
+            ),
+            in_flight: BackendSlots::new(&config.backends, previous.map(|p| &p.in_flight)),
             routes_by_path: (config.routes.iter().enumerate())
                 .map(|(i, r)| (r.path.clone(), i))
                 .collect(),
             peers: (config.backends.iter())
                 .map(|b| upstream::peer_for(&b.endpoint))
                 .collect(),
-            authn: Arc::new(Authenticator::new(
-                config.clone(),
-                previous.map(|p| &*p.authn),
-            )),
+            authn: Arc::new(
+                Authenticator::new(config.clone(), previous.map(|p| &*p.authn))
+                    .with_shared(shared.clone()),
+            ),
             route_metrics: (config.routes.iter())
                 .map(|r| RouteMetrics::new(metrics, &config, r))
                 .collect(),
             auto: registry::callers().filter(|c| c.in_auto()).collect(),
             config,
+            shared,
+        }
+    }
+
+    /// Tells the other instances to clear their auth caches (with `[redis]`; else nothing to do).
+    pub fn publish_cache_clear(&self) {
+        if let Some(s) = &self.shared {
+            s.publish_clear();
         }
     }
 }
@@ -104,6 +133,8 @@ struct Admitted<'r> {
     ingress: Caller,
     grant: Arc<Grant>,
     body: Option<Bytes>,
+    /// The rate limits the request is subject to.
+    limits: Plan<'r>,
 }
 
 /// A request ready for its bot: the backend, the bytes to send.
@@ -163,7 +194,11 @@ impl ChatService {
             None => self.read_body(rt, session, out).await?,
         };
         let req = self.parse(rt, &admitted, &body, out)?;
+        if !admitted.limits.is_empty() {
+            (rt.limits.admit_user(&admitted.limits, &req.user_id)).await?;
+        }
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
+        let _slot = rt.in_flight.enter(to_bot.target.backend)?;
         let exchange = self.forward(rt, &to_bot, out).await?;
         let request_id = out.request_id.as_deref().unwrap_or_default();
         self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
@@ -212,11 +247,16 @@ impl ChatService {
             .authenticate(ingress, &head, unix_secs(received))
             .await?;
         tracing::trace!(caller = &*grant.name, "caller authenticated");
+        let limits = rt.limits.plan(route, &grant);
+        if !limits.is_empty() {
+            rt.limits.admit(&limits).await?;
+        }
         Ok(Admitted {
             route,
             ingress,
             grant,
             body,
+            limits,
         })
     }
 
@@ -446,6 +486,7 @@ impl ChatService {
         if err.reason == Reason::MethodNotAllowed {
             a = a.with_header("allow", "POST");
         }
+        a.headers.extend(err.headers);
         // An unread body must be drained before the connection can serve another request; one
         // already found oversized is not read any further.
         if err.reason == Reason::BodyTooLarge {

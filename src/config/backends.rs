@@ -29,6 +29,8 @@ pub struct RawBackend {
     /// How long an idle pooled connection is kept (below the bot's own keep-alive timeout).
     #[serde(default = "default_idle_s")]
     pub pool_idle_timeout_s: u64,
+    /// At most this many requests from this instance at the bot at once (absent: no cap).
+    pub max_in_flight: Option<u32>,
     /// The dialect's own keys.
     #[serde(flatten)]
     pub settings: toml::Table,
@@ -50,6 +52,8 @@ pub struct Backend {
     pub name: String,
     pub bot: Arc<dyn Bot>,
     pub endpoint: Endpoint,
+    /// `max_in_flight`: the cap on requests at the bot at once (`limits::in_flight`).
+    pub max_in_flight: Option<u32>,
 }
 
 /// Validates every backend; returns them with an index by name.
@@ -97,6 +101,12 @@ fn backend(key: &str, b: RawBackend) -> Result<Backend, ConfigError> {
             return Err(ConfigError::new(format!("{key}.{field}"), problem));
         }
     }
+    if b.max_in_flight == Some(0) {
+        return Err(ConfigError::new(
+            format!("{key}.max_in_flight"),
+            "must be greater than 0",
+        ));
+    }
     let bot = dialect.configure(key, b.settings)?;
     if let Some((name, value)) = bot.query_param() {
         endpoint.add_query(name, value);
@@ -105,5 +115,6 @@ fn backend(key: &str, b: RawBackend) -> Result<Backend, ConfigError> {
         name: b.name,
         bot: Arc::from(bot),
         endpoint,
+        max_in_flight: b.max_in_flight,
     })
 }

@@ -1,6 +1,8 @@
 //! `[clients]`: who may call the proxy. Each `[[clients.<dialect>]]` table is read by that caller
 //! dialect (`CallerDialect::client`); this file only files the credentials by kind and refuses
-//! duplicates.
+//! duplicates. The keys every caller table shares, `rate_limit` and `user_rate_limit`, are read here
+//! (`config::limits`) before the dialect reads the rest, and given to the credential with the id its
+//! rate limit buckets are keyed by.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,6 +11,7 @@ use serde::Deserialize;
 use super::ConfigError;
 use crate::auth::{ClientCredential, Credentials, CsmlClients, HaptikClients, TokenClients};
 use crate::dialect::registry;
+use crate::limits::{credential_id, CallerLimits, LimitPair};
 
 /// `[clients]` as written: the shared settings, then one array of tables per caller dialect.
 #[derive(Debug, Deserialize)]
@@ -83,8 +86,9 @@ pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
                 ),
             )
         })?;
-        for (i, table) in tables.into_iter().enumerate() {
+        for (i, mut table) in tables.into_iter().enumerate() {
             let key = format!("clients.{name}[{i}]");
+            let limits = super::limits::take_from_table(&key, &mut table)?;
             if let Some(toml::Value::Array(routes)) = table.get("routes") {
                 let names = routes.iter().filter_map(|r| r.as_str().map(str::to_owned));
                 out.route_scopes
@@ -94,10 +98,37 @@ pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
             out.demo_credentials_in_use.extend(entry.demo);
             let summary = out.summary.entry(dialect.as_str()).or_default();
             summary.count += 1;
-            file(&mut out.credentials, &key, entry.credential, summary)?;
+            let credential = with_limits(entry.credential, limits);
+            file(&mut out.credentials, &key, credential, summary)?;
         }
     }
     Ok(out)
+}
+
+/// Gives a credential its own limits and the id its buckets are keyed by: the same id the auth
+/// service's grants get for the same identity (`AuthQuery::credential_id`).
+fn with_limits(c: ClientCredential, own: LimitPair) -> ClientCredential {
+    match c {
+        ClientCredential::ClientToken { client_id, client } => {
+            let id = credential_id("client-id", client_id.as_bytes());
+            let client = client.with_limits(CallerLimits { id, own });
+            ClientCredential::ClientToken { client_id, client }
+        }
+        ClientCredential::ApiKey { key, mut grant } => {
+            grant.limits = CallerLimits {
+                id: credential_id("api-key", key.as_bytes()),
+                own,
+            };
+            ClientCredential::ApiKey { key, grant }
+        }
+        ClientCredential::Token { digest, mut grant } => {
+            grant.limits = CallerLimits {
+                id: credential_id("token", &digest),
+                own,
+            };
+            ClientCredential::Token { digest, grant }
+        }
+    }
 }
 
 /// Files one credential under its kind; a duplicate is an error naming the key.

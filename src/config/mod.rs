@@ -5,7 +5,8 @@
 //! - [`server`]: `[server]`, with [`tls`] (its `tls` table) and [`private_dir`] (where `pid_file` and
 //!   `upgrade_sock` may live); [`admin`]: `[admin]`, `[log]`, `[demo]`; [`clients`]: `[clients]` (each
 //!   dialect reads its own `[[clients.<dialect>]]`); [`auth_service`]; [`backends`] (each dialect
-//!   reads its own keys); [`routes`]; [`secret`]: secrets and the shared checks.
+//!   reads its own keys); [`routes`]; [`secret`]: secrets and the shared checks; [`limits`]: `[limits]`
+//!   and the rate limit form; [`redis`]: `[redis]`.
 //! - What a running process cannot change is one type, [`ProcessSettings`], compared as a whole on
 //!   reload: a new setting there is covered by the reload check without anyone listing it.
 
@@ -13,7 +14,9 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod limits;
 pub mod private_dir;
+pub mod redis;
 pub mod routes;
 pub mod secret;
 pub mod server;
@@ -80,6 +83,9 @@ pub struct RawConfig {
     pub backends: Vec<backends::RawBackend>,
     #[serde(default)]
     pub routes: Vec<routes::RawRoute>,
+    #[serde(default)]
+    pub limits: limits::RawLimits,
+    pub redis: Option<redis::RawRedis>,
 }
 
 /// Everything a running process cannot change: listeners, threads, pools, logging, the demo bots.
@@ -90,6 +96,8 @@ pub struct ProcessSettings {
     pub admin: admin::AdminConfig,
     pub log: LogConfig,
     pub demo: Option<admin::DemoIdentity>,
+    /// `[redis]`: connected once per process.
+    pub redis: Option<redis::RedisSettings>,
 }
 
 /// The validated configuration the proxy runs on.
@@ -108,6 +116,8 @@ pub struct Config {
     pub auth_service: Option<AuthServiceConfig>,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
+    /// `[limits]`: the default rate limits.
+    pub rate_limits: limits::LimitsConfig,
 }
 
 /// Reads, parses and validates a config file.
@@ -162,12 +172,15 @@ impl Config {
             auth_service: auth_service.is_some(),
         };
         let routes = routes::validate(&raw.routes, &known)?;
+        let rate_limits = limits::validate(&raw.limits)?;
+        let redis = raw.redis.as_ref().map(redis::validate).transpose()?;
         Ok(Config {
             process: ProcessSettings {
                 server,
                 admin: admin_config,
                 log,
                 demo: demo_identity,
+                redis,
             },
             limits,
             tls,
@@ -178,6 +191,7 @@ impl Config {
             auth_service,
             backends,
             routes,
+            rate_limits,
         })
     }
 

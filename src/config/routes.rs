@@ -7,8 +7,10 @@ use serde::Deserialize;
 
 use super::backends::Backend;
 use super::clients::ClientsConfig;
+use super::limits::RawRateLimit;
 use super::ConfigError;
 use crate::dialect::{registry, AnswerShape, Caller, FlowTriggerPolicy};
+use crate::limits::LimitPair;
 
 /// `[[routes]]` as written.
 #[derive(Debug, Deserialize)]
@@ -39,6 +41,10 @@ pub struct RawRoute {
     /// Per-business backends.
     #[serde(default)]
     pub businesses: Vec<RawBusiness>,
+    /// The limit per credential here, for credentials without their own.
+    pub rate_limit: Option<RawRateLimit>,
+    /// The limit per (credential, end user) here, for credentials without their own.
+    pub user_rate_limit: Option<RawRateLimit>,
 }
 
 fn default_bot_name() -> String {
@@ -86,6 +92,8 @@ pub struct Route {
     /// For business ids not listed in `businesses`; `None` rejects them.
     pub default_target: Option<Target>,
     pub businesses: HashMap<i64, Target>,
+    /// `rate_limit` and `user_rate_limit` here.
+    pub limits: LimitPair,
 }
 
 impl Route {
@@ -175,6 +183,7 @@ fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigErro
         bot_name: r.bot_name.clone(),
         default_target,
         businesses,
+        limits: super::limits::pair(key, r.rate_limit.as_ref(), r.user_rate_limit.as_ref())?,
     })
 }
 

@@ -900,6 +900,7 @@ impl CallerDialect for Csml {
                 businesses: c.businesses,
             },
             csml: Some(auth),
+            limits: Default::default(),
         };
         Ok(ClientEntry {
             credential: ClientCredential::ApiKey {

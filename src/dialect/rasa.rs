@@ -515,6 +515,7 @@ impl CallerDialect for Rasa {
                 businesses: c.businesses,
             },
             csml: None,
+            limits: Default::default(),
         };
         Ok(ClientEntry {
             credential: ClientCredential::Token {

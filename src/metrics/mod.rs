@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 mod request;
+pub mod shared;
 
 pub use request::{AccessRecord, RouteMetrics};
 

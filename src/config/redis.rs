@@ -1,0 +1,182 @@
+//! `[redis]`: the Redis server that several instances share their rate limits, CSML replay guard and
+//! auth cache clears on, and what each feature does when Redis fails (`on_redis_error`).
+//!
+//! The whole table is a process setting: the connection is made once, so changing it needs a restart.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::secret::{nonzero, SecretSource};
+use super::ConfigError;
+
+/// What a feature does when Redis cannot be asked (down, slower than `timeout_ms`, or an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Use this instance's own in-process state instead (limits then hold per instance).
+    Local,
+    /// Refuse the request with 503 in the caller's dialect.
+    Deny,
+    /// Let the request through unchecked.
+    Allow,
+}
+
+impl OnRedisError {
+    /// Every policy, for pre-registering metric series.
+    pub const ALL: [OnRedisError; 3] =
+        [OnRedisError::Local, OnRedisError::Deny, OnRedisError::Allow];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnRedisError::Local => "local",
+            OnRedisError::Deny => "deny",
+            OnRedisError::Allow => "allow",
+        }
+    }
+}
+
+/// `[redis.limits]` / `[redis.replay_guard]`: one feature's failure policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeature {
+    /// What the feature does when Redis fails.
+    pub on_redis_error: OnRedisError,
+}
+
+/// `[redis]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://[:password@]host:port/db` (a secret: it may carry the password).
+    pub url: SecretSource,
+    /// Deadline of every Redis call on the request path.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Deadline for (re)connecting.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// After a failed call, Redis is left alone (every feature falls back at once) this long, then
+    /// tried again by one request.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Prepended to every key and channel name, so deployments can share one Redis.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    /// Rate limits: `on_redis_error` (default `local`).
+    pub limits: Option<RawFeature>,
+    /// The CSML replay guard: `on_redis_error` (default `deny`).
+    pub replay_guard: Option<RawFeature>,
+}
+
+fn default_timeout_ms() -> u64 {
+    100
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_backoff_ms() -> u64 {
+    1_000
+}
+fn default_prefix() -> String {
+    "botbridge:".into()
+}
+
+/// `[redis]`, validated. `Debug` and `Serialize` never show the URL (only its digest, so a reload
+/// still notices a change).
+#[derive(Clone, PartialEq, Serialize)]
+pub struct RedisSettings {
+    #[serde(skip)]
+    pub url: String,
+    /// SHA-256 of the URL: what a reload compares.
+    pub url_sha256: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff: Duration,
+    pub key_prefix: String,
+    pub limits_on_error: OnRedisError,
+    pub replay_guard_on_error: OnRedisError,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates `[redis]`: the URL must parse as a Redis URL (it is not connected to here).
+pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
+    let url = r.url.resolve("redis.url")?;
+    if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+        return Err(ConfigError::new(
+            "redis.url",
+            "must start with redis:// or redis+unix:// (TLS to Redis is not supported)",
+        ));
+    }
+    // The client's own parser; its error may quote the URL, so it is not passed on.
+    redis::Client::open(url.as_str())
+        .map_err(|_| ConfigError::new("redis.url", "not a valid Redis URL"))?;
+    let ms = |key: &str, v: u64| nonzero(&format!("redis.{key}"), v).map(Duration::from_millis);
+    Ok(RedisSettings {
+        url_sha256: hex::encode(Sha256::digest(url.as_bytes())),
+        url,
+        timeout: ms("timeout_ms", r.timeout_ms)?,
+        connect_timeout: ms("connect_timeout_ms", r.connect_timeout_ms)?,
+        backoff: ms("backoff_ms", r.backoff_ms)?,
+        key_prefix: r.key_prefix.clone(),
+        limits_on_error: r
+            .limits
+            .as_ref()
+            .map_or(OnRedisError::Local, |f| f.on_redis_error),
+        replay_guard_on_error: r
+            .replay_guard
+            .as_ref()
+            .map_or(OnRedisError::Deny, |f| f.on_redis_error),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> RawRedis {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_policies() {
+        let s = validate(&raw(r#"url = "redis://127.0.0.1:6379/0""#)).unwrap();
+        assert_eq!(s.timeout, Duration::from_millis(100));
+        assert_eq!(s.key_prefix, "botbridge:");
+        assert_eq!(s.limits_on_error, OnRedisError::Local);
+        assert_eq!(s.replay_guard_on_error, OnRedisError::Deny);
+        let s = validate(&raw(
+            "url = \"redis://h:1/2\"\nlimits = { on_redis_error = \"deny\" }\n[replay_guard]\non_redis_error = \"allow\"",
+        ))
+        .unwrap();
+        assert_eq!(s.limits_on_error, OnRedisError::Deny);
+        assert_eq!(s.replay_guard_on_error, OnRedisError::Allow);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_never_the_url() {
+        let e = validate(&raw(r#"url = "http://user:hunter2@h:1""#)).unwrap_err();
+        assert_eq!(e.key, "redis.url");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = validate(&raw("url = \"redis://h:1\"\ntimeout_ms = 0")).unwrap_err();
+        assert_eq!(e.to_string(), "redis.timeout_ms: must be greater than 0");
+        let s = validate(&raw(r#"url = "redis://:hunter2@h:1/0""#)).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+        assert!(toml::from_str::<RawRedis>(
+            "url = \"redis://h\"\nlimits = { on_redis_error = \"maybe\" }"
+        )
+        .is_err());
+    }
+}

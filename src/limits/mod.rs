@@ -1,0 +1,379 @@
+//! Rate limits per credential and per (credential, end user), and the cap on requests in flight per
+//! backend ([`in_flight`]).
+//!
+//! A request's limits are known in two steps: its credential after `admit` ([`Limiter::plan`]), its
+//! end user after `parse`. Which limit applies is the most specific one set: the credential's own
+//! (`[[clients.<dialect>]] rate_limit`), else its route's, else `[limits]`; `user_rate_limit` alike,
+//! on its own. Each limit is a GCRA bucket (`requests` per `per_seconds`, bursts up to `burst`) keyed
+//! by a digest of where the limit came from, the limit itself, the credential and the user, so a
+//! changed limit starts a fresh bucket and no key carries a credential or a user id in clear.
+//!
+//! A request with only a credential limit is checked before its body is read; one with a user limit
+//! is checked once, after `parse`, against both buckets at once (user first: a user refused by its own
+//! limit takes nothing from its credential's). Without `[redis]` the buckets live in this process
+//! ([`local`], governor); with it, in Redis ([`redis`]: one script call per request, all buckets or
+//! none), falling back as `[redis.limits] on_redis_error` says. A request no limit covers costs
+//! nothing here: no digest, no lookup, no Redis call.
+
+pub mod in_flight;
+pub mod local;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use sha2::{Digest, Sha256};
+
+use crate::auth::Grant;
+use crate::config::limits::LimitsConfig;
+use crate::config::redis::OnRedisError;
+use crate::config::Route;
+use crate::error::{ProxyError, Reason};
+use crate::metrics::shared::{Feature, SharedMetrics};
+use crate::shared::redis::SharedRedis;
+
+/// One limit: `requests` per `per_seconds` in the long run, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The emission interval: one request per this many microseconds.
+    pub fn interval_us(&self) -> u64 {
+        u64::from(self.per_seconds) * 1_000_000 / u64::from(self.requests)
+    }
+
+    /// How long a bucket takes to refill completely: idle this long, it is as good as new.
+    pub fn refill(&self) -> Duration {
+        Duration::from_micros(self.interval_us() * u64::from(self.burst))
+    }
+}
+
+/// A `rate_limit` and `user_rate_limit` pair, as a route or `[limits]` sets them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitPair {
+    pub rate_limit: Option<RateLimit>,
+    pub user_rate_limit: Option<RateLimit>,
+}
+
+/// What identifies a credential in bucket keys: a digest, the same on every instance whether the
+/// credential is configured there or vouched for by the auth service.
+pub type CredentialId = [u8; 16];
+
+/// The id of a credential of `kind` (`client-id`, `api-key`, `token`) identified by `ident`.
+pub fn credential_id(kind: &str, ident: &[u8]) -> CredentialId {
+    let mut h = Sha256::new();
+    h.update(b"botbridge-credential\0");
+    h.update(kind.as_bytes());
+    h.update(b"\0");
+    h.update(ident);
+    truncate(h)
+}
+
+/// The limits a credential carries, and the id its buckets are keyed by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerLimits {
+    pub id: CredentialId,
+    pub own: LimitPair,
+}
+
+/// Which bucket refused: the label of `botbridge_rate_limit_decisions_total` and the policy name in
+/// the `RateLimit` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Credential,
+    User,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 2] = [Scope::Credential, Scope::User];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Credential => "credential",
+            Scope::User => "user",
+        }
+    }
+}
+
+/// Where a request's limit was set.
+#[derive(Debug, Clone, Copy)]
+enum Origin<'a> {
+    Client,
+    Route(&'a str),
+    Default,
+}
+
+/// A bucket's key: a digest of everything that tells it apart.
+pub type BucketKey = [u8; 16];
+
+/// One bucket a request takes a token from.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub scope: Scope,
+    pub limit: RateLimit,
+    pub key: BucketKey,
+}
+
+impl Bucket {
+    fn new(
+        scope: Scope,
+        origin: Origin<'_>,
+        limit: RateLimit,
+        id: &CredentialId,
+        user: &str,
+    ) -> Self {
+        let mut h = Sha256::new();
+        h.update(scope.as_str().as_bytes());
+        match origin {
+            Origin::Client => h.update(b"\0client\0"),
+            Origin::Route(name) => {
+                h.update(b"\0route\0");
+                h.update(name.as_bytes());
+                h.update(b"\0");
+            }
+            Origin::Default => h.update(b"\0default\0"),
+        }
+        for n in [limit.requests, limit.per_seconds, limit.burst] {
+            h.update(n.to_be_bytes());
+        }
+        h.update(id);
+        h.update(user.as_bytes());
+        Bucket {
+            scope,
+            limit,
+            key: truncate(h),
+        }
+    }
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Refused by the bucket of `scope`, which lets a request through again after `retry_after`.
+    Limited {
+        scope: Scope,
+        limit: RateLimit,
+        retry_after: Duration,
+    },
+}
+
+/// What one request is subject to, known once its credential is.
+pub struct Plan<'a> {
+    credential: Option<Bucket>,
+    user: Option<(Origin<'a>, RateLimit)>,
+    id: CredentialId,
+}
+
+impl Plan<'_> {
+    /// Whether no limit covers the request.
+    pub fn is_empty(&self) -> bool {
+        self.credential.is_none() && self.user.is_none()
+    }
+}
+
+/// The rate limiter of one runtime. Its in-process buckets outlive a reload (handed over), so a
+/// reload does not hand out fresh bursts.
+pub struct Limiter {
+    defaults: LimitPair,
+    local: Arc<local::LocalBuckets>,
+    shared: Option<Arc<SharedRedis>>,
+    on_redis_error: OnRedisError,
+    /// `rate_limit_decisions_total{scope, result}` by [scope][allowed, limited], resolved once.
+    decisions: [[IntCounter; 2]; 2],
+    metrics: &'static SharedMetrics,
+}
+
+impl Limiter {
+    /// The limiter for `[limits]`, on Redis when `shared` is given.
+    pub fn new(
+        config: &LimitsConfig,
+        previous: Option<&Limiter>,
+        shared: Option<Arc<SharedRedis>>,
+    ) -> Self {
+        let metrics = SharedMetrics::global();
+        let decisions = Scope::ALL.map(|s| {
+            ["allowed", "limited"]
+                .map(|r| metrics.limit_decisions.with_label_values(&[s.as_str(), r]))
+        });
+        Limiter {
+            defaults: config.defaults,
+            local: previous.map_or_else(
+                || Arc::new(local::LocalBuckets::new(config.local_buckets)),
+                |p| p.local.clone(),
+            ),
+            on_redis_error: shared
+                .as_ref()
+                .map_or(OnRedisError::Local, |s| s.settings().limits_on_error),
+            shared,
+            decisions,
+            metrics,
+        }
+    }
+
+    /// The limits of a request by `grant` on `route`: the most specific of each kind.
+    pub fn plan<'a>(&self, route: &'a Route, grant: &Grant) -> Plan<'a> {
+        let pick = |f: fn(&LimitPair) -> Option<RateLimit>| {
+            (f(&grant.limits.own).map(|l| (Origin::Client, l)))
+                .or_else(|| f(&route.limits).map(|l| (Origin::Route(&route.name), l)))
+                .or_else(|| f(&self.defaults).map(|l| (Origin::Default, l)))
+        };
+        let id = grant.limits.id;
+        Plan {
+            credential: pick(|p| p.rate_limit)
+                .map(|(o, l)| Bucket::new(Scope::Credential, o, l, &id, "")),
+            user: pick(|p| p.user_rate_limit),
+            id,
+        }
+    }
+
+    /// After `admit`: checks a credential limit now, unless a user limit will be checked with it.
+    pub async fn admit(&self, plan: &Plan<'_>) -> Result<(), ProxyError> {
+        match (&plan.credential, &plan.user) {
+            (Some(c), None) => self.check(&[*c]).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// After `parse`: checks the user's limit and the credential's together, if there is a user limit.
+    pub async fn admit_user(&self, plan: &Plan<'_>, user_id: &str) -> Result<(), ProxyError> {
+        let Some((origin, limit)) = plan.user else {
+            return Ok(());
+        };
+        let user = Bucket::new(Scope::User, origin, limit, &plan.id, user_id);
+        match plan.credential {
+            Some(c) => self.check(&[user, c]).await,
+            None => self.check(&[user]).await,
+        }
+    }
+
+    async fn check(&self, buckets: &[Bucket]) -> Result<(), ProxyError> {
+        let verdict = match &self.shared {
+            None => self.local.check(buckets),
+            Some(shared) => match redis::check(shared, buckets).await {
+                Ok(v) => v,
+                Err(_) => self.fallback(buckets)?,
+            },
+        };
+        match verdict {
+            Verdict::Allowed => {
+                for b in buckets {
+                    self.decisions[b.scope as usize][0].inc();
+                }
+                Ok(())
+            }
+            Verdict::Limited {
+                scope,
+                limit,
+                retry_after,
+            } => {
+                self.decisions[scope as usize][1].inc();
+                Err(too_many_requests(scope, limit, retry_after))
+            }
+        }
+    }
+
+    /// Redis failed: what `[redis.limits] on_redis_error` says, counted.
+    fn fallback(&self, buckets: &[Bucket]) -> Result<Verdict, ProxyError> {
+        self.metrics.fallback(Feature::Limits, self.on_redis_error);
+        match self.on_redis_error {
+            OnRedisError::Local => Ok(self.local.check(buckets)),
+            OnRedisError::Allow => Ok(Verdict::Allowed),
+            OnRedisError::Deny => Err(ProxyError::new(
+                503,
+                Reason::RedisUnavailable,
+                "the rate limiter is unavailable; try again later",
+            )
+            .with_header("retry-after", "1")),
+        }
+    }
+}
+
+/// The 429 for a refused request: `Retry-After`, and the IETF `RateLimit-Policy` and `RateLimit`
+/// fields (draft-ietf-httpapi-ratelimit-headers-10) naming the bucket that refused.
+pub fn too_many_requests(scope: Scope, limit: RateLimit, retry_after: Duration) -> ProxyError {
+    let secs = retry_after.as_micros().div_ceil(1_000_000).max(1);
+    let (who, name) = match scope {
+        Scope::Credential => ("this credential", "credential"),
+        Scope::User => ("this user", "user"),
+    };
+    ProxyError::new(
+        429,
+        Reason::RateLimited,
+        format!(
+            "too many requests for {who}: at most {} per {} s; retry in {secs} s",
+            limit.requests, limit.per_seconds
+        ),
+    )
+    .with_header("retry-after", secs.to_string())
+    .with_header(
+        "ratelimit-policy",
+        format!("\"{name}\";q={};w={}", limit.requests, limit.per_seconds),
+    )
+    .with_header("ratelimit", format!("\"{name}\";r=0;t={secs}"))
+}
+
+fn truncate(h: Sha256) -> [u8; 16] {
+    let full = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: RateLimit = RateLimit {
+        requests: 50,
+        per_seconds: 1,
+        burst: 100,
+    };
+
+    #[test]
+    fn keys_tell_origins_limits_credentials_and_users_apart() {
+        let id = credential_id("api-key", b"k");
+        let key = |o, l, id: &CredentialId, u| Bucket::new(Scope::User, o, l, id, u).key;
+        let base = key(Origin::Client, L, &id, "u1");
+        assert_eq!(base, key(Origin::Client, L, &id, "u1"), "stable");
+        let other_limit = RateLimit { burst: 99, ..L };
+        for different in [
+            key(Origin::Client, L, &id, "u2"),
+            key(Origin::Default, L, &id, "u1"),
+            key(Origin::Route("chat"), L, &id, "u1"),
+            key(Origin::Client, other_limit, &id, "u1"),
+            key(Origin::Client, L, &credential_id("api-key", b"k2"), "u1"),
+            key(Origin::Client, L, &credential_id("token", b"k"), "u1"),
+        ] {
+            assert_ne!(base, different);
+        }
+        assert_ne!(
+            key(Origin::Route("chat"), L, &id, ""),
+            key(Origin::Route("cha"), L, &id, "t")
+        );
+    }
+
+    #[test]
+    fn the_429_names_its_bucket_and_when_to_retry() {
+        let e = too_many_requests(Scope::User, L, Duration::from_millis(1_200));
+        assert_eq!((e.status, e.reason), (429, Reason::RateLimited));
+        let h = |n: &str| e.headers.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+        assert_eq!(h("retry-after"), "2");
+        assert_eq!(h("ratelimit-policy"), "\"user\";q=50;w=1");
+        assert_eq!(h("ratelimit"), "\"user\";r=0;t=2");
+        assert!(e.message.contains("this user"), "{}", e.message);
+        let e = too_many_requests(Scope::Credential, L, Duration::from_micros(10));
+        assert_eq!(e.headers[0].1, "1", "never 0");
+    }
+
+    #[test]
+    fn intervals_and_refill() {
+        assert_eq!(L.interval_us(), 20_000);
+        assert_eq!(L.refill(), Duration::from_secs(2));
+    }
+}

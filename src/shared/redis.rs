@@ -1,0 +1,353 @@
+//! The Redis connection the instances share state on: rate limit buckets (`limits::redis`), the CSML
+//! replay guard (`authn`) and auth cache clears (published here, received here).
+//!
+//! - One `redis` crate `ConnectionManager` (a multiplexed connection that reconnects by itself) for
+//!   every call, each bounded by `[redis] timeout_ms`. It and the cache clear subscription run on a
+//!   small runtime of their own (one thread), so no chat worker has to drive them.
+//! - Health: a failed call (timeout, no connection, error answer) marks Redis down for `backoff_ms`;
+//!   meanwhile every call fails at once (no waiting on a dead server, no pile of timeouts) and each
+//!   feature falls back as its `on_redis_error` says. After the back-off one request tries again;
+//!   when it succeeds Redis is up again: no restart is needed.
+//! - Cache clears: `POST /auth-cache/clear` and a reload publish this instance's id on
+//!   `<prefix>auth-cache-clear`; every other instance bumps a counter its authenticator reads before
+//!   its next cache look-up. A clear published while Redis is down is lost, so an instance that
+//!   (re)subscribes clears its own cache too.
+//! - Every call is timed and every error, by reason, counted (`metrics::shared`).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, RedisResult};
+use tokio::sync::oneshot;
+
+use crate::config::redis::RedisSettings;
+use crate::metrics::shared::SharedMetrics;
+
+/// Redis could not be asked: the call failed or Redis is in its back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// What a call is for (the `op` label).
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    RateLimit,
+    ReplayGuard,
+    Publish,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::RateLimit => "rate_limit",
+            Op::ReplayGuard => "replay_guard",
+            Op::Publish => "publish",
+        }
+    }
+}
+
+/// Whether Redis is up, and when to try it again if not.
+struct Health {
+    epoch: Instant,
+    /// 0 while up; else when (ms since `epoch`, plus 1) the next call may try.
+    retry_at: AtomicU64,
+    up: AtomicBool,
+    backoff_ms: u64,
+}
+
+impl Health {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether a call may go to Redis: while up, always; while down, the first caller after the
+    /// back-off (the others keep falling back until that one is answered).
+    fn may_call(&self) -> bool {
+        let at = self.retry_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return true;
+        }
+        let now = self.now_ms();
+        now >= at
+            && (self.retry_at)
+                .compare_exchange(
+                    at,
+                    now + self.backoff_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn succeeded(&self, metrics: &SharedMetrics) {
+        if self.retry_at.load(Ordering::Relaxed) != 0 {
+            self.retry_at.store(0, Ordering::Relaxed);
+        }
+        if !self.up.load(Ordering::Relaxed) && !self.up.swap(true, Ordering::Relaxed) {
+            metrics.redis_up.set(1);
+            tracing::info!(
+                "redis is reachable: shared limits, replay guard and cache clears in force"
+            );
+        }
+    }
+
+    fn failed(&self, metrics: &SharedMetrics, op: Op, reason: &str) {
+        self.retry_at
+            .store(self.now_ms() + self.backoff_ms, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            metrics.redis_up.set(0);
+            tracing::warn!(
+                op = op.as_str(),
+                reason,
+                "redis is unavailable: each feature falls back as its on_redis_error says"
+            );
+        }
+    }
+}
+
+/// The shared Redis of this process.
+pub struct SharedRedis {
+    settings: RedisSettings,
+    manager: Arc<ArcSwapOption<ConnectionManager>>,
+    health: Health,
+    /// The Redis thread's runtime, for publishing from code that is not async.
+    handle: tokio::runtime::Handle,
+    /// This instance's id in cache clear messages, so it ignores its own.
+    instance: String,
+    channel: String,
+    /// Cache clears received from other instances (or owed after a lost subscription).
+    clears: Arc<AtomicU64>,
+    metrics: &'static SharedMetrics,
+    _stop: oneshot::Sender<()>,
+}
+
+impl SharedRedis {
+    /// Starts the Redis thread (connecting, subscribing) and returns at once: until Redis answers,
+    /// every feature falls back.
+    pub fn start(settings: &RedisSettings) -> Arc<SharedRedis> {
+        let client = redis::Client::open(settings.url.as_str()).expect("validated with the config");
+        let (stop, stopped) = oneshot::channel();
+        let manager = Arc::new(ArcSwapOption::empty());
+        let clears = Arc::new(AtomicU64::new(0));
+        let instance = uuid::Uuid::new_v4().to_string();
+        let channel = format!("{}auth-cache-clear", settings.key_prefix);
+        let background = Background {
+            client,
+            settings: settings.clone(),
+            manager: manager.clone(),
+            clears: clears.clone(),
+            instance: instance.clone(),
+            channel: channel.clone(),
+        };
+        let metrics = SharedMetrics::global();
+        metrics.redis_up.set(0);
+        Arc::new(SharedRedis {
+            handle: background.spawn(stopped),
+            health: Health {
+                epoch: Instant::now(),
+                retry_at: AtomicU64::new(0),
+                up: AtomicBool::new(false),
+                backoff_ms: settings.backoff.as_millis() as u64,
+            },
+            settings: settings.clone(),
+            manager,
+            instance,
+            channel,
+            clears,
+            metrics,
+            _stop: stop,
+        })
+    }
+
+    /// The settings it was started with.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    /// The key of `id` in the namespace `kind`: `<prefix><kind>:<hex id>`.
+    pub fn key(&self, kind: &str, id: &[u8]) -> String {
+        format!("{}{kind}:{}", self.settings.key_prefix, hex::encode(id))
+    }
+
+    /// How many cache clears other instances asked for so far (compare with the last value seen).
+    pub fn clears(&self) -> u64 {
+        self.clears.load(Ordering::Acquire)
+    }
+
+    /// One Redis call within `timeout_ms`, unless Redis is in its back-off. Timed and counted.
+    pub async fn call<T, F, Fut>(&self, op: Op, f: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if !self.health.may_call() {
+            return Err(Unavailable);
+        }
+        let Some(conn) = self.manager.load_full() else {
+            // Not connected yet (the first connection is made on the Redis thread).
+            return Err(self.failed(op, "connection"));
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.settings.timeout, f((*conn).clone())).await;
+        (self
+            .metrics
+            .redis_duration
+            .with_label_values(&[op.as_str()]))
+        .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(value)) => {
+                self.health.succeeded(self.metrics);
+                Ok(value)
+            }
+            Ok(Err(e)) => Err(self.failed(op, error_reason(&e))),
+            Err(_) => Err(self.failed(op, "timeout")),
+        }
+    }
+
+    fn failed(&self, op: Op, reason: &'static str) -> Unavailable {
+        (self.metrics.redis_errors)
+            .with_label_values(&[op.as_str(), reason])
+            .inc();
+        self.health.failed(self.metrics, op, reason);
+        Unavailable
+    }
+
+    /// Tells every other instance to clear its auth cache (in the background: this returns at once).
+    pub fn publish_clear(self: &Arc<Self>) {
+        let me = self.clone();
+        self.handle.spawn(async move {
+            let (channel, instance) = (me.channel.clone(), me.instance.clone());
+            let published = me
+                .call(Op::Publish, |mut conn| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(instance)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                })
+                .await;
+            match published {
+                Ok(receivers) => {
+                    me.metrics.clear_messages.with_label_values(&["published"]).inc();
+                    tracing::info!(receivers, "auth cache clear published to the other instances");
+                }
+                Err(_) => tracing::warn!("auth cache clear not published (redis unavailable): other instances clear theirs when they resubscribe"),
+            }
+        });
+    }
+}
+
+/// Why a call failed, as a bounded label.
+fn error_reason(e: &RedisError) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        "connection"
+    } else {
+        "response"
+    }
+}
+
+/// What runs on the Redis thread: the first connection, then the cache clear subscription.
+struct Background {
+    client: redis::Client,
+    settings: RedisSettings,
+    manager: Arc<ArcSwapOption<ConnectionManager>>,
+    clears: Arc<AtomicU64>,
+    instance: String,
+    channel: String,
+}
+
+impl Background {
+    /// Starts the thread and its runtime; returns the runtime's handle. The thread ends when `stop`
+    /// is dropped.
+    fn spawn(self, stop: oneshot::Receiver<()>) -> tokio::runtime::Handle {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("botbridge-redis".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the redis thread");
+                let _ = tx.send(rt.handle().clone());
+                rt.block_on(async move {
+                    tokio::select! {
+                        _ = stop => {}
+                        _ = async { tokio::join!(self.connect(), self.subscribe()) } => {}
+                    }
+                });
+            })
+            .expect("start the redis thread");
+        rx.recv().expect("the redis thread's runtime")
+    }
+
+    /// Makes the connection manager and waits for Redis to answer once before handing it out, so
+    /// its connection (and every reconnection) is driven by this thread.
+    async fn connect(&self) {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.settings.connect_timeout))
+            .set_response_timeout(Some(self.settings.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(self.settings.backoff);
+        let manager = match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = ?e.kind(), "cannot set up the redis connection");
+                return;
+            }
+        };
+        let mut warned = false;
+        loop {
+            let mut conn = manager.clone();
+            let ping = redis::cmd("PING");
+            let answer = ping.query_async::<String>(&mut conn);
+            if let Ok(Ok(_)) = tokio::time::timeout(self.settings.connect_timeout, answer).await {
+                break;
+            }
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!(
+                    "redis does not answer yet: each feature falls back as its on_redis_error says"
+                );
+            }
+            tokio::time::sleep(self.settings.backoff).await;
+        }
+        self.manager.store(Some(Arc::new(manager)));
+        tracing::info!("connected to redis");
+    }
+
+    /// Listens for cache clears from other instances, resubscribing after any loss.
+    async fn subscribe(&self) {
+        let metrics = SharedMetrics::global();
+        loop {
+            let subscribed = tokio::time::timeout(self.settings.connect_timeout, async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                RedisResult::Ok(pubsub)
+            })
+            .await;
+            if let Ok(Ok(mut pubsub)) = subscribed {
+                // A clear may have been published while this instance was not listening.
+                self.clears.fetch_add(1, Ordering::AcqRel);
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let from: String = msg.get_payload().unwrap_or_default();
+                    if from != self.instance {
+                        self.clears.fetch_add(1, Ordering::AcqRel);
+                        metrics
+                            .clear_messages
+                            .with_label_values(&["received"])
+                            .inc();
+                        tracing::info!("auth cache cleared at another instance's request");
+                    }
+                }
+                tracing::warn!("lost the redis subscription for auth cache clears; resubscribing");
+            }
+            tokio::time::sleep(self.settings.backoff).await;
+        }
+    }
+}
