@@ -113,7 +113,7 @@ impl Health {
 pub struct SharedRedis {
     settings: RedisSettings,
     manager: Arc<ArcSwapOption<ConnectionManager>>,
-    health: Health,
+    health: Arc<Health>,
     /// The Redis thread's runtime, for publishing from code that is not async.
     handle: tokio::runtime::Handle,
     /// This instance's id in cache clear messages, so it ignores its own.
@@ -135,10 +135,17 @@ impl SharedRedis {
         let clears = Arc::new(AtomicU64::new(0));
         let instance = uuid::Uuid::new_v4().to_string();
         let channel = format!("{}auth-cache-clear", settings.key_prefix);
+        let health = Arc::new(Health {
+            epoch: Instant::now(),
+            retry_at: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+            backoff_ms: settings.backoff.as_millis() as u64,
+        });
         let background = Background {
             client,
             settings: settings.clone(),
             manager: manager.clone(),
+            health: health.clone(),
             clears: clears.clone(),
             instance: instance.clone(),
             channel: channel.clone(),
@@ -147,12 +154,7 @@ impl SharedRedis {
         metrics.redis_up.set(0);
         Arc::new(SharedRedis {
             handle: background.spawn(stopped),
-            health: Health {
-                epoch: Instant::now(),
-                retry_at: AtomicU64::new(0),
-                up: AtomicBool::new(false),
-                backoff_ms: settings.backoff.as_millis() as u64,
-            },
+            health,
             settings: settings.clone(),
             manager,
             instance,
@@ -257,6 +259,7 @@ struct Background {
     client: redis::Client,
     settings: RedisSettings,
     manager: Arc<ArcSwapOption<ConnectionManager>>,
+    health: Arc<Health>,
     clears: Arc<AtomicU64>,
     instance: String,
     channel: String,
@@ -317,7 +320,7 @@ impl Background {
             tokio::time::sleep(self.settings.backoff).await;
         }
         self.manager.store(Some(Arc::new(manager)));
-        tracing::info!("connected to redis");
+        self.health.succeeded(SharedMetrics::global());
     }
 
     /// Listens for cache clears from other instances, resubscribing after any loss.

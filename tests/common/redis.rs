@@ -57,7 +57,11 @@ impl RedisServer {
                 self.child = Some(child);
                 return;
             }
-            assert!(Instant::now() < deadline, "redis-server did not restart on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -96,7 +100,10 @@ fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<Child> {
         if child.try_wait().unwrap().is_some() {
             return None;
         }
-        assert!(Instant::now() < deadline, "redis-server did not answer on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not answer on {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
