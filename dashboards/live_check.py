@@ -2,16 +2,17 @@
 """Live check of botbridge's dashboards and Prometheus rules against a real Prometheus.
 
 Starts test bots (a good one, a slow one, one that answers nonsense, one that fails, and a dead
-address), a small auth service, the real botbridge binary and a real Prometheus that scrapes the
+address), a small auth service, a redis-server, the real botbridge binary and a real Prometheus that scrapes the
 proxy's admin listener every second and evaluates dashboards/prometheus/botbridge-rules.yml. Drives
-traffic with successes, auth failures, backend errors and timeouts, then evaluates every PromQL
+traffic with successes, auth failures, backend errors and timeouts, rate-limited callers and a backend
+at its max_in_flight, kills Redis for the last seconds (so the limits fall back), then evaluates every PromQL
 expression of the Grafana dashboard and every rule through Prometheus's HTTP API. It fails on any
 expression that errors or returns no series, on any rule Prometheus reports unhealthy, and on any
 alert that is not pending or firing under this traffic (each alert's condition is made true on
 purpose, so a silently broken alert is caught too).
 
 Usage: python3 dashboards/live_check.py [path/to/botbridge]   (default: target/debug/botbridge)
-Needs prometheus and promtool on PATH (Debian: apt-get install prometheus).
+Needs prometheus, promtool and redis-server on PATH (Debian: apt-get install prometheus redis-server).
 """
 import hashlib
 import hmac
@@ -34,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(ROOT, "dashboards", "botbridge.json")
 RULES = os.path.join(ROOT, "dashboards", "prometheus", "botbridge-rules.yml")
 TRAFFIC_SECONDS = 25
+REDIS_DOWN_SECONDS = 10  # Redis is killed this long before the traffic ends
 
 CSML_ANSWER = json.dumps({
     "request_id": "r", "interaction_id": "i",
@@ -102,6 +104,23 @@ def http(method, url, body=None, headers=None, timeout=10):
         return e.code, e.read()
 
 
+def start_redis(work, port):
+    """Starts redis-server on port (no persistence) and waits until it answers PING."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("live check: redis-server did not come up")
+
+
 def wait_for(url, what, seconds=30):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -116,9 +135,9 @@ def wait_for(url, what, seconds=30):
 
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "botbridge")
-    for tool in ("prometheus", "promtool"):
+    for tool in ("prometheus", "promtool", "redis-server"):
         if not shutil.which(tool):
-            raise SystemExit(f"live check: {tool} is not installed (apt-get install prometheus)")
+            raise SystemExit(f"live check: {tool} is not installed (apt-get install prometheus redis-server)")
     if not os.path.exists(binary):
         raise SystemExit(f"live check: no botbridge binary at {binary} (cargo build first)")
     subprocess.run(["promtool", "check", "rules", RULES], check=True)
@@ -134,7 +153,9 @@ def main():
             "auth": serve(auth_service),
         }
         ports = {k: v[1] for k, v in servers.items()}
-        dead, listen, admin, prom = free_port(), free_port(), free_port(), free_port()
+        dead, listen, admin, prom, rport = free_port(), free_port(), free_port(), free_port(), free_port()
+        redis = start_redis(work, rport)
+        procs.append(redis)
 
         def backend(name, port, read_ms=5000):
             return f"""
@@ -170,11 +191,23 @@ token = "acme-token"
 name = "plain"
 key = "plain-key"
 auth = "plain"
+[[clients.csml]]
+name = "limited"
+key = "limited-key"
+auth = "plain"
+rate_limit = {{ requests = 5, per_seconds = 1 }}
+user_rate_limit = {{ requests = 2, per_seconds = 1 }}
+[redis]
+url = "redis://127.0.0.1:{rport}/0"
+timeout_ms = 200
+backoff_ms = 500
 {backend("good-bot", ports["ok"])}
 {backend("slow-bot", ports["slow"], read_ms=1000)}
 {backend("nonsense-bot", ports["bad"])}
 {backend("failing-bot", ports["fail"])}
 {backend("dead-bot", dead)}
+{backend("busy-bot", ports["slow"], read_ms=1000)}
+max_in_flight = 1
 [[routes]]
 name = "chat"
 path = "/chat"
@@ -192,6 +225,11 @@ backend = "nonsense-bot"
 [[routes.businesses]]
 id = 5
 backend = "failing-bot"
+[[routes]]
+name = "busy"
+path = "/busy"
+ingress = "csml"
+backend = "busy-bot"
 """
         with open(os.path.join(work, "proxy.toml"), "w") as f:
             f.write(config)
@@ -218,8 +256,8 @@ scrape_configs:
         wait_for(f"http://127.0.0.1:{prom}/-/ready", "prometheus")
 
         chat = f"http://127.0.0.1:{listen}/chat"
-        def haptik(client, token, business=1, body=None):
-            body = body or json.dumps({"user": {"auth_id": "u"}, "message_body": "hi", "message_type": 0, "business_id": business}).encode()
+        def haptik(client, token, business=1, body=None, user="u"):
+            body = body or json.dumps({"user": {"auth_id": user}, "message_body": "hi", "message_type": 0, "business_id": business}).encode()
             return http("POST", chat, body, {"content-type": "application/json", "authorization": f"Bearer {token}", "client-id": client})
 
         counts = {}
@@ -233,7 +271,21 @@ scrape_configs:
         def timeouts():
             while time.time() < stop:
                 note("timeout", haptik("acme-client", "acme-token", business=2)[0])
+        # CSML callers (Haptik's share of refusals must stay high enough for BotbridgeAuthFailureSpike).
+        def csml_call(key, user="u", path="/chat"):
+            body = json.dumps({"client": {"user_id": user}, "payload": {"content_type": "text", "content": {"text": "hi"}}}).encode()
+            return http("POST", f"http://127.0.0.1:{listen}{path}", body, {"content-type": "application/json", "x-api-key": key})
+        def busy():
+            while time.time() < stop:
+                status = csml_call("plain-key", path="/busy")[0]
+                note("busy", status)
+                if status == 503:
+                    time.sleep(0.05)
+        def redis_dies():
+            time.sleep(max(0, stop - REDIS_DOWN_SECONDS - time.time()))
+            redis.kill()
         threads = [threading.Thread(target=timeouts) for _ in range(3)]
+        threads += [threading.Thread(target=busy) for _ in range(2)] + [threading.Thread(target=redis_dies)]
         for t in threads:
             t.start()
         csml = json.dumps({"client": {"user_id": "u"}, "payload": {"content_type": "text", "content": {"text": "hi"}}}).encode()
@@ -248,16 +300,19 @@ scrape_configs:
             note("nonsense backend", haptik("acme-client", "acme-token", business=4)[0])
             note("failing backend", haptik("acme-client", "acme-token", business=5)[0])
             note("bad json", haptik("acme-client", "acme-token", body=b"{nope")[0])
+            for user in ("looping", "looping", "looping", f"u{time.time()}"):
+                note("limited", csml_call("limited-key", user=user)[0])
             time.sleep(0.05)
         for t in threads:
             t.join()
         print("traffic:", json.dumps(counts, sort_keys=True))
         expected = {"ok": 200, "auth-service ok": 200, "csml ok": 200, "bad token": 401, "unknown client": 401,
                     "no credentials": 400, "dead backend": 502, "nonsense backend": 502, "failing backend": 502,
-                    "bad json": 400, "timeout": 504}
+                    "bad json": 400, "timeout": 504, "limited": {200, 429}, "busy": {503, 504}}
         for kind, status in expected.items():
-            if set(counts.get(kind, {})) != {status}:
-                raise SystemExit(f"live check: {kind} answered {counts.get(kind)}, expected only {status}")
+            want = status if isinstance(status, set) else {status}
+            if set(counts.get(kind, {})) != want:
+                raise SystemExit(f"live check: {kind} answered {counts.get(kind)}, expected only {sorted(want)}")
         time.sleep(4)  # a few more scrapes and rule evaluations
 
         def query(expr):
@@ -288,8 +343,8 @@ scrape_configs:
         status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/rules")
         groups = json.loads(body)["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        if len(rules) != 10:
-            failures.append(f"prometheus loaded {len(rules)} rules, expected 10")
+        if len(rules) != 12:
+            failures.append(f"prometheus loaded {len(rules)} rules, expected 12")
         for rule in rules:
             name = rule.get("name")
             checked += 1
