@@ -13,6 +13,13 @@ processes' CPU time per request (user + system, from /proc, over the measured in
 against haproxy. Then botbridge's resident memory: idle, with 1,000 idle keep-alive connections open,
 and the peak under load.
 
+Two more botbridge instances run the same path with rate limits that are never hit (a credential
+limit and a per-user limit, so a request checks two buckets): one with the in-process limiter, one
+with the limits on a local redis-server (one script call per request). Their rows, side by side with
+plain botbridge in the same rounds, give what a limit costs: CPU per request and p50/p99, and for
+Redis also the redis-server's own CPU per request. `--no-limits` leaves them out; without
+redis-server on PATH the Redis row is skipped.
+
 The machine has 2 shared cores running the load generator, the backend and the proxy at once, so
 CPU per request and ratios are what to compare, not absolute requests/s.
 """
@@ -120,6 +127,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-limits", action="store_true", help="leave out the rate limit rows")
     args = ap.parse_args()
     for tool in ("nginx", "haproxy", "wrk"):
         if not shutil.which(tool):
@@ -130,6 +138,7 @@ def main():
     procs = []
     try:
         backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port = (free_port() for _ in range(6))
+        lim_port, lim_admin, red_port, red_admin, redis_port = (free_port() for _ in range(5))
 
         def nginx_conf(name, server_block):
             path = os.path.join(work, f"{name}.conf")
@@ -180,18 +189,20 @@ backend bot
   http-reuse always
   server s1 127.0.0.1:{backend} maxconn 1000
 """)
-        bb_conf = os.path.join(work, "proxy.toml")
-        with open(bb_conf, "w") as f:
-            f.write(f"""
+        def bb_config(name, port, admin, extra=""):
+            path = os.path.join(work, f"{name}.toml")
+            with open(path, "w") as f:
+                f.write(f"""
 [server]
-listen = "127.0.0.1:{bb_port}"
+listen = "127.0.0.1:{port}"
 threads = 1
 upstream_pool_size = 64
-pid_file = "{work}/bb.pid"
-upgrade_sock = "{work}/bb.sock"
+pid_file = "{work}/{name}.pid"
+upgrade_sock = "{work}/{name}.sock"
 grace_period_seconds = 0
 [admin]
-listen = "127.0.0.1:{bb_admin}"
+listen = "127.0.0.1:{admin}"
+{extra}
 [log]
 filter = "warn"
 [[clients.haptik]]
@@ -211,6 +222,18 @@ path = "/chat"
 ingress = "haptik"
 backend = "bot"
 """)
+            return path
+        bb_conf = bb_config("bb", bb_port, bb_admin)
+        # Never hit at these rates: 1,000,000 per second, for the credential and for each user.
+        never_hit = ("[limits]\nrate_limit = { requests = 1000000, per_seconds = 1 }\n"
+                     "user_rate_limit = { requests = 1000000, per_seconds = 1 }\n")
+        with_limits = not args.no_limits
+        with_redis = with_limits and shutil.which("redis-server") is not None
+        if with_limits and not with_redis:
+            print("bench: no redis-server on PATH: the Redis row is skipped", file=sys.stderr)
+        lim_conf = bb_config("bb-local", lim_port, lim_admin, never_hit)
+        red_conf = bb_config("bb-redis", red_port, red_admin,
+                             never_hit + f'[redis]\nurl = "redis://127.0.0.1:{redis_port}/0"\n')
         script = os.path.join(work, "post.lua")
         with open(script, "w") as f:
             f.write(f"""
@@ -231,6 +254,10 @@ wrk.headers["client-id"] = "bench-client"
         ngx = start(["nginx", "-c", proxy_conf, "-g", "daemon off;"], nginx_port)
         hap = start(["haproxy", "-f", haproxy_cfg], haproxy_port)
         bb = start([args.binary, "--config", bb_conf], bb_port)
+        lim = start([args.binary, "--config", lim_conf], lim_port) if with_limits else None
+        redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no", "--dir", work], redis_port) if with_redis else None
+        red = start([args.binary, "--config", red_conf], red_port) if with_redis else None
         floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor else None
         time.sleep(0.5)
         rss_idle = rss_kib(bb.pid)
@@ -242,6 +269,10 @@ wrk.headers["client-id"] = "bench-client"
         ]
         if floor:
             proxies.insert(2, ("pingora floor", f"http://127.0.0.1:{floor_port}/chat", lambda: [floor.pid]))
+        if lim:
+            proxies.append(("botbridge+local limit", f"http://127.0.0.1:{lim_port}/chat", lambda: [lim.pid]))
+        if red:
+            proxies.append(("botbridge+redis limit", f"http://127.0.0.1:{red_port}/chat", lambda: [red.pid]))
         # Every proxy must answer the request with 200 before measuring.
         for name, url, _ in proxies:
             req = urllib.request.Request(url, data=HAPTIK_BODY.encode(), method="POST", headers={
@@ -249,7 +280,7 @@ wrk.headers["client-id"] = "bench-client"
             with urllib.request.urlopen(req, timeout=5) as r:
                 body = r.read()
                 assert r.status == 200, (name, r.status)
-            if name == "botbridge":
+            if name.startswith("botbridge"):
                 assert json.loads(body)[0]["bot_messages"] == ["Your order ships tomorrow.", "Anything else?\n[Yes] [No]"], body
         results = {name: [] for name, _, _ in proxies}
         rss_load = 0
@@ -265,8 +296,11 @@ wrk.headers["client-id"] = "bench-client"
                 if sampler:
                     sampler.start()
                 before = cpu_ticks(pids)
+                redis_before = cpu_ticks([redis.pid]) if redis else 0
                 r = run_wrk(url, script, args.seconds if rnd else 2, args.connections)
                 r["cpu_us_per_req"] = (cpu_ticks(pids) - before) / TICKS * 1e6 / max(r["requests"], 1)
+                r["redis_cpu_us_per_req"] = ((cpu_ticks([redis.pid]) - redis_before) / TICKS * 1e6 / max(r["requests"], 1)
+                                             if redis else 0)
                 if sampler:
                     stop.set()
                     sampler.join()
@@ -315,7 +349,7 @@ wrk.headers["client-id"] = "bench-client"
 
         def summary(name):
             rs = results[name]
-            return {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us_per_req")} | {
+            return {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us_per_req", "redis_cpu_us_per_req")} | {
                 "non2xx": sum(r["non2xx"] for r in rs), "requests": sum(r["requests"] for r in rs)}
         table = {name: summary(name) for name, _, _ in proxies}
         base = table["haproxy"]
@@ -327,6 +361,14 @@ wrk.headers["client-id"] = "bench-client"
             t = table[name]
             print(f"| {name} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['non2xx']} of {t['requests']} | "
                   f"{t['cpu_us_per_req']:.1f} | {t['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x | {t['p99'] / base['p99']:.2f}x |")
+        plain = table["botbridge"]
+        for name, what in (("botbridge+local limit", "a local limit never hit"), ("botbridge+redis limit", "limits on a local Redis")):
+            if name in table:
+                t = table[name]
+                extra = (f"; redis-server {t['redis_cpu_us_per_req']:.1f} µs/request more" if "redis" in name else "")
+                print(f"\n{what} vs no limit: CPU {t['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs/request "
+                      f"({(t['cpu_us_per_req'] / plain['cpu_us_per_req'] - 1) * 100:+.1f}%){extra}; "
+                      f"p50 {t['p50'] - plain['p50']:+.2f} ms, p99 {t['p99'] - plain['p99']:+.2f} ms")
         print(f"\nbotbridge resident memory: idle {rss_idle / 1024:.1f} MB; with 1,000 idle keep-alive connections "
               f"{rss_idle_conns / 1024:.1f} MB (opened one after another), {rss_burst_conns / 1024:.1f} MB (after all 1,000 "
               f"asked at once); peak under wrk load {rss_load / 1024:.1f} MB")
