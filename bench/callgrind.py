@@ -27,6 +27,12 @@ import urllib.request
 from bench import CSML_ANSWER, HAPTIK_BODY  # bench/bench.py, beside this file
 
 
+# Two buckets per request (the credential's and the user's), never hit: what a limit costs.
+LIMITS = """[limits]
+rate_limit = { requests = 1000000, per_seconds = 1, burst = 4000000000 }
+user_rate_limit = { requests = 1000000, per_seconds = 1, burst = 4000000000 }"""
+
+
 def free_ports(n):
     """n free loopback ports below 32768 (outside Linux's ephemeral range)."""
     ports = []
@@ -120,6 +126,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2000, help="requests before the counters are zeroed")
     ap.add_argument("--connections", type=int, default=10, help="keep-alive connections, one request in flight on each")
     ap.add_argument("--out", help="keep the callgrind dump here (for callgrind_annotate)")
+    ap.add_argument("--limits", action="store_true",
+                    help="give the caller a credential and a per-user rate limit that are never hit")
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
     label = args.label or binary
@@ -162,6 +170,7 @@ upgrade_sock = "{work}/bb.sock"
 grace_period_seconds = 0
 [admin]
 listen = "127.0.0.1:{bb_admin}"
+{LIMITS if args.limits else ""}
 [log]
 filter = "warn"
 [[clients.haptik]]

@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the pure core: one request's translation for each dialect pair (parse the
 //! caller's body, render the backend's, parse the backend's answer, render the caller's), caller
 //! verification (Bearer, CSML HMAC pre-keyed and re-keyed, a cached auth service decision) and CSML
-//! signing. Run with `cargo bench --bench core`.
+//! signing, and the in-process rate limiter (a credential and a per-user limit, two buckets). Run with
+//! `cargo bench --bench core`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -264,5 +265,83 @@ fn verification(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, translation, verification);
+/// The in-process limiter on the request path: the plan after `admit` (the credential's bucket key),
+/// then the user's bucket key and both buckets checked after `parse`; and the buckets alone.
+fn limits(c: &mut Criterion) {
+    use botbridge::limits::{local::LocalBuckets, Bucket, Limiter, RateLimit, Scope as LimitScope};
+    let config = botbridge::config::parse(
+        r#"
+[server]
+listen = "127.0.0.1:1"
+[admin]
+listen = "127.0.0.1:2"
+[limits]
+# Never hit, however fast the loop runs: a burst of 4 billion.
+rate_limit = { requests = 1000000, per_seconds = 1, burst = 4000000000 }
+user_rate_limit = { requests = 1000000, per_seconds = 1, burst = 4000000000 }
+[[clients.haptik]]
+name = "c"
+client_id = "cid"
+token = "t"
+[[backends]]
+name = "b"
+dialect = "csml"
+url = "http://127.0.0.1:3/api/chat"
+api_key = "k"
+api_secret = "s"
+[[routes]]
+name = "r"
+path = "/chat"
+ingress = "haptik"
+backend = "b"
+"#,
+    )
+    .unwrap();
+    let limiter = Limiter::new(&config.rate_limits, None, None);
+    let route = &config.routes[0];
+    let grant = config
+        .clients
+        .credentials
+        .client_tokens
+        .check(&botbridge::auth::HaptikPresented {
+            client_id: b"cid",
+            token: b"t",
+        })
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("limits");
+    g.bench_function("local_credential_and_user", |b| {
+        b.to_async(&rt).iter(|| async {
+            let plan = limiter.plan(route, &grant);
+            limiter.admit(&plan).await.unwrap();
+            limiter
+                .admit_user(&plan, black_box("user-4711"))
+                .await
+                .unwrap();
+        })
+    });
+    let limit = RateLimit {
+        requests: 1_000_000,
+        per_seconds: 1,
+        burst: 4_000_000_000,
+    };
+    let buckets = [LimitScope::User, LimitScope::Credential].map(|scope| Bucket {
+        scope,
+        limit,
+        key: [scope as u8; 16],
+    });
+    let local = LocalBuckets::new();
+    g.bench_function("local_two_buckets_alone", |b| {
+        b.iter(|| local.check(black_box(&buckets)))
+    });
+    g.bench_function("no_limit_plan", |b| {
+        let unlimited = Limiter::new(&Default::default(), None, None);
+        b.iter(|| unlimited.plan(route, &grant).is_empty())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, translation, verification, limits);
 criterion_main!(benches);

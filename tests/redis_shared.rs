@@ -552,7 +552,15 @@ async fn redis_killed_under_load_each_feature_does_as_configured_and_all_recover
     let restarted_at = seen.lock().unwrap().len();
 
     redis.restart();
-    // Back to Redis without a restart: b's limiter answers again, and a's guard is shared again.
+    // Back to Redis without a restart: each instance finds it again on its own (after its back-off,
+    // through its own calls: the load keeps them coming)...
+    for p in &proxies {
+        within(Duration::from_secs(10), "back on redis", || async {
+            metric(p, "botbridge_redis_up").await == 1.0
+        })
+        .await;
+    }
+    // ...then b's limiter answers again, and a's guard is shared again.
     within(
         Duration::from_secs(10),
         "b's limiter back on redis",

@@ -21,39 +21,20 @@ pub struct RawRateLimit {
 }
 
 /// `[limits]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     /// The limit per credential, where neither the credential nor the route sets one.
     pub rate_limit: Option<RawRateLimit>,
     /// The limit per (credential, end user), likewise.
     pub user_rate_limit: Option<RawRateLimit>,
-    /// How many buckets the in-process limiter keeps at most (the least recently used go first).
-    #[serde(default = "default_local_buckets")]
-    pub local_buckets: u64,
-}
-
-fn default_local_buckets() -> u64 {
-    1_000_000
-}
-
-impl Default for RawLimits {
-    fn default() -> Self {
-        RawLimits {
-            rate_limit: None,
-            user_rate_limit: None,
-            local_buckets: default_local_buckets(),
-        }
-    }
 }
 
 /// `[limits]`, validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitsConfig {
     /// The defaults.
     pub defaults: LimitPair,
-    /// The in-process limiter's size.
-    pub local_buckets: u64,
 }
 
 /// Validates one limit form at `key`.
@@ -116,19 +97,12 @@ pub fn take_from_table(key: &str, table: &mut toml::Table) -> Result<LimitPair, 
 
 /// Validates `[limits]`.
 pub fn validate(raw: &RawLimits) -> Result<LimitsConfig, ConfigError> {
-    if raw.local_buckets == 0 {
-        return Err(ConfigError::new(
-            "limits.local_buckets",
-            "must be greater than 0",
-        ));
-    }
     Ok(LimitsConfig {
         defaults: pair(
             "limits",
             raw.rate_limit.as_ref(),
             raw.user_rate_limit.as_ref(),
         )?,
-        local_buckets: raw.local_buckets,
     })
 }
 
@@ -176,10 +150,14 @@ mod tests {
             toml::from_str("user_rate_limit = { requests = 10, per_seconds = 60, burst = 3 }")
                 .unwrap();
         let c = validate(&raw).unwrap();
-        assert_eq!(c.local_buckets, 1_000_000);
         assert!(c.defaults.rate_limit.is_none());
         assert_eq!(c.defaults.user_rate_limit.unwrap().burst, 3);
-        let raw: RawLimits = toml::from_str("local_buckets = 0").unwrap();
-        assert_eq!(validate(&raw).unwrap_err().key, "limits.local_buckets");
+        let raw: RawLimits =
+            toml::from_str("rate_limit = { requests = 1, per_seconds = 0 }").unwrap();
+        assert_eq!(
+            validate(&raw).unwrap_err().to_string(),
+            "limits.rate_limit.per_seconds: must be greater than 0"
+        );
+        assert!(toml::from_str::<RawLimits>("local_buckets = 5").is_err());
     }
 }

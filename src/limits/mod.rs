@@ -11,7 +11,7 @@
 //! A request with only a credential limit is checked before its body is read; one with a user limit
 //! is checked once, after `parse`, against both buckets at once (user first: a user refused by its own
 //! limit takes nothing from its credential's). Without `[redis]` the buckets live in this process
-//! ([`local`], governor); with it, in Redis ([`redis`]: one script call per request, all buckets or
+//! ([`local`], governor's keyed limiters); with it, in Redis ([`redis`]: one script call per request, all buckets or
 //! none), falling back as `[redis.limits] on_redis_error` says. A request no limit covers costs
 //! nothing here: no digest, no lookup, no Redis call.
 
@@ -120,6 +120,9 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// The bucket of `scope` for a limit from `origin`. The digest's input is kept short (usually one
+    /// SHA-256 block): a byte each for the scope and the origin, the route name with its length, the
+    /// limit, the credential id, the user id.
     fn new(
         scope: Scope,
         origin: Origin<'_>,
@@ -128,19 +131,25 @@ impl Bucket {
         user: &str,
     ) -> Self {
         let mut h = Sha256::new();
-        h.update(scope.as_str().as_bytes());
-        match origin {
-            Origin::Client => h.update(b"\0client\0"),
-            Origin::Route(name) => {
-                h.update(b"\0route\0");
-                h.update(name.as_bytes());
-                h.update(b"\0");
+        let route = match origin {
+            Origin::Client => {
+                h.update([scope as u8, b'c']);
+                ""
             }
-            Origin::Default => h.update(b"\0default\0"),
-        }
-        for n in [limit.requests, limit.per_seconds, limit.burst] {
-            h.update(n.to_be_bytes());
-        }
+            Origin::Route(name) => {
+                h.update([scope as u8, b'r']);
+                name
+            }
+            Origin::Default => {
+                h.update([scope as u8, b'd']);
+                ""
+            }
+        };
+        h.update((route.len() as u32).to_be_bytes());
+        h.update(route.as_bytes());
+        h.update(limit.requests.to_be_bytes());
+        h.update(limit.per_seconds.to_be_bytes());
+        h.update(limit.burst.to_be_bytes());
         h.update(id);
         h.update(user.as_bytes());
         Bucket {
@@ -203,10 +212,7 @@ impl Limiter {
         });
         Limiter {
             defaults: config.defaults,
-            local: previous.map_or_else(
-                || Arc::new(local::LocalBuckets::new(config.local_buckets)),
-                |p| p.local.clone(),
-            ),
+            local: previous.map_or_else(local::LocalBuckets::new, |p| p.local.clone()),
             on_redis_error: shared
                 .as_ref()
                 .map_or(OnRedisError::Local, |s| s.settings().limits_on_error),

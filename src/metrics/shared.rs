@@ -44,6 +44,8 @@ impl Feature {
 pub struct SharedMetrics {
     /// `botbridge_rate_limit_decisions_total{scope, result}`: `credential`/`user`, `allowed`/`limited`.
     pub limit_decisions: IntCounterVec,
+    /// `botbridge_rate_limit_local_buckets`: buckets the in-process limiter holds (after its last sweep).
+    pub local_buckets: IntGauge,
     /// `botbridge_backend_in_flight_refusals_total{backend}`: 503s because `max_in_flight` was reached.
     pub in_flight_refusals: IntCounterVec,
     /// `botbridge_redis_duration_seconds{op}`: Redis calls, failed ones included.
@@ -71,6 +73,11 @@ impl SharedMetrics {
                     &["scope", "result"]
                 )
                 .expect("register limit_decisions"),
+                local_buckets: register_int_gauge!(
+                    "botbridge_rate_limit_local_buckets",
+                    "Buckets the in-process rate limiter holds, as of its last sweep."
+                )
+                .expect("register local_buckets"),
                 in_flight_refusals: register_int_counter_vec!(
                     "botbridge_backend_in_flight_refusals_total",
                     "Requests refused with 503 because the backend had max_in_flight requests in flight.",
