@@ -333,23 +333,7 @@ impl Authenticator {
                 Ok(())
             }
             Ok(None) => Err(replayed()),
-            Err(_) => {
-                let action = shared.settings().replay_guard_on_error;
-                SharedMetrics::global().fallback(Feature::ReplayGuard, action);
-                match action {
-                    OnRedisError::Local => first_here().then_some(()).ok_or_else(replayed),
-                    OnRedisError::Allow => Ok(()),
-                    OnRedisError::Deny => Err(Denied {
-                        reason: AuthReason::Unavailable,
-                        error: ProxyError::new(
-                            503,
-                            Reason::RedisUnavailable,
-                            "the replay guard is unavailable; try again later",
-                        )
-                        .with_header("retry-after", "1"),
-                    }),
-                }
-            }
+            Err(_) => replay_fallback(shared.settings().replay_guard_on_error, first_here),
         }
     }
 
@@ -447,6 +431,25 @@ impl Authenticator {
                 Err(fail("bad_answer"))
             }
         }
+    }
+}
+
+/// Redis failed: what `[redis.replay_guard] on_redis_error` says, counted. `first_here` asks this
+/// instance's own guard.
+fn replay_fallback(action: OnRedisError, first_here: impl FnOnce() -> bool) -> Result<(), Denied> {
+    SharedMetrics::global().fallback(Feature::ReplayGuard, action);
+    match action {
+        OnRedisError::Local => first_here().then_some(()).ok_or_else(replayed),
+        OnRedisError::Allow => Ok(()),
+        OnRedisError::Deny => Err(Denied {
+            reason: AuthReason::Unavailable,
+            error: ProxyError::new(
+                503,
+                Reason::RedisUnavailable,
+                "the replay guard is unavailable; try again later",
+            )
+            .with_header("retry-after", "1"),
+        }),
     }
 }
 

@@ -189,6 +189,9 @@ impl ChatService {
         // The wall clock is read once; later wall-clock times are derived from the monotonic clock.
         let received = (self.clock)();
         let mut admitted = self.admit(rt, session, out, received).await?;
+        if !admitted.limits.is_empty() {
+            rt.limits.admit(&admitted.limits).await?;
+        }
         let body = match admitted.body.take() {
             Some(b) => b,
             None => self.read_body(rt, session, out).await?,
@@ -248,9 +251,6 @@ impl ChatService {
             .await?;
         tracing::trace!(caller = &*grant.name, "caller authenticated");
         let limits = rt.limits.plan(route, &grant);
-        if !limits.is_empty() {
-            rt.limits.admit(&limits).await?;
-        }
         Ok(Admitted {
             route,
             ingress,

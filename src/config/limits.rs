@@ -1,6 +1,6 @@
 //! `[limits]` and the limit form every table that takes one shares: `rate_limit` and
 //! `user_rate_limit` = `{ requests = 50, per_seconds = 1, burst = 100 }`, on a `[[clients.<dialect>]]`
-//! table, on a `[[routes]]` table, or here as the default. One helper reads the form, so every
+//! table, on a `[[routes]]` table, or here as the default. One function reads the form, so every
 //! table's errors name their own key (`clients.csml[0].rate_limit.requests: must be greater than 0`).
 
 use serde::Deserialize;
