@@ -140,6 +140,37 @@ async fn over_its_limit_a_caller_gets_429_in_its_own_dialect_and_the_bot_nothing
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rasa_caller_over_its_limit_gets_rasas_error_shape() {
+    let backend = CsmlBackend::start(answer()).await;
+    let cfg = config_with(&format!(
+        "{}\n[[routes]]\nname = \"rasa\"\npath = \"/webhooks/rest/webhook\"\ningress = \"rasa\"\nbackend = \"bot\"\n\n[[clients.rasa]]\nname = \"web\"\ntoken = \"rasa-token\"\nrate_limit = {{ requests = 1, per_seconds = 60 }}\n",
+        csml_backend_toml("bot", backend.addr, "")
+    ));
+    let proxy = Proxy::start(&cfg).await;
+    let send = || async {
+        let resp = client()
+            .post(proxy.url("/webhooks/rest/webhook?token=rasa-token"))
+            .header("content-type", "application/json")
+            .body(r#"{"sender":"u","message":"hi"}"#)
+            .send()
+            .await
+            .unwrap();
+        let (status, h) = (resp.status().as_u16(), resp.headers().clone());
+        (status, h, resp.json::<Value>().await.unwrap())
+    };
+    assert_eq!(send().await.0, 200);
+    let (status, h, body) = send().await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        (&body["status"], &body["reason"], &body["code"]),
+        (&json!("failure"), &json!("rate_limited"), &json!(429)),
+        "{body}"
+    );
+    assert!((50..=60).contains(&header(&h, "retry-after").parse::<u64>().unwrap()));
+    assert_eq!(backend.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_in_a_loop_is_limited_alone_and_spends_nothing_of_its_credential() {
     let backend = CsmlBackend::start(answer()).await;
     let proxy = Proxy::start(&config(
