@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod authn;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod dialect;
 pub mod error;

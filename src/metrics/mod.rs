@@ -12,8 +12,10 @@ use prometheus::{
     register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 
+mod client;
 mod request;
 
+pub use client::{ClientMetrics, CloseReason};
 pub use request::{AccessRecord, RouteMetrics};
 
 use crate::auth::AuthReason;
