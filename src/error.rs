@@ -45,11 +45,17 @@ pub enum Reason {
     Forbidden,
     /// The auth service could not be asked (down, slow, bad answer).
     AuthUnavailable,
+    /// The request head or body did not arrive within its deadline.
+    RequestTimeout,
+    /// The request head is larger than the configured limit, or has too many headers.
+    HeaderTooLarge,
+    /// Every client connection the listener may hold is busy.
+    Overloaded,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 19] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -66,6 +72,9 @@ impl Reason {
         Reason::Internal,
         Reason::Forbidden,
         Reason::AuthUnavailable,
+        Reason::RequestTimeout,
+        Reason::HeaderTooLarge,
+        Reason::Overloaded,
     ];
 
     /// The label value.
@@ -87,6 +96,9 @@ impl Reason {
             Reason::Internal => "internal",
             Reason::Forbidden => "forbidden",
             Reason::AuthUnavailable => "auth_unavailable",
+            Reason::RequestTimeout => "request_timeout",
+            Reason::HeaderTooLarge => "header_too_large",
+            Reason::Overloaded => "overloaded",
         }
     }
 

@@ -408,6 +408,11 @@ impl ChatService {
                     Reason::BodyTooLarge,
                     format!("the request body is larger than {limit} bytes"),
                 ),
+                BodyError::TimedOut => ProxyError::new(
+                    408,
+                    Reason::RequestTimeout,
+                    "the request body took too long",
+                ),
                 BodyError::Io(_) => ProxyError::bad_request("the request body could not be read"),
             })?;
         out.bytes_in = body.len();
@@ -447,8 +452,9 @@ impl ChatService {
             a = a.with_header("allow", "POST");
         }
         // An unread body must be drained before the connection can serve another request; one
-        // already found oversized is not read any further.
-        if err.reason == Reason::BodyTooLarge {
+        // already found oversized, or past its deadline, is not read any further (the connection
+        // closes; after a 413 it lingers, see `httpio::App`).
+        if matches!(err.reason, Reason::BodyTooLarge | Reason::RequestTimeout) {
             a.keepalive = false;
         } else if !session.is_body_done() {
             a.keepalive = httpio::discard_body(session, rt.config.limits.max_body_bytes).await;
@@ -481,6 +487,32 @@ impl Handler for ChatService {
             answer = answer.with_header(REQUEST_ID, id);
         }
         answer
+    }
+
+    /// A request refused before it reached [`ChatService::serve`] (malformed framing, an oversize
+    /// head, a timeout, a full listener), in the caller's dialect if its head tells it, else readable
+    /// by every dialect.
+    fn head_refusal(&self, head: Option<&RequestHeader>, err: &ProxyError) -> Answer {
+        let rt = self.runtime.load();
+        let body = match head.and_then(|h| caller_of(&rt, h)) {
+            Some(d) => d.render_error(err),
+            None => dialect::render_error_for_either(err),
+        };
+        Answer::json(err.status, body)
+    }
+}
+
+/// The dialect a request head tells, as admission would tell it: the route's, else among all.
+fn caller_of(rt: &Runtime, head: &RequestHeader) -> Option<Caller> {
+    let route = rt
+        .routes_by_path
+        .get(head.uri.path())
+        .map(|&i| &rt.config.routes[i]);
+    match route {
+        Some(r) => r
+            .fixed()
+            .or_else(|| registry::detect_by_head(&r.ingress, &Head(head))),
+        None => registry::detect_by_head(&rt.auto, &Head(head)),
     }
 }
 
