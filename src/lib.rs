@@ -3,6 +3,7 @@
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
 //! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O:
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
+//! [`conn`] (client connection deadlines, head budget, connection cap),
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
 //! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
 //! listener's certificate), [`server`] (assembly), [`logging`].
