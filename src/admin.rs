@@ -1,6 +1,6 @@
-//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`,
-//! `POST /auth-cache/clear` (forget every cached auth service decision) and `POST /reload` (reload
-//! `proxy.toml`, as `SIGHUP` does).
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`, `GET /backends`
+//! (each backend's endpoints and state, JSON), `POST /auth-cache/clear` (forget every cached auth
+//! service decision) and `POST /reload` (reload `proxy.toml`, as `SIGHUP` does).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address.
@@ -45,6 +45,10 @@ impl Handler for AdminService {
                 }
             }
             ("/healthz", true) => Answer::text(200, "ok\n"),
+            ("/backends", true) => {
+                let pools = &self.reloader.runtime().pools;
+                Answer::json(200, crate::pool::report::backends_json(pools))
+            }
             ("/auth-cache/clear", _) if req.method == http::Method::POST => {
                 self.reloader.runtime().authn.clear_cache();
                 tracing::info!("auth cache cleared");
@@ -54,7 +58,7 @@ impl Handler for AdminService {
                 Ok(()) => Answer::text(200, "reloaded\n"),
                 Err(e) => Answer::text(400, format!("not reloaded: {e}\n")),
             },
-            ("/metrics" | "/healthz", false) => {
+            ("/metrics" | "/healthz" | "/backends", false) => {
                 Answer::text(405, "method not allowed\n").with_header("allow", "GET")
             }
             _ => Answer::text(404, "not found\n"),

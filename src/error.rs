@@ -45,11 +45,13 @@ pub enum Reason {
     Forbidden,
     /// The auth service could not be asked (down, slow, bad answer).
     AuthUnavailable,
+    /// The backend's circuit is open (every endpoint down, or too many failures): failed fast.
+    CircuitOpen,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -66,6 +68,7 @@ impl Reason {
         Reason::Internal,
         Reason::Forbidden,
         Reason::AuthUnavailable,
+        Reason::CircuitOpen,
     ];
 
     /// The label value.
@@ -87,6 +90,7 @@ impl Reason {
             Reason::Internal => "internal",
             Reason::Forbidden => "forbidden",
             Reason::AuthUnavailable => "auth_unavailable",
+            Reason::CircuitOpen => "circuit_open",
         }
     }
 
@@ -99,6 +103,7 @@ impl Reason {
                 | Reason::BackendStatus
                 | Reason::BackendBadAnswer
                 | Reason::BotError
+                | Reason::CircuitOpen
         )
     }
 }

@@ -17,6 +17,7 @@ use crate::admin::AdminService;
 use crate::config::Config;
 use crate::demo::DemoBot;
 use crate::httpio::App;
+use crate::pool::keeper::PoolKeeper;
 use crate::reload::{Reloader, SighupListener};
 use crate::service::{ChatService, Runtime};
 
@@ -51,7 +52,7 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
 
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), None)));
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
-    let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime)));
+    let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime.clone())));
     chat.add_listener(
         ListenerConfig::tcp(s.listen.to_string())
             .l4_buffer(L4BufferSettings::default().read(s.read_buffer_bytes)),
@@ -92,6 +93,11 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     server.add_service(background_service(
         "config reload",
         SighupListener(reloader),
+    ));
+    let pools = runtime.clone();
+    server.add_service(background_service(
+        "backend pools",
+        PoolKeeper(move || pools.load().pools.clone()),
     ));
     server.add_service(chat);
     server.add_service(admin);

@@ -12,8 +12,10 @@ use prometheus::{
     register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 
+mod pool;
 mod request;
 
+pub use pool::{EndpointMetrics, PoolMetrics};
 pub use request::{AccessRecord, RouteMetrics};
 
 use crate::auth::AuthReason;
@@ -70,6 +72,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `botbridge_translation_errors_total{route, reason}`: see [`TRANSLATION_REASONS`].
     pub translation_errors: IntCounterVec,
+    /// The series of backend pools.
+    pub pool: PoolMetrics,
 }
 
 /// Why a translation failed or lost something: a caller body that cannot be parsed
@@ -195,6 +199,7 @@ impl Metrics {
                     &["route", "reason"]
                 )
                 .expect("register translation_errors"),
+                pool: PoolMetrics::register(),
             }
         })
     }
@@ -256,8 +261,9 @@ impl Metrics {
         }
     }
 
-    /// Creates the error series of a backend.
+    /// Creates the error and pool series of a backend.
     pub fn register_backend(&self, backend: &str) {
+        self.pool.register_backend(backend);
         for r in Reason::ALL.iter().filter(|r| r.is_backend()) {
             self.backend_errors
                 .with_label_values(&[backend, r.as_str()]);

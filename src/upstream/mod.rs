@@ -29,7 +29,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 pub use endpoint::Endpoint;
 
 pub use error::{TransportError, TransportKind};
-pub use exchange::Upstream;
+pub use exchange::{nothing_sent, Upstream};
 pub use request::RequestBytes;
 
 /// A backend's answer: status and whole body.
