@@ -31,13 +31,14 @@ struct Dnsmasq {
 impl Dnsmasq {
     /// Starts it on the first free port it finds, serving `hosts`; `None` if it is not installed.
     async fn start(hosts: &str) -> Option<Dnsmasq> {
-        let installed = Command::new("dnsmasq")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status();
-        if !installed.is_ok_and(|s| s.success()) {
-            return None;
-        }
+        // In PATH, or in /usr/sbin, which a user's PATH may lack.
+        let bin = ["dnsmasq", "/usr/sbin/dnsmasq"].into_iter().find(|b| {
+            let run = Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status();
+            run.is_ok_and(|s| s.success())
+        })?;
         let dir = tempfile::tempdir().unwrap();
         // dnsmasq may read the file as an unprivileged user.
         set_mode(dir.path(), 0o755);
@@ -46,7 +47,7 @@ impl Dnsmasq {
         set_mode(&path, 0o644);
         let first = 20_000 + (std::process::id() as u16 % 10_000);
         for port in (first..32_000).step_by(7).take(20) {
-            let child = Command::new("dnsmasq")
+            let child = Command::new(bin)
                 .args([
                     "--keep-in-foreground",
                     "--bind-interfaces",
