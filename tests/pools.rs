@@ -314,6 +314,47 @@ async fn a_health_check_brings_a_revived_endpoint_back_within_healthy_after_inte
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_health_state_of_endpoints_that_stay() {
+    let (a, b) = (Bot::start("a").await, Bot::start("b").await);
+    // b serves chat but never passes a check: down after one failed (timed out) check.
+    b.state.health_delay_ms.store(10_000, Ordering::Relaxed);
+    let health = "[backends.health]\npath = \"/health\"\ninterval_s = 1\ntimeout_ms = 1000\n\
+                  healthy_after = 1\nunhealthy_after = 1";
+    let config = |read_ms: u32| {
+        let backend = pool_backend("pool", &[a.addr, b.addr], health).replace(
+            "read_timeout_ms = 3000",
+            &format!("read_timeout_ms = {read_ms}"),
+        );
+        config_with(&(backend + &route("chat", "/chat", "pool", "")))
+    };
+    let proxy = Proxy::start(&config(3000));
+    let admin = proxy.admin_url("");
+    wait_until(Duration::from_secs(10), || async {
+        endpoint_state(&admin, "pool", b.addr).await["healthy"] == false
+    })
+    .await;
+
+    proxy.rewrite_config(&config(2500));
+    let client = reqwest::Client::new();
+    let reload = client
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.text().await.unwrap(), "reloaded\n");
+    // A fresh pool would think b healthy until its first check had timed out (1 s from now).
+    assert_eq!(
+        endpoint_state(&admin, "pool", b.addr).await["healthy"],
+        false
+    );
+    for i in 0..20 {
+        let (status, answer) = haptik(&client, &proxy.url("/chat"), "u", &format!("m-{i}")).await;
+        assert_eq!((status, answered_by(&answer).as_deref()), (200, Some("a")));
+    }
+    assert_eq!(b.count(), 0);
+}
+
 /// Polls `ready` every 50 ms until it holds; fails after `limit`.
 async fn wait_until<F, Fut>(limit: Duration, ready: F)
 where

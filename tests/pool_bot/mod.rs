@@ -33,6 +33,8 @@ pub struct BotState {
     pub users: Mutex<HashMap<String, usize>>,
     /// `GET /health` requests served.
     pub health_checks: AtomicUsize,
+    /// Milliseconds `GET /health` waits before answering.
+    pub health_delay_ms: AtomicUsize,
     /// Connections open now.
     pub open: AtomicUsize,
     /// Milliseconds to wait before answering.
@@ -165,6 +167,8 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == hyper::Method::GET && req.uri().path() == "/health" {
         state.health_checks.fetch_add(1, Ordering::Relaxed);
+        let delay = state.health_delay_ms.load(Ordering::Relaxed) as u64;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
     }
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
