@@ -183,16 +183,12 @@ fn urls(key: &str, b: &RawBackend, dns: &DnsSettings) -> Result<Vec<BackendUrl>,
         idle_s: b.pool_idle_timeout_s,
     };
     let mut out: Vec<BackendUrl> = Vec::with_capacity(written.len());
-    for (url_key, url) in written {
-        if (b.urls.iter().flatten())
-            .filter(|u| u.as_str() == url)
-            .count()
-            > 1
-        {
+    for (i, (url_key, url)) in written.iter().enumerate() {
+        if written[..i].iter().any(|(_, u)| u == url) {
             return Err(ConfigError::new(url_key, "is listed twice"));
         }
         let resolve = |host: &str, port: u16| resolve_now(dns, host, port);
-        let (endpoint, addrs) = endpoint_with(key, &url_key, &b.name, url, timeouts, resolve)?;
+        let (endpoint, addrs) = endpoint_with(key, url_key, &b.name, url, timeouts, resolve)?;
         out.push(BackendUrl { endpoint, addrs });
     }
     Ok(out)

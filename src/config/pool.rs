@@ -274,3 +274,158 @@ fn breaker(key: &str, b: Option<&RawBreaker>) -> Result<BreakerSettings, ConfigE
         open: Duration::from_secs(nonzero(&k("open_s"), b.open_s)?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:1"
+[admin]
+listen = "127.0.0.1:2"
+[[clients.haptik]]
+name = "c"
+client_id = "cid"
+token = "t"
+[[backends]]
+name = "b"
+dialect = "rasa"
+url = "http://127.0.0.1:3/webhooks/rest/webhook"
+[[backends]]
+name = "m"
+dialect = "rasa"
+url = "http://127.0.0.1:4/webhooks/rest/webhook"
+[[routes]]
+name = "r"
+path = "/chat"
+ingress = "haptik"
+backend = "b"
+"#;
+
+    /// BASE with `keys` added to the first backend.
+    fn with(keys: &str) -> String {
+        BASE.replacen(
+            "url = \"http://127.0.0.1:3/webhooks/rest/webhook\"",
+            &format!("url = \"http://127.0.0.1:3/webhooks/rest/webhook\"\n{keys}"),
+            1,
+        )
+    }
+
+    #[test]
+    fn defaults_change_nothing_for_a_one_url_backend() {
+        let c = parse(BASE).unwrap();
+        let p = &c.backends[0].pool;
+        assert_eq!((p.balance, p.tries), (Balance::RoundRobin, 2));
+        assert_eq!(p.dns_refresh, Duration::from_secs(30));
+        assert!(p.health.is_none() && p.breaker.error_rate.is_none());
+        assert_eq!(p.outlier.eject_after, 5);
+        assert_eq!(c.backends[0].urls.len(), 1);
+        assert_eq!(c.routes[0].fallback, None);
+    }
+
+    #[test]
+    fn pool_keys_are_read() {
+        let c = parse(&with(
+            "balance = \"sticky\"\ntries = 3\ndns_refresh_s = 5\n\
+             [backends.health]\npath = \"/up\"\ninterval_s = 2\n\
+             [backends.outlier]\neject_after = 0\n\
+             [backends.breaker]\nerror_rate = 0.25\nopen_s = 4",
+        ))
+        .unwrap();
+        let p = &c.backends[0].pool;
+        assert_eq!((p.balance, p.tries), (Balance::Sticky, 3));
+        let h = p.health.as_ref().unwrap();
+        assert_eq!(
+            (h.path.as_deref(), h.interval),
+            (Some("/up"), Duration::from_secs(2))
+        );
+        assert_eq!((h.healthy_after, h.unhealthy_after), (2, 3));
+        assert_eq!(p.outlier.eject_after, 0);
+        assert_eq!(p.breaker.error_rate, Some(0.25));
+        assert_eq!(p.breaker.open, Duration::from_secs(4));
+        let urls = "url = \"http://127.0.0.1:3/webhooks/rest/webhook\"";
+        let two = "urls = [\"http://127.0.0.1:3/a\", \"http://127.0.0.1:5/b\"]";
+        let c = parse(&BASE.replacen(urls, two, 1)).unwrap();
+        let eps: Vec<_> = c.backends[0]
+            .urls
+            .iter()
+            .map(|u| u.endpoint.addr.port())
+            .collect();
+        assert_eq!(eps, [3, 5]);
+        let c =
+            parse(&BASE.replace("backend = \"b\"", "backend = \"b\"\nfallback = \"m\"")).unwrap();
+        assert_eq!(c.routes[0].fallback, Some(1));
+        assert_eq!(c.routes[0].backends(), [0, 1]);
+    }
+
+    #[test]
+    fn bad_pool_keys_are_named() {
+        let urls = "url = \"http://127.0.0.1:3/webhooks/rest/webhook\"";
+        let cases = [
+            (with("tries = 0"), "backends[0].tries"),
+            (with("dns_refresh_s = 0"), "backends[0].dns_refresh_s"),
+            (with("balance = \"random\""), "backends[0].balance"),
+            (
+                with("[backends.health]\ninterval_s = 0"),
+                "backends[0].health.interval_s",
+            ),
+            (
+                with("[backends.health]\npath = \"up\""),
+                "backends[0].health.path",
+            ),
+            (
+                with("[backends.health]\nhealthy_after = 0"),
+                "backends[0].health.healthy_after",
+            ),
+            (
+                with("[backends.outlier]\neject_s = 10\neject_max_s = 5"),
+                "backends[0].outlier.eject_max_s",
+            ),
+            (
+                with("[backends.breaker]\nerror_rate = 1.5"),
+                "backends[0].breaker.error_rate",
+            ),
+            (
+                with("[backends.breaker]\nopen_s = 0"),
+                "backends[0].breaker.open_s",
+            ),
+            (
+                with("urls = [\"http://127.0.0.1:5/b\"]"),
+                "backends[0].urls",
+            ),
+            (BASE.replacen(urls, "urls = []", 1), "backends[0].urls"),
+            (BASE.replacen(urls, "", 1), "backends[0].url"),
+            (
+                BASE.replacen(
+                    urls,
+                    "urls = [\"http://127.0.0.1:5/b\", \"http://127.0.0.1:5/b\"]",
+                    1,
+                ),
+                "backends[0].urls[1]",
+            ),
+            (
+                BASE.replacen(urls, "urls = [\"http://127.0.0.1:5/b\", \"ftp://x\"]", 1),
+                "backends[0].urls[1]",
+            ),
+            (
+                BASE.replace("backend = \"b\"", "backend = \"b\"\nfallback = \"x\""),
+                "routes[0].fallback",
+            ),
+            (
+                BASE.replace("backend = \"b\"", "backend = \"b\"\nfallback = \"b\""),
+                "routes[0].fallback",
+            ),
+            (
+                format!("{BASE}\n[dns]\nservers = [\"nowhere\"]"),
+                "dns.servers[0]",
+            ),
+            (format!("{BASE}\n[dns]\ntimeout_ms = 0"), "dns.timeout_ms"),
+        ];
+        for (text, key) in cases {
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+}

@@ -56,7 +56,10 @@ impl Resolver {
         let lookup = tokio::time::timeout(self.timeout, self.inner.lookup_ip(host))
             .await
             .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e.is_no_records_found() {
+                true => "no such name, or no address for it".to_string(),
+                false => e.to_string(),
+            })?;
         let mut addrs: Vec<SocketAddr> =
             lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
         addrs.sort_unstable();
