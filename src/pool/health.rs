@@ -54,13 +54,14 @@ impl UrlCheck {
         }
     }
 
+    /// Runs the check within the timeout. A failure is reduced to its type (`ConnectRefused`,
+    /// `non 200 code`, …): pingora's full error carries the peer's whole settings, which would
+    /// fill the log line pingora-load-balancing writes when an endpoint changes state.
     async fn run(&self, target: &LbBackend) -> pingora::Result<()> {
         match tokio::time::timeout(self.timeout, self.check.check(target)).await {
-            Ok(r) => r,
-            Err(_) => pingora::Error::e_explain(
-                pingora::ErrorType::ReadTimedout,
-                "the health check did not finish in time",
-            ),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(pingora::Error::new(e.etype().clone())),
+            Err(_) => Err(pingora::Error::new(pingora::ErrorType::ReadTimedout)),
         }
     }
 }
@@ -102,15 +103,8 @@ impl HealthCheck for ActiveCheck {
         }
     }
 
-    async fn health_status_change(&self, target: &LbBackend, healthy: bool) {
-        let endpoint = target.addr.to_string();
-        if healthy {
-            tracing::info!(backend = %self.backend, endpoint, "endpoint passes its health checks again");
-        } else {
-            tracing::warn!(backend = %self.backend, endpoint, "endpoint fails its health checks: not chosen until it passes again");
-        }
-    }
-
+    /// How pingora-load-balancing names an endpoint in its log line when its health changes
+    /// (`backend b endpoint 10.0.0.1:8080 becomes unhealthy, ConnectRefused`).
     fn backend_summary(&self, target: &LbBackend) -> String {
         format!("backend {} endpoint {}", self.backend, target.addr)
     }
