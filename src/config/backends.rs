@@ -72,6 +72,20 @@ fn default_dns_refresh_s() -> u64 {
     30
 }
 
+impl RawBackend {
+    /// The pool keys, for `pool::validate`.
+    fn pool_keys(&self) -> RawPool<'_> {
+        RawPool {
+            balance: self.balance,
+            tries: self.tries,
+            dns_refresh_s: self.dns_refresh_s,
+            health: self.health.as_ref(),
+            outlier: &self.outlier,
+            breaker: self.breaker.as_ref(),
+        }
+    }
+}
+
 /// A backend, validated: URLs parsed and resolved, credentials loaded.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -130,17 +144,7 @@ fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, Confi
             return Err(ConfigError::new(format!("{key}.{field}"), problem));
         }
     }
-    let pool = pool::validate(
-        key,
-        RawPool {
-            balance: b.balance,
-            tries: b.tries,
-            dns_refresh_s: b.dns_refresh_s,
-            health: b.health.as_ref(),
-            outlier: &b.outlier,
-            breaker: b.breaker.as_ref(),
-        },
-    )?;
+    let pool = pool::validate(key, b.pool_keys())?;
     let mut urls = urls(key, &b, dns)?;
     let bot = dialect.configure(key, b.settings)?;
     if let Some((name, value)) = bot.query_param() {

@@ -113,6 +113,33 @@ struct Active {
     interval: Duration,
 }
 
+impl Active {
+    /// A new registry whose check is each endpoint's URL's own.
+    fn new(backend: &str, thresholds: (usize, usize), interval: Duration) -> Self {
+        let thresholds = Arc::new(ArcSwap::from_pointee(thresholds));
+        let registry = Arc::new(HealthRegistry::new());
+        registry.set_health_check(Box::new(ActiveCheck {
+            backend: backend.to_string(),
+            thresholds: thresholds.clone(),
+        }));
+        Active {
+            registry,
+            thresholds,
+            interval,
+        }
+    }
+
+    /// The same registry (endpoints keep their health) under a reloaded configuration's settings.
+    fn carried_over(&self, thresholds: (usize, usize), interval: Duration) -> Self {
+        self.thresholds.store(Arc::new(thresholds));
+        Active {
+            registry: self.registry.clone(),
+            thresholds: self.thresholds.clone(),
+            interval,
+        }
+    }
+}
+
 /// One backend's endpoints.
 pub struct Pool {
     pub name: String,
@@ -140,15 +167,8 @@ impl Pool {
         let active = b.pool.health.as_ref().map(|h| {
             let thresholds = (h.healthy_after, h.unhealthy_after);
             match before.and_then(|p| p.active.as_ref()) {
-                Some(a) => {
-                    a.thresholds.store(Arc::new(thresholds));
-                    Active {
-                        registry: a.registry.clone(),
-                        thresholds: a.thresholds.clone(),
-                        interval: h.interval,
-                    }
-                }
-                None => new_active(&b.name, thresholds, h.interval),
+                Some(a) => a.carried_over(thresholds, h.interval),
+                None => Active::new(&b.name, thresholds, h.interval),
             }
         });
         let urls: Vec<Endpoint> = b.urls.iter().map(|u| u.endpoint.clone()).collect();
@@ -308,18 +328,4 @@ impl Pool {
 /// A failed exchange, for ejection and the breaker: no answer, or a 5xx.
 fn failed(r: &Result<Exchange, TransportError>) -> bool {
     r.as_ref().map_or(true, |x| x.status >= 500)
-}
-
-fn new_active(backend: &str, thresholds: (usize, usize), interval: Duration) -> Active {
-    let thresholds = Arc::new(ArcSwap::from_pointee(thresholds));
-    let registry = Arc::new(HealthRegistry::new());
-    registry.set_health_check(Box::new(ActiveCheck {
-        backend: backend.to_string(),
-        thresholds: thresholds.clone(),
-    }));
-    Active {
-        registry,
-        thresholds,
-        interval,
-    }
 }

@@ -7,7 +7,8 @@
 //!   framed by `Content-Length`, chunked encoding or the end of the connection, within a size limit;
 //! - `pool`: idle keep-alive connections, checked when taken out, expired and swept by idle time;
 //! - `exchange`: one request and its answer ([`Upstream::exchange`]) within the backend's read
-//!   timeout, delivered at most once;
+//!   timeout, delivered at most once; [`nothing_sent`] tells a pool when a failed request may move
+//!   to another endpoint;
 //! - `endpoint`: where a service is: its URL parsed and its host resolved at load ([`Endpoint`]);
 //! - `error`: how an exchange fails ([`TransportError`], by [`TransportKind`]).
 //!
