@@ -6,7 +6,10 @@ behind three proxies, each with one worker thread:
   - nginx as a plain passthrough proxy,
   - haproxy as a plain passthrough proxy,
   - botbridge on its full translating path: a Haptik client request, Bearer + client-id check,
-    translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer.
+    translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer;
+  - the same with the backend as a pool: three endpoints (the backend on 127.0.0.1, .2 and .3),
+    round robin, active HTTP health checks every second ("botbridge pool", compared with the
+    single-URL row).
 wrk (one thread, 50 keep-alive connections) POSTs the same Haptik request through each, in rounds
 that alternate the proxies. For each it reports requests/s, p50, p99, non-2xx answers, and the proxy
 processes' CPU time per request (user + system, from /proc, over the measured interval), with ratios
@@ -130,6 +133,7 @@ def main():
     procs = []
     try:
         backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port = (free_port() for _ in range(6))
+        pool_port, pool_admin = free_port(), free_port()
 
         def nginx_conf(name, server_block):
             path = os.path.join(work, f"{name}.conf")
@@ -153,6 +157,8 @@ http {{
         backend_conf = nginx_conf("backend", f"""
   server {{
     listen 127.0.0.1:{backend} reuseport;
+    listen 127.0.0.2:{backend} reuseport;
+    listen 127.0.0.3:{backend} reuseport;
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}""")
         proxy_conf = nginx_conf("nginx-proxy", f"""
@@ -180,37 +186,44 @@ backend bot
   http-reuse always
   server s1 127.0.0.1:{backend} maxconn 1000
 """)
-        bb_conf = os.path.join(work, "proxy.toml")
-        with open(bb_conf, "w") as f:
-            f.write(f"""
+        def bb_config(name, port, admin, url_keys):
+            path = os.path.join(work, f"{name}.toml")
+            with open(path, "w") as f:
+                f.write(f"""
 [server]
-listen = "127.0.0.1:{bb_port}"
+listen = "127.0.0.1:{port}"
 threads = 1
 upstream_pool_size = 64
-pid_file = "{work}/bb.pid"
-upgrade_sock = "{work}/bb.sock"
+pid_file = "{work}/{name}.pid"
+upgrade_sock = "{work}/{name}.sock"
 grace_period_seconds = 0
 [admin]
-listen = "127.0.0.1:{bb_admin}"
+listen = "127.0.0.1:{admin}"
 [log]
 filter = "warn"
 [[clients.haptik]]
 name = "bench"
 client_id = "bench-client"
 token = "bench-token"
-[[backends]]
-name = "bot"
-dialect = "csml"
-url = "http://127.0.0.1:{backend}/api/chat"
-auth = "signed"
-api_key = "bench-key"
-api_secret = "bench-secret"
 [[routes]]
 name = "chat"
 path = "/chat"
 ingress = "haptik"
 backend = "bot"
+[[backends]]
+name = "bot"
+dialect = "csml"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
+{url_keys}
 """)
+            return path
+
+        bb_conf = bb_config("bb", bb_port, bb_admin, f'url = "http://127.0.0.1:{backend}/api/chat"')
+        pool_urls = ", ".join(f'"http://127.0.0.{i}:{backend}/api/chat"' for i in (1, 2, 3))
+        pool_conf = bb_config("bb-pool", pool_port, pool_admin,
+                              f'urls = [{pool_urls}]\n[backends.health]\npath = "/health"\ninterval_s = 1')
         script = os.path.join(work, "post.lua")
         with open(script, "w") as f:
             f.write(f"""
@@ -231,6 +244,7 @@ wrk.headers["client-id"] = "bench-client"
         ngx = start(["nginx", "-c", proxy_conf, "-g", "daemon off;"], nginx_port)
         hap = start(["haproxy", "-f", haproxy_cfg], haproxy_port)
         bb = start([args.binary, "--config", bb_conf], bb_port)
+        bb_pool = start([args.binary, "--config", pool_conf], pool_port)
         floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor else None
         time.sleep(0.5)
         rss_idle = rss_kib(bb.pid)
@@ -239,6 +253,7 @@ wrk.headers["client-id"] = "bench-client"
             ("haproxy", f"http://127.0.0.1:{haproxy_port}/chat", lambda: [hap.pid] + children(hap.pid)),
             ("nginx", f"http://127.0.0.1:{nginx_port}/chat", lambda: [ngx.pid] + children(ngx.pid)),
             ("botbridge", f"http://127.0.0.1:{bb_port}/chat", lambda: [bb.pid]),
+            ("botbridge pool", f"http://127.0.0.1:{pool_port}/chat", lambda: [bb_pool.pid]),
         ]
         if floor:
             proxies.insert(2, ("pingora floor", f"http://127.0.0.1:{floor_port}/chat", lambda: [floor.pid]))
@@ -249,7 +264,7 @@ wrk.headers["client-id"] = "bench-client"
             with urllib.request.urlopen(req, timeout=5) as r:
                 body = r.read()
                 assert r.status == 200, (name, r.status)
-            if name == "botbridge":
+            if name.startswith("botbridge"):
                 assert json.loads(body)[0]["bot_messages"] == ["Your order ships tomorrow.", "Anything else?\n[Yes] [No]"], body
         results = {name: [] for name, _, _ in proxies}
         rss_load = 0
@@ -327,6 +342,10 @@ wrk.headers["client-id"] = "bench-client"
             t = table[name]
             print(f"| {name} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['non2xx']} of {t['requests']} | "
                   f"{t['cpu_us_per_req']:.1f} | {t['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x | {t['p99'] / base['p99']:.2f}x |")
+        pool, single = table["botbridge pool"], table["botbridge"]
+        print(f"\nbotbridge with a 3-endpoint pool and health checks every second: "
+              f"{pool['cpu_us_per_req']:.1f} µs CPU per request against {single['cpu_us_per_req']:.1f} with one URL "
+              f"({pool['cpu_us_per_req'] / single['cpu_us_per_req']:.3f}x)")
         print(f"\nbotbridge resident memory: idle {rss_idle / 1024:.1f} MB; with 1,000 idle keep-alive connections "
               f"{rss_idle_conns / 1024:.1f} MB (opened one after another), {rss_burst_conns / 1024:.1f} MB (after all 1,000 "
               f"asked at once); peak under wrk load {rss_load / 1024:.1f} MB")

@@ -2,7 +2,8 @@
 """Live check of botbridge's dashboards and Prometheus rules against a real Prometheus.
 
 Starts test bots (a good one, a slow one, one that answers nonsense, one that fails, and a dead
-address), a small auth service, the real botbridge binary and a real Prometheus that scrapes the
+address; a pool of the good one and a dead address, and a pool whose every endpoint is dead, both
+with health checks), a small auth service, the real botbridge binary and a real Prometheus that scrapes the
 proxy's admin listener every second and evaluates dashboards/prometheus/botbridge-rules.yml. Drives
 traffic with successes, auth failures, backend errors and timeouts, then evaluates every PromQL
 expression of the Grafana dashboard and every rule through Prometheus's HTTP API. It fails on any
@@ -114,6 +115,19 @@ def wait_for(url, what, seconds=30):
     raise SystemExit(f"live check: {what} did not come up at {url}")
 
 
+def wait_for_down(url, backend, seconds=30):
+    """Waits until every endpoint of `backend` fails its health checks (GET /backends)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status, body = http("GET", url, timeout=2)
+        if status == 200:
+            b = [b for b in json.loads(body)["backends"] if b["name"] == backend][0]
+            if b["endpoints"] and not any(e["healthy"] for e in b["endpoints"]):
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"live check: the endpoints of {backend} were never marked down")
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "botbridge")
     for tool in ("prometheus", "promtool"):
@@ -135,6 +149,7 @@ def main():
         }
         ports = {k: v[1] for k, v in servers.items()}
         dead, listen, admin, prom = free_port(), free_port(), free_port(), free_port()
+        dead2, dead3, dead4 = free_port(), free_port(), free_port()
 
         def backend(name, port, read_ms=5000):
             return f"""
@@ -175,6 +190,42 @@ auth = "plain"
 {backend("nonsense-bot", ports["bad"])}
 {backend("failing-bot", ports["fail"])}
 {backend("dead-bot", dead)}
+[[backends]]
+name = "pool-bot"
+dialect = "csml"
+urls = ["http://127.0.0.1:{ports['ok']}/api/chat", "http://127.0.0.1:{dead2}/api/chat"]
+auth = "plain"
+api_key = "k"
+connect_timeout_ms = 500
+[backends.health]
+interval_s = 1
+unhealthy_after = 1
+[[backends]]
+name = "down-pool"
+dialect = "csml"
+urls = ["http://127.0.0.1:{dead3}/api/chat", "http://127.0.0.1:{dead4}/api/chat"]
+auth = "plain"
+api_key = "k"
+connect_timeout_ms = 500
+[backends.health]
+interval_s = 1
+unhealthy_after = 1
+[[routes]]
+name = "pool"
+path = "/pool"
+ingress = "auto"
+backend = "pool-bot"
+[[routes]]
+name = "pool-down"
+path = "/pool-down"
+ingress = "auto"
+backend = "down-pool"
+[[routes]]
+name = "maintenance"
+path = "/maintenance"
+ingress = "auto"
+backend = "down-pool"
+fallback = "good-bot"
 [[routes]]
 name = "chat"
 path = "/chat"
@@ -198,6 +249,7 @@ backend = "failing-bot"
         log = open(os.path.join(work, "proxy.log"), "w")
         procs.append(subprocess.Popen([binary, "--config", os.path.join(work, "proxy.toml")], stdout=log, stderr=log))
         wait_for(f"http://127.0.0.1:{admin}/healthz", "botbridge")
+        wait_for_down(f"http://127.0.0.1:{admin}/backends", "down-pool")
 
         shutil.copy(RULES, os.path.join(work, "botbridge-rules.yml"))
         with open(os.path.join(work, "prometheus.yml"), "w") as f:
@@ -248,13 +300,16 @@ scrape_configs:
             note("nonsense backend", haptik("acme-client", "acme-token", business=4)[0])
             note("failing backend", haptik("acme-client", "acme-token", business=5)[0])
             note("bad json", haptik("acme-client", "acme-token", body=b"{nope")[0])
+            for kind, path in (("pool with a dead endpoint", "/pool"), ("pool all down", "/pool-down"), ("fallback", "/maintenance")):
+                note(kind, http("POST", f"http://127.0.0.1:{listen}{path}", csml, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
             time.sleep(0.05)
         for t in threads:
             t.join()
         print("traffic:", json.dumps(counts, sort_keys=True))
         expected = {"ok": 200, "auth-service ok": 200, "csml ok": 200, "bad token": 401, "unknown client": 401,
                     "no credentials": 400, "dead backend": 502, "nonsense backend": 502, "failing backend": 502,
-                    "bad json": 400, "timeout": 504}
+                    "bad json": 400, "timeout": 504, "pool with a dead endpoint": 200, "pool all down": 503,
+                    "fallback": 200}
         for kind, status in expected.items():
             if set(counts.get(kind, {})) != {status}:
                 raise SystemExit(f"live check: {kind} answered {counts.get(kind)}, expected only {status}")
@@ -288,8 +343,8 @@ scrape_configs:
         status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/rules")
         groups = json.loads(body)["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        if len(rules) != 10:
-            failures.append(f"prometheus loaded {len(rules)} rules, expected 10")
+        if len(rules) != 13:
+            failures.append(f"prometheus loaded {len(rules)} rules, expected 13")
         for rule in rules:
             name = rule.get("name")
             checked += 1

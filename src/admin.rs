@@ -1,6 +1,6 @@
-//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`,
-//! `POST /auth-cache/clear` (forget every cached auth service decision) and `POST /reload` (reload
-//! `proxy.toml`, as `SIGHUP` does).
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`, `GET /backends`
+//! (each backend's endpoints and state, JSON), `POST /auth-cache/clear` (forget every cached auth
+//! service decision) and `POST /reload` (reload `proxy.toml`, as `SIGHUP` does).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address. The two mutating endpoints refuse
@@ -30,6 +30,8 @@ pub struct AdminService {
 enum Endpoint {
     Metrics,
     Healthz,
+    /// `GET /backends`: each backend's endpoints and their state.
+    Backends,
     ClearAuthCache,
     Reload,
     /// `/metrics` or `/healthz` with another method than GET/HEAD.
@@ -44,9 +46,10 @@ impl Endpoint {
         match (path, get, post) {
             ("/metrics", true, _) => Endpoint::Metrics,
             ("/healthz", true, _) => Endpoint::Healthz,
+            ("/backends", true, _) => Endpoint::Backends,
             ("/auth-cache/clear", _, true) => Endpoint::ClearAuthCache,
             ("/reload", _, true) => Endpoint::Reload,
-            ("/metrics" | "/healthz", false, _) => Endpoint::WrongMethod,
+            ("/metrics" | "/healthz" | "/backends", false, _) => Endpoint::WrongMethod,
             _ => Endpoint::NotFound,
         }
     }
@@ -97,6 +100,10 @@ impl AdminService {
         match endpoint {
             Endpoint::Metrics => metrics(),
             Endpoint::Healthz => Answer::text(200, "ok\n"),
+            Endpoint::Backends => {
+                let pools = &self.reloader.runtime().pools;
+                Answer::json(200, crate::pool::report::backends_json(pools))
+            }
             Endpoint::ClearAuthCache => {
                 self.reloader.runtime().authn.clear_cache();
                 tracing::info!("auth cache cleared");

@@ -51,11 +51,13 @@ pub enum Reason {
     HeaderTooLarge,
     /// Every client connection the listener may hold is busy.
     Overloaded,
+    /// The backend's circuit is open (every endpoint down, or too many failures): failed fast.
+    CircuitOpen,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -75,6 +77,7 @@ impl Reason {
         Reason::RequestTimeout,
         Reason::HeaderTooLarge,
         Reason::Overloaded,
+        Reason::CircuitOpen,
     ];
 
     /// The label value.
@@ -99,6 +102,7 @@ impl Reason {
             Reason::RequestTimeout => "request_timeout",
             Reason::HeaderTooLarge => "header_too_large",
             Reason::Overloaded => "overloaded",
+            Reason::CircuitOpen => "circuit_open",
         }
     }
 
@@ -111,6 +115,7 @@ impl Reason {
                 | Reason::BackendStatus
                 | Reason::BackendBadAnswer
                 | Reason::BotError
+                | Reason::CircuitOpen
         )
     }
 }

@@ -1,7 +1,8 @@
 //! botbridge: a protocol-translating reverse proxy for chatbot APIs.
 //!
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
-//! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O:
+//! [`config`]. The shell on pingora: [`service`] (the request path), [`pool`] (backends as pools of
+//! endpoints: selection, health, failover, circuit breaker, DNS), [`upstream`] (backend I/O:
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
 //! [`conn`] (client connection deadlines, head budget, connection cap),
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
@@ -20,6 +21,7 @@ pub mod httpio;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod pool;
 pub mod reload;
 pub mod server;
 pub mod service;

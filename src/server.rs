@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::conn::ClientLimits;
 use crate::demo::DemoBot;
 use crate::httpio::App;
+use crate::pool::keeper::PoolKeeper;
 use crate::reload::{Reloader, SighupListener};
 use crate::service::{ChatService, Runtime};
 
@@ -64,7 +65,7 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         listener = listener.tls(tls);
     }
     let limits = ClientLimits::from_config(s).fit_open_file_limit();
-    let chat_app = App::new("chat", ChatService::new(runtime), limits);
+    let chat_app = App::new("chat", ChatService::new(runtime.clone()), limits);
     let mut chat = Service::new("chat".to_string(), chat_app);
     chat.add_listener(listener);
     chat.threads = Some(s.threads);
@@ -117,6 +118,11 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     server.add_service(background_service(
         "config reload",
         SighupListener(reloader),
+    ));
+    let pools = runtime.clone();
+    server.add_service(background_service(
+        "backend pools",
+        PoolKeeper(move || pools.load().pools.clone()),
     ));
     server.add_service(chat);
     server.add_service(admin);

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -26,7 +26,8 @@ use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
 use crate::model::{request_id_is_sane, ChatRequest};
-use crate::upstream::{self, Exchange, RequestBytes, Upstream};
+use crate::pool::{PoolError, Pools};
+use crate::upstream::{Endpoint, Exchange, RequestBytes, Upstream};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -34,7 +35,7 @@ const REQUEST_ID: &str = "x-request-id";
 /// their own to check time-dependent rules (signature tolerance) without waiting.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
-/// The chat listener's state: configuration, backend peers and the upstream pool.
+/// The chat listener's state: configuration, backend pools and the upstream connections.
 pub struct ChatService {
     runtime: Arc<ArcSwap<Runtime>>,
     clock: Clock,
@@ -49,7 +50,8 @@ pub struct Runtime {
     /// The validated configuration.
     pub config: Arc<Config>,
     routes_by_path: HashMap<String, usize>,
-    peers: Vec<upstream::BackendPeer>,
+    /// Each backend's pool of endpoints (index as `Config::backends`).
+    pub pools: Arc<Pools>,
     /// Caller authentication, with its own (fresh) auth service decision cache.
     pub authn: Arc<Authenticator>,
     route_metrics: Vec<RouteMetrics>,
@@ -59,19 +61,24 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds the runtime of a configuration and creates its metric series. On a reload, `previous`
-    /// is the runtime being replaced (it hands over what must outlive a reload, the replay guard).
+    /// is the runtime being replaced (it hands over what must outlive a reload: the replay guard,
+    /// the state of backends and endpoints that stay).
     pub fn new(config: Arc<Config>, previous: Option<&Runtime>) -> Self {
         let metrics = Metrics::global();
         for b in &config.backends {
             metrics.register_backend(&b.name);
         }
+        for r in &config.routes {
+            for b in r.backends().into_iter().filter(|&b| Some(b) != r.fallback) {
+                let labels = [r.name.as_str(), config.backends[b].name.as_str()];
+                metrics.pool.fallbacks.with_label_values(&labels);
+            }
+        }
         Runtime {
             routes_by_path: (config.routes.iter().enumerate())
                 .map(|(i, r)| (r.path.clone(), i))
                 .collect(),
-            peers: (config.backends.iter())
-                .map(|b| upstream::peer_for(&b.endpoint))
-                .collect(),
+            pools: Arc::new(Pools::new(&config, previous.map(|p| &*p.pools))),
             authn: Arc::new(Authenticator::new(
                 config.clone(),
                 previous.map(|p| &*p.authn),
@@ -106,11 +113,23 @@ struct Admitted<'r> {
     body: Option<Bytes>,
 }
 
-/// A request ready for its bot: the backend, the bytes to send.
+/// A request ready for a bot: the target, the backend (the target's, or the route's fallback), the
+/// body in its dialect and when it was signed.
 struct ToBot<'r> {
     target: &'r Target,
+    /// Index into `Config::backends`.
+    index: usize,
     backend: &'r Backend,
-    request: Vec<u8>,
+    body: Vec<u8>,
+    signed_at: u64,
+}
+
+/// Which backend a request is rendered for: the target's, or the route's fallback for it.
+struct Destination<'r> {
+    target: &'r Target,
+    /// Index into `Config::backends`.
+    index: usize,
+    signed_at: u64,
 }
 
 /// Message and interaction ids for one answer, drawn from the service's counter on demand.
@@ -164,7 +183,12 @@ impl ChatService {
         };
         let req = self.parse(rt, &admitted, &body, out)?;
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
-        let exchange = self.forward(rt, &to_bot, out).await?;
+        let (to_bot, exchange) = match self.forward(rt, &to_bot, &req, out).await {
+            Err(e) if e.reason == Reason::CircuitOpen && admitted.route.fallback.is_some() => {
+                self.fall_back(rt, &admitted, &req, &to_bot, out).await?
+            }
+            result => (to_bot, result?),
+        };
         let request_id = out.request_id.as_deref().unwrap_or_default();
         self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
             .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))
@@ -281,64 +305,113 @@ impl ChatService {
         // Least privilege: the credential reaches only its routes and businesses.
         (a.grant.scope.check(&a.route.name, req.business_id))
             .inspect_err(|d| rt.authn.denied(a.ingress, d.reason))?;
-        out.backend = Some(target.backend);
-        let backend = &rt.config.backends[target.backend];
-        let request_id = out.request_id.as_deref().unwrap_or_default();
+        // Signed at the moment of sending, after the caller's body has been read.
+        let signed_at = unix_secs(received + arrived.elapsed());
+        let to = Destination {
+            target,
+            index: target.backend,
+            signed_at,
+        };
+        self.render_for(rt, a, req, out, to)
+    }
+
+    /// The request in the dialect of one backend (the target's, or the route's fallback).
+    fn render_for<'r>(
+        &self,
+        rt: &'r Runtime,
+        a: &Admitted<'r>,
+        req: &ChatRequest<'_>,
+        out: &mut AccessRecord,
+        to: Destination<'r>,
+    ) -> Result<ToBot<'r>, ProxyError> {
+        let Destination {
+            target,
+            index,
+            signed_at,
+        } = to;
+        out.backend = Some(index);
+        let backend = &rt.config.backends[index];
         let ctx = BotRequestContext {
-            request_id,
+            request_id: out.request_id.as_deref().unwrap_or_default(),
             business_id: req.business_id,
             flow_trigger: a.route.flow_trigger,
         };
         let body = (backend.bot.render_request(req, &ctx))
             .inspect_err(|_| self.translation_error(a.route, "untranslatable", 1))?;
-        // Signed at the moment of sending, after the caller's body has been read.
-        let signed_at = unix_secs(received + arrived.elapsed());
-        let request = self.request_bytes(backend, request_id, &body, signed_at);
         Ok(ToBot {
             target,
+            index,
             backend,
-            request,
+            body,
+            signed_at,
         })
     }
 
-    /// The whole backend request. Header values are checked when the configuration is loaded and
-    /// request ids when they arrive.
-    fn request_bytes(&self, b: &Backend, request_id: &str, body: &[u8], signed_at: u64) -> Vec<u8> {
-        let mut up = RequestBytes::post(&b.endpoint.path, body.len());
-        up.header("host", &b.endpoint.authority)
+    /// The whole request for one endpoint of the backend. Header values are checked when the
+    /// configuration is loaded and request ids when they arrive.
+    fn request_bytes(&self, ep: &Endpoint, to: &ToBot<'_>, request_id: &str) -> Vec<u8> {
+        let mut up = RequestBytes::post(&ep.path, to.body.len());
+        up.header("host", &ep.authority)
             .header("content-type", "application/json")
             .header("accept", "application/json")
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
-        b.bot.sign(signed_at, &mut |name, value| {
+        to.backend.bot.sign(to.signed_at, &mut |name, value| {
             up.header(name, value);
         });
-        up.body(body)
+        up.body(&to.body)
     }
 
-    /// Forward: one exchange with the bot; the status for a transport failure is chosen from its
-    /// kind (`ProxyError::from`).
+    /// Forward: the request to one endpoint of the backend's pool (another only if nothing was
+    /// sent), keyed by the user for `sticky`; the status of a failure is chosen from its kind
+    /// (`ProxyError::from`), 503 while the backend's circuit is open.
     async fn forward(
         &self,
         rt: &Runtime,
         to: &ToBot<'_>,
+        req: &ChatRequest<'_>,
         out: &mut AccessRecord,
     ) -> Result<Exchange, ProxyError> {
         let started = Instant::now();
-        let peer = &rt.peers[to.target.backend];
-        let result = (self
-            .upstream
-            .exchange(peer, &to.backend.endpoint, &to.request, started))
-        .await;
+        let request_id = out.request_id.as_deref().unwrap_or_default();
+        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id);
+        let result = (rt.pools.get(to.index))
+            .forward(&self.upstream, req.user_id.as_bytes(), build)
+            .await;
         out.backend_time = Some(started.elapsed());
         let exchange = result
-            .map_err(ProxyError::from)
+            .map_err(|e| pool_error(e, out))
             .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
         out.from_backend = true;
         if rt.config.message_bodies {
             tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "backend", body = %String::from_utf8_lossy(&exchange.body));
         }
         Ok(exchange)
+    }
+
+    /// The primary's circuit is open: the route's fallback bot gets the request instead, in its own
+    /// dialect, and its answer is translated as usual.
+    async fn fall_back<'r>(
+        &self,
+        rt: &'r Runtime,
+        a: &Admitted<'r>,
+        req: &ChatRequest<'_>,
+        primary: &ToBot<'r>,
+        out: &mut AccessRecord,
+    ) -> Result<(ToBot<'r>, Exchange), ProxyError> {
+        let fallback = a.route.fallback.expect("checked by the caller");
+        out.retry_after = None;
+        (self.metrics.pool.fallbacks)
+            .with_label_values(&[&a.route.name, &primary.backend.name])
+            .inc();
+        let to = Destination {
+            target: primary.target,
+            index: fallback,
+            signed_at: primary.signed_at,
+        };
+        let to = self.render_for(rt, a, req, out, to)?;
+        let exchange = self.forward(rt, &to, req, out).await?;
+        Ok((to, exchange))
     }
 
     /// To the caller: the bot's answer read in its dialect and rendered in the caller's.
@@ -451,6 +524,12 @@ impl ChatService {
         if err.reason == Reason::MethodNotAllowed {
             a = a.with_header("allow", "POST");
         }
+        if let Some(wait) = out
+            .retry_after
+            .filter(|_| err.reason == Reason::CircuitOpen)
+        {
+            a = a.with_header("retry-after", retry_after_secs(wait).to_string());
+        }
         // An unread body must be drained before the connection can serve another request; one
         // already found oversized, or past its deadline, is not read any further (the connection
         // closes; after a 413 it lingers, see `httpio::App`).
@@ -549,6 +628,30 @@ fn log_unusable_answer(rt: &Runtime, backend: &Backend, e: &ProxyError, request_
     if let (true, Some(detail)) = (rt.config.message_bodies, &e.detail) {
         tracing::debug!(target: "botbridge::messages", request_id, backend = %backend.name, detail = &**detail, "why the backend answer is unusable");
     }
+}
+
+/// A pool's refusal as the caller's error: 503 with `Retry-After` while the circuit is open, else
+/// the transport failure's status.
+fn pool_error(e: PoolError, out: &mut AccessRecord) -> ProxyError {
+    match e {
+        PoolError::Open { retry_after } => {
+            out.retry_after = Some(retry_after);
+            ProxyError::new(
+                503,
+                Reason::CircuitOpen,
+                format!(
+                    "the bot is unavailable (its endpoints are down or failing); retry after {} s",
+                    retry_after_secs(retry_after)
+                ),
+            )
+        }
+        PoolError::Transport(t) => ProxyError::from(t),
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+fn retry_after_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
 }
 
 fn unix_secs(t: SystemTime) -> u64 {

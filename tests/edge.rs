@@ -113,6 +113,19 @@ async fn metric(proxy: &SpawnedProxy, series: &str) -> f64 {
     series_value(&scrape(proxy).await, series).unwrap_or(0.0)
 }
 
+/// The value of one series once it reaches `want` (a close is counted as its connection task ends,
+/// just after the client sees the close), or whatever it is after 3 s.
+async fn metric_reaches(proxy: &SpawnedProxy, series: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let v = metric(proxy, series).await;
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn closes(reason: &str) -> String {
     format!("botbridge_client_closes_total{{listener=\"chat\",reason=\"{reason}\"}}")
 }
@@ -132,7 +145,10 @@ async fn an_idle_connection_is_closed_after_every_answer() {
         idle >= Duration::from_millis(900) && idle < Duration::from_secs(2),
         "closed after {idle:?} idle"
     );
-    assert_eq!(metric(&proxy, &closes("idle_timeout")).await, 1.0);
+    assert_eq!(
+        metric_reaches(&proxy, &closes("idle_timeout"), 1.0).await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +161,10 @@ async fn a_dripped_head_is_cut_at_the_head_deadline_with_408() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains(r#""statusCode":408"#), "{text}");
-    assert_eq!(metric(&proxy, &closes("header_timeout")).await, 1.0);
+    assert_eq!(
+        metric_reaches(&proxy, &closes("header_timeout"), 1.0).await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +178,10 @@ async fn a_dripped_body_gets_408_at_the_body_deadline() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     // The caller's own dialect: a Haptik error.
     assert!(text.contains(r#"{"error_message":"#), "{text}");
-    assert_eq!(metric(&proxy, &closes("body_timeout")).await, 1.0);
+    assert_eq!(
+        metric_reaches(&proxy, &closes("body_timeout"), 1.0).await,
+        1.0
+    );
     let errors = r#"botbridge_request_errors_total{reason="request_timeout",route="chat"}"#;
     assert_eq!(metric(&proxy, errors).await, 1.0);
 }
@@ -182,7 +204,10 @@ async fn a_client_that_never_reads_its_answers_is_closed_at_the_write_deadline()
     })
     .await;
     assert!(closed.is_ok(), "still open after {:?}", started.elapsed());
-    assert_eq!(metric(&proxy, &closes("write_timeout")).await, 1.0);
+    assert_eq!(
+        metric_reaches(&proxy, &closes("write_timeout"), 1.0).await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +229,7 @@ async fn a_flood_of_idle_connections_does_not_lock_out_a_new_client() {
     closed_within(&mut flood[10], Duration::from_secs(1)).await;
     flood[29].write_all(NOT_FOUND).await.unwrap();
     assert_eq!(read_answer(&mut flood[29]).await.0, 404);
-    assert_eq!(metric(&proxy, &closes("evicted")).await, 11.0);
+    assert_eq!(metric_reaches(&proxy, &closes("evicted"), 11.0).await, 11.0);
     let open = r#"botbridge_client_connections{listener="chat"}"#;
     assert!(metric(&proxy, open).await <= 20.0);
 }
@@ -276,9 +301,18 @@ async fn every_refused_head_is_answered_with_its_status() {
         assert!(lacks.is_none_or(|f| body.get(f).is_none()), "{body}");
         closed_within(&mut s, Duration::from_secs(2)).await;
     }
-    assert_eq!(metric(&proxy, &closes("bad_framing")).await, 2.0);
-    assert_eq!(metric(&proxy, &closes("header_too_large")).await, 1.0);
-    assert_eq!(metric(&proxy, &closes("too_many_headers")).await, 2.0);
+    assert_eq!(
+        metric_reaches(&proxy, &closes("bad_framing"), 2.0).await,
+        2.0
+    );
+    assert_eq!(
+        metric_reaches(&proxy, &closes("header_too_large"), 1.0).await,
+        1.0
+    );
+    assert_eq!(
+        metric_reaches(&proxy, &closes("too_many_headers"), 2.0).await,
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

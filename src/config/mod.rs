@@ -13,6 +13,8 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod dns;
+pub mod pool;
 pub mod private_dir;
 pub mod routes;
 pub mod secret;
@@ -77,6 +79,8 @@ pub struct RawConfig {
     pub clients: clients::RawClients,
     pub auth_service: Option<auth_service::RawAuthService>,
     #[serde(default)]
+    pub dns: dns::RawDns,
+    #[serde(default)]
     pub backends: Vec<backends::RawBackend>,
     #[serde(default)]
     pub routes: Vec<routes::RawRoute>,
@@ -106,6 +110,8 @@ pub struct Config {
     pub demo: Option<DemoConfig>,
     pub clients: ClientsConfig,
     pub auth_service: Option<AuthServiceConfig>,
+    /// `[dns]`: how backend names are resolved.
+    pub dns: dns::DnsSettings,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
 }
@@ -154,7 +160,8 @@ impl Config {
             .as_ref()
             .map(auth_service::validate)
             .transpose()?;
-        let (backends, backend_index) = backends::validate(raw.backends)?;
+        let dns = dns::validate(&raw.dns)?;
+        let (backends, backend_index) = backends::validate(raw.backends, &dns)?;
         let known = routes::Known {
             backends: &backends,
             backend_index: &backend_index,
@@ -176,6 +183,7 @@ impl Config {
             demo,
             clients,
             auth_service,
+            dns,
             backends,
             routes,
         })
@@ -274,8 +282,8 @@ backend = "b"
     #[test]
     fn minimal_config_loads() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.backends[0].endpoint.path, "/api/chat");
-        assert_eq!(c.backends[0].endpoint.authority, "127.0.0.1:3");
+        assert_eq!(c.backends[0].urls[0].endpoint.path, "/api/chat");
+        assert_eq!(c.backends[0].urls[0].endpoint.authority, "127.0.0.1:3");
         assert!(c.routes[0].target(Some(99)).is_some());
     }
 

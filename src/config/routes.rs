@@ -31,6 +31,8 @@ pub struct RawRoute {
     pub business_id: Option<i64>,
     /// The backend for businesses not listed in `businesses`.
     pub backend: Option<String>,
+    /// The backend (any dialect) that answers while the target backend's circuit is open.
+    pub fallback: Option<String>,
     /// The business name Haptik callers see.
     pub business_name: Option<String>,
     /// The bot name callers see where their dialect shows one.
@@ -86,6 +88,8 @@ pub struct Route {
     /// For business ids not listed in `businesses`; `None` rejects them.
     pub default_target: Option<Target>,
     pub businesses: HashMap<i64, Target>,
+    /// The backend (index into `Config::backends`) used while a target's circuit is open.
+    pub fallback: Option<usize>,
 }
 
 impl Route {
@@ -96,13 +100,15 @@ impl Route {
             .or(self.default_target.as_ref())
     }
 
-    /// Every backend the route can reach (indexes into `Config::backends`), each once, in order.
+    /// Every backend the route can reach (indexes into `Config::backends`), its fallback too, each
+    /// once, in order.
     pub fn backends(&self) -> Vec<usize> {
         let mut b: Vec<usize> = self
             .default_target
             .iter()
             .chain(self.businesses.values())
             .map(|t| t.backend)
+            .chain(self.fallback)
             .collect();
         b.sort_unstable();
         b.dedup();
@@ -175,7 +181,26 @@ fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigErro
         bot_name: r.bot_name.clone(),
         default_target,
         businesses,
+        fallback: fallback(key, r, known)?,
     })
+}
+
+/// `fallback`: a backend by name, other than the route's own default.
+fn fallback(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Option<usize>, ConfigError> {
+    let Some(name) = &r.fallback else {
+        return Ok(None);
+    };
+    let k = format!("{key}.fallback");
+    if r.backend.as_ref() == Some(name) {
+        return Err(ConfigError::new(
+            k,
+            "must name another backend than `backend`",
+        ));
+    }
+    match known.backend_index.get(name) {
+        Some(&i) => Ok(Some(i)),
+        None => Err(ConfigError::new(k, format!("no backend named `{name}`"))),
+    }
 }
 
 /// The accepted dialects: `auto` is every dialect that takes part in detection.

@@ -965,7 +965,7 @@ backend = "b"
 "#;
         let c = crate::config::parse(config).unwrap();
         assert_eq!(
-            c.backends[0].endpoint.path,
+            c.backends[0].urls[0].endpoint.path,
             "/webhooks/rest/webhook?x=1&token=t%20k%26"
         );
         let e = crate::config::parse(&config.replace("token = \"t k&\"", "bot_id = \"x\""))

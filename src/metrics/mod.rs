@@ -13,9 +13,11 @@ use prometheus::{
 };
 
 mod client;
+mod pool;
 mod request;
 
 pub use client::{ClientMetrics, CloseReason};
+pub use pool::{EndpointMetrics, PoolMetrics};
 pub use request::{AccessRecord, RouteMetrics};
 
 use crate::auth::AuthReason;
@@ -74,6 +76,8 @@ pub struct Metrics {
     pub translation_errors: IntCounterVec,
     /// `botbridge_admin_refusals_total{reason}`: admin requests refused, see [`ADMIN_REFUSALS`].
     pub admin_refusals: IntCounterVec,
+    /// The series of backend pools.
+    pub pool: PoolMetrics,
 }
 
 /// Why the admin listener refused a request: a cross-site request to a mutating endpoint
@@ -215,6 +219,7 @@ impl Metrics {
                     }
                     c
                 },
+                pool: PoolMetrics::register(),
             }
         })
     }
@@ -276,8 +281,9 @@ impl Metrics {
         }
     }
 
-    /// Creates the error series of a backend.
+    /// Creates the error and pool series of a backend.
     pub fn register_backend(&self, backend: &str) {
+        self.pool.register_backend(backend);
         for r in Reason::ALL.iter().filter(|r| r.is_backend()) {
             self.backend_errors
                 .with_label_values(&[backend, r.as_str()]);

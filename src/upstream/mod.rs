@@ -9,7 +9,8 @@
 //!   end of the connection, within a size limit;
 //! - `pool`: idle keep-alive connections, checked when taken out, expired and swept by idle time;
 //! - `exchange`: one request and its answer ([`Upstream::exchange`]) within the backend's read
-//!   timeout, delivered at most once;
+//!   timeout, delivered at most once; [`nothing_sent`] tells a pool when a failed request may move
+//!   to another endpoint;
 //! - `endpoint`: where a service is: its URL parsed and its host resolved at load ([`Endpoint`]);
 //! - `error`: how an exchange fails ([`TransportError`], by [`TransportKind`]).
 //!
@@ -31,7 +32,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 pub use endpoint::Endpoint;
 
 pub use error::{TransportError, TransportKind};
-pub use exchange::Upstream;
+pub use exchange::{nothing_sent, Upstream};
 pub use request::RequestBytes;
 
 /// A backend's answer: status and whole body.
