@@ -96,7 +96,7 @@ async fn assert_fallback_answers(client: &reqwest::Client, url: &str) {
 async fn the_breaker_opens_fails_fast_lets_the_fallback_answer_and_recovers_through_half_open() {
     let (bot, maint) = (Bot::start("primary").await, maintenance_bot().await);
     let breaker =
-        "[backends.breaker]\nerror_rate = 0.5\nwindow_s = 10\nmin_requests = 4\nopen_s = 2";
+        "[backends.breaker]\nerror_rate = 0.5\nwindow_s = 10\nmin_requests = 4\nopen_s = 4";
     let proxy = Proxy::start(&config_with(
         &(pool_backend("primary", &[bot.addr], breaker)
             + &csml_backend_toml("maintenance", maint.addr, "")
@@ -119,7 +119,7 @@ async fn the_breaker_opens_fails_fast_lets_the_fallback_answer_and_recovers_thro
     }
     let sent = bot.count();
     assert_eq!(sent, 4);
-    let took = assert_fails_fast(&client, &chat, 2).await;
+    let took = assert_fails_fast(&client, &chat, 4).await;
     assert_fallback_answers(&client, &chat_fb).await;
     assert_eq!(
         bot.count(),

@@ -8,7 +8,7 @@
 //!
 //! Pools replaced by a reload drop out of its view at the next tick.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,12 +81,7 @@ fn tend(pools: &Pools) {
 }
 
 /// Whether a job is due and not running; if so, marks it running and schedules the next one.
-fn due(
-    next_ms: &std::sync::atomic::AtomicU64,
-    running: &std::sync::atomic::AtomicBool,
-    now: u64,
-    every: Duration,
-) -> bool {
+fn due(next_ms: &AtomicU64, running: &AtomicBool, now: u64, every: Duration) -> bool {
     if next_ms.load(Ordering::Relaxed) > now || running.swap(true, Ordering::Acquire) {
         return false;
     }
