@@ -45,11 +45,13 @@ pub enum Reason {
     Forbidden,
     /// The auth service could not be asked (down, slow, bad answer).
     AuthUnavailable,
+    /// Async mode's delivery queue is full (or the process is stopping).
+    QueueFull,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -66,6 +68,7 @@ impl Reason {
         Reason::Internal,
         Reason::Forbidden,
         Reason::AuthUnavailable,
+        Reason::QueueFull,
     ];
 
     /// The label value.
@@ -87,6 +90,7 @@ impl Reason {
             Reason::Internal => "internal",
             Reason::Forbidden => "forbidden",
             Reason::AuthUnavailable => "auth_unavailable",
+            Reason::QueueFull => "queue_full",
         }
     }
 

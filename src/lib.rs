@@ -3,7 +3,8 @@
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
 //! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O:
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
-//! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
+//! [`authn`] (auth service, decision cache, replay guard), [`delivery`] (async mode: callbacks, retries,
+//! dead letters, spool), [`admin`] (metrics and health),
 //! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
 //! listener's certificate), [`server`] (assembly), [`logging`].
 
@@ -11,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod authn;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod dialect;
 pub mod error;

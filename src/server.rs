@@ -15,6 +15,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
 use crate::config::Config;
+use crate::delivery::background::DeliveryLifecycle;
 use crate::demo::DemoBot;
 use crate::httpio::App;
 use crate::reload::{Reloader, SighupListener};
@@ -58,7 +59,14 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
         listener = listener.tls(tls);
     }
-    let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime)));
+    let chat_service = ChatService::new(runtime.clone());
+    let deliveries = DeliveryLifecycle {
+        deliveries: chat_service.deliveries(),
+        runtime: runtime.clone(),
+        grace: std::time::Duration::from_secs(s.grace_period_seconds),
+    };
+    server.add_service(background_service("deliveries", deliveries));
+    let mut chat = Service::new("chat".to_string(), App(chat_service));
     chat.add_listener(listener);
     chat.threads = Some(s.threads);
 

@@ -19,6 +19,7 @@ use pingora::protocols::http::ServerSession;
 use crate::auth::Grant;
 use crate::authn::Authenticator;
 use crate::config::{Backend, Config, Route, Target};
+use crate::delivery::Deliveries;
 use crate::dialect::{
     self, registry, AnswerContext, AnswerIds, BotRequestContext, Caller, RequestHead,
 };
@@ -28,20 +29,25 @@ use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
 use crate::model::{request_id_is_sane, ChatRequest};
 use crate::upstream::{self, Exchange, RequestBytes, Upstream};
 
+mod async_mode;
+
 const REQUEST_ID: &str = "x-request-id";
 
 /// The wall clock the request path reads: once per request, for signing and timestamps. Tests pass
 /// their own to check time-dependent rules (signature tolerance) without waiting.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
-/// The chat listener's state: configuration, backend peers and the upstream pool.
+/// The chat listener's state: configuration, backend peers and the upstream pool. Cheap to clone
+/// (shared state), so async mode can finish a request on its own task (`async_mode`).
+#[derive(Clone)]
 pub struct ChatService {
     runtime: Arc<ArcSwap<Runtime>>,
     clock: Clock,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     metrics: &'static Metrics,
-    next_message_id: AtomicU64,
+    next_message_id: Arc<AtomicU64>,
     user_agent: String,
+    deliveries: Deliveries,
 }
 
 /// Everything the request path reads that a configuration reload replaces, swapped as one.
@@ -137,20 +143,31 @@ impl ChatService {
         let start_id = clock()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
+        let config = runtime.load_full().config.clone();
+        let deliveries = Deliveries::new(&config.process.delivery, config.message_bodies);
         ChatService {
-            upstream: Upstream::new(server.upstream_pool_size, server.max_answer_bytes),
+            upstream: Arc::new(Upstream::new(
+                server.upstream_pool_size,
+                server.max_answer_bytes,
+            )),
             metrics: Metrics::global(),
-            next_message_id: AtomicU64::new(start_id),
+            next_message_id: Arc::new(AtomicU64::new(start_id)),
+            deliveries,
             user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
             runtime,
             clock,
         }
     }
 
+    /// The async delivery queue (the server stops it gracefully and feeds it the spool).
+    pub fn deliveries(&self) -> Deliveries {
+        self.deliveries.clone()
+    }
+
     /// The request path, phase by phase. Returns the answer body on success.
     async fn serve(
         &self,
-        rt: &Runtime,
+        rt: &Arc<Runtime>,
         session: &mut ServerSession,
         out: &mut AccessRecord,
         arrived: Instant,
@@ -163,6 +180,10 @@ impl ChatService {
             None => self.read_body(rt, session, out).await?,
         };
         let req = self.parse(rt, &admitted, &body, out)?;
+        // Async mode (CSML `callback_url`, Haptik's Log Message API): answered now, the bot later.
+        if let Some(target) = self.async_target(&admitted, &req).await? {
+            return self.accept_async(rt, admitted, &req, &body, target, out, received);
+        }
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
         let exchange = self.forward(rt, &to_bot, out).await?;
         let request_id = out.request_id.as_deref().unwrap_or_default();

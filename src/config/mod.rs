@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod delivery;
 pub mod private_dir;
 pub mod routes;
 pub mod secret;
@@ -77,6 +78,8 @@ pub struct RawConfig {
     pub clients: clients::RawClients,
     pub auth_service: Option<auth_service::RawAuthService>,
     #[serde(default)]
+    pub delivery: delivery::RawDelivery,
+    #[serde(default)]
     pub backends: Vec<backends::RawBackend>,
     #[serde(default)]
     pub routes: Vec<routes::RawRoute>,
@@ -90,6 +93,8 @@ pub struct ProcessSettings {
     pub admin: admin::AdminConfig,
     pub log: LogConfig,
     pub demo: Option<admin::DemoIdentity>,
+    /// `[delivery]`: async mode's queue and files.
+    pub delivery: delivery::DeliveryConfig,
 }
 
 /// The validated configuration the proxy runs on.
@@ -168,6 +173,7 @@ impl Config {
                 admin: admin_config,
                 log,
                 demo: demo_identity,
+                delivery: delivery::validate(&raw.delivery)?,
             },
             limits,
             tls,

@@ -107,6 +107,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         request_id: None,
         metadata: None,
         raw_payload: None,
+        callback_url: None,
     })
 }
 
@@ -652,6 +653,16 @@ struct ClientConfig {
     routes: Option<Vec<String>>,
     /// Business ids it may reach (absent: any).
     businesses: Option<Vec<i64>>,
+    /// Where the bot's replies to its Log Message API requests are POSTed (absent: no async mode).
+    webhook_url: Option<String>,
+    /// The key of those webhooks' `X-Hub-Signature` (required with `webhook_url`).
+    webhook_secret: Option<SecretSource>,
+    /// Accept an `http://` `webhook_url` (default: https only).
+    #[serde(default)]
+    allow_http_callbacks: bool,
+    /// Let webhooks reach loopback, private and link-local addresses (default: refused).
+    #[serde(default)]
+    allow_private_callbacks: bool,
 }
 
 /// A Haptik bot's settings (`dialect = "haptik"`).
@@ -762,10 +773,23 @@ impl CallerDialect for Haptik {
                 ))
             }
         };
-        let client = client.with_scope(Scope {
-            routes: c.routes,
-            businesses: c.businesses,
-        });
+        let secret = (c.webhook_secret.as_ref())
+            .map(|s| s.resolve(&format!("{key}.webhook_secret")))
+            .transpose()?;
+        let callbacks = crate::delivery::policy::haptik(
+            key,
+            &c.name,
+            c.webhook_url.as_deref(),
+            secret,
+            c.allow_http_callbacks,
+            c.allow_private_callbacks,
+        )?;
+        let client = client
+            .with_scope(Scope {
+                routes: c.routes,
+                businesses: c.businesses,
+            })
+            .with_callbacks(callbacks);
         Ok(ClientEntry {
             credential: ClientCredential::ClientToken {
                 client_id: c.client_id,
