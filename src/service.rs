@@ -30,6 +30,7 @@ use crate::model::{request_id_is_sane, ChatRequest};
 use crate::upstream::{self, Exchange, RequestBytes, Upstream};
 
 mod async_mode;
+mod bot_replies;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -48,6 +49,7 @@ pub struct ChatService {
     next_message_id: Arc<AtomicU64>,
     user_agent: String,
     deliveries: Deliveries,
+    bot_replies: Arc<bot_replies::BotReplies>,
 }
 
 /// Everything the request path reads that a configuration reload replaces, swapped as one.
@@ -153,6 +155,7 @@ impl ChatService {
             metrics: Metrics::global(),
             next_message_id: Arc::new(AtomicU64::new(start_id)),
             deliveries,
+            bot_replies: Arc::default(),
             user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
             runtime,
             clock,
@@ -185,7 +188,7 @@ impl ChatService {
             return self.accept_async(rt, admitted, &req, &body, target, out, received);
         }
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
-        let exchange = self.forward(rt, &to_bot, out).await?;
+        let exchange = self.forward_and_collect(rt, &to_bot, &req, out).await?;
         let request_id = out.request_id.as_deref().unwrap_or_default();
         self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
             .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))
@@ -362,6 +365,23 @@ impl ChatService {
         Ok(exchange)
     }
 
+    /// Forward, and for a bot that answers on the proxy's webhook (async Haptik), its replies.
+    async fn forward_and_collect(
+        &self,
+        rt: &Runtime,
+        to: &ToBot<'_>,
+        req: &ChatRequest<'_>,
+        out: &mut AccessRecord,
+    ) -> Result<Exchange, ProxyError> {
+        let waiter = self.bot_replies.register(to, req);
+        let started = Instant::now();
+        let exchange = self.forward(rt, to, out).await?;
+        match waiter {
+            Some(w) => w.collect(exchange, started).await,
+            None => Ok(exchange),
+        }
+    }
+
     /// To the caller: the bot's answer read in its dialect and rendered in the caller's.
     fn to_caller(
         &self,
@@ -485,6 +505,9 @@ impl Handler for ChatService {
         let _in_flight = InFlight::enter(self.metrics);
         let mut out = AccessRecord::default();
         let rt = self.runtime.load_full();
+        if let Some(answer) = self.bot_webhook(&rt, session).await {
+            return answer;
+        }
         let mut answer = match self.serve(&rt, session, &mut out, started).await {
             Ok(body) => Answer::json(200, body),
             Err(err) => self.refusal(&rt, session, &mut out, err).await,

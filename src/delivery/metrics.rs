@@ -37,6 +37,9 @@ pub struct DeliveryMetrics {
     pub spooled: IntCounterVec,
     /// `botbridge_delivery_spool_bytes`: the spool files waiting in `delivery.spool_dir`.
     pub spool_bytes: IntGauge,
+    /// `botbridge_bot_webhooks_total{result}`: webhooks from async Haptik bots, `routed` to a
+    /// waiting request, `unrouted`, `bad_signature` or `bad_request`.
+    pub bot_webhooks: IntCounterVec,
 }
 
 impl DeliveryMetrics {
@@ -101,6 +104,11 @@ impl DeliveryMetrics {
                 "Bytes of spool files waiting in delivery.spool_dir"
             )
             .expect("metric registers once"),
+            bot_webhooks: counter(
+                "botbridge_bot_webhooks_total",
+                "Webhooks from async Haptik bots, by result",
+                &["result"],
+            ),
         }
     }
 
@@ -120,6 +128,9 @@ impl DeliveryMetrics {
         }
         for d in ["written", "restored"] {
             self.spooled.with_label_values(&[d]);
+        }
+        for r in ["routed", "unrouted", "bad_signature", "bad_request"] {
+            self.bot_webhooks.with_label_values(&[r]);
         }
     }
 

@@ -27,8 +27,8 @@ use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::{
-    from_json, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
-    ClientEntry, Detection, RequestHead,
+    from_json, haptik_async, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext,
+    CallerDialect, ClientEntry, Detection, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -673,12 +673,24 @@ struct BotConfig {
     token: Option<SecretSource>,
     /// The `client-id` the proxy sends.
     client_id: Option<String>,
+    /// `sync` (default): the bot answers in its HTTP answer; `async`: it is sent the Log Message API
+    /// request and its replies come to the proxy's `webhook_path`.
+    #[serde(default)]
+    mode: haptik_async::BotMode,
+    /// Async bots: the path on the chat listener the bot's webhooks are POSTed to.
+    webhook_path: Option<String>,
+    /// Async bots: the key of those webhooks' `X-Hub-Signature`.
+    webhook_secret: Option<SecretSource>,
+    /// Async bots: how long after a reply with no further one the replies count as complete
+    /// (milliseconds, default 1000); the backend's `read_timeout_ms` bounds the whole wait.
+    quiet_ms: Option<u64>,
 }
 
 /// A configured Haptik bot: its credentials, the header value built once.
 struct HaptikBot {
     authorization: String,
     client_id: String,
+    replies: Option<haptik_async::AsyncBot>,
 }
 
 impl std::fmt::Debug for HaptikBot {
@@ -828,7 +840,14 @@ impl BotDialect for Haptik {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        &["token", "client_id"]
+        &[
+            "token",
+            "client_id",
+            "mode",
+            "webhook_path",
+            "webhook_secret",
+            "quiet_ms",
+        ]
     }
 
     fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
@@ -845,9 +864,19 @@ impl BotDialect for Haptik {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| required("client_id"))?;
         header_safe(&format!("{key}.client_id"), &client_id)?;
+        let secret = (c.webhook_secret.as_ref())
+            .map(|s| s.resolve(&format!("{key}.webhook_secret")))
+            .transpose()?;
+        let keys = haptik_async::AsyncBotKeys {
+            mode: c.mode,
+            webhook_path: c.webhook_path,
+            webhook_secret: secret,
+            quiet_ms: c.quiet_ms,
+        };
         Ok(Box::new(HaptikBot {
             authorization: format!("Bearer {token}"),
             client_id,
+            replies: haptik_async::async_bot(key, keys)?,
         }))
     }
 }
@@ -875,6 +904,10 @@ impl Bot for HaptikBot {
             )
         })?;
         render_request(req, business_id, ctx.flow_trigger)
+    }
+
+    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
+        self.replies.as_ref()
     }
 
     fn sign(&self, _unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {

@@ -16,12 +16,18 @@
 //!
 //! The `message.body` is the HSL reply the synchronous HSL answer carries, so a client renders
 //! both the same way. User fields the proxy does not know (device, platform, names) are left out.
+//!
+//! And for bots: a Haptik backend with `mode = "async"` is sent the Log Message API request (at its
+//! configured URL, with the same body and headers); its replies arrive as such webhooks on the
+//! proxy's `webhook_path`, signed with `webhook_secret`, and are read here ([`webhook_reply`]) and
+//! collected into one HSL answer ([`collected_answer`]) for whoever waits.
 
 use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::ConfigError;
 use crate::model::{ChatRequest, Content};
 
 /// The Log Message API's path (a route whose `path` ends so answers Haptik callers at once).
@@ -90,10 +96,188 @@ pub fn webhook_bodies(hsl_answer: &[u8], ctx: &WebhookContext<'_>) -> Vec<String
         .collect()
 }
 
+/// `mode` of a Haptik backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BotMode {
+    #[default]
+    Sync,
+    Async,
+}
+
+/// A Haptik bot's async settings, as written.
+#[derive(Debug, Default)]
+pub struct AsyncBotKeys {
+    pub mode: BotMode,
+    pub webhook_path: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub quiet_ms: Option<u64>,
+}
+
+/// Where an async Haptik bot's replies arrive and how they are checked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AsyncBot {
+    /// The path on the chat listener.
+    pub webhook_path: String,
+    /// The key of `X-Hub-Signature`.
+    pub secret: Vec<u8>,
+    /// Replies are complete once none came for this long.
+    pub quiet: std::time::Duration,
+}
+
+impl std::fmt::Debug for AsyncBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncBot")
+            .field("webhook_path", &self.webhook_path)
+            .field("secret", &"<redacted>")
+            .field("quiet", &self.quiet)
+            .finish()
+    }
+}
+
+/// Reads a Haptik backend's async settings (`key` names the table); `None` for `mode = "sync"`.
+pub fn async_bot(key: &str, k: AsyncBotKeys) -> Result<Option<AsyncBot>, ConfigError> {
+    if k.mode == BotMode::Sync {
+        for (name, set) in [
+            ("webhook_path", k.webhook_path.is_some()),
+            ("webhook_secret", k.webhook_secret.is_some()),
+            ("quiet_ms", k.quiet_ms.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    format!("{key}.{name}"),
+                    "only used with `mode = \"async\"`",
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let required =
+        |f: &str| ConfigError::new(format!("{key}.{f}"), "required with `mode = \"async\"`");
+    let path = k.webhook_path.ok_or_else(|| required("webhook_path"))?;
+    if !path.starts_with('/') || path.contains('?') {
+        return Err(ConfigError::new(
+            format!("{key}.webhook_path"),
+            "must be a path starting with `/`, without a query",
+        ));
+    }
+    let secret = k
+        .webhook_secret
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| required("webhook_secret"))?;
+    let quiet_ms = crate::config::nonzero(&format!("{key}.quiet_ms"), k.quiet_ms.unwrap_or(1000))?;
+    Ok(Some(AsyncBot {
+        webhook_path: path,
+        secret: secret.into_bytes(),
+        quiet: std::time::Duration::from_millis(quiet_ms),
+    }))
+}
+
+#[derive(serde::Deserialize)]
+struct WebhookIn<'a> {
+    #[serde(borrow)]
+    user: WebhookUserIn<'a>,
+    #[serde(default)]
+    event_name: Option<String>,
+    #[serde(borrow, default)]
+    message: Option<WebhookMessageIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WebhookUserIn<'a> {
+    #[serde(borrow)]
+    auth_id: std::borrow::Cow<'a, str>,
+}
+
+#[derive(serde::Deserialize)]
+struct WebhookMessageIn<'a> {
+    #[serde(borrow)]
+    body: &'a serde_json::value::RawValue,
+}
+
+/// A webhook an async Haptik bot sent: the user it is for and, for a `message` event, the HSL body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WebhookReply {
+    pub auth_id: String,
+    pub body: Option<String>,
+}
+
+/// Reads a webhook body; `None` when it is not one.
+pub fn webhook_reply(body: &[u8]) -> Option<WebhookReply> {
+    let w: WebhookIn<'_> = serde_json::from_slice(body).ok()?;
+    let is_message = w.event_name.as_deref().is_none_or(|e| e == "message");
+    Some(WebhookReply {
+        auth_id: w.user.auth_id.into_owned(),
+        body: w
+            .message
+            .filter(|_| is_message)
+            .map(|m| m.body.get().to_owned()),
+    })
+}
+
+/// The replies collected for one request, as an HSL answer the Haptik dialect reads.
+pub fn collected_answer(bodies: &[String]) -> Vec<u8> {
+    let mut out = String::from(r#"{"version":"1.0","message":["#);
+    for (i, b) in bodies.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"body":"#);
+        out.push_str(b);
+        out.push('}');
+    }
+    out.push_str("]}");
+    out.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::borrow::Cow;
+
+    #[test]
+    fn webhooks_in_are_read_and_collected_into_an_answer() {
+        let w = webhook_reply(br#"{"user":{"auth_id":"u"},"event_name":"message","message":{"id":1,"body":{"text":"hi","type":"TEXT","data":{}}}}"#).unwrap();
+        assert_eq!(w.auth_id, "u");
+        let answer = collected_answer(&[w.body.unwrap()]);
+        let parsed = crate::dialect::haptik::parse_answer(200, &answer).unwrap();
+        assert_eq!(parsed.replies.len(), 1);
+        let w = webhook_reply(br#"{"user":{"auth_id":"u"},"event_name":"chat_complete"}"#).unwrap();
+        assert_eq!(w.body, None);
+        assert_eq!(webhook_reply(b"nope"), None);
+    }
+
+    #[test]
+    fn async_bot_settings_name_the_key() {
+        let e = async_bot(
+            "b",
+            AsyncBotKeys {
+                mode: BotMode::Async,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "b.webhook_path");
+        let e = async_bot(
+            "b",
+            AsyncBotKeys {
+                quiet_ms: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "b.quiet_ms");
+        let ok = AsyncBotKeys {
+            mode: BotMode::Async,
+            webhook_path: Some("/h".into()),
+            webhook_secret: Some("s".into()),
+            quiet_ms: None,
+        };
+        assert_eq!(
+            async_bot("b", ok).unwrap().unwrap().quiet,
+            std::time::Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn log_message_paths() {

@@ -198,6 +198,11 @@ pub trait Bot: Send + Sync + fmt::Debug {
     fn needs_business(&self) -> bool {
         false
     }
+    /// For a bot that answers on a webhook of the proxy's instead of in its HTTP answer (a Haptik
+    /// bot with `mode = "async"`): that webhook's settings. `None` for most.
+    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
+        None
+    }
     /// A query parameter added to the configured URL (e.g. a bot's `?token=`); `None` for most.
     fn query_param(&self) -> Option<(&'static str, &str)> {
         None

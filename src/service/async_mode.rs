@@ -216,7 +216,7 @@ impl ChatService {
         p: &Pending,
     ) -> Result<Vec<String>, ProxyError> {
         let to_bot = self.to_bot(rt, a, req, out, p.received, std::time::Instant::now())?;
-        let exchange = self.forward(rt, &to_bot, out).await?;
+        let exchange = self.forward_and_collect(rt, &to_bot, req, out).await?;
         let answer = (to_bot.backend.bot)
             .parse_answer(exchange.status, &exchange.body, a.ingress.keeps_raw())
             .inspect_err(|e| {
