@@ -28,11 +28,13 @@ use crate::model::ChatRequest;
 use crate::upstream::Exchange;
 
 type Key = (String, String);
+/// The requests waiting, by (backend, user): each with its id and where its replies go.
+type Waiting = HashMap<Key, Vec<(u64, mpsc::UnboundedSender<String>)>>;
 
 /// The requests waiting for async bots' replies.
 #[derive(Default)]
 pub(super) struct BotReplies {
-    waiters: Mutex<HashMap<Key, Vec<(u64, mpsc::UnboundedSender<String>)>>>,
+    waiters: Mutex<Waiting>,
     next: AtomicU64,
 }
 
@@ -47,9 +49,7 @@ pub(super) struct Waiter {
 }
 
 impl BotReplies {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<(u64, mpsc::UnboundedSender<String>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
