@@ -132,9 +132,11 @@ def main():
             "bad": serve(lambda p, h, b: (200, b"<html>not a bot</html>")),
             "fail": serve(lambda p, h, b: (500, b"")),
             "auth": serve(auth_service),
+            "callback": serve(lambda p, h, b: (200, b"{}")),
         }
         ports = {k: v[1] for k, v in servers.items()}
         dead, listen, admin, prom = free_port(), free_port(), free_port(), free_port()
+        dead_callback = free_port()
 
         def backend(name, port, read_ms=5000):
             return f"""
@@ -170,6 +172,16 @@ token = "acme-token"
 name = "plain"
 key = "plain-key"
 auth = "plain"
+callback_hosts = ["127.0.0.1"]
+allow_http_callbacks = true
+allow_private_callbacks = true
+callback_secret = "callback-secret"
+[delivery]
+spool_dir = "{work}/spool"
+dead_letter_path = "{work}/dead-letters.jsonl"
+deadline_ms = 1000
+timeout_ms = 300
+retry_initial_ms = 100
 {backend("good-bot", ports["ok"])}
 {backend("slow-bot", ports["slow"], read_ms=1000)}
 {backend("nonsense-bot", ports["bad"])}
@@ -248,13 +260,18 @@ scrape_configs:
             note("nonsense backend", haptik("acme-client", "acme-token", business=4)[0])
             note("failing backend", haptik("acme-client", "acme-token", business=5)[0])
             note("bad json", haptik("acme-client", "acme-token", body=b"{nope")[0])
+            # Async mode: one callback delivered, one to a dead receiver (dead letters after the deadline).
+            for name, port in (("async ok", ports["callback"]), ("async dead", dead_callback)):
+                body = json.dumps({"client": {"user_id": "u"}, "callback_url": f"http://127.0.0.1:{port}/cb",
+                                   "payload": {"content_type": "text", "content": {"text": "hi"}}}).encode()
+                note(name, http("POST", chat, body, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
             time.sleep(0.05)
         for t in threads:
             t.join()
         print("traffic:", json.dumps(counts, sort_keys=True))
         expected = {"ok": 200, "auth-service ok": 200, "csml ok": 200, "bad token": 401, "unknown client": 401,
                     "no credentials": 400, "dead backend": 502, "nonsense backend": 502, "failing backend": 502,
-                    "bad json": 400, "timeout": 504}
+                    "bad json": 400, "timeout": 504, "async ok": 200, "async dead": 200}
         for kind, status in expected.items():
             if set(counts.get(kind, {})) != {status}:
                 raise SystemExit(f"live check: {kind} answered {counts.get(kind)}, expected only {status}")
@@ -288,8 +305,8 @@ scrape_configs:
         status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/rules")
         groups = json.loads(body)["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        if len(rules) != 10:
-            failures.append(f"prometheus loaded {len(rules)} rules, expected 10")
+        if len(rules) != 12:
+            failures.append(f"prometheus loaded {len(rules)} rules, expected 12")
         for rule in rules:
             name = rule.get("name")
             checked += 1
