@@ -14,7 +14,8 @@ arrives. Bounded: a fixed number of requests, and a time limit.
 The receiver, the callers and the proxy share this machine's cores: the figures are an upper bound
 on latency and a lower bound on throughput for a receiver on another host.
 
-Usage: python3 bench/async_delivery.py [--binary target/release/botbridge] [--requests 2000] [--callers 8]
+Usage: python3 bench/async_delivery.py [--binary target/release/botbridge] [--requests 2000] [--callers 8] [--pace 50]
+Throughput: unpaced (the queue fills, latency then includes the wait in it). Latency: paced below it.
 """
 import argparse
 import hashlib
@@ -52,6 +53,9 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--callers", type=int, default=8)
     ap.add_argument("--limit", type=float, default=120.0, help="seconds before giving up")
+    ap.add_argument("--pace", type=float, default=0.0,
+                    help="requests per second over all callers (0: as fast as they are answered, which measures "
+                         "throughput; latency then includes the wait in the queue)")
     args = ap.parse_args()
 
     arrivals = {}  # idempotency key -> (arrival time, request id, closing?)
@@ -118,6 +122,8 @@ def main():
                     r.read()
                 with lock:
                     acked[rid] = time.monotonic()
+                if args.pace > 0:
+                    time.sleep(args.callers / args.pace)
 
         start = time.monotonic()
         threads = [threading.Thread(target=caller, args=(c,)) for c in range(args.callers)]
@@ -148,6 +154,7 @@ def main():
             "whole_answer_ms_p50": round(percentile(closing, 50), 2),
             "whole_answer_ms_p99": round(percentile(closing, 99), 2),
             "callers": args.callers,
+            "pace_requests_per_s": args.pace or "unpaced",
         }
         print(json.dumps(result, indent=2))
         if len(got) < expected:
