@@ -270,12 +270,14 @@ impl Deliveries {
         }
         // Stopped and taken under the table's lock: a request that finishes meanwhile either left the
         // table before (delivered) or is taken here (spooled, and maybe delivered too: at least once).
-        let jobs: Vec<Job> = {
+        let mut jobs: Vec<(u64, Job)> = {
             let mut t = self.table();
             self.0.stop.send_replace(true);
-            t.jobs.drain().map(|(_, j)| j).collect()
+            t.jobs.drain().collect()
         };
-        spool::write(self, jobs)
+        // In the order they were accepted, so the next process keeps each conversation's order.
+        jobs.sort_unstable_by_key(|(id, _)| *id);
+        spool::write(self, jobs.into_iter().map(|(_, j)| j).collect())
     }
 }
 
