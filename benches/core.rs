@@ -204,6 +204,7 @@ fn verification(c: &mut Criterion) {
         business_id: None,
         scope: Scope::default(),
         csml: Some(CsmlClientAuth::Signed(key.clone())),
+        callbacks: None,
     };
     csml.insert("csml-key", grant.clone());
     let headers = |name: &str| match name {

@@ -146,10 +146,12 @@ def main():
             "bad": serve(lambda p, h, b: (200, b"<html>not a bot</html>")),
             "fail": serve(lambda p, h, b: (500, b"")),
             "auth": serve(auth_service),
+            "callback": serve(lambda p, h, b: (200, b"{}")),
         }
         ports = {k: v[1] for k, v in servers.items()}
         dead, listen, admin, prom = free_port(), free_port(), free_port(), free_port()
         dead2, dead3, dead4 = free_port(), free_port(), free_port()
+        dead_callback = free_port()
 
         def backend(name, port, read_ms=5000):
             return f"""
@@ -185,6 +187,16 @@ token = "acme-token"
 name = "plain"
 key = "plain-key"
 auth = "plain"
+callback_hosts = ["127.0.0.1"]
+allow_http_callbacks = true
+allow_private_callbacks = true
+callback_secret = "callback-secret"
+[delivery]
+spool_dir = "{work}/spool"
+dead_letter_path = "{work}/dead-letters.jsonl"
+deadline_ms = 1000
+timeout_ms = 300
+retry_initial_ms = 100
 {backend("good-bot", ports["ok"])}
 {backend("slow-bot", ports["slow"], read_ms=1000)}
 {backend("nonsense-bot", ports["bad"])}
@@ -302,6 +314,11 @@ scrape_configs:
             note("bad json", haptik("acme-client", "acme-token", body=b"{nope")[0])
             for kind, path in (("pool with a dead endpoint", "/pool"), ("pool all down", "/pool-down"), ("fallback", "/maintenance")):
                 note(kind, http("POST", f"http://127.0.0.1:{listen}{path}", csml, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
+            # Async mode: one callback delivered, one to a dead receiver (dead letters after the deadline).
+            for name, port in (("async ok", ports["callback"]), ("async dead", dead_callback)):
+                body = json.dumps({"client": {"user_id": "u"}, "callback_url": f"http://127.0.0.1:{port}/cb",
+                                   "payload": {"content_type": "text", "content": {"text": "hi"}}}).encode()
+                note(name, http("POST", chat, body, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
             time.sleep(0.05)
         for t in threads:
             t.join()
@@ -309,7 +326,7 @@ scrape_configs:
         expected = {"ok": 200, "auth-service ok": 200, "csml ok": 200, "bad token": 401, "unknown client": 401,
                     "no credentials": 400, "dead backend": 502, "nonsense backend": 502, "failing backend": 502,
                     "bad json": 400, "timeout": 504, "pool with a dead endpoint": 200, "pool all down": 503,
-                    "fallback": 200}
+                    "fallback": 200, "async ok": 200, "async dead": 200}
         for kind, status in expected.items():
             if set(counts.get(kind, {})) != {status}:
                 raise SystemExit(f"live check: {kind} answered {counts.get(kind)}, expected only {status}")
@@ -343,8 +360,8 @@ scrape_configs:
         status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/rules")
         groups = json.loads(body)["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        if len(rules) != 13:
-            failures.append(f"prometheus loaded {len(rules)} rules, expected 13")
+        if len(rules) != 15:
+            failures.append(f"prometheus loaded {len(rules)} rules, expected 15")
         for rule in rules:
             name = rule.get("name")
             checked += 1

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::delivery::policy::CallbackPolicy;
 use crate::error::{ProxyError, Reason};
 use crate::signing::{split_key, CsmlKey, SignatureError};
 
@@ -174,6 +175,9 @@ pub struct Grant {
     pub scope: Scope,
     /// How its CSML requests are verified (`None` for Haptik credentials).
     pub csml: Option<CsmlClientAuth>,
+    /// Where async mode may deliver its bot's replies and how they are signed (`None`: no async
+    /// mode for this credential).
+    pub callbacks: Option<Arc<CallbackPolicy>>,
 }
 
 /// One Haptik client allowed to call the proxy.
@@ -197,6 +201,7 @@ impl HaptikClient {
                 business_id: None,
                 scope: Scope::default(),
                 csml: None,
+                callbacks: None,
             }),
             token_sha256,
         }
@@ -205,6 +210,12 @@ impl HaptikClient {
     /// Restricts what the client may reach.
     pub fn with_scope(mut self, scope: Scope) -> Self {
         Arc::make_mut(&mut self.grant).scope = scope;
+        self
+    }
+
+    /// Sets where its async replies go (its webhook).
+    pub fn with_callbacks(mut self, callbacks: Option<CallbackPolicy>) -> Self {
+        Arc::make_mut(&mut self.grant).callbacks = callbacks.map(Arc::new);
         self
     }
 }
@@ -523,6 +534,18 @@ pub enum ClientCredential {
     Token { digest: [u8; 32], grant: Grant },
 }
 
+impl ClientCredential {
+    /// The credential's callback settings, if it has any.
+    pub fn callbacks(&self) -> Option<&Arc<CallbackPolicy>> {
+        match self {
+            ClientCredential::ClientToken { client, .. } => client.grant.callbacks.as_ref(),
+            ClientCredential::ApiKey { grant, .. } | ClientCredential::Token { grant, .. } => {
+                grant.callbacks.as_ref()
+            }
+        }
+    }
+}
+
 /// The configured bare tokens of every dialect that uses them, by [`token_digest`].
 #[derive(Debug, Clone, Default)]
 pub struct TokenClients {
@@ -724,6 +747,7 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
             businesses: v.businesses,
         },
         csml,
+        callbacks: None,
     }))
 }
 
@@ -752,6 +776,7 @@ mod tests {
                     "signed-key",
                     b"secret",
                 ))),
+                callbacks: None,
             },
         );
         c.insert(
@@ -761,6 +786,7 @@ mod tests {
                 business_id: None,
                 scope: Scope::default(),
                 csml: Some(CsmlClientAuth::Plain),
+                callbacks: None,
             },
         );
         c

@@ -53,11 +53,13 @@ pub enum Reason {
     Overloaded,
     /// The backend's circuit is open (every endpoint down, or too many failures): failed fast.
     CircuitOpen,
+    /// Async mode's delivery queue is full (or the process is stopping).
+    QueueFull,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -78,6 +80,7 @@ impl Reason {
         Reason::HeaderTooLarge,
         Reason::Overloaded,
         Reason::CircuitOpen,
+        Reason::QueueFull,
     ];
 
     /// The label value.
@@ -103,6 +106,7 @@ impl Reason {
             Reason::HeaderTooLarge => "header_too_large",
             Reason::Overloaded => "overloaded",
             Reason::CircuitOpen => "circuit_open",
+            Reason::QueueFull => "queue_full",
         }
     }
 

@@ -6,6 +6,8 @@
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
 //! [`conn`] (client connection deadlines, head budget, connection cap),
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
+//! [`delivery`] (async mode: callbacks, retries,
+//! dead letters, spool), [`admin`] (metrics and health),
 //! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
 //! listener's certificate), [`server`] (assembly), [`logging`].
 
@@ -14,6 +16,7 @@ pub mod auth;
 pub mod authn;
 pub mod config;
 pub mod conn;
+pub mod delivery;
 pub mod demo;
 pub mod dialect;
 pub mod error;

@@ -16,6 +16,7 @@ use pingora::services::listening::Service;
 use crate::admin::AdminService;
 use crate::config::Config;
 use crate::conn::ClientLimits;
+use crate::delivery::background::DeliveryLifecycle;
 use crate::demo::DemoBot;
 use crate::httpio::App;
 use crate::pool::keeper::PoolKeeper;
@@ -65,7 +66,14 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         listener = listener.tls(tls);
     }
     let limits = ClientLimits::from_config(s).fit_open_file_limit();
-    let chat_app = App::new("chat", ChatService::new(runtime.clone()), limits);
+    let chat_service = ChatService::new(runtime.clone());
+    let deliveries = DeliveryLifecycle {
+        deliveries: chat_service.deliveries(),
+        runtime: runtime.clone(),
+        grace: std::time::Duration::from_secs(s.grace_period_seconds),
+    };
+    server.add_service(background_service("deliveries", deliveries));
+    let chat_app = App::new("chat", chat_service, limits);
     let mut chat = Service::new("chat".to_string(), chat_app);
     chat.add_listener(listener);
     chat.threads = Some(s.threads);

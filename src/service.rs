@@ -19,6 +19,7 @@ use pingora::protocols::http::ServerSession;
 use crate::auth::Grant;
 use crate::authn::Authenticator;
 use crate::config::{Backend, Config, Route, Target};
+use crate::delivery::Deliveries;
 use crate::dialect::{
     self, registry, AnswerContext, AnswerIds, BotRequestContext, Caller, RequestHead,
 };
@@ -29,20 +30,27 @@ use crate::model::{request_id_is_sane, ChatRequest};
 use crate::pool::{PoolError, Pools};
 use crate::upstream::{Endpoint, Exchange, RequestBytes, Upstream};
 
+mod async_mode;
+mod bot_replies;
+
 const REQUEST_ID: &str = "x-request-id";
 
 /// The wall clock the request path reads: once per request, for signing and timestamps. Tests pass
 /// their own to check time-dependent rules (signature tolerance) without waiting.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
-/// The chat listener's state: configuration, backend pools and the upstream connections.
+/// The chat listener's state: configuration, backend pools and the upstream connections. Cheap to
+/// clone (shared state), so async mode can finish a request on its own task (`async_mode`).
+#[derive(Clone)]
 pub struct ChatService {
     runtime: Arc<ArcSwap<Runtime>>,
     clock: Clock,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     metrics: &'static Metrics,
-    next_message_id: AtomicU64,
+    next_message_id: Arc<AtomicU64>,
     user_agent: String,
+    deliveries: Deliveries,
+    bot_replies: Arc<bot_replies::BotReplies>,
 }
 
 /// Everything the request path reads that a configuration reload replaces, swapped as one.
@@ -156,20 +164,32 @@ impl ChatService {
         let start_id = clock()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
+        let config = runtime.load_full().config.clone();
+        let deliveries = Deliveries::new(&config.process.delivery, config.message_bodies);
         ChatService {
-            upstream: Upstream::new(server.upstream_pool_size, server.max_answer_bytes),
+            upstream: Arc::new(Upstream::new(
+                server.upstream_pool_size,
+                server.max_answer_bytes,
+            )),
             metrics: Metrics::global(),
-            next_message_id: AtomicU64::new(start_id),
+            next_message_id: Arc::new(AtomicU64::new(start_id)),
+            deliveries,
+            bot_replies: Arc::default(),
             user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
             runtime,
             clock,
         }
     }
 
+    /// The async delivery queue (the server stops it gracefully and feeds it the spool).
+    pub fn deliveries(&self) -> Deliveries {
+        self.deliveries.clone()
+    }
+
     /// The request path, phase by phase. Returns the answer body on success.
     async fn serve(
         &self,
-        rt: &Runtime,
+        rt: &Arc<Runtime>,
         session: &mut ServerSession,
         out: &mut AccessRecord,
         arrived: Instant,
@@ -182,8 +202,12 @@ impl ChatService {
             None => self.read_body(rt, session, out).await?,
         };
         let req = self.parse(rt, &admitted, &body, out)?;
+        // Async mode (CSML `callback_url`, Haptik's Log Message API): answered now, the bot later.
+        if let Some(target) = self.async_target(&admitted, &req).await? {
+            return self.accept_async(rt, admitted, &req, &body, target, out, received);
+        }
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
-        let (to_bot, exchange) = match self.forward(rt, &to_bot, &req, out).await {
+        let (to_bot, exchange) = match self.forward_and_collect(rt, &to_bot, &req, out).await {
             Err(e) if e.reason == Reason::CircuitOpen && admitted.route.fallback.is_some() => {
                 self.fall_back(rt, &admitted, &req, &to_bot, out).await?
             }
@@ -414,6 +438,23 @@ impl ChatService {
         Ok((to, exchange))
     }
 
+    /// Forward, and for a bot that answers on the proxy's webhook (async Haptik), its replies.
+    async fn forward_and_collect(
+        &self,
+        rt: &Runtime,
+        to: &ToBot<'_>,
+        req: &ChatRequest<'_>,
+        out: &mut AccessRecord,
+    ) -> Result<Exchange, ProxyError> {
+        let waiter = self.bot_replies.register(to, req);
+        let started = Instant::now();
+        let exchange = self.forward(rt, to, req, out).await?;
+        match waiter {
+            Some(w) => w.collect(exchange, started).await,
+            None => Ok(exchange),
+        }
+    }
+
     /// To the caller: the bot's answer read in its dialect and rendered in the caller's.
     fn to_caller(
         &self,
@@ -549,6 +590,9 @@ impl Handler for ChatService {
         let _in_flight = InFlight::enter(self.metrics);
         let mut out = AccessRecord::default();
         let rt = self.runtime.load_full();
+        if let Some(answer) = self.bot_webhook(&rt, session).await {
+            return answer;
+        }
         let mut answer = match self.serve(&rt, session, &mut out, started).await {
             Ok(body) => Answer::json(200, body),
             Err(err) => self.refusal(&rt, session, &mut out, err).await,

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod delivery;
 pub mod dns;
 pub mod pool;
 pub mod private_dir;
@@ -80,6 +81,7 @@ pub struct RawConfig {
     pub auth_service: Option<auth_service::RawAuthService>,
     #[serde(default)]
     pub dns: dns::RawDns,
+    pub delivery: delivery::RawDelivery,
     #[serde(default)]
     pub backends: Vec<backends::RawBackend>,
     #[serde(default)]
@@ -94,6 +96,8 @@ pub struct ProcessSettings {
     pub admin: admin::AdminConfig,
     pub log: LogConfig,
     pub demo: Option<admin::DemoIdentity>,
+    /// `[delivery]`: async mode's queue and files.
+    pub delivery: delivery::DeliveryConfig,
 }
 
 /// The validated configuration the proxy runs on.
@@ -175,6 +179,7 @@ impl Config {
                 admin: admin_config,
                 log,
                 demo: demo_identity,
+                delivery: delivery::validate(&raw.delivery)?,
             },
             limits,
             tls,

@@ -27,8 +27,8 @@ use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::{
-    from_json, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
-    ClientEntry, Detection, RequestHead,
+    from_json, haptik_async, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext,
+    CallerDialect, ClientEntry, Detection, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -107,6 +107,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         request_id: None,
         metadata: None,
         raw_payload: None,
+        callback_url: None,
     })
 }
 
@@ -652,6 +653,16 @@ struct ClientConfig {
     routes: Option<Vec<String>>,
     /// Business ids it may reach (absent: any).
     businesses: Option<Vec<i64>>,
+    /// Where the bot's replies to its Log Message API requests are POSTed (absent: no async mode).
+    webhook_url: Option<String>,
+    /// The key of those webhooks' `X-Hub-Signature` (required with `webhook_url`).
+    webhook_secret: Option<SecretSource>,
+    /// Accept an `http://` `webhook_url` (default: https only).
+    #[serde(default)]
+    allow_http_callbacks: bool,
+    /// Let webhooks reach loopback, private and link-local addresses (default: refused).
+    #[serde(default)]
+    allow_private_callbacks: bool,
 }
 
 /// A Haptik bot's settings (`dialect = "haptik"`).
@@ -662,12 +673,24 @@ struct BotConfig {
     token: Option<SecretSource>,
     /// The `client-id` the proxy sends.
     client_id: Option<String>,
+    /// `sync` (default): the bot answers in its HTTP answer; `async`: it is sent the Log Message API
+    /// request and its replies come to the proxy's `webhook_path`.
+    #[serde(default)]
+    mode: haptik_async::BotMode,
+    /// Async bots: the path on the chat listener the bot's webhooks are POSTed to.
+    webhook_path: Option<String>,
+    /// Async bots: the key of those webhooks' `X-Hub-Signature`.
+    webhook_secret: Option<SecretSource>,
+    /// Async bots: how long after a reply with no further one the replies count as complete
+    /// (milliseconds, default 1000); the backend's `read_timeout_ms` bounds the whole wait.
+    quiet_ms: Option<u64>,
 }
 
 /// A configured Haptik bot: its credentials, the header value built once.
 struct HaptikBot {
     authorization: String,
     client_id: String,
+    replies: Option<haptik_async::AsyncBot>,
 }
 
 impl std::fmt::Debug for HaptikBot {
@@ -762,10 +785,23 @@ impl CallerDialect for Haptik {
                 ))
             }
         };
-        let client = client.with_scope(Scope {
-            routes: c.routes,
-            businesses: c.businesses,
-        });
+        let secret = (c.webhook_secret.as_ref())
+            .map(|s| s.resolve(&format!("{key}.webhook_secret")))
+            .transpose()?;
+        let callbacks = crate::delivery::policy::haptik(
+            key,
+            &c.name,
+            c.webhook_url.as_deref(),
+            secret,
+            c.allow_http_callbacks,
+            c.allow_private_callbacks,
+        )?;
+        let client = client
+            .with_scope(Scope {
+                routes: c.routes,
+                businesses: c.businesses,
+            })
+            .with_callbacks(callbacks);
         Ok(ClientEntry {
             credential: ClientCredential::ClientToken {
                 client_id: c.client_id,
@@ -804,7 +840,14 @@ impl BotDialect for Haptik {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        &["token", "client_id"]
+        &[
+            "token",
+            "client_id",
+            "mode",
+            "webhook_path",
+            "webhook_secret",
+            "quiet_ms",
+        ]
     }
 
     fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
@@ -821,9 +864,19 @@ impl BotDialect for Haptik {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| required("client_id"))?;
         header_safe(&format!("{key}.client_id"), &client_id)?;
+        let secret = (c.webhook_secret.as_ref())
+            .map(|s| s.resolve(&format!("{key}.webhook_secret")))
+            .transpose()?;
+        let keys = haptik_async::AsyncBotKeys {
+            mode: c.mode,
+            webhook_path: c.webhook_path,
+            webhook_secret: secret,
+            quiet_ms: c.quiet_ms,
+        };
         Ok(Box::new(HaptikBot {
             authorization: format!("Bearer {token}"),
             client_id,
+            replies: haptik_async::async_bot(key, keys)?,
         }))
     }
 }
@@ -851,6 +904,10 @@ impl Bot for HaptikBot {
             )
         })?;
         render_request(req, business_id, ctx.flow_trigger)
+    }
+
+    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
+        self.replies.as_ref()
     }
 
     fn sign(&self, _unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {

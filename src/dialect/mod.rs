@@ -14,6 +14,7 @@ mod bad_answer;
 pub mod csml;
 pub mod csml_engine;
 pub mod haptik;
+pub mod haptik_async;
 pub mod hsl;
 pub mod rasa;
 pub mod registry;
@@ -196,6 +197,11 @@ pub trait Bot: Send + Sync + fmt::Debug {
     /// Whether requests need a Haptik-style business id (checked when routes are loaded).
     fn needs_business(&self) -> bool {
         false
+    }
+    /// For a bot that answers on a webhook of the proxy's instead of in its HTTP answer (a Haptik
+    /// bot with `mode = "async"`): that webhook's settings. `None` for most.
+    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
+        None
     }
     /// A query parameter added to the configured URL (e.g. a bot's `?token=`); `None` for most.
     fn query_param(&self) -> Option<(&'static str, &str)> {

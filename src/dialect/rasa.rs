@@ -122,6 +122,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         request_id: None,
         metadata: wire.metadata,
         raw_payload: None,
+        callback_url: None,
     })
 }
 
@@ -515,6 +516,7 @@ impl CallerDialect for Rasa {
                 businesses: c.businesses,
             },
             csml: None,
+            callbacks: None,
         };
         Ok(ClientEntry {
             credential: ClientCredential::Token {
@@ -606,6 +608,7 @@ mod tests {
             request_id: None,
             metadata: None,
             raw_payload: None,
+            callback_url: None,
         }
     }
 
