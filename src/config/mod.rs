@@ -81,6 +81,7 @@ pub struct RawConfig {
     pub auth_service: Option<auth_service::RawAuthService>,
     #[serde(default)]
     pub dns: dns::RawDns,
+    #[serde(default)]
     pub delivery: delivery::RawDelivery,
     #[serde(default)]
     pub backends: Vec<backends::RawBackend>,
