@@ -4,8 +4,9 @@
 //! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O:
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
-//! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
-//! listener's certificate), [`server`] (assembly), [`logging`].
+//! [`metrics`], [`migration`] (shadow traffic, its report, the canary), [`demo`] (the built-in demo
+//! bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat listener's certificate),
+//! [`server`] (assembly), [`logging`].
 
 pub mod admin;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod httpio;
 pub mod logging;
 pub mod metrics;
+pub mod migration;
 pub mod model;
 pub mod reload;
 pub mod server;

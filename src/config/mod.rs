@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod migration;
 pub mod private_dir;
 pub mod routes;
 pub mod secret;
@@ -80,6 +81,8 @@ pub struct RawConfig {
     pub backends: Vec<backends::RawBackend>,
     #[serde(default)]
     pub routes: Vec<routes::RawRoute>,
+    #[serde(default)]
+    pub migration: migration::RawMigration,
 }
 
 /// Everything a running process cannot change: listeners, threads, pools, logging, the demo bots.
@@ -108,6 +111,8 @@ pub struct Config {
     pub auth_service: Option<AuthServiceConfig>,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
+    /// `[migration] divergence_log…`: where differing shadow answers are written, if anywhere.
+    pub divergence_log: Option<migration::DivergenceLogConfig>,
 }
 
 /// Reads, parses and validates a config file.
@@ -162,6 +167,7 @@ impl Config {
             auth_service: auth_service.is_some(),
         };
         let routes = routes::validate(&raw.routes, &known)?;
+        let divergence_log = migration::validate(&raw.migration)?;
         Ok(Config {
             process: ProcessSettings {
                 server,
@@ -178,6 +184,7 @@ impl Config {
             auth_service,
             backends,
             routes,
+            divergence_log,
         })
     }
 

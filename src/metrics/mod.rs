@@ -12,6 +12,7 @@ use prometheus::{
     register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 
+pub mod migration;
 mod request;
 
 pub use request::{AccessRecord, RouteMetrics};
