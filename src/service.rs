@@ -5,6 +5,7 @@
 //! read, authenticated, validated and translated; every error is rendered in the caller's dialect.
 //! Vendor rules live in the dialects (`crate::dialect`); this file only calls their verbs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use crate::dialect::{
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
+use crate::migration::shadow::{Job, PrimaryAnswer};
+use crate::migration::{self, Migration};
 use crate::model::{request_id_is_sane, ChatRequest};
 use crate::upstream::{self, Exchange, RequestBytes, Upstream};
 
@@ -39,6 +42,8 @@ pub struct ChatService {
     runtime: Arc<ArcSwap<Runtime>>,
     clock: Clock,
     upstream: Upstream,
+    /// Shadow copies' own pooled client, so they never take the callers' connections.
+    shadow_upstream: Arc<Upstream>,
     metrics: &'static Metrics,
     next_message_id: AtomicU64,
     user_agent: String,
@@ -55,6 +60,8 @@ pub struct Runtime {
     route_metrics: Vec<RouteMetrics>,
     /// The dialects `ingress = "auto"` means, for refusals before a route is known.
     auto: Vec<Caller>,
+    /// Shadows, canaries and their report (handed over on reload).
+    pub migration: Migration,
 }
 
 impl Runtime {
@@ -80,6 +87,7 @@ impl Runtime {
                 .map(|r| RouteMetrics::new(metrics, &config, r))
                 .collect(),
             auto: registry::callers().filter(|c| c.in_auto()).collect(),
+            migration: Migration::new(&config, previous.map(|p| &p.migration)),
             config,
         }
     }
@@ -108,7 +116,8 @@ struct Admitted<'r> {
 
 /// A request ready for its bot: the backend, the bytes to send.
 struct ToBot<'r> {
-    target: &'r Target,
+    /// The route's target, or the canary's for a user among its share.
+    target: Cow<'r, Target>,
     backend: &'r Backend,
     request: Vec<u8>,
 }
@@ -139,6 +148,10 @@ impl ChatService {
             .map_or(1, |d| d.as_micros() as u64);
         ChatService {
             upstream: Upstream::new(server.upstream_pool_size, server.max_answer_bytes),
+            shadow_upstream: Arc::new(Upstream::new(
+                server.upstream_pool_size,
+                server.max_answer_bytes,
+            )),
             metrics: Metrics::global(),
             next_message_id: AtomicU64::new(start_id),
             user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
@@ -166,8 +179,10 @@ impl ChatService {
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
         let exchange = self.forward(rt, &to_bot, out).await?;
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
-            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))
+        let answer = (self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received))
+            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))?;
+        self.shadow(rt, &admitted, &req, &to_bot, &exchange, out);
+        Ok(answer)
     }
 
     /// Admit: route by path, POST only, tell the caller's dialect, authenticate from the headers
@@ -278,6 +293,8 @@ impl ChatService {
         let target = a.route.target(req.business_id).ok_or_else(|| {
             ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
         })?;
+        let route_index = out.route.unwrap_or_default();
+        let target = (rt.migration).canary(route_index, a.route, target, &req.user_id);
         // Least privilege: the credential reaches only its routes and businesses.
         (a.grant.scope.check(&a.route.name, req.business_id))
             .inspect_err(|d| rt.authn.denied(a.ingress, d.reason))?;
@@ -339,6 +356,46 @@ impl ChatService {
             tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "backend", body = %String::from_utf8_lossy(&exchange.body));
         }
         Ok(exchange)
+    }
+
+    /// Shadow: for a user the route's shadow samples, the same canonical request rendered and
+    /// signed for the shadow bot and handed, with the primary's answer bytes, to a task off the
+    /// caller's path (`crate::migration`). Costs nothing for routes without a shadow.
+    fn shadow(
+        &self,
+        rt: &Runtime,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        to: &ToBot<'_>,
+        exchange: &Exchange,
+        out: &AccessRecord,
+    ) {
+        let route = out.route.unwrap_or_default();
+        let Some(target) = rt.migration.sampled(route, &req.user_id, to.target.backend) else {
+            return;
+        };
+        let request_id = out.request_id.as_deref().unwrap_or_default();
+        let copy = migration::shadow_request(target, req);
+        let ctx = BotRequestContext {
+            request_id,
+            business_id: copy.business_id,
+            flow_trigger: a.route.flow_trigger,
+        };
+        let signed_at = unix_secs((self.clock)());
+        let request = (target.backend.bot.render_request(&copy, &ctx))
+            .map(|body| self.request_bytes(&target.backend, request_id, &body, signed_at));
+        let primary = PrimaryAnswer {
+            bot: to.backend.bot.clone(),
+            status: exchange.status,
+            body: exchange.body.clone(),
+            latency: out.backend_time.unwrap_or_default(),
+        };
+        let job = Job {
+            request,
+            request_id: request_id.to_owned(),
+            primary,
+        };
+        rt.migration.offer(target, job, &self.shadow_upstream);
     }
 
     /// To the caller: the bot's answer read in its dialect and rendered in the caller's.
