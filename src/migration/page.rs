@@ -102,6 +102,8 @@ pub fn html(r: &MigrationReport<'_>) -> String {
     let mut h = String::with_capacity(16 * 1024);
     h.push_str("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">");
+    // No favicon request: the page loads nothing but itself.
+    h.push_str("<link rel=\"icon\" href=\"data:,\">");
     let _ = write!(
         h,
         "<title>botbridge: migration report</title><style>{STYLE}</style></head><body>"
