@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Semaphore;
 
 use super::compare::compare;
@@ -53,12 +54,20 @@ pub struct ShadowTarget {
     slots: Semaphore,
     /// Divergences seen, for sampling the log.
     divergences: AtomicU64,
+    /// This route's series, resolved once: the caller's path hashes no labels.
+    sent: IntCounter,
+    dropped: IntCounter,
+    pending_gauge: IntGauge,
 }
 
 impl ShadowTarget {
     pub fn new(route: &str, settings: Shadow, backend: Backend) -> Self {
-        MigrationMetrics::global().register_shadow(route);
+        let m = MigrationMetrics::global();
+        m.register_shadow(route);
         ShadowTarget {
+            sent: m.shadow_requests.with_label_values(&[route, "sent"]),
+            dropped: m.shadow_requests.with_label_values(&[route, "dropped"]),
+            pending_gauge: m.shadow_pending.with_label_values(&[route]),
             route: route.to_owned(),
             peer: crate::upstream::peer_for(&backend.endpoint),
             slots: Semaphore::new(settings.max_in_flight),
@@ -71,24 +80,19 @@ impl ShadowTarget {
 
     /// Sends the copy off the caller's path, or drops it when the route's queue is full.
     pub fn offer(self: &Arc<Self>, job: Job, upstream: &Arc<Upstream>, recorder: &Arc<Recorder>) {
-        let m = MigrationMetrics::global();
         let cap = self.settings.max_in_flight + self.settings.max_queued;
         if self.pending.fetch_add(1, Ordering::AcqRel) >= cap {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-            m.shadow_requests
-                .with_label_values(&[&self.route, "dropped"])
-                .inc();
+            self.dropped.inc();
             recorder.report.copy(&self.route, false);
             return;
         }
-        m.shadow_requests
-            .with_label_values(&[&self.route, "sent"])
-            .inc();
-        recorder.report.copy(&self.route, true);
+        self.sent.inc();
         let pending = Pending::enter(self.clone());
         let (upstream, recorder) = (upstream.clone(), recorder.clone());
         tokio::spawn(async move {
             let me = &pending.0;
+            recorder.report.copy(&me.route, true);
             // The semaphore is never closed.
             let Ok(_slot) = me.slots.acquire().await else {
                 return;
@@ -147,9 +151,7 @@ struct Pending(Arc<ShadowTarget>);
 
 impl Pending {
     fn enter(t: Arc<ShadowTarget>) -> Self {
-        (MigrationMetrics::global().shadow_pending)
-            .with_label_values(&[&t.route])
-            .inc();
+        t.pending_gauge.inc();
         Pending(t)
     }
 }
@@ -157,8 +159,6 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::AcqRel);
-        (MigrationMetrics::global().shadow_pending)
-            .with_label_values(&[&self.0.route])
-            .dec();
+        self.0.pending_gauge.dec();
     }
 }
