@@ -6,7 +6,11 @@ behind three proxies, each with one worker thread:
   - nginx as a plain passthrough proxy,
   - haproxy as a plain passthrough proxy,
   - botbridge on its full translating path: a Haptik client request, Bearer + client-id check,
-    translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer.
+    translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer;
+  - the same botbridge on a route with a shadow at 100% (a second fixed-answer bot on the backend
+    nginx): every request is also copied to the shadow off the caller's path and both answers are
+    compared. Its row against plain botbridge's gives the caller's p99 with and without a shadow and
+    the CPU a shadow adds per request (the copy's exchange and comparison run in the same process).
 wrk (one thread, 50 keep-alive connections) POSTs the same Haptik request through each, in rounds
 that alternate the proxies. For each it reports requests/s, p50, p99, non-2xx answers, and the proxy
 processes' CPU time per request (user + system, from /proc, over the measured interval), with ratios
@@ -129,7 +133,7 @@ def main():
     os.chmod(work, 0o755)  # nginx workers run unprivileged
     procs = []
     try:
-        backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port = (free_port() for _ in range(6))
+        backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port, shadow_bot = (free_port() for _ in range(7))
 
         def nginx_conf(name, server_block):
             path = os.path.join(work, f"{name}.conf")
@@ -153,6 +157,10 @@ http {{
         backend_conf = nginx_conf("backend", f"""
   server {{
     listen 127.0.0.1:{backend} reuseport;
+    location / {{ default_type application/json; return 200 '{answer}'; }}
+  }}
+  server {{
+    listen 127.0.0.1:{shadow_bot} reuseport;
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}""")
         proxy_conf = nginx_conf("nginx-proxy", f"""
@@ -205,11 +213,24 @@ url = "http://127.0.0.1:{backend}/api/chat"
 auth = "signed"
 api_key = "bench-key"
 api_secret = "bench-secret"
+[[backends]]
+name = "shadow-bot"
+dialect = "csml"
+url = "http://127.0.0.1:{shadow_bot}/api/chat"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
 [[routes]]
 name = "chat"
 path = "/chat"
 ingress = "haptik"
 backend = "bot"
+[[routes]]
+name = "shadowed"
+path = "/shadowed"
+ingress = "haptik"
+backend = "bot"
+shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queued = 1024 }}
 """)
         script = os.path.join(work, "post.lua")
         with open(script, "w") as f:
@@ -239,6 +260,7 @@ wrk.headers["client-id"] = "bench-client"
             ("haproxy", f"http://127.0.0.1:{haproxy_port}/chat", lambda: [hap.pid] + children(hap.pid)),
             ("nginx", f"http://127.0.0.1:{nginx_port}/chat", lambda: [ngx.pid] + children(ngx.pid)),
             ("botbridge", f"http://127.0.0.1:{bb_port}/chat", lambda: [bb.pid]),
+            ("botbridge + shadow", f"http://127.0.0.1:{bb_port}/shadowed", lambda: [bb.pid]),
         ]
         if floor:
             proxies.insert(2, ("pingora floor", f"http://127.0.0.1:{floor_port}/chat", lambda: [floor.pid]))
@@ -249,7 +271,7 @@ wrk.headers["client-id"] = "bench-client"
             with urllib.request.urlopen(req, timeout=5) as r:
                 body = r.read()
                 assert r.status == 200, (name, r.status)
-            if name == "botbridge":
+            if name.startswith("botbridge"):
                 assert json.loads(body)[0]["bot_messages"] == ["Your order ships tomorrow.", "Anything else?\n[Yes] [No]"], body
         results = {name: [] for name, _, _ in proxies}
         rss_load = 0
@@ -327,12 +349,21 @@ wrk.headers["client-id"] = "bench-client"
             t = table[name]
             print(f"| {name} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['non2xx']} of {t['requests']} | "
                   f"{t['cpu_us_per_req']:.1f} | {t['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x | {t['p99'] / base['p99']:.2f}x |")
+        with urllib.request.urlopen(f"http://127.0.0.1:{bb_admin}/migration.json", timeout=5) as r:
+            shadow = json.loads(r.read())["routes"][0]["report"]
+        plain, shadowed = table["botbridge"], table["botbridge + shadow"]
+        print(f"\nshadow at 100%: caller p99 {shadowed['p99']:.2f} ms against {plain['p99']:.2f} ms without "
+              f"({shadowed['p99'] / plain['p99']:.2f}x), p50 {shadowed['p50']:.2f} against {plain['p50']:.2f} ms; "
+              f"CPU per request {shadowed['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs "
+              f"({shadowed['cpu_us_per_req'] / plain['cpu_us_per_req']:.2f}x); copies sent {shadow['copies_sent']}, "
+              f"dropped {shadow['copies_dropped']}, compared {shadow['pairs']}, match rate {shadow['match_rate']}")
         print(f"\nbotbridge resident memory: idle {rss_idle / 1024:.1f} MB; with 1,000 idle keep-alive connections "
               f"{rss_idle_conns / 1024:.1f} MB (opened one after another), {rss_burst_conns / 1024:.1f} MB (after all 1,000 "
               f"asked at once); peak under wrk load {rss_load / 1024:.1f} MB")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"table": table, "rss_mb": {"idle": rss_idle / 1024, "idle_1000_conns": rss_idle_conns / 1024, "burst_1000_conns": rss_burst_conns / 1024,
+                json.dump({"table": table, "shadow": {k: shadow[k] for k in ("copies_sent", "copies_dropped", "pairs")},
+                           "rss_mb": {"idle": rss_idle / 1024, "idle_1000_conns": rss_idle_conns / 1024, "burst_1000_conns": rss_burst_conns / 1024,
                                                       "load_peak": rss_load / 1024}}, f, indent=2)
     finally:
         for p in procs:
