@@ -2,14 +2,15 @@
 //!
 //! The request path hands over a [`Job`] (the copy, already rendered and signed for the shadow, and
 //! the primary's answer bytes) once the caller's answer is ready; [`ShadowTarget::offer`] spawns a
-//! task for it or, when the route already has `max_in_flight` copies in flight and `max_queued`
-//! waiting, drops it and counts it. The task makes the exchange with its own pooled client, reads
+//! task for it on the shadow thread (one for the process, apart from the listeners' threads, so no
+//! caller's request ever waits behind a copy's work) or, when the route already has `max_in_flight`
+//! copies in flight and `max_queued` waiting, drops it and counts it. The task makes the exchange with its own pooled client, reads
 //! both answers into the canonical model, compares them and records the outcome
 //! (`super::Recorder`). Nothing here can delay or fail the caller: its answer does not wait for the
 //! task, and every failure of the shadow is a verdict (`shadow_error`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -90,7 +91,7 @@ impl ShadowTarget {
         self.sent.inc();
         let pending = Pending::enter(self.clone());
         let (upstream, recorder) = (upstream.clone(), recorder.clone());
-        tokio::spawn(async move {
+        shadow_thread().spawn(async move {
             let me = &pending.0;
             recorder.report.copy(&me.route, true);
             // The semaphore is never closed.
@@ -144,6 +145,21 @@ impl ShadowTarget {
         let p = u64::from(self.settings.log_percent);
         (n * p) / 100 != ((n - 1) * p) / 100
     }
+}
+
+/// The runtime shadow copies run on: one thread, started on first use and kept for the life of the
+/// process. A shadow that cannot keep up fills its routes' queues (dropped copies are counted);
+/// the listeners' threads only hand copies over.
+fn shadow_thread() -> &'static tokio::runtime::Runtime {
+    static SHADOW: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    SHADOW.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("botbridge-shadow")
+            .enable_all()
+            .build()
+            .expect("the shadow thread starts")
+    })
 }
 
 /// Counts a copy as pending for as long as its task lives (also if the task is dropped).
