@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`, `GET /backends`
-//! (each backend's endpoints and state, JSON), `POST /auth-cache/clear` (forget every cached auth
-//! service decision) and `POST /reload` (reload `proxy.toml`, as `SIGHUP` does).
+//! (each backend's endpoints and state, JSON), `GET /migration` and `/migration.json` (the shadow
+//! comparisons' report, `crate::migration::page`), `POST /auth-cache/clear` (forget every cached
+//! auth service decision) and `POST /reload` (reload `proxy.toml`, as `SIGHUP` does).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address. The two mutating endpoints refuse
@@ -18,6 +19,7 @@ use prometheus::{Encoder, TextEncoder};
 use crate::config::admin::AdminLock;
 use crate::httpio::{self, Answer, Handler};
 use crate::metrics::Metrics;
+use crate::migration::page;
 use crate::reload::Reloader;
 
 /// Serves metrics, health and cache control.
@@ -32,6 +34,8 @@ enum Endpoint {
     Healthz,
     /// `GET /backends`: each backend's endpoints and their state.
     Backends,
+    Migration,
+    MigrationJson,
     ClearAuthCache,
     Reload,
     /// `/metrics` or `/healthz` with another method than GET/HEAD.
@@ -47,9 +51,13 @@ impl Endpoint {
             ("/metrics", true, _) => Endpoint::Metrics,
             ("/healthz", true, _) => Endpoint::Healthz,
             ("/backends", true, _) => Endpoint::Backends,
+            ("/migration", true, _) => Endpoint::Migration,
+            ("/migration.json", true, _) => Endpoint::MigrationJson,
             ("/auth-cache/clear", _, true) => Endpoint::ClearAuthCache,
             ("/reload", _, true) => Endpoint::Reload,
-            ("/metrics" | "/healthz" | "/backends", false, _) => Endpoint::WrongMethod,
+            ("/metrics" | "/healthz" | "/migration" | "/migration.json", false, _) => {
+                Endpoint::WrongMethod
+            }
             _ => Endpoint::NotFound,
         }
     }
@@ -87,8 +95,11 @@ impl AdminService {
                 return Some(refuse("cross_site", 403, why));
             }
         }
-        let guarded =
-            endpoint.mutating() || (endpoint == Endpoint::Metrics && lock.metrics_token_required);
+        let reads = matches!(
+            endpoint,
+            Endpoint::Metrics | Endpoint::Migration | Endpoint::MigrationJson
+        );
+        let guarded = endpoint.mutating() || (reads && lock.metrics_token_required);
         if guarded && !lock.opens(bearer(header("authorization"))) {
             let answer = refuse("unauthorized", 401, "missing or wrong admin token");
             return Some(answer.with_header("www-authenticate", "Bearer"));
@@ -104,6 +115,7 @@ impl AdminService {
                 let pools = &self.reloader.runtime().pools;
                 Answer::json(200, crate::pool::report::backends_json(pools))
             }
+            Endpoint::Migration | Endpoint::MigrationJson => self.migration(endpoint),
             Endpoint::ClearAuthCache => {
                 self.reloader.runtime().authn.clear_cache();
                 tracing::info!("auth cache cleared");
@@ -117,6 +129,21 @@ impl AdminService {
                 Answer::text(405, "method not allowed\n").with_header("allow", "GET")
             }
             Endpoint::NotFound => Answer::text(404, "not found\n"),
+        }
+    }
+}
+
+impl AdminService {
+    fn migration(&self, endpoint: Endpoint) -> Answer {
+        let rt = self.reloader.runtime();
+        let report = page::report(&rt.config, rt.migration.report());
+        match endpoint {
+            Endpoint::MigrationJson => Answer::json(200, page::json(&report)),
+            _ => Answer {
+                content_type: "text/html; charset=utf-8",
+                ..Answer::text(200, page::html(&report))
+            }
+            .with_header("content-security-policy", page::CSP),
         }
     }
 }

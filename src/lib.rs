@@ -8,7 +8,7 @@
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
 //! [`delivery`] (async mode: callbacks, retries,
 //! dead letters, spool), [`admin`] (metrics and health),
-//! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
+//! [`metrics`], [`migration`] (shadow traffic, its report, the canary), [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
 //! listener's certificate), [`server`] (assembly), [`logging`].
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub mod error;
 pub mod httpio;
 pub mod logging;
 pub mod metrics;
+pub mod migration;
 pub mod model;
 pub mod pool;
 pub mod reload;

@@ -5,6 +5,7 @@
 //! read, authenticated, validated and translated; every error is rendered in the caller's dialect.
 //! Vendor rules live in the dialects (`crate::dialect`); this file only calls their verbs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,11 +22,13 @@ use crate::authn::Authenticator;
 use crate::config::{Backend, Config, Route, Target};
 use crate::delivery::Deliveries;
 use crate::dialect::{
-    self, registry, AnswerContext, AnswerIds, BotRequestContext, Caller, RequestHead,
+    self, registry, AnswerContext, AnswerIds, Bot, BotRequestContext, Caller, RequestHead,
 };
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
+use crate::migration::shadow::{Job, PrimaryAnswer};
+use crate::migration::{self, Migration};
 use crate::model::{request_id_is_sane, ChatRequest};
 use crate::pool::{PoolError, Pools};
 use crate::upstream::{Endpoint, Exchange, RequestBytes, Upstream};
@@ -46,6 +49,8 @@ pub struct ChatService {
     runtime: Arc<ArcSwap<Runtime>>,
     clock: Clock,
     upstream: Arc<Upstream>,
+    /// Shadow copies' own pooled client, so they never take the callers' connections.
+    shadow_upstream: Arc<Upstream>,
     metrics: &'static Metrics,
     next_message_id: Arc<AtomicU64>,
     user_agent: String,
@@ -65,6 +70,8 @@ pub struct Runtime {
     route_metrics: Vec<RouteMetrics>,
     /// The dialects `ingress = "auto"` means, for refusals before a route is known.
     auto: Vec<Caller>,
+    /// Shadows, canaries and their report (handed over on reload).
+    pub migration: Migration,
 }
 
 impl Runtime {
@@ -95,6 +102,7 @@ impl Runtime {
                 .map(|r| RouteMetrics::new(metrics, &config, r))
                 .collect(),
             auto: registry::callers().filter(|c| c.in_auto()).collect(),
+            migration: Migration::new(&config, previous.map(|p| &p.migration)),
             config,
         }
     }
@@ -124,7 +132,8 @@ struct Admitted<'r> {
 /// A request ready for a bot: the target, the backend (the target's, or the route's fallback), the
 /// body in its dialect and when it was signed.
 struct ToBot<'r> {
-    target: &'r Target,
+    /// The route's target, or the canary's for a user among its share.
+    target: Cow<'r, Target>,
     /// Index into `Config::backends`.
     index: usize,
     backend: &'r Backend,
@@ -134,7 +143,7 @@ struct ToBot<'r> {
 
 /// Which backend a request is rendered for: the target's, or the route's fallback for it.
 struct Destination<'r> {
-    target: &'r Target,
+    target: Cow<'r, Target>,
     /// Index into `Config::backends`.
     index: usize,
     signed_at: u64,
@@ -167,6 +176,10 @@ impl ChatService {
         let config = runtime.load_full().config.clone();
         let deliveries = Deliveries::new(&config.process.delivery, config.message_bodies);
         ChatService {
+            shadow_upstream: Arc::new(Upstream::new(
+                server.upstream_pool_size,
+                server.max_answer_bytes,
+            )),
             upstream: Arc::new(Upstream::new(
                 server.upstream_pool_size,
                 server.max_answer_bytes,
@@ -214,8 +227,10 @@ impl ChatService {
             result => (to_bot, result?),
         };
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
-            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))
+        let answer = (self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received))
+            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))?;
+        self.shadow(rt, &admitted, &req, &to_bot, &exchange, out);
+        Ok(answer)
     }
 
     /// Admit: route by path, POST only, tell the caller's dialect, authenticate from the headers
@@ -326,14 +341,16 @@ impl ChatService {
         let target = a.route.target(req.business_id).ok_or_else(|| {
             ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
         })?;
+        let route_index = out.route.unwrap_or_default();
+        let target = (rt.migration).canary(route_index, a.route, target, &req.user_id);
         // Least privilege: the credential reaches only its routes and businesses.
         (a.grant.scope.check(&a.route.name, req.business_id))
             .inspect_err(|d| rt.authn.denied(a.ingress, d.reason))?;
         // Signed at the moment of sending, after the caller's body has been read.
         let signed_at = unix_secs(received + arrived.elapsed());
         let to = Destination {
-            target,
             index: target.backend,
+            target,
             signed_at,
         };
         self.render_for(rt, a, req, out, to)
@@ -374,16 +391,28 @@ impl ChatService {
     /// The whole request for one endpoint of the backend. Header values are checked when the
     /// configuration is loaded and request ids when they arrive.
     fn request_bytes(&self, ep: &Endpoint, to: &ToBot<'_>, request_id: &str) -> Vec<u8> {
-        let mut up = RequestBytes::post(&ep.path, to.body.len());
+        self.signed_request(ep, &*to.backend.bot, &to.body, request_id, to.signed_at)
+    }
+
+    /// `body` for `ep`, with the headers every bot request has and `bot`'s signature.
+    fn signed_request(
+        &self,
+        ep: &Endpoint,
+        bot: &dyn Bot,
+        body: &[u8],
+        request_id: &str,
+        signed_at: u64,
+    ) -> Vec<u8> {
+        let mut up = RequestBytes::post(&ep.path, body.len());
         up.header("host", &ep.authority)
             .header("content-type", "application/json")
             .header("accept", "application/json")
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
-        to.backend.bot.sign(to.signed_at, &mut |name, value| {
+        bot.sign(signed_at, &mut |name, value| {
             up.header(name, value);
         });
-        up.body(&to.body)
+        up.body(body)
     }
 
     /// Forward: the request to one endpoint of the backend's pool (another only if nothing was
@@ -429,7 +458,7 @@ impl ChatService {
             .with_label_values(&[&a.route.name, &primary.backend.name])
             .inc();
         let to = Destination {
-            target: primary.target,
+            target: primary.target.clone(),
             index: fallback,
             signed_at: primary.signed_at,
         };
@@ -453,6 +482,48 @@ impl ChatService {
             Some(w) => w.collect(exchange, started).await,
             None => Ok(exchange),
         }
+    }
+
+    /// Shadow: for a user the route's shadow samples, the same canonical request rendered and
+    /// signed for the shadow bot and handed, with the primary's answer bytes, to a task off the
+    /// caller's path (`crate::migration`). Costs nothing for routes without a shadow.
+    fn shadow(
+        &self,
+        rt: &Runtime,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        to: &ToBot<'_>,
+        exchange: &Exchange,
+        out: &AccessRecord,
+    ) {
+        let route = out.route.unwrap_or_default();
+        let Some(target) = rt.migration.sampled(route, &req.user_id, to.target.backend) else {
+            return;
+        };
+        let request_id = out.request_id.as_deref().unwrap_or_default();
+        let copy = migration::shadow_request(target, req);
+        let ctx = BotRequestContext {
+            request_id,
+            business_id: copy.business_id,
+            flow_trigger: a.route.flow_trigger,
+        };
+        let signed_at = unix_secs((self.clock)());
+        let request = (target.backend.bot.render_request(&copy, &ctx)).map(|body| {
+            let (ep, bot) = (&target.backend.urls[0].endpoint, &*target.backend.bot);
+            self.signed_request(ep, bot, &body, request_id, signed_at)
+        });
+        let primary = PrimaryAnswer {
+            bot: to.backend.bot.clone(),
+            status: exchange.status,
+            body: exchange.body.clone(),
+            latency: out.backend_time.unwrap_or_default(),
+        };
+        let job = Job {
+            request,
+            request_id: request_id.to_owned(),
+            primary,
+        };
+        rt.migration.offer(target, job, &self.shadow_upstream);
     }
 
     /// To the caller: the bot's answer read in its dialect and rendered in the caller's.

@@ -15,6 +15,7 @@ pub mod backends;
 pub mod clients;
 pub mod delivery;
 pub mod dns;
+pub mod migration;
 pub mod pool;
 pub mod private_dir;
 pub mod routes;
@@ -87,6 +88,8 @@ pub struct RawConfig {
     pub backends: Vec<backends::RawBackend>,
     #[serde(default)]
     pub routes: Vec<routes::RawRoute>,
+    #[serde(default)]
+    pub migration: migration::RawMigration,
 }
 
 /// Everything a running process cannot change: listeners, threads, pools, logging, the demo bots.
@@ -119,6 +122,8 @@ pub struct Config {
     pub dns: dns::DnsSettings,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
+    /// `[migration] divergence_log…`: where differing shadow answers are written, if anywhere.
+    pub divergence_log: Option<migration::DivergenceLogConfig>,
 }
 
 /// Reads, parses and validates a config file.
@@ -174,6 +179,7 @@ impl Config {
             auth_service: auth_service.is_some(),
         };
         let routes = routes::validate(&raw.routes, &known)?;
+        let divergence_log = migration::validate(&raw.migration)?;
         Ok(Config {
             process: ProcessSettings {
                 server,
@@ -192,6 +198,7 @@ impl Config {
             dns,
             backends,
             routes,
+            divergence_log,
         })
     }
 

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::backends::Backend;
 use super::clients::ClientsConfig;
+use super::migration::{self, Canary, RawCanary, RawShadow, RouteBots, Shadow};
 use super::ConfigError;
 use crate::dialect::{registry, AnswerShape, Caller, FlowTriggerPolicy};
 
@@ -41,6 +42,10 @@ pub struct RawRoute {
     /// Per-business backends.
     #[serde(default)]
     pub businesses: Vec<RawBusiness>,
+    /// A bot that gets a copy of the requests, whose answers are compared with the primary's.
+    pub shadow: Option<RawShadow>,
+    /// A bot that answers a share of the users instead of the primary.
+    pub canary: Option<RawCanary>,
 }
 
 fn default_bot_name() -> String {
@@ -90,6 +95,10 @@ pub struct Route {
     pub businesses: HashMap<i64, Target>,
     /// The backend (index into `Config::backends`) used while a target's circuit is open.
     pub fallback: Option<usize>,
+    /// The bot copies go to, if any (`crate::migration`).
+    pub shadow: Option<Shadow>,
+    /// The bot that answers a share of the users, if any.
+    pub canary: Option<Canary>,
 }
 
 impl Route {
@@ -100,8 +109,8 @@ impl Route {
             .or(self.default_target.as_ref())
     }
 
-    /// Every backend the route can reach (indexes into `Config::backends`), its fallback too, each
-    /// once, in order.
+    /// Every backend that can answer the route's callers (indexes into `Config::backends`): its
+    /// targets, its fallback and its canary, each once, in order.
     pub fn backends(&self) -> Vec<usize> {
         let mut b: Vec<usize> = self
             .default_target
@@ -109,6 +118,7 @@ impl Route {
             .chain(self.businesses.values())
             .map(|t| t.backend)
             .chain(self.fallback)
+            .chain(self.canary.iter().map(|c| c.backend))
             .collect();
         b.sort_unstable();
         b.dedup();
@@ -171,6 +181,19 @@ pub fn validate(raw: &[RawRoute], known: &Known<'_>) -> Result<Vec<Route>, Confi
 
 fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigError> {
     let (default_target, businesses) = targets(key, r, known)?;
+    let primaries: Vec<usize> = (default_target.iter().chain(businesses.values()))
+        .map(|t| t.backend)
+        .collect();
+    let bots = RouteBots {
+        lookup: &|k, name| lookup(known, k, name),
+        primaries: &primaries,
+    };
+    let shadow = (r.shadow.as_ref())
+        .map(|s| migration::shadow(&format!("{key}.shadow"), s, &bots))
+        .transpose()?;
+    let canary = (r.canary.as_ref())
+        .map(|c| migration::canary(&format!("{key}.canary"), c, &bots))
+        .transpose()?;
     Ok(Route {
         name: r.name.clone(),
         path: r.path.clone(),
@@ -182,6 +205,8 @@ fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigErro
         default_target,
         businesses,
         fallback: fallback(key, r, known)?,
+        shadow,
+        canary,
     })
 }
 
@@ -201,6 +226,15 @@ fn fallback(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Option<usize>,
         Some(&i) => Ok(Some(i)),
         None => Err(ConfigError::new(k, format!("no backend named `{name}`"))),
     }
+}
+
+/// A backend's index by name (`k` names the key for the error).
+fn lookup(known: &Known<'_>, k: String, name: &str) -> Result<usize, ConfigError> {
+    known
+        .backend_index
+        .get(name)
+        .copied()
+        .ok_or_else(|| ConfigError::new(k, format!("no backend named `{name}`")))
 }
 
 /// The accepted dialects: `auto` is every dialect that takes part in detection.
@@ -236,13 +270,7 @@ fn ingress(key: &str, spec: &IngressSpec) -> Result<Vec<Caller>, ConfigError> {
 type Targets = (Option<Target>, HashMap<i64, Target>);
 
 fn targets(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Targets, ConfigError> {
-    let lookup = |k: String, name: &str| {
-        known
-            .backend_index
-            .get(name)
-            .copied()
-            .ok_or_else(|| ConfigError::new(k, format!("no backend named `{name}`")))
-    };
+    let lookup = |k: String, name: &str| lookup(known, k, name);
     let default_target = match &r.backend {
         Some(name) => Some(Target {
             backend: lookup(format!("{key}.backend"), name)?,
@@ -291,10 +319,9 @@ fn targets(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Targets, Config
 /// Every accepted dialect must have credentials (or the auth service), and a dialect whose callers
 /// may name no business must be given one when the route reaches a bot that needs it.
 fn check_callers(key: &str, route: &Route, known: &Known<'_>) -> Result<(), ConfigError> {
-    let needs_business = route
-        .backends()
-        .iter()
-        .any(|&b| known.backends[b].bot.needs_business());
+    let shadow = route.shadow.as_ref().map(|s| s.backend);
+    let needs_business = (route.backends().into_iter().chain(shadow))
+        .any(|b| known.backends[b].bot.needs_business());
     for &c in &route.ingress {
         let clients = known
             .clients

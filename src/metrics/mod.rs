@@ -13,6 +13,7 @@ use prometheus::{
 };
 
 mod client;
+pub mod migration;
 mod pool;
 mod request;
 
