@@ -1,6 +1,6 @@
 //! `GET /backends` on the admin listener: each backend's balance, circuit and endpoints, as JSON.
 //! Endpoints are shown by address and URL authority (`host:port`), never by path or query, which
-//! may carry a backend's credential (Rasa's `?token=`).
+//! may carry a backend's credential (a bot dialect's `?token=`).
 
 use serde::Serialize;
 
