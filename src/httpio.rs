@@ -87,8 +87,8 @@ pub trait Handler: Send + Sync + 'static {
 /// pingora's `read_request` while idle) and the handler's future exists only while a request is in
 /// flight; pingora's session still parses requests, frames bodies and decides keep-alive (including
 /// pipelined requests, which [`HttpPersistentSettings`] carries over). Per request, the loop tells the
-/// connection's stream its phase (three relaxed atomic stores and one clock read); the stream arms
-/// its one timer only when a read or write has to wait.
+/// connection's stream its phase (a few relaxed atomic stores and one clock read); the stream polls
+/// its one timer only when a read or write has to wait, and re-arms it only for an earlier deadline.
 pub struct App<H> {
     handler: H,
     limits: Arc<ClientLimits>,
