@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::http::{HttpTask, ReusableHttpStream, ServerSession};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
@@ -87,8 +87,8 @@ pub trait Handler: Send + Sync + 'static {
 /// pingora's `read_request` while idle) and the handler's future exists only while a request is in
 /// flight; pingora's session still parses requests, frames bodies and decides keep-alive (including
 /// pipelined requests, which [`HttpPersistentSettings`] carries over). Per request, the loop tells the
-/// connection's stream its phase (three relaxed atomic stores and one clock read); the stream arms
-/// its one timer only when a read or write has to wait.
+/// connection's stream its phase (a few relaxed atomic stores and one clock read); the stream polls
+/// its one timer only when a read or write has to wait, and re-arms it only for an earlier deadline.
 pub struct App<H> {
     handler: H,
     limits: Arc<ClientLimits>,
@@ -119,7 +119,8 @@ impl<H: Handler> App<H> {
                 None => return false,
             },
         };
-        self.refuse(session, conn, refusal).await;
+        // Boxed: a rare path whose state would otherwise be part of every connection's future.
+        Box::pin(self.refuse(session, conn, refusal)).await;
         false
     }
 
@@ -167,33 +168,6 @@ impl<H: Handler> App<H> {
         let write = write_answer(&mut session, answer);
         let _ = tokio::time::timeout(self.limits.write_timeout, write).await;
     }
-
-    /// Finishes an answered request and prepares the connection's next one, or None to close it.
-    async fn next_session(&self, mut session: ServerSession, conn: &Conn) -> Option<ServerSession> {
-        // An unread body behind a closing answer (a 413, or a refusal before the body): linger so
-        // the client reads the answer rather than a reset. Not after a deadline: that client is slow.
-        if session.get_keepalive().is_none()
-            && conn.close_reason().is_none()
-            && !session.is_body_done()
-        {
-            conn.linger_on_close();
-        }
-        let settings = HttpPersistentSettings::for_session(&session);
-        // Boxed: finishing (which may drain an unread body) is a 3.7 KB future that would
-        // otherwise be part of every open connection's state, idle or not.
-        let reusable = match Box::pin(session.finish()).await {
-            Ok(Some(reusable)) => reusable,
-            _ => return None,
-        };
-        let (stream, settings) =
-            ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(settings) = settings {
-            settings.apply_to_session(&mut session);
-        }
-        conn.set_idle(self.table.now());
-        Some(session)
-    }
 }
 
 #[async_trait]
@@ -204,7 +178,8 @@ impl<H: Handler> ServerApp for App<H> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Some(guard) = self.table.admit() else {
-            self.refuse_connection(stream).await;
+            // Boxed, as every rare path here: its state would be part of every connection's.
+            Box::pin(self.refuse_connection(stream)).await;
             return None;
         };
         let conn = &*guard.conn;
@@ -235,9 +210,37 @@ impl<H: Handler> ServerApp for App<H> {
             if write_answer(&mut session, answer).await.is_err() {
                 return None;
             }
-            session = self.next_session(session, conn).await?;
+            linger_if_unread(&mut session, conn);
+            let settings = HttpPersistentSettings::for_session(&session);
+            // Boxed: finishing (which may drain an unread body) is a 3.7 KB future that would
+            // otherwise be part of every open connection's state, idle or not.
+            let reusable = match Box::pin(session.finish()).await {
+                Ok(Some(reusable)) => reusable,
+                _ => return None,
+            };
+            session = next_session(reusable, settings);
+            conn.set_idle(self.table.now());
         }
     }
+}
+
+/// An unread body behind a closing answer (a 413, or a refusal before the body): the close lingers
+/// so the client reads the answer rather than a reset. Not after a deadline: that client is slow.
+fn linger_if_unread(session: &mut ServerSession, conn: &Conn) {
+    if session.get_keepalive().is_none() && conn.close_reason().is_none() && !session.is_body_done()
+    {
+        conn.linger_on_close();
+    }
+}
+
+/// The session of a kept-alive connection's next request.
+fn next_session(reusable: ReusableHttpStream, settings: HttpPersistentSettings) -> ServerSession {
+    let (stream, settings) = ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
+    let mut session = ServerSession::new_http1(stream);
+    if let Some(settings) = settings {
+        settings.apply_to_session(&mut session);
+    }
+    session
 }
 
 /// A request the connection layer refuses before its handler sees it.
