@@ -25,8 +25,8 @@ use crate::auth::{haptik_presented, ClientCredential, Denied, HaptikClient, Pres
 use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::{
-    from_json, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
-    ClientEntry, Detection, RequestHead,
+    from_json, hsl, integer, settings, AnswerContext, Bot, BotDialect, BotRequestContext,
+    CallerDialect, ClientEntry, Detection, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -44,8 +44,9 @@ struct RequestWire<'a> {
     user: UserWire<'a>,
     #[serde(borrow)]
     message_body: Cow<'a, str>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     message_type: i64,
+    #[serde(deserialize_with = "integer")]
     business_id: i64,
 }
 
@@ -887,6 +888,33 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.status, 400);
         assert!(err.message.contains("message_body"), "{}", err.message);
+    }
+
+    /// Found by the schemathesis check: JSON Schema's `integer` (the OpenAPI document) includes
+    /// `343.0`, which serde's `i64` refused.
+    #[test]
+    fn integers_may_be_written_with_a_fraction() {
+        let req = parse_request(
+            br#"{"user":{"auth_id":"u"},"message_body":"hi","message_type":0.0,"business_id":3.43e2}"#,
+        )
+        .unwrap();
+        assert_eq!((req.business_id, req.message_type), (Some(343), 0));
+        for bad in [
+            "343.5",
+            "1e19",
+            "-1e19",
+            "-9223372036854775809",
+            "9223372036854775808",
+        ] {
+            let body =
+                format!(r#"{{"user":{{"auth_id":"u"}},"message_body":"hi","business_id":{bad}}}"#);
+            let err = parse_request(body.as_bytes()).unwrap_err();
+            assert!(
+                err.message.contains("`business_id`"),
+                "{bad}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]
