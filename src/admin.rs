@@ -1,6 +1,6 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`,
-//! `POST /auth-cache/clear` (forget every cached auth service decision) and `POST /reload` (reload
-//! `proxy.toml`, as `SIGHUP` does).
+//! `POST /auth-cache/clear` (forget every cached auth service decision), `POST /reload` (reload
+//! `proxy.toml`, as `SIGHUP` does) and `GET /openapi/<dialect>.json` (`docs/openapi/`).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address.
@@ -45,6 +45,16 @@ impl Handler for AdminService {
                 }
             }
             ("/healthz", true) => Answer::text(200, "ok\n"),
+            // The callers' API documents, built in (docs/openapi/).
+            ("/openapi/haptik.json", true) => {
+                Answer::json(200, include_str!("../docs/openapi/haptik.json").into())
+            }
+            ("/openapi/csml.json", true) => {
+                Answer::json(200, include_str!("../docs/openapi/csml.json").into())
+            }
+            ("/openapi/rasa.json", true) => {
+                Answer::json(200, include_str!("../docs/openapi/rasa.json").into())
+            }
             ("/auth-cache/clear", _) if req.method == http::Method::POST => {
                 self.reloader.runtime().authn.clear_cache();
                 tracing::info!("auth cache cleared");
