@@ -7,8 +7,8 @@
 # `-Zsanitizer`, allowed on stable by RUSTC_BOOTSTRAP=1 (set here for that case).
 #
 # New inputs the fuzzer finds go to a scratch directory (FUZZ_NEW, default a temporary one), never
-# into fuzz/corpus/: to keep some, `cargo fuzz cmin` them into the corpus by hand. A crashing input
-# is saved under fuzz/artifacts/<target>/.
+# into fuzz/corpus/: to keep the best of them, fold them in with fuzz/trim_corpus.py. A crashing
+# input is saved under fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")"
 
