@@ -1169,6 +1169,34 @@ mod tests {
         assert_eq!(ids_needed(&answer), 2);
     }
 
+    /// From the `answer_hsl` fuzz target: a Haptik bot's own HSL bodies reach a Haptik caller
+    /// verbatim, escapes included, even a lone surrogate (`"\udbbb"`) in a field the proxy does not
+    /// read: the JSON grammar allows it (and most parsers read it); serde_json's strict string
+    /// decoding would refuse it. The caller gets exactly what the bot said, as without the proxy.
+    #[test]
+    fn own_hsl_bodies_pass_through_verbatim_odd_escapes_included() {
+        let body = br#"{"version":"1.0","message":[{"id":1,"body":{"text":"Hi","type":"TEXT","x":"\udbbb\r"}}]}"#;
+        let answer = parse_answer(200, body).unwrap();
+        assert_eq!(answer.replies, vec![Reply::Text("Hi".into())]);
+        let req = parse_request(SEED_REQUEST.as_bytes()).unwrap();
+        let ctx = AnswerContext {
+            ids: &FixedIds(10, "iid"),
+            received: UNIX_EPOCH,
+            business_name: "b",
+            bot_name: "gogo",
+            request_id: "rid",
+            route_name: "chan",
+            business_id: None,
+            shape: AnswerShape::Hsl,
+        };
+        let out = render_answer(&req, &answer, &ctx);
+        let out = std::str::from_utf8(&out).unwrap();
+        assert!(
+            out.contains(r#""body":{"text":"Hi","type":"TEXT","x":"\udbbb\r"}"#),
+            "{out}"
+        );
+    }
+
     #[test]
     fn error_body_is_haptiks() {
         let body = render_error(&ProxyError::unauthorized("invalid authorization details"));
