@@ -1,7 +1,8 @@
 //! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`, `GET /backends`
 //! (each backend's endpoints and state, JSON), `GET /migration` and `/migration.json` (the shadow
 //! comparisons' report, `crate::migration::page`), `POST /auth-cache/clear` (forget every cached
-//! auth service decision) and `POST /reload` (reload `proxy.toml`, as `SIGHUP` does).
+//! auth service decision), `POST /reload` (reload `proxy.toml`, as `SIGHUP` does) and
+//! `GET /openapi/<dialect>.json` (the callers' API documents, `docs/openapi/`).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address. The two mutating endpoints refuse
@@ -17,6 +18,7 @@ use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
 use crate::config::admin::AdminLock;
+use crate::dialect::registry;
 use crate::httpio::{self, Answer, Handler};
 use crate::metrics::Metrics;
 use crate::migration::page;
@@ -36,6 +38,8 @@ enum Endpoint {
     Backends,
     Migration,
     MigrationJson,
+    /// `GET /openapi/<dialect>.json`: a caller dialect's API document, built in.
+    OpenApi(&'static str),
     ClearAuthCache,
     Reload,
     /// `/metrics` or `/healthz` with another method than GET/HEAD.
@@ -58,6 +62,10 @@ impl Endpoint {
             ("/metrics" | "/healthz" | "/migration" | "/migration.json", false, _) => {
                 Endpoint::WrongMethod
             }
+            (path, true, _) => match api_document(path) {
+                Some(document) => Endpoint::OpenApi(document),
+                None => Endpoint::NotFound,
+            },
             _ => Endpoint::NotFound,
         }
     }
@@ -65,6 +73,12 @@ impl Endpoint {
     fn mutating(self) -> bool {
         matches!(self, Endpoint::ClearAuthCache | Endpoint::Reload)
     }
+}
+
+/// The API document at `/openapi/<dialect>.json`, if `path` names a caller dialect.
+fn api_document(path: &str) -> Option<&'static str> {
+    let name = path.strip_prefix("/openapi/")?.strip_suffix(".json")?;
+    registry::caller(name).map(|c| c.api_document())
 }
 
 impl AdminService {
@@ -116,6 +130,7 @@ impl AdminService {
                 Answer::json(200, crate::pool::report::backends_json(pools))
             }
             Endpoint::Migration | Endpoint::MigrationJson => self.migration(endpoint),
+            Endpoint::OpenApi(document) => Answer::json(200, document.into()),
             Endpoint::ClearAuthCache => {
                 self.reloader.runtime().authn.clear_cache();
                 tracing::info!("auth cache cleared");

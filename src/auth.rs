@@ -1000,6 +1000,28 @@ mod tests {
         assert!(serde_json::from_str::<AuthVerdict>(r#"{"valid":true,"extra":1}"#).is_err());
     }
 
+    /// From the `auth_headers` fuzz target: the header is trimmed, the key before `|TS` is taken as
+    /// sent, so `k |1700000000` presents the key `k ` (which no credential has), never `k`.
+    #[test]
+    fn the_key_before_the_timestamp_is_taken_as_sent() {
+        let h = [("x-api-key", " demo-key |1700000000 ")];
+        let c = csml_presented(headers(&h)).unwrap();
+        assert_eq!(c.api_key, b"demo-key |1700000000");
+        assert_eq!(c.key, b"demo-key ");
+        assert_eq!(c.timestamp, Some(1_700_000_000));
+        let k = CsmlKey::new("demo-key", b"s");
+        let signed = k.sign(1_700_000_000);
+        assert_eq!(
+            k.verify(
+                c.api_key,
+                Some(signed.signature.as_bytes()),
+                1_700_000_000,
+                300
+            ),
+            Err(SignatureError::WrongKey)
+        );
+    }
+
     #[test]
     fn presented_credentials_never_print_secrets() {
         let p = HaptikPresented {

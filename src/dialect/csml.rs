@@ -203,11 +203,23 @@ fn media_kind(kind: &str) -> Option<MediaKind> {
     })
 }
 
+/// A field the message is made of: refused when empty, as a bot of another dialect would refuse it
+/// (Haptik's `message_body`, Rasa's `message`) or get a message with nothing in it.
+fn non_empty<'a>(s: Cow<'a, str>, field: &str) -> Result<Cow<'a, str>, ProxyError> {
+    if s.is_empty() {
+        return Err(ProxyError::bad_request(format!(
+            "invalid field `{field}`: must not be empty"
+        )));
+    }
+    Ok(s)
+}
+
 /// Parses a CSML Chat API request body into the canonical request.
 ///
 /// 400s name the field: malformed JSON, missing `client.user_id`, `payload.content_type` or
-/// `payload.content`, an unknown content type, content that does not fit its type, a media or url
-/// message without an http(s) `url`, a `metadata` that is not an object.
+/// `payload.content`, an unknown content type, content that does not fit its type, an empty text,
+/// button payload or flow id, a media or url message without an http(s) `url`, a `metadata` that is
+/// not an object.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
     let wire: RequestIn<'_> = from_json(body).map_err(|_| json_error::<RequestIn<'_>>(body))?;
     if wire.client.user_id.is_empty() {
@@ -236,21 +248,19 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         Ok(u.url)
     };
     let content = match kind {
-        "text" => {
-            let t: TextIn<'_> = request_content(raw, kind)?;
-            if t.text.is_empty() {
-                return Err(ProxyError::bad_request(
-                    "invalid field `payload.content.text`: must not be empty",
-                ));
-            }
-            Content::Text(t.text)
-        }
+        "text" => Content::Text(non_empty(
+            request_content::<TextIn<'_>>(raw, kind)?.text,
+            "payload.content.text",
+        )?),
         "url" => Content::Url(url_of(raw)?),
-        "payload" => Content::Payload(request_content::<PayloadTextIn<'_>>(raw, kind)?.payload),
+        "payload" => Content::Payload(non_empty(
+            request_content::<PayloadTextIn<'_>>(raw, kind)?.payload,
+            "payload.content.payload",
+        )?),
         "flow_trigger" => {
             let f: FlowTriggerIn<'_> = request_content(raw, kind)?;
             Content::FlowTrigger {
-                flow_id: f.flow_id,
+                flow_id: non_empty(f.flow_id, "payload.content.flow_id")?,
                 close_flows: f.close_flows,
             }
         }
@@ -898,6 +908,10 @@ pub(crate) fn api_key(key: &str, src: &SecretSource) -> Result<String, ConfigErr
 }
 
 impl CallerDialect for Csml {
+    fn api_document(&self) -> &'static str {
+        include_str!("../../docs/openapi/csml.json")
+    }
+
     fn name(&self) -> &'static str {
         "csml"
     }
@@ -1152,6 +1166,24 @@ mod tests {
             let err = parse_request(body).unwrap_err();
             assert_eq!(err.status, 400);
             assert!(err.message.contains(needle), "{needle} -> {}", err.message);
+        }
+    }
+
+    /// Found by the `request_csml` fuzz target: an empty button payload (or flow id) was accepted and
+    /// reached a Haptik or Rasa bot as an empty message, which their own parsers refuse.
+    #[test]
+    fn empty_payloads_and_flow_ids_are_refused() {
+        let cases: [(&[u8], &str); 2] = [
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"payload","content":{"payload":""}}}"#, "`payload.content.payload`"),
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"flow_trigger","content":{"flow_id":""}}}"#, "`payload.content.flow_id`"),
+        ];
+        for (body, field) in cases {
+            let err = parse_request(body).unwrap_err();
+            assert_eq!(err.status, 400);
+            assert_eq!(
+                err.message,
+                format!("invalid field {field}: must not be empty")
+            );
         }
     }
 

@@ -27,8 +27,8 @@ use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::{
-    from_json, haptik_async, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext,
-    CallerDialect, ClientEntry, Detection, RequestHead,
+    from_json, haptik_async, hsl, integer, settings, AnswerContext, Bot, BotDialect,
+    BotRequestContext, CallerDialect, ClientEntry, Detection, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -46,8 +46,9 @@ struct RequestWire<'a> {
     user: UserWire<'a>,
     #[serde(borrow)]
     message_body: Cow<'a, str>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     message_type: i64,
+    #[serde(deserialize_with = "integer")]
     business_id: i64,
 }
 
@@ -714,6 +715,10 @@ fn is_bearer(v: &[u8]) -> bool {
 }
 
 impl CallerDialect for Haptik {
+    fn api_document(&self) -> &'static str {
+        include_str!("../../docs/openapi/haptik.json")
+    }
+
     fn name(&self) -> &'static str {
         "haptik"
     }
@@ -967,6 +972,33 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.status, 400);
         assert!(err.message.contains("message_body"), "{}", err.message);
+    }
+
+    /// Found by the schemathesis check: JSON Schema's `integer` (the OpenAPI document) includes
+    /// `343.0`, which serde's `i64` refused.
+    #[test]
+    fn integers_may_be_written_with_a_fraction() {
+        let req = parse_request(
+            br#"{"user":{"auth_id":"u"},"message_body":"hi","message_type":0.0,"business_id":3.43e2}"#,
+        )
+        .unwrap();
+        assert_eq!((req.business_id, req.message_type), (Some(343), 0));
+        for bad in [
+            "343.5",
+            "1e19",
+            "-1e19",
+            "-9223372036854775809",
+            "9223372036854775808",
+        ] {
+            let body =
+                format!(r#"{{"user":{{"auth_id":"u"}},"message_body":"hi","business_id":{bad}}}"#);
+            let err = parse_request(body.as_bytes()).unwrap_err();
+            assert!(
+                err.message.contains("`business_id`"),
+                "{bad}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]
@@ -1263,6 +1295,34 @@ mod tests {
         );
         assert_eq!(v["message"][1]["body"]["type"], "CAROUSEL");
         assert_eq!(ids_needed(&answer), 2);
+    }
+
+    /// From the `answer_hsl` fuzz target: a Haptik bot's own HSL bodies reach a Haptik caller
+    /// verbatim, escapes included, even a lone surrogate (`"\udbbb"`) in a field the proxy does not
+    /// read: the JSON grammar allows it (and most parsers read it); serde_json's strict string
+    /// decoding would refuse it. The caller gets exactly what the bot said, as without the proxy.
+    #[test]
+    fn own_hsl_bodies_pass_through_verbatim_odd_escapes_included() {
+        let body = br#"{"version":"1.0","message":[{"id":1,"body":{"text":"Hi","type":"TEXT","x":"\udbbb\r"}}]}"#;
+        let answer = parse_answer(200, body).unwrap();
+        assert_eq!(answer.replies, vec![Reply::Text("Hi".into())]);
+        let req = parse_request(SEED_REQUEST.as_bytes()).unwrap();
+        let ctx = AnswerContext {
+            ids: &FixedIds(10, "iid"),
+            received: UNIX_EPOCH,
+            business_name: "b",
+            bot_name: "gogo",
+            request_id: "rid",
+            route_name: "chan",
+            business_id: None,
+            shape: AnswerShape::Hsl,
+        };
+        let out = render_answer(&req, &answer, &ctx);
+        let out = std::str::from_utf8(&out).unwrap();
+        assert!(
+            out.contains(r#""body":{"text":"Hi","type":"TEXT","x":"\udbbb\r"}"#),
+            "{out}"
+        );
     }
 
     #[test]

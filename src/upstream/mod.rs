@@ -59,3 +59,31 @@ pub fn peer_for(ep: &Endpoint) -> BackendPeer {
     let key = peer.reuse_hash();
     BackendPeer { peer, key }
 }
+
+/// For the fuzz targets (`fuzz/`) only, not an API: the answer-head parser on a byte slice, as
+/// `(head length, status)`; `Ok(None)` while incomplete, `Err` with the refusal.
+#[doc(hidden)]
+pub fn fuzz_parse_head(buf: &[u8]) -> Result<Option<(usize, u16)>, &'static str> {
+    match head::parse_head(buf) {
+        Ok(h) => Ok(h.map(|h| (h.len, h.status))),
+        Err(f) => Err(fuzz_failure(f)),
+    }
+}
+
+/// For the fuzz targets only: reads a whole answer (head and body, of at most `max` bytes) off
+/// `stream`, and whether the connection could be reused.
+#[doc(hidden)]
+pub async fn fuzz_read_answer(
+    stream: &mut pingora::protocols::Stream,
+    max: usize,
+) -> Result<(Exchange, bool), &'static str> {
+    answer::read_answer(stream, max).await.map_err(fuzz_failure)
+}
+
+fn fuzz_failure(f: error::Failure) -> &'static str {
+    match f {
+        error::Failure::BadAnswer(why) => why,
+        error::Failure::TooLarge => "too large",
+        _ => "no answer",
+    }
+}
