@@ -6,7 +6,10 @@ behind three proxies, each with one worker thread:
   - nginx as a plain passthrough proxy,
   - haproxy as a plain passthrough proxy,
   - botbridge on its full translating path: a Haptik client request, Bearer + client-id check,
-    translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer.
+    translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer;
+  - the same with the backend as a pool: three endpoints (the backend on 127.0.0.1, .2 and .3),
+    round robin, active HTTP health checks every second ("botbridge pool", compared with the
+    single-URL row).
 wrk (one thread, 50 keep-alive connections) POSTs the same Haptik request through each, in rounds
 that alternate the proxies. For each it reports requests/s, p50, p99, non-2xx answers, and the proxy
 processes' CPU time per request (user + system, from /proc, over the measured interval), with ratios
@@ -139,6 +142,7 @@ def main():
     try:
         backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port = (free_port() for _ in range(6))
         lim_port, lim_admin, red_port, red_admin, redis_port = (free_port() for _ in range(5))
+        pool_port, pool_admin, on_port, on_admin = (free_port() for _ in range(4))
 
         def nginx_conf(name, server_block):
             path = os.path.join(work, f"{name}.conf")
@@ -162,6 +166,8 @@ http {{
         backend_conf = nginx_conf("backend", f"""
   server {{
     listen 127.0.0.1:{backend} reuseport;
+    listen 127.0.0.2:{backend} reuseport;
+    listen 127.0.0.3:{backend} reuseport;
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}""")
         proxy_conf = nginx_conf("nginx-proxy", f"""
@@ -189,7 +195,7 @@ backend bot
   http-reuse always
   server s1 127.0.0.1:{backend} maxconn 1000
 """)
-        def bb_config(name, port, admin, extra=""):
+        def bb_config(name, port, admin, url_keys, extra=""):
             path = os.path.join(work, f"{name}.toml")
             with open(path, "w") as f:
                 f.write(f"""
@@ -209,21 +215,26 @@ filter = "warn"
 name = "bench"
 client_id = "bench-client"
 token = "bench-token"
-[[backends]]
-name = "bot"
-dialect = "csml"
-url = "http://127.0.0.1:{backend}/api/chat"
-auth = "signed"
-api_key = "bench-key"
-api_secret = "bench-secret"
 [[routes]]
 name = "chat"
 path = "/chat"
 ingress = "haptik"
 backend = "bot"
+[[backends]]
+name = "bot"
+dialect = "csml"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
+{url_keys}
 """)
             return path
-        bb_conf = bb_config("bb", bb_port, bb_admin)
+
+        one_url = f'url = "http://127.0.0.1:{backend}/api/chat"'
+        bb_conf = bb_config("bb", bb_port, bb_admin, one_url)
+        pool_urls = ", ".join(f'"http://127.0.0.{i}:{backend}/api/chat"' for i in (1, 2, 3))
+        pool_keys = f'urls = [{pool_urls}]\n[backends.health]\npath = "/health"\ninterval_s = 1'
+        pool_conf = bb_config("bb-pool", pool_port, pool_admin, pool_keys)
         # Never hit at these rates: 1,000,000 per second, for the credential and for each user.
         never_hit = ("[limits]\nrate_limit = { requests = 1000000, per_seconds = 1 }\n"
                      "user_rate_limit = { requests = 1000000, per_seconds = 1 }\n")
@@ -231,9 +242,13 @@ backend = "bot"
         with_redis = with_limits and shutil.which("redis-server") is not None
         if with_limits and not with_redis:
             print("bench: no redis-server on PATH: the Redis row is skipped", file=sys.stderr)
-        lim_conf = bb_config("bb-local", lim_port, lim_admin, never_hit)
-        red_conf = bb_config("bb-redis", red_port, red_admin,
+        lim_conf = bb_config("bb-local", lim_port, lim_admin, one_url, never_hit)
+        red_conf = bb_config("bb-redis", red_port, red_admin, one_url,
                              never_hit + f'[redis]\nurl = "redis://127.0.0.1:{redis_port}/0"\n')
+        # Production features on (issue: "fast with everything on"): the 3-endpoint pool with active
+        # health checks, a local per-credential and per-user limit never hit, metrics and the access
+        # log at their defaults.
+        on_conf = bb_config("bb-on", on_port, on_admin, pool_keys, never_hit)
         script = os.path.join(work, "post.lua")
         with open(script, "w") as f:
             f.write(f"""
@@ -254,10 +269,12 @@ wrk.headers["client-id"] = "bench-client"
         ngx = start(["nginx", "-c", proxy_conf, "-g", "daemon off;"], nginx_port)
         hap = start(["haproxy", "-f", haproxy_cfg], haproxy_port)
         bb = start([args.binary, "--config", bb_conf], bb_port)
+        bb_pool = start([args.binary, "--config", pool_conf], pool_port)
         lim = start([args.binary, "--config", lim_conf], lim_port) if with_limits else None
         redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                        "--appendonly", "no", "--dir", work], redis_port) if with_redis else None
         red = start([args.binary, "--config", red_conf], red_port) if with_redis else None
+        bb_on = start([args.binary, "--config", on_conf], on_port)
         floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor else None
         time.sleep(0.5)
         rss_idle = rss_kib(bb.pid)
@@ -266,6 +283,7 @@ wrk.headers["client-id"] = "bench-client"
             ("haproxy", f"http://127.0.0.1:{haproxy_port}/chat", lambda: [hap.pid] + children(hap.pid)),
             ("nginx", f"http://127.0.0.1:{nginx_port}/chat", lambda: [ngx.pid] + children(ngx.pid)),
             ("botbridge", f"http://127.0.0.1:{bb_port}/chat", lambda: [bb.pid]),
+            ("botbridge pool", f"http://127.0.0.1:{pool_port}/chat", lambda: [bb_pool.pid]),
         ]
         if floor:
             proxies.insert(2, ("pingora floor", f"http://127.0.0.1:{floor_port}/chat", lambda: [floor.pid]))
@@ -273,6 +291,7 @@ wrk.headers["client-id"] = "bench-client"
             proxies.append(("botbridge+local limit", f"http://127.0.0.1:{lim_port}/chat", lambda: [lim.pid]))
         if red:
             proxies.append(("botbridge+redis limit", f"http://127.0.0.1:{red_port}/chat", lambda: [red.pid]))
+        proxies.append(("botbridge features on", f"http://127.0.0.1:{on_port}/chat", lambda: [bb_on.pid]))
         # Every proxy must answer the request with 200 before measuring.
         for name, url, _ in proxies:
             req = urllib.request.Request(url, data=HAPTIK_BODY.encode(), method="POST", headers={
@@ -361,6 +380,10 @@ wrk.headers["client-id"] = "bench-client"
             t = table[name]
             print(f"| {name} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['non2xx']} of {t['requests']} | "
                   f"{t['cpu_us_per_req']:.1f} | {t['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x | {t['p99'] / base['p99']:.2f}x |")
+        pool, single = table["botbridge pool"], table["botbridge"]
+        print(f"\nbotbridge with a 3-endpoint pool and health checks every second: "
+              f"{pool['cpu_us_per_req']:.1f} µs CPU per request against {single['cpu_us_per_req']:.1f} with one URL "
+              f"({pool['cpu_us_per_req'] / single['cpu_us_per_req']:.3f}x)")
         plain = table["botbridge"]
         for name, what in (("botbridge+local limit", "a local limit never hit"), ("botbridge+redis limit", "limits on a local Redis")):
             if name in table:

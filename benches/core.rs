@@ -206,6 +206,7 @@ fn verification(c: &mut Criterion) {
         scope: Scope::default(),
         csml: Some(CsmlClientAuth::Signed(key.clone())),
         limits: Default::default(),
+        callbacks: None,
     };
     csml.insert("csml-key", grant.clone());
     let headers = |name: &str| match name {

@@ -2,7 +2,8 @@
 """Live check of botbridge's dashboards and Prometheus rules against a real Prometheus.
 
 Starts test bots (a good one, a slow one, one that answers nonsense, one that fails, and a dead
-address), a small auth service, a redis-server, the real botbridge binary and a real Prometheus that scrapes the
+address; a pool of the good one and a dead address, and a pool whose every endpoint is dead, both
+with health checks), a small auth service, a redis-server, the real botbridge binary and a real Prometheus that scrapes the
 proxy's admin listener every second and evaluates dashboards/prometheus/botbridge-rules.yml. Drives
 traffic with successes, auth failures, backend errors and timeouts, rate-limited callers and a backend
 at its max_in_flight, kills Redis for the last seconds (so the limits fall back), then evaluates every PromQL
@@ -133,6 +134,19 @@ def wait_for(url, what, seconds=30):
     raise SystemExit(f"live check: {what} did not come up at {url}")
 
 
+def wait_for_down(url, backend, seconds=30):
+    """Waits until every endpoint of `backend` fails its health checks (GET /backends)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status, body = http("GET", url, timeout=2)
+        if status == 200:
+            b = [b for b in json.loads(body)["backends"] if b["name"] == backend][0]
+            if b["endpoints"] and not any(e["healthy"] for e in b["endpoints"]):
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"live check: the endpoints of {backend} were never marked down")
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "botbridge")
     for tool in ("prometheus", "promtool", "redis-server"):
@@ -151,11 +165,14 @@ def main():
             "bad": serve(lambda p, h, b: (200, b"<html>not a bot</html>")),
             "fail": serve(lambda p, h, b: (500, b"")),
             "auth": serve(auth_service),
+            "callback": serve(lambda p, h, b: (200, b"{}")),
         }
         ports = {k: v[1] for k, v in servers.items()}
         dead, listen, admin, prom, rport = free_port(), free_port(), free_port(), free_port(), free_port()
         redis = start_redis(work, rport)
         procs.append(redis)
+        dead2, dead3, dead4 = free_port(), free_port(), free_port()
+        dead_callback = free_port()
 
         def backend(name, port, read_ms=5000):
             return f"""
@@ -191,6 +208,10 @@ token = "acme-token"
 name = "plain"
 key = "plain-key"
 auth = "plain"
+callback_hosts = ["127.0.0.1"]
+allow_http_callbacks = true
+allow_private_callbacks = true
+callback_secret = "callback-secret"
 [[clients.csml]]
 name = "limited"
 key = "limited-key"
@@ -201,6 +222,12 @@ user_rate_limit = {{ requests = 2, per_seconds = 1 }}
 url = "redis://127.0.0.1:{rport}/0"
 timeout_ms = 200
 backoff_ms = 500
+[delivery]
+spool_dir = "{work}/spool"
+dead_letter_path = "{work}/dead-letters.jsonl"
+deadline_ms = 1000
+timeout_ms = 300
+retry_initial_ms = 100
 {backend("good-bot", ports["ok"])}
 {backend("slow-bot", ports["slow"], read_ms=1000)}
 {backend("nonsense-bot", ports["bad"])}
@@ -208,6 +235,42 @@ backoff_ms = 500
 {backend("dead-bot", dead)}
 {backend("busy-bot", ports["slow"], read_ms=1000)}
 max_in_flight = 1
+[[backends]]
+name = "pool-bot"
+dialect = "csml"
+urls = ["http://127.0.0.1:{ports['ok']}/api/chat", "http://127.0.0.1:{dead2}/api/chat"]
+auth = "plain"
+api_key = "k"
+connect_timeout_ms = 500
+[backends.health]
+interval_s = 1
+unhealthy_after = 1
+[[backends]]
+name = "down-pool"
+dialect = "csml"
+urls = ["http://127.0.0.1:{dead3}/api/chat", "http://127.0.0.1:{dead4}/api/chat"]
+auth = "plain"
+api_key = "k"
+connect_timeout_ms = 500
+[backends.health]
+interval_s = 1
+unhealthy_after = 1
+[[routes]]
+name = "pool"
+path = "/pool"
+ingress = "auto"
+backend = "pool-bot"
+[[routes]]
+name = "pool-down"
+path = "/pool-down"
+ingress = "auto"
+backend = "down-pool"
+[[routes]]
+name = "maintenance"
+path = "/maintenance"
+ingress = "auto"
+backend = "down-pool"
+fallback = "good-bot"
 [[routes]]
 name = "chat"
 path = "/chat"
@@ -236,6 +299,7 @@ backend = "busy-bot"
         log = open(os.path.join(work, "proxy.log"), "w")
         procs.append(subprocess.Popen([binary, "--config", os.path.join(work, "proxy.toml")], stdout=log, stderr=log))
         wait_for(f"http://127.0.0.1:{admin}/healthz", "botbridge")
+        wait_for_down(f"http://127.0.0.1:{admin}/backends", "down-pool")
 
         shutil.copy(RULES, os.path.join(work, "botbridge-rules.yml"))
         with open(os.path.join(work, "prometheus.yml"), "w") as f:
@@ -302,13 +366,22 @@ scrape_configs:
             note("bad json", haptik("acme-client", "acme-token", body=b"{nope")[0])
             for user in ("looping", "looping", "looping", f"u{time.time()}"):
                 note("limited", csml_call("limited-key", user=user)[0])
+            for kind, path in (("pool with a dead endpoint", "/pool"), ("pool all down", "/pool-down"), ("fallback", "/maintenance")):
+                note(kind, http("POST", f"http://127.0.0.1:{listen}{path}", csml, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
+            # Async mode: one callback delivered, one to a dead receiver (dead letters after the deadline).
+            for name, port in (("async ok", ports["callback"]), ("async dead", dead_callback)):
+                body = json.dumps({"client": {"user_id": "u"}, "callback_url": f"http://127.0.0.1:{port}/cb",
+                                   "payload": {"content_type": "text", "content": {"text": "hi"}}}).encode()
+                note(name, http("POST", chat, body, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
             time.sleep(0.05)
         for t in threads:
             t.join()
         print("traffic:", json.dumps(counts, sort_keys=True))
         expected = {"ok": 200, "auth-service ok": 200, "csml ok": 200, "bad token": 401, "unknown client": 401,
                     "no credentials": 400, "dead backend": 502, "nonsense backend": 502, "failing backend": 502,
-                    "bad json": 400, "timeout": 504, "limited": {200, 429}, "busy": {503, 504}}
+                    "bad json": 400, "timeout": 504, "limited": {200, 429}, "busy": {503, 504},
+                    "pool with a dead endpoint": 200, "pool all down": 503,
+                    "fallback": 200, "async ok": 200, "async dead": 200}
         for kind, status in expected.items():
             want = status if isinstance(status, set) else {status}
             if set(counts.get(kind, {})) != want:
@@ -343,8 +416,8 @@ scrape_configs:
         status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/rules")
         groups = json.loads(body)["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        if len(rules) != 12:
-            failures.append(f"prometheus loaded {len(rules)} rules, expected 12")
+        if len(rules) != 17:
+            failures.append(f"prometheus loaded {len(rules)} rules, expected 17")
         for rule in rules:
             name = rule.get("name")
             checked += 1

@@ -6,6 +6,7 @@
 //! Run: `cargo run --release --example passthrough_floor -- LISTEN BACKEND_ADDR`
 
 use async_trait::async_trait;
+use botbridge::conn::ClientLimits;
 use botbridge::httpio::{self, Answer, App, Handler};
 use botbridge::upstream::Endpoint;
 use botbridge::upstream::{self, RequestBytes, Upstream};
@@ -88,7 +89,8 @@ fn main() {
         peer: upstream::peer_for(&endpoint),
         endpoint,
     };
-    let mut svc = Service::new("floor".to_string(), App(app));
+    let app = App::new("floor", app, ClientLimits::default());
+    let mut svc = Service::new("floor".to_string(), app);
     svc.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
     server.add_service(svc);
     server.run_forever()

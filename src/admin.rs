@@ -1,6 +1,8 @@
-//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`,
-//! `POST /auth-cache/clear` (forget every cached auth service decision) and `POST /reload` (reload
-//! `proxy.toml`, as `SIGHUP` does).
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz`, `GET /backends`
+//! (each backend's endpoints and state, JSON), `GET /migration` and `/migration.json` (the shadow
+//! comparisons' report, `crate::migration::page`), `POST /auth-cache/clear` (forget every cached
+//! auth service decision), `POST /reload` (reload `proxy.toml`, as `SIGHUP` does) and
+//! `GET /openapi/<dialect>.json` (the callers' API documents, `docs/openapi/`).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address. The two mutating endpoints refuse
@@ -16,8 +18,10 @@ use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
 use crate::config::admin::AdminLock;
+use crate::dialect::registry;
 use crate::httpio::{self, Answer, Handler};
 use crate::metrics::Metrics;
+use crate::migration::page;
 use crate::reload::Reloader;
 
 /// Serves metrics, health and cache control.
@@ -30,6 +34,12 @@ pub struct AdminService {
 enum Endpoint {
     Metrics,
     Healthz,
+    /// `GET /backends`: each backend's endpoints and their state.
+    Backends,
+    Migration,
+    MigrationJson,
+    /// `GET /openapi/<dialect>.json`: a caller dialect's API document, built in.
+    OpenApi(&'static str),
     ClearAuthCache,
     Reload,
     /// `/metrics` or `/healthz` with another method than GET/HEAD.
@@ -44,9 +54,18 @@ impl Endpoint {
         match (path, get, post) {
             ("/metrics", true, _) => Endpoint::Metrics,
             ("/healthz", true, _) => Endpoint::Healthz,
+            ("/backends", true, _) => Endpoint::Backends,
+            ("/migration", true, _) => Endpoint::Migration,
+            ("/migration.json", true, _) => Endpoint::MigrationJson,
             ("/auth-cache/clear", _, true) => Endpoint::ClearAuthCache,
             ("/reload", _, true) => Endpoint::Reload,
-            ("/metrics" | "/healthz", false, _) => Endpoint::WrongMethod,
+            ("/metrics" | "/healthz" | "/migration" | "/migration.json", false, _) => {
+                Endpoint::WrongMethod
+            }
+            (path, true, _) => match api_document(path) {
+                Some(document) => Endpoint::OpenApi(document),
+                None => Endpoint::NotFound,
+            },
             _ => Endpoint::NotFound,
         }
     }
@@ -54,6 +73,12 @@ impl Endpoint {
     fn mutating(self) -> bool {
         matches!(self, Endpoint::ClearAuthCache | Endpoint::Reload)
     }
+}
+
+/// The API document at `/openapi/<dialect>.json`, if `path` names a caller dialect.
+fn api_document(path: &str) -> Option<&'static str> {
+    let name = path.strip_prefix("/openapi/")?.strip_suffix(".json")?;
+    registry::caller(name).map(|c| c.api_document())
 }
 
 impl AdminService {
@@ -84,8 +109,11 @@ impl AdminService {
                 return Some(refuse("cross_site", 403, why));
             }
         }
-        let guarded =
-            endpoint.mutating() || (endpoint == Endpoint::Metrics && lock.metrics_token_required);
+        let reads = matches!(
+            endpoint,
+            Endpoint::Metrics | Endpoint::Migration | Endpoint::MigrationJson
+        );
+        let guarded = endpoint.mutating() || (reads && lock.metrics_token_required);
         if guarded && !lock.opens(bearer(header("authorization"))) {
             let answer = refuse("unauthorized", 401, "missing or wrong admin token");
             return Some(answer.with_header("www-authenticate", "Bearer"));
@@ -97,6 +125,12 @@ impl AdminService {
         match endpoint {
             Endpoint::Metrics => metrics(),
             Endpoint::Healthz => Answer::text(200, "ok\n"),
+            Endpoint::Backends => {
+                let pools = &self.reloader.runtime().pools;
+                Answer::json(200, crate::pool::report::backends_json(pools))
+            }
+            Endpoint::Migration | Endpoint::MigrationJson => self.migration(endpoint),
+            Endpoint::OpenApi(document) => Answer::json(200, document.into()),
             Endpoint::ClearAuthCache => {
                 let runtime = self.reloader.runtime();
                 runtime.authn.clear_cache();
@@ -112,6 +146,21 @@ impl AdminService {
                 Answer::text(405, "method not allowed\n").with_header("allow", "GET")
             }
             Endpoint::NotFound => Answer::text(404, "not found\n"),
+        }
+    }
+}
+
+impl AdminService {
+    fn migration(&self, endpoint: Endpoint) -> Answer {
+        let rt = self.reloader.runtime();
+        let report = page::report(&rt.config, rt.migration.report());
+        match endpoint {
+            Endpoint::MigrationJson => Answer::json(200, page::json(&report)),
+            _ => Answer {
+                content_type: "text/html; charset=utf-8",
+                ..Answer::text(200, page::html(&report))
+            }
+            .with_header("content-security-policy", page::CSP),
         }
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::delivery::policy::CallbackPolicy;
 use crate::error::{ProxyError, Reason};
 use crate::limits::{credential_id, CallerLimits};
 use crate::signing::{split_key, CsmlKey, SignatureError};
@@ -177,6 +178,9 @@ pub struct Grant {
     pub csml: Option<CsmlClientAuth>,
     /// Its own rate limits, and the id its rate limit buckets are keyed by.
     pub limits: CallerLimits,
+    /// Where async mode may deliver its bot's replies and how they are signed (`None`: no async
+    /// mode for this credential).
+    pub callbacks: Option<Arc<CallbackPolicy>>,
 }
 
 /// One Haptik client allowed to call the proxy.
@@ -201,6 +205,7 @@ impl HaptikClient {
                 scope: Scope::default(),
                 csml: None,
                 limits: CallerLimits::default(),
+                callbacks: None,
             }),
             token_sha256,
         }
@@ -215,6 +220,12 @@ impl HaptikClient {
     /// Sets the client's rate limits.
     pub fn with_limits(mut self, limits: CallerLimits) -> Self {
         Arc::make_mut(&mut self.grant).limits = limits;
+        self
+    }
+
+    /// Sets where its async replies go (its webhook).
+    pub fn with_callbacks(mut self, callbacks: Option<CallbackPolicy>) -> Self {
+        Arc::make_mut(&mut self.grant).callbacks = callbacks.map(Arc::new);
         self
     }
 }
@@ -533,6 +544,18 @@ pub enum ClientCredential {
     Token { digest: [u8; 32], grant: Grant },
 }
 
+impl ClientCredential {
+    /// The credential's callback settings, if it has any.
+    pub fn callbacks(&self) -> Option<&Arc<CallbackPolicy>> {
+        match self {
+            ClientCredential::ClientToken { client, .. } => client.grant.callbacks.as_ref(),
+            ClientCredential::ApiKey { grant, .. } | ClientCredential::Token { grant, .. } => {
+                grant.callbacks.as_ref()
+            }
+        }
+    }
+}
+
 /// The configured bare tokens of every dialect that uses them, by [`token_digest`].
 #[derive(Debug, Clone, Default)]
 pub struct TokenClients {
@@ -750,6 +773,7 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
             id: query.credential_id(),
             own: Default::default(),
         },
+        callbacks: None,
     }))
 }
 
@@ -779,6 +803,7 @@ mod tests {
                     b"secret",
                 ))),
                 limits: CallerLimits::default(),
+                callbacks: None,
             },
         );
         c.insert(
@@ -789,6 +814,7 @@ mod tests {
                 scope: Scope::default(),
                 csml: Some(CsmlClientAuth::Plain),
                 limits: CallerLimits::default(),
+                callbacks: None,
             },
         );
         c
@@ -1000,6 +1026,28 @@ mod tests {
             Some(CsmlClientAuth::Plain)
         ));
         assert!(serde_json::from_str::<AuthVerdict>(r#"{"valid":true,"extra":1}"#).is_err());
+    }
+
+    /// From the `auth_headers` fuzz target: the header is trimmed, the key before `|TS` is taken as
+    /// sent, so `k |1700000000` presents the key `k ` (which no credential has), never `k`.
+    #[test]
+    fn the_key_before_the_timestamp_is_taken_as_sent() {
+        let h = [("x-api-key", " demo-key |1700000000 ")];
+        let c = csml_presented(headers(&h)).unwrap();
+        assert_eq!(c.api_key, b"demo-key |1700000000");
+        assert_eq!(c.key, b"demo-key ");
+        assert_eq!(c.timestamp, Some(1_700_000_000));
+        let k = CsmlKey::new("demo-key", b"s");
+        let signed = k.sign(1_700_000_000);
+        assert_eq!(
+            k.verify(
+                c.api_key,
+                Some(signed.signature.as_bytes()),
+                1_700_000_000,
+                300
+            ),
+            Err(SignatureError::WrongKey)
+        );
     }
 
     #[test]

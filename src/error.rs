@@ -47,15 +47,24 @@ pub enum Reason {
     AuthUnavailable,
     /// Over a rate limit (429).
     RateLimited,
-    /// The backend already has `max_in_flight` requests from this instance (503).
-    Overloaded,
     /// Redis failed and the feature's `on_redis_error` is `deny` (503).
     RedisUnavailable,
+    /// The request head or body did not arrive within its deadline.
+    RequestTimeout,
+    /// The request head is larger than the configured limit, or has too many headers.
+    HeaderTooLarge,
+    /// Every client connection the listener may hold is busy, or the backend already has
+    /// `max_in_flight` requests from this instance (503).
+    Overloaded,
+    /// The backend's circuit is open (every endpoint down, or too many failures): failed fast.
+    CircuitOpen,
+    /// Async mode's delivery queue is full (or the process is stopping).
+    QueueFull,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 23] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -73,8 +82,12 @@ impl Reason {
         Reason::Forbidden,
         Reason::AuthUnavailable,
         Reason::RateLimited,
-        Reason::Overloaded,
         Reason::RedisUnavailable,
+        Reason::RequestTimeout,
+        Reason::HeaderTooLarge,
+        Reason::Overloaded,
+        Reason::CircuitOpen,
+        Reason::QueueFull,
     ];
 
     /// The label value.
@@ -97,8 +110,12 @@ impl Reason {
             Reason::Forbidden => "forbidden",
             Reason::AuthUnavailable => "auth_unavailable",
             Reason::RateLimited => "rate_limited",
-            Reason::Overloaded => "overloaded",
             Reason::RedisUnavailable => "redis_unavailable",
+            Reason::RequestTimeout => "request_timeout",
+            Reason::HeaderTooLarge => "header_too_large",
+            Reason::Overloaded => "overloaded",
+            Reason::CircuitOpen => "circuit_open",
+            Reason::QueueFull => "queue_full",
         }
     }
 
@@ -111,6 +128,7 @@ impl Reason {
                 | Reason::BackendStatus
                 | Reason::BackendBadAnswer
                 | Reason::BotError
+                | Reason::CircuitOpen
         )
     }
 }

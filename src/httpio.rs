@@ -2,20 +2,24 @@
 //! with an exact `Content-Length` in one write, and the pingora app glue that serves a connection's
 //! requests in turn and keeps it alive only when that is safe.
 //!
-//! A listener implements [`Handler`] (request in, [`Answer`] out); [`App`] turns it into a pingora app.
+//! A listener implements [`Handler`] (request in, [`Answer`] out); [`App`] turns it into a pingora app
+//! whose connections are held to the limits of `crate::conn`, and answers the requests that never
+//! reach the handler (malformed or oversize heads, timeouts, a full listener).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
-use pingora::http::ResponseHeader;
-use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::{HttpTask, ReusableHttpStream, ServerSession};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
 
-/// How long an idle client connection is kept open between requests, in seconds.
-pub const CLIENT_KEEPALIVE_SECS: u64 = 60;
+use crate::conn::{ClientLimits, ClientStream, Conn, ConnTable, Phase};
+use crate::error::{ProxyError, Reason};
+use crate::metrics::CloseReason;
 
 /// A complete response.
 #[derive(Debug)]
@@ -64,17 +68,107 @@ impl Answer {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one request whose header has been read. The handler reads (or discards) the body.
     async fn handle(&self, session: &mut ServerSession) -> Answer;
+
+    /// The answer to a request the connection layer refuses before [`Handler::handle`] (an oversize
+    /// or malformed head, a head deadline, a full listener); `head` is the request head when one
+    /// was parsed. Plain text unless the listener renders its own.
+    fn head_refusal(&self, head: Option<&RequestHeader>, err: &ProxyError) -> Answer {
+        let _ = head;
+        Answer::text(err.status, format!("{}\n", err.message))
+    }
 }
 
-/// Adapts a [`Handler`] to pingora: an HTTP/1.1 server app serving one connection's requests in turn.
+/// Adapts a [`Handler`] to pingora: an HTTP/1.1 server app serving one connection's requests in turn,
+/// each connection held to the listener's [`ClientLimits`] (see `crate::conn`).
 ///
 /// It implements pingora's connection-level [`ServerApp`] rather than its per-request
 /// `HttpServerApp`, whose adapter allocates and copies a new boxed future for every request and keeps
 /// a 5 KB one per open connection. Here one small future serves the whole connection (it waits in
 /// pingora's `read_request` while idle) and the handler's future exists only while a request is in
 /// flight; pingora's session still parses requests, frames bodies and decides keep-alive (including
-/// pipelined requests, which [`HttpPersistentSettings`] carries over).
-pub struct App<H>(pub H);
+/// pipelined requests, which [`HttpPersistentSettings`] carries over). Per request, the loop tells the
+/// connection's stream its phase (a few relaxed atomic stores and one clock read); the stream polls
+/// its one timer only when a read or write has to wait, and re-arms it only for an earlier deadline.
+pub struct App<H> {
+    handler: H,
+    limits: Arc<ClientLimits>,
+    table: Arc<ConnTable>,
+}
+
+impl<H: Handler> App<H> {
+    /// Serves `handler` under `limits`; `listener` names the connection metrics' series.
+    pub fn new(listener: &str, handler: H, limits: ClientLimits) -> Self {
+        App {
+            table: ConnTable::new(listener, limits.max_connections),
+            limits: Arc::new(limits),
+            handler,
+        }
+    }
+
+    /// Reads the next request head. False: the connection is done (the client left, a deadline
+    /// passed, or the request was refused and answered).
+    async fn read_head(&self, session: &mut ServerSession, conn: &Conn) -> bool {
+        let refusal = match session.read_request().await {
+            Ok(true) => match self.over_limits(session) {
+                None => return true,
+                Some(r) => r,
+            },
+            Ok(false) => return false,
+            Err(e) => match HeadRefusal::for_error(&e, conn) {
+                Some(r) => r,
+                None => return false,
+            },
+        };
+        // Boxed: a rare path whose state would otherwise be part of every connection's future.
+        Box::pin(self.refuse(session, conn, refusal)).await;
+        false
+    }
+
+    /// A parsed head over the limits pingora's parser does not apply itself.
+    fn over_limits(&self, session: &ServerSession) -> Option<HeadRefusal> {
+        if session.req_header().headers.len() > self.limits.max_headers {
+            return Some(HeadRefusal::too_many_headers());
+        }
+        // Bytes the reads' budget did not see: a head that came pipelined behind a body.
+        let size = session
+            .as_http1()
+            .map_or(0, |h| h.get_headers_raw_bytes().len());
+        (size > self.limits.max_header_bytes).then(HeadRefusal::too_large)
+    }
+
+    /// Answers a refused request in the handler's words, then closes (lingering if the client may
+    /// still be sending).
+    async fn refuse(&self, session: &mut ServerSession, conn: &Conn, refusal: HeadRefusal) {
+        conn.close_for(refusal.reason);
+        tracing::debug!(reason = refusal.reason.as_str(), "request refused");
+        let mut answer = self
+            .handler
+            .head_refusal(parsed_head(session), &refusal.error);
+        answer.keepalive = false;
+        session.set_keepalive(None);
+        conn.set_phase(Phase::Answer);
+        if write_answer(session, answer).await.is_ok() {
+            if refusal.linger {
+                conn.linger_on_close();
+            }
+            session.shutdown().await;
+        }
+    }
+
+    /// At the cap with every connection busy: a 503, written at once without reading the request.
+    async fn refuse_connection(&self, stream: Stream) {
+        let mut session = ServerSession::new_http1(stream);
+        let err = ProxyError::new(
+            503,
+            Reason::Overloaded,
+            "too many connections; try again later",
+        );
+        let mut answer = self.handler.head_refusal(None, &err);
+        answer.keepalive = false;
+        let write = write_answer(&mut session, answer);
+        let _ = tokio::time::timeout(self.limits.write_timeout, write).await;
+    }
+}
 
 #[async_trait]
 impl<H: Handler> ServerApp for App<H> {
@@ -83,29 +177,40 @@ impl<H: Handler> ServerApp for App<H> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(Some(CLIENT_KEEPALIVE_SECS));
+        let Some(guard) = self.table.admit() else {
+            // Boxed, as every rare path here: its state would be part of every connection's.
+            Box::pin(self.refuse_connection(stream)).await;
+            return None;
+        };
+        let conn = &*guard.conn;
+        let stream = ClientStream::new(stream, guard.conn.clone(), self.limits.clone());
+        let mut session = ServerSession::new_http1(Box::new(stream));
+        // Reuse allowed with no timer of pingora's: the connection's stream keeps the deadlines.
+        session.set_keepalive(Some(0));
         if let ServerSession::H1(h1) = &mut session {
             // Requests a client pipelines are answered in order (RFC 9112 9.3.2) instead of
             // closing the connection on the second; the setting carries over to later sessions.
             h1.set_pipelining_enabled(true);
         }
         loop {
-            match session.read_request().await {
-                Ok(true) => {}
-                _ => return None,
+            session.set_read_timeout(None);
+            if !self.read_head(&mut session, conn).await {
+                return None;
             }
+            conn.set_phase(Phase::Body);
             if *shutdown.borrow() {
                 // Shutting down: answer this request, then close.
                 session.set_keepalive(None);
             }
-            let answer = self.0.handle(&mut session).await;
+            let answer = self.handler.handle(&mut session).await;
             if !answer.keepalive {
                 session.set_keepalive(None);
             }
+            conn.set_phase(Phase::Answer);
             if write_answer(&mut session, answer).await.is_err() {
                 return None;
             }
+            linger_if_unread(&mut session, conn);
             let settings = HttpPersistentSettings::for_session(&session);
             // Boxed: finishing (which may drain an unread body) is a 3.7 KB future that would
             // otherwise be part of every open connection's state, idle or not.
@@ -113,14 +218,96 @@ impl<H: Handler> ServerApp for App<H> {
                 Ok(Some(reusable)) => reusable,
                 _ => return None,
             };
-            let (stream, settings) =
-                ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
+            session = next_session(reusable, settings);
+            conn.set_idle(self.table.now());
         }
     }
+}
+
+/// An unread body behind a closing answer (a 413, or a refusal before the body): the close lingers
+/// so the client reads the answer rather than a reset. Not after a deadline: that client is slow.
+fn linger_if_unread(session: &mut ServerSession, conn: &Conn) {
+    if session.get_keepalive().is_none() && conn.close_reason().is_none() && !session.is_body_done()
+    {
+        conn.linger_on_close();
+    }
+}
+
+/// The session of a kept-alive connection's next request.
+fn next_session(reusable: ReusableHttpStream, settings: HttpPersistentSettings) -> ServerSession {
+    let (stream, settings) = ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
+    let mut session = ServerSession::new_http1(stream);
+    if let Some(settings) = settings {
+        settings.apply_to_session(&mut session);
+    }
+    session
+}
+
+/// A request the connection layer refuses before its handler sees it.
+struct HeadRefusal {
+    error: ProxyError,
+    reason: CloseReason,
+    /// Whether the client may still be sending (the rest of a head, or a body).
+    linger: bool,
+}
+
+impl HeadRefusal {
+    fn too_large() -> Self {
+        HeadRefusal {
+            error: ProxyError::new(431, Reason::HeaderTooLarge, "the request head is too large"),
+            reason: CloseReason::HeaderTooLarge,
+            linger: true,
+        }
+    }
+
+    fn too_many_headers() -> Self {
+        HeadRefusal {
+            error: ProxyError::new(
+                431,
+                Reason::HeaderTooLarge,
+                "the request has too many headers",
+            ),
+            reason: CloseReason::TooManyHeaders,
+            linger: true,
+        }
+    }
+
+    /// The refusal for a head pingora could not read, if it deserves an answer: a head that
+    /// timed out after its first byte (408), ran over the byte budget or pingora's header count
+    /// (431), or cannot be parsed or framed (400: a malformed line, conflicting `Content-Length`s,
+    /// a `Transfer-Encoding` other than chunked). None when the client left or was evicted.
+    fn for_error(e: &pingora::Error, conn: &Conn) -> Option<Self> {
+        match conn.close_reason() {
+            Some(CloseReason::HeaderTimeout) => Some(HeadRefusal {
+                error: ProxyError::new(
+                    408,
+                    Reason::RequestTimeout,
+                    "the request head took too long",
+                ),
+                reason: CloseReason::HeaderTimeout,
+                linger: false,
+            }),
+            Some(CloseReason::HeaderTooLarge) => Some(Self::too_large()),
+            Some(_) => None,
+            None if e.root_cause().downcast_ref() == Some(&httparse::Error::TooManyHeaders) => {
+                Some(Self::too_many_headers())
+            }
+            None if e.etype == ErrorType::InvalidHTTPHeader => Some(HeadRefusal {
+                error: ProxyError::bad_request("malformed request head or framing"),
+                reason: CloseReason::BadFraming,
+                linger: true,
+            }),
+            None => None,
+        }
+    }
+}
+
+/// The request head, if pingora parsed one before refusing the request (bad framing is found after
+/// parsing). pingora has no accessor that does not panic without one; its request summary names
+/// the method only once a head was parsed.
+fn parsed_head(session: &ServerSession) -> Option<&RequestHeader> {
+    let h1 = session.as_http1()?;
+    (!h1.request_summary().starts_with("- ")).then(|| h1.req_header())
 }
 
 /// Writes the header and body in one flush, with an exact `Content-Length`.
@@ -146,6 +333,8 @@ pub async fn write_answer(session: &mut ServerSession, answer: Answer) -> pingor
 pub enum BodyError {
     /// More than the limit: the connection must not be reused.
     TooLarge,
+    /// The body did not arrive within the body deadline (`server.body_timeout_ms`).
+    TimedOut,
     /// The client went away or sent a broken body.
     Io(Box<pingora::Error>),
 }
@@ -168,7 +357,7 @@ pub async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Byte
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
     let mut total = 0usize;
-    while let Some(chunk) = session.read_request_body().await.map_err(BodyError::Io)? {
+    while let Some(chunk) = session.read_request_body().await.map_err(body_error)? {
         total += chunk.len();
         if total > limit {
             return Err(BodyError::TooLarge);
@@ -188,6 +377,16 @@ pub async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Byte
         Some(buf) => buf.freeze(),
         None => first.unwrap_or_default(),
     })
+}
+
+/// A failed body read: a timeout of the connection's stream, or anything else.
+fn body_error(e: Box<pingora::Error>) -> BodyError {
+    let cause = e.root_cause().downcast_ref::<std::io::Error>();
+    if cause.is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+        BodyError::TimedOut
+    } else {
+        BodyError::Io(e)
+    }
 }
 
 /// Reads and throws away the body so the connection can serve another request. Returns false (close

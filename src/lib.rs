@@ -1,10 +1,14 @@
 //! botbridge: a protocol-translating reverse proxy for chatbot APIs.
 //!
 //! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
-//! [`config`]. The shell on pingora: [`service`] (the request path), [`upstream`] (backend I/O:
+//! [`config`]. The shell on pingora: [`service`] (the request path), [`pool`] (backends as pools of
+//! endpoints: selection, health, failover, circuit breaker, DNS), [`upstream`] (backend I/O:
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
+//! [`conn`] (client connection deadlines, head budget, connection cap),
 //! [`authn`] (auth service, decision cache, replay guard), [`admin`] (metrics and health),
-//! [`metrics`], [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
+//! [`delivery`] (async mode: callbacks, retries,
+//! dead letters, spool), [`admin`] (metrics and health),
+//! [`metrics`], [`migration`] (shadow traffic, its report, the canary), [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
 //! listener's certificate), [`server`] (assembly), [`logging`]; [`limits`] (rate limits and
 //! `max_in_flight`) and [`shared`] (state shared between instances on Redis).
 
@@ -12,6 +16,8 @@ pub mod admin;
 pub mod auth;
 pub mod authn;
 pub mod config;
+pub mod conn;
+pub mod delivery;
 pub mod demo;
 pub mod dialect;
 pub mod error;
@@ -19,7 +25,9 @@ pub mod httpio;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod migration;
 pub mod model;
+pub mod pool;
 pub mod reload;
 pub mod server;
 pub mod service;

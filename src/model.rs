@@ -65,6 +65,9 @@ pub struct ChatRequest<'a> {
     /// The client's original CSML `payload` object, passed on as is to CSML bots, so extra
     /// `content` properties reach them.
     pub raw_payload: Option<&'a RawValue>,
+    /// Async mode (CSML `callback_url`): where the bot's messages are delivered instead of the
+    /// answer. Read by the shell only; no bot dialect renders it.
+    pub callback_url: Option<Cow<'a, str>>,
 }
 
 impl ChatRequest<'_> {

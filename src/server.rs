@@ -15,10 +15,17 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
 use crate::config::Config;
+use crate::conn::ClientLimits;
+use crate::delivery::background::DeliveryLifecycle;
 use crate::demo::DemoBot;
 use crate::httpio::App;
+use crate::pool::keeper::PoolKeeper;
 use crate::reload::{Reloader, SighupListener};
 use crate::service::{ChatService, Runtime};
+
+/// Open connections of the admin listener (metrics scrapes, health checks, reloads): few, and
+/// private, so a small fixed cap keeps them from using the chat listener's descriptors.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Command-line switches that reach pingora.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,13 +65,26 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
         listener = listener.tls(tls);
     }
-    let mut chat = Service::new("chat".to_string(), App(ChatService::new(runtime)));
+    let limits = ClientLimits::from_config(s).fit_open_file_limit();
+    let chat_service = ChatService::new(runtime.clone());
+    let deliveries = DeliveryLifecycle {
+        deliveries: chat_service.deliveries(),
+        runtime: runtime.clone(),
+        grace: std::time::Duration::from_secs(s.grace_period_seconds),
+    };
+    server.add_service(background_service("deliveries", deliveries));
+    let chat_app = App::new("chat", chat_service, limits);
+    let mut chat = Service::new("chat".to_string(), chat_app);
     chat.add_listener(listener);
     chat.threads = Some(s.threads);
 
     let mut admin = Service::new(
         "admin".to_string(),
-        App(AdminService::new(reloader.clone())),
+        App::new(
+            "admin",
+            AdminService::new(reloader.clone()),
+            limits.with_max_connections(ADMIN_MAX_CONNECTIONS),
+        ),
     );
     admin.add_tcp(&config.process.admin.listen.to_string());
     admin.threads = Some(1);
@@ -72,7 +92,11 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     if let Some(demo) = &config.demo {
         let mut bot = Service::new(
             "demo-bot".to_string(),
-            App(DemoBot::new(demo.key.clone(), demo.haptik.clone())),
+            App::new(
+                "demo",
+                DemoBot::new(demo.key.clone(), demo.haptik.clone()),
+                limits,
+            ),
         );
         bot.add_tcp(&demo.listen.to_string());
         bot.threads = Some(1);
@@ -102,6 +126,11 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     server.add_service(background_service(
         "config reload",
         SighupListener(reloader),
+    ));
+    let pools = runtime.clone();
+    server.add_service(background_service(
+        "backend pools",
+        PoolKeeper(move || pools.load().pools.clone()),
     ));
     server.add_service(chat);
     server.add_service(admin);

@@ -7,10 +7,11 @@
 //! backend's `max_in_flight` just before `forward` (`crate::limits`).
 //! Vendor rules live in the dialects (`crate::dialect`); this file only calls their verbs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -21,16 +22,23 @@ use pingora::protocols::http::ServerSession;
 use crate::auth::Grant;
 use crate::authn::Authenticator;
 use crate::config::{Backend, Config, Route, Target};
+use crate::delivery::Deliveries;
 use crate::dialect::{
-    self, registry, AnswerContext, AnswerIds, BotRequestContext, Caller, RequestHead,
+    self, registry, AnswerContext, AnswerIds, Bot, BotRequestContext, Caller, RequestHead,
 };
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::limits::{in_flight::BackendSlots, Limiter, Plan};
 use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
+use crate::migration::shadow::{Job, PrimaryAnswer};
+use crate::migration::{self, Migration};
 use crate::model::{request_id_is_sane, ChatRequest};
+use crate::pool::{PoolError, Pools};
 use crate::shared::redis::SharedRedis;
-use crate::upstream::{self, Exchange, RequestBytes, Upstream};
+use crate::upstream::{Endpoint, Exchange, RequestBytes, Upstream};
+
+mod async_mode;
+mod bot_replies;
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -38,14 +46,20 @@ const REQUEST_ID: &str = "x-request-id";
 /// their own to check time-dependent rules (signature tolerance) without waiting.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
-/// The chat listener's state: configuration, backend peers and the upstream pool.
+/// The chat listener's state: configuration, backend pools and the upstream connections. Cheap to
+/// clone (shared state), so async mode can finish a request on its own task (`async_mode`).
+#[derive(Clone)]
 pub struct ChatService {
     runtime: Arc<ArcSwap<Runtime>>,
     clock: Clock,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
+    /// Shadow copies' own pooled client, so they never take the callers' connections.
+    shadow_upstream: Arc<Upstream>,
     metrics: &'static Metrics,
-    next_message_id: AtomicU64,
+    next_message_id: Arc<AtomicU64>,
     user_agent: String,
+    deliveries: Deliveries,
+    bot_replies: Arc<bot_replies::BotReplies>,
 }
 
 /// Everything the request path reads that a configuration reload replaces, swapped as one.
@@ -53,7 +67,8 @@ pub struct Runtime {
     /// The validated configuration.
     pub config: Arc<Config>,
     routes_by_path: HashMap<String, usize>,
-    peers: Vec<upstream::BackendPeer>,
+    /// Each backend's pool of endpoints (index as `Config::backends`).
+    pub pools: Arc<Pools>,
     /// Caller authentication, with its own (fresh) auth service decision cache.
     pub authn: Arc<Authenticator>,
     route_metrics: Vec<RouteMetrics>,
@@ -65,12 +80,15 @@ pub struct Runtime {
     in_flight: BackendSlots,
     /// `[redis]`, connected once per process and handed from runtime to runtime.
     shared: Option<Arc<SharedRedis>>,
+    /// Shadows, canaries and their report (handed over on reload).
+    pub migration: Migration,
 }
 
 impl Runtime {
     /// Builds the runtime of a configuration and creates its metric series. On a reload, `previous`
     /// is the runtime being replaced (it hands over what must outlive a reload: the replay guard,
-    /// the rate limit buckets, the requests in flight per backend and the Redis connection).
+    /// the rate limit buckets, the requests in flight per backend, the Redis connection and the
+    /// state of backends and endpoints that stay).
     pub fn new(config: Arc<Config>, previous: Option<&Runtime>) -> Self {
         let metrics = Metrics::global();
         for b in &config.backends {
@@ -80,6 +98,12 @@ impl Runtime {
             Some(p) => p.shared.clone(),
             None => config.process.redis.as_ref().map(SharedRedis::start),
         };
+        for r in &config.routes {
+            for b in r.backends().into_iter().filter(|&b| Some(b) != r.fallback) {
+                let labels = [r.name.as_str(), config.backends[b].name.as_str()];
+                metrics.pool.fallbacks.with_label_values(&labels);
+            }
+        }
         Runtime {
             limits: Limiter::new(
                 &config.rate_limits,
@@ -90,9 +114,7 @@ impl Runtime {
             routes_by_path: (config.routes.iter().enumerate())
                 .map(|(i, r)| (r.path.clone(), i))
                 .collect(),
-            peers: (config.backends.iter())
-                .map(|b| upstream::peer_for(&b.endpoint))
-                .collect(),
+            pools: Arc::new(Pools::new(&config, previous.map(|p| &*p.pools))),
             authn: Arc::new(
                 Authenticator::new(config.clone(), previous.map(|p| &*p.authn))
                     .with_shared(shared.clone()),
@@ -101,6 +123,7 @@ impl Runtime {
                 .map(|r| RouteMetrics::new(metrics, &config, r))
                 .collect(),
             auto: registry::callers().filter(|c| c.in_auto()).collect(),
+            migration: Migration::new(&config, previous.map(|p| &p.migration)),
             config,
             shared,
         }
@@ -137,11 +160,24 @@ struct Admitted<'r> {
     limits: Plan<'r>,
 }
 
-/// A request ready for its bot: the backend, the bytes to send.
+/// A request ready for a bot: the target, the backend (the target's, or the route's fallback), the
+/// body in its dialect and when it was signed.
 struct ToBot<'r> {
-    target: &'r Target,
+    /// The route's target, or the canary's for a user among its share.
+    target: Cow<'r, Target>,
+    /// Index into `Config::backends`.
+    index: usize,
     backend: &'r Backend,
-    request: Vec<u8>,
+    body: Vec<u8>,
+    signed_at: u64,
+}
+
+/// Which backend a request is rendered for: the target's, or the route's fallback for it.
+struct Destination<'r> {
+    target: Cow<'r, Target>,
+    /// Index into `Config::backends`.
+    index: usize,
+    signed_at: u64,
 }
 
 /// Message and interaction ids for one answer, drawn from the service's counter on demand.
@@ -168,20 +204,36 @@ impl ChatService {
         let start_id = clock()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
+        let config = runtime.load_full().config.clone();
+        let deliveries = Deliveries::new(&config.process.delivery, config.message_bodies);
         ChatService {
-            upstream: Upstream::new(server.upstream_pool_size, server.max_answer_bytes),
+            shadow_upstream: Arc::new(Upstream::new(
+                server.upstream_pool_size,
+                server.max_answer_bytes,
+            )),
+            upstream: Arc::new(Upstream::new(
+                server.upstream_pool_size,
+                server.max_answer_bytes,
+            )),
             metrics: Metrics::global(),
-            next_message_id: AtomicU64::new(start_id),
+            next_message_id: Arc::new(AtomicU64::new(start_id)),
+            deliveries,
+            bot_replies: Arc::default(),
             user_agent: format!("botbridge/{}", env!("CARGO_PKG_VERSION")),
             runtime,
             clock,
         }
     }
 
+    /// The async delivery queue (the server stops it gracefully and feeds it the spool).
+    pub fn deliveries(&self) -> Deliveries {
+        self.deliveries.clone()
+    }
+
     /// The request path, phase by phase. Returns the answer body on success.
     async fn serve(
         &self,
-        rt: &Runtime,
+        rt: &Arc<Runtime>,
         session: &mut ServerSession,
         out: &mut AccessRecord,
         arrived: Instant,
@@ -200,12 +252,22 @@ impl ChatService {
         if !admitted.limits.is_empty() {
             (rt.limits.admit_user(&admitted.limits, &req.user_id)).await?;
         }
+        // Async mode (CSML `callback_url`, Haptik's Log Message API): answered now, the bot later.
+        if let Some(target) = self.async_target(&admitted, &req).await? {
+            return self.accept_async(rt, admitted, &req, &body, target, out, received);
+        }
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
-        let _slot = rt.in_flight.enter(to_bot.target.backend)?;
-        let exchange = self.forward(rt, &to_bot, out).await?;
+        let (to_bot, exchange) = match self.forward_and_collect(rt, &to_bot, &req, out).await {
+            Err(e) if e.reason == Reason::CircuitOpen && admitted.route.fallback.is_some() => {
+                self.fall_back(rt, &admitted, &req, &to_bot, out).await?
+            }
+            result => (to_bot, result?),
+        };
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received)
-            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))
+        let answer = (self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received))
+            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))?;
+        self.shadow(rt, &admitted, &req, &to_bot, &exchange, out);
+        Ok(answer)
     }
 
     /// Admit: route by path, POST only, tell the caller's dialect, authenticate from the headers
@@ -318,67 +380,190 @@ impl ChatService {
         let target = a.route.target(req.business_id).ok_or_else(|| {
             ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
         })?;
+        let route_index = out.route.unwrap_or_default();
+        let target = (rt.migration).canary(route_index, a.route, target, &req.user_id);
         // Least privilege: the credential reaches only its routes and businesses.
         (a.grant.scope.check(&a.route.name, req.business_id))
             .inspect_err(|d| rt.authn.denied(a.ingress, d.reason))?;
-        out.backend = Some(target.backend);
-        let backend = &rt.config.backends[target.backend];
-        let request_id = out.request_id.as_deref().unwrap_or_default();
+        // Signed at the moment of sending, after the caller's body has been read.
+        let signed_at = unix_secs(received + arrived.elapsed());
+        let to = Destination {
+            index: target.backend,
+            target,
+            signed_at,
+        };
+        self.render_for(rt, a, req, out, to)
+    }
+
+    /// The request in the dialect of one backend (the target's, or the route's fallback).
+    fn render_for<'r>(
+        &self,
+        rt: &'r Runtime,
+        a: &Admitted<'r>,
+        req: &ChatRequest<'_>,
+        out: &mut AccessRecord,
+        to: Destination<'r>,
+    ) -> Result<ToBot<'r>, ProxyError> {
+        let Destination {
+            target,
+            index,
+            signed_at,
+        } = to;
+        out.backend = Some(index);
+        let backend = &rt.config.backends[index];
         let ctx = BotRequestContext {
-            request_id,
+            request_id: out.request_id.as_deref().unwrap_or_default(),
             business_id: req.business_id,
             flow_trigger: a.route.flow_trigger,
         };
         let body = (backend.bot.render_request(req, &ctx))
             .inspect_err(|_| self.translation_error(a.route, "untranslatable", 1))?;
-        // Signed at the moment of sending, after the caller's body has been read.
-        let signed_at = unix_secs(received + arrived.elapsed());
-        let request = self.request_bytes(backend, request_id, &body, signed_at);
         Ok(ToBot {
             target,
+            index,
             backend,
-            request,
+            body,
+            signed_at,
         })
     }
 
-    /// The whole backend request. Header values are checked when the configuration is loaded and
-    /// request ids when they arrive.
-    fn request_bytes(&self, b: &Backend, request_id: &str, body: &[u8], signed_at: u64) -> Vec<u8> {
-        let mut up = RequestBytes::post(&b.endpoint.path, body.len());
-        up.header("host", &b.endpoint.authority)
+    /// The whole request for one endpoint of the backend. Header values are checked when the
+    /// configuration is loaded and request ids when they arrive.
+    fn request_bytes(&self, ep: &Endpoint, to: &ToBot<'_>, request_id: &str) -> Vec<u8> {
+        self.signed_request(ep, &*to.backend.bot, &to.body, request_id, to.signed_at)
+    }
+
+    /// `body` for `ep`, with the headers every bot request has and `bot`'s signature.
+    fn signed_request(
+        &self,
+        ep: &Endpoint,
+        bot: &dyn Bot,
+        body: &[u8],
+        request_id: &str,
+        signed_at: u64,
+    ) -> Vec<u8> {
+        let mut up = RequestBytes::post(&ep.path, body.len());
+        up.header("host", &ep.authority)
             .header("content-type", "application/json")
             .header("accept", "application/json")
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
-        b.bot.sign(signed_at, &mut |name, value| {
+        bot.sign(signed_at, &mut |name, value| {
             up.header(name, value);
         });
         up.body(body)
     }
 
-    /// Forward: one exchange with the bot; the status for a transport failure is chosen from its
-    /// kind (`ProxyError::from`).
+    /// Forward: the request to one endpoint of the backend's pool (another only if nothing was
+    /// sent), keyed by the user for `sticky`; the status of a failure is chosen from its kind
+    /// (`ProxyError::from`), 503 while the backend's circuit is open.
     async fn forward(
         &self,
         rt: &Runtime,
         to: &ToBot<'_>,
+        req: &ChatRequest<'_>,
         out: &mut AccessRecord,
     ) -> Result<Exchange, ProxyError> {
+        let _slot = rt.in_flight.enter(to.index)?;
         let started = Instant::now();
-        let peer = &rt.peers[to.target.backend];
-        let result = (self
-            .upstream
-            .exchange(peer, &to.backend.endpoint, &to.request, started))
-        .await;
+        let request_id = out.request_id.as_deref().unwrap_or_default();
+        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id);
+        let result = (rt.pools.get(to.index))
+            .forward(&self.upstream, req.user_id.as_bytes(), build)
+            .await;
         out.backend_time = Some(started.elapsed());
         let exchange = result
-            .map_err(ProxyError::from)
+            .map_err(|e| pool_error(e, out))
             .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
         out.from_backend = true;
         if rt.config.message_bodies {
             tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "backend", body = %String::from_utf8_lossy(&exchange.body));
         }
         Ok(exchange)
+    }
+
+    /// The primary's circuit is open: the route's fallback bot gets the request instead, in its own
+    /// dialect, and its answer is translated as usual.
+    async fn fall_back<'r>(
+        &self,
+        rt: &'r Runtime,
+        a: &Admitted<'r>,
+        req: &ChatRequest<'_>,
+        primary: &ToBot<'r>,
+        out: &mut AccessRecord,
+    ) -> Result<(ToBot<'r>, Exchange), ProxyError> {
+        let fallback = a.route.fallback.expect("checked by the caller");
+        out.retry_after = None;
+        (self.metrics.pool.fallbacks)
+            .with_label_values(&[&a.route.name, &primary.backend.name])
+            .inc();
+        let to = Destination {
+            target: primary.target.clone(),
+            index: fallback,
+            signed_at: primary.signed_at,
+        };
+        let to = self.render_for(rt, a, req, out, to)?;
+        let exchange = self.forward(rt, &to, req, out).await?;
+        Ok((to, exchange))
+    }
+
+    /// Forward, and for a bot that answers on the proxy's webhook (async Haptik), its replies.
+    async fn forward_and_collect(
+        &self,
+        rt: &Runtime,
+        to: &ToBot<'_>,
+        req: &ChatRequest<'_>,
+        out: &mut AccessRecord,
+    ) -> Result<Exchange, ProxyError> {
+        let waiter = self.bot_replies.register(to, req);
+        let started = Instant::now();
+        let exchange = self.forward(rt, to, req, out).await?;
+        match waiter {
+            Some(w) => w.collect(exchange, started).await,
+            None => Ok(exchange),
+        }
+    }
+
+    /// Shadow: for a user the route's shadow samples, the same canonical request rendered and
+    /// signed for the shadow bot and handed, with the primary's answer bytes, to a task off the
+    /// caller's path (`crate::migration`). Costs nothing for routes without a shadow.
+    fn shadow(
+        &self,
+        rt: &Runtime,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        to: &ToBot<'_>,
+        exchange: &Exchange,
+        out: &AccessRecord,
+    ) {
+        let route = out.route.unwrap_or_default();
+        let Some(target) = rt.migration.sampled(route, &req.user_id, to.target.backend) else {
+            return;
+        };
+        let request_id = out.request_id.as_deref().unwrap_or_default();
+        let copy = migration::shadow_request(target, req);
+        let ctx = BotRequestContext {
+            request_id,
+            business_id: copy.business_id,
+            flow_trigger: a.route.flow_trigger,
+        };
+        let signed_at = unix_secs((self.clock)());
+        let request = (target.backend.bot.render_request(&copy, &ctx)).map(|body| {
+            let (ep, bot) = (&target.backend.urls[0].endpoint, &*target.backend.bot);
+            self.signed_request(ep, bot, &body, request_id, signed_at)
+        });
+        let primary = PrimaryAnswer {
+            bot: to.backend.bot.clone(),
+            status: exchange.status,
+            body: exchange.body.clone(),
+            latency: out.backend_time.unwrap_or_default(),
+        };
+        let job = Job {
+            request,
+            request_id: request_id.to_owned(),
+            primary,
+        };
+        rt.migration.offer(target, job, &self.shadow_upstream);
     }
 
     /// To the caller: the bot's answer read in its dialect and rendered in the caller's.
@@ -448,6 +633,11 @@ impl ChatService {
                     Reason::BodyTooLarge,
                     format!("the request body is larger than {limit} bytes"),
                 ),
+                BodyError::TimedOut => ProxyError::new(
+                    408,
+                    Reason::RequestTimeout,
+                    "the request body took too long",
+                ),
                 BodyError::Io(_) => ProxyError::bad_request("the request body could not be read"),
             })?;
         out.bytes_in = body.len();
@@ -487,9 +677,16 @@ impl ChatService {
             a = a.with_header("allow", "POST");
         }
         a.headers.extend(err.headers);
+        if let Some(wait) = out
+            .retry_after
+            .filter(|_| err.reason == Reason::CircuitOpen)
+        {
+            a = a.with_header("retry-after", retry_after_secs(wait).to_string());
+        }
         // An unread body must be drained before the connection can serve another request; one
-        // already found oversized is not read any further.
-        if err.reason == Reason::BodyTooLarge {
+        // already found oversized, or past its deadline, is not read any further (the connection
+        // closes; after a 413 it lingers, see `httpio::App`).
+        if matches!(err.reason, Reason::BodyTooLarge | Reason::RequestTimeout) {
             a.keepalive = false;
         } else if !session.is_body_done() {
             a.keepalive = httpio::discard_body(session, rt.config.limits.max_body_bytes).await;
@@ -505,6 +702,9 @@ impl Handler for ChatService {
         let _in_flight = InFlight::enter(self.metrics);
         let mut out = AccessRecord::default();
         let rt = self.runtime.load_full();
+        if let Some(answer) = self.bot_webhook(&rt, session).await {
+            return answer;
+        }
         let mut answer = match self.serve(&rt, session, &mut out, started).await {
             Ok(body) => Answer::json(200, body),
             Err(err) => self.refusal(&rt, session, &mut out, err).await,
@@ -522,6 +722,32 @@ impl Handler for ChatService {
             answer = answer.with_header(REQUEST_ID, id);
         }
         answer
+    }
+
+    /// A request refused before it reached [`ChatService::serve`] (malformed framing, an oversize
+    /// head, a timeout, a full listener), in the caller's dialect if its head tells it, else readable
+    /// by every dialect.
+    fn head_refusal(&self, head: Option<&RequestHeader>, err: &ProxyError) -> Answer {
+        let rt = self.runtime.load();
+        let body = match head.and_then(|h| caller_of(&rt, h)) {
+            Some(d) => d.render_error(err),
+            None => dialect::render_error_for_either(err),
+        };
+        Answer::json(err.status, body)
+    }
+}
+
+/// The dialect a request head tells, as admission would tell it: the route's, else among all.
+fn caller_of(rt: &Runtime, head: &RequestHeader) -> Option<Caller> {
+    let route = rt
+        .routes_by_path
+        .get(head.uri.path())
+        .map(|&i| &rt.config.routes[i]);
+    match route {
+        Some(r) => r
+            .fixed()
+            .or_else(|| registry::detect_by_head(&r.ingress, &Head(head))),
+        None => registry::detect_by_head(&rt.auto, &Head(head)),
     }
 }
 
@@ -558,6 +784,30 @@ fn log_unusable_answer(rt: &Runtime, backend: &Backend, e: &ProxyError, request_
     if let (true, Some(detail)) = (rt.config.message_bodies, &e.detail) {
         tracing::debug!(target: "botbridge::messages", request_id, backend = %backend.name, detail = &**detail, "why the backend answer is unusable");
     }
+}
+
+/// A pool's refusal as the caller's error: 503 with `Retry-After` while the circuit is open, else
+/// the transport failure's status.
+fn pool_error(e: PoolError, out: &mut AccessRecord) -> ProxyError {
+    match e {
+        PoolError::Open { retry_after } => {
+            out.retry_after = Some(retry_after);
+            ProxyError::new(
+                503,
+                Reason::CircuitOpen,
+                format!(
+                    "the bot is unavailable (its endpoints are down or failing); retry after {} s",
+                    retry_after_secs(retry_after)
+                ),
+            )
+        }
+        PoolError::Transport(t) => ProxyError::from(t),
+    }
+}
+
+/// Whole seconds for `Retry-After`, rounded up, at least 1.
+fn retry_after_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
 }
 
 fn unix_secs(t: SystemTime) -> u64 {

@@ -1,15 +1,19 @@
-//! `[[backends]]`: the bots the proxy forwards to. The keys every backend has are read here; the
-//! rest belong to the backend's dialect, which reads them into its own settings type
-//! (`BotDialect::configure`). A key of another dialect is refused by name.
+//! `[[backends]]`: the bots the proxy forwards to. The keys every backend has are read here (its
+//! pool keys are validated in `pool.rs`); the rest belong to the backend's dialect, which reads them
+//! into its own settings type (`BotDialect::configure`). A key of another dialect is refused by name.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::dns::DnsSettings;
+use super::pool::{self, Balance, PoolSettings, RawBreaker, RawHealth, RawOutlier, RawPool};
 use super::ConfigError;
 use crate::dialect::{registry, Bot};
-use crate::upstream::endpoint::{endpoint, Endpoint, Timeouts};
+use crate::pool::dns::resolve_now;
+use crate::upstream::endpoint::{endpoint_with, Endpoint, Timeouts};
 
 /// `[[backends]]` as written.
 #[derive(Debug, Deserialize)]
@@ -18,8 +22,26 @@ pub struct RawBackend {
     pub name: String,
     /// What it speaks: `csml`, `haptik`, `csml-engine`, ….
     pub dialect: String,
-    /// Where requests go (`http://` or `https://`).
-    pub url: String,
+    /// Where requests go (`http://` or `https://`): the one-endpoint form of `urls`.
+    pub url: Option<String>,
+    /// Several URLs: every address each host resolves to is an endpoint of the backend's pool.
+    pub urls: Option<Vec<String>>,
+    /// How an endpoint is picked: `round_robin`, `least_requests` or `sticky`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Endpoints one request may try (a move happens only when nothing of it was sent).
+    #[serde(default = "default_tries")]
+    pub tries: u64,
+    /// Seconds between resolutions of the URLs' host names.
+    #[serde(default = "default_dns_refresh_s")]
+    pub dns_refresh_s: u64,
+    /// `[backends.health]`: active checks (none without it).
+    pub health: Option<RawHealth>,
+    /// `[backends.outlier]`: passive ejection (on by default).
+    #[serde(default)]
+    pub outlier: RawOutlier,
+    /// `[backends.breaker]`: the circuit's error-rate trigger and timings.
+    pub breaker: Option<RawBreaker>,
     /// Deadline for a new connection.
     #[serde(default = "default_connect_ms")]
     pub connect_timeout_ms: u64,
@@ -45,20 +67,51 @@ fn default_read_ms() -> u64 {
 fn default_idle_s() -> u64 {
     30
 }
+fn default_tries() -> u64 {
+    2
+}
+fn default_dns_refresh_s() -> u64 {
+    30
+}
 
-/// A backend, validated: address resolved, credentials loaded.
+impl RawBackend {
+    /// The pool keys, for `pool::validate`.
+    fn pool_keys(&self) -> RawPool<'_> {
+        RawPool {
+            balance: self.balance,
+            tries: self.tries,
+            dns_refresh_s: self.dns_refresh_s,
+            health: self.health.as_ref(),
+            outlier: &self.outlier,
+            breaker: self.breaker.as_ref(),
+        }
+    }
+}
+
+/// A backend, validated: URLs parsed and resolved, credentials loaded.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub name: String,
     pub bot: Arc<dyn Bot>,
-    pub endpoint: Endpoint,
+    /// One per URL, in the order written.
+    pub urls: Vec<BackendUrl>,
+    pub pool: PoolSettings,
     /// `max_in_flight`: the cap on requests at the bot at once (`limits::in_flight`).
     pub max_in_flight: Option<u32>,
 }
 
-/// Validates every backend; returns them with an index by name.
+/// One URL of a backend: where and how to reach it, and the addresses its host had at load.
+#[derive(Debug, Clone)]
+pub struct BackendUrl {
+    /// At the first address; the pool makes one per address.
+    pub endpoint: Endpoint,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Validates every backend, resolving host names with `dns`; returns them with an index by name.
 pub fn validate(
     raw: Vec<RawBackend>,
+    dns: &DnsSettings,
 ) -> Result<(Vec<Backend>, HashMap<String, usize>), ConfigError> {
     let mut backends = Vec::with_capacity(raw.len());
     let mut index = HashMap::new();
@@ -70,12 +123,12 @@ pub fn validate(
                 format!("`{}` is used twice", b.name),
             ));
         }
-        backends.push(backend(&key, b)?);
+        backends.push(backend(&key, b, dns)?);
     }
     Ok((backends, index))
 }
 
-fn backend(key: &str, b: RawBackend) -> Result<Backend, ConfigError> {
+fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, ConfigError> {
     let dialect = registry::bot_dialect(&b.dialect).ok_or_else(|| {
         ConfigError::new(
             format!("{key}.dialect"),
@@ -86,12 +139,6 @@ fn backend(key: &str, b: RawBackend) -> Result<Backend, ConfigError> {
             ),
         )
     })?;
-    let timeouts = Timeouts {
-        connect_ms: b.connect_timeout_ms,
-        read_ms: b.read_timeout_ms,
-        idle_s: b.pool_idle_timeout_s,
-    };
-    let mut endpoint = endpoint(key, &b.name, &b.url, timeouts)?;
     for field in b.settings.keys() {
         if !dialect.keys().contains(&field.as_str()) {
             let problem = match registry::bot_key_owner(field, dialect.name()) {
@@ -107,14 +154,57 @@ fn backend(key: &str, b: RawBackend) -> Result<Backend, ConfigError> {
             "must be greater than 0",
         ));
     }
+    let pool = pool::validate(key, b.pool_keys())?;
+    let mut urls = urls(key, &b, dns)?;
     let bot = dialect.configure(key, b.settings)?;
     if let Some((name, value)) = bot.query_param() {
-        endpoint.add_query(name, value);
+        for u in &mut urls {
+            u.endpoint.add_query(name, value);
+        }
     }
     Ok(Backend {
         name: b.name,
         bot: Arc::from(bot),
-        endpoint,
+        urls,
+        pool,
         max_in_flight: b.max_in_flight,
     })
+}
+
+/// `url` or `urls` (exactly one of them), each parsed and resolved.
+fn urls(key: &str, b: &RawBackend, dns: &DnsSettings) -> Result<Vec<BackendUrl>, ConfigError> {
+    let written: Vec<(String, &str)> = match (&b.url, &b.urls) {
+        (Some(u), None) => vec![(format!("{key}.url"), u.as_str())],
+        (None, Some(list)) if !list.is_empty() => (list.iter().enumerate())
+            .map(|(i, u)| (format!("{key}.urls[{i}]"), u.as_str()))
+            .collect(),
+        (None, Some(_)) => return Err(ConfigError::new(format!("{key}.urls"), "is empty")),
+        (None, None) => {
+            return Err(ConfigError::new(
+                format!("{key}.url"),
+                "missing (or give `urls`)",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{key}.urls"),
+                "give `url` or `urls`, not both",
+            ))
+        }
+    };
+    let timeouts = Timeouts {
+        connect_ms: b.connect_timeout_ms,
+        read_ms: b.read_timeout_ms,
+        idle_s: b.pool_idle_timeout_s,
+    };
+    let mut out: Vec<BackendUrl> = Vec::with_capacity(written.len());
+    for (i, (url_key, url)) in written.iter().enumerate() {
+        if written[..i].iter().any(|(_, u)| u == url) {
+            return Err(ConfigError::new(url_key, "is listed twice"));
+        }
+        let resolve = |host: &str, port: u16| resolve_now(dns, host, port);
+        let (endpoint, addrs) = endpoint_with(key, url_key, &b.name, url, timeouts, resolve)?;
+        out.push(BackendUrl { endpoint, addrs });
+    }
+    Ok(out)
 }

@@ -5,11 +5,13 @@
 //! rate limit buckets are keyed by.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::ConfigError;
 use crate::auth::{ClientCredential, Credentials, CsmlClients, HaptikClients, TokenClients};
+use crate::delivery::policy::CallbackPolicy;
 use crate::dialect::registry;
 use crate::limits::{credential_id, CallerLimits, LimitPair};
 
@@ -54,6 +56,8 @@ pub struct ClientsConfig {
     pub demo_credentials_in_use: Vec<String>,
     /// Every credential's `routes` scope (`clients.x[i].routes`, names), checked against the routes.
     pub route_scopes: Vec<(String, Vec<String>)>,
+    /// Callback settings by credential (`<dialect>:<name>`), for deliveries read back from the spool.
+    pub callbacks: HashMap<String, Arc<CallbackPolicy>>,
 }
 
 /// What the route checks need to know of one dialect's credentials.
@@ -75,6 +79,7 @@ pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
         summary: HashMap::new(),
         demo_credentials_in_use: Vec::new(),
         route_scopes: Vec::new(),
+        callbacks: HashMap::new(),
     };
     for (name, tables) in raw.by_dialect {
         let dialect = registry::caller(&name).ok_or_else(|| {
@@ -95,6 +100,9 @@ pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
                     .push((format!("{key}.routes"), names.collect()));
             }
             let entry = dialect.client(&key, table)?;
+            if let Some(p) = entry.credential.callbacks() {
+                out.callbacks.insert(p.credential.clone(), p.clone());
+            }
             out.demo_credentials_in_use.extend(entry.demo);
             let summary = out.summary.entry(dialect.as_str()).or_default();
             summary.count += 1;

@@ -14,7 +14,11 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod delivery;
+pub mod dns;
 pub mod limits;
+pub mod migration;
+pub mod pool;
 pub mod private_dir;
 pub mod redis;
 pub mod routes;
@@ -80,12 +84,18 @@ pub struct RawConfig {
     pub clients: clients::RawClients,
     pub auth_service: Option<auth_service::RawAuthService>,
     #[serde(default)]
+    pub dns: dns::RawDns,
+    #[serde(default)]
+    pub delivery: delivery::RawDelivery,
+    #[serde(default)]
     pub backends: Vec<backends::RawBackend>,
     #[serde(default)]
     pub routes: Vec<routes::RawRoute>,
     #[serde(default)]
     pub limits: limits::RawLimits,
     pub redis: Option<redis::RawRedis>,
+    #[serde(default)]
+    pub migration: migration::RawMigration,
 }
 
 /// Everything a running process cannot change: listeners, threads, pools, logging, the demo bots.
@@ -98,6 +108,8 @@ pub struct ProcessSettings {
     pub demo: Option<admin::DemoIdentity>,
     /// `[redis]`: connected once per process.
     pub redis: Option<redis::RedisSettings>,
+    /// `[delivery]`: async mode's queue and files.
+    pub delivery: delivery::DeliveryConfig,
 }
 
 /// The validated configuration the proxy runs on.
@@ -114,10 +126,14 @@ pub struct Config {
     pub demo: Option<DemoConfig>,
     pub clients: ClientsConfig,
     pub auth_service: Option<AuthServiceConfig>,
+    /// `[dns]`: how backend names are resolved.
+    pub dns: dns::DnsSettings,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
     /// `[limits]`: the default rate limits.
     pub rate_limits: limits::LimitsConfig,
+    /// `[migration] divergence_log…`: where differing shadow answers are written, if anywhere.
+    pub divergence_log: Option<migration::DivergenceLogConfig>,
 }
 
 /// Reads, parses and validates a config file.
@@ -164,7 +180,8 @@ impl Config {
             .as_ref()
             .map(auth_service::validate)
             .transpose()?;
-        let (backends, backend_index) = backends::validate(raw.backends)?;
+        let dns = dns::validate(&raw.dns)?;
+        let (backends, backend_index) = backends::validate(raw.backends, &dns)?;
         let known = routes::Known {
             backends: &backends,
             backend_index: &backend_index,
@@ -174,6 +191,7 @@ impl Config {
         let routes = routes::validate(&raw.routes, &known)?;
         let rate_limits = limits::validate(&raw.limits)?;
         let redis = raw.redis.as_ref().map(redis::validate).transpose()?;
+        let divergence_log = migration::validate(&raw.migration)?;
         Ok(Config {
             process: ProcessSettings {
                 server,
@@ -181,6 +199,7 @@ impl Config {
                 log,
                 demo: demo_identity,
                 redis,
+                delivery: delivery::validate(&raw.delivery)?,
             },
             limits,
             tls,
@@ -189,9 +208,11 @@ impl Config {
             demo,
             clients,
             auth_service,
+            dns,
             backends,
             routes,
             rate_limits,
+            divergence_log,
         })
     }
 
@@ -288,8 +309,8 @@ backend = "b"
     #[test]
     fn minimal_config_loads() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.backends[0].endpoint.path, "/api/chat");
-        assert_eq!(c.backends[0].endpoint.authority, "127.0.0.1:3");
+        assert_eq!(c.backends[0].urls[0].endpoint.path, "/api/chat");
+        assert_eq!(c.backends[0].urls[0].endpoint.authority, "127.0.0.1:3");
         assert!(c.routes[0].target(Some(99)).is_some());
     }
 

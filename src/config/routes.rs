@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::backends::Backend;
 use super::clients::ClientsConfig;
 use super::limits::RawRateLimit;
+use super::migration::{self, Canary, RawCanary, RawShadow, RouteBots, Shadow};
 use super::ConfigError;
 use crate::dialect::{registry, AnswerShape, Caller, FlowTriggerPolicy};
 use crate::limits::LimitPair;
@@ -33,6 +34,8 @@ pub struct RawRoute {
     pub business_id: Option<i64>,
     /// The backend for businesses not listed in `businesses`.
     pub backend: Option<String>,
+    /// The backend (any dialect) that answers while the target backend's circuit is open.
+    pub fallback: Option<String>,
     /// The business name Haptik callers see.
     pub business_name: Option<String>,
     /// The bot name callers see where their dialect shows one.
@@ -45,6 +48,10 @@ pub struct RawRoute {
     pub rate_limit: Option<RawRateLimit>,
     /// The limit per (credential, end user) here, for credentials without their own.
     pub user_rate_limit: Option<RawRateLimit>,
+    /// A bot that gets a copy of the requests, whose answers are compared with the primary's.
+    pub shadow: Option<RawShadow>,
+    /// A bot that answers a share of the users instead of the primary.
+    pub canary: Option<RawCanary>,
 }
 
 fn default_bot_name() -> String {
@@ -94,6 +101,12 @@ pub struct Route {
     pub businesses: HashMap<i64, Target>,
     /// `rate_limit` and `user_rate_limit` here.
     pub limits: LimitPair,
+    /// The backend (index into `Config::backends`) used while a target's circuit is open.
+    pub fallback: Option<usize>,
+    /// The bot copies go to, if any (`crate::migration`).
+    pub shadow: Option<Shadow>,
+    /// The bot that answers a share of the users, if any.
+    pub canary: Option<Canary>,
 }
 
 impl Route {
@@ -104,13 +117,16 @@ impl Route {
             .or(self.default_target.as_ref())
     }
 
-    /// Every backend the route can reach (indexes into `Config::backends`), each once, in order.
+    /// Every backend that can answer the route's callers (indexes into `Config::backends`): its
+    /// targets, its fallback and its canary, each once, in order.
     pub fn backends(&self) -> Vec<usize> {
         let mut b: Vec<usize> = self
             .default_target
             .iter()
             .chain(self.businesses.values())
             .map(|t| t.backend)
+            .chain(self.fallback)
+            .chain(self.canary.iter().map(|c| c.backend))
             .collect();
         b.sort_unstable();
         b.dedup();
@@ -173,6 +189,19 @@ pub fn validate(raw: &[RawRoute], known: &Known<'_>) -> Result<Vec<Route>, Confi
 
 fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigError> {
     let (default_target, businesses) = targets(key, r, known)?;
+    let primaries: Vec<usize> = (default_target.iter().chain(businesses.values()))
+        .map(|t| t.backend)
+        .collect();
+    let bots = RouteBots {
+        lookup: &|k, name| lookup(known, k, name),
+        primaries: &primaries,
+    };
+    let shadow = (r.shadow.as_ref())
+        .map(|s| migration::shadow(&format!("{key}.shadow"), s, &bots))
+        .transpose()?;
+    let canary = (r.canary.as_ref())
+        .map(|c| migration::canary(&format!("{key}.canary"), c, &bots))
+        .transpose()?;
     Ok(Route {
         name: r.name.clone(),
         path: r.path.clone(),
@@ -184,7 +213,37 @@ fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigErro
         default_target,
         businesses,
         limits: super::limits::pair(key, r.rate_limit.as_ref(), r.user_rate_limit.as_ref())?,
+        fallback: fallback(key, r, known)?,
+        shadow,
+        canary,
     })
+}
+
+/// `fallback`: a backend by name, other than the route's own default.
+fn fallback(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Option<usize>, ConfigError> {
+    let Some(name) = &r.fallback else {
+        return Ok(None);
+    };
+    let k = format!("{key}.fallback");
+    if r.backend.as_ref() == Some(name) {
+        return Err(ConfigError::new(
+            k,
+            "must name another backend than `backend`",
+        ));
+    }
+    match known.backend_index.get(name) {
+        Some(&i) => Ok(Some(i)),
+        None => Err(ConfigError::new(k, format!("no backend named `{name}`"))),
+    }
+}
+
+/// A backend's index by name (`k` names the key for the error).
+fn lookup(known: &Known<'_>, k: String, name: &str) -> Result<usize, ConfigError> {
+    known
+        .backend_index
+        .get(name)
+        .copied()
+        .ok_or_else(|| ConfigError::new(k, format!("no backend named `{name}`")))
 }
 
 /// The accepted dialects: `auto` is every dialect that takes part in detection.
@@ -220,13 +279,7 @@ fn ingress(key: &str, spec: &IngressSpec) -> Result<Vec<Caller>, ConfigError> {
 type Targets = (Option<Target>, HashMap<i64, Target>);
 
 fn targets(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Targets, ConfigError> {
-    let lookup = |k: String, name: &str| {
-        known
-            .backend_index
-            .get(name)
-            .copied()
-            .ok_or_else(|| ConfigError::new(k, format!("no backend named `{name}`")))
-    };
+    let lookup = |k: String, name: &str| lookup(known, k, name);
     let default_target = match &r.backend {
         Some(name) => Some(Target {
             backend: lookup(format!("{key}.backend"), name)?,
@@ -275,10 +328,9 @@ fn targets(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Targets, Config
 /// Every accepted dialect must have credentials (or the auth service), and a dialect whose callers
 /// may name no business must be given one when the route reaches a bot that needs it.
 fn check_callers(key: &str, route: &Route, known: &Known<'_>) -> Result<(), ConfigError> {
-    let needs_business = route
-        .backends()
-        .iter()
-        .any(|&b| known.backends[b].bot.needs_business());
+    let shadow = route.shadow.as_ref().map(|s| s.backend);
+    let needs_business = (route.backends().into_iter().chain(shadow))
+        .any(|b| known.backends[b].bot.needs_business());
     for &c in &route.ingress {
         let clients = known
             .clients

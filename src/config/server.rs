@@ -42,6 +42,30 @@ pub struct RawServer {
     pub upgrade_sock: String,
     /// Serve HTTPS: `{ cert = "chain.pem", key = "key.pem" }` (see [`super::tls`]).
     pub tls: Option<RawTls>,
+    /// A client's whole request head must arrive within this (on a new connection, counted from
+    /// the accept; on a kept-alive one, from the head's first byte).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// A request's whole body must arrive within this, counted from the first read of the body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// A kept-alive client connection idle this long after an answer is closed.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout_ms: u64,
+    /// An answer a client does not take within this (counted from the first write that has to
+    /// wait) ends the connection.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_ms: u64,
+    /// Larger request heads (request line and headers) get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Requests with more header lines get 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Open client connections of the chat listener; at the cap, the longest-idle one is closed
+    /// to make room, and a new one is refused only when none is idle.
+    #[serde(default = "default_max_client_connections")]
+    pub max_client_connections: usize,
 }
 
 /// `[server]`, validated: everything but the body limit needs a restart to change.
@@ -57,6 +81,13 @@ pub struct ServerConfig {
     pub upgrade_sock: String,
     /// Whether the chat listener speaks TLS (its certificate may change on reload; this may not).
     pub tls: bool,
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub keepalive_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_client_connections: usize,
 }
 
 /// What a reload may change in `[server]`.
@@ -82,6 +113,7 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
         ));
     }
     nonzero("server.upstream_pool_size", s.upstream_pool_size as u64)?;
+    validate_client_limits(s)?;
     let server = ServerConfig {
         listen: socket_addr("server.listen", &s.listen)?,
         threads: s.threads,
@@ -92,11 +124,44 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         tls: s.tls.is_some(),
+        header_timeout_ms: s.header_timeout_ms,
+        body_timeout_ms: s.body_timeout_ms,
+        keepalive_timeout_ms: s.keepalive_timeout_ms,
+        write_timeout_ms: s.write_timeout_ms,
+        max_header_bytes: s.max_header_bytes,
+        max_headers: s.max_headers,
+        max_client_connections: s.max_client_connections,
     };
     let limits = Limits {
         max_body_bytes: s.max_body_bytes,
     };
     Ok((server, limits))
+}
+
+/// The client connection limits: timeouts above zero, head limits within what pingora's request
+/// parser can enforce (a 1 MiB head, 256 headers).
+fn validate_client_limits(s: &RawServer) -> Result<(), ConfigError> {
+    nonzero("server.header_timeout_ms", s.header_timeout_ms)?;
+    nonzero("server.body_timeout_ms", s.body_timeout_ms)?;
+    nonzero("server.keepalive_timeout_ms", s.keepalive_timeout_ms)?;
+    nonzero("server.write_timeout_ms", s.write_timeout_ms)?;
+    nonzero(
+        "server.max_client_connections",
+        s.max_client_connections as u64,
+    )?;
+    if !(1024..=1_048_575).contains(&s.max_header_bytes) {
+        return Err(ConfigError::new(
+            "server.max_header_bytes",
+            "must be between 1024 and 1048575",
+        ));
+    }
+    if !(1..=256).contains(&s.max_headers) {
+        return Err(ConfigError::new(
+            "server.max_headers",
+            "must be between 1 and 256",
+        ));
+    }
+    Ok(())
 }
 
 fn default_threads() -> usize {
@@ -113,4 +178,78 @@ fn default_pool() -> usize {
 }
 fn default_grace() -> u64 {
     5
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_keepalive_timeout() -> u64 {
+    60_000
+}
+fn default_write_timeout() -> u64 {
+    30_000
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_client_connections() -> usize {
+    4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(keys: &str) -> Result<ServerConfig, ConfigError> {
+        let raw: RawServer = toml::from_str(&format!("listen = \"127.0.0.1:1\"\n{keys}")).unwrap();
+        validate(&raw).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn client_limits_are_read_and_bad_ones_named() {
+        let s =
+            with("header_timeout_ms = 5\nmax_headers = 256\nmax_client_connections = 7").unwrap();
+        assert_eq!(
+            (s.header_timeout_ms, s.max_headers, s.max_client_connections),
+            (5, 256, 7)
+        );
+        let cases = [
+            (
+                "header_timeout_ms = 0",
+                "server.header_timeout_ms: must be greater than 0",
+            ),
+            (
+                "body_timeout_ms = 0",
+                "server.body_timeout_ms: must be greater than 0",
+            ),
+            (
+                "keepalive_timeout_ms = 0",
+                "server.keepalive_timeout_ms: must be greater than 0",
+            ),
+            (
+                "write_timeout_ms = 0",
+                "server.write_timeout_ms: must be greater than 0",
+            ),
+            (
+                "max_client_connections = 0",
+                "server.max_client_connections: must be greater than 0",
+            ),
+            (
+                "max_header_bytes = 100",
+                "server.max_header_bytes: must be between 1024 and 1048575",
+            ),
+            (
+                "max_headers = 257",
+                "server.max_headers: must be between 1 and 256",
+            ),
+        ];
+        for (keys, want) in cases {
+            assert_eq!(with(keys).unwrap_err().to_string(), want);
+        }
+    }
 }

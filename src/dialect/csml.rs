@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ use crate::auth::{
     csml_presented, ClientCredential, CsmlClientAuth, Denied, Grant, Presented, Scope,
 };
 use crate::config::{header_safe, ConfigError, SecretSource};
+use crate::delivery::policy::{self, CsmlCallbackKeys};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
@@ -149,6 +151,10 @@ struct RequestIn<'a> {
     request_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     payload: &'a RawValue,
+    /// Async mode: where the bot's messages go (checked against the credential's allow-list by
+    /// the shell; never passed on to a bot).
+    #[serde(borrow, default)]
+    callback_url: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -197,11 +203,23 @@ fn media_kind(kind: &str) -> Option<MediaKind> {
     })
 }
 
+/// A field the message is made of: refused when empty, as a bot of another dialect would refuse it
+/// (Haptik's `message_body`, Rasa's `message`) or get a message with nothing in it.
+fn non_empty<'a>(s: Cow<'a, str>, field: &str) -> Result<Cow<'a, str>, ProxyError> {
+    if s.is_empty() {
+        return Err(ProxyError::bad_request(format!(
+            "invalid field `{field}`: must not be empty"
+        )));
+    }
+    Ok(s)
+}
+
 /// Parses a CSML Chat API request body into the canonical request.
 ///
 /// 400s name the field: malformed JSON, missing `client.user_id`, `payload.content_type` or
-/// `payload.content`, an unknown content type, content that does not fit its type, a media or url
-/// message without an http(s) `url`, a `metadata` that is not an object.
+/// `payload.content`, an unknown content type, content that does not fit its type, an empty text,
+/// button payload or flow id, a media or url message without an http(s) `url`, a `metadata` that is
+/// not an object.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
     let wire: RequestIn<'_> = from_json(body).map_err(|_| json_error::<RequestIn<'_>>(body))?;
     if wire.client.user_id.is_empty() {
@@ -230,21 +248,19 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         Ok(u.url)
     };
     let content = match kind {
-        "text" => {
-            let t: TextIn<'_> = request_content(raw, kind)?;
-            if t.text.is_empty() {
-                return Err(ProxyError::bad_request(
-                    "invalid field `payload.content.text`: must not be empty",
-                ));
-            }
-            Content::Text(t.text)
-        }
+        "text" => Content::Text(non_empty(
+            request_content::<TextIn<'_>>(raw, kind)?.text,
+            "payload.content.text",
+        )?),
         "url" => Content::Url(url_of(raw)?),
-        "payload" => Content::Payload(request_content::<PayloadTextIn<'_>>(raw, kind)?.payload),
+        "payload" => Content::Payload(non_empty(
+            request_content::<PayloadTextIn<'_>>(raw, kind)?.payload,
+            "payload.content.payload",
+        )?),
         "flow_trigger" => {
             let f: FlowTriggerIn<'_> = request_content(raw, kind)?;
             Content::FlowTrigger {
-                flow_id: f.flow_id,
+                flow_id: non_empty(f.flow_id, "payload.content.flow_id")?,
                 close_flows: f.close_flows,
             }
         }
@@ -268,6 +284,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         request_id: wire.request_id,
         metadata: wire.metadata,
         raw_payload: Some(wire.payload),
+        callback_url: wire.callback_url,
     })
 }
 
@@ -769,6 +786,45 @@ pub fn render_error(err: &ProxyError) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Async mode (`callback_url`)
+
+/// The POSTs that deliver a rendered answer to a callback, as the CSML engine sends them: the
+/// answer's envelope once per message, with that message alone, then the envelope with
+/// `"messages": []` and `"conversation_end": true`.
+pub fn callback_bodies(rendered: &[u8]) -> Vec<String> {
+    let mut envelope: serde_json::Value =
+        serde_json::from_slice(rendered).expect("a rendered answer is JSON");
+    let messages = match envelope.get_mut("messages").map(serde_json::Value::take) {
+        Some(serde_json::Value::Array(m)) => m,
+        _ => Vec::new(),
+    };
+    let mut bodies = Vec::with_capacity(messages.len() + 1);
+    for m in messages {
+        envelope["messages"] = serde_json::Value::Array(vec![m]);
+        bodies.push(envelope.to_string());
+    }
+    envelope["messages"] = serde_json::Value::Array(Vec::new());
+    envelope["conversation_end"] = serde_json::Value::Bool(true);
+    bodies.push(envelope.to_string());
+    bodies
+}
+
+/// The POSTs for a request whose bot failed: one `error` message (how the CSML engine reports a
+/// bot error) with the fixed words the caller would have been answered with, then the closing one.
+pub fn callback_error_bodies(empty_answer: &[u8], err: &ProxyError) -> Vec<String> {
+    let mut envelope: serde_json::Value =
+        serde_json::from_slice(empty_answer).expect("a rendered answer is JSON");
+    let conversation_id = envelope["interaction_id"].clone();
+    envelope["messages"] = serde_json::json!([{
+        "conversation_id": conversation_id,
+        "direction": "SEND",
+        "interaction_order": 0,
+        "payload": {"content_type": "error", "content": {"error": err.message}},
+    }]);
+    callback_bodies(envelope.to_string().as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The dialect interface
 
 /// CSML's Chat API, as callers and bots speak it.
@@ -803,6 +859,17 @@ struct ClientConfig {
     routes: Option<Vec<String>>,
     /// Business ids it may reach (absent: any).
     businesses: Option<Vec<i64>>,
+    /// Hosts a `callback_url` may name: exact names or IPs, or `*.domain` (absent: no async mode).
+    callback_hosts: Option<Vec<String>>,
+    /// Accept `http://` callback URLs (default: https only).
+    #[serde(default)]
+    allow_http_callbacks: bool,
+    /// Let callbacks reach loopback, private and link-local addresses (default: refused).
+    #[serde(default)]
+    allow_private_callbacks: bool,
+    /// The key of deliveries' `x-botbridge-signature` (default: the credential's `secret`; required
+    /// for `auth = "plain"` credentials with `callback_hosts`).
+    callback_secret: Option<SecretSource>,
 }
 
 /// A CSML bot's settings (`dialect = "csml"`).
@@ -841,6 +908,10 @@ pub(crate) fn api_key(key: &str, src: &SecretSource) -> Result<String, ConfigErr
 }
 
 impl CallerDialect for Csml {
+    fn api_document(&self) -> &'static str {
+        include_str!("../../docs/openapi/csml.json")
+    }
+
     fn name(&self) -> &'static str {
         "csml"
     }
@@ -870,13 +941,16 @@ impl CallerDialect for Csml {
         let c: ClientConfig = settings(key, table)?;
         let api_key = api_key(&format!("{key}.key"), &c.key)?;
         let mut demo = None;
+        let mut api_secret = None;
         let auth = match (c.auth, &c.secret) {
             (AuthMode::Signed, Some(s)) => {
                 let secret = s.resolve(&format!("{key}.secret"))?;
                 if api_key == "demo-key" && secret == "demo-secret" {
                     demo = Some(format!("csml key {api_key}"));
                 }
-                CsmlClientAuth::Signed(CsmlKey::new(api_key.clone(), secret.as_bytes()))
+                let auth = CsmlClientAuth::Signed(CsmlKey::new(api_key.clone(), secret.as_bytes()));
+                api_secret = Some(secret);
+                auth
             }
             (AuthMode::Signed, None) => {
                 return Err(ConfigError::new(
@@ -892,6 +966,16 @@ impl CallerDialect for Csml {
                 ))
             }
         };
+        let callback_secret = match &c.callback_secret {
+            Some(s) => Some(s.resolve(&format!("{key}.callback_secret"))?),
+            None => api_secret,
+        };
+        let keys = CsmlCallbackKeys {
+            hosts: c.callback_hosts,
+            allow_http: c.allow_http_callbacks,
+            allow_private: c.allow_private_callbacks,
+            secret: callback_secret,
+        };
         let grant = Grant {
             name: c.name.as_str().into(),
             business_id: c.business_id,
@@ -901,6 +985,7 @@ impl CallerDialect for Csml {
             },
             csml: Some(auth),
             limits: Default::default(),
+            callbacks: policy::csml(key, &c.name, keys)?.map(Arc::new),
         };
         Ok(ClientEntry {
             credential: ClientCredential::ApiKey {
@@ -1048,6 +1133,7 @@ mod tests {
             request_id: None,
             metadata: None,
             raw_payload: None,
+            callback_url: None,
         };
         let ours: Value = serde_json::from_slice(&render_request(&req, "random-id")).unwrap();
         let mut seed: Value = serde_json::from_str(SEED_REQUEST).unwrap();
@@ -1084,6 +1170,24 @@ mod tests {
         }
     }
 
+    /// Found by the `request_csml` fuzz target: an empty button payload (or flow id) was accepted and
+    /// reached a Haptik or Rasa bot as an empty message, which their own parsers refuse.
+    #[test]
+    fn empty_payloads_and_flow_ids_are_refused() {
+        let cases: [(&[u8], &str); 2] = [
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"payload","content":{"payload":""}}}"#, "`payload.content.payload`"),
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"flow_trigger","content":{"flow_id":""}}}"#, "`payload.content.flow_id`"),
+        ];
+        for (body, field) in cases {
+            let err = parse_request(body).unwrap_err();
+            assert_eq!(err.status, 400);
+            assert_eq!(
+                err.message,
+                format!("invalid field {field}: must not be empty")
+            );
+        }
+    }
+
     #[test]
     fn renders_business_id_and_media() {
         let req = ChatRequest {
@@ -1097,6 +1201,7 @@ mod tests {
             request_id: None,
             metadata: None,
             raw_payload: None,
+            callback_url: None,
         };
         let ours: Value = serde_json::from_slice(&render_request(&req, "r")).unwrap();
         assert_eq!(

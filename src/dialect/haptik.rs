@@ -27,8 +27,8 @@ use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::{
-    from_json, hsl, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
-    ClientEntry, Detection, RequestHead,
+    from_json, haptik_async, hsl, integer, settings, AnswerContext, Bot, BotDialect,
+    BotRequestContext, CallerDialect, ClientEntry, Detection, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -46,8 +46,9 @@ struct RequestWire<'a> {
     user: UserWire<'a>,
     #[serde(borrow)]
     message_body: Cow<'a, str>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer")]
     message_type: i64,
+    #[serde(deserialize_with = "integer")]
     business_id: i64,
 }
 
@@ -107,6 +108,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         request_id: None,
         metadata: None,
         raw_payload: None,
+        callback_url: None,
     })
 }
 
@@ -652,6 +654,16 @@ struct ClientConfig {
     routes: Option<Vec<String>>,
     /// Business ids it may reach (absent: any).
     businesses: Option<Vec<i64>>,
+    /// Where the bot's replies to its Log Message API requests are POSTed (absent: no async mode).
+    webhook_url: Option<String>,
+    /// The key of those webhooks' `X-Hub-Signature` (required with `webhook_url`).
+    webhook_secret: Option<SecretSource>,
+    /// Accept an `http://` `webhook_url` (default: https only).
+    #[serde(default)]
+    allow_http_callbacks: bool,
+    /// Let webhooks reach loopback, private and link-local addresses (default: refused).
+    #[serde(default)]
+    allow_private_callbacks: bool,
 }
 
 /// A Haptik bot's settings (`dialect = "haptik"`).
@@ -662,12 +674,24 @@ struct BotConfig {
     token: Option<SecretSource>,
     /// The `client-id` the proxy sends.
     client_id: Option<String>,
+    /// `sync` (default): the bot answers in its HTTP answer; `async`: it is sent the Log Message API
+    /// request and its replies come to the proxy's `webhook_path`.
+    #[serde(default)]
+    mode: haptik_async::BotMode,
+    /// Async bots: the path on the chat listener the bot's webhooks are POSTed to.
+    webhook_path: Option<String>,
+    /// Async bots: the key of those webhooks' `X-Hub-Signature`.
+    webhook_secret: Option<SecretSource>,
+    /// Async bots: how long after a reply with no further one the replies count as complete
+    /// (milliseconds, default 1000); the backend's `read_timeout_ms` bounds the whole wait.
+    quiet_ms: Option<u64>,
 }
 
 /// A configured Haptik bot: its credentials, the header value built once.
 struct HaptikBot {
     authorization: String,
     client_id: String,
+    replies: Option<haptik_async::AsyncBot>,
 }
 
 impl std::fmt::Debug for HaptikBot {
@@ -691,6 +715,10 @@ fn is_bearer(v: &[u8]) -> bool {
 }
 
 impl CallerDialect for Haptik {
+    fn api_document(&self) -> &'static str {
+        include_str!("../../docs/openapi/haptik.json")
+    }
+
     fn name(&self) -> &'static str {
         "haptik"
     }
@@ -762,10 +790,23 @@ impl CallerDialect for Haptik {
                 ))
             }
         };
-        let client = client.with_scope(Scope {
-            routes: c.routes,
-            businesses: c.businesses,
-        });
+        let secret = (c.webhook_secret.as_ref())
+            .map(|s| s.resolve(&format!("{key}.webhook_secret")))
+            .transpose()?;
+        let callbacks = crate::delivery::policy::haptik(
+            key,
+            &c.name,
+            c.webhook_url.as_deref(),
+            secret,
+            c.allow_http_callbacks,
+            c.allow_private_callbacks,
+        )?;
+        let client = client
+            .with_scope(Scope {
+                routes: c.routes,
+                businesses: c.businesses,
+            })
+            .with_callbacks(callbacks);
         Ok(ClientEntry {
             credential: ClientCredential::ClientToken {
                 client_id: c.client_id,
@@ -804,7 +845,14 @@ impl BotDialect for Haptik {
     }
 
     fn keys(&self) -> &'static [&'static str] {
-        &["token", "client_id"]
+        &[
+            "token",
+            "client_id",
+            "mode",
+            "webhook_path",
+            "webhook_secret",
+            "quiet_ms",
+        ]
     }
 
     fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
@@ -821,9 +869,19 @@ impl BotDialect for Haptik {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| required("client_id"))?;
         header_safe(&format!("{key}.client_id"), &client_id)?;
+        let secret = (c.webhook_secret.as_ref())
+            .map(|s| s.resolve(&format!("{key}.webhook_secret")))
+            .transpose()?;
+        let keys = haptik_async::AsyncBotKeys {
+            mode: c.mode,
+            webhook_path: c.webhook_path,
+            webhook_secret: secret,
+            quiet_ms: c.quiet_ms,
+        };
         Ok(Box::new(HaptikBot {
             authorization: format!("Bearer {token}"),
             client_id,
+            replies: haptik_async::async_bot(key, keys)?,
         }))
     }
 }
@@ -851,6 +909,10 @@ impl Bot for HaptikBot {
             )
         })?;
         render_request(req, business_id, ctx.flow_trigger)
+    }
+
+    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
+        self.replies.as_ref()
     }
 
     fn sign(&self, _unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {
@@ -910,6 +972,33 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.status, 400);
         assert!(err.message.contains("message_body"), "{}", err.message);
+    }
+
+    /// Found by the schemathesis check: JSON Schema's `integer` (the OpenAPI document) includes
+    /// `343.0`, which serde's `i64` refused.
+    #[test]
+    fn integers_may_be_written_with_a_fraction() {
+        let req = parse_request(
+            br#"{"user":{"auth_id":"u"},"message_body":"hi","message_type":0.0,"business_id":3.43e2}"#,
+        )
+        .unwrap();
+        assert_eq!((req.business_id, req.message_type), (Some(343), 0));
+        for bad in [
+            "343.5",
+            "1e19",
+            "-1e19",
+            "-9223372036854775809",
+            "9223372036854775808",
+        ] {
+            let body =
+                format!(r#"{{"user":{{"auth_id":"u"}},"message_body":"hi","business_id":{bad}}}"#);
+            let err = parse_request(body.as_bytes()).unwrap_err();
+            assert!(
+                err.message.contains("`business_id`"),
+                "{bad}: {}",
+                err.message
+            );
+        }
     }
 
     #[test]
@@ -1206,6 +1295,34 @@ mod tests {
         );
         assert_eq!(v["message"][1]["body"]["type"], "CAROUSEL");
         assert_eq!(ids_needed(&answer), 2);
+    }
+
+    /// From the `answer_hsl` fuzz target: a Haptik bot's own HSL bodies reach a Haptik caller
+    /// verbatim, escapes included, even a lone surrogate (`"\udbbb"`) in a field the proxy does not
+    /// read: the JSON grammar allows it (and most parsers read it); serde_json's strict string
+    /// decoding would refuse it. The caller gets exactly what the bot said, as without the proxy.
+    #[test]
+    fn own_hsl_bodies_pass_through_verbatim_odd_escapes_included() {
+        let body = br#"{"version":"1.0","message":[{"id":1,"body":{"text":"Hi","type":"TEXT","x":"\udbbb\r"}}]}"#;
+        let answer = parse_answer(200, body).unwrap();
+        assert_eq!(answer.replies, vec![Reply::Text("Hi".into())]);
+        let req = parse_request(SEED_REQUEST.as_bytes()).unwrap();
+        let ctx = AnswerContext {
+            ids: &FixedIds(10, "iid"),
+            received: UNIX_EPOCH,
+            business_name: "b",
+            bot_name: "gogo",
+            request_id: "rid",
+            route_name: "chan",
+            business_id: None,
+            shape: AnswerShape::Hsl,
+        };
+        let out = render_answer(&req, &answer, &ctx);
+        let out = std::str::from_utf8(&out).unwrap();
+        assert!(
+            out.contains(r#""body":{"text":"Hi","type":"TEXT","x":"\udbbb\r"}"#),
+            "{out}"
+        );
     }
 
     #[test]

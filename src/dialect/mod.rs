@@ -14,6 +14,7 @@ mod bad_answer;
 pub mod csml;
 pub mod csml_engine;
 pub mod haptik;
+pub mod haptik_async;
 pub mod hsl;
 pub mod rasa;
 pub mod registry;
@@ -37,6 +38,40 @@ pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> serde_
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(body),
     }
+}
+
+/// Reads a JSON integer, also one written with a fraction or an exponent (`343.0`, `3.43e2`): JSON
+/// has one number type, and JSON Schema's `integer` (the API documents in `docs/openapi/`) includes
+/// them. Any other number is refused.
+pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = i64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            integral(v, 2f64.powi(63))
+                .map(|v| v as i64)
+                .ok_or_else(|| E::invalid_type(serde::de::Unexpected::Float(v), &self))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `v` when it is a whole number in `(-2^63, below)`. An integer literal beyond the 64-bit range
+/// reaches a visitor as a float rounded to `±2^63` or `2^64` or further, so the bounds are open:
+/// `-9223372036854775809` is refused, not read as `i64::MIN`. (Exact parsing, serde_json's
+/// `float_roundtrip`, keeps `4186881670350958.0` from being read as `…958.5`.)
+pub(crate) fn integral(v: f64, below: f64) -> Option<f64> {
+    (v.fract() == 0.0 && v > -(2f64.powi(63)) && v < below).then_some(v)
 }
 
 /// A request's head as the pure core sees it: header values by (lowercase) name and the query.
@@ -165,6 +200,8 @@ pub trait CallerDialect: Sync + Send + 'static {
     ) -> Vec<u8>;
     /// Renders an error the way this dialect's own servers do.
     fn render_error(&self, err: &ProxyError) -> Vec<u8>;
+    /// Its callers' OpenAPI document (`docs/openapi/<name>.json`), served by the admin listener.
+    fn api_document(&self) -> &'static str;
 }
 
 /// What a route adds to a request for its backend.
@@ -196,6 +233,11 @@ pub trait Bot: Send + Sync + fmt::Debug {
     /// Whether requests need a Haptik-style business id (checked when routes are loaded).
     fn needs_business(&self) -> bool {
         false
+    }
+    /// For a bot that answers on a webhook of the proxy's instead of in its HTTP answer (a Haptik
+    /// bot with `mode = "async"`): that webhook's settings. `None` for most.
+    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
+        None
     }
     /// A query parameter added to the configured URL (e.g. a bot's `?token=`); `None` for most.
     fn query_param(&self) -> Option<(&'static str, &str)> {

@@ -29,8 +29,8 @@ use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    from_json, settings, AnswerContext, Bot, BotDialect, BotRequestContext, CallerDialect,
-    ClientEntry, Detection, FlowTriggerPolicy, RequestHead,
+    from_json, integral, settings, AnswerContext, Bot, BotDialect, BotRequestContext,
+    CallerDialect, ClientEntry, Detection, FlowTriggerPolicy, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
@@ -48,8 +48,8 @@ struct RequestIn<'a> {
     metadata: Option<&'a RawValue>,
 }
 
-/// A string, borrowed when it has no escapes, or an integer as its decimal text (Rasa does
-/// `str(sender_id)`).
+/// A string, borrowed when it has no escapes, or an integer (also one written `42.0`) as its decimal
+/// text (Rasa does `str(sender_id)`).
 fn string_or_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
@@ -77,6 +77,15 @@ fn string_or_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
             Ok(Cow::Owned(v.to_string()))
+        }
+
+        /// A whole number written as `42.0` is the same integer: its digits.
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            match integral(v, 2f64.powi(64)) {
+                Some(v) if v < 0.0 => Ok(Cow::Owned((v as i64).to_string())),
+                Some(v) => Ok(Cow::Owned((v as u64).to_string())),
+                None => Err(E::invalid_type(de::Unexpected::Float(v), &self)),
+            }
         }
     }
     d.deserialize_any(V)
@@ -122,6 +131,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
         request_id: None,
         metadata: wire.metadata,
         raw_payload: None,
+        callback_url: None,
     })
 }
 
@@ -462,6 +472,10 @@ impl fmt::Debug for RasaBot {
 }
 
 impl CallerDialect for Rasa {
+    fn api_document(&self) -> &'static str {
+        include_str!("../../docs/openapi/rasa.json")
+    }
+
     fn name(&self) -> &'static str {
         "rasa"
     }
@@ -516,6 +530,7 @@ impl CallerDialect for Rasa {
             },
             csml: None,
             limits: Default::default(),
+            callbacks: None,
         };
         Ok(ClientEntry {
             credential: ClientCredential::Token {
@@ -607,6 +622,7 @@ mod tests {
             request_id: None,
             metadata: None,
             raw_payload: None,
+            callback_url: None,
         }
     }
 
@@ -633,6 +649,37 @@ mod tests {
         // Rasa turns a numeric sender into a string; so does the proxy.
         let req = parse_request(br#"{"sender":42,"message":"hi"}"#).unwrap();
         assert_eq!(req.user_id, "42");
+    }
+
+    /// Found by the schemathesis check: a sender written `42.0` (an integer to JSON Schema) was
+    /// refused. Whole numbers are their digits, up to `u64::MAX`, whichever way they are written.
+    #[test]
+    fn integral_senders_are_their_digits() {
+        for (sender, id) in [
+            ("42.0", "42"),
+            ("-7e0", "-7"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("-9223372036854775808", "-9223372036854775808"),
+            ("-4186881670350958.0", "-4186881670350958"),
+        ] {
+            let body = format!(r#"{{"sender":{sender},"message":"hi"}}"#);
+            assert_eq!(
+                parse_request(body.as_bytes()).unwrap().user_id,
+                id,
+                "{sender}"
+            );
+        }
+        for bad in [
+            "4.5",
+            "2e19",
+            "-1e19",
+            "-9223372036854775809",
+            "18446744073709551616",
+        ] {
+            let body = format!(r#"{{"sender":{bad},"message":"hi"}}"#);
+            let err = parse_request(body.as_bytes()).unwrap_err();
+            assert!(err.message.contains("`sender`"), "{bad}: {}", err.message);
+        }
     }
 
     #[test]
@@ -966,7 +1013,7 @@ backend = "b"
 "#;
         let c = crate::config::parse(config).unwrap();
         assert_eq!(
-            c.backends[0].endpoint.path,
+            c.backends[0].urls[0].endpoint.path,
             "/webhooks/rest/webhook?x=1&token=t%20k%26"
         );
         let e = crate::config::parse(&config.replace("token = \"t k&\"", "bot_id = \"x\""))

@@ -180,6 +180,15 @@ pub struct Plan<'a> {
 }
 
 impl Plan<'_> {
+    /// A plan no limit covers: for a request already checked (async mode's later bot call).
+    pub fn none() -> Self {
+        Plan {
+            credential: None,
+            user: None,
+            id: CredentialId::default(),
+        }
+    }
+
     /// Whether no limit covers the request.
     pub fn is_empty(&self) -> bool {
         self.credential.is_none() && self.user.is_none()

@@ -12,9 +12,14 @@ use prometheus::{
     register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge,
 };
 
+mod client;
+pub mod migration;
+mod pool;
 mod request;
 pub mod shared;
 
+pub use client::{ClientMetrics, CloseReason};
+pub use pool::{EndpointMetrics, PoolMetrics};
 pub use request::{AccessRecord, RouteMetrics};
 
 use crate::auth::AuthReason;
@@ -73,6 +78,8 @@ pub struct Metrics {
     pub translation_errors: IntCounterVec,
     /// `botbridge_admin_refusals_total{reason}`: admin requests refused, see [`ADMIN_REFUSALS`].
     pub admin_refusals: IntCounterVec,
+    /// The series of backend pools.
+    pub pool: PoolMetrics,
 }
 
 /// Why the admin listener refused a request: a cross-site request to a mutating endpoint
@@ -214,6 +221,7 @@ impl Metrics {
                     }
                     c
                 },
+                pool: PoolMetrics::register(),
             }
         })
     }
@@ -275,8 +283,9 @@ impl Metrics {
         }
     }
 
-    /// Creates the error series of a backend.
+    /// Creates the error and pool series of a backend.
     pub fn register_backend(&self, backend: &str) {
+        self.pool.register_backend(backend);
         for r in Reason::ALL.iter().filter(|r| r.is_backend()) {
             self.backend_errors
                 .with_label_values(&[backend, r.as_str()]);

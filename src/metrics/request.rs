@@ -83,6 +83,8 @@ pub struct AccessRecord {
     pub error: Option<Reason>,
     /// Whether the answer came from the backend (translated) rather than from the proxy alone.
     pub from_backend: bool,
+    /// How long the caller should wait, when the backend's circuit is open.
+    pub retry_after: Option<Duration>,
 }
 
 /// The label values of one record.

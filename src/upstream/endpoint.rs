@@ -1,7 +1,8 @@
-//! Where and how to reach an HTTP service (a backend or the auth service): its URL parsed and its
-//! host resolved once, when the configuration is loaded.
+//! Where and how to reach an HTTP service (a backend endpoint or the auth service): its URL parsed
+//! and its host resolved when the configuration is loaded (a backend's names again while running:
+//! `crate::pool`).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::config::{header_safe, nonzero, ConfigError};
@@ -77,19 +78,40 @@ fn url_parts(url_key: &str, url: &str) -> Result<UrlParts, ConfigError> {
     })
 }
 
-/// Parses and resolves `url` into an endpoint. `key` names the table for errors.
+/// Parses and resolves `url` into an endpoint (at the first address its host resolves to, with the
+/// system's resolver). `key` names the table for errors.
 pub fn endpoint(key: &str, name: &str, url: &str, t: Timeouts) -> Result<Endpoint, ConfigError> {
-    let url_key = format!("{key}.url");
-    let p = url_parts(&url_key, url)?;
-    let addr = (p.host.as_str(), p.port)
-        .to_socket_addrs()
-        .map_err(|e| ConfigError::new(&url_key, format!("cannot resolve `{}`: {e}", p.host)))?
-        .next()
-        .ok_or_else(|| {
-            ConfigError::new(&url_key, format!("`{}` resolves to no address", p.host))
-        })?;
+    let system = |host: &str, port: u16| {
+        (host, port)
+            .to_socket_addrs()
+            .map(|a| a.collect())
+            .map_err(|e| e.to_string())
+    };
+    endpoint_with(key, &format!("{key}.url"), name, url, t, system).map(|(ep, _)| ep)
+}
+
+/// Parses `url` (at `url_key`) into an endpoint, resolving its host with `resolve` unless it is an
+/// IP address; returns the endpoint (at the first address) and every address. `key` names the
+/// table of the timeouts for errors.
+pub fn endpoint_with(
+    key: &str,
+    url_key: &str,
+    name: &str,
+    url: &str,
+    t: Timeouts,
+    resolve: impl FnOnce(&str, u16) -> Result<Vec<SocketAddr>, String>,
+) -> Result<(Endpoint, Vec<SocketAddr>), ConfigError> {
+    let p = url_parts(url_key, url)?;
+    let addrs = match p.host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, p.port)],
+        Err(_) => resolve(&p.host, p.port)
+            .map_err(|e| ConfigError::new(url_key, format!("cannot resolve `{}`: {e}", p.host)))?,
+    };
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| ConfigError::new(url_key, format!("`{}` resolves to no address", p.host)))?;
     let ms = |field: &str, v: u64| nonzero(&format!("{key}.{field}"), v).map(Duration::from_millis);
-    Ok(Endpoint {
+    let ep = Endpoint {
         name: name.to_string(),
         tls: p.tls,
         host: p.host,
@@ -102,10 +124,24 @@ pub fn endpoint(key: &str, name: &str, url: &str, t: Timeouts) -> Result<Endpoin
             &format!("{key}.pool_idle_timeout_s"),
             t.idle_s,
         )?),
-    })
+    };
+    Ok((ep, addrs))
 }
 
 impl Endpoint {
+    /// Whether the host is a name (resolved again while running) rather than an IP address.
+    pub fn has_name(&self) -> bool {
+        self.host.parse::<IpAddr>().is_err()
+    }
+
+    /// The same endpoint at another address of its host.
+    pub fn at(&self, addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            ..self.clone()
+        }
+    }
+
     /// Adds a query parameter to every request's path (percent-encoding the value).
     pub fn add_query(&mut self, name: &str, value: &str) {
         let sep = if self.path.contains('?') { '&' } else { '?' };

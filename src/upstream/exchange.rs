@@ -20,6 +20,18 @@ use super::pool::IdlePool;
 use super::Endpoint;
 use super::{BackendPeer, Exchange};
 
+/// Whether a failed exchange sent nothing of its request, so it may go to another endpoint of the
+/// backend (`crate::pool`): only when no connection could be made (refused, unreachable, TLS, or
+/// not within the connect timeout). A pooled connection found closed before the write is retried
+/// on a fresh one (`round_trip`); if that cannot be made either, it ends here as a connect failure.
+/// Any other failure may come after the request was written, and is never sent again.
+pub fn nothing_sent(e: &TransportError) -> bool {
+    matches!(
+        e.kind,
+        TransportKind::Connect | TransportKind::ConnectTimeout
+    )
+}
+
 /// The pooled client for all backends.
 pub struct Upstream {
     connector: TransportConnector,

@@ -9,7 +9,8 @@
 //!   end of the connection, within a size limit;
 //! - `pool`: idle keep-alive connections, checked when taken out, expired and swept by idle time;
 //! - `exchange`: one request and its answer ([`Upstream::exchange`]) within the backend's read
-//!   timeout, delivered at most once;
+//!   timeout, delivered at most once; [`nothing_sent`] tells a pool when a failed request may move
+//!   to another endpoint;
 //! - `endpoint`: where a service is: its URL parsed and its host resolved at load ([`Endpoint`]);
 //! - `error`: how an exchange fails ([`TransportError`], by [`TransportKind`]).
 //!
@@ -31,7 +32,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 pub use endpoint::Endpoint;
 
 pub use error::{TransportError, TransportKind};
-pub use exchange::Upstream;
+pub use exchange::{nothing_sent, Upstream};
 pub use request::RequestBytes;
 
 /// A backend's answer: status and whole body.
@@ -57,4 +58,32 @@ pub fn peer_for(ep: &Endpoint) -> BackendPeer {
     peer.options.idle_timeout = Some(ep.pool_idle_timeout);
     let key = peer.reuse_hash();
     BackendPeer { peer, key }
+}
+
+/// For the fuzz targets (`fuzz/`) only, not an API: the answer-head parser on a byte slice, as
+/// `(head length, status)`; `Ok(None)` while incomplete, `Err` with the refusal.
+#[doc(hidden)]
+pub fn fuzz_parse_head(buf: &[u8]) -> Result<Option<(usize, u16)>, &'static str> {
+    match head::parse_head(buf) {
+        Ok(h) => Ok(h.map(|h| (h.len, h.status))),
+        Err(f) => Err(fuzz_failure(f)),
+    }
+}
+
+/// For the fuzz targets only: reads a whole answer (head and body, of at most `max` bytes) off
+/// `stream`, and whether the connection could be reused.
+#[doc(hidden)]
+pub async fn fuzz_read_answer(
+    stream: &mut pingora::protocols::Stream,
+    max: usize,
+) -> Result<(Exchange, bool), &'static str> {
+    answer::read_answer(stream, max).await.map_err(fuzz_failure)
+}
+
+fn fuzz_failure(f: error::Failure) -> &'static str {
+    match f {
+        error::Failure::BadAnswer(why) => why,
+        error::Failure::TooLarge => "too large",
+        _ => "no answer",
+    }
 }

@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use botbridge::admin::AdminService;
+use botbridge::conn::ClientLimits;
 use botbridge::demo::DemoBot;
 use botbridge::httpio::App;
 use botbridge::reload::Reloader;
@@ -137,6 +138,7 @@ impl Proxy {
 
         let clock = TestClock::default();
         let demo_config = config.demo.clone();
+        let limits = ClientLimits::from_config(&config.process.server);
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(Arc::new(config), None)));
         let reloader = Arc::new(Reloader::new(config_path.clone(), runtime.clone()));
         let (shutdown_tx, shutdown) = watch::channel(false);
@@ -150,16 +152,21 @@ impl Proxy {
             chat.local_addr().unwrap().port(),
             admin.local_addr().unwrap().port(),
         );
-        let chat_app = App(ChatService::with_clock(runtime, clock.as_clock()));
+        let chat_app = App::new(
+            "chat",
+            ChatService::with_clock(runtime, clock.as_clock()),
+            limits,
+        );
+        let admin_app = App::new("admin", AdminService::new(reloader), limits);
         let mut tasks = vec![
             serve(chat, chat_app, conns.clone()),
-            serve(admin, App(AdminService::new(reloader)), conns.clone()),
+            serve(admin, admin_app, conns.clone()),
         ];
         let mut demo_addr = None;
         match (demo_config, demo) {
             (Some(d), Some(listener)) => {
                 demo_addr = Some(listener.local_addr().unwrap());
-                let bots = App(DemoBot::new(d.key, d.haptik));
+                let bots = App::new("demo", DemoBot::new(d.key, d.haptik), limits);
                 tasks.push(serve(listener, bots, conns.clone()));
             }
             (Some(_), None) => panic!("in-process, give `[demo] listen` as 127.0.0.1:{{DEMO}}"),

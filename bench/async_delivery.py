@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Async mode, measured: delivery latency and throughput of CSML callbacks on loopback.
+
+Starts the botbridge binary in front of its built-in demo CSML bot (three messages per answer, so
+four POSTs per request with the closing one) and a callback receiver (a threaded Python HTTP server
+answering 200), sends REQUESTS async requests from CALLERS threads, and records when each delivery
+arrives. Bounded: a fixed number of requests, and a time limit.
+
+- Latency of a delivery: from the moment the caller got its immediate answer to the moment the
+  receiver got that POST (so it includes the bot exchange, as a caller experiences it). p50 and p99
+  over every delivery, and over the closing POSTs (a whole answer delivered).
+- Throughput: deliveries per second between the first request sent and the last delivery received.
+
+The receiver, the callers and the proxy share this machine's cores: the figures are an upper bound
+on latency and a lower bound on throughput for a receiver on another host.
+
+Usage: python3 bench/async_delivery.py [--binary target/release/botbridge] [--requests 2000] [--callers 8] [--pace 50]
+Throughput: unpaced (the queue fills, latency then includes the wait in it). Latency: paced below it.
+"""
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "botbridge"))
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--callers", type=int, default=8)
+    ap.add_argument("--limit", type=float, default=120.0, help="seconds before giving up")
+    ap.add_argument("--pace", type=float, default=0.0,
+                    help="requests per second over all callers (0: as fast as they are answered, which measures "
+                         "throughput; latency then includes the wait in the queue)")
+    args = ap.parse_args()
+
+    arrivals = {}  # idempotency key -> (arrival time, request id, closing?)
+    lock = threading.Lock()
+
+    class Receiver(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            now = time.monotonic()
+            msg = json.loads(body)
+            with lock:
+                arrivals[self.headers["idempotency-key"]] = (now, msg["request_id"], msg.get("conversation_end") is True)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    rx = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    rx.daemon_threads = True
+    threading.Thread(target=rx.serve_forever, daemon=True).start()
+    callback = f"http://127.0.0.1:{rx.server_address[1]}/cb"
+
+    work = tempfile.mkdtemp(prefix="botbridge-async-bench-")
+    listen, admin, demo = free_port(), free_port(), free_port()
+    config = open(os.path.join(ROOT, "proxy.toml")).read()
+    config = (config.replace("127.0.0.1:8080", f"127.0.0.1:{listen}").replace("127.0.0.1:9090", f"127.0.0.1:{admin}")
+              .replace("127.0.0.1:8081", f"127.0.0.1:{demo}")
+              .replace("[server]", f'[server]\npid_file = "{work}/pid"\nupgrade_sock = "{work}/sock"')
+              .replace('filter = "info"', 'filter = "warn"'))
+    config += f'\n[delivery]\nspool_dir = "{work}/spool"\ndead_letter_path = "{work}/dead.jsonl"\n'
+    path = os.path.join(work, "proxy.toml")
+    open(path, "w").write(config)
+    proc = subprocess.Popen([args.binary, "--config", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=1)
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise SystemExit("botbridge did not start")
+                time.sleep(0.1)
+
+        acked = {}  # request id -> time the caller got its answer
+        per_caller = args.requests // args.callers
+
+        def caller(c):
+            for i in range(per_caller):
+                ts = int(time.time())
+                key = f"demo-key|{ts}"
+                sig = "sha256=" + hmac.new(b"demo-secret", key.encode(), hashlib.sha256).hexdigest()
+                rid = f"bench-{c}-{i}"
+                body = json.dumps({"client": {"user_id": f"user-{c}-{i % 50}"}, "request_id": rid, "callback_url": callback,
+                                   "payload": {"content_type": "text", "content": {"text": "hello"}}}).encode()
+                req = urllib.request.Request(f"http://127.0.0.1:{listen}/chat", data=body, method="POST", headers={
+                    "content-type": "application/json", "x-api-key": key, "x-api-signature": sig})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    assert r.status == 200
+                    r.read()
+                with lock:
+                    acked[rid] = time.monotonic()
+                if args.pace > 0:
+                    time.sleep(args.callers / args.pace)
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=caller, args=(c,)) for c in range(args.callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sent = per_caller * args.callers
+        expected = sent * 4
+        limit = time.monotonic() + args.limit
+        while time.monotonic() < limit:
+            with lock:
+                if len(arrivals) >= expected:
+                    break
+            time.sleep(0.05)
+        with lock:
+            got = dict(arrivals)
+        last = max(a[0] for a in got.values())
+        lat = [(a[0] - acked[a[1]]) * 1000 for a in got.values() if a[1] in acked]
+        closing = [(a[0] - acked[a[1]]) * 1000 for a in got.values() if a[2] and a[1] in acked]
+        result = {
+            "requests": sent,
+            "deliveries_expected": expected,
+            "deliveries_received": len(got),
+            "throughput_deliveries_per_s": round(len(got) / (last - start), 1),
+            "latency_ms_p50": round(percentile(lat, 50), 2),
+            "latency_ms_p99": round(percentile(lat, 99), 2),
+            "whole_answer_ms_p50": round(percentile(closing, 50), 2),
+            "whole_answer_ms_p99": round(percentile(closing, 99), 2),
+            "callers": args.callers,
+            "pace_requests_per_s": args.pace or "unpaced",
+        }
+        print(json.dumps(result, indent=2))
+        if len(got) < expected:
+            sys.exit(f"only {len(got)} of {expected} deliveries arrived within {args.limit} s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        rx.shutdown()
+
+
+if __name__ == "__main__":
+    main()

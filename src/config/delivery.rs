@@ -1,0 +1,139 @@
+//! `[delivery]`: async mode's queue, retries, dead-letter log and spool. Every key needs a restart
+//! to change (the queue and its files belong to the running process).
+
+use serde::{Deserialize, Serialize};
+
+use super::private_dir;
+use super::secret::nonzero;
+use super::ConfigError;
+
+/// `[delivery]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    /// Async requests accepted and not yet fully delivered, at most; more get 503.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Deliveries in flight at once, over all receivers.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent: usize,
+    /// One delivery attempt (connect, send, answer) must finish within this.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// A message still undelivered this long after the bot answered goes to the dead-letter log.
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+    /// The first retry's delay; each next one doubles, up to `retry_max_ms` (with jitter).
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_ms: u64,
+    /// The longest delay between two attempts (a receiver's `Retry-After` is honoured up to the
+    /// deadline).
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
+    /// The JSONL file deliveries that gave up are appended to.
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter_path: String,
+    /// The directory pending deliveries are written to on a graceful stop or upgrade, and read from
+    /// by the next process (private to the proxy's user: deliveries carry what users wrote).
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: String,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        toml::from_str("").expect("every [delivery] key has a default")
+    }
+}
+
+/// `[delivery]`, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryConfig {
+    pub queue_size: usize,
+    pub max_concurrent: usize,
+    pub timeout_ms: u64,
+    pub deadline_ms: u64,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub dead_letter_path: String,
+    pub spool_dir: String,
+}
+
+/// Validates `[delivery]`.
+pub fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+    nonzero("delivery.queue_size", d.queue_size as u64)?;
+    nonzero("delivery.max_concurrent", d.max_concurrent as u64)?;
+    nonzero("delivery.timeout_ms", d.timeout_ms)?;
+    nonzero("delivery.deadline_ms", d.deadline_ms)?;
+    nonzero("delivery.retry_initial_ms", d.retry_initial_ms)?;
+    if d.retry_max_ms < d.retry_initial_ms {
+        return Err(ConfigError::new(
+            "delivery.retry_max_ms",
+            "must be at least delivery.retry_initial_ms",
+        ));
+    }
+    for (key, path) in [
+        ("delivery.dead_letter_path", &d.dead_letter_path),
+        ("delivery.spool_dir", &d.spool_dir),
+    ] {
+        if path.trim().is_empty() {
+            return Err(ConfigError::new(key, "must not be empty"));
+        }
+    }
+    Ok(DeliveryConfig {
+        queue_size: d.queue_size,
+        max_concurrent: d.max_concurrent,
+        timeout_ms: d.timeout_ms,
+        deadline_ms: d.deadline_ms,
+        retry_initial_ms: d.retry_initial_ms,
+        retry_max_ms: d.retry_max_ms,
+        dead_letter_path: d.dead_letter_path.clone(),
+        spool_dir: d.spool_dir.clone(),
+    })
+}
+
+fn default_queue_size() -> usize {
+    10_000
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_timeout() -> u64 {
+    5_000
+}
+fn default_deadline() -> u64 {
+    15 * 60 * 1000
+}
+fn default_retry_initial() -> u64 {
+    500
+}
+fn default_retry_max() -> u64 {
+    60_000
+}
+fn default_dead_letter() -> String {
+    private_dir::default_dir()
+        .join("dead-letters.jsonl")
+        .display()
+        .to_string()
+}
+fn default_spool_dir() -> String {
+    private_dir::default_dir()
+        .join("spool")
+        .display()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_errors_name_the_key() {
+        let d = validate(&RawDelivery::default()).unwrap();
+        assert_eq!(d.queue_size, 10_000);
+        assert!(d.spool_dir.ends_with("spool"));
+        let raw: RawDelivery = toml::from_str("timeout_ms = 0").unwrap();
+        assert_eq!(validate(&raw).unwrap_err().key, "delivery.timeout_ms");
+        let raw: RawDelivery = toml::from_str("retry_initial_ms = 10\nretry_max_ms = 5").unwrap();
+        assert_eq!(validate(&raw).unwrap_err().key, "delivery.retry_max_ms");
+    }
+}

@@ -1,0 +1,47 @@
+//! The delivery queue's life in the server: a pingora background service that reads the spool when
+//! the process starts and every second after (so an upgraded process also takes the file its
+//! predecessor writes at the end of its grace period), and on a graceful stop or upgrade lets
+//! deliveries finish until a second before the grace period ends, then spools what remains.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use super::Deliveries;
+use crate::service::Runtime;
+
+/// How often the spool directory is looked at.
+const SPOOL_SCAN: Duration = Duration::from_secs(1);
+
+/// The background service.
+pub struct DeliveryLifecycle {
+    pub deliveries: Deliveries,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    /// `server.grace_period_seconds`.
+    pub grace: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for DeliveryLifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut scan = tokio::time::interval(SPOOL_SCAN);
+        loop {
+            tokio::select! {
+                _ = scan.tick() => {
+                    self.deliveries.restore(&self.runtime.load().config.clients);
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        // pingora waits the whole grace period before it stops the runtimes: finish a second
+        // before, so the spool is written while everything still runs.
+        let budget = self.grace.saturating_sub(Duration::from_secs(1));
+        let budget = budget.max(Duration::from_millis(500));
+        let spooled = self.deliveries.shutdown(Instant::now() + budget).await;
+        tracing::info!(spooled, "delivery queue stopped");
+    }
+}

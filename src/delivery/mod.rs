@@ -1,0 +1,489 @@
+//! Async mode's delivery queue: a caller is answered at once, its bot's replies are POSTed to its
+//! callback (CSML `callback_url`, a Haptik client's `webhook_url`) off the caller's path.
+//!
+//! - Bounded: at most `delivery.queue_size` async requests are accepted and not yet fully delivered
+//!   ([`Deliveries::reserve`]); past that a caller gets 503.
+//! - Ordered: the messages of one request go one after the other, and the requests of one
+//!   conversation (callback URL and user) in the order they were accepted (each waits for the one
+//!   before it: a lane per conversation).
+//! - At least once: every attempt carries the same `idempotency-key` (`<job uuid>.<n>`); connect
+//!   errors, timeouts, 408, 429 and 5xx are retried with exponential backoff and jitter (a
+//!   `Retry-After` in seconds is honoured) until `delivery.deadline_ms` after the bot answered; what
+//!   gives up, and any 3xx or other 4xx, goes to the dead-letter log.
+//! - Planned stops lose nothing: [`Deliveries::shutdown`] lets deliveries finish within the grace
+//!   period, then writes what remains to the spool ([`spool`]), which the next process (or the
+//!   upgraded one) reads ([`Deliveries::restore`]) and delivers first.
+//!
+//! Pure parts: [`ssrf`] (allow-list and address rules), [`sign`] (signatures), [`policy`] (a
+//! credential's callback settings). I/O: [`send`] (one attempt), [`deadletter`], [`spool`].
+
+pub mod background;
+pub mod deadletter;
+pub mod metrics;
+pub mod policy;
+pub mod send;
+pub mod sign;
+pub mod spool;
+pub mod ssrf;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::config::delivery::DeliveryConfig;
+use deadletter::{now_rfc3339, DeadLetter, DeadLetterLog};
+use metrics::DeliveryMetrics;
+use policy::CallbackPolicy;
+use send::Outcome;
+use ssrf::CallbackUrl;
+
+/// The idempotency header on every delivery.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Where one async request's messages go.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub policy: Arc<CallbackPolicy>,
+    pub url: CallbackUrl,
+    /// The URL as the caller gave it (kept for the spool).
+    pub url_text: String,
+    /// The request id the caller was answered with.
+    pub request_id: String,
+}
+
+/// One message to deliver.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The `idempotency-key` value, the same on every attempt and after a restart.
+    pub key: String,
+    pub body: String,
+    /// Unix milliseconds after which it goes to the dead-letter log.
+    pub deadline_ms: u64,
+    pub attempts: u32,
+}
+
+/// An accepted async request in the table: what the spool would take now.
+struct Job {
+    request_id: String,
+    credential: String,
+    conversation: String,
+    target: Option<Arc<Target>>,
+    messages: VecDeque<Message>,
+}
+
+#[derive(Default)]
+struct Table {
+    jobs: HashMap<u64, Job>,
+    /// Per conversation: the last accepted job and its "done" signal.
+    lanes: HashMap<String, (u64, watch::Receiver<bool>)>,
+    next_id: u64,
+}
+
+struct Inner {
+    cfg: DeliveryConfig,
+    message_bodies: bool,
+    connector: TransportConnector,
+    in_flight: Semaphore,
+    depth: AtomicUsize,
+    table: Mutex<Table>,
+    stop: watch::Sender<bool>,
+    drained: Notify,
+    dead: DeadLetterLog,
+    metrics: &'static DeliveryMetrics,
+}
+
+/// The delivery queue (cheap to clone: one shared state).
+#[derive(Clone)]
+pub struct Deliveries(Arc<Inner>);
+
+/// A place in the queue, held by one async request until its messages are delivered, dead-lettered
+/// or spooled. Dropping it frees the place and lets the next request of its conversation go.
+pub struct Ticket {
+    owner: Deliveries,
+    id: u64,
+    uuid: String,
+    previous: Option<watch::Receiver<bool>>,
+    done: watch::Sender<bool>,
+}
+
+impl Deliveries {
+    /// A queue with `cfg`'s limits; `message_bodies` puts undelivered bodies in the dead-letter log.
+    pub fn new(cfg: &DeliveryConfig, message_bodies: bool) -> Self {
+        Deliveries(Arc::new(Inner {
+            connector: TransportConnector::new(Some(ConnectorOptions::new(0))),
+            in_flight: Semaphore::new(cfg.max_concurrent),
+            depth: AtomicUsize::new(0),
+            table: Mutex::new(Table::default()),
+            stop: watch::channel(false).0,
+            drained: Notify::new(),
+            dead: DeadLetterLog::new(&cfg.dead_letter_path),
+            metrics: DeliveryMetrics::global(),
+            cfg: cfg.clone(),
+            message_bodies,
+        }))
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.0.cfg
+    }
+
+    /// The metrics (also to register a dialect's series).
+    pub fn metrics(&self) -> &'static DeliveryMetrics {
+        self.0.metrics
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.0.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a place for an async request of `conversation`, or `None` when the queue is full or
+    /// the process is stopping (the caller gets 503).
+    pub fn reserve(
+        &self,
+        request_id: &str,
+        credential: &str,
+        conversation: String,
+    ) -> Option<Ticket> {
+        let cap = self.0.cfg.queue_size;
+        let taken = self
+            .0
+            .depth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                (d < cap).then_some(d + 1)
+            });
+        if taken.is_err() || *self.0.stop.borrow() {
+            if taken.is_ok() {
+                self.release();
+            }
+            return None;
+        }
+        Some(self.enqueue(request_id, credential, conversation))
+    }
+
+    /// A place for a job read back from the spool: it was accepted already, so no limit applies.
+    fn reserve_restored(&self, request_id: &str, credential: &str, conversation: String) -> Ticket {
+        self.0.depth.fetch_add(1, Ordering::AcqRel);
+        self.enqueue(request_id, credential, conversation)
+    }
+
+    fn enqueue(&self, request_id: &str, credential: &str, conversation: String) -> Ticket {
+        self.0.metrics.queue_depth.inc();
+        let (done, done_rx) = watch::channel(false);
+        let mut t = self.table();
+        t.next_id += 1;
+        let id = t.next_id;
+        let previous = (t.lanes.insert(conversation.clone(), (id, done_rx))).map(|(_, rx)| rx);
+        t.jobs.insert(
+            id,
+            Job {
+                request_id: request_id.to_owned(),
+                credential: credential.to_owned(),
+                conversation,
+                target: None,
+                messages: VecDeque::new(),
+            },
+        );
+        Ticket {
+            owner: self.clone(),
+            id,
+            uuid: uuid::Uuid::new_v4().to_string(),
+            previous,
+            done,
+        }
+    }
+
+    fn release(&self) {
+        self.0.depth.fetch_sub(1, Ordering::AcqRel);
+        self.0.drained.notify_waiters();
+    }
+
+    /// Async requests accepted and not yet fully delivered.
+    pub fn depth(&self) -> usize {
+        self.0.depth.load(Ordering::Acquire)
+    }
+
+    fn stopping(&self) -> bool {
+        *self.0.stop.borrow()
+    }
+
+    /// One message gave up: counted and logged.
+    fn dead_letter(
+        &self,
+        job: (&str, &str),
+        url: String,
+        m: &Message,
+        reason: &'static str,
+        last: &'static str,
+    ) {
+        let (credential, request_id) = job;
+        self.0
+            .metrics
+            .dead_letters
+            .with_label_values(&[reason])
+            .inc();
+        self.0
+            .metrics
+            .deliveries
+            .with_label_values(&["dead_lettered"])
+            .inc();
+        tracing::warn!(
+            credential,
+            request_id,
+            reason,
+            last_outcome = last,
+            attempts = m.attempts,
+            "delivery gave up"
+        );
+        self.0.dead.append(&DeadLetter {
+            at: now_rfc3339(),
+            credential,
+            url,
+            idempotency_key: &m.key,
+            request_id,
+            reason,
+            last_outcome: last,
+            attempts: m.attempts,
+            body: self.0.message_bodies.then_some(m.body.as_str()),
+        });
+    }
+
+    /// A graceful stop: waits until every accepted request is delivered or `deadline` comes, then
+    /// stops the deliveries and writes what remains to the spool. Returns the messages spooled.
+    pub async fn shutdown(&self, deadline: Instant) -> usize {
+        loop {
+            let drained = self.0.drained.notified();
+            if self.depth() == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline.into(), drained)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Stopped and taken under the table's lock: a request that finishes meanwhile either left the
+        // table before (delivered) or is taken here (spooled, and maybe delivered too: at least once).
+        let mut jobs: Vec<(u64, Job)> = {
+            let mut t = self.table();
+            self.0.stop.send_replace(true);
+            t.jobs.drain().collect()
+        };
+        // In the order they were accepted, so the next process keeps each conversation's order.
+        jobs.sort_unstable_by_key(|(id, _)| *id);
+        spool::write(self, jobs.into_iter().map(|(_, j)| j).collect())
+    }
+}
+
+impl Ticket {
+    /// The idempotency key of message `n` of this request.
+    fn key(&self, n: usize) -> String {
+        format!("{}.{n}", self.uuid)
+    }
+
+    /// Delivers `bodies` to `target`, in order, after the conversation's earlier requests.
+    pub async fn deliver(self, target: Target, bodies: Vec<String>) {
+        let deadline_ms = unix_ms() + self.owner.0.cfg.deadline_ms;
+        let messages = (bodies.into_iter().enumerate())
+            .map(|(n, body)| Message {
+                key: self.key(n),
+                body,
+                deadline_ms,
+                attempts: 0,
+            })
+            .collect();
+        self.run(Arc::new(target), messages, true).await
+    }
+
+    /// The bot could not be asked (or answered nothing usable): nothing to deliver.
+    pub fn abandon(self) {}
+
+    async fn run(mut self, target: Arc<Target>, messages: VecDeque<Message>, timed: bool) {
+        let d = self.owner.clone();
+        {
+            let mut t = d.table();
+            let Some(job) = t.jobs.get_mut(&self.id) else {
+                // The bot answered after a stop took the table: too late for the spool.
+                drop(t);
+                for m in &messages {
+                    let job = (
+                        target.policy.credential.as_str(),
+                        target.request_id.as_str(),
+                    );
+                    d.dead_letter(job, target.url.redacted(), m, "shutdown", "none");
+                }
+                return;
+            };
+            job.target = Some(target.clone());
+            job.messages = messages;
+        }
+        if let Some(mut prev) = self.previous.take() {
+            let mut stop = d.0.stop.subscribe();
+            tokio::select! {
+                _ = prev.wait_for(|done| *done) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        let ready = Instant::now();
+        while let Some(m) = d.front(self.id) {
+            match d.deliver_one(&target, m).await {
+                Some(true) if timed => d.0.metrics.latency.observe(ready.elapsed().as_secs_f64()),
+                Some(_) => {}
+                None => return, // stopping: the spool has it
+            }
+            d.pop_front(self.id);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut t = self.owner.table();
+        if let Some(job) = t.jobs.remove(&self.id) {
+            if t.lanes
+                .get(&job.conversation)
+                .is_some_and(|(id, _)| *id == self.id)
+            {
+                t.lanes.remove(&job.conversation);
+            }
+        }
+        drop(t);
+        self.done.send_replace(true);
+        self.owner.0.metrics.queue_depth.dec();
+        self.owner.release();
+    }
+}
+
+impl Deliveries {
+    fn front(&self, id: u64) -> Option<Message> {
+        self.table().jobs.get(&id)?.messages.front().cloned()
+    }
+
+    fn pop_front(&self, id: u64) {
+        if let Some(job) = self.table().jobs.get_mut(&id) {
+            job.messages.pop_front();
+        }
+    }
+
+    /// Delivers one message until it succeeds or gives up: `Some(true)` delivered, `Some(false)`
+    /// dead-lettered, `None` stopped (left for the spool).
+    async fn deliver_one(&self, target: &Target, mut m: Message) -> Option<bool> {
+        let mut stop = self.0.stop.subscribe();
+        let mut delay = Duration::from_millis(self.0.cfg.retry_initial_ms);
+        let max = Duration::from_millis(self.0.cfg.retry_max_ms);
+        let job = (
+            target.policy.credential.as_str(),
+            target.request_id.as_str(),
+        );
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            let last = m.attempts;
+            let attempt = tokio::select! {
+                a = self.attempt(target, &m) => a,
+                _ = stop.wait_for(|s| *s) => return None,
+            };
+            m.attempts = last + 1;
+            self.0
+                .metrics
+                .attempts
+                .with_label_values(&[attempt.outcome.as_str()])
+                .inc();
+            if attempt.outcome == Outcome::Delivered {
+                self.0
+                    .metrics
+                    .deliveries
+                    .with_label_values(&["delivered"])
+                    .inc();
+                return Some(true);
+            }
+            let reason = dead_reason(attempt.outcome);
+            let remaining = Duration::from_millis(m.deadline_ms.saturating_sub(unix_ms()));
+            let wait = attempt.retry_after.unwrap_or_else(|| jitter(delay));
+            if reason.is_some() || remaining.is_zero() || wait > remaining {
+                let reason = reason.unwrap_or("deadline");
+                self.dead_letter(
+                    job,
+                    target.url.redacted(),
+                    &m,
+                    reason,
+                    attempt.outcome.as_str(),
+                );
+                return Some(false);
+            }
+            self.0
+                .metrics
+                .retries
+                .with_label_values(&[attempt.outcome.as_str()])
+                .inc();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+            delay = (delay * 2).min(max);
+        }
+    }
+
+    /// One signed attempt, within the concurrency limit.
+    async fn attempt(&self, target: &Target, m: &Message) -> send::Attempt {
+        let _permit = self.0.in_flight.acquire().await.expect("never closed");
+        let body = Bytes::copy_from_slice(m.body.as_bytes());
+        let mut headers = target.policy.signer.headers(unix_ms() / 1000, &body);
+        headers.push((IDEMPOTENCY_HEADER, m.key.clone()));
+        headers.push(("x-request-id", target.request_id.clone()));
+        let timeout = Duration::from_millis(self.0.cfg.timeout_ms);
+        let reach = &target.policy.reach;
+        send::attempt(
+            &self.0.connector,
+            reach,
+            &target.url,
+            &headers,
+            body,
+            timeout,
+        )
+        .await
+    }
+}
+
+/// The dead-letter reason of an outcome that is not retried; `None` for retryable ones.
+fn dead_reason(o: Outcome) -> Option<&'static str> {
+    match o {
+        Outcome::Rejected => Some("rejected"),
+        Outcome::Redirect => Some("redirect"),
+        Outcome::Forbidden => Some("forbidden"),
+        _ => None,
+    }
+}
+
+/// A delay between half and all of `d` (jitter spreads the retries of many deliveries that failed
+/// at once).
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_and_whole() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(1000));
+            assert!((500..=1000).contains(&(j.as_millis() as u64)), "{j:?}");
+        }
+    }
+}

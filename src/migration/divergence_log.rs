@@ -1,0 +1,240 @@
+//! The divergence log: differing (and failed) shadow pairs as JSON lines, size-capped and rotated;
+//! and the record both it and the report page show.
+//!
+//! One line per sampled divergence: time, request id, route, verdict, and both canonical answers.
+//! Message text, links and button labels appear only with `[log] message_bodies` on (they are what
+//! the bots said to users, often quoting them); otherwise each message is its kind and length.
+//!
+//! Rotation is written here rather than taken from a crate: it is a few lines, rotates only between
+//! whole lines, and the crates that do it bring a date library and compression along.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::compare::{kind, Verdict};
+use crate::config::migration::DivergenceLogConfig;
+use crate::metrics::migration::MigrationMetrics;
+use crate::model::{ChatAnswer, Reply};
+
+/// One differing pair, as logged and as the report page lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Divergence {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub request_id: String,
+    pub route: String,
+    pub verdict: Verdict,
+    pub primary: Vec<MessageView>,
+    /// The shadow's messages; absent when it gave no answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Vec<MessageView>>,
+    /// Why the shadow gave no answer (a request-path reason such as `backend_timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_error: Option<&'static str>,
+}
+
+/// One message of a canonical answer: its kind and text length, and with message bodies on, its
+/// text, link and buttons.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MessageView {
+    pub kind: &'static str,
+    /// Characters of its text (a question's title, a link's or media's URL).
+    pub length: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub buttons: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<ChoiceView>,
+}
+
+/// A button, with message bodies on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChoiceView {
+    pub title: String,
+    pub payload: String,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The messages of an answer as views; with `bodies`, with their text.
+pub fn views(answer: &ChatAnswer<'_>, bodies: bool) -> Vec<MessageView> {
+    answer.replies.iter().map(|r| view(r, bodies)).collect()
+}
+
+fn view(r: &Reply<'_>, bodies: bool) -> MessageView {
+    let (text, buttons): (&str, Vec<&crate::model::Button<'_>>) = match r {
+        Reply::Text(t) => (t, Vec::new()),
+        Reply::Question { title, buttons } => (title, buttons.iter().collect()),
+        Reply::Button(b) => (&b.title, vec![b]),
+        Reply::Url { url, .. } | Reply::Media { url, .. } => (url, Vec::new()),
+    };
+    let choices = buttons.iter().map(|b| ChoiceView {
+        title: b.title.to_string(),
+        payload: b.payload_or_title().to_owned(),
+    });
+    MessageView {
+        kind: kind(r),
+        length: text.chars().count(),
+        buttons: buttons.len(),
+        text: bodies.then(|| text.to_owned()),
+        choices: if bodies {
+            choices.collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// The divergence log file, opened on first write.
+pub struct DivergenceLog {
+    config: DivergenceLogConfig,
+    /// The open file and its size. Writes are short appends of rare lines (differences only), so
+    /// they are made under this lock, on the shadow's task.
+    file: Mutex<Option<(File, u64)>>,
+}
+
+impl DivergenceLog {
+    pub fn new(config: DivergenceLogConfig) -> Self {
+        DivergenceLog {
+            config,
+            file: Mutex::new(None),
+        }
+    }
+
+    /// Its settings (a reload keeps the log when they are unchanged).
+    pub fn config(&self) -> &DivergenceLogConfig {
+        &self.config
+    }
+
+    /// Appends one record; a failure is counted and logged, never passed on.
+    pub fn write(&self, record: &Divergence) {
+        let mut line = serde_json::to_vec(record).expect("a divergence serializes");
+        line.push(b'\n');
+        let result = self.append(&line);
+        let label = if result.is_ok() { "ok" } else { "error" };
+        MigrationMetrics::global()
+            .log_writes
+            .with_label_values(&[label])
+            .inc();
+        if let Err(e) = result {
+            tracing::warn!(path = %self.config.path.display(), error = %e, "cannot write the divergence log");
+        }
+    }
+
+    fn append(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut slot = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let over = |size: u64| size > 0 && size + line.len() as u64 > self.config.max_bytes;
+        if slot.as_ref().is_some_and(|(_, size)| over(*size)) {
+            *slot = None;
+            rotate(&self.config.path, self.config.files)?;
+        }
+        if slot.is_none() {
+            let file = open(&self.config.path)?;
+            let size = file.metadata()?.len();
+            if over(size) {
+                drop(file);
+                rotate(&self.config.path, self.config.files)?;
+                *slot = Some((open(&self.config.path)?, 0));
+            } else {
+                *slot = Some((file, size));
+            }
+        }
+        let (file, size) = slot.as_mut().expect("opened above");
+        file.write_all(line)?;
+        *size += line.len() as u64;
+        Ok(())
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// `<file>.N-1` → `<file>.N` … `<file>` → `<file>.1`; the oldest beyond `files` is replaced.
+fn rotate(path: &Path, files: u32) -> std::io::Result<()> {
+    let numbered = |n: u32| -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        p.into()
+    };
+    for n in (1..files).rev() {
+        match std::fs::rename(numbered(n), numbered(n + 1)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(path, numbered(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::model::Button;
+
+    fn record(text: &str) -> Divergence {
+        let answer = ChatAnswer {
+            replies: vec![Reply::Text(Cow::Borrowed(text))],
+            ..ChatAnswer::default()
+        };
+        Divergence {
+            time: "2026-01-01T00:00:00.000Z".into(),
+            request_id: "r".into(),
+            route: "chat".into(),
+            verdict: Verdict::TextDiffers,
+            primary: views(&answer, false),
+            shadow: None,
+            shadow_error: Some("backend_timeout"),
+        }
+    }
+
+    #[test]
+    fn messages_are_redacted_to_kinds_and_lengths_without_bodies() {
+        let q = Reply::Question {
+            title: Cow::Borrowed("Sure?"),
+            buttons: vec![Button {
+                title: Cow::Borrowed("Yes"),
+                payload: None,
+            }],
+        };
+        let redacted = serde_json::to_string(&view(&q, false)).unwrap();
+        assert_eq!(redacted, r#"{"kind":"question","length":5,"buttons":1}"#);
+        let full = serde_json::to_string(&view(&q, true)).unwrap();
+        assert!(full.contains(r#""text":"Sure?""#) && full.contains(r#""payload":"Yes""#));
+    }
+
+    #[test]
+    fn the_log_rotates_at_its_cap_between_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("divergences.jsonl");
+        let log = DivergenceLog::new(DivergenceLogConfig {
+            path: path.clone(),
+            max_bytes: 4096,
+            files: 2,
+        });
+        for i in 0..200 {
+            log.write(&record(&format!("message {i}")));
+        }
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        assert!(size(&path) <= 4096);
+        let first = dir.path().join("divergences.jsonl.1");
+        assert!(size(&first) <= 4096 && size(&first) > 3000);
+        assert!(dir.path().join("divergences.jsonl.2").exists());
+        assert!(!dir.path().join("divergences.jsonl.3").exists());
+        for f in [&path, &first] {
+            for line in std::fs::read_to_string(f).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["primary"][0]["kind"], "text");
+                assert_eq!(v["shadow_error"], "backend_timeout");
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! One endpoint of a pool: an address of one of the backend's URLs, what the request path needs to
+//! reach it, and its [`EndpointState`] (requests in flight, passive ejection, series), which outlives
+//! configuration reloads and DNS changes for as long as the address stays in the pool.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use pingora_load_balancing::Backend as LbBackend;
+
+use super::health::{Outlier, UrlCheck};
+use crate::metrics::{EndpointMetrics, Metrics};
+use crate::upstream::{peer_for, BackendPeer, Endpoint};
+
+/// One endpoint, as one configuration generation sees it.
+pub struct Member {
+    /// The URL's endpoint at this address.
+    pub endpoint: Endpoint,
+    pub peer: BackendPeer,
+    /// Which of the backend's URLs this address came from.
+    pub url: usize,
+    /// pingora-load-balancing's identity of the address (for its health and selection).
+    pub lb: LbBackend,
+    /// The active check of its URL, when the backend has `[backends.health]`.
+    pub check: Option<Arc<UrlCheck>>,
+    pub state: Arc<EndpointState>,
+}
+
+impl Member {
+    /// The member for `addr` of the URL `template` (index `url`).
+    pub fn new(
+        url: usize,
+        template: &Endpoint,
+        addr: SocketAddr,
+        check: Option<Arc<UrlCheck>>,
+        state: Arc<EndpointState>,
+    ) -> Self {
+        let endpoint = template.at(addr);
+        Member {
+            peer: peer_for(&endpoint),
+            lb: LbBackend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            },
+            endpoint,
+            url,
+            check,
+            state,
+        }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint.addr
+    }
+
+    /// Counts a request in flight on this endpoint until the guard is dropped.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.state)
+    }
+}
+
+/// What an endpoint keeps across reloads and DNS changes.
+pub struct EndpointState {
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+    pub outlier: Outlier,
+    pub metrics: EndpointMetrics,
+}
+
+impl EndpointState {
+    /// Requests being sent to or answered by this endpoint now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// A request in flight on an endpoint.
+pub struct InFlight<'a>(&'a EndpointState);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend's endpoint states by address, shared by the pools of successive configurations, so an
+/// address that stays keeps its state and there is never more than one state (and one set of
+/// series) per address. The series of an address no pool holds any more are removed here, under
+/// the same lock that creates them, so a removal never races a re-creation.
+pub struct States {
+    backend: String,
+    map: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
+}
+
+impl States {
+    /// The states of the backend named `backend`.
+    pub fn new(backend: &str) -> Self {
+        States {
+            backend: backend.to_string(),
+            map: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Weak<EndpointState>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state of `addr`, the existing one if any pool still holds it.
+    pub fn get(&self, addr: SocketAddr) -> Arc<EndpointState> {
+        let mut map = self.lock();
+        if let Some(s) = map.get(&addr).and_then(Weak::upgrade) {
+            return s;
+        }
+        self.sweep_locked(&mut map);
+        let state = Arc::new(EndpointState {
+            addr,
+            in_flight: AtomicUsize::new(0),
+            outlier: Outlier::default(),
+            metrics: Metrics::global()
+                .pool
+                .endpoint(&self.backend, &addr.to_string()),
+        });
+        state.metrics.up.set(1);
+        map.insert(addr, Arc::downgrade(&state));
+        state
+    }
+
+    /// Forgets the addresses no pool holds any more, and removes their series.
+    pub fn sweep(&self) {
+        self.sweep_locked(&mut self.lock());
+    }
+
+    fn sweep_locked(&self, map: &mut HashMap<SocketAddr, Weak<EndpointState>>) {
+        map.retain(|addr, w| {
+            let alive = w.strong_count() > 0;
+            if !alive {
+                (Metrics::global().pool).remove_endpoint(&self.backend, &addr.to_string());
+            }
+            alive
+        });
+    }
+}

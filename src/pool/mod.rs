@@ -1,0 +1,331 @@
+//! Backends as pools of endpoints: every address each of a backend's URLs resolves to is an
+//! endpoint; a request goes to one chosen by the backend's `balance`, moves to another only when
+//! nothing of it was sent, and fails fast while the backend's circuit is open.
+//!
+//! One concern per file:
+//! - `member`: one endpoint (address, peer, state that outlives reloads);
+//! - `select`: membership, active health and selection (pingora-load-balancing, plus
+//!   `least_requests`);
+//! - `health`: the active checks per URL and passive ejection;
+//! - `breaker`: the circuit breaker;
+//! - `dns`: resolving host names (hickory-resolver);
+//! - `keeper`: the background work (health passes, DNS refreshes, series of endpoints);
+//! - `report`: `GET /backends`.
+//!
+//! **The failover rule** ([`Pool::forward`]): a request is sent to at most `tries` endpoints, and
+//! moves to the next only when the exchange failed before anything of it was written
+//! (`upstream::nothing_sent`: the connection could not be made). Once written, a failure is the
+//! caller's answer (502/504): chat messages are not idempotent, so a message is never delivered
+//! twice.
+
+pub mod breaker;
+pub mod dns;
+pub mod health;
+pub mod keeper;
+pub mod member;
+pub mod report;
+pub mod select;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora_load_balancing::HealthRegistry;
+use prometheus::IntCounter;
+
+use crate::config::backends::Backend;
+use crate::config::pool::PoolSettings;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::upstream::{nothing_sent, Endpoint, Exchange, TransportError, Upstream};
+use breaker::Breaker;
+use health::{ActiveCheck, Thresholds, UrlCheck};
+use member::{Member, States};
+use select::Selector;
+
+/// Milliseconds on the pools' monotonic clock.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    // Starts at 1 s so that 0 can mean "never" in stored times.
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1_000
+}
+
+/// Why a pool did not deliver a request.
+#[derive(Debug)]
+pub enum PoolError {
+    /// The backend's circuit is open: retry after this long.
+    Open { retry_after: Duration },
+    /// The exchange failed (on the last endpoint tried).
+    Transport(TransportError),
+}
+
+/// The pools of one configuration, by backend index.
+pub struct Pools {
+    pools: Vec<Arc<Pool>>,
+    /// The resolver for host names, when a URL has one.
+    resolver: Option<Arc<dns::Resolver>>,
+}
+
+impl Pools {
+    /// The pools of `config`; `previous` (the pools being replaced by a reload) hands over the state
+    /// of the backends and endpoints that stay.
+    pub fn new(config: &Config, previous: Option<&Pools>) -> Self {
+        let pools = (config.backends.iter())
+            .map(|b| {
+                let before = previous.and_then(|p| p.by_name(&b.name));
+                Arc::new(Pool::new(b, before))
+            })
+            .collect::<Vec<_>>();
+        let names = pools.iter().any(|p| p.urls.iter().any(Endpoint::has_name));
+        let resolver = names
+            .then(|| dns::Resolver::new(&config.dns))
+            .and_then(|r| {
+                r.inspect_err(
+                    |e| tracing::error!(error = %e, "backend names will not be resolved again"),
+                )
+                .ok()
+            })
+            .map(Arc::new);
+        Pools { pools, resolver }
+    }
+
+    /// The pool of the backend at this index.
+    pub fn get(&self, backend: usize) -> &Pool {
+        &self.pools[backend]
+    }
+
+    fn by_name(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().map(|p| &**p).find(|p| p.name == name)
+    }
+
+    /// Every pool, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.iter()
+    }
+}
+
+/// The active health of a pool: its registry (shared across reloads) and the thresholds in force.
+struct Active {
+    registry: Arc<HealthRegistry>,
+    thresholds: Arc<Thresholds>,
+    interval: Duration,
+}
+
+impl Active {
+    /// A new registry whose check is each endpoint's URL's own.
+    fn new(backend: &str, thresholds: (usize, usize), interval: Duration) -> Self {
+        let thresholds = Arc::new(ArcSwap::from_pointee(thresholds));
+        let registry = Arc::new(HealthRegistry::new());
+        registry.set_health_check(Box::new(ActiveCheck {
+            backend: backend.to_string(),
+            thresholds: thresholds.clone(),
+        }));
+        Active {
+            registry,
+            thresholds,
+            interval,
+        }
+    }
+
+    /// The same registry (endpoints keep their health) under a reloaded configuration's settings.
+    fn carried_over(&self, thresholds: (usize, usize), interval: Duration) -> Self {
+        self.thresholds.store(Arc::new(thresholds));
+        Active {
+            registry: self.registry.clone(),
+            thresholds: self.thresholds.clone(),
+            interval,
+        }
+    }
+}
+
+/// One backend's endpoints.
+pub struct Pool {
+    pub name: String,
+    settings: PoolSettings,
+    /// One per URL, at its first address.
+    urls: Vec<Endpoint>,
+    /// The active check of each URL, with `[backends.health]`.
+    checks: Vec<Option<Arc<UrlCheck>>>,
+    /// The addresses each URL has now.
+    addrs: Mutex<Vec<Vec<SocketAddr>>>,
+    selector: Selector,
+    active: Option<Active>,
+    breaker: Arc<Breaker>,
+    states: Arc<States>,
+    failovers: IntCounter,
+    /// When the next health pass and DNS refresh are due, and whether one is running.
+    next_check_ms: AtomicU64,
+    checking: AtomicBool,
+    next_dns_ms: AtomicU64,
+    resolving: AtomicBool,
+}
+
+impl Pool {
+    fn new(b: &Backend, before: Option<&Pool>) -> Self {
+        let active = b.pool.health.as_ref().map(|h| {
+            let thresholds = (h.healthy_after, h.unhealthy_after);
+            match before.and_then(|p| p.active.as_ref()) {
+                Some(a) => a.carried_over(thresholds, h.interval),
+                None => Active::new(&b.name, thresholds, h.interval),
+            }
+        });
+        let urls: Vec<Endpoint> = b.urls.iter().map(|u| u.endpoint.clone()).collect();
+        let checks = (urls.iter())
+            .map(|ep| {
+                b.pool
+                    .health
+                    .as_ref()
+                    .map(|h| Arc::new(UrlCheck::new(ep, h)))
+            })
+            .collect();
+        let pool = Pool {
+            name: b.name.clone(),
+            selector: Selector::new(b.pool.balance, active.as_ref().map(|a| a.registry.clone())),
+            settings: b.pool.clone(),
+            urls,
+            checks,
+            addrs: Mutex::new(b.urls.iter().map(|u| u.addrs.clone()).collect()),
+            active,
+            breaker: before.map_or_else(|| Arc::new(Breaker::new(&b.name)), |p| p.breaker.clone()),
+            states: before.map_or_else(|| Arc::new(States::new(&b.name)), |p| p.states.clone()),
+            failovers: Metrics::global()
+                .pool
+                .failovers
+                .with_label_values(&[&b.name]),
+            next_check_ms: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
+            next_dns_ms: AtomicU64::new(now_ms() + b.pool.dns_refresh.as_millis() as u64),
+            resolving: AtomicBool::new(false),
+        };
+        let addrs = pool.lock_addrs().clone();
+        pool.rebuild(&addrs, &[]);
+        pool
+    }
+
+    fn lock_addrs(&self) -> std::sync::MutexGuard<'_, Vec<Vec<SocketAddr>>> {
+        self.addrs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the members for these addresses (per URL; an address already seen under an earlier URL
+    /// is not repeated), keeping the `Member`s in `keep` whose address stays.
+    fn rebuild(&self, addrs: &[Vec<SocketAddr>], keep: &[Arc<Member>]) {
+        let mut members: Vec<Arc<Member>> = Vec::new();
+        for (url, list) in addrs.iter().enumerate() {
+            for &addr in list {
+                if members.iter().any(|m| m.addr() == addr) {
+                    continue;
+                }
+                let member = match keep.iter().find(|m| m.addr() == addr) {
+                    Some(m) => m.clone(),
+                    None => Arc::new(Member::new(
+                        url,
+                        &self.urls[url],
+                        addr,
+                        self.checks[url].clone(),
+                        self.states.get(addr),
+                    )),
+                };
+                members.push(member);
+            }
+        }
+        self.selector.set_members(members);
+    }
+
+    /// Sends one request (built for each endpoint tried by `request`) and reads its answer,
+    /// following the failover rule (see the module's documentation). `key` is the user id, which
+    /// `sticky` hashes.
+    pub async fn forward(
+        &self,
+        upstream: &Upstream,
+        key: &[u8],
+        request: impl Fn(&Endpoint) -> Vec<u8>,
+    ) -> Result<Exchange, PoolError> {
+        let s = &self.settings;
+        let permit = (self.breaker.admit(now_ms()))
+            .map_err(|retry_after| PoolError::Open { retry_after })?;
+        let mut tried: Vec<Arc<Member>> = Vec::new();
+        let mut last: Option<TransportError> = None;
+        loop {
+            let now = now_ms();
+            let usable = |m: &Member| {
+                !m.state.outlier.ejected(now) && !tried.iter().any(|t| t.addr() == m.addr())
+            };
+            let Some(m) = self.selector.select(key, usable) else {
+                return Err(match last {
+                    None => PoolError::Open {
+                        retry_after: permit.no_endpoint(now, &s.breaker),
+                    },
+                    Some(e) => {
+                        permit.finish(true, now, &s.breaker);
+                        PoolError::Transport(e)
+                    }
+                });
+            };
+            let result = self.attempt(upstream, &m, &request).await;
+            match result {
+                Err(e) if nothing_sent(&e) && tried.len() + 1 < s.tries as usize => {
+                    tracing::debug!(backend = %self.name, endpoint = %m.addr(), "nothing was sent; trying another endpoint");
+                    self.failovers.inc();
+                    tried.push(m);
+                    last = Some(e);
+                }
+                r => {
+                    permit.finish(failed(&r), now_ms(), &s.breaker);
+                    return r.map_err(PoolError::Transport);
+                }
+            }
+        }
+    }
+
+    /// One exchange with one endpoint, counted in flight, its outcome observed for ejection.
+    async fn attempt(
+        &self,
+        upstream: &Upstream,
+        m: &Member,
+        request: &impl Fn(&Endpoint) -> Vec<u8>,
+    ) -> Result<Exchange, TransportError> {
+        m.state.metrics.selections.inc();
+        let bytes = request(&m.endpoint);
+        let result = {
+            let _in_flight = m.enter();
+            upstream
+                .exchange(&m.peer, &m.endpoint, &bytes, Instant::now())
+                .await
+        };
+        self.observe(m, failed(&result));
+        result
+    }
+
+    /// Passive ejection: an endpoint that keeps failing is left out for a while, unless it is the
+    /// last one up.
+    fn observe(&self, m: &Member, failed: bool) {
+        let now = now_ms();
+        let others_up = || {
+            self.selector
+                .members()
+                .iter()
+                .any(|o| o.addr() != m.addr() && self.up(o, now))
+        };
+        if let Some(length) = m
+            .state
+            .outlier
+            .record(failed, &self.settings.outlier, now, others_up)
+        {
+            m.state.metrics.ejections.inc();
+            m.state.metrics.up.set(0);
+            tracing::warn!(backend = %self.name, endpoint = %m.addr(), seconds = length.as_secs(), "endpoint ejected after consecutive failures");
+        }
+    }
+
+    /// Whether an endpoint may be chosen now.
+    fn up(&self, m: &Member, now: u64) -> bool {
+        self.selector.healthy(m) && !m.state.outlier.ejected(now)
+    }
+}
+
+/// A failed exchange, for ejection and the breaker: no answer, or a 5xx.
+fn failed(r: &Result<Exchange, TransportError>) -> bool {
+    r.as_ref().map_or(true, |x| x.status >= 500)
+}

@@ -1,0 +1,155 @@
+//! Choosing an endpoint: pingora-load-balancing's `LoadBalancer` holds the membership and the active
+//! health of a pool and selects with `RoundRobin` or `Consistent` (Ketama, keyed by the user id, for
+//! `sticky`: only the users of an endpoint that goes down move, to the next endpoint on the ring);
+//! `least_requests` (fewest in flight) is the project's own, over the same membership and health.
+//!
+//! Every selection skips endpoints that fail their active checks, are ejected, or were already tried
+//! by this request.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::selection::{Consistent, RoundRobin};
+use pingora_load_balancing::{Backend as LbBackend, Backends, HealthRegistry, LoadBalancer};
+
+use super::member::Member;
+use crate::config::pool::Balance;
+
+/// Ring points per endpoint in pingora's Ketama continuum (it places 160 per unit of weight): the
+/// bound on the steps needed to find every distinct endpoint on the ring.
+const KETAMA_POINTS: usize = 160;
+
+/// A pool's membership, health and selection.
+pub struct Selector {
+    kind: Kind,
+    /// The endpoints, for `least_requests` and reports (the same `Member`s the balancer holds).
+    members: ArcSwap<Vec<Arc<Member>>>,
+    /// What the balancer's discovery returns on its next update.
+    discovered: Arc<ArcSwap<BTreeSet<LbBackend>>>,
+    /// Where `least_requests` starts looking, so ties are spread.
+    next: AtomicUsize,
+}
+
+enum Kind {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Sticky(LoadBalancer<Consistent>),
+    LeastRequests(LoadBalancer<RoundRobin>),
+}
+
+/// The membership as the balancer's discovery sees it: what [`Selector::set_members`] stored.
+struct Discovered(Arc<ArcSwap<BTreeSet<LbBackend>>>);
+
+#[async_trait]
+impl ServiceDiscovery for Discovered {
+    async fn discover(
+        &self,
+    ) -> pingora::Result<(BTreeSet<LbBackend>, std::collections::HashMap<u64, bool>)> {
+        Ok((BTreeSet::clone(&self.0.load()), Default::default()))
+    }
+}
+
+impl Selector {
+    /// An empty selector; `registry` holds the active health (shared across reloads), if any.
+    pub fn new(balance: Balance, registry: Option<Arc<HealthRegistry>>) -> Self {
+        let discovered = Arc::new(ArcSwap::from_pointee(BTreeSet::new()));
+        let view = || {
+            let d = Box::new(Discovered(discovered.clone()));
+            match &registry {
+                Some(r) => Backends::new_with_health_registry(d, r.clone()),
+                None => Backends::new(d),
+            }
+        };
+        let kind = match balance {
+            Balance::RoundRobin => Kind::RoundRobin(LoadBalancer::from_backends(view())),
+            Balance::Sticky => Kind::Sticky(LoadBalancer::from_backends(view())),
+            Balance::LeastRequests => Kind::LeastRequests(LoadBalancer::from_backends(view())),
+        };
+        Selector {
+            kind,
+            members: ArcSwap::from_pointee(Vec::new()),
+            discovered,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Replaces the membership (selection is rebuilt at once).
+    pub fn set_members(&self, members: Vec<Arc<Member>>) {
+        let set: BTreeSet<LbBackend> = (members.iter())
+            .map(|m| {
+                let mut b = m.lb.clone();
+                b.ext.insert(m.clone());
+                b
+            })
+            .collect();
+        self.discovered.store(Arc::new(set));
+        self.members.store(Arc::new(members));
+        let update = match &self.kind {
+            Kind::RoundRobin(lb) | Kind::LeastRequests(lb) => now(lb.update()),
+            Kind::Sticky(lb) => now(lb.update()),
+        };
+        // The discovery above neither waits nor fails.
+        debug_assert!(matches!(update, Some(Ok(()))));
+    }
+
+    /// The current endpoints.
+    pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        self.members.load_full()
+    }
+
+    fn backends(&self) -> &Backends {
+        match &self.kind {
+            Kind::RoundRobin(lb) | Kind::LeastRequests(lb) => lb.backends(),
+            Kind::Sticky(lb) => lb.backends(),
+        }
+    }
+
+    /// Whether the endpoint passes its active checks (always, without them).
+    pub fn healthy(&self, m: &Member) -> bool {
+        self.backends().ready(&m.lb)
+    }
+
+    /// An endpoint for a request with this key (the user id, for `sticky`) that `usable` accepts.
+    pub fn select(&self, key: &[u8], usable: impl Fn(&Member) -> bool) -> Option<Arc<Member>> {
+        let n = self.members.load().len();
+        let accept = |b: &LbBackend, healthy: bool| healthy && member(b).is_some_and(|m| usable(m));
+        let chosen = match &self.kind {
+            Kind::RoundRobin(lb) => lb.select_with(key, 2 * n + 1, accept),
+            Kind::Sticky(lb) => lb.select_with(key, KETAMA_POINTS * n + 1, accept),
+            Kind::LeastRequests(_) => return self.least_requests(usable),
+        };
+        chosen.as_ref().and_then(member).cloned()
+    }
+
+    /// The usable endpoint with the fewest requests in flight, the first found from a rotating start
+    /// among equals.
+    fn least_requests(&self, usable: impl Fn(&Member) -> bool) -> Option<Arc<Member>> {
+        let members = self.members.load();
+        let n = members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &members[(start + i) % n])
+            .filter(|m| self.healthy(m) && usable(m))
+            .min_by_key(|m| m.state.in_flight())
+            .cloned()
+    }
+}
+
+/// The pool's member behind a balancer's backend.
+fn member(b: &LbBackend) -> Option<&Arc<Member>> {
+    b.ext.get::<Arc<Member>>()
+}
+
+/// Polls a future that is known not to wait (the balancer's update over [`Discovered`]).
+fn now<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}

@@ -1,0 +1,252 @@
+//! Async mode on the request path: a CSML request with `callback_url` (any route, any bot) or a
+//! Haptik Log Message API request is checked as far as it can be (callback allow-list and
+//! addresses, scope, translation), answered at once, and finished on its own task: the bot
+//! exchange, the answer rendered in the caller's dialect and cut into deliveries (`crate::delivery`).
+//!
+//! The immediate answers: CSML callers get the usual envelope with `"messages": []` (what the CSML
+//! engine answers before its callbacks); Haptik callers get the Log Message API's
+//! `{"message_id", "message_body", "created_at", "message_type"}`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::{Admitted, ChatService, Runtime, ServiceIds};
+use crate::auth::Grant;
+use crate::delivery::metrics::QUEUE_FULL;
+use crate::delivery::ssrf::Refusal;
+use crate::delivery::{send, Target, Ticket};
+use crate::dialect::haptik_async::{self, WebhookContext};
+use crate::dialect::{csml, AnswerContext, AnswerIds, AnswerShape, Caller};
+use crate::error::{ProxyError, Reason};
+use crate::limits::Plan;
+use crate::metrics::AccessRecord;
+use crate::model::{ChatAnswer, ChatRequest};
+
+/// What an accepted async request needs on its own task.
+struct Pending {
+    rt: Arc<Runtime>,
+    route: usize,
+    ingress: Caller,
+    grant: Arc<Grant>,
+    body: Bytes,
+    request_id: String,
+    received: SystemTime,
+}
+
+impl ChatService {
+    /// Where an async request's replies go, with the URL and the addresses it resolves to checked;
+    /// `None` for a synchronous request. A refusal is a 400 before anything reaches the bot.
+    pub(super) async fn async_target(
+        &self,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+    ) -> Result<Option<Target>, ProxyError> {
+        let log_message =
+            a.ingress.as_str() == "haptik" && haptik_async::is_log_message_path(&a.route.path);
+        if req.callback_url.is_none() && !log_message {
+            return Ok(None);
+        }
+        let dialect = a.ingress.as_str();
+        let m = self.deliveries.metrics();
+        m.register_dialect(dialect);
+        let refuse = |r: Refusal| {
+            m.requests.with_label_values(&[dialect, r.as_str()]).inc();
+            let message = match (r, log_message) {
+                (Refusal::NotEnabled, true) => {
+                    "this client has no webhook_url for the Log Message API"
+                }
+                _ => r.message(),
+            };
+            ProxyError::new(400, Reason::BadRequest, message)
+        };
+        let policy = a
+            .grant
+            .callbacks
+            .clone()
+            .ok_or_else(|| refuse(Refusal::NotEnabled))?;
+        let (url, url_text) = match (&req.callback_url, &policy.webhook) {
+            (Some(text), _) => (
+                policy.reach.check_url(text).map_err(refuse)?,
+                text.to_string(),
+            ),
+            (None, Some(w)) => (w.clone(), w.to_url()),
+            (None, None) => return Err(refuse(Refusal::NotEnabled)),
+        };
+        send::checked_address(&policy.reach, &url)
+            .await
+            .map_err(refuse)?;
+        Ok(Some(Target {
+            policy,
+            url,
+            url_text,
+            request_id: String::new(),
+        }))
+    }
+
+    /// Checks the request as the synchronous path would (scope, translation), takes a place in the
+    /// delivery queue (503 when full), answers at once and leaves the rest to its own task.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn accept_async(
+        &self,
+        rt: &Arc<Runtime>,
+        a: Admitted<'_>,
+        req: &ChatRequest<'_>,
+        body: &Bytes,
+        mut target: Target,
+        out: &mut AccessRecord,
+        received: SystemTime,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let now = std::time::Instant::now();
+        self.to_bot(rt, &a, req, out, received, now)?;
+        let request_id = out.request_id.clone().unwrap_or_default();
+        let dialect = a.ingress.as_str();
+        let m = self.deliveries.metrics();
+        let conversation = format!("{}\n{}", target.url_text, req.user_id);
+        let credential = target.policy.credential.clone();
+        let Some(ticket) = self
+            .deliveries
+            .reserve(&request_id, &credential, conversation)
+        else {
+            m.requests.with_label_values(&[dialect, QUEUE_FULL]).inc();
+            return Err(ProxyError::new(
+                503,
+                Reason::QueueFull,
+                "too many callbacks pending; try again later",
+            ));
+        };
+        m.requests.with_label_values(&[dialect, "accepted"]).inc();
+        target.request_id = request_id.clone();
+        let ack = self.async_ack(&a, req, &request_id, received);
+        let pending = Pending {
+            rt: rt.clone(),
+            route: out.route.unwrap_or_default(),
+            ingress: a.ingress,
+            grant: a.grant.clone(),
+            body: body.clone(),
+            request_id,
+            received,
+        };
+        let me = self.clone();
+        tokio::spawn(async move { me.finish_async(pending, ticket, target).await });
+        Ok(ack)
+    }
+
+    /// The immediate answer: an empty CSML envelope, or the Log Message API's acknowledgement.
+    fn async_ack(
+        &self,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        request_id: &str,
+        received: SystemTime,
+    ) -> Vec<u8> {
+        if req.callback_url.is_none() {
+            let id = self
+                .next_message_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return haptik_async::log_message_ack(req, id, received);
+        }
+        let ctx = self.answer_context(a, req, request_id, received, AnswerShape::Hsl);
+        a.ingress.render_answer(req, &ChatAnswer::default(), &ctx)
+    }
+
+    fn answer_context<'c>(
+        &'c self,
+        a: &'c Admitted<'_>,
+        req: &ChatRequest<'_>,
+        request_id: &'c str,
+        received: SystemTime,
+        shape: AnswerShape,
+    ) -> AnswerContext<'c> {
+        let target = a.route.target(req.business_id);
+        AnswerContext {
+            ids: self,
+            received,
+            request_id,
+            business_name: target.map_or("", |t| t.business_name.as_str()),
+            bot_name: &a.route.bot_name,
+            route_name: &a.route.name,
+            business_id: req.business_id,
+            shape,
+        }
+    }
+
+    /// On its own task: the bot exchange, the answer cut into deliveries, the deliveries.
+    async fn finish_async(self, p: Pending, ticket: Ticket, target: Target) {
+        let rt = &p.rt;
+        let a = Admitted {
+            route: &rt.config.routes[p.route],
+            ingress: p.ingress,
+            grant: p.grant.clone(),
+            body: None,
+            limits: Plan::none(), // checked when the request was accepted
+        };
+        let mut out = AccessRecord {
+            request_id: Some(p.request_id.clone()),
+            ..AccessRecord::default()
+        };
+        let Ok(req) = self.parse(rt, &a, &p.body, &mut out) else {
+            return ticket.abandon(); // parsed once already: cannot fail
+        };
+        match self.bot_answer(rt, &a, &req, &mut out, &p).await {
+            Ok(bodies) => ticket.deliver(target, bodies).await,
+            Err(e) if req.callback_url.is_some() => {
+                let empty = {
+                    let ctx =
+                        self.answer_context(&a, &req, &p.request_id, p.received, AnswerShape::Hsl);
+                    a.ingress.render_answer(&req, &ChatAnswer::default(), &ctx)
+                };
+                ticket
+                    .deliver(target, csml::callback_error_bodies(&empty, &e))
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!(request_id = %p.request_id, reason = e.reason.as_str(), "async request's bot failed: nothing to deliver");
+                ticket.abandon()
+            }
+        }
+    }
+
+    /// The bot's answer as the bodies of the deliveries, in the caller's dialect.
+    async fn bot_answer(
+        &self,
+        rt: &Arc<Runtime>,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        out: &mut AccessRecord,
+        p: &Pending,
+    ) -> Result<Vec<String>, ProxyError> {
+        let to_bot = self.to_bot(rt, a, req, out, p.received, std::time::Instant::now())?;
+        let exchange = self.forward_and_collect(rt, &to_bot, req, out).await?;
+        let answer = (to_bot.backend.bot)
+            .parse_answer(exchange.status, &exchange.body, a.ingress.keeps_raw())
+            .inspect_err(|e| {
+                if e.reason.is_backend() {
+                    self.backend_error(to_bot.backend, e.reason);
+                }
+            })?;
+        // Haptik webhooks carry HSL bodies, whatever shape the route answers synchronously.
+        let ctx = self.answer_context(a, req, &p.request_id, p.received, AnswerShape::Hsl);
+        let rendered = a.ingress.render_answer(req, &answer, &ctx);
+        if req.callback_url.is_some() {
+            return Ok(csml::callback_bodies(&rendered));
+        }
+        let hook = WebhookContext {
+            auth_id: &req.user_id,
+            business_id: req.business_id,
+            business_name: ctx.business_name,
+        };
+        Ok(haptik_async::webhook_bodies(&rendered, &hook))
+    }
+}
+
+/// Message and interaction ids for answers rendered on an async request's own task.
+impl AnswerIds for ChatService {
+    fn message_ids(&self, count: u64) -> u64 {
+        ServiceIds(&self.next_message_id).message_ids(count)
+    }
+    fn interaction_id(&self) -> String {
+        ServiceIds(&self.next_message_id).interaction_id()
+    }
+}

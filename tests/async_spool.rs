@@ -1,0 +1,108 @@
+//! Async mode across a planned restart: the real binary, stopped with SIGTERM while deliveries are
+//! pending, spools them; the next process delivers every one, with the same idempotency keys.
+
+mod common;
+mod receiver;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use receiver::{Receiver, Reply};
+use serde_json::json;
+
+fn config(spool: &std::path::Path) -> String {
+    format!(
+        "{}\n[delivery]\nspool_dir = \"{}\"\ndead_letter_path = \"{{DIR}}/dead.jsonl\"\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        shipped_config().replace("grace_period_seconds = 5", "grace_period_seconds = 2"),
+        spool.display()
+    )
+}
+
+fn body(text: &str, callback: &str) -> String {
+    json!({
+        "client": {"user_id": "spool-user"},
+        "metadata": {},
+        "payload": {"content_type": "text", "content": {"text": text}},
+        "callback_url": callback,
+    })
+    .to_string()
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_stopped_with_deliveries_pending_loses_none_after_it_starts_again() {
+    let spool = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(Reply::FailFirst(usize::MAX, 503)).await;
+    let mut first = SpawnedProxy::start(&config(spool.path()));
+    for text in ["one", "two"] {
+        let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
+        let headers = [("x-api-key", key), ("x-api-signature", sig)];
+        let (status, ack) = send(&first, "/chat", &headers, &body(text, &rx.url("/cb"))).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    wait_until("a first failed attempt", Duration::from_secs(10), || {
+        !rx.received().is_empty()
+    })
+    .await;
+
+    first.signal("TERM");
+    wait_until("the first proxy to exit", Duration::from_secs(15), || {
+        !first.alive()
+    })
+    .await;
+    let logs = first.logs();
+    assert!(logs.contains("pending deliveries spooled"), "{logs}");
+    let files: Vec<_> = std::fs::read_dir(spool.path()).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one spool file");
+    let attempted: BTreeSet<String> = (rx.received().iter())
+        .filter_map(|g| g.header("idempotency-key").map(str::to_owned))
+        .collect();
+
+    rx.set(Reply::Ok);
+    let second = SpawnedProxy::start(&config(spool.path()));
+    wait_until("all 8 messages delivered", Duration::from_secs(15), || {
+        rx.received().iter().filter(|g| g.status == 200).count() >= 8
+    })
+    .await;
+    let delivered: Vec<_> = rx
+        .received()
+        .into_iter()
+        .filter(|g| g.status == 200)
+        .collect();
+    let keys: BTreeSet<String> = (delivered.iter())
+        .map(|g| g.header("idempotency-key").unwrap().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 8, "every message of both requests, each once");
+    assert!(
+        attempted.is_subset(&keys),
+        "the keys tried before the stop are the ones delivered after"
+    );
+    let ends = delivered
+        .iter()
+        .filter(|g| g.json()["conversation_end"] == true)
+        .count();
+    assert_eq!(ends, 2, "both closing POSTs");
+    // In order within the conversation: "one"'s messages before "two"'s.
+    let texts: Vec<String> = delivered
+        .iter()
+        .map(|g| g.json()["messages"].to_string())
+        .collect();
+    let first_two = texts.iter().position(|t| t.contains("two")).unwrap();
+    assert!(
+        texts[first_two..].iter().all(|t| !t.contains("one")),
+        "{texts:#?}"
+    );
+    assert!(
+        std::fs::read_dir(spool.path()).unwrap().next().is_none(),
+        "the spool was taken"
+    );
+    drop(second);
+}
