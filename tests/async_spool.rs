@@ -37,37 +37,34 @@ async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn a_proxy_stopped_with_deliveries_pending_loses_none_after_it_starts_again() {
-    let spool = tempfile::tempdir().unwrap();
+/// Sends two async requests whose receiver fails (503), and waits for a first failed attempt.
+async fn pending_deliveries(spool: &std::path::Path) -> (Receiver, SpawnedProxy) {
     let rx = Receiver::start(Reply::FailFirst(usize::MAX, 503)).await;
-    let mut first = SpawnedProxy::start(&config(spool.path()));
+    let proxy = SpawnedProxy::start(&config(spool));
     for text in ["one", "two"] {
         let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
         let headers = [("x-api-key", key), ("x-api-signature", sig)];
-        let (status, ack) = send(&first, "/chat", &headers, &body(text, &rx.url("/cb"))).await;
+        let (status, ack) = send(&proxy, "/chat", &headers, &body(text, &rx.url("/cb"))).await;
         assert_eq!(status, 200, "{ack}");
     }
     wait_until("a first failed attempt", Duration::from_secs(10), || {
         !rx.received().is_empty()
     })
     .await;
+    (rx, proxy)
+}
 
-    first.signal("TERM");
-    wait_until("the first proxy to exit", Duration::from_secs(15), || {
-        !first.alive()
-    })
-    .await;
-    let logs = first.logs();
-    assert!(logs.contains("pending deliveries spooled"), "{logs}");
-    let files: Vec<_> = std::fs::read_dir(spool.path()).unwrap().flatten().collect();
-    assert_eq!(files.len(), 1, "one spool file");
-    let attempted: BTreeSet<String> = (rx.received().iter())
+/// The idempotency keys the receiver has seen so far.
+fn keys_tried(rx: &Receiver) -> BTreeSet<String> {
+    (rx.received().iter())
         .filter_map(|g| g.header("idempotency-key").map(str::to_owned))
-        .collect();
+        .collect()
+}
 
+/// Once the receiver answers 200: every message of both requests arrives once, in order, with the
+/// keys tried before, and the spool is emptied.
+async fn all_delivered(rx: &Receiver, spool: &std::path::Path, attempted: BTreeSet<String>) {
     rx.set(Reply::Ok);
-    let second = SpawnedProxy::start(&config(spool.path()));
     wait_until("all 8 messages delivered", Duration::from_secs(15), || {
         rx.received().iter().filter(|g| g.status == 200).count() >= 8
     })
@@ -100,9 +97,54 @@ async fn a_proxy_stopped_with_deliveries_pending_loses_none_after_it_starts_agai
         texts[first_two..].iter().all(|t| !t.contains("one")),
         "{texts:#?}"
     );
-    assert!(
-        std::fs::read_dir(spool.path()).unwrap().next().is_none(),
-        "the spool was taken"
-    );
+    wait_until("the spool to be emptied", Duration::from_secs(5), || {
+        std::fs::read_dir(spool).unwrap().next().is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_proxy_stopped_with_deliveries_pending_loses_none_after_it_starts_again() {
+    let spool = tempfile::tempdir().unwrap();
+    let (rx, mut first) = pending_deliveries(spool.path()).await;
+    first.signal("TERM");
+    wait_until("the first proxy to exit", Duration::from_secs(15), || {
+        !first.alive()
+    })
+    .await;
+    let logs = first.logs();
+    assert!(logs.contains("pending deliveries spooled"), "{logs}");
+    let files: Vec<_> = std::fs::read_dir(spool.path()).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one spool file");
+    let attempted = keys_tried(&rx);
+
+    let second = SpawnedProxy::start(&config(spool.path()));
+    all_delivered(&rx, spool.path(), attempted).await;
     drop(second);
+}
+
+#[tokio::test]
+async fn a_graceful_upgrade_hands_pending_deliveries_to_the_new_process() {
+    let spool = tempfile::tempdir().unwrap();
+    let (rx, mut proxy) = pending_deliveries(spool.path()).await;
+    let (mut old, old_log) = proxy.upgrade();
+    // The old process drains for its grace period (2 s), then spools what is left and exits.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while old.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let logs = std::fs::read_to_string(old_log).unwrap();
+    assert!(logs.contains("pending deliveries spooled"), "{logs}");
+    let attempted = keys_tried(&rx);
+    // The new process serves meanwhile, and takes the spool within a second or so.
+    assert!(proxy.alive());
+    all_delivered(&rx, spool.path(), attempted).await;
+    let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
+    let headers = [("x-api-key", key), ("x-api-signature", sig)];
+    let (status, _) = send(&proxy, "/chat", &headers, &body("three", &rx.url("/cb"))).await;
+    assert_eq!(
+        status, 200,
+        "the upgraded process serves new async requests"
+    );
 }

@@ -170,18 +170,64 @@ impl SpawnedProxy {
 
     /// Sends a signal to the process (`kill -SIG pid`).
     pub fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
+        self.signal_pid(self.child.id(), sig);
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// A graceful upgrade: starts a new process on the same config with `-u` (it waits on
+    /// `upgrade_sock`), sends this one SIGQUIT so it hands over its listening sockets, and waits
+    /// until the new one answers on them. `self` then is the new process; the old one (draining, it
+    /// exits after its grace period) is returned with the path of its log.
+    pub fn upgrade(&mut self) -> (Child, std::path::PathBuf) {
+        let n = std::fs::read_dir(self.config_path.parent().unwrap()).map_or(0, |d| d.count());
+        let log_path = (self.config_path.parent().unwrap()).join(format!("proxy-{n}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_botbridge"));
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--upgrade")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in TEST_SECRETS {
+            cmd.env(k, v);
+        }
+        let new = cmd.spawn().expect("start the upgraded botbridge");
+        let old = std::mem::replace(&mut self.child, new);
+        let old_log = std::mem::replace(&mut self.log_path, log_path);
+        // The new process must be waiting on the upgrade socket before the old one sends to it.
+        std::thread::sleep(Duration::from_millis(500));
+        self.signal_pid(old.id(), "QUIT");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let pid = self.child.id();
+        while owns_listener(pid, self.port) == Some(false)
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the upgraded proxy exited ({status}):\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the upgraded proxy did not take over:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        (old, old_log)
+    }
+
+    fn signal_pid(&self, pid: u32, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
     }
 }
 
