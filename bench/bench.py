@@ -9,7 +9,14 @@ behind three proxies, each with one worker thread:
     translation to CSML, HMAC re-signing, the CSML answer translated back to Haptik's answer;
   - the same with the backend as a pool: three endpoints (the backend on 127.0.0.1, .2 and .3),
     round robin, active HTTP health checks every second ("botbridge pool", compared with the
-    single-URL row).
+    single-URL row);
+  - botbridge with production features on: that pool with its health checks, a local
+    per-credential and per-user rate limit that is never hit, metrics and the access log at their
+    defaults ("botbridge features on");
+  - the plain botbridge on a second route with a shadow at 100% to a second fixed-answer bot (the
+    backend nginx on another port): every request is also copied to the shadow off the caller's
+    path and both answers are compared ("botbridge + shadow"; the copy's exchange and comparison
+    run in the same process, so its CPU per request includes them).
 wrk (one thread, 50 keep-alive connections) POSTs the same Haptik request through each, in rounds
 that alternate the proxies. For each it reports requests/s, p50, p99, non-2xx answers, and the proxy
 processes' CPU time per request (user + system, from /proc, over the measured interval), with ratios
@@ -142,7 +149,7 @@ def main():
     try:
         backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port = (free_port() for _ in range(6))
         lim_port, lim_admin, red_port, red_admin, redis_port = (free_port() for _ in range(5))
-        pool_port, pool_admin, on_port, on_admin = (free_port() for _ in range(4))
+        pool_port, pool_admin, on_port, on_admin, shadow_bot = (free_port() for _ in range(5))
 
         def nginx_conf(name, server_block):
             path = os.path.join(work, f"{name}.conf")
@@ -168,6 +175,10 @@ http {{
     listen 127.0.0.1:{backend} reuseport;
     listen 127.0.0.2:{backend} reuseport;
     listen 127.0.0.3:{backend} reuseport;
+    location / {{ default_type application/json; return 200 '{answer}'; }}
+  }}
+  server {{
+    listen 127.0.0.1:{shadow_bot} reuseport;
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}""")
         proxy_conf = nginx_conf("nginx-proxy", f"""
@@ -231,7 +242,23 @@ api_secret = "bench-secret"
             return path
 
         one_url = f'url = "http://127.0.0.1:{backend}/api/chat"'
-        bb_conf = bb_config("bb", bb_port, bb_admin, one_url)
+        # The plain instance also serves /shadowed: the same route with a shadow at 100%.
+        shadowed = f"""
+[[backends]]
+name = "shadow-bot"
+dialect = "csml"
+url = "http://127.0.0.1:{shadow_bot}/api/chat"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
+[[routes]]
+name = "shadowed"
+path = "/shadowed"
+ingress = "haptik"
+backend = "bot"
+shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queued = 1024 }}
+"""
+        bb_conf = bb_config("bb", bb_port, bb_admin, one_url + shadowed)
         pool_urls = ", ".join(f'"http://127.0.0.{i}:{backend}/api/chat"' for i in (1, 2, 3))
         pool_keys = f'urls = [{pool_urls}]\n[backends.health]\npath = "/health"\ninterval_s = 1'
         pool_conf = bb_config("bb-pool", pool_port, pool_admin, pool_keys)
@@ -284,6 +311,7 @@ wrk.headers["client-id"] = "bench-client"
             ("nginx", f"http://127.0.0.1:{nginx_port}/chat", lambda: [ngx.pid] + children(ngx.pid)),
             ("botbridge", f"http://127.0.0.1:{bb_port}/chat", lambda: [bb.pid]),
             ("botbridge pool", f"http://127.0.0.1:{pool_port}/chat", lambda: [bb_pool.pid]),
+            ("botbridge + shadow", f"http://127.0.0.1:{bb_port}/shadowed", lambda: [bb.pid]),
         ]
         if floor:
             proxies.insert(2, ("pingora floor", f"http://127.0.0.1:{floor_port}/chat", lambda: [floor.pid]))
@@ -385,6 +413,14 @@ wrk.headers["client-id"] = "bench-client"
               f"{pool['cpu_us_per_req']:.1f} µs CPU per request against {single['cpu_us_per_req']:.1f} with one URL "
               f"({pool['cpu_us_per_req'] / single['cpu_us_per_req']:.3f}x)")
         plain = table["botbridge"]
+        sh = table["botbridge + shadow"]
+        print(f"\na shadow at 100% vs none: caller p99 {sh['p99']:.2f} ms against {plain['p99']:.2f} ms "
+              f"({sh['p99'] / plain['p99']:.3f}x); CPU {sh['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs per request "
+              f"({sh['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x)")
+        on = table["botbridge features on"]
+        print(f"\nfeatures on (pool, health checks, limits never hit) vs off: {on['cpu_us_per_req']:.1f} µs CPU per request "
+              f"against {plain['cpu_us_per_req']:.1f} ({on['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x); "
+              f"vs haproxy {on['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x and {plain['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x")
         for name, what in (("botbridge+local limit", "a local limit never hit"), ("botbridge+redis limit", "limits on a local Redis")):
             if name in table:
                 t = table[name]
