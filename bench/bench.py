@@ -114,8 +114,8 @@ def parse_ms(s):
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
-def run_wrk(url, script, seconds, connections):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+def run_wrk(url, script, seconds, connections, threads=1):
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
                          capture_output=True, text=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -138,6 +138,13 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--no-limits", action="store_true", help="leave out the rate limit rows")
+    ap.add_argument("--paced-ms", type=int, default=5,
+                    help="the shadow's latency phase: each wrk connection waits this long between requests, so "
+                         "the proxy is not saturated (0 skips the phase)")
+    ap.add_argument("--rows", help="measure only these rows (comma-separated names; haproxy always)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="worker threads of every proxy (nginx worker_processes, haproxy nbthread, botbridge "
+                         "threads) and of wrk; the backend keeps one; the pingora floor (one thread) is left out above 1")
     args = ap.parse_args()
     for tool in ("nginx", "haproxy", "wrk"):
         if not shutil.which(tool):
@@ -151,11 +158,11 @@ def main():
         lim_port, lim_admin, red_port, red_admin, redis_port = (free_port() for _ in range(5))
         pool_port, pool_admin, on_port, on_admin, shadow_bot = (free_port() for _ in range(5))
 
-        def nginx_conf(name, server_block):
+        def nginx_conf(name, server_block, workers=1):
             path = os.path.join(work, f"{name}.conf")
             with open(path, "w") as f:
                 f.write(f"""
-worker_processes 1;
+worker_processes {workers};
 pid {work}/{name}.pid;
 error_log {work}/{name}.error.log warn;
 events {{ worker_connections 4096; }}
@@ -186,12 +193,12 @@ http {{
   server {{
     listen 127.0.0.1:{nginx_port};
     location / {{ proxy_pass http://bot; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}""")
+  }}""", workers=args.threads)
         haproxy_cfg = os.path.join(work, "haproxy.cfg")
         with open(haproxy_cfg, "w") as f:
             f.write(f"""
 global
-  nbthread 1
+  nbthread {args.threads}
   maxconn 4000
 defaults
   mode http
@@ -212,7 +219,7 @@ backend bot
                 f.write(f"""
 [server]
 listen = "127.0.0.1:{port}"
-threads = 1
+threads = {args.threads}
 upstream_pool_size = 64
 pid_file = "{work}/{name}.pid"
 upgrade_sock = "{work}/{name}.sock"
@@ -302,7 +309,7 @@ wrk.headers["client-id"] = "bench-client"
                        "--appendonly", "no", "--dir", work], redis_port) if with_redis else None
         red = start([args.binary, "--config", red_conf], red_port) if with_redis else None
         bb_on = start([args.binary, "--config", on_conf], on_port)
-        floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor else None
+        floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor and args.threads == 1 else None
         time.sleep(0.5)
         rss_idle = rss_kib(bb.pid)
         # CPU is counted over the proxy's whole process tree (nginx: master and worker).
@@ -320,6 +327,9 @@ wrk.headers["client-id"] = "bench-client"
         if red:
             proxies.append(("botbridge+redis limit", f"http://127.0.0.1:{red_port}/chat", lambda: [red.pid]))
         proxies.append(("botbridge features on", f"http://127.0.0.1:{on_port}/chat", lambda: [bb_on.pid]))
+        if args.rows:
+            keep = {"haproxy", *(r.strip() for r in args.rows.split(","))}
+            proxies = [p for p in proxies if p[0] in keep]
         # Every proxy must answer the request with 200 before measuring.
         for name, url, _ in proxies:
             req = urllib.request.Request(url, data=HAPTIK_BODY.encode(), method="POST", headers={
@@ -344,7 +354,7 @@ wrk.headers["client-id"] = "bench-client"
                     sampler.start()
                 before = cpu_ticks(pids)
                 redis_before = cpu_ticks([redis.pid]) if redis else 0
-                r = run_wrk(url, script, args.seconds if rnd else 2, args.connections)
+                r = run_wrk(url, script, args.seconds if rnd else 2, args.connections, args.threads)
                 r["cpu_us_per_req"] = (cpu_ticks(pids) - before) / TICKS * 1e6 / max(r["requests"], 1)
                 r["redis_cpu_us_per_req"] = ((cpu_ticks([redis.pid]) - redis_before) / TICKS * 1e6 / max(r["requests"], 1)
                                              if redis else 0)
@@ -356,6 +366,24 @@ wrk.headers["client-id"] = "bench-client"
                     results[name].append(r)
                 print(f"  round {rnd} {name:13s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
                       f"cpu {r['cpu_us_per_req']:6.1f} us/req  non-2xx {r['non2xx']}", file=sys.stderr)
+
+        # The shadow as a caller feels it at a load that does not saturate the proxy: every connection
+        # waits --paced-ms between requests (wrk's delay()), so the copy's work can run beside the
+        # caller's instead of queueing it. Saturated (above), a copy's CPU is taken from the callers.
+        paced = {}
+        if args.paced_ms and "botbridge + shadow" in results and "botbridge" in results:
+            paced_script = os.path.join(work, "paced.lua")
+            with open(script) as src, open(paced_script, "w") as dst:
+                dst.write(src.read() + f"\nfunction delay()\n  return {args.paced_ms}\nend\n")
+            rows = [(n, u) for n, u, _ in proxies if n in ("botbridge", "botbridge + shadow")]
+            paced = {n: [] for n, _ in rows}
+            for rnd in range(args.rounds + 1):
+                for name, url in rows:
+                    r = run_wrk(url, paced_script, args.seconds if rnd else 2, args.connections, args.threads)
+                    if rnd:
+                        paced[name].append(r)
+                    print(f"  paced round {rnd} {name:13s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  "
+                          f"p99 {r['p99']:6.2f} ms  non-2xx {r['non2xx']}", file=sys.stderr)
 
         # 1,000 idle keep-alive connections, each having made one real request. First opened one after
         # another (the idle cost), then all at once (a burst: 1,000 requests in flight together).
@@ -408,21 +436,32 @@ wrk.headers["client-id"] = "bench-client"
             t = table[name]
             print(f"| {name} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['non2xx']} of {t['requests']} | "
                   f"{t['cpu_us_per_req']:.1f} | {t['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x | {t['p99'] / base['p99']:.2f}x |")
-        pool, single = table["botbridge pool"], table["botbridge"]
-        print(f"\nbotbridge with a 3-endpoint pool and health checks every second: "
-              f"{pool['cpu_us_per_req']:.1f} µs CPU per request against {single['cpu_us_per_req']:.1f} with one URL "
-              f"({pool['cpu_us_per_req'] / single['cpu_us_per_req']:.3f}x)")
-        plain = table["botbridge"]
-        sh = table["botbridge + shadow"]
-        print(f"\na shadow at 100% vs none: caller p99 {sh['p99']:.2f} ms against {plain['p99']:.2f} ms "
-              f"({sh['p99'] / plain['p99']:.3f}x); CPU {sh['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs per request "
-              f"({sh['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x)")
-        on = table["botbridge features on"]
-        print(f"\nfeatures on (pool, health checks, limits never hit) vs off: {on['cpu_us_per_req']:.1f} µs CPU per request "
-              f"against {plain['cpu_us_per_req']:.1f} ({on['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x); "
-              f"vs haproxy {on['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x and {plain['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x")
+        plain = table.get("botbridge")
+        if plain and "botbridge pool" in table:
+            pool = table["botbridge pool"]
+            print(f"\nbotbridge with a 3-endpoint pool and health checks every second: "
+                  f"{pool['cpu_us_per_req']:.1f} µs CPU per request against {plain['cpu_us_per_req']:.1f} with one URL "
+                  f"({pool['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x)")
+        if plain and "botbridge + shadow" in table:
+            sh = table["botbridge + shadow"]
+            print(f"\na shadow at 100% vs none: caller p99 {sh['p99']:.2f} ms against {plain['p99']:.2f} ms "
+                  f"({sh['p99'] / plain['p99']:.3f}x); CPU {sh['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs per request "
+                  f"({sh['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x)")
+        if paced:
+            m = {n: {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99")} for n, rs in paced.items()}
+            a, b = m["botbridge"], m["botbridge + shadow"]
+            bad = sum(r["non2xx"] for rs in paced.values() for r in rs)
+            print(f"\npaced ({args.paced_ms} ms between requests on each of {args.connections} connections, "
+                  f"about {a['rps']:.0f} requests/s): caller p50 {b['p50']:.2f} ms with a shadow at 100% against "
+                  f"{a['p50']:.2f} ms without, p99 {b['p99']:.2f} against {a['p99']:.2f} ms ({b['p99'] / a['p99']:.3f}x); "
+                  f"non-2xx {bad}")
+        if plain and "botbridge features on" in table:
+            on = table["botbridge features on"]
+            print(f"\nfeatures on (pool, health checks, limits never hit) vs off: {on['cpu_us_per_req']:.1f} µs CPU per request "
+                  f"against {plain['cpu_us_per_req']:.1f} ({on['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x); "
+                  f"vs haproxy {on['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x and {plain['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x")
         for name, what in (("botbridge+local limit", "a local limit never hit"), ("botbridge+redis limit", "limits on a local Redis")):
-            if name in table:
+            if plain and name in table:
                 t = table[name]
                 extra = (f"; redis-server {t['redis_cpu_us_per_req']:.1f} µs/request more" if "redis" in name else "")
                 print(f"\n{what} vs no limit: CPU {t['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs/request "
@@ -433,7 +472,7 @@ wrk.headers["client-id"] = "bench-client"
               f"asked at once); peak under wrk load {rss_load / 1024:.1f} MB")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"table": table, "rss_mb": {"idle": rss_idle / 1024, "idle_1000_conns": rss_idle_conns / 1024, "burst_1000_conns": rss_burst_conns / 1024,
+                json.dump({"table": table, "paced": paced, "rss_mb": {"idle": rss_idle / 1024, "idle_1000_conns": rss_idle_conns / 1024, "burst_1000_conns": rss_burst_conns / 1024,
                                                       "load_peak": rss_load / 1024}}, f, indent=2)
     finally:
         for p in procs:
