@@ -429,7 +429,7 @@ wrk.headers["client-id"] = "bench-client"
         table = {name: summary(name) for name, _, _ in proxies}
         base = table["haproxy"]
         print(f"\nbotbridge vs nginx and haproxy: wrk -t1 -c{args.connections} -d{args.seconds}s, POST of a Haptik request, "
-              f"{args.rounds} rounds (means), one worker thread per proxy, {os.cpu_count()} cores shared with wrk and the backend")
+              f"{args.rounds} rounds (means), {args.threads} worker thread(s) per proxy, {os.cpu_count()} cores shared with wrk and the backend")
         print(f"| proxy | requests/s | p50 ms | p99 ms | non-2xx | CPU µs/request | CPU vs haproxy | p99 vs haproxy |")
         print(f"|---|---|---|---|---|---|---|---|")
         for name, _, _ in proxies:
