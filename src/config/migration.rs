@@ -205,8 +205,10 @@ api_key = "k"
 api_secret = "s"
 [[backends]]
 name = "new"
-dialect = "rasa"
-url = "http://127.0.0.1:4/webhooks/rest/webhook"
+dialect = "csml"
+api_key = "k2"
+api_secret = "s2"
+url = "http://127.0.0.1:4/api/chat"
 [[routes]]
 name = "r"
 path = "/chat"
@@ -286,8 +288,8 @@ backend = "old"
     #[test]
     fn a_haptik_shadow_needs_a_business_for_callers_that_name_none() {
         let text = format!("{BASE}shadow = {{ backend = \"h\" }}\n")
-            .replace("[[clients.haptik]]", "[[clients.rasa]]\nname = \"r\"\ntoken = \"rt\"\n[[clients.haptik]]")
-            .replace("ingress = \"haptik\"", "ingress = \"rasa\"")
+            .replace("[[clients.haptik]]", "[[clients.csml]]\nname = \"r\"\nkey = \"rk\"\nauth = \"plain\"\n[[clients.haptik]]")
+            .replace("ingress = \"haptik\"", "ingress = \"csml\"")
             + "[[backends]]\nname = \"h\"\ndialect = \"haptik\"\nurl = \"http://127.0.0.1:5/h\"\ntoken = \"t\"\nclient_id = \"c\"\n";
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key, "routes[0].business_id", "{e}");

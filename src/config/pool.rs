@@ -291,12 +291,16 @@ client_id = "cid"
 token = "t"
 [[backends]]
 name = "b"
-dialect = "rasa"
-url = "http://127.0.0.1:3/webhooks/rest/webhook"
+dialect = "csml"
+api_key = "k"
+api_secret = "s"
+url = "http://127.0.0.1:3/api/chat"
 [[backends]]
 name = "m"
-dialect = "rasa"
-url = "http://127.0.0.1:4/webhooks/rest/webhook"
+dialect = "csml"
+api_key = "k"
+api_secret = "s"
+url = "http://127.0.0.1:4/api/chat"
 [[routes]]
 name = "r"
 path = "/chat"
@@ -307,8 +311,8 @@ backend = "b"
     /// BASE with `keys` added to the first backend.
     fn with(keys: &str) -> String {
         BASE.replacen(
-            "url = \"http://127.0.0.1:3/webhooks/rest/webhook\"",
-            &format!("url = \"http://127.0.0.1:3/webhooks/rest/webhook\"\n{keys}"),
+            "url = \"http://127.0.0.1:3/api/chat\"",
+            &format!("url = \"http://127.0.0.1:3/api/chat\"\n{keys}"),
             1,
         )
     }
@@ -345,7 +349,7 @@ backend = "b"
         assert_eq!(p.outlier.eject_after, 0);
         assert_eq!(p.breaker.error_rate, Some(0.25));
         assert_eq!(p.breaker.open, Duration::from_secs(4));
-        let urls = "url = \"http://127.0.0.1:3/webhooks/rest/webhook\"";
+        let urls = "url = \"http://127.0.0.1:3/api/chat\"";
         let two = "urls = [\"http://127.0.0.1:3/a\", \"http://127.0.0.1:5/b\"]";
         let c = parse(&BASE.replacen(urls, two, 1)).unwrap();
         let eps: Vec<_> = c.backends[0]
@@ -362,7 +366,7 @@ backend = "b"
 
     #[test]
     fn bad_pool_keys_are_named() {
-        let urls = "url = \"http://127.0.0.1:3/webhooks/rest/webhook\"";
+        let urls = "url = \"http://127.0.0.1:3/api/chat\"";
         let cases = [
             (with("tries = 0"), "backends[0].tries"),
             (with("dns_refresh_s = 0"), "backends[0].dns_refresh_s"),
