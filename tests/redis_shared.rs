@@ -42,18 +42,7 @@ async fn post(
     headers: &Headers,
     body: &str,
 ) -> (u16, HeaderMap, Value) {
-    let mut rb = client()
-        .post(proxy.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (k, v) in headers {
-        rb = rb.header(*k, v);
-    }
-    let resp = rb.send().await.unwrap();
-    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
-    let text = resp.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON answer: {text}"));
-    (status, headers, json)
+    send_with_headers(proxy, path, headers, body).await
 }
 
 fn haptik(client: &str, token: &str) -> Headers {

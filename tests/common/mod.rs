@@ -516,6 +516,17 @@ pub async fn send<P: Urls + ?Sized>(
     headers: &[(&str, String)],
     body: &str,
 ) -> (u16, serde_json::Value) {
+    let (status, _, json) = send_with_headers(proxy, path, headers, body).await;
+    (status, json)
+}
+
+/// As [`send`], with the answer's headers too.
+pub async fn send_with_headers<P: Urls + ?Sized>(
+    proxy: &P,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
     let mut rb = reqwest::Client::new()
         .post(proxy.url(path))
         .timeout(Duration::from_secs(10))
@@ -525,10 +536,10 @@ pub async fn send<P: Urls + ?Sized>(
         rb = rb.header(*k, v);
     }
     let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
+    let (status, answer_headers) = (resp.status().as_u16(), resp.headers().clone());
     let text = resp.text().await.unwrap();
     let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON answer: {text}"));
-    (status, json)
+    (status, answer_headers, json)
 }
 
 /// A Haptik request body.
