@@ -23,6 +23,7 @@ use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::delivery::policy::{self, CsmlCallbackKeys};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
+use crate::dialect::json_out::JsonOut;
 use crate::dialect::{
     from_json, settings, AnswerContext, AnswerShape, Bot, BotDialect, BotRequestContext,
     CallerDialect, ClientEntry, Detection, RequestHead,
@@ -34,35 +35,15 @@ use crate::signing::{CsmlAuth, CsmlKey};
 // ---------------------------------------------------------------------------------------------
 // Requests
 
-#[derive(Serialize)]
-struct RequestWire<'a> {
-    client: ClientWire<'a>,
-    metadata: MetadataOut<'a>,
-    request_id: &'a str,
-    payload: PayloadOut<'a>,
-}
-
-#[derive(Serialize)]
-struct ClientWire<'a> {
-    user_id: &'a str,
-}
-
 /// The `metadata` object sent to a CSML bot.
-#[derive(Serialize)]
-#[serde(untagged)]
 pub(crate) enum MetadataOut<'a> {
     /// The caller's own metadata, passed through untouched.
     Raw(&'a RawValue),
     /// Made by the proxy: the Haptik business id, when there is one.
-    Made {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        business_id: Option<i64>,
-    },
+    Made { business_id: Option<i64> },
 }
 
 /// The `payload` of a request sent to a CSML bot: the caller's own, or made from the canonical content.
-#[derive(Serialize)]
-#[serde(untagged)]
 pub(crate) enum PayloadOut<'a> {
     Raw(&'a RawValue),
     Made {
@@ -71,32 +52,74 @@ pub(crate) enum PayloadOut<'a> {
     },
 }
 
-#[derive(Serialize)]
-#[serde(untagged)]
 pub(crate) enum ContentOut<'a> {
-    Text {
-        text: &'a str,
-    },
-    Url {
-        url: &'a str,
-    },
-    Payload {
-        payload: &'a str,
-    },
+    Text(&'a str),
+    Url(&'a str),
+    Payload(&'a str),
     FlowTrigger {
         flow_id: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
         close_flows: Option<bool>,
     },
+}
+
+impl MetadataOut<'_> {
+    pub(crate) fn write(&self, out: &mut JsonOut) {
+        match self {
+            MetadataOut::Raw(raw) => out.value(raw),
+            MetadataOut::Made { business_id: None } => out.raw("{}"),
+            MetadataOut::Made {
+                business_id: Some(id),
+            } => out.raw(r#"{"business_id":"#).i64(*id).raw("}"),
+        };
+    }
+}
+
+impl PayloadOut<'_> {
+    pub(crate) fn write(&self, out: &mut JsonOut) {
+        let (content_type, content) = match self {
+            PayloadOut::Raw(raw) => {
+                out.value(raw);
+                return;
+            }
+            PayloadOut::Made {
+                content_type,
+                content,
+            } => (content_type, content),
+        };
+        out.raw(r#"{"content_type":"#)
+            .str(content_type)
+            .raw(r#","content":{"#);
+        match content {
+            ContentOut::Text(text) => {
+                out.raw(r#""text":"#).str(text);
+            }
+            ContentOut::Url(url) => {
+                out.raw(r#""url":"#).str(url);
+            }
+            ContentOut::Payload(payload) => {
+                out.raw(r#""payload":"#).str(payload);
+            }
+            ContentOut::FlowTrigger {
+                flow_id,
+                close_flows,
+            } => {
+                out.raw(r#""flow_id":"#).str(flow_id);
+                if let Some(close) = close_flows {
+                    out.raw(r#","close_flows":"#).bool(*close);
+                }
+            }
+        }
+        out.raw("}}");
+    }
 }
 
 /// The metadata and payload of a canonical request, as CSML (Chat API and engine) wants them.
 pub(crate) fn request_parts<'a>(req: &'a ChatRequest<'_>) -> (MetadataOut<'a>, PayloadOut<'a>) {
     let (content_type, content) = match &req.content {
-        Content::Text(t) => ("text", ContentOut::Text { text: t }),
-        Content::Media { kind, url } => (kind.as_str(), ContentOut::Url { url }),
-        Content::Url(url) => ("url", ContentOut::Url { url }),
-        Content::Payload(p) => ("payload", ContentOut::Payload { payload: p }),
+        Content::Text(t) => ("text", ContentOut::Text(t)),
+        Content::Media { kind, url } => (kind.as_str(), ContentOut::Url(url)),
+        Content::Url(url) => ("url", ContentOut::Url(url)),
+        Content::Payload(p) => ("payload", ContentOut::Payload(p)),
         Content::FlowTrigger {
             flow_id,
             close_flows,
@@ -130,15 +153,17 @@ pub(crate) fn request_parts<'a>(req: &'a ChatRequest<'_>) -> (MetadataOut<'a>, P
 /// `business_id` when there is one.
 pub fn render_request(req: &ChatRequest<'_>, request_id: &str) -> Vec<u8> {
     let (metadata, payload) = request_parts(req);
-    let wire = RequestWire {
-        client: ClientWire {
-            user_id: &req.user_id,
-        },
-        metadata,
-        request_id,
-        payload,
-    };
-    serde_json::to_vec(&wire).expect("csml request serializes")
+    let mut out = JsonOut::with_capacity(160 + req.user_id.len() + request_id.len());
+    out.raw(r#"{"client":{"user_id":"#)
+        .str(&req.user_id)
+        .raw(r#"},"metadata":"#);
+    metadata.write(&mut out);
+    out.raw(r#","request_id":"#)
+        .str(request_id)
+        .raw(r#","payload":"#);
+    payload.write(&mut out);
+    out.raw("}");
+    out.finish()
 }
 
 #[derive(Deserialize)]

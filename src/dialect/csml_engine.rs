@@ -7,35 +7,15 @@
 //! content type, become 502s naming the status (never the engine's text); a bot `error` message fails
 //! the answer like on the Chat API.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::excerpt;
-use crate::dialect::csml::{self, MetadataOut, PayloadOut};
+use crate::dialect::csml;
+use crate::dialect::json_out::JsonOut;
 use crate::dialect::{settings, Bot, BotDialect, BotRequestContext};
 use crate::error::{ProxyError, Reason};
 use crate::model::{ChatAnswer, ChatRequest};
-
-#[derive(Serialize)]
-struct RunOut<'a> {
-    bot_id: &'a str,
-    event: EventOut<'a>,
-}
-
-#[derive(Serialize)]
-struct EventOut<'a> {
-    request_id: &'a str,
-    client: ClientOut<'a>,
-    metadata: MetadataOut<'a>,
-    payload: PayloadOut<'a>,
-}
-
-#[derive(Serialize)]
-struct ClientOut<'a> {
-    bot_id: &'a str,
-    channel_id: &'a str,
-    user_id: &'a str,
-}
 
 /// Renders the canonical request as an engine `/run` body for `bot_id` on `channel_id`.
 pub fn render_request(
@@ -45,20 +25,23 @@ pub fn render_request(
     channel_id: &str,
 ) -> Vec<u8> {
     let (metadata, payload) = csml::request_parts(req);
-    let out = RunOut {
-        bot_id,
-        event: EventOut {
-            request_id,
-            client: ClientOut {
-                bot_id,
-                channel_id,
-                user_id: &req.user_id,
-            },
-            metadata,
-            payload,
-        },
-    };
-    serde_json::to_vec(&out).expect("engine request serializes")
+    let mut out = JsonOut::with_capacity(200);
+    out.raw(r#"{"bot_id":"#)
+        .str(bot_id)
+        .raw(r#","event":{"request_id":"#)
+        .str(request_id)
+        .raw(r#","client":{"bot_id":"#)
+        .str(bot_id)
+        .raw(r#","channel_id":"#)
+        .str(channel_id)
+        .raw(r#","user_id":"#)
+        .str(&req.user_id)
+        .raw(r#"},"metadata":"#);
+    metadata.write(&mut out);
+    out.raw(r#","payload":"#);
+    payload.write(&mut out);
+    out.raw("}}");
+    out.finish()
 }
 
 /// Parses the engine's answer, turning its error answers into 502s (`keep_raw` as for

@@ -13,6 +13,7 @@
 //! Errors are `{"error_message": "…"}`.
 
 use std::borrow::Cow;
+use std::io::Write as _;
 use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ use crate::auth::{haptik_presented, ClientCredential, Denied, HaptikClient, Pres
 use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
+use crate::dialect::json_out::JsonOut;
 use crate::dialect::{
     from_json, haptik_async, hsl, integer, settings, AnswerContext, Bot, BotDialect,
     BotRequestContext, CallerDialect, ClientEntry, Detection, RequestHead,
@@ -142,41 +144,6 @@ pub enum FlowTriggerPolicy {
     Text,
 }
 
-#[derive(Serialize)]
-struct LegacyMessage<'a> {
-    model: &'static str,
-    pk: u64,
-    fields: LegacyFields<'a>,
-    bot_messages: Vec<Cow<'a, str>>,
-}
-
-#[derive(Serialize)]
-struct LegacyFields<'a> {
-    coll_id: u32,
-    body: &'a str,
-    direction: bool,
-    received: bool,
-    active: bool,
-    created_at: &'a str,
-    modified_at: &'a str,
-    id_hash: &'a str,
-    emailed: bool,
-    ticket_no: u32,
-    agent_name: Option<&'a str>,
-    claim_name: &'a str,
-    app_auto_reply: u32,
-    sort_id: u32,
-    business_via_name: &'a str,
-    body_processed: Option<&'a str>,
-    ares_flag: u32,
-    clarification_flag: bool,
-    message_type: i64,
-    conversation_no: u32,
-    id: u64,
-    business_id: i64,
-    business_name: &'a str,
-}
-
 /// The text a Haptik client sees for the user's own message (`fields.body`).
 pub fn request_body_text<'b>(content: &'b Content<'_>) -> &'b str {
     match content {
@@ -197,23 +164,41 @@ pub fn request_body_text<'b>(content: &'b Content<'_>) -> &'b str {
 pub fn reply_text<'a>(reply: &Reply<'a>) -> Cow<'a, str> {
     match reply {
         Reply::Text(t) => t.clone(),
-        Reply::Question { title, buttons } => {
-            let mut s = String::with_capacity(title.len() + buttons.len() * 12);
-            s.push_str(title);
-            for (i, b) in buttons.iter().enumerate() {
-                s.push(if i == 0 { '\n' } else { ' ' });
-                s.push('[');
-                s.push_str(&b.title);
-                s.push(']');
-            }
+        Reply::Media { url, .. } => url.clone(),
+        _ => {
+            let mut s = String::new();
+            reply_text_parts(reply, |part| s.push_str(part));
             Cow::Owned(s)
         }
-        Reply::Button(b) => Cow::Owned(format!("[{}]", b.title)),
+    }
+}
+
+/// The pieces of [`reply_text`] in order, for writers that escape as they go.
+fn reply_text_parts(reply: &Reply<'_>, mut put: impl FnMut(&str)) {
+    match reply {
+        Reply::Text(t) => put(t),
+        Reply::Question { title, buttons } => {
+            put(title);
+            for (i, b) in buttons.iter().enumerate() {
+                put(if i == 0 { "\n[" } else { " [" });
+                put(&b.title);
+                put("]");
+            }
+        }
+        Reply::Button(b) => {
+            put("[");
+            put(&b.title);
+            put("]");
+        }
         Reply::Url { url, text, title } => match text.as_deref().or(title.as_deref()) {
-            Some(label) if !label.is_empty() => Cow::Owned(format!("{label}: {url}")),
-            _ => url.clone(),
+            Some(label) if !label.is_empty() => {
+                put(label);
+                put(": ");
+                put(url);
+            }
+            _ => put(url),
         },
-        Reply::Media { url, .. } => url.clone(),
+        Reply::Media { url, .. } => put(url),
     }
 }
 
@@ -311,14 +296,14 @@ fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>, first_id: u64) -
     serde_json::to_vec(&out).expect("haptik hsl answer serializes")
 }
 
-/// The seed's legacy shape: a one-element JSON array.
+/// The seed's legacy shape: a one-element JSON array of one `api.chatmessaged`, its keys in the
+/// seed's order. Written with [`JsonOut`] (see there why not serde).
 fn render_legacy(
     req: &ChatRequest<'_>,
     answer: &ChatAnswer<'_>,
     ctx: &AnswerContext<'_>,
     first_id: u64,
 ) -> Vec<u8> {
-    let stamp = humantime::format_rfc3339_millis(ctx.received).to_string();
     let mut id_hash = [0u8; 32];
     hex::encode_to_slice(
         xxh3_128(&first_id.to_be_bytes()).to_be_bytes(),
@@ -326,39 +311,49 @@ fn render_legacy(
     )
     .expect("16 bytes are 32 hex digits");
     let id_hash = std::str::from_utf8(&id_hash).expect("hex digits are ASCII");
-    let coll_id = stable_u31(req.user_id.as_bytes());
-    let msg = LegacyMessage {
-        model: "api.chatmessaged",
-        pk: first_id,
-        fields: LegacyFields {
-            coll_id,
-            body: request_body_text(&req.content),
-            direction: true,
-            received: false,
-            active: true,
-            created_at: &stamp,
-            modified_at: &stamp,
-            id_hash,
-            emailed: false,
-            ticket_no: 0,
-            agent_name: None,
-            claim_name: ctx.bot_name,
-            app_auto_reply: 0,
-            sort_id: 1,
-            business_via_name: ctx.business_name,
-            body_processed: None,
-            ares_flag: 0,
-            clarification_flag: false,
-            message_type: req.message_type,
-            conversation_no: 1,
-            id: first_id,
-            business_id: req.business_id.unwrap_or(0),
-            business_name: ctx.business_name,
-        },
-        bot_messages: answer.replies.iter().map(reply_text).collect(),
+    let mut stamp = [0u8; 32];
+    let stamp = {
+        let mut w = &mut stamp[..];
+        write!(w, "{}", humantime::format_rfc3339_millis(ctx.received))
+            .expect("an RFC 3339 time fits 32 bytes");
+        let len = 32 - w.len();
+        std::str::from_utf8(&stamp[..len]).expect("an RFC 3339 time is ASCII")
     };
-    // Serializing plain structs of strings and numbers cannot fail.
-    serde_json::to_vec(&[msg]).expect("haptik answer serializes")
+    let mut out = JsonOut::with_capacity(700);
+    out.raw(r#"[{"model":"api.chatmessaged","pk":"#)
+        .u64(first_id)
+        .raw(r#","fields":{"coll_id":"#)
+        .u64(stable_u31(req.user_id.as_bytes()).into())
+        .raw(r#","body":"#)
+        .str(request_body_text(&req.content))
+        .raw(r#","direction":true,"received":false,"active":true,"created_at":"#)
+        .str(stamp)
+        .raw(r#","modified_at":"#)
+        .str(stamp)
+        .raw(r#","id_hash":"#)
+        .str(id_hash)
+        .raw(r#","emailed":false,"ticket_no":0,"agent_name":null,"claim_name":"#)
+        .str(ctx.bot_name)
+        .raw(r#","app_auto_reply":0,"sort_id":1,"business_via_name":"#)
+        .str(ctx.business_name)
+        .raw(r#","body_processed":null,"ares_flag":0,"clarification_flag":false,"message_type":"#)
+        .i64(req.message_type)
+        .raw(r#","conversation_no":1,"id":"#)
+        .u64(first_id)
+        .raw(r#","business_id":"#)
+        .i64(req.business_id.unwrap_or(0))
+        .raw(r#","business_name":"#)
+        .str(ctx.business_name)
+        .raw(r#"},"bot_messages":["#);
+    for (i, reply) in answer.replies.iter().enumerate() {
+        out.raw(if i == 0 { "" } else { "," }).open_str();
+        reply_text_parts(reply, |part| {
+            out.fragment(part);
+        });
+        out.close_str();
+    }
+    out.raw("]}]");
+    out.finish()
 }
 
 #[derive(Serialize)]
@@ -1096,6 +1091,61 @@ mod tests {
             (a1, h1.as_str()),
             (1882690700, "5e79ae406e85355c521c17117323b0ae")
         );
+    }
+
+    #[test]
+    fn every_reply_kind_reaches_bot_messages_as_its_text_with_any_characters() {
+        let odd =
+            "quote \" backslash \\ newline \n tab \t bell \u{7} é 🙂 and enough to span words";
+        let button = |t: &str| Button {
+            title: t.to_owned().into(),
+            payload: None,
+        };
+        let answer = ChatAnswer {
+            replies: vec![
+                Reply::Text(odd.into()),
+                Reply::Question {
+                    title: odd.into(),
+                    buttons: vec![button("Y\"es"), button(odd)],
+                },
+                Reply::Button(button(odd)),
+                Reply::Url {
+                    url: "https://x.example/a?b=\"c\"".into(),
+                    text: Some(odd.into()),
+                    title: None,
+                },
+                Reply::Media {
+                    kind: MediaKind::Image,
+                    url: "https://x.example/i.png".into(),
+                },
+            ],
+            ..ChatAnswer::default()
+        };
+        let body = serde_json::json!({"user": {"auth_id": odd}, "message_body": odd,
+            "message_type": 0, "business_id": 1});
+        let body = serde_json::to_vec(&body).unwrap();
+        let req = parse_request(&body).unwrap();
+        let ctx = AnswerContext {
+            ids: &FixedIds(7, "iid"),
+            received: UNIX_EPOCH,
+            business_name: odd,
+            bot_name: odd,
+            request_id: "rid",
+            route_name: "r",
+            business_id: None,
+            shape: AnswerShape::Legacy,
+        };
+        let v: Value = serde_json::from_slice(&render_answer(&req, &answer, &ctx)).unwrap();
+        let want: Vec<String> = answer
+            .replies
+            .iter()
+            .map(|r| reply_text(r).into())
+            .collect();
+        assert_eq!(v[0]["bot_messages"], serde_json::json!(want));
+        for key in ["body", "claim_name", "business_name", "business_via_name"] {
+            assert_eq!(v[0]["fields"][key], odd, "{key}");
+        }
+        assert_eq!(v[0]["fields"]["created_at"], "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
