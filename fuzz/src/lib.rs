@@ -162,6 +162,25 @@ pub fn error_status(body: &[u8]) -> u16 {
 }
 
 /// An answer parser's result, checked.
+/// Checks the two readings of one answer (in one pass without the bot's own payloads, and step by
+/// step keeping them) agree: both accept it with the same replies, or both refuse it alike.
+pub fn check_readings_agree(
+    one_pass: &Result<ChatAnswer<'_>, ProxyError>,
+    kept: &Result<ChatAnswer<'_>, ProxyError>,
+) {
+    match (one_pass, kept) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.replies, b.replies);
+            assert_eq!(a.dropped, b.dropped);
+            assert_eq!(a.conversation_id, b.conversation_id);
+            assert_eq!(a.conversation_end, b.conversation_end);
+            assert_eq!((&a.bot_id, &a.channel_id), (&b.bot_id, &b.channel_id));
+        }
+        (Err(a), Err(b)) => assert_eq!((a.status, a.reason), (b.status, b.reason)),
+        _ => panic!("the two readings disagree: {one_pass:?} vs {kept:?}"),
+    }
+}
+
 pub fn check_parsed(parsed: Result<ChatAnswer<'_>, ProxyError>) {
     match parsed {
         Ok(answer) => check_answer(&answer),

@@ -23,6 +23,7 @@ use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::delivery::policy::{self, CsmlCallbackKeys};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
+use crate::dialect::json_in::{once, JsonIn};
 use crate::dialect::json_out::JsonOut;
 use crate::dialect::{
     from_json, settings, AnswerContext, AnswerShape, Bot, BotDialect, BotRequestContext,
@@ -606,9 +607,178 @@ pub fn parse_answer(body: &[u8], keep_raw: bool) -> Result<ChatAnswer<'_>, Proxy
 }
 
 /// The answer in one pass, without the raw payloads: `None` for any answer that is not simply good.
+/// [`JsonIn`] reads the common shape; serde_json what it leaves. A body that is not UTF-8 is left
+/// to the step-by-step reading, which refuses it (serde_json would pass over bad bytes in a key it
+/// ignores).
 fn parse_answer_typed(body: &[u8]) -> Option<ChatAnswer<'_>> {
-    let wire: AnswerIn<'_, TypedPayload<'_>> = from_json(body).ok()?;
+    let text = std::str::from_utf8(body).ok()?;
+    let wire = match read_answer(text) {
+        Some(wire) => wire,
+        None => serde_json::from_str::<AnswerIn<'_, TypedPayload<'_>>>(text).ok()?,
+    };
     wire.into_answer(|_, p| Ok(p), |_| ()).ok()
+}
+
+/// The envelope and each payload in one pass with [`JsonIn`], as serde reads `AnswerIn` with
+/// [`TypedPayload`]s; `None` where serde might read it otherwise (see [`JsonIn`]), including a
+/// payload whose `content` comes before its `content_type`.
+fn read_answer(text: &str) -> Option<AnswerIn<'_, TypedPayload<'_>>> {
+    let mut json = JsonIn::new(text);
+    let (mut messages, mut client, mut end) = (None, None, None);
+    json.object(|json, key| match key {
+        "messages" => once(&mut messages, read_messages(json)),
+        "client" => once(&mut client, nullable(json, read_answer_client)),
+        "conversation_end" => once(&mut end, nullable(json, JsonIn::bool)),
+        _ => json.skip(),
+    })?;
+    json.end()?;
+    Some(AnswerIn {
+        messages: messages?,
+        client: client.flatten(),
+        conversation_end: end.flatten(),
+    })
+}
+
+/// `null` as `None` (serde's reading of an `Option`), else the value `read` reads.
+fn nullable<'a, T>(
+    json: &mut JsonIn<'a>,
+    read: impl FnOnce(&mut JsonIn<'a>) -> Option<T>,
+) -> Option<Option<T>> {
+    if json.null() {
+        return Some(None);
+    }
+    read(json).map(Some)
+}
+
+fn read_messages<'a>(json: &mut JsonIn<'a>) -> Option<Vec<MessageIn<'a, TypedPayload<'a>>>> {
+    let mut messages = Vec::new();
+    json.array(|json| {
+        let (mut conversation_id, mut payload) = (None, None);
+        json.object(|json, key| match key {
+            "conversation_id" => once(&mut conversation_id, nullable(json, JsonIn::string)),
+            "payload" => once(&mut payload, read_payload(json)),
+            _ => json.skip(),
+        })?;
+        messages.push(MessageIn {
+            conversation_id: conversation_id.flatten(),
+            payload: payload?,
+        });
+        Some(())
+    })?;
+    Some(messages)
+}
+
+fn read_answer_client<'a>(json: &mut JsonIn<'a>) -> Option<AnswerClientIn<'a>> {
+    let (mut bot_id, mut channel_id) = (None, None);
+    json.object(|json, key| match key {
+        "bot_id" => once(&mut bot_id, nullable(json, JsonIn::string)),
+        "channel_id" => once(&mut channel_id, nullable(json, JsonIn::string)),
+        _ => json.skip(),
+    })?;
+    Some(AnswerClientIn {
+        bot_id: bot_id.flatten(),
+        channel_id: channel_id.flatten(),
+    })
+}
+
+fn read_payload<'a>(json: &mut JsonIn<'a>) -> Option<TypedPayload<'a>> {
+    let (mut kind, mut content, mut deferred) = (None::<Cow<'a, str>>, None, None);
+    json.object(|json, key| match (key, kind.as_deref()) {
+        ("content_type", _) => once(&mut kind, json.string()),
+        _ if key == "content" && (content.is_some() || deferred.is_some()) => None,
+        ("content", Some(kind)) => once(&mut content, read_content(json, kind)),
+        // Content before its type (as in the vendor's own example): read once the type is known.
+        ("content", None) => once(&mut deferred, json.skip_raw()),
+        _ => json.skip(),
+    })?;
+    let kind = kind?;
+    match (content, deferred) {
+        (Some(content), _) => Some(content),
+        (None, Some(raw)) => {
+            let mut json = JsonIn::new(raw);
+            let content = read_content(&mut json, &kind)?;
+            json.end().map(|_| content)
+        }
+        (None, None) => None,
+    }
+}
+
+/// A payload's `content` as the type `kind` names, as [`ContentSeed`] reads it.
+fn read_content<'a>(json: &mut JsonIn<'a>, kind: &str) -> Option<TypedPayload<'a>> {
+    let reply = match kind {
+        "text" => Reply::Text(read_fields(json, "text", [])?.0),
+        "question" => {
+            let (mut title, mut buttons) = (None, None);
+            json.object(|json, key| match key {
+                "title" => once(&mut title, json.string()),
+                "buttons" => once(&mut buttons, read_buttons(json)),
+                _ => json.skip(),
+            })?;
+            Reply::Question {
+                title: title?,
+                buttons: buttons.unwrap_or_default(),
+            }
+        }
+        "button" => Reply::Button(read_button(json)?),
+        "url" => {
+            let (url, [text, title]) = read_fields(json, "url", ["text", "title"])?;
+            Reply::Url { url, text, title }
+        }
+        "typing" | "wait" => return json.skip().map(|_| TypedPayload::Hint),
+        "error" => return Some(TypedPayload::BotError(read_fields(json, "error", [])?.0)),
+        other => match media_kind(other) {
+            Some(kind) => Reply::Media {
+                kind,
+                url: read_fields(json, "url", ["text", "title"])?.0,
+            },
+            None => return json.skip().map(|_| TypedPayload::Unknown),
+        },
+    };
+    Some(TypedPayload::Reply(reply))
+}
+
+/// A required string field and `N` optional ones, as [`read_fields`] reads them.
+type Fields<'a, const N: usize> = (Cow<'a, str>, [Option<Cow<'a, str>>; N]);
+
+/// An object of string fields: `required`, and each of `optional` (`null` is absent); any other key
+/// passed over.
+fn read_fields<'a, const N: usize>(
+    json: &mut JsonIn<'a>,
+    required: &str,
+    optional: [&str; N],
+) -> Option<Fields<'a, N>> {
+    let mut first = None;
+    let mut rest: [Option<Option<Cow<'a, str>>>; N] = std::array::from_fn(|_| None);
+    json.object(|json, key| {
+        if key == required {
+            return once(&mut first, json.string());
+        }
+        match optional.iter().position(|name| *name == key) {
+            Some(i) => once(&mut rest[i], nullable(json, JsonIn::string)),
+            None => json.skip(),
+        }
+    })?;
+    Some((first?, rest.map(Option::flatten)))
+}
+
+fn read_button<'a>(json: &mut JsonIn<'a>) -> Option<Button<'a>> {
+    let (title, [payload]) = read_fields(json, "title", ["payload"])?;
+    Some(Button { title, payload })
+}
+
+/// A question's `buttons`: each `{"content": <button>}`, other keys passed over.
+fn read_buttons<'a>(json: &mut JsonIn<'a>) -> Option<Vec<Button<'a>>> {
+    let mut buttons = Vec::new();
+    json.array(|json| {
+        let mut content = None;
+        json.object(|json, key| match key {
+            "content" => once(&mut content, read_button(json)),
+            _ => json.skip(),
+        })?;
+        buttons.push(content?);
+        Some(())
+    })?;
+    Some(buttons)
 }
 
 /// The answer read envelope first, then each payload, keeping the payloads raw.
@@ -1178,6 +1348,58 @@ mod tests {
         }
     }
 
+    /// An answer read by the one-pass reader and by serde, as canonical answers (`None`: refused).
+    fn both_readers(body: &str) -> (Option<String>, Option<String>) {
+        let show = |w: AnswerIn<'_, TypedPayload<'_>>| {
+            let a = w.into_answer(|_, p| Ok::<_, String>(p), |e| e.to_owned());
+            format!("{a:?}")
+        };
+        let ours = read_answer(body).map(show);
+        let serde = from_json::<AnswerIn<'_, TypedPayload<'_>>>(body.as_bytes())
+            .ok()
+            .map(show);
+        (ours, serde)
+    }
+
+    #[test]
+    fn the_one_pass_reader_reads_what_serde_reads() {
+        // What CSML writes: the reader must take these itself.
+        for body in [SEED_RESPONSE, ENGINE_HELLO, ENGINE_MEDIA] {
+            let (ours, serde) = both_readers(body);
+            assert!(ours.is_some(), "the one-pass reader gave up on {body}");
+            assert_eq!(ours, serde);
+        }
+        let odd = [
+            r#"{"messages":[{"conversation_id":null,"payload":{"content_type":"text","content":{"text":"a\"b\u00e9 \ud83d\ude00","x":[1,{"y":null}]}}}],"client":null,"conversation_end":true}"#,
+            r#"{"messages":[{"payload":{"content_type":"question","content":{"title":"Q","buttons":[{"content_type":"button","content":{"title":"Y","payload":null}},{"content":{"title":"N","payload":"n","accepts":["n"]}}]}}}]}"#,
+            r#"{"messages":[{"payload":{"content_type":"url","content":{"url":"u","text":null,"title":"T"}}},{"payload":{"content_type":"video","content":{"url":"v"}}},{"payload":{"content_type":"typing","content":{"duration":1.5e3}}},{"payload":{"content_type":"object","content":[1,2]}},{"payload":{"content_type":"error","content":{"error":"boom"}}}],"client":{"bot_id":"b","channel_id":null,"extra":-0}}"#,
+            r#" { "messages" : [ ] , "conversation_end" : null } "#,
+            r#"{"messages":[{"payload":{"content": {"text":"x"} ,"content_type":"text"}}]}"#,
+        ];
+        for body in odd {
+            let (ours, serde) = both_readers(body);
+            assert!(ours.is_some(), "the one-pass reader gave up on {body}");
+            assert_eq!(ours, serde, "{body}");
+        }
+        // What the reader leaves to serde (which reads or refuses it): never read otherwise.
+        let left = [
+            r#"{"messages":[{"payload":{"content":{"text":"x"},"content":{"text":"x"},"content_type":"text"}}]}"#,
+            r#"{"messages":[{"payload":{"content_type":"text","content":["x"]}}]}"#,
+            r#"{"messages":[],"messages":[]}"#,
+            r#"{"messages":[{"payload":{"content_type":"text","content":{"text":"x","text":"y"}}}]}"#,
+            r#"{"messages":[{"payload":{"content_type":"text","content":{"text":null}}}]}"#,
+            r#"{"messages":[{"payload":{"content_type":"question","content":{"title":"Q","buttons":null}}}]}"#,
+            r#"{"messages":[{"payload":{"content_type":"url","content":{"url":"u","text":1}}}]}"#,
+            r#"{"messages":[]} x"#,
+            r#"{"messages":[{"payload":{"content_type":"text","content":{"text":"\ud800"}}}]}"#,
+            r#"{"client":{}}"#,
+        ];
+        for body in left {
+            let (ours, _) = both_readers(body);
+            assert_eq!(ours, None, "{body}");
+        }
+    }
+
     #[test]
     fn request_errors_name_the_field() {
         let cases: [(&[u8], &str); 6] = [
@@ -1258,6 +1480,13 @@ mod tests {
             _ => panic!("the two readings disagree: {fast:?} vs {kept:?}"),
         }
         kept
+    }
+
+    #[test]
+    fn an_answer_that_is_not_utf8_is_refused_by_both_readings() {
+        // A bad byte in a key nobody reads: serde_json alone would take it in one reading only.
+        let e = parse_answer(b"{\"messages\":[],\"x\xf9\":1}").unwrap_err();
+        assert_eq!((e.status, e.reason), (502, Reason::BackendBadAnswer));
     }
 
     #[test]

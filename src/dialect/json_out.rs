@@ -17,17 +17,39 @@ pub(crate) struct JsonOut {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any of the eight bytes in `w` needs escaping in a JSON string: a control character
-/// (below 0x20), `"` or `\` (the classic "has a byte less than n / equal to c" word tricks, exact
-/// for the question "any byte?").
+/// The bytes of `w` (eight, read little-endian) that need escaping in a JSON string, a control
+/// character (below 0x20), `"` or `\\`, as the high bit of each (the classic "has a byte less than
+/// n / equal to c" word tricks). Borrows can mark a byte above a true one, never below: the lowest
+/// mark is always the first byte to escape, and the mask is zero exactly when none is.
 #[inline]
-fn any_to_escape(w: u64) -> bool {
+pub(crate) fn escape_mask(w: u64) -> u64 {
     let control = w.wrapping_sub(ONES * 0x20) & !w;
     let q = w ^ (ONES * u64::from(b'"'));
     let quote = q.wrapping_sub(ONES) & !q;
     let b = w ^ (ONES * u64::from(b'\\'));
     let backslash = b.wrapping_sub(ONES) & !b;
-    (control | quote | backslash) & HIGH != 0
+    (control | quote | backslash) & HIGH
+}
+
+/// The offset in `bytes` of the first byte to escape from `at` on, or `bytes.len()`.
+#[inline]
+pub(crate) fn next_to_escape(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(word) = bytes.get(at..at + 8) {
+        let mask = escape_mask(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+        if mask != 0 {
+            return at + (mask.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    while at < bytes.len() && !needs_escape(bytes[at]) {
+        at += 1;
+    }
+    at
+}
+
+#[inline]
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
 }
 
 /// serde_json's escape for one byte, if it needs one: the short forms, else `\u00XX` in lowercase.
@@ -89,26 +111,16 @@ impl JsonOut {
     /// Part of a string opened with [`JsonOut::open_str`], escaped.
     pub(crate) fn fragment(&mut self, s: &str) -> &mut Self {
         let bytes = s.as_bytes();
-        let (mut copied, mut at) = (0, 0);
-        while at < bytes.len() {
-            if let Some(word) = bytes.get(at..at + 8) {
-                let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-                if !any_to_escape(word) {
-                    at += 8;
-                    continue;
-                }
-            }
-            for i in at..(at + 8).min(bytes.len()) {
-                if bytes[i] < 0x20 || bytes[i] == b'"' || bytes[i] == b'\\' {
-                    self.buf.extend_from_slice(&bytes[copied..i]);
-                    escape(bytes[i], &mut self.buf);
-                    copied = i + 1;
-                }
-            }
-            at += 8;
+        let mut copied = 0;
+        loop {
+            let at = next_to_escape(bytes, copied);
+            self.buf.extend_from_slice(&bytes[copied..at]);
+            let Some(&byte) = bytes.get(at) else {
+                return self;
+            };
+            escape(byte, &mut self.buf);
+            copied = at + 1;
         }
-        self.buf.extend_from_slice(&bytes[copied..]);
-        self
     }
 
     pub(crate) fn u64(&mut self, n: u64) -> &mut Self {
@@ -158,24 +170,23 @@ mod tests {
     }
 
     #[test]
-    fn the_word_test_finds_each_byte_that_needs_escaping_and_no_other() {
+    fn the_word_test_finds_the_first_byte_that_needs_escaping_and_no_other() {
         for b in 0u8..=0xff {
             for pos in 0..8 {
-                let mut w = [b'a'; 8];
-                w[pos] = b;
-                let want = b < 0x20 || b == b'"' || b == b'\\';
-                assert_eq!(
-                    any_to_escape(u64::from_le_bytes(w)),
-                    want,
-                    "byte {b:#x} at {pos}"
-                );
+                for filler in [b'a', 0x00, b'"', 0xff] {
+                    let mut w = [b'a'; 8];
+                    w[pos] = b;
+                    // Bytes after `pos` may be anything: the first hit must still be found.
+                    w[pos + 1..].fill(filler);
+                    let first = w.iter().position(|&c| needs_escape(c)).unwrap_or(8);
+                    assert_eq!(next_to_escape(&w, 0), first, "{w:?}");
+                    assert_eq!(escape_mask(u64::from_le_bytes(w)) == 0, first == 8, "{w:?}");
+                }
             }
         }
-        // Neighbours that borrow in the subtraction do not hide or invent a hit.
-        let w = u64::from_le_bytes([0x00, 0x01, b'"', 0xff, 0x20, 0x21, 0x5b, 0x5d]);
-        assert!(any_to_escape(w));
-        let w = u64::from_le_bytes([0x20, 0x21, 0x23, 0xff, 0x80, 0x5b, 0x5d, 0x7f]);
-        assert!(!any_to_escape(w));
+        let w = [0x20, 0x21, 0x23, 0xff, 0x80, 0x5b, 0x5d, 0x7f, b'"'];
+        assert_eq!(next_to_escape(&w, 0), 8);
+        assert_eq!(next_to_escape(&w[..8], 0), 8);
     }
 
     #[test]

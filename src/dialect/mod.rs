@@ -16,6 +16,7 @@ pub mod csml_engine;
 pub mod haptik;
 pub mod haptik_async;
 pub mod hsl;
+mod json_in;
 mod json_out;
 pub mod rasa;
 pub mod registry;
