@@ -95,6 +95,15 @@ def cpu_ticks(pids):
     return total
 
 
+def rss_part(pid, key):
+    """One of the resident-set lines of /proc/PID/status (`RssAnon:`, `RssFile:`), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    return 0
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -401,8 +410,8 @@ wrk.headers["client-id"] = "bench-client"
                 rest += s.recv(65536)
             assert head.startswith(b"HTTP/1.1 200"), head[:40]
 
-        def idle_connections(burst):
-            socks = [socket.create_connection(("127.0.0.1", bb_port)) for _ in range(1000)]
+        def idle_connections(burst, port=bb_port, pids=lambda: [bb.pid]):
+            socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(1000)]
             if burst:
                 for s in socks:
                     s.sendall(req)
@@ -413,14 +422,23 @@ wrk.headers["client-id"] = "bench-client"
                     s.sendall(req)
                     read_answer(s)
             time.sleep(1)
-            rss = rss_kib(bb.pid)
+            rss = sum(rss_kib(p) for p in pids())
+            parts[port] = [sum(rss_part(p, key) for p in pids()) for key in ("RssAnon:", "RssFile:")]
             for s in socks:
                 s.close()
             time.sleep(1)
             return rss
 
+        parts = {}
         rss_idle_conns = idle_connections(burst=False)
+        bb_parts = parts[bb_port]
         rss_burst_conns = idle_connections(burst=True)
+        # The same 1,000 idle connections held by the peers: what the plumbing alone costs.
+        peers_idle = {"haproxy": idle_connections(False, haproxy_port, lambda: [hap.pid] + children(hap.pid))}
+        peers_idle_parts = {"haproxy": parts[haproxy_port]}
+        if floor:
+            peers_idle["pingora floor"] = idle_connections(False, floor_port, lambda: [floor.pid])
+            peers_idle_parts["pingora floor"] = parts[floor_port]
 
         def summary(name):
             rs = results[name]
@@ -470,10 +488,15 @@ wrk.headers["client-id"] = "bench-client"
         print(f"\nbotbridge resident memory: idle {rss_idle / 1024:.1f} MB; with 1,000 idle keep-alive connections "
               f"{rss_idle_conns / 1024:.1f} MB (opened one after another), {rss_burst_conns / 1024:.1f} MB (after all 1,000 "
               f"asked at once); peak under wrk load {rss_load / 1024:.1f} MB")
+        print(f"with 1,000 idle keep-alive connections, heap and stacks (RssAnon) + mapped files (RssFile, the binary's "
+              f"code): botbridge {bb_parts[0] / 1024:.1f} + {bb_parts[1] / 1024:.1f} MB; " + "; ".join(
+                  f"{n} {peers_idle[n] / 1024:.1f} MB ({a / 1024:.1f} + {f / 1024:.1f})" for n, (a, f) in peers_idle_parts.items()))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"table": table, "paced": paced, "rss_mb": {"idle": rss_idle / 1024, "idle_1000_conns": rss_idle_conns / 1024, "burst_1000_conns": rss_burst_conns / 1024,
-                                                      "load_peak": rss_load / 1024}}, f, indent=2)
+                                                      "load_peak": rss_load / 1024,
+                                                      "idle_1000_conns_anon_file": [x / 1024 for x in bb_parts],
+                                                      "peers_idle_1000_conns": {n: v / 1024 for n, v in peers_idle.items()}}}, f, indent=2)
     finally:
         for p in procs:
             p.terminate()

@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use pingora::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
+use pingora::apps::{HttpPersistentSettings, ServerApp};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::{HttpTask, ReusableHttpStream, ServerSession};
+use pingora::protocols::Peek;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
@@ -183,7 +184,10 @@ impl<H: Handler> ServerApp for App<H> {
             return None;
         };
         let conn = &*guard.conn;
-        let stream = ClientStream::new(stream, guard.conn.clone(), self.limits.clone());
+        let mut stream = ClientStream::new(stream, guard.conn.clone(), self.limits.clone());
+        // However the wait ends (bytes, the end of the stream, a deadline), the head read that
+        // follows meets it again and handles it.
+        let _ = stream.try_peek(&mut [0u8; 1]).await;
         let mut session = ServerSession::new_http1(Box::new(stream));
         // Reuse allowed with no timer of pingora's: the connection's stream keeps the deadlines.
         session.set_keepalive(Some(0));
@@ -218,8 +222,8 @@ impl<H: Handler> ServerApp for App<H> {
                 Ok(Some(reusable)) => reusable,
                 _ => return None,
             };
-            session = next_session(reusable, settings);
             conn.set_idle(self.table.now());
+            session = next_session(reusable, settings).await;
         }
     }
 }
@@ -233,12 +237,21 @@ fn linger_if_unread(session: &mut ServerSession, conn: &Conn) {
     }
 }
 
-/// The session of a kept-alive connection's next request.
-fn next_session(reusable: ReusableHttpStream, settings: HttpPersistentSettings) -> ServerSession {
-    let (stream, settings) = ReusedHttpStream::from_reusable_stream(reusable, settings).consume();
+/// The session of a kept-alive connection's next request, made once the request's first byte is
+/// here (or the wait ended): pingora's session allocates its head buffer as soon as it starts
+/// reading, and an idle connection should hold none (see `ClientStream`'s `Peek`).
+async fn next_session(
+    reusable: ReusableHttpStream,
+    settings: HttpPersistentSettings,
+) -> ServerSession {
+    let (mut stream, pipelined) = reusable.into_parts();
+    if pipelined.is_none() {
+        let _ = stream.try_peek(&mut [0u8; 1]).await;
+    }
     let mut session = ServerSession::new_http1(stream);
-    if let Some(settings) = settings {
-        settings.apply_to_session(&mut session);
+    settings.apply_to_session(&mut session);
+    if let Some(prefix) = pipelined {
+        session.set_pipelined_prefix(prefix);
     }
     session
 }
