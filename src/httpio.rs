@@ -173,15 +173,28 @@ impl<H: Handler> App<H> {
 
 #[async_trait]
 impl<H: Handler> ServerApp for App<H> {
+    /// Serves the connection on a task of its own, and lets pingora's end. pingora's per-connection
+    /// task is sized for its largest state, a TLS handshake (8.8 KB by a heap profile), which every
+    /// open connection carried for its whole life; this task holds only the connection's own state.
+    /// It runs on the same runtime as pingora's would, so shutdown and upgrade treat it alike.
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let (app, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move { app.serve(stream, &shutdown).await });
+        None
+    }
+}
+
+impl<H: Handler> App<H> {
+    /// One client connection, request after request, until it closes.
+    async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let Some(guard) = self.table.admit() else {
             // Boxed, as every rare path here: its state would be part of every connection's.
             Box::pin(self.refuse_connection(stream)).await;
-            return None;
+            return;
         };
         let conn = &*guard.conn;
         let mut stream = ClientStream::new(stream, guard.conn.clone(), self.limits.clone());
@@ -199,7 +212,7 @@ impl<H: Handler> ServerApp for App<H> {
         loop {
             session.set_read_timeout(None);
             if !self.read_head(&mut session, conn).await {
-                return None;
+                return;
             }
             conn.set_phase(Phase::Body);
             if *shutdown.borrow() {
@@ -212,7 +225,7 @@ impl<H: Handler> ServerApp for App<H> {
             }
             conn.set_phase(Phase::Answer);
             if write_answer(&mut session, answer).await.is_err() {
-                return None;
+                return;
             }
             linger_if_unread(&mut session, conn);
             let settings = HttpPersistentSettings::for_session(&session);
@@ -220,7 +233,7 @@ impl<H: Handler> ServerApp for App<H> {
             // otherwise be part of every open connection's state, idle or not.
             let reusable = match Box::pin(session.finish()).await {
                 Ok(Some(reusable)) => reusable,
-                _ => return None,
+                _ => return,
             };
             conn.set_idle(self.table.now());
             session = next_session(reusable, settings).await;
