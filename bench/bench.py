@@ -86,12 +86,13 @@ def wait_port(port, seconds=20, log=None):
     raise SystemExit(f"bench: nothing listens on {port}\n{detail}")
 
 
-def cpu_ticks(pids):
+def cpu_ticks(pids, fields_at=(11, 12)):
+    """CPU clock ticks of `pids`: user + system time by default, (11,) user only, (12,) system only."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
+        total += sum(int(fields[i]) for i in fields_at)  # 11: utime, 12: stime
     return total
 
 
@@ -361,10 +362,11 @@ wrk.headers["client-id"] = "bench-client"
                 sampler = threading.Thread(target=sample) if name == "botbridge" else None
                 if sampler:
                     sampler.start()
-                before = cpu_ticks(pids)
+                before, sys_before = cpu_ticks(pids), cpu_ticks(pids, (12,))
                 redis_before = cpu_ticks([redis.pid]) if redis else 0
                 r = run_wrk(url, script, args.seconds if rnd else 2, args.connections, args.threads)
                 r["cpu_us_per_req"] = (cpu_ticks(pids) - before) / TICKS * 1e6 / max(r["requests"], 1)
+                r["sys_us_per_req"] = (cpu_ticks(pids, (12,)) - sys_before) / TICKS * 1e6 / max(r["requests"], 1)
                 r["redis_cpu_us_per_req"] = ((cpu_ticks([redis.pid]) - redis_before) / TICKS * 1e6 / max(r["requests"], 1)
                                              if redis else 0)
                 if sampler:
@@ -442,7 +444,7 @@ wrk.headers["client-id"] = "bench-client"
 
         def summary(name):
             rs = results[name]
-            return {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us_per_req", "redis_cpu_us_per_req")} | {
+            return {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us_per_req", "sys_us_per_req", "redis_cpu_us_per_req")} | {
                 "non2xx": sum(r["non2xx"] for r in rs), "requests": sum(r["requests"] for r in rs)}
         table = {name: summary(name) for name, _, _ in proxies}
         base = table["haproxy"]
@@ -454,6 +456,9 @@ wrk.headers["client-id"] = "bench-client"
             t = table[name]
             print(f"| {name} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['non2xx']} of {t['requests']} | "
                   f"{t['cpu_us_per_req']:.1f} | {t['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x | {t['p99'] / base['p99']:.2f}x |")
+        print("\nCPU per request split: " + "; ".join(
+            f"{name} {t['cpu_us_per_req'] - t['sys_us_per_req']:.1f} user + {t['sys_us_per_req']:.1f} system µs"
+            for name, t in table.items()))
         plain = table.get("botbridge")
         if plain and "botbridge pool" in table:
             pool = table["botbridge pool"]
