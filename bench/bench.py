@@ -143,6 +143,9 @@ def main():
     ap.add_argument("--binary", default="target/release/botbridge")
     ap.add_argument("--floor", default="target/release/examples/passthrough_floor",
                     help="the pingora floor app (forwards the body, no work of its own); '' to skip")
+    ap.add_argument("--floor-spin-us", type=float, default=0,
+                    help="also run the floor busy-waiting this long per request in user space (a stand-in for "
+                         "botbridge's own work: what a slower user-space path does to kernel time); 0 skips it")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=50)
@@ -164,7 +167,7 @@ def main():
     os.chmod(work, 0o755)  # nginx workers run unprivileged
     procs = []
     try:
-        backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port = (free_port() for _ in range(6))
+        backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port, spin_port = (free_port() for _ in range(7))
         lim_port, lim_admin, red_port, red_admin, redis_port = (free_port() for _ in range(5))
         pool_port, pool_admin, on_port, on_admin, shadow_bot = (free_port() for _ in range(5))
 
@@ -320,6 +323,8 @@ wrk.headers["client-id"] = "bench-client"
         red = start([args.binary, "--config", red_conf], red_port) if with_redis else None
         bb_on = start([args.binary, "--config", on_conf], on_port)
         floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor and args.threads == 1 else None
+        spun = (start([args.floor, f"127.0.0.1:{spin_port}", f"127.0.0.1:{backend}", str(int(args.floor_spin_us * 1000))],
+                      spin_port) if floor and args.floor_spin_us else None)
         time.sleep(0.5)
         rss_idle = rss_kib(bb.pid)
         # CPU is counted over the proxy's whole process tree (nginx: master and worker).
@@ -332,6 +337,9 @@ wrk.headers["client-id"] = "bench-client"
         ]
         if floor:
             proxies.insert(2, ("pingora floor", f"http://127.0.0.1:{floor_port}/chat", lambda: [floor.pid]))
+        if spun:
+            proxies.insert(3, (f"floor + {args.floor_spin_us:g} µs spin", f"http://127.0.0.1:{spin_port}/chat",
+                               lambda: [spun.pid]))
         if lim:
             proxies.append(("botbridge+local limit", f"http://127.0.0.1:{lim_port}/chat", lambda: [lim.pid]))
         if red:

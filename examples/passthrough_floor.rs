@@ -3,7 +3,11 @@
 //! request body as is and returns the backend's body. No authentication, translation, signing,
 //! metrics or logging. The benchmark runs it beside botbridge, nginx and haproxy, so the gap between
 //! it and haproxy is pingora's, and the gap between it and botbridge is botbridge's own work.
-//! Run: `cargo run --release --example passthrough_floor -- LISTEN BACKEND_ADDR`
+//! Run: `cargo run --release --example passthrough_floor -- LISTEN BACKEND_ADDR [SPIN_NS]`
+//!
+//! SPIN_NS (default 0) busy-waits that long in user space on every request: a stand-in for
+//! botbridge's own work, so the benchmark can show what a slower user-space path does to the kernel
+//! time of the same syscalls (bench/RESULTS.md, "Where the time goes").
 
 use async_trait::async_trait;
 use botbridge::conn::ClientLimits;
@@ -22,6 +26,7 @@ use pingora::services::listening::Service;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Forward {
+    spin: std::time::Duration,
     upstream: Upstream,
     endpoint: Endpoint,
     peer: upstream::BackendPeer,
@@ -33,6 +38,7 @@ impl Handler for Forward {
         let Ok(body) = httpio::read_body(session, 64 * 1024).await else {
             return Answer::text(400, "bad body");
         };
+        spin(self.spin);
         let mut req = RequestBytes::post("/", body.len());
         req.header("host", &self.endpoint.authority)
             .header("content-type", "application/json");
@@ -55,6 +61,14 @@ impl Handler for Forward {
     }
 }
 
+/// Burns `time` of CPU in user space (the clock is read through the vDSO, without a syscall).
+fn spin(time: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < time {
+        std::hint::spin_loop();
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:18601".into());
@@ -63,6 +77,7 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:18700".into())
         .parse()
         .expect("backend address");
+    let spin_ns: u64 = args.next().map_or(0, |n| n.parse().expect("SPIN_NS"));
     let endpoint = Endpoint {
         name: "backend".into(),
         tls: false,
@@ -85,6 +100,7 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let app = Forward {
+        spin: std::time::Duration::from_nanos(spin_ns),
         upstream: Upstream::new(64, 1024 * 1024),
         peer: upstream::peer_for(&endpoint),
         endpoint,
