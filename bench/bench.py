@@ -226,7 +226,7 @@ backend bot
   http-reuse always
   server s1 127.0.0.1:{backend} maxconn 1000
 """)
-        def bb_config(name, port, admin, url_keys, extra=""):
+        def bb_config(name, port, admin, url_keys, extra="", log="warn"):
             path = os.path.join(work, f"{name}.toml")
             with open(path, "w") as f:
                 f.write(f"""
@@ -241,7 +241,7 @@ grace_period_seconds = 0
 listen = "127.0.0.1:{admin}"
 {extra}
 [log]
-filter = "warn"
+filter = "{log}"
 [[clients.haptik]]
 name = "bench"
 client_id = "bench-client"
@@ -295,7 +295,8 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
         # Production features on (issue: "fast with everything on"): the 3-endpoint pool with active
         # health checks, a local per-credential and per-user limit never hit, metrics and the access
         # log at their defaults.
-        on_conf = bb_config("bb-on", on_port, on_admin, pool_keys, never_hit)
+        # The access log line of every request goes to the shared stderr file, as to a log file.
+        on_conf = bb_config("bb-on", on_port, on_admin, pool_keys, never_hit, log="info")
         script = os.path.join(work, "post.lua")
         with open(script, "w") as f:
             f.write(f"""

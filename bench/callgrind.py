@@ -128,6 +128,9 @@ def main():
     ap.add_argument("--out", help="keep the callgrind dump here (for callgrind_annotate)")
     ap.add_argument("--limits", action="store_true",
                     help="give the caller a credential and a per-user rate limit that are never hit")
+    ap.add_argument("--log", default="warn",
+                    help="botbridge's [log] filter: 'info' writes the access line of every request (the "
+                         "default of a shipped config), to a file here")
     ap.add_argument("--floor", action="store_true",
                     help="BINARY is the pingora floor (examples/passthrough_floor: LISTEN BACKEND), "
                          "which forwards the body as is: the plumbing's own count")
@@ -175,7 +178,7 @@ grace_period_seconds = 0
 listen = "127.0.0.1:{bb_admin}"
 {LIMITS if args.limits else ""}
 [log]
-filter = "warn"
+filter = "{args.log}"
 [[clients.haptik]]
 name = "bench"
 client_id = "bench-client"

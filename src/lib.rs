@@ -23,6 +23,7 @@ pub mod dialect;
 pub mod error;
 pub mod httpio;
 pub mod limits;
+pub mod log_line;
 pub mod logging;
 pub mod metrics;
 pub mod migration;

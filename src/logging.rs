@@ -36,7 +36,9 @@ pub fn init(format: LogFormat, filter: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
-        LogFormat::Human => builder.try_init(),
+        LogFormat::Human => builder
+            .event_format(crate::log_line::HumanFormat::default())
+            .try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     if let Err(e) = result {

@@ -195,7 +195,7 @@ impl AccessRecord {
 
     fn log(&self, config: &Config, l: &Labels<'_>, status: u16, bytes_out: usize, took: Duration) {
         tracing::info!(
-            target: "botbridge::access",
+            target: crate::log_line::ACCESS_TARGET,
             request_id = self.request_id.as_deref().unwrap_or("-"),
             route = l.route,
             ingress = l.ingress,
