@@ -6,6 +6,7 @@ Each runs the features-off configuration of bench/bench.py (a Haptik caller, a C
 fixed-answer nginx); wrk -t1 -c50, a 2 s warm-up then 3 rounds of 8 s each, the binaries taking
 turns. Prints each round and each binary's mean CPU per request (user + system from /proc). For
 telling what a change costs on a shared machine, where two separate runs differ by more than that.
+AB_LOG=info turns the access log on (its default; the line of every request to a file here).
 """
 import json, os, shutil, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +35,7 @@ grace_period_seconds = 0
 [admin]
 listen = "127.0.0.1:{admin}"
 [log]
-filter = "warn"
+filter = "{os.environ.get('AB_LOG', 'warn')}"
 [[clients.haptik]]
 name = "bench"
 client_id = "bench-client"
