@@ -24,6 +24,7 @@ pub mod error;
 pub mod httpio;
 pub mod limits;
 pub mod log_line;
+pub mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod migration;

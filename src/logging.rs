@@ -1,5 +1,6 @@
 //! Structured logs with tracing-subscriber: human or JSON lines on stderr, filtered by `RUST_LOG` if
 //! set, else by `[log] filter`. pingora's own `log` records are bridged into the same output.
+//! Lines are written in batches per runtime thread ([`crate::log_writer`]).
 //!
 //! The access event (target `botbridge::access`, one per request) carries ids, route, dialects,
 //! status, durations and sizes; never credentials and never message text. pingora's wire-level
@@ -33,7 +34,7 @@ pub fn init(format: LogFormat, filter: &str) {
     let filter = EnvFilter::new(with_secret_guards(chosen.as_deref().unwrap_or(filter)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_writer::BatchedStderr)
         .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         LogFormat::Human => builder

@@ -1,0 +1,100 @@
+//! The batched log writer, on the real binary: every access line of a burst of concurrent requests
+//! is written whole, and the lines of a graceful stop are all written before the process exits.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{haptik_body, shipped_config, SpawnedProxy};
+
+const REQUESTS: usize = 2_000;
+const CONNECTIONS: usize = 8;
+
+/// Sends `count` Haptik requests on one keep-alive connection; each answer must be a 200.
+fn chat(port: u16, count: usize) {
+    let body = haptik_body("log-user", "hello", 343);
+    let request = format!(
+        "POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer demo-token\r\nclient-id: demo-client\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    for i in 0..count {
+        conn.write_all(request.as_bytes()).unwrap();
+        buf.clear();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = conn
+                .read(&mut chunk)
+                .unwrap_or_else(|e| panic!("request {i}: no answer ({e}): the proxy stalled"));
+            assert!(n > 0, "request {i}: the proxy closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let len: usize = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("a content-length");
+                if buf.len() >= head_end + 4 + len {
+                    break head_end;
+                }
+            }
+        };
+        assert!(
+            buf.starts_with(b"HTTP/1.1 200"),
+            "request {i}: {}",
+            String::from_utf8_lossy(&buf[..end])
+        );
+    }
+}
+
+#[test]
+fn every_line_of_a_burst_and_of_a_graceful_stop_is_written() {
+    let proxy = SpawnedProxy::start(
+        &shipped_config().replace("grace_period_seconds = 5", "grace_period_seconds = 0"),
+    );
+    let port = proxy.port;
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|_| std::thread::spawn(move || chat(port, REQUESTS / CONNECTIONS)))
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    proxy.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut proxy = proxy;
+    while proxy.alive() {
+        assert!(Instant::now() < deadline, "still running 20 s after TERM");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let logs = proxy.logs();
+    let access: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("botbridge::access"))
+        .collect();
+    assert_eq!(access.len(), REQUESTS, "one access line per request");
+    // Batched lines are written whole, never cut or run together.
+    for line in &access {
+        assert!(
+            line.starts_with("20")
+                && line.ends_with("bytes_out=703")
+                && line.matches("request_id=").count() == 1,
+            "a damaged line: {line}"
+        );
+    }
+    // pingora's last line, logged just before the process exits.
+    assert!(
+        logs.contains("All runtimes exited, exiting now"),
+        "the last lines of the stop are missing:\n{logs}"
+    );
+}
