@@ -1,6 +1,6 @@
 //! Structured logs with tracing-subscriber: human or JSON lines on stderr, filtered by `RUST_LOG` if
 //! set, else by `[log] filter`. pingora's own `log` records are bridged into the same output.
-//! Lines are written in batches per runtime thread ([`crate::log_writer`]).
+//! Access lines are written in batches per runtime thread ([`crate::log_writer`]).
 //!
 //! The access event (target `botbridge::access`, one per request) carries ids, route, dialects,
 //! status, durations and sizes; never credentials and never message text. pingora's wire-level
