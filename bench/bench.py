@@ -86,6 +86,27 @@ def wait_port(port, seconds=20, log=None):
     raise SystemExit(f"bench: nothing listens on {port}\n{detail}")
 
 
+def haproxy_config(port, backend, threads=1):
+    """haproxy as a plain keep-alive HTTP passthrough from 127.0.0.1:port to 127.0.0.1:backend."""
+    return f"""
+global
+  nbthread {threads}
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend bot
+backend bot
+  http-reuse always
+  server s1 127.0.0.1:{backend} maxconn 1000
+"""
+
+
 def cpu_ticks(pids, fields_at=(11, 12)):
     """CPU clock ticks of `pids`: user + system time by default, (11,) user only, (12,) system only."""
     total = 0
@@ -209,23 +230,7 @@ http {{
   }}""", workers=args.threads)
         haproxy_cfg = os.path.join(work, "haproxy.cfg")
         with open(haproxy_cfg, "w") as f:
-            f.write(f"""
-global
-  nbthread {args.threads}
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{haproxy_port}
-  default_backend bot
-backend bot
-  http-reuse always
-  server s1 127.0.0.1:{backend} maxconn 1000
-""")
+            f.write(haproxy_config(haproxy_port, backend, args.threads))
         def bb_config(name, port, admin, url_keys, extra="", log="warn"):
             path = os.path.join(work, f"{name}.toml")
             with open(path, "w") as f:

@@ -19,6 +19,8 @@ throughput benchmark; it measures one request's latency with nothing else runnin
 """
 import hashlib, hmac, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
 
+from bench import haproxy_config  # bench/bench.py, beside this file
+
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 PROXY_PORT = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
 BLOCK = 50
@@ -99,22 +101,7 @@ def start_haproxy(work):
         port = s.getsockname()[1]
     cfg = os.path.join(work, "haproxy.cfg")
     with open(cfg, "w") as f:
-        f.write(f"""
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend bot
-backend bot
-  http-reuse always
-  server s1 127.0.0.1:8081
-""")
+        f.write(haproxy_config(port, 8081))
     proc = subprocess.Popen(["haproxy", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:

@@ -13,7 +13,6 @@
 //! Why: with the access log on (its default), a `write` per request was about 1 µs of system time
 //! plus the wake-ups it causes, the largest part of the 4 µs the log cost per request.
 
-use std::cell::RefCell;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,7 +64,7 @@ impl Drop for ThreadBatch {
 }
 
 thread_local! {
-    static BATCH: RefCell<Option<ThreadBatch>> = const { RefCell::new(None) };
+    static BATCH: ThreadBatch = ThreadBatch(Arc::default());
 }
 
 /// The `MakeWriter` of the log subscriber.
@@ -94,35 +93,37 @@ pub struct LineWriter {
 
 impl Write for LineWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let runtime = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if self.batch => runtime,
-            _ => {
-                if let Some(batch) =
-                    BATCH.with(|cell| cell.borrow().as_ref().map(|b| Arc::clone(&b.0)))
-                {
-                    batch.write_out();
-                }
-                sink(line)?;
-                return Ok(line.len());
-            }
-        };
-        let batch = BATCH.with(|cell| {
-            let mut cell = cell.borrow_mut();
-            Arc::clone(&cell.get_or_insert_with(|| ThreadBatch(Arc::default())).0)
-        });
-        let full = {
-            let mut bytes = batch.bytes.lock().unwrap_or_else(|e| e.into_inner());
-            bytes.extend_from_slice(line);
-            bytes.len() >= BATCH_BYTES
-        };
-        if full {
-            batch.write_out();
-        } else if !batch.scheduled.swap(true, Ordering::AcqRel) {
-            runtime.spawn(async move {
-                batch.scheduled.store(false, Ordering::Release);
+        BATCH.with(|thread| {
+            let batch = &thread.0;
+            if !self.batch {
                 batch.write_out();
-            });
-        }
+                return sink(line);
+            }
+            let full = {
+                let mut bytes = batch.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                bytes.extend_from_slice(line);
+                bytes.len() >= BATCH_BYTES
+            };
+            if full {
+                batch.write_out();
+            } else if !batch.scheduled.swap(true, Ordering::AcqRel) {
+                // The runtime's handle is looked up once per batch, not per line.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        let batch = Arc::clone(batch);
+                        runtime.spawn(async move {
+                            batch.scheduled.store(false, Ordering::Release);
+                            batch.write_out();
+                        });
+                    }
+                    Err(_) => {
+                        batch.scheduled.store(false, Ordering::Release);
+                        batch.write_out();
+                    }
+                }
+            }
+            Ok(())
+        })?;
         Ok(line.len())
     }
 
@@ -151,6 +152,12 @@ pub(crate) mod tests {
     }
 
     /// An access line.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
     fn log(line: String) {
         LineWriter { batch: true }
             .write_all(line.as_bytes())
@@ -159,9 +166,7 @@ pub(crate) mod tests {
 
     #[test]
     fn lines_logged_in_one_pass_of_the_runtime_go_out_in_one_write() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let tasks: Vec<_> = (0..10)
                 .map(|i| tokio::spawn(async move { log(format!("batch-a {i}\n")) }))
@@ -178,9 +183,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_line_is_written_once_its_pass_is_over() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             log("single-b\n".into());
             assert!(
@@ -194,9 +197,7 @@ pub(crate) mod tests {
 
     #[test]
     fn another_line_is_written_at_once_after_the_batch_before_it() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             log("order-f access\n".into());
             LineWriter { batch: false }
@@ -220,9 +221,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_full_batch_is_written_at_once() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let rt = runtime();
         rt.block_on(async {
             let line = format!("full-d {}\n", "x".repeat(1000));
             for _ in 0..(BATCH_BYTES / line.len() + 1) {
@@ -237,9 +236,7 @@ pub(crate) mod tests {
     #[test]
     fn the_lines_of_a_thread_that_ends_are_written() {
         std::thread::spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
+            let rt = runtime();
             // The runtime ends before the task that would write the line runs.
             rt.block_on(async { log("ending-e\n".into()) });
             drop(rt);
