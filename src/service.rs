@@ -469,9 +469,12 @@ impl ChatService {
         let request_id = out.request_id.as_deref().unwrap_or_default();
         let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id);
         let result = (rt.pools.get(to.index))
-            .forward(&self.upstream, req.user_id.as_bytes(), build)
+            .forward(&self.upstream, req.user_id.as_bytes(), build, started)
             .await;
-        out.backend_time = Some(started.elapsed());
+        let ended = result
+            .as_ref()
+            .map_or_else(|_| Instant::now(), |x| x.answered_at);
+        out.backend_time = Some(ended.saturating_duration_since(started));
         let exchange = result
             .map_err(|e| pool_error(e, out))
             .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
@@ -516,11 +519,11 @@ impl ChatService {
         out: &mut AccessRecord,
     ) -> Result<Exchange, ProxyError> {
         let waiter = self.bot_replies.register(to, req);
-        let started = Instant::now();
+        let started = waiter.as_ref().map(|_| Instant::now());
         let exchange = self.forward(rt, to, req, out).await?;
-        match waiter {
-            Some(w) => w.collect(exchange, started).await,
-            None => Ok(exchange),
+        match (waiter, started) {
+            (Some(w), Some(started)) => w.collect(exchange, started).await,
+            _ => Ok(exchange),
         }
     }
 

@@ -47,9 +47,16 @@ use select::Selector;
 
 /// Milliseconds on the pools' monotonic clock.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// The pools' clock at `t`, for a caller that has already read the clock (a request reads it a few
+/// times, not once per use).
+pub fn ms_at(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
     // Starts at 1 s so that 0 can mean "never" in stored times.
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1_000
+    t.saturating_duration_since(epoch).as_millis() as u64 + 1_000
 }
 
 /// Why a pool did not deliver a request.
@@ -235,35 +242,42 @@ impl Pool {
 
     /// Sends one request (built for each endpoint tried by `request`) and reads its answer,
     /// following the failover rule (see the module's documentation). `key` is the user id, which
-    /// `sticky` hashes.
+    /// `sticky` hashes; `started` is the clock read by the caller as it set off.
     pub async fn forward(
         &self,
         upstream: &Upstream,
         key: &[u8],
         request: impl Fn(&Endpoint) -> Vec<u8>,
+        started: Instant,
     ) -> Result<Exchange, PoolError> {
         let s = &self.settings;
-        let permit = (self.breaker.admit(now_ms()))
+        let permit = (self.breaker.admit(ms_at(started)))
             .map_err(|retry_after| PoolError::Open { retry_after })?;
         let mut tried: Vec<Arc<Member>> = Vec::new();
         let mut last: Option<TransportError> = None;
+        let mut now = started;
         loop {
-            let now = now_ms();
+            let now_ms = ms_at(now);
             let usable = |m: &Member| {
-                !m.state.outlier.ejected(now) && !tried.iter().any(|t| t.addr() == m.addr())
+                !m.state.outlier.ejected(now_ms) && !tried.iter().any(|t| t.addr() == m.addr())
             };
             let Some(m) = self.selector.select(key, usable) else {
                 return Err(match last {
                     None => PoolError::Open {
-                        retry_after: permit.no_endpoint(now, &s.breaker),
+                        retry_after: permit.no_endpoint(now_ms, &s.breaker),
                     },
                     Some(e) => {
-                        permit.finish(true, now, &s.breaker);
+                        permit.finish(true, now_ms, &s.breaker);
                         PoolError::Transport(e)
                     }
                 });
             };
-            let result = self.attempt(upstream, &m, &request).await;
+            let result = self.attempt(upstream, &m, &request, now).await;
+            // The answer's arrival is the clock after a success; a failure reads it again.
+            now = result
+                .as_ref()
+                .map_or_else(|_| Instant::now(), |x| x.answered_at);
+            self.observe(&m, failed(&result), ms_at(now));
             match result {
                 Err(e) if nothing_sent(&e) && tried.len() + 1 < s.tries as usize => {
                     tracing::debug!(backend = %self.name, endpoint = %m.addr(), "nothing was sent; trying another endpoint");
@@ -272,36 +286,30 @@ impl Pool {
                     last = Some(e);
                 }
                 r => {
-                    permit.finish(failed(&r), now_ms(), &s.breaker);
+                    permit.finish(failed(&r), ms_at(now), &s.breaker);
                     return r.map_err(PoolError::Transport);
                 }
             }
         }
     }
 
-    /// One exchange with one endpoint, counted in flight, its outcome observed for ejection.
+    /// One exchange with one endpoint, counted in flight.
     async fn attempt(
         &self,
         upstream: &Upstream,
         m: &Member,
         request: &impl Fn(&Endpoint) -> Vec<u8>,
+        now: Instant,
     ) -> Result<Exchange, TransportError> {
         m.state.metrics.selections.inc();
         let bytes = request(&m.endpoint);
-        let result = {
-            let _in_flight = m.enter();
-            upstream
-                .exchange(&m.peer, &m.endpoint, &bytes, Instant::now())
-                .await
-        };
-        self.observe(m, failed(&result));
-        result
+        let _in_flight = m.enter();
+        upstream.exchange(&m.peer, &m.endpoint, &bytes, now).await
     }
 
     /// Passive ejection: an endpoint that keeps failing is left out for a while, unless it is the
     /// last one up.
-    fn observe(&self, m: &Member, failed: bool) {
-        let now = now_ms();
+    fn observe(&self, m: &Member, failed: bool, now: u64) {
         let others_up = || {
             self.selector
                 .members()

@@ -132,6 +132,7 @@ impl Waiter {
         Ok(Exchange {
             status: 200,
             body: Bytes::from(collected_answer(&bodies)),
+            answered_at: Instant::now(),
         })
     }
 }

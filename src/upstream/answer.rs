@@ -7,6 +7,8 @@
 //! at the first wrong byte rather than at the read timeout, and the head and line limits bound the
 //! bytes read, not only those parsed. Each failure has its own fixed message.
 
+use std::time::Instant;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pingora::protocols::Stream;
 use tokio::io::AsyncReadExt;
@@ -32,8 +34,12 @@ pub(super) async fn read_answer(
     let (body, framed_to_its_end) = read_body(stream, &mut buf, head.framing, max).await?;
     // Bytes beyond the answer would corrupt the next exchange on this connection.
     let reusable = head.keep_alive && framed_to_its_end && buf.is_empty();
-    let status = head.status;
-    Ok((Exchange { status, body }, reusable))
+    let exchange = Exchange {
+        status: head.status,
+        body,
+        answered_at: Instant::now(),
+    };
+    Ok((exchange, reusable))
 }
 
 /// Reads up to the final answer's head and takes it out of `buf`.

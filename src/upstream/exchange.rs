@@ -121,8 +121,7 @@ impl Upstream {
         stream.flush().await.map_err(Failure::Sending)?;
         let (exchange, reusable) = read_answer(&mut stream, self.max_answer_bytes).await?;
         if reusable {
-            self.idle
-                .put(peer.key, stream, ep.pool_idle_timeout, Instant::now());
+            (self.idle).put(peer.key, stream, ep.pool_idle_timeout, exchange.answered_at);
         }
         Ok(exchange)
     }

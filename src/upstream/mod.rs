@@ -27,6 +27,8 @@ mod pool;
 mod request;
 
 use bytes::Bytes;
+use std::time::Instant;
+
 use pingora::upstreams::peer::{HttpPeer, Peer};
 
 pub use endpoint::Endpoint;
@@ -35,11 +37,13 @@ pub use error::{TransportError, TransportKind};
 pub use exchange::{nothing_sent, Upstream};
 pub use request::RequestBytes;
 
-/// A backend's answer: status and whole body.
+/// A backend's answer: status, whole body, and when it was all read.
 #[derive(Debug)]
 pub struct Exchange {
     pub status: u16,
     pub body: Bytes,
+    /// The clock once the whole answer was read: the end of the backend's time, read once.
+    pub answered_at: Instant,
 }
 
 /// A backend address as the client needs it: pingora's peer (address, TLS settings, timeouts) and
