@@ -10,7 +10,8 @@
 //! dead letters, spool), [`admin`] (metrics and health),
 //! [`metrics`], [`migration`] (shadow traffic, its report, the canary), [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
 //! listener's certificate), [`server`] (assembly), [`logging`]; [`limits`] (rate limits and
-//! `max_in_flight`) and [`shared`] (state shared between instances on Redis).
+//! `max_in_flight`) and [`shared`] (state shared between instances on Redis); [`timefmt`] (RFC 3339
+//! timestamps).
 
 pub mod admin;
 pub mod auth;
@@ -35,5 +36,6 @@ pub mod server;
 pub mod service;
 pub mod shared;
 pub mod signing;
+pub mod timefmt;
 pub mod tls;
 pub mod upstream;

@@ -74,7 +74,11 @@ impl CsmlKey {
 
     /// Signs for the given unix time (seconds).
     pub fn sign(&self, unix_secs: u64) -> SignedHeaders {
-        let api_key = format!("{}|{}", self.key, unix_secs);
+        // Not `format!`: its machinery was 1k instructions per request.
+        let mut api_key = String::with_capacity(self.key.len() + 21);
+        api_key.push_str(&self.key);
+        api_key.push('|');
+        api_key.push_str(itoa::Buffer::new().format(unix_secs));
         let tag = self.mac_of(api_key.as_bytes()).finalize().into_bytes();
         let mut signature = String::with_capacity(7 + 64);
         signature.push_str("sha256=");

@@ -954,7 +954,7 @@ pub fn render_answer(
             channel_id: &channel_id,
             user_id: &req.user_id,
         },
-        received_at: humantime::format_rfc3339_millis(ctx.received).to_string(),
+        received_at: crate::timefmt::rfc3339_millis(ctx.received),
         is_authorized: true,
         conversation_end: answer.conversation_end,
     };

@@ -277,7 +277,7 @@ fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>, first_id: u64) -
 
     let out = HslAnswerOut {
         version: "1.0",
-        timestamp: humantime::format_rfc3339_millis(ctx.received).to_string(),
+        timestamp: crate::timefmt::rfc3339_millis(ctx.received),
         agent: AgentOut {
             id: stable_u31(name.as_bytes()),
             name,

@@ -56,7 +56,7 @@ pub fn log_message_ack(req: &ChatRequest<'_>, message_id: u64, created: SystemTi
     serde_json::to_vec(&AckOut {
         message_id,
         message_body: body,
-        created_at: humantime::format_rfc3339_millis(created).to_string(),
+        created_at: crate::timefmt::rfc3339_millis(created),
         message_type: req.message_type,
     })
     .expect("ack serializes")

@@ -31,9 +31,9 @@ impl RequestBytes {
 
     /// Ends the header block with the body's exact `Content-Length`, then appends the body.
     pub fn body(mut self, body: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        // Writing into a Vec cannot fail.
-        let _ = write!(self.0, "content-length: {}\r\n\r\n", body.len());
+        self.0.extend_from_slice(b"content-length: ");
+        (self.0).extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        self.0.extend_from_slice(b"\r\n\r\n");
         self.0.extend_from_slice(body);
         self.0
     }
