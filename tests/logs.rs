@@ -1,5 +1,6 @@
 //! The batched log writer, on the real binary: every access line of a burst of concurrent requests
-//! is written whole, and the lines of a graceful stop are all written before the process exits.
+//! is written whole, and the lines of a graceful stop are all written before the process exits; a
+//! stderr nobody reads never stops the proxy.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{haptik_body, shipped_config, SpawnedProxy};
+use common::{haptik_body, series_value, shipped_config, SpawnedProxy};
 
 const REQUESTS: usize = 2_000;
 const CONNECTIONS: usize = 8;
@@ -97,4 +98,88 @@ fn every_line_of_a_burst_and_of_a_graceful_stop_is_written() {
         logs.contains("All runtimes exited, exiting now"),
         "the last lines of the stop are missing:\n{logs}"
     );
+}
+
+/// The proxy's metrics page.
+fn metrics(admin_port: u16) -> String {
+    let mut conn = TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn a_stderr_nobody_reads_never_stops_the_proxy() {
+    // stderr is a pipe (64 KiB) nobody reads; one worker thread, so one megabyte waits in the
+    // proxy: 6,000 access lines of about 330 bytes are twice that.
+    let config = shipped_config().replace("threads = 2", "threads = 1");
+    let mut proxy = SpawnedProxy::start_with_stderr_pipe(&config);
+    let mut stderr = proxy.take_stderr();
+    let port = proxy.port;
+    let workers: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || chat(port, 1_500)))
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let dropped = series_value(
+        &metrics(proxy.admin_port),
+        "botbridge_log_lines_dropped_total",
+    );
+    assert!(
+        dropped.unwrap_or(0.0) > 0.0,
+        "lines past the bound are counted: {dropped:?}"
+    );
+    // A reader comes back: what waited is written, then a line says how many were dropped.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 65536];
+        while let Ok(n) = stderr.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&text).contains("log lines dropped") {
+                break;
+            }
+        }
+        let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+    });
+    // Lines go out as the proxy logs more: a few requests at a time until the notice is read.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        chat(port, 5);
+        if let Ok(text) = rx.recv_timeout(Duration::from_millis(20)) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiting lines were not written"
+        );
+    };
+    let notice = text
+        .lines()
+        .find(|l| l.contains("log lines dropped: stderr was not taking them"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no line reports the dropped lines ({} bytes read)",
+                text.len()
+            )
+        });
+    assert!(notice.contains(" WARN "), "{notice}");
+    // The lines that waited came out whole.
+    let access = text.lines().filter(|l| l.contains("botbridge::access"));
+    assert!(
+        access.clone().count() > 3_000,
+        "the megabyte that waited was written"
+    );
+    for line in access {
+        assert!(
+            line.starts_with("20") && line.ends_with("bytes_out=703"),
+            "damaged: {line}"
+        );
+    }
 }

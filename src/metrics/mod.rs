@@ -221,7 +221,12 @@ impl Metrics {
                     }
                     c
                 },
-                pool: PoolMetrics::register(),
+                pool: {
+                    // The log writer counts on its own (it has no `Metrics`); registered here.
+                    let dropped = Box::new(crate::log_writer::DROPPED_LINES.clone());
+                    prometheus::register(dropped).expect("register log_lines_dropped");
+                    PoolMetrics::register()
+                },
             }
         })
     }

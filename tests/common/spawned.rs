@@ -92,8 +92,25 @@ impl SpawnedProxy {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> SpawnedProxy {
+        Self::start_inner(config, env, false)
+    }
+
+    /// Started with its stderr a pipe (taken with [`SpawnedProxy::take_stderr`]), not the log file.
+    pub fn start_with_stderr_pipe(config: &str) -> SpawnedProxy {
+        Self::start_inner(config, &[], true)
+    }
+
+    /// The read end of the pipe of [`SpawnedProxy::start_with_stderr_pipe`].
+    pub fn take_stderr(&mut self) -> std::process::ChildStderr {
+        self.child
+            .stderr
+            .take()
+            .expect("started with a stderr pipe")
+    }
+
+    fn start_inner(config: &str, env: &[(&str, &str)], pipe: bool) -> SpawnedProxy {
         for _ in 0..START_ATTEMPTS {
-            if let Some(proxy) = Self::try_start(config, env) {
+            if let Some(proxy) = Self::try_start(config, env, pipe) {
                 return proxy;
             }
         }
@@ -101,7 +118,7 @@ impl SpawnedProxy {
     }
 
     /// One start on fresh ports; `None` if one of them turned out to be taken.
-    fn try_start(config: &str, env: &[(&str, &str)]) -> Option<SpawnedProxy> {
+    fn try_start(config: &str, env: &[(&str, &str)], pipe: bool) -> Option<SpawnedProxy> {
         let dir = tempfile::tempdir().unwrap();
         let (port, admin_port, demo_port) = (child_port(), child_port(), child_port());
         let path = dir.path().join("proxy.toml");
@@ -120,7 +137,7 @@ impl SpawnedProxy {
             .arg(&path)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(if pipe { Stdio::piped() } else { log.into() });
         for (k, v) in TEST_SECRETS.iter().chain(env) {
             cmd.env(k, v);
         }
