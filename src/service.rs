@@ -777,7 +777,17 @@ fn request_id(req: &RequestHeader) -> String {
         .map(|v| v.as_bytes())
         .filter(|v| request_id_is_sane(v))
         .and_then(|v| std::str::from_utf8(v).ok())
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// A new UUID v4 request id. Written into a buffer of its exact size: `to_string` grows a String
+/// from nothing through `fmt`.
+fn new_request_id() -> String {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 /// A bot answer the caller was told about in fixed words only: the debug log says which, and, with

@@ -651,7 +651,8 @@ fn nullable<'a, T>(
 }
 
 fn read_messages<'a>(json: &mut JsonIn<'a>) -> Option<Vec<MessageIn<'a, TypedPayload<'a>>>> {
-    let mut messages = Vec::new();
+    // Answers carry a few messages: room for them without growing.
+    let mut messages = Vec::with_capacity(4);
     json.array(|json| {
         let (mut conversation_id, mut payload) = (None, None);
         json.object(|json, key| match key {
@@ -768,7 +769,7 @@ fn read_button<'a>(json: &mut JsonIn<'a>) -> Option<Button<'a>> {
 
 /// A question's `buttons`: each `{"content": <button>}`, other keys passed over.
 fn read_buttons<'a>(json: &mut JsonIn<'a>) -> Option<Vec<Button<'a>>> {
-    let mut buttons = Vec::new();
+    let mut buttons = Vec::with_capacity(4);
     json.array(|json| {
         let mut content = None;
         json.object(|json, key| match key {
