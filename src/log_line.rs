@@ -55,7 +55,8 @@ where
             /// The line being written, kept for its capacity.
             static LINE: Cell<String> = const { Cell::new(String::new()) };
         }
-        let mut line = LINE.take();
+        // During the thread's teardown the kept buffer may be gone: a new one then.
+        let mut line = LINE.try_with(Cell::take).unwrap_or_default();
         line.clear();
         line.push_str(timefmt::rfc3339(SystemTime::now(), Fraction::Micros).as_str());
         line.push(' ');
@@ -70,7 +71,7 @@ where
         line.push('\n');
         // One call into the subscriber's buffer rather than one per piece.
         let written = writer.write_str(&line);
-        LINE.set(line);
+        let _ = LINE.try_with(|kept| kept.set(line));
         written
     }
 }
