@@ -107,6 +107,104 @@ backend bot
 """
 
 
+# A credential limit and a per-user limit of 1,000,000 requests/s: never hit at these rates.
+NEVER_HIT = ("[limits]\nrate_limit = { requests = 1000000, per_seconds = 1 }\n"
+             "user_rate_limit = { requests = 1000000, per_seconds = 1 }\n")
+
+
+def nginx_conf(work, name, server_block, workers=1):
+    """Writes an nginx config (`work/name.conf`) serving `server_block`; its path."""
+    path = os.path.join(work, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(f"""
+worker_processes {workers};
+pid {work}/{name}.pid;
+error_log {work}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/{name}-body;
+  proxy_temp_path {work}/{name}-proxy;
+  keepalive_requests 1000000;
+  {server_block}
+}}
+""")
+    return path
+
+
+def fixed_answer_server(port, hosts=("127.0.0.1",)):
+    """An nginx server block answering CSML_ANSWER to any request on `port` of each of `hosts`."""
+    listens = " ".join(f"listen {h}:{port} reuseport;" for h in hosts)
+    answer = CSML_ANSWER.replace("'", "\\'")
+    return f"""server {{ {listens}
+    location / {{ default_type application/json; return 200 '{answer}'; }} }}"""
+
+
+def one_url(backend):
+    """A backend's keys for the fixed-answer bot at one address."""
+    return f'url = "http://127.0.0.1:{backend}/api/chat"'
+
+
+def pool_of_three(backend):
+    """A backend's keys for the fixed-answer bot as a 3-endpoint pool (127.0.0.1, .2, .3) with
+    HTTP health checks every second."""
+    urls = ", ".join(f'"http://127.0.0.{i}:{backend}/api/chat"' for i in (1, 2, 3))
+    return f'urls = [{urls}]\n[backends.health]\npath = "/health"\ninterval_s = 1'
+
+
+def botbridge_config(work, name, port, admin, backend_keys, extra="", log="warn", threads=1):
+    """Writes the benchmarks' botbridge config (`work/name.toml`): a Haptik caller (Bearer
+    bench-token, client-id bench-client) on /chat to a signed CSML bot with `backend_keys`, `extra`
+    top-level tables (limits, Redis); its path."""
+    path = os.path.join(work, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+threads = {threads}
+upstream_pool_size = 64
+pid_file = "{work}/{name}.pid"
+upgrade_sock = "{work}/{name}.sock"
+grace_period_seconds = 0
+[admin]
+listen = "127.0.0.1:{admin}"
+{extra}
+[log]
+filter = "{log}"
+[[clients.haptik]]
+name = "bench"
+client_id = "bench-client"
+token = "bench-token"
+[[routes]]
+name = "chat"
+path = "/chat"
+ingress = "haptik"
+backend = "bot"
+[[backends]]
+name = "bot"
+dialect = "csml"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
+{backend_keys}
+""")
+    return path
+
+
+def post_script(work):
+    """Writes wrk's script POSTing HAPTIK_BODY with the bench caller's credentials; its path."""
+    path = os.path.join(work, "post.lua")
+    with open(path, "w") as f:
+        f.write(f"""
+wrk.method = "POST"
+wrk.body = {json.dumps(HAPTIK_BODY)}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-token"
+wrk.headers["client-id"] = "bench-client"
+""")
+    return path
+
+
 def cpu_ticks(pids, fields_at=(11, 12)):
     """CPU clock ticks of `pids`: user + system time by default, (11,) user only, (12,) system only."""
     total = 0
@@ -192,37 +290,10 @@ def main():
         lim_port, lim_admin, red_port, red_admin, redis_port = (free_port() for _ in range(5))
         pool_port, pool_admin, on_port, on_admin, shadow_bot = (free_port() for _ in range(5))
 
-        def nginx_conf(name, server_block, workers=1):
-            path = os.path.join(work, f"{name}.conf")
-            with open(path, "w") as f:
-                f.write(f"""
-worker_processes {workers};
-pid {work}/{name}.pid;
-error_log {work}/{name}.error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/{name}-body;
-  proxy_temp_path {work}/{name}-proxy;
-  keepalive_requests 1000000;
-  {server_block}
-}}
-""")
-            return path
-
-        answer = CSML_ANSWER.replace("'", "\\'")
-        backend_conf = nginx_conf("backend", f"""
-  server {{
-    listen 127.0.0.1:{backend} reuseport;
-    listen 127.0.0.2:{backend} reuseport;
-    listen 127.0.0.3:{backend} reuseport;
-    location / {{ default_type application/json; return 200 '{answer}'; }}
-  }}
-  server {{
-    listen 127.0.0.1:{shadow_bot} reuseport;
-    location / {{ default_type application/json; return 200 '{answer}'; }}
-  }}""")
-        proxy_conf = nginx_conf("nginx-proxy", f"""
+        three = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+        backend_conf = nginx_conf(work, "backend", fixed_answer_server(backend, three) + "\n  "
+                                  + fixed_answer_server(shadow_bot))
+        proxy_conf = nginx_conf(work, "nginx-proxy", f"""
   upstream bot {{ server 127.0.0.1:{backend}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{nginx_port};
@@ -231,42 +302,10 @@ http {{
         haproxy_cfg = os.path.join(work, "haproxy.cfg")
         with open(haproxy_cfg, "w") as f:
             f.write(haproxy_config(haproxy_port, backend, args.threads))
-        def bb_config(name, port, admin, url_keys, extra="", log="warn"):
-            path = os.path.join(work, f"{name}.toml")
-            with open(path, "w") as f:
-                f.write(f"""
-[server]
-listen = "127.0.0.1:{port}"
-threads = {args.threads}
-upstream_pool_size = 64
-pid_file = "{work}/{name}.pid"
-upgrade_sock = "{work}/{name}.sock"
-grace_period_seconds = 0
-[admin]
-listen = "127.0.0.1:{admin}"
-{extra}
-[log]
-filter = "{log}"
-[[clients.haptik]]
-name = "bench"
-client_id = "bench-client"
-token = "bench-token"
-[[routes]]
-name = "chat"
-path = "/chat"
-ingress = "haptik"
-backend = "bot"
-[[backends]]
-name = "bot"
-dialect = "csml"
-auth = "signed"
-api_key = "bench-key"
-api_secret = "bench-secret"
-{url_keys}
-""")
-            return path
+        def bb_config(name, port, admin, backend_keys, extra="", log="warn"):
+            return botbridge_config(work, name, port, admin, backend_keys, extra, log, args.threads)
 
-        one_url = f'url = "http://127.0.0.1:{backend}/api/chat"'
+        url = one_url(backend)
         # The plain instance also serves /shadowed: the same route with a shadow at 100%.
         shadowed = f"""
 [[backends]]
@@ -283,34 +322,22 @@ ingress = "haptik"
 backend = "bot"
 shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queued = 1024 }}
 """
-        bb_conf = bb_config("bb", bb_port, bb_admin, one_url + shadowed)
-        pool_urls = ", ".join(f'"http://127.0.0.{i}:{backend}/api/chat"' for i in (1, 2, 3))
-        pool_keys = f'urls = [{pool_urls}]\n[backends.health]\npath = "/health"\ninterval_s = 1'
+        bb_conf = bb_config("bb", bb_port, bb_admin, url + shadowed)
+        pool_keys = pool_of_three(backend)
         pool_conf = bb_config("bb-pool", pool_port, pool_admin, pool_keys)
-        # Never hit at these rates: 1,000,000 per second, for the credential and for each user.
-        never_hit = ("[limits]\nrate_limit = { requests = 1000000, per_seconds = 1 }\n"
-                     "user_rate_limit = { requests = 1000000, per_seconds = 1 }\n")
         with_limits = not args.no_limits
         with_redis = with_limits and shutil.which("redis-server") is not None
         if with_limits and not with_redis:
             print("bench: no redis-server on PATH: the Redis row is skipped", file=sys.stderr)
-        lim_conf = bb_config("bb-local", lim_port, lim_admin, one_url, never_hit)
-        red_conf = bb_config("bb-redis", red_port, red_admin, one_url,
-                             never_hit + f'[redis]\nurl = "redis://127.0.0.1:{redis_port}/0"\n')
+        lim_conf = bb_config("bb-local", lim_port, lim_admin, url, NEVER_HIT)
+        red_conf = bb_config("bb-redis", red_port, red_admin, url,
+                             NEVER_HIT + f'[redis]\nurl = "redis://127.0.0.1:{redis_port}/0"\n')
         # Production features on (issue: "fast with everything on"): the 3-endpoint pool with active
         # health checks, a local per-credential and per-user limit never hit, metrics and the access
         # log at their defaults.
         # The access log line of every request goes to the shared stderr file, as to a log file.
-        on_conf = bb_config("bb-on", on_port, on_admin, pool_keys, never_hit, log="info")
-        script = os.path.join(work, "post.lua")
-        with open(script, "w") as f:
-            f.write(f"""
-wrk.method = "POST"
-wrk.body = {json.dumps(HAPTIK_BODY)}
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench-token"
-wrk.headers["client-id"] = "bench-client"
-""")
+        on_conf = bb_config("bb-on", on_port, on_admin, pool_keys, NEVER_HIT, log="info")
+        script = post_script(work)
         def start(cmd, port):
             log = os.path.join(work, "stderr.log")
             p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "a"))

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from bench import CSML_ANSWER, HAPTIK_BODY  # bench/bench.py, beside this file
+from bench import CSML_ANSWER, HAPTIK_BODY, botbridge_config, one_url  # bench/bench.py, beside this file
 
 
 # Two buckets per request (the credential's and the user's), never hit: what a limit costs.
@@ -163,39 +163,9 @@ http {{
   }}
 }}
 """)
-        # The keys bench.py uses, read the same way before and after the config-by-table refactor.
-        bb_conf = os.path.join(work, "proxy.toml")
-        with open(bb_conf, "w") as f:
-            f.write(f"""
-[server]
-listen = "127.0.0.1:{bb_port}"
-threads = 1
-upstream_pool_size = 64
-pid_file = "{work}/bb.pid"
-upgrade_sock = "{work}/bb.sock"
-grace_period_seconds = 0
-[admin]
-listen = "127.0.0.1:{bb_admin}"
-{LIMITS if args.limits else ""}
-[log]
-filter = "{args.log}"
-[[clients.haptik]]
-name = "bench"
-client_id = "bench-client"
-token = "bench-token"
-[[backends]]
-name = "bot"
-dialect = "csml"
-url = "http://127.0.0.1:{backend}/api/chat"
-auth = "signed"
-api_key = "bench-key"
-api_secret = "bench-secret"
-[[routes]]
-name = "chat"
-path = "/chat"
-ingress = "haptik"
-backend = "bot"
-""")
+        # The configuration bench.py measures.
+        bb_conf = botbridge_config(work, "proxy", bb_port, bb_admin, one_url(backend),
+                                   LIMITS if args.limits else "", args.log)
         check = subprocess.run([binary, "--config", bb_conf, "check"], capture_output=True, text=True) if not args.floor else None
         if check and check.returncode != 0:
             raise SystemExit(f"callgrind: {binary} refuses the configuration:\n{check.stdout}{check.stderr}")

@@ -14,7 +14,6 @@ the columns with each other, and bench.py's figures for the absolute cost.
 """
 import argparse
 import collections
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import CSML_ANSWER, HAPTIK_BODY, free_port, run_wrk, wait_port  # noqa: E402
+from bench import (NEVER_HIT, botbridge_config, fixed_answer_server, free_port, nginx_conf,  # noqa: E402
+                   one_url, pool_of_three, post_script, run_wrk, wait_port)
 
 FREQ = 4999
 
@@ -41,41 +41,6 @@ CATEGORIES = [
     ("libc system call wrappers", r"^__send|__libc_recv|epoll|__libc_|__GI_|pthread"),
     ("botbridge's shell (service, pool, conn, upstream)", r"botbridge"),
 ]
-
-
-def config(work, port, admin, backend, features):
-    urls = ", ".join(f'"http://127.0.0.{i}:{backend}/api/chat"' for i in (1, 2, 3))
-    limits = ("[limits]\nrate_limit = { requests = 1000000, per_seconds = 1 }\n"
-              "user_rate_limit = { requests = 1000000, per_seconds = 1 }\n") if features else ""
-    endpoints = (f'urls = [{urls}]\n[backends.health]\npath = "/health"\ninterval_s = 1\n' if features
-                 else f'url = "http://127.0.0.1:{backend}/api/chat"\n')
-    return f"""[server]
-listen = "127.0.0.1:{port}"
-threads = 1
-upstream_pool_size = 64
-pid_file = "{work}/bb.pid"
-upgrade_sock = "{work}/bb.sock"
-grace_period_seconds = 0
-[admin]
-listen = "127.0.0.1:{admin}"
-{limits}[log]
-filter = "{'info' if features else 'warn'}"
-[[clients.haptik]]
-name = "bench"
-client_id = "bench-client"
-token = "bench-token"
-[[routes]]
-name = "chat"
-path = "/chat"
-ingress = "haptik"
-backend = "bot"
-[[backends]]
-name = "bot"
-dialect = "csml"
-auth = "signed"
-api_key = "bench-key"
-api_secret = "bench-secret"
-{endpoints}"""
 
 
 def categorize(report):
@@ -129,20 +94,10 @@ def main():
     work = tempfile.mkdtemp(prefix="botbridge-profile-")
     os.chmod(work, 0o755)
     backend = free_port()
-    answer = CSML_ANSWER.replace("'", "\\'")
-    with open(f"{work}/backend.conf", "w") as f:
-        f.write(f"""worker_processes 1; pid {work}/ngx.pid; error_log {work}/err.log warn;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {work}/b; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{backend} reuseport; listen 127.0.0.2:{backend} reuseport;
-    listen 127.0.0.3:{backend} reuseport;
-    location / {{ default_type application/json; return 200 '{answer}'; }} }} }}""")
-    script = f"{work}/post.lua"
-    with open(script, "w") as f:
-        f.write('wrk.method = "POST"\nwrk.body = %s\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.headers["Authorization"] = "Bearer bench-token"\nwrk.headers["client-id"] = "bench-client"\n'
-                % json.dumps(HAPTIK_BODY))
-    nginx = subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-g", "daemon off;"])
+    three = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    script = post_script(work)
+    nginx = subprocess.Popen(["nginx", "-c", nginx_conf(work, "backend", fixed_answer_server(backend, three)),
+                              "-g", "daemon off;"])
     columns = {}
     try:
         wait_port(backend)
@@ -151,9 +106,9 @@ http {{ access_log off; client_body_temp_path {work}/b; keepalive_requests 10000
                                            port, script, args.seconds, work)
         for label, features in (("botbridge, features off", False), ("botbridge, features on", True)):
             port, admin = free_port(), free_port()
-            path = f"{work}/{features}.toml"
-            with open(path, "w") as f:
-                f.write(config(work, port, admin, backend, features))
+            path = botbridge_config(work, f"bb-{features}", port, admin,
+                                    pool_of_three(backend) if features else one_url(backend),
+                                    NEVER_HIT if features else "", "info" if features else "warn")
             columns[label] = profile(str(features), [args.binary, "--config", path], port, script,
                                      args.seconds, work)
     finally:
@@ -165,12 +120,19 @@ http {{ access_log off; client_body_temp_path {work}/b; keepalive_requests 10000
           f"one worker thread, wrk -t1 -c50)\n")
     print("| | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
-    us = {k: (lambda n, reqs=reqs: n / FREQ / reqs * 1e6) for k, (_, reqs) in columns.items()}
+    requests = {k: n for k, (_, n) in columns.items()}
+
+    def cells(counts):
+        return " | ".join(counts(k) for k in columns)
+
+    def us(k, samples):
+        return f"{samples / FREQ / requests[k] * 1e6:.2f}"
+
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{us[k](c[name]):.2f}" for k, (c, _) in columns.items()) + " |")
+        print(f"| {name} | " + cells(lambda k: us(k, columns[k][0][name])) + " |")
     user = {k: sum(n for name, n in c.items() if name != "kernel") for k, (c, _) in columns.items()}
-    print("| **user space** | " + " | ".join(f"**{us[k](user[k]):.2f}**" for k in columns) + " |")
-    print("| **all** | " + " | ".join(f"**{us[k](sum(c.values())):.2f}**" for k, (c, _) in columns.items()) + " |")
+    print("| **user space** | " + cells(lambda k: f"**{us(k, user[k])}**") + " |")
+    print("| **all** | " + cells(lambda k: f"**{us(k, sum(columns[k][0].values()))}**") + " |")
 
 
 if __name__ == "__main__":

@@ -181,8 +181,7 @@ impl Backlog {
 /// After lines were handed over inside a runtime: while some wait, or dropped ones are not yet
 /// reported, a task (one at a time) offers them again every [`RETRY`] and then reports.
 fn follow_up() {
-    let unreported = DROPPED_LINES.get() > REPORTED.load(Ordering::Relaxed);
-    if (!unreported && backlog().is_empty()) || RETRYING.swap(true, Ordering::AcqRel) {
+    if !lines_wait_or_unreported() || RETRYING.swap(true, Ordering::AcqRel) {
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -207,6 +206,11 @@ fn follow_up() {
         }
         report_dropped();
     });
+}
+
+/// Whether lines wait for stderr, or dropped ones are not reported yet.
+fn lines_wait_or_unreported() -> bool {
+    DROPPED_LINES.get() > REPORTED.load(Ordering::Relaxed) || !backlog().is_empty()
 }
 
 /// Once stderr takes lines again: a line saying how many were dropped since the last such line;
@@ -343,8 +347,7 @@ impl Write for LineWriter {
 /// After a line written at once: when lines wait (or dropped ones are unreported), the follow-up
 /// inside a runtime, the bounded wait outside one.
 fn after_direct_write() {
-    let unreported = DROPPED_LINES.get() > REPORTED.load(Ordering::Relaxed);
-    if !unreported && backlog().is_empty() {
+    if !lines_wait_or_unreported() {
         return;
     }
     match tokio::runtime::Handle::try_current() {

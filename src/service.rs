@@ -519,11 +519,10 @@ impl ChatService {
         out: &mut AccessRecord,
     ) -> Result<Exchange, ProxyError> {
         let waiter = self.bot_replies.register(to, req);
-        let started = waiter.as_ref().map(|_| Instant::now());
         let exchange = self.forward(rt, to, req, out).await?;
-        match (waiter, started) {
-            (Some(w), Some(started)) => w.collect(exchange, started).await,
-            _ => Ok(exchange),
+        match waiter {
+            Some(w) => w.collect(exchange).await,
+            None => Ok(exchange),
         }
     }
 

@@ -108,6 +108,9 @@ impl Metrics {
                 &["version"]
             )
             .expect("register build_info");
+            // The log writer counts on its own (it has no `Metrics`); registered with the rest.
+            let dropped = Box::new(crate::log_writer::DROPPED_LINES.clone());
+            prometheus::register(dropped).expect("register log_lines_dropped");
             build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
             Metrics {
                 requests: register_int_counter_vec!(
@@ -221,12 +224,7 @@ impl Metrics {
                     }
                     c
                 },
-                pool: {
-                    // The log writer counts on its own (it has no `Metrics`); registered here.
-                    let dropped = Box::new(crate::log_writer::DROPPED_LINES.clone());
-                    prometheus::register(dropped).expect("register log_lines_dropped");
-                    PoolMetrics::register()
-                },
+                pool: PoolMetrics::register(),
             }
         })
     }

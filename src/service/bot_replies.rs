@@ -45,7 +45,8 @@ pub(super) struct Waiter {
     id: u64,
     rx: mpsc::UnboundedReceiver<String>,
     quiet: Duration,
-    timeout: Duration,
+    /// The end of the wait: the backend's read timeout from when the request set off.
+    end: Instant,
 }
 
 impl BotReplies {
@@ -70,7 +71,7 @@ impl BotReplies {
             id,
             rx,
             quiet: bot.quiet,
-            timeout: to.backend.urls[0].endpoint.read_timeout,
+            end: Instant::now() + to.backend.urls[0].endpoint.read_timeout,
         })
     }
 
@@ -100,15 +101,11 @@ impl Drop for Waiter {
 impl Waiter {
     /// After the Log Message API's acknowledgement: the replies, as one HSL answer. A refusal from
     /// the bot is passed on as it came (the dialect reads its error).
-    pub(super) async fn collect(
-        mut self,
-        ack: Exchange,
-        started: Instant,
-    ) -> Result<Exchange, ProxyError> {
+    pub(super) async fn collect(mut self, ack: Exchange) -> Result<Exchange, ProxyError> {
         if !(200..300).contains(&ack.status) {
             return Ok(ack);
         }
-        let end = started + self.timeout;
+        let end = self.end;
         let mut bodies = Vec::new();
         loop {
             let wait = match bodies.is_empty() {

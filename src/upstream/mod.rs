@@ -26,9 +26,9 @@ mod head;
 mod pool;
 mod request;
 
-use bytes::Bytes;
 use std::time::Instant;
 
+use bytes::Bytes;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 
 pub use endpoint::Endpoint;
