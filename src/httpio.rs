@@ -5,6 +5,12 @@
 //! A listener implements [`Handler`] (request in, [`Answer`] out); [`App`] turns it into a pingora app
 //! whose connections are held to the limits of `crate::conn`, and answers the requests that never
 //! reach the handler (malformed or oversize heads, timeouts, a full listener).
+//!
+//! TLS is the app's too, not pingora's listener's: pingora's listener would hold a connection in its
+//! handshake for 60 s before the app, and its connection cap, ever saw it. Here a connection takes
+//! its place in the table first, so one in its handshake counts against `max_client_connections`
+//! and the per-address cap, can be evicted like an idle one, and has its own deadline
+//! (`handshake_timeout_ms`); a handshake that fails or times out is counted by close reason.
 
 use std::sync::Arc;
 
@@ -12,13 +18,15 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::{HttpPersistentSettings, ServerApp};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::{HttpTask, ReusableHttpStream, ServerSession};
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Peek;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 
-use crate::conn::{ClientLimits, ClientStream, Conn, ConnTable, Phase};
+use crate::conn::{ClientLimits, ClientStream, Conn, ConnTable, Phase, Refused};
 use crate::error::{ProxyError, Reason};
 use crate::metrics::CloseReason;
 
@@ -94,15 +102,52 @@ pub struct App<H> {
     handler: H,
     limits: Arc<ClientLimits>,
     table: Arc<ConnTable>,
+    /// Serve HTTPS: each connection's handshake, under the connection's limits.
+    tls: Option<Acceptor>,
 }
 
 impl<H: Handler> App<H> {
     /// Serves `handler` under `limits`; `listener` names the connection metrics' series.
     pub fn new(listener: &str, handler: H, limits: ClientLimits) -> Self {
         App {
-            table: ConnTable::new(listener, limits.max_connections),
+            table: ConnTable::new(listener, limits.max_connections, limits.max_per_address),
             limits: Arc::new(limits),
             handler,
+            tls: None,
+        }
+    }
+
+    /// The same app serving HTTPS with `tls` (the listener itself is plain TCP).
+    pub fn with_tls(mut self, tls: Acceptor) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// A TLS connection's handshake, within `handshake_timeout` and until the connection is
+    /// evicted: the decrypted stream, or None when it failed (the reason is recorded).
+    async fn handshake(&self, tls: &Acceptor, stream: Stream, conn: &Conn) -> Option<Stream> {
+        // pingora's TCP listener hands over its own stream type, which the handshake wraps.
+        let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout, tls.tls_handshake(*l4));
+        tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls_stream)) => Some(Box::new(tls_stream)),
+                Ok(Err(e)) => {
+                    // A client that leaves before the end (a port probe, a closed tab) is no failure.
+                    // pingora keeps only the text of the TLS library's error: tokio-rustls says
+                    // "tls handshake eof" for it.
+                    if !e.to_string().contains("handshake eof") {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        conn.close_for(CloseReason::TlsHandshakeFailed);
+                    }
+                    None
+                }
+                Err(_) => {
+                    conn.close_for(CloseReason::TlsHandshakeTimeout);
+                    None
+                }
+            },
+            () = conn.evicted() => None,
         }
     }
 
@@ -156,14 +201,19 @@ impl<H: Handler> App<H> {
         }
     }
 
-    /// At the cap with every connection busy: a 503, written at once without reading the request.
-    async fn refuse_connection(&self, stream: Stream) {
+    /// At the cap with every connection busy, or at the source address's cap: a 503, written at
+    /// once without reading the request. A TLS connection is closed instead: answering it would
+    /// take a handshake, the work a flood of connections should not get.
+    async fn refuse_connection(&self, stream: Stream, why: Refused) {
+        if self.tls.is_some() {
+            return;
+        }
         let mut session = ServerSession::new_http1(stream);
-        let err = ProxyError::new(
-            503,
-            Reason::Overloaded,
-            "too many connections; try again later",
-        );
+        let message = match why {
+            Refused::Full => "too many connections; try again later",
+            Refused::AddressFull => "too many connections from this address; try again later",
+        };
+        let err = ProxyError::new(503, Reason::Overloaded, message);
         let mut answer = self.handler.head_refusal(None, &err);
         answer.keepalive = false;
         let write = write_answer(&mut session, answer);
@@ -191,12 +241,24 @@ impl<H: Handler> ServerApp for App<H> {
 impl<H: Handler> App<H> {
     /// One client connection, request after request, until it closes.
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
-        let Some(guard) = self.table.admit() else {
-            // Boxed, as every rare path here: its state would be part of every connection's.
-            Box::pin(self.refuse_connection(stream)).await;
-            return;
+        let source = (stream.get_socket_digest())
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let guard = match self.table.admit(source) {
+            Ok(guard) => guard,
+            Err(why) => {
+                // Boxed, as every rare path here: its state would be part of every connection's.
+                Box::pin(self.refuse_connection(stream, why)).await;
+                return;
+            }
         };
         let conn = &*guard.conn;
+        let stream = match &self.tls {
+            None => stream,
+            Some(tls) => match Box::pin(self.handshake(tls, stream, conn)).await {
+                Some(stream) => stream,
+                None => return,
+            },
+        };
         let mut stream = ClientStream::new(stream, guard.conn.clone(), self.limits.clone());
         // However the wait ends (bytes, the end of the stream, a deadline), the head read that
         // follows meets it again and handles it.

@@ -58,13 +58,9 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
 
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), None)));
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
-    let mut listener = ListenerConfig::tcp(s.listen.to_string())
+    // Plain TCP even with TLS: the app does the handshake, under its connection limits.
+    let listener = ListenerConfig::tcp(s.listen.to_string())
         .l4_buffer(L4BufferSettings::default().read(s.read_buffer_bytes));
-    if s.tls {
-        // Cannot fail: no file is read here (the identity was loaded with the configuration).
-        let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
-        listener = listener.tls(tls);
-    }
     let limits = ClientLimits::from_config(s).fit_open_file_limit();
     let chat_service = ChatService::new(runtime.clone());
     let deliveries = DeliveryLifecycle {
@@ -73,7 +69,12 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         grace: std::time::Duration::from_secs(s.grace_period_seconds),
     };
     server.add_service(background_service("deliveries", deliveries));
-    let chat_app = App::new("chat", chat_service, limits);
+    let mut chat_app = App::new("chat", chat_service, limits);
+    if s.tls {
+        // Cannot fail: no file is read here (the identity was loaded with the configuration).
+        let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
+        chat_app = chat_app.with_tls(tls.build());
+    }
     let mut chat = Service::new("chat".to_string(), chat_app);
     chat.add_listener(listener);
     chat.threads = Some(s.threads);
@@ -95,7 +96,7 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
             App::new(
                 "demo",
                 DemoBot::new(demo.key.clone(), demo.haptik.clone()),
-                limits,
+                limits.with_max_connections(limits.max_connections),
             ),
         );
         bot.add_tcp(&demo.listen.to_string());

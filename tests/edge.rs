@@ -332,3 +332,61 @@ async fn a_refused_8_mib_body_is_answered_not_reset() {
         closed_within(&mut s, Duration::from_secs(2)).await;
     }
 }
+
+/// A connection to the proxy from another loopback address.
+async fn connect_from(proxy: &SpawnedProxy, source: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let to = format!("127.0.0.1:{}", proxy.port).parse().unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_dripping_bodies_holds_only_its_share_of_the_connections() {
+    let proxy = SpawnedProxy::start(&edge_config(
+        "max_client_connections = 8\nmax_connections_per_address = 3",
+    ));
+    // An attacker on 127.0.0.2 keeps three requests in flight, each dripping its body.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from(&proxy, "127.0.0.2").await;
+        s.write_all(format!("{}{{", haptik_head(100)).as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&proxy, "botbridge_in_flight_requests").await < 3.0 {
+        assert!(Instant::now() < deadline, "requests not in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its fourth connection is refused at once, with a 503 the client can read.
+    let mut fourth = connect_from(&proxy, "127.0.0.2").await;
+    let (status, body) = read_answer(&mut fourth).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("from this address"), "{body}");
+    let refused =
+        r#"botbridge_client_connections_total{listener="chat",result="refused_per_address"}"#;
+    assert_eq!(metric(&proxy, refused).await, 1.0);
+    // Everyone else still gets in, up to the cap.
+    for source in ["127.0.0.3", "127.0.0.1"] {
+        let mut s = connect_from(&proxy, source).await;
+        s.write_all(NOT_FOUND).await.unwrap();
+        assert_eq!(read_answer(&mut s).await.0, 404, "from {source}");
+    }
+    // A place is freed when one of the attacker's connections closes.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect_from(&proxy, "127.0.0.2").await;
+        s.write_all(NOT_FOUND).await.unwrap();
+        if read_answer(&mut s).await.0 == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place stays taken"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

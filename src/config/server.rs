@@ -66,6 +66,14 @@ pub struct RawServer {
     /// to make room, and a new one is refused only when none is idle.
     #[serde(default = "default_max_client_connections")]
     pub max_client_connections: usize,
+    /// Open client connections from one source address (an IPv6 client's /64), at most; more get
+    /// 503 at once (0: no per-address cap, e.g. behind a load balancer whose few addresses carry
+    /// every client).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// A TLS client's handshake must finish within this, counted from the accept (with `tls`).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
 }
 
 /// `[server]`, validated: everything but the body limit needs a restart to change.
@@ -88,6 +96,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_client_connections: usize,
+    pub max_connections_per_address: usize,
+    pub handshake_timeout_ms: u64,
 }
 
 /// What a reload may change in `[server]`.
@@ -131,6 +141,8 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
         max_header_bytes: s.max_header_bytes,
         max_headers: s.max_headers,
         max_client_connections: s.max_client_connections,
+        max_connections_per_address: s.max_connections_per_address,
+        handshake_timeout_ms: s.handshake_timeout_ms,
     };
     let limits = Limits {
         max_body_bytes: s.max_body_bytes,
@@ -145,6 +157,7 @@ fn validate_client_limits(s: &RawServer) -> Result<(), ConfigError> {
     nonzero("server.body_timeout_ms", s.body_timeout_ms)?;
     nonzero("server.keepalive_timeout_ms", s.keepalive_timeout_ms)?;
     nonzero("server.write_timeout_ms", s.write_timeout_ms)?;
+    nonzero("server.handshake_timeout_ms", s.handshake_timeout_ms)?;
     nonzero(
         "server.max_client_connections",
         s.max_client_connections as u64,
@@ -200,6 +213,12 @@ fn default_max_headers() -> usize {
 fn default_max_client_connections() -> usize {
     4096
 }
+fn default_max_connections_per_address() -> usize {
+    512
+}
+fn default_handshake_timeout() -> u64 {
+    10_000
+}
 
 #[cfg(test)]
 mod tests {
@@ -234,6 +253,10 @@ mod tests {
             (
                 "write_timeout_ms = 0",
                 "server.write_timeout_ms: must be greater than 0",
+            ),
+            (
+                "handshake_timeout_ms = 0",
+                "server.handshake_timeout_ms: must be greater than 0",
             ),
             (
                 "max_client_connections = 0",

@@ -28,7 +28,7 @@ use std::time::Duration;
 use atomic_waker::AtomicWaker;
 
 pub use stream::ClientStream;
-pub use table::{ConnGuard, ConnTable};
+pub use table::{ConnGuard, ConnTable, Refused};
 
 use crate::config::ServerConfig;
 use crate::metrics::CloseReason;
@@ -56,6 +56,10 @@ pub struct ClientLimits {
     pub max_headers: usize,
     /// Open connections of the listener.
     pub max_connections: usize,
+    /// Open connections from one source address (an IPv6 /64); 0 for no cap.
+    pub max_per_address: usize,
+    /// A TLS handshake, from the accept.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ClientLimits {
@@ -69,6 +73,8 @@ impl Default for ClientLimits {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_connections: 4096,
+            max_per_address: 512,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -84,13 +90,17 @@ impl ClientLimits {
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             max_connections: s.max_client_connections,
+            max_per_address: s.max_connections_per_address,
+            handshake_timeout: Duration::from_millis(s.handshake_timeout_ms),
         }
     }
 
-    /// The same limits with another connection cap.
+    /// The same limits with another connection cap and no per-address cap (for the private
+    /// listeners: admin, demo bot).
     pub fn with_max_connections(self, max_connections: usize) -> Self {
         ClientLimits {
             max_connections,
+            max_per_address: 0,
             ..self
         }
     }
@@ -249,6 +259,19 @@ impl Conn {
 
     fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Ready once the connection is evicted (for a wait that reads nothing, e.g. a TLS handshake).
+    pub fn evicted(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if !self.is_evicted() {
+                self.waker.register(cx.waker());
+            }
+            match self.is_evicted() {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            }
+        })
     }
 
     /// Claims the connection for eviction if it is still idle since `since`; wakes its task.

@@ -33,11 +33,15 @@ pub enum CloseReason {
     /// A lingering close that ended at its time or byte limit, not at the client's close: the
     /// client may have seen a reset.
     LingerLimit,
+    /// The TLS handshake did not finish within `handshake_timeout_ms`.
+    TlsHandshakeTimeout,
+    /// The TLS handshake failed (not TLS, no common version or cipher, a bad record).
+    TlsHandshakeFailed,
 }
 
 impl CloseReason {
     /// Every reason, for pre-registering the series.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::IdleTimeout,
         CloseReason::HeaderTimeout,
         CloseReason::BodyTimeout,
@@ -47,6 +51,8 @@ impl CloseReason {
         CloseReason::TooManyHeaders,
         CloseReason::BadFraming,
         CloseReason::LingerLimit,
+        CloseReason::TlsHandshakeTimeout,
+        CloseReason::TlsHandshakeFailed,
     ];
 
     /// The label value.
@@ -61,6 +67,8 @@ impl CloseReason {
             CloseReason::TooManyHeaders => "too_many_headers",
             CloseReason::BadFraming => "bad_framing",
             CloseReason::LingerLimit => "linger_limit",
+            CloseReason::TlsHandshakeTimeout => "tls_handshake_timeout",
+            CloseReason::TlsHandshakeFailed => "tls_handshake_failed",
         }
     }
 
@@ -93,7 +101,8 @@ fn families() -> &'static Families {
         .expect("register client_connections"),
         connections: register_int_counter_vec!(
             "botbridge_client_connections_total",
-            "Client connections accepted, or refused at the connection cap with none idle.",
+            "Client connections accepted, or refused: at the connection cap with none idle \
+             (refused) or at the per-address cap (refused_per_address).",
             &["listener", "result"]
         )
         .expect("register client_connections_total"),
@@ -115,6 +124,8 @@ pub struct ClientMetrics {
     pub accepted: IntCounter,
     /// `botbridge_client_connections_total{listener, result="refused"}`
     pub refused: IntCounter,
+    /// `botbridge_client_connections_total{listener, result="refused_per_address"}`
+    pub refused_per_address: IntCounter,
     closes: Vec<IntCounter>,
 }
 
@@ -126,6 +137,8 @@ impl ClientMetrics {
             open: f.open.with_label_values(&[listener]),
             accepted: f.connections.with_label_values(&[listener, "accepted"]),
             refused: f.connections.with_label_values(&[listener, "refused"]),
+            refused_per_address: (f.connections)
+                .with_label_values(&[listener, "refused_per_address"]),
             closes: (CloseReason::ALL.iter())
                 .map(|r| f.closes.with_label_values(&[listener, r.as_str()]))
                 .collect(),

@@ -157,7 +157,8 @@ impl Proxy {
             ChatService::with_clock(runtime, clock.as_clock()),
             limits,
         );
-        let admin_app = App::new("admin", AdminService::new(reloader), limits);
+        let private = limits.with_max_connections(limits.max_connections);
+        let admin_app = App::new("admin", AdminService::new(reloader), private);
         let mut tasks = vec![
             serve(chat, chat_app, conns.clone()),
             serve(admin, admin_app, conns.clone()),
@@ -166,7 +167,7 @@ impl Proxy {
         match (demo_config, demo) {
             (Some(d), Some(listener)) => {
                 demo_addr = Some(listener.local_addr().unwrap());
-                let bots = App::new("demo", DemoBot::new(d.key, d.haptik), limits);
+                let bots = App::new("demo", DemoBot::new(d.key, d.haptik), private);
                 tasks.push(serve(listener, bots, conns.clone()));
             }
             (Some(_), None) => panic!("in-process, give `[demo] listen` as 127.0.0.1:{{DEMO}}"),

@@ -15,12 +15,15 @@
 
 mod inproc;
 mod spawned;
+mod tls_ca;
 
 // Each test binary uses one harness or both.
 #[allow(unused_imports)]
 pub use inproc::*;
 #[allow(unused_imports)]
 pub use spawned::*;
+#[allow(unused_imports)]
+pub use tls_ca::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

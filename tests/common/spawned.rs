@@ -185,6 +185,11 @@ impl SpawnedProxy {
         std::fs::write(&self.config_path, text).unwrap();
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal to the process (`kill -SIG pid`).
     pub fn signal(&self, sig: &str) {
         self.signal_pid(self.child.id(), sig);
