@@ -422,3 +422,92 @@ async fn requests_of_one_conversation_are_delivered_in_the_order_accepted() {
         "{texts:#?}"
     );
 }
+
+/// A second CSML credential with callbacks beside "plain": the signed caller.
+fn with_signed_callbacks(config: &str, callback: &str) -> String {
+    config.replace(
+        "business_id = 77\n",
+        &format!("business_id = 77\ncallback_secret = \"cb-secret-2\"\n{callback}\n"),
+    )
+}
+
+fn signed_headers() -> Vec<(&'static str, String)> {
+    let (key, sig) = csml_sign(CSML_CALLER_KEY, CSML_CALLER_SECRET, unix_now());
+    vec![("x-api-key", key), ("x-api-signature", sig)]
+}
+
+#[tokio::test]
+async fn one_credentials_flood_cannot_take_the_queue_from_another() {
+    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
+        "r",
+        &[json!({"content_type": "text", "content": {"text": "x"}})],
+    )))
+    .await;
+    // A receiver that never answers: every accepted request stays pending.
+    let rx = Receiver::start(Reply::Hang).await;
+    let callback = "callback_hosts = [\"127.0.0.1\"]\nallow_http_callbacks = true\nallow_private_callbacks = true";
+    let config = with_signed_callbacks(&forgery_config(bot.addr, callback), callback).replace(
+        "deadline_ms = 2000",
+        "deadline_ms = 60000\nmax_pending_per_credential = 5",
+    );
+    let proxy = Proxy::start_alone(&config).await;
+    let before = scrape(&proxy).await;
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let body = csml_body(&format!("flood {n}"), Some(&rx.url(&format!("/cb{n}"))));
+        let (status, err) = send(&proxy, "/chat", &plain_headers(), &body).await;
+        if status == 429 {
+            assert_eq!(err["statusCode"], 429, "in CSML's error shape: {err}");
+        }
+        statuses.push(status);
+    }
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(accepted, 5, "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+
+    // Another credential's async request is still accepted.
+    let body = csml_body("mine", Some(&rx.url("/other")));
+    let (status, ack) = send(&proxy, "/chat", &signed_headers(), &body).await;
+    assert_eq!(status, 200, "{ack}");
+    let after = scrape(&proxy).await;
+    let series = |r: &str| {
+        let name = format!("botbridge_async_requests_total{{dialect=\"csml\",result=\"{r}\"}}");
+        grew(&before, &after, &name)
+    };
+    assert_eq!(series("credential_quota"), 15);
+    assert_eq!(series("accepted"), 6);
+}
+
+#[tokio::test]
+async fn the_bytes_pending_requests_hold_are_bounded() {
+    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
+        "r",
+        &[json!({"content_type": "text", "content": {"text": "x"}})],
+    )))
+    .await;
+    let rx = Receiver::start(Reply::Hang).await;
+    let callback = "callback_hosts = [\"127.0.0.1\"]\nallow_http_callbacks = true\nallow_private_callbacks = true";
+    let config = with_signed_callbacks(&forgery_config(bot.addr, callback), callback)
+        .replace(
+            "deadline_ms = 2000",
+            "deadline_ms = 60000\nmax_pending_bytes_per_credential = 4000\nmax_pending_bytes = 6000",
+        )
+        .replace("max_body_bytes = 2048", "max_body_bytes = 4096");
+    let proxy = Proxy::start_alone(&config).await;
+    let before = scrape(&proxy).await;
+    let big = |n: usize| csml_body(&"z".repeat(1500), Some(&rx.url(&format!("/cb{n}"))));
+    // Each request holds about 1.5 KB until its bot answers, then its messages (the bot answers
+    // at once: a short message and the closing POST).
+    let mut accepted = 0;
+    for n in 0..30 {
+        let (status, err) = send(&proxy, "/chat", &plain_headers(), &big(n)).await;
+        match status {
+            200 => accepted += 1,
+            429 => assert!(err.to_string().contains("this credential"), "{err}"),
+            other => panic!("{other}: {err}"),
+        }
+    }
+    assert!((2..30).contains(&accepted), "{accepted} accepted");
+    let refused = r#"botbridge_async_requests_total{dialect="csml",result="credential_quota"}"#;
+    assert_eq!(grew(&before, &scrape(&proxy).await, refused), 30 - accepted);
+}

@@ -14,6 +14,18 @@ pub struct RawDelivery {
     /// Async requests accepted and not yet fully delivered, at most; more get 503.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// Async requests one credential may have pending, at most; more get 429.
+    #[serde(default = "default_per_credential")]
+    pub max_pending_per_credential: usize,
+    /// Request and message bytes one credential's pending requests may hold; more get 429.
+    #[serde(default = "default_bytes_per_credential")]
+    pub max_pending_bytes_per_credential: usize,
+    /// Async requests pending for one callback host, at most; more get 503.
+    #[serde(default = "default_per_host")]
+    pub max_pending_per_host: usize,
+    /// Request and message bytes all pending requests may hold; more get 503.
+    #[serde(default = "default_pending_bytes")]
+    pub max_pending_bytes: usize,
     /// Deliveries in flight at once, over all receivers.
     #[serde(default = "default_concurrency")]
     pub max_concurrent: usize,
@@ -49,6 +61,10 @@ impl Default for RawDelivery {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeliveryConfig {
     pub queue_size: usize,
+    pub max_pending_per_credential: usize,
+    pub max_pending_bytes_per_credential: usize,
+    pub max_pending_per_host: usize,
+    pub max_pending_bytes: usize,
     pub max_concurrent: usize,
     pub timeout_ms: u64,
     pub deadline_ms: u64,
@@ -62,6 +78,20 @@ pub struct DeliveryConfig {
 pub fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     nonzero("delivery.queue_size", d.queue_size as u64)?;
     nonzero("delivery.max_concurrent", d.max_concurrent as u64)?;
+    for (key, v) in [
+        (
+            "delivery.max_pending_per_credential",
+            d.max_pending_per_credential,
+        ),
+        (
+            "delivery.max_pending_bytes_per_credential",
+            d.max_pending_bytes_per_credential,
+        ),
+        ("delivery.max_pending_per_host", d.max_pending_per_host),
+        ("delivery.max_pending_bytes", d.max_pending_bytes),
+    ] {
+        nonzero(key, v as u64)?;
+    }
     nonzero("delivery.timeout_ms", d.timeout_ms)?;
     nonzero("delivery.deadline_ms", d.deadline_ms)?;
     nonzero("delivery.retry_initial_ms", d.retry_initial_ms)?;
@@ -81,6 +111,10 @@ pub fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     }
     Ok(DeliveryConfig {
         queue_size: d.queue_size,
+        max_pending_per_credential: d.max_pending_per_credential,
+        max_pending_bytes_per_credential: d.max_pending_bytes_per_credential,
+        max_pending_per_host: d.max_pending_per_host,
+        max_pending_bytes: d.max_pending_bytes,
         max_concurrent: d.max_concurrent,
         timeout_ms: d.timeout_ms,
         deadline_ms: d.deadline_ms,
@@ -93,6 +127,18 @@ pub fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
 
 fn default_queue_size() -> usize {
     10_000
+}
+fn default_per_credential() -> usize {
+    1_000
+}
+fn default_bytes_per_credential() -> usize {
+    16 * 1024 * 1024
+}
+fn default_per_host() -> usize {
+    2_000
+}
+fn default_pending_bytes() -> usize {
+    128 * 1024 * 1024
 }
 fn default_concurrency() -> usize {
     64

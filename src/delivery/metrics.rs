@@ -4,15 +4,22 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    register_histogram, register_int_counter_vec, register_int_gauge, Histogram, IntCounterVec,
-    IntGauge,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge,
 };
 
 use super::send::Outcome;
 use super::ssrf::Refusal;
 
-/// Why an async request was not accepted, beyond the URL refusals ([`Refusal`]).
-pub const QUEUE_FULL: &str = "queue_full";
+/// How a webhook from an async Haptik bot ended (`botbridge_bot_webhooks_total{result}`).
+pub const WEBHOOK_RESULTS: [&str; 6] = [
+    "routed",
+    "unrouted",
+    "bad_signature",
+    "bad_request",
+    "replayed",
+    "stale",
+];
 
 /// Why a message went to the dead-letter log.
 pub const DEAD_REASONS: [&str; 5] = ["deadline", "rejected", "redirect", "forbidden", "shutdown"];
@@ -38,8 +45,12 @@ pub struct DeliveryMetrics {
     /// `botbridge_delivery_spool_bytes`: the spool files waiting in `delivery.spool_dir`.
     pub spool_bytes: IntGauge,
     /// `botbridge_bot_webhooks_total{result}`: webhooks from async Haptik bots, `routed` to a
-    /// waiting request, `unrouted`, `bad_signature` or `bad_request`.
+    /// waiting request, `unrouted`, `bad_signature`, `bad_request`, `replayed` (a signed body seen
+    /// before) or `stale` (its timestamp older than the replay window).
     pub bot_webhooks: IntCounterVec,
+    /// `botbridge_bot_reply_conflicts_total`: requests refused (503) because their user's replies
+    /// from an async bot belong to another credential or route for now.
+    pub reply_conflicts: IntCounter,
 }
 
 impl DeliveryMetrics {
@@ -109,6 +120,11 @@ impl DeliveryMetrics {
                 "Webhooks from async Haptik bots, by result",
                 &["result"],
             ),
+            reply_conflicts: register_int_counter!(
+                "botbridge_bot_reply_conflicts_total",
+                "Requests refused because their user's async bot replies belong to another caller"
+            )
+            .expect("metric registers once"),
         }
     }
 
@@ -129,7 +145,7 @@ impl DeliveryMetrics {
         for d in ["written", "restored"] {
             self.spooled.with_label_values(&[d]);
         }
-        for r in ["routed", "unrouted", "bad_signature", "bad_request"] {
+        for r in WEBHOOK_RESULTS {
             self.bot_webhooks.with_label_values(&[r]);
         }
     }
@@ -137,7 +153,9 @@ impl DeliveryMetrics {
     /// Creates the request series of a caller dialect at zero.
     pub fn register_dialect(&self, dialect: &str) {
         self.requests.with_label_values(&[dialect, "accepted"]);
-        self.requests.with_label_values(&[dialect, QUEUE_FULL]);
+        for r in super::Refused::ALL {
+            self.requests.with_label_values(&[dialect, r.as_str()]);
+        }
         for r in Refusal::ALL {
             self.requests.with_label_values(&[dialect, r.as_str()]);
         }

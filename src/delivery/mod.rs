@@ -2,7 +2,10 @@
 //! callback (CSML `callback_url`, a Haptik client's `webhook_url`) off the caller's path.
 //!
 //! - Bounded: at most `delivery.queue_size` async requests are accepted and not yet fully delivered
-//!   ([`Deliveries::reserve`]); past that a caller gets 503.
+//!   ([`Deliveries::reserve`]), holding at most `delivery.max_pending_bytes` of request and message
+//!   bodies; past either a caller gets 503. One credential may hold at most
+//!   `max_pending_per_credential` of them and `max_pending_bytes_per_credential` (429 past that: it
+//!   cannot starve the others), and one callback host at most `max_pending_per_host` (503).
 //! - Ordered: the messages of one request go one after the other, and the requests of one
 //!   conversation (callback URL and user) in the order they were accepted (each waits for the one
 //!   before it: a lane per conversation).
@@ -74,6 +77,10 @@ struct Job {
     conversation: String,
     target: Option<Arc<Target>>,
     messages: VecDeque<Message>,
+    /// The callback host it is charged to (known once it has a target).
+    host: Option<String>,
+    /// The bytes it is charged for: its request's body, then its messages' bodies.
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -82,6 +89,133 @@ struct Table {
     /// Per conversation: the last accepted job and its "done" signal.
     lanes: HashMap<String, (u64, watch::Receiver<bool>)>,
     next_id: u64,
+    usage: Usage,
+}
+
+/// What the jobs in the table hold, in all and by whom (entries only while above zero).
+#[derive(Default)]
+struct Usage {
+    bytes: usize,
+    by_credential: HashMap<String, Share>,
+    by_host: HashMap<String, usize>,
+}
+
+/// One credential's jobs and their bytes.
+#[derive(Default, Clone, Copy)]
+struct Share {
+    jobs: usize,
+    bytes: usize,
+}
+
+/// An async request asking for a place in the queue.
+pub struct Reservation<'a> {
+    pub request_id: &'a str,
+    pub credential: &'a str,
+    pub conversation: String,
+    /// The callback URL's host.
+    pub host: &'a str,
+    /// What the request holds until its bot answers (its body).
+    pub bytes: usize,
+}
+
+/// Why an async request got no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `queue_size` requests pending, or the process is stopping (503).
+    QueueFull,
+    /// `max_pending_bytes` held (503).
+    BytesFull,
+    /// The credential holds `max_pending_per_credential` requests or its bytes (429).
+    CredentialQuota,
+    /// The callback host has `max_pending_per_host` requests pending (503).
+    HostQuota,
+}
+
+impl Refused {
+    /// Every refusal, for pre-registering metric series.
+    pub const ALL: [Refused; 4] = [
+        Refused::QueueFull,
+        Refused::BytesFull,
+        Refused::CredentialQuota,
+        Refused::HostQuota,
+    ];
+
+    /// The `result` label of `botbridge_async_requests_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::QueueFull => "queue_full",
+            Refused::BytesFull => "bytes_full",
+            Refused::CredentialQuota => "credential_quota",
+            Refused::HostQuota => "host_quota",
+        }
+    }
+
+    /// The status and what the caller is told.
+    pub fn status_and_message(self) -> (u16, &'static str) {
+        match self {
+            Refused::QueueFull | Refused::BytesFull => {
+                (503, "too many callbacks pending; try again later")
+            }
+            Refused::CredentialQuota => (
+                429,
+                "too many callbacks pending for this credential; try again later",
+            ),
+            Refused::HostQuota => (
+                503,
+                "too many callbacks pending for this callback host; try again later",
+            ),
+        }
+    }
+}
+
+impl Usage {
+    fn charge(&mut self, credential: &str, host: Option<&str>, bytes: usize) {
+        self.bytes += bytes;
+        let share = self.by_credential.entry(credential.to_owned()).or_default();
+        share.jobs += 1;
+        share.bytes += bytes;
+        if let Some(h) = host {
+            *self.by_host.entry(h.to_owned()).or_default() += 1;
+        }
+    }
+
+    fn uncharge(&mut self, credential: &str, host: Option<&str>, bytes: usize) {
+        self.bytes -= bytes;
+        if let Some(share) = self.by_credential.get_mut(credential) {
+            share.jobs -= 1;
+            share.bytes -= bytes;
+            if share.jobs == 0 {
+                self.by_credential.remove(credential);
+            }
+        }
+        if let Some(n) = host.and_then(|h| self.by_host.get_mut(h)) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_host.remove(host.unwrap_or_default());
+            }
+        }
+    }
+
+    /// Whether one more request of `r` fits `cfg`'s quotas.
+    fn admits(&self, cfg: &DeliveryConfig, r: &Reservation<'_>) -> Result<(), Refused> {
+        let share = self
+            .by_credential
+            .get(r.credential)
+            .copied()
+            .unwrap_or_default();
+        if share.jobs >= cfg.max_pending_per_credential
+            || share.bytes + r.bytes > cfg.max_pending_bytes_per_credential
+        {
+            return Err(Refused::CredentialQuota);
+        }
+        if self.by_host.get(r.host).copied().unwrap_or(0) >= cfg.max_pending_per_host {
+            return Err(Refused::HostQuota);
+        }
+        if self.bytes + r.bytes > cfg.max_pending_bytes {
+            return Err(Refused::BytesFull);
+        }
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -142,14 +276,9 @@ impl Deliveries {
         self.0.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a place for an async request of `conversation`, or `None` when the queue is full or
-    /// the process is stopping (the caller gets 503).
-    pub fn reserve(
-        &self,
-        request_id: &str,
-        credential: &str,
-        conversation: String,
-    ) -> Option<Ticket> {
+    /// Takes a place for an async request, or says why not: the queue is full or the process is
+    /// stopping, or a quota of its credential, its callback host or the bytes held is reached.
+    pub fn reserve(&self, r: Reservation<'_>) -> Result<Ticket, Refused> {
         let cap = self.0.cfg.queue_size;
         let taken = self
             .0
@@ -161,24 +290,46 @@ impl Deliveries {
             if taken.is_ok() {
                 self.release();
             }
-            return None;
+            return Err(Refused::QueueFull);
         }
-        Some(self.enqueue(request_id, credential, conversation))
+        let mut t = self.table();
+        if let Err(why) = t.usage.admits(&self.0.cfg, &r) {
+            drop(t);
+            self.release();
+            return Err(why);
+        }
+        Ok(self.enqueue(
+            &mut t,
+            r.request_id,
+            r.credential,
+            r.conversation,
+            Some(r.host),
+            r.bytes,
+        ))
     }
 
     /// A place for a job read back from the spool: it was accepted already, so no limit applies.
     fn reserve_restored(&self, request_id: &str, credential: &str, conversation: String) -> Ticket {
         self.0.depth.fetch_add(1, Ordering::AcqRel);
-        self.enqueue(request_id, credential, conversation)
+        let mut t = self.table();
+        self.enqueue(&mut t, request_id, credential, conversation, None, 0)
     }
 
-    fn enqueue(&self, request_id: &str, credential: &str, conversation: String) -> Ticket {
+    fn enqueue(
+        &self,
+        t: &mut Table,
+        request_id: &str,
+        credential: &str,
+        conversation: String,
+        host: Option<&str>,
+        bytes: usize,
+    ) -> Ticket {
         self.0.metrics.queue_depth.inc();
         let (done, done_rx) = watch::channel(false);
-        let mut t = self.table();
         t.next_id += 1;
         let id = t.next_id;
         let previous = (t.lanes.insert(conversation.clone(), (id, done_rx))).map(|(_, rx)| rx);
+        t.usage.charge(credential, host, bytes);
         t.jobs.insert(
             id,
             Job {
@@ -187,6 +338,8 @@ impl Deliveries {
                 conversation,
                 target: None,
                 messages: VecDeque::new(),
+                host: host.map(str::to_owned),
+                bytes,
             },
         );
         Ticket {
@@ -320,8 +473,16 @@ impl Ticket {
                 }
                 return;
             };
+            let (credential, host, bytes) = (job.credential.clone(), job.host.take(), job.bytes);
             job.target = Some(target.clone());
+            job.bytes = messages.iter().map(|m| m.body.len()).sum();
+            job.host = Some(target.url.host.clone());
             job.messages = messages;
+            // Charged from now on for its messages (no longer its request) and to its target's host.
+            let now_bytes = job.bytes;
+            t.usage.uncharge(&credential, host.as_deref(), bytes);
+            t.usage
+                .charge(&credential, Some(&target.url.host), now_bytes);
         }
         if let Some(mut prev) = self.previous.take() {
             let mut stop = d.0.stop.subscribe();
@@ -346,6 +507,8 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut t = self.owner.table();
         if let Some(job) = t.jobs.remove(&self.id) {
+            t.usage
+                .uncharge(&job.credential, job.host.as_deref(), job.bytes);
             if t.lanes
                 .get(&job.conversation)
                 .is_some_and(|(id, _)| *id == self.id)

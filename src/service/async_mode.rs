@@ -14,9 +14,8 @@ use bytes::Bytes;
 
 use super::{Admitted, ChatService, Runtime, ServiceIds};
 use crate::auth::Grant;
-use crate::delivery::metrics::QUEUE_FULL;
 use crate::delivery::ssrf::Refusal;
-use crate::delivery::{send, Target, Ticket};
+use crate::delivery::{send, Reservation, Target, Ticket};
 use crate::dialect::haptik_async::{self, WebhookContext};
 use crate::dialect::{csml, AnswerContext, AnswerIds, AnswerShape, Caller};
 use crate::error::{ProxyError, Reason};
@@ -103,18 +102,21 @@ impl ChatService {
         let request_id = out.request_id.clone().unwrap_or_default();
         let dialect = a.ingress.as_str();
         let m = self.deliveries.metrics();
-        let conversation = format!("{}\n{}", target.url_text, req.user_id);
-        let credential = target.policy.credential.clone();
-        let Some(ticket) = self
-            .deliveries
-            .reserve(&request_id, &credential, conversation)
-        else {
-            m.requests.with_label_values(&[dialect, QUEUE_FULL]).inc();
-            return Err(ProxyError::new(
-                503,
-                Reason::QueueFull,
-                "too many callbacks pending; try again later",
-            ));
+        let reservation = Reservation {
+            request_id: &request_id,
+            credential: &target.policy.credential,
+            conversation: format!("{}\n{}", target.url_text, req.user_id),
+            host: &target.url.host,
+            bytes: body.len(),
+        };
+        let ticket = match self.deliveries.reserve(reservation) {
+            Ok(ticket) => ticket,
+            Err(why) => {
+                m.requests.with_label_values(&[dialect, why.as_str()]).inc();
+                let (status, message) = why.status_and_message();
+                return Err(ProxyError::new(status, Reason::QueueFull, message)
+                    .with_header("retry-after", "1"));
+            }
         };
         m.requests.with_label_values(&[dialect, "accepted"]).inc();
         target.request_id = request_id.clone();
@@ -189,23 +191,22 @@ impl ChatService {
         let Ok(req) = self.parse(rt, &a, &p.body, &mut out) else {
             return ticket.abandon(); // parsed once already: cannot fail
         };
-        match self.bot_answer(rt, &a, &req, &mut out, &p).await {
-            Ok(bodies) => ticket.deliver(target, bodies).await,
+        let bodies = match self.bot_answer(rt, &a, &req, &mut out, &p).await {
+            Ok(bodies) => bodies,
             Err(e) if req.callback_url.is_some() => {
-                let empty = {
-                    let ctx =
-                        self.answer_context(&a, &req, &p.request_id, p.received, AnswerShape::Hsl);
-                    a.ingress.render_answer(&req, &ChatAnswer::default(), &ctx)
-                };
-                ticket
-                    .deliver(target, csml::callback_error_bodies(&empty, &e))
-                    .await
+                let ctx =
+                    self.answer_context(&a, &req, &p.request_id, p.received, AnswerShape::Hsl);
+                let empty = a.ingress.render_answer(&req, &ChatAnswer::default(), &ctx);
+                csml::callback_error_bodies(&empty, &e)
             }
             Err(e) => {
                 tracing::debug!(request_id = %p.request_id, reason = e.reason.as_str(), "async request's bot failed: nothing to deliver");
-                ticket.abandon()
+                return ticket.abandon();
             }
-        }
+        };
+        // On a task of its own: this one's state (the bot exchange's, the request's body) is freed
+        // while the deliveries wait for their receiver.
+        tokio::spawn(ticket.deliver(target, bodies));
     }
 
     /// The bot's answer as the bodies of the deliveries, in the caller's dialect.
@@ -218,7 +219,7 @@ impl ChatService {
         p: &Pending,
     ) -> Result<Vec<String>, ProxyError> {
         let to_bot = self.to_bot(rt, a, req, out, p.received, std::time::Instant::now())?;
-        let exchange = self.forward_and_collect(rt, &to_bot, req, out).await?;
+        let exchange = self.forward_and_collect(rt, a, &to_bot, req, out).await?;
         let answer = (to_bot.backend.bot)
             .parse_answer(exchange.status, &exchange.body, a.ingress.keeps_raw())
             .inspect_err(|e| {
