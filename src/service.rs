@@ -257,7 +257,8 @@ impl ChatService {
             return self.accept_async(rt, admitted, &req, &body, target, out, received);
         }
         let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
-        let (to_bot, exchange) = match self.forward_and_collect(rt, &to_bot, &req, out).await {
+        let collect = self.forward_and_collect(rt, &admitted, &to_bot, &req, out);
+        let (to_bot, exchange) = match collect.await {
             Err(e) if e.reason == Reason::CircuitOpen && admitted.route.fallback.is_some() => {
                 self.fall_back(rt, &admitted, &req, &to_bot, out).await?
             }
@@ -514,11 +515,16 @@ impl ChatService {
     async fn forward_and_collect(
         &self,
         rt: &Runtime,
+        a: &Admitted<'_>,
         to: &ToBot<'_>,
         req: &ChatRequest<'_>,
         out: &mut AccessRecord,
     ) -> Result<Exchange, ProxyError> {
-        let waiter = self.bot_replies.register(to, req);
+        let owner = || (a.grant.limits.id, a.route.name.clone());
+        let waiter = match to.backend.bot.async_replies() {
+            Some(_) => self.bot_replies.register(to, req, owner())?,
+            None => None,
+        };
         let exchange = self.forward(rt, to, req, out).await?;
         match waiter {
             Some(w) => w.collect(exchange).await,

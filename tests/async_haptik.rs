@@ -135,10 +135,16 @@ impl AsyncHaptikBot {
                             let v: Value = serde_json::from_slice(&body).unwrap();
                             rec.lock().unwrap().push(v.clone());
                             let url = hook.lock().unwrap().clone().unwrap();
+                            let texts: Vec<String> = match replies {
+                                [ECHO] => {
+                                    vec![format!("echo: {}", v["message_body"].as_str().unwrap())]
+                                }
+                                _ => replies.iter().map(|r| r.to_string()).collect(),
+                            };
                             tokio::spawn(send_replies(
                                 url,
                                 v["user"]["auth_id"].as_str().unwrap().to_string(),
-                                replies,
+                                texts,
                             ));
                             let ack = json!({"message_id": 1, "message_body": v["message_body"], "created_at": "2024-01-01T00:00:00Z", "message_type": 0});
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
@@ -168,16 +174,27 @@ fn hub(secret: &str, body: &str) -> String {
     format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn send_replies(url: String, auth_id: String, replies: &'static [&'static str]) {
+/// The replies an [`AsyncHaptikBot`] given `&[ECHO]` sends: one, "echo: " and what it was sent.
+const ECHO: &str = "<echo>";
+
+/// A webhook body as the bot sends it: the time now, and a message id of its own.
+fn bot_webhook_body(auth_id: &str, text: &str) -> String {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    json!({
+        "version": "1.0", "timestamp": now, "user": {"auth_id": auth_id},
+        "business_id": 343, "event_name": "message",
+        "agent": {"id": 1, "name": "bot", "profile_image": "", "is_automated": true},
+        "message": {"id": id, "body": {"text": text, "type": "TEXT", "data": {"quick_replies": []}}},
+    })
+    .to_string()
+}
+
+async fn send_replies(url: String, auth_id: String, replies: Vec<String>) {
     tokio::time::sleep(Duration::from_millis(30)).await;
-    for (i, text) in replies.iter().enumerate() {
-        let body = json!({
-            "version": "1.0", "timestamp": "2024-01-01T00:00:00.000Z", "user": {"auth_id": auth_id},
-            "business_id": 343, "event_name": "message",
-            "agent": {"id": 1, "name": "bot", "profile_image": "", "is_automated": true},
-            "message": {"id": i, "body": {"text": text, "type": "TEXT", "data": {"quick_replies": []}}},
-        })
-        .to_string();
+    for text in replies {
+        let body = bot_webhook_body(&auth_id, &text);
         let resp = reqwest::Client::new()
             .post(&url)
             .header("x-hub-signature", hub(BOT_SECRET, &body))
@@ -269,4 +286,186 @@ async fn haptik_async_both_ways_end_to_end() {
         assert_eq!(got.json()["message"]["body"]["text"], text);
         assert_eq!(got.json()["user"]["auth_id"], "user-2");
     }
+}
+
+/// Two routes to one async Haptik bot: CSML callers on `/csml`, Haptik callers on `/chat`.
+fn two_caller_routes(bot: SocketAddr) -> String {
+    async_bot_config(
+        bot,
+        "[[routes]]\nname = \"csml-callers\"\npath = \"/csml\"\ningress = \"csml\"\nbackend = \"async-haptik\"\nbusiness_id = 343\n\
+         [[routes]]\nname = \"haptik-callers\"\npath = \"/chat\"\ningress = \"haptik\"\nbackend = \"async-haptik\"\n",
+    )
+}
+
+fn csml_text_body(user: &str, text: &str) -> String {
+    json!({"client": {"user_id": user}, "metadata": {}, "payload": {"content_type": "text", "content": {"text": text}}}).to_string()
+}
+
+fn texts_of(csml_answer: &Value) -> Vec<String> {
+    (csml_answer["messages"].as_array().unwrap().iter())
+        .map(|m| {
+            m["payload"]["content"]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn acme() -> Vec<(&'static str, String)> {
+    vec![
+        ("authorization", "Bearer acme-token".to_string()),
+        ("client-id", "acme-client".to_string()),
+    ]
+}
+
+#[tokio::test]
+async fn a_bot_reply_never_reaches_another_credentials_caller_with_the_same_user_id() {
+    let bot = AsyncHaptikBot::start(&[ECHO]).await;
+    let proxy = Proxy::start_alone(&two_caller_routes(bot.addr)).await;
+    *bot.proxy_hook.lock().unwrap() = Some(proxy.url(BOT_HOOK));
+    let plain = [("x-api-key", CSML_PLAIN_KEY.to_string())];
+    let before = scrape(&proxy).await;
+
+    // The victim (a CSML caller) waits for its bot's replies...
+    let victim = {
+        let (url, body) = (proxy.url("/csml"), csml_text_body("victim-42", "my secret"));
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", CSML_PLAIN_KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    eventually("the bot has the victim's message", || {
+        bot.received.lock().unwrap().len() == 1
+    })
+    .await;
+    // ... while a Haptik caller speaks as the same user id to the same bot: refused, in Haptik's
+    // error shape, before the bot hears of it.
+    let (status, headers, err) = send_with_headers(
+        &proxy,
+        "/chat",
+        &acme(),
+        &haptik_body("victim-42", "spy", 343),
+    )
+    .await;
+    assert_eq!(status, 503, "{err}");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    assert!(err["error_message"].is_string(), "{err}");
+    let (status, answer) = victim.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(texts_of(&answer), ["echo: my secret"]);
+    assert_eq!(
+        bot.received.lock().unwrap().len(),
+        1,
+        "the refused request never reached the bot"
+    );
+
+    // The user's replies stay the victim's for the backend's read timeout (late replies), then
+    // another caller may speak as that user id and gets only its own replies.
+    assert_eq!(
+        send(
+            &proxy,
+            "/chat",
+            &acme(),
+            &haptik_body("victim-42", "spy", 343)
+        )
+        .await
+        .0,
+        503
+    );
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    let (status, answer) = send(
+        &proxy,
+        "/chat",
+        &acme(),
+        &haptik_body("victim-42", "later", 343),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer[0]["bot_messages"],
+        json!(["echo: later"]),
+        "{answer}"
+    );
+    // The victim's own route continues its conversation at once.
+    let (status, answer) = send(&proxy, "/csml", &plain, &csml_text_body("someone", "hi")).await;
+    assert_eq!(
+        (status, texts_of(&answer)),
+        (200, vec!["echo: hi".to_string()])
+    );
+    let conflicts = grew(
+        &before,
+        &scrape(&proxy).await,
+        "botbridge_bot_reply_conflicts_total",
+    );
+    assert_eq!(conflicts, 2);
+}
+
+#[tokio::test]
+async fn a_captured_bot_webhook_replayed_later_reaches_nobody() {
+    let bot = AsyncHaptikBot::start(&[ECHO]).await;
+    let proxy = Proxy::start_alone(&two_caller_routes(bot.addr)).await;
+    *bot.proxy_hook.lock().unwrap() = Some(proxy.url(BOT_HOOK));
+    let before = scrape(&proxy).await;
+    let post = |body: String| {
+        let url = proxy.url(BOT_HOOK);
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("x-hub-signature", hub(BOT_SECRET, &body))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    // A webhook the bot once sent (captured on its way), taken once while nobody waited.
+    let captured = bot_webhook_body("victim-7", "captured text");
+    assert_eq!(post(captured.clone()).await, 200);
+    // One signed long ago.
+    let old = bot_webhook_body("victim-7", "old text").replace(
+        &humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()[..16],
+        "2024-01-01T00:00",
+    );
+
+    let victim = {
+        let (url, body) = (proxy.url("/csml"), csml_text_body("victim-7", "hello"));
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", CSML_PLAIN_KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    eventually("the bot has the victim's message", || {
+        bot.received.lock().unwrap().len() == 1
+    })
+    .await;
+    // Replayed while the victim waits: answered 200 (a bot retrying must stop), handed to nobody.
+    assert_eq!(post(captured).await, 200);
+    assert_eq!(post(old).await, 200);
+    let answer = victim.await.unwrap();
+    assert_eq!(texts_of(&answer), ["echo: hello"], "{answer}");
+    let after = scrape(&proxy).await;
+    let result = |r: &str| {
+        grew(
+            &before,
+            &after,
+            &format!("botbridge_bot_webhooks_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!((result("replayed"), result("stale")), (1, 1));
 }

@@ -181,6 +181,8 @@ struct WebhookIn<'a> {
     event_name: Option<String>,
     #[serde(borrow, default)]
     message: Option<WebhookMessageIn<'a>>,
+    #[serde(default)]
+    timestamp: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -200,6 +202,8 @@ struct WebhookMessageIn<'a> {
 pub struct WebhookReply {
     pub auth_id: String,
     pub body: Option<String>,
+    /// When the bot sent it (its RFC 3339 `timestamp`), if it says so readably.
+    pub sent_at: Option<std::time::SystemTime>,
 }
 
 /// Reads a webhook body; `None` when it is not one.
@@ -212,6 +216,7 @@ pub fn webhook_reply(body: &[u8]) -> Option<WebhookReply> {
             .message
             .filter(|_| is_message)
             .map(|m| m.body.get().to_owned()),
+        sent_at: (w.timestamp.as_deref()).and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
     })
 }
 
