@@ -332,6 +332,7 @@ backend = "b"
         scope,
         limit,
         key: [scope as u8; 16],
+        overflow: None,
     });
     let local = LocalBuckets::new();
     g.bench_function("local_two_buckets_alone", |b| {

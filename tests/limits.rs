@@ -300,3 +300,42 @@ async fn limit_decisions_are_counted_by_scope_and_result() {
     );
     assert!(after.contains("botbridge_redis_up 0"), "no Redis here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_user_ids_holds_at_most_max_user_buckets() {
+    let backend = CsmlBackend::start(answer()).await;
+    let text = config(
+        &backend,
+        "",
+        "user_rate_limit = { requests = 2, per_seconds = 86400 }",
+        "",
+    ) + "\n[limits]\nmax_user_buckets = 50\n";
+    let proxy = Proxy::start_alone(&text).await;
+    let before = scrape(&proxy).await;
+    // A user known before the flood.
+    assert_eq!(post(&proxy, &csml_plain(), &csml_body("known")).await.0, 200);
+    let mut allowed = 0;
+    for n in 0..300 {
+        let (status, _, body) = post(&proxy, &csml_plain(), &csml_body(&format!("made-up-{n}"))).await;
+        match status {
+            200 => allowed += 1,
+            429 => assert_eq!(body["statusCode"], 429, "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    // About 49 made-up users got a bucket of their own; the other ~250 shared one overflow bucket
+    // of 2 requests (the count of entries is refreshed exactly only by the sweeper).
+    assert!((49..=60).contains(&allowed), "{allowed} allowed");
+    let overflows = grew(
+        &before,
+        &scrape(&proxy).await,
+        "botbridge_rate_limit_bucket_overflows_total",
+    );
+    assert!(overflows >= 240, "{overflows}");
+    // The known user keeps their own bucket, with its second request left.
+    assert_eq!(post(&proxy, &csml_plain(), &csml_body("known")).await.0, 200);
+    // A Haptik caller's new user is not limited by the CSML credential's overflow bucket.
+    let acme = haptik("acme-client", "acme-token");
+    let (status, _, body) = post(&proxy, &acme, &haptik_body("new-user", "hi", 1)).await;
+    assert_eq!(status, 200, "{body}");
+}

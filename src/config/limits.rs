@@ -6,7 +6,17 @@
 use serde::Deserialize;
 
 use super::ConfigError;
+use crate::limits::local::DEFAULT_MAX_BUCKETS;
 use crate::limits::{LimitPair, RateLimit};
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            defaults: LimitPair::default(),
+            max_user_buckets: DEFAULT_MAX_BUCKETS,
+        }
+    }
+}
 
 /// The limit form as written.
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -28,13 +38,18 @@ pub struct RawLimits {
     pub rate_limit: Option<RawRateLimit>,
     /// The limit per (credential, end user), likewise.
     pub user_rate_limit: Option<RawRateLimit>,
+    /// In-process buckets kept at most (see `limits::local`); past that, new users of a credential
+    /// share one overflow bucket.
+    pub max_user_buckets: Option<usize>,
 }
 
 /// `[limits]`, validated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
     /// The defaults.
     pub defaults: LimitPair,
+    /// In-process buckets kept at most.
+    pub max_user_buckets: usize,
 }
 
 /// Validates one limit form at `key`.
@@ -97,7 +112,15 @@ pub fn take_from_table(key: &str, table: &mut toml::Table) -> Result<LimitPair, 
 
 /// Validates `[limits]`.
 pub fn validate(raw: &RawLimits) -> Result<LimitsConfig, ConfigError> {
+    let max_user_buckets = raw.max_user_buckets.unwrap_or(DEFAULT_MAX_BUCKETS);
+    if max_user_buckets == 0 {
+        return Err(ConfigError::new(
+            "limits.max_user_buckets",
+            "must be greater than 0",
+        ));
+    }
     Ok(LimitsConfig {
+        max_user_buckets,
         defaults: pair(
             "limits",
             raw.rate_limit.as_ref(),

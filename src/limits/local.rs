@@ -6,15 +6,26 @@
 //!
 //! Used without `[redis]`, and with it as the `local` fallback. Across instances these buckets are not
 //! shared: each instance lets a credential have its whole limit.
+//!
+//! Bounded: past `[limits] max_user_buckets` entries, a user without a bucket of their own takes
+//! tokens from one overflow bucket of their credential (and limit) instead, counted in
+//! `botbridge_rate_limit_bucket_overflows_total`: a flood of made-up user ids cannot grow memory,
+//! users who already have a bucket keep it, and only the flooding credential's new users share.
+//! governor's keyed limiter cannot say whether a key is new, so its DashMap store is wrapped
+//! ([`Store`]) to be asked, and to count new entries.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use governor::clock::{Clock, QuantaClock};
-use governor::state::keyed::DashMapStateStore;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
 use super::{Bucket, BucketKey, RateLimit, Verdict};
@@ -23,14 +34,65 @@ use crate::metrics::shared::SharedMetrics;
 /// How often full buckets are forgotten.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-type Keyed = RateLimiter<BucketKey, DashMapStateStore<BucketKey>, QuantaClock>;
+/// The default of `[limits] max_user_buckets`.
+pub const DEFAULT_MAX_BUCKETS: usize = 250_000;
+
+/// governor's DashMap store, shared: the limiter measures through it, [`LocalBuckets`] asks it
+/// whether a key is known; every entry it makes is counted in `entries`.
+#[derive(Clone, Default)]
+struct Store {
+    map: Arc<DashMapStateStore<BucketKey>>,
+    entries: Arc<AtomicUsize>,
+}
+
+impl StateStore for Store {
+    type Key = BucketKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &BucketKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if !self.map.contains_key(key) {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+        self.map.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<BucketKey> for Store {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&*self.map, drop_below)
+    }
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.map)
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+type Keyed =
+    RateLimiter<BucketKey, Store, QuantaClock, NoOpMiddleware<<QuantaClock as Clock>::Instant>>;
+
+/// One limit's limiter and its store.
+struct Limiter {
+    keyed: Keyed,
+    store: Store,
+}
 
 /// The buckets of this process, by limit.
 pub struct LocalBuckets {
     /// Read on every check without a lock; replaced (under `adding`) when a new limit appears.
-    by_limit: ArcSwap<HashMap<RateLimit, Arc<Keyed>>>,
+    by_limit: ArcSwap<HashMap<RateLimit, Arc<Limiter>>>,
     adding: Mutex<()>,
     clock: QuantaClock,
+    /// Entries of every limiter (counted as they are made, set exactly at each sweep).
+    entries: Arc<AtomicUsize>,
+    /// `[limits] max_user_buckets`.
+    max: AtomicUsize,
 }
 
 impl LocalBuckets {
@@ -40,6 +102,8 @@ impl LocalBuckets {
             by_limit: ArcSwap::from_pointee(HashMap::new()),
             adding: Mutex::new(()),
             clock: QuantaClock::default(),
+            entries: Arc::default(),
+            max: AtomicUsize::new(DEFAULT_MAX_BUCKETS),
         });
         let weak = Arc::downgrade(&buckets);
         // A plain thread: no runtime is needed, and it must run whether or not requests come.
@@ -58,10 +122,15 @@ impl LocalBuckets {
     pub fn check(&self, buckets: &[Bucket]) -> Verdict {
         let by_limit = self.by_limit.load();
         for b in buckets {
-            let refused = match by_limit.get(&b.limit) {
-                Some(keyed) => keyed.check_key(&b.key),
-                None => self.add(b.limit).check_key(&b.key),
+            let added;
+            let limiter = match by_limit.get(&b.limit) {
+                Some(l) => l,
+                None => {
+                    added = self.add(b.limit);
+                    &added
+                }
             };
+            let refused = limiter.keyed.check_key(self.key_of(limiter, b));
             if let Err(not_until) = refused {
                 return Verdict::Limited {
                     scope: b.scope,
@@ -73,8 +142,30 @@ impl LocalBuckets {
         Verdict::Allowed
     }
 
+    /// Sets the most entries kept (`[limits] max_user_buckets`).
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether the buckets are at their bound: user buckets then carry an overflow key.
+    pub fn full(&self) -> bool {
+        self.entries.load(Ordering::Relaxed) >= self.max.load(Ordering::Relaxed)
+    }
+
+    /// The key `b` takes its token under: its own, or at the bound, its overflow bucket's when it
+    /// has none yet.
+    fn key_of<'b>(&self, limiter: &Limiter, b: &'b Bucket) -> &'b BucketKey {
+        match &b.overflow {
+            Some(overflow) if self.full() && !limiter.store.map.contains_key(&b.key) => {
+                SharedMetrics::global().bucket_overflows.inc();
+                overflow
+            }
+            _ => &b.key,
+        }
+    }
+
     /// The keyed limiter of a limit seen for the first time (or just added by another thread).
-    fn add(&self, limit: RateLimit) -> Arc<Keyed> {
+    fn add(&self, limit: RateLimit) -> Arc<Limiter> {
         let _one_at_a_time = self.adding.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = self.by_limit.load().get(&limit) {
             return k.clone();
@@ -83,22 +174,29 @@ impl LocalBuckets {
         let quota = Quota::with_period(Duration::from_micros(limit.interval_us()))
             .expect("validated: interval > 0")
             .allow_burst(burst);
-        let keyed = Arc::new(RateLimiter::dashmap_with_clock(quota, self.clock.clone()));
+        let store = Store {
+            map: Arc::default(),
+            entries: self.entries.clone(),
+        };
+        let keyed = RateLimiter::new(quota, store.clone(), self.clock.clone());
+        let limiter = Arc::new(Limiter { keyed, store });
         let mut next = HashMap::clone(&self.by_limit.load());
-        next.insert(limit, keyed.clone());
+        next.insert(limit, limiter.clone());
         self.by_limit.store(Arc::new(next));
-        keyed
+        limiter
     }
 
     /// Forgets the full buckets; returns how many are left.
     fn sweep_once(&self) -> usize {
-        (self.by_limit.load().values())
-            .map(|keyed| {
-                keyed.retain_recent();
-                keyed.shrink_to_fit();
-                keyed.len()
+        let left = (self.by_limit.load().values())
+            .map(|l| {
+                l.keyed.retain_recent();
+                l.keyed.shrink_to_fit();
+                l.keyed.len()
             })
-            .sum()
+            .sum();
+        self.entries.store(left, Ordering::Relaxed);
+        left
     }
 }
 
@@ -160,5 +258,44 @@ mod tests {
         assert_eq!(local.check(&[quick]), Verdict::Allowed);
         std::thread::sleep(Duration::from_millis(1));
         assert_eq!(local.sweep_once(), 2);
+    }
+
+    #[test]
+    fn at_the_bound_new_users_share_their_credentials_overflow_bucket() {
+        let local = LocalBuckets::new();
+        local.set_max(100);
+        let limit = RateLimit {
+            requests: 5,
+            per_seconds: 86_400,
+            burst: 5,
+        };
+        let user = |cred: &[u8], who: &str| {
+            let id = credential_id("t", cred);
+            let b = Bucket::new(Scope::User, Origin::Default, limit, &id, who);
+            match local.full() {
+                true => b.with_overflow(Origin::Default, &id),
+                false => b,
+            }
+        };
+        // One known user, then a flood of made-up ones from the same credential.
+        assert_eq!(local.check(&[user(b"a", "known")]), Verdict::Allowed);
+        let overflows = || SharedMetrics::global().bucket_overflows.get();
+        let before = overflows();
+        let mut allowed = 0;
+        for n in 0..10_000 {
+            if local.check(&[user(b"a", &format!("made-up-{n}"))]) == Verdict::Allowed {
+                allowed += 1;
+            }
+        }
+        let held: usize = local.by_limit.load().values().map(|l| l.keyed.len()).sum();
+        assert!(held <= 101, "{held} buckets held for a bound of 100");
+        // 99 made-up users got buckets of their own (5 tokens each, 1 used), the rest shared one
+        // overflow bucket of 5 tokens.
+        assert_eq!(allowed, 99 + 5);
+        assert!(overflows() - before >= 9_900, "{}", overflows() - before);
+        // The known user keeps their own bucket, and another credential's new user is not
+        // refused by the first one's overflow.
+        assert_eq!(local.check(&[user(b"a", "known")]), Verdict::Allowed);
+        assert_eq!(local.check(&[user(b"b", "someone")]), Verdict::Allowed);
     }
 }

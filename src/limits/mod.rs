@@ -117,6 +117,9 @@ pub struct Bucket {
     pub scope: Scope,
     pub limit: RateLimit,
     pub key: BucketKey,
+    /// A user bucket's stand-in when the local buckets are at their bound (see `local`): the
+    /// credential's overflow bucket for this limit. Only made while they are.
+    pub overflow: Option<BucketKey>,
 }
 
 impl Bucket {
@@ -156,7 +159,15 @@ impl Bucket {
             scope,
             limit,
             key: truncate(h),
+            overflow: None,
         }
+    }
+
+    /// The same bucket with its overflow stand-in: the bucket of a user no real id can name.
+    fn with_overflow(mut self, origin: Origin<'_>, id: &CredentialId) -> Self {
+        let stand_in = Bucket::new(Scope::Credential, origin, self.limit, id, "\0overflow");
+        self.overflow = Some(stand_in.key);
+        self
     }
 }
 
@@ -219,9 +230,11 @@ impl Limiter {
             ["allowed", "limited"]
                 .map(|r| metrics.limit_decisions.with_label_values(&[s.as_str(), r]))
         });
+        let local = previous.map_or_else(local::LocalBuckets::new, |p| p.local.clone());
+        local.set_max(config.max_user_buckets);
         Limiter {
             defaults: config.defaults,
-            local: previous.map_or_else(local::LocalBuckets::new, |p| p.local.clone()),
+            local,
             on_redis_error: shared
                 .as_ref()
                 .map_or(OnRedisError::Local, |s| s.settings().limits_on_error),
@@ -260,7 +273,10 @@ impl Limiter {
         let Some((origin, limit)) = plan.user else {
             return Ok(());
         };
-        let user = Bucket::new(Scope::User, origin, limit, &plan.id, user_id);
+        let mut user = Bucket::new(Scope::User, origin, limit, &plan.id, user_id);
+        if self.local.full() {
+            user = user.with_overflow(origin, &plan.id);
+        }
         match plan.credential {
             Some(c) => self.check(&[user, c]).await,
             None => self.check(&[user]).await,

@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 use crate::config::redis::OnRedisError;
@@ -46,6 +46,9 @@ pub struct SharedMetrics {
     pub limit_decisions: IntCounterVec,
     /// `botbridge_rate_limit_local_buckets`: buckets the in-process limiter holds (after its last sweep).
     pub local_buckets: IntGauge,
+    /// `botbridge_rate_limit_bucket_overflows_total`: checks of users without a bucket of their own
+    /// made against their credential's overflow bucket, the buckets being at `max_user_buckets`.
+    pub bucket_overflows: IntCounter,
     /// `botbridge_backend_in_flight_refusals_total{backend}`: 503s because `max_in_flight` was reached.
     pub in_flight_refusals: IntCounterVec,
     /// `botbridge_redis_duration_seconds{op}`: Redis calls, failed ones included.
@@ -78,6 +81,12 @@ impl SharedMetrics {
                     "Buckets the in-process rate limiter holds, as of its last sweep."
                 )
                 .expect("register local_buckets"),
+                bucket_overflows: register_int_counter!(
+                    "botbridge_rate_limit_bucket_overflows_total",
+                    "User rate limit checks made against the credential's overflow bucket, the \
+                     in-process buckets being at limits.max_user_buckets."
+                )
+                .expect("register bucket_overflows"),
                 in_flight_refusals: register_int_counter_vec!(
                     "botbridge_backend_in_flight_refusals_total",
                     "Requests refused with 503 because the backend had max_in_flight requests in flight.",
