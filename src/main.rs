@@ -47,6 +47,12 @@ fn main() -> ExitCode {
         eprintln!("botbridge: {}: {e}", cli.config.display());
         return ExitCode::from(2);
     }
+    if cli.command.is_none() {
+        if let Err(e) = botbridge::instance_lock::acquire(&config, cli.upgrade) {
+            eprintln!("botbridge: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
+    }
     match cli.command {
         Some(Command::Check) => {
             if let Some(warning) =

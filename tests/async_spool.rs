@@ -148,3 +148,34 @@ async fn a_graceful_upgrade_hands_pending_deliveries_to_the_new_process() {
         "the upgraded process serves new async requests"
     );
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_config_refuses_to_start_while_the_first_lives() {
+    let spool = tempfile::tempdir().unwrap();
+    let mut first = SpawnedProxy::start(&config(spool.path()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_botbridge"));
+    cmd.arg("--config")
+        .arg(&first.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in TEST_SECRETS {
+        cmd.env(k, v);
+    }
+    let mut second = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second process did not refuse to start");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another botbridge process"), "{stderr}");
+    assert!(first.alive(), "the first one runs on");
+}
