@@ -11,7 +11,8 @@
 //! [`metrics`], [`migration`] (shadow traffic, its report, the canary), [`demo`] (the built-in demo bot), [`reload`] (SIGHUP and `POST /reload`), [`tls`] (the chat
 //! listener's certificate), [`server`] (assembly), [`logging`]; [`limits`] (rate limits and
 //! `max_in_flight`) and [`shared`] (state shared between instances on Redis); [`timefmt`] (RFC 3339
-//! timestamps).
+//! timestamps); [`rotating_file`] (the capped, private log files);
+//! [`instance_lock`] (one live process per instance's files).
 
 pub mod admin;
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod httpio;
+pub mod instance_lock;
 pub mod limits;
 pub mod log_line;
 pub mod log_writer;
@@ -32,6 +34,7 @@ pub mod migration;
 pub mod model;
 pub mod pool;
 pub mod reload;
+pub mod rotating_file;
 pub mod server;
 pub mod service;
 pub mod shared;

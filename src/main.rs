@@ -39,14 +39,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = &config.process.server;
     let dirs = match cli.command {
-        Some(Command::Check) => private_dir::check_server(server),
-        None => private_dir::prepare_server(server),
+        Some(Command::Check) => private_dir::check_all(&config),
+        None => private_dir::prepare_all(&config),
     };
     if let Err(e) = dirs {
         eprintln!("botbridge: {}: {e}", cli.config.display());
         return ExitCode::from(2);
+    }
+    if cli.command.is_none() {
+        if let Err(e) = botbridge::instance_lock::acquire(&config, cli.upgrade) {
+            eprintln!("botbridge: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
     }
     match cli.command {
         Some(Command::Check) => {

@@ -70,6 +70,7 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let new = config::load(&self.path).map_err(|e| e.to_string())?;
+        config::private_dir::check_all(&new).map_err(|e| e.to_string())?;
         let current = self.runtime.load_full();
         let fixed = current.config.restart_only_differences(&new);
         if !fixed.is_empty() {

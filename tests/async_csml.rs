@@ -511,3 +511,36 @@ async fn the_bytes_pending_requests_hold_are_bounded() {
     let refused = r#"botbridge_async_requests_total{dialect="csml",result="credential_quota"}"#;
     assert_eq!(grew(&before, &scrape(&proxy).await, refused), 30 - accepted);
 }
+
+#[tokio::test]
+async fn a_symlink_planted_at_the_dead_letter_path_is_not_followed() {
+    let proxy = Proxy::start(&shipped("")).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("someone-elses-file");
+    std::fs::write(&target, "theirs\n").unwrap();
+    let dead = proxy.config_path.parent().unwrap().join("dead.jsonl");
+    std::os::unix::fs::symlink(&target, &dead).unwrap();
+    // 400: rejected, a dead letter at once.
+    let rx = Receiver::start(Reply::FailFirst(usize::MAX, 400)).await;
+    let before = scrape(&proxy).await;
+    let (status, _) = send(
+        &proxy,
+        "/chat",
+        &demo_headers(),
+        &csml_body("hello", Some(&rx.url("/cb"))),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let metric = "botbridge_dead_letters_total{reason=\"rejected\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while grew(&before, &scrape(&proxy).await, metric) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs\n");
+    assert!(std::fs::symlink_metadata(&dead)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

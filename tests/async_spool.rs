@@ -148,3 +148,87 @@ async fn a_graceful_upgrade_hands_pending_deliveries_to_the_new_process() {
         "the upgraded process serves new async requests"
     );
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_config_refuses_to_start_while_the_first_lives() {
+    let spool = tempfile::tempdir().unwrap();
+    let mut first = SpawnedProxy::start(&config(spool.path()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_botbridge"));
+    cmd.arg("--config")
+        .arg(&first.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in TEST_SECRETS {
+        cmd.env(k, v);
+    }
+    let mut second = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second process did not refuse to start");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another botbridge process"), "{stderr}");
+    assert!(first.alive(), "the first one runs on");
+}
+
+/// One spooled request of `credential` to `url` with one message keyed `key`.
+fn spool_line(credential: &str, url: &str, key: &str) -> String {
+    let deadline = (unix_now() + 600) * 1000;
+    let line = json!({
+        "credential": credential,
+        "url": url,
+        "request_id": format!("req-{key}"),
+        "conversation": format!("{url}\nuser-{key}"),
+        "messages": [{"key": key, "body": "{\"messages\":[]}", "deadline_ms": deadline, "attempts": 0}],
+    });
+    format!("{line}\n")
+}
+
+#[tokio::test]
+async fn spooled_deliveries_of_a_credential_this_config_lacks_are_left_untouched() {
+    let spool = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(Reply::Ok).await;
+    let cb = rx.url("/cb");
+    let foreign = spool.path().join("spool-1-1.jsonl");
+    let foreign_text = spool_line("csml:another-tenant", &cb, "theirs.0");
+    std::fs::write(&foreign, &foreign_text).unwrap();
+    // A mixed file: ours is delivered, theirs is left in a spool file of its own.
+    let mixed = spool_line("csml:demo", &cb, "ours.0") + &spool_line("csml:gone", &cb, "gone.0");
+    std::fs::write(spool.path().join("spool-1-2.jsonl"), mixed).unwrap();
+    let proxy = SpawnedProxy::start(&config(spool.path()));
+    wait_until("our delivery", Duration::from_secs(10), || {
+        keys_tried(&rx).contains("ours.0")
+    })
+    .await;
+    // A few more scans of the directory.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let tried = keys_tried(&rx);
+    assert!(
+        !tried.contains("theirs.0") && !tried.contains("gone.0"),
+        "{tried:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), foreign_text);
+    let left: Vec<String> = (std::fs::read_dir(spool.path()).unwrap().flatten())
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left
+        .iter()
+        .any(|t| t.contains("gone.0") && !t.contains("ours.0")));
+    let logs = proxy.logs();
+    assert_eq!(
+        logs.matches("spool file left").count(),
+        2,
+        "once each: {logs}"
+    );
+    assert!(!logs.contains("delivery gave up"), "{logs}");
+}

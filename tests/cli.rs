@@ -74,3 +74,57 @@ fn a_missing_file_is_an_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// The shipped config with `[delivery]` and `[migration]` file keys set to `extra`'s lines.
+fn with_files(extra: &str) -> String {
+    format!("{SHIPPED}\n{extra}\n")
+}
+
+#[test]
+fn delivery_and_divergence_directories_others_can_write_are_refused_by_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let open = shared.path().display();
+    let cases = [
+        (
+            format!("[delivery]\nspool_dir = \"{open}\""),
+            "delivery.spool_dir",
+        ),
+        (
+            format!("[delivery]\ndead_letter_path = \"{open}/dead.jsonl\""),
+            "delivery.dead_letter_path",
+        ),
+        (
+            format!("[migration]\ndivergence_log = \"{open}/divergences.jsonl\""),
+            "migration.divergence_log",
+        ),
+    ];
+    for (extra, key) in cases {
+        let (ok, text) = check(&with_files(&extra));
+        assert!(!ok, "accepted; expected {key}: {text}");
+        assert!(text.contains(&format!("{key}: directory")), "{text}");
+        assert!(text.contains("writable by group or others"), "{text}");
+    }
+    let private = tempfile::tempdir().unwrap();
+    let extra = format!("[delivery]\nspool_dir = \"{}\"", private.path().display());
+    let (ok, text) = check(&with_files(&extra));
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn a_spool_dir_owned_by_another_user_is_refused() {
+    // Only root can give a directory away; elsewhere there is nothing to set up.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let theirs = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
+    let extra = format!("[delivery]\nspool_dir = \"{}\"", theirs.path().display());
+    let (ok, text) = check(&with_files(&extra));
+    assert!(!ok);
+    assert!(
+        text.contains("delivery.spool_dir: directory") && text.contains("owned by another user"),
+        "{text}"
+    );
+}

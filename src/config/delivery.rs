@@ -1,9 +1,12 @@
 //! `[delivery]`: async mode's queue, retries, dead-letter log and spool. Every key needs a restart
 //! to change (the queue and its files belong to the running process).
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use super::private_dir;
+use super::rotation::{self, Rotation};
 use super::secret::nonzero;
 use super::ConfigError;
 
@@ -42,13 +45,18 @@ pub struct RawDelivery {
     /// deadline).
     #[serde(default = "default_retry_max")]
     pub retry_max_ms: u64,
-    /// The JSONL file deliveries that gave up are appended to.
-    #[serde(default = "default_dead_letter")]
-    pub dead_letter_path: String,
+    /// The JSONL file deliveries that gave up are appended to (default: in the instance's private
+    /// directory, see [`private_dir`]).
+    pub dead_letter_path: Option<String>,
+    /// The dead-letter log's size cap; at it, the file is rotated. Default 10 MiB.
+    #[serde(default = "default_dead_letter_bytes")]
+    pub dead_letter_max_bytes: u64,
+    /// Rotated dead-letter files kept (`<file>.1` the newest); default 5.
+    #[serde(default = "default_dead_letter_files")]
+    pub dead_letter_files: u64,
     /// The directory pending deliveries are written to on a graceful stop or upgrade, and read from
     /// by the next process (private to the proxy's user: deliveries carry what users wrote).
-    #[serde(default = "default_spool_dir")]
-    pub spool_dir: String,
+    pub spool_dir: Option<String>,
 }
 
 impl Default for RawDelivery {
@@ -71,11 +79,13 @@ pub struct DeliveryConfig {
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
     pub dead_letter_path: String,
+    pub dead_letter_rotation: Rotation,
     pub spool_dir: String,
 }
 
-/// Validates `[delivery]`.
-pub fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+/// Validates `[delivery]`; the files' defaults are in the private directory of the instance that
+/// listens on `listen`.
+pub fn validate(d: &RawDelivery, listen: SocketAddr) -> Result<DeliveryConfig, ConfigError> {
     nonzero("delivery.queue_size", d.queue_size as u64)?;
     nonzero("delivery.max_concurrent", d.max_concurrent as u64)?;
     for (key, v) in [
@@ -101,9 +111,20 @@ pub fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
             "must be at least delivery.retry_initial_ms",
         ));
     }
+    let dead_letter_rotation = rotation::validate(
+        "delivery.dead_letter",
+        d.dead_letter_max_bytes,
+        d.dead_letter_files,
+    )?;
+    let or_default = |v: &Option<String>, name: &str| {
+        v.clone()
+            .unwrap_or_else(|| private_dir::default_file(listen, name))
+    };
+    let dead_letter_path = or_default(&d.dead_letter_path, "dead-letters.jsonl");
+    let spool_dir = or_default(&d.spool_dir, "spool");
     for (key, path) in [
-        ("delivery.dead_letter_path", &d.dead_letter_path),
-        ("delivery.spool_dir", &d.spool_dir),
+        ("delivery.dead_letter_path", &dead_letter_path),
+        ("delivery.spool_dir", &spool_dir),
     ] {
         if path.trim().is_empty() {
             return Err(ConfigError::new(key, "must not be empty"));
@@ -120,8 +141,9 @@ pub fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
         deadline_ms: d.deadline_ms,
         retry_initial_ms: d.retry_initial_ms,
         retry_max_ms: d.retry_max_ms,
-        dead_letter_path: d.dead_letter_path.clone(),
-        spool_dir: d.spool_dir.clone(),
+        dead_letter_path,
+        dead_letter_rotation,
+        spool_dir,
     })
 }
 
@@ -155,22 +177,20 @@ fn default_retry_initial() -> u64 {
 fn default_retry_max() -> u64 {
     60_000
 }
-fn default_dead_letter() -> String {
-    private_dir::default_dir()
-        .join("dead-letters.jsonl")
-        .display()
-        .to_string()
+fn default_dead_letter_bytes() -> u64 {
+    10 * 1024 * 1024
 }
-fn default_spool_dir() -> String {
-    private_dir::default_dir()
-        .join("spool")
-        .display()
-        .to_string()
+fn default_dead_letter_files() -> u64 {
+    5
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+        super::validate(d, "127.0.0.1:8080".parse().unwrap())
+    }
 
     #[test]
     fn defaults_are_valid_and_errors_name_the_key() {
@@ -181,5 +201,10 @@ mod tests {
         assert_eq!(validate(&raw).unwrap_err().key, "delivery.timeout_ms");
         let raw: RawDelivery = toml::from_str("retry_initial_ms = 10\nretry_max_ms = 5").unwrap();
         assert_eq!(validate(&raw).unwrap_err().key, "delivery.retry_max_ms");
+        assert_eq!(d.dead_letter_rotation.max_bytes, 10 * 1024 * 1024);
+        assert_eq!(d.dead_letter_rotation.files, 5);
+        let raw: RawDelivery = toml::from_str("dead_letter_max_bytes = 100").unwrap();
+        let e = validate(&raw).unwrap_err();
+        assert_eq!(e.key, "delivery.dead_letter_max_bytes");
     }
 }

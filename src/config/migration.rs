@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::rotation::{self, Rotation};
 use super::secret::nonzero;
 use super::ConfigError;
 
@@ -150,8 +151,7 @@ fn default_log_files() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DivergenceLogConfig {
     pub path: PathBuf,
-    pub max_bytes: u64,
-    pub files: u32,
+    pub rotation: Rotation,
 }
 
 /// Validates `[migration]`.
@@ -159,18 +159,11 @@ pub fn validate(raw: &RawMigration) -> Result<Option<DivergenceLogConfig>, Confi
     let Some(path) = &raw.divergence_log else {
         return Ok(None);
     };
-    let max_bytes = raw.divergence_log_max_bytes;
-    if max_bytes < 4096 {
-        return Err(ConfigError::new(
-            "migration.divergence_log_max_bytes",
-            "must be at least 4096",
-        ));
-    }
-    let files = nonzero("migration.divergence_log_files", raw.divergence_log_files)?;
-    let files = u32::try_from(files)
-        .ok()
-        .filter(|f| *f <= 100)
-        .ok_or_else(|| ConfigError::new("migration.divergence_log_files", "must be 100 or less"))?;
+    let rotation = rotation::validate(
+        "migration.divergence_log",
+        raw.divergence_log_max_bytes,
+        raw.divergence_log_files,
+    )?;
     if path.file_name().is_none() {
         return Err(ConfigError::new(
             "migration.divergence_log",
@@ -179,8 +172,7 @@ pub fn validate(raw: &RawMigration) -> Result<Option<DivergenceLogConfig>, Confi
     }
     Ok(Some(DivergenceLogConfig {
         path: path.clone(),
-        max_bytes,
-        files,
+        rotation,
     }))
 }
 

@@ -6,7 +6,7 @@
 //!   `upgrade_sock` may live); [`admin`]: `[admin]`, `[log]`, `[demo]`; [`clients`]: `[clients]` (each
 //!   dialect reads its own `[[clients.<dialect>]]`); [`auth_service`]; [`backends`] (each dialect
 //!   reads its own keys); [`routes`]; [`secret`]: secrets and the shared checks; [`limits`]: `[limits]`
-//!   and the rate limit form; [`redis`]: `[redis]`.
+//!   and the rate limit form; [`redis`]: `[redis]`; [`rotation`]: a log file's size cap.
 //! - What a running process cannot change is one type, [`ProcessSettings`], compared as a whole on
 //!   reload: a new setting there is covered by the reload check without anyone listing it.
 
@@ -21,6 +21,7 @@ pub mod migration;
 pub mod pool;
 pub mod private_dir;
 pub mod redis;
+pub mod rotation;
 pub mod routes;
 pub mod secret;
 pub mod server;
@@ -192,6 +193,7 @@ impl Config {
         let rate_limits = limits::validate(&raw.limits)?;
         let redis = raw.redis.as_ref().map(redis::validate).transpose()?;
         let divergence_log = migration::validate(&raw.migration)?;
+        let delivery = delivery::validate(&raw.delivery, server.listen)?;
         Ok(Config {
             process: ProcessSettings {
                 server,
@@ -199,7 +201,7 @@ impl Config {
                 log,
                 demo: demo_identity,
                 redis,
-                delivery: delivery::validate(&raw.delivery)?,
+                delivery,
             },
             limits,
             tls,

@@ -1,19 +1,27 @@
-//! Where `pid_file` and `upgrade_sock` live: a directory only the proxy's user can write.
+//! Where the proxy's own files live (`pid_file`, `upgrade_sock`, the dead-letter log, the spool,
+//! the divergence log): directories only the proxy's user can write.
 //!
 //! The upgrade socket hands every listening socket to whoever listens on it when `SIGQUIT` comes,
-//! so a process that could bind that path first would get them. The defaults therefore live in a
-//! private directory (`$XDG_RUNTIME_DIR/botbridge`, else `/run/botbridge` for root, else
-//! `/tmp/botbridge-<uid>`), created with mode 0700 when missing, and the proxy refuses a directory
-//! that group or others may write, or that another user owns. Root's are accepted: root can do
-//! anything anyway, and `/run` belongs to it.
+//! so a process that could bind that path first would get them; a spool file planted by another
+//! user would be delivered with a valid signature; a symlink planted beside a log would redirect it.
+//! So the proxy (and `botbridge check`) refuses, by key, a directory that group or others may write
+//! or that another user owns (root's are accepted: root can do anything anyway, and `/run` belongs
+//! to it), and creates missing ones with mode 0700.
+//!
+//! The defaults live in the instance's own directory, `<base>/<listen>` (base:
+//! `$XDG_RUNTIME_DIR/botbridge`, else `/run/botbridge` for root, else `/tmp/botbridge-<uid>`; listen:
+//! `server.listen` with `:`, `[` and `]` as `_`, e.g. `127.0.0.1_8080`), so two configurations on one
+//! host never share a spool, pid file or upgrade socket, while a graceful upgrade (which keeps the
+//! listen address: it takes over its sockets) finds its predecessor's.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::{ConfigError, ServerConfig};
+use super::{Config, ConfigError};
 
-/// The directory the defaults of `pid_file` and `upgrade_sock` live in.
-pub fn default_dir() -> PathBuf {
+/// The directory every instance's default directory is in.
+pub fn base_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) if !dir.is_empty() => Path::new(&dir).join("botbridge"),
         _ if euid() == 0 => PathBuf::from("/run/botbridge"),
@@ -21,14 +29,21 @@ pub fn default_dir() -> PathBuf {
     }
 }
 
-/// `server.pid_file`'s default.
-pub fn default_pid_file() -> String {
-    default_dir().join("botbridge.pid").display().to_string()
+/// The private directory of the instance whose chat listener is `listen`: where the defaults of
+/// `pid_file`, `upgrade_sock`, `dead_letter_path` and `spool_dir` live.
+pub fn default_dir(listen: SocketAddr) -> PathBuf {
+    let name: String = (listen.to_string().chars())
+        .map(|c| match c {
+            ':' | '[' | ']' => '_',
+            c => c,
+        })
+        .collect();
+    base_dir().join(name)
 }
 
-/// `server.upgrade_sock`'s default.
-pub fn default_upgrade_sock() -> String {
-    default_dir().join("upgrade.sock").display().to_string()
+/// `name` in the instance's default directory.
+pub fn default_file(listen: SocketAddr, name: &str) -> String {
+    default_dir(listen).join(name).display().to_string()
 }
 
 /// Checks the directory of `path` (the value of `key`); a missing one is fine here (`prepare`
@@ -74,17 +89,33 @@ pub fn prepare(key: &str, path: &str) -> Result<(), ConfigError> {
     check(key, path)
 }
 
-/// Checks the directories of `server.pid_file` and `server.upgrade_sock` (`botbridge check`).
-pub fn check_server(s: &ServerConfig) -> Result<(), ConfigError> {
-    check("server.pid_file", &s.pid_file)?;
-    check("server.upgrade_sock", &s.upgrade_sock)
+/// The file keys of `config` and a path in the directory each must be private: `pid_file`,
+/// `upgrade_sock`, `dead_letter_path`, the divergence log, and `spool_dir` itself.
+fn files(config: &Config) -> Vec<(&'static str, String)> {
+    let (s, d) = (&config.process.server, &config.process.delivery);
+    let mut files = vec![
+        ("server.pid_file", s.pid_file.clone()),
+        ("server.upgrade_sock", s.upgrade_sock.clone()),
+        ("delivery.dead_letter_path", d.dead_letter_path.clone()),
+        (
+            "delivery.spool_dir",
+            Path::new(&d.spool_dir).join("spool").display().to_string(),
+        ),
+    ];
+    if let Some(log) = &config.divergence_log {
+        files.push(("migration.divergence_log", log.path.display().to_string()));
+    }
+    files
 }
 
-/// Creates (0700) and checks the directories of `server.pid_file` and `server.upgrade_sock`
-/// (before the proxy starts).
-pub fn prepare_server(s: &ServerConfig) -> Result<(), ConfigError> {
-    prepare("server.pid_file", &s.pid_file)?;
-    prepare("server.upgrade_sock", &s.upgrade_sock)
+/// Checks every directory the proxy writes its files in (`botbridge check`, a reload).
+pub fn check_all(config: &Config) -> Result<(), ConfigError> {
+    (files(config).iter()).try_for_each(|(key, path)| check(key, path))
+}
+
+/// Creates (0700) and checks every directory the proxy writes its files in (before it starts).
+pub fn prepare_all(config: &Config) -> Result<(), ConfigError> {
+    (files(config).iter()).try_for_each(|(key, path)| prepare(key, path))
 }
 
 fn trusted_owner(key: &str, dir: &Path, uid: u32) -> Result<(), ConfigError> {
@@ -111,7 +142,8 @@ fn parent(path: &str) -> PathBuf {
     }
 }
 
-fn euid() -> u32 {
+/// The effective user id: the owner the proxy's files must have.
+pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
@@ -133,6 +165,35 @@ mod tests {
         assert!(e.problem.contains("writable by group or others"), "{e}");
         let e = check("server.upgrade_sock", "/tmp/botbridge_upgrade.sock").unwrap_err();
         assert_eq!(e.key, "server.upgrade_sock", "{e}");
+    }
+
+    #[test]
+    fn configs_on_different_listen_ports_get_different_default_dirs() {
+        use crate::config::{delivery, server};
+        let config = |port: u16| {
+            let raw: server::RawServer =
+                toml::from_str(&format!("listen = \"127.0.0.1:{port}\"")).unwrap();
+            let (s, _) = server::validate(&raw).unwrap();
+            let d = delivery::validate(&Default::default(), s.listen).unwrap();
+            (s, d)
+        };
+        let ((s1, d1), (s2, d2)) = (config(8080), config(8081));
+        assert_ne!(s1.pid_file, s2.pid_file);
+        assert_ne!(s1.upgrade_sock, s2.upgrade_sock);
+        assert_ne!(d1.spool_dir, d2.spool_dir);
+        assert_ne!(d1.dead_letter_path, d2.dead_letter_path);
+        assert_eq!(
+            (s1, d1.clone()),
+            config(8080),
+            "the same listener, the same directory"
+        );
+        assert!(
+            d1.spool_dir.ends_with("127.0.0.1_8080/spool"),
+            "{}",
+            d1.spool_dir
+        );
+        let v6 = default_dir("[::1]:8080".parse().unwrap());
+        assert!(v6.ends_with("___1__8080"), "{}", v6.display());
     }
 
     #[test]

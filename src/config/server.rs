@@ -34,12 +34,11 @@ pub struct RawServer {
     /// How long a graceful stop or upgrade waits for requests in flight.
     #[serde(default = "default_grace")]
     pub grace_period_seconds: u64,
-    /// Where the process id is written (in a private directory: see [`private_dir`]).
-    #[serde(default = "private_dir::default_pid_file")]
-    pub pid_file: String,
+    /// Where the process id is written (in a private directory: see [`private_dir`]); by default
+    /// in the instance's own directory.
+    pub pid_file: Option<String>,
     /// The socket a graceful upgrade hands the listeners over (in a private directory).
-    #[serde(default = "private_dir::default_upgrade_sock")]
-    pub upgrade_sock: String,
+    pub upgrade_sock: Option<String>,
     /// Serve HTTPS: `{ cert = "chain.pem", key = "key.pem" }` (see [`super::tls`]).
     pub tls: Option<RawTls>,
     /// A client's whole request head must arrive within this (on a new connection, counted from
@@ -124,15 +123,20 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
     }
     nonzero("server.upstream_pool_size", s.upstream_pool_size as u64)?;
     validate_client_limits(s)?;
+    let listen = socket_addr("server.listen", &s.listen)?;
+    let or_default = |v: &Option<String>, name: &str| {
+        v.clone()
+            .unwrap_or_else(|| private_dir::default_file(listen, name))
+    };
     let server = ServerConfig {
-        listen: socket_addr("server.listen", &s.listen)?,
+        listen,
         threads: s.threads,
         max_answer_bytes: s.max_answer_bytes,
         upstream_pool_size: s.upstream_pool_size,
         read_buffer_bytes: s.read_buffer_bytes,
         grace_period_seconds: s.grace_period_seconds,
-        pid_file: s.pid_file.clone(),
-        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: or_default(&s.pid_file, "botbridge.pid"),
+        upgrade_sock: or_default(&s.upgrade_sock, "upgrade.sock"),
         tls: s.tls.is_some(),
         header_timeout_ms: s.header_timeout_ms,
         body_timeout_ms: s.body_timeout_ms,

@@ -1,14 +1,15 @@
 //! The dead-letter log: one JSON line per message that gave up, appended to
-//! `delivery.dead_letter_path` (created with mode 0600). The message body is written only with
-//! `[log] message_bodies` (it is what the bot said to a user); the URL without its query.
+//! `delivery.dead_letter_path`, a [`RotatingFile`] (mode 0600, never through a symlink, rotated at
+//! `delivery.dead_letter_max_bytes`, `delivery.dead_letter_files` kept), so a flood of failures
+//! cannot fill the disk. The message body is written only with `[log] message_bodies` (it is what
+//! the bot said to a user); the URL without its query.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde::Serialize;
+
+use crate::config::delivery::DeliveryConfig;
+use crate::rotating_file::RotatingFile;
 
 /// One line of the log.
 #[derive(Debug, Serialize)]
@@ -31,34 +32,27 @@ pub struct DeadLetter<'a> {
     pub body: Option<&'a str>,
 }
 
-/// The log file, appended to under a lock (a line is written in one call).
-#[derive(Debug)]
-pub struct DeadLetterLog {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
+/// The log file.
+pub struct DeadLetterLog(RotatingFile);
 
 impl DeadLetterLog {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        DeadLetterLog {
-            path: path.into(),
-            lock: Mutex::new(()),
-        }
+    /// The log at `cfg.dead_letter_path` with `cfg.dead_letter_rotation`.
+    pub fn new(cfg: &DeliveryConfig) -> Self {
+        let path = cfg.dead_letter_path.clone().into();
+        DeadLetterLog(RotatingFile::new(
+            "dead_letters",
+            path,
+            cfg.dead_letter_rotation,
+        ))
     }
 
-    /// Appends one line; a failure to write is logged (the metric still counts the message).
+    /// Appends one line; a failure is counted and logged (the dead-letter metric still counts the
+    /// message).
     pub fn append(&self, entry: &DeadLetter<'_>) {
         let mut line = serde_json::to_vec(entry).expect("dead letter serializes");
         line.push(b'\n');
-        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .and_then(|mut f| f.write_all(&line));
-        if let Err(e) = written {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot write the dead-letter log");
+        if let Err(e) = self.0.append(&line) {
+            tracing::error!(path = %self.0.path().display(), error = %e, "cannot write the dead-letter log");
         }
     }
 }

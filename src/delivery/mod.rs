@@ -255,7 +255,7 @@ impl Deliveries {
             table: Mutex::new(Table::default()),
             stop: watch::channel(false).0,
             drained: Notify::new(),
-            dead: DeadLetterLog::new(&cfg.dead_letter_path),
+            dead: DeadLetterLog::new(cfg),
             metrics: DeliveryMetrics::global(),
             cfg: cfg.clone(),
             message_bodies,

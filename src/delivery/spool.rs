@@ -9,16 +9,26 @@
 //! and delivers its messages before the requests it accepts itself (in the same conversation);
 //! it looks at the directory when it starts and every second, so an upgraded process also picks up
 //! the file its predecessor writes at the end of the grace period.
+//!
+//! A process claims only what is its own: a file that is a symlink, not a regular file or not owned
+//! by the proxy's user is never read, and a delivery whose credential this configuration lacks, or
+//! whose callback URL that credential may not reach (the spool records no route: a delivery needs
+//! only its credential and URL), is left in the directory for the process it belongs to (a file of
+//! only such deliveries untouched; the others' lines of a mixed file in a new spool file). Each
+//! such file is counted in `botbridge_delivery_spool_files_skipped_total{reason}` (`untrusted`,
+//! `foreign`) and logged once, by name and message count (never its content).
 
-use std::collections::VecDeque;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
+use prometheus::{register_int_counter_vec, IntCounterVec};
 use serde::{Deserialize, Serialize};
 
 use super::{Deliveries, Job, Message, Target};
-use crate::config::ClientsConfig;
+use crate::config::{private_dir, ClientsConfig};
 
 use super::ssrf::CallbackUrl;
 
@@ -139,33 +149,116 @@ fn waiting(dir: &Path) -> (Vec<PathBuf>, u64) {
     (files.into_iter().map(|f| f.0).collect(), bytes)
 }
 
+/// `botbridge_delivery_spool_files_skipped_total{reason}`, registered on first use.
+fn skipped_files() -> &'static IntCounterVec {
+    static M: OnceLock<IntCounterVec> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = register_int_counter_vec!(
+            "botbridge_delivery_spool_files_skipped_total",
+            "Spool files left unread: untrusted (symlink, not ours) or foreign (credential or URL not in this configuration)",
+            &["reason"]
+        )
+        .expect("metric registers once");
+        for reason in ["untrusted", "foreign"] {
+            m.with_label_values(&[reason]);
+        }
+        m
+    })
+}
+
+/// The spool files this process has left alone, each with the configuration it judged them by
+/// (its address: a reload, which may add a credential, has them judged again).
+fn skipped() -> std::sync::MutexGuard<'static, HashMap<PathBuf, usize>> {
+    static SEEN: OnceLock<Mutex<HashMap<PathBuf, usize>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    seen.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn config_id(clients: &ClientsConfig) -> usize {
+    clients as *const ClientsConfig as usize
+}
+
+/// Counts and logs a file left alone, once per file and configuration.
+fn skip_once(file: &Path, clients: &ClientsConfig, reason: &'static str, messages: usize) {
+    let id = config_id(clients);
+    if skipped().insert(file.to_path_buf(), id) == Some(id) {
+        return;
+    }
+    skipped_files().with_label_values(&[reason]).inc();
+    tracing::warn!(path = %file.display(), reason, messages, "spool file left for the process it belongs to");
+}
+
+/// The messages of these spool lines.
+fn messages(lines: &[&str]) -> usize {
+    (lines.iter())
+        .filter_map(|l| serde_json::from_str::<SpooledJob>(l).ok())
+        .map(|j| j.messages.len())
+        .sum()
+}
+
+/// Reads a spool file that is a regular file of the proxy's user, never through a symlink.
+fn read_trusted(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.uid() != private_dir::euid() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "not a regular file owned by the proxy's user",
+        ));
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Whether this configuration has the job's credential and that credential may reach its URL.
+fn is_ours(job: &SpooledJob, clients: &ClientsConfig) -> bool {
+    let Some(policy) = clients.callbacks.get(&job.credential) else {
+        return false;
+    };
+    let webhook = policy.webhook.as_ref().map(|w| w.to_url());
+    webhook.as_deref() == Some(job.url.as_str()) || policy.reach.check_url(&job.url).is_ok()
+}
+
+/// A spool file's lines: the jobs this process may claim, and the others' lines as written.
+fn partition<'a>(text: &'a str, clients: &ClientsConfig) -> (Vec<SpooledJob>, Vec<&'a str>) {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<SpooledJob>(line) {
+            Ok(job) if is_ours(&job, clients) => ours.push(job),
+            Ok(_) => theirs.push(line),
+            Err(e) => tracing::error!(error = %e, "unreadable spool line skipped"),
+        }
+    }
+    (ours, theirs)
+}
+
+/// Writes the others' lines of a claimed file back as a spool file of their own.
+fn leave(dir: &Path, lines: &[&str], clients: &ClientsConfig) {
+    let data: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    match write_file(dir, data.as_bytes()) {
+        Ok(path) => skip_once(&path, clients, "foreign", messages(lines)),
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot leave other processes' spooled deliveries: they are lost")
+        }
+    }
+}
+
 impl Deliveries {
-    /// Claims every spool file in `delivery.spool_dir` and queues its messages (found credentials
-    /// only: a delivery whose credential is gone, or whose URL its allow-list no longer takes, is a
-    /// `forbidden` dead letter). Returns the messages restored.
+    /// Claims every spool file in `delivery.spool_dir` with deliveries of this configuration's
+    /// credentials, and queues those (the others are left, see the module docs). Returns the
+    /// messages restored.
     pub fn restore(&self, clients: &ClientsConfig) -> usize {
         let dir = PathBuf::from(&self.0.cfg.spool_dir);
         let (files, bytes) = waiting(&dir);
         self.0.metrics.spool_bytes.set(bytes as i64);
-        let mut restored = 0;
-        for file in files {
-            let claimed = dir.join(format!(
-                ".claimed-{}-{}",
-                std::process::id(),
-                file.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            if std::fs::rename(&file, &claimed).is_err() {
-                continue; // another process claimed it
-            }
-            let text = std::fs::read_to_string(&claimed).unwrap_or_default();
-            let _ = std::fs::remove_file(&claimed);
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                match serde_json::from_str::<SpooledJob>(line) {
-                    Ok(job) => restored += self.requeue(job, clients),
-                    Err(e) => tracing::error!(error = %e, "unreadable spool line skipped"),
-                }
-            }
-        }
+        let restored: usize = (files.iter())
+            .filter(|f| skipped().get(f.as_path()) != Some(&config_id(clients)))
+            .map(|f| self.restore_file(&dir, f, clients))
+            .sum();
         if restored > 0 {
             self.0
                 .metrics
@@ -176,6 +269,35 @@ impl Deliveries {
         }
         self.0.metrics.spool_bytes.set(waiting(&dir).1 as i64);
         restored
+    }
+
+    /// Claims one file if it holds deliveries of ours; returns the messages queued.
+    fn restore_file(&self, dir: &Path, file: &Path, clients: &ClientsConfig) -> usize {
+        let text = match read_trusted(file) {
+            Ok(t) => t,
+            Err(_) => {
+                skip_once(file, clients, "untrusted", 0);
+                return 0;
+            }
+        };
+        let (ours, theirs) = partition(&text, clients);
+        if ours.is_empty() && !theirs.is_empty() {
+            skip_once(file, clients, "foreign", messages(&theirs));
+            return 0;
+        }
+        let claimed = dir.join(format!(
+            ".claimed-{}-{}",
+            std::process::id(),
+            file.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        if std::fs::rename(file, &claimed).is_err() {
+            return 0; // another process claimed it
+        }
+        let _ = std::fs::remove_file(&claimed);
+        if !theirs.is_empty() {
+            leave(dir, &theirs, clients);
+        }
+        ours.into_iter().map(|job| self.requeue(job, clients)).sum()
     }
 
     fn requeue(&self, job: SpooledJob, clients: &ClientsConfig) -> usize {

@@ -5,13 +5,8 @@
 //! Message text, links and button labels appear only with `[log] message_bodies` on (they are what
 //! the bots said to users, often quoting them); otherwise each message is its kind and length.
 //!
-//! Rotation is written here rather than taken from a crate: it is a few lines, rotates only between
-//! whole lines, and the crates that do it bring a date library and compression along.
-
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+//! The file is a [`RotatingFile`]: created with mode 0600 (it can hold message text), never opened
+//! through a symlink, rotated at its cap.
 
 use serde::Serialize;
 
@@ -19,6 +14,7 @@ use super::compare::{kind, Verdict};
 use crate::config::migration::DivergenceLogConfig;
 use crate::metrics::migration::MigrationMetrics;
 use crate::model::{ChatAnswer, Reply};
+use crate::rotating_file::RotatingFile;
 
 /// One differing pair, as logged and as the report page lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -92,20 +88,16 @@ fn view(r: &Reply<'_>, bodies: bool) -> MessageView {
     }
 }
 
-/// The divergence log file, opened on first write.
+/// The divergence log file ([`RotatingFile`]: private, capped, rotated).
 pub struct DivergenceLog {
     config: DivergenceLogConfig,
-    /// The open file and its size. Writes are short appends of rare lines (differences only), so
-    /// they are made under this lock, on the shadow's task.
-    file: Mutex<Option<(File, u64)>>,
+    file: RotatingFile,
 }
 
 impl DivergenceLog {
     pub fn new(config: DivergenceLogConfig) -> Self {
-        DivergenceLog {
-            config,
-            file: Mutex::new(None),
-        }
+        let file = RotatingFile::new("divergences", config.path.clone(), config.rotation);
+        DivergenceLog { config, file }
     }
 
     /// Its settings (a reload keeps the log when they are unchanged).
@@ -113,11 +105,12 @@ impl DivergenceLog {
         &self.config
     }
 
-    /// Appends one record; a failure is counted and logged, never passed on.
+    /// Appends one record; a failure is counted and logged, never passed on. Writes are short
+    /// appends of rare lines (differences only), made on the shadow's task.
     pub fn write(&self, record: &Divergence) {
         let mut line = serde_json::to_vec(record).expect("a divergence serializes");
         line.push(b'\n');
-        let result = self.append(&line);
+        let result = self.file.append(&line);
         let label = if result.is_ok() { "ok" } else { "error" };
         MigrationMetrics::global()
             .log_writes
@@ -127,57 +120,16 @@ impl DivergenceLog {
             tracing::warn!(path = %self.config.path.display(), error = %e, "cannot write the divergence log");
         }
     }
-
-    fn append(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut slot = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let over = |size: u64| size > 0 && size + line.len() as u64 > self.config.max_bytes;
-        if slot.as_ref().is_some_and(|(_, size)| over(*size)) {
-            *slot = None;
-            rotate(&self.config.path, self.config.files)?;
-        }
-        if slot.is_none() {
-            let file = open(&self.config.path)?;
-            let size = file.metadata()?.len();
-            if over(size) {
-                drop(file);
-                rotate(&self.config.path, self.config.files)?;
-                *slot = Some((open(&self.config.path)?, 0));
-            } else {
-                *slot = Some((file, size));
-            }
-        }
-        let (file, size) = slot.as_mut().expect("opened above");
-        file.write_all(line)?;
-        *size += line.len() as u64;
-        Ok(())
-    }
-}
-
-fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
-}
-
-/// `<file>.N-1` → `<file>.N` … `<file>` → `<file>.1`; the oldest beyond `files` is replaced.
-fn rotate(path: &Path, files: u32) -> std::io::Result<()> {
-    let numbered = |n: u32| -> PathBuf {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{n}"));
-        p.into()
-    };
-    for n in (1..files).rev() {
-        match std::fs::rename(numbered(n), numbered(n + 1)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
-    std::fs::rename(path, numbered(1))
 }
 
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     use super::*;
+    use crate::config::rotation::Rotation;
     use crate::model::Button;
 
     fn record(text: &str) -> Divergence {
@@ -217,8 +169,10 @@ mod tests {
         let path = dir.path().join("divergences.jsonl");
         let log = DivergenceLog::new(DivergenceLogConfig {
             path: path.clone(),
-            max_bytes: 4096,
-            files: 2,
+            rotation: Rotation {
+                max_bytes: 4096,
+                files: 2,
+            },
         });
         for i in 0..200 {
             log.write(&record(&format!("message {i}")));
@@ -229,6 +183,8 @@ mod tests {
         assert!(size(&first) <= 4096 && size(&first) > 3000);
         assert!(dir.path().join("divergences.jsonl.2").exists());
         assert!(!dir.path().join("divergences.jsonl.3").exists());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "it can hold message text: private");
         for f in [&path, &first] {
             for line in std::fs::read_to_string(f).unwrap().lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
