@@ -166,6 +166,8 @@ upstream_pool_size = 64
 pid_file = "{work}/{name}.pid"
 upgrade_sock = "{work}/{name}.sock"
 grace_period_seconds = 0
+# Every benchmark client comes from 127.0.0.1: no per-address cap.
+max_connections_per_address = 0
 [admin]
 listen = "127.0.0.1:{admin}"
 {extra}

@@ -37,6 +37,8 @@ threads = 1
 pid_file = "{work}/bb.pid"
 upgrade_sock = "{work}/bb.sock"
 grace_period_seconds = 0
+# Every benchmark client comes from 127.0.0.1: no per-address cap.
+max_connections_per_address = 0
 [admin]
 listen = "127.0.0.1:{admin}"
 [log]
