@@ -603,14 +603,17 @@ impl Deliveries {
         headers.push(("x-request-id", target.request_id.clone()));
         let timeout = Duration::from_millis(self.0.cfg.timeout_ms);
         let reach = &target.policy.reach;
-        send::attempt(
+        // Boxed: the connection's and the exchange's state (several KB) exists only while an
+        // attempt runs (at most `max_concurrent`), not in every pending request's task while it
+        // waits for its turn or its retry.
+        Box::pin(send::attempt(
             &self.0.connector,
             reach,
             &target.url,
             &headers,
             body,
             timeout,
-        )
+        ))
         .await
     }
 }
