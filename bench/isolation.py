@@ -11,10 +11,13 @@ Two floods against the release binary, each on a fresh process with the shipped 
   request.
 - users: USERS requests with distinct made-up user ids (wrk with a Lua script) against a route with
   a per-user limit, then resident memory and the bucket counters.
+- connections: from 7, then 8 loopback source addresses, 600 connections each that hold a request
+  in its body (a valid credential, one byte of a 100-byte body); then whether a client from another
+  address is still served (the cap is 4,096 connections, 512 per address by default).
 
 Usage: python3 bench/isolation.py [--binary target/release/botbridge] [--flood 10000]
        [--credentials 1] [--delivery-keys 'max_pending_per_host = 20000'] [--users 1000000]
-       [--only async|users]
+       [--only async|users|connections]
 Bounded: fixed counts, each step with a time limit; everything on 127.0.0.1.
 """
 import argparse
@@ -223,13 +226,57 @@ def users_flood(binary, users):
         shutil.rmtree(dirname, ignore_errors=True)
 
 
+HELD_HEAD = ("POST /chat HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\n"
+             "Authorization: Bearer demo-token\r\nclient-id: demo-client\r\nContent-Length: 100\r\n\r\n{")
+
+
+def probe(port, source):
+    """A new client from `source`: the status of a request to an unknown path, or the error."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    try:
+        s.sendall(b"GET /nowhere HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        return int(s.recv(64).split()[1])
+    except OSError as e:
+        return str(e)
+    finally:
+        s.close()
+
+
+def connections(binary, addresses):
+    """Requests held in their body (valid credential, one byte of 100 sent) from `addresses` loopback
+    source addresses, as many as each may open; then whether a new client is still served."""
+    dirname = tempfile.mkdtemp(prefix="botbridge-iso-")
+    ports = {k: free_port() for k in ("chat", "admin", "demo")}
+    proc = start(binary, config(dirname, ports, 0), dirname, ports)
+    held = []
+    try:
+        for a in range(addresses):
+            source = f"127.0.0.{a + 2}"
+            for _ in range(600):
+                s = socket.create_connection(("127.0.0.1", ports["chat"]), timeout=5, source_address=(source, 0))
+                s.sendall(HELD_HEAD.encode())
+                held.append(s)
+        time.sleep(1)
+        in_flight = metric(ports, "botbridge_in_flight_requests")
+        refused = metric(ports, 'botbridge_client_connections_total{listener="chat",result="refused_per_address"}')
+        status = probe(ports["chat"], "127.0.0.200")
+        print(f"connections: {addresses} source address(es) x 600 connections holding a body: "
+              f"{in_flight:.0f} requests in flight, {refused:.0f} refused per address; a new client: {status}")
+    finally:
+        for s in held:
+            s.close()
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(dirname, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "botbridge"))
     ap.add_argument("--flood", type=int, default=10_000)
     ap.add_argument("--credentials", type=int, default=1)
     ap.add_argument("--users", type=int, default=1_000_000)
-    ap.add_argument("--only", choices=["async", "users"])
+    ap.add_argument("--only", choices=["async", "users", "connections"])
     ap.add_argument("--delivery-keys", default="",
                     help="extra [delivery] keys, ';'-separated, e.g. 'max_pending_per_host = 20000'")
     args = ap.parse_args()
@@ -237,6 +284,9 @@ def main():
         async_flood(args.binary, args.flood, args.credentials, args.delivery_keys)
     if args.only in (None, "users"):
         users_flood(args.binary, args.users)
+    if args.only in (None, "connections"):
+        for addresses in (7, 8):
+            connections(args.binary, addresses)
 
 
 if __name__ == "__main__":

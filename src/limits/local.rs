@@ -38,7 +38,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_BUCKETS: usize = 250_000;
 
 /// governor's DashMap store, shared: the limiter measures through it, [`LocalBuckets`] asks it
-/// whether a key is known; every entry it makes is counted in `entries`.
+/// whether a key is known (only at the bound); every entry it makes is counted in `entries`.
 #[derive(Clone, Default)]
 struct Store {
     map: Arc<DashMapStateStore<BucketKey>>,
@@ -52,10 +52,17 @@ impl StateStore for Store {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        if !self.map.contains_key(key) {
+        // A bucket's state is empty (`None`) only while it is new: counting those costs no second
+        // lookup. (Two threads making one key at once may count it twice; the sweep corrects.)
+        let fresh = std::cell::Cell::new(false);
+        let result = self.map.measure_and_replace(key, |prev| {
+            fresh.set(prev.is_none());
+            f(prev)
+        });
+        if fresh.get() {
             self.entries.fetch_add(1, Ordering::Relaxed);
         }
-        self.map.measure_and_replace(key, f)
+        result
     }
 }
 
