@@ -104,12 +104,9 @@ impl AdminService {
         let lock: &AdminLock = &runtime.config.admin_lock;
         let header = |name: &str| session.req_header().headers.get(name).map(|v| v.as_bytes());
         let listen = runtime.config.process.admin.listen;
-        if !lock.locked()
-            && endpoint != Endpoint::Healthz
-            && !host_allowed(host(session.req_header()), listen, &lock.allowed_hosts)
-        {
-            let why = "misdirected request: this Host is not the admin listener's (see [admin] allowed_hosts)";
-            return Some(refuse("foreign_host", 421, why));
+        let open = !lock.locked() && endpoint != Endpoint::Healthz;
+        if open && !host_allowed(host(session.req_header()), listen, &lock.allowed_hosts) {
+            return Some(refuse("foreign_host", 421, FOREIGN_HOST));
         }
         if endpoint.mutating() {
             let request = CrossSite {
@@ -261,6 +258,10 @@ impl CrossSite<'_> {
         None
     }
 }
+
+/// The 421's words (never the `Host` itself).
+const FOREIGN_HOST: &str =
+    "misdirected request: this Host is not the admin listener's (see [admin] allowed_hosts)";
 
 /// The host a request names: its target's authority (absolute form), else its `Host` header.
 fn host(req: &RequestHeader) -> Option<&[u8]> {
