@@ -5,20 +5,25 @@
 //! `GET /openapi/<dialect>.json` (the callers' API documents, `docs/openapi/`).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
-//! scrapes, and it is meant to listen on a private address. The two mutating endpoints refuse
-//! cross-site requests (403: a web page open on the operator's machine must not trigger them) and,
-//! with `[admin] token` set, require it as a bearer token (401); `/metrics` requires it only with
-//! `metrics_token_required`; `/healthz` is always open.
+//! scrapes, and it is meant to listen on a private address. With no `[admin] token`, a request whose
+//! `Host` is a name other than `localhost` or one of `allowed_hosts` is refused with 421 (a web page
+//! whose name was re-pointed at this listener, DNS rebinding, must not read it). The two mutating
+//! endpoints refuse cross-site requests (403: a web page open on the operator's machine must not
+//! trigger them) and, with `[admin] token` set, require it as a bearer token (401); the reads
+//! (`/metrics`, `/backends`, `/migration`) require it only with `metrics_token_required`; `/healthz`
+//! is always open. Every answer says `X-Content-Type-Options: nosniff`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
 use crate::config::admin::AdminLock;
 use crate::dialect::registry;
+use crate::error::ProxyError;
 use crate::httpio::{self, Answer, Handler};
 use crate::metrics::Metrics;
 use crate::migration::page;
@@ -87,8 +92,8 @@ impl AdminService {
         AdminService { reloader }
     }
 
-    /// The 403 or 401 this request gets, if any: cross-site checks first (they hold with or
-    /// without a token), then the token.
+    /// The 421, 403 or 401 this request gets, if any: the `Host` first (only without a token),
+    /// then cross-site checks (they hold with or without a token), then the token.
     fn refusal(
         &self,
         session: &ServerSession,
@@ -98,6 +103,11 @@ impl AdminService {
         let runtime = self.reloader.runtime();
         let lock: &AdminLock = &runtime.config.admin_lock;
         let header = |name: &str| session.req_header().headers.get(name).map(|v| v.as_bytes());
+        let listen = runtime.config.process.admin.listen;
+        let open = !lock.locked() && endpoint != Endpoint::Healthz;
+        if open && !host_allowed(host(session.req_header()), listen, &lock.allowed_hosts) {
+            return Some(refuse("foreign_host", 421, FOREIGN_HOST));
+        }
         if endpoint.mutating() {
             let request = CrossSite {
                 origin: header("origin"),
@@ -105,13 +115,13 @@ impl AdminService {
                 content_type: header("content-type"),
                 has_body,
             };
-            if let Some(why) = request.why(runtime.config.process.admin.listen) {
+            if let Some(why) = request.why(listen) {
                 return Some(refuse("cross_site", 403, why));
             }
         }
         let reads = matches!(
             endpoint,
-            Endpoint::Metrics | Endpoint::Migration | Endpoint::MigrationJson
+            Endpoint::Metrics | Endpoint::Backends | Endpoint::Migration | Endpoint::MigrationJson
         );
         let guarded = endpoint.mutating() || (reads && lock.metrics_token_required);
         if guarded && !lock.opens(bearer(header("authorization"))) {
@@ -179,7 +189,12 @@ impl Handler for AdminService {
             None => self.serve(endpoint),
         };
         answer.keepalive &= keep;
-        answer
+        answer.with_header("x-content-type-options", "nosniff")
+    }
+
+    fn head_refusal(&self, _head: Option<&RequestHeader>, err: &ProxyError) -> Answer {
+        Answer::text(err.status, format!("{}\n", err.message))
+            .with_header("x-content-type-options", "nosniff")
     }
 }
 
@@ -242,6 +257,44 @@ impl CrossSite<'_> {
         }
         None
     }
+}
+
+/// The 421's words (never the `Host` itself).
+const FOREIGN_HOST: &str =
+    "misdirected request: this Host is not the admin listener's (see [admin] allowed_hosts)";
+
+/// The host a request names: its target's authority (absolute form), else its `Host` header.
+fn host(req: &RequestHeader) -> Option<&[u8]> {
+    match req.uri.authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => req.headers.get("host").map(|v| v.as_bytes()),
+    }
+}
+
+/// Whether a tokenless listener answers a request naming `host` (port aside): `localhost`, a name
+/// on `allowed_hosts`, or an IP address that is loopback, the listener's own, or any on a wildcard
+/// listener (an address cannot be re-pointed, a name can). No `Host` at all is accepted: every
+/// browser sends one.
+fn host_allowed(host: Option<&[u8]>, listen: SocketAddr, allowed: &[String]) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let Ok(authority) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || allowed.contains(&name) {
+        return true;
+    }
+    name.parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback() || ip == listen.ip() || listen.ip().is_unspecified())
 }
 
 /// Whether `origin` is the admin listener's own: `http://` and its address and port, or
@@ -307,6 +360,49 @@ mod tests {
             b"http://localhost:9090",
             listen("10.1.2.3:9090")
         ));
+    }
+
+    #[test]
+    fn an_open_listener_answers_only_its_own_and_allowed_hosts() {
+        let local = listen("127.0.0.1:9090");
+        let allowed = ["admin.internal".to_string(), "10.9.9.9".to_string()];
+        for own in [
+            "localhost",
+            "LOCALHOST:9090",
+            "localhost.",
+            "127.0.0.1",
+            "127.0.0.1:9090",
+            "127.0.0.2:1",
+            "[::1]",
+            "[::1]:9090",
+            "admin.internal:9090",
+            "Admin.Internal",
+            "10.9.9.9:9090",
+        ] {
+            assert!(host_allowed(Some(own.as_bytes()), local, &allowed), "{own}");
+        }
+        assert!(host_allowed(None, local, &allowed));
+        for foreign in [
+            "rebound.example",
+            "rebound.example:9090",
+            "localhost.rebound.example",
+            "admin.internal.evil",
+            "10.0.0.5:9090",
+            "",
+            "a b",
+            "user@localhost",
+        ] {
+            assert!(
+                !host_allowed(Some(foreign.as_bytes()), local, &allowed),
+                "{foreign}"
+            );
+        }
+        let wildcard = listen("0.0.0.0:9090");
+        assert!(host_allowed(Some(b"10.0.0.5:9090"), wildcard, &[]));
+        assert!(!host_allowed(Some(b"rebound.example"), wildcard, &[]));
+        let own = listen("10.0.0.5:9090");
+        assert!(host_allowed(Some(b"10.0.0.5:9090"), own, &[]));
+        assert!(!host_allowed(Some(b"10.0.0.6:9090"), own, &[]));
     }
 
     #[test]

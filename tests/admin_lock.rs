@@ -231,6 +231,147 @@ async fn with_a_token_a_cross_site_request_is_still_refused() {
     assert_eq!(metric(&proxy, RELOADS_OK).await, 0);
 }
 
+/// A GET to the admin listener with this `Host` (or reqwest's own); status, headers and body.
+async fn get_as(
+    proxy: &Proxy,
+    path: &str,
+    host: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut rb = reqwest::Client::new()
+        .get(proxy.admin_url(path))
+        .timeout(Duration::from_secs(10));
+    if let Some(host) = host {
+        rb = rb.header("host", host);
+    }
+    let r = rb.send().await.unwrap();
+    let headers = r.headers().clone();
+    (r.status().as_u16(), headers, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_listener_refuses_a_foreign_host() {
+    let proxy = Proxy::start(&with_admin(""));
+    let port = proxy.admin_port;
+    let rebound = format!("rebound.example:{port}");
+    let reads = [
+        "/migration.json",
+        "/backends",
+        "/metrics",
+        "/migration",
+        "/openapi/csml.json",
+        "/nope",
+    ];
+    for path in reads {
+        for host in ["rebound.example", rebound.as_str()] {
+            let (status, _, body) = get_as(&proxy, path, Some(host)).await;
+            assert_eq!(status, 421, "{path} as {host}: {body}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(json["error"].as_str().unwrap().contains("Host"), "{body}");
+            assert!(
+                !body.contains("rebound"),
+                "the Host is not repeated: {body}"
+            );
+        }
+    }
+    let headers = [("host", "rebound.example")];
+    let (status, _) = admin(&proxy, reqwest::Method::POST, "/reload", &headers, "").await;
+    assert_eq!(status, 421);
+    assert_eq!(
+        metric(&proxy, RELOADS_OK).await,
+        0,
+        "no refused reload happened"
+    );
+    let foreign = "botbridge_admin_refusals_total{reason=\"foreign_host\"}";
+    assert_eq!(metric(&proxy, foreign).await, 13);
+    assert!(!proxy.logs().contains("rebound"), "nor is it logged");
+    // /healthz stays open; loopback names and addresses are answered.
+    let health = get_as(&proxy, "/healthz", Some("rebound.example")).await;
+    assert_eq!(health.0, 200);
+    let own = [
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+        format!("127.0.0.1:{port}"),
+        "[::1]".to_string(),
+    ];
+    for host in &own {
+        let (status, _, body) = get_as(&proxy, "/backends", Some(host)).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_listener_answers_its_allowed_hosts() {
+    let proxy = Proxy::start(&with_admin("allowed_hosts = [\"admin.internal\"]"));
+    let with_port = format!("ADMIN.internal:{}", proxy.admin_port);
+    for host in ["admin.internal", with_port.as_str()] {
+        let (status, _, body) = get_as(&proxy, "/migration.json", Some(host)).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    let (status, _, _) = get_as(&proxy, "/metrics", Some("admin.internal.evil")).await;
+    assert_eq!(status, 421);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_any_host_is_answered_and_the_token_guards() {
+    let proxy = Proxy::start(&with_admin(&format!("token = \"{TOKEN}\"")));
+    let (status, _, body) = get_as(&proxy, "/backends", Some("rebound.example")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = post(&proxy, "/reload", &[("host", "rebound.example")]).await;
+    assert_eq!(status, 401, "the token still guards what it guards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_need_the_token_when_metrics_do() {
+    let proxy = Proxy::start(&with_admin(&format!(
+        "token = \"{TOKEN}\"\nmetrics_token_required = true"
+    )));
+    let (status, _, body) = get_as(&proxy, "/backends", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        !body.contains("endpoints"),
+        "nothing of the backends: {body}"
+    );
+    let good = format!("Bearer {TOKEN}");
+    let (status, body) = admin(
+        &proxy,
+        reqwest::Method::GET,
+        "/backends",
+        &[("authorization", &good)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_answer_forbids_content_sniffing() {
+    let proxy = Proxy::start(&with_admin(""));
+    let cases = [
+        ("/healthz", None, 200),
+        ("/backends", None, 200),
+        ("/migration", None, 200),
+        ("/metrics", None, 200),
+        ("/nope", None, 404),
+        ("/metrics", Some("rebound.example"), 421),
+    ];
+    for (path, host, want) in cases {
+        let (status, headers, body) = get_as(&proxy, path, host).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert_eq!(
+            headers.get("x-content-type-options").map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{path} {status}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .delete(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+}
+
 /// `botbridge check` on `config`; whether it passed and what it printed (stdout, then stderr).
 fn check(config: &str, dir: &std::path::Path) -> (bool, String) {
     let path = dir.join("proxy.toml");

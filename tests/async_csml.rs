@@ -290,6 +290,37 @@ async fn every_forgery_case_is_refused_before_the_bot_hears_of_it() {
 }
 
 #[tokio::test]
+async fn an_internal_ipv4_address_written_inside_an_ipv6_one_is_refused() {
+    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
+        "r",
+        &[json!({"content_type": "text", "content": {"text": "x"}})],
+    )))
+    .await;
+    for host in [
+        "::127.0.0.1",        // IPv4-compatible
+        "::ffff:0:127.0.0.1", // IPv4-translated
+        "64:ff9b::7f00:1",    // NAT64
+        "2002:a9fe:a9fe::1",  // 6to4 of the metadata address
+    ] {
+        let callback = format!("callback_hosts = [\"{host}\"]\nallow_http_callbacks = true");
+        let proxy = Proxy::start(&forgery_config(bot.addr, &callback)).await;
+        let url = format!("http://[{host}]:9/cb");
+        let (status, err) = send(
+            &proxy,
+            "/chat",
+            &plain_headers(),
+            &csml_body("x", Some(&url)),
+        )
+        .await;
+        assert_eq!(status, 400, "{host}: {err}");
+        assert_eq!(err["statusCode"], 400, "{host}: CSML's error shape");
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains("may not reach"), "{host}: {err}");
+    }
+    assert_eq!(bot.count(), 0, "no refused request reached the bot");
+}
+
+#[tokio::test]
 async fn a_redirect_is_not_followed() {
     let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
         "r",

@@ -1,6 +1,6 @@
 //! Rasa's REST channel end to end, both ways: Rasa clients at Rasa's own path in front of the demo
 //! CSML bot, Haptik and CSML clients in front of a Rasa bot, the token rules, the README's examples
-//! as written, and what a test Rasa bot actually receives.
+//! as written, what a test Rasa bot actually receives, and caller JSON no bot could read refused.
 
 mod common;
 
@@ -202,6 +202,54 @@ backend = "rasa"
         ),
         "{metrics}"
     );
+}
+
+/// A caller's `metadata` (and CSML `payload`) reaches a bot as written: one a bot's JSON reader
+/// would refuse (a number out of range) is refused here, in the caller's dialect, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_a_bot_could_not_read_is_refused_before_the_bot_hears_of_it() {
+    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
+        "r",
+        &[json!({"content_type": "text", "content": {"text": "x"}})],
+    )))
+    .await;
+    let routes = format!(
+        "{}\n[[routes]]\nname = \"rasa\"\npath = \"{RASA_PATH}\"\ningress = \"rasa\"\nbackend = \"bot\"\n\n[[routes]]\nname = \"csml\"\npath = \"/chat\"\ningress = \"csml\"\nbackend = \"bot\"\n\n[[clients.rasa]]\nname = \"web\"\ntoken = \"rasa-token\"\n",
+        csml_backend_toml("bot", bot.addr, "")
+    );
+    let proxy = Proxy::start(&config_with(&routes)).await;
+    let rasa = r#"{"sender": "u", "message": "hi", "metadata": {"a": 1e400}}"#;
+    let path = format!("{RASA_PATH}?token=rasa-token");
+    let (status, err) = send(&proxy, &path, &[], rasa).await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["status"], "failure", "Rasa's error shape: {err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("`metadata`"),
+        "{err}"
+    );
+
+    let plain = vec![("x-api-key", CSML_PLAIN_KEY.to_string())];
+    let csml = [
+        (
+            r#"{"client": {"user_id": "u"}, "metadata": {"a": 1e400}, "payload": {"content_type": "text", "content": {"text": "hi"}}}"#,
+            "`metadata`",
+        ),
+        (
+            r#"{"client": {"user_id": "u"}, "payload": {"content_type": "text", "content": {"text": "hi", "n": 1e400}}}"#,
+            "`payload`",
+        ),
+    ];
+    for (body, field) in csml {
+        let (status, err) = send(&proxy, "/chat", &plain, body).await;
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["statusCode"], 400, "CSML's error shape: {err}");
+        assert!(err["message"].as_str().unwrap().contains(field), "{err}");
+    }
+    assert_eq!(bot.count(), 0, "no refused request reached the bot");
+    // The same requests with readable numbers do reach it.
+    let (status, out) = send(&proxy, &path, &[], &rasa.replace("1e400", "1e300")).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(bot.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! `[admin]`, `[log]` and `[demo]`: the operator's listener, logging, and the built-in demo bots.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,9 +21,14 @@ pub struct RawAdmin {
     /// The bearer token `POST /reload` and `POST /auth-cache/clear` require (a secret); none by
     /// default.
     pub token: Option<SecretSource>,
-    /// Whether `GET /metrics` requires the token too (default false, so scrapers work unchanged).
+    /// Whether `GET /metrics` (and the other reads) require the token too (default false, so
+    /// scrapers work unchanged).
     #[serde(default)]
     pub metrics_token_required: bool,
+    /// Host names, besides loopback ones and the listener's own address, that a request's `Host`
+    /// may name while no token is set (a DNS-rebinding guard, see `crate::admin`).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[log]`
@@ -124,13 +129,16 @@ pub fn admin(raw: &RawAdmin, chat: SocketAddr) -> Result<AdminConfig, ConfigErro
     Ok(AdminConfig { listen })
 }
 
-/// `[admin]`'s lock: the token (as its SHA-256, compared in constant time) and what it guards.
-/// Read from the runtime on every admin request, so a reload applies a new token.
+/// `[admin]`'s lock: the token (as its SHA-256, compared in constant time), what it guards, and the
+/// host names an open (tokenless) listener answers. Read from the runtime on every admin request,
+/// so a reload applies a new token or host list.
 #[derive(Clone, Default)]
 pub struct AdminLock {
     token_sha256: Option<[u8; 32]>,
-    /// `GET /metrics` requires the token too.
+    /// `GET /metrics`, `/backends` and `/migration(.json)` require the token too.
     pub metrics_token_required: bool,
+    /// `allowed_hosts`: lowercase, without a trailing dot or IPv6 brackets.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl fmt::Debug for AdminLock {
@@ -138,6 +146,7 @@ impl fmt::Debug for AdminLock {
         f.debug_struct("AdminLock")
             .field("token", &self.token_sha256.map(|_| "<redacted>"))
             .field("metrics_token_required", &self.metrics_token_required)
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -162,7 +171,7 @@ impl AdminLock {
     }
 }
 
-/// Validates `[admin]`'s token and `metrics_token_required`.
+/// Validates `[admin]`'s token, `metrics_token_required` and `allowed_hosts`.
 pub fn lock(raw: &RawAdmin) -> Result<AdminLock, ConfigError> {
     let token_sha256 = match &raw.token {
         Some(t) => {
@@ -181,7 +190,26 @@ pub fn lock(raw: &RawAdmin) -> Result<AdminLock, ConfigError> {
     Ok(AdminLock {
         token_sha256,
         metrics_token_required: raw.metrics_token_required,
+        allowed_hosts: allowed_hosts(&raw.allowed_hosts)?,
     })
+}
+
+/// Reads `allowed_hosts`: each a DNS name or an IP address, without a port.
+fn allowed_hosts(raw: &[String]) -> Result<Vec<String>, ConfigError> {
+    raw.iter()
+        .map(|h| {
+            let host = h.trim_start_matches('[').trim_end_matches(']');
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            let name = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+            match !host.is_empty() && (host.bytes().all(name) || host.parse::<IpAddr>().is_ok()) {
+                true => Ok(host),
+                false => Err(ConfigError::new(
+                    "admin.allowed_hosts",
+                    "each entry must be a host name or an IP address, without a port",
+                )),
+            }
+        })
+        .collect()
 }
 
 /// The warning for an admin listener anyone beyond this machine may reach with no token (its
@@ -263,6 +291,7 @@ mod tests {
             listen: "127.0.0.1:9090".into(),
             token: token.map(|t| SecretSource::Literal(t.into())),
             metrics_token_required: metrics,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -287,6 +316,25 @@ mod tests {
         );
         let e = lock(&raw(Some("a\r\nb"), false)).unwrap_err();
         assert_eq!(e.key, "admin.token");
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_or_addresses_without_a_port() {
+        let with = |hosts: &[&str]| {
+            let raw = RawAdmin {
+                allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                ..raw(None, false)
+            };
+            lock(&raw).map(|l| l.allowed_hosts)
+        };
+        assert_eq!(
+            with(&["Admin.Example.", "10.0.0.5", "[fd00::5]"]).unwrap(),
+            ["admin.example", "10.0.0.5", "fd00::5"]
+        );
+        for bad in ["", "admin.example:9090", "a b", "*.example", "http://x"] {
+            let e = with(&[bad]).unwrap_err();
+            assert_eq!(e.key, "admin.allowed_hosts", "{bad}");
+        }
     }
 
     #[test]

@@ -197,24 +197,50 @@ impl Reach {
 
     /// Whether a delivery may connect to `ip`. Multicast, unspecified, broadcast and cloud metadata
     /// addresses are never allowed (no callback receiver lives there); loopback, private,
-    /// shared (CGNAT) and link-local ones only with `allow_private_callbacks`.
+    /// shared (CGNAT) and link-local ones only with `allow_private_callbacks`. An IPv6 address that
+    /// carries an IPv4 address (see [`embedded_v4`]) is refused when that IPv4 address would be.
     pub fn address_allowed(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        if is_never_allowed(ip) {
-            return false;
+        let allowed =
+            |ip: IpAddr| !is_never_allowed(ip) && (self.allow_private || !is_internal(ip));
+        match ip {
+            IpAddr::V4(_) => allowed(ip),
+            IpAddr::V6(v6) => {
+                allowed(ip)
+                    && embedded_v4(v6)
+                        .into_iter()
+                        .all(|v4| allowed(IpAddr::V4(v4)))
+            }
         }
-        self.allow_private || !is_internal(ip)
     }
 }
 
-/// An IPv4-mapped or IPv4-compatible IPv6 address as the IPv4 address it reaches.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
+/// Every IPv4 address an IPv6 address may reach through, by the standard ways of writing one
+/// inside the other: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (deprecated, RFC
+/// 4291), IPv4-translated `::ffff:0:a.b.c.d` (RFC 2765), NAT64's well-known prefix `64:ff9b::/96`
+/// (RFC 6052) and its local-use `64:ff9b:1::/48` (RFC 8215), 6to4 `2002::/16` (bits 16..48) and
+/// Teredo `2001::/32` (the server in bits 32..64, the client in the last 32 bits, inverted).
+///
+/// Inside the local-use prefix the site picks the prefix length, so the IPv4 address is read at
+/// every RFC 6052 position (/48, /56, /64, /96); the unused positions are zero padding, so a
+/// reading of `0.0.0.0` there is skipped (the prefix is internal anyway, see [`is_internal`]).
+fn embedded_v4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let bits = u128::from(v6);
+    let v4 = |x: u128| Ipv4Addr::from((x & 0xffff_ffff) as u32);
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0 | 0xffff, ..] | [0, 0, 0, 0, 0xffff, 0, ..] => vec![v4(bits)],
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => vec![v4(bits)],
+        [0x64, 0xff9b, 1, ..] => [
+            v4((bits >> 64 & 0xffff) << 16 | bits >> 40 & 0xffff),
+            v4((bits >> 64 & 0xff) << 24 | bits >> 32 & 0xff_ffff),
+            v4(bits >> 24),
+            v4(bits),
+        ]
+        .into_iter()
+        .filter(|a| !a.is_unspecified())
+        .collect(),
+        [0x2002, ..] => vec![v4(bits >> 80)],
+        [0x2001, 0, ..] => vec![v4(bits >> 64), v4(!bits)],
+        _ => Vec::new(),
     }
 }
 
@@ -239,7 +265,8 @@ fn is_never_allowed(ip: IpAddr) -> bool {
 }
 
 /// Loopback, private (RFC 1918, IPv6 unique local), shared address space (RFC 6598), link-local,
-/// and `0.0.0.0/8` ("this network").
+/// `0.0.0.0/8` ("this network"), and the local-use NAT64 prefix (RFC 8215: it reaches whatever the
+/// site's translator reaches).
 fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -255,6 +282,7 @@ fn is_internal(ip: IpAddr) -> bool {
             v6.is_loopback()
                 || (first & 0xfe00) == 0xfc00 // fc00::/7 unique local
                 || (first & 0xffc0) == 0xfe80 // fe80::/10 link-local
+                || v6.segments()[..3] == [0x64, 0xff9b, 1] // 64:ff9b:1::/48 local-use NAT64
         }
     }
 }
@@ -349,6 +377,56 @@ mod tests {
         ];
         assert_eq!(r.check_addrs(&mixed), Err(Refusal::ForbiddenAddress));
         assert_eq!(r.check_addrs(&[]), Err(Refusal::Unresolvable));
+    }
+
+    #[test]
+    fn an_ipv6_address_carrying_a_refused_ipv4_address_is_refused() {
+        let r = reach(&["x"]);
+        for ip in [
+            "::127.0.0.1",                 // IPv4-compatible
+            "::10.0.0.1",                  // IPv4-compatible
+            "::ffff:0:127.0.0.1",          // IPv4-translated
+            "::ffff:0:a9fe:a9fe",          // IPv4-translated metadata
+            "64:ff9b::7f00:1",             // NAT64 well-known prefix
+            "64:ff9b::a9fe:a9fe",          // NAT64 metadata
+            "64:ff9b:1::7f00:1",           // local-use NAT64, a /96 prefix
+            "64:ff9b:1:5db8:d8:2200::",    // local-use NAT64 is internal however it reads
+            "2002:7f00:1::1",              // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::1",           // 6to4 of the metadata address
+            "2002:c0a8:101::",             // 6to4 of 192.168.1.1
+            "2001:0:5db8:d822::80ff:fffe", // Teredo, client 127.0.0.1
+            "2001:0:7f00:1::a247:27dd",    // Teredo, server 127.0.0.1
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!r.address_allowed(ip), "{ip}");
+        }
+        for ip in [
+            "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "2001:0:5db8:d822::a247:27dd",
+        ] {
+            assert!(r.address_allowed(ip.parse().unwrap()), "{ip}");
+        }
+        // With private addresses allowed, what is never allowed stays refused in every form.
+        let private = Reach {
+            allow_private: true,
+            ..r
+        };
+        for ip in ["::ffff:0:127.0.0.1", "2002:7f00:1::1", "64:ff9b:1::7f00:1"] {
+            assert!(private.address_allowed(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "64:ff9b::a9fe:a9fe",
+            "::169.254.169.254",
+            "2002:a9fe:a9fe::",
+            "2001:0:5db8:d822::5601:5601", // Teredo, client 169.254.169.254
+            "64:ff9b:1::a9fe:a9fe",        // local-use NAT64, a /96 prefix
+            "64:ff9b:1:a9fe:a9:fe00::",    // local-use NAT64, a /48 prefix
+            "2002:e000:1::",               // 6to4 of multicast 224.0.0.1
+        ] {
+            assert!(!private.address_allowed(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

@@ -26,8 +26,8 @@ use crate::dialect::haptik::is_http_url;
 use crate::dialect::json_in::{once, JsonIn};
 use crate::dialect::json_out::JsonOut;
 use crate::dialect::{
-    from_json, settings, AnswerContext, AnswerShape, Bot, BotDialect, BotRequestContext,
-    CallerDialect, ClientEntry, Detection, RequestHead,
+    from_json, settings, strict_raw, AnswerContext, AnswerShape, Bot, BotDialect,
+    BotRequestContext, CallerDialect, ClientEntry, Detection, RequestHead,
 };
 use crate::error::{json_error, status_phrase, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -245,7 +245,8 @@ fn non_empty<'a>(s: Cow<'a, str>, field: &str) -> Result<Cow<'a, str>, ProxyErro
 /// 400s name the field: malformed JSON, missing `client.user_id`, `payload.content_type` or
 /// `payload.content`, an unknown content type, content that does not fit its type, an empty text,
 /// button payload or flow id, a media or url message without an http(s) `url`, a `metadata` that is
-/// not an object.
+/// not an object, a `metadata` or `payload` a bot's JSON reader would refuse (a number out of range,
+/// a lone surrogate escape: both are passed on as written, see `strict_raw`).
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
     let wire: RequestIn<'_> = from_json(body).map_err(|_| json_error::<RequestIn<'_>>(body))?;
     if wire.client.user_id.is_empty() {
@@ -259,9 +260,11 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
                 "invalid field `metadata`: must be an object",
             ));
         }
+        strict_raw::check(m, "metadata")?;
     }
     let payload: PayloadIn<'_> = serde_json::from_str(wire.payload.get())
         .map_err(|e| ProxyError::bad_request(format!("invalid field `payload`: {e}")))?;
+    strict_raw::check(wire.payload, "payload")?;
     let raw = payload.content;
     let kind = &*payload.content_type;
     let url_of = |raw| -> Result<Cow<'_, str>, ProxyError> {
@@ -1415,6 +1418,28 @@ mod tests {
             let err = parse_request(body).unwrap_err();
             assert_eq!(err.status, 400);
             assert!(err.message.contains(needle), "{needle} -> {}", err.message);
+        }
+    }
+
+    /// Found by fuzzing: JSON the proxy carries to a bot as written (`metadata`, `payload`) passed
+    /// the grammar check with a number out of range or a lone surrogate, which the bot's reader
+    /// (and the proxy's own) refuses.
+    #[test]
+    fn raw_json_a_bot_could_not_read_is_refused_by_field() {
+        let cases: [(&[u8], &str); 4] = [
+            (br#"{"client":{"user_id":"u"},"metadata":{"a":1e400},"payload":{"content_type":"text","content":{"text":"hi"}}}"#, "invalid field `metadata`: number out of range"),
+            (br#"{"client":{"user_id":"u"},"metadata":{"a":"\udc00"},"payload":{"content_type":"text","content":{"text":"hi"}}}"#, "invalid field `metadata`: "),
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"text","content":{"text":"hi","x":-1e400}}}"#, "invalid field `payload`: number out of range"),
+            (br#"{"client":{"user_id":"u"},"payload":{"content_type":"text","x":["\ud800"],"content":{"text":"hi"}}}"#, "invalid field `payload`: "),
+        ];
+        for (body, needle) in cases {
+            let err = parse_request(body).unwrap_err();
+            assert_eq!((err.status, err.reason), (400, Reason::BadRequest));
+            assert!(
+                err.message.starts_with(needle),
+                "{needle} -> {}",
+                err.message
+            );
         }
     }
 

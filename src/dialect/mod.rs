@@ -20,6 +20,7 @@ mod json_in;
 mod json_out;
 pub mod rasa;
 pub mod registry;
+mod strict_raw;
 
 use std::fmt;
 use std::time::SystemTime;

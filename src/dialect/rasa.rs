@@ -29,7 +29,7 @@ use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    from_json, integral, settings, AnswerContext, Bot, BotDialect, BotRequestContext,
+    from_json, integral, settings, strict_raw, AnswerContext, Bot, BotDialect, BotRequestContext,
     CallerDialect, ClientEntry, Detection, FlowTriggerPolicy, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
@@ -98,7 +98,8 @@ fn string_or_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D
 /// object, is passed on as is; `null` counts as absent.
 ///
 /// 400s name the field: malformed JSON, a missing or mistyped `sender` or `message`, an empty one, a
-/// `metadata` that is not an object.
+/// `metadata` that is not an object or that a bot's JSON reader would refuse (a number out of
+/// range, a lone surrogate escape: it is passed on as written, see `strict_raw`).
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
     let wire: RequestIn<'_> = from_json(body).map_err(|_| json_error::<RequestIn<'_>>(body))?;
     if wire.sender.is_empty() {
@@ -117,6 +118,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest<'_>, ProxyError> {
                 "invalid field `metadata`: must be an object",
             ));
         }
+        strict_raw::check(m, "metadata")?;
     }
     let content = if wire.message.starts_with('/') {
         Content::Payload(wire.message)
@@ -705,6 +707,26 @@ mod tests {
         }
         let err = parse_request(br#"{"sender":true,"message":"hi"}"#).unwrap_err();
         assert!(err.message.contains("`sender`"), "{}", err.message);
+    }
+
+    /// Found by the `request_rasa` fuzz target: `metadata` is passed on as written, and a number
+    /// out of range (or a lone surrogate) in it made a bot request the bot's reader refuses.
+    #[test]
+    fn metadata_a_bot_could_not_read_is_refused() {
+        let cases: [&[u8]; 3] = [
+            br#"{"sender":"u","message":"hi","metadata":{"a":1e400}}"#,
+            br#"{"sender":"u","message":"hi","metadata":{"a":[{"b":-1E+999}]}}"#,
+            br#"{"sender":"u","message":"hi","metadata":{"\udc00":1}}"#,
+        ];
+        for body in cases {
+            let err = parse_request(body).unwrap_err();
+            assert_eq!((err.status, err.reason), (400, Reason::BadRequest));
+            assert!(
+                err.message.starts_with("invalid field `metadata`: "),
+                "{}",
+                err.message
+            );
+        }
     }
 
     #[test]

@@ -82,9 +82,10 @@ pub struct Metrics {
     pub pool: PoolMetrics,
 }
 
-/// Why the admin listener refused a request: a cross-site request to a mutating endpoint
-/// (`cross_site`, 403) or a missing or wrong `[admin] token` (`unauthorized`, 401).
-pub const ADMIN_REFUSALS: [&str; 2] = ["cross_site", "unauthorized"];
+/// Why the admin listener refused a request: a `Host` a tokenless listener does not answer
+/// (`foreign_host`, 421), a cross-site request to a mutating endpoint (`cross_site`, 403) or a
+/// missing or wrong `[admin] token` (`unauthorized`, 401).
+pub const ADMIN_REFUSALS: [&str; 3] = ["foreign_host", "cross_site", "unauthorized"];
 
 /// Why a translation failed or lost something: a caller body that cannot be parsed
 /// (`invalid_request`), a request the backend's dialect cannot express (`untranslatable`), a backend
