@@ -73,7 +73,7 @@ async fn ten_thousand_silent_tls_connections_do_not_lock_out_a_new_https_client(
     let backend = CsmlBackend::start(Behaviour::Answer(answer)).await;
     let ca = Ca::new();
     // Every connection comes from 127.0.0.1: no per-address cap, so the connection cap alone holds.
-    let config = tls_config(backend.addr, "");
+    let config = tls_config(backend.addr, "max_connections_per_address = 0");
     let (proxy, _certs) = start_with_certificate(&config, &ca, &ca.leaf("leaf"));
     // An open-file limit the flood would run past (the cap, 4,096, fits it: 2 per connection).
     limit_open_files(proxy.pid(), 8_300);
