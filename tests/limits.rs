@@ -313,10 +313,14 @@ async fn a_flood_of_made_up_user_ids_holds_at_most_max_user_buckets() {
     let proxy = Proxy::start_alone(&text).await;
     let before = scrape(&proxy).await;
     // A user known before the flood.
-    assert_eq!(post(&proxy, &csml_plain(), &csml_body("known")).await.0, 200);
+    assert_eq!(
+        post(&proxy, &csml_plain(), &csml_body("known")).await.0,
+        200
+    );
     let mut allowed = 0;
     for n in 0..300 {
-        let (status, _, body) = post(&proxy, &csml_plain(), &csml_body(&format!("made-up-{n}"))).await;
+        let (status, _, body) =
+            post(&proxy, &csml_plain(), &csml_body(&format!("made-up-{n}"))).await;
         match status {
             200 => allowed += 1,
             429 => assert_eq!(body["statusCode"], 429, "{body}"),
@@ -333,7 +337,10 @@ async fn a_flood_of_made_up_user_ids_holds_at_most_max_user_buckets() {
     );
     assert!(overflows >= 240, "{overflows}");
     // The known user keeps their own bucket, with its second request left.
-    assert_eq!(post(&proxy, &csml_plain(), &csml_body("known")).await.0, 200);
+    assert_eq!(
+        post(&proxy, &csml_plain(), &csml_body("known")).await.0,
+        200
+    );
     // A Haptik caller's new user is not limited by the CSML credential's overflow bucket.
     let acme = haptik("acme-client", "acme-token");
     let (status, _, body) = post(&proxy, &acme, &haptik_body("new-user", "hi", 1)).await;
