@@ -1,7 +1,8 @@
 //! botbridge: a protocol-translating reverse proxy for chatbot APIs.
 //!
-//! The pure core (no network types): [`model`], [`dialect`], [`auth`], [`signing`], [`error`],
-//! [`config`]. The shell on pingora: [`service`] (the request path), [`pool`] (backends as pools of
+//! The pure core (no network types) is the `botbridge-core` crate, re-exported here under its old
+//! names: [`model`], [`dialect`], [`auth`], [`signing`], [`error`], [`timefmt`]; its configuration
+//! pieces come through [`config`]. The shell on pingora: [`service`] (the request path), [`pool`] (backends as pools of
 //! endpoints: selection, health, failover, circuit breaker, DNS), [`upstream`] (backend I/O:
 //! request writer, answer parser, connection pool, exchange), [`httpio`] (bodies and answers),
 //! [`conn`] (client connection deadlines, head budget, connection cap),
@@ -15,14 +16,11 @@
 //! [`instance_lock`] (one live process per instance's files).
 
 pub mod admin;
-pub mod auth;
 pub mod authn;
 pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod demo;
-pub mod dialect;
-pub mod error;
 pub mod httpio;
 pub mod instance_lock;
 pub mod limits;
@@ -31,14 +29,14 @@ pub mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod migration;
-pub mod model;
 pub mod pool;
 pub mod reload;
 pub mod rotating_file;
 pub mod server;
 pub mod service;
 pub mod shared;
-pub mod signing;
-pub mod timefmt;
 pub mod tls;
 pub mod upstream;
+
+// The pure core, under the names the shell has always used.
+pub use botbridge_core::{auth, dialect, error, model, signing, timefmt};

@@ -23,11 +23,9 @@ pub mod private_dir;
 pub mod redis;
 pub mod rotation;
 pub mod routes;
-pub mod secret;
 pub mod server;
 pub mod tls;
 
-use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -35,42 +33,11 @@ use serde::{Deserialize, Serialize};
 pub use admin::{DemoConfig, LogConfig, LogFormat};
 pub use auth_service::AuthServiceConfig;
 pub use backends::Backend;
+pub use botbridge_core::config::{header_safe, nonzero, secret, ConfigError, SecretSource};
 pub use clients::ClientsConfig;
 pub use routes::{Route, Target};
-pub use secret::{header_safe, nonzero, SecretSource};
 pub use server::{Limits, ServerConfig};
 pub use tls::TlsIdentity;
-
-/// A configuration error: the key it is about and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The dotted key, e.g. `backends[0].url`; empty for file-level errors.
-    pub key: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-impl ConfigError {
-    /// An error about `key`.
-    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}", self.problem)
-        } else {
-            write!(f, "{}: {}", self.key, self.problem)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -477,5 +444,39 @@ backend = "b"
         // What a reload may change is not among them.
         let b = parse(&DEFAULT.replace("max_body_bytes = 65536", "max_body_bytes = 1024")).unwrap();
         assert!(a.restart_only_differences(&b).is_empty());
+    }
+
+    /// Read by the Rasa dialect's table: its token joins the URL's query.
+    #[test]
+    fn a_rasa_bot_token_travels_in_the_query() {
+        let config = r#"
+[server]
+listen = "127.0.0.1:1"
+[admin]
+listen = "127.0.0.1:2"
+[[clients.rasa]]
+name = "r"
+token = "caller-token"
+[[backends]]
+name = "b"
+dialect = "rasa"
+url = "http://127.0.0.1:3/webhooks/rest/webhook?x=1"
+token = "t k&"
+[[routes]]
+name = "r"
+path = "/webhooks/rest/webhook"
+ingress = "rasa"
+backend = "b"
+"#;
+        let c = parse(config).unwrap();
+        assert_eq!(
+            c.backends[0].urls[0].endpoint.path,
+            "/webhooks/rest/webhook?x=1&token=t%20k%26"
+        );
+        let e = parse(&config.replace("token = \"t k&\"", "bot_id = \"x\"")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "backends[0].bot_id: not used by dialect `rasa`; remove it"
+        );
     }
 }

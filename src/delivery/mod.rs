@@ -23,11 +23,9 @@
 pub mod background;
 pub mod deadletter;
 pub mod metrics;
-pub mod policy;
+pub use botbridge_core::delivery::{policy, sign, ssrf};
 pub mod send;
-pub mod sign;
 pub mod spool;
-pub mod ssrf;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

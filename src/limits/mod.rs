@@ -33,53 +33,9 @@ use crate::error::{ProxyError, Reason};
 use crate::metrics::shared::{Feature, SharedMetrics};
 use crate::shared::redis::SharedRedis;
 
-/// One limit: `requests` per `per_seconds` in the long run, up to `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RateLimit {
-    pub requests: u32,
-    pub per_seconds: u32,
-    pub burst: u32,
-}
-
-impl RateLimit {
-    /// The emission interval: one request per this many microseconds.
-    pub fn interval_us(&self) -> u64 {
-        u64::from(self.per_seconds) * 1_000_000 / u64::from(self.requests)
-    }
-
-    /// How long a bucket takes to refill completely: idle this long, it is as good as new.
-    pub fn refill(&self) -> Duration {
-        Duration::from_micros(self.interval_us() * u64::from(self.burst))
-    }
-}
-
-/// A `rate_limit` and `user_rate_limit` pair, as a route or `[limits]` sets them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LimitPair {
-    pub rate_limit: Option<RateLimit>,
-    pub user_rate_limit: Option<RateLimit>,
-}
-
-/// What identifies a credential in bucket keys: a digest, the same on every instance whether the
-/// credential is configured there or vouched for by the auth service.
-pub type CredentialId = [u8; 16];
-
-/// The id of a credential of `kind` (`client-id`, `api-key`, `token`) identified by `ident`.
-pub fn credential_id(kind: &str, ident: &[u8]) -> CredentialId {
-    let mut h = Sha256::new();
-    h.update(b"botbridge-credential\0");
-    h.update(kind.as_bytes());
-    h.update(b"\0");
-    h.update(ident);
-    truncate(h)
-}
-
-/// The limits a credential carries, and the id its buckets are keyed by.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallerLimits {
-    pub id: CredentialId,
-    pub own: LimitPair,
-}
+pub use botbridge_core::limits::{
+    credential_id, truncate, CallerLimits, CredentialId, LimitPair, RateLimit,
+};
 
 /// Which bucket refused: the label of `botbridge_rate_limit_decisions_total` and the policy name in
 /// the `RateLimit` headers.
@@ -347,13 +303,6 @@ pub fn too_many_requests(scope: Scope, limit: RateLimit, retry_after: Duration) 
         format!("\"{name}\";q={};w={}", limit.requests, limit.per_seconds),
     )
     .with_header("ratelimit", format!("\"{name}\";r=0;t={secs}"))
-}
-
-fn truncate(h: Sha256) -> [u8; 16] {
-    let full = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
-    out
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use pingora::ErrorType;
 
 use super::Endpoint;
+use crate::error::{ProxyError, Reason};
 
 /// What went wrong talking to a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +111,48 @@ impl Failure {
                     _ => TransportError::new(TransportKind::Connect, "the backend is unreachable"),
                 }
             }
+        }
+    }
+}
+
+/// The request path picks the status of a failed backend exchange here, from its transport kind:
+/// 504 when the backend did not answer (or connect) in time, else 502. The message is the
+/// transport's own.
+impl From<TransportError> for ProxyError {
+    fn from(e: TransportError) -> Self {
+        let (status, reason) = match e.kind {
+            TransportKind::Timeout | TransportKind::ConnectTimeout => (504, Reason::BackendTimeout),
+            TransportKind::Connect | TransportKind::Closed => (502, Reason::BackendConnect),
+            TransportKind::BadAnswer | TransportKind::TooLarge => (502, Reason::BackendBadAnswer),
+        };
+        ProxyError::new(status, reason, e.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_kinds_pick_the_status_and_reason() {
+        let cases = [
+            (TransportKind::Connect, 502, Reason::BackendConnect),
+            (TransportKind::ConnectTimeout, 504, Reason::BackendTimeout),
+            (TransportKind::Timeout, 504, Reason::BackendTimeout),
+            (TransportKind::Closed, 502, Reason::BackendConnect),
+            (TransportKind::BadAnswer, 502, Reason::BackendBadAnswer),
+            (TransportKind::TooLarge, 502, Reason::BackendBadAnswer),
+        ];
+        for (kind, status, reason) in cases {
+            let e = ProxyError::from(TransportError {
+                kind,
+                detail: "the message".into(),
+            });
+            assert_eq!(
+                (e.status, e.reason, &*e.message),
+                (status, reason, "the message"),
+                "{kind:?}"
+            );
         }
     }
 }

@@ -1108,7 +1108,7 @@ pub(crate) fn api_key(key: &str, src: &SecretSource) -> Result<String, ConfigErr
 
 impl CallerDialect for Csml {
     fn api_document(&self) -> &'static str {
-        include_str!("../../docs/openapi/csml.json")
+        include_str!("../../../docs/openapi/csml.json")
     }
 
     fn name(&self) -> &'static str {
@@ -1313,14 +1313,14 @@ mod tests {
     use super::*;
     use serde_json::{json, Value};
 
-    const SEED_REQUEST: &str = include_str!("../../tests/fixtures/csml/seed-request.json");
-    const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/csml/seed-response.json");
+    const SEED_REQUEST: &str = include_str!("../../../tests/fixtures/csml/seed-request.json");
+    const SEED_RESPONSE: &str = include_str!("../../../tests/fixtures/csml/seed-response.json");
     const SEED_FLOW: &str =
-        include_str!("../../tests/fixtures/csml/seed-flow-trigger-request.json");
+        include_str!("../../../tests/fixtures/csml/seed-flow-trigger-request.json");
     const ENGINE_HELLO: &str =
-        include_str!("../../tests/fixtures/csml-engine/run-response-hello.json");
+        include_str!("../../../tests/fixtures/csml-engine/run-response-hello.json");
     const ENGINE_MEDIA: &str =
-        include_str!("../../tests/fixtures/csml-engine/run-response-media.json");
+        include_str!("../../../tests/fixtures/csml-engine/run-response-media.json");
 
     #[test]
     fn renders_the_seed_request_shape() {

@@ -156,8 +156,8 @@ mod tests {
         assert_eq!(by_head(&[("authorization", "bearer x")]), Some("haptik"));
         assert_eq!(by_head(&[("authorization", "Basic x")]), None);
         assert_eq!(by_head(&[]), None);
-        let haptik = include_bytes!("../../tests/fixtures/haptik/seed-request.json");
-        let csml = include_bytes!("../../tests/fixtures/csml/seed-request.json");
+        let haptik = include_bytes!("../../../tests/fixtures/haptik/seed-request.json");
+        let csml = include_bytes!("../../../tests/fixtures/csml/seed-request.json");
         let body = |b: &[u8]| detect_by_body(&auto(), b).map(Caller::as_str);
         assert_eq!(body(haptik), Some("haptik"));
         assert_eq!(body(csml), Some("csml"));

@@ -716,7 +716,7 @@ fn is_bearer(v: &[u8]) -> bool {
 
 impl CallerDialect for Haptik {
     fn api_document(&self) -> &'static str {
-        include_str!("../../docs/openapi/haptik.json")
+        include_str!("../../../docs/openapi/haptik.json")
     }
 
     fn name(&self) -> &'static str {
@@ -938,8 +938,8 @@ mod tests {
     use serde_json::Value;
     use std::time::{Duration, UNIX_EPOCH};
 
-    const SEED_REQUEST: &str = include_str!("../../tests/fixtures/haptik/seed-request.json");
-    const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/haptik/seed-response.json");
+    const SEED_REQUEST: &str = include_str!("../../../tests/fixtures/haptik/seed-request.json");
+    const SEED_RESPONSE: &str = include_str!("../../../tests/fixtures/haptik/seed-response.json");
 
     #[test]
     fn parses_the_seed_request() {
@@ -1274,7 +1274,7 @@ mod tests {
             serde_json::json!({"user":{"auth_id":"u"},"message_body":"BOB","message_type":0,"business_id":343})
         );
         let flow = crate::dialect::csml::parse_request(include_bytes!(
-            "../../tests/fixtures/csml/seed-flow-trigger-request.json"
+            "../../../tests/fixtures/csml/seed-flow-trigger-request.json"
         ))
         .unwrap();
         let err = render_request(&flow, 1, FlowTriggerPolicy::Reject).unwrap_err();

@@ -172,7 +172,7 @@ mod tests {
     fn renders_the_samples_run_request() {
         // The engine sample's event, re-rendered from its canonical form, is the same JSON.
         let sample: Value = serde_json::from_str(include_str!(
-            "../../tests/fixtures/csml-engine/run-request-hello.json"
+            "../../../tests/fixtures/csml-engine/run-request-hello.json"
         ))
         .unwrap();
         let event = sample["event"].to_string();
@@ -200,7 +200,7 @@ mod tests {
         assert!(e.message.contains("HTTP 500, no detail"));
         let a = parse_answer(
             200,
-            include_bytes!("../../tests/fixtures/csml-engine/run-response-after-button.json"),
+            include_bytes!("../../../tests/fixtures/csml-engine/run-response-after-button.json"),
             false,
         )
         .unwrap();

@@ -8,8 +8,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::upstream::{TransportError, TransportKind};
-
 /// Why a request failed, as a bounded label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -225,20 +223,6 @@ impl fmt::Debug for ProxyError {
 
 impl std::error::Error for ProxyError {}
 
-/// The request path picks the status of a failed backend exchange here, from its transport kind:
-/// 504 when the backend did not answer (or connect) in time, else 502. The message is the
-/// transport's own.
-impl From<TransportError> for ProxyError {
-    fn from(e: TransportError) -> Self {
-        let (status, reason) = match e.kind {
-            TransportKind::Timeout | TransportKind::ConnectTimeout => (504, Reason::BackendTimeout),
-            TransportKind::Connect | TransportKind::Closed => (502, Reason::BackendConnect),
-            TransportKind::BadAnswer | TransportKind::TooLarge => (502, Reason::BackendBadAnswer),
-        };
-        ProxyError::new(status, reason, e.detail)
-    }
-}
-
 /// Turns a JSON parse failure into a 400 whose message names the offending field.
 ///
 /// The fast path parses without tracking the path; only on failure is the body parsed again with
@@ -265,34 +249,6 @@ pub fn json_error<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> ProxyErro
             } else {
                 ProxyError::bad_request(format!("invalid field `{path}`: {inner}"))
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transport_kinds_pick_the_status_and_reason() {
-        let cases = [
-            (TransportKind::Connect, 502, Reason::BackendConnect),
-            (TransportKind::ConnectTimeout, 504, Reason::BackendTimeout),
-            (TransportKind::Timeout, 504, Reason::BackendTimeout),
-            (TransportKind::Closed, 502, Reason::BackendConnect),
-            (TransportKind::BadAnswer, 502, Reason::BackendBadAnswer),
-            (TransportKind::TooLarge, 502, Reason::BackendBadAnswer),
-        ];
-        for (kind, status, reason) in cases {
-            let e = ProxyError::from(TransportError {
-                kind,
-                detail: "the message".into(),
-            });
-            assert_eq!(
-                (e.status, e.reason, &*e.message),
-                (status, reason, "the message"),
-                "{kind:?}"
-            );
         }
     }
 }
