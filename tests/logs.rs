@@ -103,7 +103,7 @@ fn every_line_of_a_burst_and_of_a_graceful_stop_is_written() {
 /// The proxy's metrics page.
 fn metrics(admin_port: u16) -> String {
     let mut conn = TcpStream::connect(("127.0.0.1", admin_port)).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
