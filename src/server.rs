@@ -1,5 +1,7 @@
-//! Assembles the pingora server from a validated configuration: the chat listener, the admin
-//! listener and, when configured, the demo bot, each as its own service.
+//! Assembles the running proxy from a validated configuration ([`assemble`]: the chat app, the
+//! admin app, the demo bots' app and the background jobs, the one place that wires them) and runs
+//! it on pingora ([`run`]: each app as a service on its listener). The in-process test harness
+//! serves the same [`Assembly`] on listeners of its own, so tests run what `main` runs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,8 +22,9 @@ use crate::delivery::background::DeliveryLifecycle;
 use crate::demo::DemoBot;
 use crate::httpio::App;
 use crate::pool::keeper::PoolKeeper;
+use crate::pool::Pools;
 use crate::reload::{Reloader, SighupListener};
-use crate::service::{ChatService, Runtime};
+use crate::service::{ChatService, Clock, Runtime};
 
 /// Open connections of the admin listener (metrics scrapes, health checks, reloads): few, and
 /// private, so a small fixed cap keeps them from using the chat listener's descriptors.
@@ -32,6 +35,63 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 pub struct RunOptions {
     /// Take over the listening sockets of a running instance (graceful upgrade; see README).
     pub upgrade: bool,
+}
+
+/// The running proxy's parts, wired to one reloadable runtime.
+pub struct Assembly {
+    /// The configuration in force, replaced by each reload.
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub reloader: Arc<Reloader>,
+    /// The chat listener's app (HTTPS when `[server] tls` is set).
+    pub chat: App<ChatService>,
+    pub admin: App<AdminService>,
+    /// The demo bots' app, with `[demo]`.
+    pub demo: Option<App<DemoBot>>,
+    /// Async mode's deliveries: restored at start, spooled at a stop.
+    pub deliveries: DeliveryLifecycle,
+    /// The backend pools' health checks and DNS refresh.
+    pub pools: PoolKeeper<Box<dyn Fn() -> Arc<Pools> + Send + Sync>>,
+}
+
+/// Wires the proxy for `config` (read from `config_path`, which reloads read again), with `clock`
+/// as the request path's wall clock.
+pub fn assemble(config: Arc<Config>, config_path: PathBuf, clock: Clock) -> Assembly {
+    let s = &config.process.server;
+    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), None)));
+    let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
+    let limits = ClientLimits::from_config(s).fit_open_file_limit();
+    let chat_service = ChatService::with_clock(runtime.clone(), clock);
+    let deliveries = DeliveryLifecycle {
+        deliveries: chat_service.deliveries(),
+        runtime: runtime.clone(),
+        grace: std::time::Duration::from_secs(s.grace_period_seconds),
+    };
+    let mut chat = App::new("chat", chat_service, limits);
+    if s.tls {
+        // Cannot fail: no file is read here (the identity was loaded with the configuration).
+        let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
+        chat = chat.with_tls(tls.build());
+    }
+    let admin_limits = limits.with_max_connections(ADMIN_MAX_CONNECTIONS);
+    let admin = App::new("admin", AdminService::new(reloader.clone()), admin_limits);
+    let demo = (config.demo.as_ref()).map(|d| {
+        let bots = DemoBot::new(d.key.clone(), d.haptik.clone());
+        App::new(
+            "demo",
+            bots,
+            limits.with_max_connections(limits.max_connections),
+        )
+    });
+    let pools = runtime.clone();
+    Assembly {
+        pools: PoolKeeper(Box::new(move || pools.load().pools.clone())),
+        runtime,
+        reloader,
+        chat,
+        admin,
+        demo,
+        deliveries,
+    }
 }
 
 /// Runs the proxy until it is told to stop. Never returns.
@@ -56,54 +116,42 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), None)));
-    let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
+    let parts = assemble(
+        config.clone(),
+        config_path,
+        Arc::new(std::time::SystemTime::now),
+    );
     // Plain TCP even with TLS: the app does the handshake, under its connection limits.
     let listener = ListenerConfig::tcp(s.listen.to_string())
         .l4_buffer(L4BufferSettings::default().read(s.read_buffer_bytes));
-    let limits = ClientLimits::from_config(s).fit_open_file_limit();
-    let chat_service = ChatService::new(runtime.clone());
-    let deliveries = DeliveryLifecycle {
-        deliveries: chat_service.deliveries(),
-        runtime: runtime.clone(),
-        grace: std::time::Duration::from_secs(s.grace_period_seconds),
-    };
-    server.add_service(background_service("deliveries", deliveries));
-    let mut chat_app = App::new("chat", chat_service, limits);
-    if s.tls {
-        // Cannot fail: no file is read here (the identity was loaded with the configuration).
-        let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
-        chat_app = chat_app.with_tls(tls.build());
-    }
-    let mut chat = Service::new("chat".to_string(), chat_app);
+    server.add_service(background_service("deliveries", parts.deliveries));
+    let mut chat = Service::new("chat".to_string(), parts.chat);
     chat.add_listener(listener);
     chat.threads = Some(s.threads);
-
-    let mut admin = Service::new(
-        "admin".to_string(),
-        App::new(
-            "admin",
-            AdminService::new(reloader.clone()),
-            limits.with_max_connections(ADMIN_MAX_CONNECTIONS),
-        ),
-    );
+    let mut admin = Service::new("admin".to_string(), parts.admin);
     admin.add_tcp(&config.process.admin.listen.to_string());
     admin.threads = Some(1);
-
-    if let Some(demo) = &config.demo {
-        let mut bot = Service::new(
-            "demo-bot".to_string(),
-            App::new(
-                "demo",
-                DemoBot::new(demo.key.clone(), demo.haptik.clone()),
-                limits.with_max_connections(limits.max_connections),
-            ),
-        );
+    if let (Some(app), Some(demo)) = (parts.demo, &config.demo) {
+        let mut bot = Service::new("demo-bot".to_string(), app);
         bot.add_tcp(&demo.listen.to_string());
         bot.threads = Some(1);
         server.add_service(bot);
         tracing::info!(listen = %demo.listen, "demo bot enabled");
     }
+    log_start(&config);
+    server.add_service(background_service(
+        "config reload",
+        SighupListener(parts.reloader),
+    ));
+    server.add_service(background_service("backend pools", parts.pools));
+    server.add_service(chat);
+    server.add_service(admin);
+    server.run_forever()
+}
+
+/// The start's log lines: warnings about demo credentials and an open admin listener, then what runs.
+fn log_start(config: &Config) {
+    let s = &config.process.server;
     for caller in &config.clients.demo_credentials_in_use {
         tracing::warn!(
             caller = %caller,
@@ -124,16 +172,4 @@ pub fn run(config: Config, config_path: PathBuf, opts: RunOptions) -> ! {
         version = env!("CARGO_PKG_VERSION"),
         "botbridge starting"
     );
-    server.add_service(background_service(
-        "config reload",
-        SighupListener(reloader),
-    ));
-    let pools = runtime.clone();
-    server.add_service(background_service(
-        "backend pools",
-        PoolKeeper(move || pools.load().pools.clone()),
-    ));
-    server.add_service(chat);
-    server.add_service(admin);
-    server.run_forever()
 }

@@ -1,9 +1,9 @@
 //! The in-process harness: the proxy's services inside the test, on listeners the test binds.
 //!
-//! [`Proxy::start`] parses the config text with `botbridge::config::parse`, builds the same
-//! `Runtime`, `ChatService`, `AdminService` (with a `Reloader` on a copy of the config file) and, for a
-//! config with `[demo]`, `DemoBot` that `botbridge::server` assembles, and serves each on a tokio
-//! listener bound to `127.0.0.1:0` before the config is even read: no port is ever chosen by number,
+//! [`Proxy::start`] parses the config text with `botbridge::config::parse`, assembles the proxy with
+//! the function `main` uses (`botbridge::server::assemble`: the chat, admin and demo apps, the pool
+//! keeper and async deliveries), and serves each app on a tokio listener bound to `127.0.0.1:0`
+//! (and runs the background jobs on the test's runtime) before the config is even read: no port is ever chosen by number,
 //! so no two tests can race for one. Each accepted connection is served by the services' own pingora
 //! app (`App::process_new`) on a task of the test's runtime, as pingora's accept loop does.
 //!
@@ -29,16 +29,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
-use botbridge::admin::AdminService;
-use botbridge::conn::ClientLimits;
-use botbridge::demo::DemoBot;
-use botbridge::httpio::App;
-use botbridge::reload::Reloader;
-use botbridge::service::{ChatService, Clock, Runtime};
+use botbridge::service::Clock;
 use pingora::apps::ServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
@@ -137,10 +132,6 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("the test config is invalid: {e}\n{text}"));
 
         let clock = TestClock::default();
-        let demo_config = config.demo.clone();
-        let limits = ClientLimits::from_config(&config.process.server);
-        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(Arc::new(config), None)));
-        let reloader = Arc::new(Reloader::new(config_path.clone(), runtime.clone()));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let panics = Arc::new(AtomicUsize::new(0));
         let conns = Connections {
@@ -152,22 +143,19 @@ impl Proxy {
             chat.local_addr().unwrap().port(),
             admin.local_addr().unwrap().port(),
         );
-        let chat_app = App::new(
-            "chat",
-            ChatService::with_clock(runtime, clock.as_clock()),
-            limits,
-        );
-        let private = limits.with_max_connections(limits.max_connections);
-        let admin_app = App::new("admin", AdminService::new(reloader), private);
+        // What `main` runs: the same assembly, served on this test's listeners.
+        let parts =
+            botbridge::server::assemble(Arc::new(config), config_path.clone(), clock.as_clock());
         let mut tasks = vec![
-            serve(chat, chat_app, conns.clone()),
-            serve(admin, admin_app, conns.clone()),
+            serve(chat, parts.chat, conns.clone()),
+            serve(admin, parts.admin, conns.clone()),
+            background(parts.pools, conns.clone()),
+            background(parts.deliveries, conns.clone()),
         ];
         let mut demo_addr = None;
-        match (demo_config, demo) {
-            (Some(d), Some(listener)) => {
+        match (parts.demo, demo) {
+            (Some(bots), Some(listener)) => {
                 demo_addr = Some(listener.local_addr().unwrap());
-                let bots = App::new("demo", DemoBot::new(d.key, d.haptik), private);
                 tasks.push(serve(listener, bots, conns.clone()));
             }
             (Some(_), None) => panic!("in-process, give `[demo] listen` as 127.0.0.1:{{DEMO}}"),
@@ -257,6 +245,14 @@ fn serve<A: ServerApp + Send + Sync + 'static>(
             }
         }
     })
+}
+
+/// Runs one of the proxy's background jobs (pool health and DNS, async deliveries) until aborted.
+fn background<B: BackgroundService + Send + Sync + 'static>(
+    job: B,
+    conns: Connections,
+) -> JoinHandle<()> {
+    tokio::spawn(async move { job.start(conns.shutdown.clone()).await })
 }
 
 /// A share of the process-wide metrics: any number of in-process proxies share them, or one has them
