@@ -149,6 +149,18 @@ impl RequestHead for Head<'_> {
     }
 }
 
+/// One request on its way through the phases, borrowed by each of them (as pingora's `CTX`) instead
+/// of a growing list of arguments: the runtime it started on, when it arrived, and the access
+/// record every phase adds to.
+struct Call<'r> {
+    rt: &'r Arc<Runtime>,
+    /// The wall clock when the request's head was read: read once, later times derived from it.
+    received: SystemTime,
+    /// The monotonic clock at the same moment.
+    arrived: Instant,
+    out: AccessRecord,
+}
+
 /// What admission established: the route, the caller's dialect and credential, and the body if
 /// detection had to read it.
 struct Admitted<'r> {
@@ -189,6 +201,13 @@ impl AnswerIds for ServiceIds<'_> {
     }
     fn interaction_id(&self) -> String {
         uuid::Uuid::new_v4().to_string()
+    }
+}
+
+impl Call<'_> {
+    /// The request's id (empty until admission gave it one).
+    fn request_id(&self) -> &str {
+        self.out.request_id.as_deref().unwrap_or_default()
     }
 }
 
@@ -233,41 +252,37 @@ impl ChatService {
     /// The request path, phase by phase. Returns the answer body on success.
     async fn serve(
         &self,
-        rt: &Arc<Runtime>,
+        cx: &mut Call<'_>,
         session: &mut ServerSession,
-        out: &mut AccessRecord,
-        arrived: Instant,
     ) -> Result<Vec<u8>, ProxyError> {
-        // The wall clock is read once; later wall-clock times are derived from the monotonic clock.
-        let received = (self.clock)();
-        let mut admitted = self.admit(rt, session, out, received).await?;
+        let rt = cx.rt;
+        let mut admitted = self.admit(cx, session).await?;
         if !admitted.limits.is_empty() {
             rt.limits.admit(&admitted.limits).await?;
         }
         let body = match admitted.body.take() {
             Some(b) => b,
-            None => self.read_body(rt, session, out).await?,
+            None => self.read_body(cx, session).await?,
         };
-        let req = self.parse(rt, &admitted, &body, out)?;
+        let req = self.parse(cx, &admitted, &body)?;
         if !admitted.limits.is_empty() {
             (rt.limits.admit_user(&admitted.limits, &req.user_id)).await?;
         }
         // Async mode (CSML `callback_url`, Haptik's Log Message API): answered now, the bot later.
         if let Some(target) = self.async_target(&admitted, &req).await? {
-            return self.accept_async(rt, admitted, &req, &body, target, out, received);
+            return self.accept_async(cx, admitted, &req, &body, target);
         }
-        let to_bot = self.to_bot(rt, &admitted, &req, out, received, arrived)?;
-        let collect = self.forward_and_collect(rt, &admitted, &to_bot, &req, out);
+        let to_bot = self.to_bot(cx, &admitted, &req)?;
+        let collect = self.forward_and_collect(cx, &admitted, &to_bot, &req);
         let (to_bot, exchange) = match collect.await {
             Err(e) if e.reason == Reason::CircuitOpen && admitted.route.fallback.is_some() => {
-                self.fall_back(rt, &admitted, &req, &to_bot, out).await?
+                self.fall_back(cx, &admitted, &req, &to_bot).await?
             }
             result => (to_bot, result?),
         };
-        let request_id = out.request_id.as_deref().unwrap_or_default();
-        let answer = (self.to_caller(&admitted, &req, &to_bot, &exchange, request_id, received))
-            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, request_id))?;
-        self.shadow(rt, &admitted, &req, &to_bot, &exchange, out);
+        let answer = (self.to_caller(cx, &admitted, &req, &to_bot, &exchange))
+            .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, cx.request_id()))?;
+        self.shadow(cx, &admitted, &req, &to_bot, &exchange);
         Ok(answer)
     }
 
@@ -275,11 +290,10 @@ impl ChatService {
     /// (no body is read for a caller we do not know, unless only its shape can tell the dialect).
     async fn admit<'r>(
         &self,
-        rt: &'r Runtime,
+        cx: &mut Call<'r>,
         session: &mut ServerSession,
-        out: &mut AccessRecord,
-        received: SystemTime,
     ) -> Result<Admitted<'r>, ProxyError> {
+        let (rt, out): (&'r Runtime, _) = (cx.rt, &mut cx.out);
         let head = Head(session.req_header());
         let Some(&route_idx) = rt.routes_by_path.get(head.0.uri.path()) else {
             // Refused in the dialect the headers tell, among all that `auto` takes.
@@ -305,12 +319,12 @@ impl ChatService {
         out.request_id = Some(request_id(head.0));
         let (ingress, body) = match out.ingress {
             Some(d) => (d, None),
-            None => self.detect_by_body(rt, route, session, out).await?,
+            None => self.detect_by_body(cx, route, session).await?,
         };
         let head = Head(session.req_header());
         let grant = rt
             .authn
-            .authenticate(ingress, &head, unix_secs(received))
+            .authenticate(ingress, &head, unix_secs(cx.received))
             .await?;
         tracing::trace!(caller = &*grant.name, "caller authenticated");
         let limits = rt.limits.plan(route, &grant);
@@ -327,12 +341,11 @@ impl ChatService {
     /// body's shape tells which dialect to refuse it in.
     async fn detect_by_body(
         &self,
-        rt: &Runtime,
+        cx: &mut Call<'_>,
         route: &Route,
         session: &mut ServerSession,
-        out: &mut AccessRecord,
     ) -> Result<(Caller, Option<Bytes>), ProxyError> {
-        let body = self.read_body(rt, session, out).await?;
+        let body = self.read_body(cx, session).await?;
         let d = registry::detect_by_body(&route.ingress, &body).ok_or_else(|| {
             let hints: Vec<&str> = route.ingress.iter().map(|c| c.credential_hint()).collect();
             ProxyError::bad_request(format!(
@@ -340,19 +353,19 @@ impl ChatService {
                 hints.join(" or ")
             ))
         })?;
-        out.ingress = Some(d);
+        cx.out.ingress = Some(d);
         Ok((d, Some(body)))
     }
 
     /// Read and parse: the caller's body in its dialect, addressed to a business.
     fn parse<'b>(
         &self,
-        rt: &Runtime,
+        cx: &mut Call<'_>,
         a: &Admitted<'_>,
         body: &'b [u8],
-        out: &mut AccessRecord,
     ) -> Result<ChatRequest<'b>, ProxyError> {
-        if rt.config.message_bodies {
+        let out = &mut cx.out;
+        if cx.rt.config.message_bodies {
             tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "caller", body = %String::from_utf8_lossy(body));
         }
         let mut req = (a.ingress.parse_request(body))
@@ -371,40 +384,38 @@ impl ChatService {
     /// To the bot: pick the target, check the credential's scope, translate and sign.
     fn to_bot<'r>(
         &self,
-        rt: &'r Runtime,
+        cx: &mut Call<'r>,
         a: &Admitted<'r>,
         req: &ChatRequest<'_>,
-        out: &mut AccessRecord,
-        received: SystemTime,
-        arrived: Instant,
     ) -> Result<ToBot<'r>, ProxyError> {
+        let rt: &'r Runtime = cx.rt;
         let target = a.route.target(req.business_id).ok_or_else(|| {
             ProxyError::new(400, Reason::UnknownTarget, "invalid business_id provided")
         })?;
-        let route_index = out.route.unwrap_or_default();
+        let route_index = cx.out.route.unwrap_or_default();
         let target = (rt.migration).canary(route_index, a.route, target, &req.user_id);
         // Least privilege: the credential reaches only its routes and businesses.
         (a.grant.scope.check(&a.route.name, req.business_id))
             .inspect_err(|d| rt.authn.denied(a.ingress, d.reason))?;
         // Signed at the moment of sending, after the caller's body has been read.
-        let signed_at = unix_secs(received + arrived.elapsed());
+        let signed_at = unix_secs(cx.received + cx.arrived.elapsed());
         let to = Destination {
             index: target.backend,
             target,
             signed_at,
         };
-        self.render_for(rt, a, req, out, to)
+        self.render_for(cx, a, req, to)
     }
 
     /// The request in the dialect of one backend (the target's, or the route's fallback).
     fn render_for<'r>(
         &self,
-        rt: &'r Runtime,
+        cx: &mut Call<'r>,
         a: &Admitted<'r>,
         req: &ChatRequest<'_>,
-        out: &mut AccessRecord,
         to: Destination<'r>,
     ) -> Result<ToBot<'r>, ProxyError> {
+        let (rt, out): (&'r Runtime, _) = (cx.rt, &mut cx.out);
         let Destination {
             target,
             index,
@@ -460,11 +471,11 @@ impl ChatService {
     /// (`ProxyError::from`), 503 while the backend's circuit is open.
     async fn forward(
         &self,
-        rt: &Runtime,
+        cx: &mut Call<'_>,
         to: &ToBot<'_>,
         req: &ChatRequest<'_>,
-        out: &mut AccessRecord,
     ) -> Result<Exchange, ProxyError> {
+        let (rt, out) = (cx.rt, &mut cx.out);
         let _slot = rt.in_flight.enter(to.index)?;
         let started = Instant::now();
         let request_id = out.request_id.as_deref().unwrap_or_default();
@@ -490,14 +501,13 @@ impl ChatService {
     /// dialect, and its answer is translated as usual.
     async fn fall_back<'r>(
         &self,
-        rt: &'r Runtime,
+        cx: &mut Call<'r>,
         a: &Admitted<'r>,
         req: &ChatRequest<'_>,
         primary: &ToBot<'r>,
-        out: &mut AccessRecord,
     ) -> Result<(ToBot<'r>, Exchange), ProxyError> {
         let fallback = a.route.fallback.expect("checked by the caller");
-        out.retry_after = None;
+        cx.out.retry_after = None;
         (self.metrics.pool.fallbacks)
             .with_label_values(&[&a.route.name, &primary.backend.name])
             .inc();
@@ -506,26 +516,25 @@ impl ChatService {
             index: fallback,
             signed_at: primary.signed_at,
         };
-        let to = self.render_for(rt, a, req, out, to)?;
-        let exchange = self.forward(rt, &to, req, out).await?;
+        let to = self.render_for(cx, a, req, to)?;
+        let exchange = self.forward(cx, &to, req).await?;
         Ok((to, exchange))
     }
 
     /// Forward, and for a bot that answers on the proxy's webhook (async Haptik), its replies.
     async fn forward_and_collect(
         &self,
-        rt: &Runtime,
+        cx: &mut Call<'_>,
         a: &Admitted<'_>,
         to: &ToBot<'_>,
         req: &ChatRequest<'_>,
-        out: &mut AccessRecord,
     ) -> Result<Exchange, ProxyError> {
         let owner = || (a.grant.limits.id, a.route.name.clone());
         let waiter = match to.backend.bot.async_replies() {
             Some(_) => self.bot_replies.register(to, req, owner())?,
             None => None,
         };
-        let exchange = self.forward(rt, to, req, out).await?;
+        let exchange = self.forward(cx, to, req).await?;
         match waiter {
             Some(w) => w.collect(exchange).await,
             None => Ok(exchange),
@@ -537,13 +546,13 @@ impl ChatService {
     /// caller's path (`crate::migration`). Costs nothing for routes without a shadow.
     fn shadow(
         &self,
-        rt: &Runtime,
+        cx: &Call<'_>,
         a: &Admitted<'_>,
         req: &ChatRequest<'_>,
         to: &ToBot<'_>,
         exchange: &Exchange,
-        out: &AccessRecord,
     ) {
+        let (rt, out) = (cx.rt, &cx.out);
         let route = out.route.unwrap_or_default();
         let Some(target) = rt.migration.sampled(route, &req.user_id, to.target.backend) else {
             return;
@@ -577,12 +586,11 @@ impl ChatService {
     /// To the caller: the bot's answer read in its dialect and rendered in the caller's.
     fn to_caller(
         &self,
+        cx: &Call<'_>,
         a: &Admitted<'_>,
         req: &ChatRequest<'_>,
         to: &ToBot<'_>,
         exchange: &Exchange,
-        request_id: &str,
-        received: SystemTime,
     ) -> Result<Vec<u8>, ProxyError> {
         let keep_raw = a.ingress.keeps_raw();
         let answer = (to
@@ -606,8 +614,8 @@ impl ChatService {
         }
         let ctx = AnswerContext {
             ids: &ServiceIds(&self.next_message_id),
-            received,
-            request_id,
+            received: cx.received,
+            request_id: cx.request_id(),
             business_name: &to.target.business_name,
             bot_name: &a.route.bot_name,
             route_name: &a.route.name,
@@ -620,9 +628,8 @@ impl ChatService {
     /// Checks the content type, then reads the whole body up to the limit.
     async fn read_body(
         &self,
-        rt: &Runtime,
+        cx: &mut Call<'_>,
         session: &mut ServerSession,
-        out: &mut AccessRecord,
     ) -> Result<Bytes, ProxyError> {
         let ct = session.req_header().headers.get(http::header::CONTENT_TYPE);
         if !is_json(ct.map(|v| v.as_bytes())) {
@@ -632,7 +639,7 @@ impl ChatService {
                 "Content-Type must be application/json",
             ));
         }
-        let limit = rt.config.limits.max_body_bytes;
+        let limit = cx.rt.config.limits.max_body_bytes;
         let body = httpio::read_body(session, limit)
             .await
             .map_err(|e| match e {
@@ -648,7 +655,7 @@ impl ChatService {
                 ),
                 BodyError::Io(_) => ProxyError::bad_request("the request body could not be read"),
             })?;
-        out.bytes_in = body.len();
+        cx.out.bytes_in = body.len();
         Ok(body)
     }
 
@@ -670,11 +677,11 @@ impl ChatService {
     /// the unread body could be drained.
     async fn refusal(
         &self,
-        rt: &Runtime,
+        cx: &mut Call<'_>,
         session: &mut ServerSession,
-        out: &mut AccessRecord,
         err: ProxyError,
     ) -> Answer {
+        let (rt, out) = (cx.rt, &mut cx.out);
         out.error = Some(err.reason);
         let body = match out.ingress {
             Some(d) => d.render_error(&err),
@@ -708,16 +715,22 @@ impl Handler for ChatService {
     async fn handle(&self, session: &mut ServerSession) -> Answer {
         let started = Instant::now();
         let _in_flight = InFlight::enter(self.metrics);
-        let mut out = AccessRecord::default();
         let rt = self.runtime.load_full();
         if let Some(answer) = self.bot_webhook(&rt, session).await {
             return answer;
         }
-        let mut answer = match self.serve(&rt, session, &mut out, started).await {
+        let mut cx = Call {
+            rt: &rt,
+            received: (self.clock)(),
+            arrived: started,
+            out: AccessRecord::default(),
+        };
+        let mut answer = match self.serve(&mut cx, session).await {
             Ok(body) => Answer::json(200, body),
-            Err(err) => self.refusal(&rt, session, &mut out, err).await,
+            Err(err) => self.refusal(&mut cx, session, err).await,
         };
         let took = started.elapsed();
+        let out = cx.out;
         out.record(
             self.metrics,
             &rt.config,

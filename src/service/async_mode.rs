@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::{Admitted, ChatService, Runtime, ServiceIds};
+use super::{Admitted, Call, ChatService, Runtime, ServiceIds};
 use crate::auth::Grant;
 use crate::delivery::ssrf::Refusal;
 use crate::delivery::{send, Reservation, Target, Ticket};
@@ -86,20 +86,16 @@ impl ChatService {
 
     /// Checks the request as the synchronous path would (scope, translation), takes a place in the
     /// delivery queue (503 when full), answers at once and leaves the rest to its own task.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn accept_async(
+    pub(super) fn accept_async<'r>(
         &self,
-        rt: &Arc<Runtime>,
-        a: Admitted<'_>,
+        cx: &mut Call<'r>,
+        a: Admitted<'r>,
         req: &ChatRequest<'_>,
         body: &Bytes,
         mut target: Target,
-        out: &mut AccessRecord,
-        received: SystemTime,
     ) -> Result<Vec<u8>, ProxyError> {
-        let now = std::time::Instant::now();
-        self.to_bot(rt, &a, req, out, received, now)?;
-        let request_id = out.request_id.clone().unwrap_or_default();
+        self.to_bot(cx, &a, req)?;
+        let (received, request_id) = (cx.received, cx.request_id().to_owned());
         let dialect = a.ingress.as_str();
         let m = self.deliveries.metrics();
         let reservation = Reservation {
@@ -122,8 +118,8 @@ impl ChatService {
         target.request_id = request_id.clone();
         let ack = self.async_ack(&a, req, &request_id, received);
         let pending = Pending {
-            rt: rt.clone(),
-            route: out.route.unwrap_or_default(),
+            rt: cx.rt.clone(),
+            route: cx.out.route.unwrap_or_default(),
             ingress: a.ingress,
             grant: a.grant.clone(),
             body: body.clone(),
@@ -184,14 +180,19 @@ impl ChatService {
             body: None,
             limits: Plan::none(), // checked when the request was accepted
         };
-        let mut out = AccessRecord {
-            request_id: Some(p.request_id.clone()),
-            ..AccessRecord::default()
+        let mut cx = Call {
+            rt,
+            received: p.received,
+            arrived: std::time::Instant::now(),
+            out: AccessRecord {
+                request_id: Some(p.request_id.clone()),
+                ..AccessRecord::default()
+            },
         };
-        let Ok(req) = self.parse(rt, &a, &p.body, &mut out) else {
+        let Ok(req) = self.parse(&mut cx, &a, &p.body) else {
             return ticket.abandon(); // parsed once already: cannot fail
         };
-        let bodies = match self.bot_answer(rt, &a, &req, &mut out, &p).await {
+        let bodies = match self.bot_answer(&mut cx, &a, &req, &p).await {
             Ok(bodies) => bodies,
             Err(e) if req.callback_url.is_some() => {
                 let ctx =
@@ -210,16 +211,15 @@ impl ChatService {
     }
 
     /// The bot's answer as the bodies of the deliveries, in the caller's dialect.
-    async fn bot_answer(
+    async fn bot_answer<'r>(
         &self,
-        rt: &Arc<Runtime>,
-        a: &Admitted<'_>,
+        cx: &mut Call<'r>,
+        a: &Admitted<'r>,
         req: &ChatRequest<'_>,
-        out: &mut AccessRecord,
         p: &Pending,
     ) -> Result<Vec<String>, ProxyError> {
-        let to_bot = self.to_bot(rt, a, req, out, p.received, std::time::Instant::now())?;
-        let exchange = self.forward_and_collect(rt, a, &to_bot, req, out).await?;
+        let to_bot = self.to_bot(cx, a, req)?;
+        let exchange = self.forward_and_collect(cx, a, &to_bot, req).await?;
         let answer = (to_bot.backend.bot)
             .parse_answer(exchange.status, &exchange.body, a.ingress.keeps_raw())
             .inspect_err(|e| {
