@@ -467,20 +467,26 @@ fn signed_headers() -> Vec<(&'static str, String)> {
     vec![("x-api-key", key), ("x-api-signature", sig)]
 }
 
-#[tokio::test]
-async fn one_credentials_flood_cannot_take_the_queue_from_another() {
+/// A bot that answers at once, a receiver that never does (every accepted request stays pending),
+/// and a config in which both CSML credentials may use callbacks, with `delivery_keys`.
+async fn pending_forever(delivery_keys: &str) -> (CsmlBackend, Receiver, String) {
     let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
         "r",
         &[json!({"content_type": "text", "content": {"text": "x"}})],
     )))
     .await;
-    // A receiver that never answers: every accepted request stays pending.
     let rx = Receiver::start(Reply::Hang).await;
     let callback = "callback_hosts = [\"127.0.0.1\"]\nallow_http_callbacks = true\nallow_private_callbacks = true";
     let config = with_signed_callbacks(&forgery_config(bot.addr, callback), callback).replace(
         "deadline_ms = 2000",
-        "deadline_ms = 60000\nmax_pending_per_credential = 5",
+        &format!("deadline_ms = 60000\n{delivery_keys}"),
     );
+    (bot, rx, config)
+}
+
+#[tokio::test]
+async fn one_credentials_flood_cannot_take_the_queue_from_another() {
+    let (_bot, rx, config) = pending_forever("max_pending_per_credential = 5").await;
     let proxy = Proxy::start_alone(&config).await;
     let before = scrape(&proxy).await;
     let mut statuses = Vec::new();
@@ -511,19 +517,9 @@ async fn one_credentials_flood_cannot_take_the_queue_from_another() {
 
 #[tokio::test]
 async fn the_bytes_pending_requests_hold_are_bounded() {
-    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
-        "r",
-        &[json!({"content_type": "text", "content": {"text": "x"}})],
-    )))
-    .await;
-    let rx = Receiver::start(Reply::Hang).await;
-    let callback = "callback_hosts = [\"127.0.0.1\"]\nallow_http_callbacks = true\nallow_private_callbacks = true";
-    let config = with_signed_callbacks(&forgery_config(bot.addr, callback), callback)
-        .replace(
-            "deadline_ms = 2000",
-            "deadline_ms = 60000\nmax_pending_bytes_per_credential = 4000\nmax_pending_bytes = 6000",
-        )
-        .replace("max_body_bytes = 2048", "max_body_bytes = 4096");
+    let keys = "max_pending_bytes_per_credential = 4000\nmax_pending_bytes = 6000";
+    let (_bot, rx, config) = pending_forever(keys).await;
+    let config = config.replace("max_body_bytes = 2048", "max_body_bytes = 4096");
     let proxy = Proxy::start_alone(&config).await;
     let before = scrape(&proxy).await;
     let big = |n: usize| csml_body(&"z".repeat(1500), Some(&rx.url(&format!("/cb{n}"))));

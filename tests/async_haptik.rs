@@ -312,6 +312,26 @@ fn texts_of(csml_answer: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A CSML caller's request on `/csml`, on a task of its own (it waits for the bot's replies).
+fn waiting_csml_caller(
+    proxy: &Proxy,
+    user: &str,
+    text: &str,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (url, body) = (proxy.url("/csml"), csml_text_body(user, text));
+    tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(url)
+            .header("x-api-key", CSML_PLAIN_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    })
+}
+
 fn acme() -> Vec<(&'static str, String)> {
     vec![
         ("authorization", "Bearer acme-token".to_string()),
@@ -328,20 +348,7 @@ async fn a_bot_reply_never_reaches_another_credentials_caller_with_the_same_user
     let before = scrape(&proxy).await;
 
     // The victim (a CSML caller) waits for its bot's replies...
-    let victim = {
-        let (url, body) = (proxy.url("/csml"), csml_text_body("victim-42", "my secret"));
-        tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .header("x-api-key", CSML_PLAIN_KEY)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        })
-    };
+    let victim = waiting_csml_caller(&proxy, "victim-42", "my secret");
     eventually("the bot has the victim's message", || {
         bot.received.lock().unwrap().len() == 1
     })
@@ -436,20 +443,7 @@ async fn a_captured_bot_webhook_replayed_later_reaches_nobody() {
         "2024-01-01T00:00",
     );
 
-    let victim = {
-        let (url, body) = (proxy.url("/csml"), csml_text_body("victim-7", "hello"));
-        tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .header("x-api-key", CSML_PLAIN_KEY)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            r.json::<Value>().await.unwrap()
-        })
-    };
+    let victim = waiting_csml_caller(&proxy, "victim-7", "hello");
     eventually("the bot has the victim's message", || {
         bot.received.lock().unwrap().len() == 1
     })
@@ -457,7 +451,7 @@ async fn a_captured_bot_webhook_replayed_later_reaches_nobody() {
     // Replayed while the victim waits: answered 200 (a bot retrying must stop), handed to nobody.
     assert_eq!(post(captured).await, 200);
     assert_eq!(post(old).await, 200);
-    let answer = victim.await.unwrap();
+    let (_, answer) = victim.await.unwrap();
     assert_eq!(texts_of(&answer), ["echo: hello"], "{answer}");
     let after = scrape(&proxy).await;
     let result = |r: &str| {

@@ -77,19 +77,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Waits (at most `limit`) for the proxy to close the connection; how long that took.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
-    let started = Instant::now();
-    let mut sink = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at((started + limit).into(), s.read(&mut sink)).await {
-            Ok(Ok(0) | Err(_)) => return started.elapsed(),
-            Ok(Ok(_)) => {}
-            Err(_) => panic!("still open after {limit:?}"),
-        }
-    }
-}
-
 /// Sends `bytes` one at a time, `every` apart, while watching for an answer or a close; returns
 /// what the proxy sent (possibly nothing) and when the connection ended, from the first byte.
 async fn drip(s: &mut TcpStream, bytes: &[u8], every: Duration) -> (Vec<u8>, Duration) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn closes(reason: &str) -> String {
@@ -49,19 +49,6 @@ fn limit_open_files(pid: u32, n: u64) {
         )
     };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
-/// Waits (at most `limit`) until the proxy closes the connection; how long that took.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
-    let started = Instant::now();
-    let mut sink = [0u8; 4096];
-    loop {
-        match tokio::time::timeout_at((started + limit).into(), s.read(&mut sink)).await {
-            Ok(Ok(0) | Err(_)) => return started.elapsed(),
-            Ok(Ok(_)) => {}
-            Err(_) => panic!("still open after {limit:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

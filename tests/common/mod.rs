@@ -576,3 +576,16 @@ pub fn csml_answer(request_id: &str, payloads: &[serde_json::Value]) -> String {
     })
     .to_string()
 }
+
+/// Waits (at most `limit`) for the proxy to close the connection; how long that took.
+pub async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let mut sink = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), s.read(&mut sink)).await {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("still open after {limit:?}"),
+        }
+    }
+}
