@@ -332,6 +332,7 @@ backend = "b"
         scope,
         limit,
         key: [scope as u8; 16],
+        owner: [0; 16],
         overflow: None,
     });
     let local = LocalBuckets::new();

@@ -341,8 +341,14 @@ async fn a_flood_of_made_up_user_ids_holds_at_most_max_user_buckets() {
         post(&proxy, &csml_plain(), &csml_body("known")).await.0,
         200
     );
-    // A Haptik caller's new user is not limited by the CSML credential's overflow bucket.
+    // Another credential's new users are not limited by the flood: each gets a bucket of its own
+    // (three users, two requests each, more than one shared bucket would let through).
     let acme = haptik("acme-client", "acme-token");
-    let (status, _, body) = post(&proxy, &acme, &haptik_body("new-user", "hi", 1)).await;
-    assert_eq!(status, 200, "{body}");
+    for n in 0..3 {
+        for _ in 0..2 {
+            let body = haptik_body(&format!("new-user-{n}"), "hi", 1);
+            let (status, _, answer) = post(&proxy, &acme, &body).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    }
 }

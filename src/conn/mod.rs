@@ -124,7 +124,11 @@ impl ClientLimits {
             "server.max_client_connections is more than the open-file limit allows; raise the \
              limit (ulimit -n) to use it"
         );
-        self.with_max_connections(fits)
+        // The per-address cap stays (`with_max_connections` drops it, for the private listeners).
+        ClientLimits {
+            max_connections: fits,
+            ..self
+        }
     }
 }
 

@@ -291,6 +291,13 @@ impl Deliveries {
             return Err(Refused::QueueFull);
         }
         let mut t = self.table();
+        // Checked again under the table's lock: a stop that drained the table meanwhile would
+        // otherwise leave this request accepted but neither delivered nor spooled.
+        if *self.0.stop.borrow() {
+            drop(t);
+            self.release();
+            return Err(Refused::QueueFull);
+        }
         if let Err(why) = t.usage.admits(&self.0.cfg, &r) {
             drop(t);
             self.release();
@@ -438,8 +445,14 @@ impl Ticket {
         format!("{}.{n}", self.uuid)
     }
 
-    /// Delivers `bodies` to `target`, in order, after the conversation's earlier requests.
-    pub async fn deliver(self, target: Target, bodies: Vec<String>) {
+    /// Delivers `bodies` to `target`, in order, after the conversation's earlier requests. The
+    /// messages join the request's place at once, so a stop from then on spools them; the returned
+    /// future does the delivering (on a task of its own, typically).
+    pub fn deliver(
+        self,
+        target: Target,
+        bodies: Vec<String>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let deadline_ms = unix_ms() + self.owner.0.cfg.deadline_ms;
         let messages = (bodies.into_iter().enumerate())
             .map(|(n, body)| Message {
@@ -449,39 +462,56 @@ impl Ticket {
                 attempts: 0,
             })
             .collect();
-        self.run(Arc::new(target), messages, true).await
+        let target = Arc::new(target);
+        let attached = self.attach(&target, messages);
+        async move {
+            if attached {
+                self.run_attached(target, true).await
+            }
+        }
     }
 
     /// The bot could not be asked (or answered nothing usable): nothing to deliver.
     pub fn abandon(self) {}
 
-    async fn run(mut self, target: Arc<Target>, messages: VecDeque<Message>, timed: bool) {
-        let d = self.owner.clone();
-        {
-            let mut t = d.table();
-            let Some(job) = t.jobs.get_mut(&self.id) else {
-                // The bot answered after a stop took the table: too late for the spool.
-                drop(t);
-                for m in &messages {
-                    let job = (
-                        target.policy.credential.as_str(),
-                        target.request_id.as_str(),
-                    );
-                    d.dead_letter(job, target.url.redacted(), m, "shutdown", "none");
-                }
-                return;
-            };
-            let (credential, host, bytes) = (job.credential.clone(), job.host.take(), job.bytes);
-            job.target = Some(target.clone());
-            job.bytes = messages.iter().map(|m| m.body.len()).sum();
-            job.host = Some(target.url.host.clone());
-            job.messages = messages;
-            // Charged from now on for its messages (no longer its request) and to its target's host.
-            let now_bytes = job.bytes;
-            t.usage.uncharge(&credential, host.as_deref(), bytes);
-            t.usage
-                .charge(&credential, Some(&target.url.host), now_bytes);
+    async fn run(self, target: Arc<Target>, messages: VecDeque<Message>, timed: bool) {
+        if self.attach(&target, messages) {
+            self.run_attached(target, timed).await
         }
+    }
+
+    /// Puts the messages and their target in the request's place (charged for their bytes and to
+    /// the target's host from now on). False when a stop took the table first: they are
+    /// dead-lettered, too late for the spool.
+    fn attach(&self, target: &Arc<Target>, messages: VecDeque<Message>) -> bool {
+        let d = &self.owner;
+        let mut t = d.table();
+        let Some(job) = t.jobs.get_mut(&self.id) else {
+            drop(t);
+            for m in &messages {
+                let job = (
+                    target.policy.credential.as_str(),
+                    target.request_id.as_str(),
+                );
+                d.dead_letter(job, target.url.redacted(), m, "shutdown", "none");
+            }
+            return false;
+        };
+        let (credential, host, bytes) = (job.credential.clone(), job.host.take(), job.bytes);
+        job.target = Some(target.clone());
+        job.bytes = messages.iter().map(|m| m.body.len()).sum();
+        job.host = Some(target.url.host.clone());
+        job.messages = messages;
+        let now_bytes = job.bytes;
+        t.usage.uncharge(&credential, host.as_deref(), bytes);
+        t.usage
+            .charge(&credential, Some(&target.url.host), now_bytes);
+        true
+    }
+
+    /// Delivers the attached messages, after the conversation's earlier requests.
+    async fn run_attached(mut self, target: Arc<Target>, timed: bool) {
+        let d = self.owner.clone();
         if let Some(mut prev) = self.previous.take() {
             let mut stop = d.0.stop.subscribe();
             tokio::select! {

@@ -7,13 +7,18 @@
 //! Used without `[redis]`, and with it as the `local` fallback. Across instances these buckets are not
 //! shared: each instance lets a credential have its whole limit.
 //!
-//! Bounded: past `[limits] max_user_buckets` entries, a user without a bucket of their own takes
-//! tokens from one overflow bucket of their credential (and limit) instead, counted in
-//! `botbridge_rate_limit_bucket_overflows_total`: a flood of made-up user ids cannot grow memory,
-//! users who already have a bucket keep it, and only the flooding credential's new users share.
-//! governor's keyed limiter cannot say whether a key is new, so its DashMap store is wrapped
-//! ([`Store`]) to be asked, and to count new entries.
+//! Bounded: past `[limits] max_user_buckets` entries, a user without a bucket of their own whose
+//! credential holds its share of the entries or more (the bound divided by the credentials holding
+//! any) takes tokens from one overflow bucket of that credential (and limit) instead, counted in
+//! `botbridge_rate_limit_bucket_overflows_total`. A flood of made-up user ids cannot grow memory
+//! past twice the bound (the credentials under their share may still fill up to it), users who
+//! already have a bucket keep it, and a credential under its share, such as every one but the
+//! flooding one, keeps giving its new users buckets of their own. governor's keyed limiter cannot
+//! say whether a key is new, so its DashMap store is wrapped ([`Store`]) to be asked, and to count
+//! new entries. Entries per credential are counted as they are made and, at each sweep, scaled by
+//! the share of all entries that is left (the sweep cannot tell whose were dropped).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,11 +33,16 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::StateStore;
 use governor::{Quota, RateLimiter};
 
-use super::{Bucket, BucketKey, RateLimit, Verdict};
+use super::{Bucket, BucketKey, CredentialId, RateLimit, Verdict};
 use crate::metrics::shared::SharedMetrics;
 
 /// How often full buckets are forgotten.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+thread_local! {
+    /// Set by [`Store`] when the check that just ran made a new entry.
+    static MADE_ONE: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The default of `[limits] max_user_buckets`.
 pub const DEFAULT_MAX_BUCKETS: usize = 250_000;
@@ -61,6 +71,7 @@ impl StateStore for Store {
         });
         if fresh.get() {
             self.entries.fetch_add(1, Ordering::Relaxed);
+            MADE_ONE.set(true);
         }
         result
     }
@@ -100,6 +111,8 @@ pub struct LocalBuckets {
     entries: Arc<AtomicUsize>,
     /// `[limits] max_user_buckets`.
     max: AtomicUsize,
+    /// Entries per credential, as counted when made (scaled at each sweep).
+    owners: Mutex<HashMap<CredentialId, usize>>,
 }
 
 impl LocalBuckets {
@@ -111,6 +124,7 @@ impl LocalBuckets {
             clock: QuantaClock::default(),
             entries: Arc::default(),
             max: AtomicUsize::new(DEFAULT_MAX_BUCKETS),
+            owners: Mutex::default(),
         });
         let weak = Arc::downgrade(&buckets);
         // A plain thread: no runtime is needed, and it must run whether or not requests come.
@@ -137,7 +151,11 @@ impl LocalBuckets {
                     &added
                 }
             };
+            MADE_ONE.set(false);
             let refused = limiter.keyed.check_key(self.key_of(limiter, b));
+            if MADE_ONE.get() {
+                *self.lock_owners().entry(b.owner).or_default() += 1;
+            }
             if let Err(not_until) = refused {
                 return Verdict::Limited {
                     scope: b.scope,
@@ -159,11 +177,27 @@ impl LocalBuckets {
         self.entries.load(Ordering::Relaxed) >= self.max.load(Ordering::Relaxed)
     }
 
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<CredentialId, usize>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `owner` holds at least its share of the bound: the bound over the credentials that
+    /// hold any entry.
+    fn over_share(&self, owner: &CredentialId) -> bool {
+        let owners = self.lock_owners();
+        let held = owners.get(owner).copied().unwrap_or(0);
+        held * owners.len().max(1) >= self.max.load(Ordering::Relaxed)
+    }
+
     /// The key `b` takes its token under: its own, or at the bound, its overflow bucket's when it
-    /// has none yet.
+    /// has none yet and its credential holds its share.
     fn key_of<'b>(&self, limiter: &Limiter, b: &'b Bucket) -> &'b BucketKey {
         match &b.overflow {
-            Some(overflow) if self.full() && !limiter.store.map.contains_key(&b.key) => {
+            Some(overflow)
+                if self.full()
+                    && !limiter.store.map.contains_key(&b.key)
+                    && self.over_share(&b.owner) =>
+            {
                 SharedMetrics::global().bucket_overflows.inc();
                 overflow
             }
@@ -195,7 +229,8 @@ impl LocalBuckets {
 
     /// Forgets the full buckets; returns how many are left.
     fn sweep_once(&self) -> usize {
-        let left = (self.by_limit.load().values())
+        let before = self.entries.load(Ordering::Relaxed).max(1);
+        let left: usize = (self.by_limit.load().values())
             .map(|l| {
                 l.keyed.retain_recent();
                 l.keyed.shrink_to_fit();
@@ -203,6 +238,11 @@ impl LocalBuckets {
             })
             .sum();
         self.entries.store(left, Ordering::Relaxed);
+        let mut owners = self.lock_owners();
+        for held in owners.values_mut() {
+            *held = (*held as u128 * left as u128 / before as u128) as usize;
+        }
+        owners.retain(|_, held| *held > 0);
         left
     }
 }
@@ -300,9 +340,18 @@ mod tests {
         // overflow bucket of 5 tokens.
         assert_eq!(allowed, 99 + 5);
         assert!(overflows() - before >= 9_900, "{}", overflows() - before);
-        // The known user keeps their own bucket, and another credential's new user is not
-        // refused by the first one's overflow.
+        // The known user keeps their own bucket, and another credential's new users (under its
+        // share) get buckets of their own: five requests each, none shared.
         assert_eq!(local.check(&[user(b"a", "known")]), Verdict::Allowed);
-        assert_eq!(local.check(&[user(b"b", "someone")]), Verdict::Allowed);
+        for who in ["b-1", "b-2", "b-3"] {
+            for _ in 0..5 {
+                assert_eq!(local.check(&[user(b"b", who)]), Verdict::Allowed, "{who}");
+            }
+        }
+        // The flooding credential's overflow bucket stays spent.
+        assert!(matches!(
+            local.check(&[user(b"a", "made-up-again")]),
+            Verdict::Limited { .. }
+        ));
     }
 }

@@ -73,6 +73,8 @@ pub struct Bucket {
     pub scope: Scope,
     pub limit: RateLimit,
     pub key: BucketKey,
+    /// The credential whose bucket it is (its user's, for a user bucket).
+    pub owner: CredentialId,
     /// A user bucket's stand-in when the local buckets are at their bound (see `local`): the
     /// credential's overflow bucket for this limit. Only made while they are.
     pub overflow: Option<BucketKey>,
@@ -115,6 +117,7 @@ impl Bucket {
             scope,
             limit,
             key: truncate(h),
+            owner: *id,
             overflow: None,
         }
     }

@@ -82,7 +82,9 @@ impl Default for BotReplies {
             next: AtomicU64::new(0),
             seen: (moka::sync::Cache::builder())
                 .max_capacity(REPLAY_CAPACITY)
-                .time_to_live(REPLAY_WINDOW)
+                // Twice the window: a webhook dated up to one window ahead (a bot's clock running
+                // fast) is still remembered until its timestamp is a window old.
+                .time_to_live(2 * REPLAY_WINDOW)
                 .build(),
         }
     }
