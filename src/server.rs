@@ -72,14 +72,14 @@ pub fn assemble(config: Arc<Config>, config_path: PathBuf, clock: Clock) -> Asse
         let tls = crate::tls::settings(runtime.clone()).expect("TLS settings without files");
         chat = chat.with_tls(tls.build());
     }
-    let admin_limits = limits.with_max_connections(ADMIN_MAX_CONNECTIONS);
+    let admin_limits = limits.private_listener(ADMIN_MAX_CONNECTIONS);
     let admin = App::new("admin", AdminService::new(reloader.clone()), admin_limits);
     let demo = (config.demo.as_ref()).map(|d| {
         let bots = DemoBot::new(d.key.clone(), d.haptik.clone());
         App::new(
             "demo",
             bots,
-            limits.with_max_connections(limits.max_connections),
+            limits.private_listener(limits.max_connections),
         )
     });
     let pools = runtime.clone();

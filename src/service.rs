@@ -530,10 +530,7 @@ impl ChatService {
         req: &ChatRequest<'_>,
     ) -> Result<Exchange, ProxyError> {
         let owner = || (a.grant.limits.id, a.route.name.clone());
-        let waiter = match to.backend.bot.async_replies() {
-            Some(_) => self.bot_replies.register(to, req, owner())?,
-            None => None,
-        };
+        let waiter = self.bot_replies.register(to, req, owner)?;
         let exchange = self.forward(cx, to, req).await?;
         match waiter {
             Some(w) => w.collect(exchange).await,

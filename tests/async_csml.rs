@@ -247,17 +247,22 @@ fn forgery_config(bot: std::net::SocketAddr, callback: &str) -> String {
     format!("{c}\n[delivery]\nspool_dir = \"{{DIR}}/spool\"\ndead_letter_path = \"{{DIR}}/dead.jsonl\"\ndeadline_ms = 2000\n")
 }
 
+/// A CSML bot that answers every request at once with one text, "x".
+async fn answering_bot() -> CsmlBackend {
+    CsmlBackend::start(Behaviour::Answer(csml_answer(
+        "r",
+        &[json!({"content_type": "text", "content": {"text": "x"}})],
+    )))
+    .await
+}
+
 fn plain_headers() -> Vec<(&'static str, String)> {
     vec![("x-api-key", CSML_PLAIN_KEY.to_string())]
 }
 
 #[tokio::test]
 async fn every_forgery_case_is_refused_before_the_bot_hears_of_it() {
-    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
-        "r",
-        &[json!({"content_type": "text", "content": {"text": "x"}})],
-    )))
-    .await;
+    let bot = answering_bot().await;
     let loopback_ok =
         "callback_hosts = [\"127.0.0.1\", \"localhost\"]\nallow_http_callbacks = true";
     let cases: Vec<(&str, String, &str)> = vec![
@@ -291,11 +296,7 @@ async fn every_forgery_case_is_refused_before_the_bot_hears_of_it() {
 
 #[tokio::test]
 async fn an_internal_ipv4_address_written_inside_an_ipv6_one_is_refused() {
-    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
-        "r",
-        &[json!({"content_type": "text", "content": {"text": "x"}})],
-    )))
-    .await;
+    let bot = answering_bot().await;
     for host in [
         "::127.0.0.1",        // IPv4-compatible
         "::ffff:0:127.0.0.1", // IPv4-translated
@@ -322,11 +323,7 @@ async fn an_internal_ipv4_address_written_inside_an_ipv6_one_is_refused() {
 
 #[tokio::test]
 async fn a_redirect_is_not_followed() {
-    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
-        "r",
-        &[json!({"content_type": "text", "content": {"text": "x"}})],
-    )))
-    .await;
+    let bot = answering_bot().await;
     let elsewhere = Receiver::start(Reply::Ok).await;
     let redirecting = Receiver::start(Reply::Redirect(elsewhere.url("/stolen"))).await;
     let callback = "callback_hosts = [\"127.0.0.1\"]\nallow_http_callbacks = true\nallow_private_callbacks = true";
@@ -394,11 +391,7 @@ async fn csml_fronting_csml_the_proxy_delivers_and_the_bot_never_sees_the_callba
 
 #[tokio::test]
 async fn a_full_queue_answers_503() {
-    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
-        "r",
-        &[json!({"content_type": "text", "content": {"text": "x"}})],
-    )))
-    .await;
+    let bot = answering_bot().await;
     let rx = Receiver::start(Reply::Hang).await;
     let callback = "callback_hosts = [\"127.0.0.1\"]\nallow_http_callbacks = true\nallow_private_callbacks = true";
     let config = forgery_config(bot.addr, callback)
@@ -470,11 +463,7 @@ fn signed_headers() -> Vec<(&'static str, String)> {
 /// A bot that answers at once, a receiver that never does (every accepted request stays pending),
 /// and a config in which both CSML credentials may use callbacks, with `delivery_keys`.
 async fn pending_forever(delivery_keys: &str) -> (CsmlBackend, Receiver, String) {
-    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer(
-        "r",
-        &[json!({"content_type": "text", "content": {"text": "x"}})],
-    )))
-    .await;
+    let bot = answering_bot().await;
     let rx = Receiver::start(Reply::Hang).await;
     let callback = "callback_hosts = [\"127.0.0.1\"]\nallow_http_callbacks = true\nallow_private_callbacks = true";
     let config = with_signed_callbacks(&forgery_config(bot.addr, callback), callback).replace(

@@ -95,9 +95,9 @@ impl ClientLimits {
         }
     }
 
-    /// The same limits with another connection cap and no per-address cap (for the private
-    /// listeners: admin, demo bot).
-    pub fn with_max_connections(self, max_connections: usize) -> Self {
+    /// The limits of a private listener (admin, demo bots): the same deadlines and head limits,
+    /// its own connection cap, and no per-address cap (its clients are few, or the proxy itself).
+    pub fn private_listener(self, max_connections: usize) -> Self {
         ClientLimits {
             max_connections,
             max_per_address: 0,
@@ -124,7 +124,7 @@ impl ClientLimits {
             "server.max_client_connections is more than the open-file limit allows; raise the \
              limit (ulimit -n) to use it"
         );
-        // The per-address cap stays (`with_max_connections` drops it, for the private listeners).
+        // Only the connection cap changes: the per-address cap stays.
         ClientLimits {
             max_connections: fits,
             ..self

@@ -186,10 +186,12 @@ impl Usage {
                 self.by_credential.remove(credential);
             }
         }
-        if let Some(n) = host.and_then(|h| self.by_host.get_mut(h)) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_host.remove(host.unwrap_or_default());
+        if let Some(h) = host {
+            if let Some(n) = self.by_host.get_mut(h) {
+                *n -= 1;
+                if *n == 0 {
+                    self.by_host.remove(h);
+                }
             }
         }
     }

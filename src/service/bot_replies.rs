@@ -109,16 +109,18 @@ impl BotReplies {
     }
 
     /// A waiter for the request's replies, when its bot answers on a webhook. Refused (503) while
-    /// the user's replies from this bot belong to another credential or route.
+    /// the user's replies from this bot belong to another credential or route. `owner` is asked
+    /// only for such a bot.
     pub(super) fn register(
         self: &Arc<Self>,
         to: &ToBot<'_>,
         req: &ChatRequest<'_>,
-        owner: Owner,
+        owner: impl FnOnce() -> Owner,
     ) -> Result<Option<Waiter>, ProxyError> {
         let Some(bot) = to.backend.bot.async_replies() else {
             return Ok(None);
         };
+        let owner = owner();
         let key = (to.backend.name.clone(), req.user_id.to_string());
         let hold = to.backend.urls[0].endpoint.read_timeout;
         let (tx, rx) = mpsc::unbounded_channel();
