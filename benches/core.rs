@@ -45,7 +45,7 @@ fn round_trip(
     answer: &[u8],
     shape: AnswerShape,
 ) -> usize {
-    let req = ingress.parse_request(request).unwrap();
+    let req = ingress.parse_request("/", request).unwrap();
     let up = spec
         .render_request(
             &req,
@@ -141,7 +141,7 @@ fn translation(c: &mut Criterion) {
     // The four steps of the benchmark's own path (a Haptik caller, a CSML bot) one by one.
     let mut g = c.benchmark_group("haptik_to_csml_steps");
     let haptik = HAPTIK;
-    let req = haptik.parse_request(HAPTIK_REQ).unwrap();
+    let req = haptik.parse_request("/", HAPTIK_REQ).unwrap();
     let up_ctx = BotRequestContext {
         request_id: "r-1",
         business_id: Some(343),
@@ -152,7 +152,7 @@ fn translation(c: &mut Criterion) {
         .unwrap();
     let legacy = ctx(AnswerShape::Legacy);
     g.bench_function("parse_haptik_request", |b| {
-        b.iter(|| haptik.parse_request(black_box(HAPTIK_REQ)).unwrap())
+        b.iter(|| haptik.parse_request("/", black_box(HAPTIK_REQ)).unwrap())
     });
     g.bench_function("render_csml_request", |b| {
         b.iter(|| csml.render_request(black_box(&req), &up_ctx).unwrap())
@@ -207,6 +207,7 @@ fn verification(c: &mut Criterion) {
         csml: Some(CsmlClientAuth::Signed(key.clone())),
         limits: Default::default(),
         callbacks: None,
+        verifier: None,
     };
     csml.insert("csml-key", grant.clone());
     let headers = |name: &str| match name {

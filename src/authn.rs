@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::shared::redis::{Op, SharedRedis};
 use crate::upstream::Endpoint;
 use crate::upstream::{self, RequestBytes, TransportKind, Upstream};
+use botbridge_core::request::WholeRequest;
 
 /// A cached auth service decision.
 #[derive(Clone)]
@@ -220,11 +221,15 @@ impl Authenticator {
             Ok(Presented::ClientToken(p)) => self.haptik(p).await,
             Ok(Presented::ApiKey(p)) => self.csml(p, now).await,
             Ok(Presented::Token(p)) => self.token(p).await,
+            Ok(Presented::KeyId { dialect, key_id }) => self.key_id(dialect, key_id),
             Err(d) => Err(d),
         };
         match result {
             Ok((grant, false)) => {
-                self.allowed[dialect.index()].inc();
+                // A credential over the whole request is counted once its signature is checked.
+                if grant.verifier.is_none() {
+                    self.allowed[dialect.index()].inc();
+                }
                 Ok(grant)
             }
             Ok((grant, true)) => {
@@ -263,6 +268,46 @@ impl Authenticator {
                 }
             }
             (None, None) => Err(invalid_token()),
+        }
+    }
+
+    /// A signing key's id: only the configured ones (the auth service is not asked for keys whose
+    /// secret it would have to hand over). The signature itself is checked once the body is read
+    /// (`Grant::verifier`).
+    fn key_id(&self, dialect: &str, key_id: &str) -> Result<(Arc<Grant>, bool), Denied> {
+        let tokens = &self.config.clients.credentials.tokens;
+        match tokens.by_digest(&auth::key_id_digest(dialect, key_id)) {
+            Some(g) => Ok((g.clone(), false)),
+            None => Err(Denied {
+                reason: AuthReason::Invalid,
+                error: ProxyError::unauthorized(
+                    "The security token included in the request is invalid (unknown access key id)",
+                ),
+            }),
+        }
+    }
+
+    /// Checks a credential that covers the whole request (`Grant::verifier`) once the body is read;
+    /// counted like the head's checks.
+    pub fn verify_whole(
+        &self,
+        dialect: Caller,
+        grant: &Grant,
+        req: &WholeRequest<'_>,
+        now: u64,
+    ) -> Result<(), Denied> {
+        let Some(v) = &grant.verifier else {
+            return Ok(());
+        };
+        match v.verify(req, now) {
+            Ok(()) => {
+                self.allowed[dialect.index()].inc();
+                Ok(())
+            }
+            Err(d) => {
+                self.denied(dialect, d.reason);
+                Err(d)
+            }
         }
     }
 

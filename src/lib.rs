@@ -39,4 +39,4 @@ pub mod tls;
 pub mod upstream;
 
 // The pure core, under the names the shell has always used.
-pub use botbridge_core::{auth, dialect, error, model, signing, timefmt};
+pub use botbridge_core::{auth, dialect, error, model, request, signing, sigv4, timefmt};

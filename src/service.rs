@@ -24,7 +24,7 @@ use crate::authn::Authenticator;
 use crate::config::{Backend, Config, Route, Target};
 use crate::delivery::Deliveries;
 use crate::dialect::{
-    self, registry, AnswerContext, AnswerIds, Bot, BotRequestContext, Caller, RequestHead,
+    self, registry, AnswerContext, AnswerIds, Bot, BotRequestContext, Caller, Outgoing, RequestHead,
 };
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
@@ -36,11 +36,13 @@ use crate::model::{request_id_is_sane, ChatRequest};
 use crate::pool::{PoolError, Pools};
 use crate::shared::redis::SharedRedis;
 use crate::upstream::{Endpoint, Exchange, RequestBytes, Upstream};
+use botbridge_core::request::WholeRequest;
 
 mod async_mode;
 mod bot_replies;
 
 const REQUEST_ID: &str = "x-request-id";
+const JSON: &str = "application/json";
 
 /// The wall clock the request path reads: once per request, for signing and timestamps. Tests pass
 /// their own to check time-dependent rules (signature tolerance) without waiting.
@@ -67,6 +69,8 @@ pub struct Runtime {
     /// The validated configuration.
     pub config: Arc<Config>,
     routes_by_path: HashMap<String, usize>,
+    /// Routes by `path_prefix`, the longest first.
+    routes_by_prefix: Vec<(String, usize)>,
     /// Each backend's pool of endpoints (index as `Config::backends`).
     pub pools: Arc<Pools>,
     /// Caller authentication, with its own (fresh) auth service decision cache.
@@ -112,8 +116,10 @@ impl Runtime {
             ),
             in_flight: BackendSlots::new(&config.backends, previous.map(|p| &p.in_flight)),
             routes_by_path: (config.routes.iter().enumerate())
+                .filter(|(_, r)| !r.prefix)
                 .map(|(i, r)| (r.path.clone(), i))
                 .collect(),
+            routes_by_prefix: prefixes(&config),
             pools: Arc::new(Pools::new(&config, previous.map(|p| &*p.pools))),
             authn: Arc::new(
                 Authenticator::new(config.clone(), previous.map(|p| &*p.authn))
@@ -129,6 +135,16 @@ impl Runtime {
         }
     }
 
+    /// The route of a path: the one with this exact path, else the longest prefix it starts with.
+    fn route_for(&self, path: &str) -> Option<usize> {
+        if let Some(&i) = self.routes_by_path.get(path) {
+            return Some(i);
+        }
+        (self.routes_by_prefix.iter())
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|&(_, i)| i)
+    }
+
     /// Tells the other instances to clear their auth caches (with `[redis]`; else nothing to do).
     pub fn publish_cache_clear(&self) {
         if let Some(s) = &self.shared {
@@ -137,10 +153,26 @@ impl Runtime {
     }
 }
 
+/// The routes that take a path prefix, the longest prefix first.
+fn prefixes(config: &Config) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = (config.routes.iter().enumerate())
+        .filter(|(_, r)| r.prefix)
+        .map(|(i, r)| (r.path.clone(), i))
+        .collect();
+    out.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    out
+}
+
 /// A request head as the dialects see it.
-struct Head<'a>(&'a RequestHeader);
+pub(crate) struct Head<'a>(pub(crate) &'a RequestHeader);
 
 impl RequestHead for Head<'_> {
+    fn method(&self) -> &str {
+        self.0.method.as_str()
+    }
+    fn path(&self) -> &str {
+        self.0.uri.path()
+    }
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.0.headers.get(name).map(|v| v.as_bytes())
     }
@@ -181,6 +213,8 @@ struct ToBot<'r> {
     index: usize,
     backend: &'r Backend,
     body: Vec<u8>,
+    /// The path below the backend's URL path, for a bot that puts ids in its paths.
+    path: Option<String>,
     signed_at: u64,
 }
 
@@ -264,7 +298,14 @@ impl ChatService {
             Some(b) => b,
             None => self.read_body(cx, session).await?,
         };
-        let req = self.parse(cx, &admitted, &body)?;
+        let now = unix_secs(cx.received);
+        let whole = WholeRequest {
+            head: &Head(session.req_header()),
+            body: &body,
+        };
+        (rt.authn).verify_whole(admitted.ingress, &admitted.grant, &whole, now)?;
+        let path = session.req_header().uri.path().to_owned();
+        let req = self.parse(cx, &admitted, &path, &body)?;
         if !admitted.limits.is_empty() {
             (rt.limits.admit_user(&admitted.limits, &req.user_id)).await?;
         }
@@ -295,7 +336,7 @@ impl ChatService {
     ) -> Result<Admitted<'r>, ProxyError> {
         let (rt, out): (&'r Runtime, _) = (cx.rt, &mut cx.out);
         let head = Head(session.req_header());
-        let Some(&route_idx) = rt.routes_by_path.get(head.0.uri.path()) else {
+        let Some(route_idx) = rt.route_for(head.0.uri.path()) else {
             // Refused in the dialect the headers tell, among all that `auto` takes.
             out.ingress = registry::detect_by_head(&rt.auto, &head);
             return Err(ProxyError::new(
@@ -362,13 +403,14 @@ impl ChatService {
         &self,
         cx: &mut Call<'_>,
         a: &Admitted<'_>,
+        path: &str,
         body: &'b [u8],
     ) -> Result<ChatRequest<'b>, ProxyError> {
         let out = &mut cx.out;
         if cx.rt.config.message_bodies {
             tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "caller", body = %String::from_utf8_lossy(body));
         }
-        let mut req = (a.ingress.parse_request(body))
+        let mut req = (a.ingress.parse_request(path, body))
             .inspect_err(|_| self.translation_error(a.route, "invalid_request", 1))?;
         // A caller that names no business is addressed by its credential's, else the route's.
         req.business_id = req
@@ -435,6 +477,7 @@ impl ChatService {
             index,
             backend,
             body,
+            path: backend.bot.target(req),
             signed_at,
         })
     }
@@ -442,25 +485,49 @@ impl ChatService {
     /// The whole request for one endpoint of the backend. Header values are checked when the
     /// configuration is loaded and request ids when they arrive.
     fn request_bytes(&self, ep: &Endpoint, to: &ToBot<'_>, request_id: &str) -> Vec<u8> {
-        self.signed_request(ep, &*to.backend.bot, &to.body, request_id, to.signed_at)
+        let bot = &*to.backend.bot;
+        let at = (to.path.as_deref(), to.signed_at);
+        self.signed_request(ep, bot, &to.body, request_id, at)
     }
 
-    /// `body` for `ep`, with the headers every bot request has and `bot`'s signature.
+    /// `body` for `ep` (at `path` below its URL's path, when the bot gave one), with the headers
+    /// every bot request has and `bot`'s signature over the whole request, signed at `signed_at`.
     fn signed_request(
         &self,
         ep: &Endpoint,
         bot: &dyn Bot,
         body: &[u8],
         request_id: &str,
-        signed_at: u64,
+        (path, signed_at): (Option<&str>, u64),
     ) -> Vec<u8> {
-        let mut up = RequestBytes::post(&ep.path, body.len());
+        let joined;
+        let target = match path {
+            Some(p) => {
+                joined = join_path(&ep.path, p);
+                joined.as_str()
+            }
+            None => ep.path.as_str(),
+        };
+        let mut up = RequestBytes::post(target, body.len());
         up.header("host", &ep.authority)
-            .header("content-type", "application/json")
-            .header("accept", "application/json")
+            .header("content-type", JSON)
+            .header("accept", JSON)
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
-        bot.sign(signed_at, &mut |name, value| {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let out = Outgoing {
+            unix_secs: signed_at,
+            method: "POST",
+            authority: &ep.authority,
+            path,
+            query,
+            content_type: JSON,
+            body,
+        };
+        bot.sign(&out, &mut |name, value| {
             up.header(name, value);
         });
         up.body(body)
@@ -564,7 +631,8 @@ impl ChatService {
         let signed_at = unix_secs((self.clock)());
         let request = (target.backend.bot.render_request(&copy, &ctx)).map(|body| {
             let (ep, bot) = (&target.backend.urls[0].endpoint, &*target.backend.bot);
-            self.signed_request(ep, bot, &body, request_id, signed_at)
+            let path = bot.target(&copy);
+            self.signed_request(ep, bot, &body, request_id, (path.as_deref(), signed_at))
         });
         let primary = PrimaryAnswer {
             bot: to.backend.bot.clone(),
@@ -680,11 +748,7 @@ impl ChatService {
     ) -> Answer {
         let (rt, out) = (cx.rt, &mut cx.out);
         out.error = Some(err.reason);
-        let body = match out.ingress {
-            Some(d) => d.render_error(&err),
-            None => dialect::render_error_for_either(&err),
-        };
-        let mut a = Answer::json(err.status, body);
+        let mut a = error_answer(out.ingress, &err);
         if err.reason == Reason::MethodNotAllowed {
             a = a.with_header("allow", "POST");
         }
@@ -747,20 +811,26 @@ impl Handler for ChatService {
     /// by every dialect.
     fn head_refusal(&self, head: Option<&RequestHeader>, err: &ProxyError) -> Answer {
         let rt = self.runtime.load();
-        let body = match head.and_then(|h| caller_of(&rt, h)) {
-            Some(d) => d.render_error(err),
-            None => dialect::render_error_for_either(err),
-        };
-        Answer::json(err.status, body)
+        error_answer(head.and_then(|h| caller_of(&rt, h)), err)
     }
+}
+
+/// An error as the caller's dialect answers it (its status, body and own headers), else readable
+/// by every dialect. The error's own headers (`Retry-After`, …) are the caller's to add.
+fn error_answer(dialect: Option<Caller>, err: &ProxyError) -> Answer {
+    let Some(d) = dialect else {
+        return Answer::json(err.status, dialect::render_error_for_either(err));
+    };
+    let mut a = Answer::json(d.error_status(err), d.render_error(err));
+    d.error_headers(err, &mut |name, value| {
+        a.headers.push((name, value.to_owned()));
+    });
+    a
 }
 
 /// The dialect a request head tells, as admission would tell it: the route's, else among all.
 fn caller_of(rt: &Runtime, head: &RequestHeader) -> Option<Caller> {
-    let route = rt
-        .routes_by_path
-        .get(head.uri.path())
-        .map(|&i| &rt.config.routes[i]);
+    let route = rt.route_for(head.uri.path()).map(|i| &rt.config.routes[i]);
     match route {
         Some(r) => r
             .fixed()
@@ -838,6 +908,22 @@ fn retry_after_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).max(1) as u64
 }
 
+/// A bot's own path below a URL's path, before the URL's query: `/base?q` and `/x` give `/base/x?q`.
+fn join_path(url_path: &str, below: &str) -> String {
+    let (base, query) = match url_path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url_path, None),
+    };
+    let mut out = String::with_capacity(url_path.len() + below.len() + 1);
+    out.push_str(base.trim_end_matches('/'));
+    out.push_str(below);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -864,5 +950,11 @@ mod tests {
         assert!(!is_json(Some(b"text/plain")));
         assert!(!is_json(Some(b"application/x-www-form-urlencoded")));
         assert!(!is_json(None));
+    }
+
+    #[test]
+    fn a_bots_path_goes_below_the_urls_path_and_before_its_query() {
+        assert_eq!(join_path("/", "/bots/x/text"), "/bots/x/text");
+        assert_eq!(join_path("/lex/?a=1", "/bots/x"), "/lex/bots/x?a=1");
     }
 }

@@ -100,7 +100,7 @@ fn from_csml(payloads: &[Value], ingress: Caller, shape: AnswerShape) -> Result<
     let body = json!({"messages": messages}).to_string();
     let answer = csml::parse_answer(body.as_bytes(), ingress == CSML).map_err(|e| e.status)?;
     let req_body = any_request(ingress);
-    let req = ingress.parse_request(req_body.as_bytes()).unwrap();
+    let req = ingress.parse_request("/", req_body.as_bytes()).unwrap();
     Ok(serde_json::from_slice(&ingress.render_answer(&req, &answer, &ctx(shape))).unwrap())
 }
 
@@ -116,7 +116,7 @@ fn from_hsl(bodies: &[Value], ingress: Caller, shape: AnswerShape) -> Value {
             .to_string();
     let answer = haptik::parse_answer(200, body.as_bytes()).unwrap();
     let req_body = any_request(ingress);
-    let req = ingress.parse_request(req_body.as_bytes()).unwrap();
+    let req = ingress.parse_request("/", req_body.as_bytes()).unwrap();
     serde_json::from_slice(&ingress.render_answer(&req, &answer, &ctx(shape))).unwrap()
 }
 
@@ -524,14 +524,14 @@ fn ans_haptik_legacy_strings() {
     let body = include_str!("fixtures/haptik/seed-response.json");
     let answer = haptik::parse_answer(200, body.as_bytes()).unwrap();
     let req_body = any_request(C);
-    let req = C.parse_request(req_body.as_bytes()).unwrap();
+    let req = C.parse_request("/", req_body.as_bytes()).unwrap();
     let v: Value = serde_json::from_slice(&C.render_answer(&req, &answer, &ctx(Legacy))).unwrap();
     assert_eq!(
         csml_payloads(&v),
         [json!({"content_type":"text","content":{"text":"Hello there!"}})]
     );
     let req_body = any_request(H);
-    let req = H.parse_request(req_body.as_bytes()).unwrap();
+    let req = H.parse_request("/", req_body.as_bytes()).unwrap();
     let v: Value = serde_json::from_slice(&H.render_answer(&req, &answer, &ctx(Hsl))).unwrap();
     assert_eq!(
         hsl_bodies(&v),
@@ -554,7 +554,7 @@ fn ans_haptik_legacy_string_holding_hsl() {
     let body = json!([{"bot_messages": [hsl.to_string(), "{\"just\": \"json\"}"]}]).to_string();
     let answer = haptik::parse_answer(200, body.as_bytes()).unwrap();
     let req_body = any_request(C);
-    let req = C.parse_request(req_body.as_bytes()).unwrap();
+    let req = C.parse_request("/", req_body.as_bytes()).unwrap();
     let v: Value = serde_json::from_slice(&C.render_answer(&req, &answer, &ctx(Legacy))).unwrap();
     let p = csml_payloads(&v);
     assert_eq!(p[0]["content_type"], "question");
@@ -657,7 +657,7 @@ fn from_rasa(messages: &[Value], ingress: Caller, shape: AnswerShape) -> Value {
     let body = Value::from(messages.to_vec()).to_string();
     let answer = rasa::parse_answer(200, body.as_bytes()).unwrap();
     let req_body = any_request(ingress);
-    let req = ingress.parse_request(req_body.as_bytes()).unwrap();
+    let req = ingress.parse_request("/", req_body.as_bytes()).unwrap();
     serde_json::from_slice(&ingress.render_answer(&req, &answer, &ctx(shape))).unwrap()
 }
 

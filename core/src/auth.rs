@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 use crate::delivery::policy::CallbackPolicy;
 use crate::error::{ProxyError, Reason};
 use crate::limits::{credential_id, CallerLimits};
+use crate::request::WholeRequest;
 use crate::signing::{split_key, CsmlKey, SignatureError};
 
 /// Haptik's message for a missing `client-id` header.
@@ -181,6 +182,16 @@ pub struct Grant {
     /// Where async mode may deliver its bot's replies and how they are signed (`None`: no async
     /// mode for this credential).
     pub callbacks: Option<Arc<CallbackPolicy>>,
+    /// For a credential that covers the whole request (a signature over method, path, headers and
+    /// body), its check, run once the body is read; `None` for credentials of the head alone.
+    pub verifier: Option<Arc<dyn RequestVerifier>>,
+}
+
+/// A caller credential its dialect checks itself over the whole request, once the body is read
+/// (AWS SigV4). The dialect that reads the credential implements it; the shell only calls it.
+pub trait RequestVerifier: Send + Sync + fmt::Debug {
+    /// Checks the request at `now` (unix seconds); the refusal is in the dialect's own words.
+    fn verify(&self, req: &WholeRequest<'_>, now: u64) -> Result<(), Denied>;
 }
 
 /// One Haptik client allowed to call the proxy.
@@ -206,6 +217,7 @@ impl HaptikClient {
                 csml: None,
                 limits: CallerLimits::default(),
                 callbacks: None,
+                verifier: None,
             }),
             token_sha256,
         }
@@ -496,6 +508,12 @@ pub enum Presented<'h> {
     ApiKey(CsmlPresented<'h>),
     /// A bare token (a bearer token or a `?token=`), valid only for the dialect that presents it.
     Token(TokenPresented<'h>),
+    /// The id of a key that signs the whole request (an AWS access key id), valid only for the
+    /// dialect that presents it; the grant's [`RequestVerifier`] checks the signature.
+    KeyId {
+        dialect: &'static str,
+        key_id: &'h str,
+    },
 }
 
 /// A bare token presented by a caller of `dialect`.
@@ -527,6 +545,16 @@ pub fn token_digest(dialect: &str, token: &[u8]) -> [u8; 32] {
     h.update(dialect.as_bytes());
     h.update(b"\0token\0");
     h.update(token);
+    h.finalize().into()
+}
+
+/// The key a signing key's id (e.g. an AWS access key id) is stored under: in the same map as bare
+/// tokens, in a domain of its own.
+pub fn key_id_digest(dialect: &str, key_id: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(dialect.as_bytes());
+    h.update(b"\0key-id\0");
+    h.update(key_id.as_bytes());
     h.finalize().into()
 }
 
@@ -572,6 +600,11 @@ impl TokenClients {
     /// never compared byte by byte.
     pub fn lookup(&self, p: &TokenPresented<'_>) -> Option<&Arc<Grant>> {
         self.by_digest.get(&p.digest())
+    }
+
+    /// The grant of a signing key's id ([`key_id_digest`]).
+    pub fn by_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Grant>> {
+        self.by_digest.get(digest)
     }
 }
 
@@ -774,6 +807,7 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
             own: Default::default(),
         },
         callbacks: None,
+        verifier: None,
     }))
 }
 
@@ -804,6 +838,7 @@ mod tests {
                 ))),
                 limits: CallerLimits::default(),
                 callbacks: None,
+                verifier: None,
             },
         );
         c.insert(
@@ -815,6 +850,7 @@ mod tests {
                 csml: Some(CsmlClientAuth::Plain),
                 limits: CallerLimits::default(),
                 callbacks: None,
+                verifier: None,
             },
         );
         c

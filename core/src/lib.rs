@@ -16,5 +16,7 @@ pub mod dialect;
 pub mod error;
 pub mod limits;
 pub mod model;
+pub mod request;
 pub mod signing;
+pub mod sigv4;
 pub mod timefmt;

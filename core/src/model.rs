@@ -130,6 +130,8 @@ pub enum RawKind {
     CsmlPayload,
     /// Haptik HSL bodies (`{"text", "type", "data"}`).
     HaptikHsl,
+    /// Amazon Lex V2 messages (`{"contentType", "content", "imageResponseCard"}`).
+    LexMessage,
 }
 
 /// The bot's whole answer to one request.

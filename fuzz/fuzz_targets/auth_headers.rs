@@ -1,6 +1,7 @@
 //! Credential headers: Haptik's bearer token and client id, CSML's `x-api-key` (`KEY|TS`, split by
-//! `signing::split_key`) and signature, a bare token from `Authorization` or `?token=`, and each
-//! caller dialect's detection and credential reading over them.
+//! `signing::split_key`) and signature, a bare token from `Authorization` or `?token=`, an AWS
+//! SigV4 `Authorization` (Lex), and each caller dialect's detection and credential reading over
+//! them.
 //!
 //! The input is a header block, one `name: value` per line (names compared in lowercase); a line
 //! starting with `?` is the query string.
@@ -17,6 +18,12 @@ struct Head<'a> {
 }
 
 impl RequestHead for Head<'_> {
+    fn method(&self) -> &str {
+        "POST"
+    }
+    fn path(&self) -> &str {
+        "/"
+    }
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()

@@ -19,8 +19,11 @@ use crate::limits::LimitPair;
 pub struct RawRoute {
     /// Its name in scopes, metrics and logs.
     pub name: String,
-    /// The exact path callers use.
-    pub path: String,
+    /// The exact path callers use (give this or `path_prefix`).
+    pub path: Option<String>,
+    /// Every path that starts with this, for dialects that put ids in their paths (Lex's
+    /// `/bots/…/sessions/{sessionId}/text`). An exact `path` of another route wins.
+    pub path_prefix: Option<String>,
     /// What callers speak here: a dialect name, a list of them, or `auto` (every dialect that
     /// detection can tell apart: Haptik and CSML).
     pub ingress: IngressSpec,
@@ -88,7 +91,9 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
+    /// The exact path, or with `prefix` the start of every path routed here.
     pub path: String,
+    pub prefix: bool,
     /// The dialects callers may speak here, in detection order.
     pub ingress: Vec<Caller>,
     pub haptik_answer: AnswerShape,
@@ -160,19 +165,18 @@ pub fn validate(raw: &[RawRoute], known: &Known<'_>) -> Result<Vec<Route>, Confi
     let mut routes: Vec<Route> = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let key = format!("routes[{i}]");
-        if !r.path.starts_with('/') {
+        let (path_key, path, prefix) = path(&key, r)?;
+        if !path.starts_with('/') {
+            return Err(ConfigError::new(path_key, "must start with `/`"));
+        }
+        if routes.iter().any(|x| x.path == path && x.prefix == prefix) {
             return Err(ConfigError::new(
-                format!("{key}.path"),
-                "must start with `/`",
+                path_key,
+                format!("`{path}` is routed twice"),
             ));
         }
-        if routes.iter().any(|x| x.path == r.path) {
-            return Err(ConfigError::new(
-                format!("{key}.path"),
-                format!("`{}` is routed twice", r.path),
-            ));
-        }
-        let route = route(&key, r, known)?;
+        let mut route = route(&key, r, known)?;
+        (route.path, route.prefix) = (path.to_owned(), prefix);
         check_callers(&key, &route, known)?;
         routes.push(route);
     }
@@ -185,6 +189,23 @@ pub fn validate(raw: &[RawRoute], known: &Known<'_>) -> Result<Vec<Route>, Confi
         }
     }
     Ok(routes)
+}
+
+/// The route's `path` or `path_prefix` (exactly one): the key it was given in, the path, whether
+/// it is a prefix.
+fn path<'r>(key: &str, r: &'r RawRoute) -> Result<(String, &'r str, bool), ConfigError> {
+    match (&r.path, &r.path_prefix) {
+        (Some(p), None) => Ok((format!("{key}.path"), p, false)),
+        (None, Some(p)) => Ok((format!("{key}.path_prefix"), p, true)),
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            format!("{key}.path_prefix"),
+            "give `path` or `path_prefix`, not both",
+        )),
+        (None, None) => Err(ConfigError::new(
+            format!("{key}.path"),
+            "missing: give `path` (exact) or `path_prefix`",
+        )),
+    }
 }
 
 fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigError> {
@@ -204,7 +225,8 @@ fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigErro
         .transpose()?;
     Ok(Route {
         name: r.name.clone(),
-        path: r.path.clone(),
+        path: String::new(),
+        prefix: false,
         ingress: ingress(&format!("{key}.ingress"), &r.ingress)?,
         haptik_answer: r.haptik_answer,
         flow_trigger: r.flow_trigger,

@@ -189,7 +189,9 @@ impl ChatService {
                 ..AccessRecord::default()
             },
         };
-        let Ok(req) = self.parse(&mut cx, &a, &p.body) else {
+        // Async mode's dialects (CSML's callback_url, Haptik's Log Message API) read no ids from
+        // the path, so the route's stands in for the one the request came to.
+        let Ok(req) = self.parse(&mut cx, &a, &a.route.path, &p.body) else {
             return ticket.abandon(); // parsed once already: cannot fail
         };
         let bodies = match self.bot_answer(&mut cx, &a, &req, &p).await {

@@ -27,7 +27,7 @@ use crate::dialect::json_in::{once, JsonIn};
 use crate::dialect::json_out::JsonOut;
 use crate::dialect::{
     from_json, settings, strict_raw, AnswerContext, AnswerShape, Bot, BotDialect,
-    BotRequestContext, CallerDialect, ClientEntry, Detection, RequestHead,
+    BotRequestContext, CallerDialect, ClientEntry, Detection, Outgoing, RequestHead,
 };
 use crate::error::{json_error, status_phrase, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -1185,6 +1185,7 @@ impl CallerDialect for Csml {
             csml: Some(auth),
             limits: Default::default(),
             callbacks: policy::csml(key, &c.name, keys)?.map(Arc::new),
+            verifier: None,
         };
         Ok(ClientEntry {
             credential: ClientCredential::ApiKey {
@@ -1195,7 +1196,11 @@ impl CallerDialect for Csml {
         })
     }
 
-    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError> {
+    fn parse_request<'b>(
+        &self,
+        _path: &str,
+        body: &'b [u8],
+    ) -> Result<ChatRequest<'b>, ProxyError> {
         parse_request(body)
     }
 
@@ -1291,8 +1296,8 @@ impl Bot for CsmlBot {
         Ok(render_request(req, ctx.request_id))
     }
 
-    fn sign(&self, unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {
-        self.auth.headers(unix_secs, add);
+    fn sign(&self, out: &Outgoing<'_>, add: &mut dyn FnMut(&'static str, &str)) {
+        self.auth.headers(out.unix_secs, add);
     }
 
     fn parse_answer<'b>(

@@ -13,7 +13,7 @@ use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::excerpt;
 use crate::dialect::csml;
 use crate::dialect::json_out::JsonOut;
-use crate::dialect::{settings, Bot, BotDialect, BotRequestContext};
+use crate::dialect::{settings, Bot, BotDialect, BotRequestContext, Outgoing};
 use crate::error::{ProxyError, Reason};
 use crate::model::{ChatAnswer, ChatRequest};
 
@@ -147,7 +147,7 @@ impl Bot for EngineBot {
         ))
     }
 
-    fn sign(&self, _unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {
+    fn sign(&self, _out: &Outgoing<'_>, add: &mut dyn FnMut(&'static str, &str)) {
         if let Some(k) = &self.api_key {
             add("x-api-key", k);
         }

@@ -29,7 +29,7 @@ use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::json_out::JsonOut;
 use crate::dialect::{
     from_json, haptik_async, hsl, integer, settings, AnswerContext, Bot, BotDialect,
-    BotRequestContext, CallerDialect, ClientEntry, Detection, RequestHead,
+    BotRequestContext, CallerDialect, ClientEntry, Detection, Outgoing, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -816,7 +816,11 @@ impl CallerDialect for Haptik {
         })
     }
 
-    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError> {
+    fn parse_request<'b>(
+        &self,
+        _path: &str,
+        body: &'b [u8],
+    ) -> Result<ChatRequest<'b>, ProxyError> {
         parse_request(body)
     }
 
@@ -915,7 +919,7 @@ impl Bot for HaptikBot {
         self.replies.as_ref()
     }
 
-    fn sign(&self, _unix_secs: u64, add: &mut dyn FnMut(&'static str, &str)) {
+    fn sign(&self, _out: &Outgoing<'_>, add: &mut dyn FnMut(&'static str, &str)) {
         add("authorization", &self.authorization);
         add("client-id", &self.client_id);
     }

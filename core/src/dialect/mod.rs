@@ -18,6 +18,7 @@ pub mod haptik_async;
 pub mod hsl;
 mod json_in;
 mod json_out;
+pub mod lex;
 pub mod rasa;
 pub mod registry;
 mod strict_raw;
@@ -30,6 +31,7 @@ use crate::config::ConfigError;
 use crate::error::ProxyError;
 use crate::model::{ChatAnswer, ChatRequest};
 
+pub use crate::request::RequestHead;
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
 pub use registry::{bot_dialect, caller, callers, Caller};
 
@@ -75,14 +77,6 @@ pub(crate) fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::
 /// `float_roundtrip`, keeps `4186881670350958.0` from being read as `…958.5`.)
 pub(crate) fn integral(v: f64, below: f64) -> Option<f64> {
     (v.fract() == 0.0 && v > -(2f64.powi(63)) && v < below).then_some(v)
-}
-
-/// A request's head as the pure core sees it: header values by (lowercase) name and the query.
-pub trait RequestHead: Sync {
-    /// A header's value.
-    fn header(&self, name: &str) -> Option<&[u8]>;
-    /// The query string (after `?`), if any.
-    fn query(&self) -> Option<&str>;
 }
 
 /// How sure a dialect is that a request's headers are its own.
@@ -182,8 +176,9 @@ pub trait CallerDialect: Sync + Send + 'static {
     fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied>;
     /// Reads one `[[clients.<name>]]` table (`key` names it for errors).
     fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError>;
-    /// Parses a caller's request body.
-    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError>;
+    /// Parses a caller's request: its path as sent (dialects that put ids there read them) and
+    /// its body.
+    fn parse_request<'b>(&self, path: &str, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError>;
     /// Whether a bot's own message objects in this dialect's format should be kept for rendering
     /// verbatim (same-vendor fronting loses nothing).
     fn keeps_raw(&self) -> bool {
@@ -203,6 +198,12 @@ pub trait CallerDialect: Sync + Send + 'static {
     ) -> Vec<u8>;
     /// Renders an error the way this dialect's own servers do.
     fn render_error(&self, err: &ProxyError) -> Vec<u8>;
+    /// The status this dialect's servers answer `err` with (most keep the proxy's).
+    fn error_status(&self, err: &ProxyError) -> u16 {
+        err.status
+    }
+    /// Headers this dialect's servers add to an error (e.g. Lex's `x-amzn-ErrorType`).
+    fn error_headers(&self, _err: &ProxyError, _add: &mut dyn FnMut(&'static str, &str)) {}
     /// Its callers' OpenAPI document (`docs/openapi/<name>.json`), served by the admin listener.
     fn api_document(&self) -> &'static str;
 }
@@ -229,6 +230,21 @@ pub trait BotDialect: Sync + Send + 'static {
     fn configure(&self, key: &str, settings: toml::Table) -> Result<Box<dyn Bot>, ConfigError>;
 }
 
+/// A request to a bot as its signature sees it: everything but the signature's own headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// When it is sent (unix seconds).
+    pub unix_secs: u64,
+    pub method: &'static str,
+    /// The `Host` header.
+    pub authority: &'a str,
+    /// The path as sent, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub content_type: &'static str,
+    pub body: &'a [u8],
+}
+
 /// A configured backend's dialect part: its credentials and parameters.
 pub trait Bot: Send + Sync + fmt::Debug {
     /// The dialect's name (metric label).
@@ -246,15 +262,20 @@ pub trait Bot: Send + Sync + fmt::Debug {
     fn query_param(&self) -> Option<(&'static str, &str)> {
         None
     }
+    /// The path this request goes to below the configured URL's path, for a bot that puts ids in
+    /// its paths (Lex's session); `None`: the configured URL as it is.
+    fn target(&self, _req: &ChatRequest<'_>) -> Option<String> {
+        None
+    }
     /// Renders the request body for the bot, or a 4xx when it cannot be expressed there.
     fn render_request(
         &self,
         req: &ChatRequest<'_>,
         ctx: &BotRequestContext<'_>,
     ) -> Result<Vec<u8>, ProxyError>;
-    /// Hands `add` the headers that authenticate the proxy to the bot, for a request sent at
-    /// `unix_secs`.
-    fn sign(&self, unix_secs: u64, add: &mut dyn FnMut(&'static str, &str));
+    /// Hands `add` the headers that authenticate the proxy to the bot, for the request `out` (a
+    /// signature may cover all of it: AWS SigV4).
+    fn sign(&self, out: &Outgoing<'_>, add: &mut dyn FnMut(&'static str, &str));
     /// Parses the bot's answer (any status). With `keep_raw`, a bot of the caller's own vendor
     /// keeps its message objects for a verbatim rendering.
     fn parse_answer<'b>(

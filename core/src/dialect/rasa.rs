@@ -30,7 +30,7 @@ use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
     from_json, integral, settings, strict_raw, AnswerContext, Bot, BotDialect, BotRequestContext,
-    CallerDialect, ClientEntry, Detection, FlowTriggerPolicy, RequestHead,
+    CallerDialect, ClientEntry, Detection, FlowTriggerPolicy, Outgoing, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
@@ -533,6 +533,7 @@ impl CallerDialect for Rasa {
             csml: None,
             limits: Default::default(),
             callbacks: None,
+            verifier: None,
         };
         Ok(ClientEntry {
             credential: ClientCredential::Token {
@@ -543,7 +544,11 @@ impl CallerDialect for Rasa {
         })
     }
 
-    fn parse_request<'b>(&self, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError> {
+    fn parse_request<'b>(
+        &self,
+        _path: &str,
+        body: &'b [u8],
+    ) -> Result<ChatRequest<'b>, ProxyError> {
         parse_request(body)
     }
 
@@ -598,7 +603,7 @@ impl Bot for RasaBot {
     }
 
     /// Rasa's REST channel takes no header credential (its token travels in the URL).
-    fn sign(&self, _unix_secs: u64, _add: &mut dyn FnMut(&'static str, &str)) {}
+    fn sign(&self, _out: &Outgoing<'_>, _add: &mut dyn FnMut(&'static str, &str)) {}
 
     fn parse_answer<'b>(
         &self,
