@@ -9,6 +9,10 @@
 //! - `POST /webhooks/rest/webhook`: a Rasa REST channel bot. Rasa's REST channel has no auth of its
 //!   own, so it checks nothing (a `?token=` query, as Rasa's HTTP API takes, is accepted and ignored).
 //!
+//! - `POST /bots/{botId}/botAliases/{aliasId}/botLocales/{localeId}/sessions/{sessionId}/text`: an
+//!   Amazon Lex V2 bot (`RecognizeText`). It checks the AWS Signature V4 of the demo's `api_key` (as
+//!   the access key id) and `api_secret`, so the proxy's signing is exercised on every request.
+//!
 //! Each answers with three messages: a text, a question with two buttons, and an echo of what the
 //! user sent, rendered by the same dialect code the proxy uses.
 
@@ -20,12 +24,16 @@ use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::auth::{AuthReason, Denied, RequestVerifier};
 use crate::auth::{HaptikClient, HaptikClients};
-use crate::dialect::{csml, haptik, rasa, AnswerContext, AnswerShape, FixedIds};
+use crate::dialect::{
+    csml, haptik, lex, rasa, AnswerContext, AnswerShape, CallerDialect, FixedIds,
+};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Handler};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, Reply};
 use crate::signing::CsmlKey;
+use botbridge_core::request::WholeRequest;
 
 /// How far a signature's timestamp may be from the demo bot's clock.
 pub const TOLERANCE_SECS: u64 = 300;
@@ -33,19 +41,22 @@ pub const TOLERANCE_SECS: u64 = 300;
 /// The demo bots.
 pub struct DemoBot {
     key: CsmlKey,
+    /// The Lex bot's secret for the key's id (the CSML secret: one demo key for every bot).
+    lex_secret: String,
     haptik: HaptikClients,
 }
 
 impl DemoBot {
     /// Demo bots accepting CSML requests signed with `key` (and engine requests with its plain key),
     /// and Haptik requests from `haptik` (client id, client), when given.
-    pub fn new(key: CsmlKey, haptik: Option<(String, HaptikClient)>) -> Self {
+    pub fn new(key: CsmlKey, lex_secret: &str, haptik: Option<(String, HaptikClient)>) -> Self {
         let mut clients = HaptikClients::new();
         if let Some((id, client)) = haptik {
             clients.insert(id, client);
         }
         DemoBot {
             key,
+            lex_secret: lex_secret.to_owned(),
             haptik: clients,
         }
     }
@@ -147,6 +158,39 @@ impl DemoBot {
         }
     }
 
+    /// The Lex V2 bot: the signature of the demo's key over the whole request, then the answer.
+    fn lex(&self, head: &pingora::http::RequestHeader, body: &[u8], now: SystemTime) -> Answer {
+        let whole = WholeRequest {
+            head: &crate::service::Head(head),
+            body,
+        };
+        let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let known = lex::LexCaller::key_id(&whole) == Some(self.key.key());
+        let checked = match known {
+            true => lex::LexCaller::new(&*self.lex_secret).verify(&whole, unix),
+            false => Err(Denied::new(AuthReason::Invalid, "unknown access key id")),
+        };
+        let lex_error = |e: ProxyError| {
+            let mut a = Answer::json(lex::Lex.error_status(&e), lex::render_error(&e));
+            lex::Lex.error_headers(&e, &mut |n, v| a.headers.push((n, v.to_owned())));
+            a.headers.extend(e.headers);
+            a
+        };
+        if let Err(d) = checked {
+            return lex_error(d.error);
+        }
+        match lex::parse_request(head.uri.path(), body) {
+            Ok(req) => {
+                let answer = ChatAnswer {
+                    replies: replies(&req),
+                    ..ChatAnswer::default()
+                };
+                Answer::json(200, lex::render_answer(&req, &answer))
+            }
+            Err(e) => lex_error(e),
+        }
+    }
+
     fn engine(&self, key: &[u8], body: &[u8], now: SystemTime) -> Answer {
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             key,
@@ -238,6 +282,7 @@ impl Handler for DemoBot {
                 let (status, body) = rasa_answer(&body);
                 Answer::json(status, body)
             }
+            p if p.starts_with("/bots/") => self.lex(req, &body, now),
             _ => csml_error(ProxyError::new(404, Reason::NotFound, "not found")),
         }
     }

@@ -75,7 +75,7 @@ pub fn assemble(config: Arc<Config>, config_path: PathBuf, clock: Clock) -> Asse
     let admin_limits = limits.private_listener(ADMIN_MAX_CONNECTIONS);
     let admin = App::new("admin", AdminService::new(reloader.clone()), admin_limits);
     let demo = (config.demo.as_ref()).map(|d| {
-        let bots = DemoBot::new(d.key.clone(), d.haptik.clone());
+        let bots = DemoBot::new(d.key.clone(), &d.secret, d.haptik.clone());
         App::new(
             "demo",
             bots,

@@ -23,6 +23,10 @@ pub fn bots() -> Vec<Box<dyn Bot>> {
                 "haptik" => "token = \"t\"\nclient_id = \"c\"",
                 "csml-engine" => "bot_id = \"b\"\nchannel_id = \"ch\"",
                 "rasa" => "",
+                "lex-v2" => concat!(
+                    "region = \"us-east-1\"\nbot_id = \"B\"\nbot_alias_id = \"A\"\n",
+                    "locale_id = \"en_US\"\naccess_key_id = \"AK\"\nsecret_access_key = \"s\""
+                ),
                 other => panic!("a new bot dialect `{other}`: add its settings here"),
             };
             let table: toml::Table = settings.parse().expect("settings parse");
@@ -47,7 +51,7 @@ pub fn check_request(req: &ChatRequest<'_>, bots: &[Box<dyn Bot>]) {
                 flow_trigger,
             };
             match bot.render_request(req, &ctx) {
-                Ok(body) => reads_back(bot.dialect(), &body, req),
+                Ok(body) => reads_back(&**bot, &body, req),
                 Err(e) => assert!((400..500).contains(&e.status), "{e}"),
             }
         }
@@ -59,18 +63,26 @@ pub fn check_request(req: &ChatRequest<'_>, bots: &[Box<dyn Bot>]) {
     render_everywhere(req, &answer);
 }
 
-/// A bot request in a dialect callers also speak must parse there, naming the same user.
-fn reads_back(dialect: &str, body: &[u8], req: &ChatRequest<'_>) {
+/// A bot request in a dialect callers also speak must parse there (at the bot's own path, for a
+/// bot with ids in its paths), naming the same user (or, where the path carries the user, the
+/// same user again for the same path).
+fn reads_back(bot: &dyn Bot, body: &[u8], req: &ChatRequest<'_>) {
+    let dialect = bot.dialect();
     let value: serde_json::Value = serde_json::from_slice(body).expect("bot request is JSON");
     assert!(value.is_object(), "bot request is an object");
+    let path = bot.target(req);
     if let Some(c) = caller(dialect) {
-        let again = c.parse_request(body).unwrap_or_else(|e| {
+        let at = path.as_deref().unwrap_or("/");
+        let again = c.parse_request(at, body).unwrap_or_else(|e| {
             panic!(
                 "{dialect} bot request does not parse as {dialect}: {e}\n{}",
                 String::from_utf8_lossy(body)
             )
         });
-        assert_eq!(again.user_id, req.user_id, "the user changed on the way");
+        match &path {
+            None => assert_eq!(again.user_id, req.user_id, "the user changed on the way"),
+            Some(_) => assert_eq!(bot.target(&again), path, "the path changed on the way"),
+        }
         if let (Content::Text(a), Content::Text(b)) = (&again.content, &req.content) {
             assert_eq!(a, b, "the text changed on the way");
         }
@@ -140,12 +152,16 @@ pub fn check_error(err: &ProxyError) {
         .expect("either-dialect error is JSON");
 }
 
+/// The path requests are parsed at: a Lex `RecognizeText` path (dialects without ids in their
+/// paths ignore it).
+pub const FUZZ_PATH: &str = "/bots/B/botAliases/A/botLocales/en_US/sessions/fuzz-user/text";
+
 /// A request body through one caller parser, then everything downstream of it; the body also goes
 /// through every dialect's shape detection.
 pub fn fuzz_request(dialect: &str, body: &[u8], bots: &[Box<dyn Bot>]) {
     let all: Vec<_> = callers().collect();
     let _ = registry::detect_by_body(&all, body);
-    match caller(dialect).expect("registered").parse_request(body) {
+    match caller(dialect).expect("registered").parse_request(FUZZ_PATH, body) {
         Ok(req) => check_request(&req, bots),
         Err(e) => {
             assert_eq!(e.status, 400, "a request error is a 400: {e}");

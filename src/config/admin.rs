@@ -94,13 +94,25 @@ pub struct RawDemo {
     pub haptik_token: Option<SecretSource>,
 }
 
-/// `[demo]`, validated. The bots are built once at start.
-#[derive(Debug, Clone)]
+/// `[demo]`, validated. The bots are built once at start. `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct DemoConfig {
     pub listen: SocketAddr,
     pub key: CsmlKey,
+    /// The secret of the same key as an AWS access key (the demo Lex bot's).
+    pub secret: String,
     /// The Haptik demo bot's expected caller, if configured.
     pub haptik: Option<(String, HaptikClient)>,
+}
+
+impl std::fmt::Debug for DemoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoConfig")
+            .field("listen", &self.listen)
+            .field("key", &self.key)
+            .field("haptik", &self.haptik)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What identifies the demo bots for the restart check: the listener and a digest of the
@@ -277,6 +289,7 @@ pub fn demo(d: &RawDemo, taken: &[SocketAddr]) -> Result<(DemoConfig, DemoIdenti
     let config = DemoConfig {
         listen,
         key: CsmlKey::new(d.api_key.clone(), secret.as_bytes()),
+        secret,
         haptik,
     };
     Ok((config, identity))

@@ -3,10 +3,12 @@
 
 use std::fmt;
 
-use super::{csml, csml_engine, haptik, rasa, BotDialect, CallerDialect, Detection, RequestHead};
+use super::{
+    csml, csml_engine, haptik, lex, rasa, BotDialect, CallerDialect, Detection, RequestHead,
+};
 
 /// What callers may speak, in the order detection asks them.
-static CALLERS: &[&dyn CallerDialect] = &[&csml::Csml, &haptik::Haptik, &rasa::Rasa];
+static CALLERS: &[&dyn CallerDialect] = &[&csml::Csml, &haptik::Haptik, &rasa::Rasa, &lex::Lex];
 
 /// What bots may speak.
 static BOTS: &[&dyn BotDialect] = &[
@@ -14,6 +16,7 @@ static BOTS: &[&dyn BotDialect] = &[
     &haptik::Haptik,
     &csml_engine::CsmlEngine,
     &rasa::Rasa,
+    &lex::Lex,
 ];
 
 /// Handles on the registered caller dialects, for code and tests that name one (checked against
@@ -126,6 +129,12 @@ mod tests {
     struct Head<'a>(&'a [(&'a str, &'a str)], Option<&'a str>);
 
     impl RequestHead for Head<'_> {
+        fn method(&self) -> &str {
+            "POST"
+        }
+        fn path(&self) -> &str {
+            "/"
+        }
         fn header(&self, name: &str) -> Option<&[u8]> {
             self.0
                 .iter()
