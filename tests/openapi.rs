@@ -11,7 +11,7 @@ use botbridge::dialect::{caller, AnswerShape, FlowTriggerPolicy};
 use common::*;
 use serde_json::Value;
 
-const DIALECTS: [&str; 3] = ["haptik", "csml", "rasa"];
+const DIALECTS: [&str; 4] = ["haptik", "csml", "rasa", "lex-v2"];
 
 fn shipped() -> Config {
     config::parse(include_str!("../proxy.toml")).expect("the shipped config loads")
@@ -63,7 +63,17 @@ async fn each_document_is_served_and_lists_the_shipped_routes_of_its_dialect() {
             .collect();
         let c = caller(dialect).unwrap();
         let routes: Vec<_> = config.routes.iter().filter(|r| r.accepts(c)).collect();
-        let mut shipped_paths: Vec<&str> = routes.iter().map(|r| r.path.as_str()).collect();
+        // A prefix route is documented as the template of the paths it takes.
+        let documented_as = |r: &config::Route| -> String {
+            match r.prefix {
+                false => r.path.clone(),
+                true => (documented.iter())
+                    .find(|d| d.starts_with(&r.path))
+                    .map_or_else(|| r.path.clone(), |d| d.to_string()),
+            }
+        };
+        let shipped: Vec<String> = routes.iter().map(|r| documented_as(r)).collect();
+        let mut shipped_paths: Vec<&str> = shipped.iter().map(String::as_str).collect();
         let mut documented_sorted = documented.clone();
         shipped_paths.sort_unstable();
         documented_sorted.sort_unstable();
@@ -72,7 +82,7 @@ async fn each_document_is_served_and_lists_the_shipped_routes_of_its_dialect() {
             "{dialect}: documented paths"
         );
         for route in routes {
-            let op = &doc["paths"][&route.path]["post"];
+            let op = &doc["paths"][&documented_as(route)]["post"];
             let answer = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
                 .as_str()
                 .unwrap();
@@ -89,7 +99,7 @@ async fn each_document_is_served_and_lists_the_shipped_routes_of_its_dialect() {
             let bot = &config.backends[route.default_target.as_ref().unwrap().backend];
             let refuses = dialect == "csml"
                 && route.flow_trigger == FlowTriggerPolicy::Reject
-                && ["haptik", "rasa"].contains(&bot.bot.dialect());
+                && ["haptik", "rasa", "lex-v2"].contains(&bot.bot.dialect());
             assert_eq!(
                 op["responses"].get("422").is_some(),
                 refuses,
@@ -115,8 +125,49 @@ fn credentials(dialect: &str) -> (Vec<(&'static str, String)>, &'static str) {
             let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
             (vec![("x-api-key", key), ("x-api-signature", sig)], "")
         }
-        _ => (Vec::new(), "?token=demo-rasa-token"),
+        "rasa" => (Vec::new(), "?token=demo-rasa-token"),
+        other => panic!("no demo credentials for {other}"),
     }
+}
+
+/// A documented path with its `{parameters}` filled in (Lex's ids).
+fn concrete(path: &str) -> String {
+    (path.replace("{botId}", "ABCDEFGHIJ"))
+        .replace("{botAliasId}", "TSTALIASID")
+        .replace("{localeId}", "en_US")
+        .replace("{sessionId}", "user-1")
+}
+
+/// The headers of a request to `path` with `body` signed with the demo Lex key (AWS SigV4, by the
+/// proxy's signer: boto3 signs in tests/lex.rs).
+fn lex_signed(host: &str, path: &str, body: &str) -> Vec<(&'static str, String)> {
+    use botbridge::sigv4::{self, SigningKey};
+    let date = sigv4::amz_date(unix_now());
+    let scope = sigv4::Scope {
+        date: &date[..8],
+        region: "us-east-1",
+        service: "lex",
+    };
+    let headers = [
+        ("content-type", "application/json"),
+        ("host", host),
+        ("x-amz-date", date.as_str()),
+    ];
+    let request = sigv4::Request {
+        method: "POST",
+        path,
+        query: None,
+        headers: &headers,
+        body: body.as_bytes(),
+    };
+    let signature = SigningKey::derive("demo-lex-secret", &scope).sign(&request, &date, &scope);
+    let auth = sigv4::authorization(
+        "DEMOACCESSKEYID",
+        &scope,
+        "content-type;host;x-amz-date",
+        &signature,
+    );
+    vec![("authorization", auth), ("x-amz-date", date)]
 }
 
 #[tokio::test]
@@ -132,14 +183,15 @@ async fn every_documented_example_gets_the_documented_answer() {
         for (path, item) in doc["paths"].as_object().unwrap() {
             let op = &item["post"];
             let example = &op["requestBody"]["content"]["application/json"]["example"];
-            let (headers, query) = credentials(dialect);
-            let (status, answer) = send(
-                &proxy,
-                &format!("{path}{query}"),
-                &headers,
-                &example.to_string(),
-            )
-            .await;
+            let (path, body) = (concrete(path), example.to_string());
+            let (headers, query) = match dialect {
+                "lex-v2" => {
+                    let host = format!("127.0.0.1:{}", proxy.chat_port());
+                    (lex_signed(&host, &path, &body), "")
+                }
+                _ => credentials(dialect),
+            };
+            let (status, answer) = send(&proxy, &format!("{path}{query}"), &headers, &body).await;
             assert_eq!(status, 200, "{dialect} {path}: {answer}");
             let schema = resolve(
                 &doc,

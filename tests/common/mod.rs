@@ -16,6 +16,7 @@
 mod inproc;
 mod spawned;
 mod tls_ca;
+mod vendors;
 
 // Each test binary uses one harness or both.
 #[allow(unused_imports)]
@@ -24,6 +25,8 @@ pub use inproc::*;
 pub use spawned::*;
 #[allow(unused_imports)]
 pub use tls_ca::*;
+#[allow(unused_imports)]
+pub use vendors::*;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
