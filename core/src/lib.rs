@@ -14,6 +14,7 @@ pub mod config;
 pub mod delivery;
 pub mod dialect;
 pub mod error;
+pub mod jwt;
 pub mod limits;
 pub mod model;
 pub mod request;
