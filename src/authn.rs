@@ -221,7 +221,7 @@ impl Authenticator {
             Ok(Presented::ClientToken(p)) => self.haptik(p).await,
             Ok(Presented::ApiKey(p)) => self.csml(p, now).await,
             Ok(Presented::Token(p)) => self.token(p).await,
-            Ok(Presented::KeyId { dialect, key_id }) => self.key_id(dialect, key_id),
+            Ok(Presented::KeyId { dialect, key_id }) => self.key_id(dialect, &key_id),
             Err(d) => Err(d),
         };
         match result {

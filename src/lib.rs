@@ -36,6 +36,7 @@ pub mod server;
 pub mod service;
 pub mod shared;
 pub mod tls;
+pub mod tokens;
 pub mod upstream;
 
 // The pure core, under the names the shell has always used.

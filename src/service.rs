@@ -35,6 +35,7 @@ use crate::migration::{self, Migration};
 use crate::model::{request_id_is_sane, ChatRequest};
 use crate::pool::{PoolError, Pools};
 use crate::shared::redis::SharedRedis;
+use crate::tokens::Tokens;
 use crate::upstream::{Endpoint, Exchange, RequestBytes, Upstream};
 use botbridge_core::request::WholeRequest;
 
@@ -82,6 +83,8 @@ pub struct Runtime {
     limits: Limiter,
     /// `max_in_flight` per backend.
     in_flight: BackendSlots,
+    /// Access tokens of bots that need them (kept over a reload).
+    tokens: Tokens,
     /// `[redis]`, connected once per process and handed from runtime to runtime.
     shared: Option<Arc<SharedRedis>>,
     /// Shadows, canaries and their report (handed over on reload).
@@ -115,6 +118,7 @@ impl Runtime {
                 shared.clone(),
             ),
             in_flight: BackendSlots::new(&config.backends, previous.map(|p| &p.in_flight)),
+            tokens: Tokens::new(&config, previous.map(|p| &p.tokens)),
             routes_by_path: (config.routes.iter().enumerate())
                 .filter(|(_, r)| !r.prefix)
                 .map(|(i, r)| (r.path.clone(), i))
@@ -484,21 +488,28 @@ impl ChatService {
 
     /// The whole request for one endpoint of the backend. Header values are checked when the
     /// configuration is loaded and request ids when they arrive.
-    fn request_bytes(&self, ep: &Endpoint, to: &ToBot<'_>, request_id: &str) -> Vec<u8> {
+    fn request_bytes(
+        &self,
+        ep: &Endpoint,
+        to: &ToBot<'_>,
+        request_id: &str,
+        token: Option<&str>,
+    ) -> Vec<u8> {
         let bot = &*to.backend.bot;
-        let at = (to.path.as_deref(), to.signed_at);
+        let at = (to.path.as_deref(), to.signed_at, token);
         self.signed_request(ep, bot, &to.body, request_id, at)
     }
 
     /// `body` for `ep` (at `path` below its URL's path, when the bot gave one), with the headers
-    /// every bot request has and `bot`'s signature over the whole request, signed at `signed_at`.
+    /// every bot request has and `bot`'s signature over the whole request, signed at `signed_at`
+    /// (with its access token, for a bot that needs one).
     fn signed_request(
         &self,
         ep: &Endpoint,
         bot: &dyn Bot,
         body: &[u8],
         request_id: &str,
-        (path, signed_at): (Option<&str>, u64),
+        (path, signed_at, token): (Option<&str>, u64, Option<&str>),
     ) -> Vec<u8> {
         let joined;
         let target = match path {
@@ -526,6 +537,7 @@ impl ChatService {
             query,
             content_type: JSON,
             body,
+            token,
         };
         bot.sign(&out, &mut |name, value| {
             up.header(name, value);
@@ -544,9 +556,11 @@ impl ChatService {
     ) -> Result<Exchange, ProxyError> {
         let (rt, out) = (cx.rt, &mut cx.out);
         let _slot = rt.in_flight.enter(to.index)?;
+        let token = (rt.tokens.get(to.index).await)
+            .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
         let started = Instant::now();
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id);
+        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id, token.as_deref());
         let result = (rt.pools.get(to.index))
             .forward(&self.upstream, req.user_id.as_bytes(), build, started)
             .await;
@@ -632,7 +646,14 @@ impl ChatService {
         let request = (target.backend.bot.render_request(&copy, &ctx)).map(|body| {
             let (ep, bot) = (&target.backend.urls[0].endpoint, &*target.backend.bot);
             let path = bot.target(&copy);
-            self.signed_request(ep, bot, &body, request_id, (path.as_deref(), signed_at))
+            let index = rt
+                .config
+                .backends
+                .iter()
+                .position(|b| b.name == target.backend.name);
+            let token = index.and_then(|i| rt.tokens.peek(i));
+            let at = (path.as_deref(), signed_at, token.as_deref());
+            self.signed_request(ep, bot, &body, request_id, at)
         });
         let primary = PrimaryAnswer {
             bot: to.backend.bot.clone(),

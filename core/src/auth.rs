@@ -512,7 +512,7 @@ pub enum Presented<'h> {
     /// dialect that presents it; the grant's [`RequestVerifier`] checks the signature.
     KeyId {
         dialect: &'static str,
-        key_id: &'h str,
+        key_id: std::borrow::Cow<'h, str>,
     },
 }
 

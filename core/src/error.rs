@@ -58,11 +58,13 @@ pub enum Reason {
     CircuitOpen,
     /// Async mode's delivery queue is full (or the process is stopping).
     QueueFull,
+    /// The bot's credentials (an access token from its token endpoint) could not be obtained.
+    BackendCredentials,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -86,6 +88,7 @@ impl Reason {
         Reason::Overloaded,
         Reason::CircuitOpen,
         Reason::QueueFull,
+        Reason::BackendCredentials,
     ];
 
     /// The label value.
@@ -114,6 +117,7 @@ impl Reason {
             Reason::Overloaded => "overloaded",
             Reason::CircuitOpen => "circuit_open",
             Reason::QueueFull => "queue_full",
+            Reason::BackendCredentials => "backend_credentials",
         }
     }
 
@@ -127,6 +131,7 @@ impl Reason {
                 | Reason::BackendBadAnswer
                 | Reason::BotError
                 | Reason::CircuitOpen
+                | Reason::BackendCredentials
         )
     }
 }

@@ -75,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
         query: head.query,
         content_type: "application/json",
         body,
+        token: None,
     };
     let mut signed = vec![
         ("content-type".to_owned(), b"application/json".to_vec()),

@@ -157,6 +157,24 @@ fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, Confi
     let pool = pool::validate(key, b.pool_keys())?;
     let mut urls = urls(key, &b, dns)?;
     let bot = dialect.configure(key, b.settings)?;
+    if let Some(source) = bot.token_source() {
+        // The token endpoint is reached like a backend (with its timeouts): checked now.
+        let url_key = format!("{key}.credentials_file");
+        let resolve = |host: &str, port: u16| resolve_now(dns, host, port);
+        let timeouts = Timeouts {
+            connect_ms: b.connect_timeout_ms,
+            read_ms: b.read_timeout_ms,
+            idle_s: b.pool_idle_timeout_s,
+        };
+        endpoint_with(
+            key,
+            &url_key,
+            &b.name,
+            source.token_url(),
+            timeouts,
+            resolve,
+        )?;
+    }
     if let Some((name, value)) = bot.query_param() {
         for u in &mut urls {
             u.endpoint.add_query(name, value);

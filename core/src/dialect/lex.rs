@@ -744,7 +744,7 @@ impl CallerDialect for Lex {
             .ok_or_else(incomplete)?;
         Ok(Presented::KeyId {
             dialect: NAME,
-            key_id: auth.access_key_id,
+            key_id: Cow::Borrowed(auth.access_key_id),
         })
     }
 
@@ -1173,6 +1173,7 @@ mod tests {
             query: None,
             content_type: "application/json",
             body,
+            token: None,
         };
         let mut headers = vec![
             ("content-type", "application/json".to_owned()),

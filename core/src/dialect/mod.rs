@@ -13,6 +13,7 @@
 mod bad_answer;
 pub mod csml;
 pub mod csml_engine;
+pub mod dialogflow;
 pub mod haptik;
 pub mod haptik_async;
 pub mod hsl;
@@ -243,6 +244,22 @@ pub struct Outgoing<'a> {
     pub query: Option<&'a str>,
     pub content_type: &'static str,
     pub body: &'a [u8],
+    /// The bot's current access token, for a bot with a [`TokenSource`] (the shell fetches it).
+    pub token: Option<&'a str>,
+}
+
+/// A credential a bot's requests need that is obtained over the network: an OAuth2 access token
+/// minted at a token endpoint. The dialect says what to send and how to read the answer; the shell
+/// fetches it, keeps it until shortly before it expires, refreshes it ahead of time (one fetch at a
+/// time) and backs off after a failure.
+pub trait TokenSource: Send + Sync + fmt::Debug {
+    /// The token endpoint (`http(s)://…`).
+    fn token_url(&self) -> &str;
+    /// The `application/x-www-form-urlencoded` body to POST there at `unix_secs`.
+    fn token_request(&self, unix_secs: u64) -> Vec<u8>;
+    /// The endpoint's answer: the token and its lifetime in seconds, or why it is not one (fixed
+    /// words: the endpoint's body is never repeated).
+    fn parse_token(&self, status: u16, body: &[u8]) -> Result<(String, u64), &'static str>;
 }
 
 /// A configured backend's dialect part: its credentials and parameters.
@@ -265,6 +282,10 @@ pub trait Bot: Send + Sync + fmt::Debug {
     /// The path this request goes to below the configured URL's path, for a bot that puts ids in
     /// its paths (Lex's session); `None`: the configured URL as it is.
     fn target(&self, _req: &ChatRequest<'_>) -> Option<String> {
+        None
+    }
+    /// Where its access tokens come from, for a bot that needs one (Dialogflow's OAuth2 tokens).
+    fn token_source(&self) -> Option<&dyn TokenSource> {
         None
     }
     /// Renders the request body for the bot, or a 4xx when it cannot be expressed there.

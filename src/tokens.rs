@@ -1,0 +1,273 @@
+//! Access tokens of bots that need one (`dialect::TokenSource`: Dialogflow's OAuth2 tokens), obtained
+//! at their token endpoint by this shell, never once per request:
+//!
+//! - a token is reused until [`EXPIRY_MARGIN`] before it expires;
+//! - once less than a quarter of its lifetime is left, one task refreshes it in the background while
+//!   requests keep using it;
+//! - with no usable token, the first request fetches one and the others wait for that fetch
+//!   (single flight);
+//! - a failed fetch is retried only after a backoff (1 s doubling to [`MAX_BACKOFF`]); requests in
+//!   between fail at once with a 502 in the caller's dialect, with a fixed message
+//!   ([`Reason::BackendCredentials`]), and nothing is sent to the bot.
+//!
+//! Counted in `botbridge_token_fetches_total{backend, result}` (`ok`, `error`) and
+//! `botbridge_token_fetch_duration_seconds{backend}`. A reload keeps the keeper (and its token) of a
+//! backend whose name and token endpoint stay.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+
+use crate::config::{Backend, Config};
+use crate::dialect::Bot;
+use crate::error::{ProxyError, Reason};
+use crate::upstream::endpoint::{endpoint, Endpoint, Timeouts};
+use crate::upstream::{self, BackendPeer, RequestBytes, Upstream};
+
+/// A token is not used in its last minute (clocks differ, requests take time).
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// The longest wait between failed fetches.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The token series, registered once.
+struct TokenMetrics {
+    fetches: IntCounterVec,
+    duration: HistogramVec,
+}
+
+fn metrics() -> &'static TokenMetrics {
+    static M: OnceLock<TokenMetrics> = OnceLock::new();
+    M.get_or_init(|| TokenMetrics {
+        fetches: register_int_counter_vec!(
+            "botbridge_token_fetches_total",
+            "Access token fetches at a bot's token endpoint, by backend and result (ok, error).",
+            &["backend", "result"]
+        )
+        .expect("register token fetches"),
+        duration: register_histogram_vec!(
+            "botbridge_token_fetch_duration_seconds",
+            "Time to get an access token from a bot's token endpoint.",
+            &["backend"],
+            vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        )
+        .expect("register token fetch duration"),
+    })
+}
+
+/// A token and when it stops being usable.
+struct Minted {
+    token: Arc<str>,
+    expires_at: Instant,
+    /// When the background refresh starts.
+    refresh_at: Instant,
+}
+
+/// Why the last fetch failed, and when the next may be tried.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// One backend's token: the current one, the single fetch in flight, the backoff.
+pub struct Keeper {
+    backend: String,
+    bot: Arc<dyn Bot>,
+    url: String,
+    endpoint: Endpoint,
+    peer: BackendPeer,
+    upstream: Upstream,
+    current: ArcSwapOption<Minted>,
+    fetch: tokio::sync::Mutex<Backoff>,
+    refreshing: AtomicBool,
+}
+
+/// Every backend's keeper (`None` for bots without tokens), by backend index.
+pub struct Tokens {
+    keepers: Vec<Option<Arc<Keeper>>>,
+}
+
+impl Tokens {
+    /// The keepers of a configuration; `previous`'s are kept for backends whose name and token
+    /// endpoint stay. The endpoints were checked when the configuration was loaded.
+    pub fn new(config: &Config, previous: Option<&Tokens>) -> Self {
+        let keepers = (config.backends.iter())
+            .map(|b| {
+                let url = b.bot.token_source()?.token_url().to_owned();
+                let kept = previous
+                    .into_iter()
+                    .flat_map(|p| p.keepers.iter().flatten())
+                    .find(|k| k.backend == b.name && k.url == url);
+                Some(
+                    kept.cloned()
+                        .unwrap_or_else(|| Arc::new(Keeper::new(b, url))),
+                )
+            })
+            .collect();
+        Tokens { keepers }
+    }
+
+    /// The access token for backend `index` (`None` for a bot that needs none), fetched if there
+    /// is no usable one.
+    pub async fn get(&self, index: usize) -> Result<Option<Arc<str>>, ProxyError> {
+        match self.keepers.get(index).and_then(Option::as_ref) {
+            Some(k) => k.get().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The current token without waiting (for shadow copies); starts a fetch when there is none.
+    pub fn peek(&self, index: usize) -> Option<Arc<str>> {
+        let k = self.keepers.get(index)?.as_ref()?;
+        let token = k.usable(Instant::now());
+        if token.is_none() {
+            k.refresh_in_background();
+        }
+        token
+    }
+}
+
+fn timeouts(b: &Backend) -> Timeouts {
+    let ep = &b.urls[0].endpoint;
+    Timeouts {
+        connect_ms: ep.connect_timeout.as_millis() as u64,
+        read_ms: ep.read_timeout.as_millis() as u64,
+        idle_s: ep.pool_idle_timeout.as_secs(),
+    }
+}
+
+fn unavailable() -> ProxyError {
+    ProxyError::new(
+        502,
+        Reason::BackendCredentials,
+        "the bot's credentials could not be obtained; try again later",
+    )
+}
+
+impl Keeper {
+    fn new(b: &Backend, url: String) -> Self {
+        // Resolved now (checked at load, so only a name gone since fails: then fetches fail).
+        let endpoint = endpoint("token", &b.name, &url, timeouts(b)).unwrap_or_else(|_| {
+            let mut ep = b.urls[0].endpoint.clone();
+            ep.path = "/".into();
+            ep
+        });
+        metrics().fetches.with_label_values(&[&b.name, "ok"]);
+        metrics().fetches.with_label_values(&[&b.name, "error"]);
+        Keeper {
+            backend: b.name.clone(),
+            bot: b.bot.clone(),
+            url,
+            peer: upstream::peer_for(&endpoint),
+            endpoint,
+            upstream: Upstream::new(4, 64 * 1024),
+            current: ArcSwapOption::empty(),
+            fetch: tokio::sync::Mutex::new(Backoff::default()),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// The current token if it is usable at `now`.
+    fn usable(&self, now: Instant) -> Option<Arc<str>> {
+        let m = self.current.load();
+        let m = m.as_ref()?;
+        (now + EXPIRY_MARGIN < m.expires_at).then(|| m.token.clone())
+    }
+
+    async fn get(self: &Arc<Self>) -> Result<Arc<str>, ProxyError> {
+        let now = Instant::now();
+        if let Some(token) = self.usable(now) {
+            if self
+                .current
+                .load()
+                .as_ref()
+                .is_some_and(|m| now >= m.refresh_at)
+            {
+                self.refresh_in_background();
+            }
+            return Ok(token);
+        }
+        let mut backoff = self.fetch.lock().await;
+        if let Some(token) = self.usable(Instant::now()) {
+            return Ok(token); // another request's fetch, while this one waited
+        }
+        if backoff.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Err(unavailable());
+        }
+        self.fetch_now(&mut backoff).await
+    }
+
+    /// One task refreshes ahead of expiry; requests meanwhile use the current token.
+    fn refresh_in_background(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = me.fetch.lock().await;
+            let due = backoff.retry_at.is_none_or(|t| Instant::now() >= t);
+            if due {
+                let _ = me.fetch_now(&mut backoff).await;
+            }
+            me.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Fetches a token (the caller holds the fetch lock) and records the outcome.
+    async fn fetch_now(&self, backoff: &mut Backoff) -> Result<Arc<str>, ProxyError> {
+        let started = Instant::now();
+        let result = self.exchange(started).await;
+        let m = metrics();
+        m.duration
+            .with_label_values(&[&self.backend])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok((token, lifetime)) => {
+                m.fetches.with_label_values(&[&self.backend, "ok"]).inc();
+                let token: Arc<str> = token.into();
+                let lifetime = Duration::from_secs(lifetime);
+                self.current.store(Some(Arc::new(Minted {
+                    token: token.clone(),
+                    expires_at: started + lifetime,
+                    refresh_at: started + lifetime * 3 / 4,
+                })));
+                *backoff = Backoff::default();
+                Ok(token)
+            }
+            Err(why) => {
+                m.fetches.with_label_values(&[&self.backend, "error"]).inc();
+                tracing::warn!(backend = %self.backend, problem = why, "access token fetch failed");
+                backoff.failures += 1;
+                let wait = Duration::from_secs(1 << backoff.failures.min(6)).min(MAX_BACKOFF);
+                backoff.retry_at = Some(Instant::now() + wait);
+                Err(unavailable())
+            }
+        }
+    }
+
+    /// One round trip to the token endpoint.
+    async fn exchange(&self, started: Instant) -> Result<(String, u64), &'static str> {
+        let source = self
+            .bot
+            .token_source()
+            .ok_or("the bot has no token source")?;
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let body = source.token_request(unix);
+        let mut request = RequestBytes::post(&self.endpoint.path, body.len());
+        request
+            .header("host", &self.endpoint.authority)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json");
+        let request = request.body(&body);
+        let answer = (self.upstream)
+            .exchange(&self.peer, &self.endpoint, &request, started)
+            .await
+            .map_err(|_| "the token endpoint could not be reached")?;
+        source.parse_token(answer.status, &answer.body)
+    }
+}
