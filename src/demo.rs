@@ -13,6 +13,12 @@
 //!   Amazon Lex V2 bot (`RecognizeText`). It checks the AWS Signature V4 of the demo's `api_key` (as
 //!   the access key id) and `api_secret`, so the proxy's signing is exercised on every request.
 //!
+//! - `POST /token` and `POST /v3/projects/…/sessions/{session}:detectIntent`: a Google Dialogflow CX
+//!   agent and its OAuth2 token endpoint, when `[demo] dialogflow_service_account` names a key file.
+//!   `/token` checks the JWT-bearer grant's RS256 signature against that account's key and mints
+//!   an access token (an HMAC of its expiry under the demo secret, valid one hour); the agent
+//!   answers only requests that carry one.
+//!
 //! Each answers with three messages: a text, a question with two buttons, and an echo of what the
 //! user sent, rendered by the same dialect code the proxy uses.
 
@@ -27,12 +33,13 @@ use serde_json::value::RawValue;
 use crate::auth::{AuthReason, Denied, RequestVerifier};
 use crate::auth::{HaptikClient, HaptikClients};
 use crate::dialect::{
-    csml, haptik, lex, rasa, AnswerContext, AnswerShape, CallerDialect, FixedIds,
+    csml, dialogflow, haptik, lex, rasa, AnswerContext, AnswerShape, CallerDialect, FixedIds,
 };
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Handler};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, Reply};
 use crate::signing::CsmlKey;
+use botbridge_core::jwt;
 use botbridge_core::request::WholeRequest;
 
 /// How far a signature's timestamp may be from the demo bot's clock.
@@ -41,6 +48,8 @@ pub const TOLERANCE_SECS: u64 = 300;
 /// The demo bots.
 pub struct DemoBot {
     key: CsmlKey,
+    /// The demo Dialogflow agent's service account (email, public key), if configured.
+    dialogflow: Option<(String, jwt::PublicKey)>,
     /// The Lex bot's secret for the key's id (the CSML secret: one demo key for every bot).
     lex_secret: String,
     haptik: HaptikClients,
@@ -50,12 +59,23 @@ impl DemoBot {
     /// Demo bots accepting CSML requests signed with `key` (and engine requests with its plain key),
     /// and Haptik requests from `haptik` (client id, client), when given.
     pub fn new(key: CsmlKey, lex_secret: &str, haptik: Option<(String, HaptikClient)>) -> Self {
+        Self::with_dialogflow(key, lex_secret, haptik, None)
+    }
+
+    /// As [`DemoBot::new`], with the demo Dialogflow agent of this service account.
+    pub fn with_dialogflow(
+        key: CsmlKey,
+        lex_secret: &str,
+        haptik: Option<(String, HaptikClient)>,
+        dialogflow: Option<(String, jwt::PublicKey)>,
+    ) -> Self {
         let mut clients = HaptikClients::new();
         if let Some((id, client)) = haptik {
             clients.insert(id, client);
         }
         DemoBot {
             key,
+            dialogflow,
             lex_secret: lex_secret.to_owned(),
             haptik: clients,
         }
@@ -191,6 +211,82 @@ impl DemoBot {
         }
     }
 
+    /// An access token for `exp`: `demo.<exp>.<hex HMAC-SHA256(secret, "dialogflow|<exp>")>`.
+    fn access_token(&self, exp: u64) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.lex_secret.as_bytes())
+            .expect("HMAC takes any key");
+        mac.update(format!("dialogflow|{exp}").as_bytes());
+        format!("demo.{exp}.{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// The token endpoint: a JWT-bearer grant signed by the demo service account, for one hour.
+    fn mint(&self, body: &[u8], now: SystemTime) -> Answer {
+        let oauth_error = |status: u16, e: &str| {
+            Answer::json(
+                status,
+                serde_json::to_vec(&serde_json::json!({"error": e})).unwrap(),
+            )
+        };
+        let Some((email, key)) = &self.dialogflow else {
+            return oauth_error(404, "not_found");
+        };
+        let form = String::from_utf8_lossy(body);
+        let field = |name: &str| form.split('&').find_map(|kv| kv.strip_prefix(name));
+        if field("grant_type=") != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer") {
+            return oauth_error(400, "unsupported_grant_type");
+        }
+        let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims = match field("assertion=").map(|a| jwt::verify(a, key)) {
+            Some(Ok(c)) => c,
+            _ => return oauth_error(400, "invalid_grant"),
+        };
+        let current = jwt::seconds(&claims, "exp").is_some_and(|e| e + 60 >= unix);
+        if claims.get("iss").and_then(|v| v.as_str()) != Some(email) || !current {
+            return oauth_error(400, "invalid_grant");
+        }
+        let token = self.access_token(unix + 3600);
+        let answer =
+            serde_json::json!({"access_token": token, "expires_in": 3600, "token_type": "Bearer"});
+        Answer::json(200, serde_json::to_vec(&answer).unwrap())
+    }
+
+    /// The Dialogflow CX agent: a current token minted at `/token`, then the answer.
+    fn dialogflow(&self, auth: Option<&[u8]>, path: &str, body: &[u8], now: SystemTime) -> Answer {
+        let error = |e: ProxyError| Answer::json(e.status, dialogflow::render_error(&e));
+        let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let token = auth
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let exp = (token.split('.').nth(1)).and_then(|e| e.parse::<u64>().ok());
+        let valid = exp.is_some_and(|e| {
+            e >= unix
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    token.as_bytes(),
+                    self.access_token(e).as_bytes(),
+                ))
+        });
+        if self.dialogflow.is_none() || !valid {
+            return error(ProxyError::unauthorized(
+                "Request had invalid authentication credentials",
+            ));
+        }
+        match dialogflow::parse_request(path, body) {
+            Ok(req) => {
+                let answer = ChatAnswer {
+                    replies: replies(&req),
+                    ..ChatAnswer::default()
+                };
+                Answer::json(
+                    200,
+                    dialogflow::render_answer(&req, &answer, "demo-response"),
+                )
+            }
+            Err(e) => error(e),
+        }
+    }
+
     fn engine(&self, key: &[u8], body: &[u8], now: SystemTime) -> Answer {
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             key,
@@ -283,6 +379,10 @@ impl Handler for DemoBot {
                 Answer::json(status, body)
             }
             p if p.starts_with("/bots/") => self.lex(req, &body, now),
+            "/token" => self.mint(&body, now),
+            p if p.starts_with("/v3/projects/") => {
+                self.dialogflow(header("authorization"), p, &body, now)
+            }
             _ => csml_error(ProxyError::new(404, Reason::NotFound, "not found")),
         }
     }

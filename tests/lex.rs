@@ -217,9 +217,15 @@ async fn haptik_csml_and_rasa_callers_reach_the_lex_bot() {
         .map(|m| &m["payload"])
         .collect();
     assert_eq!(payloads[0]["content"]["text"], "Lex heard: hey");
-    assert_eq!(payloads[1]["content"]["url"], "https://example.com/pick.png");
+    assert_eq!(
+        payloads[1]["content"]["url"],
+        "https://example.com/pick.png"
+    );
     assert_eq!(payloads[2]["content_type"], "question");
-    assert_eq!(payloads[2]["content"]["buttons"][1]["content"]["payload"], "no");
+    assert_eq!(
+        payloads[2]["content"]["buttons"][1]["content"]["payload"],
+        "no"
+    );
 
     let (status, v) = send(
         &proxy,

@@ -132,6 +132,8 @@ pub enum RawKind {
     HaptikHsl,
     /// Amazon Lex V2 messages (`{"contentType", "content", "imageResponseCard"}`).
     LexMessage,
+    /// Dialogflow CX response messages (`{"text": {"text": […]}}`, `{"payload": …}`, …).
+    DialogflowMessage,
 }
 
 /// The bot's whole answer to one request.

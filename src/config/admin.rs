@@ -92,6 +92,9 @@ pub struct RawDemo {
     pub haptik_client_id: Option<String>,
     /// The Haptik demo bot's expected token.
     pub haptik_token: Option<SecretSource>,
+    /// A service-account key file: the demo Dialogflow bot mints access tokens (at `/token`) for
+    /// JWT grants this account signed, and answers requests that carry one.
+    pub dialogflow_service_account: Option<String>,
 }
 
 /// `[demo]`, validated. The bots are built once at start. `Debug` leaves the secret out.
@@ -103,6 +106,8 @@ pub struct DemoConfig {
     pub secret: String,
     /// The Haptik demo bot's expected caller, if configured.
     pub haptik: Option<(String, HaptikClient)>,
+    /// The demo Dialogflow bot's service account (email, public key), if configured.
+    pub dialogflow: Option<(String, botbridge_core::jwt::PublicKey)>,
 }
 
 impl std::fmt::Debug for DemoConfig {
@@ -282,6 +287,20 @@ pub fn demo(d: &RawDemo, taken: &[SocketAddr]) -> Result<(DemoConfig, DemoIdenti
             ))
         }
     };
+    let dialogflow = match &d.dialogflow_service_account {
+        Some(path) => {
+            let key = "demo.dialogflow_service_account";
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(key, format!("cannot read `{path}`: {e}")))?;
+            let sa: crate::dialect::dialogflow::ServiceAccountFile = serde_json::from_str(&text)
+                .map_err(|_| ConfigError::new(key, "not a service-account key file"))?;
+            let private = botbridge_core::jwt::private_key_from_pem(&sa.private_key)
+                .map_err(|e| ConfigError::new(key, e))?;
+            digest.update(format!("\0{path}"));
+            Some((sa.client_email, private.public()))
+        }
+        None => None,
+    };
     let identity = DemoIdentity {
         listen,
         credentials_sha256: hex::encode(digest.finalize()),
@@ -291,6 +310,7 @@ pub fn demo(d: &RawDemo, taken: &[SocketAddr]) -> Result<(DemoConfig, DemoIdenti
         key: CsmlKey::new(d.api_key.clone(), secret.as_bytes()),
         secret,
         haptik,
+        dialogflow,
     };
     Ok((config, identity))
 }

@@ -242,6 +242,7 @@ mod tests {
             c.clients.demo_credentials_in_use,
             [
                 "csml key demo-key",
+                "dialogflow-cx token of demo",
                 "haptik client demo-client",
                 "lex-v2 key of demo",
                 &format!("{} token of demo", c.routes[5].ingress[0].as_str())

@@ -4,11 +4,18 @@
 use std::fmt;
 
 use super::{
-    csml, csml_engine, haptik, lex, rasa, BotDialect, CallerDialect, Detection, RequestHead,
+    csml, csml_engine, dialogflow, haptik, lex, rasa, BotDialect, CallerDialect, Detection,
+    RequestHead,
 };
 
 /// What callers may speak, in the order detection asks them.
-static CALLERS: &[&dyn CallerDialect] = &[&csml::Csml, &haptik::Haptik, &rasa::Rasa, &lex::Lex];
+static CALLERS: &[&dyn CallerDialect] = &[
+    &csml::Csml,
+    &haptik::Haptik,
+    &rasa::Rasa,
+    &lex::Lex,
+    &dialogflow::Dialogflow,
+];
 
 /// What bots may speak.
 static BOTS: &[&dyn BotDialect] = &[
@@ -17,6 +24,7 @@ static BOTS: &[&dyn BotDialect] = &[
     &csml_engine::CsmlEngine,
     &rasa::Rasa,
     &lex::Lex,
+    &dialogflow::Dialogflow,
 ];
 
 /// Handles on the registered caller dialects, for code and tests that name one (checked against
