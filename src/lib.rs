@@ -40,4 +40,4 @@ pub mod tokens;
 pub mod upstream;
 
 // The pure core, under the names the shell has always used.
-pub use botbridge_core::{auth, dialect, error, model, request, signing, sigv4, timefmt};
+pub use botbridge_core::{auth, dialect, error, jwt, model, request, signing, sigv4, timefmt};

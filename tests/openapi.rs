@@ -11,7 +11,7 @@ use botbridge::dialect::{caller, AnswerShape, FlowTriggerPolicy};
 use common::*;
 use serde_json::Value;
 
-const DIALECTS: [&str; 4] = ["haptik", "csml", "rasa", "lex-v2"];
+const DIALECTS: [&str; 5] = ["haptik", "csml", "rasa", "lex-v2", "dialogflow-cx"];
 
 fn shipped() -> Config {
     config::parse(include_str!("../proxy.toml")).expect("the shipped config loads")
@@ -126,6 +126,10 @@ fn credentials(dialect: &str) -> (Vec<(&'static str, String)>, &'static str) {
             (vec![("x-api-key", key), ("x-api-signature", sig)], "")
         }
         "rasa" => (Vec::new(), "?token=demo-rasa-token"),
+        "dialogflow-cx" => (
+            vec![("authorization", "Bearer demo-dialogflow-token".into())],
+            "",
+        ),
         other => panic!("no demo credentials for {other}"),
     }
 }
@@ -136,6 +140,10 @@ fn concrete(path: &str) -> String {
         .replace("{botAliasId}", "TSTALIASID")
         .replace("{localeId}", "en_US")
         .replace("{sessionId}", "user-1")
+        .replace("{project}", "my-project")
+        .replace("{location}", "global")
+        .replace("{agent}", "my-agent")
+        .replace("{session}", "user-1")
 }
 
 /// The headers of a request to `path` with `body` signed with the demo Lex key (AWS SigV4, by the

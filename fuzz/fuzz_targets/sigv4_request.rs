@@ -26,7 +26,10 @@ impl RequestHead for Head<'_> {
         self.path
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
     fn query(&self) -> Option<&str> {
         self.query
@@ -38,7 +41,11 @@ fn split(data: &[u8]) -> (Head<'_>, &[u8]) {
         Some(i) => (&data[..i], &data[i + 2..]),
         None => (data, &b""[..]),
     };
-    let mut h = Head { path: "/", query: None, headers: Vec::new() };
+    let mut h = Head {
+        path: "/",
+        query: None,
+        headers: Vec::new(),
+    };
     for line in head.split(|&b| b == b'\n') {
         if let Some(p) = line.strip_prefix(b">") {
             h.path = std::str::from_utf8(p).unwrap_or("/");
@@ -46,7 +53,8 @@ fn split(data: &[u8]) -> (Head<'_>, &[u8]) {
             h.query = std::str::from_utf8(q).ok();
         } else if let Some(colon) = line.iter().position(|&b| b == b':') {
             let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
-            h.headers.push((name, line[colon + 1..].trim_ascii_start().to_vec()));
+            h.headers
+                .push((name, line[colon + 1..].trim_ascii_start().to_vec()));
         }
     }
     (h, body)
@@ -66,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
         "access_key_id = \"AK\"\nsecret_access_key = \"s\""
     ))
     .unwrap();
-    let bot = registry::bot_dialect("lex-v2").unwrap().configure("b", table).unwrap();
+    let bot = registry::bot_dialect("lex-v2")
+        .unwrap()
+        .configure("b", table)
+        .unwrap();
     let out = Outgoing {
         unix_secs: NOW,
         method: "POST",
@@ -81,12 +92,24 @@ fuzz_target!(|data: &[u8]| {
         ("content-type".to_owned(), b"application/json".to_vec()),
         ("host".to_owned(), b"127.0.0.1:1".to_vec()),
     ];
-    bot.sign(&out, &mut |n, v| signed.push((n.to_owned(), v.as_bytes().to_vec())));
+    bot.sign(&out, &mut |n, v| {
+        signed.push((n.to_owned(), v.as_bytes().to_vec()))
+    });
     head.headers = signed;
     let whole = WholeRequest { head: &head, body };
-    assert_eq!(caller.verify(&whole, NOW), Ok(()), "the proxy's own signature does not verify");
+    assert_eq!(
+        caller.verify(&whole, NOW),
+        Ok(()),
+        "the proxy's own signature does not verify"
+    );
     let mut changed = body.to_vec();
     changed.push(b' ');
-    let other = WholeRequest { head: &head, body: &changed };
-    assert!(caller.verify(&other, NOW).is_err(), "a changed body verifies");
+    let other = WholeRequest {
+        head: &head,
+        body: &changed,
+    };
+    assert!(
+        caller.verify(&other, NOW).is_err(),
+        "a changed body verifies"
+    );
 });

@@ -13,19 +13,39 @@ use botbridge::dialect::{
 use botbridge::error::ProxyError;
 use botbridge::model::{ChatAnswer, ChatRequest, Content};
 
+/// The test service account's key file (written once to the temp directory), for Dialogflow bots.
+fn service_account_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let key = include_str!("../../tests/fixtures/dialogflow/test-key.pem");
+        let sa = serde_json::json!({"client_email": "fuzz@p.iam.gserviceaccount.com",
+            "private_key": key, "token_uri": "http://127.0.0.1:9/token"});
+        let path =
+            std::env::temp_dir().join(format!("botbridge-fuzz-sa-{}.json", std::process::id()));
+        std::fs::write(&path, sa.to_string()).expect("temp dir writable");
+        path.display().to_string()
+    })
+    .clone()
+}
+
 /// A configured bot of every registered bot dialect, with throwaway credentials.
 pub fn bots() -> Vec<Box<dyn Bot>> {
     registry::bot_names()
         .into_iter()
         .map(|name| {
             let settings = match name {
-                "csml" => "api_key = \"k\"\napi_secret = \"s\"",
-                "haptik" => "token = \"t\"\nclient_id = \"c\"",
-                "csml-engine" => "bot_id = \"b\"\nchannel_id = \"ch\"",
-                "rasa" => "",
+                "csml" => "api_key = \"k\"\napi_secret = \"s\"".to_owned(),
+                "haptik" => "token = \"t\"\nclient_id = \"c\"".to_owned(),
+                "csml-engine" => "bot_id = \"b\"\nchannel_id = \"ch\"".to_owned(),
+                "rasa" => String::new(),
                 "lex-v2" => concat!(
                     "region = \"us-east-1\"\nbot_id = \"B\"\nbot_alias_id = \"A\"\n",
                     "locale_id = \"en_US\"\naccess_key_id = \"AK\"\nsecret_access_key = \"s\""
+                )
+                .to_owned(),
+                "dialogflow-cx" => format!(
+                    "project = \"p\"\nlocation = \"global\"\nagent = \"a\"\nlanguage_code = \"en\"\ncredentials_file = {:?}",
+                    service_account_file()
                 ),
                 other => panic!("a new bot dialect `{other}`: add its settings here"),
             };
@@ -152,16 +172,25 @@ pub fn check_error(err: &ProxyError) {
         .expect("either-dialect error is JSON");
 }
 
-/// The path requests are parsed at: a Lex `RecognizeText` path (dialects without ids in their
-/// paths ignore it).
-pub const FUZZ_PATH: &str = "/bots/B/botAliases/A/botLocales/en_US/sessions/fuzz-user/text";
+/// The path a caller dialect's requests are parsed at: its own, for dialects with ids in their
+/// paths (the others ignore it).
+pub fn fuzz_path(dialect: &str) -> &'static str {
+    match dialect {
+        "lex-v2" => "/bots/B/botAliases/A/botLocales/en_US/sessions/fuzz-user/text",
+        "dialogflow-cx" => "/v3/projects/p/locations/l/agents/a/sessions/fuzz-user:detectIntent",
+        _ => "/",
+    }
+}
 
 /// A request body through one caller parser, then everything downstream of it; the body also goes
 /// through every dialect's shape detection.
 pub fn fuzz_request(dialect: &str, body: &[u8], bots: &[Box<dyn Bot>]) {
     let all: Vec<_> = callers().collect();
     let _ = registry::detect_by_body(&all, body);
-    match caller(dialect).expect("registered").parse_request(FUZZ_PATH, body) {
+    match caller(dialect)
+        .expect("registered")
+        .parse_request(fuzz_path(dialect), body)
+    {
         Ok(req) => check_request(&req, bots),
         Err(e) => {
             assert_eq!(e.status, 400, "a request error is a 400: {e}");
