@@ -716,6 +716,32 @@ async fn the_default_config_runs_every_demo_direction() {
     let (status, body) = send(&proxy, "/demo/engine", &demo_csml(), &csml_req).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["messages"][2]["payload"]["content"]["text"], echo);
+    // Haptik and CSML clients reaching the demo Lex bot (SigV4) and the demo Dialogflow agent (an
+    // access token minted at its token endpoint).
+    for path in ["/demo/lex-bot", "/demo/dialogflow-bot"] {
+        let (status, body) = send(&proxy, path, &demo_haptik(), &haptik_req).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(
+            body[0]["bot_messages"][1], "Did that reach you?\n[Yes] [No]",
+            "{path}"
+        );
+        assert_eq!(body[0]["bot_messages"][2], echo, "{path}");
+        let (status, body) = send(&proxy, path, &demo_csml(), &csml_req).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["messages"][2]["payload"]["content"]["text"], echo);
+    }
+    // The README's Dialogflow client example (a static bearer token).
+    let (status, body) = send(
+        &proxy,
+        "/v3/projects/my-project/locations/global/agents/my-agent/sessions/user-1:detectIntent",
+        &[("authorization", "Bearer demo-dialogflow-token".to_string())],
+        r#"{"queryInput":{"text":{"text":"Hello"},"languageCode":"en"}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let messages = &body["queryResult"]["responseMessages"];
+    assert_eq!(messages[2]["payload"]["richContent"][0][0]["type"], "chips");
+    assert_eq!(messages[3]["text"]["text"][0], echo);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

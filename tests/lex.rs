@@ -339,3 +339,34 @@ async fn bad_signatures_stale_dates_unknown_keys_and_limits_get_lex_errors() {
     assert_eq!(results[1]["error"]["code"], "ThrottlingException");
     assert_eq!(results[1]["error"]["status"], 429);
 }
+
+/// The README's boto3 example, run as written against the shipped proxy.toml (only the port moved).
+#[tokio::test]
+async fn the_readme_boto3_example_runs_as_written() {
+    let proxy = Proxy::start(&shipped_config()).await;
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("```python\nimport boto3")
+        .expect("the README's boto3 example");
+    let code = &readme[start + "```python\n".len()..];
+    let code = &code[..code.find("```").unwrap()];
+    let printed = &readme[start..];
+    let printed = &printed[printed.find("prints `").unwrap() + "prints `".len()..];
+    let printed = &printed[..printed.find('`').unwrap()];
+    let code = code.replace("http://127.0.0.1:8080", &proxy.url(""));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(vendor_python())
+            .arg("-c")
+            .arg(code)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), printed);
+}

@@ -1212,7 +1212,11 @@ fn to_csml_haptik_rasa(req: &botbridge::model::ChatRequest<'_>) -> (Value, Value
     let csml: Value = serde_json::from_slice(&csml::render_request(req, "rid")).unwrap();
     let haptik = haptik::render_request(req, 343, FlowTriggerPolicy::Text).unwrap();
     let rasa = rasa::render_request(req, FlowTriggerPolicy::Text).unwrap();
-    (csml, serde_json::from_slice(&haptik).unwrap(), serde_json::from_slice(&rasa).unwrap())
+    (
+        csml,
+        serde_json::from_slice(&haptik).unwrap(),
+        serde_json::from_slice(&rasa).unwrap(),
+    )
 }
 
 /// A CSML caller's request with this payload and metadata.
@@ -1226,12 +1230,17 @@ fn lex_bot() -> Box<dyn Bot> {
 }
 
 fn rctx(flow: FlowTriggerPolicy) -> BotRequestContext<'static> {
-    BotRequestContext { request_id: "rid", business_id: None, flow_trigger: flow }
+    BotRequestContext {
+        request_id: "rid",
+        business_id: None,
+        flow_trigger: flow,
+    }
 }
 
 /// A Lex bot's answer with these messages (and dialog action), for a CSML caller.
 fn lex_for_csml(messages: Value, action: &str) -> Value {
-    let body = json!({"messages": messages, "sessionState": {"dialogAction": {"type": action}}}).to_string();
+    let body = json!({"messages": messages, "sessionState": {"dialogAction": {"type": action}}})
+        .to_string();
     let answer = lex::parse_answer(200, body.as_bytes(), false).unwrap();
     let body = any_request(C);
     let req = C.parse_request("/", body.as_bytes()).unwrap();
@@ -1241,7 +1250,11 @@ fn lex_for_csml(messages: Value, action: &str) -> Value {
 /// Canonical replies rendered for a Lex caller.
 fn for_lex(replies: Vec<Reply<'static>>, end: bool) -> Value {
     let req = lex::parse_request(LEX_PATH, br#"{"text":"x"}"#).unwrap();
-    let answer = ChatAnswer { replies, conversation_end: Some(end), ..ChatAnswer::default() };
+    let answer = ChatAnswer {
+        replies,
+        conversation_end: Some(end),
+        ..ChatAnswer::default()
+    };
     serde_json::from_slice(&lex::render_answer(&req, &answer)).unwrap()
 }
 
@@ -1249,15 +1262,28 @@ fn for_lex(replies: Vec<Reply<'static>>, end: bool) -> Value {
 fn req_lex_text_to_csml_haptik_rasa() {
     let req = lex::parse_request(LEX_PATH, br#"{"text":"hello"}"#).unwrap();
     let (c, h, r) = to_csml_haptik_rasa(&req);
-    assert_eq!(c["payload"], json!({"content_type": "text", "content": {"text": "hello"}}));
+    assert_eq!(
+        c["payload"],
+        json!({"content_type": "text", "content": {"text": "hello"}})
+    );
     assert_eq!(c["client"]["user_id"], "user:1");
-    assert_eq!((h["message_body"].clone(), h["user"]["auth_id"].clone()), (json!("hello"), json!("user:1")));
-    assert_eq!((r["message"].clone(), r["sender"].clone()), (json!("hello"), json!("user:1")));
+    assert_eq!(
+        (h["message_body"].clone(), h["user"]["auth_id"].clone()),
+        (json!("hello"), json!("user:1"))
+    );
+    assert_eq!(
+        (r["message"].clone(), r["sender"].clone()),
+        (json!("hello"), json!("user:1"))
+    );
 }
 
 #[test]
 fn req_lex_attributes_to_metadata() {
-    let req = lex::parse_request(LEX_PATH, br#"{"text":"x","requestAttributes":{"plan":"gold"}}"#).unwrap();
+    let req = lex::parse_request(
+        LEX_PATH,
+        br#"{"text":"x","requestAttributes":{"plan":"gold"}}"#,
+    )
+    .unwrap();
     let (c, h, r) = to_csml_haptik_rasa(&req);
     assert_eq!(c["metadata"], json!({"plan": "gold"}));
     assert_eq!(r["metadata"], json!({"plan": "gold"}));
@@ -1281,24 +1307,48 @@ fn req_lex_bad_request_refused() {
     let mut name = String::new();
     lex::Lex.error_headers(&e, &mut |_, v| name = v.to_owned());
     assert_eq!(name, "ValidationException");
-    assert_eq!(lex::parse_request(&LEX_PATH.replace("user%3A1", "a%20b"), br#"{"text":"x"}"#).unwrap_err().status, 400);
-    assert_eq!(lex::parse_request(LEX_PATH, b"nope").unwrap_err().status, 400);
+    assert_eq!(
+        lex::parse_request(&LEX_PATH.replace("user%3A1", "a%20b"), br#"{"text":"x"}"#)
+            .unwrap_err()
+            .status,
+        400
+    );
+    assert_eq!(
+        lex::parse_request(LEX_PATH, b"nope").unwrap_err().status,
+        400
+    );
 }
 
 #[test]
 fn req_csml_to_lex_text() {
     let bot = lex_bot();
     for (payload, text) in [
-        (json!({"content_type": "text", "content": {"text": "hi"}}), "hi"),
-        (json!({"content_type": "payload", "content": {"payload": "YES"}}), "YES"),
-        (json!({"content_type": "image", "content": {"url": "https://x/i.png"}}), "https://x/i.png"),
+        (
+            json!({"content_type": "text", "content": {"text": "hi"}}),
+            "hi",
+        ),
+        (
+            json!({"content_type": "payload", "content": {"payload": "YES"}}),
+            "YES",
+        ),
+        (
+            json!({"content_type": "image", "content": {"url": "https://x/i.png"}}),
+            "https://x/i.png",
+        ),
     ] {
         let body = csml_req(payload);
         let req = csml::parse_request(body.as_bytes()).unwrap();
-        let v: Value = serde_json::from_slice(&bot.render_request(&req, &rctx(FlowTriggerPolicy::Reject)).unwrap()).unwrap();
+        let v: Value = serde_json::from_slice(
+            &bot.render_request(&req, &rctx(FlowTriggerPolicy::Reject))
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(v["text"], text);
         let path = bot.target(&req).unwrap();
-        assert!(path.contains("/sessions/bb-") && path.ends_with("/text"), "{path}");
+        assert!(
+            path.contains("/sessions/bb-") && path.ends_with("/text"),
+            "{path}"
+        );
     }
 }
 
@@ -1306,8 +1356,19 @@ fn req_csml_to_lex_text() {
 fn req_csml_flow_trigger_to_lex_per_policy() {
     let body = csml_req(json!({"content_type": "flow_trigger", "content": {"flow_id": "start"}}));
     let req = csml::parse_request(body.as_bytes()).unwrap();
-    assert_eq!(lex_bot().render_request(&req, &rctx(FlowTriggerPolicy::Reject)).unwrap_err().status, 422);
-    let v: Value = serde_json::from_slice(&lex_bot().render_request(&req, &rctx(FlowTriggerPolicy::Text)).unwrap()).unwrap();
+    assert_eq!(
+        lex_bot()
+            .render_request(&req, &rctx(FlowTriggerPolicy::Reject))
+            .unwrap_err()
+            .status,
+        422
+    );
+    let v: Value = serde_json::from_slice(
+        &lex_bot()
+            .render_request(&req, &rctx(FlowTriggerPolicy::Text))
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(v["text"], "start");
 }
 
@@ -1316,24 +1377,44 @@ fn req_metadata_to_lex_request_attributes() {
     let body = csml_req(json!({"content_type": "text", "content": {"text": "hi"}}));
     let mut req = csml::parse_request(body.as_bytes()).unwrap();
     req.business_id = Some(343);
-    let v: Value = serde_json::from_slice(&lex_bot().render_request(&req, &rctx(FlowTriggerPolicy::Reject)).unwrap()).unwrap();
-    assert_eq!(v["requestAttributes"], json!({"plan": "gold", "seats": "3", "business_id": "343"}));
+    let v: Value = serde_json::from_slice(
+        &lex_bot()
+            .render_request(&req, &rctx(FlowTriggerPolicy::Reject))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        v["requestAttributes"],
+        json!({"plan": "gold", "seats": "3", "business_id": "343"})
+    );
 }
 
 #[test]
 fn ans_lex_plain_text_and_ssml() {
-    let v = lex_for_csml(json!([{"contentType": "PlainText", "content": "Hi"},
-                                 {"contentType": "SSML", "content": "<speak>Hello <break/>you</speak>"}]), "ElicitIntent");
-    let texts: Vec<Value> = csml_payloads(&v).iter().map(|p| p["content"]["text"].clone()).collect();
+    let v = lex_for_csml(
+        json!([{"contentType": "PlainText", "content": "Hi"},
+                                 {"contentType": "SSML", "content": "<speak>Hello <break/>you</speak>"}]),
+        "ElicitIntent",
+    );
+    let texts: Vec<Value> = csml_payloads(&v)
+        .iter()
+        .map(|p| p["content"]["text"].clone())
+        .collect();
     assert_eq!(texts, [json!("Hi"), json!("Hello you")]);
 }
 
 #[test]
 fn ans_lex_image_response_card() {
-    let v = lex_for_csml(json!([{"contentType": "ImageResponseCard", "imageResponseCard": {"title": "Pick",
-        "subtitle": "s", "imageUrl": "https://x/i.png", "buttons": [{"text": "Yes", "value": "yes"}]}}]), "ElicitSlot");
+    let v = lex_for_csml(
+        json!([{"contentType": "ImageResponseCard", "imageResponseCard": {"title": "Pick",
+        "subtitle": "s", "imageUrl": "https://x/i.png", "buttons": [{"text": "Yes", "value": "yes"}]}}]),
+        "ElicitSlot",
+    );
     let p = csml_payloads(&v);
-    assert_eq!(p[0], json!({"content_type": "image", "content": {"url": "https://x/i.png"}}));
+    assert_eq!(
+        p[0],
+        json!({"content_type": "image", "content": {"url": "https://x/i.png"}})
+    );
     assert_eq!(p[1]["content_type"], "question");
     assert_eq!(p[1]["content"]["title"], "Pick");
     assert_eq!(p[1]["content"]["buttons"][0]["content"]["payload"], "yes");
@@ -1346,55 +1427,129 @@ fn ans_lex_custom_payload_dropped_kept_for_lex() {
     let kept = lex::parse_answer(200, body, true).unwrap();
     let req = lex::parse_request(LEX_PATH, br#"{"text":"x"}"#).unwrap();
     let v: Value = serde_json::from_slice(&lex::render_answer(&req, &kept)).unwrap();
-    assert_eq!(v["messages"], json!([{"contentType": "CustomPayload", "content": "{\"x\":1}"}]));
+    assert_eq!(
+        v["messages"],
+        json!([{"contentType": "CustomPayload", "content": "{\"x\":1}"}])
+    );
 }
 
 #[test]
 fn ans_lex_close_ends_the_conversation() {
-    let v = lex_for_csml(json!([{"contentType": "PlainText", "content": "Bye"}]), "Close");
+    let v = lex_for_csml(
+        json!([{"contentType": "PlainText", "content": "Bye"}]),
+        "Close",
+    );
     assert_eq!(v["conversation_end"], true);
-    let v = lex_for_csml(json!([{"contentType": "PlainText", "content": "Hi"}]), "ElicitIntent");
+    let v = lex_for_csml(
+        json!([{"contentType": "PlainText", "content": "Hi"}]),
+        "ElicitIntent",
+    );
     assert_eq!(v["conversation_end"], false);
 }
 
 #[test]
 fn ans_to_lex_caller_shapes() {
-    let b = |t: &'static str| botbridge::model::Button { title: t.into(), payload: None };
-    let v = for_lex(vec![
-        Reply::Text("Hi".into()),
-        Reply::Question { title: "Q".into(), buttons: (0..6).map(|_| b("b")).collect() },
-        Reply::Url { url: "https://x".into(), text: Some("Docs".into()), title: None },
-        Reply::Media { kind: MediaKind::Image, url: "https://x/i.png".into() },
-        Reply::Media { kind: MediaKind::Video, url: "https://x/v.mp4".into() },
-    ], true);
+    let b = |t: &'static str| botbridge::model::Button {
+        title: t.into(),
+        payload: None,
+    };
+    let v = for_lex(
+        vec![
+            Reply::Text("Hi".into()),
+            Reply::Question {
+                title: "Q".into(),
+                buttons: (0..6).map(|_| b("b")).collect(),
+            },
+            Reply::Url {
+                url: "https://x".into(),
+                text: Some("Docs".into()),
+                title: None,
+            },
+            Reply::Media {
+                kind: MediaKind::Image,
+                url: "https://x/i.png".into(),
+            },
+            Reply::Media {
+                kind: MediaKind::Video,
+                url: "https://x/v.mp4".into(),
+            },
+        ],
+        true,
+    );
     let m = &v["messages"];
     assert_eq!(m[0], json!({"contentType": "PlainText", "content": "Hi"}));
-    assert_eq!(m[1]["imageResponseCard"]["buttons"].as_array().unwrap().len(), 5);
-    assert_eq!(m[2]["imageResponseCard"]["buttons"].as_array().unwrap().len(), 1);
-    assert_eq!(m[3], json!({"contentType": "PlainText", "content": "Docs: https://x"}));
-    assert_eq!(m[4]["imageResponseCard"], json!({"title": "Image", "imageUrl": "https://x/i.png"}));
-    assert_eq!(m[5], json!({"contentType": "PlainText", "content": "https://x/v.mp4"}));
+    assert_eq!(
+        m[1]["imageResponseCard"]["buttons"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        m[2]["imageResponseCard"]["buttons"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        m[3],
+        json!({"contentType": "PlainText", "content": "Docs: https://x"})
+    );
+    assert_eq!(
+        m[4]["imageResponseCard"],
+        json!({"title": "Image", "imageUrl": "https://x/i.png"})
+    );
+    assert_eq!(
+        m[5],
+        json!({"contentType": "PlainText", "content": "https://x/v.mp4"})
+    );
     assert_eq!(v["sessionState"]["dialogAction"]["type"], "Close");
 }
 
 #[test]
 fn err_lex_caller_names() {
-    for (status, reason, name) in [(400, botbridge::error::Reason::BadRequest, "ValidationException"),
-        (429, botbridge::error::Reason::RateLimited, "ThrottlingException"),
-        (502, botbridge::error::Reason::BackendStatus, "BadGatewayException"),
-        (401, botbridge::error::Reason::Unauthorized, "UnrecognizedClientException")] {
+    for (status, reason, name) in [
+        (
+            400,
+            botbridge::error::Reason::BadRequest,
+            "ValidationException",
+        ),
+        (
+            429,
+            botbridge::error::Reason::RateLimited,
+            "ThrottlingException",
+        ),
+        (
+            502,
+            botbridge::error::Reason::BackendStatus,
+            "BadGatewayException",
+        ),
+        (
+            401,
+            botbridge::error::Reason::Unauthorized,
+            "UnrecognizedClientException",
+        ),
+    ] {
         let e = botbridge::error::ProxyError::new(status, reason, "m");
         let mut got = String::new();
         lex::Lex.error_headers(&e, &mut |_, v| got = v.to_owned());
         assert_eq!(got, name);
-        assert_eq!(lex::Lex.error_status(&e), if status == 401 { 403 } else { status });
-        assert_eq!(serde_json::from_slice::<Value>(&lex::render_error(&e)).unwrap(), json!({"message": "m"}));
+        assert_eq!(
+            lex::Lex.error_status(&e),
+            if status == 401 { 403 } else { status }
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&lex::render_error(&e)).unwrap(),
+            json!({"message": "m"})
+        );
     }
 }
 
 /// A Dialogflow bot's answer with these response messages, for a CSML caller.
 fn df_for_csml(messages: Value) -> Value {
-    let body = json!({"responseId": "r", "queryResult": {"responseMessages": messages}}).to_string();
+    let body =
+        json!({"responseId": "r", "queryResult": {"responseMessages": messages}}).to_string();
     let answer = dialogflow::parse_answer(200, body.as_bytes(), false).unwrap();
     let body = any_request(C);
     let req = C.parse_request("/", body.as_bytes()).unwrap();
@@ -1410,7 +1565,13 @@ fn req_dialogflow_text_to_csml_haptik_rasa() {
     let body = df_req(json!({"text": {"text": "hello"}, "languageCode": "en"}));
     let req = dialogflow::parse_request(DF_PATH, body.as_bytes()).unwrap();
     let (c, h, r) = to_csml_haptik_rasa(&req);
-    assert_eq!((c["payload"]["content"]["text"].clone(), c["client"]["user_id"].clone()), (json!("hello"), json!("user-1")));
+    assert_eq!(
+        (
+            c["payload"]["content"]["text"].clone(),
+            c["client"]["user_id"].clone()
+        ),
+        (json!("hello"), json!("user-1"))
+    );
     assert_eq!(h["message_body"], "hello");
     assert_eq!(r["sender"], "user-1");
 }
@@ -1419,11 +1580,25 @@ fn req_dialogflow_text_to_csml_haptik_rasa() {
 fn req_dialogflow_event_to_flow_trigger() {
     let body = df_req(json!({"event": {"event": "welcome"}, "languageCode": "en"}));
     let req = dialogflow::parse_request(DF_PATH, body.as_bytes()).unwrap();
-    assert_eq!(req.content, Content::FlowTrigger { flow_id: "welcome".into(), close_flows: None });
+    assert_eq!(
+        req.content,
+        Content::FlowTrigger {
+            flow_id: "welcome".into(),
+            close_flows: None
+        }
+    );
     let (c, h, _) = to_csml_haptik_rasa(&req);
-    assert_eq!(c["payload"], json!({"content_type": "flow_trigger", "content": {"flow_id": "welcome"}}));
+    assert_eq!(
+        c["payload"],
+        json!({"content_type": "flow_trigger", "content": {"flow_id": "welcome"}})
+    );
     assert_eq!(h["message_body"], "welcome");
-    assert_eq!(rasa::render_request(&req, FlowTriggerPolicy::Reject).unwrap_err().status, 422);
+    assert_eq!(
+        rasa::render_request(&req, FlowTriggerPolicy::Reject)
+            .unwrap_err()
+            .status,
+        422
+    );
 }
 
 #[test]
@@ -1446,8 +1621,14 @@ fn req_dialogflow_parameters_to_metadata() {
 
 #[test]
 fn req_dialogflow_bad_request_refused() {
-    for (path, body) in [(DF_PATH, "{}"), (DF_PATH, r#"{"queryInput":{"text":{"text":""}}}"#),
-                         (DF_PATH, r#"{"queryInput":{"text":{"text":"x"}},"queryParams":{"parameters":[1]}}"#)] {
+    for (path, body) in [
+        (DF_PATH, "{}"),
+        (DF_PATH, r#"{"queryInput":{"text":{"text":""}}}"#),
+        (
+            DF_PATH,
+            r#"{"queryInput":{"text":{"text":"x"}},"queryParams":{"parameters":[1]}}"#,
+        ),
+    ] {
         let e = dialogflow::parse_request(path, body.as_bytes()).unwrap_err();
         assert_eq!(e.status, 400, "{body}");
         let v: Value = serde_json::from_slice(&dialogflow::render_error(&e)).unwrap();
@@ -1461,17 +1642,31 @@ fn req_to_dialogflow_text_event_parameters() {
     let mut req = csml::parse_request(flow.as_bytes()).unwrap();
     req.business_id = Some(343);
     let v: Value = serde_json::from_slice(&dialogflow::render_request(&req, "en")).unwrap();
-    assert_eq!(v, json!({"queryInput": {"event": {"event": "start"}, "languageCode": "en"},
-                         "queryParams": {"parameters": {"plan": "gold", "seats": 3, "business_id": 343}}}));
-    let click = haptik::parse_request(br#"{"user":{"auth_id":"u"},"message_body":"YES","message_type":0,"business_id":343}"#).unwrap();
+    assert_eq!(
+        v,
+        json!({"queryInput": {"event": {"event": "start"}, "languageCode": "en"},
+                         "queryParams": {"parameters": {"plan": "gold", "seats": 3, "business_id": 343}}})
+    );
+    let click = haptik::parse_request(
+        br#"{"user":{"auth_id":"u"},"message_body":"YES","message_type":0,"business_id":343}"#,
+    )
+    .unwrap();
     let v: Value = serde_json::from_slice(&dialogflow::render_request(&click, "de")).unwrap();
-    assert_eq!(v["queryInput"], json!({"text": {"text": "YES"}, "languageCode": "de"}));
+    assert_eq!(
+        v["queryInput"],
+        json!({"text": {"text": "YES"}, "languageCode": "de"})
+    );
 }
 
 #[test]
 fn ans_dialogflow_text_lines() {
-    let v = df_for_csml(json!([{"text": {"text": ["One", "Two"]}}, {"outputAudioText": {"text": "Three"}}]));
-    let texts: Vec<Value> = csml_payloads(&v).iter().map(|p| p["content"]["text"].clone()).collect();
+    let v = df_for_csml(
+        json!([{"text": {"text": ["One", "Two"]}}, {"outputAudioText": {"text": "Three"}}]),
+    );
+    let texts: Vec<Value> = csml_payloads(&v)
+        .iter()
+        .map(|p| p["content"]["text"].clone())
+        .collect();
     assert_eq!(texts, [json!("One"), json!("Two"), json!("Three")]);
 }
 
@@ -1492,19 +1687,36 @@ fn ans_dialogflow_image_button_info() {
         {"type": "button", "text": "Open", "link": "https://x/o"},
         {"type": "info", "title": "Docs", "subtitle": "read", "actionLink": "https://x/d"}]]}}]));
     let p = csml_payloads(&v);
-    assert_eq!(p[0], json!({"content_type": "image", "content": {"url": "https://x/i.png"}}));
+    assert_eq!(
+        p[0],
+        json!({"content_type": "image", "content": {"url": "https://x/i.png"}})
+    );
     assert_eq!(p[1]["content"]["url"], "https://x/o");
-    assert_eq!((p[2]["content"]["url"].clone(), p[2]["content"]["text"].clone()), (json!("https://x/d"), json!("Docs")));
+    assert_eq!(
+        (
+            p[2]["content"]["url"].clone(),
+            p[2]["content"]["text"].clone()
+        ),
+        (json!("https://x/d"), json!("Docs"))
+    );
 }
 
 #[test]
 fn ans_dialogflow_other_payload_dropped_kept_for_dialogflow() {
-    let body = br#"{"queryResult":{"responseMessages":[{"payload":{"mine":1}},{"liveAgentHandoff":{}}]}}"#;
-    assert_eq!(dialogflow::parse_answer(200, body, false).unwrap().dropped, 2);
+    let body =
+        br#"{"queryResult":{"responseMessages":[{"payload":{"mine":1}},{"liveAgentHandoff":{}}]}}"#;
+    assert_eq!(
+        dialogflow::parse_answer(200, body, false).unwrap().dropped,
+        2
+    );
     let kept = dialogflow::parse_answer(200, body, true).unwrap();
-    let req = dialogflow::parse_request(DF_PATH, br#"{"queryInput":{"text":{"text":"x"}}}"#).unwrap();
+    let req =
+        dialogflow::parse_request(DF_PATH, br#"{"queryInput":{"text":{"text":"x"}}}"#).unwrap();
     let v: Value = serde_json::from_slice(&dialogflow::render_answer(&req, &kept, "r")).unwrap();
-    assert_eq!(v["queryResult"]["responseMessages"], json!([{"payload": {"mine": 1}}, {"liveAgentHandoff": {}}]));
+    assert_eq!(
+        v["queryResult"]["responseMessages"],
+        json!([{"payload": {"mine": 1}}, {"liveAgentHandoff": {}}])
+    );
 }
 
 #[test]
@@ -1515,13 +1727,24 @@ fn ans_dialogflow_end_interaction() {
 
 #[test]
 fn ans_to_dialogflow_caller_shapes() {
-    let req = dialogflow::parse_request(DF_PATH, br#"{"queryInput":{"text":{"text":"x"}}}"#).unwrap();
+    let req =
+        dialogflow::parse_request(DF_PATH, br#"{"queryInput":{"text":{"text":"x"}}}"#).unwrap();
     let answer = ChatAnswer {
         replies: vec![
             Reply::Text("Hi".into()),
-            Reply::Url { url: "https://x".into(), text: Some("Docs".into()), title: None },
-            Reply::Media { kind: MediaKind::Image, url: "https://x/i.png".into() },
-            Reply::Media { kind: MediaKind::File, url: "https://x/f.pdf".into() },
+            Reply::Url {
+                url: "https://x".into(),
+                text: Some("Docs".into()),
+                title: None,
+            },
+            Reply::Media {
+                kind: MediaKind::Image,
+                url: "https://x/i.png".into(),
+            },
+            Reply::Media {
+                kind: MediaKind::File,
+                url: "https://x/f.pdf".into(),
+            },
         ],
         conversation_end: Some(true),
         ..ChatAnswer::default()
@@ -1529,8 +1752,14 @@ fn ans_to_dialogflow_caller_shapes() {
     let v: Value = serde_json::from_slice(&dialogflow::render_answer(&req, &answer, "r")).unwrap();
     let m = &v["queryResult"]["responseMessages"];
     assert_eq!(m[0], json!({"text": {"text": ["Hi"]}}));
-    assert_eq!(m[1]["payload"]["richContent"][0][0], json!({"type": "button", "text": "Docs", "link": "https://x"}));
-    assert_eq!(m[2]["payload"]["richContent"][0][0]["rawUrl"], "https://x/i.png");
+    assert_eq!(
+        m[1]["payload"]["richContent"][0][0],
+        json!({"type": "button", "text": "Docs", "link": "https://x"})
+    );
+    assert_eq!(
+        m[2]["payload"]["richContent"][0][0]["rawUrl"],
+        "https://x/i.png"
+    );
     assert_eq!(m[3]["payload"]["richContent"][0][0]["text"], "Open file");
     assert_eq!(m[4], json!({"endInteraction": {}}));
     assert_eq!(v["queryResult"]["text"], "x");
@@ -1538,10 +1767,20 @@ fn ans_to_dialogflow_caller_shapes() {
 
 #[test]
 fn err_dialogflow_caller_shape() {
-    for (status, name) in [(400, "INVALID_ARGUMENT"), (401, "UNAUTHENTICATED"), (403, "PERMISSION_DENIED"),
-                           (429, "RESOURCE_EXHAUSTED"), (502, "UNAVAILABLE"), (504, "DEADLINE_EXCEEDED")] {
-        let e = botbridge::error::ProxyError::new(status, botbridge::error::Reason::BadRequest, "m");
+    for (status, name) in [
+        (400, "INVALID_ARGUMENT"),
+        (401, "UNAUTHENTICATED"),
+        (403, "PERMISSION_DENIED"),
+        (429, "RESOURCE_EXHAUSTED"),
+        (502, "UNAVAILABLE"),
+        (504, "DEADLINE_EXCEEDED"),
+    ] {
+        let e =
+            botbridge::error::ProxyError::new(status, botbridge::error::Reason::BadRequest, "m");
         let v: Value = serde_json::from_slice(&dialogflow::render_error(&e)).unwrap();
-        assert_eq!(v, json!({"error": {"code": status, "message": "m", "status": name}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": status, "message": "m", "status": name}})
+        );
     }
 }

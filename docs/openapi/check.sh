@@ -75,10 +75,13 @@ auth() {
     haptik) printf '[auth.openapi.bearer]\nbearer = "demo-token"\n[auth.openapi.clientId]\napi_key = "demo-client"\n' ;;
     csml) printf '[auth.openapi.apiKey]\napi_key = "schemathesis-plain-key"\n' ;;
     rasa) printf '[auth.openapi.token]\napi_key = "demo-rasa-token"\n[auth.openapi.bearer]\nbearer = "demo-rasa-token"\n' ;;
+    dialogflow-cx) printf '[auth.openapi.bearer]\nbearer = "demo-dialogflow-token"\n' ;;
   esac
 }
 status=0
-for dialect in haptik csml rasa; do
+# lex-v2 is left out: schemathesis cannot sign AWS SigV4 requests (tests/lex.rs and the documented
+# example in tests/openapi.rs cover its document).
+for dialect in ${CHECK_DIALECTS:-haptik csml rasa dialogflow-cx}; do
   echo "schemathesis: $dialect"
   auth "$dialect" >"$work/$dialect.toml"
   timeout "$seconds" "$venv/bin/schemathesis" --config-file "$work/$dialect.toml" run \
