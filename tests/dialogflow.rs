@@ -101,6 +101,20 @@ ingress = "lex-v2"
 backend = "py-agent"
 
 [[routes]]
+name = "agent-shadowed-by-lex"
+path = "/agent-shadowed-by-lex"
+ingress = "haptik"
+backend = "py-agent"
+shadow = {{ backend = "demo-lex-bot", percent = 100 }}
+
+[[routes]]
+name = "lex-shadowed-by-agent"
+path = "/lex-shadowed-by-agent"
+ingress = "haptik"
+backend = "demo-lex-bot"
+shadow = {{ backend = "py-agent", percent = 100 }}
+
+[[routes]]
 name = "to-no-tokens"
 path = "/to-no-tokens"
 ingress = "auto"
@@ -389,4 +403,82 @@ async fn bad_jwts_unknown_tokens_and_a_token_endpoint_that_is_down_get_clear_err
             .len(),
         1
     );
+}
+
+/// Shadows between the new dialects both ways: a Dialogflow primary copied to a Lex bot (signed with
+/// SigV4 on the shadow's path), and a Lex primary copied to the Dialogflow agent (with its token).
+#[tokio::test]
+async fn shadows_run_between_dialogflow_and_lex_both_ways() {
+    let s = setup().await;
+    let proxy = &s.proxy;
+    let before = scrape(proxy).await;
+    let haptik = [
+        ("authorization", "Bearer demo-token".to_owned()),
+        ("client-id", "demo-client".to_owned()),
+    ];
+    for path in ["/agent-shadowed-by-lex", "/lex-shadowed-by-agent"] {
+        for i in 0..2 {
+            let (status, v) = send(
+                proxy,
+                path,
+                &haptik,
+                &haptik_body("u-9", &format!("hi {i}"), 343),
+            )
+            .await;
+            assert_eq!(status, 200, "{path}: {v}");
+        }
+    }
+    // The copies are compared off the callers' path: wait for the comparisons.
+    let compared = |text: &str, route: &str| -> f64 {
+        [
+            "match",
+            "text_differs",
+            "buttons_differ",
+            "kinds_differ",
+            "count_differs",
+        ]
+        .iter()
+        .filter_map(|v| {
+            series_value(
+                text,
+                &format!("botbridge_shadow_comparisons_total{{route=\"{route}\",verdict=\"{v}\"}}"),
+            )
+        })
+        .sum()
+    };
+    let mut after = scrape(proxy).await;
+    for _ in 0..50 {
+        if compared(&after, "agent-shadowed-by-lex") >= 2.0
+            && compared(&after, "lex-shadowed-by-agent") >= 2.0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = scrape(proxy).await;
+    }
+    for route in ["agent-shadowed-by-lex", "lex-shadowed-by-agent"] {
+        let errors = format!(
+            "botbridge_shadow_comparisons_total{{route=\"{route}\",verdict=\"shadow_error\"}}"
+        );
+        assert_eq!(
+            grew(&before, &after, &errors),
+            0,
+            "{route}: a shadow failed"
+        );
+        assert!(
+            compared(&after, route) - compared(&before, route) >= 2.0,
+            "{route}: not compared"
+        );
+    }
+    let seen = s.agent.received().await;
+    assert_eq!(
+        seen["requests"].as_array().unwrap().len(),
+        4,
+        "2 as primary, 2 as shadow: {seen}"
+    );
+    assert!(seen["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["token_ok"] == true));
 }
