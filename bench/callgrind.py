@@ -27,6 +27,70 @@ import urllib.request
 from bench import CSML_ANSWER, HAPTIK_BODY, botbridge_config, one_url  # bench/bench.py, beside this file
 
 
+# The same answer as CSML_ANSWER (a text, a question with two buttons) from a Lex V2 bot and from a
+# Dialogflow CX agent, for --bot lex and --bot dialogflow.
+LEX_ANSWER = json.dumps({"messages": [
+    {"contentType": "PlainText", "content": "Your order ships tomorrow."},
+    {"contentType": "ImageResponseCard", "imageResponseCard": {"title": "Anything else?", "buttons": [
+        {"text": "Yes", "value": "yes"}, {"text": "No", "value": "no"}]}}],
+    "sessionState": {"dialogAction": {"type": "ElicitIntent"}}, "sessionId": "s"})
+DIALOGFLOW_ANSWER = json.dumps({"responseId": "r", "queryResult": {"responseMessages": [
+    {"text": {"text": ["Your order ships tomorrow."]}}, {"text": {"text": ["Anything else?"]}},
+    {"payload": {"richContent": [[{"type": "chips", "options": [{"text": "Yes"}, {"text": "No"}]}]]}}]}})
+TOKEN_ANSWER = json.dumps({"access_token": "bench-access-token", "expires_in": 3600, "token_type": "Bearer"})
+FIXTURE_KEY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "dialogflow", "test-key.pem")
+
+
+def bot_backend(kind, work, backend):
+    """The [[backends]] table of the bot `kind` at `backend`: the bench's signed CSML bot, a Lex bot
+    (every request signed with SigV4), or a Dialogflow agent (an access token minted at /token)."""
+    if kind == "lex":
+        return f"""[[backends]]
+name = "bot"
+dialect = "lex-v2"
+url = "http://127.0.0.1:{backend}"
+region = "us-east-1"
+bot_id = "BENCHBOT01"
+bot_alias_id = "TSTALIASID"
+locale_id = "en_US"
+access_key_id = "AKIDBENCH"
+secret_access_key = "bench-secret"
+"""
+    sa = os.path.join(work, "service-account.json")
+    with open(sa, "w") as f:
+        json.dump({"client_email": "bench@bench.iam.gserviceaccount.com", "private_key": open(FIXTURE_KEY).read(),
+                   "token_uri": f"http://127.0.0.1:{backend}/token"}, f)
+    return f"""[[backends]]
+name = "bot"
+dialect = "dialogflow-cx"
+url = "http://127.0.0.1:{backend}"
+project = "bench"
+location = "global"
+agent = "bench-agent"
+language_code = "en"
+credentials_file = "{sa}"
+"""
+
+
+def with_bot(conf, kind, work, backend):
+    """The bench config with its CSML bot replaced by `kind`'s."""
+    if kind == "csml":
+        return
+    text = open(conf).read()
+    text = text[:text.index("[[backends]]")] + bot_backend(kind, work, backend)
+    with open(conf, "w") as f:
+        f.write(text)
+
+
+def token_fetches(admin):
+    """botbridge_token_fetches_total{result="ok"} of the bench's bot, from the admin listener."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('botbridge_token_fetches_total{backend="bot",result="ok"}'):
+                return int(float(line.split()[-1]))
+    return 0
+
+
 # Two buckets per request (the credential's and the user's), never hit: what a limit costs.
 LIMITS = """[limits]
 rate_limit = { requests = 1000000, per_seconds = 1, burst = 4000000000 }
@@ -131,6 +195,9 @@ def main():
     ap.add_argument("--log", default="warn",
                     help="botbridge's [log] filter: 'info' writes the access line of every request (the "
                          "default of a shipped config), to a file here")
+    ap.add_argument("--bot", choices=["csml", "lex", "dialogflow"], default="csml",
+                    help="the bot behind: the signed CSML bot (HMAC), a Lex V2 bot (SigV4 over the whole "
+                         "request) or a Dialogflow CX agent (an OAuth2 token minted once, then reused)")
     ap.add_argument("--floor", action="store_true",
                     help="BINARY is the pingora floor (examples/passthrough_floor: LISTEN BACKEND), "
                          "which forwards the body as is: the plumbing's own count")
@@ -144,7 +211,9 @@ def main():
     procs, socks = [], []
     try:
         backend, bb_port, bb_admin = free_ports(3)
-        answer = CSML_ANSWER.replace("'", "\\'")
+        answer = {"csml": CSML_ANSWER, "lex": LEX_ANSWER, "dialogflow": DIALOGFLOW_ANSWER}[args.bot]
+        answer = answer.replace("'", "\\'")
+        token = TOKEN_ANSWER.replace("'", "\\'")
         nginx_conf = os.path.join(work, "backend.conf")
         with open(nginx_conf, "w") as f:
             f.write(f"""
@@ -159,6 +228,7 @@ http {{
   keepalive_timeout 600s;
   server {{
     listen 127.0.0.1:{backend};
+    location = /token {{ default_type application/json; return 200 '{token}'; }}
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}
 }}
@@ -166,6 +236,7 @@ http {{
         # The configuration bench.py measures.
         bb_conf = botbridge_config(work, "proxy", bb_port, bb_admin, one_url(backend),
                                    LIMITS if args.limits else "", args.log)
+        with_bot(bb_conf, args.bot, work, backend)
         check = subprocess.run([binary, "--config", bb_conf, "check"], capture_output=True, text=True) if not args.floor else None
         if check and check.returncode != 0:
             raise SystemExit(f"callgrind: {binary} refuses the configuration:\n{check.stdout}{check.stderr}")
@@ -203,8 +274,9 @@ http {{
         ir = total_ir(dump)
         if args.out:
             shutil.copyfile(dump, args.out)
+        tokens = f", access tokens minted: {token_fetches(bb_admin)}" if args.bot == "dialogflow" else ""
         print(f"{label}: {ir / args.requests:.0f} instructions/request "
-              f"({ir} Ir / {args.requests} requests, {args.connections} connections, after {args.warmup} warm-up)")
+              f"({ir} Ir / {args.requests} requests, {args.connections} connections, after {args.warmup} warm-up{tokens})")
     finally:
         for s in socks:
             s.close()

@@ -1,11 +1,9 @@
-//! Async mode on the request path: a CSML request with `callback_url` (any route, any bot) or a
-//! Haptik Log Message API request is checked as far as it can be (callback allow-list and
-//! addresses, scope, translation), answered at once, and finished on its own task: the bot
-//! exchange, the answer rendered in the caller's dialect and cut into deliveries (`crate::delivery`).
-//!
-//! The immediate answers: CSML callers get the usual envelope with `"messages": []` (what the CSML
-//! engine answers before its callbacks); Haptik callers get the Log Message API's
-//! `{"message_id", "message_body", "created_at", "message_type"}`.
+//! Async mode on the request path: a request with a `callback_url` (any route, any bot), or one to
+//! a route whose path makes its dialect's requests async, is checked as far as it can be (callback
+//! allow-list and addresses, scope, translation), answered at once, and finished on its own task:
+//! the bot exchange, the answer rendered in the caller's dialect and cut into deliveries
+//! (`crate::delivery`). What is answered at once and how an answer is cut into deliveries are the
+//! caller dialect's (`dialect::AsyncCaller`); this file names no vendor.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,8 +14,7 @@ use super::{Admitted, Call, ChatService, Runtime, ServiceIds};
 use crate::auth::Grant;
 use crate::delivery::ssrf::Refusal;
 use crate::delivery::{send, Reservation, Target, Ticket};
-use crate::dialect::haptik_async::{self, WebhookContext};
-use crate::dialect::{csml, AnswerContext, AnswerIds, AnswerShape, Caller};
+use crate::dialect::{AnswerContext, AnswerIds, AnswerShape, AsyncCaller, Caller};
 use crate::error::{ProxyError, Reason};
 use crate::limits::Plan;
 use crate::metrics::AccessRecord;
@@ -42,9 +39,11 @@ impl ChatService {
         a: &Admitted<'_>,
         req: &ChatRequest<'_>,
     ) -> Result<Option<Target>, ProxyError> {
-        let log_message =
-            a.ingress.as_str() == "haptik" && haptik_async::is_log_message_path(&a.route.path);
-        if req.callback_url.is_none() && !log_message {
+        let Some(async_caller) = a.ingress.async_caller() else {
+            return Ok(None);
+        };
+        let by_path = req.callback_url.is_none() && async_caller.path_is_async(&a.route.path);
+        if req.callback_url.is_none() && !by_path {
             return Ok(None);
         }
         let dialect = a.ingress.as_str();
@@ -52,10 +51,8 @@ impl ChatService {
         m.register_dialect(dialect);
         let refuse = |r: Refusal| {
             m.requests.with_label_values(&[dialect, r.as_str()]).inc();
-            let message = match (r, log_message) {
-                (Refusal::NotEnabled, true) => {
-                    "this client has no webhook_url for the Log Message API"
-                }
+            let message = match (r, by_path, async_caller.not_enabled_message()) {
+                (Refusal::NotEnabled, true, Some(m)) => m,
                 _ => r.message(),
             };
             ProxyError::new(400, Reason::BadRequest, message)
@@ -131,7 +128,7 @@ impl ChatService {
         Ok(ack)
     }
 
-    /// The immediate answer: an empty CSML envelope, or the Log Message API's acknowledgement.
+    /// The immediate answer, the caller dialect's (an empty envelope, an acknowledgement).
     fn async_ack(
         &self,
         a: &Admitted<'_>,
@@ -139,12 +136,21 @@ impl ChatService {
         request_id: &str,
         received: SystemTime,
     ) -> Vec<u8> {
-        if req.callback_url.is_none() {
-            let id = self
-                .next_message_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return haptik_async::log_message_ack(req, id, received);
-        }
+        let empty = self.empty_answer(a, req, request_id, received);
+        let id = self
+            .next_message_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async_of(a).ack(req, empty, id, received)
+    }
+
+    /// The caller dialect's rendering of an answer with no replies.
+    fn empty_answer(
+        &self,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        request_id: &str,
+        received: SystemTime,
+    ) -> Vec<u8> {
         let ctx = self.answer_context(a, req, request_id, received, AnswerShape::Hsl);
         a.ingress.render_answer(req, &ChatAnswer::default(), &ctx)
     }
@@ -196,15 +202,15 @@ impl ChatService {
         };
         let bodies = match self.bot_answer(&mut cx, &a, &req, &p).await {
             Ok(bodies) => bodies,
-            Err(e) if req.callback_url.is_some() => {
-                let ctx =
-                    self.answer_context(&a, &req, &p.request_id, p.received, AnswerShape::Hsl);
-                let empty = a.ingress.render_answer(&req, &ChatAnswer::default(), &ctx);
-                csml::callback_error_bodies(&empty, &e)
-            }
             Err(e) => {
-                tracing::debug!(request_id = %p.request_id, reason = e.reason.as_str(), "async request's bot failed: nothing to deliver");
-                return ticket.abandon();
+                let empty = self.empty_answer(&a, &req, &p.request_id, p.received);
+                match async_of(&a).failure_deliveries(&empty, &e) {
+                    Some(bodies) => bodies,
+                    None => {
+                        tracing::debug!(request_id = %p.request_id, reason = e.reason.as_str(), "async request's bot failed: nothing to deliver");
+                        return ticket.abandon();
+                    }
+                }
             }
         };
         // On a task of its own: this one's state (the bot exchange's, the request's body) is freed
@@ -229,19 +235,19 @@ impl ChatService {
                     self.backend_error(to_bot.backend, e.reason);
                 }
             })?;
-        // Haptik webhooks carry HSL bodies, whatever shape the route answers synchronously.
+        // Deliveries carry the current (HSL) shape, whatever shape the route answers synchronously.
         let ctx = self.answer_context(a, req, &p.request_id, p.received, AnswerShape::Hsl);
         let rendered = a.ingress.render_answer(req, &answer, &ctx);
-        if req.callback_url.is_some() {
-            return Ok(csml::callback_bodies(&rendered));
-        }
-        let hook = WebhookContext {
-            auth_id: &req.user_id,
-            business_id: req.business_id,
-            business_name: ctx.business_name,
-        };
-        Ok(haptik_async::webhook_bodies(&rendered, &hook))
+        Ok(async_of(a).deliveries(req, &rendered, ctx.business_name))
     }
+}
+
+/// The async mode of an admitted async request's dialect (checked by `async_target`).
+fn async_of<'a>(a: &Admitted<'a>) -> &'a dyn AsyncCaller {
+    a.ingress
+        .get()
+        .async_caller()
+        .expect("only a dialect with an async mode is admitted as async")
 }
 
 /// Message and interaction ids for answers rendered on an async request's own task.

@@ -1023,6 +1023,30 @@ pub fn callback_error_bodies(empty_answer: &[u8], err: &ProxyError) -> Vec<Strin
     callback_bodies(envelope.to_string().as_bytes())
 }
 
+/// CSML's async mode: a request with `callback_url`, answered at once with the empty envelope (as
+/// the CSML engine does), its messages POSTed one by one.
+struct CsmlCallbacks;
+
+impl crate::dialect::AsyncCaller for CsmlCallbacks {
+    fn ack(
+        &self,
+        _req: &ChatRequest<'_>,
+        empty: Vec<u8>,
+        _message_id: u64,
+        _received: std::time::SystemTime,
+    ) -> Vec<u8> {
+        empty
+    }
+
+    fn deliveries(&self, _req: &ChatRequest<'_>, rendered: &[u8], _business: &str) -> Vec<String> {
+        callback_bodies(rendered)
+    }
+
+    fn failure_deliveries(&self, empty: &[u8], err: &ProxyError) -> Option<Vec<String>> {
+        Some(callback_error_bodies(empty, err))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The dialect interface
 
@@ -1109,6 +1133,10 @@ pub(crate) fn api_key(key: &str, src: &SecretSource) -> Result<String, ConfigErr
 impl CallerDialect for Csml {
     fn api_document(&self) -> &'static str {
         include_str!("../../../docs/openapi/csml.json")
+    }
+
+    fn async_caller(&self) -> Option<&dyn crate::dialect::AsyncCaller> {
+        Some(&CsmlCallbacks)
     }
 
     fn name(&self) -> &'static str {

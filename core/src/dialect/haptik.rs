@@ -719,6 +719,10 @@ impl CallerDialect for Haptik {
         include_str!("../../../docs/openapi/haptik.json")
     }
 
+    fn async_caller(&self) -> Option<&dyn crate::dialect::AsyncCaller> {
+        Some(&haptik_async::LogMessageApi)
+    }
+
     fn name(&self) -> &'static str {
         "haptik"
     }

@@ -62,6 +62,39 @@ pub fn log_message_ack(req: &ChatRequest<'_>, message_id: u64, created: SystemTi
     .expect("ack serializes")
 }
 
+/// Haptik's async mode for callers: the Log Message API's path, its acknowledgement, and one
+/// webhook per reply.
+pub struct LogMessageApi;
+
+impl crate::dialect::AsyncCaller for LogMessageApi {
+    fn path_is_async(&self, route_path: &str) -> bool {
+        is_log_message_path(route_path)
+    }
+
+    fn not_enabled_message(&self) -> Option<&'static str> {
+        Some("this client has no webhook_url for the Log Message API")
+    }
+
+    fn ack(
+        &self,
+        req: &ChatRequest<'_>,
+        _empty: Vec<u8>,
+        id: u64,
+        received: SystemTime,
+    ) -> Vec<u8> {
+        log_message_ack(req, id, received)
+    }
+
+    fn deliveries(&self, req: &ChatRequest<'_>, rendered: &[u8], business: &str) -> Vec<String> {
+        let hook = WebhookContext {
+            auth_id: &req.user_id,
+            business_id: req.business_id,
+            business_name: business,
+        };
+        webhook_bodies(rendered, &hook)
+    }
+}
+
 /// Who and where a webhook is about.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookContext<'a> {

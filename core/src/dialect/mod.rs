@@ -207,6 +207,48 @@ pub trait CallerDialect: Sync + Send + 'static {
     fn error_headers(&self, _err: &ProxyError, _add: &mut dyn FnMut(&'static str, &str)) {}
     /// Its callers' OpenAPI document (`docs/openapi/<name>.json`), served by the admin listener.
     fn api_document(&self) -> &'static str;
+    /// Its async mode (answered at once, the bot's answer delivered later), if it has one.
+    fn async_caller(&self) -> Option<&dyn AsyncCaller> {
+        None
+    }
+}
+
+/// A caller dialect's async mode: which requests ask for it, what they are answered at once, and
+/// how the bot's answer becomes the bodies POSTed to the caller's receiver. The shell checks the
+/// receiver (the request's `callback_url`, else the credential's webhook), queues, signs and sends.
+pub trait AsyncCaller: Sync {
+    /// Whether requests to a route at `route_path` ask for async mode by the path alone (Haptik's
+    /// Log Message API); a request with a `callback_url` always does.
+    fn path_is_async(&self, _route_path: &str) -> bool {
+        false
+    }
+    /// The refusal when the credential has no receiver for a request the path made async, in this
+    /// dialect's words (else the generic one).
+    fn not_enabled_message(&self) -> Option<&'static str> {
+        None
+    }
+    /// The immediate answer. `empty` is this dialect's rendering of an answer with no replies;
+    /// `message_id` a fresh id; `received` when the request came.
+    fn ack(
+        &self,
+        req: &ChatRequest<'_>,
+        empty: Vec<u8>,
+        message_id: u64,
+        received: SystemTime,
+    ) -> Vec<u8>;
+    /// The deliveries of an answer rendered in this dialect (HSL shape for Haptik), for a route
+    /// whose business is shown as `business_name`.
+    fn deliveries(
+        &self,
+        req: &ChatRequest<'_>,
+        rendered: &[u8],
+        business_name: &str,
+    ) -> Vec<String>;
+    /// The deliveries telling the receiver the bot failed, from `empty` (as for [`AsyncCaller::ack`]);
+    /// `None`: nothing is delivered.
+    fn failure_deliveries(&self, _empty: &[u8], _err: &ProxyError) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// What a route adds to a request for its backend.
