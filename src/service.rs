@@ -302,14 +302,15 @@ impl ChatService {
             Some(b) => b,
             None => self.read_body(cx, session).await?,
         };
-        let now = unix_secs(cx.received);
-        let whole = WholeRequest {
-            head: &Head(session.req_header()),
-            body: &body,
-        };
-        (rt.authn).verify_whole(admitted.ingress, &admitted.grant, &whole, now)?;
-        let path = session.req_header().uri.path().to_owned();
-        let req = self.parse(cx, &admitted, &path, &body)?;
+        if admitted.grant.verifier.is_some() {
+            let whole = WholeRequest {
+                head: &Head(session.req_header()),
+                body: &body,
+            };
+            let now = unix_secs(cx.received);
+            (rt.authn).verify_whole(admitted.ingress, &admitted.grant, &whole, now)?;
+        }
+        let req = self.parse(cx, &admitted, session.req_header().uri.path(), &body)?;
         if !admitted.limits.is_empty() {
             (rt.limits.admit_user(&admitted.limits, &req.user_id)).await?;
         }
@@ -556,8 +557,15 @@ impl ChatService {
     ) -> Result<Exchange, ProxyError> {
         let (rt, out) = (cx.rt, &mut cx.out);
         let _slot = rt.in_flight.enter(to.index)?;
-        let token = (rt.tokens.get(to.index).await)
-            .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
+        // Boxed: the fetch's future is as large as an exchange's, and inline it would grow every
+        // request's future (and its copies), tokens or not.
+        let token = match rt.tokens.keeper(to.index) {
+            Some(k) => Some(
+                (Box::pin(k.get()).await)
+                    .inspect_err(|e| self.backend_error(to.backend, e.reason))?,
+            ),
+            None => None,
+        };
         let started = Instant::now();
         let request_id = out.request_id.as_deref().unwrap_or_default();
         let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id, token.as_deref());

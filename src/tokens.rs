@@ -110,13 +110,11 @@ impl Tokens {
         Tokens { keepers }
     }
 
-    /// The access token for backend `index` (`None` for a bot that needs none), fetched if there
-    /// is no usable one.
-    pub async fn get(&self, index: usize) -> Result<Option<Arc<str>>, ProxyError> {
-        match self.keepers.get(index).and_then(Option::as_ref) {
-            Some(k) => k.get().await.map(Some),
-            None => Ok(None),
-        }
+    /// The keeper of backend `index`'s token (`None` for a bot that needs none): its `get` is the
+    /// token, fetched if there is no usable one. (A plain lookup first, so a request to a bot
+    /// without tokens builds no future for this.)
+    pub fn keeper(&self, index: usize) -> Option<&Arc<Keeper>> {
+        self.keepers.get(index).and_then(Option::as_ref)
     }
 
     /// The current token without waiting (for shadow copies); starts a fetch when there is none.
@@ -177,7 +175,8 @@ impl Keeper {
         (now + EXPIRY_MARGIN < m.expires_at).then(|| m.token.clone())
     }
 
-    async fn get(self: &Arc<Self>) -> Result<Arc<str>, ProxyError> {
+    /// The current token, fetched when there is no usable one (see the module's rules).
+    pub async fn get(self: &Arc<Self>) -> Result<Arc<str>, ProxyError> {
         let now = Instant::now();
         if let Some(token) = self.usable(now) {
             if self
