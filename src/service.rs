@@ -69,7 +69,8 @@ pub struct ChatService {
 pub struct Runtime {
     /// The validated configuration.
     pub config: Arc<Config>,
-    routes_by_path: HashMap<String, usize>,
+    /// foldhash, not std's SipHash: fixed at load, looked up once a request (bench/RESULTS.md).
+    routes_by_path: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Routes by `path_prefix`, the longest first.
     routes_by_prefix: Vec<(String, usize)>,
     /// Each backend's pool of endpoints (index as `Config::backends`).
@@ -526,16 +527,11 @@ impl ChatService {
             .header("accept", JSON)
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
-        };
         let out = Outgoing {
             unix_secs: signed_at,
             method: "POST",
             authority: &ep.authority,
-            path,
-            query,
+            target,
             content_type: JSON,
             body,
             token,

@@ -300,7 +300,9 @@ pub fn haptik_presented<'h>(
 /// The configured Haptik clients, by client id.
 #[derive(Debug, Clone, Default)]
 pub struct HaptikClients {
-    by_id: HashMap<String, HaptikClient>,
+    /// foldhash, not std's SipHash: the map is fixed at load (no inserts an attacker controls),
+    /// and SipHash's look-ups were about 500 instructions of a request (bench/RESULTS.md).
+    by_id: HashMap<String, HaptikClient, foldhash::fast::RandomState>,
 }
 
 impl HaptikClients {

@@ -68,7 +68,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(d.error.status, 403, "{:?}", d.error);
         }
     }
-    // The proxy's own signature over this path, query and body verifies.
+    // The proxy's own signature over this path, query and body verifies (a path with a `?` would
+    // be a different path and query on the wire).
+    if head.path.contains('?') {
+        return;
+    }
     let table: toml::Table = toml::from_str(concat!(
         "region = \"us-east-1\"\nbot_id = \"B\"\nbot_alias_id = \"A\"\nlocale_id = \"en_US\"\n",
         "access_key_id = \"AK\"\nsecret_access_key = \"s\""
@@ -78,12 +82,15 @@ fuzz_target!(|data: &[u8]| {
         .unwrap()
         .configure("b", table)
         .unwrap();
+    let target = match head.query {
+        Some(q) => format!("{}?{q}", head.path),
+        None => head.path.to_owned(),
+    };
     let out = Outgoing {
         unix_secs: NOW,
         method: "POST",
         authority: "127.0.0.1:1",
-        path: head.path,
-        query: head.query,
+        target: &target,
         content_type: "application/json",
         body,
         token: None,

@@ -926,8 +926,8 @@ impl Bot for LexBot {
         }
         let request = sigv4::Request {
             method: out.method,
-            path: out.path,
-            query: out.query,
+            path: out.path(),
+            query: out.query(),
             headers: &headers,
             body: out.body,
         };
@@ -1188,8 +1188,7 @@ mod tests {
             unix_secs: now,
             method: "POST",
             authority: "127.0.0.1:9",
-            path: &path,
-            query: None,
+            target: &path,
             content_type: "application/json",
             body,
             token: None,

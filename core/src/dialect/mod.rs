@@ -281,13 +281,24 @@ pub struct Outgoing<'a> {
     pub method: &'static str,
     /// The `Host` header.
     pub authority: &'a str,
-    /// The path as sent, without the query.
-    pub path: &'a str,
-    pub query: Option<&'a str>,
+    /// The path and query as sent (split by [`Outgoing::path`] and [`Outgoing::query`] only for a
+    /// signature that needs them: most do not).
+    pub target: &'a str,
     pub content_type: &'static str,
     pub body: &'a [u8],
     /// The bot's current access token, for a bot with a [`TokenSource`] (the shell fetches it).
     pub token: Option<&'a str>,
+}
+
+impl Outgoing<'_> {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+    /// The query, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
 }
 
 /// A credential a bot's requests need that is obtained over the network: an OAuth2 access token
