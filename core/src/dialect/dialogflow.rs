@@ -31,7 +31,7 @@ use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    from_json, settings, strict_raw, AnswerContext, AnswerShape, Bot, BotDialect,
+    from_json, path_segment, settings, strict_raw, AnswerContext, AnswerShape, Bot, BotDialect,
     BotRequestContext, CallerDialect, ClientEntry, Detection, Outgoing, RequestHead, TokenSource,
 };
 use crate::error::{json_error, ProxyError, Reason};
@@ -83,28 +83,11 @@ pub fn session_from_path(path: &str) -> Result<String, ProxyError> {
     if !before.ends_with("/sessions") || !before.contains("/v3/projects/") {
         return Err(not_found());
     }
-    let decoded = percent_decode(session).unwrap_or_default();
+    let decoded = path_segment(session).unwrap_or_default();
     if decoded.is_empty() || decoded.chars().count() > MAX_SESSION {
         return Err(ProxyError::bad_request("invalid session: 1-36 characters"));
     }
     Ok(decoded)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 // ---------------------------------------------------------------------------------------------

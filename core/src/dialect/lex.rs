@@ -29,9 +29,9 @@ use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    from_json, settings, strict_raw, AnswerContext, AnswerShape, Bot, BotDialect,
-    BotRequestContext, CallerDialect, ClientEntry, Detection, FlowTriggerPolicy, Outgoing,
-    RequestHead,
+    from_json, path_segment, settings, strict_raw, text_for_bot, AnswerContext, AnswerShape, Bot,
+    BotDialect, BotRequestContext, CallerDialect, ClientEntry, Detection, FlowTriggerPolicy,
+    Outgoing, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -70,24 +70,6 @@ pub fn session_id(user_id: &str) -> Cow<'_, str> {
     }
 }
 
-/// `%XX`-decodes a path segment; `None` if an escape is malformed or the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// The session id in a `RecognizeText` path (`…/bots/{botId}/botAliases/{botAliasId}/botLocales/
 /// {localeId}/sessions/{sessionId}/text`, below any prefix an SDK's endpoint URL adds), decoded
 /// and checked.
@@ -105,7 +87,7 @@ pub fn session_from_path(path: &str) -> Result<String, ProxyError> {
             "expected /bots/{botId}/botAliases/{botAliasId}/botLocales/{localeId}/sessions/{sessionId}/text",
         ));
     }
-    match percent_decode(segments[1]) {
+    match path_segment(segments[1]) {
         Some(s) if is_session_id(&s) => Ok(s),
         _ => Err(ProxyError::bad_request(
             "invalid sessionId: 2-100 characters of [0-9a-zA-Z._:-]",
@@ -456,19 +438,7 @@ pub fn render_request(
     req: &ChatRequest<'_>,
     flow: FlowTriggerPolicy,
 ) -> Result<Vec<u8>, ProxyError> {
-    let text: &str =
-        match &req.content {
-            Content::Text(t) | Content::Payload(t) | Content::Url(t) => t,
-            Content::Media { url, .. } => url,
-            Content::FlowTrigger { flow_id, .. } => match flow {
-                FlowTriggerPolicy::Text => flow_id,
-                FlowTriggerPolicy::Reject => return Err(ProxyError::new(
-                    422,
-                    Reason::Untranslatable,
-                    "flow_trigger has no equivalent for this bot (a Lex bot); send a text message",
-                )),
-            },
-        };
+    let text = text_for_bot(req, flow, "a Lex bot")?;
     if text.chars().count() > MAX_TEXT_CHARS {
         return Err(ProxyError::new(
             422,

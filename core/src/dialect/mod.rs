@@ -30,7 +30,7 @@ use std::time::SystemTime;
 use crate::auth::{Denied, Presented};
 use crate::config::ConfigError;
 use crate::error::ProxyError;
-use crate::model::{ChatAnswer, ChatRequest};
+use crate::model::{self, ChatAnswer, ChatRequest};
 
 pub use crate::request::RequestHead;
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
@@ -43,6 +43,48 @@ pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> serde_
     match std::str::from_utf8(body) {
         Ok(text) => serde_json::from_str(text),
         Err(_) => serde_json::from_slice(body),
+    }
+}
+
+/// A path segment `%XX`-decoded (for ids vendors put in their paths); `None` if an escape is
+/// malformed or the result is not UTF-8.
+pub(crate) fn path_segment(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (h, l) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What a bot that takes text alone gets for a request: the text, a click's payload, a link's or a
+/// medium's URL; a flow trigger as its flow id, or refused with 422 naming `bot` (`a Rasa bot`), as
+/// the route's `flow` says.
+pub(crate) fn text_for_bot<'a>(
+    req: &'a ChatRequest<'_>,
+    flow: FlowTriggerPolicy,
+    bot: &str,
+) -> Result<&'a str, ProxyError> {
+    match &req.content {
+        model::Content::Text(t) | model::Content::Payload(t) | model::Content::Url(t) => Ok(t),
+        model::Content::Media { url, .. } => Ok(url),
+        model::Content::FlowTrigger { flow_id, .. } => match flow {
+            FlowTriggerPolicy::Text => Ok(flow_id),
+            FlowTriggerPolicy::Reject => Err(ProxyError::new(
+                422,
+                crate::error::Reason::Untranslatable,
+                format!("flow_trigger has no equivalent for this bot ({bot}); send a text message"),
+            )),
+        },
     }
 }
 
@@ -393,6 +435,15 @@ pub fn render_error_for_either(err: &ProxyError) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_decode_strictly() {
+        assert_eq!(path_segment("user%3A1.a").as_deref(), Some("user:1.a"));
+        assert_eq!(path_segment("caf%C3%A9").as_deref(), Some("café"));
+        for bad in ["%+f", "%4", "%zz", "%FF"] {
+            assert_eq!(path_segment(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn either_error_is_readable_by_both() {

@@ -29,8 +29,9 @@ use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    from_json, integral, settings, strict_raw, AnswerContext, Bot, BotDialect, BotRequestContext,
-    CallerDialect, ClientEntry, Detection, FlowTriggerPolicy, Outgoing, RequestHead,
+    from_json, integral, settings, strict_raw, text_for_bot, AnswerContext, Bot, BotDialect,
+    BotRequestContext, CallerDialect, ClientEntry, Detection, FlowTriggerPolicy, Outgoing,
+    RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
@@ -287,19 +288,7 @@ pub fn render_request(
     req: &ChatRequest<'_>,
     flow: FlowTriggerPolicy,
 ) -> Result<Vec<u8>, ProxyError> {
-    let message: &str =
-        match &req.content {
-            Content::Text(t) | Content::Payload(t) | Content::Url(t) => t,
-            Content::Media { url, .. } => url,
-            Content::FlowTrigger { flow_id, .. } => match flow {
-                FlowTriggerPolicy::Text => flow_id,
-                FlowTriggerPolicy::Reject => return Err(ProxyError::new(
-                    422,
-                    Reason::Untranslatable,
-                    "flow_trigger has no equivalent for this bot (a Rasa bot); send a text message",
-                )),
-            },
-        };
+    let message = text_for_bot(req, flow, "a Rasa bot")?;
     let metadata = match (req.metadata, req.business_id) {
         (Some(raw), _) => Some(MetadataOut::Raw(raw)),
         (None, Some(business_id)) => Some(MetadataOut::Business { business_id }),
