@@ -241,7 +241,7 @@ impl DemoBot {
             Some(Ok(c)) => c,
             _ => return oauth_error(400, "invalid_grant"),
         };
-        let current = jwt::seconds(&claims, "exp").is_some_and(|e| e + 60 >= unix);
+        let current = jwt::seconds(&claims, "exp").is_some_and(|e| e.saturating_add(60) >= unix);
         if claims.get("iss").and_then(|v| v.as_str()) != Some(email) || !current {
             return oauth_error(400, "invalid_grant");
         }

@@ -119,7 +119,7 @@ impl Runtime {
                 shared.clone(),
             ),
             in_flight: BackendSlots::new(&config.backends, previous.map(|p| &p.in_flight)),
-            tokens: Tokens::new(&config, previous.map(|p| &p.tokens)),
+            tokens: Tokens::new(&config),
             routes_by_path: (config.routes.iter().enumerate())
                 .filter(|(_, r)| !r.prefix)
                 .map(|(i, r)| (r.path.clone(), i))
@@ -296,7 +296,10 @@ impl ChatService {
     ) -> Result<Vec<u8>, ProxyError> {
         let rt = cx.rt;
         let mut admitted = self.admit(cx, session).await?;
-        if !admitted.limits.is_empty() {
+        // A credential checked over the whole request spends its rate only once checked: its key
+        // id alone is no secret, and must not let anyone drain the key's bucket.
+        let checked_later = admitted.grant.verifier.is_some();
+        if !admitted.limits.is_empty() && !checked_later {
             rt.limits.admit(&admitted.limits).await?;
         }
         let body = match admitted.body.take() {
@@ -310,6 +313,9 @@ impl ChatService {
             };
             let now = unix_secs(cx.received);
             (rt.authn).verify_whole(admitted.ingress, &admitted.grant, &whole, now)?;
+            if !admitted.limits.is_empty() {
+                rt.limits.admit(&admitted.limits).await?;
+            }
         }
         let req = self.parse(cx, &admitted, session.req_header().uri.path(), &body)?;
         if !admitted.limits.is_empty() {

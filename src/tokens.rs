@@ -11,8 +11,9 @@
 //!   ([`Reason::BackendCredentials`]), and nothing is sent to the bot.
 //!
 //! Counted in `botbridge_token_fetches_total{backend, result}` (`ok`, `error`) and
-//! `botbridge_token_fetch_duration_seconds{backend}`. A reload keeps the keeper (and its token) of a
-//! backend whose name and token endpoint stay.
+//! `botbridge_token_fetch_duration_seconds{backend}`. A reload starts new keepers (one fetch per
+//! backend after it): a changed key file must never keep minting with the old key. The token
+//! endpoint's address is the one resolved when the configuration was loaded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,7 +25,7 @@ use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec,
 use crate::config::{Backend, Config};
 use crate::dialect::Bot;
 use crate::error::{ProxyError, Reason};
-use crate::upstream::endpoint::{endpoint, Endpoint, Timeouts};
+use crate::upstream::endpoint::Endpoint;
 use crate::upstream::{self, BackendPeer, RequestBytes, Upstream};
 
 /// A token is not used in its last minute (clocks differ, requests take time).
@@ -60,9 +61,22 @@ fn metrics() -> &'static TokenMetrics {
 /// A token and when it stops being usable.
 struct Minted {
     token: Arc<str>,
-    expires_at: Instant,
+    usable_until: Instant,
     /// When the background refresh starts.
     refresh_at: Instant,
+}
+
+/// The longest lifetime a token endpoint's answer is taken at (a larger `expires_in` is read as
+/// this: the token is simply refreshed sooner).
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Clears a keeper's `refreshing` flag when the refresh task ends, however it ends.
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Why the last fetch failed, and when the next may be tried.
@@ -76,7 +90,6 @@ struct Backoff {
 pub struct Keeper {
     backend: String,
     bot: Arc<dyn Bot>,
-    url: String,
     endpoint: Endpoint,
     peer: BackendPeer,
     upstream: Upstream,
@@ -91,21 +104,10 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// The keepers of a configuration; `previous`'s are kept for backends whose name and token
-    /// endpoint stay. The endpoints were checked when the configuration was loaded.
-    pub fn new(config: &Config, previous: Option<&Tokens>) -> Self {
+    /// The keepers of a configuration: one per backend with a token endpoint (resolved at load).
+    pub fn new(config: &Config) -> Self {
         let keepers = (config.backends.iter())
-            .map(|b| {
-                let url = b.bot.token_source()?.token_url().to_owned();
-                let kept = previous
-                    .into_iter()
-                    .flat_map(|p| p.keepers.iter().flatten())
-                    .find(|k| k.backend == b.name && k.url == url);
-                Some(
-                    kept.cloned()
-                        .unwrap_or_else(|| Arc::new(Keeper::new(b, url))),
-                )
-            })
+            .map(|b| Some(Arc::new(Keeper::new(b, b.token_endpoint.clone()?))))
             .collect();
         Tokens { keepers }
     }
@@ -128,15 +130,6 @@ impl Tokens {
     }
 }
 
-fn timeouts(b: &Backend) -> Timeouts {
-    let ep = &b.urls[0].endpoint;
-    Timeouts {
-        connect_ms: ep.connect_timeout.as_millis() as u64,
-        read_ms: ep.read_timeout.as_millis() as u64,
-        idle_s: ep.pool_idle_timeout.as_secs(),
-    }
-}
-
 fn unavailable() -> ProxyError {
     ProxyError::new(
         502,
@@ -146,19 +139,12 @@ fn unavailable() -> ProxyError {
 }
 
 impl Keeper {
-    fn new(b: &Backend, url: String) -> Self {
-        // Resolved now (checked at load, so only a name gone since fails: then fetches fail).
-        let endpoint = endpoint("token", &b.name, &url, timeouts(b)).unwrap_or_else(|_| {
-            let mut ep = b.urls[0].endpoint.clone();
-            ep.path = "/".into();
-            ep
-        });
+    fn new(b: &Backend, endpoint: Endpoint) -> Self {
         metrics().fetches.with_label_values(&[&b.name, "ok"]);
         metrics().fetches.with_label_values(&[&b.name, "error"]);
         Keeper {
             backend: b.name.clone(),
             bot: b.bot.clone(),
-            url,
             peer: upstream::peer_for(&endpoint),
             endpoint,
             upstream: Upstream::new(4, 64 * 1024),
@@ -168,11 +154,12 @@ impl Keeper {
         }
     }
 
-    /// The current token if it is usable at `now`.
+    /// The current token if it is usable at `now` (not in its last minute, or in its last quarter
+    /// for a token that lives less than four minutes).
     fn usable(&self, now: Instant) -> Option<Arc<str>> {
         let m = self.current.load();
         let m = m.as_ref()?;
-        (now + EXPIRY_MARGIN < m.expires_at).then(|| m.token.clone())
+        (now < m.usable_until).then(|| m.token.clone())
     }
 
     /// The current token, fetched when there is no usable one (see the module's rules).
@@ -206,12 +193,12 @@ impl Keeper {
         }
         let me = self.clone();
         tokio::spawn(async move {
+            let _flag = Refreshing(&me.refreshing);
             let mut backoff = me.fetch.lock().await;
             let due = backoff.retry_at.is_none_or(|t| Instant::now() >= t);
             if due {
                 let _ = me.fetch_now(&mut backoff).await;
             }
-            me.refreshing.store(false, Ordering::Release);
         });
     }
 
@@ -227,10 +214,11 @@ impl Keeper {
             Ok((token, lifetime)) => {
                 m.fetches.with_label_values(&[&self.backend, "ok"]).inc();
                 let token: Arc<str> = token.into();
-                let lifetime = Duration::from_secs(lifetime);
+                let lifetime = Duration::from_secs(lifetime).min(MAX_LIFETIME);
+                let margin = EXPIRY_MARGIN.min(lifetime / 4);
                 self.current.store(Some(Arc::new(Minted {
                     token: token.clone(),
-                    expires_at: started + lifetime,
+                    usable_until: started + (lifetime - margin),
                     refresh_at: started + lifetime * 3 / 4,
                 })));
                 *backoff = Backoff::default();

@@ -349,6 +349,18 @@ async fn bad_jwts_unknown_tokens_and_a_token_endpoint_that_is_down_get_clear_err
     }
     assert_eq!(results[4]["error"]["code"], 401, "{results:?}");
     assert_eq!(results[4]["error"]["status"], "UNAUTHENTICATED");
+    // An unsigned JWT-shaped token naming a static token's digest as its issuer finds nothing: a
+    // JWT's issuer is only ever looked up among service accounts.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"demo-dialogflow-token",
+    ));
+    let forged: Vec<Value> = [format!("token:sha256:{digest}"), format!("sha256:{digest}")]
+        .into_iter()
+        .map(|iss| json!({"endpoint": endpoint, "project": "demo", "session": "u", "text": "hi", "forged_iss": iss}))
+        .collect();
+    for r in library(forged).await {
+        assert_eq!(r["error"]["code"], 401, "a forged token got in: {r}");
+    }
     assert_eq!(
         s.agent.received().await["requests"]
             .as_array()

@@ -328,7 +328,20 @@ async fn bad_signatures_stale_dates_unknown_keys_and_limits_get_lex_errors() {
         (1, 1, 1)
     );
 
-    // Over the route's rate limit: Lex's ThrottlingException.
+    // Refused signatures spend nothing of the key's rate (its id is no secret); over the limit:
+    // Lex's ThrottlingException.
+    let refused = boto3(
+        &proxy,
+        "wrong-secret",
+        &[("/limited", "s-1", "zero"), ("/limited", "s-1", "zero")],
+    )
+    .await;
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["error"]["code"] == "InvalidSignatureException"),
+        "{refused:?}"
+    );
     let results = boto3(
         &proxy,
         "demo-lex-secret",

@@ -98,6 +98,8 @@ pub struct Backend {
     pub pool: PoolSettings,
     /// `max_in_flight`: the cap on requests at the bot at once (`limits::in_flight`).
     pub max_in_flight: Option<u32>,
+    /// For a bot with a token source: its token endpoint, resolved at load like the URLs.
+    pub token_endpoint: Option<Endpoint>,
 }
 
 /// One URL of a backend: where and how to reach it, and the addresses its host had at load.
@@ -157,24 +159,21 @@ fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, Confi
     let pool = pool::validate(key, b.pool_keys())?;
     let mut urls = urls(key, &b, dns)?;
     let bot = dialect.configure(key, b.settings)?;
-    if let Some(source) = bot.token_source() {
-        // The token endpoint is reached like a backend (with its timeouts): checked now.
-        let url_key = format!("{key}.credentials_file");
-        let resolve = |host: &str, port: u16| resolve_now(dns, host, port);
-        let timeouts = Timeouts {
-            connect_ms: b.connect_timeout_ms,
-            read_ms: b.read_timeout_ms,
-            idle_s: b.pool_idle_timeout_s,
-        };
-        endpoint_with(
-            key,
-            &url_key,
-            &b.name,
-            source.token_url(),
-            timeouts,
-            resolve,
-        )?;
-    }
+    let token_endpoint = match bot.token_source() {
+        // The token endpoint is reached like a backend (with its timeouts), resolved now.
+        Some(source) => {
+            let url_key = format!("{key}.credentials_file");
+            let resolve = |host: &str, port: u16| resolve_now(dns, host, port);
+            let timeouts = Timeouts {
+                connect_ms: b.connect_timeout_ms,
+                read_ms: b.read_timeout_ms,
+                idle_s: b.pool_idle_timeout_s,
+            };
+            let url = source.token_url();
+            Some(endpoint_with(key, &url_key, &b.name, url, timeouts, resolve)?.0)
+        }
+        None => None,
+    };
     if let Some((name, value)) = bot.query_param() {
         for u in &mut urls {
             u.endpoint.add_query(name, value);
@@ -186,6 +185,7 @@ fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, Confi
         urls,
         pool,
         max_in_flight: b.max_in_flight,
+        token_endpoint,
     })
 }
 

@@ -4,9 +4,11 @@ Usage: dialogflow_caller.py '<JSON list of calls>'; each call is {"endpoint", "p
 "text" | "event", "parameters"?} with the credential as "key_file" (a service-account key: the
 library signs its own JWT) or "token" (a static bearer token), or {"raw_jwt": {"key_file",
 "claims"}, "endpoint", "project", "session", "text"} to send a hand-made JWT with requests (or
-{"raw_token": "…", …} to send that bearer token so).
+{"raw_token": "…", …} to send that bearer token so, or {"forged_iss": "…", …} an unsigned
+JWT-shaped token naming that issuer).
 Prints a JSON list: per call {"ok": <the response as JSON>} or {"error": {"code", "message"}}.
 """
+import base64
 import json
 import sys
 
@@ -52,7 +54,10 @@ def library_call(call):
 
 
 def raw_call(call):
-    if "raw_token" in call:
+    if "forged_iss" in call:
+        b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+        token = b64({"alg": "RS256", "typ": "JWT"}) + "." + b64({"iss": call["forged_iss"]}) + ".c2ln"
+    elif "raw_token" in call:
         token = call["raw_token"]
     else:
         spec = call["raw_jwt"]
@@ -69,4 +74,5 @@ def raw_call(call):
 
 
 calls = json.loads(sys.argv[1])
-print(json.dumps([raw_call(c) if "raw_jwt" in c or "raw_token" in c else library_call(c) for c in calls]))
+raw = ("raw_jwt", "raw_token", "forged_iss")
+print(json.dumps([raw_call(c) if any(k in c for k in raw) else library_call(c) for c in calls]))

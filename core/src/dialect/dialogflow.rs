@@ -339,7 +339,7 @@ impl ServiceAccountCaller {
         }
         let (iat, exp) = (jwt::seconds(claims, "iat"), jwt::seconds(claims, "exp"));
         let current = matches!((iat, exp), (Some(i), Some(e))
-            if i <= now + SKEW_SECS && now <= e + SKEW_SECS && e.saturating_sub(i) <= MAX_LIFETIME_SECS);
+            if i <= now.saturating_add(SKEW_SECS) && now <= e.saturating_add(SKEW_SECS) && e.saturating_sub(i) <= MAX_LIFETIME_SECS);
         if !current {
             return Err(unauthenticated(
                 AuthReason::Expired,
@@ -374,7 +374,13 @@ impl RequestVerifier for ServiceAccountCaller {
 
 /// The key a static token is filed under: its SHA-256, so the token itself is never kept.
 fn static_token_id(sha256_hex: &str) -> String {
-    format!("sha256:{sha256_hex}")
+    format!("token:sha256:{sha256_hex}")
+}
+
+/// The key a service account is filed under. Its own namespace, apart from static tokens': a JWT
+/// can name any issuer, and an issuer must only ever find a grant with a key to check it.
+fn service_account_id(email: &str) -> String {
+    format!("service-account:{email}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -761,7 +767,7 @@ impl CallerDialect for Dialogflow {
         // other token is found by its digest.
         let key_id = match jwt::peek(token) {
             Ok((_, claims)) => match claims.get("iss").and_then(Value::as_str) {
-                Some(iss) => Cow::Owned(iss.to_owned()),
+                Some(iss) => Cow::Owned(service_account_id(iss)),
                 None => {
                     return Err(unauthenticated(
                         AuthReason::Malformed,
@@ -795,7 +801,7 @@ impl CallerDialect for Dialogflow {
                     email: email.clone(),
                     key: public,
                 };
-                (email.clone(), Some(Arc::new(caller)), None)
+                (service_account_id(email), Some(Arc::new(caller)), None)
             }
             (None, None, Some(t), None) => {
                 let token = t.resolve(&format!("{key}.token"))?;

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::{
     key_id_digest, AuthReason, ClientCredential, Denied, Grant, Presented, RequestVerifier, Scope,
 };
-use crate::config::{ConfigError, SecretSource};
+use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
@@ -844,6 +844,11 @@ impl BotDialect for Lex {
             Some(t) => Some(t.resolve(&format!("{key}.session_token"))?),
             None => None,
         };
+        // Both travel in headers: nothing a header cannot hold (a stray newline from a file).
+        header_safe(&format!("{key}.access_key_id"), &c.access_key_id)?;
+        if let Some(t) = &session_token {
+            header_safe(&format!("{key}.session_token"), t)?;
+        }
         Ok(Box::new(LexBot {
             region: c.region,
             sessions: format!(
