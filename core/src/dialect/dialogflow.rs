@@ -109,8 +109,8 @@ struct QueryInputIn<'a> {
     event: Option<EventIn<'a>>,
     #[serde(borrow, default)]
     intent: Option<IntentIn<'a>>,
-    #[serde(rename = "languageCode")]
-    _language_code: Option<serde::de::IgnoredAny>,
+    #[serde(borrow, default, rename = "languageCode")]
+    _language_code: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
