@@ -105,6 +105,10 @@ def http(method, url, body=None, headers=None, timeout=10):
         return e.code, e.read()
 
 
+LEX_CLOSED = json.dumps({"messages": [{"contentType": "PlainText", "content": "bye"}],
+                         "sessionState": {"dialogAction": {"type": "Close"}}}).encode()
+
+
 def start_redis(work, port):
     """Starts redis-server on port (no persistence) and waits until it answers PING."""
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -166,6 +170,8 @@ def main():
             "fail": serve(lambda p, h, b: (500, b"")),
             "auth": serve(auth_service),
             "callback": serve(lambda p, h, b: (200, b"{}")),
+            # A stateful bot (a session in its path) that ends every conversation.
+            "lex": serve(lambda p, h, b: (200, LEX_CLOSED)),
         }
         ports = {k: v[1] for k, v in servers.items()}
         dead, listen, admin, prom, rport = free_port(), free_port(), free_port(), free_port(), free_port()
@@ -173,6 +179,7 @@ def main():
         procs.append(redis)
         dead2, dead3, dead4 = free_port(), free_port(), free_port()
         dead_callback = free_port()
+        dead_token = free_port()
 
         def backend(name, port, read_ms=5000):
             return f"""
@@ -236,6 +243,26 @@ retry_initial_ms = 100
 {backend("busy-bot", ports["slow"], read_ms=1000)}
 max_in_flight = 1
 [[backends]]
+name = "lex-bot"
+dialect = "lex-v2"
+url = "http://127.0.0.1:{ports['lex']}"
+region = "us-east-1"
+bot_id = "B"
+bot_alias_id = "A"
+locale_id = "en_US"
+access_key_id = "AKID"
+secret_access_key = "s"
+[[backends]]
+name = "tokened-bot"
+dialect = "dialogflow-cx"
+url = "http://127.0.0.1:{ports['ok']}"
+project = "p"
+location = "global"
+agent = "a"
+language_code = "en"
+credentials_file = "{ROOT}/docs/demo/DEMO-ONLY-dialogflow-service-account.json"
+token_uri = "http://127.0.0.1:{dead_token}/token"
+[[backends]]
 name = "pool-bot"
 dialect = "csml"
 urls = ["http://127.0.0.1:{ports['ok']}/api/chat", "http://127.0.0.1:{dead2}/api/chat"]
@@ -288,6 +315,12 @@ backend = "nonsense-bot"
 [[routes.businesses]]
 id = 5
 backend = "failing-bot"
+[[routes.businesses]]
+id = 6
+backend = "lex-bot"
+[[routes.businesses]]
+id = 7
+backend = "tokened-bot"
 [[routes]]
 name = "busy"
 path = "/busy"
@@ -363,6 +396,10 @@ scrape_configs:
             note("dead backend", haptik("acme-client", "acme-token", business=3)[0])
             note("nonsense backend", haptik("acme-client", "acme-token", business=4)[0])
             note("failing backend", haptik("acme-client", "acme-token", business=5)[0])
+            # Two more Haptik requests: one more refusal keeps Haptik's refused share over 20%.
+            note("bad token", haptik("acme-client", "also-wrong")[0])
+            note("stateful", haptik("acme-client", "acme-token", business=6)[0])
+            note("token endpoint down", haptik("acme-client", "acme-token", business=7)[0])
             note("bad json", haptik("acme-client", "acme-token", body=b"{nope")[0])
             for user in ("looping", "looping", "looping", f"u{time.time()}"):
                 note("limited", csml_call("limited-key", user=user)[0])
@@ -379,6 +416,7 @@ scrape_configs:
         print("traffic:", json.dumps(counts, sort_keys=True))
         expected = {"ok": 200, "auth-service ok": 200, "csml ok": 200, "bad token": 401, "unknown client": 401,
                     "no credentials": 400, "dead backend": 502, "nonsense backend": 502, "failing backend": 502,
+                    "stateful": 200, "token endpoint down": 502,
                     "bad json": 400, "timeout": 504, "limited": {200, 429}, "busy": {503, 504},
                     "pool with a dead endpoint": 200, "pool all down": 503,
                     "fallback": 200, "async ok": 200, "async dead": 200}
@@ -416,8 +454,8 @@ scrape_configs:
         status, body = http("GET", f"http://127.0.0.1:{prom}/api/v1/rules")
         groups = json.loads(body)["data"]["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        if len(rules) != 17:
-            failures.append(f"prometheus loaded {len(rules)} rules, expected 17")
+        if len(rules) != 18:
+            failures.append(f"prometheus loaded {len(rules)} rules, expected 18")
         for rule in rules:
             name = rule.get("name")
             checked += 1

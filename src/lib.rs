@@ -19,6 +19,7 @@ pub mod admin;
 pub mod authn;
 pub mod config;
 pub mod conn;
+pub mod conversations;
 pub mod delivery;
 pub mod demo;
 pub mod httpio;

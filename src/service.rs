@@ -22,9 +22,11 @@ use pingora::protocols::http::ServerSession;
 use crate::auth::Grant;
 use crate::authn::Authenticator;
 use crate::config::{Backend, Config, Route, Target};
+use crate::conversations::{self, ConversationStore};
 use crate::delivery::Deliveries;
 use crate::dialect::{
-    self, registry, AnswerContext, AnswerIds, Bot, BotRequestContext, Caller, Outgoing, RequestHead,
+    self, registry, AfterAnswer, AnswerContext, AnswerIds, Bot, BotRequestContext, Caller,
+    Conversation, Outgoing, RequestHead,
 };
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
@@ -32,7 +34,7 @@ use crate::limits::{in_flight::BackendSlots, Limiter, Plan};
 use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
 use crate::migration::shadow::{Job, PrimaryAnswer};
 use crate::migration::{self, Migration};
-use crate::model::{request_id_is_sane, ChatRequest};
+use crate::model::{request_id_is_sane, ChatAnswer, ChatRequest};
 use crate::pool::{PoolError, Pools};
 use crate::shared::redis::SharedRedis;
 use crate::tokens::Tokens;
@@ -86,6 +88,8 @@ pub struct Runtime {
     in_flight: BackendSlots,
     /// Access tokens of bots that need them (kept over a reload).
     tokens: Tokens,
+    /// The conversations of stateful bots (kept over a reload).
+    conversations: Arc<ConversationStore>,
     /// `[redis]`, connected once per process and handed from runtime to runtime.
     shared: Option<Arc<SharedRedis>>,
     /// Shadows, canaries and their report (handed over on reload).
@@ -101,6 +105,9 @@ impl Runtime {
         let metrics = Metrics::global();
         for b in &config.backends {
             metrics.register_backend(&b.name);
+            if b.bot.conversations().is_some() {
+                ConversationStore::register_backend(&b.name);
+            }
         }
         let shared = match previous {
             Some(p) => p.shared.clone(),
@@ -120,6 +127,10 @@ impl Runtime {
             ),
             in_flight: BackendSlots::new(&config.backends, previous.map(|p| &p.in_flight)),
             tokens: Tokens::new(&config),
+            conversations: match previous {
+                Some(p) => p.conversations.clone(),
+                None => ConversationStore::new(&config.process.conversations, shared.clone()),
+            },
             routes_by_path: (config.routes.iter().enumerate())
                 .filter(|(_, r)| !r.prefix)
                 .map(|(i, r)| (r.path.clone(), i))
@@ -196,6 +207,8 @@ struct Call<'r> {
     /// The monotonic clock at the same moment.
     arrived: Instant,
     out: AccessRecord,
+    /// The conversation the request went to a stateful bot in (set by `forward`).
+    conversation: Option<Conversation>,
 }
 
 /// What admission established: the route, the caller's dialect and credential, and the body if
@@ -218,8 +231,6 @@ struct ToBot<'r> {
     index: usize,
     backend: &'r Backend,
     body: Vec<u8>,
-    /// The path below the backend's URL path, for a bot that puts ids in its paths.
-    path: Option<String>,
     signed_at: u64,
 }
 
@@ -333,8 +344,14 @@ impl ChatService {
             }
             result => (to_bot, result?),
         };
-        let answer = (self.to_caller(cx, &admitted, &req, &to_bot, &exchange))
+        let (answer, after) = (self.to_caller(cx, &admitted, &req, &to_bot, &exchange))
             .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, cx.request_id()))?;
+        if let Some(after) = after {
+            let keep = rt
+                .conversations
+                .keep(&to_bot.backend.name, &req.user_id, after);
+            Box::pin(keep).await;
+        }
         self.shadow(cx, &admitted, &req, &to_bot, &exchange);
         Ok(answer)
     }
@@ -489,7 +506,6 @@ impl ChatService {
             index,
             backend,
             body,
-            path: backend.bot.target(req),
             signed_at,
         })
     }
@@ -501,10 +517,10 @@ impl ChatService {
         ep: &Endpoint,
         to: &ToBot<'_>,
         request_id: &str,
-        token: Option<&str>,
+        (path, token): (Option<&str>, Option<&str>),
     ) -> Vec<u8> {
         let bot = &*to.backend.bot;
-        let at = (to.path.as_deref(), to.signed_at, token);
+        let at = (path, to.signed_at, token);
         self.signed_request(ep, bot, &to.body, request_id, at)
     }
 
@@ -557,7 +573,7 @@ impl ChatService {
         to: &ToBot<'_>,
         req: &ChatRequest<'_>,
     ) -> Result<Exchange, ProxyError> {
-        let (rt, out) = (cx.rt, &mut cx.out);
+        let rt = cx.rt;
         let _slot = rt.in_flight.enter(to.index)?;
         // Boxed: the fetch's future is as large as an exchange's, and inline it would grow every
         // request's future (and its copies), tokens or not.
@@ -568,9 +584,22 @@ impl ChatService {
             ),
             None => None,
         };
+        let conversation = match to.backend.bot.conversations() {
+            Some(rules) => {
+                let current = rt
+                    .conversations
+                    .current(&to.backend.name, rules, &req.user_id);
+                Some(Box::pin(current).await?)
+            }
+            None => None,
+        };
+        let path = to.backend.bot.target(req, conversation.as_ref());
+        cx.conversation = conversation;
+        let out = &mut cx.out;
         let started = Instant::now();
         let request_id = out.request_id.as_deref().unwrap_or_default();
-        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id, token.as_deref());
+        let at = (path.as_deref(), token.as_deref());
+        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id, at);
         let result = (rt.pools.get(to.index))
             .forward(&self.upstream, req.user_id.as_bytes(), build, started)
             .await;
@@ -655,7 +684,12 @@ impl ChatService {
         let signed_at = unix_secs((self.clock)());
         let request = (target.backend.bot.render_request(&copy, &ctx)).map(|body| {
             let (ep, bot) = (&target.backend.urls[0].endpoint, &*target.backend.bot);
-            let path = bot.target(&copy);
+            let conv = (bot.conversations()).map(|c| {
+                rt.conversations
+                    .peek(&target.backend.name, &copy.user_id)
+                    .unwrap_or_else(|| c.first(&copy.user_id))
+            });
+            let path = bot.target(&copy, conv.as_ref());
             let index = rt
                 .config
                 .backends
@@ -687,7 +721,7 @@ impl ChatService {
         req: &ChatRequest<'_>,
         to: &ToBot<'_>,
         exchange: &Exchange,
-    ) -> Result<Vec<u8>, ProxyError> {
+    ) -> Result<(Vec<u8>, Option<AfterAnswer>), ProxyError> {
         let keep_raw = a.ingress.keeps_raw();
         let answer = (to
             .backend
@@ -718,7 +752,8 @@ impl ChatService {
             business_id: req.business_id,
             shape: a.route.haptik_answer,
         };
-        Ok(a.ingress.render_answer(req, &answer, &ctx))
+        let after = after_answer(cx, to, &answer);
+        Ok((a.ingress.render_answer(req, &answer, &ctx), after))
     }
 
     /// Checks the content type, then reads the whole body up to the limit.
@@ -816,6 +851,7 @@ impl Handler for ChatService {
             received: (self.clock)(),
             arrived: started,
             out: AccessRecord::default(),
+            conversation: None,
         };
         let mut answer = match self.serve(&mut cx, session).await {
             Ok(body) => Answer::json(200, body),
@@ -848,6 +884,12 @@ impl Handler for ChatService {
 
 /// An error as the caller's dialect answers it (its status, body and own headers), else readable
 /// by every dialect. The error's own headers (`Retry-After`, …) are the caller's to add.
+/// What the bot's answer does to the conversation the request went in, for a stateful bot.
+fn after_answer(cx: &Call<'_>, to: &ToBot<'_>, answer: &ChatAnswer<'_>) -> Option<AfterAnswer> {
+    let (current, rules) = (cx.conversation.as_ref()?, to.backend.bot.conversations()?);
+    Some(rules.after(current, answer, conversations::random()))
+}
+
 fn error_answer(dialect: Option<Caller>, err: &ProxyError) -> Answer {
     let Some(d) = dialect else {
         return Answer::json(err.status, dialect::render_error_for_either(err));

@@ -1344,7 +1344,7 @@ fn req_csml_to_lex_text() {
         )
         .unwrap();
         assert_eq!(v["text"], text);
-        let path = bot.target(&req).unwrap();
+        let path = bot.target(&req, None).unwrap();
         assert!(
             path.contains("/sessions/bb-") && path.ends_with("/text"),
             "{path}"

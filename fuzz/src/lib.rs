@@ -90,7 +90,7 @@ fn reads_back(bot: &dyn Bot, body: &[u8], req: &ChatRequest<'_>) {
     let dialect = bot.dialect();
     let value: serde_json::Value = serde_json::from_slice(body).expect("bot request is JSON");
     assert!(value.is_object(), "bot request is an object");
-    let path = bot.target(req);
+    let path = bot.target(req, None);
     if let Some(c) = caller(dialect) {
         let at = path.as_deref().unwrap_or("/");
         let again = c.parse_request(at, body).unwrap_or_else(|e| {
@@ -101,7 +101,7 @@ fn reads_back(bot: &dyn Bot, body: &[u8], req: &ChatRequest<'_>) {
         });
         match &path {
             None => assert_eq!(again.user_id, req.user_id, "the user changed on the way"),
-            Some(_) => assert_eq!(bot.target(&again), path, "the path changed on the way"),
+            Some(_) => assert_eq!(bot.target(&again, None), path, "the path changed on the way"),
         }
         if let (Content::Text(a), Content::Text(b)) = (&again.content, &req.content) {
             assert_eq!(a, b, "the text changed on the way");

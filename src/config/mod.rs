@@ -14,6 +14,7 @@ pub mod admin;
 pub mod auth_service;
 pub mod backends;
 pub mod clients;
+pub mod conversations;
 pub mod delivery;
 pub mod dns;
 pub mod limits;
@@ -63,6 +64,8 @@ pub struct RawConfig {
     pub limits: limits::RawLimits,
     pub redis: Option<redis::RawRedis>,
     #[serde(default)]
+    pub conversations: conversations::RawConversations,
+    #[serde(default)]
     pub migration: migration::RawMigration,
 }
 
@@ -78,6 +81,8 @@ pub struct ProcessSettings {
     pub redis: Option<redis::RedisSettings>,
     /// `[delivery]`: async mode's queue and files.
     pub delivery: delivery::DeliveryConfig,
+    /// `[conversations]`: the conversation store's bound and idle time.
+    pub conversations: conversations::ConversationSettings,
 }
 
 /// The validated configuration the proxy runs on.
@@ -161,6 +166,7 @@ impl Config {
         let redis = raw.redis.as_ref().map(redis::validate).transpose()?;
         let divergence_log = migration::validate(&raw.migration)?;
         let delivery = delivery::validate(&raw.delivery, server.listen)?;
+        let conversations = conversations::validate(&raw.conversations)?;
         Ok(Config {
             process: ProcessSettings {
                 server,
@@ -169,6 +175,7 @@ impl Config {
                 demo: demo_identity,
                 redis,
                 delivery,
+                conversations,
             },
             limits,
             tls,

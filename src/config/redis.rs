@@ -69,6 +69,9 @@ pub struct RawRedis {
     pub limits: Option<RawFeature>,
     /// The CSML replay guard: `on_redis_error` (default `deny`).
     pub replay_guard: Option<RawFeature>,
+    /// The conversations of stateful bots: `on_redis_error` (default `local`: this instance's
+    /// memory store).
+    pub conversations: Option<RawFeature>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -98,6 +101,7 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub limits_on_error: OnRedisError,
     pub replay_guard_on_error: OnRedisError,
+    pub conversations_on_error: OnRedisError,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -138,6 +142,10 @@ pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
             .replay_guard
             .as_ref()
             .map_or(OnRedisError::Deny, |f| f.on_redis_error),
+        conversations_on_error: r
+            .conversations
+            .as_ref()
+            .map_or(OnRedisError::Local, |f| f.on_redis_error),
     })
 }
 

@@ -17,8 +17,8 @@ pub const REDIS_BUCKETS: &[f64] = &[
 ];
 
 /// The Redis operations (`op` label): a rate limit check, a replay guard entry, a cache clear
-/// published.
-pub const OPS: [&str; 3] = ["rate_limit", "replay_guard", "publish"];
+/// published, a conversation read or written.
+pub const OPS: [&str; 4] = ["rate_limit", "replay_guard", "publish", "conversation"];
 
 /// Why a Redis call failed (`reason` label): no answer in `timeout_ms`, no connection, or an error
 /// answer.
@@ -29,6 +29,7 @@ pub const REDIS_ERRORS: [&str; 3] = ["timeout", "connection", "response"];
 pub enum Feature {
     Limits,
     ReplayGuard,
+    Conversations,
 }
 
 impl Feature {
@@ -36,6 +37,7 @@ impl Feature {
         match self {
             Feature::Limits => "limits",
             Feature::ReplayGuard => "replay_guard",
+            Feature::Conversations => "conversations",
         }
     }
 }
@@ -141,7 +143,11 @@ impl SharedMetrics {
                 self.redis_errors.with_label_values(&[op, r]);
             }
         }
-        for f in [Feature::Limits, Feature::ReplayGuard] {
+        for f in [
+            Feature::Limits,
+            Feature::ReplayGuard,
+            Feature::Conversations,
+        ] {
             for a in OnRedisError::ALL {
                 self.redis_fallbacks
                     .with_label_values(&[f.as_str(), a.as_str()]);

@@ -194,6 +194,7 @@ impl ChatService {
                 request_id: Some(p.request_id.clone()),
                 ..AccessRecord::default()
             },
+            conversation: None,
         };
         // Async mode's dialects (CSML's callback_url, Haptik's Log Message API) read no ids from
         // the path, so the route's stands in for the one the request came to.
@@ -235,6 +236,10 @@ impl ChatService {
                     self.backend_error(to_bot.backend, e.reason);
                 }
             })?;
+        if let Some(after) = super::after_answer(cx, &to_bot, &answer) {
+            let keep = (cx.rt.conversations).keep(&to_bot.backend.name, &req.user_id, after);
+            Box::pin(keep).await;
+        }
         // Deliveries carry the current (HSL) shape, whatever shape the route answers synchronously.
         let ctx = self.answer_context(a, req, &p.request_id, p.received, AnswerShape::Hsl);
         let rendered = a.ingress.render_answer(req, &answer, &ctx);

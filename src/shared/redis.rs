@@ -38,6 +38,7 @@ pub enum Op {
     RateLimit,
     ReplayGuard,
     Publish,
+    Conversation,
 }
 
 impl Op {
@@ -46,6 +47,7 @@ impl Op {
             Op::RateLimit => "rate_limit",
             Op::ReplayGuard => "replay_guard",
             Op::Publish => "publish",
+            Op::Conversation => "conversation",
         }
     }
 }
@@ -173,6 +175,11 @@ impl SharedRedis {
     /// The key of `id` in the namespace `kind`: `<prefix><kind>:<hex id>`.
     pub fn key(&self, kind: &str, id: &[u8]) -> String {
         format!("{}{kind}:{}", self.settings.key_prefix, hex::encode(id))
+    }
+
+    /// The Redis thread's runtime, for work that is not on a request (a periodic count).
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
     }
 
     /// How many cache clears other instances asked for so far (compare with the last value seen).

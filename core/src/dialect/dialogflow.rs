@@ -31,8 +31,9 @@ use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    from_json, path_segment, settings, strict_raw, AnswerContext, AnswerShape, Bot, BotDialect,
-    BotRequestContext, CallerDialect, ClientEntry, Detection, Outgoing, RequestHead, TokenSource,
+    fresh_session, from_json, path_segment, settings, strict_raw, AnswerContext, AnswerShape, Bot,
+    BotDialect, BotRequestContext, CallerDialect, ClientEntry, Conversation, Conversations,
+    Detection, Outgoing, RequestHead, TokenSource,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::jwt::{self, PrivateKey, PublicKey};
@@ -976,14 +977,35 @@ impl TokenSource for DialogflowBot {
     }
 }
 
+/// One session per user: the user's own ([`session_id`]) until the bot ends it, then a fresh one.
+impl Conversations for DialogflowBot {
+    fn first(&self, user: &str) -> Conversation {
+        Conversation {
+            id: session_id(user).into_owned(),
+            cursor: None,
+        }
+    }
+
+    fn fresh(&self, random: [u8; 16]) -> Conversation {
+        fresh_session(random)
+    }
+}
+
 impl Bot for DialogflowBot {
     fn dialect(&self) -> &'static str {
         NAME
     }
 
-    fn target(&self, req: &ChatRequest<'_>) -> Option<String> {
-        let session = session_id(&req.user_id);
+    fn target(&self, req: &ChatRequest<'_>, conv: Option<&Conversation>) -> Option<String> {
+        let session = conv.map_or_else(
+            || session_id(&req.user_id),
+            |c| Cow::Borrowed(c.id.as_str()),
+        );
         Some(format!("{}{session}:detectIntent", self.sessions))
+    }
+
+    fn conversations(&self) -> Option<&dyn Conversations> {
+        Some(self)
     }
 
     fn token_source(&self) -> Option<&dyn TokenSource> {
@@ -1246,9 +1268,23 @@ mod tests {
         assert!(source.parse_token(400, b"{}").is_err());
         let req = parse_request(PATH, br#"{"queryInput":{"text":{"text":"x"}}}"#).unwrap();
         assert_eq!(
-            bot.target(&req).unwrap(),
+            bot.target(&req, None).unwrap(),
             "/v3/projects/p/locations/global/agents/a/sessions/user-1:detectIntent"
         );
+        // Once the agent ends the interaction, the user's next message goes to a fresh session.
+        let rules = bot.conversations().unwrap();
+        let first = rules.first("user-1");
+        let ended = br#"{"queryResult":{"responseMessages":[{"endInteraction":{}}]}}"#;
+        let answer = bot.parse_answer(200, ended, false).unwrap();
+        let crate::dialect::AfterAnswer::Restart(next) = rules.after(&first, &answer, [7; 16])
+        else {
+            panic!("an ended interaction restarts the session");
+        };
+        assert!(next.id.len() <= 36 && next.id != first.id);
+        assert!(bot
+            .target(&req, Some(&next))
+            .unwrap()
+            .contains(&format!("/sessions/{}:", next.id)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

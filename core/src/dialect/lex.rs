@@ -29,9 +29,9 @@ use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    from_json, path_segment, settings, strict_raw, text_for_bot, AnswerContext, AnswerShape, Bot,
-    BotDialect, BotRequestContext, CallerDialect, ClientEntry, Detection, FlowTriggerPolicy,
-    Outgoing, RequestHead,
+    fresh_session, from_json, path_segment, settings, strict_raw, text_for_bot, AnswerContext,
+    AnswerShape, Bot, BotDialect, BotRequestContext, CallerDialect, ClientEntry, Conversation,
+    Conversations, Detection, FlowTriggerPolicy, Outgoing, RequestHead,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -863,15 +863,37 @@ impl BotDialect for Lex {
     }
 }
 
+/// One session per user: the user's own ([`session_id`]) until the bot ends it, then a fresh one.
+impl Conversations for LexBot {
+    fn first(&self, user: &str) -> Conversation {
+        Conversation {
+            id: session_id(user).into_owned(),
+            cursor: None,
+        }
+    }
+
+    fn fresh(&self, random: [u8; 16]) -> Conversation {
+        fresh_session(random)
+    }
+}
+
 impl Bot for LexBot {
     fn dialect(&self) -> &'static str {
         NAME
     }
 
     /// `…/sessions/{sessionId}/text`, the session the user's ([`session_id`]), `:` escaped.
-    fn target(&self, req: &ChatRequest<'_>) -> Option<String> {
-        let session = session_id(&req.user_id).replace(':', "%3A");
+    fn target(&self, req: &ChatRequest<'_>, conv: Option<&Conversation>) -> Option<String> {
+        let session = conv.map_or_else(
+            || session_id(&req.user_id),
+            |c| Cow::Borrowed(c.id.as_str()),
+        );
+        let session = session.replace(':', "%3A");
         Some(format!("{}{session}/text", self.sessions))
+    }
+
+    fn conversations(&self) -> Option<&dyn Conversations> {
+        Some(self)
     }
 
     fn render_request(
@@ -929,6 +951,7 @@ impl Bot for LexBot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::AfterAnswer;
     use serde_json::{json, Value};
 
     const PATH: &str =
@@ -1141,6 +1164,40 @@ mod tests {
         }
     }
 
+    /// A user's first session is their own id; once the bot closes it, the next goes to a fresh
+    /// session, in the path.
+    #[test]
+    fn a_closed_session_is_followed_by_a_fresh_one() {
+        let table: toml::Table = toml::from_str(
+            r#"region = "us-east-1"
+            bot_id = "B"
+            bot_alias_id = "A"
+            locale_id = "en_US"
+            access_key_id = "AKID"
+            secret_access_key = "s""#,
+        )
+        .unwrap();
+        let bot = BotDialect::configure(&Lex, "backends[0]", table).unwrap();
+        let c = bot.conversations().unwrap();
+        let first = c.first("user:1");
+        assert_eq!(first.id, "user:1");
+        let req = parse_request(PATH, br#"{"text":"hi"}"#).unwrap();
+        let closed = br#"{"messages":[],"sessionState":{"dialogAction":{"type":"Close"}}}"#;
+        let answer = bot.parse_answer(200, closed, false).unwrap();
+        let AfterAnswer::Restart(next) = c.after(&first, &answer, [0xab; 16]) else {
+            panic!("a closed session must restart");
+        };
+        assert_eq!(next.id, format!("bb-{}", "ab".repeat(16)));
+        let path = bot.target(&req, Some(&next)).unwrap();
+        assert!(
+            path.ends_with(&format!("/sessions/{}/text", next.id)),
+            "{path}"
+        );
+        let open = br#"{"messages":[],"sessionState":{"dialogAction":{"type":"ElicitSlot"}}}"#;
+        let answer = bot.parse_answer(200, open, false).unwrap();
+        assert_eq!(c.after(&next, &answer, [1; 16]), AfterAnswer::Keep);
+    }
+
     /// What the bot side signs, the caller side accepts; any change to what was signed is refused.
     #[test]
     fn a_signed_request_verifies_and_a_changed_one_does_not() {
@@ -1155,7 +1212,7 @@ mod tests {
         .unwrap();
         let bot = BotDialect::configure(&Lex, "backends[0]", table).unwrap();
         let req = parse_request(PATH, br#"{"text":"hi"}"#).unwrap();
-        let path = bot.target(&req).unwrap();
+        let path = bot.target(&req, None).unwrap();
         assert_eq!(path, PATH);
         let body = br#"{"text":"hi"}"#;
         let now = 1_796_589_426;

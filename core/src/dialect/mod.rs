@@ -357,6 +357,60 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
     fn parse_token(&self, status: u16, body: &[u8]) -> Result<(String, u64), &'static str>;
 }
 
+/// One conversation of a user with a stateful bot, as the shell keeps it per (backend, user): the
+/// vendor's session or conversation id, and where the user has read up to (a cursor), if the vendor
+/// has one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Conversation {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// What an answer does to the conversation it was given in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterAnswer {
+    /// Nothing changes.
+    Keep,
+    /// The conversation goes on with this record (a new cursor).
+    Update(Conversation),
+    /// The bot ended it: the user's next message starts this new one.
+    Restart(Conversation),
+}
+
+/// The conversation rules of a bot that keeps state per user under an id of its own (a session in
+/// the path). The dialect says what a conversation is; the shell keeps them (in memory with a TTL
+/// and a bound, or on Redis for every instance) and hands the current one to [`Bot::target`].
+pub trait Conversations: Send + Sync + fmt::Debug {
+    /// The conversation of a user the store keeps none for: derived from the user id alone, so
+    /// every instance agrees on it without asking anyone.
+    fn first(&self, user: &str) -> Conversation;
+    /// A fresh conversation, from 16 random bytes the shell draws.
+    fn fresh(&self, random: [u8; 16]) -> Conversation;
+    /// What `answer`, given in `current`, does to it: by default, a conversation the bot ended is
+    /// followed by a fresh one.
+    fn after(
+        &self,
+        _current: &Conversation,
+        answer: &ChatAnswer<'_>,
+        random: [u8; 16],
+    ) -> AfterAnswer {
+        match answer.conversation_end {
+            Some(true) => AfterAnswer::Restart(self.fresh(random)),
+            _ => AfterAnswer::Keep,
+        }
+    }
+}
+
+/// A fresh session id from 16 random bytes: `bb-` and 32 hex digits (35 characters, which every
+/// vendor with sessions in its paths takes).
+pub(crate) fn fresh_session(random: [u8; 16]) -> Conversation {
+    Conversation {
+        id: format!("bb-{}", hex::encode(random)),
+        cursor: None,
+    }
+}
+
 /// A configured backend's dialect part: its credentials and parameters.
 pub trait Bot: Send + Sync + fmt::Debug {
     /// The dialect's name (metric label).
@@ -375,8 +429,13 @@ pub trait Bot: Send + Sync + fmt::Debug {
         None
     }
     /// The path this request goes to below the configured URL's path, for a bot that puts ids in
-    /// its paths (Lex's session); `None`: the configured URL as it is.
-    fn target(&self, _req: &ChatRequest<'_>) -> Option<String> {
+    /// its paths (a session), in conversation `conv` for a bot with [`Bot::conversations`]; `None`:
+    /// the configured URL as it is.
+    fn target(&self, _req: &ChatRequest<'_>, _conv: Option<&Conversation>) -> Option<String> {
+        None
+    }
+    /// The conversation rules of a bot that keeps state per user; `None` for stateless bots.
+    fn conversations(&self) -> Option<&dyn Conversations> {
         None
     }
     /// Where its access tokens come from, for a bot that needs one (Dialogflow's OAuth2 tokens).

@@ -1,0 +1,90 @@
+//! `[conversations]`: how many conversations of stateful bots (a vendor session per user, see
+//! `dialect::Conversations`) the proxy keeps in memory, and for how long a conversation nobody
+//! writes to is kept. With `[redis]` they are kept on Redis too, with the same idle time, so every
+//! instance continues the same conversation (`[redis.conversations] on_redis_error` says what
+//! happens while Redis fails).
+//!
+//! A process setting: the store is made once, so changing it needs a restart.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// `[conversations]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConversations {
+    /// A conversation neither read nor written for this long is forgotten (the user's next message
+    /// starts from the dialect's first conversation). Default one day: longer than the session
+    /// idle time of the vendors with sessions.
+    #[serde(default = "default_idle_secs")]
+    pub idle_secs: u64,
+    /// At most this many conversations in this instance's memory; the least used go first.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+}
+
+impl Default for RawConversations {
+    fn default() -> Self {
+        RawConversations {
+            idle_secs: default_idle_secs(),
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+fn default_idle_secs() -> u64 {
+    86_400
+}
+fn default_max_entries() -> u64 {
+    100_000
+}
+
+/// `[conversations]`, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationSettings {
+    pub idle: Duration,
+    pub max_entries: u64,
+}
+
+/// Validates `[conversations]`: both must be above zero.
+pub fn validate(r: &RawConversations) -> Result<ConversationSettings, ConfigError> {
+    if r.idle_secs == 0 {
+        return Err(ConfigError::new(
+            "conversations.idle_secs",
+            "must be greater than 0",
+        ));
+    }
+    if r.max_entries == 0 {
+        return Err(ConfigError::new(
+            "conversations.max_entries",
+            "must be greater than 0",
+        ));
+    }
+    Ok(ConversationSettings {
+        idle: Duration::from_secs(r.idle_secs),
+        max_entries: r.max_entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_refusals() {
+        let s = validate(&RawConversations::default()).unwrap();
+        assert_eq!((s.idle.as_secs(), s.max_entries), (86_400, 100_000));
+        let raw: RawConversations = toml::from_str("idle_secs = 0").unwrap();
+        let e = validate(&raw).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "conversations.idle_secs: must be greater than 0"
+        );
+        let raw: RawConversations = toml::from_str("max_entries = 0").unwrap();
+        assert!(validate(&raw).is_err());
+        assert!(toml::from_str::<RawConversations>("ttl = 5").is_err());
+    }
+}

@@ -1,0 +1,293 @@
+//! The conversation store: per (backend, user), the conversation a stateful bot is in (its dialect's
+//! [`Conversations`]: a vendor session id, a cursor). The dialect says what a conversation is; this
+//! keeps them.
+//!
+//! - In memory (moka): bounded by `[conversations] max_entries` (least used go first), a
+//!   conversation forgotten after `idle_secs` without a read or write. Kept over a reload.
+//! - With `[redis]`, on Redis as well (`<prefix>conversation:<hex SHA-256 of backend and user>`, a
+//!   JSON value, the same idle time, refreshed by every read), so another instance continues the
+//!   same conversation. Redis is the truth; this instance's memory holds what it last saw there.
+//! - Redis failing: `[redis.conversations] on_redis_error` says: `local` (default) this instance's
+//!   memory, `allow` the dialect's first conversation (derived from the user id alone, so every
+//!   instance agrees on it), `deny` a 503 in the caller's dialect. Each counted as a fallback.
+//! - A user with no kept conversation is in the dialect's first one; nothing is written until an
+//!   answer changes it (a conversation the bot ended), so an ordinary message costs one read.
+//! - `botbridge_conversations{store}` counts what memory holds and what Redis holds (a `SCAN` of
+//!   the store's keys every 15 s), `botbridge_conversation_restarts_total{backend}` the
+//!   conversations bots ended.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use botbridge_core::dialect::{AfterAnswer, Conversation, Conversations};
+use botbridge_core::error::{ProxyError, Reason};
+use prometheus::{register_int_counter_vec, register_int_gauge_vec, IntCounterVec, IntGaugeVec};
+use sha2::{Digest, Sha256};
+
+use crate::config::conversations::ConversationSettings;
+use crate::config::redis::OnRedisError;
+use crate::metrics::shared::{Feature, SharedMetrics};
+use crate::shared::redis::{Op, SharedRedis};
+
+/// How often the sizes are counted.
+const COUNT_EVERY: Duration = Duration::from_secs(15);
+/// A `SCAN` stops counting here: the gauge then says "at least".
+const MAX_COUNTED: u64 = 10_000_000;
+
+/// The store's metrics.
+struct StoreMetrics {
+    size: IntGaugeVec,
+    restarts: IntCounterVec,
+}
+
+fn metrics() -> &'static StoreMetrics {
+    static M: OnceLock<StoreMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = StoreMetrics {
+            size: register_int_gauge_vec!(
+                "botbridge_conversations",
+                "Conversations of stateful bots kept, by store (memory: this instance; redis: all \
+                 instances, counted every 15 s).",
+                &["store"]
+            )
+            .expect("register conversations"),
+            restarts: register_int_counter_vec!(
+                "botbridge_conversation_restarts_total",
+                "Conversations a bot ended, so that the user's next message started a fresh one.",
+                &["backend"]
+            )
+            .expect("register conversation restarts"),
+        };
+        m.size.with_label_values(&["memory"]).set(0);
+        m.size.with_label_values(&["redis"]).set(0);
+        m
+    })
+}
+
+/// The conversations of every stateful backend.
+pub struct ConversationStore {
+    memory: moka::sync::Cache<[u8; 32], Conversation>,
+    shared: Option<Arc<SharedRedis>>,
+    settings: ConversationSettings,
+}
+
+impl ConversationStore {
+    /// A store with `settings`, on `shared` when there is a Redis, counting its sizes on a thread of
+    /// its own for as long as it lives.
+    pub fn new(settings: &ConversationSettings, shared: Option<Arc<SharedRedis>>) -> Arc<Self> {
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(settings.max_entries)
+            .time_to_idle(settings.idle)
+            .build();
+        let store = Arc::new(ConversationStore {
+            memory,
+            shared,
+            settings: settings.clone(),
+        });
+        let weak = Arc::downgrade(&store);
+        let spawned = std::thread::Builder::new()
+            .name("conversations".into())
+            .spawn(move || count(weak));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "conversation sizes will not be counted");
+        }
+        if let Some(redis) = &store.shared {
+            redis.handle().spawn(count_shared(Arc::downgrade(&store)));
+        }
+        store
+    }
+
+    /// Creates the restart series of a stateful backend at zero (for dashboards and alerts).
+    pub fn register_backend(name: &str) {
+        metrics().restarts.with_label_values(&[name]);
+    }
+
+    /// The conversation `user` is in with `backend`: the kept one, else the dialect's first.
+    pub async fn current(
+        &self,
+        backend: &str,
+        rules: &dyn Conversations,
+        user: &str,
+    ) -> Result<Conversation, ProxyError> {
+        let key = key(backend, user);
+        let kept = match &self.shared {
+            None => self.memory.get(&key),
+            Some(redis) => match self.read_shared(redis, &key).await {
+                Ok(kept) => kept,
+                Err(policy) => self.fallback(policy, &key)?,
+            },
+        };
+        Ok(kept.unwrap_or_else(|| rules.first(user)))
+    }
+
+    /// Keeps what an answer did to `user`'s conversation with `backend` ([`Conversations::after`]):
+    /// a changed or restarted conversation is written (to Redis too, with `[redis]`); a write
+    /// Redis refuses leaves it in this instance's memory alone, counted.
+    pub async fn keep(&self, backend: &str, user: &str, after: AfterAnswer) {
+        let next = match after {
+            AfterAnswer::Keep => return,
+            AfterAnswer::Update(c) => c,
+            AfterAnswer::Restart(c) => {
+                metrics().restarts.with_label_values(&[backend]).inc();
+                c
+            }
+        };
+        let key = key(backend, user);
+        if let Some(redis) = &self.shared {
+            if self.write_shared(redis, &key, &next).await.is_err() {
+                SharedMetrics::global().fallback(Feature::Conversations, OnRedisError::Local);
+            }
+        }
+        self.memory.insert(key, next);
+        // Writes are rare (a conversation changed): the gauge follows them at once.
+        self.memory.run_pending_tasks();
+        let gauge = metrics().size.with_label_values(&["memory"]);
+        gauge.set(self.memory.entry_count() as i64);
+    }
+
+    /// What this instance last saw of `user`'s conversation with `backend`, without asking Redis
+    /// (for shadow copies, which never wait on the store).
+    pub fn peek(&self, backend: &str, user: &str) -> Option<Conversation> {
+        self.memory.get(&key(backend, user))
+    }
+
+    /// Redis failed on a read: what `on_redis_error` says, counted.
+    fn fallback(
+        &self,
+        policy: OnRedisError,
+        key: &[u8; 32],
+    ) -> Result<Option<Conversation>, ProxyError> {
+        SharedMetrics::global().fallback(Feature::Conversations, policy);
+        match policy {
+            OnRedisError::Local => Ok(self.memory.get(key)),
+            OnRedisError::Allow => Ok(None),
+            OnRedisError::Deny => Err(ProxyError::new(
+                503,
+                Reason::RedisUnavailable,
+                "the conversation store is unavailable; try again later",
+            )
+            .with_header("retry-after", "1")),
+        }
+    }
+
+    /// The conversation on Redis (its idle time restarted), also remembered in memory; `Err`: Redis
+    /// could not be asked, with the policy that decides instead.
+    async fn read_shared(
+        &self,
+        redis: &SharedRedis,
+        key: &[u8; 32],
+    ) -> Result<Option<Conversation>, OnRedisError> {
+        let name = redis.key("conversation", key);
+        let ms = self.settings.idle.as_millis() as u64;
+        let value = redis
+            .call(Op::Conversation, |mut conn| async move {
+                redis::cmd("GETEX")
+                    .arg(name)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|_| redis.settings().conversations_on_error)?;
+        // A value this version cannot read is treated as none (and overwritten by the next change).
+        let kept = value.and_then(|v| serde_json::from_slice::<Conversation>(&v).ok());
+        match &kept {
+            Some(c) => self.memory.insert(*key, c.clone()),
+            None => self.memory.invalidate(key),
+        }
+        Ok(kept)
+    }
+
+    async fn write_shared(
+        &self,
+        redis: &SharedRedis,
+        key: &[u8; 32],
+        conv: &Conversation,
+    ) -> Result<(), crate::shared::redis::Unavailable> {
+        let name = redis.key("conversation", key);
+        let value = serde_json::to_vec(conv).expect("a conversation serializes");
+        let ms = self.settings.idle.as_millis() as u64;
+        redis
+            .call(Op::Conversation, |mut conn| async move {
+                redis::cmd("SET")
+                    .arg(name)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+    }
+
+    /// How many conversations Redis keeps (`SCAN` over the store's keys), at most [`MAX_COUNTED`].
+    async fn count_shared(redis: &SharedRedis) -> Option<u64> {
+        let pattern = format!("{}conversation:*", redis.settings().key_prefix);
+        let mut cursor = 0u64;
+        let mut total = 0u64;
+        loop {
+            let p = pattern.clone();
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis
+                .call(Op::Conversation, |mut conn| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(p)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await
+                .ok()?;
+            total += keys.len() as u64;
+            if next == 0 || total >= MAX_COUNTED {
+                return Some(total);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// 16 random bytes for a fresh conversation id: a v4 UUID's (122 random bits from the crate's
+/// fast RNG, which is plenty for an id only the proxy and the bot see).
+pub fn random() -> [u8; 16] {
+    *uuid::Uuid::new_v4().as_bytes()
+}
+
+/// The key of a user's conversation with a backend: never the user id itself (unbounded, personal).
+fn key(backend: &str, user: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(backend.as_bytes());
+    h.update([0]);
+    h.update(user.as_bytes());
+    h.finalize().into()
+}
+
+/// The memory counting thread's loop, for as long as the store lives.
+fn count(store: Weak<ConversationStore>) {
+    let gauge = metrics().size.with_label_values(&["memory"]);
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        s.memory.run_pending_tasks();
+        gauge.set(s.memory.entry_count() as i64);
+        drop(s);
+        std::thread::sleep(COUNT_EVERY);
+    }
+}
+
+/// The Redis counting task (on the Redis thread's runtime), for as long as the store lives.
+async fn count_shared(store: Weak<ConversationStore>) {
+    let gauge = metrics().size.with_label_values(&["redis"]);
+    loop {
+        let Some(redis) = store.upgrade().and_then(|s| s.shared.clone()) else {
+            return;
+        };
+        if let Some(n) = ConversationStore::count_shared(&redis).await {
+            gauge.set(n as i64);
+        }
+        drop(redis);
+        tokio::time::sleep(COUNT_EVERY).await;
+    }
+}
