@@ -682,22 +682,26 @@ impl ChatService {
             flow_trigger: a.route.flow_trigger,
         };
         let signed_at = unix_secs((self.clock)());
-        let request = (target.backend.bot.render_request(&copy, &ctx)).map(|body| {
-            let (ep, bot) = (&target.backend.urls[0].endpoint, &*target.backend.bot);
+        let index = target.settings.backend;
+        let request = (target.backend.bot.render_request(&copy, &ctx)).and_then(|body| {
+            let ep = rt.pools.get(index).first_endpoint().ok_or_else(|| {
+                ProxyError::new(
+                    502,
+                    Reason::BackendConnect,
+                    "the shadow bot has no address yet",
+                )
+            })?;
+            let bot = &*target.backend.bot;
             let conv = (bot.conversations()).map(|c| {
                 rt.conversations
                     .peek(&target.backend.name, &copy.user_id)
                     .unwrap_or_else(|| c.first(&copy.user_id))
             });
             let path = bot.target(&copy, conv.as_ref());
-            let index = rt
-                .config
-                .backends
-                .iter()
-                .position(|b| b.name == target.backend.name);
-            let token = index.and_then(|i| rt.tokens.peek(i));
+            let token = rt.tokens.peek(index);
             let at = (path.as_deref(), signed_at, token.as_deref());
-            self.signed_request(ep, bot, &body, request_id, at)
+            let bytes = self.signed_request(&ep, bot, &body, request_id, at);
+            Ok((ep, bytes))
         });
         let primary = PrimaryAnswer {
             bot: to.backend.bot.clone(),

@@ -12,8 +12,8 @@
 //!
 //! Counted in `botbridge_token_fetches_total{backend, result}` (`ok`, `error`) and
 //! `botbridge_token_fetch_duration_seconds{backend}`. A reload starts new keepers (one fetch per
-//! backend after it): a changed key file must never keep minting with the old key. The token
-//! endpoint's address is the one resolved when the configuration was loaded.
+//! backend after it): a changed key file must never keep minting with the old key. A token
+//! endpoint named by host is resolved (with `[dns]`) at each fetch, so it follows its DNS.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,6 +25,7 @@ use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec,
 use crate::config::{Backend, Config};
 use crate::dialect::Bot;
 use crate::error::{ProxyError, Reason};
+use crate::pool::dns::Resolver;
 use crate::upstream::endpoint::Endpoint;
 use crate::upstream::{self, BackendPeer, RequestBytes, Upstream};
 
@@ -91,7 +92,9 @@ pub struct Keeper {
     backend: String,
     bot: Arc<dyn Bot>,
     endpoint: Endpoint,
+    /// For an endpoint at an IP address; a name is resolved at each fetch (one an hour).
     peer: BackendPeer,
+    resolver: Option<Arc<Resolver>>,
     upstream: Upstream,
     current: ArcSwapOption<Minted>,
     fetch: tokio::sync::Mutex<Backoff>,
@@ -106,8 +109,20 @@ pub struct Tokens {
 impl Tokens {
     /// The keepers of a configuration: one per backend with a token endpoint (resolved at load).
     pub fn new(config: &Config) -> Self {
+        let names = (config.backends.iter())
+            .any(|b| b.token_endpoint.as_ref().is_some_and(Endpoint::has_name));
+        let resolver = names
+            .then(|| Resolver::new(&config.dns))
+            .and_then(|r| {
+                r.inspect_err(|e| tracing::error!(error = %e, "token endpoints will not resolve"))
+                    .ok()
+            })
+            .map(Arc::new);
         let keepers = (config.backends.iter())
-            .map(|b| Some(Arc::new(Keeper::new(b, b.token_endpoint.clone()?))))
+            .map(|b| {
+                let endpoint = b.token_endpoint.clone()?;
+                Some(Arc::new(Keeper::new(b, endpoint, resolver.clone())))
+            })
             .collect();
         Tokens { keepers }
     }
@@ -139,13 +154,14 @@ fn unavailable() -> ProxyError {
 }
 
 impl Keeper {
-    fn new(b: &Backend, endpoint: Endpoint) -> Self {
+    fn new(b: &Backend, endpoint: Endpoint, resolver: Option<Arc<Resolver>>) -> Self {
         metrics().fetches.with_label_values(&[&b.name, "ok"]);
         metrics().fetches.with_label_values(&[&b.name, "error"]);
         Keeper {
             backend: b.name.clone(),
             bot: b.bot.clone(),
             peer: upstream::peer_for(&endpoint),
+            resolver,
             endpoint,
             upstream: Upstream::new(4, 64 * 1024),
             current: ArcSwapOption::empty(),
@@ -251,10 +267,23 @@ impl Keeper {
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json");
         let request = request.body(&body);
-        let answer = (self.upstream)
-            .exchange(&self.peer, &self.endpoint, &request, started)
-            .await
-            .map_err(|_| "the token endpoint could not be reached")?;
+        let answer = match (&self.resolver, self.endpoint.has_name()) {
+            (Some(resolver), true) => {
+                let (host, port) = (&self.endpoint.host, self.endpoint.addr.port());
+                let addrs = (resolver.resolve(host, port).await)
+                    .map_err(|_| "the token endpoint's name did not resolve")?;
+                let ep = self.endpoint.at(addrs[0]);
+                let peer = upstream::peer_for(&ep);
+                self.upstream.exchange(&peer, &ep, &request, started).await
+            }
+            (None, true) => return Err("the token endpoint's name cannot be resolved"),
+            _ => {
+                (self.upstream)
+                    .exchange(&self.peer, &self.endpoint, &request, started)
+                    .await
+            }
+        }
+        .map_err(|_| "the token endpoint could not be reached")?;
         source.parse_token(answer.status, &answer.body)
     }
 }

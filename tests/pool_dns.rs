@@ -20,6 +20,10 @@ use pool_bot::{answered_by, haptik, metric, route, Bot};
 
 const NAME: &str = "bot.pool.test";
 
+/// One dnsmasq at a time: two started together would try the same ports, and one could take the
+/// other's server (which answers for the same name) for its own.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// dnsmasq answering from a hosts file, on 127.0.0.1 at a port below 32768.
 struct Dnsmasq {
     child: Child,
@@ -156,6 +160,7 @@ async fn until_answered_by(proxy: &Proxy, bot: &str, limit: Duration) -> Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_whose_answers_change_is_followed_and_one_that_stops_resolving_keeps_its_addresses()
 {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let Some(dns) = Dnsmasq::start(&format!("127.0.0.2 {NAME}\n")).await else {
         eprintln!("skipping: dnsmasq is not installed (apt-get install dnsmasq-base)");
         return;
@@ -213,4 +218,56 @@ dns_refresh_s = 1
     }
     until_answered_by(&proxy, "a", Duration::from_secs(2)).await;
     until_answered_by(&proxy, "b", Duration::from_secs(2)).await;
+}
+
+/// Loading a configuration does no DNS: a bot whose name does not resolve yet does not stop the
+/// proxy from starting. Its requests get a 503 with `Retry-After` (no endpoint), and once the name
+/// resolves it is found within a second or two, long before `dns_refresh_s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_yet_starts_the_proxy_and_is_found_once_it_does() {
+    const LATER: &str = "later.pool.test";
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let Some(dns) = Dnsmasq::start(&format!("127.0.0.2 {NAME}\n")).await else {
+        eprintln!("skipping: dnsmasq is not installed (apt-get install dnsmasq-base)");
+        return;
+    };
+    let (a, _b) = two_bots().await;
+    let port = a.addr.port();
+    let proxy = Proxy::start(&config_with(&format!(
+        r#"
+[dns]
+servers = ["{}"]
+timeout_ms = 500
+[[backends]]
+name = "later"
+dialect = "rasa"
+url = "http://{LATER}:{port}/webhooks/rest/webhook"
+dns_refresh_s = 3600
+{}"#,
+        dns.addr,
+        route("chat", "/chat", "later", "")
+    )));
+    let client = reqwest::Client::new();
+    let (status, answer) = haptik(&client, &proxy.url("/chat"), "u", "m").await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(a.count(), 0);
+
+    dns.set_hosts(&format!("127.0.0.2 {NAME}\n127.0.0.2 {LATER}\n"));
+    let started = Instant::now();
+    loop {
+        let (status, answer) = haptik(&client, &proxy.url("/chat"), "u", "m").await;
+        if status == 200 {
+            assert_eq!(answered_by(&answer).as_deref(), Some("a"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the name was not found again: {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "dns: a name that resolved late was found after {:?}",
+        started.elapsed()
+    );
 }

@@ -8,12 +8,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::dns::DnsSettings;
 use super::pool::{self, Balance, PoolSettings, RawBreaker, RawHealth, RawOutlier, RawPool};
 use super::ConfigError;
 use crate::dialect::{registry, Bot};
-use crate::pool::dns::resolve_now;
-use crate::upstream::endpoint::{endpoint_with, Endpoint, Timeouts};
+use crate::upstream::endpoint::{endpoint_unresolved, Endpoint, Timeouts};
 
 /// `[[backends]]` as written.
 #[derive(Debug, Deserialize)]
@@ -98,11 +96,12 @@ pub struct Backend {
     pub pool: PoolSettings,
     /// `max_in_flight`: the cap on requests at the bot at once (`limits::in_flight`).
     pub max_in_flight: Option<u32>,
-    /// For a bot with a token source: its token endpoint, resolved at load like the URLs.
+    /// For a bot with a token source: its token endpoint (a name in it is resolved at each fetch).
     pub token_endpoint: Option<Endpoint>,
 }
 
-/// One URL of a backend: where and how to reach it, and the addresses its host had at load.
+/// One URL of a backend: where and how to reach it, and its address when it is an IP address (a
+/// name is resolved by the pool when it starts).
 #[derive(Debug, Clone)]
 pub struct BackendUrl {
     /// At the first address; the pool makes one per address.
@@ -110,10 +109,11 @@ pub struct BackendUrl {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// Validates every backend, resolving host names with `dns`; returns them with an index by name.
+/// Validates every backend; returns them with an index by name. Host names are not resolved here:
+/// each pool resolves its own when it starts (`crate::pool`), so a load is pure and a name that
+/// does not resolve yet never refuses a configuration.
 pub fn validate(
     raw: Vec<RawBackend>,
-    dns: &DnsSettings,
 ) -> Result<(Vec<Backend>, HashMap<String, usize>), ConfigError> {
     let mut backends = Vec::with_capacity(raw.len());
     let mut index = HashMap::new();
@@ -125,12 +125,12 @@ pub fn validate(
                 format!("`{}` is used twice", b.name),
             ));
         }
-        backends.push(backend(&key, b, dns)?);
+        backends.push(backend(&key, b)?);
     }
     Ok((backends, index))
 }
 
-fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, ConfigError> {
+fn backend(key: &str, b: RawBackend) -> Result<Backend, ConfigError> {
     let dialect = registry::bot_dialect(&b.dialect).ok_or_else(|| {
         ConfigError::new(
             format!("{key}.dialect"),
@@ -157,20 +157,20 @@ fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, Confi
         ));
     }
     let pool = pool::validate(key, b.pool_keys())?;
-    let mut urls = urls(key, &b, dns)?;
+    let mut urls = urls(key, &b)?;
     let bot = dialect.configure(key, b.settings)?;
     let token_endpoint = match bot.token_source() {
-        // The token endpoint is reached like a backend (with its timeouts), resolved now.
+        // The token endpoint is reached like a backend (with its timeouts); a name in it is resolved
+        // at each fetch (`crate::tokens`).
         Some(source) => {
             let url_key = format!("{key}.credentials_file");
-            let resolve = |host: &str, port: u16| resolve_now(dns, host, port);
             let timeouts = Timeouts {
                 connect_ms: b.connect_timeout_ms,
                 read_ms: b.read_timeout_ms,
                 idle_s: b.pool_idle_timeout_s,
             };
             let url = source.token_url();
-            Some(endpoint_with(key, &url_key, &b.name, url, timeouts, resolve)?.0)
+            Some(endpoint_unresolved(key, &url_key, &b.name, url, timeouts)?.0)
         }
         None => None,
     };
@@ -189,8 +189,8 @@ fn backend(key: &str, b: RawBackend, dns: &DnsSettings) -> Result<Backend, Confi
     })
 }
 
-/// `url` or `urls` (exactly one of them), each parsed and resolved.
-fn urls(key: &str, b: &RawBackend, dns: &DnsSettings) -> Result<Vec<BackendUrl>, ConfigError> {
+/// `url` or `urls` (exactly one of them), each parsed.
+fn urls(key: &str, b: &RawBackend) -> Result<Vec<BackendUrl>, ConfigError> {
     let written: Vec<(String, &str)> = match (&b.url, &b.urls) {
         (Some(u), None) => vec![(format!("{key}.url"), u.as_str())],
         (None, Some(list)) if !list.is_empty() => (list.iter().enumerate())
@@ -220,8 +220,7 @@ fn urls(key: &str, b: &RawBackend, dns: &DnsSettings) -> Result<Vec<BackendUrl>,
         if written[..i].iter().any(|(_, u)| u == url) {
             return Err(ConfigError::new(url_key, "is listed twice"));
         }
-        let resolve = |host: &str, port: u16| resolve_now(dns, host, port);
-        let (endpoint, addrs) = endpoint_with(key, url_key, &b.name, url, timeouts, resolve)?;
+        let (endpoint, addrs) = endpoint_unresolved(key, url_key, &b.name, url, timeouts)?;
         out.push(BackendUrl { endpoint, addrs });
     }
     Ok(out)

@@ -154,7 +154,7 @@ impl Config {
             .map(auth_service::validate)
             .transpose()?;
         let dns = dns::validate(&raw.dns)?;
-        let (backends, backend_index) = backends::validate(raw.backends, &dns)?;
+        let (backends, backend_index) = backends::validate(raw.backends)?;
         let known = routes::Known {
             backends: &backends,
             backend_index: &backend_index,

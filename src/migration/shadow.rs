@@ -24,7 +24,7 @@ use crate::config::Backend;
 use crate::dialect::Bot;
 use crate::error::ProxyError;
 use crate::metrics::migration::MigrationMetrics;
-use crate::upstream::{BackendPeer, Upstream};
+use crate::upstream::{Endpoint, Upstream};
 
 /// The primary bot's answer to the same request, as it came.
 pub struct PrimaryAnswer {
@@ -38,8 +38,9 @@ pub struct PrimaryAnswer {
 
 /// One copy for the shadow.
 pub struct Job {
-    /// The complete request for the shadow bot, or why its dialect cannot express it.
-    pub request: Result<Vec<u8>, ProxyError>,
+    /// The complete request for the shadow bot with the endpoint it goes to (the first of the
+    /// shadow backend's pool now), or why it cannot be sent.
+    pub request: Result<(Endpoint, Vec<u8>), ProxyError>,
     pub request_id: String,
     pub primary: PrimaryAnswer,
 }
@@ -49,7 +50,6 @@ pub struct ShadowTarget {
     pub route: String,
     pub settings: Shadow,
     pub backend: Backend,
-    peer: BackendPeer,
     /// Copies in flight or waiting.
     pending: AtomicUsize,
     slots: Semaphore,
@@ -70,9 +70,6 @@ impl ShadowTarget {
             dropped: m.shadow_requests.with_label_values(&[route, "dropped"]),
             pending_gauge: m.shadow_pending.with_label_values(&[route]),
             route: route.to_owned(),
-            // Copies go to the shadow backend's first URL (its pool's failover and health are the
-            // primary path's concern; a shadow that fails is only counted).
-            peer: crate::upstream::peer_for(&backend.urls[0].endpoint),
             slots: Semaphore::new(settings.max_in_flight),
             settings,
             backend,
@@ -108,10 +105,11 @@ impl ShadowTarget {
     async fn run(&self, job: Job, upstream: &Upstream, recorder: &Recorder) {
         let started = Instant::now();
         let (exchange, latency) = match &job.request {
-            Ok(bytes) => {
-                let x =
-                    (upstream.exchange(&self.peer, &self.backend.urls[0].endpoint, bytes, started))
-                        .await;
+            // Copies go to the shadow backend's first endpoint (its pool's failover and health are
+            // the primary path's concern; a shadow that fails is only counted).
+            Ok((ep, bytes)) => {
+                let peer = crate::upstream::peer_for(ep);
+                let x = upstream.exchange(&peer, ep, bytes, started).await;
                 (Some(x.map_err(ProxyError::from)), Some(started.elapsed()))
             }
             Err(_) => (None, None),

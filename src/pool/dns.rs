@@ -80,22 +80,36 @@ fn tune(opts: &mut ResolverOpts, timeout: Duration) {
     opts.negative_max_ttl = Some(Duration::from_secs(1));
 }
 
-/// Resolves `host` once, blocking the caller (at configuration load, which is not async): on a
-/// thread of its own with its own small runtime, so it works inside or outside a tokio runtime.
-pub fn resolve_now(
+/// Resolves every `(host, port)` once, all at the same time, blocking the caller (a pool starting,
+/// which is not async): on a thread of its own with its own small runtime, so it works inside or
+/// outside a tokio runtime. One result per name, in order.
+pub fn resolve_all(
     settings: &DnsSettings,
-    host: &str,
-    port: u16,
-) -> Result<Vec<SocketAddr>, String> {
+    names: &[(String, u16)],
+) -> Vec<Result<Vec<SocketAddr>, String>> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let failed = |e: String| names.iter().map(|_| Err(e.clone())).collect();
     std::thread::scope(|s| {
         s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| format!("cannot start a resolver: {e}"))?;
-            rt.block_on(async { Resolver::new(settings)?.resolve(host, port).await })
+            {
+                Ok(rt) => rt,
+                Err(e) => return failed(format!("cannot start a resolver: {e}")),
+            };
+            rt.block_on(async {
+                let resolver = match Resolver::new(settings) {
+                    Ok(r) => r,
+                    Err(e) => return failed(e),
+                };
+                let each = names.iter().map(|(h, p)| resolver.resolve(h, *p));
+                futures_util::future::join_all(each).await
+            })
         })
         .join()
-        .unwrap_or_else(|_| Err("the resolver failed".into()))
+        .unwrap_or_else(|_| failed("the resolver failed".into()))
     })
 }

@@ -127,5 +127,6 @@ impl Pool {
             *self.lock_addrs() = addrs.clone();
             self.rebuild(&addrs, &self.selector.members());
         }
+        (self.next_dns_ms).store(self.next_refresh(&addrs), Ordering::Relaxed);
     }
 }

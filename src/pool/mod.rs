@@ -27,7 +27,7 @@ pub mod report;
 pub mod select;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -79,10 +79,12 @@ impl Pools {
     /// The pools of `config`; `previous` (the pools being replaced by a reload) hands over the state
     /// of the backends and endpoints that stay.
     pub fn new(config: &Config, previous: Option<&Pools>) -> Self {
+        let mut resolved = resolve_names(config, previous).into_iter();
         let pools = (config.backends.iter())
             .map(|b| {
                 let before = previous.and_then(|p| p.by_name(&b.name));
-                Arc::new(Pool::new(b, before))
+                let addrs = resolved.next().expect("one list per backend");
+                Arc::new(Pool::new(b, addrs, before))
             })
             .collect::<Vec<_>>();
         let names = pools.iter().any(|p| p.urls.iter().any(Endpoint::has_name));
@@ -111,6 +113,40 @@ impl Pools {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.pools.iter()
     }
+}
+
+/// The addresses of every backend's URLs as its pool starts: an IP address is its own; the names
+/// of all backends are resolved together (with `[dns]`). A name that does not resolve keeps the
+/// addresses the pool being replaced had for it (on a reload), else has none until a refresh
+/// finds some (the pool answers 503 meanwhile); counted and logged either way.
+fn resolve_names(config: &Config, previous: Option<&Pools>) -> Vec<Vec<Vec<SocketAddr>>> {
+    let names: Vec<(String, u16)> = (config.backends.iter())
+        .flat_map(|b| b.urls.iter().map(|u| &u.endpoint))
+        .filter(|ep| ep.has_name())
+        .map(|ep| (ep.host.clone(), ep.addr.port()))
+        .collect();
+    let mut found = dns::resolve_all(&config.dns, &names).into_iter();
+    let m = &Metrics::global().pool;
+    (config.backends.iter())
+        .map(|b| {
+            let before = previous.and_then(|p| p.by_name(&b.name));
+            (b.urls.iter().enumerate())
+                .map(|(i, u)| {
+                    if !u.endpoint.has_name() {
+                        return u.addrs.clone();
+                    }
+                    let result = found.next().expect("one result per name");
+                    let label = if result.is_ok() { "ok" } else { "error" };
+                    (m.dns_resolutions.with_label_values(&[&b.name, label])).inc();
+                    result.unwrap_or_else(|e| {
+                        let kept = before.and_then(|p| p.addrs_of(&u.endpoint, i));
+                        tracing::warn!(backend = %b.name, host = %u.endpoint.host, error = %e, kept = ?kept, "backend name did not resolve as its pool starts; it is tried again every second until it does");
+                        kept.unwrap_or_default()
+                    })
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The active health of a pool: its registry (shared across reloads) and the thresholds in force.
@@ -170,7 +206,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn new(b: &Backend, before: Option<&Pool>) -> Self {
+    fn new(b: &Backend, addrs: Vec<Vec<SocketAddr>>, before: Option<&Pool>) -> Self {
         let active = b.pool.health.as_ref().map(|h| {
             let thresholds = (h.healthy_after, h.unhealthy_after);
             match before.and_then(|p| p.active.as_ref()) {
@@ -193,7 +229,7 @@ impl Pool {
             settings: b.pool.clone(),
             urls,
             checks,
-            addrs: Mutex::new(b.urls.iter().map(|u| u.addrs.clone()).collect()),
+            addrs: Mutex::new(addrs),
             active,
             breaker: before.map_or_else(|| Arc::new(Breaker::new(&b.name)), |p| p.breaker.clone()),
             states: before.map_or_else(|| Arc::new(States::new(&b.name)), |p| p.states.clone()),
@@ -203,12 +239,40 @@ impl Pool {
                 .with_label_values(&[&b.name]),
             next_check_ms: AtomicU64::new(0),
             checking: AtomicBool::new(false),
-            next_dns_ms: AtomicU64::new(now_ms() + b.pool.dns_refresh.as_millis() as u64),
+            next_dns_ms: AtomicU64::new(0),
             resolving: AtomicBool::new(false),
         };
         let addrs = pool.lock_addrs().clone();
         pool.rebuild(&addrs, &[]);
+        pool.next_dns_ms
+            .store(pool.next_refresh(&addrs), Ordering::Relaxed);
         pool
+    }
+
+    /// When names are resolved next: in a second while a name has no address, else after
+    /// `dns_refresh_s`.
+    fn next_refresh(&self, addrs: &[Vec<SocketAddr>]) -> u64 {
+        let missing = (self.urls.iter().zip(addrs)).any(|(u, a)| u.has_name() && a.is_empty());
+        let wait = match missing {
+            true => Duration::from_secs(1),
+            false => self.settings.dns_refresh,
+        };
+        now_ms() + wait.as_millis() as u64
+    }
+
+    /// The addresses this pool has for the URL at `index`, if it is the same URL (host and port).
+    fn addrs_of(&self, url: &Endpoint, index: usize) -> Option<Vec<SocketAddr>> {
+        let same = self.urls.get(index)?;
+        let same = same.host == url.host && same.addr.port() == url.addr.port();
+        same.then(|| self.lock_addrs()[index].clone())
+            .filter(|a| !a.is_empty())
+    }
+
+    /// The endpoint of the first member now (for shadow copies, which take no part in balancing);
+    /// `None` while the pool has none.
+    pub fn first_endpoint(&self) -> Option<Endpoint> {
+        let members = self.selector.members();
+        Some(members.first()?.endpoint.clone())
     }
 
     fn lock_addrs(&self) -> std::sync::MutexGuard<'_, Vec<Vec<SocketAddr>>> {

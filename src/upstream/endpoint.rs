@@ -87,29 +87,51 @@ pub fn endpoint(key: &str, name: &str, url: &str, t: Timeouts) -> Result<Endpoin
             .map(|a| a.collect())
             .map_err(|e| e.to_string())
     };
-    endpoint_with(key, &format!("{key}.url"), name, url, t, system).map(|(ep, _)| ep)
+    endpoint_with(key, &format!("{key}.url"), name, url, t, Some(system)).map(|(ep, _)| ep)
 }
 
-/// Parses `url` (at `url_key`) into an endpoint, resolving its host with `resolve` unless it is an
-/// IP address; returns the endpoint (at the first address) and every address. `key` names the
-/// table of the timeouts for errors.
-pub fn endpoint_with(
+/// Parses `url` (at `url_key`) into an endpoint without resolving its host: an IP address is its
+/// own, a name is resolved by whoever uses the endpoint (a backend's pool, when it starts). Returns
+/// the endpoint (at the unspecified address, for a name) and the addresses known now.
+pub fn endpoint_unresolved(
     key: &str,
     url_key: &str,
     name: &str,
     url: &str,
     t: Timeouts,
-    resolve: impl FnOnce(&str, u16) -> Result<Vec<SocketAddr>, String>,
+) -> Result<(Endpoint, Vec<SocketAddr>), ConfigError> {
+    type Resolve = fn(&str, u16) -> Result<Vec<SocketAddr>, String>;
+    endpoint_with(key, url_key, name, url, t, None::<Resolve>)
+}
+
+/// Parses `url` (at `url_key`) into an endpoint, resolving its host with `resolve` (if given) unless
+/// it is an IP address; returns the endpoint (at the first address) and every address. `key` names
+/// the table of the timeouts for errors.
+fn endpoint_with(
+    key: &str,
+    url_key: &str,
+    name: &str,
+    url: &str,
+    t: Timeouts,
+    resolve: Option<impl FnOnce(&str, u16) -> Result<Vec<SocketAddr>, String>>,
 ) -> Result<(Endpoint, Vec<SocketAddr>), ConfigError> {
     let p = url_parts(url_key, url)?;
-    let addrs = match p.host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, p.port)],
-        Err(_) => resolve(&p.host, p.port)
-            .map_err(|e| ConfigError::new(url_key, format!("cannot resolve `{}`: {e}", p.host)))?,
+    let addrs = match (p.host.parse::<IpAddr>(), resolve) {
+        (Ok(ip), _) => vec![SocketAddr::new(ip, p.port)],
+        (Err(_), None) => Vec::new(),
+        (Err(_), Some(resolve)) => {
+            let found = resolve(&p.host, p.port).map_err(|e| {
+                ConfigError::new(url_key, format!("cannot resolve `{}`: {e}", p.host))
+            })?;
+            if found.is_empty() {
+                let problem = format!("`{}` resolves to no address", p.host);
+                return Err(ConfigError::new(url_key, problem));
+            }
+            found
+        }
     };
-    let addr = *addrs
-        .first()
-        .ok_or_else(|| ConfigError::new(url_key, format!("`{}` resolves to no address", p.host)))?;
+    let unresolved = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), p.port);
+    let addr = addrs.first().copied().unwrap_or(unresolved);
     let ms = |field: &str, v: u64| nonzero(&format!("{key}.{field}"), v).map(Duration::from_millis);
     let ep = Endpoint {
         name: name.to_string(),
