@@ -9,8 +9,8 @@ use subtle::ConstantTimeEq;
 
 use super::secret::{header_safe, socket_addr, SecretSource};
 use super::ConfigError;
-use crate::auth::HaptikClient;
-use crate::signing::CsmlKey;
+use crate::auth::IdTokenClient;
+use crate::signing::HmacKey;
 
 /// `[admin]`: the metrics, health and reload listener.
 #[derive(Debug, Deserialize)]
@@ -101,11 +101,11 @@ pub struct RawDemo {
 #[derive(Clone)]
 pub struct DemoConfig {
     pub listen: SocketAddr,
-    pub key: CsmlKey,
+    pub key: HmacKey,
     /// The secret of the same key as an AWS access key (the demo Lex bot's).
     pub secret: String,
     /// The Haptik demo bot's expected caller, if configured.
-    pub haptik: Option<(String, HaptikClient)>,
+    pub haptik: Option<(String, IdTokenClient)>,
     /// The demo Dialogflow bot's service account (email, public key), if configured.
     pub dialogflow: Option<(String, botbridge_core::jwt::PublicKey)>,
 }
@@ -276,7 +276,7 @@ pub fn demo(d: &RawDemo, taken: &[SocketAddr]) -> Result<(DemoConfig, DemoIdenti
             digest.update(format!("{id}\0{token}"));
             Some((
                 id.clone(),
-                HaptikClient::with_token("demo-haptik-caller", token.as_bytes()),
+                IdTokenClient::with_token("demo-haptik-caller", token.as_bytes()),
             ))
         }
         (None, None) => None,
@@ -307,7 +307,7 @@ pub fn demo(d: &RawDemo, taken: &[SocketAddr]) -> Result<(DemoConfig, DemoIdenti
     };
     let config = DemoConfig {
         listen,
-        key: CsmlKey::new(d.api_key.clone(), secret.as_bytes()),
+        key: HmacKey::new(d.api_key.clone(), secret.as_bytes()),
         secret,
         haptik,
         dialogflow,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::auth::{ClientCredential, Credentials, CsmlClients, HaptikClients, TokenClients};
+use crate::auth::{ApiKeyClients, ClientCredential, Credentials, IdTokenClients, TokenClients};
 use crate::delivery::policy::CallbackPolicy;
 use crate::dialect::registry;
 use crate::limits::{credential_id, CallerLimits, LimitPair};
@@ -71,8 +71,8 @@ pub struct DialectClients {
 pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
     let mut out = ClientsConfig {
         credentials: Credentials {
-            client_tokens: HaptikClients::new(),
-            api_keys: CsmlClients::new(raw.csml_tolerance_secs),
+            client_tokens: IdTokenClients::new(),
+            api_keys: ApiKeyClients::new(raw.csml_tolerance_secs),
             tokens: TokenClients::default(),
         },
         csml_replay_guard: raw.csml_replay_guard,
