@@ -961,8 +961,8 @@ impl Bot for HaptikBot {
         render_request(req, business_id, ctx.flow_trigger)
     }
 
-    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
-        self.replies.as_ref()
+    fn async_replies(&self) -> Option<&dyn crate::dialect::ReplyWebhook> {
+        self.replies.as_ref().map(|r| r as _)
     }
 
     fn sign(&self, _out: &Outgoing<'_>, add: &mut dyn FnMut(&'static str, &str)) {
