@@ -106,7 +106,7 @@ impl Authenticator {
             .as_ref()
             .map(|c| Self::service(c, metrics));
         let tolerance = config.clients.credentials.api_keys.tolerance_secs();
-        let replay = config.clients.csml_replay_guard.then(|| {
+        let replay = config.clients.replay_guard.then(|| {
             previous
                 .and_then(|p| {
                     p.replay.as_ref().filter(|_| {

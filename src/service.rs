@@ -701,7 +701,7 @@ impl ChatService {
                 self.translation_error(a.route, "invalid_answer", 1);
             }
         })?;
-        if answer.dropped > 0 && !a.ingress.passes_through(&answer, a.route.haptik_answer) {
+        if answer.dropped > 0 && !a.ingress.passes_through(&answer, a.route.answer_shape) {
             self.translation_error(a.route, "dropped_message", answer.dropped as u64);
             tracing::debug!(
                 dropped = answer.dropped,
@@ -716,7 +716,7 @@ impl ChatService {
             bot_name: &a.route.bot_name,
             route_name: &a.route.name,
             business_id: req.business_id,
-            shape: a.route.haptik_answer,
+            shape: a.route.answer_shape,
         };
         Ok(a.ingress.render_answer(req, &answer, &ctx))
     }
