@@ -20,10 +20,13 @@
 //!   answers only requests that carry one.
 //!
 //! Each answers with three messages: a text, a question with two buttons, and an echo of what the
-//! user sent, rendered by the same dialect code the proxy uses.
+//! user sent, rendered by the same dialect code the proxy uses. Their `[demo]` keys are read by
+//! [`config`].
 
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod config;
 
 use async_trait::async_trait;
 use pingora::protocols::http::ServerSession;
@@ -56,6 +59,16 @@ pub struct DemoBot {
 }
 
 impl DemoBot {
+    /// The demo bots of a validated `[demo]` table.
+    pub fn from_config(d: &config::DemoConfig) -> Self {
+        Self::with_dialogflow(
+            d.key.clone(),
+            &d.secret,
+            d.haptik.clone(),
+            d.dialogflow.clone(),
+        )
+    }
+
     /// Demo bots accepting CSML requests signed with `key` (and engine requests with its plain key),
     /// and Haptik requests from `haptik` (client id, client), when given.
     pub fn new(key: HmacKey, lex_secret: &str, haptik: Option<(String, IdTokenClient)>) -> Self {
