@@ -321,7 +321,7 @@ impl ChatService {
         if !admitted.limits.is_empty() {
             (rt.limits.admit_user(&admitted.limits, &req.user_id)).await?;
         }
-        // Async mode (CSML `callback_url`, Haptik's Log Message API): answered now, the bot later.
+        // Async mode (a caller's callback URL or a client's webhook): answered now, the bot later.
         if let Some(target) = self.async_target(&admitted, &req).await? {
             return self.accept_async(cx, admitted, &req, &body, target);
         }
@@ -612,7 +612,8 @@ impl ChatService {
         Ok((to, exchange))
     }
 
-    /// Forward, and for a bot that answers on the proxy's webhook (async Haptik), its replies.
+    /// Forward, and for a bot that answers on the proxy's webhook (`dialect::ReplyWebhook`), its
+    /// replies.
     async fn forward_and_collect(
         &self,
         cx: &mut Call<'_>,
