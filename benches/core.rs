@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use botbridge::auth::{
-    csml_presented, verify_csml, CsmlClientAuth, CsmlClients, Grant, HaptikClient, HaptikClients,
-    Scope,
+    verify_api_key, ApiKeyAuth, ApiKeyClients, Grant, IdTokenClient, IdTokenClients, Scope,
 };
+use botbridge::dialect::csml::presented as csml_presented;
+use botbridge::dialect::haptik;
 use botbridge::dialect::registry::{self, CSML, HAPTIK};
 use botbridge::dialect::{
     AnswerContext, AnswerShape, Bot, BotRequestContext, Caller, FixedIds, FlowTriggerPolicy,
 };
-use botbridge::signing::CsmlKey;
+use botbridge::signing::HmacKey;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const HAPTIK_REQ: &[u8] = br#"{"user":{"auth_id":"user-4711"},"message_body":"Hello, I would like to know my order status","message_type":0,"business_id":343}"#;
@@ -176,11 +177,11 @@ fn translation(c: &mut Criterion) {
 }
 
 fn verification(c: &mut Criterion) {
-    let mut haptik = HaptikClients::new();
+    let mut haptik = IdTokenClients::new();
     for i in 0..100 {
         haptik.insert(
             format!("client-{i}"),
-            HaptikClient::with_token(&format!("c{i}"), format!("token-{i}").as_bytes()),
+            IdTokenClient::with_token(&format!("c{i}"), format!("token-{i}").as_bytes()),
         );
     }
     let bearer = |name: &str| match name {
@@ -190,21 +191,24 @@ fn verification(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("verify");
     g.bench_function("bearer_static", |b| {
-        b.iter(|| haptik.verify_headers(black_box(bearer)).unwrap())
+        b.iter(|| {
+            let p = haptik::presented(black_box(bearer)).unwrap();
+            haptik.check(&p).unwrap()
+        })
     });
 
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let key = CsmlKey::new("csml-key", b"csml-secret");
+    let key = HmacKey::new("csml-key", b"csml-secret");
     let signed = key.sign(now);
-    let mut csml = CsmlClients::new(300);
+    let mut csml = ApiKeyClients::new(300);
     let grant = Grant {
         name: "c".into(),
         business_id: None,
         scope: Scope::default(),
-        csml: Some(CsmlClientAuth::Signed(key.clone())),
+        api_key: Some(ApiKeyAuth::Signed(key.clone())),
         limits: Default::default(),
         callbacks: None,
         verifier: None,
@@ -217,7 +221,10 @@ fn verification(c: &mut Criterion) {
     };
     // The whole static path: read headers, find the credential by the key's SHA-256, verify.
     g.bench_function("hmac_static_credential", |b| {
-        b.iter(|| csml.verify_headers(black_box(headers), now).unwrap())
+        b.iter(|| {
+            let p = csml_presented(black_box(headers)).unwrap();
+            csml.verify(&p, now).unwrap()
+        })
     });
     // The MAC check alone, with the HMAC state keyed once per credential (what the proxy does).
     g.bench_function("hmac_prekeyed_state", |b| {
@@ -234,7 +241,7 @@ fn verification(c: &mut Criterion) {
     g.bench_function("hmac_rekeyed_per_request", |b| {
         b.iter(|| {
             // What a proxy without per-credential HMAC state does: key the HMAC from the secret each time.
-            let k = CsmlKey::new("csml-key", black_box(b"csml-secret"));
+            let k = HmacKey::new("csml-key", black_box(b"csml-secret"));
             k.verify(
                 signed.api_key.as_bytes(),
                 Some(signed.signature.as_bytes()),
@@ -257,7 +264,7 @@ fn verification(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let p = csml_presented(black_box(headers)).unwrap();
             let grant = cache.get(&p.digest()).await.unwrap();
-            verify_csml(&grant, &p, now, 300).unwrap()
+            verify_api_key(&grant, &p, now, 300).unwrap()
         })
     });
     g.finish();
@@ -305,9 +312,11 @@ backend = "b"
         .clients
         .credentials
         .client_tokens
-        .check(&botbridge::auth::HaptikPresented {
+        .check(&botbridge::auth::IdTokenPresented {
+            dialect: haptik::NAME,
             client_id: b"cid",
             token: b"t",
+            invalid: haptik::MSG_INVALID,
         })
         .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,5 +1,5 @@
 //! Authenticating callers at run time: configured credentials first, then the auth service behind a
-//! moka decision cache, then the CSML replay guard; every decision counted.
+//! moka decision cache, then the replay guard of signed API keys; every decision counted.
 //!
 //! The cache is keyed by a SHA-256 of the presented credential (never the credential itself). A valid
 //! answer lives `positive_ttl`, an invalid one `negative_ttl`; concurrent misses for one credential
@@ -21,8 +21,8 @@ use moka::notification::RemovalCause;
 use moka::Expiry;
 
 use crate::auth::{
-    self, grant_from_verdict, AuthQuery, AuthReason, AuthVerdict, CsmlPresented, Denied, Grant,
-    HaptikPresented, Presented, TokenPresented,
+    self, grant_from_verdict, ApiKeyPresented, AuthQuery, AuthReason, AuthVerdict, Denied, Grant,
+    IdTokenPresented, Presented, TokenPresented,
 };
 use crate::config::redis::OnRedisError;
 use crate::config::{AuthServiceConfig, Config};
@@ -106,7 +106,7 @@ impl Authenticator {
             .as_ref()
             .map(|c| Self::service(c, metrics));
         let tolerance = config.clients.credentials.api_keys.tolerance_secs();
-        let replay = config.clients.csml_replay_guard.then(|| {
+        let replay = config.clients.replay_guard.then(|| {
             previous
                 .and_then(|p| {
                     p.replay.as_ref().filter(|_| {
@@ -218,8 +218,8 @@ impl Authenticator {
         now: u64,
     ) -> Result<Arc<Grant>, Denied> {
         let result = match dialect.credential(head) {
-            Ok(Presented::ClientToken(p)) => self.haptik(p).await,
-            Ok(Presented::ApiKey(p)) => self.csml(p, now).await,
+            Ok(Presented::ClientToken(p)) => self.id_token(p).await,
+            Ok(Presented::ApiKey(p)) => self.api_key(p, now).await,
             Ok(Presented::Token(p)) => self.token(p).await,
             Ok(Presented::KeyId { dialect, key_id }) => self.key_id(dialect, &key_id),
             Err(d) => Err(d),
@@ -311,35 +311,42 @@ impl Authenticator {
         }
     }
 
-    async fn haptik(&self, p: HaptikPresented<'_>) -> Result<(Arc<Grant>, bool), Denied> {
+    /// A client id and token: the configured client if its id is configured, else the auth service.
+    async fn id_token(&self, p: IdTokenPresented<'_>) -> Result<(Arc<Grant>, bool), Denied> {
         let clients = &self.config.clients.credentials.client_tokens;
         match &self.service {
             Some(svc) if !clients.knows(p.client_id) => {
-                let query = AuthQuery::haptik(&p).ok_or_else(invalid_haptik)?;
+                let query = AuthQuery::id_token(&p).ok_or_else(|| p.refused())?;
                 match Box::pin(self.ask(svc, p.digest(), &query)).await? {
                     (Decision::Allowed(g), stale) => Ok((g, stale)),
-                    (Decision::Denied, _) => Err(invalid_haptik()),
+                    (Decision::Denied, _) => Err(p.refused()),
                 }
             }
             _ => clients.check(&p).map(|g| (g, false)),
         }
     }
 
-    async fn csml(&self, p: CsmlPresented<'_>, now: u64) -> Result<(Arc<Grant>, bool), Denied> {
+    /// An API key: the configured ones, else the auth service; then its signature and the replay
+    /// guard.
+    async fn api_key(
+        &self,
+        p: ApiKeyPresented<'_>,
+        now: u64,
+    ) -> Result<(Arc<Grant>, bool), Denied> {
         let clients = &self.config.clients.credentials.api_keys;
         let digest = p.digest();
         let (grant, stale) = match (clients.by_digest(&digest), &self.service) {
             (Some(g), _) => (g.clone(), false),
             (None, Some(svc)) => {
-                let query = AuthQuery::csml(&p).ok_or_else(invalid_csml)?;
+                let query = AuthQuery::api_key(&p).ok_or_else(invalid_api_key)?;
                 match Box::pin(self.ask(svc, digest, &query)).await? {
                     (Decision::Allowed(g), stale) => (g, stale),
-                    (Decision::Denied, _) => return Err(invalid_csml()),
+                    (Decision::Denied, _) => return Err(invalid_api_key()),
                 }
             }
-            (None, None) => return Err(invalid_csml()),
+            (None, None) => return Err(invalid_api_key()),
         };
-        auth::verify_csml(&grant, &p, now, clients.tolerance_secs())?;
+        auth::verify_api_key(&grant, &p, now, clients.tolerance_secs())?;
         // Only a verified signature is remembered, so forged ones cannot fill the guard.
         if let (Some(replay), Some(_)) = (&self.replay, p.timestamp) {
             self.first_use(replay, p.replay_digest()).await?;
@@ -507,13 +514,6 @@ fn replayed() -> Denied {
     }
 }
 
-fn invalid_haptik() -> Denied {
-    Denied {
-        reason: AuthReason::Invalid,
-        error: ProxyError::unauthorized(auth::MSG_INVALID),
-    }
-}
-
 fn invalid_token() -> Denied {
     Denied {
         reason: AuthReason::Invalid,
@@ -521,9 +521,9 @@ fn invalid_token() -> Denied {
     }
 }
 
-fn invalid_csml() -> Denied {
+fn invalid_api_key() -> Denied {
     Denied {
         reason: AuthReason::Invalid,
-        error: ProxyError::unauthorized("invalid API key"),
+        error: ProxyError::unauthorized(auth::MSG_INVALID_API_KEY),
     }
 }

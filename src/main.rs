@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A protocol-translating reverse proxy for chatbot APIs (Haptik and CSML).
+/// A protocol-translating reverse proxy for chatbot APIs.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {

@@ -75,15 +75,9 @@ pub fn assemble(config: Arc<Config>, config_path: PathBuf, clock: Clock) -> Asse
     let admin_limits = limits.private_listener(ADMIN_MAX_CONNECTIONS);
     let admin = App::new("admin", AdminService::new(reloader.clone()), admin_limits);
     let demo = (config.demo.as_ref()).map(|d| {
-        let bots = DemoBot::with_dialogflow(
-            d.key.clone(),
-            &d.secret,
-            d.haptik.clone(),
-            d.dialogflow.clone(),
-        );
         App::new(
             "demo",
-            bots,
+            DemoBot::from_config(d),
             limits.private_listener(limits.max_connections),
         )
     });

@@ -332,7 +332,7 @@ impl ChatService {
         if !admitted.limits.is_empty() {
             (rt.limits.admit_user(&admitted.limits, &req.user_id)).await?;
         }
-        // Async mode (CSML `callback_url`, Haptik's Log Message API): answered now, the bot later.
+        // Async mode (a caller's callback URL or a client's webhook): answered now, the bot later.
         if let Some(target) = self.async_target(&admitted, &req).await? {
             return self.accept_async(cx, admitted, &req, &body, target);
         }
@@ -641,7 +641,8 @@ impl ChatService {
         Ok((to, exchange))
     }
 
-    /// Forward, and for a bot that answers on the proxy's webhook (async Haptik), its replies.
+    /// Forward, and for a bot that answers on the proxy's webhook (`dialect::ReplyWebhook`), its
+    /// replies.
     async fn forward_and_collect(
         &self,
         cx: &mut Call<'_>,
@@ -739,7 +740,7 @@ impl ChatService {
                 self.translation_error(a.route, "invalid_answer", 1);
             }
         })?;
-        if answer.dropped > 0 && !a.ingress.passes_through(&answer, a.route.haptik_answer) {
+        if answer.dropped > 0 && !a.ingress.passes_through(&answer, a.route.answer_shape) {
             self.translation_error(a.route, "dropped_message", answer.dropped as u64);
             tracing::debug!(
                 dropped = answer.dropped,
@@ -754,7 +755,7 @@ impl ChatService {
             bot_name: &a.route.bot_name,
             route_name: &a.route.name,
             business_id: req.business_id,
-            shape: a.route.haptik_answer,
+            shape: a.route.answer_shape,
         };
         let after = after_answer(cx, to, &answer);
         Ok((a.ingress.render_answer(req, &answer, &ctx), after))

@@ -1,4 +1,4 @@
-//! Access tokens of bots that need one (`dialect::TokenSource`: Dialogflow's OAuth2 tokens), obtained
+//! Access tokens of bots that need one (`dialect::TokenSource`, e.g. OAuth2 tokens), obtained
 //! at their token endpoint by this shell, never once per request:
 //!
 //! - a token is reused until [`EXPIRY_MARGIN`] before it expires;

@@ -87,7 +87,7 @@ async fn each_document_is_served_and_lists_the_shipped_routes_of_its_dialect() {
                 .as_str()
                 .unwrap();
             if dialect == "haptik" {
-                let hsl = route.haptik_answer == AnswerShape::Hsl;
+                let hsl = route.answer_shape == AnswerShape::Hsl;
                 assert_eq!(
                     answer.ends_with("HslAnswer"),
                     hsl,

@@ -1,17 +1,23 @@
 //! Verifying callers: credentials, what they may reach, and the auth service's JSON contract.
 //!
-//! Haptik: `Authorization: Bearer <token>` + `client-id` (or `client_id`). Tokens are kept only as
-//! SHA-256 digests and compared in constant time; an unknown client id still costs one comparison, so
-//! timing does not tell which client ids exist. Wrong client id and wrong token get the same message
-//! (`invalid authorization details`); a missing header gets Haptik's own message naming it.
+//! Credentials are named by their shape; each caller dialect reads its own from the request head
+//! (header names and its refusals in its own words) and hands over a [`Presented`] value.
 //!
-//! CSML: `x-api-key: KEY|TS` + `x-api-signature: sha256=<hex>` (signed credentials), or
-//! `x-api-key: KEY` (plain credentials, where the key itself is the secret). Credentials are found by
-//! the SHA-256 of the presented key, so a plain key is never compared byte by byte; signatures are
+//! A client id with a bearer token ([`IdTokenClients`]): tokens are kept only as SHA-256 digests and
+//! compared in constant time; an unknown client id still costs one comparison, so timing does not
+//! tell which client ids exist. Wrong client id and wrong token get the same message, the one the
+//! dialect put in the presented value.
+//!
+//! An API key ([`ApiKeyClients`]): `KEY|TS` with an HMAC-SHA256 signature (signed credentials), or
+//! `KEY` alone (plain credentials, where the key itself is the secret). Credentials are found by the
+//! SHA-256 of the presented key, so a plain key is never compared byte by byte; signatures are
 //! checked by `signing` in constant time, with the timestamp within a tolerance either way.
 //!
+//! Bare tokens and signing key ids ([`TokenClients`]) are valid only for the dialect that presents
+//! them.
+//!
 //! Every credential, configured or vouched for by the auth service, is a [`Grant`]: who the caller
-//! is, the Haptik business it is mapped to, its [`Scope`], and how its CSML requests are verified.
+//! is, the business it is mapped to, its [`Scope`], and how its signed requests are verified.
 //! This module is pure: the auth service's I/O and the decision cache live in `authn`.
 
 use std::collections::HashMap;
@@ -26,14 +32,10 @@ use crate::delivery::policy::CallbackPolicy;
 use crate::error::{ProxyError, Reason};
 use crate::limits::{credential_id, CallerLimits};
 use crate::request::WholeRequest;
-use crate::signing::{split_key, CsmlKey, SignatureError};
+use crate::signing::{HmacKey, SignatureError};
 
-/// Haptik's message for a missing `client-id` header.
-pub const MSG_CLIENT_ID_MISSING: &str = "client_id missing in headers";
-/// Haptik's message for a missing bearer token.
-pub const MSG_TOKEN_MISSING: &str = "token missing in headers";
-/// Haptik's message for credentials that do not match.
-pub const MSG_INVALID: &str = "invalid authorization details";
+/// The refusal of an API key no credential has.
+pub const MSG_INVALID_API_KEY: &str = "invalid API key";
 
 /// Why a caller was refused: the bounded label set of auth metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,11 +46,11 @@ pub enum AuthReason {
     Malformed,
     /// Unknown credential or wrong token/key.
     Invalid,
-    /// The CSML signature does not match.
+    /// The signature does not match.
     BadSignature,
-    /// The CSML timestamp is outside the tolerance.
+    /// The signature's timestamp is outside the tolerance.
     Expired,
-    /// A signed CSML key sent plain, or the reverse.
+    /// A signed key sent plain, or the reverse.
     WrongMode,
     /// The same signed request was seen before within the tolerance window.
     Replayed,
@@ -126,7 +128,8 @@ impl From<Denied> for ProxyError {
 pub struct Scope {
     /// Route names.
     pub routes: Option<Vec<String>>,
-    /// Haptik business ids (for CSML callers, the business their credential or route maps to).
+    /// Business ids (for callers whose requests name none, the business their credential or route
+    /// maps to).
     pub businesses: Option<Vec<i64>>,
 }
 
@@ -157,12 +160,12 @@ impl Scope {
     }
 }
 
-/// How a CSML credential's requests are verified.
+/// How an API key credential's requests are verified.
 #[derive(Debug, Clone)]
-pub enum CsmlClientAuth {
-    /// `x-api-key: KEY|TS` + `x-api-signature` with this key's pre-keyed HMAC.
-    Signed(CsmlKey),
-    /// `x-api-key: KEY` alone.
+pub enum ApiKeyAuth {
+    /// `KEY|TS` with a signature, checked with this key's pre-keyed HMAC.
+    Signed(HmacKey),
+    /// `KEY` alone.
     Plain,
 }
 
@@ -171,12 +174,12 @@ pub enum CsmlClientAuth {
 pub struct Grant {
     /// The credential's name, for logs.
     pub name: Arc<str>,
-    /// The Haptik business its requests go to, when a route needs one (CSML callers).
+    /// The business its requests go to, when a route needs one and the caller's requests name none.
     pub business_id: Option<i64>,
     /// What it may reach.
     pub scope: Scope,
-    /// How its CSML requests are verified (`None` for Haptik credentials).
-    pub csml: Option<CsmlClientAuth>,
+    /// How its API key requests are verified (`None` for credentials of other kinds).
+    pub api_key: Option<ApiKeyAuth>,
     /// Its own rate limits, and the id its rate limit buckets are keyed by.
     pub limits: CallerLimits,
     /// Where async mode may deliver its bot's replies and how they are signed (`None`: no async
@@ -194,14 +197,14 @@ pub trait RequestVerifier: Send + Sync + fmt::Debug {
     fn verify(&self, req: &WholeRequest<'_>, now: u64) -> Result<(), Denied>;
 }
 
-/// One Haptik client allowed to call the proxy.
+/// One client allowed to call the proxy with its client id and bearer token.
 #[derive(Debug, Clone)]
-pub struct HaptikClient {
+pub struct IdTokenClient {
     grant: Arc<Grant>,
     token_sha256: [u8; 32],
 }
 
-impl HaptikClient {
+impl IdTokenClient {
     /// A client whose token is given in plain text (only its digest is kept).
     pub fn with_token(name: &str, token: &[u8]) -> Self {
         Self::with_token_sha256(name, Sha256::digest(token).into())
@@ -209,12 +212,12 @@ impl HaptikClient {
 
     /// A client whose token is given as its SHA-256 digest.
     pub fn with_token_sha256(name: &str, token_sha256: [u8; 32]) -> Self {
-        HaptikClient {
+        IdTokenClient {
             grant: Arc::new(Grant {
                 name: name.into(),
                 business_id: None,
                 scope: Scope::default(),
-                csml: None,
+                api_key: None,
                 limits: CallerLimits::default(),
                 callbacks: None,
                 verifier: None,
@@ -242,77 +245,61 @@ impl HaptikClient {
     }
 }
 
-/// A Haptik caller's presented credentials.
+/// A client id and bearer token as a caller presented them.
 #[derive(Clone, Copy)]
-pub struct HaptikPresented<'h> {
+pub struct IdTokenPresented<'h> {
+    /// The dialect that read them (the auth service's `dialect`).
+    pub dialect: &'static str,
     pub client_id: &'h [u8],
     pub token: &'h [u8],
+    /// The dialect's refusal of an id and token that do not match.
+    pub invalid: &'static str,
 }
 
-impl fmt::Debug for HaptikPresented<'_> {
+impl fmt::Debug for IdTokenPresented<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HaptikPresented")
+        f.debug_struct("IdTokenPresented")
+            .field("dialect", &self.dialect)
             .field("client_id", &String::from_utf8_lossy(self.client_id))
             .field("token", &"<redacted>")
             .finish()
     }
 }
 
-impl HaptikPresented<'_> {
+impl IdTokenPresented<'_> {
     /// The cache key of this credential: a hash, never the token itself.
     pub fn digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update(b"haptik\0");
+        h.update(self.dialect.as_bytes());
+        h.update(b"\0");
         h.update(self.client_id);
         h.update(b"\0");
         h.update(self.token);
         h.finalize().into()
     }
+
+    /// The refusal of these credentials, in their dialect's words.
+    pub fn refused(&self) -> Denied {
+        Denied::new(AuthReason::Invalid, self.invalid)
+    }
 }
 
-/// Reads a Haptik caller's credentials from its headers: `Authorization: Bearer <token>`, and
-/// `client-id` or (as one real client sends it) `client_id`.
-pub fn haptik_presented<'h>(
-    header: impl Fn(&str) -> Option<&'h [u8]>,
-) -> Result<HaptikPresented<'h>, Denied> {
-    let client_id = header("client-id")
-        .or_else(|| header("client_id"))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| Denied::new(AuthReason::Missing, MSG_CLIENT_ID_MISSING))?;
-    let value = header("authorization")
-        .map(<[u8]>::trim_ascii)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING))?;
-    if value.eq_ignore_ascii_case(b"bearer") {
-        return Err(Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING));
-    }
-    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
-        return Err(Denied::new(AuthReason::Malformed, MSG_INVALID));
-    }
-    let token = value[7..].trim_ascii();
-    if token.is_empty() {
-        return Err(Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING));
-    }
-    Ok(HaptikPresented { client_id, token })
-}
-
-/// The configured Haptik clients, by client id.
+/// The configured id-and-token clients, by client id.
 #[derive(Debug, Clone, Default)]
-pub struct HaptikClients {
+pub struct IdTokenClients {
     /// foldhash, not std's SipHash: the map is fixed at load (no inserts an attacker controls),
     /// and SipHash's look-ups were about 500 instructions of a request (bench/RESULTS.md).
-    by_id: HashMap<String, HaptikClient, foldhash::fast::RandomState>,
+    by_id: HashMap<String, IdTokenClient, foldhash::fast::RandomState>,
 }
 
-impl HaptikClients {
+impl IdTokenClients {
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds a client; returns false if the client id was already taken.
-    pub fn insert(&mut self, client_id: impl Into<String>, client: HaptikClient) -> bool {
+    pub fn insert(&mut self, client_id: impl Into<String>, client: IdTokenClient) -> bool {
         self.by_id.insert(client_id.into(), client).is_none()
     }
 
@@ -327,7 +314,7 @@ impl HaptikClients {
     }
 
     /// Checks presented credentials against the configured clients.
-    pub fn check(&self, p: &HaptikPresented<'_>) -> Result<Arc<Grant>, Denied> {
+    pub fn check(&self, p: &IdTokenPresented<'_>) -> Result<Arc<Grant>, Denied> {
         let digest: [u8; 32] = Sha256::digest(p.token).into();
         let found = std::str::from_utf8(p.client_id)
             .ok()
@@ -337,41 +324,36 @@ impl HaptikClients {
         let matches: bool = digest.ct_eq(expected).into();
         match found {
             Some(client) if matches => Ok(client.grant.clone()),
-            _ => Err(Denied::new(AuthReason::Invalid, MSG_INVALID)),
+            _ => Err(p.refused()),
         }
-    }
-
-    /// Reads and checks a request's headers.
-    pub fn verify_headers<'h>(
-        &self,
-        header: impl Fn(&str) -> Option<&'h [u8]>,
-    ) -> Result<Arc<Grant>, Denied> {
-        self.check(&haptik_presented(header)?)
     }
 }
 
-/// A CSML caller's presented credentials.
+/// An API key as a caller presented it, plain (`KEY`) or signed (`KEY|TS` with a signature).
 #[derive(Clone, Copy)]
-pub struct CsmlPresented<'h> {
-    /// The whole `x-api-key` header.
+pub struct ApiKeyPresented<'h> {
+    /// The dialect that read it (the auth service's `dialect`).
+    pub dialect: &'static str,
+    /// The whole key header as sent.
     pub api_key: &'h [u8],
     /// The key part.
     pub key: &'h [u8],
     /// The timestamp, when the key was sent signed (`KEY|TS`).
     pub timestamp: Option<u64>,
-    /// The `x-api-signature` header.
+    /// The signature header, if any.
     pub signature: Option<&'h [u8]>,
 }
 
-impl fmt::Debug for CsmlPresented<'_> {
+impl fmt::Debug for ApiKeyPresented<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CsmlPresented")
+        f.debug_struct("ApiKeyPresented")
+            .field("dialect", &self.dialect)
             .field("timestamp", &self.timestamp)
             .finish_non_exhaustive()
     }
 }
 
-impl CsmlPresented<'_> {
+impl ApiKeyPresented<'_> {
     /// The cache key of this credential: the SHA-256 of the key, never the key itself.
     pub fn digest(&self) -> [u8; 32] {
         Sha256::digest(self.key).into()
@@ -384,38 +366,18 @@ impl CsmlPresented<'_> {
     }
 }
 
-/// Reads a CSML caller's `x-api-key` and `x-api-signature` headers.
-pub fn csml_presented<'h>(
-    header: impl Fn(&str) -> Option<&'h [u8]>,
-) -> Result<CsmlPresented<'h>, Denied> {
-    let api_key = header("x-api-key")
-        .map(<[u8]>::trim_ascii)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| Denied::new(AuthReason::Missing, "missing x-api-key header"))?;
-    let (key, timestamp) = match split_key(api_key) {
-        Some((key, ts)) => (key, Some(ts)),
-        None => (api_key, None),
-    };
-    Ok(CsmlPresented {
-        api_key,
-        key,
-        timestamp,
-        signature: header("x-api-signature"),
-    })
-}
-
-/// Verifies a CSML request against the credential it claims, at `now` (unix seconds).
-pub fn verify_csml(
+/// Verifies an API key request against the credential it claims, at `now` (unix seconds).
+pub fn verify_api_key(
     grant: &Grant,
-    p: &CsmlPresented<'_>,
+    p: &ApiKeyPresented<'_>,
     now: u64,
     tolerance_secs: u64,
 ) -> Result<(), Denied> {
-    match (&grant.csml, p.timestamp) {
-        (Some(CsmlClientAuth::Signed(k)), Some(_)) => {
+    match (&grant.api_key, p.timestamp) {
+        (Some(ApiKeyAuth::Signed(k)), Some(_)) => {
             k.verify(p.api_key, p.signature, now, tolerance_secs).map_err(|e| match e {
                 SignatureError::MalformedKey | SignatureError::WrongKey => {
-                    Denied::new(AuthReason::Invalid, "invalid API key")
+                    Denied::new(AuthReason::Invalid, MSG_INVALID_API_KEY)
                 }
                 SignatureError::MalformedSignature => Denied::new(
                     AuthReason::Malformed,
@@ -428,30 +390,30 @@ pub fn verify_csml(
                 ),
             })
         }
-        (Some(CsmlClientAuth::Signed(_)), None) => Err(Denied::new(
+        (Some(ApiKeyAuth::Signed(_)), None) => Err(Denied::new(
             AuthReason::WrongMode,
             "this API key needs a signature: send x-api-key: KEY|TIMESTAMP and x-api-signature",
         )),
-        (Some(CsmlClientAuth::Plain), None) => Ok(()),
-        (Some(CsmlClientAuth::Plain), Some(_)) => Err(Denied::new(
+        (Some(ApiKeyAuth::Plain), None) => Ok(()),
+        (Some(ApiKeyAuth::Plain), Some(_)) => Err(Denied::new(
             AuthReason::WrongMode,
             "this API key is not set up for signed requests: send x-api-key: KEY alone",
         )),
-        (None, _) => Err(Denied::new(AuthReason::Invalid, "invalid API key")),
+        (None, _) => Err(Denied::new(AuthReason::Invalid, MSG_INVALID_API_KEY)),
     }
 }
 
-/// The configured CSML callers, by the SHA-256 of their key.
+/// The configured API key callers, by the SHA-256 of their key.
 #[derive(Debug, Clone)]
-pub struct CsmlClients {
+pub struct ApiKeyClients {
     by_key_digest: HashMap<[u8; 32], Arc<Grant>>,
     tolerance_secs: u64,
 }
 
-impl CsmlClients {
+impl ApiKeyClients {
     /// An empty set accepting timestamps within `tolerance_secs` of now.
     pub fn new(tolerance_secs: u64) -> Self {
-        CsmlClients {
+        ApiKeyClients {
             by_key_digest: HashMap::new(),
             tolerance_secs,
         }
@@ -476,26 +438,21 @@ impl CsmlClients {
 
     /// The configured credential for presented credentials, if any (else the auth service may
     /// know it).
-    pub fn lookup(&self, p: &CsmlPresented<'_>) -> Option<&Arc<Grant>> {
+    pub fn lookup(&self, p: &ApiKeyPresented<'_>) -> Option<&Arc<Grant>> {
         self.by_digest(&p.digest())
     }
 
-    /// The configured caller whose key has this digest ([`CsmlPresented::digest`]).
+    /// The configured caller whose key has this digest ([`ApiKeyPresented::digest`]).
     pub fn by_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Grant>> {
         self.by_key_digest.get(digest)
     }
 
-    /// Reads and verifies a request's headers against the configured callers at `now`.
-    pub fn verify_headers<'h>(
-        &self,
-        header: impl Fn(&str) -> Option<&'h [u8]>,
-        now: u64,
-    ) -> Result<Arc<Grant>, Denied> {
-        let p = csml_presented(header)?;
+    /// Verifies presented credentials against the configured callers at `now`.
+    pub fn verify(&self, p: &ApiKeyPresented<'_>, now: u64) -> Result<Arc<Grant>, Denied> {
         let grant = self
-            .lookup(&p)
-            .ok_or_else(|| Denied::new(AuthReason::Invalid, "invalid API key"))?;
-        verify_csml(grant, &p, now, self.tolerance_secs)?;
+            .lookup(p)
+            .ok_or_else(|| Denied::new(AuthReason::Invalid, MSG_INVALID_API_KEY))?;
+        verify_api_key(grant, p, now, self.tolerance_secs)?;
         Ok(grant.clone())
     }
 }
@@ -504,10 +461,10 @@ impl CsmlClients {
 /// head; several dialects may share a kind.
 #[derive(Debug)]
 pub enum Presented<'h> {
-    /// A client id and a bearer token (Haptik's kind).
-    ClientToken(HaptikPresented<'h>),
-    /// An API key, plain or signed (CSML's kind).
-    ApiKey(CsmlPresented<'h>),
+    /// A client id and a bearer token.
+    ClientToken(IdTokenPresented<'h>),
+    /// An API key, plain or signed.
+    ApiKey(ApiKeyPresented<'h>),
     /// A bare token (a bearer token or a `?token=`), valid only for the dialect that presents it.
     Token(TokenPresented<'h>),
     /// The id of a key that signs the whole request (an AWS access key id), valid only for the
@@ -563,12 +520,12 @@ pub fn key_id_digest(dialect: &str, key_id: &str) -> [u8; 32] {
 /// A configured caller credential, by kind, as a dialect reads it from `[[clients.<dialect>]]`.
 #[derive(Debug)]
 pub enum ClientCredential {
-    /// A client id with its token (Haptik's kind).
+    /// A client id with its token.
     ClientToken {
         client_id: String,
-        client: HaptikClient,
+        client: IdTokenClient,
     },
-    /// An API key (CSML's kind).
+    /// An API key.
     ApiKey { key: String, grant: Grant },
     /// A bare token, kept as [`token_digest`].
     Token { digest: [u8; 32], grant: Grant },
@@ -666,8 +623,8 @@ fn percent_decode(s: &str) -> Vec<u8> {
 /// Every configured caller credential, by kind.
 #[derive(Debug, Clone)]
 pub struct Credentials {
-    pub client_tokens: HaptikClients,
-    pub api_keys: CsmlClients,
+    pub client_tokens: IdTokenClients,
+    pub api_keys: ApiKeyClients,
     pub tokens: TokenClients,
 }
 
@@ -675,14 +632,14 @@ pub struct Credentials {
 #[derive(Serialize)]
 #[serde(untagged)]
 pub enum AuthQuery<'a> {
-    /// `{"dialect":"haptik","client_id":"…","token":"…"}`
-    Haptik {
+    /// `{"dialect":"<name>","client_id":"…","token":"…"}`: a client id with its token.
+    IdToken {
         dialect: &'static str,
         client_id: &'a str,
         token: &'a str,
     },
-    /// `{"dialect":"csml","key":"…"}`
-    Csml { dialect: &'static str, key: &'a str },
+    /// `{"dialect":"<name>","key":"…"}`: an API key.
+    ApiKey { dialect: &'static str, key: &'a str },
     /// `{"dialect":"<name>","token":"…"}`: a bare token of a dialect that uses one.
     Token {
         dialect: &'static str,
@@ -693,12 +650,19 @@ pub enum AuthQuery<'a> {
 impl fmt::Debug for AuthQuery<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AuthQuery::Haptik { client_id, .. } => f
-                .debug_struct("Haptik")
+            AuthQuery::IdToken {
+                dialect, client_id, ..
+            } => f
+                .debug_struct("IdToken")
+                .field("dialect", dialect)
                 .field("client_id", client_id)
                 .field("token", &"<redacted>")
                 .finish(),
-            AuthQuery::Csml { .. } => f.debug_struct("Csml").field("key", &"<redacted>").finish(),
+            AuthQuery::ApiKey { dialect, .. } => f
+                .debug_struct("ApiKey")
+                .field("dialect", dialect)
+                .field("key", &"<redacted>")
+                .finish(),
             AuthQuery::Token { dialect, .. } => f
                 .debug_struct("Token")
                 .field("dialect", dialect)
@@ -709,19 +673,19 @@ impl fmt::Debug for AuthQuery<'_> {
 }
 
 impl<'a> AuthQuery<'a> {
-    /// The query for Haptik credentials (`None` if they are not UTF-8, which no service knows).
-    pub fn haptik(p: &HaptikPresented<'a>) -> Option<Self> {
-        Some(AuthQuery::Haptik {
-            dialect: "haptik",
+    /// The query for a client id and token (`None` if they are not UTF-8, which no service knows).
+    pub fn id_token(p: &IdTokenPresented<'a>) -> Option<Self> {
+        Some(AuthQuery::IdToken {
+            dialect: p.dialect,
             client_id: std::str::from_utf8(p.client_id).ok()?,
             token: std::str::from_utf8(p.token).ok()?,
         })
     }
 
-    /// The query for a CSML key.
-    pub fn csml(p: &CsmlPresented<'a>) -> Option<Self> {
-        Some(AuthQuery::Csml {
-            dialect: "csml",
+    /// The query for an API key.
+    pub fn api_key(p: &ApiKeyPresented<'a>) -> Option<Self> {
+        Some(AuthQuery::ApiKey {
+            dialect: p.dialect,
             key: std::str::from_utf8(p.key).ok()?,
         })
     }
@@ -730,8 +694,10 @@ impl<'a> AuthQuery<'a> {
     /// of the same identity gets (`config::clients`).
     pub fn credential_id(&self) -> crate::limits::CredentialId {
         match self {
-            AuthQuery::Haptik { client_id, .. } => credential_id("client-id", client_id.as_bytes()),
-            AuthQuery::Csml { key, .. } => credential_id("api-key", key.as_bytes()),
+            AuthQuery::IdToken { client_id, .. } => {
+                credential_id("client-id", client_id.as_bytes())
+            }
+            AuthQuery::ApiKey { key, .. } => credential_id("api-key", key.as_bytes()),
             AuthQuery::Token { dialect, token } => {
                 credential_id("token", &token_digest(dialect, token.as_bytes()))
             }
@@ -756,13 +722,13 @@ pub struct AuthVerdict {
     /// A name for logs.
     #[serde(default)]
     pub name: Option<String>,
-    /// CSML: `signed` (give `secret`) or `plain`.
+    /// API keys: `signed` (give `secret`) or `plain`.
     #[serde(default)]
     pub auth: Option<String>,
-    /// CSML, signed: the API secret, so the proxy checks the signature itself.
+    /// API keys, signed: the API secret, so the proxy checks the signature itself.
     #[serde(default)]
     pub secret: Option<String>,
-    /// The Haptik business the caller's requests go to.
+    /// The business the caller's requests go to.
     #[serde(default)]
     pub business_id: Option<i64>,
     /// Route names the credential may reach (absent: any).
@@ -779,17 +745,17 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
     if !v.valid {
         return Ok(None);
     }
-    let csml = match query {
-        AuthQuery::Haptik { .. } | AuthQuery::Token { .. } => None,
-        AuthQuery::Csml { key, .. } => {
+    let api_key = match query {
+        AuthQuery::IdToken { .. } | AuthQuery::Token { .. } => None,
+        AuthQuery::ApiKey { key, .. } => {
             Some(match (v.auth.as_deref().unwrap_or("signed"), v.secret) {
                 ("signed", Some(secret)) if !secret.is_empty() => {
-                    CsmlClientAuth::Signed(CsmlKey::new(*key, secret.as_bytes()))
+                    ApiKeyAuth::Signed(HmacKey::new(*key, secret.as_bytes()))
                 }
                 ("signed", _) => {
-                    return Err("a valid signed CSML key needs a non-empty `secret`".into())
+                    return Err("a valid signed API key needs a non-empty `secret`".into())
                 }
-                ("plain", _) => CsmlClientAuth::Plain,
+                ("plain", _) => ApiKeyAuth::Plain,
                 (other, _) => {
                     return Err(format!("`auth` must be `signed` or `plain`, not `{other}`"))
                 }
@@ -803,7 +769,7 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
             routes: v.routes,
             businesses: v.businesses,
         },
-        csml,
+        api_key,
         limits: CallerLimits {
             id: query.credential_id(),
             own: Default::default(),
@@ -816,6 +782,9 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::csml::presented as csml_presented;
+    use crate::dialect::haptik::presented as haptik_presented;
+    use crate::dialect::haptik::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
 
     fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a [u8]> + 'a {
         move |name| {
@@ -826,18 +795,15 @@ mod tests {
         }
     }
 
-    fn csml() -> CsmlClients {
-        let mut c = CsmlClients::new(300);
+    fn csml() -> ApiKeyClients {
+        let mut c = ApiKeyClients::new(300);
         c.insert(
             "signed-key",
             Grant {
                 name: "s".into(),
                 business_id: Some(7),
                 scope: Scope::default(),
-                csml: Some(CsmlClientAuth::Signed(CsmlKey::new(
-                    "signed-key",
-                    b"secret",
-                ))),
+                api_key: Some(ApiKeyAuth::Signed(HmacKey::new("signed-key", b"secret"))),
                 limits: CallerLimits::default(),
                 callbacks: None,
                 verifier: None,
@@ -849,7 +815,7 @@ mod tests {
                 name: "p".into(),
                 business_id: None,
                 scope: Scope::default(),
-                csml: Some(CsmlClientAuth::Plain),
+                api_key: Some(ApiKeyAuth::Plain),
                 limits: CallerLimits::default(),
                 callbacks: None,
                 verifier: None,
@@ -861,11 +827,11 @@ mod tests {
     #[test]
     fn csml_signed_and_plain_credentials() {
         let c = csml();
-        let s = CsmlKey::new("signed-key", b"secret").sign(1000);
+        let s = HmacKey::new("signed-key", b"secret").sign(1000);
         let v = |key: &str, sig: Option<&str>, now| {
             let mut h = vec![("x-api-key", key)];
             h.extend(sig.map(|s| ("x-api-signature", s)));
-            c.verify_headers(headers(&h), now)
+            c.verify(&csml_presented(headers(&h))?, now)
         };
         assert_eq!(
             v(&s.api_key, Some(&s.signature), 1000).unwrap().business_id,
@@ -892,7 +858,7 @@ mod tests {
         assert!(why(v(&s.api_key, Some(&s.signature), 699))
             .1
             .contains("more than 300 s"));
-        let other = CsmlKey::new("signed-key", b"wrong").sign(1000);
+        let other = HmacKey::new("signed-key", b"wrong").sign(1000);
         assert_eq!(
             why(v(&s.api_key, Some(&other.signature), 1000)),
             (AuthReason::BadSignature, "invalid signature".into())
@@ -910,20 +876,20 @@ mod tests {
         );
         assert_eq!(why(v("wrong-key", None, 0)).0, AuthReason::Invalid);
         assert_eq!(
-            why(c.verify_headers(headers(&[]), 0)),
+            why(csml_presented(headers(&[])).and_then(|p| c.verify(&p, 0))),
             (AuthReason::Missing, "missing x-api-key header".into())
         );
     }
 
-    fn clients() -> HaptikClients {
-        let mut c = HaptikClients::new();
+    fn clients() -> IdTokenClients {
+        let mut c = IdTokenClients::new();
         c.insert(
             "demo-client",
-            HaptikClient::with_token("demo", b"demo-token"),
+            IdTokenClient::with_token("demo", b"demo-token"),
         );
         c.insert(
             "hashed",
-            HaptikClient::with_token_sha256("h", Sha256::digest(b"t2").into()),
+            IdTokenClient::with_token_sha256("h", Sha256::digest(b"t2").into()),
         );
         c
     }
@@ -932,7 +898,8 @@ mod tests {
     fn accepts_the_right_token_for_the_client() {
         let c = clients();
         let ok = |auth: &str, id_header: &str, id: &str| {
-            c.verify_headers(headers(&[("authorization", auth), (id_header, id)]))
+            let h = [("authorization", auth), (id_header, id)];
+            c.check(&haptik_presented(headers(&h)).unwrap())
                 .unwrap()
                 .name
                 .to_string()
@@ -950,7 +917,9 @@ mod tests {
     fn refuses_with_haptiks_messages() {
         let c = clients();
         let msg = |pairs: &[(&str, &str)]| {
-            let d = c.verify_headers(headers(pairs)).unwrap_err();
+            let d = haptik_presented(headers(pairs))
+                .and_then(|p| c.check(&p))
+                .unwrap_err();
             assert_eq!(d.error.status, 401);
             (d.reason, d.error.message.into_owned())
         };
@@ -1020,7 +989,7 @@ mod tests {
 
     #[test]
     fn auth_service_contract() {
-        let q = AuthQuery::Haptik {
+        let q = AuthQuery::IdToken {
             dialect: "haptik",
             client_id: "c",
             token: "t",
@@ -1029,7 +998,7 @@ mod tests {
             serde_json::to_value(&q).unwrap(),
             serde_json::json!({"dialect":"haptik","client_id":"c","token":"t"})
         );
-        let q = AuthQuery::Csml {
+        let q = AuthQuery::ApiKey {
             dialect: "csml",
             key: "k",
         };
@@ -1047,7 +1016,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((&*g.name, g.business_id), ("acme", Some(3)));
-        assert!(matches!(g.csml, Some(CsmlClientAuth::Signed(_))));
+        assert!(matches!(g.api_key, Some(ApiKeyAuth::Signed(_))));
         assert_eq!(g.scope.routes.as_deref(), Some(&["chat".to_string()][..]));
         assert!(grant_from_verdict(&q, verdict(r#"{"valid":false}"#))
             .unwrap()
@@ -1060,8 +1029,8 @@ mod tests {
             grant_from_verdict(&q, verdict(r#"{"valid":true,"auth":"plain"}"#))
                 .unwrap()
                 .unwrap()
-                .csml,
-            Some(CsmlClientAuth::Plain)
+                .api_key,
+            Some(ApiKeyAuth::Plain)
         ));
         assert!(serde_json::from_str::<AuthVerdict>(r#"{"valid":true,"extra":1}"#).is_err());
     }
@@ -1075,7 +1044,7 @@ mod tests {
         assert_eq!(c.api_key, b"demo-key |1700000000");
         assert_eq!(c.key, b"demo-key ");
         assert_eq!(c.timestamp, Some(1_700_000_000));
-        let k = CsmlKey::new("demo-key", b"s");
+        let k = HmacKey::new("demo-key", b"s");
         let signed = k.sign(1_700_000_000);
         assert_eq!(
             k.verify(
@@ -1090,9 +1059,11 @@ mod tests {
 
     #[test]
     fn presented_credentials_never_print_secrets() {
-        let p = HaptikPresented {
+        let p = IdTokenPresented {
+            dialect: "haptik",
             client_id: b"c",
             token: b"tok-secret",
+            invalid: MSG_INVALID,
         };
         assert!(!format!("{p:?}").contains("tok-secret"));
         let h = [("x-api-key", "plain-secret-key")];

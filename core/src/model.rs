@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use serde_json::value::RawValue;
 
-/// The kind of a media message: the four CSML media content types.
+/// The kind of a media message: a picture, video, sound or document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {
     Image,
@@ -18,7 +18,7 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
-    /// The CSML `content_type` for this kind.
+    /// The kind's name (`image`, `video`, `audio`, `file`), as the dialects that spell it so write it.
     pub fn as_str(self) -> &'static str {
         match self {
             MediaKind::Image => "image",
@@ -50,29 +50,29 @@ pub enum Content<'a> {
 /// One message from a user, in no vendor's dialect.
 #[derive(Debug, Clone)]
 pub struct ChatRequest<'a> {
-    /// The user's stable identifier (Haptik `user.auth_id`, CSML `client.user_id`).
+    /// The user's stable identifier, as the caller's dialect names it.
     pub user_id: Cow<'a, str>,
     /// What the user sent.
     pub content: Content<'a>,
-    /// The Haptik business (channel) the message is for, when the client named one.
+    /// The business (channel) the message is for, when the client named one.
     pub business_id: Option<i64>,
-    /// The vendor's numeric message type as the client sent it (Haptik `message_type`).
+    /// The vendor's numeric message type as the client sent it, for dialects that have one.
     pub message_type: i64,
-    /// The client's own request id (CSML `request_id`), if it sent one.
+    /// The client's own request id, if it sent one.
     pub request_id: Option<Cow<'a, str>>,
-    /// The client's metadata object (CSML `metadata`), passed on as is.
+    /// The client's metadata object, passed on as is.
     pub metadata: Option<&'a RawValue>,
-    /// The client's original CSML `payload` object, passed on as is to CSML bots, so extra
-    /// `content` properties reach them.
+    /// The client's original payload object, passed on as is to bots that take the same payload, so
+    /// properties no other dialect knows reach them.
     pub raw_payload: Option<&'a RawValue>,
-    /// Async mode (CSML `callback_url`): where the bot's messages are delivered instead of the
-    /// answer. Read by the shell only; no bot dialect renders it.
+    /// Async mode (a callback URL the caller named): where the bot's messages are delivered instead
+    /// of the answer. Read by the shell only; no bot dialect renders it.
     pub callback_url: Option<Cow<'a, str>>,
 }
 
 impl ChatRequest<'_> {
-    /// The caller's own request id, if it sent one that can travel as a header: a CSML caller will
-    /// look for it, so it goes to the bot and back instead of an id the proxy makes up.
+    /// The caller's own request id, if it sent one that can travel as a header: a caller that sent
+    /// one will look for it, so it goes to the bot and back instead of an id the proxy makes up.
     pub fn caller_request_id(&self) -> Option<&str> {
         self.request_id
             .as_deref()
@@ -123,18 +123,10 @@ pub enum Reply<'a> {
     Media { kind: MediaKind, url: Cow<'a, str> },
 }
 
-/// Which dialect a backend's original message objects are in.
+/// Which dialect a backend's original message objects are in: that dialect's name. Each bot dialect
+/// tags the messages it keeps and recognises only its own tag, so a new dialect needs no change here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RawKind {
-    /// CSML message payloads (`{"content_type", "content"}`).
-    CsmlPayload,
-    /// Haptik HSL bodies (`{"text", "type", "data"}`).
-    HaptikHsl,
-    /// Amazon Lex V2 messages (`{"contentType", "content", "imageResponseCard"}`).
-    LexMessage,
-    /// Dialogflow CX response messages (`{"text": {"text": […]}}`, `{"payload": …}`, …).
-    DialogflowMessage,
-}
+pub struct RawKind(pub &'static str);
 
 /// The bot's whole answer to one request.
 #[derive(Debug, Clone, Default)]

@@ -1,7 +1,8 @@
-//! CSML's request signature: `x-api-key: KEY|TS` with `x-api-signature: sha256=<hex HMAC-SHA256("KEY|TS")>`
-//! keyed with the API secret, TS in unix seconds.
+//! Signed API keys: `x-api-key: KEY|TS` with `x-api-signature: sha256=<hex HMAC-SHA256("KEY|TS")>`
+//! keyed with the API secret, TS in unix seconds; or the key alone, `x-api-key: KEY`, where the key
+//! is the secret. The dialects whose callers or bots use this scheme read and write it through here.
 //!
-//! A [`CsmlKey`] holds the HMAC state already keyed with the secret, so signing or verifying a request
+//! A [`HmacKey`] holds the HMAC state already keyed with the secret, so signing or verifying a request
 //! clones that state instead of re-keying. Verification compares in constant time and checks the
 //! timestamp against a tolerance. The secret itself is never kept in a printable form.
 
@@ -12,23 +13,23 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// One CSML API key with its pre-keyed HMAC state.
+/// A key id with its HMAC-SHA256 secret signing `KEY|TS`, kept as pre-keyed HMAC state.
 #[derive(Clone)]
-pub struct CsmlKey {
+pub struct HmacKey {
     key: String,
     mac: HmacSha256,
 }
 
-impl fmt::Debug for CsmlKey {
+impl fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CsmlKey")
+        f.debug_struct("HmacKey")
             .field("key", &self.key)
             .field("secret", &"<redacted>")
             .finish()
     }
 }
 
-/// The two headers of a signed CSML request.
+/// The two headers of a signed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedHeaders {
     /// `KEY|TS`
@@ -52,10 +53,10 @@ pub enum SignatureError {
     Expired,
 }
 
-impl CsmlKey {
+impl HmacKey {
     /// A key with its secret; the secret is consumed into the HMAC state.
     pub fn new(key: impl Into<String>, secret: &[u8]) -> Self {
-        CsmlKey {
+        HmacKey {
             key: key.into(),
             mac: HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length"),
         }
@@ -118,35 +119,35 @@ impl CsmlKey {
     }
 }
 
-/// How the proxy authenticates to a CSML backend, with the key material.
+/// How the proxy authenticates to a bot that takes API keys, with the key material.
 #[derive(Clone)]
-pub enum CsmlAuth {
+pub enum KeyAuth {
     /// Signs every request: `x-api-key: KEY|TS` + `x-api-signature` (pre-keyed HMAC state).
-    Signed(CsmlKey),
+    Signed(HmacKey),
     /// Sends the key alone: `x-api-key: KEY`.
     Plain(String),
 }
 
-impl fmt::Debug for CsmlAuth {
+impl fmt::Debug for KeyAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CsmlAuth::Signed(k) => f.debug_tuple("Signed").field(k).finish(),
+            KeyAuth::Signed(k) => f.debug_tuple("Signed").field(k).finish(),
             // A plain key is the whole secret.
-            CsmlAuth::Plain(_) => f.write_str("Plain(<redacted>)"),
+            KeyAuth::Plain(_) => f.write_str("Plain(<redacted>)"),
         }
     }
 }
 
-impl CsmlAuth {
+impl KeyAuth {
     /// Hands `add` the headers that authenticate one request sent at `unix_secs`.
     pub fn headers(&self, unix_secs: u64, mut add: impl FnMut(&'static str, &str)) {
         match self {
-            CsmlAuth::Signed(k) => {
+            KeyAuth::Signed(k) => {
                 let s = k.sign(unix_secs);
                 add("x-api-key", &s.api_key);
                 add("x-api-signature", &s.signature);
             }
-            CsmlAuth::Plain(key) => add("x-api-key", key),
+            KeyAuth::Plain(key) => add("x-api-key", key),
         }
     }
 }
@@ -170,7 +171,7 @@ mod tests {
     fn signs_like_the_seed_describes() {
         // HMAC_SHA256("KEY|TS", SECRET) in hex, computed independently with openssl:
         // printf 'demo-key|1700000000' | openssl dgst -sha256 -hmac demo-secret
-        let k = CsmlKey::new("demo-key", b"demo-secret");
+        let k = HmacKey::new("demo-key", b"demo-secret");
         let s = k.sign(1_700_000_000);
         assert_eq!(s.api_key, "demo-key|1700000000");
         assert_eq!(
@@ -181,7 +182,7 @@ mod tests {
 
     #[test]
     fn verifies_its_own_signature_within_tolerance() {
-        let k = CsmlKey::new("k", b"s");
+        let k = HmacKey::new("k", b"s");
         let s = k.sign(1000);
         let v = |now| k.verify(s.api_key.as_bytes(), Some(s.signature.as_bytes()), now, 300);
         assert_eq!(v(1000), Ok(()));
@@ -193,9 +194,9 @@ mod tests {
 
     #[test]
     fn refuses_wrong_parts() {
-        let k = CsmlKey::new("k", b"s");
+        let k = HmacKey::new("k", b"s");
         let s = k.sign(1000);
-        let other = CsmlKey::new("k", b"other").sign(1000);
+        let other = HmacKey::new("k", b"other").sign(1000);
         assert_eq!(
             k.verify(
                 s.api_key.as_bytes(),
@@ -234,9 +235,9 @@ mod tests {
 
     #[test]
     fn debug_hides_the_secret() {
-        let k = CsmlKey::new("k", b"very-secret");
+        let k = HmacKey::new("k", b"very-secret");
         assert!(!format!("{k:?}").contains("very-secret"));
-        let plain = CsmlAuth::Plain("plain-secret-key".into());
+        let plain = KeyAuth::Plain("plain-secret-key".into());
         assert!(!format!("{plain:?}").contains("plain-secret-key"));
     }
 }

@@ -1,10 +1,10 @@
 //! AWS Signature Version 4 over a whole HTTP request: signing the proxy's requests to an AWS bot and
-//! verifying a caller's (Lex V2's dialect uses both; any AWS-style vendor can).
+//! verifying a caller's (any dialect of an AWS-style vendor can use both).
 //!
 //! Why not the `aws-sigv4` crate: it pulls `aws-smithy-async`, hence tokio, into this crate's tree
 //! (69 crates; `cargo tree -e normal` on aws-sigv4 1.6.6), which this crate must not have. SigV4 is
 //! a fixed recipe over HMAC-SHA256, which this crate already has; the tests check it against
-//! signatures botocore computed, and `tests/lex.rs` against botocore's signer live, both ways.
+//! signatures botocore computed, and an integration test against botocore's signer live, both ways.
 //!
 //! The recipe (docs.aws.amazon.com, "Create a signed AWS API request"): a canonical request
 //! (method, the path URI-encoded again, the sorted query, the signed headers lower-cased and

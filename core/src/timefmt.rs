@@ -4,7 +4,7 @@
 //! A time before 1970 (a clock set far back) is written as 1970's first instant; `humantime` would
 //! panic.
 //!
-//! Why: the access log line and the Haptik answer each write one per request; through `humantime`
+//! Why: the access log line and some dialects' answers each write one per request; through `humantime`
 //! each cost about 450 instructions of 91k on the translating path (`bench/callgrind.py`).
 
 use std::cell::Cell;

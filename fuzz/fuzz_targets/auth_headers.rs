@@ -9,7 +9,7 @@
 
 use botbridge::auth::{self, Presented};
 use botbridge::dialect::{callers, RequestHead};
-use botbridge::signing::{split_key, CsmlKey};
+use botbridge::signing::{split_key, HmacKey};
 use libfuzzer_sys::fuzz_target;
 
 struct Head<'a> {
@@ -75,14 +75,14 @@ fn check_split_key(api_key: &[u8]) {
 }
 
 /// A key signed by the proxy's own signer verifies; any presented signature verifies without panic.
-fn check_csml(p: &auth::CsmlPresented<'_>) {
+fn check_csml(p: &auth::ApiKeyPresented<'_>) {
     // The header is trimmed; the key before `|TS` is kept as sent (a space there is part of it).
     assert_eq!(p.api_key, p.api_key.trim_ascii(), "untrimmed");
     assert!(!p.key.is_empty() && p.api_key.starts_with(p.key));
     let Ok(key) = std::str::from_utf8(p.key) else {
         return;
     };
-    let k = CsmlKey::new(key, b"fuzz-secret");
+    let k = HmacKey::new(key, b"fuzz-secret");
     for now in [0, p.timestamp.unwrap_or(0), u64::MAX] {
         let _ = k.verify(p.api_key, p.signature, now, 300);
     }
@@ -104,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(v) = h.header("x-api-key") {
         check_split_key(v);
     }
-    if let Ok(p) = auth::haptik_presented(header) {
+    if let Ok(p) = botbridge::dialect::haptik::presented(header) {
         let id = h
             .header("client-id")
             .or_else(|| h.header("client_id"))
@@ -112,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
         trimmed_part_of(p.client_id, id);
         trimmed_part_of(p.token, h.header("authorization").unwrap());
     }
-    if let Ok(p) = auth::csml_presented(header) {
+    if let Ok(p) = botbridge::dialect::csml::presented(header) {
         check_csml(&p);
     }
     if let Ok(p) = auth::token_presented("rasa", h.header("authorization"), h.query) {

@@ -18,7 +18,7 @@ use crate::upstream::endpoint::{endpoint_unresolved, Endpoint, Timeouts};
 pub struct RawBackend {
     /// Its name in routes, metrics and logs.
     pub name: String,
-    /// What it speaks: `csml`, `haptik`, `csml-engine`, ….
+    /// What it speaks: a bot dialect's name (`dialect::registry`).
     pub dialect: String,
     /// Where requests go (`http://` or `https://`): the one-endpoint form of `urls`.
     pub url: Option<String>,

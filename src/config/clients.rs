@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::auth::{ClientCredential, Credentials, CsmlClients, HaptikClients, TokenClients};
+use crate::auth::{ApiKeyClients, ClientCredential, Credentials, IdTokenClients, TokenClients};
 use crate::delivery::policy::CallbackPolicy;
 use crate::dialect::registry;
 use crate::limits::{credential_id, CallerLimits, LimitPair};
@@ -18,14 +18,16 @@ use crate::limits::{credential_id, CallerLimits, LimitPair};
 /// `[clients]` as written: the shared settings, then one array of tables per caller dialect.
 #[derive(Debug, Deserialize)]
 pub struct RawClients {
-    /// How far a CSML signature's timestamp may be from now, seconds either way.
+    /// How far a signed API key's timestamp may be from now, seconds either way.
     #[serde(default = "default_tolerance")]
-    pub csml_tolerance_secs: u64,
-    /// Refuse a signed CSML request whose (key, timestamp, signature) was already seen within the
+    #[serde(alias = "csml_tolerance_secs")] // legacy key
+    pub signature_tolerance_secs: u64,
+    /// Refuse a signed API key request whose (key, timestamp, signature) was already seen within the
     /// tolerance window. Off by default: the signature covers only `KEY|TS`, so two honest requests
     /// signed in the same second look identical.
     #[serde(default)]
-    pub csml_replay_guard: bool,
+    #[serde(alias = "csml_replay_guard")] // legacy key
+    pub replay_guard: bool,
     /// `[[clients.<dialect>]]` tables, by dialect name.
     #[serde(flatten)]
     pub by_dialect: BTreeMap<String, Vec<toml::Table>>,
@@ -34,8 +36,8 @@ pub struct RawClients {
 impl Default for RawClients {
     fn default() -> Self {
         RawClients {
-            csml_tolerance_secs: default_tolerance(),
-            csml_replay_guard: false,
+            signature_tolerance_secs: default_tolerance(),
+            replay_guard: false,
             by_dialect: BTreeMap::new(),
         }
     }
@@ -49,7 +51,8 @@ fn default_tolerance() -> u64 {
 #[derive(Debug, Clone)]
 pub struct ClientsConfig {
     pub credentials: Credentials,
-    pub csml_replay_guard: bool,
+    /// `replay_guard`: refuse a signed API key request seen before.
+    pub replay_guard: bool,
     /// Per caller dialect: how many credentials, and whether any names no business.
     pub summary: HashMap<&'static str, DialectClients>,
     /// Callers whose credentials are the shipped demo ones (warned about at start).
@@ -71,11 +74,11 @@ pub struct DialectClients {
 pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
     let mut out = ClientsConfig {
         credentials: Credentials {
-            client_tokens: HaptikClients::new(),
-            api_keys: CsmlClients::new(raw.csml_tolerance_secs),
+            client_tokens: IdTokenClients::new(),
+            api_keys: ApiKeyClients::new(raw.signature_tolerance_secs),
             tokens: TokenClients::default(),
         },
-        csml_replay_guard: raw.csml_replay_guard,
+        replay_guard: raw.replay_guard,
         summary: HashMap::new(),
         demo_credentials_in_use: Vec::new(),
         route_scopes: Vec::new(),
@@ -176,4 +179,21 @@ fn file(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keys_of_signed_api_keys_keep_their_old_names_as_aliases() {
+        for text in [
+            "signature_tolerance_secs = 60\nreplay_guard = true",
+            "csml_tolerance_secs = 60\ncsml_replay_guard = true",
+        ] {
+            let raw: RawClients = toml::from_str(text).unwrap();
+            assert_eq!((raw.signature_tolerance_secs, raw.replay_guard), (60, true));
+            assert!(raw.by_dialect.is_empty(), "{text}");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! `[limits]` and the limit form every table that takes one shares: `rate_limit` and
 //! `user_rate_limit` = `{ requests = 50, per_seconds = 1, burst = 100 }`, on a `[[clients.<dialect>]]`
 //! table, on a `[[routes]]` table, or here as the default. One function reads the form, so every
-//! table's errors name their own key (`clients.csml[0].rate_limit.requests: must be greater than 0`).
+//! table's errors name their own key (`clients.<dialect>[0].rate_limit.requests: …`).
 
 use serde::Deserialize;
 

@@ -1,4 +1,4 @@
-//! `[redis]`: the Redis server that several instances share their rate limits, CSML replay guard and
+//! `[redis]`: the Redis server that several instances share their rate limits, API key replay guard and
 //! auth cache clears on, and what each feature does when Redis fails (`on_redis_error`).
 //!
 //! The whole table is a process setting: the connection is made once, so changing it needs a restart.
@@ -67,7 +67,7 @@ pub struct RawRedis {
     pub key_prefix: String,
     /// Rate limits: `on_redis_error` (default `local`).
     pub limits: Option<RawFeature>,
-    /// The CSML replay guard: `on_redis_error` (default `deny`).
+    /// The replay guard of signed API keys: `on_redis_error` (default `deny`).
     pub replay_guard: Option<RawFeature>,
     /// The conversations of stateful bots: `on_redis_error` (default `local`: this instance's
     /// memory store).

@@ -21,25 +21,26 @@ pub struct RawRoute {
     pub name: String,
     /// The exact path callers use (give this or `path_prefix`).
     pub path: Option<String>,
-    /// Every path that starts with this, for dialects that put ids in their paths (Lex's
-    /// `/bots/…/sessions/{sessionId}/text`). An exact `path` of another route wins.
+    /// Every path that starts with this, for dialects that put ids in their paths (e.g. a session id
+    /// in `/…/sessions/{sessionId}/text`). An exact `path` of another route wins.
     pub path_prefix: Option<String>,
     /// What callers speak here: a dialect name, a list of them, or `auto` (every dialect that
-    /// detection can tell apart: Haptik and CSML).
+    /// detection can tell apart).
     pub ingress: IngressSpec,
-    /// The Haptik answer shape for Haptik callers: `legacy` or `hsl`.
+    /// The answer shape for callers of a dialect that has two: `legacy` or `hsl`.
     #[serde(default)]
-    pub haptik_answer: AnswerShape,
+    #[serde(alias = "haptik_answer")] // legacy key
+    pub answer_shape: AnswerShape,
     /// What a flow trigger becomes for a bot that has none: `reject` (422) or `text`.
     #[serde(default)]
     pub flow_trigger: FlowTriggerPolicy,
-    /// The Haptik business for callers whose requests and credentials name none.
+    /// The business for callers whose requests and credentials name none.
     pub business_id: Option<i64>,
     /// The backend for businesses not listed in `businesses`.
     pub backend: Option<String>,
     /// The backend (any dialect) that answers while the target backend's circuit is open.
     pub fallback: Option<String>,
-    /// The business name Haptik callers see.
+    /// The business name callers see where their dialect shows one.
     pub business_name: Option<String>,
     /// The bot name callers see where their dialect shows one.
     #[serde(default = "default_bot_name")]
@@ -61,7 +62,7 @@ fn default_bot_name() -> String {
     "botbridge".into()
 }
 
-/// `ingress = "haptik"`, `["haptik", "csml"]` or `"auto"`.
+/// `ingress = "<dialect>"`, `["<dialect>", "<dialect>"]` or `"auto"`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum IngressSpec {
@@ -69,7 +70,7 @@ pub enum IngressSpec {
     Many(Vec<String>),
 }
 
-/// `[[routes.businesses]]`: one Haptik business id and the backend that serves it.
+/// `[[routes.businesses]]`: one business id and the backend that serves it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBusiness {
@@ -83,7 +84,7 @@ pub struct RawBusiness {
 pub struct Target {
     /// Index into `Config::backends`.
     pub backend: usize,
-    /// The business name shown to Haptik callers.
+    /// The business name shown to callers whose dialect shows one.
     pub business_name: String,
 }
 
@@ -96,9 +97,9 @@ pub struct Route {
     pub prefix: bool,
     /// The dialects callers may speak here, in detection order.
     pub ingress: Vec<Caller>,
-    pub haptik_answer: AnswerShape,
+    pub answer_shape: AnswerShape,
     pub flow_trigger: FlowTriggerPolicy,
-    /// The Haptik business for callers that name none.
+    /// The business for callers that name none.
     pub business_id: Option<i64>,
     pub bot_name: String,
     /// For business ids not listed in `businesses`; `None` rejects them.
@@ -228,7 +229,7 @@ fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigErro
         path: String::new(),
         prefix: false,
         ingress: ingress(&format!("{key}.ingress"), &r.ingress)?,
-        haptik_answer: r.haptik_answer,
+        answer_shape: r.answer_shape,
         flow_trigger: r.flow_trigger,
         business_id: r.business_id,
         bot_name: r.bot_name.clone(),

@@ -11,7 +11,8 @@ use prometheus::{
 use super::send::Outcome;
 use super::ssrf::Refusal;
 
-/// How a webhook from an async Haptik bot ended (`botbridge_bot_webhooks_total{result}`).
+/// How a webhook from a bot that answers on the proxy's webhook ended
+/// (`botbridge_bot_webhooks_total{result}`).
 pub const WEBHOOK_RESULTS: [&str; 6] = [
     "routed",
     "unrouted",
@@ -44,7 +45,7 @@ pub struct DeliveryMetrics {
     pub spooled: IntCounterVec,
     /// `botbridge_delivery_spool_bytes`: the spool files waiting in `delivery.spool_dir`.
     pub spool_bytes: IntGauge,
-    /// `botbridge_bot_webhooks_total{result}`: webhooks from async Haptik bots, `routed` to a
+    /// `botbridge_bot_webhooks_total{result}`: webhooks from bots that answer on one, `routed` to a
     /// waiting request, `unrouted`, `bad_signature`, `bad_request`, `replayed` (a signed body seen
     /// before) or `stale` (its timestamp older than the replay window).
     pub bot_webhooks: IntCounterVec,
@@ -71,7 +72,7 @@ impl DeliveryMetrics {
         DeliveryMetrics {
             requests: counter(
                 "botbridge_async_requests_total",
-                "Async requests (CSML callback_url, Haptik Log Message API), accepted or refused by reason",
+                "Async requests (a caller's callback URL or a client's webhook), accepted or refused by reason",
                 &["dialect", "result"],
             ),
             queue_depth: register_int_gauge!(
@@ -117,7 +118,7 @@ impl DeliveryMetrics {
             .expect("metric registers once"),
             bot_webhooks: counter(
                 "botbridge_bot_webhooks_total",
-                "Webhooks from async Haptik bots, by result",
+                "Webhooks from bots that answer on the proxy's webhook, by result",
                 &["result"],
             ),
             reply_conflicts: register_int_counter!(

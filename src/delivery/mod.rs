@@ -1,5 +1,6 @@
 //! Async mode's delivery queue: a caller is answered at once, its bot's replies are POSTed to its
-//! callback (CSML `callback_url`, a Haptik client's `webhook_url`) off the caller's path.
+//! callback (a callback URL the caller named, or its client's fixed `webhook_url`) off the caller's
+//! path.
 //!
 //! - Bounded: at most `delivery.queue_size` async requests are accepted and not yet fully delivered
 //!   ([`Deliveries::reserve`]), holding at most `delivery.max_pending_bytes` of request and message

@@ -196,7 +196,7 @@ impl ChatService {
             },
             conversation: None,
         };
-        // Async mode's dialects (CSML's callback_url, Haptik's Log Message API) read no ids from
+        // Async mode's dialects (a caller's callback URL, a client's webhook) read no ids from
         // the path, so the route's stands in for the one the request came to.
         let Ok(req) = self.parse(&mut cx, &a, &a.route.path, &p.body) else {
             return ticket.abandon(); // parsed once already: cannot fail

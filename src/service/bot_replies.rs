@@ -1,14 +1,16 @@
-//! Async Haptik bots (`mode = "async"`) on the request path: the proxy's webhook for each such bot,
-//! and the requests waiting for its replies.
+//! Bots that answer on a webhook of the proxy's (`dialect::ReplyWebhook`, e.g. a bot dialect's
+//! `mode = "async"`) on the request path: the proxy's webhook for each such bot, and the requests
+//! waiting for its replies.
 //!
-//! A request to such a bot registers a waiter under (backend, user) before the Log Message API
-//! request is sent; the bot's webhooks (`POST <webhook_path>`, `X-Hub-Signature` checked in constant
-//! time, 401 otherwise) hand their HSL bodies to the waiters of that user; the waiter collects them
+//! A request to such a bot registers a waiter under (backend, user) before the request is sent;
+//! the bot's webhooks (`POST <webhook_path>`, the signature checked by the dialect in constant time,
+//! 401 otherwise) hand their message bodies to the waiters of that user; the waiter collects them
 //! until none came for `quiet_ms` (or the backend's `read_timeout_ms` ends the whole wait), and the
-//! request goes on as if the bot had answered them in one HSL answer: to a synchronous caller, or
-//! to an async caller's callback. Two requests of one user to one bot at once share the replies
-//! (Haptik's own API has no request id to tell them apart). A reply nobody waits for is answered
-//! 200 (so the bot does not retry it) and counted as `unrouted`. Each signed webhook is taken once:
+//! request goes on as if the bot had answered them in one answer of its dialect: to a synchronous
+//! caller, or to an async caller's callback. Two requests of one user to one bot at once share the
+//! replies (a webhook names only the user, no request id to tell them apart). A reply nobody waits
+//! for is answered 200 (so the bot does not retry it) and counted as `unrouted`. Each signed webhook
+//! is taken once:
 //! one whose body was seen in the last 5 minutes, or whose `timestamp` is more than 5 minutes from
 //! now, is answered 200 and dropped (`replayed`, `stale`), so a captured webhook replayed later
 //! reaches nobody.
@@ -30,12 +32,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::{ChatService, Runtime, ToBot};
-use crate::delivery::sign::verify_hub_signature;
-use crate::dialect::haptik_async::{collected_answer, webhook_reply};
+use crate::dialect::Bot;
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer};
 use crate::limits::CredentialId;
 use crate::model::ChatRequest;
+use crate::request::WholeRequest;
 use crate::upstream::Exchange;
 
 type Key = (String, String);
@@ -96,6 +98,8 @@ pub(super) struct Waiter {
     key: Key,
     id: u64,
     rx: mpsc::UnboundedReceiver<String>,
+    /// The bot, whose dialect makes one answer of the replies.
+    bot: Arc<dyn Bot>,
     quiet: Duration,
     /// How long late replies stay this owner's after the wait.
     hold: Duration,
@@ -147,7 +151,8 @@ impl BotReplies {
             key,
             id,
             rx,
-            quiet: bot.quiet,
+            bot: to.backend.bot.clone(),
+            quiet: bot.quiet(),
             hold,
             end: now + hold,
         }))
@@ -220,6 +225,11 @@ impl Drop for Waiter {
 }
 
 impl Waiter {
+    /// The replies as one answer in the bot's dialect.
+    fn collected(&self, bodies: &[String]) -> Vec<u8> {
+        (self.bot.async_replies()).map_or_else(Vec::new, |b| b.collected_answer(bodies))
+    }
+
     /// After the Log Message API's acknowledgement: the replies, as one HSL answer. A refusal from
     /// the bot is passed on as it came (the dialect reads its error).
     pub(super) async fn collect(mut self, ack: Exchange) -> Result<Exchange, ProxyError> {
@@ -249,14 +259,14 @@ impl Waiter {
         }
         Ok(Exchange {
             status: 200,
-            body: Bytes::from(collected_answer(&bodies)),
+            body: Bytes::from(self.collected(&bodies)),
             answered_at: Instant::now(),
         })
     }
 }
 
 impl ChatService {
-    /// The webhook of an async Haptik bot, when the path is one (routes' paths come first).
+    /// The webhook of a bot that answers on one, when the path is one (routes' paths come first).
     pub(super) async fn bot_webhook(
         &self,
         rt: &Runtime,
@@ -266,21 +276,13 @@ impl ChatService {
         if rt.routes_by_path.contains_key(path) {
             return None;
         }
-        let backend = (rt.config.backends.iter()).find(|b| {
-            b.bot
-                .async_replies()
-                .is_some_and(|a| a.webhook_path == path)
-        })?;
+        let backend = (rt.config.backends.iter())
+            .find(|b| b.bot.async_replies().is_some_and(|a| a.path() == path))?;
         let bot = backend.bot.async_replies()?;
         let m = self.deliveries.metrics();
         let answer = |status: u16, result: &str, msg: &str| {
             m.bot_webhooks.with_label_values(&[result]).inc();
-            Answer::json(
-                status,
-                serde_json::json!({ "error_message": msg })
-                    .to_string()
-                    .into_bytes(),
-            )
+            Answer::json(status, bot.error_body(msg))
         };
         if session.req_header().method != http::Method::POST {
             return Some(
@@ -295,16 +297,13 @@ impl ChatService {
                 "the request body could not be read",
             ));
         };
-        let sig = session
-            .req_header()
-            .headers
-            .get("x-hub-signature")
-            .map(|v| v.as_bytes());
-        if !verify_hub_signature(&bot.secret, &body, sig) {
-            return Some(answer(401, "bad_signature", "invalid X-Hub-Signature"));
-        }
-        let Some(reply) = webhook_reply(&body) else {
-            return Some(answer(400, "bad_request", "not a Haptik webhook body"));
+        let head = super::Head(session.req_header());
+        let reply = match bot.read(&WholeRequest {
+            head: &head,
+            body: &body,
+        }) {
+            Ok(reply) => reply,
+            Err(r) => return Some(answer(r.status, r.result, r.message)),
         };
         if let Err(result) = self.bot_replies.first_use(&body, reply.sent_at) {
             // 200 all the same: a bot retrying a reply it sent must not retry forever.
@@ -312,7 +311,7 @@ impl ChatService {
             return Some(Answer::json(200, b"{}".to_vec()));
         }
         let routed = match reply.body {
-            Some(b) => self.bot_replies.route(&backend.name, &reply.auth_id, b),
+            Some(b) => self.bot_replies.route(&backend.name, &reply.user_id, b),
             None => true, // another event (chat_pinned, chat_complete): nothing to hand on
         };
         let result = if routed { "routed" } else { "unrouted" };

@@ -1,4 +1,4 @@
-//! The Redis connection the instances share state on: rate limit buckets (`limits::redis`), the CSML
+//! The Redis connection the instances share state on: rate limit buckets (`limits::redis`), the API key
 //! replay guard (`authn`) and auth cache clears (published here, received here).
 //!
 //! - One `redis` crate `ConnectionManager` (a multiplexed connection that reconnects by itself) for

@@ -1,10 +1,12 @@
 //! One credential's callback settings, read from its `[[clients.<dialect>]]` table by the dialect
 //! and carried in its `Grant` (pure).
 //!
-//! CSML credentials: `callback_hosts`, `allow_http_callbacks`, `allow_private_callbacks`,
-//! `callback_secret` (the key of `x-botbridge-signature`; a signed credential's API secret by
-//! default). Haptik credentials: `webhook_url` (where the bot's replies to Log Message API requests
-//! go), `webhook_secret` (the key of `X-Hub-Signature`), and the same two `allow_*` switches.
+//! Two kinds, whichever dialect reads them. Callers that choose their callback URL within an
+//! allow-list ([`callback_hosts`]): `callback_hosts`, `allow_http_callbacks`,
+//! `allow_private_callbacks`, `callback_secret` (the key of `x-botbridge-signature`; a signed
+//! credential's API secret by default). Clients with one fixed webhook ([`fixed_webhook`]):
+//! `webhook_url` (where the bot's replies to async requests go), `webhook_secret` (the key of
+//! `X-Hub-Signature`), and the same two `allow_*` switches.
 
 use crate::config::ConfigError;
 
@@ -18,13 +20,14 @@ pub struct CallbackPolicy {
     pub credential: String,
     pub reach: Reach,
     pub signer: Signer,
-    /// Haptik: the client's fixed webhook (callers cannot choose one).
+    /// The client's fixed webhook, for credentials with one (callers cannot choose one).
     pub webhook: Option<CallbackUrl>,
 }
 
-/// The callback keys of a `[[clients.csml]]` table, as written.
+/// The callback keys of a `[[clients.<dialect>]]` table whose callers choose their callback URL, as
+/// written.
 #[derive(Debug, Default)]
-pub struct CsmlCallbackKeys {
+pub struct CallbackKeys {
     pub hosts: Option<Vec<String>>,
     pub allow_http: bool,
     pub allow_private: bool,
@@ -32,12 +35,14 @@ pub struct CsmlCallbackKeys {
     pub secret: Option<String>,
 }
 
-/// Reads a CSML credential's callback settings; `None` when it has no `callback_hosts` (callers with
-/// it may not use `callback_url`). `key` names the table.
-pub fn csml(
+/// Reads the callback settings of a `dialect` credential whose callers choose a URL within an
+/// allow-list; `None` when it has no `callback_hosts` (its callers may not ask for callbacks). `key`
+/// names the table.
+pub fn callback_hosts(
+    dialect: &str,
     key: &str,
     name: &str,
-    k: CsmlCallbackKeys,
+    k: CallbackKeys,
 ) -> Result<Option<CallbackPolicy>, ConfigError> {
     let Some(hosts) = k.hosts else {
         return Ok(None);
@@ -62,7 +67,7 @@ pub fn csml(
         )
     })?;
     Ok(Some(CallbackPolicy {
-        credential: format!("csml:{name}"),
+        credential: format!("{dialect}:{name}"),
         reach: Reach {
             hosts,
             allow_http: k.allow_http,
@@ -73,9 +78,11 @@ pub fn csml(
     }))
 }
 
-/// Reads a Haptik client's webhook settings; `None` without `webhook_url`. The webhook's own host is
-/// its allow-list; the scheme and address rules are the same as for CSML callbacks.
-pub fn haptik(
+/// Reads the settings of a `dialect` client with one fixed webhook; `None` without `webhook_url`.
+/// The webhook's own host is its allow-list; the scheme and address rules are the same as for
+/// [`callback_hosts`].
+pub fn fixed_webhook(
+    dialect: &str,
     key: &str,
     name: &str,
     url: Option<&str>,
@@ -109,7 +116,7 @@ pub fn haptik(
         )
     })?;
     Ok(Some(CallbackPolicy {
-        credential: format!("haptik:{name}"),
+        credential: format!("{dialect}:{name}"),
         reach: Reach {
             hosts: vec![HostPattern::Exact(webhook.host.clone())],
             allow_http,
@@ -126,28 +133,32 @@ mod tests {
 
     #[test]
     fn csml_needs_a_secret_and_valid_hosts() {
-        let keys = |hosts: &[&str], secret: Option<&str>| CsmlCallbackKeys {
+        let keys = |hosts: &[&str], secret: Option<&str>| CallbackKeys {
             hosts: Some(hosts.iter().map(|h| h.to_string()).collect()),
             secret: secret.map(str::to_owned),
             ..Default::default()
         };
-        let p = csml("k", "n", keys(&["*.example.org"], Some("s")))
+        let p = callback_hosts("csml", "k", "n", keys(&["*.example.org"], Some("s")))
             .unwrap()
             .unwrap();
         assert_eq!(p.credential, "csml:n");
         assert!(p.reach.check_url("https://a.example.org/x").is_ok());
-        let e = csml("k", "n", keys(&["h"], None)).unwrap_err();
+        let e = callback_hosts("csml", "k", "n", keys(&["h"], None)).unwrap_err();
         assert_eq!(e.key, "k.callback_secret");
-        let e = csml("k", "n", keys(&["a.*.b"], Some("s"))).unwrap_err();
+        let e = callback_hosts("csml", "k", "n", keys(&["a.*.b"], Some("s"))).unwrap_err();
         assert_eq!(e.key, "k.callback_hosts");
-        let e = csml("k", "n", keys(&[], Some("s"))).unwrap_err();
+        let e = callback_hosts("csml", "k", "n", keys(&[], Some("s"))).unwrap_err();
         assert_eq!(e.key, "k.callback_hosts");
-        assert_eq!(csml("k", "n", CsmlCallbackKeys::default()).unwrap(), None);
+        assert_eq!(
+            callback_hosts("csml", "k", "n", CallbackKeys::default()).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn haptik_webhook_is_its_own_allow_list() {
-        let p = haptik(
+        let p = fixed_webhook(
+            "haptik",
             "k",
             "n",
             Some("https://hooks.test/h"),
@@ -158,7 +169,8 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(p.reach.check_parsed(p.webhook.as_ref().unwrap()).is_ok());
-        let e = haptik(
+        let e = fixed_webhook(
+            "haptik",
             "k",
             "n",
             Some("http://hooks.test/h"),
@@ -168,9 +180,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "k.webhook_url");
-        let e = haptik("k", "n", Some("https://hooks.test/h"), None, false, false).unwrap_err();
+        let e = fixed_webhook(
+            "haptik",
+            "k",
+            "n",
+            Some("https://hooks.test/h"),
+            None,
+            false,
+            false,
+        )
+        .unwrap_err();
         assert_eq!(e.key, "k.webhook_secret");
-        let e = haptik("k", "n", None, Some("s".into()), false, false).unwrap_err();
+        let e =
+            fixed_webhook("haptik", "k", "n", None, Some("s".into()), false, false).unwrap_err();
         assert_eq!(e.key, "k.webhook_secret");
     }
 }

@@ -1,11 +1,13 @@
 //! How deliveries are signed (pure).
 //!
-//! - botbridge's own signature, on CSML callbacks: `x-botbridge-timestamp: <unix seconds>` and
+//! - botbridge's own signature, on callbacks to a URL the caller chose:
+//!   `x-botbridge-timestamp: <unix seconds>` and
 //!   `x-botbridge-signature: sha256=<lowercase hex HMAC-SHA256>` over the bytes
 //!   `<timestamp>.<body>` (the timestamp's decimal digits, one `.`, the exact body), keyed with the
 //!   credential's secret. The timestamp is signed so a receiver can refuse old deliveries replayed.
-//! - Haptik's, on Haptik webhooks: `X-Hub-Signature: sha1=<lowercase hex HMAC-SHA1 of the raw body>`
-//!   keyed with the client's webhook secret, as Haptik signs its own.
+//! - the hub signature, on a client's fixed webhook:
+//!   `X-Hub-Signature: sha1=<lowercase hex HMAC-SHA1 of the raw body>` keyed with the client's
+//!   webhook secret, as the client's own platform signs its webhooks.
 
 use std::fmt;
 
@@ -17,15 +19,15 @@ use sha2::Sha256;
 pub const TIMESTAMP_HEADER: &str = "x-botbridge-timestamp";
 /// The signature header of botbridge's signature.
 pub const SIGNATURE_HEADER: &str = "x-botbridge-signature";
-/// Haptik's webhook signature header.
+/// The hub signature's header.
 pub const HUB_SIGNATURE_HEADER: &str = "x-hub-signature";
 
 /// How one credential's deliveries are signed; the secret is never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Signer {
-    /// `x-botbridge-signature` (CSML callbacks).
+    /// `x-botbridge-signature` (callbacks to a URL the caller chose).
     Botbridge(Vec<u8>),
-    /// `X-Hub-Signature` (Haptik webhooks).
+    /// `X-Hub-Signature` (a client's fixed webhook).
     HubSha1(Vec<u8>),
 }
 
@@ -70,7 +72,7 @@ pub fn hub_signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Checks an `X-Hub-Signature` value in constant time (for webhooks a Haptik bot sends the proxy).
+/// Checks an `X-Hub-Signature` value in constant time (for webhooks a bot sends the proxy).
 pub fn verify_hub_signature(secret: &[u8], body: &[u8], header: Option<&[u8]>) -> bool {
     let Some(hex_sig) = header.and_then(|h| h.strip_prefix(b"sha1=")) else {
         return false;

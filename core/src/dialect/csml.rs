@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::{
-    csml_presented, ClientCredential, CsmlClientAuth, Denied, Grant, Presented, Scope,
+    ApiKeyAuth, ApiKeyPresented, AuthReason, ClientCredential, Denied, Grant, Presented, Scope,
 };
 use crate::config::{header_safe, ConfigError, SecretSource};
-use crate::delivery::policy::{self, CsmlCallbackKeys};
+use crate::delivery::policy::{self, CallbackKeys};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::json_in::{once, JsonIn};
@@ -31,7 +31,7 @@ use crate::dialect::{
 };
 use crate::error::{json_error, status_phrase, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
-use crate::signing::{CsmlAuth, CsmlKey};
+use crate::signing::{split_key, HmacKey, KeyAuth};
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -797,7 +797,7 @@ fn parse_answer_kept(body: &[u8]) -> Result<ChatAnswer<'_>, ProxyError> {
         },
         |e| ProxyError::new(502, Reason::BotError, "the bot reported an error").with_detail(e),
     )?;
-    answer.raw = Some((RawKind::CsmlPayload, raw));
+    answer.raw = Some((RawKind(NAME), raw));
     Ok(answer)
 }
 
@@ -940,9 +940,7 @@ pub fn render_answer(
         payload,
     };
     let messages = match &answer.raw {
-        Some((RawKind::CsmlPayload, raw)) => {
-            raw.iter().map(|p| message(PayloadAny::Raw(p))).collect()
-        }
+        Some((RawKind(NAME), raw)) => raw.iter().map(|p| message(PayloadAny::Raw(p))).collect(),
         _ => answer
             .replies
             .iter()
@@ -1063,6 +1061,30 @@ pub enum AuthMode {
     Plain,
 }
 
+/// The dialect's name, in configuration, metrics and the auth service's queries.
+pub const NAME: &str = "csml";
+
+/// Reads a CSML caller's `x-api-key` and `x-api-signature` headers.
+pub fn presented<'h>(
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+) -> Result<ApiKeyPresented<'h>, Denied> {
+    let api_key = header("x-api-key")
+        .map(<[u8]>::trim_ascii)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| Denied::new(AuthReason::Missing, "missing x-api-key header"))?;
+    let (key, timestamp) = match split_key(api_key) {
+        Some((key, ts)) => (key, Some(ts)),
+        None => (api_key, None),
+    };
+    Ok(ApiKeyPresented {
+        dialect: NAME,
+        api_key,
+        key,
+        timestamp,
+        signature: header("x-api-signature"),
+    })
+}
+
 /// `[[clients.csml]]`: one CSML caller.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1110,7 +1132,7 @@ struct BotConfig {
 /// A configured CSML Chat API bot.
 #[derive(Debug)]
 struct CsmlBot {
-    auth: CsmlAuth,
+    auth: KeyAuth,
 }
 
 #[derive(Deserialize)]
@@ -1161,7 +1183,7 @@ impl CallerDialect for Csml {
     }
 
     fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied> {
-        csml_presented(|name| head.header(name)).map(Presented::ApiKey)
+        presented(|name| head.header(name)).map(Presented::ApiKey)
     }
 
     fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
@@ -1175,7 +1197,7 @@ impl CallerDialect for Csml {
                 if api_key == "demo-key" && secret == "demo-secret" {
                     demo = Some(format!("csml key {api_key}"));
                 }
-                let auth = CsmlClientAuth::Signed(CsmlKey::new(api_key.clone(), secret.as_bytes()));
+                let auth = ApiKeyAuth::Signed(HmacKey::new(api_key.clone(), secret.as_bytes()));
                 api_secret = Some(secret);
                 auth
             }
@@ -1185,7 +1207,7 @@ impl CallerDialect for Csml {
                     "missing: `auth = \"signed\"` needs the secret",
                 ))
             }
-            (AuthMode::Plain, None) => CsmlClientAuth::Plain,
+            (AuthMode::Plain, None) => ApiKeyAuth::Plain,
             (AuthMode::Plain, Some(_)) => {
                 return Err(ConfigError::new(
                     format!("{key}.secret"),
@@ -1197,7 +1219,7 @@ impl CallerDialect for Csml {
             Some(s) => Some(s.resolve(&format!("{key}.callback_secret"))?),
             None => api_secret,
         };
-        let keys = CsmlCallbackKeys {
+        let keys = CallbackKeys {
             hosts: c.callback_hosts,
             allow_http: c.allow_http_callbacks,
             allow_private: c.allow_private_callbacks,
@@ -1210,9 +1232,9 @@ impl CallerDialect for Csml {
                 routes: c.routes,
                 businesses: c.businesses,
             },
-            csml: Some(auth),
+            api_key: Some(auth),
             limits: Default::default(),
-            callbacks: policy::csml(key, &c.name, keys)?.map(Arc::new),
+            callbacks: policy::callback_hosts(NAME, key, &c.name, keys)?.map(Arc::new),
             verifier: None,
         };
         Ok(ClientEntry {
@@ -1237,7 +1259,7 @@ impl CallerDialect for Csml {
     }
 
     fn passes_through(&self, answer: &ChatAnswer<'_>, _shape: AnswerShape) -> bool {
-        matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind::CsmlPayload))
+        matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind(NAME)))
     }
 
     fn render_answer(
@@ -1272,7 +1294,7 @@ impl BotDialect for Csml {
         let auth = match (c.auth.unwrap_or_default(), &c.api_secret) {
             (AuthMode::Signed, Some(s)) => {
                 let secret = s.resolve(&format!("{key}.api_secret"))?;
-                CsmlAuth::Signed(CsmlKey::new(api_key, secret.as_bytes()))
+                KeyAuth::Signed(HmacKey::new(api_key, secret.as_bytes()))
             }
             (AuthMode::Signed, None) => {
                 return Err(ConfigError::new(
@@ -1280,7 +1302,7 @@ impl BotDialect for Csml {
                     "missing: `auth = \"signed\"` needs the API secret",
                 ))
             }
-            (AuthMode::Plain, None) => CsmlAuth::Plain(api_key),
+            (AuthMode::Plain, None) => KeyAuth::Plain(api_key),
             (AuthMode::Plain, Some(_)) => {
                 return Err(ConfigError::new(
                     format!("{key}.api_secret"),

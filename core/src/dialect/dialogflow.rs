@@ -235,7 +235,7 @@ enum MessagesOut<'a> {
 /// conversation.
 pub fn render_answer(req: &ChatRequest<'_>, answer: &ChatAnswer<'_>, response_id: &str) -> Vec<u8> {
     let messages = match &answer.raw {
-        Some((RawKind::DialogflowMessage, raw)) => MessagesOut::Raw(raw),
+        Some((RawKind(NAME), raw)) => MessagesOut::Raw(raw),
         _ => {
             let mut out = Vec::with_capacity(answer.replies.len() + 1);
             for r in &answer.replies {
@@ -637,7 +637,7 @@ pub fn parse_answer(
         }
     }
     if keep_raw {
-        answer.raw = Some((RawKind::DialogflowMessage, raw));
+        answer.raw = Some((RawKind(NAME), raw));
     }
     Ok(answer)
 }
@@ -725,7 +725,7 @@ fn grant(c: &ClientConfig, verifier: Option<Arc<dyn RequestVerifier>>) -> Grant 
             routes: c.routes.clone(),
             businesses: c.businesses.clone(),
         },
-        csml: None,
+        api_key: None,
         limits: Default::default(),
         callbacks: None,
         verifier,
@@ -849,10 +849,7 @@ impl CallerDialect for Dialogflow {
     }
 
     fn passes_through(&self, answer: &ChatAnswer<'_>, _shape: AnswerShape) -> bool {
-        matches!(
-            answer.raw.as_ref().map(|r| r.0),
-            Some(RawKind::DialogflowMessage)
-        )
+        matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind(NAME)))
     }
 
     fn render_answer(

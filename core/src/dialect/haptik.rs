@@ -22,8 +22,8 @@ use serde_json::value::RawValue;
 
 use serde::de::IgnoredAny;
 
-use crate::auth::{haptik_presented, ClientCredential, Denied, HaptikClient, Presented, Scope};
-use crate::auth::{MSG_CLIENT_ID_MISSING, MSG_INVALID, MSG_TOKEN_MISSING};
+use crate::auth::{AuthReason, ClientCredential, Denied, IdTokenClient, IdTokenPresented};
+use crate::auth::{Presented, Scope};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::json_out::JsonOut;
@@ -217,7 +217,7 @@ pub fn render_answer(
 /// How many message ids [`render_answer`] reserves.
 pub fn ids_needed(answer: &ChatAnswer<'_>) -> u64 {
     let n = match &answer.raw {
-        Some((RawKind::HaptikHsl, raw)) => raw.len(),
+        Some((RawKind(NAME), raw)) => raw.len(),
         _ => answer.replies.len(),
     };
     n.max(1) as u64
@@ -264,7 +264,7 @@ fn stable_u31(bytes: &[u8]) -> u32 {
 /// The current shape. A Haptik backend's own HSL bodies are passed through verbatim.
 fn render_hsl(answer: &ChatAnswer<'_>, ctx: &AnswerContext<'_>, first_id: u64) -> Vec<u8> {
     let bodies: Vec<HslBody<'_>> = match &answer.raw {
-        Some((RawKind::HaptikHsl, raw)) => raw.iter().map(|b| HslBody::Raw(b)).collect(),
+        Some((RawKind(NAME), raw)) => raw.iter().map(|b| HslBody::Raw(b)).collect(),
         _ => answer
             .replies
             .iter()
@@ -485,7 +485,7 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<ChatAnswer<'_>, ProxyErr
         }
         raw.push(m.body);
     }
-    answer.raw = Some((RawKind::HaptikHsl, raw));
+    answer.raw = Some((RawKind(NAME), raw));
     answer.bot_id = current.agent.and_then(|a| a.name);
     Ok(answer)
 }
@@ -551,6 +551,48 @@ fn reply_owned(r: Reply<'_>) -> Reply<'static> {
             url: own(url),
         },
     }
+}
+
+/// The dialect's name, in configuration, metrics and the auth service's queries.
+pub const NAME: &str = "haptik";
+
+/// Haptik's message for a missing `client-id` header.
+pub const MSG_CLIENT_ID_MISSING: &str = "client_id missing in headers";
+/// Haptik's message for a missing bearer token.
+pub const MSG_TOKEN_MISSING: &str = "token missing in headers";
+/// Haptik's message for credentials that do not match.
+pub const MSG_INVALID: &str = "invalid authorization details";
+
+/// Reads a Haptik caller's credentials from its headers: `Authorization: Bearer <token>`, and
+/// `client-id` or (as one real client sends it) `client_id`.
+pub fn presented<'h>(
+    header: impl Fn(&str) -> Option<&'h [u8]>,
+) -> Result<IdTokenPresented<'h>, Denied> {
+    let client_id = header("client-id")
+        .or_else(|| header("client_id"))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Denied::new(AuthReason::Missing, MSG_CLIENT_ID_MISSING))?;
+    let value = header("authorization")
+        .map(<[u8]>::trim_ascii)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING))?;
+    if value.eq_ignore_ascii_case(b"bearer") {
+        return Err(Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING));
+    }
+    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Err(Denied::new(AuthReason::Malformed, MSG_INVALID));
+    }
+    let token = value[7..].trim_ascii();
+    if token.is_empty() {
+        return Err(Denied::new(AuthReason::Missing, MSG_TOKEN_MISSING));
+    }
+    Ok(IdTokenPresented {
+        dialect: NAME,
+        client_id,
+        token,
+        invalid: MSG_INVALID,
+    })
 }
 
 /// Haptik's documented messages about the caller's request, with the status they come with.
@@ -759,7 +801,7 @@ impl CallerDialect for Haptik {
     }
 
     fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied> {
-        haptik_presented(|name| head.header(name)).map(Presented::ClientToken)
+        presented(|name| head.header(name)).map(Presented::ClientToken)
     }
 
     fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
@@ -777,7 +819,7 @@ impl CallerDialect for Haptik {
                 if token == "demo-token" {
                     demo = Some(format!("haptik client {}", c.client_id));
                 }
-                HaptikClient::with_token(&c.name, token.as_bytes())
+                IdTokenClient::with_token(&c.name, token.as_bytes())
             }
             (None, Some(h)) => {
                 let k = format!("{key}.token_sha256");
@@ -785,7 +827,7 @@ impl CallerDialect for Haptik {
                 hex::decode_to_slice(h.resolve(&k)?.trim(), &mut digest).map_err(|_| {
                     ConfigError::new(&k, "must be 64 hex digits (a SHA-256 digest)")
                 })?;
-                HaptikClient::with_token_sha256(&c.name, digest)
+                IdTokenClient::with_token_sha256(&c.name, digest)
             }
             _ => {
                 return Err(ConfigError::new(
@@ -797,7 +839,8 @@ impl CallerDialect for Haptik {
         let secret = (c.webhook_secret.as_ref())
             .map(|s| s.resolve(&format!("{key}.webhook_secret")))
             .transpose()?;
-        let callbacks = crate::delivery::policy::haptik(
+        let callbacks = crate::delivery::policy::fixed_webhook(
+            NAME,
             key,
             &c.name,
             c.webhook_url.as_deref(),
@@ -829,8 +872,7 @@ impl CallerDialect for Haptik {
     }
 
     fn passes_through(&self, answer: &ChatAnswer<'_>, shape: AnswerShape) -> bool {
-        shape == AnswerShape::Hsl
-            && matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind::HaptikHsl))
+        shape == AnswerShape::Hsl && matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind(NAME)))
     }
 
     fn render_answer(
@@ -919,8 +961,8 @@ impl Bot for HaptikBot {
         render_request(req, business_id, ctx.flow_trigger)
     }
 
-    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
-        self.replies.as_ref()
+    fn async_replies(&self) -> Option<&dyn crate::dialect::ReplyWebhook> {
+        self.replies.as_ref().map(|r| r as _)
     }
 
     fn sign(&self, _out: &Outgoing<'_>, add: &mut dyn FnMut(&'static str, &str)) {

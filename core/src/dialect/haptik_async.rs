@@ -28,7 +28,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::ConfigError;
+use crate::delivery::sign::verify_hub_signature;
+use crate::dialect::{ReplyWebhook, WebhookRefusal, WebhookReply};
 use crate::model::{ChatRequest, Content};
+use crate::request::WholeRequest;
 
 /// The Log Message API's path (a route whose `path` ends so answers Haptik callers at once).
 pub const LOG_MESSAGE_PATH: &str = "/log_message_from_user/";
@@ -230,21 +233,13 @@ struct WebhookMessageIn<'a> {
     body: &'a serde_json::value::RawValue,
 }
 
-/// A webhook an async Haptik bot sent: the user it is for and, for a `message` event, the HSL body.
-#[derive(Debug, PartialEq, Eq)]
-pub struct WebhookReply {
-    pub auth_id: String,
-    pub body: Option<String>,
-    /// When the bot sent it (its RFC 3339 `timestamp`), if it says so readably.
-    pub sent_at: Option<std::time::SystemTime>,
-}
-
-/// Reads a webhook body; `None` when it is not one.
+/// Reads a webhook body an async Haptik bot sent: the user (`user.auth_id`) and, for a `message`
+/// event, the HSL body; `sent_at` is its RFC 3339 `timestamp`. `None` when it is not one.
 pub fn webhook_reply(body: &[u8]) -> Option<WebhookReply> {
     let w: WebhookIn<'_> = serde_json::from_slice(body).ok()?;
     let is_message = w.event_name.as_deref().is_none_or(|e| e == "message");
     Some(WebhookReply {
-        auth_id: w.user.auth_id.into_owned(),
+        user_id: w.user.auth_id.into_owned(),
         body: w
             .message
             .filter(|_| is_message)
@@ -268,6 +263,42 @@ pub fn collected_answer(bodies: &[String]) -> Vec<u8> {
     out.into_bytes()
 }
 
+impl ReplyWebhook for AsyncBot {
+    fn path(&self) -> &str {
+        &self.webhook_path
+    }
+
+    fn quiet(&self) -> std::time::Duration {
+        self.quiet
+    }
+
+    fn read(&self, req: &WholeRequest<'_>) -> Result<WebhookReply, WebhookRefusal> {
+        let sig = req.head.header("x-hub-signature");
+        if !verify_hub_signature(&self.secret, req.body, sig) {
+            return Err(WebhookRefusal {
+                status: 401,
+                result: "bad_signature",
+                message: "invalid X-Hub-Signature",
+            });
+        }
+        webhook_reply(req.body).ok_or(WebhookRefusal {
+            status: 400,
+            result: "bad_request",
+            message: "not a Haptik webhook body",
+        })
+    }
+
+    fn collected_answer(&self, bodies: &[String]) -> Vec<u8> {
+        collected_answer(bodies)
+    }
+
+    fn error_body(&self, message: &str) -> Vec<u8> {
+        serde_json::json!({ "error_message": message })
+            .to_string()
+            .into_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +307,7 @@ mod tests {
     #[test]
     fn webhooks_in_are_read_and_collected_into_an_answer() {
         let w = webhook_reply(br#"{"user":{"auth_id":"u"},"event_name":"message","message":{"id":1,"body":{"text":"hi","type":"TEXT","data":{}}}}"#).unwrap();
-        assert_eq!(w.auth_id, "u");
+        assert_eq!(w.user_id, "u");
         let answer = collected_answer(&[w.body.unwrap()]);
         let parsed = crate::dialect::haptik::parse_answer(200, &answer).unwrap();
         assert_eq!(parsed.replies.len(), 1);

@@ -251,7 +251,7 @@ enum MessagesOut<'a> {
 /// conversation, else `ElicitIntent`.
 pub fn render_answer(req: &ChatRequest<'_>, answer: &ChatAnswer<'_>) -> Vec<u8> {
     let messages = match &answer.raw {
-        Some((RawKind::LexMessage, raw)) => MessagesOut::Raw(raw),
+        Some((RawKind(NAME), raw)) => MessagesOut::Raw(raw),
         _ => {
             let mut out = Vec::with_capacity(answer.replies.len());
             for r in &answer.replies {
@@ -608,7 +608,7 @@ pub fn parse_answer(
     let action = wire.session_state.and_then(|s| s.dialog_action);
     answer.conversation_end = action.map(|a| a.kind == "Close");
     if keep_raw {
-        answer.raw = Some((RawKind::LexMessage, raw));
+        answer.raw = Some((RawKind(NAME), raw));
     }
     Ok(answer)
 }
@@ -755,7 +755,7 @@ impl CallerDialect for Lex {
                 routes: c.routes,
                 businesses: c.businesses,
             },
-            csml: None,
+            api_key: None,
             limits: Default::default(),
             callbacks: None,
             verifier: Some(Arc::new(LexCaller { secret })),
@@ -778,7 +778,7 @@ impl CallerDialect for Lex {
     }
 
     fn passes_through(&self, answer: &ChatAnswer<'_>, _shape: AnswerShape) -> bool {
-        matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind::LexMessage))
+        matches!(answer.raw.as_ref().map(|r| r.0), Some(RawKind(NAME)))
     }
 
     fn render_answer(

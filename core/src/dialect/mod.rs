@@ -22,6 +22,7 @@ mod json_out;
 pub mod lex;
 pub mod rasa;
 pub mod registry;
+mod reply_webhook;
 mod strict_raw;
 
 use std::fmt;
@@ -35,6 +36,7 @@ use crate::model::{self, ChatAnswer, ChatRequest};
 pub use crate::request::RequestHead;
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
 pub use registry::{bot_dialect, caller, callers, Caller};
+pub use reply_webhook::{ReplyWebhook, WebhookRefusal, WebhookReply};
 
 /// Deserializes a JSON body. UTF-8 is checked once for the whole body, so serde_json does not check
 /// each string again (it does when reading bytes); a body that is not UTF-8 is left to serde_json,
@@ -419,9 +421,9 @@ pub trait Bot: Send + Sync + fmt::Debug {
     fn needs_business(&self) -> bool {
         false
     }
-    /// For a bot that answers on a webhook of the proxy's instead of in its HTTP answer (a Haptik
-    /// bot with `mode = "async"`): that webhook's settings. `None` for most.
-    fn async_replies(&self) -> Option<&haptik_async::AsyncBot> {
+    /// For a bot that answers on a webhook of the proxy's instead of in its HTTP answer: that
+    /// webhook. `None` for most.
+    fn async_replies(&self) -> Option<&dyn ReplyWebhook> {
         None
     }
     /// A query parameter added to the configured URL (e.g. a bot's `?token=`); `None` for most.

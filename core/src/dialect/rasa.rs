@@ -519,7 +519,7 @@ impl CallerDialect for Rasa {
                 routes: c.routes,
                 businesses: c.businesses,
             },
-            csml: None,
+            api_key: None,
             limits: Default::default(),
             callbacks: None,
             verifier: None,

@@ -20,10 +20,13 @@
 //!   answers only requests that carry one.
 //!
 //! Each answers with three messages: a text, a question with two buttons, and an echo of what the
-//! user sent, rendered by the same dialect code the proxy uses.
+//! user sent, rendered by the same dialect code the proxy uses. Their `[demo]` keys are read by
+//! [`config`].
 
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+pub mod config;
 
 use async_trait::async_trait;
 use pingora::protocols::http::ServerSession;
@@ -31,14 +34,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::auth::{AuthReason, Denied, RequestVerifier};
-use crate::auth::{HaptikClient, HaptikClients};
+use crate::auth::{IdTokenClient, IdTokenClients};
 use crate::dialect::{
     csml, dialogflow, haptik, lex, rasa, AnswerContext, AnswerShape, CallerDialect, FixedIds,
 };
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Handler};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, Reply};
-use crate::signing::CsmlKey;
+use crate::signing::HmacKey;
 use botbridge_core::jwt;
 use botbridge_core::request::WholeRequest;
 
@@ -47,29 +50,39 @@ pub const TOLERANCE_SECS: u64 = 300;
 
 /// The demo bots.
 pub struct DemoBot {
-    key: CsmlKey,
+    key: HmacKey,
     /// The demo Dialogflow agent's service account (email, public key), if configured.
     dialogflow: Option<(String, jwt::PublicKey)>,
     /// The Lex bot's secret for the key's id (the CSML secret: one demo key for every bot).
     lex_secret: String,
-    haptik: HaptikClients,
+    haptik: IdTokenClients,
 }
 
 impl DemoBot {
+    /// The demo bots of a validated `[demo]` table.
+    pub fn from_config(d: &config::DemoConfig) -> Self {
+        Self::with_dialogflow(
+            d.key.clone(),
+            &d.secret,
+            d.haptik.clone(),
+            d.dialogflow.clone(),
+        )
+    }
+
     /// Demo bots accepting CSML requests signed with `key` (and engine requests with its plain key),
     /// and Haptik requests from `haptik` (client id, client), when given.
-    pub fn new(key: CsmlKey, lex_secret: &str, haptik: Option<(String, HaptikClient)>) -> Self {
+    pub fn new(key: HmacKey, lex_secret: &str, haptik: Option<(String, IdTokenClient)>) -> Self {
         Self::with_dialogflow(key, lex_secret, haptik, None)
     }
 
     /// As [`DemoBot::new`], with the demo Dialogflow agent of this service account.
     pub fn with_dialogflow(
-        key: CsmlKey,
+        key: HmacKey,
         lex_secret: &str,
-        haptik: Option<(String, HaptikClient)>,
+        haptik: Option<(String, IdTokenClient)>,
         dialogflow: Option<(String, jwt::PublicKey)>,
     ) -> Self {
-        let mut clients = HaptikClients::new();
+        let mut clients = IdTokenClients::new();
         if let Some((id, client)) = haptik {
             clients.insert(id, client);
         }
@@ -314,7 +327,7 @@ impl DemoBot {
         now: SystemTime,
     ) -> Answer {
         let herr = |e: ProxyError| Answer::json(e.status, haptik::render_error(&e));
-        if let Err(e) = self.haptik.verify_headers(header) {
+        if let Err(e) = haptik::presented(header).and_then(|p| self.haptik.check(&p)) {
             return herr(e.into());
         }
         match haptik::parse_request(body) {
