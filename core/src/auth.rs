@@ -190,6 +190,34 @@ pub struct Grant {
     pub verifier: Option<Arc<dyn RequestVerifier>>,
 }
 
+impl Grant {
+    /// The grant of credential `name` before anything is added: no business, any route and
+    /// business, no limits of its own, no async mode, no whole-request check. The dialect adds
+    /// what is its own; the keys every caller table shares are added by [`ClientCredential::share`].
+    pub fn named(name: &str) -> Grant {
+        Grant {
+            name: name.into(),
+            business_id: None,
+            scope: Scope::default(),
+            api_key: None,
+            limits: CallerLimits::default(),
+            callbacks: None,
+            verifier: None,
+        }
+    }
+}
+
+/// The keys every `[[clients.<dialect>]]` table shares, read once (by the shell) for every dialect.
+#[derive(Debug, Clone, Default)]
+pub struct SharedKeys {
+    /// `business_id`: the business its requests go to, for callers whose requests name none.
+    pub business_id: Option<i64>,
+    /// `routes` and `businesses`: what it may reach.
+    pub scope: Scope,
+    /// `rate_limit` and `user_rate_limit`.
+    pub limits: crate::limits::LimitPair,
+}
+
 /// A caller credential its dialect checks itself over the whole request, once the body is read
 /// (AWS SigV4). The dialect that reads the credential implements it; the shell only calls it.
 pub trait RequestVerifier: Send + Sync + fmt::Debug {
@@ -213,15 +241,7 @@ impl IdTokenClient {
     /// A client whose token is given as its SHA-256 digest.
     pub fn with_token_sha256(name: &str, token_sha256: [u8; 32]) -> Self {
         IdTokenClient {
-            grant: Arc::new(Grant {
-                name: name.into(),
-                business_id: None,
-                scope: Scope::default(),
-                api_key: None,
-                limits: CallerLimits::default(),
-                callbacks: None,
-                verifier: None,
-            }),
+            grant: Arc::new(Grant::named(name)),
             token_sha256,
         }
     }
@@ -532,6 +552,30 @@ pub enum ClientCredential {
 }
 
 impl ClientCredential {
+    /// Adds the keys every caller table shares, and the id the credential's rate limit buckets are
+    /// keyed by: the same id the auth service's grants get for the same identity
+    /// ([`AuthQuery::credential_id`]).
+    pub fn share(mut self, shared: SharedKeys) -> Self {
+        let id = match &self {
+            ClientCredential::ClientToken { client_id, .. } => {
+                credential_id("client-id", client_id.as_bytes())
+            }
+            ClientCredential::ApiKey { key, .. } => credential_id("api-key", key.as_bytes()),
+            ClientCredential::Token { digest, .. } => credential_id("token", digest),
+        };
+        let grant = match &mut self {
+            ClientCredential::ClientToken { client, .. } => Arc::make_mut(&mut client.grant),
+            ClientCredential::ApiKey { grant, .. } | ClientCredential::Token { grant, .. } => grant,
+        };
+        grant.business_id = shared.business_id;
+        grant.scope = shared.scope;
+        grant.limits = CallerLimits {
+            id,
+            own: shared.limits,
+        };
+        self
+    }
+
     /// The credential's callback settings, if it has any.
     pub fn callbacks(&self) -> Option<&Arc<CallbackPolicy>> {
         match self {

@@ -1,8 +1,8 @@
-//! `[clients]`: who may call the proxy. Each `[[clients.<dialect>]]` table is read by that caller
-//! dialect (`CallerDialect::client`); this file only files the credentials by kind and refuses
-//! duplicates. The keys every caller table shares, `rate_limit` and `user_rate_limit`, are read here
-//! (`config::limits`) before the dialect reads the rest, and given to the credential with the id its
-//! rate limit buckets are keyed by.
+//! `[clients]`: who may call the proxy. The keys every `[[clients.<dialect>]]` table shares (`name`,
+//! `business_id`, `routes`, `businesses`, `rate_limit`, `user_rate_limit`) are read here, once for
+//! every dialect; the dialect reads only its own credential keys (`CallerDialect::client`). This
+//! file then adds the shared keys to the credential (with the id its rate limit buckets are keyed
+//! by), files it by kind and refuses duplicates.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,10 +10,11 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::auth::{ApiKeyClients, ClientCredential, Credentials, IdTokenClients, TokenClients};
+use crate::auth::{
+    ApiKeyClients, ClientCredential, Credentials, IdTokenClients, Scope, SharedKeys, TokenClients,
+};
 use crate::delivery::policy::CallbackPolicy;
-use crate::dialect::registry;
-use crate::limits::{credential_id, CallerLimits, LimitPair};
+use crate::dialect::{registry, settings, Caller};
 
 /// `[clients]` as written: the shared settings, then one array of tables per caller dialect.
 #[derive(Debug, Deserialize)]
@@ -96,50 +97,72 @@ pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
         })?;
         for (i, mut table) in tables.into_iter().enumerate() {
             let key = format!("clients.{name}[{i}]");
-            let limits = super::limits::take_from_table(&key, &mut table)?;
-            if let Some(toml::Value::Array(routes)) = table.get("routes") {
-                let names = routes.iter().filter_map(|r| r.as_str().map(str::to_owned));
+            let (caller, shared) = take_shared(&key, &mut table, dialect)?;
+            if let Some(routes) = &shared.scope.routes {
                 out.route_scopes
-                    .push((format!("{key}.routes"), names.collect()));
+                    .push((format!("{key}.routes"), routes.clone()));
             }
-            let entry = dialect.client(&key, table)?;
+            let entry = dialect.client(&key, &caller, table)?;
             if let Some(p) = entry.credential.callbacks() {
                 out.callbacks.insert(p.credential.clone(), p.clone());
             }
             out.demo_credentials_in_use.extend(entry.demo);
             let summary = out.summary.entry(dialect.as_str()).or_default();
             summary.count += 1;
-            let credential = with_limits(entry.credential, limits);
+            let credential = entry.credential.share(shared);
             file(&mut out.credentials, &key, credential, summary)?;
         }
     }
     Ok(out)
 }
 
-/// Gives a credential its own limits and the id its buckets are keyed by: the same id the auth
-/// service's grants get for the same identity (`AuthQuery::credential_id`).
-fn with_limits(c: ClientCredential, own: LimitPair) -> ClientCredential {
-    match c {
-        ClientCredential::ClientToken { client_id, client } => {
-            let id = credential_id("client-id", client_id.as_bytes());
-            let client = client.with_limits(CallerLimits { id, own });
-            ClientCredential::ClientToken { client_id, client }
-        }
-        ClientCredential::ApiKey { key, mut grant } => {
-            grant.limits = CallerLimits {
-                id: credential_id("api-key", key.as_bytes()),
-                own,
-            };
-            ClientCredential::ApiKey { key, grant }
-        }
-        ClientCredential::Token { digest, mut grant } => {
-            grant.limits = CallerLimits {
-                id: credential_id("token", &digest),
-                own,
-            };
-            ClientCredential::Token { digest, grant }
+/// The keys every caller table shares, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    /// A name for logs.
+    name: String,
+    /// The business its requests go to (callers whose requests name none).
+    business_id: Option<i64>,
+    /// Route names it may reach (absent: any).
+    routes: Option<Vec<String>>,
+    /// Business ids it may reach (absent: any).
+    businesses: Option<Vec<i64>>,
+}
+
+/// Takes the keys every caller table shares out of `table` (leaving the dialect's own), read once
+/// here for every dialect: the caller's name and the rest.
+fn take_shared(
+    key: &str,
+    table: &mut toml::Table,
+    dialect: Caller,
+) -> Result<(String, SharedKeys), ConfigError> {
+    let limits = super::limits::take_from_table(key, table)?;
+    let mut own = toml::Table::new();
+    for k in ["name", "business_id", "routes", "businesses"] {
+        if let Some(v) = table.remove(k) {
+            own.insert(k.to_owned(), v);
         }
     }
+    let raw: RawShared = settings(key, own)?;
+    if raw.business_id.is_some() && dialect.names_business() {
+        return Err(ConfigError::new(
+            format!("{key}.business_id"),
+            format!(
+                "not used by `{}` callers: their requests name their business",
+                dialect.as_str()
+            ),
+        ));
+    }
+    let shared = SharedKeys {
+        business_id: raw.business_id,
+        scope: Scope {
+            routes: raw.routes,
+            businesses: raw.businesses,
+        },
+        limits,
+    };
+    Ok((raw.name, shared))
 }
 
 /// Files one credential under its kind; a duplicate is an error naming the key.
@@ -195,5 +218,42 @@ mod tests {
             assert_eq!((raw.signature_tolerance_secs, raw.replay_guard), (60, true));
             assert!(raw.by_dialect.is_empty(), "{text}");
         }
+    }
+
+    /// `name`, `business_id`, `routes`, `businesses` and the rate limits are read here for every
+    /// dialect and reach the credential; a dialect whose requests name their business refuses
+    /// `business_id`.
+    #[test]
+    fn the_shared_keys_are_read_once_for_every_dialect() {
+        let raw: RawClients = toml::from_str(
+            r#"
+[[rasa]]
+name = "web"
+token = "t"
+business_id = 7
+routes = ["chat"]
+businesses = [7]
+rate_limit = { requests = 5, per_seconds = 1 }
+"#,
+        )
+        .unwrap();
+        let c = validate(raw).unwrap();
+        let digest = crate::auth::token_digest("rasa", b"t");
+        let grant = c.credentials.tokens.by_digest(&digest).unwrap();
+        assert_eq!(&*grant.name, "web");
+        assert_eq!(grant.business_id, Some(7));
+        assert_eq!(grant.scope.routes.as_deref(), Some(&["chat".to_owned()][..]));
+        assert_eq!(grant.scope.businesses.as_deref(), Some(&[7][..]));
+        assert_eq!(grant.limits.own.rate_limit.map(|l| l.requests), Some(5));
+        assert_eq!(c.route_scopes, [("clients.rasa[0].routes".to_owned(), vec!["chat".to_owned()])]);
+
+        let err = |text: &str| validate(toml::from_str(text).unwrap()).unwrap_err().to_string();
+        let haptik = "[[haptik]]\nname = \"h\"\nclient_id = \"c\"\ntoken = \"t\"\nbusiness_id = 1";
+        assert_eq!(
+            err(haptik),
+            "clients.haptik[0].business_id: not used by `haptik` callers: their requests name their business"
+        );
+        assert!(err("[[rasa]]\ntoken = \"t\"").contains("missing field `name`"));
+        assert!(err("[[rasa]]\nname = \"w\"\ntoken = \"t\"\nroutes = \"chat\"").starts_with("clients.rasa[0]"));
     }
 }

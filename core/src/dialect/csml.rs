@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::{
-    ApiKeyAuth, ApiKeyPresented, AuthReason, ClientCredential, Denied, Grant, Presented, Scope,
+    ApiKeyAuth, ApiKeyPresented, AuthReason, ClientCredential, Denied, Grant, Presented,
 };
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::delivery::policy::{self, CallbackKeys};
@@ -1089,8 +1089,6 @@ pub fn presented<'h>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
-    /// A name for logs.
-    name: String,
     /// Its API key.
     key: SecretSource,
     /// `signed` (default) or `plain`.
@@ -1098,12 +1096,6 @@ struct ClientConfig {
     auth: AuthMode,
     /// The API secret of a signed key.
     secret: Option<SecretSource>,
-    /// The Haptik business its requests go to.
-    business_id: Option<i64>,
-    /// Route names it may reach (absent: any).
-    routes: Option<Vec<String>>,
-    /// Business ids it may reach (absent: any).
-    businesses: Option<Vec<i64>>,
     /// Hosts a `callback_url` may name: exact names or IPs, or `*.domain` (absent: no async mode).
     callback_hosts: Option<Vec<String>>,
     /// Accept `http://` callback URLs (default: https only).
@@ -1186,7 +1178,12 @@ impl CallerDialect for Csml {
         presented(|name| head.header(name)).map(Presented::ApiKey)
     }
 
-    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+    fn client(
+        &self,
+        key: &str,
+        name: &str,
+        table: toml::Table,
+    ) -> Result<ClientEntry, ConfigError> {
         let c: ClientConfig = settings(key, table)?;
         let api_key = api_key(&format!("{key}.key"), &c.key)?;
         let mut demo = None;
@@ -1226,16 +1223,9 @@ impl CallerDialect for Csml {
             secret: callback_secret,
         };
         let grant = Grant {
-            name: c.name.as_str().into(),
-            business_id: c.business_id,
-            scope: Scope {
-                routes: c.routes,
-                businesses: c.businesses,
-            },
             api_key: Some(auth),
-            limits: Default::default(),
-            callbacks: policy::callback_hosts(NAME, key, &c.name, keys)?.map(Arc::new),
-            verifier: None,
+            callbacks: policy::callback_hosts(NAME, key, name, keys)?.map(Arc::new),
+            ..Grant::named(name)
         };
         Ok(ClientEntry {
             credential: ClientCredential::ApiKey {

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{
-    key_id_digest, AuthReason, ClientCredential, Denied, Grant, Presented, RequestVerifier, Scope,
+    key_id_digest, AuthReason, ClientCredential, Denied, Grant, Presented, RequestVerifier,
 };
 use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
@@ -652,14 +652,10 @@ pub struct Dialogflow;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
-    name: String,
     client_email: Option<String>,
     public_key_file: Option<String>,
     token: Option<SecretSource>,
     token_sha256: Option<String>,
-    business_id: Option<i64>,
-    routes: Option<Vec<String>>,
-    businesses: Option<Vec<i64>>,
 }
 
 /// A Dialogflow CX agent's settings (`dialect = "dialogflow-cx"`).
@@ -716,22 +712,6 @@ fn read_file(key: &str, path: &str) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::new(key, format!("cannot read `{path}`: {e}")))
 }
 
-/// The grant of a client table, with its verifier.
-fn grant(c: &ClientConfig, verifier: Option<Arc<dyn RequestVerifier>>) -> Grant {
-    Grant {
-        name: c.name.as_str().into(),
-        business_id: c.business_id,
-        scope: Scope {
-            routes: c.routes.clone(),
-            businesses: c.businesses.clone(),
-        },
-        api_key: None,
-        limits: Default::default(),
-        callbacks: None,
-        verifier,
-    }
-}
-
 impl CallerDialect for Dialogflow {
     fn name(&self) -> &'static str {
         NAME
@@ -786,7 +766,12 @@ impl CallerDialect for Dialogflow {
         })
     }
 
-    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+    fn client(
+        &self,
+        key: &str,
+        name: &str,
+        table: toml::Table,
+    ) -> Result<ClientEntry, ConfigError> {
         let c: ClientConfig = settings(key, table)?;
         let (id, verifier, demo): (String, Option<Arc<dyn RequestVerifier>>, _) = match (
             &c.client_email,
@@ -807,7 +792,7 @@ impl CallerDialect for Dialogflow {
             (None, None, Some(t), None) => {
                 let token = t.resolve(&format!("{key}.token"))?;
                 let demo = (token == "demo-dialogflow-token")
-                    .then(|| format!("dialogflow-cx token of {}", c.name));
+                    .then(|| format!("dialogflow-cx token of {name}"));
                 (
                     static_token_id(&hex::encode(Sha256::digest(token.as_bytes()))),
                     None,
@@ -834,7 +819,10 @@ impl CallerDialect for Dialogflow {
         Ok(ClientEntry {
             credential: ClientCredential::Token {
                 digest: key_id_digest(NAME, &id),
-                grant: grant(&c, verifier),
+                grant: Grant {
+                    verifier,
+                    ..Grant::named(name)
+                },
             },
             demo,
         })

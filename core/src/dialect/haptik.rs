@@ -22,8 +22,8 @@ use serde_json::value::RawValue;
 
 use serde::de::IgnoredAny;
 
+use crate::auth::Presented;
 use crate::auth::{AuthReason, ClientCredential, Denied, IdTokenClient, IdTokenPresented};
-use crate::auth::{Presented, Scope};
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::json_out::JsonOut;
@@ -684,18 +684,12 @@ pub struct Haptik;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
-    /// A name for logs.
-    name: String,
     /// The `client-id` header it sends.
     client_id: String,
     /// Its bearer token (only its SHA-256 is kept).
     token: Option<SecretSource>,
     /// Or the token's SHA-256, as 64 hex digits.
     token_sha256: Option<SecretSource>,
-    /// Route names it may reach (absent: any).
-    routes: Option<Vec<String>>,
-    /// Business ids it may reach (absent: any).
-    businesses: Option<Vec<i64>>,
     /// Where the bot's replies to its Log Message API requests are POSTed (absent: no async mode).
     webhook_url: Option<String>,
     /// The key of those webhooks' `X-Hub-Signature` (required with `webhook_url`).
@@ -804,7 +798,12 @@ impl CallerDialect for Haptik {
         presented(|name| head.header(name)).map(Presented::ClientToken)
     }
 
-    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+    fn client(
+        &self,
+        key: &str,
+        name: &str,
+        table: toml::Table,
+    ) -> Result<ClientEntry, ConfigError> {
         let c: ClientConfig = settings(key, table)?;
         if c.client_id.trim().is_empty() {
             return Err(ConfigError::new(
@@ -819,7 +818,7 @@ impl CallerDialect for Haptik {
                 if token == "demo-token" {
                     demo = Some(format!("haptik client {}", c.client_id));
                 }
-                IdTokenClient::with_token(&c.name, token.as_bytes())
+                IdTokenClient::with_token(name, token.as_bytes())
             }
             (None, Some(h)) => {
                 let k = format!("{key}.token_sha256");
@@ -827,7 +826,7 @@ impl CallerDialect for Haptik {
                 hex::decode_to_slice(h.resolve(&k)?.trim(), &mut digest).map_err(|_| {
                     ConfigError::new(&k, "must be 64 hex digits (a SHA-256 digest)")
                 })?;
-                IdTokenClient::with_token_sha256(&c.name, digest)
+                IdTokenClient::with_token_sha256(name, digest)
             }
             _ => {
                 return Err(ConfigError::new(
@@ -842,18 +841,13 @@ impl CallerDialect for Haptik {
         let callbacks = crate::delivery::policy::fixed_webhook(
             NAME,
             key,
-            &c.name,
+            name,
             c.webhook_url.as_deref(),
             secret,
             c.allow_http_callbacks,
             c.allow_private_callbacks,
         )?;
-        let client = client
-            .with_scope(Scope {
-                routes: c.routes,
-                businesses: c.businesses,
-            })
-            .with_callbacks(callbacks);
+        let client = client.with_callbacks(callbacks);
         Ok(ClientEntry {
             credential: ClientCredential::ClientToken {
                 client_id: c.client_id,

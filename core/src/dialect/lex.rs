@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::auth::{
-    key_id_digest, AuthReason, ClientCredential, Denied, Grant, Presented, RequestVerifier, Scope,
+    key_id_digest, AuthReason, ClientCredential, Denied, Grant, Presented, RequestVerifier,
 };
 use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
@@ -623,12 +623,8 @@ pub struct Lex;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
-    name: String,
     access_key_id: String,
     secret_access_key: SecretSource,
-    business_id: Option<i64>,
-    routes: Option<Vec<String>>,
-    businesses: Option<Vec<i64>>,
 }
 
 /// A Lex bot's settings (`dialect = "lex-v2"`).
@@ -736,7 +732,12 @@ impl CallerDialect for Lex {
         })
     }
 
-    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+    fn client(
+        &self,
+        key: &str,
+        name: &str,
+        table: toml::Table,
+    ) -> Result<ClientEntry, ConfigError> {
         let c: ClientConfig = settings(key, table)?;
         let secret = c
             .secret_access_key
@@ -747,18 +748,10 @@ impl CallerDialect for Lex {
                 "must be an access key id (no `/`, `,` or spaces)",
             ));
         }
-        let demo = (secret == "demo-lex-secret").then(|| format!("lex-v2 key of {}", c.name));
+        let demo = (secret == "demo-lex-secret").then(|| format!("lex-v2 key of {name}"));
         let grant = Grant {
-            name: c.name.as_str().into(),
-            business_id: c.business_id,
-            scope: Scope {
-                routes: c.routes,
-                businesses: c.businesses,
-            },
-            api_key: None,
-            limits: Default::default(),
-            callbacks: None,
             verifier: Some(Arc::new(LexCaller { secret })),
+            ..Grant::named(name)
         };
         Ok(ClientEntry {
             credential: ClientCredential::Token {

@@ -219,8 +219,11 @@ pub trait CallerDialect: Sync + Send + 'static {
     fn detect_body(&self, body: &[u8]) -> bool;
     /// The credential the caller presented (authenticate, step one; the shell checks it).
     fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied>;
-    /// Reads one `[[clients.<name>]]` table (`key` names it for errors).
-    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError>;
+    /// Reads a `[[clients.<name>]]` table's own credential keys into the credential of caller
+    /// `name`; the keys every table shares (`name`, `business_id`, `routes`, `businesses`, rate
+    /// limits) are read once by the shell and are not in `table`.
+    fn client(&self, key: &str, name: &str, table: toml::Table)
+        -> Result<ClientEntry, ConfigError>;
     /// Parses a caller's request: its path as sent (dialects that put ids there read them) and
     /// its body.
     fn parse_request<'b>(&self, path: &str, body: &'b [u8]) -> Result<ChatRequest<'b>, ProxyError>;

@@ -22,9 +22,7 @@ use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::auth::{
-    token_digest, token_presented, ClientCredential, Denied, Grant, Presented, Scope,
-};
+use crate::auth::{token_digest, token_presented, ClientCredential, Denied, Grant, Presented};
 use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
@@ -429,16 +427,8 @@ pub struct Rasa;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
-    /// A name for logs.
-    name: String,
     /// Its token (only a digest is kept).
     token: SecretSource,
-    /// The Haptik business its requests go to.
-    business_id: Option<i64>,
-    /// Route names it may reach (absent: any).
-    routes: Option<Vec<String>>,
-    /// Business ids it may reach (absent: any).
-    businesses: Option<Vec<i64>>,
 }
 
 /// A Rasa bot's settings (`dialect = "rasa"`).
@@ -508,22 +498,16 @@ impl CallerDialect for Rasa {
         token_presented("rasa", head.header("authorization"), head.query()).map(Presented::Token)
     }
 
-    fn client(&self, key: &str, table: toml::Table) -> Result<ClientEntry, ConfigError> {
+    fn client(
+        &self,
+        key: &str,
+        name: &str,
+        table: toml::Table,
+    ) -> Result<ClientEntry, ConfigError> {
         let c: ClientConfig = settings(key, table)?;
         let token = c.token.resolve(&format!("{key}.token"))?;
-        let demo = (token == "demo-rasa-token").then(|| format!("rasa token of {}", c.name));
-        let grant = Grant {
-            name: c.name.as_str().into(),
-            business_id: c.business_id,
-            scope: Scope {
-                routes: c.routes,
-                businesses: c.businesses,
-            },
-            api_key: None,
-            limits: Default::default(),
-            callbacks: None,
-            verifier: None,
-        };
+        let demo = (token == "demo-rasa-token").then(|| format!("rasa token of {name}"));
+        let grant = Grant::named(name);
         Ok(ClientEntry {
             credential: ClientCredential::Token {
                 digest: token_digest("rasa", token.as_bytes()),
