@@ -5,16 +5,22 @@
 //! - In memory (moka): bounded by `[conversations] max_entries` (least used go first), a
 //!   conversation forgotten after `idle_secs` without a read or write. Kept over a reload.
 //! - With `[redis]`, on Redis as well (`<prefix>conversation:<hex SHA-256 of backend and user>`, a
-//!   JSON value, the same idle time, refreshed by every read), so another instance continues the
-//!   same conversation. Redis is the truth; this instance's memory holds what it last saw there.
-//! - Redis failing: `[redis.conversations] on_redis_error` says: `local` (default) this instance's
-//!   memory, `allow` the dialect's first conversation (derived from the user id alone, so every
-//!   instance agrees on it), `deny` a 503 in the caller's dialect. Each counted as a fallback.
+//!   JSON value, the same idle time, refreshed by every read: `GET` and `PEXPIRE` in one `MULTI`,
+//!   which every Redis version has), so another instance continues the same conversation. Redis is
+//!   the truth; this instance's memory holds what it last saw or wrote there.
+//! - Redis failing a read: `[redis.conversations] on_redis_error` says: `local` (default) this
+//!   instance's memory, `allow` the dialect's first conversation (derived from the user id alone, so
+//!   every instance agrees on it), `deny` a 503 in the caller's dialect. Each counted as a fallback.
+//! - Redis failing a write (the bot already answered, so the caller is never refused for it): the
+//!   change is kept in memory as not yet written, counted as a `local` fallback, preferred over
+//!   what Redis says and written again by the next read that reaches Redis, so a conversation the
+//!   bot ended is never resumed because Redis missed a write.
 //! - A user with no kept conversation is in the dialect's first one; nothing is written until an
 //!   answer changes it (a conversation the bot ended), so an ordinary message costs one read.
-//! - `botbridge_conversations{store}` counts what memory holds and what Redis holds (a `SCAN` of
-//!   the store's keys every 15 s), `botbridge_conversation_restarts_total{backend}` the
-//!   conversations bots ended.
+//! - `botbridge_conversations{store="memory"}` counts what this instance's memory holds (every
+//!   15 s and at each change), `botbridge_conversation_restarts_total{backend}` the conversations
+//!   bots ended. Redis is not counted: a `SCAN` of a shared keyspace on every instance costs more
+//!   than the number is worth, and Redis's own `INFO keyspace` has it.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -31,8 +37,6 @@ use crate::shared::redis::{Op, SharedRedis};
 
 /// How often the sizes are counted.
 const COUNT_EVERY: Duration = Duration::from_secs(15);
-/// A `SCAN` stops counting here: the gauge then says "at least".
-const MAX_COUNTED: u64 = 10_000_000;
 
 /// The store's metrics.
 struct StoreMetrics {
@@ -46,8 +50,7 @@ fn metrics() -> &'static StoreMetrics {
         let m = StoreMetrics {
             size: register_int_gauge_vec!(
                 "botbridge_conversations",
-                "Conversations of stateful bots kept, by store (memory: this instance; redis: all \
-                 instances, counted every 15 s).",
+                "Conversations of stateful bots this instance keeps in memory.",
                 &["store"]
             )
             .expect("register conversations"),
@@ -59,7 +62,6 @@ fn metrics() -> &'static StoreMetrics {
             .expect("register conversation restarts"),
         };
         m.size.with_label_values(&["memory"]).set(0);
-        m.size.with_label_values(&["redis"]).set(0);
         m
     })
 }
@@ -67,6 +69,8 @@ fn metrics() -> &'static StoreMetrics {
 /// The conversations of every stateful backend.
 pub struct ConversationStore {
     memory: moka::sync::Cache<[u8; 32], Conversation>,
+    /// Changes Redis refused to take: preferred over what Redis says until a write succeeds.
+    unwritten: moka::sync::Cache<[u8; 32], Conversation>,
     shared: Option<Arc<SharedRedis>>,
     settings: ConversationSettings,
 }
@@ -75,12 +79,15 @@ impl ConversationStore {
     /// A store with `settings`, on `shared` when there is a Redis, counting its sizes on a thread of
     /// its own for as long as it lives.
     pub fn new(settings: &ConversationSettings, shared: Option<Arc<SharedRedis>>) -> Arc<Self> {
-        let memory = moka::sync::Cache::builder()
-            .max_capacity(settings.max_entries)
-            .time_to_idle(settings.idle)
-            .build();
+        let cache = || {
+            moka::sync::Cache::builder()
+                .max_capacity(settings.max_entries)
+                .time_to_idle(settings.idle)
+                .build()
+        };
         let store = Arc::new(ConversationStore {
-            memory,
+            memory: cache(),
+            unwritten: cache(),
             shared,
             settings: settings.clone(),
         });
@@ -90,9 +97,6 @@ impl ConversationStore {
             .spawn(move || count(weak));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "conversation sizes will not be counted");
-        }
-        if let Some(redis) = &store.shared {
-            redis.handle().spawn(count_shared(Arc::downgrade(&store)));
         }
         store
     }
@@ -124,18 +128,17 @@ impl ConversationStore {
     /// a changed or restarted conversation is written (to Redis too, with `[redis]`); a write
     /// Redis refuses leaves it in this instance's memory alone, counted.
     pub async fn keep(&self, backend: &str, user: &str, after: AfterAnswer) {
-        let next = match after {
-            AfterAnswer::Keep => return,
-            AfterAnswer::Update(c) => c,
-            AfterAnswer::Restart(c) => {
-                metrics().restarts.with_label_values(&[backend]).inc();
-                c
-            }
+        let Some(next) = changed(backend, after) else {
+            return;
         };
         let key = key(backend, user);
         if let Some(redis) = &self.shared {
-            if self.write_shared(redis, &key, &next).await.is_err() {
-                SharedMetrics::global().fallback(Feature::Conversations, OnRedisError::Local);
+            match self.write_shared(redis, &key, &next).await {
+                Ok(()) => self.unwritten.invalidate(&key),
+                Err(_) => {
+                    SharedMetrics::global().fallback(Feature::Conversations, OnRedisError::Local);
+                    self.unwritten.insert(key, next.clone());
+                }
             }
         }
         self.memory.insert(key, next);
@@ -143,6 +146,14 @@ impl ConversationStore {
         self.memory.run_pending_tasks();
         let gauge = metrics().size.with_label_values(&["memory"]);
         gauge.set(self.memory.entry_count() as i64);
+    }
+
+    /// Keeps a change in this instance's memory only (for shadow bots: see
+    /// `migration::shadow::ShadowConversation`).
+    pub fn keep_here(&self, backend: &str, user: &str, after: AfterAnswer) {
+        if let Some(next) = changed(backend, after) {
+            self.memory.insert(key(backend, user), next);
+        }
     }
 
     /// What this instance last saw of `user`'s conversation with `backend`, without asking Redis
@@ -179,17 +190,25 @@ impl ConversationStore {
     ) -> Result<Option<Conversation>, OnRedisError> {
         let name = redis.key("conversation", key);
         let ms = self.settings.idle.as_millis() as u64;
-        let value = redis
+        let (value,): (Option<Vec<u8>>,) = redis
             .call(Op::Conversation, |mut conn| async move {
-                redis::cmd("GETEX")
-                    .arg(name)
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async::<Option<Vec<u8>>>(&mut conn)
+                redis::pipe()
+                    .atomic()
+                    .get(&name)
+                    .pexpire(&name, ms as i64)
+                    .ignore()
+                    .query_async(&mut conn)
                     .await
             })
             .await
             .map_err(|_| redis.settings().conversations_on_error)?;
+        if let Some(mine) = self.unwritten.get(key) {
+            // A change Redis missed wins over what Redis has; it is written now that Redis answers.
+            if self.write_shared(redis, key, &mine).await.is_ok() {
+                self.unwritten.invalidate(key);
+            }
+            return Ok(Some(mine));
+        }
         // A value this version cannot read is treated as none (and overwritten by the next change).
         let kept = value.and_then(|v| serde_json::from_slice::<Conversation>(&v).ok());
         match &kept {
@@ -220,32 +239,16 @@ impl ConversationStore {
             })
             .await
     }
+}
 
-    /// How many conversations Redis keeps (`SCAN` over the store's keys), at most [`MAX_COUNTED`].
-    async fn count_shared(redis: &SharedRedis) -> Option<u64> {
-        let pattern = format!("{}conversation:*", redis.settings().key_prefix);
-        let mut cursor = 0u64;
-        let mut total = 0u64;
-        loop {
-            let p = pattern.clone();
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis
-                .call(Op::Conversation, |mut conn| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(p)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn)
-                        .await
-                })
-                .await
-                .ok()?;
-            total += keys.len() as u64;
-            if next == 0 || total >= MAX_COUNTED {
-                return Some(total);
-            }
-            cursor = next;
+/// The conversation after an answer, if it changed (a restart counted).
+fn changed(backend: &str, after: AfterAnswer) -> Option<Conversation> {
+    match after {
+        AfterAnswer::Keep => None,
+        AfterAnswer::Update(c) => Some(c),
+        AfterAnswer::Restart(c) => {
+            metrics().restarts.with_label_values(&[backend]).inc();
+            Some(c)
         }
     }
 }
@@ -274,20 +277,5 @@ fn count(store: Weak<ConversationStore>) {
         gauge.set(s.memory.entry_count() as i64);
         drop(s);
         std::thread::sleep(COUNT_EVERY);
-    }
-}
-
-/// The Redis counting task (on the Redis thread's runtime), for as long as the store lives.
-async fn count_shared(store: Weak<ConversationStore>) {
-    let gauge = metrics().size.with_label_values(&["redis"]);
-    loop {
-        let Some(redis) = store.upgrade().and_then(|s| s.shared.clone()) else {
-            return;
-        };
-        if let Some(n) = ConversationStore::count_shared(&redis).await {
-            gauge.set(n as i64);
-        }
-        drop(redis);
-        tokio::time::sleep(COUNT_EVERY).await;
     }
 }

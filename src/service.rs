@@ -32,7 +32,7 @@ use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::limits::{in_flight::BackendSlots, Limiter, Plan};
 use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
-use crate::migration::shadow::{Job, PrimaryAnswer};
+use crate::migration::shadow::{Job, PrimaryAnswer, ShadowConversation};
 use crate::migration::{self, Migration};
 use crate::model::{request_id_is_sane, ChatAnswer, ChatRequest};
 use crate::pool::{PoolError, Pools};
@@ -684,7 +684,15 @@ impl ChatService {
         };
         let signed_at = unix_secs((self.clock)());
         let index = target.settings.backend;
-        let request = (target.backend.bot.render_request(&copy, &ctx)).and_then(|body| {
+        let bot = &*target.backend.bot;
+        let conversation = (bot.conversations()).map(|c| ShadowConversation {
+            store: rt.conversations.clone(),
+            current: (rt.conversations)
+                .peek(&target.backend.name, &copy.user_id)
+                .unwrap_or_else(|| c.first(&copy.user_id)),
+            user: copy.user_id.to_string(),
+        });
+        let request = (bot.render_request(&copy, &ctx)).and_then(|body| {
             let ep = rt.pools.get(index).first_endpoint().ok_or_else(|| {
                 ProxyError::new(
                     502,
@@ -692,13 +700,7 @@ impl ChatService {
                     "the shadow bot has no address yet",
                 )
             })?;
-            let bot = &*target.backend.bot;
-            let conv = (bot.conversations()).map(|c| {
-                rt.conversations
-                    .peek(&target.backend.name, &copy.user_id)
-                    .unwrap_or_else(|| c.first(&copy.user_id))
-            });
-            let path = bot.target(&copy, conv.as_ref());
+            let path = bot.target(&copy, conversation.as_ref().map(|c| &c.current));
             let token = rt.tokens.peek(index);
             let at = (path.as_deref(), signed_at, token.as_deref());
             let bytes = self.signed_request(&ep, bot, &body, request_id, at);
@@ -714,6 +716,7 @@ impl ChatService {
             request,
             request_id: request_id.to_owned(),
             primary,
+            conversation,
         };
         rt.migration.offer(target, job, &self.shadow_upstream);
     }
@@ -887,14 +890,14 @@ impl Handler for ChatService {
     }
 }
 
-/// An error as the caller's dialect answers it (its status, body and own headers), else readable
-/// by every dialect. The error's own headers (`Retry-After`, …) are the caller's to add.
 /// What the bot's answer does to the conversation the request went in, for a stateful bot.
 fn after_answer(cx: &Call<'_>, to: &ToBot<'_>, answer: &ChatAnswer<'_>) -> Option<AfterAnswer> {
     let (current, rules) = (cx.conversation.as_ref()?, to.backend.bot.conversations()?);
     Some(rules.after(current, answer, conversations::random()))
 }
 
+/// An error as the caller's dialect answers it (its status, body and own headers), else readable
+/// by every dialect. The error's own headers (`Retry-After`, …) are the caller's to add.
 fn error_answer(dialect: Option<Caller>, err: &ProxyError) -> Answer {
     let Some(d) = dialect else {
         return Answer::json(err.status, dialect::render_error_for_either(err));

@@ -1,6 +1,7 @@
 //! The conversation store, as a user of a stateful bot (a session id in the bot's path) sees it:
 //! one session per user until the bot ends it, then a fresh one; on Redis, another instance
-//! continues the same conversation; with Redis gone, each `on_redis_error` does what it says.
+//! continues the same conversation; with Redis gone, each `on_redis_error` does what it says, and a
+//! change Redis missed is written once it is back.
 //!
 //! The bot is a recording test server answering as Lex does (it checks no signature: the Lex
 //! tests do that against botocore); callers are Haptik clients.
@@ -139,6 +140,18 @@ async fn on_redis_another_instance_continues_the_conversation_and_a_dead_redis_d
         series_value(&metrics, fallbacks).unwrap() >= 1.0,
         "{fallbacks}"
     );
+
+    // The bot ends the conversation while Redis is down: the change waits in b's memory, and
+    // Redis, back (empty: no persistence), gets it from b's next read, so a follows too.
+    assert_eq!(say(&b, &bot, "cy", CLOSED).await, fresh);
+    let during = say(&b, &bot, "cy", GOING_ON).await;
+    assert!(during.starts_with("bb-") && during != fresh, "{during}");
+    redis.restart();
+    for p in [&b, &a] {
+        wait_for_redis(p).await;
+    }
+    assert_eq!(say(&b, &bot, "cy", GOING_ON).await, during);
+    assert_eq!(say(&a, &bot, "cy", GOING_ON).await, during);
 }
 
 /// Until a request through `proxy` reads its conversation from Redis (the connection is made in
@@ -166,4 +179,63 @@ async fn wait_for_redis(proxy: &Proxy) {
         assert!(std::time::Instant::now() < deadline, "redis never came up");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// A stateful shadow bot has conversations of its own: once it ends one, the next copy goes to a
+/// fresh session, while the primary's conversation goes on untouched.
+#[tokio::test]
+async fn a_shadow_bot_that_ends_a_conversation_gets_the_next_copy_in_a_fresh_session() {
+    let primary = CsmlBackend::start(Behaviour::AnswerUnchecked(GOING_ON.into())).await;
+    let shadow = CsmlBackend::start(Behaviour::AnswerUnchecked(CLOSED.into())).await;
+    let tail = format!(
+        r#"
+[[backends]]
+name = "lex-shadow"
+dialect = "lex-v2"
+url = "http://{}"
+region = "us-east-1"
+bot_id = "B2"
+bot_alias_id = "A2"
+locale_id = "en_US"
+access_key_id = "AKID"
+secret_access_key = "s"
+
+[[routes]]
+name = "shadowed"
+path = "/shadowed"
+ingress = "haptik"
+backend = "lex"
+business_id = 1
+shadow = {{ backend = "lex-shadow", percent = 100 }}
+"#,
+        shadow.addr
+    );
+    let proxy = Proxy::start(&config(&primary, &tail)).await;
+    let bot = &shadow;
+    let copies = |n: usize| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while bot.count() < n {
+            assert!(std::time::Instant::now() < deadline, "copy {n} never came");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        session_of(&bot.requests()[n - 1].path)
+    };
+    let (status, v) = send(&proxy, "/shadowed", &acme(), &haptik_body("dee", "hi", 1)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(copies(1).await, "dee");
+    // The copy's answer is read off the caller's path: wait until it has ended the conversation.
+    let restarts = r#"botbridge_conversation_restarts_total{backend="lex-shadow"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while series_value(&scrape(&proxy).await, restarts) != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shadow's Close was not read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, v) = send(&proxy, "/shadowed", &acme(), &haptik_body("dee", "hi", 1)).await;
+    assert_eq!(status, 200, "{v}");
+    let next = copies(2).await;
+    assert!(next.starts_with("bb-"), "{next}");
+    assert_eq!(session_of(&primary.requests()[1].path), "dee");
 }

@@ -242,18 +242,31 @@ rate_limit = { requests = 5, per_seconds = 1 }
         let grant = c.credentials.tokens.by_digest(&digest).unwrap();
         assert_eq!(&*grant.name, "web");
         assert_eq!(grant.business_id, Some(7));
-        assert_eq!(grant.scope.routes.as_deref(), Some(&["chat".to_owned()][..]));
+        assert_eq!(
+            grant.scope.routes.as_deref(),
+            Some(&["chat".to_owned()][..])
+        );
         assert_eq!(grant.scope.businesses.as_deref(), Some(&[7][..]));
         assert_eq!(grant.limits.own.rate_limit.map(|l| l.requests), Some(5));
-        assert_eq!(c.route_scopes, [("clients.rasa[0].routes".to_owned(), vec!["chat".to_owned()])]);
+        assert_eq!(
+            c.route_scopes,
+            [("clients.rasa[0].routes".to_owned(), vec!["chat".to_owned()])]
+        );
 
-        let err = |text: &str| validate(toml::from_str(text).unwrap()).unwrap_err().to_string();
+        let err = |text: &str| {
+            validate(toml::from_str(text).unwrap())
+                .unwrap_err()
+                .to_string()
+        };
         let haptik = "[[haptik]]\nname = \"h\"\nclient_id = \"c\"\ntoken = \"t\"\nbusiness_id = 1";
         assert_eq!(
             err(haptik),
             "clients.haptik[0].business_id: not used by `haptik` callers: their requests name their business"
         );
         assert!(err("[[rasa]]\ntoken = \"t\"").contains("missing field `name`"));
-        assert!(err("[[rasa]]\nname = \"w\"\ntoken = \"t\"\nroutes = \"chat\"").starts_with("clients.rasa[0]"));
+        assert!(
+            err("[[rasa]]\nname = \"w\"\ntoken = \"t\"\nroutes = \"chat\"")
+                .starts_with("clients.rasa[0]")
+        );
     }
 }

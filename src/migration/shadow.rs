@@ -43,6 +43,17 @@ pub struct Job {
     pub request: Result<(Endpoint, Vec<u8>), ProxyError>,
     pub request_id: String,
     pub primary: PrimaryAnswer,
+    /// For a stateful shadow bot: the conversation the copy went in, so its answer moves it on.
+    pub conversation: Option<ShadowConversation>,
+}
+
+/// The conversation of a copy to a stateful shadow bot. Shadow conversations are kept in this
+/// instance's memory only (`ConversationStore::keep_here`): a shadow is an experiment, and its
+/// copies must never wait on Redis.
+pub struct ShadowConversation {
+    pub store: Arc<crate::conversations::ConversationStore>,
+    pub user: String,
+    pub current: botbridge_core::dialect::Conversation,
 }
 
 /// A route's shadow bot, with the bounds of its queue.
@@ -125,6 +136,12 @@ impl ShadowTarget {
             (Ok(_), Some(Err(e))) => Err(e.clone()),
             (Ok(_), None) => unreachable!("an exchange is made for every rendered request"),
         };
+        if let (Some(c), Ok(answer)) = (&job.conversation, &shadow) {
+            if let Some(rules) = self.backend.bot.conversations() {
+                let after = rules.after(&c.current, answer, crate::conversations::random());
+                c.store.keep_here(&self.backend.name, &c.user, after);
+            }
+        }
         let comparison = compare(&primary, shadow.as_ref().ok());
         let log = comparison.verdict != super::compare::Verdict::Match && self.log_this_one();
         let outcome = super::report::Outcome {

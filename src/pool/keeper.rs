@@ -60,7 +60,7 @@ fn tend(pools: &Pools) {
                 });
             }
         }
-        if let Some(resolver) = pools.resolver.clone() {
+        if let Some(resolver) = pools.resolver() {
             let names = pool.urls.iter().any(|u| u.has_name());
             if names
                 && due(

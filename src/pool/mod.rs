@@ -31,11 +31,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora_load_balancing::HealthRegistry;
 use prometheus::IntCounter;
 
 use crate::config::backends::Backend;
+use crate::config::dns::DnsSettings;
 use crate::config::pool::PoolSettings;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -71,8 +72,12 @@ pub enum PoolError {
 /// The pools of one configuration, by backend index.
 pub struct Pools {
     pools: Vec<Arc<Pool>>,
-    /// The resolver for host names, when a URL has one.
-    resolver: Option<Arc<dns::Resolver>>,
+    /// The resolver for host names, when a URL has one (made again by the keeper while it cannot
+    /// be made: a missing resolver configuration must not stop names from ever resolving).
+    resolver: ArcSwapOption<dns::Resolver>,
+    /// Whether any URL has a host name, and how to resolve them.
+    names: bool,
+    dns: DnsSettings,
 }
 
 impl Pools {
@@ -88,16 +93,34 @@ impl Pools {
             })
             .collect::<Vec<_>>();
         let names = pools.iter().any(|p| p.urls.iter().any(Endpoint::has_name));
-        let resolver = names
-            .then(|| dns::Resolver::new(&config.dns))
-            .and_then(|r| {
-                r.inspect_err(
-                    |e| tracing::error!(error = %e, "backend names will not be resolved again"),
-                )
-                .ok()
-            })
-            .map(Arc::new);
-        Pools { pools, resolver }
+        let pools = Pools {
+            pools,
+            resolver: ArcSwapOption::empty(),
+            names,
+            dns: config.dns.clone(),
+        };
+        if names {
+            if let Err(e) = pools.make_resolver() {
+                tracing::error!(error = %e, "backend names cannot be resolved; trying again every second");
+            }
+        }
+        pools
+    }
+
+    /// The resolver, made now if it could not be made before; `None` without names to resolve or
+    /// while it still cannot be made.
+    fn resolver(&self) -> Option<Arc<dns::Resolver>> {
+        match self.resolver.load_full() {
+            Some(r) => Some(r),
+            None if self.names => self.make_resolver().ok(),
+            None => None,
+        }
+    }
+
+    fn make_resolver(&self) -> Result<Arc<dns::Resolver>, String> {
+        let r = Arc::new(dns::Resolver::new(&self.dns)?);
+        self.resolver.store(Some(r.clone()));
+        Ok(r)
     }
 
     /// The pool of the backend at this index.
