@@ -22,6 +22,7 @@
 //!   bots ended. Redis is not counted: a `SCAN` of a shared keyspace on every instance costs more
 //!   than the number is worth, and Redis's own `INFO keyspace` has it.
 
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -68,9 +69,14 @@ fn metrics() -> &'static StoreMetrics {
 
 /// The conversations of every stateful backend.
 pub struct ConversationStore {
-    memory: moka::sync::Cache<[u8; 32], Conversation>,
+    memory: moka::sync::Cache<u128, Conversation>,
     /// Changes Redis refused to take: preferred over what Redis says until a write succeeds.
-    unwritten: moka::sync::Cache<[u8; 32], Conversation>,
+    unwritten: moka::sync::Cache<u128, Conversation>,
+    /// The seeds of the memory keys ([`ConversationStore::key_here`]).
+    seeds: (
+        foldhash::quality::RandomState,
+        foldhash::quality::RandomState,
+    ),
     shared: Option<Arc<SharedRedis>>,
     settings: ConversationSettings,
 }
@@ -88,6 +94,7 @@ impl ConversationStore {
         let store = Arc::new(ConversationStore {
             memory: cache(),
             unwritten: cache(),
+            seeds: Default::default(),
             shared,
             settings: settings.clone(),
         });
@@ -113,10 +120,10 @@ impl ConversationStore {
         rules: &dyn Conversations,
         user: &str,
     ) -> Result<Conversation, ProxyError> {
-        let key = key(backend, user);
+        let key = self.key_here(backend, user);
         let kept = match &self.shared {
             None => self.memory.get(&key),
-            Some(redis) => match self.read_shared(redis, &key).await {
+            Some(redis) => match self.read_shared(redis, key, backend, user).await {
                 Ok(kept) => kept,
                 Err(policy) => self.fallback(policy, &key)?,
             },
@@ -131,9 +138,9 @@ impl ConversationStore {
         let Some(next) = changed(backend, after) else {
             return;
         };
-        let key = key(backend, user);
+        let key = self.key_here(backend, user);
         if let Some(redis) = &self.shared {
-            match self.write_shared(redis, &key, &next).await {
+            match self.write_shared(redis, backend, user, &next).await {
                 Ok(()) => self.unwritten.invalidate(&key),
                 Err(_) => {
                     SharedMetrics::global().fallback(Feature::Conversations, OnRedisError::Local);
@@ -152,21 +159,21 @@ impl ConversationStore {
     /// `migration::shadow::ShadowConversation`).
     pub fn keep_here(&self, backend: &str, user: &str, after: AfterAnswer) {
         if let Some(next) = changed(backend, after) {
-            self.memory.insert(key(backend, user), next);
+            self.memory.insert(self.key_here(backend, user), next);
         }
     }
 
     /// What this instance last saw of `user`'s conversation with `backend`, without asking Redis
     /// (for shadow copies, which never wait on the store).
     pub fn peek(&self, backend: &str, user: &str) -> Option<Conversation> {
-        self.memory.get(&key(backend, user))
+        self.memory.get(&self.key_here(backend, user))
     }
 
     /// Redis failed on a read: what `on_redis_error` says, counted.
     fn fallback(
         &self,
         policy: OnRedisError,
-        key: &[u8; 32],
+        key: &u128,
     ) -> Result<Option<Conversation>, ProxyError> {
         SharedMetrics::global().fallback(Feature::Conversations, policy);
         match policy {
@@ -186,9 +193,11 @@ impl ConversationStore {
     async fn read_shared(
         &self,
         redis: &SharedRedis,
-        key: &[u8; 32],
+        key: u128,
+        backend: &str,
+        user: &str,
     ) -> Result<Option<Conversation>, OnRedisError> {
-        let name = redis.key("conversation", key);
+        let name = redis.key("conversation", &key_shared(backend, user));
         let ms = self.settings.idle.as_millis() as u64;
         let (value,): (Option<Vec<u8>>,) = redis
             .call(Op::Conversation, |mut conn| async move {
@@ -202,18 +211,18 @@ impl ConversationStore {
             })
             .await
             .map_err(|_| redis.settings().conversations_on_error)?;
-        if let Some(mine) = self.unwritten.get(key) {
+        if let Some(mine) = self.unwritten.get(&key) {
             // A change Redis missed wins over what Redis has; it is written now that Redis answers.
-            if self.write_shared(redis, key, &mine).await.is_ok() {
-                self.unwritten.invalidate(key);
+            if self.write_shared(redis, backend, user, &mine).await.is_ok() {
+                self.unwritten.invalidate(&key);
             }
             return Ok(Some(mine));
         }
         // A value this version cannot read is treated as none (and overwritten by the next change).
         let kept = value.and_then(|v| serde_json::from_slice::<Conversation>(&v).ok());
         match &kept {
-            Some(c) => self.memory.insert(*key, c.clone()),
-            None => self.memory.invalidate(key),
+            Some(c) => self.memory.insert(key, c.clone()),
+            None => self.memory.invalidate(&key),
         }
         Ok(kept)
     }
@@ -221,10 +230,11 @@ impl ConversationStore {
     async fn write_shared(
         &self,
         redis: &SharedRedis,
-        key: &[u8; 32],
+        backend: &str,
+        user: &str,
         conv: &Conversation,
     ) -> Result<(), crate::shared::redis::Unavailable> {
-        let name = redis.key("conversation", key);
+        let name = redis.key("conversation", &key_shared(backend, user));
         let value = serde_json::to_vec(conv).expect("a conversation serializes");
         let ms = self.settings.idle.as_millis() as u64;
         redis
@@ -259,8 +269,20 @@ pub fn random() -> [u8; 16] {
     *uuid::Uuid::new_v4().as_bytes()
 }
 
-/// The key of a user's conversation with a backend: never the user id itself (unbounded, personal).
-fn key(backend: &str, user: &str) -> [u8; 32] {
+impl ConversationStore {
+    /// The memory key of a user's conversation with a backend: 128 bits from two hashes seeded at
+    /// random per process, so nobody can make two users' keys collide. Not SHA-256, which cost
+    /// about 3,700 instructions a request under callgrind (bench/RESULTS.md), nor the user id
+    /// itself (unbounded, personal).
+    fn key_here(&self, backend: &str, user: &str) -> u128 {
+        let half = |seed: &foldhash::quality::RandomState| seed.hash_one((backend, user)) as u128;
+        half(&self.seeds.0) << 64 | half(&self.seeds.1)
+    }
+}
+
+/// The Redis key of a user's conversation with a backend: the same on every instance, and never
+/// the user id itself.
+fn key_shared(backend: &str, user: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(backend.as_bytes());
     h.update([0]);
