@@ -610,6 +610,9 @@ impl ChatService {
         let exchange = result
             .map_err(|e| pool_error(e, out))
             .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
+        if let (401, Some(t)) = (exchange.status, &token) {
+            rt.tokens.keeper(to.index).inspect(|k| k.refused(t));
+        }
         out.from_backend = true;
         if rt.config.message_bodies {
             tracing::trace!(target: "botbridge::messages", request_id = out.request_id.as_deref(), from = "backend", body = %String::from_utf8_lossy(&exchange.body));

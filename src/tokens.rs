@@ -6,6 +6,7 @@
 //!   requests keep using it;
 //! - with no usable token, the first request fetches one and the others wait for that fetch
 //!   (single flight);
+//! - a token the bot refuses (401) is dropped, so the next request fetches another;
 //! - a failed fetch is retried only after a backoff (1 s doubling to [`MAX_BACKOFF`]); requests in
 //!   between fail at once with a 502 in the caller's dialect, with a fixed message
 //!   ([`Reason::BackendCredentials`]), and nothing is sent to the bot.
@@ -167,6 +168,17 @@ impl Keeper {
             current: ArcSwapOption::empty(),
             fetch: tokio::sync::Mutex::new(Backoff::default()),
             refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// The bot refused `token` (401): it was revoked or its key deleted before it expired. It is
+    /// dropped (unless a newer one replaced it meanwhile), so the next request fetches another
+    /// instead of every request failing until it would have expired.
+    pub fn refused(&self, token: &str) {
+        let current = self.current.load();
+        if current.as_ref().is_some_and(|m| &*m.token == token) {
+            self.current.compare_and_swap(&current, None);
+            tracing::warn!(backend = %self.backend, "the bot refused its access token: a new one is fetched for the next request");
         }
     }
 

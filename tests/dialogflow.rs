@@ -494,3 +494,53 @@ async fn shadows_run_between_dialogflow_and_lex_both_ways() {
         .iter()
         .all(|r| r["token_ok"] == true));
 }
+
+/// An access token the agent refuses (revoked, or its key deleted) is dropped at once: the next
+/// request fetches a new one instead of every request failing until the old one would expire.
+#[tokio::test]
+async fn a_token_the_agent_refuses_is_replaced_by_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = json!({"access_token": "t", "expires_in": 3600, "token_type": "Bearer"});
+    let endpoint = CsmlBackend::start(Behaviour::AnswerUnchecked(token.to_string())).await;
+    let refused = r#"{"error":{"code":401,"message":"no","status":"UNAUTHENTICATED"}}"#;
+    let agent = CsmlBackend::start(Behaviour::Status(401, refused.into())).await;
+    let uri = format!("http://{}/token", endpoint.addr);
+    let key = key_file(dir.path(), "bot.json", BOT_EMAIL, "test-key", &uri);
+    let proxy = Proxy::start(&config_with(&format!(
+        r#"
+[[backends]]
+name = "agent"
+dialect = "dialogflow-cx"
+url = "http://{}"
+project = "p"
+location = "global"
+agent = "a"
+language_code = "en"
+credentials_file = "{}"
+
+[[routes]]
+name = "chat"
+path = "/chat"
+ingress = "haptik"
+backend = "agent"
+"#,
+        agent.addr,
+        key.display()
+    )))
+    .await;
+    let haptik = [
+        ("authorization", "Bearer acme-token".to_owned()),
+        ("client-id", "acme-client".to_owned()),
+    ];
+    let (status, v) = send(&proxy, "/chat", &haptik, &haptik_body("u", "hi", 1)).await;
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(endpoint.count(), 1);
+    let answer = json!({"queryResult": {"responseMessages": [{"text": {"text": ["hello"]}}]}});
+    agent.set(Behaviour::AnswerUnchecked(answer.to_string()));
+    let (status, v) = send(&proxy, "/chat", &haptik, &haptik_body("u", "hi", 1)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(endpoint.count(), 2, "the refused token was not replaced");
+    let (status, _) = send(&proxy, "/chat", &haptik, &haptik_body("u", "hi", 1)).await;
+    assert_eq!(status, 200);
+    assert_eq!(endpoint.count(), 2, "a good token is kept");
+}
