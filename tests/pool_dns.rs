@@ -140,6 +140,24 @@ async fn two_bots() -> (Bot, Bot) {
     }
 }
 
+/// A Rasa backend at `http://{name}:{port}`, resolved by `dns`, on `/chat`.
+fn named_config(dns: &Dnsmasq, name: &str, port: u16, refresh_s: u64) -> String {
+    config_with(&format!(
+        r#"
+[dns]
+servers = ["{}"]
+timeout_ms = 500
+[[backends]]
+name = "named"
+dialect = "rasa"
+url = "http://{name}:{port}/webhooks/rest/webhook"
+dns_refresh_s = {refresh_s}
+{}"#,
+        dns.addr,
+        route("chat", "/chat", "named", "")
+    ))
+}
+
 /// Sends requests until one is answered by `bot`; returns how long that took.
 async fn until_answered_by(proxy: &Proxy, bot: &str, limit: Duration) -> Duration {
     let (client, started) = (reqwest::Client::new(), Instant::now());
@@ -167,20 +185,7 @@ async fn a_name_whose_answers_change_is_followed_and_one_that_stops_resolving_ke
     };
     let (a, b) = two_bots().await;
     let port = a.addr.port();
-    let proxy = Proxy::start(&config_with(&format!(
-        r#"
-[dns]
-servers = ["{}"]
-timeout_ms = 500
-[[backends]]
-name = "named"
-dialect = "rasa"
-url = "http://{NAME}:{port}/webhooks/rest/webhook"
-dns_refresh_s = 1
-{}"#,
-        dns.addr,
-        route("chat", "/chat", "named", "")
-    )));
+    let proxy = Proxy::start(&named_config(&dns, NAME, port, 1));
     let client = reqwest::Client::new();
     for _ in 0..5 {
         let (status, answer) = haptik(&client, &proxy.url("/chat"), "u", "m").await;
@@ -233,20 +238,7 @@ async fn a_name_that_does_not_resolve_yet_starts_the_proxy_and_is_found_once_it_
     };
     let (a, _b) = two_bots().await;
     let port = a.addr.port();
-    let proxy = Proxy::start(&config_with(&format!(
-        r#"
-[dns]
-servers = ["{}"]
-timeout_ms = 500
-[[backends]]
-name = "later"
-dialect = "rasa"
-url = "http://{LATER}:{port}/webhooks/rest/webhook"
-dns_refresh_s = 3600
-{}"#,
-        dns.addr,
-        route("chat", "/chat", "later", "")
-    )));
+    let proxy = Proxy::start(&named_config(&dns, LATER, port, 3600));
     let client = reqwest::Client::new();
     let (status, answer) = haptik(&client, &proxy.url("/chat"), "u", "m").await;
     assert_eq!(status, 503, "{answer}");

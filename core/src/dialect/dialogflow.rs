@@ -31,9 +31,9 @@ use crate::config::{ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    fresh_session, from_json, path_segment, settings, strict_raw, AnswerContext, AnswerShape, Bot,
-    BotDialect, BotRequestContext, CallerDialect, ClientEntry, Conversation, Conversations,
-    Detection, Outgoing, RequestHead, TokenSource,
+    from_json, path_segment, settings, strict_raw, AnswerContext, AnswerShape, Bot, BotDialect,
+    BotRequestContext, CallerDialect, ClientEntry, Conversation, Conversations, Detection,
+    Outgoing, RequestHead, SessionPerUser, TokenSource,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::jwt::{self, PrivateKey, PublicKey};
@@ -963,18 +963,7 @@ impl TokenSource for DialogflowBot {
 }
 
 /// One session per user: the user's own ([`session_id`]) until the bot ends it, then a fresh one.
-impl Conversations for DialogflowBot {
-    fn first(&self, user: &str) -> Conversation {
-        Conversation {
-            id: session_id(user).into_owned(),
-            cursor: None,
-        }
-    }
-
-    fn fresh(&self, random: [u8; 16]) -> Conversation {
-        fresh_session(random)
-    }
-}
+const SESSIONS: SessionPerUser = SessionPerUser(session_id);
 
 impl Bot for DialogflowBot {
     fn dialect(&self) -> &'static str {
@@ -990,7 +979,7 @@ impl Bot for DialogflowBot {
     }
 
     fn conversations(&self) -> Option<&dyn Conversations> {
-        Some(self)
+        Some(&SESSIONS)
     }
 
     fn token_source(&self) -> Option<&dyn TokenSource> {

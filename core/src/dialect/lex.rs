@@ -29,9 +29,9 @@ use crate::config::{header_safe, ConfigError, SecretSource};
 use crate::dialect::bad_answer::{excerpt, Expected};
 use crate::dialect::haptik::is_http_url;
 use crate::dialect::{
-    fresh_session, from_json, path_segment, settings, strict_raw, text_for_bot, AnswerContext,
-    AnswerShape, Bot, BotDialect, BotRequestContext, CallerDialect, ClientEntry, Conversation,
-    Conversations, Detection, FlowTriggerPolicy, Outgoing, RequestHead,
+    from_json, path_segment, settings, strict_raw, text_for_bot, AnswerContext, AnswerShape, Bot,
+    BotDialect, BotRequestContext, CallerDialect, ClientEntry, Conversation, Conversations,
+    Detection, FlowTriggerPolicy, Outgoing, RequestHead, SessionPerUser,
 };
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
@@ -857,18 +857,7 @@ impl BotDialect for Lex {
 }
 
 /// One session per user: the user's own ([`session_id`]) until the bot ends it, then a fresh one.
-impl Conversations for LexBot {
-    fn first(&self, user: &str) -> Conversation {
-        Conversation {
-            id: session_id(user).into_owned(),
-            cursor: None,
-        }
-    }
-
-    fn fresh(&self, random: [u8; 16]) -> Conversation {
-        fresh_session(random)
-    }
-}
+const SESSIONS: SessionPerUser = SessionPerUser(session_id);
 
 impl Bot for LexBot {
     fn dialect(&self) -> &'static str {
@@ -886,7 +875,7 @@ impl Bot for LexBot {
     }
 
     fn conversations(&self) -> Option<&dyn Conversations> {
-        Some(self)
+        Some(&SESSIONS)
     }
 
     fn render_request(
@@ -1157,20 +1146,25 @@ mod tests {
         }
     }
 
+    /// The bot of the PATH fixture, signing with `s3cret`.
+    fn test_bot() -> Box<dyn Bot> {
+        let table: toml::Table = toml::from_str(
+            r#"region = "us-east-1"
+            bot_id = "ABCDEFGHIJ"
+            bot_alias_id = "TSTALIASID"
+            locale_id = "en_US"
+            access_key_id = "AKID"
+            secret_access_key = "s3cret""#,
+        )
+        .unwrap();
+        BotDialect::configure(&Lex, "backends[0]", table).unwrap()
+    }
+
     /// A user's first session is their own id; once the bot closes it, the next goes to a fresh
     /// session, in the path.
     #[test]
     fn a_closed_session_is_followed_by_a_fresh_one() {
-        let table: toml::Table = toml::from_str(
-            r#"region = "us-east-1"
-            bot_id = "B"
-            bot_alias_id = "A"
-            locale_id = "en_US"
-            access_key_id = "AKID"
-            secret_access_key = "s""#,
-        )
-        .unwrap();
-        let bot = BotDialect::configure(&Lex, "backends[0]", table).unwrap();
+        let bot = test_bot();
         let c = bot.conversations().unwrap();
         let first = c.first("user:1");
         assert_eq!(first.id, "user:1");
@@ -1194,16 +1188,7 @@ mod tests {
     /// What the bot side signs, the caller side accepts; any change to what was signed is refused.
     #[test]
     fn a_signed_request_verifies_and_a_changed_one_does_not() {
-        let table: toml::Table = toml::from_str(
-            r#"region = "us-east-1"
-            bot_id = "ABCDEFGHIJ"
-            bot_alias_id = "TSTALIASID"
-            locale_id = "en_US"
-            access_key_id = "AKID"
-            secret_access_key = "s3cret""#,
-        )
-        .unwrap();
-        let bot = BotDialect::configure(&Lex, "backends[0]", table).unwrap();
+        let bot = test_bot();
         let req = parse_request(PATH, br#"{"text":"hi"}"#).unwrap();
         let path = bot.target(&req, None).unwrap();
         assert_eq!(path, PATH);

@@ -407,12 +407,25 @@ pub trait Conversations: Send + Sync + fmt::Debug {
     }
 }
 
-/// A fresh session id from 16 random bytes: `bb-` and 32 hex digits (35 characters, which every
-/// vendor with sessions in its paths takes).
-pub(crate) fn fresh_session(random: [u8; 16]) -> Conversation {
-    Conversation {
-        id: format!("bb-{}", hex::encode(random)),
-        cursor: None,
+/// The conversations of a bot with one session per user in its paths: the first is the session the
+/// dialect derives from the user id (the function held), and once the bot ends one, the next is a
+/// fresh `bb-` and 32 hex digits (35 characters, which every such vendor takes).
+#[derive(Debug)]
+pub(crate) struct SessionPerUser(pub(crate) fn(&str) -> std::borrow::Cow<'_, str>);
+
+impl Conversations for SessionPerUser {
+    fn first(&self, user: &str) -> Conversation {
+        Conversation {
+            id: (self.0)(user).into_owned(),
+            cursor: None,
+        }
+    }
+
+    fn fresh(&self, random: [u8; 16]) -> Conversation {
+        Conversation {
+            id: format!("bb-{}", hex::encode(random)),
+            cursor: None,
+        }
     }
 }
 
