@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::Expiry;
@@ -63,8 +64,12 @@ impl Expiry<[u8; 32], Decision> for DecisionExpiry {
 
 /// The auth service client with its caches.
 struct Service {
+    /// As configured: a host name in it is resolved when the authenticator is made (and again by
+    /// a call, while it does not resolve); loading a configuration does no DNS.
     endpoint: Endpoint,
-    peer: upstream::BackendPeer,
+    /// The endpoint at its address, with its peer, once known.
+    reached: ArcSwapOption<(Endpoint, upstream::BackendPeer)>,
+    dns: crate::config::dns::DnsSettings,
     upstream: Upstream,
     bearer: Option<String>,
     decisions: Cache<[u8; 32], Decision>,
@@ -73,6 +78,23 @@ struct Service {
     cache_miss: prometheus::IntCounter,
     /// Valid grants remembered for `positive_ttl + serve_stale`, used only when the service fails.
     stale: Option<Cache<[u8; 32], Arc<Grant>>>,
+}
+
+impl Service {
+    /// The endpoint at its address: known, or resolved now (a name that did not resolve when the
+    /// authenticator was made); `None` while it does not resolve.
+    async fn reach(&self) -> Option<Arc<(Endpoint, upstream::BackendPeer)>> {
+        if let Some(r) = self.reached.load_full() {
+            return Some(r);
+        }
+        let resolver = crate::pool::dns::Resolver::new(&self.dns).ok()?;
+        let (host, port) = (&self.endpoint.host, self.endpoint.addr.port());
+        let addrs = resolver.resolve(host, port).await.ok()?;
+        let ep = self.endpoint.at(addrs[0]);
+        let reached = Arc::new((ep.clone(), upstream::peer_for(&ep)));
+        self.reached.store(Some(reached.clone()));
+        Some(reached)
+    }
 }
 
 /// Why an auth service call failed (a bounded label).
@@ -104,7 +126,7 @@ impl Authenticator {
         let service = config
             .auth_service
             .as_ref()
-            .map(|c| Self::service(c, metrics));
+            .map(|c| Self::service(c, &config.dns, metrics));
         let tolerance = config.clients.credentials.api_keys.tolerance_secs();
         let replay = config.clients.replay_guard.then(|| {
             previous
@@ -161,7 +183,11 @@ impl Authenticator {
         }
     }
 
-    fn service(c: &AuthServiceConfig, metrics: &'static Metrics) -> Service {
+    fn service(
+        c: &AuthServiceConfig,
+        dns: &crate::config::dns::DnsSettings,
+        metrics: &'static Metrics,
+    ) -> Service {
         let decisions = Cache::builder()
             .max_capacity(c.max_entries)
             .expire_after(DecisionExpiry {
@@ -187,9 +213,26 @@ impl Authenticator {
                 .time_to_live(c.positive_ttl + window)
                 .build()
         });
+        let reached = match c.endpoint.has_name() {
+            false => Some(c.endpoint.clone()),
+            true => {
+                let name = [(c.endpoint.host.clone(), c.endpoint.addr.port())];
+                let found = crate::pool::dns::resolve_all(dns, &name).pop();
+                match found.expect("one result per name") {
+                    Ok(addrs) => Some(c.endpoint.at(addrs[0])),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the auth service's name did not resolve; each call tries again");
+                        None
+                    }
+                }
+            }
+        };
         Service {
-            peer: upstream::peer_for(&c.endpoint),
+            reached: ArcSwapOption::from(
+                reached.map(|ep| Arc::new((ep.clone(), upstream::peer_for(&ep)))),
+            ),
             endpoint: c.endpoint.clone(),
+            dns: dns.clone(),
             upstream: Upstream::new(64, 64 * 1024),
             bearer: c.bearer.clone(),
             decisions,
@@ -449,9 +492,17 @@ impl Authenticator {
         }
         let request = request.body(&body);
         let started = Instant::now();
+        let Some(reached) = svc.reach().await else {
+            self.metrics
+                .auth_service_errors
+                .with_label_values(&["connect"])
+                .inc();
+            return Err(ServiceError("connect"));
+        };
+        let (endpoint, peer) = &*reached;
         let result = svc
             .upstream
-            .exchange(&svc.peer, &svc.endpoint, &request, started)
+            .exchange(peer, endpoint, &request, started)
             .await;
         self.metrics
             .auth_service_duration

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::secret::{header_safe, nonzero, SecretSource};
 use super::ConfigError;
-use crate::upstream::endpoint::{endpoint, Endpoint, Timeouts};
+use crate::upstream::endpoint::{endpoint_unresolved, Endpoint, Timeouts};
 
 /// `[auth_service]` as written.
 #[derive(Debug, Deserialize)]
@@ -75,7 +75,14 @@ pub fn validate(a: &RawAuthService) -> Result<AuthServiceConfig, ConfigError> {
     };
     let secs = |key: &str, v: u64| nonzero(key, v).map(Duration::from_secs);
     Ok(AuthServiceConfig {
-        endpoint: endpoint("auth_service", "auth-service", &a.url, timeouts)?,
+        endpoint: endpoint_unresolved(
+            "auth_service",
+            "auth_service.url",
+            "auth-service",
+            &a.url,
+            timeouts,
+        )?
+        .0,
         bearer,
         positive_ttl: secs("auth_service.positive_ttl_s", a.positive_ttl_s)?,
         negative_ttl: secs("auth_service.negative_ttl_s", a.negative_ttl_s)?,

@@ -292,6 +292,18 @@ backend = "b"
         assert!(c.routes[0].target(Some(99)).is_some());
     }
 
+    /// A load is pure: names are resolved when pools and the auth service start, so a name that
+    /// does not resolve (yet) never refuses a configuration.
+    #[test]
+    fn loading_does_no_dns() {
+        let text = MINIMAL.replace("127.0.0.1:3", "no-such-bot.invalid:3")
+            + "[auth_service]\nurl = \"http://no-such-auth.invalid/verify\"\n";
+        let c = parse(&text).unwrap();
+        assert!(c.backends[0].urls[0].addrs.is_empty());
+        assert_eq!(c.backends[0].urls[0].endpoint.host, "no-such-bot.invalid");
+        assert!(c.auth_service.unwrap().endpoint.has_name());
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         let e = err(&MINIMAL.replace("name = \"b\"", "name = \"b\"\ncolour = 1"));
