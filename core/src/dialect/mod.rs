@@ -14,6 +14,7 @@ mod bad_answer;
 pub mod csml;
 pub mod csml_engine;
 pub mod dialogflow;
+pub mod directline;
 pub mod haptik;
 pub mod haptik_async;
 pub mod hsl;

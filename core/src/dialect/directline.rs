@@ -1,0 +1,546 @@
+//! Microsoft Bot Framework's Direct Line 3.0 activities, both ways: the wire format as pure
+//! functions over bytes and the canonical model. Not registered yet: the conversations, tokens,
+//! polling and WebSocket stream a Direct Line caller needs are the shell's, and come with it.
+//!
+//! Field names are those of the Bot Framework Activity schema (`botframework-schema`) and Direct
+//! Line 3.0's REST reference; the wire facts that trip clients up are in the vendor notes:
+//! - A caller's activity: `{"type": "message", "from": {"id", "name"?}, "text"?, "value"?,
+//!   "channelData"?, …}`. A button click arrives as the text of an `imBack`, or as the `value` of a
+//!   `postBack` (a string, or any JSON, kept as its JSON text). `channelData` is echoed unchanged
+//!   (Web Chat marks a message sent only when its echo carries the same `clientActivityID`).
+//! - The bot's activities: `{"type": "message", "from": {"id", "role": "bot"}, "replyToId", "text"?,
+//!   "attachments"?: [{"contentType", "content"?, "contentUrl"?}], "suggestedActions"?: {"actions"}}`.
+//!   A question is a HeroCard (`application/vnd.microsoft.card.hero`) with `imBack` buttons (or
+//!   `postBack` when the payload differs from the title); media are attachments with a
+//!   `contentUrl`; a link is its text.
+//! - Errors: `{"error": {"code", "message"}}` with Direct Line's codes ([`error_code`]).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use crate::dialect::from_json;
+use crate::error::{ProxyError, Reason};
+use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
+
+/// The dialect's name.
+pub const NAME: &str = "directline";
+
+/// A HeroCard's content type.
+pub const HERO_CARD: &str = "application/vnd.microsoft.card.hero";
+/// An Adaptive Card's content type.
+pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
+
+// ---------------------------------------------------------------------------------------------
+// Caller side: a Direct Line client posts an activity
+
+#[derive(Deserialize)]
+struct From<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActivityIn<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    from: Option<From<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel_data: Option<&'a RawValue>,
+}
+
+/// What a caller's activity asks of the proxy.
+#[derive(Debug)]
+pub enum Posted<'a> {
+    /// A message for the bot: the canonical request (its `metadata` is the activity's
+    /// `channelData`, passed on as is).
+    Message(ChatRequest<'a>),
+    /// Another activity type (`typing`, `event`, `conversationUpdate`, …): echoed to the
+    /// conversation, never sent to a bot.
+    Other,
+}
+
+/// Reads a caller's activity. `conversation_user` is the user the conversation was started for
+/// (its token's), used when the activity names none; an activity naming another user is refused,
+/// so one conversation's token cannot speak for someone else.
+pub fn parse_activity<'a>(
+    body: &'a [u8],
+    conversation_user: Option<&str>,
+) -> Result<Posted<'a>, ProxyError> {
+    let a: ActivityIn<'a> =
+        from_json(body).map_err(|_| bad_argument("the body is not an activity"))?;
+    if a.kind != "message" {
+        return Ok(Posted::Other);
+    }
+    let user: Cow<'a, str> = match (a.from.map(|f| f.id), conversation_user) {
+        (Some(id), Some(owner)) if *id != *owner => {
+            return Err(bad_argument("from.id is not this conversation's user"))
+        }
+        (Some(id), _) if !id.is_empty() => id,
+        (_, Some(owner)) => Cow::Owned(owner.to_owned()),
+        _ => return Err(bad_argument("the activity has no from.id")),
+    };
+    let content = match (a.value, a.text) {
+        (Some(v), _) => Content::Payload(button_value(v)),
+        (None, Some(t)) if !t.trim().is_empty() => Content::Text(t),
+        _ => return Err(bad_argument("a message activity needs text or a value")),
+    };
+    Ok(Posted::Message(ChatRequest {
+        user_id: user,
+        content,
+        business_id: None,
+        message_type: 0,
+        request_id: None,
+        metadata: a.channel_data,
+        raw_payload: None,
+        callback_url: None,
+    }))
+}
+
+/// A `postBack` button's value: a string as itself, anything else as its JSON text.
+fn button_value(v: &RawValue) -> Cow<'_, str> {
+    match serde_json::from_str::<Cow<'_, str>>(v.get()) {
+        Ok(s) => s,
+        Err(_) => Cow::Borrowed(v.get()),
+    }
+}
+
+fn bad_argument(message: &'static str) -> ProxyError {
+    ProxyError::bad_request(message)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bot's replies as activities (to a Direct Line caller), and back (from a Direct Line bot)
+
+/// A button as Direct Line sends it: `imBack` (the title is what the user "says") unless the
+/// payload differs from the title, then `postBack` with the payload as its value.
+fn card_action(b: &Button<'_>) -> Value {
+    match b.payload.as_deref() {
+        Some(p) if p != b.title => json!({"type": "postBack", "title": b.title, "value": p}),
+        _ => json!({"type": "imBack", "title": b.title, "value": b.title}),
+    }
+}
+
+/// The content type of a media attachment: a generic one per kind (Web Chat picks its renderer
+/// from the type's first part).
+fn media_type(kind: MediaKind) -> &'static str {
+    match kind {
+        MediaKind::Image => "image/*",
+        MediaKind::Video => "video/*",
+        MediaKind::Audio => "audio/*",
+        MediaKind::File => "application/octet-stream",
+    }
+}
+
+/// The bot's replies as message activities (without `id`, `timestamp`, `conversation` or `from`,
+/// which the conversation adds): a text each; a question as a HeroCard with its buttons; a lone
+/// button as a HeroCard of one button; media as attachments; a link as its text.
+pub fn reply_activities(answer: &ChatAnswer<'_>, reply_to: &str) -> Vec<Value> {
+    let message = |mut v: Value| {
+        v["type"] = json!("message");
+        v["replyToId"] = json!(reply_to);
+        v
+    };
+    let hero = |text: &str, buttons: Vec<Value>| {
+        json!({"attachments": [{"contentType": HERO_CARD,
+                                "content": {"text": text, "buttons": buttons}}]})
+    };
+    (answer.replies.iter())
+        .map(|r| match r {
+            Reply::Text(t) => message(json!({"text": t})),
+            Reply::Question { title, buttons } => {
+                message(hero(title, buttons.iter().map(card_action).collect()))
+            }
+            Reply::Button(b) => message(hero("", vec![card_action(b)])),
+            Reply::Url { url, text, title } => {
+                let label = text.as_deref().or(title.as_deref());
+                let t = label.map_or_else(|| url.to_string(), |l| format!("{l}\n{url}"));
+                message(json!({"text": t}))
+            }
+            Reply::Media { kind, url } => message(json!({"attachments": [
+                {"contentType": media_type(*kind), "contentUrl": url}]})),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BotActivityIn<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    reply_to_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    attachments: Vec<AttachmentIn<'a>>,
+    #[serde(borrow, default)]
+    suggested_actions: Option<SuggestedIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttachmentIn<'a> {
+    #[serde(borrow)]
+    content_type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    content_url: Option<Cow<'a, str>>,
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct SuggestedIn<'a> {
+    #[serde(borrow, default)]
+    actions: Vec<ActionIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ActionIn<'a> {
+    #[serde(borrow, default)]
+    title: Option<Cow<'a, str>>,
+    #[serde(default)]
+    value: Option<Value>,
+}
+
+/// The bot's replies to activity `reply_to`, from a page of activities (`GET activities`'s
+/// `activities`): message activities with that `replyToId`, in order. A text is a text, and with
+/// suggested actions a question with those buttons; a HeroCard is a question (its text or title,
+/// its buttons); an attachment with a `contentUrl` is media of its type; an Adaptive Card gives its
+/// `TextBlock`s' text; anything else is dropped and counted.
+pub fn replies_to(activities: &[u8], reply_to: &str) -> Result<ChatAnswer<'static>, ProxyError> {
+    let list: Vec<BotActivityIn<'_>> = from_json(activities).map_err(|_| {
+        ProxyError::new(
+            502,
+            Reason::BackendBadAnswer,
+            "the bot's activities could not be read",
+        )
+    })?;
+    let mut answer = ChatAnswer::default();
+    for a in list.into_iter().filter(|a| a.kind == "message") {
+        if a.reply_to_id.as_deref() != Some(reply_to) {
+            continue;
+        }
+        activity_replies(a, &mut answer);
+    }
+    Ok(answer)
+}
+
+fn activity_replies(a: BotActivityIn<'_>, answer: &mut ChatAnswer<'static>) {
+    let owned = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+    let suggested = a.suggested_actions.map(|s| s.actions).unwrap_or_default();
+    match (a.text.filter(|t| !t.is_empty()), suggested.is_empty()) {
+        (Some(t), true) => answer.replies.push(Reply::Text(owned(t))),
+        (t, false) => answer.replies.push(Reply::Question {
+            title: t.map_or(Cow::Borrowed(""), owned),
+            buttons: suggested.iter().filter_map(button_of).collect(),
+        }),
+        (None, true) => {}
+    }
+    for at in a.attachments {
+        match attachment_reply(at) {
+            Some(r) => answer.replies.push(r),
+            None => answer.dropped += 1,
+        }
+    }
+}
+
+/// A card action as a button: its title, and its value as the payload when it differs.
+fn button_of(a: &ActionIn<'_>) -> Option<Button<'static>> {
+    let value = a.value.as_ref().map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let title = a.title.as_deref().map(str::to_owned).or(value.clone())?;
+    let payload = value.filter(|v| *v != title);
+    Some(Button {
+        title: Cow::Owned(title),
+        payload: payload.map(Cow::Owned),
+    })
+}
+
+fn attachment_reply(at: AttachmentIn<'_>) -> Option<Reply<'static>> {
+    if let Some(url) = at.content_url {
+        let kind = match at.content_type.split('/').next() {
+            Some("image") => MediaKind::Image,
+            Some("video") => MediaKind::Video,
+            Some("audio") => MediaKind::Audio,
+            _ => MediaKind::File,
+        };
+        return Some(Reply::Media {
+            kind,
+            url: Cow::Owned(url.into_owned()),
+        });
+    }
+    let content = at.content?;
+    match &*at.content_type {
+        HERO_CARD | "application/vnd.microsoft.card.thumbnail" => {
+            let text = ["text", "title", "subtitle"].iter().find_map(|k| {
+                content
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            });
+            let actions: Vec<ActionIn<'_>> = content
+                .get("buttons")
+                .and_then(|b| Vec::<ActionIn<'_>>::deserialize(b).ok())
+                .unwrap_or_default();
+            Some(Reply::Question {
+                title: Cow::Owned(text.unwrap_or_default().to_owned()),
+                buttons: actions.iter().filter_map(button_of).collect(),
+            })
+        }
+        ADAPTIVE_CARD => {
+            let mut texts = Vec::new();
+            adaptive_texts(&content, &mut texts);
+            (!texts.is_empty()).then(|| Reply::Text(Cow::Owned(texts.join("\n"))))
+        }
+        _ => None,
+    }
+}
+
+/// The text of every `TextBlock` in an Adaptive Card, in document order.
+fn adaptive_texts(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if o.get("type").and_then(Value::as_str) == Some("TextBlock") {
+                if let Some(t) = o
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+                {
+                    out.push(t.to_owned());
+                }
+            }
+            o.values().for_each(|c| adaptive_texts(c, out));
+        }
+        Value::Array(a) => a.iter().for_each(|c| adaptive_texts(c, out)),
+        _ => {}
+    }
+}
+
+/// The user's message as the activity posted to a Direct Line bot: a text, or a button's payload
+/// as both `text` and `value` (a bot reads either), with the caller's metadata as `channelData`.
+pub fn user_activity(req: &ChatRequest<'_>, text: &str) -> Value {
+    let mut a = json!({"type": "message", "from": {"id": req.user_id, "role": "user"},
+                       "text": text});
+    if matches!(req.content, Content::Payload(_)) {
+        a["value"] = json!(text);
+    }
+    if let Some(m) = req.metadata {
+        if let Ok(v) = serde_json::from_str::<Value>(m.get()) {
+            a["channelData"] = v;
+        }
+    }
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Direct Line's error code for a status: 400 `BadArgument`, 401 `Unauthorized`, 403 `Forbidden`
+/// (`TokenExpired` is chosen by the caller of [`render_error_code`]), 404 `NotFound`, 429
+/// `TooManyRequests`, 502 `BotRejectedActivity`, 503 `ServiceUnavailable`, 504 `BotTimeout`, else
+/// `ServiceError`.
+pub fn error_code(status: u16) -> &'static str {
+    match status {
+        400 | 405 | 413 | 415 | 422 => "BadArgument",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        429 => "TooManyRequests",
+        502 => "BotRejectedActivity",
+        503 => "ServiceUnavailable",
+        504 => "BotTimeout",
+        _ => "ServiceError",
+    }
+}
+
+/// `{"error": {"code", "message"}}` with the code of the error's status.
+pub fn render_error(err: &ProxyError) -> Vec<u8> {
+    render_error_code(error_code(err.status), &err.message)
+}
+
+/// `{"error": {"code", "message"}}` with this code.
+pub fn render_error_code(code: &str, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"error": {"code": code, "message": message}}))
+        .expect("an error serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_a_postback_and_other_activities() {
+        let body = br#"{"type":"message","from":{"id":"u1","name":"Ann"},"text":"hi",
+                        "channelData":{"clientActivityID":"c-1"}}"#;
+        let Posted::Message(req) = parse_activity(body, Some("u1")).unwrap() else {
+            panic!("a message");
+        };
+        assert_eq!(
+            (&*req.user_id, &req.content),
+            ("u1", &Content::Text("hi".into()))
+        );
+        assert_eq!(req.metadata.unwrap().get(), r#"{"clientActivityID":"c-1"}"#);
+
+        let body = br#"{"type":"message","from":{"id":"u1"},"text":"Yes","value":{"pick":1}}"#;
+        let Posted::Message(req) = parse_activity(body, None).unwrap() else {
+            panic!("a message");
+        };
+        assert_eq!(req.content, Content::Payload(r#"{"pick":1}"#.into()));
+        let body = br#"{"type":"message","value":"yes"}"#;
+        let Posted::Message(req) = parse_activity(body, Some("u9")).unwrap() else {
+            panic!("a message");
+        };
+        assert_eq!(
+            (&*req.user_id, &req.content),
+            ("u9", &Content::Payload("yes".into()))
+        );
+
+        let typing = br#"{"type":"typing","from":{"id":"u1"}}"#;
+        assert!(matches!(
+            parse_activity(typing, None).unwrap(),
+            Posted::Other
+        ));
+    }
+
+    #[test]
+    fn bad_activities_are_bad_arguments() {
+        for (body, words) in [
+            (&br#"[1]"#[..], "not an activity"),
+            (
+                br#"{"type":"message","from":{"id":"u1"}}"#,
+                "needs text or a value",
+            ),
+            (br#"{"type":"message","text":"hi"}"#, "no from.id"),
+            (
+                br#"{"type":"message","from":{"id":"eve"},"text":"hi"}"#,
+                "not this conversation's user",
+            ),
+        ] {
+            let e = parse_activity(body, body.windows(3).any(|w| w == b"eve").then_some("u1"))
+                .unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(words), "{}", e.message);
+            let v: Value = serde_json::from_slice(&render_error(&e)).unwrap();
+            assert_eq!(v["error"]["code"], "BadArgument");
+        }
+    }
+
+    #[test]
+    fn replies_become_activities_and_come_back_the_same() {
+        let answer = ChatAnswer {
+            replies: vec![
+                Reply::Text("Hello".into()),
+                Reply::Question {
+                    title: "Pick one".into(),
+                    buttons: vec![
+                        Button {
+                            title: "Yes".into(),
+                            payload: None,
+                        },
+                        Button {
+                            title: "No".into(),
+                            payload: Some("/deny".into()),
+                        },
+                    ],
+                },
+                Reply::Media {
+                    kind: MediaKind::Image,
+                    url: "https://x.test/a.png".into(),
+                },
+            ],
+            ..ChatAnswer::default()
+        };
+        let activities = reply_activities(&answer, "act-1");
+        assert_eq!(
+            activities[0],
+            json!({"type": "message", "replyToId": "act-1", "text": "Hello"})
+        );
+        let card = &activities[1]["attachments"][0];
+        assert_eq!(card["contentType"], HERO_CARD);
+        assert_eq!(
+            card["content"]["buttons"][0],
+            json!({"type": "imBack", "title": "Yes", "value": "Yes"})
+        );
+        assert_eq!(
+            card["content"]["buttons"][1],
+            json!({"type": "postBack", "title": "No", "value": "/deny"})
+        );
+        assert_eq!(
+            activities[2]["attachments"][0]["contentUrl"],
+            "https://x.test/a.png"
+        );
+
+        let page = serde_json::to_vec(&activities).unwrap();
+        let back = replies_to(&page, "act-1").unwrap();
+        assert_eq!(back.replies, answer.replies);
+        assert_eq!(replies_to(&page, "act-2").unwrap().replies, []);
+    }
+
+    #[test]
+    fn suggested_actions_adaptive_cards_and_unknown_attachments() {
+        let page = json!([
+            {"type": "typing", "replyToId": "a"},
+            {"type": "message", "replyToId": "a", "text": "Size?",
+             "suggestedActions": {"actions": [{"type": "imBack", "title": "S", "value": "S"},
+                                              {"type": "postBack", "title": "M", "value": {"size": "m"}}]}},
+            {"type": "message", "replyToId": "a", "attachments": [
+                {"contentType": ADAPTIVE_CARD, "content": {"type": "AdaptiveCard", "body": [
+                    {"type": "TextBlock", "text": "Order 42"},
+                    {"type": "Container", "items": [{"type": "TextBlock", "text": "ships today"}]}]}},
+                {"contentType": "application/vnd.example.thing", "content": {}}]}
+        ]);
+        let a = replies_to(&serde_json::to_vec(&page).unwrap(), "a").unwrap();
+        assert_eq!(
+            a.replies,
+            [
+                Reply::Question {
+                    title: "Size?".into(),
+                    buttons: vec![
+                        Button {
+                            title: "S".into(),
+                            payload: None
+                        },
+                        Button {
+                            title: "M".into(),
+                            payload: Some(r#"{"size":"m"}"#.into())
+                        },
+                    ],
+                },
+                Reply::Text("Order 42\nships today".into()),
+            ]
+        );
+        assert_eq!(a.dropped, 1);
+        let e = replies_to(b"{}", "a").unwrap_err();
+        assert_eq!(
+            (e.status, error_code(e.status)),
+            (502, "BotRejectedActivity")
+        );
+    }
+
+    #[test]
+    fn the_user_activity_for_a_bot_carries_payloads_as_values() {
+        let body =
+            br#"{"type":"message","from":{"id":"u1"},"value":"/affirm","channelData":{"k":1}}"#;
+        let Posted::Message(req) = parse_activity(body, None).unwrap() else {
+            panic!("a message");
+        };
+        let a = user_activity(&req, "/affirm");
+        assert_eq!(
+            a,
+            json!({"type": "message", "from": {"id": "u1", "role": "user"}, "text": "/affirm",
+                   "value": "/affirm", "channelData": {"k": 1}})
+        );
+    }
+}
