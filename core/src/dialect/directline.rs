@@ -13,13 +13,19 @@
 //!   A question is a HeroCard (`application/vnd.microsoft.card.hero`) with `imBack` buttons (or
 //!   `postBack` when the payload differs from the title); media are attachments with a
 //!   `contentUrl`; a link is its text.
+//! - Conversation tokens ([`TokenKey`]): bound to one conversation and user, 1,800 s, signed with a
+//!   key derived from the caller's secret, so another instance verifies them without shared state.
 //! - Errors: `{"error": {"code", "message"}}` with Direct Line's codes ([`error_code`]).
 
 use std::borrow::Cow;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use sha2::Sha256;
 
 use crate::dialect::from_json;
 use crate::error::{ProxyError, Reason};
@@ -344,6 +350,99 @@ pub fn user_activity(req: &ChatRequest<'_>, text: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Conversation tokens
+
+/// How long a token lasts, as Direct Line's do.
+pub const TOKEN_LIFETIME_SECS: u64 = 1_800;
+
+/// The key conversation tokens are signed with: an HMAC key derived from the caller's Direct Line
+/// secret, so any instance configured with the same secret verifies the tokens of another (a
+/// conversation continued elsewhere) and no token is stored.
+#[derive(Clone)]
+pub struct TokenKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
+}
+
+/// What a valid token grants: one conversation, for one user, until `expires` (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub conversation: String,
+    pub user: String,
+    pub expires: u64,
+}
+
+/// Why a token is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a token of this key (or altered): 403 `Forbidden`.
+    Invalid,
+    /// A token of this key past its expiry: 403 `TokenExpired`.
+    Expired,
+}
+
+impl TokenKey {
+    /// The key of a caller secret (its SHA-256 when the secret is configured as a digest, so both
+    /// ways of configuring it give the same key).
+    pub fn new(secret_sha256: &[u8; 32]) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"botbridge directline token v1")
+            .expect("HMAC takes any key");
+        mac.update(secret_sha256);
+        let derived = mac.finalize().into_bytes();
+        TokenKey(Hmac::new_from_slice(&derived).expect("HMAC takes any key"))
+    }
+
+    /// A token for `grant`: `base64url(JSON of the grant) "." base64url(HMAC-SHA256 of that)`.
+    pub fn mint(&self, grant: &TokenGrant) -> String {
+        let claims = json!({"c": grant.conversation, "u": grant.user, "e": grant.expires});
+        let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut mac = self.0.clone();
+        mac.update(body.as_bytes());
+        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{body}.{tag}")
+    }
+
+    /// The grant of a token, checked in constant time, at `now` (unix seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<TokenGrant, TokenError> {
+        let (body, tag) = token.split_once('.').ok_or(TokenError::Invalid)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TokenError::Invalid)?;
+        let mut mac = self.0.clone();
+        mac.update(body.as_bytes());
+        mac.verify_slice(&tag).map_err(|_| TokenError::Invalid)?;
+        let claims = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenError::Invalid)?;
+        let v: Value = serde_json::from_slice(&claims).map_err(|_| TokenError::Invalid)?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let grant = TokenGrant {
+            conversation: text("c").ok_or(TokenError::Invalid)?,
+            user: text("u").ok_or(TokenError::Invalid)?,
+            expires: v
+                .get("e")
+                .and_then(Value::as_u64)
+                .ok_or(TokenError::Invalid)?,
+        };
+        if now >= grant.expires {
+            return Err(TokenError::Expired);
+        }
+        Ok(grant)
+    }
+}
+
+/// The error a refused token gets: 403 `TokenExpired` or `Forbidden`, in Direct Line's shape.
+pub fn token_error(e: TokenError) -> (u16, Vec<u8>) {
+    match e {
+        TokenError::Expired => (403, render_error_code("TokenExpired", "Token expired")),
+        TokenError::Invalid => (403, render_error_code("Forbidden", "Invalid token")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Errors
 
 /// Direct Line's error code for a status: 400 `BadArgument`, 401 `Unauthorized`, 403 `Forbidden`
@@ -542,5 +641,50 @@ mod tests {
             json!({"type": "message", "from": {"id": "u1", "role": "user"}, "text": "/affirm",
                    "value": "/affirm", "channelData": {"k": 1}})
         );
+    }
+
+    #[test]
+    fn tokens_grant_one_conversation_until_they_expire_on_any_instance() {
+        let secret = [7u8; 32];
+        let key = TokenKey::new(&secret);
+        let grant = TokenGrant {
+            conversation: "conv-1".into(),
+            user: "dl_u1".into(),
+            expires: 1_000 + TOKEN_LIFETIME_SECS,
+        };
+        let token = key.mint(&grant);
+        // Another instance with the same secret verifies it; no state is shared.
+        assert_eq!(
+            TokenKey::new(&secret).verify(&token, 1_000),
+            Ok(grant.clone())
+        );
+        assert_eq!(key.verify(&token, 2_800), Err(TokenError::Expired));
+        assert_eq!(
+            TokenKey::new(&[8; 32]).verify(&token, 1_000),
+            Err(TokenError::Invalid)
+        );
+        let (body, tag) = token.split_once('.').unwrap();
+        let other = TokenGrant {
+            conversation: "conv-2".into(),
+            ..grant
+        };
+        let forged = format!("{}.{tag}", key.mint(&other).split_once('.').unwrap().0);
+        assert_eq!(key.verify(&forged, 1_000), Err(TokenError::Invalid));
+        for bad in [
+            "",
+            "x",
+            "a.b",
+            &format!("{body}."),
+            &format!("{body}.{tag}x"),
+        ] {
+            assert_eq!(key.verify(bad, 1_000), Err(TokenError::Invalid), "{bad}");
+        }
+        let (status, body) = token_error(TokenError::Expired);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (403, Some("TokenExpired"))
+        );
+        assert_eq!(format!("{key:?}"), "TokenKey(<redacted>)");
     }
 }
