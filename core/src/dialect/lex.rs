@@ -121,7 +121,8 @@ pub fn parse_request<'b>(path: &str, body: &'b [u8]) -> Result<ChatRequest<'b>, 
     }
     let metadata = wire.request_attributes.filter(|m| m.get() != "null");
     if let Some(m) = metadata {
-        let attrs: Result<BTreeMap<&str, Cow<'_, str>>, _> = serde_json::from_str(m.get());
+        // Names as `Cow`: a name with an escape (`"\t…"`) cannot be borrowed as it is written.
+        let attrs: Result<BTreeMap<Cow<'_, str>, Cow<'_, str>>, _> = serde_json::from_str(m.get());
         if attrs.is_err() {
             return Err(ProxyError::bad_request(
                 "invalid field `requestAttributes`: must map names to strings",
@@ -965,6 +966,11 @@ mod tests {
         assert_eq!(
             parse_request(PATH, long.as_bytes()).unwrap_err().status,
             400
+        );
+        let escaped = br#"{"text":"hi","requestAttributes":{"\td":"1"}}"#;
+        assert!(
+            parse_request(PATH, escaped).is_ok(),
+            "an escaped name is a name"
         );
         let e = parse_request(PATH, br#"{"text":"hi","requestAttributes":{"n":1}}"#).unwrap_err();
         assert!(e.message.contains("requestAttributes"));
