@@ -36,7 +36,7 @@ use crate::dialect::{
 use crate::error::{json_error, ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, RawKind, Reply};
 use crate::request::WholeRequest;
-use crate::sigv4::{self, SigningKey};
+use crate::sigv4::{self, DayKeys};
 
 /// The dialect's config name.
 const NAME: &str = "lex-v2";
@@ -314,7 +314,8 @@ fn refused(reason: AuthReason, kind: &'static str, message: &'static str) -> Den
 
 /// One `[[clients.lex-v2]]` credential: its secret, which checks the signature of its requests.
 pub struct LexCaller {
-    secret: String,
+    /// The secret, with the signing key of the last day and region callers signed for.
+    keys: DayKeys,
 }
 
 impl fmt::Debug for LexCaller {
@@ -327,7 +328,7 @@ impl LexCaller {
     /// A key with its secret.
     pub fn new(secret: impl Into<String>) -> Self {
         LexCaller {
-            secret: secret.into(),
+            keys: DayKeys::new(secret),
         }
     }
 
@@ -372,8 +373,7 @@ impl RequestVerifier for LexCaller {
             headers: &headers,
             body: req.body,
         };
-        let expected =
-            SigningKey::derive(&self.secret, &auth.scope).sign(&request, date, &auth.scope);
+        let expected = self.keys.key(&auth.scope).sign(&request, date, &auth.scope);
         if sigv4::signature_matches(&expected, auth.signature) {
             Ok(())
         } else {
@@ -647,26 +647,10 @@ struct LexBot {
     /// `/bots/{botId}/botAliases/{aliasId}/botLocales/{localeId}/sessions/`.
     sessions: String,
     access_key_id: String,
-    secret: String,
     session_token: Option<String>,
-    /// The signing key of the current day: deriving it is four HMACs, about a third of a
-    /// signature's instructions (bench/RESULTS.md), and it changes once a day.
-    day_key: std::sync::Mutex<Option<(String, SigningKey)>>,
-}
-
-impl LexBot {
-    /// The signing key for `scope`'s day, derived once a day.
-    fn signing_key(&self, scope: &sigv4::Scope<'_>) -> SigningKey {
-        let mut cached = self.day_key.lock().unwrap_or_else(|e| e.into_inner());
-        match &*cached {
-            Some((date, key)) if date == scope.date => key.clone(),
-            _ => {
-                let key = SigningKey::derive(&self.secret, scope);
-                *cached = Some((scope.date.to_owned(), key.clone()));
-                key
-            }
-        }
-    }
+    /// The secret, with the current day's signing key (deriving it is four HMACs, about a third
+    /// of a signature's instructions: bench/RESULTS.md).
+    keys: DayKeys,
 }
 
 impl fmt::Debug for LexBot {
@@ -751,7 +735,7 @@ impl CallerDialect for Lex {
         }
         let demo = (secret == "demo-lex-secret").then(|| format!("lex-v2 key of {name}"));
         let grant = Grant {
-            verifier: Some(Arc::new(LexCaller { secret })),
+            verifier: Some(Arc::new(LexCaller::new(secret))),
             ..Grant::named(name)
         };
         Ok(ClientEntry {
@@ -850,9 +834,8 @@ impl BotDialect for Lex {
                 c.bot_id, c.bot_alias_id, c.locale_id
             ),
             access_key_id: c.access_key_id,
-            secret,
             session_token,
-            day_key: std::sync::Mutex::new(None),
+            keys: DayKeys::new(secret),
         }))
     }
 }
@@ -911,7 +894,7 @@ impl Bot for LexBot {
             headers: &headers,
             body: out.body,
         };
-        let signature = self.signing_key(&scope).sign(&request, &amz_date, &scope);
+        let signature = self.keys.key(&scope).sign(&request, &amz_date, &scope);
         let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
         let value = sigv4::authorization(&self.access_key_id, &scope, &names.join(";"), &signature);
         add("x-amz-date", &amz_date);
@@ -1214,9 +1197,7 @@ mod tests {
             ("host", "127.0.0.1:9".to_owned()),
         ];
         bot.sign(&out, &mut |n, v| headers.push((n, v.to_owned())));
-        let caller = LexCaller {
-            secret: "s3cret".into(),
-        };
+        let caller = LexCaller::new("s3cret");
         let head = Head(&headers, &path);
         assert_eq!(
             caller.verify(&WholeRequest { head: &head, body }, now + 299),
@@ -1236,9 +1217,7 @@ mod tests {
             .verify(&WholeRequest { head: &head, body }, now + 301)
             .unwrap_err();
         assert_eq!((e.reason, e.error.status), (AuthReason::Expired, 403));
-        let other = LexCaller {
-            secret: "other".into(),
-        };
+        let other = LexCaller::new("other");
         assert!(other
             .verify(&WholeRequest { head: &head, body }, now)
             .is_err());
