@@ -212,6 +212,7 @@ fn verification(c: &mut Criterion) {
         limits: Default::default(),
         callbacks: None,
         verifier: None,
+        channel: None,
     };
     csml.insert("csml-key", grant.clone());
     let headers = |name: &str| match name {

@@ -35,6 +35,7 @@ use crate::shared::redis::{Op, SharedRedis};
 use crate::upstream::Endpoint;
 use crate::upstream::{self, RequestBytes, TransportKind, Upstream};
 use botbridge_core::request::WholeRequest;
+use botbridge_core::session::{self, TokenError, TokenGrant};
 
 /// A cached auth service decision.
 #[derive(Clone)]
@@ -282,6 +283,39 @@ impl Authenticator {
             Err(d) => {
                 self.denied(dialect, d.reason);
                 Err(d)
+            }
+        }
+    }
+
+    /// A conversation token a channel caller of `dialect` presents (`crate::session`): the key of
+    /// the credential its claims name verifies it at `now`. Expired: 403 `TokenExpired`; anything
+    /// else wrong: 403. Counted like every other decision.
+    pub fn session_token(
+        &self,
+        dialect: Caller,
+        token: &str,
+        now: u64,
+    ) -> Result<(Arc<Grant>, TokenGrant), ProxyError> {
+        let tokens = &self.config.clients.credentials.tokens;
+        let grant = (session::token_credential(token))
+            .and_then(|digest| tokens.by_digest(&digest))
+            .filter(|g| g.channel.is_some());
+        let checked = grant.ok_or(TokenError::Invalid).and_then(|g| {
+            let key = &g.channel.as_ref().expect("filtered").key;
+            key.verify(token, now).map(|t| (g.clone(), t))
+        });
+        match checked {
+            Ok(ok) => {
+                self.allowed[dialect.index()].inc();
+                Ok(ok)
+            }
+            Err(TokenError::Expired) => {
+                self.denied(dialect, AuthReason::Expired);
+                Err(ProxyError::new(403, Reason::TokenExpired, "Token expired"))
+            }
+            Err(TokenError::Invalid) => {
+                self.denied(dialect, AuthReason::Invalid);
+                Err(ProxyError::new(403, Reason::Forbidden, "Invalid token"))
             }
         }
     }

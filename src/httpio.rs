@@ -12,6 +12,8 @@
 //! and the per-address cap, can be evicted like an idle one, and has its own deadline
 //! (`handshake_timeout_ms`); a handshake that fails or times out is counted by close reason.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -40,6 +42,21 @@ pub struct Answer {
     pub headers: Vec<(&'static str, String)>,
     /// False when the connection must close after this answer (e.g. an unread oversized body).
     pub keepalive: bool,
+    /// For a `101 Switching Protocols`: what serves the connection once the answer is written.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// What serves an upgraded connection (a WebSocket): handed the connection's stream once the 101 is
+/// written, it owns the connection until it returns.
+pub struct Upgrade(pub Box<dyn FnOnce(Stream) -> Serving + Send>);
+
+/// The future serving an upgraded connection.
+pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upgrade")
+    }
 }
 
 impl Answer {
@@ -51,6 +68,7 @@ impl Answer {
             body,
             headers: Vec::new(),
             keepalive: true,
+            upgrade: None,
         }
     }
 
@@ -62,6 +80,7 @@ impl Answer {
             body: body.into(),
             headers: Vec::new(),
             keepalive: true,
+            upgrade: None,
         }
     }
 
@@ -281,7 +300,10 @@ impl<H: Handler> App<H> {
                 // Shutting down: answer this request, then close.
                 session.set_keepalive(None);
             }
-            let answer = self.handler.handle(&mut session).await;
+            let mut answer = self.handler.handle(&mut session).await;
+            if let Some(upgrade) = answer.upgrade.take() {
+                return Box::pin(upgraded(session, answer, upgrade, conn)).await;
+            }
             if !answer.keepalive {
                 session.set_keepalive(None);
             }
@@ -305,6 +327,35 @@ impl<H: Handler> App<H> {
             session = next_session(reusable, settings).await;
         }
     }
+}
+
+/// A `101 Switching Protocols` written, the connection handed to what serves the new protocol,
+/// with no deadline of the listener's (the upgrade's server keeps its own liveness).
+async fn upgraded(mut session: ServerSession, answer: Answer, upgrade: Upgrade, conn: &Conn) {
+    conn.set_phase(Phase::Upgraded);
+    let Ok(mut header) = ResponseHeader::build(answer.status, Some(answer.headers.len())) else {
+        return;
+    };
+    for (name, value) in answer.headers {
+        if header.insert_header(name, value).is_err() {
+            return;
+        }
+    }
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ServerSession::H1(h1) = session else {
+        return;
+    };
+    let mut stream = h1.into_inner();
+    if tokio::io::AsyncWriteExt::flush(&mut stream).await.is_err() {
+        return;
+    }
+    (upgrade.0)(stream).await;
 }
 
 /// Whether pingora's `finish` completes without waiting: after a whole answer (written and flushed

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod authn;
+pub mod channel;
 pub mod config;
 pub mod conn;
 pub mod conversations;
@@ -41,4 +42,6 @@ pub mod tokens;
 pub mod upstream;
 
 // The pure core, under the names the shell has always used.
-pub use botbridge_core::{auth, dialect, error, jwt, model, request, signing, sigv4, timefmt};
+pub use botbridge_core::{
+    auth, dialect, error, jwt, model, request, session, signing, sigv4, timefmt,
+};

@@ -21,6 +21,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::auth::Grant;
 use crate::authn::Authenticator;
+use crate::channel::Channels;
 use crate::config::{Backend, Config, Route, Target};
 use crate::conversations::{self, ConversationStore};
 use crate::delivery::Deliveries;
@@ -43,6 +44,7 @@ use botbridge_core::request::WholeRequest;
 
 mod async_mode;
 mod bot_replies;
+mod channel;
 
 const REQUEST_ID: &str = "x-request-id";
 const JSON: &str = "application/json";
@@ -90,6 +92,10 @@ pub struct Runtime {
     tokens: Tokens,
     /// The conversations of stateful bots (kept over a reload).
     conversations: Arc<ConversationStore>,
+    /// The conversations of channel callers (kept over a reload).
+    channels: Arc<Channels>,
+    /// Every browser origin a channel credential allows; `None` when no route is a channel.
+    channel_origins: Option<Vec<String>>,
     /// `[redis]`, connected once per process and handed from runtime to runtime.
     shared: Option<Arc<SharedRedis>>,
     /// Shadows, canaries and their report (handed over on reload).
@@ -131,6 +137,11 @@ impl Runtime {
                 Some(p) => p.conversations.clone(),
                 None => ConversationStore::new(&config.process.conversations, shared.clone()),
             },
+            channels: match previous {
+                Some(p) => p.channels.clone(),
+                None => Channels::new(&config.process.conversations),
+            },
+            channel_origins: channel::channel_origins(&config),
             routes_by_path: (config.routes.iter().enumerate())
                 .filter(|(_, r)| !r.prefix)
                 .map(|(i, r)| (r.path.clone(), i))
@@ -336,14 +347,7 @@ impl ChatService {
         if let Some(target) = self.async_target(&admitted, &req).await? {
             return self.accept_async(cx, admitted, &req, &body, target);
         }
-        let to_bot = self.to_bot(cx, &admitted, &req)?;
-        let collect = self.forward_and_collect(cx, &admitted, &to_bot, &req);
-        let (to_bot, exchange) = match collect.await {
-            Err(e) if e.reason == Reason::CircuitOpen && admitted.route.fallback.is_some() => {
-                self.fall_back(cx, &admitted, &req, &to_bot).await?
-            }
-            result => (to_bot, result?),
-        };
+        let (to_bot, exchange) = self.exchange_for(cx, &admitted, &req).await?;
         let (answer, after) = (self.to_caller(cx, &admitted, &req, &to_bot, &exchange))
             .inspect_err(|e| log_unusable_answer(rt, to_bot.backend, e, cx.request_id()))?;
         if let Some(after) = after {
@@ -354,6 +358,24 @@ impl ChatService {
         }
         self.shadow(cx, &admitted, &req, &to_bot, &exchange);
         Ok(answer)
+    }
+
+    /// To the bot and back: the request translated and signed, the exchange, and on an open
+    /// circuit the route's fallback instead.
+    async fn exchange_for<'r>(
+        &self,
+        cx: &mut Call<'r>,
+        admitted: &Admitted<'r>,
+        req: &ChatRequest<'_>,
+    ) -> Result<(ToBot<'r>, Exchange), ProxyError> {
+        let to_bot = self.to_bot(cx, admitted, req)?;
+        let collect = self.forward_and_collect(cx, admitted, &to_bot, req);
+        match collect.await {
+            Err(e) if e.reason == Reason::CircuitOpen && admitted.route.fallback.is_some() => {
+                self.fall_back(cx, admitted, req, &to_bot).await
+            }
+            result => Ok((to_bot, result?)),
+        }
     }
 
     /// Admit: route by path, POST only, tell the caller's dialect, authenticate from the headers
@@ -733,6 +755,29 @@ impl ChatService {
         to: &ToBot<'_>,
         exchange: &Exchange,
     ) -> Result<(Vec<u8>, Option<AfterAnswer>), ProxyError> {
+        let (answer, after) = self.read_answer(cx, a, to, exchange)?;
+        let ctx = AnswerContext {
+            ids: &ServiceIds(&self.next_message_id),
+            received: cx.received,
+            request_id: cx.request_id(),
+            business_name: &to.target.business_name,
+            bot_name: &a.route.bot_name,
+            route_name: &a.route.name,
+            business_id: req.business_id,
+            shape: a.route.answer_shape,
+        };
+        Ok((a.ingress.render_answer(req, &answer, &ctx), after))
+    }
+
+    /// The bot's answer read in its dialect (refusals and lost messages counted), and what it does
+    /// to the conversation of a stateful bot.
+    fn read_answer<'e>(
+        &self,
+        cx: &Call<'_>,
+        a: &Admitted<'_>,
+        to: &ToBot<'_>,
+        exchange: &'e Exchange,
+    ) -> Result<(ChatAnswer<'e>, Option<AfterAnswer>), ProxyError> {
         let keep_raw = a.ingress.keeps_raw();
         let answer = (to
             .backend
@@ -753,18 +798,8 @@ impl ChatService {
                 "backend messages with no rendering for this caller"
             );
         }
-        let ctx = AnswerContext {
-            ids: &ServiceIds(&self.next_message_id),
-            received: cx.received,
-            request_id: cx.request_id(),
-            business_name: &to.target.business_name,
-            bot_name: &a.route.bot_name,
-            route_name: &a.route.name,
-            business_id: req.business_id,
-            shape: a.route.answer_shape,
-        };
         let after = after_answer(cx, to, &answer);
-        Ok((a.ingress.render_answer(req, &answer, &ctx), after))
+        Ok((answer, after))
     }
 
     /// Checks the content type, then reads the whole body up to the limit.
@@ -864,9 +899,20 @@ impl Handler for ChatService {
             out: AccessRecord::default(),
             conversation: None,
         };
-        let mut answer = match self.serve(&mut cx, session).await {
-            Ok(body) => Answer::json(200, body),
-            Err(err) => self.refusal(&mut cx, session, err).await,
+        let channel = rt.channel_route(session.req_header().uri.path());
+        let mut answer = match channel {
+            None => match self.serve(&mut cx, session).await {
+                Ok(body) => Answer::json(200, body),
+                Err(err) => self.refusal(&mut cx, session, err).await,
+            },
+            Some(c) => {
+                let mut a = match Box::pin(self.serve_channel(&mut cx, session, c)).await {
+                    Ok(a) => a,
+                    Err(err) => self.refusal(&mut cx, session, err).await,
+                };
+                rt.cors(session.req_header(), &mut a);
+                a
+            }
         };
         let took = started.elapsed();
         let out = cx.out;

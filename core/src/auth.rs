@@ -188,6 +188,9 @@ pub struct Grant {
     /// For a credential that covers the whole request (a signature over method, path, headers and
     /// body), its check, run once the body is read; `None` for credentials of the head alone.
     pub verifier: Option<Arc<dyn RequestVerifier>>,
+    /// For a channel caller (whose conversations the proxy holds), the key its conversation tokens
+    /// are signed with and the browser origins it may be used from.
+    pub channel: Option<Arc<crate::session::ChannelGrant>>,
 }
 
 impl Grant {
@@ -203,6 +206,7 @@ impl Grant {
             limits: CallerLimits::default(),
             callbacks: None,
             verifier: None,
+            channel: None,
         }
     }
 }
@@ -605,6 +609,11 @@ impl TokenClients {
         self.by_digest.get(&p.digest())
     }
 
+    /// Every grant, for what the shell gathers from all of them (a channel's allowed origins).
+    pub fn grants(&self) -> impl Iterator<Item = &Arc<Grant>> {
+        self.by_digest.values()
+    }
+
     /// The grant of a signing key's id ([`key_id_digest`]).
     pub fn by_digest(&self, digest: &[u8; 32]) -> Option<&Arc<Grant>> {
         self.by_digest.get(digest)
@@ -820,6 +829,7 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
         },
         callbacks: None,
         verifier: None,
+        channel: None,
     }))
 }
 
@@ -851,6 +861,7 @@ mod tests {
                 limits: CallerLimits::default(),
                 callbacks: None,
                 verifier: None,
+                channel: None,
             },
         );
         c.insert(
@@ -863,6 +874,7 @@ mod tests {
                 limits: CallerLimits::default(),
                 callbacks: None,
                 verifier: None,
+                channel: None,
             },
         );
         c

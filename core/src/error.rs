@@ -60,11 +60,13 @@ pub enum Reason {
     QueueFull,
     /// The bot's credentials (an access token from its token endpoint) could not be obtained.
     BackendCredentials,
+    /// A token the proxy issued (a channel's conversation token) is past its expiry.
+    TokenExpired,
 }
 
 impl Reason {
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::UnsupportedMediaType,
@@ -89,6 +91,7 @@ impl Reason {
         Reason::CircuitOpen,
         Reason::QueueFull,
         Reason::BackendCredentials,
+        Reason::TokenExpired,
     ];
 
     /// The label value.
@@ -118,6 +121,7 @@ impl Reason {
             Reason::CircuitOpen => "circuit_open",
             Reason::QueueFull => "queue_full",
             Reason::BackendCredentials => "backend_credentials",
+            Reason::TokenExpired => "token_expired",
         }
     }
 

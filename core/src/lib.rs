@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod limits;
 pub mod model;
 pub mod request;
+pub mod session;
 pub mod signing;
 pub mod sigv4;
 pub mod timefmt;

@@ -16,9 +16,11 @@ fuzz_target!(|data: &[u8]| {
         conversation: String::from_utf8_lossy(conversation).into_owned(),
         user: String::from_utf8_lossy(user).into_owned(),
         expires: u64::from(data.first().copied().unwrap_or(1)) + 1,
+        credential: [data.last().copied().unwrap_or(0); 32],
     };
     let token = key.mint(&grant);
     assert_eq!(key.verify(&token, 0), Ok(grant.clone()));
+    assert_eq!(botbridge::session::token_credential(&token), Some(grant.credential));
     assert_eq!(key.verify(&token, grant.expires), Err(TokenError::Expired));
     assert_eq!(TokenKey::new(&[2; 32]).verify(&token, 0), Err(TokenError::Invalid));
 });

@@ -24,6 +24,14 @@ pub struct RawConversations {
     /// At most this many conversations in this instance's memory; the least used go first.
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
+    /// Each channel conversation (`ingress = "directline"` and the like) keeps its last this many
+    /// activities; older ones are no longer read by polls or streams.
+    #[serde(default = "default_channel_activities")]
+    pub channel_activities: usize,
+    /// All channel conversations together hold at most this many bytes of activities in this
+    /// instance's memory; the least used conversations go first.
+    #[serde(default = "default_channel_bytes")]
+    pub channel_bytes: u64,
 }
 
 impl Default for RawConversations {
@@ -31,6 +39,8 @@ impl Default for RawConversations {
         RawConversations {
             idle_secs: default_idle_secs(),
             max_entries: default_max_entries(),
+            channel_activities: default_channel_activities(),
+            channel_bytes: default_channel_bytes(),
         }
     }
 }
@@ -41,15 +51,23 @@ fn default_idle_secs() -> u64 {
 fn default_max_entries() -> u64 {
     100_000
 }
+fn default_channel_activities() -> usize {
+    500
+}
+fn default_channel_bytes() -> u64 {
+    64 << 20
+}
 
 /// `[conversations]`, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConversationSettings {
     pub idle: Duration,
     pub max_entries: u64,
+    pub channel_activities: usize,
+    pub channel_bytes: u64,
 }
 
-/// Validates `[conversations]`: both must be above zero.
+/// Validates `[conversations]`: every bound must be above zero.
 pub fn validate(r: &RawConversations) -> Result<ConversationSettings, ConfigError> {
     if r.idle_secs == 0 {
         return Err(ConfigError::new(
@@ -63,9 +81,20 @@ pub fn validate(r: &RawConversations) -> Result<ConversationSettings, ConfigErro
             "must be greater than 0",
         ));
     }
+    for (key, v) in [
+        ("channel_activities", r.channel_activities as u64),
+        ("channel_bytes", r.channel_bytes),
+    ] {
+        if v == 0 {
+            let key = format!("conversations.{key}");
+            return Err(ConfigError::new(key, "must be greater than 0"));
+        }
+    }
     Ok(ConversationSettings {
         idle: Duration::from_secs(r.idle_secs),
         max_entries: r.max_entries,
+        channel_activities: r.channel_activities,
+        channel_bytes: r.channel_bytes,
     })
 }
 
@@ -86,5 +115,7 @@ mod tests {
         let raw: RawConversations = toml::from_str("max_entries = 0").unwrap();
         assert!(validate(&raw).is_err());
         assert!(toml::from_str::<RawConversations>("ttl = 5").is_err());
+        let raw: RawConversations = toml::from_str("channel_activities = 0").unwrap();
+        assert!(validate(&raw).is_err());
     }
 }

@@ -250,6 +250,7 @@ mod tests {
             [
                 "csml key demo-key",
                 "dialogflow-cx token of demo",
+                "directline secret of demo",
                 "haptik client demo-client",
                 "lex-v2 key of demo",
                 &format!("{} token of demo", c.routes[5].ingress[0].as_str())

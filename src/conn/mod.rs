@@ -159,7 +159,14 @@ pub enum Phase {
     Answer = 4,
     /// A lingering close (deadline: [`LINGER_TIME`]).
     Linger = 5,
+    /// Switched to another protocol (a WebSocket), whose server keeps its own liveness and closes
+    /// it (deadline: [`UPGRADED_TIME`] after it first waits).
+    Upgraded = 6,
 }
+
+/// The longest an upgraded connection lives: above the longest a channel stream is kept (its
+/// token's 1,800 s).
+pub const UPGRADED_TIME: std::time::Duration = std::time::Duration::from_secs(3_600);
 
 impl Phase {
     fn from_u8(v: u8) -> Phase {
@@ -169,6 +176,7 @@ impl Phase {
             2 => Phase::Head,
             3 => Phase::Body,
             4 => Phase::Answer,
+            6 => Phase::Upgraded,
             _ => Phase::Linger,
         }
     }
@@ -187,7 +195,7 @@ impl Phase {
     fn timeout_reason(self) -> CloseReason {
         match self {
             Phase::Fresh | Phase::Head => CloseReason::HeaderTimeout,
-            Phase::Idle => CloseReason::IdleTimeout,
+            Phase::Idle | Phase::Upgraded => CloseReason::IdleTimeout,
             Phase::Body => CloseReason::BodyTimeout,
             Phase::Answer => CloseReason::WriteTimeout,
             Phase::Linger => CloseReason::LingerLimit,

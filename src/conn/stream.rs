@@ -104,6 +104,7 @@ impl ClientStream {
             Phase::Body => self.limits.body_timeout,
             Phase::Answer => self.limits.write_timeout,
             Phase::Linger => LINGER_TIME,
+            Phase::Upgraded => super::UPGRADED_TIME,
         }
     }
 

@@ -1,6 +1,7 @@
-//! Microsoft Bot Framework's Direct Line 3.0 activities, both ways: the wire format as pure
-//! functions over bytes and the canonical model. Not registered yet: the conversations, tokens,
-//! polling and WebSocket stream a Direct Line caller needs are the shell's, and come with it.
+//! Microsoft Bot Framework's Direct Line 3.0, both ways: the wire format as pure functions over
+//! bytes and the canonical model. As a caller dialect it is a channel ([`ChannelCaller`]): the
+//! conversations, their activity logs, the tokens and the WebSocket stream are the shell's; the
+//! paths, the JSON and the errors are here.
 //!
 //! Field names are those of the Bot Framework Activity schema (`botframework-schema`) and Direct
 //! Line 3.0's REST reference; the wire facts that trip clients up are in the vendor notes:
@@ -13,23 +14,32 @@
 //!   A question is a HeroCard (`application/vnd.microsoft.card.hero`) with `imBack` buttons (or
 //!   `postBack` when the payload differs from the title); media are attachments with a
 //!   `contentUrl`; a link is its text.
-//! - Conversation tokens ([`TokenKey`]): bound to one conversation and user, 1,800 s, signed with a
-//!   key derived from the caller's secret, so another instance verifies them without shared state.
+//! - Conversation tokens (`crate::session`): bound to one conversation and user, 1,800 s, signed
+//!   with a key derived from the caller's secret, so another instance verifies them without shared
+//!   state.
 //! - Errors: `{"error": {"code", "message"}}` with Direct Line's codes ([`error_code`]).
 
 use std::borrow::Cow;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
+pub use super::channel::Posted;
+pub use crate::session::{TokenError, TokenGrant, TokenKey};
+
+use super::channel::{ChannelCaller, ChannelOp, Stamp, Started};
+use super::{settings, CallerDialect, ClientEntry, Detection, RequestHead};
+use crate::auth::{token_digest, ClientCredential, Denied, Grant, Presented, TokenPresented};
+use crate::config::{ConfigError, SecretSource};
 use crate::dialect::from_json;
 use crate::error::{ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
+use crate::session::ChannelGrant;
 
 /// The dialect's name.
 pub const NAME: &str = "directline";
@@ -61,17 +71,6 @@ struct ActivityIn<'a> {
     value: Option<&'a RawValue>,
     #[serde(borrow, default)]
     channel_data: Option<&'a RawValue>,
-}
-
-/// What a caller's activity asks of the proxy.
-#[derive(Debug)]
-pub enum Posted<'a> {
-    /// A message for the bot: the canonical request (its `metadata` is the activity's
-    /// `channelData`, passed on as is).
-    Message(ChatRequest<'a>),
-    /// Another activity type (`typing`, `event`, `conversationUpdate`, …): echoed to the
-    /// conversation, never sent to a bot.
-    Other,
 }
 
 /// Reads a caller's activity. `conversation_user` is the user the conversation was started for
@@ -350,99 +349,6 @@ pub fn user_activity(req: &ChatRequest<'_>, text: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Conversation tokens
-
-/// How long a token lasts, as Direct Line's do.
-pub const TOKEN_LIFETIME_SECS: u64 = 1_800;
-
-/// The key conversation tokens are signed with: an HMAC key derived from the caller's Direct Line
-/// secret, so any instance configured with the same secret verifies the tokens of another (a
-/// conversation continued elsewhere) and no token is stored.
-#[derive(Clone)]
-pub struct TokenKey(Hmac<Sha256>);
-
-impl std::fmt::Debug for TokenKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenKey(<redacted>)")
-    }
-}
-
-/// What a valid token grants: one conversation, for one user, until `expires` (unix seconds).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenGrant {
-    pub conversation: String,
-    pub user: String,
-    pub expires: u64,
-}
-
-/// Why a token is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    /// Not a token of this key (or altered): 403 `Forbidden`.
-    Invalid,
-    /// A token of this key past its expiry: 403 `TokenExpired`.
-    Expired,
-}
-
-impl TokenKey {
-    /// The key of a caller secret (its SHA-256 when the secret is configured as a digest, so both
-    /// ways of configuring it give the same key).
-    pub fn new(secret_sha256: &[u8; 32]) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"botbridge directline token v1")
-            .expect("HMAC takes any key");
-        mac.update(secret_sha256);
-        let derived = mac.finalize().into_bytes();
-        TokenKey(Hmac::new_from_slice(&derived).expect("HMAC takes any key"))
-    }
-
-    /// A token for `grant`: `base64url(JSON of the grant) "." base64url(HMAC-SHA256 of that)`.
-    pub fn mint(&self, grant: &TokenGrant) -> String {
-        let claims = json!({"c": grant.conversation, "u": grant.user, "e": grant.expires});
-        let body = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let mut mac = self.0.clone();
-        mac.update(body.as_bytes());
-        let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{body}.{tag}")
-    }
-
-    /// The grant of a token, checked in constant time, at `now` (unix seconds).
-    pub fn verify(&self, token: &str, now: u64) -> Result<TokenGrant, TokenError> {
-        let (body, tag) = token.split_once('.').ok_or(TokenError::Invalid)?;
-        let tag = URL_SAFE_NO_PAD
-            .decode(tag)
-            .map_err(|_| TokenError::Invalid)?;
-        let mut mac = self.0.clone();
-        mac.update(body.as_bytes());
-        mac.verify_slice(&tag).map_err(|_| TokenError::Invalid)?;
-        let claims = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| TokenError::Invalid)?;
-        let v: Value = serde_json::from_slice(&claims).map_err(|_| TokenError::Invalid)?;
-        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        let grant = TokenGrant {
-            conversation: text("c").ok_or(TokenError::Invalid)?,
-            user: text("u").ok_or(TokenError::Invalid)?,
-            expires: v
-                .get("e")
-                .and_then(Value::as_u64)
-                .ok_or(TokenError::Invalid)?,
-        };
-        if now >= grant.expires {
-            return Err(TokenError::Expired);
-        }
-        Ok(grant)
-    }
-}
-
-/// The error a refused token gets: 403 `TokenExpired` or `Forbidden`, in Direct Line's shape.
-pub fn token_error(e: TokenError) -> (u16, Vec<u8>) {
-    match e {
-        TokenError::Expired => (403, render_error_code("TokenExpired", "Token expired")),
-        TokenError::Invalid => (403, render_error_code("Forbidden", "Invalid token")),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Errors
 
 /// Direct Line's error code for a status: 400 `BadArgument`, 401 `Unauthorized`, 403 `Forbidden`
@@ -464,15 +370,348 @@ pub fn error_code(status: u16) -> &'static str {
     }
 }
 
-/// `{"error": {"code", "message"}}` with the code of the error's status.
+/// `{"error": {"code", "message"}}` with the code of the error's status (`TokenExpired` for an
+/// expired token).
 pub fn render_error(err: &ProxyError) -> Vec<u8> {
-    render_error_code(error_code(err.status), &err.message)
+    let code = match err.reason {
+        Reason::TokenExpired => "TokenExpired",
+        _ => error_code(err.status),
+    };
+    render_error_code(code, &err.message)
 }
 
 /// `{"error": {"code", "message"}}` with this code.
 pub fn render_error_code(code: &str, message: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({"error": {"code": code, "message": message}}))
         .expect("an error serializes")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The caller dialect: a channel
+
+/// Direct Line 3.0 callers (`ingress = "directline"`, `[[clients.directline]]`).
+pub struct Directline;
+
+/// `[[clients.directline]]`: one Direct Line caller, by its secret (or the secret's SHA-256).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientConfig {
+    secret: Option<SecretSource>,
+    secret_sha256: Option<SecretSource>,
+    /// Browser origins that may use the secret or its tokens (`*`: any).
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+}
+
+/// The secret as `Authorization: Bearer` presents it, and as it is stored: its SHA-256, looked up
+/// by [`token_digest`] of that (so `secret` and `secret_sha256` give the same credential).
+fn secret_digest(sha: &[u8; 32]) -> [u8; 32] {
+    token_digest(NAME, sha)
+}
+
+/// The bearer value of `Authorization` (the scheme in any case).
+pub fn bearer(authorization: Option<&[u8]>) -> Option<&[u8]> {
+    let v = authorization?.trim_ascii();
+    (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+}
+
+/// Whether a bearer value has the shape of a conversation token (`claims.tag`) rather than a
+/// secret (Direct Line secrets have no dot).
+pub fn is_token(bearer: &[u8]) -> bool {
+    bearer.contains(&b'.')
+}
+
+fn check_origin(key: &str, o: &str) -> Result<(), ConfigError> {
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"));
+    let ok = o == "*" || rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', ' ']));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            format!("{key}.allowed_origins"),
+            format!("`{o}` is not an origin: give `https://host[:port]` (no path), or `*`"),
+        ))
+    }
+}
+
+impl CallerDialect for Directline {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// A bare bearer token, as several dialects' callers send: named explicitly on a route.
+    fn in_auto(&self) -> bool {
+        false
+    }
+
+    fn detect(&self, _head: &dyn RequestHead) -> Detection {
+        Detection::No
+    }
+
+    fn credential_hint(&self) -> &'static str {
+        "Direct Line (Authorization: Bearer <secret or token>)"
+    }
+
+    fn detect_body(&self, _body: &[u8]) -> bool {
+        false
+    }
+
+    /// A secret: presented as its SHA-256, looked up by [`secret_digest`]. (Conversation tokens
+    /// are checked by the shell with the key their claims point at.)
+    fn credential<'h>(&self, head: &'h dyn RequestHead) -> Result<Presented<'h>, Denied> {
+        let secret = bearer(head.header("authorization")).filter(|b| !b.is_empty());
+        let secret = secret.ok_or_else(|| {
+            Denied::new(
+                crate::auth::AuthReason::Missing,
+                "missing Authorization: Bearer <secret or token>",
+            )
+        })?;
+        let sha: [u8; 32] = Sha256::digest(secret).into();
+        Ok(Presented::Token(TokenPresented {
+            dialect: NAME,
+            token: Cow::Owned(sha.to_vec()),
+        }))
+    }
+
+    fn client(
+        &self,
+        key: &str,
+        name: &str,
+        table: toml::Table,
+    ) -> Result<ClientEntry, ConfigError> {
+        let c: ClientConfig = settings(key, table)?;
+        let mut demo = None;
+        let sha: [u8; 32] = match (&c.secret, &c.secret_sha256) {
+            (Some(s), None) => {
+                let secret = s.resolve(&format!("{key}.secret"))?;
+                if secret.is_empty() || secret.contains('.') {
+                    return Err(ConfigError::new(
+                        format!("{key}.secret"),
+                        "must be non-empty and without `.` (tokens have dots)",
+                    ));
+                }
+                if secret == "demo-directline-secret" {
+                    demo = Some(format!("directline secret of {name}"));
+                }
+                Sha256::digest(secret.as_bytes()).into()
+            }
+            (None, Some(h)) => {
+                let k = format!("{key}.secret_sha256");
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(h.resolve(&k)?.trim(), &mut digest).map_err(|_| {
+                    ConfigError::new(&k, "must be 64 hex digits (a SHA-256 digest)")
+                })?;
+                digest
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    "give exactly one of `secret` or `secret_sha256`",
+                ))
+            }
+        };
+        for o in &c.allowed_origins {
+            check_origin(key, o)?;
+        }
+        let digest = secret_digest(&sha);
+        let grant = Grant {
+            channel: Some(std::sync::Arc::new(ChannelGrant {
+                key: TokenKey::new(&sha),
+                allowed_origins: c.allowed_origins,
+                credential: digest,
+            })),
+            ..Grant::named(name)
+        };
+        Ok(ClientEntry {
+            credential: ClientCredential::Token { digest, grant },
+            demo,
+        })
+    }
+
+    /// Not used: a Direct Line caller's requests go through its conversations ([`ChannelCaller`]).
+    fn parse_request<'b>(
+        &self,
+        _path: &str,
+        _body: &'b [u8],
+    ) -> Result<ChatRequest<'b>, ProxyError> {
+        Err(ProxyError::new(
+            404,
+            Reason::NotFound,
+            "not a Direct Line path",
+        ))
+    }
+
+    /// The replies as activities (a conversation stamps them; see [`ChannelCaller::replies`]).
+    fn render_answer(
+        &self,
+        req: &ChatRequest<'_>,
+        answer: &ChatAnswer<'_>,
+        _ctx: &super::AnswerContext<'_>,
+    ) -> Vec<u8> {
+        let _ = req;
+        serde_json::to_vec(&reply_activities(answer, "")).expect("activities serialize")
+    }
+
+    fn render_error(&self, err: &ProxyError) -> Vec<u8> {
+        render_error(err)
+    }
+
+    fn api_document(&self) -> &'static str {
+        include_str!("../../../docs/openapi/directline.json")
+    }
+
+    fn channel(&self) -> Option<&dyn ChannelCaller> {
+        Some(self)
+    }
+}
+
+/// `{"user": {"id"}}` of a token request.
+#[derive(Deserialize)]
+struct TokenRequest<'a> {
+    #[serde(borrow)]
+    user: Option<From<'a>>,
+}
+
+/// The conversation and the caller's token, as `tokens/*` and `conversations` answer them.
+fn started_json(s: &Started<'_>) -> Value {
+    let mut v = json!({"conversationId": s.conversation, "token": s.token,
+                       "expires_in": s.expires_in});
+    if let Some(u) = s.stream_url {
+        v["streamUrl"] = json!(u);
+    }
+    v
+}
+
+impl ChannelCaller for Directline {
+    fn operation<'p>(&self, method: &str, below: &'p str) -> Option<ChannelOp<'p>> {
+        if method == "OPTIONS" {
+            return Some(ChannelOp::Preflight);
+        }
+        let parts: Vec<&'p str> = below.trim_end_matches('/').split('/').collect();
+        let id = |s: &'p str| (!s.is_empty()).then_some(s);
+        match (method, parts.as_slice()) {
+            ("POST", ["tokens", "generate"]) => Some(ChannelOp::GenerateToken),
+            ("POST", ["tokens", "refresh"]) => Some(ChannelOp::RefreshToken),
+            ("POST", ["conversations"]) => Some(ChannelOp::Start),
+            ("GET", ["conversations", c]) => id(c).map(ChannelOp::Reconnect),
+            ("POST", ["conversations", c, "activities"]) => id(c).map(ChannelOp::Post),
+            ("GET", ["conversations", c, "activities"]) => id(c).map(ChannelOp::Read),
+            ("GET", ["conversations", c, "stream"]) => id(c).map(ChannelOp::Stream),
+            _ => None,
+        }
+    }
+
+    fn token_user(&self, body: &[u8]) -> Result<Option<String>, ProxyError> {
+        if body.trim_ascii().is_empty() {
+            return Ok(None);
+        }
+        let r: TokenRequest<'_> = from_json(body)
+            .map_err(|_| bad_argument("the body is not a token request ({\"user\": {\"id\"}})"))?;
+        Ok(r.user.map(|u| u.id.into_owned()).filter(|u| !u.is_empty()))
+    }
+
+    fn render_token(&self, s: &Started<'_>) -> Vec<u8> {
+        let s = Started {
+            stream_url: None,
+            ..*s
+        };
+        serde_json::to_vec(&started_json(&s)).expect("JSON serializes")
+    }
+
+    fn render_started(&self, s: &Started<'_>) -> Vec<u8> {
+        serde_json::to_vec(&started_json(s)).expect("JSON serializes")
+    }
+
+    fn parse_activity<'b>(
+        &self,
+        body: &'b [u8],
+        user: Option<&str>,
+    ) -> Result<Posted<'b>, ProxyError> {
+        parse_activity(body, user)
+    }
+
+    fn echo(&self, body: &[u8], at: &Stamp<'_>, user: &str) -> Vec<u8> {
+        let mut a: Value = serde_json::from_slice(body).unwrap_or_else(|_| json!({}));
+        if !a.is_object() {
+            a = json!({});
+        }
+        if !a["from"].is_object() {
+            a["from"] = json!({});
+        }
+        a["from"]["id"] = json!(user);
+        a["from"]["role"] = json!("user");
+        stamp(&mut a, at);
+        serde_json::to_vec(&a).expect("JSON serializes")
+    }
+
+    fn replies(
+        &self,
+        answer: &ChatAnswer<'_>,
+        reply_to: &str,
+        bot_name: &str,
+        next: &mut dyn FnMut(usize) -> (String, String),
+    ) -> Vec<Vec<u8>> {
+        let conversation = reply_to.split('|').next().unwrap_or_default();
+        (reply_activities(answer, reply_to).into_iter().enumerate())
+            .map(|(i, mut a)| {
+                let (id, timestamp) = next(i);
+                a["from"] = json!({"id": bot_name, "name": bot_name, "role": "bot"});
+                let at = Stamp {
+                    conversation,
+                    id: &id,
+                    timestamp: &timestamp,
+                };
+                stamp(&mut a, &at);
+                serde_json::to_vec(&a).expect("JSON serializes")
+            })
+            .collect()
+    }
+
+    fn render_posted(&self, id: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"id": id})).expect("JSON serializes")
+    }
+
+    fn render_page(&self, activities: &[&[u8]], watermark: &str) -> Vec<u8> {
+        let size: usize = activities.iter().map(|a| a.len() + 1).sum();
+        let mut out = Vec::with_capacity(size + watermark.len() + 32);
+        out.extend_from_slice(b"{\"activities\":[");
+        for (i, a) in activities.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(a);
+        }
+        out.extend_from_slice(b"],\"watermark\":");
+        out.extend_from_slice(json!(watermark).to_string().as_bytes());
+        out.push(b'}');
+        out
+    }
+
+    fn conversation_id(&self, random: [u8; 16]) -> String {
+        URL_SAFE_NO_PAD.encode(random).replace(['-', '_'], "0")
+    }
+
+    fn activity_id(&self, conversation: &str, seq: u64) -> String {
+        format!("{conversation}|{seq:07}")
+    }
+
+    fn allowed_headers(&self) -> &'static str {
+        "authorization, content-type, x-ms-bot-agent, x-requested-with, x-request-id"
+    }
+
+    fn stream_path(&self, conversation: &str) -> String {
+        format!("conversations/{conversation}/stream")
+    }
+}
+
+/// An activity's place in its conversation, as Direct Line writes it.
+fn stamp(a: &mut Value, at: &Stamp<'_>) {
+    a["id"] = json!(at.id);
+    a["timestamp"] = json!(at.timestamp);
+    a["channelId"] = json!("directline");
+    a["conversation"] = json!({"id": at.conversation});
 }
 
 #[cfg(test)]
@@ -641,50 +880,5 @@ mod tests {
             json!({"type": "message", "from": {"id": "u1", "role": "user"}, "text": "/affirm",
                    "value": "/affirm", "channelData": {"k": 1}})
         );
-    }
-
-    #[test]
-    fn tokens_grant_one_conversation_until_they_expire_on_any_instance() {
-        let secret = [7u8; 32];
-        let key = TokenKey::new(&secret);
-        let grant = TokenGrant {
-            conversation: "conv-1".into(),
-            user: "dl_u1".into(),
-            expires: 1_000 + TOKEN_LIFETIME_SECS,
-        };
-        let token = key.mint(&grant);
-        // Another instance with the same secret verifies it; no state is shared.
-        assert_eq!(
-            TokenKey::new(&secret).verify(&token, 1_000),
-            Ok(grant.clone())
-        );
-        assert_eq!(key.verify(&token, 2_800), Err(TokenError::Expired));
-        assert_eq!(
-            TokenKey::new(&[8; 32]).verify(&token, 1_000),
-            Err(TokenError::Invalid)
-        );
-        let (body, tag) = token.split_once('.').unwrap();
-        let other = TokenGrant {
-            conversation: "conv-2".into(),
-            ..grant
-        };
-        let forged = format!("{}.{tag}", key.mint(&other).split_once('.').unwrap().0);
-        assert_eq!(key.verify(&forged, 1_000), Err(TokenError::Invalid));
-        for bad in [
-            "",
-            "x",
-            "a.b",
-            &format!("{body}."),
-            &format!("{body}.{tag}x"),
-        ] {
-            assert_eq!(key.verify(bad, 1_000), Err(TokenError::Invalid), "{bad}");
-        }
-        let (status, body) = token_error(TokenError::Expired);
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(
-            (status, v["error"]["code"].as_str()),
-            (403, Some("TokenExpired"))
-        );
-        assert_eq!(format!("{key:?}"), "TokenKey(<redacted>)");
     }
 }

@@ -11,6 +11,7 @@
 //! errors about a bot answer that cannot be used, for every bot dialect alike.
 
 mod bad_answer;
+pub mod channel;
 pub mod csml;
 pub mod csml_engine;
 pub mod dialogflow;
@@ -35,6 +36,7 @@ use crate::error::ProxyError;
 use crate::model::{self, ChatAnswer, ChatRequest};
 
 pub use crate::request::RequestHead;
+pub use channel::{ChannelCaller, ChannelOp, Posted, Stamp, Started};
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
 pub use registry::{bot_dialect, caller, callers, Caller};
 pub use reply_webhook::{ReplyWebhook, WebhookRefusal, WebhookReply};
@@ -257,6 +259,10 @@ pub trait CallerDialect: Sync + Send + 'static {
     fn api_document(&self) -> &'static str;
     /// Its async mode (answered at once, the bot's answer delivered later), if it has one.
     fn async_caller(&self) -> Option<&dyn AsyncCaller> {
+        None
+    }
+    /// Its channel verbs, for a dialect whose conversations the proxy holds (`channel`).
+    fn channel(&self) -> Option<&dyn ChannelCaller> {
         None
     }
 }

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use super::{
-    csml, csml_engine, dialogflow, haptik, lex, rasa, BotDialect, CallerDialect, Detection,
-    RequestHead,
+    csml, csml_engine, dialogflow, directline, haptik, lex, rasa, BotDialect, CallerDialect,
+    Detection, RequestHead,
 };
 
 /// What callers may speak, in the order detection asks them.
@@ -15,6 +15,7 @@ static CALLERS: &[&dyn CallerDialect] = &[
     &rasa::Rasa,
     &lex::Lex,
     &dialogflow::Dialogflow,
+    &directline::Directline,
 ];
 
 /// What bots may speak.

@@ -1,0 +1,104 @@
+//! Channel callers: caller dialects whose conversations the proxy holds. A caller starts a
+//! conversation (and gets a token for it), posts its user's activities, and reads the conversation's
+//! activities back: its own echoed and the bot's replies, by polling with a watermark or over a
+//! stream. The shell keeps the conversation's activity log, the stream and the tokens
+//! (`crate::session`); this trait is what is the dialect's: which request asks what, how activities
+//! and answers are written, and what its CORS preflight allows.
+
+use crate::error::ProxyError;
+use crate::model::{ChatAnswer, ChatRequest};
+
+/// What a request below a channel route's path prefix asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelOp<'p> {
+    /// A browser's CORS preflight (any path).
+    Preflight,
+    /// A token for a new conversation (with the caller's secret).
+    GenerateToken,
+    /// A fresh token for the token's conversation (with a token).
+    RefreshToken,
+    /// Start a conversation (with a secret: a new one; with a token: the token's).
+    Start,
+    /// The conversation again, with a fresh stream address (a reconnect).
+    Reconnect(&'p str),
+    /// Post an activity to a conversation.
+    Post(&'p str),
+    /// The conversation's activities after a watermark.
+    Read(&'p str),
+    /// The conversation's activities as a stream (a WebSocket upgrade).
+    Stream(&'p str),
+}
+
+/// A started conversation, as the caller is told about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Started<'a> {
+    pub conversation: &'a str,
+    pub token: &'a str,
+    pub expires_in: u64,
+    /// The stream's address (absolute `ws://` or `wss://`), when the answer carries one.
+    pub stream_url: Option<&'a str>,
+}
+
+/// What a caller's activity asks of the proxy.
+#[derive(Debug)]
+pub enum Posted<'a> {
+    /// A message for the bot: the canonical request (its `metadata` is the activity's own channel
+    /// data, passed on as is).
+    Message(ChatRequest<'a>),
+    /// Another activity (typing, an event): echoed to the conversation, never sent to a bot.
+    Other,
+}
+
+/// Where an activity sits in its conversation: its id and when it was added.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    pub conversation: &'a str,
+    pub id: &'a str,
+    /// RFC 3339, UTC.
+    pub timestamp: &'a str,
+}
+
+/// A channel caller's verbs (see the module doc).
+pub trait ChannelCaller: Sync {
+    /// What `method` on `below` (the path after the route's prefix, without a leading `/`) asks;
+    /// `None`: nothing (404).
+    fn operation<'p>(&self, method: &str, below: &'p str) -> Option<ChannelOp<'p>>;
+    /// The user a token request names (`{"user": {"id"}}`), if any; a body that is not such a
+    /// request is refused.
+    fn token_user(&self, body: &[u8]) -> Result<Option<String>, ProxyError>;
+    /// The answer to a token request.
+    fn render_token(&self, s: &Started<'_>) -> Vec<u8>;
+    /// The answer to a start or a reconnect.
+    fn render_started(&self, s: &Started<'_>) -> Vec<u8>;
+    /// Reads a caller's activity; `user` is the conversation's user (its token's), the one the
+    /// activity must speak for (`None` with a secret: the activity names it).
+    fn parse_activity<'b>(
+        &self,
+        body: &'b [u8],
+        user: Option<&str>,
+    ) -> Result<Posted<'b>, ProxyError>;
+    /// The caller's activity as the conversation keeps it (echoed with its channel data unchanged),
+    /// with its id, conversation, time and user.
+    fn echo(&self, body: &[u8], at: &Stamp<'_>, user: &str) -> Vec<u8>;
+    /// The bot's answer as the conversation's activities replying to `reply_to`, one per reply, each
+    /// stamped by `stamp(i)`; and how many replies had no rendering.
+    fn replies(
+        &self,
+        answer: &ChatAnswer<'_>,
+        reply_to: &str,
+        bot_name: &str,
+        stamp: &mut dyn FnMut(usize) -> (String, String),
+    ) -> Vec<Vec<u8>>;
+    /// The answer to a post: the activity's id.
+    fn render_posted(&self, id: &str) -> Vec<u8>;
+    /// A page of activities (a poll's answer, and each message on the stream).
+    fn render_page(&self, activities: &[&[u8]], watermark: &str) -> Vec<u8>;
+    /// A conversation's id as the log and the caller see it, from 16 random bytes.
+    fn conversation_id(&self, random: [u8; 16]) -> String;
+    /// An activity's id: the conversation's and its place in it.
+    fn activity_id(&self, conversation: &str, seq: u64) -> String;
+    /// The request headers a browser's preflight may ask for.
+    fn allowed_headers(&self) -> &'static str;
+    /// The path of a conversation's stream below the route's prefix.
+    fn stream_path(&self, conversation: &str) -> String;
+}

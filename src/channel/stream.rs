@@ -1,0 +1,112 @@
+//! A channel conversation's stream: the WebSocket a caller opens at the conversation's stream URL.
+//! Each message is a page of activities (the dialect's, as a poll answers) pushed as the log grows;
+//! a keep-alive (an empty message, which clients skip, and a ping) every `KEEPALIVE`; closed when
+//! the caller's token expires, when the caller closes it, or when the caller stops reading (a send
+//! that cannot finish within `SEND_TIMEOUT`). Frames the caller sends are read only for pings and
+//! its close: a channel's activities are posted over HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use pingora::protocols::Stream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{metrics, Log};
+use crate::dialect::ChannelCaller;
+
+/// How often an idle stream says it is alive.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How long one message may take to send before the caller counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most activities one message carries.
+const PAGE: usize = 100;
+
+/// The `Sec-WebSocket-Accept` of a handshake's `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
+}
+
+/// What a stream follows, and until when.
+pub struct Follow {
+    pub log: Arc<Log>,
+    pub dialect: &'static dyn ChannelCaller,
+    /// The watermark the caller has read to (`None`: everything kept is sent first).
+    pub watermark: Option<u64>,
+    /// When the caller's token expires.
+    pub until: Instant,
+}
+
+/// Serves one stream on an upgraded connection until it ends.
+pub async fn serve(stream: Stream, f: Follow) {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 10))
+        .max_frame_size(Some(64 << 10));
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+    let m = metrics();
+    m.streams.inc();
+    let why = follow(ws, &f).await;
+    m.streams.dec();
+    tracing::debug!(why, "channel stream closed");
+}
+
+/// Sends pages as the log grows; returns why it ended.
+async fn follow(ws: WebSocketStream<Stream>, f: &Follow) -> &'static str {
+    let (mut tx, mut rx) = ws.split();
+    let mut changed = f.log.subscribe();
+    let mut sent = f.watermark;
+    let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+    let expiry = tokio::time::sleep_until(f.until);
+    tokio::pin!(expiry);
+    loop {
+        // Everything after what was sent, a page at a time.
+        loop {
+            let page = f.log.after(sent, PAGE);
+            if page.activities.is_empty() {
+                break;
+            }
+            let refs: Vec<&[u8]> = page.activities.iter().map(|a| &a[..]).collect();
+            let body = f.dialect.render_page(&refs, &page.watermark.to_string());
+            let text = String::from_utf8(body).unwrap_or_default();
+            if !send(&mut tx, Message::text(text)).await {
+                return "caller gone";
+            }
+            sent = Some(page.watermark);
+        }
+        tokio::select! {
+            c = changed.changed() => if c.is_err() { return "conversation gone" },
+            _ = keepalive.tick() => {
+                if !send(&mut tx, Message::text("")).await
+                    || !send(&mut tx, Message::Ping(Default::default())).await {
+                    return "caller gone";
+                }
+            }
+            _ = &mut expiry => {
+                let close = CloseFrame { code: 1000u16.into(), reason: "token expired".into() };
+                let _ = send(&mut tx, Message::Close(Some(close))).await;
+                return "token expired";
+            }
+            frame = rx.next() => match frame {
+                Some(Ok(Message::Close(_))) | None => return "caller closed",
+                Some(Err(_)) => return "caller error",
+                // Pings are answered by the next send; anything else is not the stream's.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// Sends one message (and flushes, answering pending pings); false if the caller is gone or too
+/// slow.
+async fn send<S>(tx: &mut S, m: Message) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, tx.send(m)).await,
+        Ok(Ok(()))
+    )
+}
