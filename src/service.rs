@@ -139,7 +139,7 @@ impl Runtime {
             },
             channels: match previous {
                 Some(p) => p.channels.clone(),
-                None => Channels::new(&config.process.conversations),
+                None => Channels::new(&config.process.conversations, shared.clone()),
             },
             channel_origins: channel::channel_origins(&config),
             routes_by_path: (config.routes.iter().enumerate())

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{metrics, Log};
+use super::{metrics, Channels};
 use crate::dialect::ChannelCaller;
 
 /// How often an idle stream says it is alive.
@@ -30,12 +30,16 @@ pub fn accept_key(key: &[u8]) -> String {
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key)
 }
 
+/// How often a stream reads a shared (Redis) conversation again, for other instances' appends.
+const SHARED_POLL: Duration = Duration::from_secs(1);
+
 /// What a stream follows, and until when.
 pub struct Follow {
-    pub log: Arc<Log>,
+    pub channels: Arc<Channels>,
+    pub conversation: String,
     pub dialect: &'static dyn ChannelCaller,
     /// The watermark the caller has read to (`None`: everything kept is sent first).
-    pub watermark: Option<u64>,
+    pub watermark: Option<String>,
     /// When the caller's token expires.
     pub until: Instant,
 }
@@ -56,20 +60,29 @@ pub async fn serve(stream: Stream, f: Follow) {
 /// Sends pages as the log grows; returns why it ended.
 async fn follow(ws: WebSocketStream<Stream>, f: &Follow) -> &'static str {
     let (mut tx, mut rx) = ws.split();
-    let mut changed = f.log.subscribe();
-    let mut sent = f.watermark;
+    let mut bell = f.channels.bell(&f.conversation);
+    let mut sent = f.watermark.clone();
     let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+    let mut poll = tokio::time::interval_at(Instant::now() + SHARED_POLL, SHARED_POLL);
+    let shared = f.channels.shared();
     let expiry = tokio::time::sleep_until(f.until);
     tokio::pin!(expiry);
     loop {
-        // Everything after what was sent, a page at a time.
-        loop {
-            let page = f.log.after(sent, PAGE);
+        // Everything after what was sent, a page at a time (a store failure waits for the next
+        // ring or poll).
+        while let Ok(page) = f
+            .channels
+            .after(&f.conversation, sent.as_deref(), PAGE)
+            .await
+        {
+            let Some(page) = page else {
+                return "conversation gone";
+            };
             if page.activities.is_empty() {
                 break;
             }
             let refs: Vec<&[u8]> = page.activities.iter().map(|a| &a[..]).collect();
-            let body = f.dialect.render_page(&refs, &page.watermark.to_string());
+            let body = f.dialect.render_page(&refs, &page.watermark);
             let text = String::from_utf8(body).unwrap_or_default();
             if !send(&mut tx, Message::text(text)).await {
                 return "caller gone";
@@ -77,7 +90,8 @@ async fn follow(ws: WebSocketStream<Stream>, f: &Follow) -> &'static str {
             sent = Some(page.watermark);
         }
         tokio::select! {
-            c = changed.changed() => if c.is_err() { return "conversation gone" },
+            c = bell.changed() => if c.is_err() { return "conversation gone" },
+            _ = poll.tick(), if shared => {}
             _ = keepalive.tick() => {
                 if !send(&mut tx, Message::text("")).await
                     || !send(&mut tx, Message::Ping(Default::default())).await {

@@ -18,7 +18,13 @@ pub const REDIS_BUCKETS: &[f64] = &[
 
 /// The Redis operations (`op` label): a rate limit check, a replay guard entry, a cache clear
 /// published, a conversation read or written.
-pub const OPS: [&str; 4] = ["rate_limit", "replay_guard", "publish", "conversation"];
+pub const OPS: [&str; 5] = [
+    "rate_limit",
+    "replay_guard",
+    "publish",
+    "conversation",
+    "channel",
+];
 
 /// Why a Redis call failed (`reason` label): no answer in `timeout_ms`, no connection, or an error
 /// answer.
@@ -30,6 +36,7 @@ pub enum Feature {
     Limits,
     ReplayGuard,
     Conversations,
+    Channels,
 }
 
 impl Feature {
@@ -38,6 +45,7 @@ impl Feature {
             Feature::Limits => "limits",
             Feature::ReplayGuard => "replay_guard",
             Feature::Conversations => "conversations",
+            Feature::Channels => "channels",
         }
     }
 }
@@ -147,6 +155,7 @@ impl SharedMetrics {
             Feature::Limits,
             Feature::ReplayGuard,
             Feature::Conversations,
+            Feature::Channels,
         ] {
             for a in OnRedisError::ALL {
                 self.redis_fallbacks

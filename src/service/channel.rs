@@ -21,8 +21,8 @@ use pingora::protocols::http::ServerSession;
 
 use super::{request_id, unix_secs, Admitted, Call, ChatService, Head, Runtime};
 use crate::auth::Grant;
+use crate::channel;
 use crate::channel::stream::{self, Follow};
-use crate::channel::{self, Log};
 use crate::dialect::{Caller, ChannelCaller, ChannelOp, Posted, RequestHead, Stamp, Started};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, Upgrade};
@@ -162,11 +162,11 @@ impl ChatService {
         match op {
             ChannelOp::GenerateToken => self.generate_token(cx, session, c, &a).await,
             ChannelOp::RefreshToken => refresh_token(cx, c, &a),
-            ChannelOp::Start => self.start(cx, session, c, &a),
-            ChannelOp::Reconnect(id) => reconnect(cx, session, c, &a, id),
+            ChannelOp::Start => self.start(cx, session, c, &a).await,
+            ChannelOp::Reconnect(id) => reconnect(cx, session, c, &a, id).await,
             ChannelOp::Post(id) => self.post(cx, session, c, a, id).await,
-            ChannelOp::Read(id) => read(cx, session, c, &a, id),
-            ChannelOp::Stream(id) => open_stream(cx, session, c, &a, id),
+            ChannelOp::Read(id) => read(cx, session, c, &a, id).await,
+            ChannelOp::Stream(id) => open_stream(cx, session, c, &a, id).await,
             ChannelOp::Preflight => unreachable!("answered above"),
         }
     }
@@ -189,7 +189,8 @@ impl ChatService {
                 .flatten()
         });
         let authed = match presented {
-            Some(t) if crate::session::token_credential(&t).is_some() => {
+            // Secrets have no dot (the configuration refuses one); tokens do.
+            Some(t) if t.contains('.') => {
                 let (grant, granted) = rt.authn.session_token(c.ingress, &t, now)?;
                 let channel = grant
                     .channel
@@ -226,7 +227,8 @@ impl ChatService {
         Ok(authed)
     }
 
-    /// A token for a new conversation, for the user the body names (else a new one).
+    /// A token for a new conversation, bound to the user the body names (else to none: the
+    /// activities name their user).
     async fn generate_token(
         &self,
         cx: &mut Call<'_>,
@@ -245,7 +247,7 @@ impl ChatService {
         let body = httpio::read_body(session, limit)
             .await
             .map_err(|_| ProxyError::bad_request("the request body could not be read"))?;
-        let user = c.verbs.token_user(&body)?.unwrap_or_else(new_user);
+        let user = c.verbs.token_user(&body)?.unwrap_or_default();
         let conversation = c.verbs.conversation_id(random());
         let token = mint(cx, a, &conversation, &user);
         let s = Started {
@@ -259,7 +261,7 @@ impl ChatService {
 
     /// Starts a conversation: a new one with the secret, the token's with a token (201 the first
     /// time, 200 after).
-    fn start(
+    async fn start(
         &self,
         cx: &mut Call<'_>,
         session: &ServerSession,
@@ -269,14 +271,13 @@ impl ChatService {
         let channels = &cx.rt.channels;
         let (conversation, token, created) = match &a.token {
             Some((t, g)) => {
-                let created = channels.start(&g.conversation, &g.user);
+                let created = channels.start(&g.conversation, &g.user).await?;
                 (g.conversation.clone(), t.clone(), created)
             }
             None => {
                 let conversation = c.verbs.conversation_id(random());
-                let user = new_user();
-                channels.start(&conversation, &user);
-                let token = mint(cx, a, &conversation, &user);
+                channels.start(&conversation, "").await?;
+                let token = mint(cx, a, &conversation, "");
                 (conversation, token, true)
             }
         };
@@ -303,12 +304,13 @@ impl ChatService {
     ) -> Result<Answer, ProxyError> {
         a.may_use(id)?;
         let rt = cx.rt;
-        let log = rt
-            .channels
-            .get(id)
-            .ok_or_else(|| not_found("conversation not found"))?;
+        let started = rt.channels.user(id).await?;
+        let owner = started.ok_or_else(|| not_found("conversation not found"))?;
         let body = self.read_body(cx, session).await?;
-        let user = a.token.as_ref().map(|(_, g)| g.user.as_str());
+        // A token issued for a named user speaks for that user only.
+        let user = (a.token.as_ref())
+            .map(|(_, g)| g.user.as_str())
+            .filter(|u| !u.is_empty());
         let posted = (c.verbs.parse_activity(&body, user)).inspect_err(|_| {
             self.translation_error(&rt.config.routes[c.index], "invalid_request", 1)
         })?;
@@ -316,8 +318,8 @@ impl ChatService {
         let verbs = c.verbs;
         let first = match posted {
             Posted::Other => {
-                let user = user.unwrap_or(&log.user).to_owned();
-                rt.channels.append(id, |first| {
+                let user = user.unwrap_or(&owner).to_owned();
+                let make = |first| {
                     let aid = verbs.activity_id(id, first);
                     let at = Stamp {
                         conversation: id,
@@ -325,13 +327,14 @@ impl ChatService {
                         timestamp: &now,
                     };
                     vec![verbs.echo(&body, &at, &user)]
-                })
+                };
+                rt.channels.append(id, make).await?
             }
             Posted::Message(req) => {
                 let replies = self.ask_bot(cx, c, a.grant.clone(), req).await?;
                 let user = replies.user.clone();
                 let bot_name = rt.config.routes[c.index].bot_name.clone();
-                rt.channels.append(id, |first| {
+                let make = |first| {
                     let aid = verbs.activity_id(id, first);
                     let at = Stamp {
                         conversation: id,
@@ -343,7 +346,8 @@ impl ChatService {
                         |i: usize| (verbs.activity_id(id, first + 1 + i as u64), now.clone());
                     out.extend(replies.render(verbs, &aid, &bot_name, &mut next));
                     out
-                })
+                };
+                rt.channels.append(id, make).await?
             }
         };
         let first = first.ok_or_else(|| not_found("conversation not found"))?;
@@ -443,7 +447,7 @@ fn refresh_token(cx: &Call<'_>, c: ChannelRoute, a: &Authed) -> Result<Answer, P
 }
 
 /// A started conversation again, with a fresh stream URL.
-fn reconnect(
+async fn reconnect(
     cx: &Call<'_>,
     session: &ServerSession,
     c: ChannelRoute,
@@ -451,14 +455,11 @@ fn reconnect(
     id: &str,
 ) -> Result<Answer, ProxyError> {
     a.may_use(id)?;
-    let log = cx
-        .rt
-        .channels
-        .get(id)
-        .ok_or_else(|| not_found("conversation not found"))?;
+    let started = cx.rt.channels.user(id).await?;
+    let user = started.ok_or_else(|| not_found("conversation not found"))?;
     let token = match &a.token {
         Some((t, _)) => t.clone(),
-        None => mint(cx, a, id, &log.user),
+        None => mint(cx, a, id, &user),
     };
     let url = stream_url(cx, session, c, id, &token);
     let s = Started {
@@ -471,7 +472,7 @@ fn reconnect(
 }
 
 /// The conversation's activities after the `watermark` the caller read to.
-fn read(
+async fn read(
     cx: &Call<'_>,
     session: &ServerSession,
     c: ChannelRoute,
@@ -479,21 +480,18 @@ fn read(
     id: &str,
 ) -> Result<Answer, ProxyError> {
     a.may_use(id)?;
-    let log = cx
-        .rt
-        .channels
-        .get(id)
-        .ok_or_else(|| not_found("conversation not found"))?;
-    let watermark = watermark(&Head(session.req_header()))?;
+    let head = Head(session.req_header());
+    let watermark = query_param(&head, "watermark").filter(|w| !w.is_empty());
     channel::metrics().polls.inc();
-    let page = log.after(watermark, PAGE);
+    let page = cx.rt.channels.after(id, watermark, PAGE).await?;
+    let page = page.ok_or_else(|| not_found("conversation not found"))?;
     let refs: Vec<&[u8]> = page.activities.iter().map(|a| &a[..]).collect();
-    let body = c.verbs.render_page(&refs, &page.watermark.to_string());
+    let body = c.verbs.render_page(&refs, &page.watermark);
     Ok(Answer::json(200, body))
 }
 
 /// The stream of a conversation: a WebSocket upgrade, served until the token expires.
-fn open_stream(
+async fn open_stream(
     cx: &Call<'_>,
     session: &ServerSession,
     c: ChannelRoute,
@@ -501,11 +499,8 @@ fn open_stream(
     id: &str,
 ) -> Result<Answer, ProxyError> {
     a.may_use(id)?;
-    let log: Arc<Log> = cx
-        .rt
-        .channels
-        .get(id)
-        .ok_or_else(|| not_found("conversation not found"))?;
+    let started = cx.rt.channels.user(id).await?;
+    started.ok_or_else(|| not_found("conversation not found"))?;
     let head = Head(session.req_header());
     let is = |name: &str, want: &str| {
         head.header(name).is_some_and(|v| {
@@ -521,9 +516,12 @@ fn open_stream(
         ));
     };
     let follow = Follow {
-        log,
+        channels: cx.rt.channels.clone(),
+        conversation: id.to_owned(),
         dialect: c.verbs,
-        watermark: watermark(&head)?,
+        watermark: query_param(&head, "watermark")
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned),
         until: tokio::time::Instant::now() + Duration::from_secs(expires_in(cx, a)),
     };
     let mut answer = Answer::json(101, Vec::new());
@@ -568,16 +566,6 @@ fn preflight(
     Ok(answer)
 }
 
-/// The `watermark` query parameter: absent or empty for none, else a place.
-fn watermark(head: &Head<'_>) -> Result<Option<u64>, ProxyError> {
-    match query_param(head, "watermark").filter(|w| !w.is_empty()) {
-        None => Ok(None),
-        Some(w) => w.parse().map(Some).map_err(|_| {
-            ProxyError::bad_request("the watermark is not one this conversation gave")
-        }),
-    }
-}
-
 /// A token for `conversation` and `user`, signed with the caller's key, for the full lifetime.
 fn mint(cx: &Call<'_>, a: &Authed, conversation: &str, user: &str) -> String {
     a.channel.key.mint(&TokenGrant {
@@ -594,11 +582,6 @@ fn expires_in(cx: &Call<'_>, a: &Authed) -> u64 {
         Some((_, g)) => g.expires.saturating_sub(unix_secs(cx.received)),
         None => TOKEN_LIFETIME_SECS,
     }
-}
-
-/// A user id for a conversation whose caller named none.
-fn new_user() -> String {
-    format!("dl_{}", hex::encode(&random()[..8]))
 }
 
 /// The stream's URL: `ws://` (`wss://` on TLS) at the host the caller asked, below the route.

@@ -39,6 +39,7 @@ pub enum Op {
     ReplayGuard,
     Publish,
     Conversation,
+    Channel,
 }
 
 impl Op {
@@ -48,6 +49,7 @@ impl Op {
             Op::ReplayGuard => "replay_guard",
             Op::Publish => "publish",
             Op::Conversation => "conversation",
+            Op::Channel => "channel",
         }
     }
 }

@@ -1,0 +1,630 @@
+//! Direct Line 3.0 callers, as their clients see the proxy: conversations started with the secret
+//! or a token, tokens generated, refreshed and expiring, activities posted and read back by
+//! watermark (the user's own echoed with `channelData` unchanged, the bot's with `replyToId`), the
+//! WebSocket stream, CORS for browsers, and Direct Line's errors. Then Microsoft's own client
+//! (`botframework-directlinejs` in Node, polling and WebSocket) holds a conversation with every
+//! demo bot; and on Redis, a second instance continues a conversation the first one started.
+//!
+//! Everything runs against the shipped `proxy.toml` (its Direct Line route and demo CSML bot),
+//! on real HTTP over loopback.
+
+mod common;
+#[path = "common/redis.rs"]
+#[allow(dead_code)] // the other tests use all of it
+mod redis_server;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use futures_util::StreamExt;
+use redis_server::RedisServer;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "demo-directline-secret";
+const DL: &str = "/v3/directline";
+
+/// One Direct Line call: status, headers and JSON body (`null` when empty).
+async fn call<P: Urls + ?Sized>(
+    proxy: &P,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+    extra: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = client.request(method, proxy.url(&format!("{DL}{path}")));
+    if !bearer.is_empty() {
+        req = req.header("authorization", format!("Bearer {bearer}"));
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let bytes = resp.bytes().await.unwrap();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    (status, headers, v)
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_default()
+}
+
+/// A message from `user`.
+fn message(user: &str, text: &str) -> Value {
+    json!({"type": "message", "from": {"id": user, "name": "Ann"}, "text": text,
+           "channelData": {"clientActivityID": format!("c-{text}"), "x": [1, {"y": null}]}})
+}
+
+/// The activities after `watermark`, and the new watermark.
+async fn poll<P: Urls + ?Sized>(
+    proxy: &P,
+    conv: &str,
+    token: &str,
+    watermark: &str,
+) -> (Vec<Value>, String) {
+    let path = format!("/conversations/{conv}/activities?watermark={watermark}");
+    let (status, _, page) = call(proxy, "GET", &path, token, None, &[]).await;
+    assert_eq!(status, 200, "{page}");
+    let activities = page["activities"].as_array().unwrap().clone();
+    (activities, page["watermark"].as_str().unwrap().to_owned())
+}
+
+fn replies_to<'a>(activities: &'a [Value], id: &str) -> Vec<&'a Value> {
+    activities.iter().filter(|a| a["replyToId"] == id).collect()
+}
+
+/// Starts a conversation with the secret: (conversation id, token, the whole answer).
+async fn start<P: Urls + ?Sized>(proxy: &P) -> (String, String, Value) {
+    let (status, _, v) = call(proxy, "POST", "/conversations", SECRET, None, &[]).await;
+    assert_eq!(status, 201, "{v}");
+    let conv = v["conversationId"].as_str().unwrap().to_owned();
+    (conv, v["token"].as_str().unwrap().to_owned(), v)
+}
+
+#[tokio::test]
+async fn a_conversation_by_polling_with_echoes_replies_and_buttons() {
+    let proxy = Proxy::start(&shipped_config()).await;
+    let (conv, token, started) = start(&proxy).await;
+    assert_eq!(started["expires_in"], 1800);
+    let stream = started["streamUrl"].as_str().unwrap();
+    let want = format!(
+        "ws://127.0.0.1:{}{DL}/conversations/{conv}/stream?t=",
+        proxy.port
+    );
+    assert!(stream.starts_with(&want), "{stream}");
+    // Started again with its token: the same conversation, 200.
+    let (status, _, again) = call(&proxy, "POST", "/conversations", &token, None, &[]).await;
+    assert_eq!((status, &again["conversationId"]), (200, &json!(conv)));
+
+    let user = "u1";
+    let hi = message(user, "hi");
+    let path = format!("/conversations/{conv}/activities");
+    let (status, _, posted) = call(&proxy, "POST", &path, &token, Some(hi.clone()), &[]).await;
+    assert_eq!(status, 200, "{posted}");
+    let id = posted["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with(&format!("{conv}|")), "{id}");
+
+    let (all, watermark) = poll(&proxy, &conv, &token, "").await;
+    let echo = &all[0];
+    assert_eq!((&echo["id"], &echo["text"]), (&json!(id), &json!("hi")));
+    assert_eq!(
+        echo["channelData"], hi["channelData"],
+        "channelData unchanged"
+    );
+    assert_eq!(echo["from"]["id"], user);
+    assert_eq!(echo["conversation"]["id"], json!(conv));
+    let replies = replies_to(&all, &id);
+    assert_eq!(replies.len(), all.len() - 1, "{all:?}");
+    assert!(replies.iter().all(|r| r["from"]["role"] == "bot"));
+    assert_eq!(replies[0]["text"], "Hello from the botbridge demo bot!");
+    let card = &replies[1]["attachments"][0];
+    assert_eq!(card["contentType"], "application/vnd.microsoft.card.hero");
+    assert_eq!(card["content"]["text"], "Did that reach you?");
+    let buttons = card["content"]["buttons"].as_array().unwrap();
+    assert_eq!(
+        buttons[0],
+        json!({"type": "postBack", "title": "Yes", "value": "YES"})
+    );
+    assert_eq!(replies[2]["text"], "You said: hi");
+    // Nothing new after the watermark; then a click on "Yes" (a postBack's value).
+    let (none, same) = poll(&proxy, &conv, &token, &watermark).await;
+    assert_eq!((none.len(), &same), (0, &watermark));
+    let click = json!({"type": "message", "from": {"id": user}, "value": "YES"});
+    let (status, _, posted) = call(&proxy, "POST", &path, &token, Some(click), &[]).await;
+    assert_eq!(status, 200, "{posted}");
+    let (after, _) = poll(&proxy, &conv, &token, &watermark).await;
+    let texts: Vec<&Value> = replies_to(&after, posted["id"].as_str().unwrap())
+        .iter()
+        .map(|r| &r["text"])
+        .collect();
+    assert!(texts.contains(&&json!("You clicked: YES")), "{after:?}");
+
+    // A typing activity is echoed, and nothing answers it.
+    let typing = json!({"type": "typing", "from": {"id": user}});
+    let (status, _, t) = call(&proxy, "POST", &path, &token, Some(typing), &[]).await;
+    assert_eq!(status, 200);
+    let (all, _) = poll(&proxy, &conv, &token, "").await;
+    let tid = t["id"].as_str().unwrap();
+    assert_eq!(all.last().unwrap()["id"], tid);
+    assert_eq!(all.last().unwrap()["type"], "typing");
+    assert!(replies_to(&all, tid).is_empty());
+}
+
+#[tokio::test]
+async fn tokens_are_generated_refreshed_bound_to_one_conversation_and_expire() {
+    let proxy = Proxy::start(&shipped_config()).await;
+    let body = json!({"user": {"id": "ann"}});
+    let (status, _, g) = call(&proxy, "POST", "/tokens/generate", SECRET, Some(body), &[]).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["expires_in"], 1800);
+    assert!(g.get("streamUrl").is_none());
+    let (conv, token) = (
+        g["conversationId"].as_str().unwrap(),
+        g["token"].as_str().unwrap(),
+    );
+    // The token's conversation starts with it (201), then the token speaks for ann only.
+    let (status, _, s) = call(&proxy, "POST", "/conversations", token, None, &[]).await;
+    assert_eq!((status, s["conversationId"].as_str()), (201, Some(conv)));
+    let path = format!("/conversations/{conv}/activities");
+    let as_bob = message("bob", "hi");
+    let (status, _, e) = call(&proxy, "POST", &path, token, Some(as_bob), &[]).await;
+    assert_eq!((status, code(&e)), (400, "BadArgument"), "{e}");
+    let unnamed = json!({"type": "message", "text": "hi"});
+    let (status, _, p) = call(&proxy, "POST", &path, token, Some(unnamed), &[]).await;
+    assert_eq!(status, 200, "{p}");
+    let (all, _) = poll(&proxy, conv, token, "").await;
+    assert_eq!(all[0]["from"]["id"], "ann", "the token's user speaks");
+
+    // Another conversation's token is refused there; the secret reaches any.
+    let (other, other_token, _) = start(&proxy).await;
+    let path_other = format!("/conversations/{other}/activities");
+    let (status, _, e) = call(&proxy, "GET", &path_other, token, None, &[]).await;
+    assert_eq!((status, code(&e)), (403, "Forbidden"), "{e}");
+    let (status, _, _) = call(&proxy, "GET", &path_other, SECRET, None, &[]).await;
+    assert_eq!(status, 200);
+
+    // Refresh (1,000 s on): a new token for the same conversation; the secret cannot refresh.
+    let start = SystemTime::now();
+    proxy.clock.set(start + Duration::from_secs(1_000));
+    let (status, _, r) = call(&proxy, "POST", "/tokens/refresh", token, None, &[]).await;
+    assert_eq!((status, r["conversationId"].as_str()), (200, Some(conv)));
+    let refreshed = r["token"].as_str().unwrap().to_owned();
+    let (status, _, e) = call(&proxy, "POST", "/tokens/refresh", SECRET, None, &[]).await;
+    assert_eq!((status, code(&e)), (403, "Forbidden"));
+
+    // 1,801 s after it was issued the token has expired: 403 TokenExpired, for a refresh too.
+    proxy.clock.set(start + Duration::from_secs(1_801));
+    let (status, _, e) = call(&proxy, "GET", &path, token, None, &[]).await;
+    assert_eq!((status, code(&e)), (403, "TokenExpired"), "{e}");
+    let (status, _, e) = call(&proxy, "POST", "/tokens/refresh", token, None, &[]).await;
+    assert_eq!((status, code(&e)), (403, "TokenExpired"));
+    let (status, _, _) = call(&proxy, "GET", &path, &refreshed, None, &[]).await;
+    assert_eq!(status, 200, "the refreshed token lasts longer");
+    let (status, _, e) = call(&proxy, "GET", &path_other, &other_token, None, &[]).await;
+    assert_eq!((status, code(&e)), (403, "TokenExpired"));
+}
+
+/// A request and the error it must get: method, path, bearer, body, status, code.
+type Case<'a> = (&'a str, String, &'a str, Option<Value>, u16, &'a str);
+
+#[tokio::test]
+async fn unknown_conversations_bad_activities_and_bad_credentials_get_direct_lines_errors() {
+    let down = RefusedPort::new();
+    let config = shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        &format!(
+            r#"[[backends]]
+name = "down"
+dialect = "csml"
+url = "http://{}/api/chat"
+api_key = "k"
+api_secret = "s"
+
+[[routes]]
+name = "dl-down"
+path_prefix = "/down/v3/directline/"
+ingress = "directline"
+backend = "down"
+"#,
+            down.addr
+        ),
+    );
+    let proxy = Proxy::start(&config).await;
+    let (conv, token, _) = start(&proxy).await;
+    let user = "u1";
+    let path = format!("/conversations/{conv}/activities");
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            "/conversations/nope/activities".into(),
+            SECRET,
+            None,
+            404,
+            "NotFound",
+        ),
+        (
+            "POST",
+            "/conversations/nope/activities".into(),
+            SECRET,
+            Some(message("u", "hi")),
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            format!("/conversations/{conv}"),
+            "wrong-secret",
+            None,
+            401,
+            "Unauthorized",
+        ),
+        (
+            "GET",
+            format!("/conversations/{conv}"),
+            "",
+            None,
+            401,
+            "Unauthorized",
+        ),
+        (
+            "GET",
+            format!("/conversations/{conv}"),
+            "eyJhIjoxfQ.bm9wZQ",
+            None,
+            403,
+            "Forbidden",
+        ),
+        (
+            "POST",
+            path.clone(),
+            &token,
+            Some(json!([1])),
+            400,
+            "BadArgument",
+        ),
+        (
+            "POST",
+            path.clone(),
+            &token,
+            Some(json!({"type": "message", "from": {"id": user}})),
+            400,
+            "BadArgument",
+        ),
+        (
+            "GET",
+            format!("{path}?watermark=zzz"),
+            &token,
+            None,
+            400,
+            "BadArgument",
+        ),
+        ("GET", "/nothing/here".into(), &token, None, 404, "NotFound"),
+    ];
+    for (method, path, bearer, body, status, want) in cases {
+        let (got, _, e) = call(&proxy, method, &path, bearer, body, &[]).await;
+        assert_eq!((got, code(&e)), (status, want), "{method} {path}: {e}");
+        assert!(e["error"]["message"].is_string());
+    }
+    // A bot that cannot be reached: 502 BotRejectedActivity, and nothing joins the conversation.
+    let client = reqwest::Client::new();
+    let start_down = client
+        .post(proxy.url("/down/v3/directline/conversations"))
+        .bearer_auth(SECRET)
+        .send()
+        .await
+        .unwrap();
+    let s: Value = start_down.json().await.unwrap();
+    let (dconv, dtoken) = (
+        s["conversationId"].as_str().unwrap(),
+        s["token"].as_str().unwrap(),
+    );
+    let resp = client
+        .post(proxy.url(&format!(
+            "/down/v3/directline/conversations/{dconv}/activities"
+        )))
+        .bearer_auth(dtoken)
+        .json(&message("u1", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(code(&e), "BotRejectedActivity");
+    let page: Value = client
+        .get(proxy.url(&format!(
+            "/down/v3/directline/conversations/{dconv}/activities"
+        )))
+        .bearer_auth(dtoken)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["activities"], json!([]));
+}
+
+#[tokio::test]
+async fn browsers_get_cors_for_allowed_origins_only() {
+    let proxy = Proxy::start(&shipped_config()).await;
+    let allowed = format!("http://127.0.0.1:{}", proxy.port);
+    let preflight = |origin: String| {
+        let proxy = &proxy;
+        async move {
+            let extra = [
+                ("origin", origin.as_str()),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "authorization,content-type,x-ms-bot-agent",
+                ),
+            ];
+            call(proxy, "OPTIONS", "/conversations", "", None, &extra).await
+        }
+    };
+    let (status, h, _) = preflight(allowed.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["access-control-allow-origin"], allowed.as_str());
+    let headers = h["access-control-allow-headers"].to_str().unwrap();
+    for want in ["authorization", "content-type", "x-ms-bot-agent"] {
+        assert!(headers.contains(want), "{headers}");
+    }
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    let (status, h, e) = preflight("http://evil.test".into()).await;
+    assert_eq!((status, code(&e)), (403, "Forbidden"));
+    assert!(h.get("access-control-allow-origin").is_none());
+    // The secret used from a page at another origin: refused, even though it is right.
+    let evil = [("origin", "http://evil.test")];
+    let (status, _, e) = call(&proxy, "POST", "/conversations", SECRET, None, &evil).await;
+    assert_eq!((status, code(&e)), (403, "Forbidden"));
+    let mine = [("origin", allowed.as_str())];
+    let (status, h, _) = call(&proxy, "POST", "/conversations", SECRET, None, &mine).await;
+    assert_eq!(status, 201);
+    assert_eq!(h["access-control-allow-origin"], allowed.as_str());
+}
+
+/// Opens a conversation's stream.
+async fn open_stream(url: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next activity set on a stream (keep-alives skipped), within 5 s.
+async fn next_set(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        match m {
+            Message::Text(t) if !t.is_empty() => return serde_json::from_str(&t).ok(),
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_stream_pushes_activity_sets_and_closes_when_the_token_expires() {
+    let proxy = Proxy::start(&shipped_config()).await;
+    let (conv, token, started) = start(&proxy).await;
+    let mut ws = open_stream(started["streamUrl"].as_str().unwrap()).await;
+    let path = format!("/conversations/{conv}/activities");
+    let user = "u1";
+    let (_, _, posted) = call(
+        &proxy,
+        "POST",
+        &path,
+        &token,
+        Some(message(user, "hi")),
+        &[],
+    )
+    .await;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let set = next_set(&mut ws).await.expect("an activity set");
+        assert!(set["watermark"].is_string());
+        seen.extend(set["activities"].as_array().unwrap().clone());
+    }
+    assert_eq!(seen[0]["id"], posted["id"]);
+    assert_eq!(replies_to(&seen, posted["id"].as_str().unwrap()).len(), 3);
+    // A stream is refused without the upgrade, and for another conversation's token.
+    let stream_path = format!("/conversations/{conv}/stream?t={token}");
+    let (status, _, e) = call(&proxy, "GET", &stream_path, "", None, &[]).await;
+    assert_eq!((status, code(&e)), (400, "BadArgument"));
+
+    // A token with 2 s left: its stream closes when it expires.
+    proxy
+        .clock
+        .set(SystemTime::now() + Duration::from_secs(1_798));
+    let (_, _, again) = call(
+        &proxy,
+        "GET",
+        &format!("/conversations/{conv}"),
+        &token,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(again["expires_in"], 2);
+    let mut short = open_stream(again["streamUrl"].as_str().unwrap()).await;
+    let opened = std::time::Instant::now();
+    assert!(next_set(&mut short).await.is_some(), "the backlog first");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), short.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                assert_eq!(frame.unwrap().reason, "token expired");
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+    let took = opened.elapsed();
+    assert!(
+        took > Duration::from_millis(1_500) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_instance_on_redis_continues_the_conversation() {
+    let redis = RedisServer::start();
+    let config = shipped_config().replace(
+        "[demo]",
+        &format!("[redis]\nurl = \"{}\"\n\n[demo]", redis.url()),
+    );
+    let a = Proxy::start(&config).await;
+    let b = Proxy::start(&config).await;
+    let (conv, token, _) = start(&a).await;
+    let user = "u1";
+    let path = format!("/conversations/{conv}/activities");
+    let (_, _, first) = call(&a, "POST", &path, &token, Some(message(user, "hi")), &[]).await;
+    // B reads what A added, and B's stream is told of what A adds next.
+    let (seen, watermark) = poll(&b, &conv, &token, "").await;
+    assert_eq!(seen[0]["id"], first["id"]);
+    assert_eq!(replies_to(&seen, first["id"].as_str().unwrap()).len(), 3);
+    let (_, _, reconnect) = call(
+        &b,
+        "GET",
+        &format!("/conversations/{conv}?watermark={watermark}"),
+        &token,
+        None,
+        &[],
+    )
+    .await;
+    let stream = reconnect["streamUrl"].as_str().unwrap().to_owned();
+    assert!(stream.contains(&b.port.to_string()));
+    let mut ws = open_stream(&format!("{stream}&watermark={watermark}")).await;
+    let (_, _, second) = call(&a, "POST", &path, &token, Some(message(user, "again")), &[]).await;
+    let set = next_set(&mut ws)
+        .await
+        .expect("A's activities on B's stream");
+    assert_eq!(set["activities"][0]["id"], second["id"]);
+    // B posts; A reads it; the places (ids) go on from A's.
+    let (_, _, third) = call(&b, "POST", &path, &token, Some(message(user, "third")), &[]).await;
+    let (all, _) = poll(&a, &conv, &token, "").await;
+    let ids: Vec<&str> = all.iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 12, "{ids:?}");
+    assert_eq!(ids[8], third["id"]);
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 12, "unique ids");
+    // Redis gone: a 503 in Direct Line's words, not another instance's half of the conversation.
+    drop(redis);
+    let (status, _, e) = call(&a, "GET", &path, &token, None, &[]).await;
+    assert_eq!((status, code(&e)), (503, "ServiceUnavailable"), "{e}");
+}
+
+/// Why Microsoft's client cannot run here, if it cannot.
+fn node_missing() -> Option<String> {
+    if Command::new("node").arg("--version").output().is_err() {
+        return Some("node is not installed (apt-get install nodejs npm)".into());
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/node_modules");
+    (!dir.join("botframework-directlinejs").exists())
+        .then(|| "botframework-directlinejs is not installed: run `npm ci` in tests/browser".into())
+}
+
+/// DirectLineJS's run against `domain` (see tests/browser/directline.mjs).
+fn directlinejs(domain: &str, mode: &str) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/directline.mjs");
+    let out = Command::new("node")
+        .arg(script)
+        .args([domain, SECRET, mode])
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{mode} at {domain}: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directlinejs_holds_a_conversation_with_every_demo_bot_by_polling_and_websocket() {
+    if let Some(why) = node_missing() {
+        assert!(std::env::var("CI").is_err(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bots = [
+        "demo-bot",
+        "demo-haptik-bot",
+        "demo-engine",
+        "demo-rasa-bot",
+        "demo-lex-bot",
+        "demo-dialogflow-bot",
+    ];
+    let routes: String = bots
+        .iter()
+        .map(|b| {
+            format!("[[routes]]\nname = \"dl-{b}\"\npath_prefix = \"/{b}/v3/directline/\"\ningress = \"directline\"\nbackend = \"{b}\"\nbusiness_id = 343\n\n")
+        })
+        .collect();
+    let config = shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        &routes,
+    );
+    let proxy = Proxy::start(&config).await;
+    for bot in bots {
+        for mode in ["polling", "websocket"] {
+            let domain = proxy.url(&format!("/{bot}{DL}"));
+            let v = tokio::task::spawn_blocking(move || directlinejs(&domain, mode))
+                .await
+                .unwrap();
+            let context = format!("{bot} by {mode}: {v}");
+            assert_eq!(v["echo"]["text"], "hi", "{context}");
+            assert_eq!(
+                v["echo"]["channelData"],
+                json!({"clientActivityID": "c-1"}),
+                "{context}"
+            );
+            let replies = v["replies"].as_array().unwrap();
+            assert!(replies.iter().any(|r| r["text"].is_string()), "{context}");
+            assert!(v["clicked"]["title"].is_string(), "{context}");
+            assert!(!v["after"].as_array().unwrap().is_empty(), "{context}");
+            if mode == "websocket" {
+                assert!(
+                    v["statuses"].as_array().unwrap().contains(&json!("Online")),
+                    "{context}"
+                );
+            }
+            if bot == "demo-bot" {
+                let texts: Vec<&Value> = v["after"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| &r["text"])
+                    .collect();
+                assert!(texts.contains(&&json!("You clicked: YES")), "{context}");
+            }
+        }
+    }
+}
