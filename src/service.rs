@@ -45,6 +45,7 @@ use botbridge_core::request::WholeRequest;
 mod async_mode;
 mod bot_replies;
 mod channel;
+mod channel_bot;
 
 const REQUEST_ID: &str = "x-request-id";
 const JSON: &str = "application/json";
@@ -615,6 +616,9 @@ impl ChatService {
             }
             None => None,
         };
+        if let (Some(bot), Some(current)) = (to.backend.bot.channel(), &conversation) {
+            return Box::pin(self.converse(cx, to, req, bot, current)).await;
+        }
         let path = to.backend.bot.target(req, conversation.as_ref());
         cx.conversation = conversation;
         let out = &mut cx.out;

@@ -628,3 +628,232 @@ async fn directlinejs_holds_a_conversation_with_every_demo_bot_by_polling_and_we
         }
     }
 }
+
+fn chromium() -> std::path::PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), Into::into)
+}
+
+/// Web Chat's run (see tests/browser/webchat.mjs): what the page showed.
+fn webchat(domain: &str, mode: &str, shot: &Path) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/webchat.mjs");
+    let out = Command::new("node")
+        .arg(script)
+        .args([domain, SECRET])
+        .arg(shot)
+        .args([WEBCHAT_ORIGIN, mode])
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{mode}: {v}");
+    v
+}
+
+/// Where the test page is served from (by the browser driver itself): cross-origin to the proxy.
+const WEBCHAT_ORIGIN: &str = "http://webchat.botbridge.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_chat_in_chromium_holds_a_conversation_and_clicks_a_button() {
+    if let Some(why) = node_missing() {
+        assert!(std::env::var("CI").is_err(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    if !chromium().exists() {
+        assert!(std::env::var("CI").is_err(), "chromium is not installed");
+        eprintln!("skipped: {} is not installed", chromium().display());
+        return;
+    }
+    let config = shipped_config().replace(
+        "allowed_origins = [",
+        &format!("allowed_origins = [\"{WEBCHAT_ORIGIN}\", "),
+    );
+    let proxy = Proxy::start(&config).await;
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    for mode in ["websocket", "polling"] {
+        let domain = proxy.url(DL);
+        let shot = target.join(format!("webchat-{mode}.png"));
+        let seen = {
+            let shot = shot.clone();
+            tokio::task::spawn_blocking(move || webchat(&domain, mode, &shot))
+                .await
+                .unwrap()
+        };
+        println!("Web Chat screenshot: {}", shot.display());
+        assert_eq!(seen["ok"], true, "{seen}");
+        assert_eq!(seen["sendFailed"], false, "{seen}");
+        assert_eq!(seen["problems"], json!([]), "{seen}");
+        let said: Vec<(String, String)> = seen["transcript"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let s = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+                (s("from"), s("text"))
+            })
+            .collect();
+        let has = |from: &str, text: &str| said.iter().any(|(f, t)| f == from && t == text);
+        assert!(has("user", "hi"), "{said:?}");
+        assert!(has("bot", "Hello from the botbridge demo bot!"), "{said:?}");
+        assert!(has("bot", "Did that reach you?"), "{said:?}");
+        assert!(has("bot", "You said: YES"), "the click's reply: {said:?}");
+        assert_eq!(seen["buttons"], json!(["Yes", "No"]));
+    }
+}
+
+/// The test Direct Line bot server (tests/browser/dl_bot.mjs: `offline-directline` in front of a
+/// `botbuilder` bot), stopped when dropped.
+struct BotFrameworkBot {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl BotFrameworkBot {
+    fn start(secret: &str) -> BotFrameworkBot {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dl_bot.mjs");
+        let mut child = Command::new("node")
+            .arg(script)
+            .args(["0", secret])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run node");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the bot server did not start: {line:?}"));
+        BotFrameworkBot { child, port }
+    }
+}
+
+impl Drop for BotFrameworkBot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haptik_csml_and_rasa_callers_hold_a_conversation_with_a_direct_line_bot() {
+    if let Some(why) = node_missing() {
+        assert!(std::env::var("CI").is_err(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start("bf-secret"))
+        .await
+        .unwrap();
+    let routes: String = ["haptik", "csml", "rasa"]
+        .iter()
+        .map(|d| {
+            format!("[[routes]]\nname = \"to-bf-{d}\"\npath = \"/to-bf/{d}\"\ningress = \"{d}\"\nbackend = \"bf-bot\"\nbusiness_id = 343\n\n")
+        })
+        .collect();
+    let config = shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        &format!(
+            "[[backends]]\nname = \"bf-bot\"\ndialect = \"directline\"\nurl = \"http://127.0.0.1:{}/v3/directline\"\nsecret = \"bf-secret\"\nquiet_ms = 600\n\n{routes}",
+            bot.port
+        ),
+    );
+    let proxy = Proxy::start(&config).await;
+    let haptik = || {
+        vec![
+            ("authorization", "Bearer demo-token".to_string()),
+            ("client-id", "demo-client".to_string()),
+        ]
+    };
+    let csml = || {
+        let (k, s) = csml_sign("demo-key", "demo-secret", unix_now());
+        vec![("x-api-key", k), ("x-api-signature", s)]
+    };
+    let rasa = || vec![("authorization", "Bearer demo-rasa-token".to_string())];
+
+    // Rasa: every reply kind translated.
+    let say = |text: &str| json!({"sender": "rasa-user", "message": text}).to_string();
+    let (status, v) = send(&proxy, "/to-bf/rasa", &rasa(), &say("hi")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v,
+        json!([
+            {"recipient_id": "rasa-user", "text": "Hello from the Bot Framework test bot!"},
+            {"recipient_id": "rasa-user", "text": "Pick one", "buttons": [
+                {"title": "Red", "payload": "Red"}, {"title": "Blue", "payload": "BLUE"}]},
+            {"recipient_id": "rasa-user", "text": "Suggestions", "buttons": [
+                {"title": "Yes", "payload": "Yes"}, {"title": "No", "payload": "No"}]},
+            {"recipient_id": "rasa-user", "image": "https://example.com/cat.png"},
+            {"recipient_id": "rasa-user", "text": "Adaptive says hi"}
+        ])
+    );
+    // A reply that comes 1.5 s later is still this message's.
+    let (status, v) = send(&proxy, "/to-bf/rasa", &rasa(), &say("slow")).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.to_string().contains("Sorry for the wait!"), "{v}");
+
+    // Haptik: texts both ways.
+    let (status, v) = send(
+        &proxy,
+        "/to-bf/haptik",
+        &haptik(),
+        &haptik_body("h-user", "hi", 343),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v.to_string()
+            .contains("Hello from the Bot Framework test bot!"),
+        "{v}"
+    );
+    let (status, v) = send(
+        &proxy,
+        "/to-bf/haptik",
+        &haptik(),
+        &haptik_body("h-user", "No", 343),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.to_string().contains("You said: No"), "{v}");
+
+    // CSML: a click on a button with a payload goes to the bot as the postBack's value; a failing
+    // bot is CSML's error.
+    let csml_say = |text: &str| {
+        json!({"client": {"user_id": "c-user"}, "metadata": {},
+               "payload": {"content_type": "text", "content": {"text": text}}})
+        .to_string()
+    };
+    let (status, v) = send(&proxy, "/to-bf/csml", &csml(), &csml_say("Red")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["messages"][0]["payload"]["content"]["text"], "You said: Red",
+        "{v}"
+    );
+    let click = json!({"client": {"user_id": "c-user"}, "metadata": {},
+                       "payload": {"content_type": "payload", "content": {"payload": "BLUE"}}})
+    .to_string();
+    let (status, v) = send(&proxy, "/to-bf/csml", &csml(), &click).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["messages"][0]["payload"]["content"]["text"], "You picked: BLUE",
+        "{v}"
+    );
+    let (status, v) = send(&proxy, "/to-bf/csml", &csml(), &csml_say("fail")).await;
+    assert_eq!((status, v["statusCode"].as_u64()), (502, Some(502)), "{v}");
+    // The user's next message goes on in the same conversation.
+    let (status, v) = send(&proxy, "/to-bf/csml", &csml(), &csml_say("Yes")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["messages"][0]["payload"]["content"]["text"], "You said: Yes",
+        "{v}"
+    );
+}

@@ -8,7 +8,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The vendors, lowercase.
-const VENDORS: [&str; 5] = ["haptik", "csml", "rasa", "lex", "dialogflow"];
+const VENDORS: [&str; 7] = [
+    "haptik",
+    "csml",
+    "rasa",
+    "lex",
+    "dialogflow",
+    "directline",
+    "botframework",
+];
 
 /// Source trees checked, relative to the repository root.
 const ROOTS: [&str; 2] = ["src", "core/src"];

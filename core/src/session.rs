@@ -65,7 +65,7 @@ impl TokenKey {
     /// The key of a caller secret (its SHA-256 when the secret is configured as a digest, so both
     /// ways of configuring it give the same key).
     pub fn new(secret_sha256: &[u8; 32]) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"botbridge directline token v1")
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"botbridge channel token v1")
             .expect("HMAC takes any key");
         mac.update(secret_sha256);
         let derived = mac.finalize().into_bytes();

@@ -24,7 +24,7 @@ pub struct RawConversations {
     /// At most this many conversations in this instance's memory; the least used go first.
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
-    /// Each channel conversation (`ingress = "directline"` and the like) keeps its last this many
+    /// Each channel conversation (a caller dialect whose conversations the proxy holds) keeps its last this many
     /// activities; older ones are no longer read by polls or streams.
     #[serde(default = "default_channel_activities")]
     pub channel_activities: usize,

@@ -1,5 +1,5 @@
 //! Channel routes on the request path: a route whose caller dialect is a channel
-//! (`dialect::ChannelCaller`, e.g. `ingress = "directline"`) serves that dialect's own API below its
+//! (`dialect::ChannelCaller`) serves that dialect's own API below its
 //! path prefix. Callers start conversations and get tokens for them (`crate::session`), post their
 //! user's activities, and read the conversation back by polling or over a WebSocket stream
 //! (`crate::channel`).
@@ -30,7 +30,7 @@ use crate::model::ChatRequest;
 use crate::session::{ChannelGrant, TokenGrant};
 use crate::timefmt;
 
-/// How long a conversation token lasts (Direct Line's 1,800 s).
+/// How long a conversation token lasts (as the channel dialect's own service issues them).
 pub const TOKEN_LIFETIME_SECS: u64 = 1_800;
 /// The most activities a poll answers with.
 const PAGE: usize = 500;

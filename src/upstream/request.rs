@@ -13,9 +13,15 @@ pub struct RequestBytes(Vec<u8>);
 impl RequestBytes {
     /// `POST <path> HTTP/1.1`, with room for a body of `body` bytes and the usual headers.
     pub fn post(path: &str, body: usize) -> Self {
+        Self::new("POST", path, body)
+    }
+
+    /// `<method> <path> HTTP/1.1`, with room for a body of `body` bytes and the usual headers.
+    pub fn new(method: &str, path: &str, body: usize) -> Self {
         // A signed request's head is about 400 bytes: room for it, so the buffer never grows.
         let mut v = Vec::with_capacity(path.len() + body + 640);
-        v.extend_from_slice(b"POST ");
+        v.extend_from_slice(method.as_bytes());
+        v.push(b' ');
         v.extend_from_slice(path.as_bytes());
         v.extend_from_slice(b" HTTP/1.1\r\n");
         RequestBytes(v)

@@ -102,3 +102,69 @@ pub trait ChannelCaller: Sync {
     /// The path of a conversation's stream below the route's prefix.
     fn stream_path(&self, conversation: &str) -> String;
 }
+
+/// One request of a bot exchange through a conversation API: method, path below the backend's URL
+/// path, JSON body (empty for none), and the bearer credential it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotCall {
+    pub method: &'static str,
+    pub path: String,
+    pub body: Vec<u8>,
+    pub bearer: String,
+}
+
+/// A conversation with a channel bot, as the conversation store keeps it (its cursor, in JSON):
+/// the conversation, its token and when that expires (unix seconds), and how far it was read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BotSession {
+    pub conversation: String,
+    pub token: String,
+    pub expires: u64,
+    pub watermark: Option<String>,
+}
+
+/// A page read from a channel bot's conversation: the bot's replies to one activity (each an
+/// activity's JSON) and the watermark after the page.
+#[derive(Debug, Default)]
+pub struct BotPage {
+    pub replies: Vec<Vec<u8>>,
+    pub watermark: Option<String>,
+}
+
+/// How long the replies to one message are waited for: read every `poll`, done once no new reply
+/// came for `quiet` after the first, and at `deadline` at the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waits {
+    pub poll: std::time::Duration,
+    pub quiet: std::time::Duration,
+    pub deadline: std::time::Duration,
+}
+
+/// A bot reached through a conversation API (a channel of its own): the proxy starts a conversation
+/// per user, posts each message to it, and reads the replies back. The shell runs the calls (and
+/// keeps the [`BotSession`] in the conversation store); the dialect writes and reads them. The
+/// message posted is the bot's `render_request` body, and what the replies become is read by its
+/// `parse_answer` from a JSON array of the reply activities.
+pub trait ChannelBot: Sync + Send {
+    /// Starts a conversation.
+    fn start(&self) -> BotCall;
+    /// The conversation an answer to [`ChannelBot::start`] started, at `now`.
+    fn started(&self, status: u16, body: &[u8], now: u64) -> Result<BotSession, ProxyError>;
+    /// Refreshes the conversation's token.
+    fn refresh(&self, s: &BotSession) -> BotCall;
+    /// The new token and its expiry, from an answer to [`ChannelBot::refresh`].
+    fn refreshed(&self, status: u16, body: &[u8], now: u64) -> Result<(String, u64), ProxyError>;
+    /// Posts the user's message (the rendered request).
+    fn post(&self, s: &BotSession, activity: &[u8]) -> BotCall;
+    /// The posted activity's id, from the answer.
+    fn posted(&self, status: u16, body: &[u8]) -> Result<String, ProxyError>;
+    /// Reads the conversation after its watermark.
+    fn read(&self, s: &BotSession) -> BotCall;
+    /// The replies to `reply_to` in a page read.
+    fn page(&self, status: u16, body: &[u8], reply_to: &str) -> Result<BotPage, ProxyError>;
+    /// Whether an answer with this status says the conversation is gone (expired, unknown), so a
+    /// new one is started.
+    fn gone(&self, status: u16) -> bool;
+    /// How the replies are waited for.
+    fn waits(&self) -> Waits;
+}

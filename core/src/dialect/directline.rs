@@ -32,14 +32,22 @@ use sha2::{Digest, Sha256};
 pub use super::channel::Posted;
 pub use crate::session::{TokenError, TokenGrant, TokenKey};
 
-use super::channel::{ChannelCaller, ChannelOp, Stamp, Started};
-use super::{settings, CallerDialect, ClientEntry, Detection, RequestHead};
+use super::channel::{
+    BotCall, BotPage, BotSession, ChannelBot, ChannelCaller, ChannelOp, Stamp, Started, Waits,
+};
+use super::{
+    settings, text_for_bot, AfterAnswer, Bot, BotDialect, BotRequestContext, CallerDialect,
+    ClientEntry, Conversation, Conversations, Detection, Outgoing, RequestHead,
+};
 use crate::auth::{token_digest, ClientCredential, Denied, Grant, Presented, TokenPresented};
 use crate::config::{ConfigError, SecretSource};
 use crate::dialect::from_json;
 use crate::error::{ProxyError, Reason};
 use crate::model::{Button, ChatAnswer, ChatRequest, Content, MediaKind, Reply};
 use crate::session::ChannelGrant;
+
+/// How long a conversation token lasts when a bot's Direct Line does not say.
+const TOKEN_LIFETIME_SECS: u64 = 1_800;
 
 /// The dialect's name.
 pub const NAME: &str = "directline";
@@ -234,6 +242,23 @@ pub fn replies_to(activities: &[u8], reply_to: &str) -> Result<ChatAnswer<'stati
         if a.reply_to_id.as_deref() != Some(reply_to) {
             continue;
         }
+        activity_replies(a, &mut answer);
+    }
+    Ok(answer)
+}
+
+/// The replies in a list of the bot's activities (all of them: the shell collected those that
+/// reply to the user's message).
+pub fn replies_in(activities: &[u8]) -> Result<ChatAnswer<'static>, ProxyError> {
+    let list: Vec<BotActivityIn<'_>> = from_json(activities).map_err(|_| {
+        ProxyError::new(
+            502,
+            Reason::BackendBadAnswer,
+            "the bot's activities could not be read",
+        )
+    })?;
+    let mut answer = ChatAnswer::default();
+    for a in list.into_iter().filter(|a| a.kind == "message") {
         activity_replies(a, &mut answer);
     }
     Ok(answer)
@@ -712,6 +737,337 @@ fn stamp(a: &mut Value, at: &Stamp<'_>) {
     a["timestamp"] = json!(at.timestamp);
     a["channelId"] = json!("directline");
     a["conversation"] = json!({"id": at.conversation});
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bot dialect: a Bot Framework bot behind Direct Line
+
+/// `[[backends]]` with `dialect = "directline"`: its Direct Line secret and how its replies are
+/// waited for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BotConfig {
+    secret: SecretSource,
+    /// How often the conversation is read while replies are awaited (default 200 ms).
+    #[serde(default = "default_poll_ms")]
+    poll_ms: u64,
+    /// Done once no new reply came for this long after the first (default 800 ms).
+    #[serde(default = "default_quiet_ms")]
+    quiet_ms: u64,
+    /// At the latest this long after the message was posted (default 15 s): no reply by then is
+    /// a 504.
+    #[serde(default = "default_deadline_ms")]
+    deadline_ms: u64,
+}
+
+fn default_poll_ms() -> u64 {
+    200
+}
+fn default_quiet_ms() -> u64 {
+    800
+}
+fn default_deadline_ms() -> u64 {
+    15_000
+}
+
+/// A configured Direct Line bot.
+pub struct DirectlineBot {
+    secret: String,
+    waits: Waits,
+}
+
+impl std::fmt::Debug for DirectlineBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectlineBot")
+            .field("secret", &"<redacted>")
+            .field("waits", &self.waits)
+            .finish()
+    }
+}
+
+/// Its conversations: none until the shell starts one (a [`BotSession`] in the cursor); kept as the
+/// shell updates them.
+#[derive(Debug)]
+struct BotConversations;
+
+impl Conversations for BotConversations {
+    fn first(&self, _user: &str) -> Conversation {
+        Conversation {
+            id: String::new(),
+            cursor: None,
+        }
+    }
+    fn fresh(&self, _random: [u8; 16]) -> Conversation {
+        self.first("")
+    }
+    fn after(&self, _c: &Conversation, _a: &ChatAnswer<'_>, _r: [u8; 16]) -> AfterAnswer {
+        AfterAnswer::Keep
+    }
+}
+
+impl BotDialect for Directline {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["secret", "poll_ms", "quiet_ms", "deadline_ms"]
+    }
+
+    fn configure(&self, key: &str, table: toml::Table) -> Result<Box<dyn Bot>, ConfigError> {
+        let c: BotConfig = settings(key, table)?;
+        let secret = c.secret.resolve(&format!("{key}.secret"))?;
+        if secret.is_empty() || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                format!("{key}.secret"),
+                "must be a Direct Line secret (visible ASCII, no spaces)",
+            ));
+        }
+        for (k, v) in [
+            ("poll_ms", c.poll_ms),
+            ("quiet_ms", c.quiet_ms),
+            ("deadline_ms", c.deadline_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::new(
+                    format!("{key}.{k}"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+        let ms = std::time::Duration::from_millis;
+        Ok(Box::new(DirectlineBot {
+            secret,
+            waits: Waits {
+                poll: ms(c.poll_ms),
+                quiet: ms(c.quiet_ms),
+                deadline: ms(c.deadline_ms),
+            },
+        }))
+    }
+}
+
+impl Bot for DirectlineBot {
+    fn dialect(&self) -> &'static str {
+        NAME
+    }
+
+    fn conversations(&self) -> Option<&dyn Conversations> {
+        Some(&BotConversations)
+    }
+
+    fn channel(&self) -> Option<&dyn ChannelBot> {
+        Some(self)
+    }
+
+    /// The message activity posted: a text, or a button's payload as `text` and `value`.
+    fn render_request(
+        &self,
+        req: &ChatRequest<'_>,
+        ctx: &BotRequestContext<'_>,
+    ) -> Result<Vec<u8>, ProxyError> {
+        let text = text_for_bot(req, ctx.flow_trigger, "a Direct Line bot")?;
+        Ok(serde_json::to_vec(&user_activity(req, text)).expect("JSON serializes"))
+    }
+
+    /// Each call carries its bearer (the shell adds it): nothing else signs the request.
+    fn sign(&self, _out: &Outgoing<'_>, _add: &mut dyn FnMut(&'static str, &str)) {}
+
+    /// The replies the shell collected: a JSON array of the bot's activities.
+    fn parse_answer<'b>(
+        &self,
+        status: u16,
+        body: &'b [u8],
+        _keep_raw: bool,
+    ) -> Result<ChatAnswer<'b>, ProxyError> {
+        if status != 200 {
+            return Err(ProxyError::new(
+                502,
+                Reason::BackendStatus,
+                "the bot failed",
+            ));
+        }
+        replies_in(body)
+    }
+}
+
+/// `{"conversationId", "token", "expires_in"}` of a start or a refresh.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartedIn {
+    conversation_id: Option<String>,
+    token: Option<String>,
+    #[serde(rename = "expires_in")]
+    expires_in: Option<u64>,
+}
+
+fn bot_status(what: &'static str) -> ProxyError {
+    ProxyError::new(502, Reason::BackendStatus, what)
+}
+
+fn bot_bad(what: &'static str) -> ProxyError {
+    ProxyError::new(502, Reason::BackendBadAnswer, what)
+}
+
+/// A page of the bot's conversation.
+#[derive(Deserialize)]
+struct PageIn<'a> {
+    #[serde(borrow, default)]
+    activities: Vec<&'a RawValue>,
+    watermark: Option<Cow<'a, str>>,
+}
+
+/// Just what tells a reply: its type and `replyToId`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplyHead<'a> {
+    #[serde(borrow, rename = "type", default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reply_to_id: Option<Cow<'a, str>>,
+}
+
+/// A path segment as it goes into a path (Direct Line ids are URL-safe; anything else is escaped).
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl ChannelBot for DirectlineBot {
+    fn start(&self) -> BotCall {
+        BotCall {
+            method: "POST",
+            path: "/conversations".into(),
+            body: Vec::new(),
+            bearer: self.secret.clone(),
+        }
+    }
+
+    fn started(&self, status: u16, body: &[u8], now: u64) -> Result<BotSession, ProxyError> {
+        if !(200..300).contains(&status) {
+            return Err(bot_status(
+                "the bot's Direct Line refused to start a conversation",
+            ));
+        }
+        let s: StartedIn =
+            from_json(body).map_err(|_| bot_bad("the bot's conversation could not be read"))?;
+        let conversation = s.conversation_id.filter(|c| !c.is_empty());
+        let conversation =
+            conversation.ok_or_else(|| bot_bad("the bot's conversation has no id"))?;
+        let token = s.token.filter(|t| !t.is_empty());
+        if token
+            .as_deref()
+            .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(bot_bad(
+                "the bot's conversation token is not a header value",
+            ));
+        }
+        Ok(BotSession {
+            conversation,
+            // Without a token of its own, the conversation is used with the secret.
+            token: token.unwrap_or_else(|| self.secret.clone()),
+            expires: now + s.expires_in.unwrap_or(TOKEN_LIFETIME_SECS),
+            watermark: None,
+        })
+    }
+
+    fn refresh(&self, s: &BotSession) -> BotCall {
+        BotCall {
+            method: "POST",
+            path: "/tokens/refresh".into(),
+            body: Vec::new(),
+            bearer: s.token.clone(),
+        }
+    }
+
+    fn refreshed(&self, status: u16, body: &[u8], now: u64) -> Result<(String, u64), ProxyError> {
+        if status != 200 {
+            return Err(bot_status(
+                "the bot's Direct Line refused to refresh its token",
+            ));
+        }
+        let s: StartedIn =
+            from_json(body).map_err(|_| bot_bad("the refreshed token could not be read"))?;
+        let token = s
+            .token
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()));
+        let token = token.ok_or_else(|| bot_bad("the refresh gave no usable token"))?;
+        Ok((token, now + s.expires_in.unwrap_or(TOKEN_LIFETIME_SECS)))
+    }
+
+    fn post(&self, s: &BotSession, activity: &[u8]) -> BotCall {
+        BotCall {
+            method: "POST",
+            path: format!("/conversations/{}/activities", segment(&s.conversation)),
+            body: activity.to_vec(),
+            bearer: s.token.clone(),
+        }
+    }
+
+    fn posted(&self, status: u16, body: &[u8]) -> Result<String, ProxyError> {
+        if !(200..300).contains(&status) {
+            return Err(bot_status("the bot rejected the activity"));
+        }
+        #[derive(Deserialize)]
+        struct Id {
+            id: Option<String>,
+        }
+        let id: Id =
+            from_json(body).map_err(|_| bot_bad("the posted activity's id could not be read"))?;
+        id.id
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| bot_bad("the posted activity has no id"))
+    }
+
+    fn read(&self, s: &BotSession) -> BotCall {
+        let mut path = format!("/conversations/{}/activities", segment(&s.conversation));
+        if let Some(w) = &s.watermark {
+            path.push_str("?watermark=");
+            path.push_str(&segment(w));
+        }
+        BotCall {
+            method: "GET",
+            path,
+            body: Vec::new(),
+            bearer: s.token.clone(),
+        }
+    }
+
+    fn page(&self, status: u16, body: &[u8], reply_to: &str) -> Result<BotPage, ProxyError> {
+        if status != 200 {
+            return Err(bot_status("the bot's conversation could not be read"));
+        }
+        let p: PageIn<'_> =
+            from_json(body).map_err(|_| bot_bad("the bot's activities could not be read"))?;
+        let replies = (p.activities.iter())
+            .filter(|a| {
+                serde_json::from_str::<ReplyHead<'_>>(a.get()).is_ok_and(|h| {
+                    h.reply_to_id.as_deref() == Some(reply_to)
+                        && h.kind.as_deref() == Some("message")
+                })
+            })
+            .map(|a| a.get().as_bytes().to_vec())
+            .collect();
+        Ok(BotPage {
+            replies,
+            watermark: p.watermark.map(Cow::into_owned),
+        })
+    }
+
+    fn gone(&self, status: u16) -> bool {
+        matches!(status, 403 | 404)
+    }
+
+    fn waits(&self) -> Waits {
+        self.waits
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,10 @@ use crate::error::ProxyError;
 use crate::model::{self, ChatAnswer, ChatRequest};
 
 pub use crate::request::RequestHead;
-pub use channel::{ChannelCaller, ChannelOp, Posted, Stamp, Started};
+pub use channel::{
+    BotCall, BotPage, BotSession, ChannelBot, ChannelCaller, ChannelOp, Posted, Stamp, Started,
+    Waits,
+};
 pub use haptik::{AnswerShape, FlowTriggerPolicy};
 pub use registry::{bot_dialect, caller, callers, Caller};
 pub use reply_webhook::{ReplyWebhook, WebhookRefusal, WebhookReply};
@@ -465,6 +468,11 @@ pub trait Bot: Send + Sync + fmt::Debug {
     }
     /// Where its access tokens come from, for a bot that needs one (Dialogflow's OAuth2 tokens).
     fn token_source(&self) -> Option<&dyn TokenSource> {
+        None
+    }
+    /// For a bot reached through a conversation API (a channel of its own): its calls. Such a
+    /// bot's [`Bot::conversations`] keep a [`BotSession`] as their cursor.
+    fn channel(&self) -> Option<&dyn ChannelBot> {
         None
     }
     /// Renders the request body for the bot, or a 4xx when it cannot be expressed there.

@@ -26,6 +26,7 @@ static BOTS: &[&dyn BotDialect] = &[
     &rasa::Rasa,
     &lex::Lex,
     &dialogflow::Dialogflow,
+    &directline::Directline,
 ];
 
 /// Handles on the registered caller dialects, for code and tests that name one (checked against
