@@ -865,7 +865,8 @@ impl ChatService {
         let (rt, out) = (cx.rt, &mut cx.out);
         out.error = Some(err.reason);
         let mut a = error_answer(out.ingress, &err);
-        if err.reason == Reason::MethodNotAllowed {
+        if err.reason == Reason::MethodNotAllowed && !err.headers.iter().any(|(n, _)| *n == "allow")
+        {
             a = a.with_header("allow", "POST");
         }
         a.headers.extend(err.headers);

@@ -306,14 +306,6 @@ backend = "down"
             400,
             "BadArgument",
         ),
-        (
-            "GET",
-            format!("{path}?watermark=zzz"),
-            &token,
-            None,
-            400,
-            "BadArgument",
-        ),
         ("GET", "/nothing/here".into(), &token, None, 404, "NotFound"),
     ];
     for (method, path, bearer, body, status, want) in cases {

@@ -12,7 +12,7 @@ static BOTS: OnceLock<Vec<Box<dyn Bot>>> = OnceLock::new();
 
 fuzz_target!(|body: &[u8]| {
     for owner in [None, Some("fuzz-user")] {
-        match directline::parse_activity(body, owner) {
+        match directline::parse_activity(body, owner, None) {
             Ok(Posted::Message(req)) => {
                 if let Some(o) = owner {
                     assert_eq!(req.user_id, o, "a conversation's token spoke for someone else");

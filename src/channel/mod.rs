@@ -12,7 +12,7 @@
 //!   memory would split it), counted as `botbridge_redis_fallbacks_total{feature="channels",
 //!   action="deny"}`. Streams follow their own instance's appends at once and other instances'
 //!   within a second (they read the stream again each second).
-//! - Watermarks are opaque to callers: the place (`seq`) of the last activity read in memory, the
+//! - Watermarks are opaque to callers (one the store never gives reads everything kept): the place (`seq`) of the last activity read in memory, the
 //!   Redis stream id of the last entry read on Redis. Activity ids carry the place either way (the
 //!   dialect writes them; on Redis the places come from the hash's counter).
 //! - Metrics: `botbridge_channel_conversations` (open in this instance's memory),
@@ -192,13 +192,9 @@ fn unavailable() -> ProxyError {
     )
 }
 
-fn bad_watermark() -> ProxyError {
-    ProxyError::bad_request("the watermark is not one this conversation gave")
-}
-
 /// Whether a watermark is a Redis stream id (`ms-seq`).
 fn is_stream_id(w: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok();
     w.split_once('-')
         .is_some_and(|(a, b)| digits(a) && digits(b))
 }
@@ -389,8 +385,8 @@ impl Channels {
         Ok(Some(first))
     }
 
-    /// The activities of conversation `id` after `watermark` (all kept for `None`), at most `max`;
-    /// `None` if it was not started. A watermark it never gave is a 400.
+    /// The activities of conversation `id` after `watermark` (all kept for `None`, or for one this
+    /// store never gives), at most `max`; `None` if it was not started.
     pub async fn after(
         &self,
         id: &str,
@@ -401,19 +397,20 @@ impl Channels {
             let Some(log) = self.logs.get(id) else {
                 return Ok(None);
             };
-            let from = watermark
-                .map(str::parse)
-                .transpose()
-                .map_err(|_| bad_watermark())?;
+            // A place past any there is (more digits than a u64 holds) reads nothing.
+            let place = |w: &str| match w.parse::<u64>() {
+                Ok(p) => Some(p),
+                Err(_) if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) => Some(u64::MAX),
+                Err(_) => None,
+            };
+            let from = watermark.and_then(place);
             let p = log.after(from, max);
             return Ok(Some(Page {
                 activities: p.activities,
                 watermark: p.watermark.to_string(),
             }));
         };
-        if watermark.is_some_and(|w| !is_stream_id(w)) {
-            return Err(bad_watermark());
-        }
+        let watermark = watermark.filter(|w| is_stream_id(w));
         let (meta, stream) = self.keys(redis, id);
         let ms = self.idle_ms();
         let start = watermark.map_or_else(|| "-".to_owned(), |w| format!("({w}"));

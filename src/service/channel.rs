@@ -152,8 +152,16 @@ impl ChatService {
         let below = (path.strip_prefix(route.path.as_str()))
             .unwrap_or_default()
             .trim_start_matches('/');
-        let op = (c.verbs.operation(head.method.as_str(), below))
-            .ok_or_else(|| not_found("no such operation on this channel"))?;
+        let op = c.verbs.operation(head.method.as_str(), below);
+        let op = op.ok_or_else(|| match c.verbs.methods(below) {
+            Some(allow) => ProxyError::new(
+                405,
+                Reason::MethodNotAllowed,
+                "this method is not allowed here",
+            )
+            .with_header("allow", allow),
+            None => not_found("no such operation on this channel"),
+        })?;
         if op == ChannelOp::Preflight {
             return preflight(rt, session, c.verbs);
         }
@@ -311,7 +319,9 @@ impl ChatService {
         let user = (a.token.as_ref())
             .map(|(_, g)| g.user.as_str())
             .filter(|u| !u.is_empty());
-        let posted = (c.verbs.parse_activity(&body, user)).inspect_err(|_| {
+        // An activity naming no user (with no token's) speaks as the conversation's own.
+        let anonymous = format!("dl_{id}");
+        let posted = (c.verbs.parse_activity(&body, user, Some(&anonymous))).inspect_err(|_| {
             self.translation_error(&rt.config.routes[c.index], "invalid_request", 1)
         })?;
         let now = timefmt::rfc3339_millis(cx.received);

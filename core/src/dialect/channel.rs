@@ -63,6 +63,8 @@ pub trait ChannelCaller: Sync {
     /// What `method` on `below` (the path after the route's prefix, without a leading `/`) asks;
     /// `None`: nothing (404).
     fn operation<'p>(&self, method: &str, below: &'p str) -> Option<ChannelOp<'p>>;
+    /// The methods `below` takes (for a 405's `Allow`), `None` if it is no path of the API.
+    fn methods(&self, below: &str) -> Option<&'static str>;
     /// The user a token request names (`{"user": {"id"}}`), if any; a body that is not such a
     /// request is refused.
     fn token_user(&self, body: &[u8]) -> Result<Option<String>, ProxyError>;
@@ -70,12 +72,13 @@ pub trait ChannelCaller: Sync {
     fn render_token(&self, s: &Started<'_>) -> Vec<u8>;
     /// The answer to a start or a reconnect.
     fn render_started(&self, s: &Started<'_>) -> Vec<u8>;
-    /// Reads a caller's activity; `user` is the conversation's user (its token's), the one the
-    /// activity must speak for (`None` with a secret: the activity names it).
+    /// Reads a caller's activity; `user` is the user the caller's token was issued for, the one the
+    /// activity must speak for (`None`: the activity names its user, else it is `default_user`).
     fn parse_activity<'b>(
         &self,
         body: &'b [u8],
         user: Option<&str>,
+        default_user: Option<&str>,
     ) -> Result<Posted<'b>, ProxyError>;
     /// The caller's activity as the conversation keeps it (echoed with its channel data unchanged),
     /// with its id, conversation, time and user.

@@ -62,7 +62,7 @@ pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
 
 #[derive(Deserialize)]
 struct From<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     id: Cow<'a, str>,
 }
 
@@ -81,28 +81,38 @@ struct ActivityIn<'a> {
     channel_data: Option<&'a RawValue>,
 }
 
-/// Reads a caller's activity. `conversation_user` is the user the conversation was started for
-/// (its token's), used when the activity names none; an activity naming another user is refused,
-/// so one conversation's token cannot speak for someone else.
+/// Reads a caller's activity. `conversation_user` is the user the conversation's token was issued
+/// for, used when the activity names none; an activity naming another user is refused, so one
+/// conversation's token cannot speak for someone else. Without one, an activity naming no user
+/// speaks as `default_user` (refused if there is none).
 pub fn parse_activity<'a>(
     body: &'a [u8],
     conversation_user: Option<&str>,
+    default_user: Option<&str>,
 ) -> Result<Posted<'a>, ProxyError> {
     let a: ActivityIn<'a> =
         from_json(body).map_err(|_| bad_argument("the body is not an activity"))?;
     if a.kind != "message" {
         return Ok(Posted::Other);
     }
-    let user: Cow<'a, str> = match (a.from.map(|f| f.id), conversation_user) {
+    let user: Cow<'a, str> = match (
+        a.from.map(|f| f.id).filter(|i| !i.is_empty()),
+        conversation_user,
+    ) {
         (Some(id), Some(owner)) if *id != *owner => {
             return Err(bad_argument("from.id is not this conversation's user"))
         }
         (Some(id), _) if !id.is_empty() => id,
         (_, Some(owner)) => Cow::Owned(owner.to_owned()),
-        _ => return Err(bad_argument("the activity has no from.id")),
+        _ => match default_user {
+            Some(d) => Cow::Owned(d.to_owned()),
+            None => return Err(bad_argument("the activity has no from.id")),
+        },
     };
-    let content = match (a.value, a.text) {
-        (Some(v), _) => Content::Payload(button_value(v)),
+    // A blank value is no value (nothing blank reaches a bot).
+    let value = a.value.map(button_value).filter(|v| !v.trim().is_empty());
+    let content = match (value, a.text) {
+        (Some(v), _) => Content::Payload(v),
         (None, Some(t)) if !t.trim().is_empty() => Content::Text(t),
         _ => return Err(bad_argument("a message activity needs text or a value")),
     };
@@ -112,7 +122,8 @@ pub fn parse_activity<'a>(
         business_id: None,
         message_type: 0,
         request_id: None,
-        metadata: a.channel_data,
+        // Bots take metadata as an object; other channel data is only echoed.
+        metadata: a.channel_data.filter(|d| d.get().starts_with('{')),
         raw_payload: None,
         callback_url: None,
     }))
@@ -628,6 +639,17 @@ impl ChannelCaller for Directline {
         }
     }
 
+    fn methods(&self, below: &str) -> Option<&'static str> {
+        let parts: Vec<&str> = below.trim_end_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["tokens", "generate" | "refresh"] | ["conversations"] => Some("POST, OPTIONS"),
+            ["conversations", c] if !c.is_empty() => Some("GET, OPTIONS"),
+            ["conversations", c, "activities"] if !c.is_empty() => Some("GET, POST, OPTIONS"),
+            ["conversations", c, "stream"] if !c.is_empty() => Some("GET, OPTIONS"),
+            _ => None,
+        }
+    }
+
     fn token_user(&self, body: &[u8]) -> Result<Option<String>, ProxyError> {
         if body.trim_ascii().is_empty() {
             return Ok(None);
@@ -653,8 +675,9 @@ impl ChannelCaller for Directline {
         &self,
         body: &'b [u8],
         user: Option<&str>,
+        default_user: Option<&str>,
     ) -> Result<Posted<'b>, ProxyError> {
-        parse_activity(body, user)
+        parse_activity(body, user, default_user)
     }
 
     fn echo(&self, body: &[u8], at: &Stamp<'_>, user: &str) -> Vec<u8> {
@@ -1078,7 +1101,7 @@ mod tests {
     fn a_message_a_postback_and_other_activities() {
         let body = br#"{"type":"message","from":{"id":"u1","name":"Ann"},"text":"hi",
                         "channelData":{"clientActivityID":"c-1"}}"#;
-        let Posted::Message(req) = parse_activity(body, Some("u1")).unwrap() else {
+        let Posted::Message(req) = parse_activity(body, Some("u1"), None).unwrap() else {
             panic!("a message");
         };
         assert_eq!(
@@ -1088,12 +1111,12 @@ mod tests {
         assert_eq!(req.metadata.unwrap().get(), r#"{"clientActivityID":"c-1"}"#);
 
         let body = br#"{"type":"message","from":{"id":"u1"},"text":"Yes","value":{"pick":1}}"#;
-        let Posted::Message(req) = parse_activity(body, None).unwrap() else {
+        let Posted::Message(req) = parse_activity(body, None, None).unwrap() else {
             panic!("a message");
         };
         assert_eq!(req.content, Content::Payload(r#"{"pick":1}"#.into()));
         let body = br#"{"type":"message","value":"yes"}"#;
-        let Posted::Message(req) = parse_activity(body, Some("u9")).unwrap() else {
+        let Posted::Message(req) = parse_activity(body, Some("u9"), None).unwrap() else {
             panic!("a message");
         };
         assert_eq!(
@@ -1103,7 +1126,7 @@ mod tests {
 
         let typing = br#"{"type":"typing","from":{"id":"u1"}}"#;
         assert!(matches!(
-            parse_activity(typing, None).unwrap(),
+            parse_activity(typing, None, None).unwrap(),
             Posted::Other
         ));
     }
@@ -1122,8 +1145,12 @@ mod tests {
                 "not this conversation's user",
             ),
         ] {
-            let e = parse_activity(body, body.windows(3).any(|w| w == b"eve").then_some("u1"))
-                .unwrap_err();
+            let e = parse_activity(
+                body,
+                body.windows(3).any(|w| w == b"eve").then_some("u1"),
+                None,
+            )
+            .unwrap_err();
             assert_eq!(e.status, 400);
             assert!(e.message.contains(words), "{}", e.message);
             let v: Value = serde_json::from_slice(&render_error(&e)).unwrap();
@@ -1227,7 +1254,7 @@ mod tests {
     fn the_user_activity_for_a_bot_carries_payloads_as_values() {
         let body =
             br#"{"type":"message","from":{"id":"u1"},"value":"/affirm","channelData":{"k":1}}"#;
-        let Posted::Message(req) = parse_activity(body, None).unwrap() else {
+        let Posted::Message(req) = parse_activity(body, None, None).unwrap() else {
             panic!("a message");
         };
         let a = user_activity(&req, "/affirm");
