@@ -114,6 +114,8 @@ pub struct Authenticator {
     shared: Option<Arc<SharedRedis>>,
     /// The count of other instances' cache clears this cache has applied.
     clears_seen: AtomicU64,
+    /// Channel credentials by the id of their token key (`crate::session`).
+    channel_keys: std::collections::HashMap<[u8; 16], Arc<Grant>>,
 }
 
 impl Authenticator {
@@ -155,6 +157,9 @@ impl Authenticator {
                     .with_label_values(&[d.as_str(), "allowed", "ok"])
             })
             .collect();
+        let channel_keys = (config.clients.credentials.tokens.grants())
+            .filter_map(|g| g.channel.as_ref().map(|c| (c.key.id(), g.clone())))
+            .collect();
         Authenticator {
             config,
             service,
@@ -163,6 +168,7 @@ impl Authenticator {
             allowed,
             shared: None,
             clears_seen: AtomicU64::new(0),
+            channel_keys,
         }
     }
 
@@ -287,22 +293,20 @@ impl Authenticator {
         }
     }
 
-    /// A conversation token a channel caller of `dialect` presents (`crate::session`): the key of
-    /// the credential its claims name verifies it at `now`. Expired: 403 `TokenExpired`; anything
+    /// A conversation token a channel caller of `dialect` presents (`crate::session`): the key its
+    /// claims name verifies it at `now` (one expiring more than `lifetime` ahead is refused). Expired: 403 `TokenExpired`; anything
     /// else wrong: 403. Counted like every other decision.
     pub fn session_token(
         &self,
         dialect: Caller,
         token: &str,
         now: u64,
+        lifetime: u64,
     ) -> Result<(Arc<Grant>, TokenGrant), ProxyError> {
-        let tokens = &self.config.clients.credentials.tokens;
-        let grant = (session::token_credential(token))
-            .and_then(|digest| tokens.by_digest(&digest))
-            .filter(|g| g.channel.is_some());
+        let grant = session::token_key_id(token).and_then(|kid| self.channel_keys.get(&kid));
         let checked = grant.ok_or(TokenError::Invalid).and_then(|g| {
-            let key = &g.channel.as_ref().expect("filtered").key;
-            key.verify(token, now).map(|t| (g.clone(), t))
+            let key = &g.channel.as_ref().expect("a channel key's grant").key;
+            key.verify(token, now, lifetime).map(|t| (g.clone(), t))
         });
         match checked {
             Ok(ok) => {

@@ -46,6 +46,7 @@ mod async_mode;
 mod bot_replies;
 mod channel;
 mod channel_bot;
+mod channel_ops;
 
 const REQUEST_ID: &str = "x-request-id";
 const JSON: &str = "application/json";
@@ -820,6 +821,15 @@ impl ChatService {
                 "Content-Type must be application/json",
             ));
         }
+        self.read_any_body(cx, session).await
+    }
+
+    /// Reads the whole body up to the limit, whatever its content type (an optional one).
+    async fn read_any_body(
+        &self,
+        cx: &mut Call<'_>,
+        session: &mut ServerSession,
+    ) -> Result<Bytes, ProxyError> {
         let limit = cx.rt.config.limits.max_body_bytes;
         let body = httpio::read_body(session, limit)
             .await

@@ -65,6 +65,22 @@ fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or_default()
 }
 
+/// base64url without padding, decoded.
+fn base64url(s: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let (mut n, mut out) = (0, Vec::new());
+    for c in s.bytes() {
+        bits = (bits << 6) | alphabet.iter().position(|&a| a == c).unwrap() as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
 /// A message from `user`.
 fn message(user: &str, text: &str) -> Value {
     json!({"type": "message", "from": {"id": user, "name": "Ann"}, "text": text,
@@ -127,7 +143,11 @@ async fn a_conversation_by_polling_with_echoes_replies_and_buttons() {
         echo["channelData"], hi["channelData"],
         "channelData unchanged"
     );
-    assert_eq!(echo["from"]["id"], user);
+    // The token from a start with the secret is bound to a user of its own, who speaks.
+    let claims: Value =
+        serde_json::from_slice(&base64url(token.split('.').nth(1).unwrap())).unwrap();
+    assert_eq!(echo["from"]["id"], claims["user"]);
+    assert_ne!(echo["from"]["id"], user);
     assert_eq!(echo["conversation"]["id"], json!(conv));
     let replies = replies_to(&all, &id);
     assert_eq!(replies.len(), all.len() - 1, "{all:?}");
@@ -178,18 +198,32 @@ async fn tokens_are_generated_refreshed_bound_to_one_conversation_and_expire() {
         g["conversationId"].as_str().unwrap(),
         g["token"].as_str().unwrap(),
     );
-    // The token's conversation starts with it (201), then the token speaks for ann only.
+    // A JWT whose `user` claim is ann: what Web Chat reads to know who it is.
+    let claims = token.split('.').nth(1).unwrap();
+    let claims = String::from_utf8(base64url(claims)).unwrap();
+    assert!(claims.contains(r#""user":"ann""#), "{claims}");
+    // The token's conversation starts with it (201), then the token speaks for ann only, whatever
+    // the activity names.
     let (status, _, s) = call(&proxy, "POST", "/conversations", token, None, &[]).await;
     assert_eq!((status, s["conversationId"].as_str()), (201, Some(conv)));
     let path = format!("/conversations/{conv}/activities");
     let as_bob = message("bob", "hi");
-    let (status, _, e) = call(&proxy, "POST", &path, token, Some(as_bob), &[]).await;
-    assert_eq!((status, code(&e)), (400, "BadArgument"), "{e}");
+    let (status, _, p) = call(&proxy, "POST", &path, token, Some(as_bob), &[]).await;
+    assert_eq!(status, 200, "{p}");
     let unnamed = json!({"type": "message", "text": "hi"});
     let (status, _, p) = call(&proxy, "POST", &path, token, Some(unnamed), &[]).await;
     assert_eq!(status, 200, "{p}");
     let (all, _) = poll(&proxy, conv, token, "").await;
-    assert_eq!(all[0]["from"]["id"], "ann", "the token's user speaks");
+    let users: Vec<&Value> = all
+        .iter()
+        .filter(|a| a["from"]["role"] == "user")
+        .map(|a| &a["from"]["id"])
+        .collect();
+    assert_eq!(
+        users,
+        [&json!("ann"), &json!("ann")],
+        "the token's user speaks"
+    );
 
     // Another conversation's token is refused there; the secret reaches any.
     let (other, other_token, _) = start(&proxy).await;
@@ -848,4 +882,110 @@ async fn haptik_csml_and_rasa_callers_hold_a_conversation_with_a_direct_line_bot
         v["messages"][0]["payload"]["content"]["text"], "You said: Yes",
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn a_conversation_belongs_to_the_route_and_credential_that_started_it() {
+    let routes = r#"[[clients.directline]]
+name = "tenant-b"
+secret = "tenant-b-secret-0123456789"
+routes = ["dl-b"]
+
+[[routes]]
+name = "dl-b"
+path_prefix = "/b/v3/directline/"
+ingress = "directline"
+backend = "demo-bot"
+
+# Haptik and CSML callers in front of a Dialogflow CX agent."#;
+    let config = shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        routes,
+    );
+    let proxy = Proxy::start(&config).await;
+    let b = "tenant-b-secret-0123456789";
+    let on_b = |p: &str| format!("/b{DL}{p}");
+    let client = reqwest::Client::new();
+    let b_call = |method: reqwest::Method, path: String, bearer: String| {
+        let client = client.clone();
+        let url = proxy.url(&path);
+        async move {
+            let r = client
+                .request(method, url)
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, started) = b_call(reqwest::Method::POST, on_b("/conversations"), b.into()).await;
+    assert_eq!(status, 201, "{started}");
+    let b_conv = started["conversationId"].as_str().unwrap().to_owned();
+    let b_token = started["token"].as_str().unwrap().to_owned();
+    // Tenant A's secret, on A's route: B's conversation does not exist for it.
+    let a_on_b_conv = format!("/conversations/{b_conv}/activities");
+    let (status, _, e) = call(&proxy, "GET", &a_on_b_conv, SECRET, None, &[]).await;
+    assert_eq!((status, code(&e)), (404, "NotFound"), "{e}");
+    let (status, _, e) = call(
+        &proxy,
+        "GET",
+        &format!("/conversations/{b_conv}"),
+        SECRET,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!((status, code(&e)), (404, "NotFound"), "{e}");
+    // B's token on A's route: refused; B's secret on A's route: out of its scope.
+    let (status, _, e) = call(&proxy, "GET", &a_on_b_conv, &b_token, None, &[]).await;
+    assert_eq!((status, code(&e)), (403, "Forbidden"), "{e}");
+    let (status, _, e) = call(&proxy, "POST", "/conversations", b, None, &[]).await;
+    assert_eq!((status, code(&e)), (403, "Forbidden"), "{e}");
+    // B reads its own.
+    let path = on_b(&format!("/conversations/{b_conv}/activities"));
+    let (status, page) = b_call(reqwest::Method::GET, path, b_token).await;
+    assert_eq!((status, &page["activities"]), (200, &json!([])));
+}
+
+#[tokio::test]
+async fn one_stream_per_conversation_a_newer_one_closes_the_older() {
+    let proxy = Proxy::start(&shipped_config()).await;
+    let (conv, token, started) = start(&proxy).await;
+    let url = started["streamUrl"].as_str().unwrap().to_owned();
+    let mut first = open_stream(&url).await;
+    let mut second = open_stream(&url).await;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), first.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.unwrap().reason.to_string(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the older stream was not closed: {other:?}"),
+        }
+    };
+    assert_eq!(closed, "a newer stream opened");
+    let path = format!("/conversations/{conv}/activities");
+    call(
+        &proxy,
+        "POST",
+        &path,
+        &token,
+        Some(message("u1", "hi")),
+        &[],
+    )
+    .await;
+    assert!(
+        next_set(&mut second).await.is_some(),
+        "the newer stream goes on"
+    );
+    // Without the WebSocket version a client must speak: refused, saying which.
+    let stream_path = format!("/conversations/{conv}/stream?t={token}");
+    let extra = [
+        ("upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let (status, h, e) = call(&proxy, "GET", &stream_path, "", None, &extra).await;
+    assert_eq!((status, code(&e)), (400, "BadArgument"));
+    assert_eq!(h["sec-websocket-version"], "13");
 }

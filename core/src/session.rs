@@ -1,17 +1,24 @@
 //! Conversation tokens the proxy issues to the callers of a channel (a caller dialect whose
-//! conversations the proxy holds): bound to one conversation and one user, signed with a key derived
-//! from the caller's secret, so any instance configured with the same secret verifies the tokens of
-//! another (a conversation continued elsewhere) and no token is stored.
+//! conversations the proxy holds): bound to one conversation, one user and one route, signed with a
+//! key derived from the caller's secret (or its own `token_secret`), so any instance configured
+//! with the same credential verifies the tokens of another (a conversation continued elsewhere) and
+//! no token is stored.
 //!
-//! A token is `base64url(claims) "." base64url(HMAC-SHA256 of that)`; the claims name the
-//! conversation, the user, the expiry and the credential's lookup digest (which finds the key
-//! without trying every caller's; it is a hash of a hash of the secret, so it tells nothing).
+//! A token is a JWT signed with HMAC-SHA256 (`header.claims.signature`, base64url): clients such
+//! as Web Chat read its `user` claim to know who they are. The claims name the conversation (`c`),
+//! the user (`user`), the route (`r`), the expiry (`exp`) and the key's id (`kid`, an HMAC of the
+//! key: it finds the key without trying every caller's and tells nothing about the secret). A token
+//! whose expiry lies further ahead than a token lasts is refused, so no key holder mints long-lived
+//! ones.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+
+/// The header of every token.
+const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
 /// What a channel caller's credential adds to its grant.
 #[derive(Debug)]
@@ -21,8 +28,6 @@ pub struct ChannelGrant {
     /// The browser origins (`scheme://host[:port]`) that may use it; empty: none (a browser's
     /// cross-origin requests are refused, other clients send no `Origin`).
     pub allowed_origins: Vec<String>,
-    /// The lookup digest of its secret, named in the tokens it is issued.
-    pub credential: [u8; 32],
 }
 
 impl ChannelGrant {
@@ -32,9 +37,12 @@ impl ChannelGrant {
     }
 }
 
-/// The key conversation tokens are signed with.
+/// The key conversation tokens are signed with, and its id.
 #[derive(Clone)]
-pub struct TokenKey(Hmac<Sha256>);
+pub struct TokenKey {
+    mac: Hmac<Sha256>,
+    id: [u8; 16],
+}
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,57 +50,75 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
-/// What a valid token grants: one conversation, for one user, until `expires` (unix seconds), to
-/// the caller whose credential has lookup digest `credential`.
+/// What a valid token grants: one conversation on one route, for one user, until `expires` (unix
+/// seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenGrant {
     pub conversation: String,
     pub user: String,
+    pub route: String,
     pub expires: u64,
-    pub credential: [u8; 32],
 }
 
 /// Why a token is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
-    /// Not a token of this key (or altered).
+    /// Not a token of this key (or altered, or expiring further ahead than a token lasts).
     Invalid,
     /// A token of this key past its expiry.
     Expired,
 }
 
 impl TokenKey {
-    /// The key of a caller secret (its SHA-256 when the secret is configured as a digest, so both
-    /// ways of configuring it give the same key).
-    pub fn new(secret_sha256: &[u8; 32]) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"botbridge channel token v1")
+    /// The key of a secret: an HMAC of it (never of its digest alone, so a configuration holding
+    /// only `secret_sha256` cannot mint tokens).
+    pub fn new(secret: &[u8]) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"botbridge channel token v2")
             .expect("HMAC takes any key");
-        mac.update(secret_sha256);
+        mac.update(secret);
         let derived = mac.finalize().into_bytes();
-        TokenKey(Hmac::new_from_slice(&derived).expect("HMAC takes any key"))
+        let mac = Hmac::<Sha256>::new_from_slice(&derived).expect("HMAC takes any key");
+        let mut id_mac = mac.clone();
+        id_mac.update(b"key id");
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&id_mac.finalize().into_bytes()[..16]);
+        TokenKey { mac, id }
+    }
+
+    /// The key's id, as tokens name it.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
     }
 
     /// A token for `grant`.
     pub fn mint(&self, grant: &TokenGrant) -> String {
-        let claims = json!({"c": grant.conversation, "u": grant.user, "e": grant.expires,
-                            "k": URL_SAFE_NO_PAD.encode(grant.credential)});
-        let body = URL_SAFE_NO_PAD.encode(claims.to_string());
-        let mut mac = self.0.clone();
-        mac.update(body.as_bytes());
+        let claims = json!({"c": grant.conversation, "user": grant.user, "r": grant.route,
+                            "exp": grant.expires, "kid": URL_SAFE_NO_PAD.encode(self.id)});
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(HEADER),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut mac = self.mac.clone();
+        mac.update(signed.as_bytes());
         let tag = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        format!("{body}.{tag}")
+        format!("{signed}.{tag}")
     }
 
-    /// The grant of a token, checked in constant time, at `now` (unix seconds).
-    pub fn verify(&self, token: &str, now: u64) -> Result<TokenGrant, TokenError> {
-        let (body, tag) = token.split_once('.').ok_or(TokenError::Invalid)?;
+    /// The grant of a token, checked in constant time, at `now` (unix seconds); a token expiring
+    /// more than `lifetime` seconds from now is refused.
+    pub fn verify(&self, token: &str, now: u64, lifetime: u64) -> Result<TokenGrant, TokenError> {
+        let (signed, tag) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
         let tag = URL_SAFE_NO_PAD
             .decode(tag)
             .map_err(|_| TokenError::Invalid)?;
-        let mut mac = self.0.clone();
-        mac.update(body.as_bytes());
+        let mut mac = self.mac.clone();
+        mac.update(signed.as_bytes());
         mac.verify_slice(&tag).map_err(|_| TokenError::Invalid)?;
-        let grant = claims(body).ok_or(TokenError::Invalid)?;
+        let (grant, _) = claims(signed).ok_or(TokenError::Invalid)?;
+        if grant.expires > now.saturating_add(lifetime) {
+            return Err(TokenError::Invalid);
+        }
         if now >= grant.expires {
             return Err(TokenError::Expired);
         }
@@ -100,24 +126,28 @@ impl TokenKey {
     }
 }
 
-/// The credential digest a token names, unverified: only where to find the key that verifies it.
-pub fn token_credential(token: &str) -> Option<[u8; 32]> {
-    let (body, _) = token.split_once('.')?;
-    claims(body).map(|g| g.credential)
+/// The key id a token names, unverified: only where to find the key that verifies it.
+pub fn token_key_id(token: &str) -> Option<[u8; 16]> {
+    let (signed, _) = token.rsplit_once('.')?;
+    claims(signed).map(|(_, kid)| kid)
 }
 
-/// The claims of a token's first part.
-fn claims(body: &str) -> Option<TokenGrant> {
-    let claims = URL_SAFE_NO_PAD.decode(body).ok()?;
-    let v: Value = serde_json::from_slice(&claims).ok()?;
+/// The claims of a token's signed part (`header.claims`), with the key id.
+fn claims(signed: &str) -> Option<(TokenGrant, [u8; 16])> {
+    let (header, body) = signed.split_once('.')?;
+    if URL_SAFE_NO_PAD.decode(header).ok()? != HEADER.as_bytes() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
     let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let credential = URL_SAFE_NO_PAD.decode(text("k")?).ok()?;
-    Some(TokenGrant {
+    let kid = URL_SAFE_NO_PAD.decode(text("kid")?).ok()?.try_into().ok()?;
+    let grant = TokenGrant {
         conversation: text("c")?,
-        user: text("u")?,
-        expires: v.get("e").and_then(Value::as_u64)?,
-        credential: credential.try_into().ok()?,
-    })
+        user: text("user")?,
+        route: text("r")?,
+        expires: v.get("exp").and_then(Value::as_u64)?,
+    };
+    Some((grant, kid))
 }
 
 #[cfg(test)]
@@ -128,38 +158,46 @@ mod tests {
         TokenGrant {
             conversation: "conv-1".into(),
             user: "dl_u1".into(),
+            route: "dl".into(),
             expires: 2_800,
-            credential: [3; 32],
         }
     }
 
     #[test]
     fn tokens_grant_one_conversation_until_they_expire_on_any_instance() {
-        let secret = [7; 32];
-        let key = TokenKey::new(&secret);
+        let key = TokenKey::new(b"a long enough secret");
         let token = key.mint(&grant());
-        assert_eq!(TokenKey::new(&secret).verify(&token, 1_000), Ok(grant()));
-        assert_eq!(token_credential(&token), Some([3; 32]));
-        assert_eq!(key.verify(&token, 2_800), Err(TokenError::Expired));
-        assert_eq!(
-            TokenKey::new(&[8; 32]).verify(&token, 1_000),
-            Err(TokenError::Invalid)
-        );
-        // Another grant's claims under this token's tag: refused.
-        let (_, tag) = token.split_once('.').unwrap();
-        let other = TokenGrant {
-            user: "dl_u2".into(),
+        assert_eq!(token.split('.').count(), 3, "a JWT");
+        let again = TokenKey::new(b"a long enough secret");
+        assert_eq!(again.verify(&token, 1_000, 1_800), Ok(grant()));
+        assert_eq!(token_key_id(&token), Some(key.id()));
+        assert_eq!(key.verify(&token, 2_800, 1_800), Err(TokenError::Expired));
+        let other = TokenKey::new(b"another secret entirely");
+        assert_ne!(other.id(), key.id());
+        assert_eq!(other.verify(&token, 1_000, 1_800), Err(TokenError::Invalid));
+        // Expiring further ahead than a token lasts: refused even with the right key.
+        assert_eq!(key.verify(&token, 900, 1_800), Err(TokenError::Invalid));
+        // Another grant's claims under this token's signature: refused.
+        let (_, tag) = token.rsplit_once('.').unwrap();
+        let bob = TokenGrant {
+            user: "bob".into(),
             ..grant()
         };
-        let (body, _) = key
-            .mint(&other)
-            .split_once('.')
-            .map(|(b, t)| (b.to_owned(), t.to_owned()))
-            .unwrap();
-        let forged = format!("{body}.{tag}");
-        assert_eq!(key.verify(&forged, 1_000), Err(TokenError::Invalid));
-        for bad in ["", ".", "abc", "a.b", &token[1..]] {
-            assert_eq!(key.verify(bad, 1_000), Err(TokenError::Invalid), "{bad}");
+        let forged = format!("{}.{tag}", key.mint(&bob).rsplit_once('.').unwrap().0);
+        assert_eq!(key.verify(&forged, 1_000, 1_800), Err(TokenError::Invalid));
+        for bad in [
+            "",
+            ".",
+            "a.b",
+            "a.b.c",
+            &token[1..],
+            &token[..token.len() - 1],
+        ] {
+            assert_eq!(
+                key.verify(bad, 1_000, 1_800),
+                Err(TokenError::Invalid),
+                "{bad}"
+            );
         }
         assert_eq!(format!("{key:?}"), "TokenKey(<redacted>)");
     }

@@ -1,14 +1,15 @@
 //! The conversations of channel callers (`dialect::ChannelCaller`): each one's activity log, which
 //! polls read after a watermark and streams follow as it grows.
 //!
-//! - In memory (moka): a conversation nobody reads or writes for `[conversations] idle_secs` is
-//!   forgotten; each keeps its last `channel_activities` activities; all logs together are held to
-//!   `channel_bytes` (weighed by their activities' bytes; the least used go first), so no caller
-//!   can fill memory through its conversations.
-//! - With `[redis]`, conversations live on Redis instead, so polling or streaming from any instance
-//!   sees the same conversation: a hash `<prefix>channel-meta:<id>` (its user, the next place) and a
-//!   stream `<prefix>channel:<id>` (its activities, `MAXLEN ~ channel_activities`), both expiring
-//!   after `idle_secs` without use. A Redis failure is a 503 (a conversation held in one instance's
+//! - Each conversation belongs to the route and credential that started it: any other gets a 404,
+//!   whatever token or secret it holds.
+//! - In memory (moka, `memory`): a conversation nobody reads or writes for `[conversations]
+//!   idle_secs` is forgotten; each keeps its last `channel_activities` activities and at most
+//!   `channel_conversation_bytes`; all together are held to `channel_bytes` (the least used go
+//!   first), so no caller can fill memory through its conversations. Pages (a poll's answer, a
+//!   stream message) are held to `PAGE_BYTES`.
+//! - With `[redis]`, conversations live on Redis instead (`shared`), so polling or streaming from
+//!   any instance sees the same conversation. A Redis failure is a 503 (a conversation held in one instance's
 //!   memory would split it), counted as `botbridge_redis_fallbacks_total{feature="channels",
 //!   action="deny"}`. Streams follow their own instance's appends at once and other instances'
 //!   within a second (they read the stream again each second).
@@ -17,10 +18,11 @@
 //!   dialect writes them; on Redis the places come from the hash's counter).
 //! - Metrics: `botbridge_channel_conversations` (open in this instance's memory),
 //!   `botbridge_channel_activities_total{direction}` (`in` from callers, `out` from bots),
-//!   `botbridge_channel_polls_total`, `botbridge_channel_streams` (open streams).
+//!   `botbridge_channel_polls_total`, `botbridge_channel_streams` (open streams, at most
+//!   `channel_streams` per instance and one per conversation: a new one closes the old).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,9 +36,18 @@ use crate::config::conversations::ConversationSettings;
 use crate::config::redis::OnRedisError;
 use crate::error::{ProxyError, Reason};
 use crate::metrics::shared::{Feature, SharedMetrics};
-use crate::shared::redis::{Op, SharedRedis};
+use crate::shared::redis::SharedRedis;
 
+mod memory;
+mod shared;
 pub mod stream;
+
+use memory::Keep;
+pub use memory::Log;
+use shared::{Shared, Start};
+
+/// The most bytes one page carries (at least one activity).
+pub const PAGE_BYTES: usize = 512 << 10;
 
 /// The store's metrics.
 pub struct ChannelMetrics {
@@ -80,106 +91,10 @@ pub fn metrics() -> &'static ChannelMetrics {
     })
 }
 
-/// One conversation: its user and its activities.
-pub struct Log {
-    /// The user its tokens were issued for.
-    pub user: String,
-    state: Mutex<LogState>,
-    /// The place of the last activity, for streams to wait on.
-    last: watch::Sender<u64>,
-}
-
-struct LogState {
-    /// The place the next activity gets (the first is 1).
-    next: u64,
-    items: VecDeque<(u64, Bytes)>,
-    bytes: usize,
-}
-
-/// A page of a conversation in memory: the activities after a place, and the place after them.
-pub struct Places {
-    pub activities: Vec<Bytes>,
-    pub watermark: u64,
-}
-
 /// A page of a conversation: the activities after a watermark, and the watermark after them.
 pub struct Page {
     pub activities: Vec<Bytes>,
     pub watermark: String,
-}
-
-impl Log {
-    fn new(user: String) -> Self {
-        Log {
-            user,
-            state: Mutex::new(LogState {
-                next: 1,
-                items: VecDeque::new(),
-                bytes: 0,
-            }),
-            last: watch::channel(0).0,
-        }
-    }
-
-    /// Adds activities at the next places: `make(first)` writes them, the first at place `first`.
-    /// The oldest go beyond `keep` activities. Returns the first place.
-    pub fn append(&self, keep: usize, make: impl FnOnce(u64) -> Vec<Vec<u8>>) -> u64 {
-        let (first, last) = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let first = s.next;
-            for a in make(first) {
-                let seq = s.next;
-                s.next += 1;
-                s.bytes += a.len();
-                s.items.push_back((seq, Bytes::from(a)));
-            }
-            while s.items.len() > keep {
-                let (_, gone) = s.items.pop_front().expect("not empty");
-                s.bytes -= gone.len();
-            }
-            (first, s.next - 1)
-        };
-        self.last.send_replace(last);
-        first
-    }
-
-    /// The activities after `watermark` (all that are kept for `None`), at most `max`.
-    pub fn after(&self, watermark: Option<u64>, max: usize) -> Places {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let from = watermark.unwrap_or(0);
-        let start = s.items.partition_point(|(seq, _)| *seq <= from);
-        let activities: Vec<Bytes> = (s.items.range(start..).take(max))
-            .map(|(_, a)| a.clone())
-            .collect();
-        let watermark = match activities.len() {
-            0 => from.min(s.next - 1),
-            n => s.items[start + n - 1].0,
-        };
-        Places {
-            activities,
-            watermark,
-        }
-    }
-
-    /// Follows the place of the last activity.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.last.subscribe()
-    }
-
-    fn weight(&self) -> u32 {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        (s.bytes + self.user.len() + 256).min(u32::MAX as usize) as u32
-    }
-}
-
-/// Every channel conversation: in this instance's memory, or on Redis.
-pub struct Channels {
-    logs: moka::sync::Cache<Arc<str>, Arc<Log>>,
-    /// On Redis: what rings this instance's streams when it appends to a conversation.
-    bells: moka::sync::Cache<Arc<str>, Arc<watch::Sender<u64>>>,
-    redis: Option<Arc<SharedRedis>>,
-    keep: usize,
-    idle: Duration,
 }
 
 /// The Redis store's failure: a 503, counted.
@@ -199,27 +114,69 @@ fn is_stream_id(w: &str) -> bool {
         .is_some_and(|(a, b)| digits(a) && digits(b))
 }
 
+/// A place from a watermark: one past any there is (more digits than a u64 holds) reads nothing;
+/// one this store never gives reads everything kept.
+fn place(w: &str) -> Option<u64> {
+    match w.parse::<u64>() {
+        Ok(p) => Some(p),
+        Err(_) if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) => Some(u64::MAX),
+        Err(_) => None,
+    }
+}
+
+/// An open stream's place: its conversation's stream generation (a newer stream closes it) and
+/// its share of the instance's `channel_streams`.
+pub struct StreamClaim {
+    pub generation: u64,
+    pub newer: watch::Receiver<u64>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for StreamClaim {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every channel conversation: in this instance's memory, or on Redis.
+pub struct Channels {
+    logs: moka::sync::Cache<Arc<str>, Arc<Log>>,
+    /// On Redis: what rings this instance's streams when it appends to a conversation.
+    bells: moka::sync::Cache<Arc<str>, Arc<watch::Sender<u64>>>,
+    /// Each conversation's stream generation.
+    streams: moka::sync::Cache<Arc<str>, Arc<watch::Sender<u64>>>,
+    open_streams: Arc<AtomicUsize>,
+    max_streams: usize,
+    redis: Option<Arc<SharedRedis>>,
+    keep: Keep,
+    idle: Duration,
+}
+
 impl Channels {
     /// A store with `settings`' bounds, on `redis` when there is one.
     pub fn new(settings: &ConversationSettings, redis: Option<Arc<SharedRedis>>) -> Arc<Self> {
         metrics();
+        let small = || {
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(settings.idle)
+                .build()
+        };
         Arc::new(Channels {
             logs: moka::sync::Cache::builder()
                 .max_capacity(settings.channel_bytes)
                 .weigher(|_, log: &Arc<Log>| log.weight())
                 .time_to_idle(settings.idle)
-                .eviction_listener(|_, _, cause| {
-                    if cause != moka::notification::RemovalCause::Replaced {
-                        metrics().conversations.dec();
-                    }
-                })
                 .build(),
-            bells: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(settings.idle)
-                .build(),
+            bells: small(),
+            streams: small(),
+            open_streams: Arc::default(),
+            max_streams: settings.channel_streams,
             redis,
-            keep: settings.channel_activities,
+            keep: Keep {
+                count: settings.channel_activities,
+                bytes: settings.channel_conversation_bytes,
+            },
             idle: settings.idle,
         })
     }
@@ -229,93 +186,79 @@ impl Channels {
         self.redis.is_some()
     }
 
-    fn keys(&self, redis: &SharedRedis, id: &str) -> (String, String) {
-        (
-            redis.key("channel-meta", id.as_bytes()),
-            redis.key("channel", id.as_bytes()),
-        )
+    fn on_redis<'a>(&self, redis: &'a SharedRedis, id: &str) -> Shared<'a> {
+        Shared::new(redis, id, self.idle.as_millis() as i64)
     }
 
-    fn idle_ms(&self) -> i64 {
-        self.idle.as_millis() as i64
+    /// Counts what memory holds (after a change: moka counts lazily).
+    fn count(&self) {
+        metrics().conversations.set(self.logs.entry_count() as i64);
     }
 
-    /// Starts conversation `id` for `user`; false if it was already started (it is kept as is).
-    pub async fn start(&self, id: &str, user: &str) -> Result<bool, ProxyError> {
+    /// Starts conversation `id` for `owner` and `user`: `Some(true)` new, `Some(false)` already
+    /// started (kept as is), `None` started by someone else.
+    pub async fn start(
+        &self,
+        id: &str,
+        owner: &str,
+        user: &str,
+    ) -> Result<Option<bool>, ProxyError> {
         let Some(redis) = &self.redis else {
             let entry = (self.logs)
                 .entry(Arc::from(id))
-                .or_insert_with(|| Arc::new(Log::new(user.to_owned())));
-            if entry.is_fresh() {
-                metrics().conversations.inc();
-            }
-            return Ok(entry.is_fresh());
+                .or_insert_with(|| Arc::new(Log::new(owner, user)));
+            self.count();
+            return Ok(match (entry.is_fresh(), entry.value().owner == owner) {
+                (true, _) => Some(true),
+                (false, true) => Some(false),
+                (false, false) => None,
+            });
         };
-        let (meta, _) = self.keys(redis, id);
-        let ms = self.idle_ms();
-        let (created,): (i64,) = redis
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hset_nx(&meta, "user", user)
-                    .pexpire(&meta, ms)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
-        Ok(created == 1)
+        Ok(match self.on_redis(redis, id).start(owner, user).await? {
+            Start::New => Some(true),
+            Start::Existing => Some(false),
+            Start::Foreign => None,
+        })
     }
 
-    /// The user of conversation `id`, if it was started (and not forgotten).
-    pub async fn user(&self, id: &str) -> Result<Option<String>, ProxyError> {
-        let Some(redis) = &self.redis else {
-            return Ok(self.logs.get(id).map(|l| l.user.clone()));
-        };
-        let (meta, _) = self.keys(redis, id);
-        let ms = self.idle_ms();
-        let (user,): (Option<String>,) = redis
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hget(&meta, "user")
-                    .pexpire(&meta, ms)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
-        Ok(user)
+    /// The user of conversation `id`, if it was started by `owner` (and not forgotten).
+    pub async fn user(&self, id: &str, owner: &str) -> Result<Option<String>, ProxyError> {
+        match &self.redis {
+            None => Ok(self.mine(id, owner).map(|l| l.user.clone())),
+            Some(redis) => self.on_redis(redis, id).user(owner).await,
+        }
     }
 
-    /// Adds activities to conversation `id` (see [`Log::append`]); `None` if it was not started.
-    /// `make(first)` writes them, the caller's first, then the bot's (counted by direction); on
-    /// Redis it is called twice, once to count them before their places are taken.
+    fn mine(&self, id: &str, owner: &str) -> Option<Arc<Log>> {
+        self.logs.get(id).filter(|l| l.owner == owner)
+    }
+
+    /// Adds activities to `owner`'s conversation `id`; `None` if there is none. `make(first)` writes
+    /// them, the caller's first, then the bot's (counted by direction); on Redis it is called
+    /// twice, once to count them before their places are taken.
     pub async fn append(
         &self,
         id: &str,
+        owner: &str,
         make: impl Fn(u64) -> Vec<Vec<u8>> + Sync,
     ) -> Result<Option<u64>, ProxyError> {
         let (first, added) = match &self.redis {
             None => {
-                let Some(log) = self.logs.get(id) else {
+                let Some(log) = self.mine(id, owner) else {
                     return Ok(None);
                 };
-                let mut added = 0;
-                let first = log.append(self.keep, |first| {
-                    let made = make(first);
-                    added = made.len() as u64;
-                    made
-                });
-                // Weighed again: moka weighs an entry when it is inserted.
-                self.logs.insert(Arc::from(id), log);
-                (first, added)
+                let (first, added) = log.append(self.keep, make);
+                // Weighed again (moka weighs an entry when it is inserted), unless it was dropped
+                // meanwhile: a conversation forgotten stays forgotten.
+                if self.logs.contains_key(id) {
+                    self.logs.insert(Arc::from(id), log);
+                }
+                (first, added as u64)
             }
             Some(redis) => {
                 let n = make(0).len() as u64;
-                let Some(first) = self.append_shared(redis, id, n, &make).await? else {
+                let on = self.on_redis(redis, id);
+                let Some(first) = on.append(owner, n, self.keep.count, &make).await? else {
                     return Ok(None);
                 };
                 if let Some(bell) = self.bells.get(id) {
@@ -331,125 +274,27 @@ impl Channels {
         Ok(Some(first))
     }
 
-    /// On Redis: `n` places taken from the conversation's counter, then the activities added.
-    async fn append_shared(
-        &self,
-        redis: &SharedRedis,
-        id: &str,
-        n: u64,
-        make: &(dyn Fn(u64) -> Vec<Vec<u8>> + Sync),
-    ) -> Result<Option<u64>, ProxyError> {
-        let (meta, stream) = self.keys(redis, id);
-        let ms = self.idle_ms();
-        let meta2 = meta.clone();
-        let (user, last): (Option<String>, u64) = redis
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hget(&meta2, "user")
-                    .hincr(&meta2, "next", n)
-                    .pexpire(&meta2, ms)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
-        if user.is_none() {
-            return Ok(None);
-        }
-        let first = last + 1 - n;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for a in make(first) {
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.keep)
-                .arg("*")
-                .arg("a")
-                .arg(a)
-                .ignore();
-        }
-        pipe.pexpire(&stream, ms)
-            .ignore()
-            .pexpire(&meta, ms)
-            .ignore();
-        redis
-            .call(Op::Channel, |mut conn| async move {
-                pipe.query_async::<()>(&mut conn).await
-            })
-            .await
-            .map_err(|_| unavailable())?;
-        Ok(Some(first))
-    }
-
-    /// The activities of conversation `id` after `watermark` (all kept for `None`, or for one this
-    /// store never gives), at most `max`; `None` if it was not started.
+    /// The activities of `owner`'s conversation `id` after `watermark` (all kept for `None`, or for
+    /// one this store never gives), at most `max` and about [`PAGE_BYTES`]; `None` if there is no
+    /// such conversation.
     pub async fn after(
         &self,
         id: &str,
+        owner: &str,
         watermark: Option<&str>,
         max: usize,
     ) -> Result<Option<Page>, ProxyError> {
-        let Some(redis) = &self.redis else {
-            let Some(log) = self.logs.get(id) else {
-                return Ok(None);
-            };
-            // A place past any there is (more digits than a u64 holds) reads nothing.
-            let place = |w: &str| match w.parse::<u64>() {
-                Ok(p) => Some(p),
-                Err(_) if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) => Some(u64::MAX),
-                Err(_) => None,
-            };
-            let from = watermark.and_then(place);
-            let p = log.after(from, max);
-            return Ok(Some(Page {
-                activities: p.activities,
-                watermark: p.watermark.to_string(),
-            }));
-        };
-        let watermark = watermark.filter(|w| is_stream_id(w));
-        let (meta, stream) = self.keys(redis, id);
-        let ms = self.idle_ms();
-        let start = watermark.map_or_else(|| "-".to_owned(), |w| format!("({w}"));
-        type Entries = Vec<(String, Vec<Vec<u8>>)>;
-        let (user, entries): (Option<String>, Entries) = redis
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hget(&meta, "user")
-                    .cmd("XRANGE")
-                    .arg(&stream)
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(max)
-                    .pexpire(&meta, ms)
-                    .ignore()
-                    .pexpire(&stream, ms)
-                    .ignore()
-                    .query_async(&mut conn)
+        match &self.redis {
+            None => Ok(self
+                .mine(id, owner)
+                .map(|log| log.after(watermark.and_then(place), max, PAGE_BYTES))),
+            Some(redis) => {
+                let watermark = watermark.filter(|w| is_stream_id(w));
+                (self.on_redis(redis, id))
+                    .after(owner, watermark, max, PAGE_BYTES)
                     .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
-        if user.is_none() {
-            return Ok(None);
+            }
         }
-        let watermark = (entries.last().map(|(id, _)| id.clone()))
-            .or_else(|| watermark.map(str::to_owned))
-            .unwrap_or_default();
-        let activities = (entries.into_iter())
-            .filter_map(|(_, mut fields)| {
-                (fields.len() == 2).then(|| Bytes::from(fields.remove(1)))
-            })
-            .collect();
-        Ok(Some(Page {
-            activities,
-            watermark,
-        }))
     }
 
     /// What rings when this instance adds to conversation `id`.
@@ -463,34 +308,25 @@ impl Channels {
             .get_with(Arc::from(id), || Arc::new(watch::channel(0).0))
             .subscribe()
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pages_follow_watermarks_and_the_oldest_go_first() {
-        let log = Log::new("u".into());
-        let first = log.append(3, |f| {
-            (f..f + 2).map(|i| format!("a{i}").into_bytes()).collect()
+    /// A place for a new stream of conversation `id` (the one open before is told to close);
+    /// `None` when this instance has `channel_streams` open.
+    pub fn claim_stream(&self, id: &str) -> Option<StreamClaim> {
+        let open = self.open_streams.fetch_add(1, Ordering::Relaxed);
+        if open >= self.max_streams {
+            self.open_streams.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let generations = (self.streams).get_with(Arc::from(id), || Arc::new(watch::channel(0).0));
+        let mut generation = 0;
+        generations.send_modify(|g| {
+            *g += 1;
+            generation = *g;
         });
-        assert_eq!(first, 1);
-        let p = log.after(None, 100);
-        assert_eq!((p.activities.len(), p.watermark), (2, 2));
-        assert_eq!(log.after(Some(2), 100).activities.len(), 0);
-        assert_eq!(log.after(Some(2), 100).watermark, 2);
-        log.append(3, |f| {
-            (f..f + 2).map(|i| format!("a{i}").into_bytes()).collect()
-        });
-        let p = log.after(Some(1), 100);
-        assert_eq!(
-            p.activities,
-            vec![Bytes::from("a2"), Bytes::from("a3"), Bytes::from("a4")]
-        );
-        let p = log.after(None, 1);
-        assert_eq!((p.activities, p.watermark), (vec![Bytes::from("a2")], 2));
-        // A watermark from the future reads nothing and is not believed.
-        assert_eq!(log.after(Some(99), 100).watermark, 4);
+        Some(StreamClaim {
+            generation,
+            newer: generations.subscribe(),
+            open: self.open_streams.clone(),
+        })
     }
 }

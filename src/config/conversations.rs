@@ -32,6 +32,14 @@ pub struct RawConversations {
     /// instance's memory; the least used conversations go first.
     #[serde(default = "default_channel_bytes")]
     pub channel_bytes: u64,
+    /// Each channel conversation keeps at most this many bytes of activities (the oldest go
+    /// first), so one conversation cannot take the others' share of `channel_bytes`.
+    #[serde(default = "default_channel_conversation_bytes")]
+    pub channel_conversation_bytes: usize,
+    /// At most this many streams (WebSockets) of channel conversations open at once on this
+    /// instance; more are refused (503) until some close.
+    #[serde(default = "default_channel_streams")]
+    pub channel_streams: usize,
 }
 
 impl Default for RawConversations {
@@ -41,6 +49,8 @@ impl Default for RawConversations {
             max_entries: default_max_entries(),
             channel_activities: default_channel_activities(),
             channel_bytes: default_channel_bytes(),
+            channel_conversation_bytes: default_channel_conversation_bytes(),
+            channel_streams: default_channel_streams(),
         }
     }
 }
@@ -57,6 +67,12 @@ fn default_channel_activities() -> usize {
 fn default_channel_bytes() -> u64 {
     64 << 20
 }
+fn default_channel_conversation_bytes() -> usize {
+    256 << 10
+}
+fn default_channel_streams() -> usize {
+    1_000
+}
 
 /// `[conversations]`, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,6 +81,8 @@ pub struct ConversationSettings {
     pub max_entries: u64,
     pub channel_activities: usize,
     pub channel_bytes: u64,
+    pub channel_conversation_bytes: usize,
+    pub channel_streams: usize,
 }
 
 /// Validates `[conversations]`: every bound must be above zero.
@@ -84,6 +102,11 @@ pub fn validate(r: &RawConversations) -> Result<ConversationSettings, ConfigErro
     for (key, v) in [
         ("channel_activities", r.channel_activities as u64),
         ("channel_bytes", r.channel_bytes),
+        (
+            "channel_conversation_bytes",
+            r.channel_conversation_bytes as u64,
+        ),
+        ("channel_streams", r.channel_streams as u64),
     ] {
         if v == 0 {
             let key = format!("conversations.{key}");
@@ -95,6 +118,8 @@ pub fn validate(r: &RawConversations) -> Result<ConversationSettings, ConfigErro
         max_entries: r.max_entries,
         channel_activities: r.channel_activities,
         channel_bytes: r.channel_bytes,
+        channel_conversation_bytes: r.channel_conversation_bytes,
+        channel_streams: r.channel_streams,
     })
 }
 

@@ -221,6 +221,20 @@ fn route(key: &str, r: &RawRoute, known: &Known<'_>) -> Result<Route, ConfigErro
     let shadow = (r.shadow.as_ref())
         .map(|s| migration::shadow(&format!("{key}.shadow"), s, &bots))
         .transpose()?;
+    // A shadow copy is one request; a bot reached through a conversation API needs several.
+    if let Some(s) = &shadow {
+        let bot = &known.backends[s.backend];
+        if bot.bot.channel().is_some() {
+            return Err(ConfigError::new(
+                format!("{key}.shadow.backend"),
+                format!(
+                    "`{}` speaks {}, which cannot be a shadow yet (its exchange takes several requests)",
+                    bot.name,
+                    bot.bot.dialect()
+                ),
+            ));
+        }
+    }
     let canary = (r.canary.as_ref())
         .map(|c| migration::canary(&format!("{key}.canary"), c, &bots))
         .transpose()?;

@@ -1,39 +1,38 @@
 //! Channel routes on the request path: a route whose caller dialect is a channel
-//! (`dialect::ChannelCaller`) serves that dialect's own API below its
-//! path prefix. Callers start conversations and get tokens for them (`crate::session`), post their
-//! user's activities, and read the conversation back by polling or over a WebSocket stream
-//! (`crate::channel`).
+//! (`dialect::ChannelCaller`) serves that dialect's own API below its path prefix. Callers start
+//! conversations and get tokens for them (`crate::session`), post their user's activities, and read
+//! the conversation back by polling or over a WebSocket stream (`crate::channel`).
 //!
-//! A posted message goes the way of every chat request (limits, scope, translation, the bot
-//! exchange with its fallback, the conversation of a stateful bot, the shadow); the post is answered
-//! once the bot has answered, with the activity's id, and the user's echo and the bot's replies join
-//! the conversation together. A failing bot is the dialect's error for it, and nothing joins.
+//! - Who: a conversation token (bound to one conversation, route and user: an activity posted with
+//!   it speaks as that user whatever it names), else the credential's secret (its activities name
+//!   their user). Either way the credential's scope is checked, and a conversation belongs to the
+//!   route and credential that started it (any other gets a 404).
+//! - Limits: the credential's and the user's rate limits apply to every request that changes
+//!   something (tokens, starts, posts of any kind, streams opened); polls and reconnects read, and
+//!   are bounded by page sizes instead.
+//! - A posted message goes the way of every chat request (scope, translation, the bot exchange with
+//!   its fallback, the conversation of a stateful bot, the shadow); the post is answered once the
+//!   bot has answered, with the activity's id, and the user's echo and the bot's replies join the
+//!   conversation together. A failing bot is the dialect's error for it, and nothing joins.
+//! - Browsers: a preflight is allowed for the origins some channel credential allows; every answer
+//!   to such an origin carries `Access-Control-Allow-Origin`, and a credential used from an origin
+//!   it does not allow is refused (403).
 //!
-//! Browsers: a preflight is allowed for the origins some channel credential allows; every answer to
-//! such an origin carries `Access-Control-Allow-Origin`, and a credential used from an origin it does
-//! not allow is refused (403). This file names no vendor.
+//! The operations themselves are in `channel_ops`. This file names no vendor.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use pingora::protocols::http::ServerSession;
 
-use super::{request_id, unix_secs, Admitted, Call, ChatService, Head, Runtime};
+use super::{request_id, unix_secs, Call, ChatService, Head, Runtime};
 use crate::auth::Grant;
-use crate::channel;
-use crate::channel::stream::{self, Follow};
-use crate::dialect::{Caller, ChannelCaller, ChannelOp, Posted, RequestHead, Stamp, Started};
+use crate::dialect::{Caller, ChannelCaller, ChannelOp, RequestHead};
 use crate::error::{ProxyError, Reason};
-use crate::httpio::{self, Answer, Upgrade};
-use crate::model::ChatRequest;
+use crate::httpio::Answer;
 use crate::session::{ChannelGrant, TokenGrant};
-use crate::timefmt;
 
 /// How long a conversation token lasts (as the channel dialect's own service issues them).
 pub const TOKEN_LIFETIME_SECS: u64 = 1_800;
-/// The most activities a poll answers with.
-const PAGE: usize = 500;
 
 /// A channel route a request goes to: its index and its dialect's verbs.
 #[derive(Clone, Copy)]
@@ -43,16 +42,18 @@ pub(super) struct ChannelRoute {
     pub verbs: &'static dyn ChannelCaller,
 }
 
-/// Who is calling: the credential and, with a token, what the token grants.
-struct Authed {
-    grant: Arc<Grant>,
-    channel: Arc<ChannelGrant>,
-    token: Option<(String, TokenGrant)>,
+/// Who is calling: the credential, who owns what it starts, and, with a token, what it grants.
+pub(super) struct Authed {
+    pub grant: Arc<Grant>,
+    pub channel: Arc<ChannelGrant>,
+    /// The route and credential key a conversation it starts belongs to.
+    pub owner: String,
+    pub token: Option<(String, TokenGrant)>,
 }
 
 impl Authed {
-    /// Refuses a token for another conversation (a secret reaches any).
-    fn may_use(&self, conversation: &str) -> Result<(), ProxyError> {
+    /// Refuses a token for another conversation (a secret reaches any of its own).
+    pub fn may_use(&self, conversation: &str) -> Result<(), ProxyError> {
         match &self.token {
             Some((_, t)) if t.conversation != conversation => Err(ProxyError::new(
                 403,
@@ -61,6 +62,11 @@ impl Authed {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The user a token speaks for.
+    pub fn token_user(&self) -> Option<&str> {
+        self.token.as_ref().map(|(_, g)| g.user.as_str())
     }
 }
 
@@ -79,7 +85,7 @@ impl Runtime {
     }
 
     /// Whether some channel credential allows a browser at `origin`.
-    fn origin_allowed(&self, origin: &[u8]) -> bool {
+    pub(super) fn origin_allowed(&self, origin: &[u8]) -> bool {
         let origins = self.channel_origins.as_deref().unwrap_or_default();
         (origins.iter()).any(|o| o == "*" || o.as_bytes().eq_ignore_ascii_case(origin))
     }
@@ -121,16 +127,11 @@ fn bearer(head: &Head<'_>) -> Option<String> {
 }
 
 /// A query parameter's value (tokens and watermarks need no decoding).
-fn query_param<'a>(head: &'a Head<'_>, name: &str) -> Option<&'a str> {
+pub(super) fn query_param<'a>(head: &'a Head<'_>, name: &str) -> Option<&'a str> {
     (head.query()?.split('&')).find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// 16 random bytes.
-fn random() -> [u8; 16] {
-    crate::conversations::random()
-}
-
-fn not_found(what: &'static str) -> ProxyError {
+pub(super) fn not_found(what: &'static str) -> ProxyError {
     ProxyError::new(404, Reason::NotFound, what)
 }
 
@@ -163,68 +164,53 @@ impl ChatService {
             None => not_found("no such operation on this channel"),
         })?;
         if op == ChannelOp::Preflight {
-            return preflight(rt, session, c.verbs);
+            return super::channel_ops::preflight(rt, session, c.verbs);
         }
-        let stream = matches!(op, ChannelOp::Stream(_));
-        let a = self.channel_auth(cx, session, c, stream).await?;
-        match op {
-            ChannelOp::GenerateToken => self.generate_token(cx, session, c, &a).await,
-            ChannelOp::RefreshToken => refresh_token(cx, c, &a),
-            ChannelOp::Start => self.start(cx, session, c, &a).await,
-            ChannelOp::Reconnect(id) => reconnect(cx, session, c, &a, id).await,
-            ChannelOp::Post(id) => self.post(cx, session, c, a, id).await,
-            ChannelOp::Read(id) => read(cx, session, c, &a, id).await,
-            ChannelOp::Stream(id) => open_stream(cx, session, c, &a, id).await,
-            ChannelOp::Preflight => unreachable!("answered above"),
-        }
+        let a = self.channel_auth(cx, session, c, op).await?;
+        self.channel_op(cx, session, c, a, op).await
     }
 
-    /// The caller: a conversation token (verified by its credential's key), else a secret (as the
-    /// dialect presents it). A stream may carry its token in the query (`t`), as stream URLs do.
+    /// The caller: a conversation token (verified by the key it names, for this route), else a
+    /// secret (as the dialect presents it); then its origin, its scope and, for what changes
+    /// something, its rate limits. A stream may carry its token in the query (`t`), as stream URLs
+    /// do.
     async fn channel_auth(
         &self,
         cx: &mut Call<'_>,
         session: &ServerSession,
         c: ChannelRoute,
-        stream: bool,
+        op: ChannelOp<'_>,
     ) -> Result<Authed, ProxyError> {
         let rt = cx.rt;
+        let route = &rt.config.routes[c.index];
         let head = Head(session.req_header());
         let now = unix_secs(cx.received);
+        let stream = matches!(op, ChannelOp::Stream(_));
         let presented = bearer(&head).or_else(|| {
             stream
                 .then(|| query_param(&head, "t").map(str::to_owned))
                 .flatten()
         });
-        let authed = match presented {
+        let (grant, token) = match presented {
             // Secrets have no dot (the configuration refuses one); tokens do.
             Some(t) if t.contains('.') => {
-                let (grant, granted) = rt.authn.session_token(c.ingress, &t, now)?;
-                let channel = grant
-                    .channel
-                    .clone()
-                    .expect("a token's grant is a channel's");
-                Authed {
-                    grant,
-                    channel,
-                    token: Some((t, granted)),
+                let lifetime = TOKEN_LIFETIME_SECS;
+                let (grant, granted) = rt.authn.session_token(c.ingress, &t, now, lifetime)?;
+                if granted.route != route.name {
+                    return Err(ProxyError::new(
+                        403,
+                        Reason::Forbidden,
+                        "the token is for another route",
+                    ));
                 }
+                (grant, Some((t, granted)))
             }
-            _ => {
-                let grant = rt.authn.authenticate(c.ingress, &head, now).await?;
-                let channel = grant.channel.clone().ok_or_else(|| {
-                    ProxyError::new(403, Reason::Forbidden, "not a channel credential")
-                })?;
-                Authed {
-                    grant,
-                    channel,
-                    token: None,
-                }
-            }
+            _ => (rt.authn.authenticate(c.ingress, &head, now).await?, None),
         };
+        let channel = (grant.channel.clone())
+            .ok_or_else(|| ProxyError::new(403, Reason::Forbidden, "not a channel credential"))?;
         if let Some(origin) = head.header("origin") {
-            let origin = String::from_utf8_lossy(origin);
-            if !authed.channel.allows_origin(&origin) {
+            if !channel.allows_origin(&String::from_utf8_lossy(origin)) {
                 return Err(ProxyError::new(
                     403,
                     Reason::Forbidden,
@@ -232,385 +218,43 @@ impl ChatService {
                 ));
             }
         }
-        Ok(authed)
-    }
-
-    /// A token for a new conversation, bound to the user the body names (else to none: the
-    /// activities name their user).
-    async fn generate_token(
-        &self,
-        cx: &mut Call<'_>,
-        session: &mut ServerSession,
-        c: ChannelRoute,
-        a: &Authed,
-    ) -> Result<Answer, ProxyError> {
-        if a.token.is_some() {
-            return Err(ProxyError::new(
-                403,
-                Reason::Forbidden,
-                "a new token needs the secret, not a token",
-            ));
+        (grant.scope.check(&route.name, route.business_id))
+            .inspect_err(|d| rt.authn.denied(c.ingress, d.reason))?;
+        let a = Authed {
+            owner: format!("{}\n{}", route.name, hex::encode(channel.key.id())),
+            grant,
+            channel,
+            token,
+        };
+        if !matches!(op, ChannelOp::Read(_) | ChannelOp::Reconnect(_)) {
+            let plan = rt.limits.plan(route, &a.grant);
+            rt.limits.admit(&plan).await?;
+            // A secret's requests share one bucket per credential where users have their own.
+            let user = a.token_user().unwrap_or_default();
+            rt.limits.admit_user(&plan, user).await?;
         }
-        let limit = cx.rt.config.limits.max_body_bytes;
-        let body = httpio::read_body(session, limit)
-            .await
-            .map_err(|_| ProxyError::bad_request("the request body could not be read"))?;
-        let user = c.verbs.token_user(&body)?.unwrap_or_default();
-        let conversation = c.verbs.conversation_id(random());
-        let token = mint(cx, a, &conversation, &user);
-        let s = Started {
-            conversation: &conversation,
-            token: &token,
-            expires_in: TOKEN_LIFETIME_SECS,
-            stream_url: None,
-        };
-        Ok(Answer::json(200, c.verbs.render_token(&s)))
+        Ok(a)
     }
 
-    /// Starts a conversation: a new one with the secret, the token's with a token (201 the first
-    /// time, 200 after).
-    async fn start(
-        &self,
-        cx: &mut Call<'_>,
-        session: &ServerSession,
-        c: ChannelRoute,
-        a: &Authed,
-    ) -> Result<Answer, ProxyError> {
-        let channels = &cx.rt.channels;
-        let (conversation, token, created) = match &a.token {
-            Some((t, g)) => {
-                let created = channels.start(&g.conversation, &g.user).await?;
-                (g.conversation.clone(), t.clone(), created)
-            }
-            None => {
-                let conversation = c.verbs.conversation_id(random());
-                channels.start(&conversation, "").await?;
-                let token = mint(cx, a, &conversation, "");
-                (conversation, token, true)
-            }
-        };
-        let url = stream_url(cx, session, c, &conversation, &token);
-        let s = Started {
-            conversation: &conversation,
-            token: &token,
-            expires_in: expires_in(cx, a),
-            stream_url: Some(&url),
-        };
-        let status = if created { 201 } else { 200 };
-        Ok(Answer::json(status, c.verbs.render_started(&s)))
-    }
-
-    /// Posts the caller's activity: a message goes to the bot, and joins the conversation with the
-    /// bot's replies once it answered; anything else joins at once.
-    async fn post(
+    /// The operation, for an authenticated caller.
+    async fn channel_op(
         &self,
         cx: &mut Call<'_>,
         session: &mut ServerSession,
         c: ChannelRoute,
         a: Authed,
-        id: &str,
+        op: ChannelOp<'_>,
     ) -> Result<Answer, ProxyError> {
-        a.may_use(id)?;
-        let rt = cx.rt;
-        let started = rt.channels.user(id).await?;
-        let owner = started.ok_or_else(|| not_found("conversation not found"))?;
-        let body = self.read_body(cx, session).await?;
-        // A token issued for a named user speaks for that user only.
-        let user = (a.token.as_ref())
-            .map(|(_, g)| g.user.as_str())
-            .filter(|u| !u.is_empty());
-        // An activity naming no user (with no token's) speaks as the conversation's own.
-        let anonymous = format!("dl_{id}");
-        let posted = (c.verbs.parse_activity(&body, user, Some(&anonymous))).inspect_err(|_| {
-            self.translation_error(&rt.config.routes[c.index], "invalid_request", 1)
-        })?;
-        let now = timefmt::rfc3339_millis(cx.received);
-        let verbs = c.verbs;
-        let first = match posted {
-            Posted::Other => {
-                let user = user.unwrap_or(&owner).to_owned();
-                let make = |first| {
-                    let aid = verbs.activity_id(id, first);
-                    let at = Stamp {
-                        conversation: id,
-                        id: &aid,
-                        timestamp: &now,
-                    };
-                    vec![verbs.echo(&body, &at, &user)]
-                };
-                rt.channels.append(id, make).await?
-            }
-            Posted::Message(req) => {
-                let replies = self.ask_bot(cx, c, a.grant.clone(), req).await?;
-                let user = replies.user.clone();
-                let bot_name = rt.config.routes[c.index].bot_name.clone();
-                let make = |first| {
-                    let aid = verbs.activity_id(id, first);
-                    let at = Stamp {
-                        conversation: id,
-                        id: &aid,
-                        timestamp: &now,
-                    };
-                    let mut out = vec![verbs.echo(&body, &at, &user)];
-                    let mut next =
-                        |i: usize| (verbs.activity_id(id, first + 1 + i as u64), now.clone());
-                    out.extend(replies.render(verbs, &aid, &bot_name, &mut next));
-                    out
-                };
-                rt.channels.append(id, make).await?
-            }
-        };
-        let first = first.ok_or_else(|| not_found("conversation not found"))?;
-        Ok(Answer::json(
-            200,
-            c.verbs.render_posted(&c.verbs.activity_id(id, first)),
-        ))
-    }
-
-    /// A message through the chat request path: limits, scope, translation, the exchange (with the
-    /// fallback), the bot's conversation, the shadow. The answer, parsed.
-    async fn ask_bot(
-        &self,
-        cx: &mut Call<'_>,
-        c: ChannelRoute,
-        grant: Arc<Grant>,
-        mut req: ChatRequest<'_>,
-    ) -> Result<BotReplies, ProxyError> {
-        let rt = cx.rt;
-        let route = &rt.config.routes[c.index];
-        req.business_id = req.business_id.or(grant.business_id).or(route.business_id);
-        let limits = rt.limits.plan(route, &grant);
-        let admitted = Admitted {
-            route,
-            ingress: c.ingress,
-            grant,
-            body: None,
-            limits,
-        };
-        if !admitted.limits.is_empty() {
-            rt.limits.admit(&admitted.limits).await?;
-            rt.limits.admit_user(&admitted.limits, &req.user_id).await?;
-        }
-        let (to_bot, exchange) = self.exchange_for(cx, &admitted, &req).await?;
-        let (answer, after) = (self.read_answer(cx, &admitted, &to_bot, &exchange))
-            .inspect_err(|e| super::log_unusable_answer(rt, to_bot.backend, e, cx.request_id()))?;
-        drop(answer);
-        if let Some(after) = after {
-            let keep = rt
-                .conversations
-                .keep(&to_bot.backend.name, &req.user_id, after);
-            Box::pin(keep).await;
-        }
-        self.shadow(cx, &admitted, &req, &to_bot, &exchange);
-        Ok(BotReplies {
-            user: req.user_id.to_string(),
-            status: exchange.status,
-            body: exchange.body.clone(),
-            bot: to_bot.backend.bot.clone(),
-        })
-    }
-}
-
-/// What a bot answered a channel's message, kept to be rendered as the conversation's activities
-/// once their places are known.
-struct BotReplies {
-    user: String,
-    status: u16,
-    body: Bytes,
-    bot: Arc<dyn crate::dialect::Bot>,
-}
-
-impl BotReplies {
-    /// The replies as activities. Parsed again rather than held: an answer borrows its exchange.
-    fn render(
-        &self,
-        verbs: &dyn ChannelCaller,
-        reply_to: &str,
-        bot_name: &str,
-        next: &mut dyn FnMut(usize) -> (String, String),
-    ) -> Vec<Vec<u8>> {
-        // Read once already (`read_answer`): cannot fail here.
-        match self.bot.parse_answer(self.status, &self.body, false) {
-            Ok(answer) => verbs.replies(&answer, reply_to, bot_name, next),
-            Err(_) => Vec::new(),
+        use super::channel_ops as ops;
+        match op {
+            ChannelOp::GenerateToken => self.generate_token(cx, session, c, &a).await,
+            ChannelOp::RefreshToken => ops::refresh_token(cx, c, &a),
+            ChannelOp::Start => ops::start(cx, session, c, &a).await,
+            ChannelOp::Reconnect(id) => ops::reconnect(cx, session, c, &a, id).await,
+            ChannelOp::Post(id) => self.post(cx, session, c, a, id).await,
+            ChannelOp::Read(id) => ops::read(cx, session, c, &a, id).await,
+            ChannelOp::Stream(id) => ops::open_stream(cx, session, c, &a, id).await,
+            ChannelOp::Preflight => unreachable!("answered before authentication"),
         }
     }
-}
-
-/// A fresh token for the token's conversation and user.
-fn refresh_token(cx: &Call<'_>, c: ChannelRoute, a: &Authed) -> Result<Answer, ProxyError> {
-    let Some((_, g)) = &a.token else {
-        return Err(ProxyError::new(
-            403,
-            Reason::Forbidden,
-            "a refresh needs a token, not the secret",
-        ));
-    };
-    let token = mint(cx, a, &g.conversation, &g.user);
-    let s = Started {
-        conversation: &g.conversation,
-        token: &token,
-        expires_in: TOKEN_LIFETIME_SECS,
-        stream_url: None,
-    };
-    Ok(Answer::json(200, c.verbs.render_token(&s)))
-}
-
-/// A started conversation again, with a fresh stream URL.
-async fn reconnect(
-    cx: &Call<'_>,
-    session: &ServerSession,
-    c: ChannelRoute,
-    a: &Authed,
-    id: &str,
-) -> Result<Answer, ProxyError> {
-    a.may_use(id)?;
-    let started = cx.rt.channels.user(id).await?;
-    let user = started.ok_or_else(|| not_found("conversation not found"))?;
-    let token = match &a.token {
-        Some((t, _)) => t.clone(),
-        None => mint(cx, a, id, &user),
-    };
-    let url = stream_url(cx, session, c, id, &token);
-    let s = Started {
-        conversation: id,
-        token: &token,
-        expires_in: expires_in(cx, a),
-        stream_url: Some(&url),
-    };
-    Ok(Answer::json(200, c.verbs.render_started(&s)))
-}
-
-/// The conversation's activities after the `watermark` the caller read to.
-async fn read(
-    cx: &Call<'_>,
-    session: &ServerSession,
-    c: ChannelRoute,
-    a: &Authed,
-    id: &str,
-) -> Result<Answer, ProxyError> {
-    a.may_use(id)?;
-    let head = Head(session.req_header());
-    let watermark = query_param(&head, "watermark").filter(|w| !w.is_empty());
-    channel::metrics().polls.inc();
-    let page = cx.rt.channels.after(id, watermark, PAGE).await?;
-    let page = page.ok_or_else(|| not_found("conversation not found"))?;
-    let refs: Vec<&[u8]> = page.activities.iter().map(|a| &a[..]).collect();
-    let body = c.verbs.render_page(&refs, &page.watermark);
-    Ok(Answer::json(200, body))
-}
-
-/// The stream of a conversation: a WebSocket upgrade, served until the token expires.
-async fn open_stream(
-    cx: &Call<'_>,
-    session: &ServerSession,
-    c: ChannelRoute,
-    a: &Authed,
-    id: &str,
-) -> Result<Answer, ProxyError> {
-    a.may_use(id)?;
-    let started = cx.rt.channels.user(id).await?;
-    started.ok_or_else(|| not_found("conversation not found"))?;
-    let head = Head(session.req_header());
-    let is = |name: &str, want: &str| {
-        head.header(name).is_some_and(|v| {
-            v.split(|&b| b == b',')
-                .any(|p| p.trim_ascii().eq_ignore_ascii_case(want.as_bytes()))
-        })
-    };
-    let key = head.header("sec-websocket-key").filter(|k| !k.is_empty());
-    let (true, true, Some(key)) = (is("upgrade", "websocket"), is("connection", "upgrade"), key)
-    else {
-        return Err(ProxyError::bad_request(
-            "the stream needs a WebSocket upgrade",
-        ));
-    };
-    let follow = Follow {
-        channels: cx.rt.channels.clone(),
-        conversation: id.to_owned(),
-        dialect: c.verbs,
-        watermark: query_param(&head, "watermark")
-            .filter(|w| !w.is_empty())
-            .map(str::to_owned),
-        until: tokio::time::Instant::now() + Duration::from_secs(expires_in(cx, a)),
-    };
-    let mut answer = Answer::json(101, Vec::new());
-    answer.headers.push(("upgrade", "websocket".into()));
-    answer.headers.push(("connection", "Upgrade".into()));
-    answer
-        .headers
-        .push(("sec-websocket-accept", stream::accept_key(key)));
-    answer.upgrade = Some(Upgrade(Box::new(move |s| {
-        Box::pin(stream::serve(s, follow))
-    })));
-    Ok(answer)
-}
-
-/// A browser's preflight: allowed for an origin some channel credential allows.
-fn preflight(
-    rt: &Runtime,
-    session: &ServerSession,
-    verbs: &dyn ChannelCaller,
-) -> Result<Answer, ProxyError> {
-    let head = session.req_header();
-    let origin = head.headers.get("origin").map(|o| o.as_bytes());
-    if !origin.is_some_and(|o| rt.origin_allowed(o)) {
-        return Err(ProxyError::new(
-            403,
-            Reason::Forbidden,
-            "origin not allowed",
-        ));
-    }
-    let mut answer = Answer::json(200, Vec::new());
-    answer.headers.extend([
-        (
-            "access-control-allow-methods",
-            "GET, POST, OPTIONS".to_owned(),
-        ),
-        (
-            "access-control-allow-headers",
-            verbs.allowed_headers().to_owned(),
-        ),
-        ("access-control-max-age", "600".to_owned()),
-    ]);
-    Ok(answer)
-}
-
-/// A token for `conversation` and `user`, signed with the caller's key, for the full lifetime.
-fn mint(cx: &Call<'_>, a: &Authed, conversation: &str, user: &str) -> String {
-    a.channel.key.mint(&TokenGrant {
-        conversation: conversation.to_owned(),
-        user: user.to_owned(),
-        expires: unix_secs(cx.received) + TOKEN_LIFETIME_SECS,
-        credential: a.channel.credential,
-    })
-}
-
-/// What is left of the caller's token (a secret gets a full lifetime).
-fn expires_in(cx: &Call<'_>, a: &Authed) -> u64 {
-    match &a.token {
-        Some((_, g)) => g.expires.saturating_sub(unix_secs(cx.received)),
-        None => TOKEN_LIFETIME_SECS,
-    }
-}
-
-/// The stream's URL: `ws://` (`wss://` on TLS) at the host the caller asked, below the route.
-fn stream_url(
-    cx: &Call<'_>,
-    session: &ServerSession,
-    c: ChannelRoute,
-    conversation: &str,
-    token: &str,
-) -> String {
-    let head = session.req_header();
-    let tls = (session.digest()).is_some_and(|d| d.ssl_digest.is_some());
-    let host = (head.headers.get("host"))
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| session.server_addr().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let prefix = cx.rt.config.routes[c.index].path.trim_end_matches('/');
-    let scheme = if tls { "wss" } else { "ws" };
-    let path = c.verbs.stream_path(conversation);
-    format!("{scheme}://{host}{prefix}/{path}?t={token}")
 }

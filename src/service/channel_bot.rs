@@ -33,11 +33,12 @@ impl ChatService {
         current: &Conversation,
     ) -> Result<Exchange, ProxyError> {
         let now = unix_secs(cx.received + cx.arrived.elapsed());
+        // A conversation used with the secret (no token of its own) does not expire here.
         let kept = (current.cursor.as_deref())
             .and_then(|c| serde_json::from_str::<BotSession>(c).ok())
-            .filter(|s| s.expires > now + 5);
+            .filter(|s| s.token.is_empty() || s.expires > now + 5);
         let mut session = match kept {
-            Some(s) if s.expires < now + REFRESH_BEFORE => {
+            Some(s) if !s.token.is_empty() && s.expires < now + REFRESH_BEFORE => {
                 self.refresh(cx, to, req, bot, s).await?
             }
             Some(s) => s,
@@ -95,17 +96,37 @@ impl ChatService {
     ) -> Result<Vec<Vec<u8>>, ProxyError> {
         let waits = bot.waits();
         let deadline = Instant::now() + waits.deadline;
-        let (mut replies, mut last_new) = (Vec::new(), None::<Instant>);
+        let limit = cx.rt.config.process.server.max_answer_bytes;
+        let (mut replies, mut size, mut last_new) = (Vec::<Vec<u8>>::new(), 0, None::<Instant>);
         loop {
-            let read = self.call(cx, to, req, bot.read(session)).await?;
+            // Each read within what is left of the deadline: past it, what came is the answer.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let call = self.call(cx, to, req, bot.read(session));
+            let read = match tokio::time::timeout(left, call).await {
+                Ok(read) => read?,
+                Err(_) => return Ok(replies),
+            };
             let page = (bot.page(read.status, &read.body, id))
                 .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
             if page.watermark.is_some() {
                 session.watermark = page.watermark;
             }
             let now = Instant::now();
-            if !page.replies.is_empty() {
-                replies.extend(page.replies);
+            // A reply read again (a bot whose watermark does not move) counts once.
+            for r in page.replies {
+                if replies.contains(&r) {
+                    continue;
+                }
+                size += r.len();
+                if size > limit {
+                    self.backend_error(to.backend, Reason::BackendBadAnswer);
+                    return Err(ProxyError::new(
+                        502,
+                        Reason::BackendBadAnswer,
+                        format!("the bot's replies are larger than {limit} bytes"),
+                    ));
+                }
+                replies.push(r);
                 last_new = Some(now);
             }
             let quiet = last_new.is_some_and(|t| now >= t + waits.quiet);

@@ -81,10 +81,10 @@ struct ActivityIn<'a> {
     channel_data: Option<&'a RawValue>,
 }
 
-/// Reads a caller's activity. `conversation_user` is the user the conversation's token was issued
-/// for, used when the activity names none; an activity naming another user is refused, so one
-/// conversation's token cannot speak for someone else. Without one, an activity naming no user
-/// speaks as `default_user` (refused if there is none).
+/// Reads a caller's activity. `conversation_user` is the user the caller's token was issued for:
+/// the activity speaks as that user whatever it names, so one conversation's token cannot speak
+/// for someone else. Without one, an activity speaks as the user it names, else as `default_user`
+/// (refused if there is none).
 pub fn parse_activity<'a>(
     body: &'a [u8],
     conversation_user: Option<&str>,
@@ -99,11 +99,10 @@ pub fn parse_activity<'a>(
         a.from.map(|f| f.id).filter(|i| !i.is_empty()),
         conversation_user,
     ) {
-        (Some(id), Some(owner)) if *id != *owner => {
-            return Err(bad_argument("from.id is not this conversation's user"))
-        }
-        (Some(id), _) if !id.is_empty() => id,
+        // A token's user speaks, whatever the activity names (Direct Line's own rule for tokens
+        // issued for a user: Web Chat names a user of its own).
         (_, Some(owner)) => Cow::Owned(owner.to_owned()),
+        (Some(id), None) => id,
         _ => match default_user {
             Some(d) => Cow::Owned(d.to_owned()),
             None => return Err(bad_argument("the activity has no from.id")),
@@ -428,16 +427,23 @@ pub fn render_error_code(code: &str, message: &str) -> Vec<u8> {
 /// Direct Line 3.0 callers (`ingress = "directline"`, `[[clients.directline]]`).
 pub struct Directline;
 
-/// `[[clients.directline]]`: one Direct Line caller, by its secret (or the secret's SHA-256).
+/// `[[clients.directline]]`: one Direct Line caller, by its secret (or the secret's SHA-256 with a
+/// `token_secret` of its own).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientConfig {
     secret: Option<SecretSource>,
     secret_sha256: Option<SecretSource>,
+    /// What its conversation tokens are signed with (default: the secret itself; required with
+    /// `secret_sha256`, whose digest alone must not be enough to mint tokens).
+    token_secret: Option<SecretSource>,
     /// Browser origins that may use the secret or its tokens (`*`: any).
     #[serde(default)]
     allowed_origins: Vec<String>,
 }
+
+/// The shortest secret taken: tokens are HMACs of it, which a short one would not protect.
+const MIN_SECRET_LEN: usize = 16;
 
 /// The secret as `Authorization: Bearer` presents it, and as it is stored: its SHA-256, looked up
 /// by [`token_digest`] of that (so `secret` and `secret_sha256` give the same credential).
@@ -519,19 +525,35 @@ impl CallerDialect for Directline {
     ) -> Result<ClientEntry, ConfigError> {
         let c: ClientConfig = settings(key, table)?;
         let mut demo = None;
-        let sha: [u8; 32] = match (&c.secret, &c.secret_sha256) {
+        let strong = |k: &str, s: &str| {
+            if s.len() < MIN_SECRET_LEN
+                || s.contains('.')
+                || !s.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.{k}"),
+                    format!("must be at least {MIN_SECRET_LEN} visible characters, without `.` (tokens have dots)"),
+                ));
+            }
+            Ok(())
+        };
+        let token_secret = match &c.token_secret {
+            Some(t) => {
+                let t = t.resolve(&format!("{key}.token_secret"))?;
+                strong("token_secret", &t)?;
+                Some(t)
+            }
+            None => None,
+        };
+        let (sha, signing): ([u8; 32], String) = match (&c.secret, &c.secret_sha256) {
             (Some(s), None) => {
                 let secret = s.resolve(&format!("{key}.secret"))?;
-                if secret.is_empty() || secret.contains('.') {
-                    return Err(ConfigError::new(
-                        format!("{key}.secret"),
-                        "must be non-empty and without `.` (tokens have dots)",
-                    ));
-                }
+                strong("secret", &secret)?;
                 if secret == "demo-directline-secret" {
                     demo = Some(format!("directline secret of {name}"));
                 }
-                Sha256::digest(secret.as_bytes()).into()
+                let sha = Sha256::digest(secret.as_bytes()).into();
+                (sha, token_secret.unwrap_or(secret))
             }
             (None, Some(h)) => {
                 let k = format!("{key}.secret_sha256");
@@ -539,7 +561,13 @@ impl CallerDialect for Directline {
                 hex::decode_to_slice(h.resolve(&k)?.trim(), &mut digest).map_err(|_| {
                     ConfigError::new(&k, "must be 64 hex digits (a SHA-256 digest)")
                 })?;
-                digest
+                let signing = token_secret.ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{key}.token_secret"),
+                        "required with `secret_sha256`: the key conversation tokens are signed with",
+                    )
+                })?;
+                (digest, signing)
             }
             _ => {
                 return Err(ConfigError::new(
@@ -551,17 +579,18 @@ impl CallerDialect for Directline {
         for o in &c.allowed_origins {
             check_origin(key, o)?;
         }
-        let digest = secret_digest(&sha);
         let grant = Grant {
             channel: Some(std::sync::Arc::new(ChannelGrant {
-                key: TokenKey::new(&sha),
+                key: TokenKey::new(signing.as_bytes()),
                 allowed_origins: c.allowed_origins,
-                credential: digest,
             })),
             ..Grant::named(name)
         };
         Ok(ClientEntry {
-            credential: ClientCredential::Token { digest, grant },
+            credential: ClientCredential::Token {
+                digest: secret_digest(&sha),
+                grant,
+            },
             demo,
         })
     }
@@ -680,18 +709,34 @@ impl ChannelCaller for Directline {
         parse_activity(body, user, default_user)
     }
 
+    /// The caller's activity as kept: only the fields a client reads back (a caller cannot make
+    /// the conversation keep anything else), its user and its place stamped.
     fn echo(&self, body: &[u8], at: &Stamp<'_>, user: &str) -> Vec<u8> {
-        let mut a: Value = serde_json::from_slice(body).unwrap_or_else(|_| json!({}));
-        if !a.is_object() {
-            a = json!({});
+        const KEPT: [&str; 8] = [
+            "type",
+            "text",
+            "value",
+            "channelData",
+            "locale",
+            "textFormat",
+            "name",
+            "attachments",
+        ];
+        let a: Value = serde_json::from_slice(body).unwrap_or_else(|_| json!({}));
+        let mut kept = serde_json::Map::new();
+        for k in KEPT {
+            if let Some(v) = a.get(k).filter(|v| !v.is_null()) {
+                kept.insert(k.to_owned(), v.clone());
+            }
         }
-        if !a["from"].is_object() {
-            a["from"] = json!({});
+        let name = a.pointer("/from/name").filter(|n| n.is_string()).cloned();
+        let mut kept = Value::Object(kept);
+        kept["from"] = json!({"id": user, "role": "user"});
+        if let Some(n) = name {
+            kept["from"]["name"] = n;
         }
-        a["from"]["id"] = json!(user);
-        a["from"]["role"] = json!("user");
-        stamp(&mut a, at);
-        serde_json::to_vec(&a).expect("JSON serializes")
+        stamp(&mut kept, at);
+        serde_json::to_vec(&kept).expect("JSON serializes")
     }
 
     fn replies(
@@ -924,6 +969,23 @@ struct StartedIn {
     expires_in: Option<u64>,
 }
 
+/// When a bot's token expires: `expires_in` from now, at most a day (whatever the bot says), the
+/// usual lifetime when it says nothing.
+fn expiry(now: u64, expires_in: Option<u64>) -> u64 {
+    now.saturating_add(expires_in.unwrap_or(TOKEN_LIFETIME_SECS).min(86_400))
+}
+
+impl DirectlineBot {
+    /// The bearer of a conversation's calls: its token, else the secret.
+    fn bearer(&self, s: &BotSession) -> String {
+        if s.token.is_empty() {
+            self.secret.clone()
+        } else {
+            s.token.clone()
+        }
+    }
+}
+
 fn bot_status(what: &'static str) -> ProxyError {
     ProxyError::new(502, Reason::BackendStatus, what)
 }
@@ -994,9 +1056,10 @@ impl ChannelBot for DirectlineBot {
         }
         Ok(BotSession {
             conversation,
-            // Without a token of its own, the conversation is used with the secret.
-            token: token.unwrap_or_else(|| self.secret.clone()),
-            expires: now + s.expires_in.unwrap_or(TOKEN_LIFETIME_SECS),
+            // Without a token of its own, the conversation is used with the secret (empty here:
+            // the secret is never kept in the conversation store).
+            token: token.unwrap_or_default(),
+            expires: expiry(now, s.expires_in),
             watermark: None,
         })
     }
@@ -1006,7 +1069,7 @@ impl ChannelBot for DirectlineBot {
             method: "POST",
             path: "/tokens/refresh".into(),
             body: Vec::new(),
-            bearer: s.token.clone(),
+            bearer: self.bearer(s),
         }
     }
 
@@ -1022,7 +1085,7 @@ impl ChannelBot for DirectlineBot {
             .token
             .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()));
         let token = token.ok_or_else(|| bot_bad("the refresh gave no usable token"))?;
-        Ok((token, now + s.expires_in.unwrap_or(TOKEN_LIFETIME_SECS)))
+        Ok((token, expiry(now, s.expires_in)))
     }
 
     fn post(&self, s: &BotSession, activity: &[u8]) -> BotCall {
@@ -1030,7 +1093,7 @@ impl ChannelBot for DirectlineBot {
             method: "POST",
             path: format!("/conversations/{}/activities", segment(&s.conversation)),
             body: activity.to_vec(),
-            bearer: s.token.clone(),
+            bearer: self.bearer(s),
         }
     }
 
@@ -1059,7 +1122,7 @@ impl ChannelBot for DirectlineBot {
             method: "GET",
             path,
             body: Vec::new(),
-            bearer: s.token.clone(),
+            bearer: self.bearer(s),
         }
     }
 
@@ -1132,6 +1195,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tokens_user_speaks_whatever_the_activity_names() {
+        let body = br#"{"type":"message","from":{"id":"eve"},"text":"hi"}"#;
+        let Posted::Message(req) = parse_activity(body, Some("u1"), None).unwrap() else {
+            panic!("a message");
+        };
+        assert_eq!(req.user_id, "u1");
+        let Posted::Message(req) = parse_activity(body, None, Some("anon")).unwrap() else {
+            panic!("a message");
+        };
+        assert_eq!(
+            req.user_id, "eve",
+            "with the secret, the activity names its user"
+        );
+    }
+
+    #[test]
     fn bad_activities_are_bad_arguments() {
         for (body, words) in [
             (&br#"[1]"#[..], "not an activity"),
@@ -1141,16 +1220,11 @@ mod tests {
             ),
             (br#"{"type":"message","text":"hi"}"#, "no from.id"),
             (
-                br#"{"type":"message","from":{"id":"eve"},"text":"hi"}"#,
-                "not this conversation's user",
+                br#"{"type":"message","from":{"id":"u"},"value":"  ","text":" "}"#,
+                "needs text or a value",
             ),
         ] {
-            let e = parse_activity(
-                body,
-                body.windows(3).any(|w| w == b"eve").then_some("u1"),
-                None,
-            )
-            .unwrap_err();
+            let e = parse_activity(body, None, None).unwrap_err();
             assert_eq!(e.status, 400);
             assert!(e.message.contains(words), "{}", e.message);
             let v: Value = serde_json::from_slice(&render_error(&e)).unwrap();
