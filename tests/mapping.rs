@@ -1784,3 +1784,280 @@ fn err_dialogflow_caller_shape() {
         );
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Microsoft Bot Framework Direct Line 3.0 (docs/mapping.md, its section). Self-contained, below
+// everything else.
+
+use botbridge::dialect::directline::{self as dl, Directline};
+use botbridge::dialect::{ChannelCaller, Posted};
+
+/// A Direct Line caller's message, as the bots get it.
+fn dl_message(activity: Value) -> (Value, Value, Value) {
+    let body = activity.to_string();
+    let Posted::Message(req) = dl::parse_activity(body.as_bytes(), None, None).unwrap() else {
+        panic!("a message");
+    };
+    to_csml_haptik_rasa(&req)
+}
+
+#[test]
+fn req_directline_message_to_bots() {
+    let (csml, haptik, rasa) = dl_message(
+        json!({"type": "message", "from": {"id": "ann"}, "text": "Hello", "locale": "en"}),
+    );
+    assert_eq!(csml["client"]["user_id"], "ann");
+    assert_eq!(
+        csml["payload"],
+        json!({"content_type": "text", "content": {"text": "Hello"}})
+    );
+    assert_eq!(
+        (&haptik["user"]["auth_id"], &haptik["message_body"]),
+        (&json!("ann"), &json!("Hello"))
+    );
+    assert_eq!(
+        (&rasa["sender"], &rasa["message"]),
+        (&json!("ann"), &json!("Hello"))
+    );
+    // With a token, its user speaks whatever `from` says.
+    let body = br#"{"type":"message","from":{"id":"eve"},"text":"Hi"}"#;
+    let Posted::Message(req) = dl::parse_activity(body, Some("ann"), None).unwrap() else {
+        panic!("a message");
+    };
+    assert_eq!(req.user_id, "ann");
+}
+
+#[test]
+fn req_directline_postback_value_to_payload() {
+    let (csml, _, rasa) = dl_message(
+        json!({"type": "message", "from": {"id": "ann"}, "text": "Yes", "value": "YES"}),
+    );
+    assert_eq!(
+        csml["payload"],
+        json!({"content_type": "payload", "content": {"payload": "YES"}})
+    );
+    assert_eq!(rasa["message"], "YES");
+    // A value that is not a string: its JSON text.
+    let (csml, _, _) =
+        dl_message(json!({"type": "message", "from": {"id": "ann"}, "value": {"pick": 2}}));
+    assert_eq!(csml["payload"]["content"]["payload"], r#"{"pick":2}"#);
+}
+
+#[test]
+fn req_directline_channel_data_to_metadata() {
+    let (csml, haptik, rasa) = dl_message(
+        json!({"type": "message", "from": {"id": "ann"}, "text": "x",
+        "channelData": {"clientActivityID": "c-1", "plan": "gold"}}),
+    );
+    let data = json!({"clientActivityID": "c-1", "plan": "gold"});
+    assert_eq!((&csml["metadata"], &rasa["metadata"]), (&data, &data));
+    assert!(haptik.get("metadata").is_none());
+    // Channel data that is not an object stays with the echo only.
+    let (csml, _, rasa) = dl_message(
+        json!({"type": "message", "from": {"id": "ann"}, "text": "x", "channelData": 7}),
+    );
+    assert_eq!(
+        (csml.get("metadata"), rasa.get("metadata")),
+        (Some(&json!({})), None)
+    );
+}
+
+#[test]
+fn req_directline_other_activities_echoed_only() {
+    for kind in ["typing", "event", "conversationUpdate", "invoke"] {
+        let body = json!({"type": kind, "from": {"id": "ann"}, "name": "x"}).to_string();
+        let posted = dl::parse_activity(body.as_bytes(), None, None).unwrap();
+        assert!(matches!(posted, Posted::Other), "{kind}");
+    }
+    // The echo keeps what a client reads back, with its place; nothing else the caller sent.
+    let at = botbridge::dialect::Stamp {
+        conversation: "c",
+        id: "c|0000003",
+        timestamp: "2026-01-01T00:00:00.000Z",
+    };
+    let body =
+        br#"{"type":"typing","from":{"id":"eve","name":"Eve"},"pad":"x","channelData":{"k":1}}"#;
+    let echo: Value = serde_json::from_slice(&Directline.echo(body, &at, "ann")).unwrap();
+    assert_eq!(
+        echo,
+        json!({"type": "typing", "channelData": {"k": 1}, "from": {"id": "ann", "role": "user", "name": "Eve"},
+               "id": "c|0000003", "timestamp": "2026-01-01T00:00:00.000Z", "channelId": "directline",
+               "conversation": {"id": "c"}})
+    );
+}
+
+#[test]
+fn req_directline_bad_activity_refused() {
+    for body in [
+        &b"not json"[..],
+        br#"[1]"#,
+        br#"{"type":"message","from":{"id":"ann"}}"#,
+        br#"{"type":"message","from":{"id":"ann"},"text":"  ","value":" "}"#,
+        br#"{"type":"message","text":"no user"}"#,
+    ] {
+        let e = dl::parse_activity(body, None, None).unwrap_err();
+        assert_eq!(e.status, 400, "{}", String::from_utf8_lossy(body));
+        let v: Value = serde_json::from_slice(&dl::render_error(&e)).unwrap();
+        assert_eq!(v["error"]["code"], "BadArgument");
+    }
+}
+
+/// A Direct Line bot.
+fn dl_bot() -> Box<dyn Bot> {
+    bot("directline", "secret = \"bot-secret\"")
+}
+
+#[test]
+fn req_to_directline_bot_activity() {
+    let b = dl_bot();
+    let ctx = rctx(FlowTriggerPolicy::Text);
+    let text = csml_req(json!({"content_type": "text", "content": {"text": "Hi"}}));
+    let req = csml::parse_request(text.as_bytes()).unwrap();
+    let v: Value = serde_json::from_slice(&b.render_request(&req, &ctx).unwrap()).unwrap();
+    assert_eq!(
+        v,
+        json!({"type": "message", "from": {"id": "jane doe", "role": "user"}, "text": "Hi",
+               "channelData": {"plan": "gold", "seats": 3}})
+    );
+    let click = csml_req(json!({"content_type": "payload", "content": {"payload": "BLUE"}}));
+    let req = csml::parse_request(click.as_bytes()).unwrap();
+    let v: Value = serde_json::from_slice(&b.render_request(&req, &ctx).unwrap()).unwrap();
+    assert_eq!((&v["text"], &v["value"]), (&json!("BLUE"), &json!("BLUE")));
+}
+
+#[test]
+fn ans_to_directline_caller_shapes() {
+    let answer = ChatAnswer {
+        replies: vec![
+            Reply::Text("Hi".into()),
+            Reply::Question {
+                title: "Pick".into(),
+                buttons: vec![
+                    botbridge::model::Button {
+                        title: "Red".into(),
+                        payload: None,
+                    },
+                    botbridge::model::Button {
+                        title: "Blue".into(),
+                        payload: Some("BLUE".into()),
+                    },
+                ],
+            },
+            Reply::Url {
+                url: "https://x".into(),
+                text: Some("Docs".into()),
+                title: None,
+            },
+            Reply::Media {
+                kind: MediaKind::Image,
+                url: "https://x/i.png".into(),
+            },
+        ],
+        ..ChatAnswer::default()
+    };
+    let mut n = 0;
+    let mut next = |i: usize| {
+        n += 1;
+        (format!("c|000000{}", i + 2), "t".to_owned())
+    };
+    let out: Vec<Value> = (Directline
+        .replies(&answer, "c|0000001", "bot", &mut next)
+        .iter())
+    .map(|a| serde_json::from_slice(a).unwrap())
+    .collect();
+    assert_eq!(n, 4);
+    for (i, a) in out.iter().enumerate() {
+        assert_eq!(
+            (&a["type"], &a["replyToId"]),
+            (&json!("message"), &json!("c|0000001"))
+        );
+        assert_eq!(
+            a["from"],
+            json!({"id": "bot", "name": "bot", "role": "bot"})
+        );
+        assert_eq!(a["id"], format!("c|000000{}", i + 2));
+    }
+    assert_eq!(out[0]["text"], "Hi");
+    assert_eq!(
+        out[1]["attachments"],
+        json!([{"contentType": dl::HERO_CARD, "content": {"text": "Pick", "buttons": [
+            {"type": "imBack", "title": "Red", "value": "Red"},
+            {"type": "postBack", "title": "Blue", "value": "BLUE"}]}}])
+    );
+    assert_eq!(out[2]["text"], "Docs\nhttps://x");
+    assert_eq!(
+        out[3]["attachments"],
+        json!([{"contentType": "image/*", "contentUrl": "https://x/i.png"}])
+    );
+}
+
+#[test]
+fn ans_directline_bot_to_callers() {
+    let activities = json!([
+        {"type": "message", "text": "Hello"},
+        {"type": "message", "attachments": [{"contentType": dl::HERO_CARD, "content": {"title": "Pick one",
+            "buttons": [{"type": "imBack", "title": "Red", "value": "Red"},
+                        {"type": "postBack", "title": "Blue", "value": "BLUE"}]}}]},
+        {"type": "message", "text": "Suggestions", "suggestedActions": {"actions": [{"type": "imBack", "title": "Yes", "value": "Yes"}]}},
+        {"type": "message", "attachments": [{"contentType": "image/png", "contentUrl": "https://x/cat.png"}]},
+        {"type": "message", "attachments": [{"contentType": dl::ADAPTIVE_CARD, "content": {"type": "AdaptiveCard",
+            "body": [{"type": "TextBlock", "text": "Adaptive says hi"}, {"type": "Image", "url": "https://x"}]}}]},
+        {"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.thumbnail", "content": {"title": "Thumb"}}]},
+        {"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.thumbnail", "content": {}}]},
+        {"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.receipt", "content": {"title": "R"}}]},
+        {"type": "typing"}
+    ]);
+    let body = activities.to_string();
+    let bot = dl_bot();
+    let answer = bot.parse_answer(200, body.as_bytes(), false).unwrap();
+    let question = |title: &str, b: &[(&str, Option<&str>)]| Reply::Question {
+        title: title.to_owned().into(),
+        buttons: b
+            .iter()
+            .map(|(t, p)| botbridge::model::Button {
+                title: (*t).to_owned().into(),
+                payload: p.map(|p| p.to_owned().into()),
+            })
+            .collect(),
+    };
+    assert_eq!(
+        answer.replies,
+        vec![
+            Reply::Text("Hello".into()),
+            question("Pick one", &[("Red", None), ("Blue", Some("BLUE"))]),
+            question("Suggestions", &[("Yes", None)]),
+            Reply::Media {
+                kind: MediaKind::Image,
+                url: "https://x/cat.png".into()
+            },
+            Reply::Text("Adaptive says hi".into()),
+            Reply::Text("Thumb".into()),
+        ]
+    );
+    assert_eq!(
+        answer.dropped, 2,
+        "the empty card and the receipt card, counted"
+    );
+}
+
+#[test]
+fn err_directline_caller_shape() {
+    use botbridge::error::{ProxyError, Reason};
+    for (status, reason, code) in [
+        (400, Reason::BadRequest, "BadArgument"),
+        (401, Reason::Unauthorized, "Unauthorized"),
+        (403, Reason::Forbidden, "Forbidden"),
+        (403, Reason::TokenExpired, "TokenExpired"),
+        (404, Reason::NotFound, "NotFound"),
+        (429, Reason::RateLimited, "TooManyRequests"),
+        (502, Reason::BackendConnect, "BotRejectedActivity"),
+        (503, Reason::CircuitOpen, "ServiceUnavailable"),
+        (504, Reason::BackendTimeout, "BotTimeout"),
+        (500, Reason::Internal, "ServiceError"),
+    ] {
+        let e = ProxyError::new(status, reason, "m");
+        let v: Value = serde_json::from_slice(&Directline.render_error(&e)).unwrap();
+        assert_eq!(v, json!({"error": {"code": code, "message": "m"}}));
+        assert_eq!(Directline.error_status(&e), status);
+    }
+}

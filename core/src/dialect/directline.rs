@@ -333,10 +333,17 @@ fn attachment_reply(at: AttachmentIn<'_>) -> Option<Reply<'static>> {
                 .get("buttons")
                 .and_then(|b| Vec::<ActionIn<'_>>::deserialize(b).ok())
                 .unwrap_or_default();
-            Some(Reply::Question {
-                title: Cow::Owned(text.unwrap_or_default().to_owned()),
-                buttons: actions.iter().filter_map(button_of).collect(),
-            })
+            let buttons: Vec<Button<'static>> = actions.iter().filter_map(button_of).collect();
+            let text: Cow<'static, str> = Cow::Owned(text.unwrap_or_default().to_owned());
+            // A card without buttons is its text; one with neither is nothing (dropped, counted).
+            match (buttons.is_empty(), text.is_empty()) {
+                (false, _) => Some(Reply::Question {
+                    title: text,
+                    buttons,
+                }),
+                (true, false) => Some(Reply::Text(text)),
+                (true, true) => None,
+            }
         }
         ADAPTIVE_CARD => {
             let mut texts = Vec::new();
