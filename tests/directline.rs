@@ -740,11 +740,16 @@ struct BotFrameworkBot {
 
 impl BotFrameworkBot {
     fn start(secret: &str) -> BotFrameworkBot {
+        Self::start_on(0, secret)
+    }
+
+    /// On `port` (0: any free one).
+    fn start_on(port: u16, secret: &str) -> BotFrameworkBot {
         use std::io::BufRead;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dl_bot.mjs");
         let mut child = Command::new("node")
             .arg(script)
-            .args(["0", secret])
+            .args([&port.to_string(), secret])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -988,4 +993,146 @@ async fn one_stream_per_conversation_a_newer_one_closes_the_older() {
     let (status, h, e) = call(&proxy, "GET", &stream_path, "", None, &extra).await;
     assert_eq!((status, code(&e)), (400, "BadArgument"));
     assert_eq!(h["sec-websocket-version"], "13");
+}
+
+#[tokio::test]
+async fn direct_line_callers_are_shadowed_and_canaried_like_any_caller() {
+    // The shipped Direct Line route, shadowed by the demo engine bot and with every user on the
+    // demo Haptik bot as its canary... in two routes, so each is seen alone.
+    let routes = r#"[[routes]]
+name = "dl-shadowed"
+path_prefix = "/shadowed/v3/directline/"
+ingress = "directline"
+backend = "demo-bot"
+shadow = { backend = "demo-engine", percent = 100 }
+
+[[routes]]
+name = "dl-canary"
+path_prefix = "/canary/v3/directline/"
+ingress = "directline"
+backend = "demo-bot"
+business_id = 343
+canary = { backend = "demo-haptik-bot", percent = 100 }
+
+# Haptik and CSML callers in front of a Dialogflow CX agent."#;
+    let config = shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        routes,
+    );
+    let proxy = Proxy::start(&config).await;
+    let client = reqwest::Client::new();
+    let converse = |prefix: &'static str| {
+        let client = client.clone();
+        let base = proxy.url(&format!("/{prefix}{DL}"));
+        async move {
+            let s: Value = (client
+                .post(format!("{base}/conversations"))
+                .bearer_auth(SECRET))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            let conv = s["conversationId"].as_str().unwrap().to_owned();
+            let acts = format!("{base}/conversations/{conv}/activities");
+            let posted = (client
+                .post(&acts)
+                .bearer_auth(SECRET)
+                .json(&message("u1", "hi")))
+            .send()
+            .await
+            .unwrap();
+            assert_eq!(posted.status(), 200);
+            let page: Value = (client.get(&acts).bearer_auth(SECRET).send().await.unwrap())
+                .json()
+                .await
+                .unwrap();
+            page["activities"].as_array().unwrap().clone()
+        }
+    };
+    // Shadowed: the caller gets the primary's replies; the shadow's answer is compared.
+    let seen = converse("shadowed").await;
+    assert_eq!(seen[1]["text"], "Hello from the botbridge demo bot!");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all: Value = (client
+            .get(proxy.admin_url("/migration.json"))
+            .send()
+            .await
+            .unwrap())
+        .json()
+        .await
+        .unwrap();
+        let route = (all["routes"].as_array().unwrap().iter())
+            .find(|r| r["route"] == "dl-shadowed")
+            .cloned()
+            .unwrap_or_default();
+        if route["report"]["pairs"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no comparison: {all}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Canaried: every user is on the Haptik bot, whose answer becomes the activities.
+    let seen = converse("canary").await;
+    let texts: Vec<&Value> = seen.iter().skip(1).map(|a| &a["text"]).collect();
+    assert!(!texts.is_empty(), "{seen:?}");
+    assert!(
+        seen.iter().skip(1).all(|a| a["replyToId"] == seen[0]["id"]),
+        "{seen:?}"
+    );
+    // The demo bots answer alike: the backends' timings tell which bot answered.
+    let metrics = scrape(&proxy).await;
+    let answered_by = |backend: &str| {
+        let series = format!(
+            "botbridge_backend_duration_seconds_count{{backend=\"{backend}\",route=\"dl-canary\"}}"
+        );
+        series_value(&metrics, &series).unwrap_or(0.0)
+    };
+    assert_eq!(
+        (answered_by("demo-haptik-bot"), answered_by("demo-bot")),
+        (1.0, 0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_line_bot_that_lost_its_conversations_gets_a_new_one() {
+    if let Some(why) = node_missing() {
+        assert!(std::env::var("CI").is_err(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start("bf-secret"))
+        .await
+        .unwrap();
+    let port = bot.port;
+    let config = shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        &format!(
+            "[[backends]]\nname = \"bf-bot\"\ndialect = \"directline\"\nurl = \"http://127.0.0.1:{port}/v3/directline\"\nsecret = \"bf-secret\"\nquiet_ms = 300\n\n[[routes]]\nname = \"to-bf\"\npath = \"/to-bf\"\ningress = \"rasa\"\nbackend = \"bf-bot\"\n"
+        ),
+    );
+    let proxy = Proxy::start(&config).await;
+    let rasa = || vec![("authorization", "Bearer demo-rasa-token".to_string())];
+    let say = |t: &str| json!({"sender": "r1", "message": t}).to_string();
+    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("Red")).await;
+    assert_eq!(
+        (status, &v[0]["text"]),
+        (200, &json!("You said: Red")),
+        "{v}"
+    );
+    // The bot's Direct Line restarts on the same port and forgets every conversation: the next
+    // message starts a new one (once), and is answered.
+    drop(bot);
+    let bot = tokio::task::spawn_blocking(move || BotFrameworkBot::start_on(port, "bf-secret"))
+        .await
+        .unwrap();
+    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("Yes")).await;
+    assert_eq!(
+        (status, &v[0]["text"]),
+        (200, &json!("You said: Yes")),
+        "{v}"
+    );
+    drop(bot);
 }
