@@ -219,6 +219,9 @@ callback_hosts = ["127.0.0.1"]
 allow_http_callbacks = true
 allow_private_callbacks = true
 callback_secret = "callback-secret"
+[[clients.directline]]
+name = "webchat"
+secret = "live-check-directline-secret"
 [[clients.csml]]
 name = "limited"
 key = "limited-key"
@@ -326,6 +329,11 @@ name = "busy"
 path = "/busy"
 ingress = "csml"
 backend = "busy-bot"
+[[routes]]
+name = "directline"
+path_prefix = "/v3/directline/"
+ingress = "directline"
+backend = "good-bot"
 """
         with open(os.path.join(work, "proxy.toml"), "w") as f:
             f.write(config)
@@ -405,6 +413,17 @@ scrape_configs:
                 note("limited", csml_call("limited-key", user=user)[0])
             for kind, path in (("pool with a dead endpoint", "/pool"), ("pool all down", "/pool-down"), ("fallback", "/maintenance")):
                 note(kind, http("POST", f"http://127.0.0.1:{listen}{path}", csml, {"content-type": "application/json", "x-api-key": "plain-key"})[0])
+            # A Direct Line client: a conversation, a message, a poll (503 once Redis is gone: a
+            # channel conversation lives on Redis when there is one).
+            dl = f"http://127.0.0.1:{listen}/v3/directline"
+            auth = {"authorization": "Bearer live-check-directline-secret", "content-type": "application/json"}
+            status, body = http("POST", f"{dl}/conversations", b"", auth)
+            note("directline", status)
+            if status == 201:
+                conv = json.loads(body)["conversationId"]
+                msg = json.dumps({"type": "message", "from": {"id": "u"}, "text": "hi"}).encode()
+                note("directline", http("POST", f"{dl}/conversations/{conv}/activities", msg, auth)[0])
+                note("directline", http("GET", f"{dl}/conversations/{conv}/activities?watermark=", None, auth)[0])
             # Async mode: one callback delivered, one to a dead receiver (dead letters after the deadline).
             for name, port in (("async ok", ports["callback"]), ("async dead", dead_callback)):
                 body = json.dumps({"client": {"user_id": "u"}, "callback_url": f"http://127.0.0.1:{port}/cb",
@@ -419,7 +438,7 @@ scrape_configs:
                     "stateful": 200, "token endpoint down": 502,
                     "bad json": 400, "timeout": 504, "limited": {200, 429}, "busy": {503, 504},
                     "pool with a dead endpoint": 200, "pool all down": 503,
-                    "fallback": 200, "async ok": 200, "async dead": 200}
+                    "fallback": 200, "async ok": 200, "async dead": 200, "directline": {200, 201, 503}}
         for kind, status in expected.items():
             want = status if isinstance(status, set) else {status}
             if set(counts.get(kind, {})) != want:
