@@ -1136,3 +1136,32 @@ async fn a_direct_line_bot_that_lost_its_conversations_gets_a_new_one() {
     );
     drop(bot);
 }
+
+#[tokio::test]
+async fn a_post_sent_again_is_answered_with_its_first_answer_and_reaches_the_bot_once() {
+    let proxy = Proxy::start(&shipped_config()).await;
+    let (conv, token, _) = start(&proxy).await;
+    let path = format!("/conversations/{conv}/activities");
+    let hi = message("u1", "hi");
+    let (s1, _, first) = call(&proxy, "POST", &path, &token, Some(hi.clone()), &[]).await;
+    let (s2, _, again) = call(&proxy, "POST", &path, &token, Some(hi), &[]).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(first["id"], again["id"]);
+    let (all, _) = poll(&proxy, &conv, &token, "").await;
+    assert_eq!(
+        all.len(),
+        4,
+        "one echo and the bot's three replies, once: {all:?}"
+    );
+    // Another client activity id is another message.
+    let (_, _, other) = call(
+        &proxy,
+        "POST",
+        &path,
+        &token,
+        Some(message("u1", "again")),
+        &[],
+    )
+    .await;
+    assert_ne!(other["id"], first["id"]);
+}

@@ -124,6 +124,17 @@ fn place(w: &str) -> Option<u64> {
     }
 }
 
+/// What a post carrying a client's activity id found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Never seen: this post goes to the bot.
+    New,
+    /// Seen and answered: the activity's id.
+    Done(String),
+    /// Seen, and still with the bot.
+    InFlight,
+}
+
 /// An open stream's place: its conversation's stream generation (a newer stream closes it) and
 /// its share of the instance's `channel_streams`.
 pub struct StreamClaim {
@@ -143,6 +154,8 @@ pub struct Channels {
     logs: moka::sync::Cache<Arc<str>, Arc<Log>>,
     /// On Redis: what rings this instance's streams when it appends to a conversation.
     bells: moka::sync::Cache<Arc<str>, Arc<watch::Sender<u64>>>,
+    /// Client activity ids seen (`""` while with the bot), in memory.
+    claims: moka::sync::Cache<String, Arc<str>>,
     /// Each conversation's stream generation.
     streams: moka::sync::Cache<Arc<str>, Arc<watch::Sender<u64>>>,
     open_streams: Arc<AtomicUsize>,
@@ -169,6 +182,10 @@ impl Channels {
                 .time_to_idle(settings.idle)
                 .build(),
             bells: small(),
+            claims: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
             streams: small(),
             open_streams: Arc::default(),
             max_streams: settings.channel_streams,
@@ -293,6 +310,41 @@ impl Channels {
                 (self.on_redis(redis, id))
                     .after(owner, watermark, max, PAGE_BYTES)
                     .await
+            }
+        }
+    }
+
+    /// Claims the client activity id `client` of a post to conversation `id` (remembered for ten
+    /// minutes), so a client retrying a post it sent does not send the message to the bot twice.
+    pub async fn claim(&self, id: &str, client: &str) -> Result<Claim, ProxyError> {
+        let key = format!("{id}\n{client}");
+        let found = match &self.redis {
+            None => {
+                let entry = self.claims.entry(key).or_insert_with(|| Arc::from(""));
+                (!entry.is_fresh()).then(|| entry.into_value().to_string())
+            }
+            Some(redis) => {
+                let key = redis.key("channel-claim", key.as_bytes());
+                shared::claim(redis, &key).await?
+            }
+        };
+        Ok(match found {
+            None => Claim::New,
+            Some(a) if a.is_empty() => Claim::InFlight,
+            Some(a) => Claim::Done(a),
+        })
+    }
+
+    /// Settles a claim: the activity's id once it joined the conversation, or `None` to let the
+    /// post be tried again (the bot failed).
+    pub async fn settle(&self, id: &str, client: &str, activity: Option<&str>) {
+        let key = format!("{id}\n{client}");
+        match (&self.redis, activity) {
+            (None, Some(a)) => self.claims.insert(key, Arc::from(a)),
+            (None, None) => self.claims.invalidate(&key),
+            (Some(redis), a) => {
+                let key = redis.key("channel-claim", key.as_bytes());
+                shared::settle(redis, &key, a).await
             }
         }
     }

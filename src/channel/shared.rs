@@ -18,6 +18,57 @@ pub struct Shared<'a> {
     idle_ms: i64,
 }
 
+/// How long a client's activity id is remembered (a client retries within seconds).
+const CLAIM_MS: i64 = 600_000;
+
+/// A client's activity id on Redis: `""` while its post is with the bot, then the activity's id.
+pub async fn claim(redis: &SharedRedis, key: &str) -> Result<Option<String>, ProxyError> {
+    let key = key.to_owned();
+    let (set, found): (Option<String>, Option<String>) = redis
+        .call(Op::Channel, |mut conn| async move {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg("")
+                .arg("NX")
+                .arg("PX")
+                .arg(CLAIM_MS)
+                .get(&key)
+                .query_async(&mut conn)
+                .await
+        })
+        .await
+        .map_err(|_| unavailable())?;
+    Ok(if set.is_some() { None } else { found })
+}
+
+/// Records the activity id of a claimed post (`Some`), or lets the post be tried again (`None`).
+pub async fn settle(redis: &SharedRedis, key: &str, id: Option<&str>) {
+    let key = key.to_owned();
+    let id = id.map(str::to_owned);
+    let _ = redis
+        .call(Op::Channel, |mut conn| async move {
+            match id {
+                Some(id) => {
+                    let set = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(id)
+                        .arg("PX")
+                        .arg(CLAIM_MS)
+                        .clone();
+                    set.query_async::<()>(&mut conn).await
+                }
+                None => {
+                    redis::cmd("DEL")
+                        .arg(&key)
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
+            }
+        })
+        .await;
+}
+
 /// What starting a conversation found.
 pub enum Start {
     New,

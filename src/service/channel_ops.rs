@@ -10,7 +10,7 @@ use pingora::protocols::http::ServerSession;
 
 use super::channel::{not_found, query_param, Authed, ChannelRoute, TOKEN_LIFETIME_SECS};
 use super::{unix_secs, Admitted, Call, ChatService, Head, Runtime};
-use crate::channel::{self, stream};
+use crate::channel::{self, stream, Claim};
 use crate::dialect::{ChannelCaller, Posted, RequestHead, Stamp, Started};
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{Answer, Upgrade};
@@ -84,6 +84,49 @@ impl ChatService {
         .inspect_err(|_| {
             self.translation_error(&rt.config.routes[c.index], "invalid_request", 1)
         })?;
+        // A post seen before (a client retrying) is answered with what it got, never sent twice.
+        let client_id = c.verbs.client_activity_id(&body);
+        if let Some(cid) = &client_id {
+            match rt.channels.claim(id, cid).await? {
+                Claim::New => {}
+                Claim::Done(aid) => return Ok(Answer::json(200, c.verbs.render_posted(&aid))),
+                Claim::InFlight => {
+                    return Err(ProxyError::new(
+                        409,
+                        Reason::BadRequest,
+                        "this activity is still being answered",
+                    ))
+                }
+            }
+        }
+        let first = self
+            .post_claimed(cx, c, &a, id, &body, posted, &anonymous)
+            .await;
+        let aid = first.as_ref().ok().map(|f| c.verbs.activity_id(id, *f));
+        if let Some(cid) = &client_id {
+            rt.channels.settle(id, cid, aid.as_deref()).await;
+        }
+        first?;
+        Ok(Answer::json(
+            200,
+            c.verbs.render_posted(&aid.unwrap_or_default()),
+        ))
+    }
+
+    /// The post once claimed: its activity (and the bot's replies) added to the conversation;
+    /// the first place.
+    #[allow(clippy::too_many_arguments)]
+    async fn post_claimed(
+        &self,
+        cx: &mut Call<'_>,
+        c: ChannelRoute,
+        a: &Authed,
+        id: &str,
+        body: &[u8],
+        posted: Posted<'_>,
+        anonymous: &str,
+    ) -> Result<u64, ProxyError> {
+        let rt = cx.rt;
         let now = timefmt::rfc3339_millis(cx.received);
         let verbs = c.verbs;
         let echo_as = |user: &str, first: u64| {
@@ -93,11 +136,11 @@ impl ChatService {
                 id: &aid,
                 timestamp: &now,
             };
-            (verbs.echo(&body, &at, user), aid)
+            (verbs.echo(body, &at, user), aid)
         };
         let first = match posted {
             Posted::Other => {
-                let user = a.token_user().unwrap_or(&anonymous).to_owned();
+                let user = a.token_user().unwrap_or(anonymous).to_owned();
                 let make = |first| vec![echo_as(&user, first).0];
                 rt.channels.append(id, &a.owner, make).await?
             }
@@ -115,9 +158,7 @@ impl ChatService {
                 rt.channels.append(id, &a.owner, make).await?
             }
         };
-        let first = first.ok_or_else(|| not_found("conversation not found"))?;
-        let id = c.verbs.activity_id(id, first);
-        Ok(Answer::json(200, c.verbs.render_posted(&id)))
+        first.ok_or_else(|| not_found("conversation not found"))
     }
 
     /// A message through the chat request path: scope, translation, the exchange (with the

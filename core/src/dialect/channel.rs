@@ -80,6 +80,9 @@ pub trait ChannelCaller: Sync {
         user: Option<&str>,
         default_user: Option<&str>,
     ) -> Result<Posted<'b>, ProxyError>;
+    /// The id the caller gave its activity to recognise it again (a client retrying a post sends
+    /// the same), if any: a post seen before is not sent to the bot twice.
+    fn client_activity_id(&self, body: &[u8]) -> Option<String>;
     /// The caller's activity as the conversation keeps it (echoed with its channel data unchanged),
     /// with its id, conversation, time and user.
     fn echo(&self, body: &[u8], at: &Stamp<'_>, user: &str) -> Vec<u8>;

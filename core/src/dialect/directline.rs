@@ -716,6 +716,23 @@ impl ChannelCaller for Directline {
         parse_activity(body, user, default_user)
     }
 
+    /// `channelData.clientActivityID` (Web Chat's and DirectLineJS's), 1 to 128 characters.
+    fn client_activity_id(&self, body: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow, rename = "clientActivityID")]
+            id: Option<Cow<'a, str>>,
+        }
+        #[derive(Deserialize)]
+        struct Activity<'a> {
+            #[serde(borrow, rename = "channelData")]
+            data: Option<Data<'a>>,
+        }
+        let a: Activity<'_> = from_json(body).ok()?;
+        let id = a.data?.id?;
+        (!id.is_empty() && id.len() <= 128).then(|| id.into_owned())
+    }
+
     /// The caller's activity as kept: only the fields a client reads back (a caller cannot make
     /// the conversation keep anything else), its user and its place stamped.
     fn echo(&self, body: &[u8], at: &Stamp<'_>, user: &str) -> Vec<u8> {
