@@ -23,7 +23,7 @@ const SHIPPED: &str = include_str!("../proxy.toml");
 fn the_shipped_config_checks_ok() {
     let (ok, text) = check(SHIPPED);
     assert!(ok, "{text}");
-    assert!(text.contains("ok (12 routes, 6 backends)"), "{text}");
+    assert!(text.contains("ok (13 routes, 6 backends)"), "{text}");
 }
 
 #[test]

@@ -4,13 +4,20 @@
 
 use std::sync::OnceLock;
 
-use botbridge::dialect::directline::{self, Posted};
-use botbridge::dialect::Bot;
+use botbridge::dialect::directline::{self, Directline, Posted};
+use botbridge::dialect::{Bot, ChannelCaller, Stamp};
 use libfuzzer_sys::fuzz_target;
 
 static BOTS: OnceLock<Vec<Box<dyn Bot>>> = OnceLock::new();
 
 fuzz_target!(|body: &[u8]| {
+    // What the conversation keeps of it: JSON, speaking as the user given, stamped.
+    let at = Stamp { conversation: "c", id: "c|0000001", timestamp: "t" };
+    let echo: serde_json::Value = serde_json::from_slice(&Directline.echo(body, &at, "u")).unwrap();
+    assert_eq!((&echo["from"]["id"], &echo["id"]), (&serde_json::json!("u"), &serde_json::json!("c|0000001")));
+    if let Some(id) = Directline.client_activity_id(body) {
+        assert!(!id.is_empty() && id.len() <= 128);
+    }
     for owner in [None, Some("fuzz-user")] {
         match directline::parse_activity(body, owner, None) {
             Ok(Posted::Message(req)) => {
