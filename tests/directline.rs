@@ -593,6 +593,25 @@ fn directlinejs(domain: &str, mode: &str) -> Value {
     v
 }
 
+/// The demo bots, the shipped Direct Line route's first.
+const DEMO_BOTS: [&str; 6] = [
+    "demo-bot",
+    "demo-haptik-bot",
+    "demo-engine",
+    "demo-rasa-bot",
+    "demo-lex-bot",
+    "demo-dialogflow-bot",
+];
+
+/// A Direct Line route at `/<bot>/v3/directline/` in front of each of `bots`.
+fn demo_bot_routes(bots: &[&str]) -> String {
+    bots.iter()
+        .map(|b| {
+            format!("[[routes]]\nname = \"dl-{b}\"\npath_prefix = \"/{b}/v3/directline/\"\ningress = \"directline\"\nbackend = \"{b}\"\nbusiness_id = 343\n\n")
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directlinejs_holds_a_conversation_with_every_demo_bot_by_polling_and_websocket() {
     if let Some(why) = node_missing() {
@@ -600,20 +619,8 @@ async fn directlinejs_holds_a_conversation_with_every_demo_bot_by_polling_and_we
         eprintln!("skipped: {why}");
         return;
     }
-    let bots = [
-        "demo-bot",
-        "demo-haptik-bot",
-        "demo-engine",
-        "demo-rasa-bot",
-        "demo-lex-bot",
-        "demo-dialogflow-bot",
-    ];
-    let routes: String = bots
-        .iter()
-        .map(|b| {
-            format!("[[routes]]\nname = \"dl-{b}\"\npath_prefix = \"/{b}/v3/directline/\"\ningress = \"directline\"\nbackend = \"{b}\"\nbusiness_id = 343\n\n")
-        })
-        .collect();
+    let bots = DEMO_BOTS;
+    let routes = demo_bot_routes(&bots);
     let config = shipped_config().replace(
         "# Haptik and CSML callers in front of a Dialogflow CX agent.",
         &routes,
@@ -691,18 +698,35 @@ async fn web_chat_in_chromium_holds_a_conversation_and_clicks_a_button() {
         eprintln!("skipped: {} is not installed", chromium().display());
         return;
     }
-    let config = shipped_config().replace(
-        "allowed_origins = [",
-        &format!("allowed_origins = [\"{WEBCHAT_ORIGIN}\", "),
-    );
+    // The shipped Direct Line route (the demo CSML bot), and one in front of each other demo bot.
+    let config = shipped_config()
+        .replace(
+            "allowed_origins = [",
+            &format!("allowed_origins = [\"{WEBCHAT_ORIGIN}\", "),
+        )
+        .replace(
+            "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+            &demo_bot_routes(&DEMO_BOTS[1..]),
+        );
     let proxy = Proxy::start(&config).await;
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()
         .to_owned();
-    for mode in ["websocket", "polling"] {
-        let domain = proxy.url(DL);
-        let shot = target.join(format!("webchat-{mode}.png"));
+    let runs = [("", "websocket"), ("", "polling")]
+        .into_iter()
+        .chain(DEMO_BOTS[1..].iter().map(|b| (*b, "websocket")));
+    for (bot, mode) in runs {
+        let domain = match bot {
+            "" => proxy.url(DL),
+            b => proxy.url(&format!("/{b}{DL}")),
+        };
+        let name = if bot.is_empty() {
+            mode.to_owned()
+        } else {
+            format!("{bot}-{mode}")
+        };
+        let shot = target.join(format!("webchat-{name}.png"));
         let seen = {
             let shot = shot.clone();
             tokio::task::spawn_blocking(move || webchat(&domain, mode, &shot))
@@ -710,9 +734,10 @@ async fn web_chat_in_chromium_holds_a_conversation_and_clicks_a_button() {
                 .unwrap()
         };
         println!("Web Chat screenshot: {}", shot.display());
-        assert_eq!(seen["ok"], true, "{seen}");
-        assert_eq!(seen["sendFailed"], false, "{seen}");
-        assert_eq!(seen["problems"], json!([]), "{seen}");
+        let context = format!("{name}: {seen}");
+        assert_eq!(seen["ok"], true, "{context}");
+        assert_eq!(seen["sendFailed"], false, "{context}");
+        assert_eq!(seen["problems"], json!([]), "{context}");
         let said: Vec<(String, String)> = seen["transcript"]
             .as_array()
             .unwrap()
@@ -723,11 +748,18 @@ async fn web_chat_in_chromium_holds_a_conversation_and_clicks_a_button() {
             })
             .collect();
         let has = |from: &str, text: &str| said.iter().any(|(f, t)| f == from && t == text);
-        assert!(has("user", "hi"), "{said:?}");
-        assert!(has("bot", "Hello from the botbridge demo bot!"), "{said:?}");
-        assert!(has("bot", "Did that reach you?"), "{said:?}");
-        assert!(has("bot", "You said: YES"), "the click's reply: {said:?}");
-        assert_eq!(seen["buttons"], json!(["Yes", "No"]));
+        assert!(has("user", "hi"), "{context}");
+        assert!(
+            has("bot", "Hello from the botbridge demo bot!"),
+            "{context}"
+        );
+        assert!(has("bot", "Did that reach you?"), "{context}");
+        assert!(
+            said.iter()
+                .any(|(f, t)| f == "bot" && t.eq_ignore_ascii_case("You said: YES")),
+            "the click's reply: {context}"
+        );
+        assert_eq!(seen["buttons"], json!(["Yes", "No"]), "{context}");
     }
 }
 
