@@ -222,6 +222,8 @@ struct Call<'r> {
     out: AccessRecord,
     /// The conversation the request went to a stateful bot in (set by `forward`).
     conversation: Option<Conversation>,
+    /// In async mode, what takes a channel bot's replies as they arrive (`channel_bot`).
+    partial: Option<&'r mut channel_bot::Partial<'r>>,
 }
 
 /// What admission established: the route, the caller's dialect and credential, and the body if
@@ -618,7 +620,8 @@ impl ChatService {
             None => None,
         };
         if let (Some(bot), Some(current)) = (to.backend.bot.channel(), &conversation) {
-            return Box::pin(self.converse(cx, to, req, bot, current)).await;
+            let partial = cx.partial.take();
+            return Box::pin(self.converse(cx, to, req, bot, current, partial)).await;
         }
         let path = to.backend.bot.target(req, conversation.as_ref());
         cx.conversation = conversation;
@@ -913,6 +916,7 @@ impl Handler for ChatService {
             arrived: started,
             out: AccessRecord::default(),
             conversation: None,
+            partial: None,
         };
         let channel = rt.channel_route(session.req_header().uri.path());
         let mut answer = match channel {

@@ -9,6 +9,7 @@
 //! on real HTTP over loopback.
 
 mod common;
+mod receiver;
 #[path = "common/redis.rs"]
 #[allow(dead_code)] // the other tests use all of it
 mod redis_server;
@@ -1196,4 +1197,70 @@ async fn a_post_sent_again_is_answered_with_its_first_answer_and_reaches_the_bot
     )
     .await;
     assert_ne!(other["id"], first["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_async_mode_a_direct_line_bots_replies_are_delivered_as_they_arrive() {
+    if let Some(why) = node_missing() {
+        assert!(std::env::var("CI").is_err(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start("bf-secret"))
+        .await
+        .unwrap();
+    // Replies 1.5 s apart, and a quiet time longer than that: one exchange, two deliveries.
+    let config = shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        &format!(
+            "[[backends]]\nname = \"bf-bot\"\ndialect = \"directline\"\nurl = \"http://127.0.0.1:{}/v3/directline\"\nsecret = \"bf-secret\"\nquiet_ms = 2500\n\n[[routes]]\nname = \"to-bf\"\npath = \"/to-bf\"\ningress = \"csml\"\nbackend = \"bf-bot\"\n",
+            bot.port
+        ),
+    );
+    let proxy = Proxy::start(&config).await;
+    let rx = receiver::Receiver::start(receiver::Reply::Ok).await;
+    let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
+    let body =
+        json!({"client": {"user_id": "a-user"}, "metadata": {}, "callback_url": rx.url("/cb"),
+                      "payload": {"content_type": "text", "content": {"text": "twice"}}})
+        .to_string();
+    let sent = std::time::Instant::now();
+    let (status, ack) = send(
+        &proxy,
+        "/to-bf",
+        &[("x-api-key", key), ("x-api-signature", sig)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    let deadline = sent + Duration::from_secs(10);
+    while rx.received().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = rx.received();
+    let texts: Vec<String> = got.iter().map(|g| g.json().to_string()).collect();
+    assert_eq!(got.len(), 3, "{texts:?}");
+    // CSML's closing POST comes once, after the last reply.
+    let last = got[2].json();
+    assert_eq!(
+        (&last["messages"], &last["conversation_end"]),
+        (&json!([]), &json!(true))
+    );
+    assert!(
+        texts[0].contains("First reply") && texts[1].contains("Second reply"),
+        "{texts:?}"
+    );
+    let first = got[0].at.duration_since(sent);
+    let apart = got[1].at.duration_since(got[0].at);
+    // The first came long before the exchange ended (at 1.5 s + the 2.5 s quiet time).
+    assert!(
+        first < Duration::from_millis(1_200),
+        "first after {first:?}"
+    );
+    assert!(apart > Duration::from_millis(1_000), "apart by {apart:?}");
+    assert_ne!(
+        got[0].header("idempotency-key"),
+        got[1].header("idempotency-key")
+    );
+    drop(bot);
 }

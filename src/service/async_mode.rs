@@ -195,13 +195,28 @@ impl ChatService {
                 ..AccessRecord::default()
             },
             conversation: None,
+            partial: None,
         };
         // Async mode's dialects (a caller's callback URL, a client's webhook) read no ids from
         // the path, so the route's stands in for the one the request came to.
         let Ok(req) = self.parse(&mut cx, &a, &a.route.path, &p.body) else {
             return ticket.abandon(); // parsed once already: cannot fail
         };
-        let bodies = match self.bot_answer(&mut cx, &a, &req, &p).await {
+        // A channel bot's replies are delivered as they arrive, each batch in its own place in the
+        // conversation's queue (the first in the request's), in order.
+        let mut ticket = Some(ticket);
+        let mut stream = |replies: Vec<Vec<u8>>| {
+            let bodies = self.batch_deliveries(&a, &req, &p, replies);
+            self.deliver_batch(&mut ticket, &target, &req, bodies);
+        };
+        let streams = (a.route.target(req.business_id))
+            .is_some_and(|t| rt.config.backends[t.backend].bot.channel().is_some());
+        if streams {
+            cx.partial = Some(&mut stream);
+        }
+        let answer = self.bot_answer(&mut cx, &a, &req, &p).await;
+        drop(cx);
+        let bodies = match answer {
             Ok(bodies) => bodies,
             Err(e) => {
                 let empty = self.empty_answer(&a, &req, &p.request_id, p.received);
@@ -209,14 +224,77 @@ impl ChatService {
                     Some(bodies) => bodies,
                     None => {
                         tracing::debug!(request_id = %p.request_id, reason = e.reason.as_str(), "async request's bot failed: nothing to deliver");
-                        return ticket.abandon();
+                        return; // the place (if still held) is freed with it
+                    }
+                }
+            }
+        };
+        if bodies.is_empty() {
+            return;
+        }
+        self.deliver_batch(&mut ticket, &target, &req, bodies);
+    }
+
+    /// A batch of a channel bot's replies as the bodies of deliveries, in the caller's dialect.
+    fn batch_deliveries(
+        &self,
+        a: &Admitted<'_>,
+        req: &ChatRequest<'_>,
+        p: &Pending,
+        replies: Vec<Vec<u8>>,
+    ) -> Vec<String> {
+        let Some(t) = a.route.target(req.business_id) else {
+            return Vec::new();
+        };
+        let bot = &p.rt.config.backends[t.backend].bot;
+        let body = format!(
+            "[{}]",
+            (replies.iter().map(|r| String::from_utf8_lossy(r)))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let Ok(answer) = bot.parse_answer(200, body.as_bytes(), a.ingress.keeps_raw()) else {
+            return Vec::new();
+        };
+        let ctx = self.answer_context(a, req, &p.request_id, p.received, AnswerShape::Hsl);
+        let rendered = a.ingress.render_answer(req, &answer, &ctx);
+        async_of(a).partial_deliveries(req, &rendered, ctx.business_name)
+    }
+
+    /// Delivers `bodies` in `ticket`'s place (taking it), else in a new place after it; a batch
+    /// the queue has no room for is counted and dropped.
+    fn deliver_batch(
+        &self,
+        ticket: &mut Option<Ticket>,
+        target: &Target,
+        req: &ChatRequest<'_>,
+        bodies: Vec<String>,
+    ) {
+        let ticket = match ticket.take() {
+            Some(t) => t,
+            None => {
+                let reservation = Reservation {
+                    request_id: &target.request_id,
+                    credential: &target.policy.credential,
+                    conversation: format!("{}\n{}", target.url_text, req.user_id),
+                    host: &target.url.host,
+                    bytes: 0,
+                };
+                match self.deliveries.reserve(reservation) {
+                    Ok(t) => t,
+                    Err(why) => {
+                        tracing::warn!(
+                            reason = why.as_str(),
+                            "a bot's later replies could not be queued for delivery"
+                        );
+                        return;
                     }
                 }
             }
         };
         // On a task of its own: this one's state (the bot exchange's, the request's body) is freed
         // while the deliveries wait for their receiver.
-        tokio::spawn(ticket.deliver(target, bodies));
+        tokio::spawn(ticket.deliver(target.clone(), bodies));
     }
 
     /// The bot's answer as the bodies of the deliveries, in the caller's dialect.

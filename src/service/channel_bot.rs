@@ -19,6 +19,9 @@ use crate::error::{ProxyError, Reason};
 use crate::model::ChatRequest;
 use crate::upstream::{Endpoint, Exchange, RequestBytes};
 
+/// What takes a channel bot's replies as they arrive (async mode): each read's new ones.
+pub(super) type Partial<'a> = dyn FnMut(Vec<Vec<u8>>) + Send + Sync + 'a;
+
 /// A token with less than this left is refreshed before it is used.
 const REFRESH_BEFORE: u64 = 300;
 
@@ -31,6 +34,7 @@ impl ChatService {
         req: &ChatRequest<'_>,
         bot: &dyn ChannelBot,
         current: &Conversation,
+        partial: Option<&mut Partial<'_>>,
     ) -> Result<Exchange, ProxyError> {
         let now = unix_secs(cx.received + cx.arrived.elapsed());
         // A conversation used with the secret (no token of its own) does not expire here.
@@ -51,7 +55,9 @@ impl ChatService {
         }
         let result = bot.posted(posted.status, &posted.body);
         let id = result.inspect_err(|e| self.backend_error(to.backend, e.reason))?;
-        let replies = self.replies(cx, to, req, bot, &mut session, &id).await;
+        let replies = self
+            .replies(cx, to, req, bot, &mut session, &id, partial)
+            .await;
         let record = Conversation {
             id: session.conversation.clone(),
             cursor: serde_json::to_string(&session).ok(),
@@ -59,8 +65,8 @@ impl ChatService {
         let keep =
             (cx.rt.conversations).keep(&to.backend.name, &req.user_id, AfterAnswer::Update(record));
         Box::pin(keep).await;
-        let replies = replies?;
-        if replies.is_empty() {
+        let (replies, handed) = replies?;
+        if replies.is_empty() && !handed {
             self.backend_error(to.backend, Reason::BackendTimeout);
             return Err(ProxyError::new(
                 504,
@@ -84,7 +90,9 @@ impl ChatService {
     }
 
     /// Reads the conversation until the replies to `id` stop coming (or the deadline), moving the
-    /// session's watermark on.
+    /// session's watermark on. With `partial`, each read's new replies are handed to it at once
+    /// (async mode delivers them as they arrive) and not returned; the flag says whether any were.
+    #[allow(clippy::too_many_arguments)]
     async fn replies(
         &self,
         cx: &mut Call<'_>,
@@ -93,18 +101,19 @@ impl ChatService {
         bot: &dyn ChannelBot,
         session: &mut BotSession,
         id: &str,
-    ) -> Result<Vec<Vec<u8>>, ProxyError> {
+        mut partial: Option<&mut Partial<'_>>,
+    ) -> Result<(Vec<Vec<u8>>, bool), ProxyError> {
         let waits = bot.waits();
         let deadline = Instant::now() + waits.deadline;
         let limit = cx.rt.config.process.server.max_answer_bytes;
         let (mut replies, mut size, mut last_new) = (Vec::<Vec<u8>>::new(), 0, None::<Instant>);
+        let (mut seen, mut handed) = (Vec::<Vec<u8>>::new(), false);
         loop {
-            // Each read within what is left of the deadline: past it, what came is the answer.
             let left = deadline.saturating_duration_since(Instant::now());
             let call = self.call(cx, to, req, bot.read(session));
             let read = match tokio::time::timeout(left, call).await {
                 Ok(read) => read?,
-                Err(_) => return Ok(replies),
+                Err(_) => return Ok((replies, handed)),
             };
             let page = (bot.page(read.status, &read.body, id))
                 .inspect_err(|e| self.backend_error(to.backend, e.reason))?;
@@ -114,9 +123,10 @@ impl ChatService {
             let now = Instant::now();
             // A reply read again (a bot whose watermark does not move) counts once.
             for r in page.replies {
-                if replies.contains(&r) {
+                if seen.contains(&r) {
                     continue;
                 }
+                seen.push(r.clone());
                 size += r.len();
                 if size > limit {
                     self.backend_error(to.backend, Reason::BackendBadAnswer);
@@ -129,9 +139,13 @@ impl ChatService {
                 replies.push(r);
                 last_new = Some(now);
             }
+            if let Some(hand) = partial.as_deref_mut().filter(|_| !replies.is_empty()) {
+                hand(std::mem::take(&mut replies));
+                handed = true;
+            }
             let quiet = last_new.is_some_and(|t| now >= t + waits.quiet);
             if quiet || now >= deadline {
-                return Ok(replies);
+                return Ok((replies, handed));
             }
             let wait = waits.poll.min(deadline.saturating_duration_since(now));
             tokio::time::sleep(wait.max(Duration::from_millis(1))).await;

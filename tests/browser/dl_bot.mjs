@@ -32,7 +32,7 @@
 //   carry replyToId).
 //
 // The bot: a postBack (a message with `value`) -> "You picked: <value>"; "Red"/"Yes"/"No" ->
-// "You said: <text>"; "slow" -> nothing at once, then "Sorry for the wait!" 1.5 s after its turn
+// "You said: <text>"; "twice" -> "First reply" at once and "Second reply" 1.5 s later; "slow" -> nothing at once, then "Sorry for the wait!" 1.5 s after its turn
 // ended (proactively, still replyToId = the message's id), so Send Activity answers at once;
 // "fail" -> the turn throws (Send Activity answers 502 BotError); anything else -> five replies:
 // a text, a hero card with an imBack and a postBack button, a text with suggested actions, an
@@ -90,6 +90,18 @@ class TestBot extends ActivityHandler {
         await context.sendActivity(`You said: ${text}`);
       } else if (text === 'fail') {
         throw new Error('the test bot was asked to fail');
+      } else if (text === 'twice') {
+        // One reply now and one 1.5 s after the turn (as "slow"), for replies that arrive apart.
+        await context.sendActivity('First reply');
+        const reference = TurnContext.getConversationReference(activity);
+        setTimeout(() => {
+          adapter
+            .continueConversationAsync('', reference, async (later) => {
+              later.activity.id = reference.activityId;
+              await later.sendActivity('Second reply');
+            })
+            .catch((err) => console.error('dl_bot: second reply failed:', err));
+        }, 1500);
       } else if (text === 'slow') {
         // After the turn: the turn's context is revoked by then, so continue the conversation.
         const reference = TurnContext.getConversationReference(activity);

@@ -989,6 +989,11 @@ pub fn render_error(err: &ProxyError) -> Vec<u8> {
 /// answer's envelope once per message, with that message alone, then the envelope with
 /// `"messages": []` and `"conversation_end": true`.
 pub fn callback_bodies(rendered: &[u8]) -> Vec<String> {
+    message_bodies(rendered, true)
+}
+
+/// One POST per message of a rendered answer, and with `close` the closing one.
+fn message_bodies(rendered: &[u8], close: bool) -> Vec<String> {
     let mut envelope: serde_json::Value =
         serde_json::from_slice(rendered).expect("a rendered answer is JSON");
     let messages = match envelope.get_mut("messages").map(serde_json::Value::take) {
@@ -1000,9 +1005,11 @@ pub fn callback_bodies(rendered: &[u8]) -> Vec<String> {
         envelope["messages"] = serde_json::Value::Array(vec![m]);
         bodies.push(envelope.to_string());
     }
-    envelope["messages"] = serde_json::Value::Array(Vec::new());
-    envelope["conversation_end"] = serde_json::Value::Bool(true);
-    bodies.push(envelope.to_string());
+    if close {
+        envelope["messages"] = serde_json::Value::Array(Vec::new());
+        envelope["conversation_end"] = serde_json::Value::Bool(true);
+        bodies.push(envelope.to_string());
+    }
     bodies
 }
 
@@ -1038,6 +1045,16 @@ impl crate::dialect::AsyncCaller for CsmlCallbacks {
 
     fn deliveries(&self, _req: &ChatRequest<'_>, rendered: &[u8], _business: &str) -> Vec<String> {
         callback_bodies(rendered)
+    }
+
+    /// Its messages, without the closing POST (which comes with the last part).
+    fn partial_deliveries(
+        &self,
+        _req: &ChatRequest<'_>,
+        rendered: &[u8],
+        _business: &str,
+    ) -> Vec<String> {
+        message_bodies(rendered, false)
     }
 
     fn failure_deliveries(&self, empty: &[u8], err: &ProxyError) -> Option<Vec<String>> {

@@ -301,6 +301,17 @@ pub trait AsyncCaller: Sync {
         rendered: &[u8],
         business_name: &str,
     ) -> Vec<String>;
+    /// The deliveries of a part of an answer, delivered while the bot is still answering (a
+    /// channel bot's replies as they arrive): as [`AsyncCaller::deliveries`], without anything
+    /// that closes the answer (which comes with its last part).
+    fn partial_deliveries(
+        &self,
+        req: &ChatRequest<'_>,
+        rendered: &[u8],
+        business_name: &str,
+    ) -> Vec<String> {
+        self.deliveries(req, rendered, business_name)
+    }
     /// The deliveries telling the receiver the bot failed, from `empty` (as for [`AsyncCaller::ack`]);
     /// `None`: nothing is delivered.
     fn failure_deliveries(&self, _empty: &[u8], _err: &ProxyError) -> Option<Vec<String>> {
