@@ -74,7 +74,11 @@ impl Runtime {
     /// The channel route of a request path, if it goes to one.
     pub(super) fn channel_route(&self, path: &str) -> Option<ChannelRoute> {
         self.channel_origins.as_ref()?;
-        let index = self.route_for(path)?;
+        // Only the channel routes' prefixes are looked at (most requests go elsewhere), and the
+        // route that takes the path must be that one.
+        let (_, index) = (self.routes_by_prefix.iter())
+            .find(|(p, i)| path.starts_with(p.as_str()) && self.is_channel(*i))?;
+        let index = (self.route_for(path) == Some(*index)).then_some(*index)?;
         let ingress = self.config.routes[index].fixed()?;
         let verbs = ingress.get().channel()?;
         Some(ChannelRoute {
@@ -82,6 +86,11 @@ impl Runtime {
             ingress,
             verbs,
         })
+    }
+
+    fn is_channel(&self, route: usize) -> bool {
+        let r = &self.config.routes[route];
+        r.prefix && r.fixed().is_some_and(|c| c.get().channel().is_some())
     }
 
     /// Whether some channel credential allows a browser at `origin`.
