@@ -579,6 +579,44 @@ fn node_missing() -> Option<String> {
         .then(|| "botframework-directlinejs is not installed: run `npm ci` in tests/browser".into())
 }
 
+/// Whether a test is skipped because a tool it needs is missing (`why`), saying so; never on CI.
+fn skipped(why: Option<String>) -> bool {
+    let Some(why) = why else {
+        return false;
+    };
+    assert!(std::env::var("CI").is_err(), "{why}");
+    eprintln!("skipped: {why}");
+    true
+}
+
+/// The test Direct Line bot with secret `bf-secret`, unless node cannot run it (skipped).
+async fn bot_framework_bot() -> Option<BotFrameworkBot> {
+    if skipped(node_missing()) {
+        return None;
+    }
+    Some(
+        tokio::task::spawn_blocking(|| BotFrameworkBot::start("bf-secret"))
+            .await
+            .unwrap(),
+    )
+}
+
+/// The shipped config with the Direct Line bot at `port` as backend `bf-bot` (with `extra` keys),
+/// and `routes`.
+fn with_bf_bot(port: u16, extra: &str, routes: &str) -> String {
+    shipped_config().replace(
+        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
+        &format!(
+            "[[backends]]\nname = \"bf-bot\"\ndialect = \"directline\"\nurl = \"http://127.0.0.1:{port}/v3/directline\"\nsecret = \"bf-secret\"\n{extra}\n\n{routes}"
+        ),
+    )
+}
+
+/// A route `/to-bf` for `ingress` callers to the Direct Line bot.
+fn to_bf_route(ingress: &str) -> String {
+    format!("[[routes]]\nname = \"to-bf\"\npath = \"/to-bf\"\ningress = \"{ingress}\"\nbackend = \"bf-bot\"\n")
+}
+
 /// DirectLineJS's run against `domain` (see tests/browser/directline.mjs).
 fn directlinejs(domain: &str, mode: &str) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/directline.mjs");
@@ -615,9 +653,7 @@ fn demo_bot_routes(bots: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directlinejs_holds_a_conversation_with_every_demo_bot_by_polling_and_websocket() {
-    if let Some(why) = node_missing() {
-        assert!(std::env::var("CI").is_err(), "{why}");
-        eprintln!("skipped: {why}");
+    if skipped(node_missing()) {
         return;
     }
     let bots = DEMO_BOTS;
@@ -689,14 +725,11 @@ const WEBCHAT_ORIGIN: &str = "http://webchat.botbridge.test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_chat_in_chromium_holds_a_conversation_and_clicks_a_button() {
-    if let Some(why) = node_missing() {
-        assert!(std::env::var("CI").is_err(), "{why}");
-        eprintln!("skipped: {why}");
+    if skipped(node_missing()) {
         return;
     }
-    if !chromium().exists() {
-        assert!(std::env::var("CI").is_err(), "chromium is not installed");
-        eprintln!("skipped: {} is not installed", chromium().display());
+    let no_chromium = format!("{} is not installed", chromium().display());
+    if skipped((!chromium().exists()).then_some(no_chromium)) {
         return;
     }
     // The shipped Direct Line route (the demo CSML bot), and one in front of each other demo bot.
@@ -810,27 +843,16 @@ impl Drop for BotFrameworkBot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haptik_csml_and_rasa_callers_hold_a_conversation_with_a_direct_line_bot() {
-    if let Some(why) = node_missing() {
-        assert!(std::env::var("CI").is_err(), "{why}");
-        eprintln!("skipped: {why}");
+    let Some(bot) = bot_framework_bot().await else {
         return;
-    }
-    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start("bf-secret"))
-        .await
-        .unwrap();
+    };
     let routes: String = ["haptik", "csml", "rasa"]
         .iter()
         .map(|d| {
             format!("[[routes]]\nname = \"to-bf-{d}\"\npath = \"/to-bf/{d}\"\ningress = \"{d}\"\nbackend = \"bf-bot\"\nbusiness_id = 343\n\n")
         })
         .collect();
-    let config = shipped_config().replace(
-        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
-        &format!(
-            "[[backends]]\nname = \"bf-bot\"\ndialect = \"directline\"\nurl = \"http://127.0.0.1:{}/v3/directline\"\nsecret = \"bf-secret\"\nquiet_ms = 600\n\n{routes}",
-            bot.port
-        ),
-    );
+    let config = with_bf_bot(bot.port, "quiet_ms = 600", &routes);
     let proxy = Proxy::start(&config).await;
     let haptik = || {
         vec![
@@ -1131,21 +1153,11 @@ canary = { backend = "demo-haptik-bot", percent = 100 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_line_bot_that_lost_its_conversations_gets_a_new_one() {
-    if let Some(why) = node_missing() {
-        assert!(std::env::var("CI").is_err(), "{why}");
-        eprintln!("skipped: {why}");
+    let Some(bot) = bot_framework_bot().await else {
         return;
-    }
-    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start("bf-secret"))
-        .await
-        .unwrap();
+    };
     let port = bot.port;
-    let config = shipped_config().replace(
-        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
-        &format!(
-            "[[backends]]\nname = \"bf-bot\"\ndialect = \"directline\"\nurl = \"http://127.0.0.1:{port}/v3/directline\"\nsecret = \"bf-secret\"\nquiet_ms = 300\n\n[[routes]]\nname = \"to-bf\"\npath = \"/to-bf\"\ningress = \"rasa\"\nbackend = \"bf-bot\"\n"
-        ),
-    );
+    let config = with_bf_bot(port, "quiet_ms = 300", &to_bf_route("rasa"));
     let proxy = Proxy::start(&config).await;
     let rasa = || vec![("authorization", "Bearer demo-rasa-token".to_string())];
     let say = |t: &str| json!({"sender": "r1", "message": t}).to_string();
@@ -1201,22 +1213,11 @@ async fn a_post_sent_again_is_answered_with_its_first_answer_and_reaches_the_bot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_async_mode_a_direct_line_bots_replies_are_delivered_as_they_arrive() {
-    if let Some(why) = node_missing() {
-        assert!(std::env::var("CI").is_err(), "{why}");
-        eprintln!("skipped: {why}");
+    let Some(bot) = bot_framework_bot().await else {
         return;
-    }
-    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start("bf-secret"))
-        .await
-        .unwrap();
+    };
     // Replies 1.5 s apart, and a quiet time longer than that: one exchange, two deliveries.
-    let config = shipped_config().replace(
-        "# Haptik and CSML callers in front of a Dialogflow CX agent.",
-        &format!(
-            "[[backends]]\nname = \"bf-bot\"\ndialect = \"directline\"\nurl = \"http://127.0.0.1:{}/v3/directline\"\nsecret = \"bf-secret\"\nquiet_ms = 2500\n\n[[routes]]\nname = \"to-bf\"\npath = \"/to-bf\"\ningress = \"csml\"\nbackend = \"bf-bot\"\n",
-            bot.port
-        ),
-    );
+    let config = with_bf_bot(bot.port, "quiet_ms = 2500", &to_bf_route("csml"));
     let proxy = Proxy::start(&config).await;
     let rx = receiver::Receiver::start(receiver::Reply::Ok).await;
     let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());

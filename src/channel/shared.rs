@@ -23,22 +23,16 @@ const CLAIM_MS: i64 = 600_000;
 
 /// A client's activity id on Redis: `""` while its post is with the bot, then the activity's id.
 pub async fn claim(redis: &SharedRedis, key: &str) -> Result<Option<String>, ProxyError> {
-    let key = key.to_owned();
-    let (set, found): (Option<String>, Option<String>) = redis
-        .call(Op::Channel, |mut conn| async move {
-            redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg("")
-                .arg("NX")
-                .arg("PX")
-                .arg(CLAIM_MS)
-                .get(&key)
-                .query_async(&mut conn)
-                .await
-        })
-        .await
-        .map_err(|_| unavailable())?;
+    let mut pipe = redis::pipe();
+    (pipe
+        .cmd("SET")
+        .arg(key)
+        .arg("")
+        .arg("NX")
+        .arg("PX")
+        .arg(CLAIM_MS))
+    .get(key);
+    let (set, found): (Option<String>, Option<String>) = run(redis, pipe).await?;
     Ok(if set.is_some() { None } else { found })
 }
 
@@ -77,6 +71,19 @@ pub enum Start {
     Foreign,
 }
 
+/// Runs a pipeline on Redis; a failure is the store's 503.
+async fn run<T: redis::FromRedisValue + Send + 'static>(
+    redis: &SharedRedis,
+    pipe: redis::Pipeline,
+) -> Result<T, ProxyError> {
+    (redis
+        .call(Op::Channel, |mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await)
+        .map_err(|_| unavailable())
+}
+
 impl<'a> Shared<'a> {
     pub fn new(redis: &'a SharedRedis, id: &str, idle_ms: i64) -> Self {
         Shared {
@@ -88,22 +95,14 @@ impl<'a> Shared<'a> {
     }
 
     pub async fn start(&self, owner: &str, user: &str) -> Result<Start, ProxyError> {
-        let (meta, ms) = (self.meta.clone(), self.idle_ms);
-        let (created, found): (i64, String) = (self.redis)
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hset_nx(&meta, "owner", owner)
-                    .hset_nx(&meta, "user", user)
-                    .ignore()
-                    .pexpire(&meta, ms)
-                    .ignore()
-                    .hget(&meta, "owner")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
+        let mut pipe = redis::pipe();
+        (pipe.atomic().hset_nx(&self.meta, "owner", owner))
+            .hset_nx(&self.meta, "user", user)
+            .ignore()
+            .pexpire(&self.meta, self.idle_ms)
+            .ignore()
+            .hget(&self.meta, "owner");
+        let (created, found): (i64, String) = run(self.redis, pipe).await?;
         Ok(match (created, found == owner) {
             (1, _) => Start::New,
             (_, true) => Start::Existing,
@@ -113,22 +112,16 @@ impl<'a> Shared<'a> {
 
     /// The user, if the conversation exists and is `owner`'s.
     pub async fn user(&self, owner: &str) -> Result<Option<String>, ProxyError> {
-        let (meta, ms) = (self.meta.clone(), self.idle_ms);
-        let ((user, found),): ((Option<String>, Option<String>),) = (self.redis)
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("HMGET")
-                    .arg(&meta)
-                    .arg("user")
-                    .arg("owner")
-                    .pexpire(&meta, ms)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
+        let mut pipe = redis::pipe();
+        (pipe
+            .atomic()
+            .cmd("HMGET")
+            .arg(&self.meta)
+            .arg("user")
+            .arg("owner"))
+        .pexpire(&self.meta, self.idle_ms)
+        .ignore();
+        let ((user, found),): ((Option<String>, Option<String>),) = run(self.redis, pipe).await?;
         Ok(user.filter(|_| found.as_deref() == Some(owner)))
     }
 
@@ -140,20 +133,12 @@ impl<'a> Shared<'a> {
         keep: usize,
         make: &(dyn Fn(u64) -> Vec<Vec<u8>> + Sync),
     ) -> Result<Option<u64>, ProxyError> {
-        let (meta, ms) = (self.meta.clone(), self.idle_ms);
-        let (found, last): (Option<String>, u64) = (self.redis)
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hget(&meta, "owner")
-                    .hincr(&meta, "next", n)
-                    .pexpire(&meta, ms)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
+        let mut pipe = redis::pipe();
+        (pipe.atomic().hget(&self.meta, "owner"))
+            .hincr(&self.meta, "next", n)
+            .pexpire(&self.meta, self.idle_ms)
+            .ignore();
+        let (found, last): (Option<String>, u64) = run(self.redis, pipe).await?;
         if found.as_deref() != Some(owner) {
             return Ok(None);
         }
@@ -172,14 +157,9 @@ impl<'a> Shared<'a> {
             .arg(a)
             .ignore();
         }
-        pipe.pexpire(&self.stream, ms).ignore();
-        pipe.pexpire(&self.meta, ms).ignore();
-        (self.redis)
-            .call(Op::Channel, |mut conn| async move {
-                pipe.query_async::<()>(&mut conn).await
-            })
-            .await
-            .map_err(|_| unavailable())?;
+        pipe.pexpire(&self.stream, self.idle_ms).ignore();
+        pipe.pexpire(&self.meta, self.idle_ms).ignore();
+        run::<()>(self.redis, pipe).await?;
         Ok(Some(first))
     }
 
@@ -192,29 +172,21 @@ impl<'a> Shared<'a> {
         max: usize,
         max_bytes: usize,
     ) -> Result<Option<Page>, ProxyError> {
-        let (meta, stream, ms) = (self.meta.clone(), self.stream.clone(), self.idle_ms);
         let start = watermark.map_or_else(|| "-".to_owned(), |w| format!("({w}"));
+        let mut pipe = redis::pipe();
+        (pipe.atomic().hget(&self.meta, "owner"))
+            .cmd("XRANGE")
+            .arg(&self.stream)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .pexpire(&self.meta, self.idle_ms)
+            .ignore()
+            .pexpire(&self.stream, self.idle_ms)
+            .ignore();
         type Entries = Vec<(String, Vec<Vec<u8>>)>;
-        let (found, entries): (Option<String>, Entries) = (self.redis)
-            .call(Op::Channel, |mut conn| async move {
-                redis::pipe()
-                    .atomic()
-                    .hget(&meta, "owner")
-                    .cmd("XRANGE")
-                    .arg(&stream)
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(max)
-                    .pexpire(&meta, ms)
-                    .ignore()
-                    .pexpire(&stream, ms)
-                    .ignore()
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|_| unavailable())?;
+        let (found, entries): (Option<String>, Entries) = run(self.redis, pipe).await?;
         if found.as_deref() != Some(owner) {
             return Ok(None);
         }
