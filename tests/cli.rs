@@ -53,6 +53,14 @@ fn errors_name_the_key_and_exit_non_zero() {
             "admin.listen",
         ),
         ("not toml at all [".to_string(), "line 1"),
+        // Two Direct Line credentials signing their tokens alike would share conversations.
+        (
+            SHIPPED.replace(
+                "secret = \"demo-directline-secret\"",
+                "secret = \"demo-directline-secret\"\ntoken_secret = \"shared-token-secret-0123\"\n\n[[clients.directline]]\nname = \"other\"\nsecret = \"other-directline-secret\"\ntoken_secret = \"shared-token-secret-0123\"",
+            ),
+            "clients.directline[1].token_secret",
+        ),
     ];
     for (config, key) in cases {
         let (ok, text) = check(&config);

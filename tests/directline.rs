@@ -1265,3 +1265,50 @@ async fn in_async_mode_a_direct_line_bots_replies_are_delivered_as_they_arrive()
     );
     drop(bot);
 }
+
+#[tokio::test]
+async fn streams_take_no_data_one_credential_has_its_share_and_activities_are_bounded() {
+    let config = shipped_config().replace(
+        "[demo]",
+        "[conversations]\nchannel_streams_per_credential = 1\n\n[demo]",
+    );
+    let proxy = Proxy::start(&config).await;
+    let (conv, token, started) = start(&proxy).await;
+    let mut ws = open_stream(started["streamUrl"].as_str().unwrap()).await;
+    // The credential's one stream is open: another of its conversations gets none for now.
+    let (_, _, other) = start(&proxy).await;
+    let url = other["streamUrl"].as_str().unwrap();
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap();
+    let tcp = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let refused = tokio_tungstenite::client_async(url, tcp).await.unwrap_err();
+    assert!(refused.to_string().contains("503"), "{refused}");
+    // A data frame from the caller closes its stream (activities are posted over HTTP), which
+    // frees the credential's place.
+    futures_util::SinkExt::send(&mut ws, Message::text("hello"))
+        .await
+        .unwrap();
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.unwrap(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("not closed: {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(closed.code), 1008);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = open_stream(url).await;
+    assert!(
+        futures_util::SinkExt::send(&mut again, Message::Ping(Default::default()))
+            .await
+            .is_ok()
+    );
+    // An activity larger than a conversation keeps is refused, and nothing joins.
+    let path = format!("/conversations/{conv}/activities");
+    let big = json!({"type": "message", "from": {"id": "u1"}, "text": "x".repeat(40_000)});
+    let config_limit = 65_536; // the shipped max_body_bytes: the body itself is accepted
+    assert!(big.to_string().len() < config_limit);
+    let (status, _, e) = call(&proxy, "POST", &path, &token, Some(big), &[]).await;
+    assert_eq!((status, code(&e)), (413, "BadArgument"), "{e}");
+    let (all, _) = poll(&proxy, &conv, &token, "").await;
+    assert!(all.is_empty());
+}

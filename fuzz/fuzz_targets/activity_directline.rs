@@ -12,9 +12,16 @@ static BOTS: OnceLock<Vec<Box<dyn Bot>>> = OnceLock::new();
 
 fuzz_target!(|body: &[u8]| {
     // What the conversation keeps of it: JSON, speaking as the user given, stamped.
-    let at = Stamp { conversation: "c", id: "c|0000001", timestamp: "t" };
+    let at = Stamp {
+        conversation: "c",
+        id: "c|0000001",
+        timestamp: "t",
+    };
     let echo: serde_json::Value = serde_json::from_slice(&Directline.echo(body, &at, "u")).unwrap();
-    assert_eq!((&echo["from"]["id"], &echo["id"]), (&serde_json::json!("u"), &serde_json::json!("c|0000001")));
+    assert_eq!(
+        (&echo["from"]["id"], &echo["id"]),
+        (&serde_json::json!("u"), &serde_json::json!("c|0000001"))
+    );
     if let Some(id) = Directline.client_activity_id(body) {
         assert!(!id.is_empty() && id.len() <= 128);
     }
@@ -22,7 +29,10 @@ fuzz_target!(|body: &[u8]| {
         match directline::parse_activity(body, owner, None) {
             Ok(Posted::Message(req)) => {
                 if let Some(o) = owner {
-                    assert_eq!(req.user_id, o, "a conversation's token spoke for someone else");
+                    assert_eq!(
+                        req.user_id, o,
+                        "a conversation's token spoke for someone else"
+                    );
                 }
                 botbridge_fuzz::check_request(&req, BOTS.get_or_init(botbridge_fuzz::bots));
                 let text = match &req.content {

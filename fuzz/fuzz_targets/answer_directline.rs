@@ -13,11 +13,23 @@ fuzz_target!(|body: &[u8]| {
     // A page as a Direct Line bot's conversation reads: the replies to one activity, each read back.
     let bot = BOT.get_or_init(|| {
         let table = toml::from_str("secret = \"fuzz-secret\"").unwrap();
-        registry::bot_dialect("directline").unwrap().configure("b", table).unwrap()
+        registry::bot_dialect("directline")
+            .unwrap()
+            .configure("b", table)
+            .unwrap()
     });
     if let Ok(page) = bot.channel().unwrap().page(200, body, "a-1") {
-        let joined = format!("[{}]", page.replies.iter().map(|r| String::from_utf8_lossy(r)).collect::<Vec<_>>().join(","));
-        let answer = bot.parse_answer(200, joined.as_bytes(), false).expect("replies read back");
+        let joined = format!(
+            "[{}]",
+            page.replies
+                .iter()
+                .map(|r| String::from_utf8_lossy(r))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let answer = bot
+            .parse_answer(200, joined.as_bytes(), false)
+            .expect("replies read back");
         botbridge_fuzz::check_answer(&answer);
     }
     match directline::replies_to(body, "a-1") {
@@ -25,7 +37,11 @@ fuzz_target!(|body: &[u8]| {
             botbridge_fuzz::check_answer(&answer);
             let page = serde_json::to_vec(&directline::reply_activities(&answer, "a-1")).unwrap();
             let again = directline::replies_to(&page, "a-1").expect("our own activities read back");
-            assert_eq!(again.replies.len(), answer.replies.len(), "a reply was lost on the way");
+            assert_eq!(
+                again.replies.len(),
+                answer.replies.len(),
+                "a reply was lost on the way"
+            );
         }
         Err(e) => botbridge_fuzz::check_parsed(Err(e)),
     }

@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     let key = TokenKey::new(b"a fuzzing key of some length");
     let text = String::from_utf8_lossy(data);
     if let Ok(grant) = key.verify(&text, 0, u64::MAX) {
-        assert_eq!(key.mint(&grant), text, "a token accepted that the key did not mint");
+        assert_eq!(
+            key.mint(&grant),
+            text,
+            "a token accepted that the key did not mint"
+        );
     }
     let _ = token_key_id(&text);
     let (conversation, rest) = data.split_at(data.len() / 2);
@@ -24,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     let token = key.mint(&grant);
     assert_eq!(key.verify(&token, 0, 1_800), Ok(grant.clone()));
     assert_eq!(token_key_id(&token), Some(key.id()));
-    assert_eq!(key.verify(&token, grant.expires, 1_800), Err(TokenError::Expired));
+    assert_eq!(
+        key.verify(&token, grant.expires, 1_800),
+        Err(TokenError::Expired)
+    );
     let other = TokenKey::new(b"another fuzzing key entirely");
     assert_eq!(other.verify(&token, 0, 1_800), Err(TokenError::Invalid));
 });

@@ -47,6 +47,7 @@ pub fn bots() -> Vec<Box<dyn Bot>> {
                     "project = \"p\"\nlocation = \"global\"\nagent = \"a\"\nlanguage_code = \"en\"\ncredentials_file = {:?}",
                     service_account_file()
                 ),
+                "directline" => "secret = \"fuzz-directline-secret\"".to_owned(),
                 other => panic!("a new bot dialect `{other}`: add its settings here"),
             };
             let table: toml::Table = settings.parse().expect("settings parse");
@@ -91,6 +92,16 @@ fn reads_back(bot: &dyn Bot, body: &[u8], req: &ChatRequest<'_>) {
     let value: serde_json::Value = serde_json::from_slice(body).expect("bot request is JSON");
     assert!(value.is_object(), "bot request is an object");
     let path = bot.target(req, None);
+    // A channel's requests are activities posted to a conversation.
+    if let Some(ch) = caller(dialect).and_then(|c| c.get().channel()) {
+        match ch.parse_activity(body, None, None) {
+            Ok(botbridge::dialect::Posted::Message(again)) => {
+                assert_eq!(again.user_id, req.user_id, "the user changed on the way")
+            }
+            other => panic!("{dialect} bot request is not a {dialect} message: {other:?}"),
+        }
+        return;
+    }
     if let Some(c) = caller(dialect) {
         let at = path.as_deref().unwrap_or("/");
         let again = c.parse_request(at, body).unwrap_or_else(|e| {
@@ -101,7 +112,11 @@ fn reads_back(bot: &dyn Bot, body: &[u8], req: &ChatRequest<'_>) {
         });
         match &path {
             None => assert_eq!(again.user_id, req.user_id, "the user changed on the way"),
-            Some(_) => assert_eq!(bot.target(&again, None), path, "the path changed on the way"),
+            Some(_) => assert_eq!(
+                bot.target(&again, None),
+                path,
+                "the path changed on the way"
+            ),
         }
         if let (Content::Text(a), Content::Text(b)) = (&again.content, &req.content) {
             assert_eq!(a, b, "the text changed on the way");

@@ -141,11 +141,20 @@ pub struct StreamClaim {
     pub generation: u64,
     pub newer: watch::Receiver<u64>,
     open: Arc<AtomicUsize>,
+    by_credential: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    owner: String,
 }
 
 impl Drop for StreamClaim {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        let mut by = self.by_credential.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                by.remove(&self.owner);
+            }
+        }
     }
 }
 
@@ -160,6 +169,9 @@ pub struct Channels {
     streams: moka::sync::Cache<Arc<str>, Arc<watch::Sender<u64>>>,
     open_streams: Arc<AtomicUsize>,
     max_streams: usize,
+    /// Open streams by credential (its conversations' owner), each held to `max_per_credential`.
+    by_credential: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    max_per_credential: usize,
     redis: Option<Arc<SharedRedis>>,
     keep: Keep,
     idle: Duration,
@@ -189,6 +201,8 @@ impl Channels {
             streams: small(),
             open_streams: Arc::default(),
             max_streams: settings.channel_streams,
+            by_credential: Arc::default(),
+            max_per_credential: settings.channel_streams_per_credential,
             redis,
             keep: Keep {
                 count: settings.channel_activities,
@@ -361,13 +375,22 @@ impl Channels {
             .subscribe()
     }
 
-    /// A place for a new stream of conversation `id` (the one open before is told to close);
-    /// `None` when this instance has `channel_streams` open.
-    pub fn claim_stream(&self, id: &str) -> Option<StreamClaim> {
-        let open = self.open_streams.fetch_add(1, Ordering::Relaxed);
-        if open >= self.max_streams {
-            self.open_streams.fetch_sub(1, Ordering::Relaxed);
-            return None;
+    /// A place for a new stream of `owner`'s conversation `id` (the one open before is told to
+    /// close); `None` when this instance has `channel_streams` open, or the credential
+    /// `channel_streams_per_credential`.
+    pub fn claim_stream(&self, id: &str, owner: &str) -> Option<StreamClaim> {
+        {
+            let mut by = self.by_credential.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = by.entry(owner.to_owned()).or_default();
+            if *mine >= self.max_per_credential {
+                return None;
+            }
+            let open = self.open_streams.fetch_add(1, Ordering::Relaxed);
+            if open >= self.max_streams {
+                self.open_streams.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
+            *mine += 1;
         }
         let generations = (self.streams).get_with(Arc::from(id), || Arc::new(watch::channel(0).0));
         let mut generation = 0;
@@ -379,6 +402,8 @@ impl Channels {
             generation,
             newer: generations.subscribe(),
             open: self.open_streams.clone(),
+            by_credential: self.by_credential.clone(),
+            owner: owner.to_owned(),
         })
     }
 }

@@ -18,8 +18,14 @@ pub struct Shared<'a> {
     idle_ms: i64,
 }
 
-/// How long a client's activity id is remembered (a client retries within seconds).
+/// How long a client's activity id is remembered once answered (a client retries within seconds).
 const CLAIM_MS: i64 = 600_000;
+/// How long it is held while its post is with the bot: past the longest exchange, so an instance
+/// that died meanwhile does not leave it held for ten minutes.
+const CLAIM_IN_FLIGHT_MS: i64 = 60_000;
+/// The most entries one read of a conversation's stream takes (each at most an activity's bytes):
+/// a read stays small, whatever the conversation holds.
+const READ_COUNT: usize = 64;
 
 /// A client's activity id on Redis: `""` while its post is with the bot, then the activity's id.
 pub async fn claim(redis: &SharedRedis, key: &str) -> Result<Option<String>, ProxyError> {
@@ -30,7 +36,7 @@ pub async fn claim(redis: &SharedRedis, key: &str) -> Result<Option<String>, Pro
         .arg("")
         .arg("NX")
         .arg("PX")
-        .arg(CLAIM_MS))
+        .arg(CLAIM_IN_FLIGHT_MS))
     .get(key);
     let (set, found): (Option<String>, Option<String>) = run(redis, pipe).await?;
     Ok(if set.is_some() { None } else { found })
@@ -180,7 +186,7 @@ impl<'a> Shared<'a> {
             .arg(start)
             .arg("+")
             .arg("COUNT")
-            .arg(max)
+            .arg(max.min(READ_COUNT))
             .pexpire(&self.meta, self.idle_ms)
             .ignore()
             .pexpire(&self.stream, self.idle_ms)

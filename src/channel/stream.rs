@@ -3,8 +3,9 @@
 //! a keep-alive (an empty message, which clients skip, and a ping) every `KEEPALIVE`. It closes
 //! when the caller's token expires, when a newer stream of the same conversation opens, when the
 //! caller closes it, or when the caller stops reading (a send that cannot finish within
-//! `SEND_TIMEOUT`). Frames the caller sends are read only for pings and its close (a channel's
-//! activities are posted over HTTP): they never make the store be read.
+//! `SEND_TIMEOUT`). A caller may send pings (a few per keep-alive) and its close, nothing else: a
+//! data frame closes the stream (a channel's activities are posted over HTTP), and no frame makes
+//! the store be read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ const PAGE: usize = 100;
 const SHARED_POLL: Duration = Duration::from_secs(1);
 /// The largest frame a caller may send (it has nothing to send but pings and its close).
 const MAX_FRAME: usize = 4 << 10;
+/// The most pings (and pongs) a caller may send between two keep-alives.
+const MAX_CONTROL: u32 = 32;
 
 /// The `Sec-WebSocket-Accept` of a handshake's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
@@ -108,7 +111,7 @@ async fn follow(ws: WebSocketStream<Stream>, f: &mut Follow) -> &'static str {
     let shared = f.channels.shared();
     let expiry = tokio::time::sleep_until(f.until);
     tokio::pin!(expiry);
-    let mut read = true;
+    let (mut read, mut control) = (true, 0);
     loop {
         if std::mem::take(&mut read) {
             match send_new(&mut tx, f, &mut sent).await {
@@ -138,6 +141,7 @@ async fn follow(ws: WebSocketStream<Stream>, f: &mut Follow) -> &'static str {
                 }
             }
             _ = keepalive.tick() => {
+                control = 0;
                 if !send(&mut tx, Message::text("")).await
                     || !send(&mut tx, Message::Ping(Default::default())).await {
                     return "caller gone";
@@ -150,8 +154,22 @@ async fn follow(ws: WebSocketStream<Stream>, f: &mut Follow) -> &'static str {
             frame = rx.next() => match frame {
                 Some(Ok(Message::Close(_))) | None => return "caller closed",
                 Some(Err(_)) => return "caller error",
-                // Pings are answered by the next send; anything else is not the stream's.
-                Some(Ok(_)) => {}
+                // A caller has nothing to say on the stream (its activities go over HTTP).
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    let _ = send(&mut tx, Message::Close(Some(CloseFrame {
+                        code: 1008u16.into(),
+                        reason: "a stream takes no messages; post activities".into(),
+                    }))).await;
+                    return "caller sent data";
+                }
+                // Pings are answered by the next send, a few per keep-alive at most.
+                Some(Ok(_)) => {
+                    control += 1;
+                    if control > MAX_CONTROL {
+                        return "caller flooded";
+                    }
+                    tokio::task::yield_now().await;
+                }
             },
         }
     }

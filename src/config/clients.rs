@@ -193,6 +193,19 @@ fn file(
         }
         ClientCredential::Token { digest, grant } => {
             summary.any_without_business |= grant.business_id.is_none();
+            // Tokens find their credential by the id of the key that signs them: two credentials
+            // with one key would share every conversation.
+            if let Some(c) = &grant.channel {
+                let kid = c.key.id();
+                let shared = (creds.tokens.grants())
+                    .any(|g| g.channel.as_ref().is_some_and(|o| o.key.id() == kid));
+                if shared {
+                    return Err(ConfigError::new(
+                        format!("{key}.token_secret"),
+                        "another credential signs its tokens with the same secret: give each its own",
+                    ));
+                }
+            }
             if !creds.tokens.insert(digest, grant) {
                 return Err(ConfigError::new(
                     format!("{key}.token"),

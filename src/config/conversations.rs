@@ -40,6 +40,9 @@ pub struct RawConversations {
     /// instance; more are refused (503) until some close.
     #[serde(default = "default_channel_streams")]
     pub channel_streams: usize,
+    /// At most this many of them for one credential on one route, so no caller takes them all.
+    #[serde(default = "default_channel_streams_per_credential")]
+    pub channel_streams_per_credential: usize,
 }
 
 impl Default for RawConversations {
@@ -51,6 +54,7 @@ impl Default for RawConversations {
             channel_bytes: default_channel_bytes(),
             channel_conversation_bytes: default_channel_conversation_bytes(),
             channel_streams: default_channel_streams(),
+            channel_streams_per_credential: default_channel_streams_per_credential(),
         }
     }
 }
@@ -73,6 +77,9 @@ fn default_channel_conversation_bytes() -> usize {
 fn default_channel_streams() -> usize {
     1_000
 }
+fn default_channel_streams_per_credential() -> usize {
+    250
+}
 
 /// `[conversations]`, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,6 +90,7 @@ pub struct ConversationSettings {
     pub channel_bytes: u64,
     pub channel_conversation_bytes: usize,
     pub channel_streams: usize,
+    pub channel_streams_per_credential: usize,
 }
 
 /// Validates `[conversations]`: every bound must be above zero.
@@ -107,6 +115,10 @@ pub fn validate(r: &RawConversations) -> Result<ConversationSettings, ConfigErro
             r.channel_conversation_bytes as u64,
         ),
         ("channel_streams", r.channel_streams as u64),
+        (
+            "channel_streams_per_credential",
+            r.channel_streams_per_credential as u64,
+        ),
     ] {
         if v == 0 {
             let key = format!("conversations.{key}");
@@ -120,6 +132,7 @@ pub fn validate(r: &RawConversations) -> Result<ConversationSettings, ConfigErro
         channel_bytes: r.channel_bytes,
         channel_conversation_bytes: r.channel_conversation_bytes,
         channel_streams: r.channel_streams,
+        channel_streams_per_credential: r.channel_streams_per_credential,
     })
 }
 

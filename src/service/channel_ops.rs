@@ -20,6 +20,9 @@ use crate::timefmt;
 
 /// The most activities a poll answers with.
 const PAGE: usize = 500;
+/// The most bytes of a caller's activity a conversation keeps (its echo): a message of several
+/// pages of text fits; a conversation's budget takes a handful at least.
+const MAX_ACTIVITY_BYTES: usize = 32 << 10;
 
 /// 16 random bytes.
 fn random() -> [u8; 16] {
@@ -84,6 +87,23 @@ impl ChatService {
         .inspect_err(|_| {
             self.translation_error(&rt.config.routes[c.index], "invalid_request", 1)
         })?;
+        // What the conversation keeps of an activity is held to MAX_ACTIVITY_BYTES.
+        let at = Stamp {
+            conversation: id,
+            id: &c.verbs.activity_id(id, u64::MAX),
+            timestamp: "0000-00-00T00:00:00.000Z",
+        };
+        if c.verbs
+            .echo(&body, &at, a.token_user().unwrap_or(&anonymous))
+            .len()
+            > MAX_ACTIVITY_BYTES
+        {
+            return Err(ProxyError::new(
+                413,
+                Reason::BodyTooLarge,
+                format!("an activity keeps at most {MAX_ACTIVITY_BYTES} bytes"),
+            ));
+        }
         // A post seen before (a client retrying) is answered with what it got, never sent twice.
         let client_id = c.verbs.client_activity_id(&body);
         if let Some(cid) = &client_id {
@@ -360,7 +380,7 @@ pub(super) async fn open_stream(
                 .with_header("sec-websocket-version", "13"),
         );
     }
-    let claim = cx.rt.channels.claim_stream(id).ok_or_else(|| {
+    let claim = cx.rt.channels.claim_stream(id, &a.owner).ok_or_else(|| {
         ProxyError::new(
             503,
             Reason::Overloaded,

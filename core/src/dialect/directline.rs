@@ -959,6 +959,14 @@ impl Bot for DirectlineBot {
         ctx: &BotRequestContext<'_>,
     ) -> Result<Vec<u8>, ProxyError> {
         let text = text_for_bot(req, ctx.flow_trigger, "a Direct Line bot")?;
+        // A blank message is not one Direct Line takes (nor this dialect's callers).
+        if text.trim().is_empty() {
+            return Err(ProxyError::new(
+                400,
+                Reason::Untranslatable,
+                "a Direct Line bot takes no blank message",
+            ));
+        }
         Ok(serde_json::to_vec(&user_activity(req, text)).expect("JSON serializes"))
     }
 
