@@ -276,12 +276,17 @@ pub fn replies_in(activities: &[u8]) -> Result<ChatAnswer<'static>, ProxyError> 
 
 fn activity_replies(a: BotActivityIn<'_>, answer: &mut ChatAnswer<'static>) {
     let owned = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
-    let suggested = a.suggested_actions.map(|s| s.actions).unwrap_or_default();
-    match (a.text.filter(|t| !t.is_empty()), suggested.is_empty()) {
+    // Suggested actions none of which reads as a button (no title, no value) leave a plain text.
+    let buttons: Vec<Button<'static>> = (a.suggested_actions.map(|s| s.actions))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(button_of)
+        .collect();
+    match (a.text.filter(|t| !t.is_empty()), buttons.is_empty()) {
         (Some(t), true) => answer.replies.push(Reply::Text(owned(t))),
         (t, false) => answer.replies.push(Reply::Question {
             title: t.map_or(Cow::Borrowed(""), owned),
-            buttons: suggested.iter().filter_map(button_of).collect(),
+            buttons,
         }),
         (None, true) => {}
     }
@@ -1313,6 +1318,22 @@ mod tests {
         let back = replies_to(&page, "act-1").unwrap();
         assert_eq!(back.replies, answer.replies);
         assert_eq!(replies_to(&page, "act-2").unwrap().replies, []);
+    }
+
+    #[test]
+    fn suggested_actions_without_a_readable_button_leave_the_text() {
+        // Found by fuzzing: actions with neither title nor value made a question of no buttons
+        // (and no title), which no caller could show and which rendered back as nothing.
+        let page = json!([
+            {"type": "message", "replyToId": "a", "text": "Size?",
+             "suggestedActions": {"actions": [{"type": "imBack", "tit|e": "S"}]}},
+            {"type": "message", "replyToId": "a",
+             "suggestedActions": {"actions": [{"type": "imBack"}]}}
+        ]);
+        let a = replies_to(&serde_json::to_vec(&page).unwrap(), "a").unwrap();
+        assert_eq!(a.replies, [Reply::Text("Size?".into())]);
+        let back = serde_json::to_vec(&reply_activities(&a, "a")).unwrap();
+        assert_eq!(replies_to(&back, "a").unwrap().replies, a.replies);
     }
 
     #[test]
