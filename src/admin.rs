@@ -2,16 +2,18 @@
 //! (each backend's endpoints and state, JSON), `GET /migration` and `/migration.json` (the shadow
 //! comparisons' report, `crate::migration::page`), `POST /auth-cache/clear` (forget every cached
 //! auth service decision), `POST /reload` (reload `proxy.toml`, as `SIGHUP` does) and
-//! `GET /openapi/<dialect>.json` (the callers' API documents, `docs/openapi/`).
+//! `GET /openapi/<dialect>.json` (the callers' API documents, `docs/openapi/`), and with the Redis
+//! delivery journal `GET /deliveries/dead-letters` (the newest dead letters, `?count=`) and
+//! `POST /deliveries/dead-letters/replay?id=…` (deliver them again).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address. With no `[admin] token`, a request whose
 //! `Host` is a name other than `localhost` or one of `allowed_hosts` is refused with 421 (a web page
 //! whose name was re-pointed at this listener, DNS rebinding, must not read it). The two mutating
 //! endpoints refuse cross-site requests (403: a web page open on the operator's machine must not
-//! trigger them) and, with `[admin] token` set, require it as a bearer token (401); the reads
-//! (`/metrics`, `/backends`, `/migration`) require it only with `metrics_token_required`; `/healthz`
-//! is always open. Every answer says `X-Content-Type-Options: nosniff`.
+//! trigger them) and, with `[admin] token` set, require it as a bearer token (401), as the dead
+//! letters do; the reads (`/metrics`, `/backends`, `/migration`) require it only with
+//! `metrics_token_required`; `/healthz` is always open. Every answer says `X-Content-Type-Options: nosniff`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,6 +24,8 @@ use pingora::protocols::http::ServerSession;
 use prometheus::{Encoder, TextEncoder};
 
 use crate::config::admin::AdminLock;
+use crate::delivery::recover::Requeued;
+use crate::delivery::Deliveries;
 use crate::dialect::registry;
 use crate::error::ProxyError;
 use crate::httpio::{self, Answer, Handler};
@@ -32,6 +36,7 @@ use crate::reload::Reloader;
 /// Serves metrics, health and cache control.
 pub struct AdminService {
     reloader: Arc<Reloader>,
+    deliveries: Deliveries,
 }
 
 /// What a request asks for.
@@ -47,6 +52,10 @@ enum Endpoint {
     OpenApi(&'static str),
     ClearAuthCache,
     Reload,
+    /// `GET /deliveries/dead-letters`
+    DeadLetters,
+    /// `POST /deliveries/dead-letters/replay`
+    Replay,
     /// `/metrics` or `/healthz` with another method than GET/HEAD.
     WrongMethod,
     NotFound,
@@ -64,6 +73,8 @@ impl Endpoint {
             ("/migration.json", true, _) => Endpoint::MigrationJson,
             ("/auth-cache/clear", _, true) => Endpoint::ClearAuthCache,
             ("/reload", _, true) => Endpoint::Reload,
+            ("/deliveries/dead-letters", true, _) => Endpoint::DeadLetters,
+            ("/deliveries/dead-letters/replay", _, true) => Endpoint::Replay,
             ("/metrics" | "/healthz" | "/migration" | "/migration.json", false, _) => {
                 Endpoint::WrongMethod
             }
@@ -76,7 +87,10 @@ impl Endpoint {
     }
 
     fn mutating(self) -> bool {
-        matches!(self, Endpoint::ClearAuthCache | Endpoint::Reload)
+        matches!(
+            self,
+            Endpoint::ClearAuthCache | Endpoint::Reload | Endpoint::Replay
+        )
     }
 }
 
@@ -88,8 +102,11 @@ fn api_document(path: &str) -> Option<&'static str> {
 
 impl AdminService {
     /// The admin listener, acting on the runtime the reloader manages.
-    pub fn new(reloader: Arc<Reloader>) -> Self {
-        AdminService { reloader }
+    pub fn new(reloader: Arc<Reloader>, deliveries: Deliveries) -> Self {
+        AdminService {
+            reloader,
+            deliveries,
+        }
     }
 
     /// The 421, 403 or 401 this request gets, if any: the `Host` first (only without a token),
@@ -123,7 +140,10 @@ impl AdminService {
             endpoint,
             Endpoint::Metrics | Endpoint::Backends | Endpoint::Migration | Endpoint::MigrationJson
         );
-        let guarded = endpoint.mutating() || (reads && lock.metrics_token_required);
+        // Dead letters carry what users were told: always behind the token, when there is one.
+        let guarded = endpoint.mutating()
+            || endpoint == Endpoint::DeadLetters
+            || (reads && lock.metrics_token_required);
         if guarded && !lock.opens(bearer(header("authorization"))) {
             let answer = refuse("unauthorized", 401, "missing or wrong admin token");
             return Some(answer.with_header("www-authenticate", "Bearer"));
@@ -131,8 +151,10 @@ impl AdminService {
         None
     }
 
-    fn serve(&self, endpoint: Endpoint) -> Answer {
+    async fn serve(&self, endpoint: Endpoint, query: Option<&str>) -> Answer {
         match endpoint {
+            Endpoint::DeadLetters => self.dead_letters(query).await,
+            Endpoint::Replay => self.replay(query).await,
             Endpoint::Metrics => metrics(),
             Endpoint::Healthz => Answer::text(200, "ok\n"),
             Endpoint::Backends => {
@@ -160,7 +182,113 @@ impl AdminService {
     }
 }
 
+/// Dead letters listed at most.
+const DEAD_LETTERS_MAX: usize = 1_000;
+
+/// The values of `name` in a query string.
+fn query_values<'q>(query: Option<&'q str>, name: &'q str) -> impl Iterator<Item = String> + 'q {
+    (query.unwrap_or_default().split('&'))
+        .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .map(percent_decode)
+}
+
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl AdminService {
+    /// The newest dead letters of the shared journal: URLs without their query, bodies only with
+    /// `[log] message_bodies`.
+    async fn dead_letters(&self, query: Option<&str>) -> Answer {
+        let Some(journal) = self.deliveries.journal().shared().cloned() else {
+            return no_dead_letter_store();
+        };
+        let count = (query_values(query, "count").next())
+            .and_then(|c| c.parse::<usize>().ok())
+            .unwrap_or(100)
+            .clamp(1, DEAD_LETTERS_MAX);
+        let Ok(entries) = journal.dead_letters(count, None).await else {
+            return Answer::json(503, br#"{"error":"redis is unavailable"}"#.to_vec());
+        };
+        let bodies = self.reloader.runtime().config.message_bodies;
+        let list: Vec<serde_json::Value> = (entries.into_iter())
+            .map(|e| {
+                let mut f = e.fields;
+                if let Some(o) = f.as_object_mut() {
+                    let redacted = o.remove("redacted_url").unwrap_or_default();
+                    o.insert("url".into(), redacted);
+                    o.remove("conversation");
+                    if !bodies {
+                        o.remove("body");
+                    }
+                    o.insert("id".into(), e.id.into());
+                }
+                f
+            })
+            .collect();
+        let body = serde_json::json!({"store": "redis", "dead_letters": list});
+        Answer::json(200, body.to_string().into_bytes())
+    }
+
+    /// Delivers the dead letters named by `id` again (journaled first, same idempotency keys).
+    async fn replay(&self, query: Option<&str>) -> Answer {
+        let Some(journal) = self.deliveries.journal().shared().cloned() else {
+            return no_dead_letter_store();
+        };
+        let ids: Vec<String> = query_values(query, "id").take(DEAD_LETTERS_MAX).collect();
+        if ids.is_empty() {
+            return Answer::json(
+                400,
+                br#"{"error":"name the dead letters to replay: ?id=<id>"}"#.to_vec(),
+            );
+        }
+        let clients = self.reloader.runtime().config.clients.clone();
+        let (mut replayed, mut missing, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+        for id in ids {
+            let Ok(found) = journal.dead_letters(1, Some(&id)).await else {
+                return Answer::json(503, br#"{"error":"redis is unavailable"}"#.to_vec());
+            };
+            let Some(letter) = found.into_iter().next() else {
+                missing.push(id);
+                continue;
+            };
+            match self.deliveries.replay(&letter.fields, &clients).await {
+                Requeued::Queued(_) => {
+                    let _ = journal.forget_dead(&id).await;
+                    replayed.push(id);
+                }
+                Requeued::Foreign | Requeued::Failed => refused.push(id),
+            }
+        }
+        tracing::info!(
+            replayed = replayed.len(),
+            missing = missing.len(),
+            refused = refused.len(),
+            "dead letters replayed"
+        );
+        let body =
+            serde_json::json!({"replayed": replayed, "missing": missing, "refused": refused});
+        Answer::json(200, body.to_string().into_bytes())
+    }
+
     fn migration(&self, endpoint: Endpoint) -> Answer {
         let rt = self.reloader.runtime();
         let report = page::report(&rt.config, rt.migration.report());
@@ -186,7 +314,10 @@ impl Handler for AdminService {
         let endpoint = Endpoint::of(&req.method, req.uri.path());
         let mut answer = match self.refusal(session, endpoint, has_body) {
             Some(refused) => refused,
-            None => self.serve(endpoint),
+            None => {
+                let query = req.uri.query().map(str::to_owned);
+                self.serve(endpoint, query.as_deref()).await
+            }
         };
         answer.keepalive &= keep;
         answer.with_header("x-content-type-options", "nosniff")
@@ -208,6 +339,13 @@ fn metrics() -> Answer {
         },
         Err(e) => Answer::text(500, format!("cannot encode metrics: {e}\n")),
     }
+}
+
+fn no_dead_letter_store() -> Answer {
+    let message = "dead letters are kept for replay with the Redis delivery journal only; this \
+                   instance's are in its delivery.dead_letter_path";
+    let body = serde_json::json!({ "error": message }).to_string();
+    Answer::json(404, body.into_bytes())
 }
 
 /// A short JSON refusal, counted and logged (never with a header's value).

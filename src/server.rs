@@ -73,7 +73,8 @@ pub fn assemble(config: Arc<Config>, config_path: PathBuf, clock: Clock) -> Asse
         chat = chat.with_tls(tls.build());
     }
     let admin_limits = limits.private_listener(ADMIN_MAX_CONNECTIONS);
-    let admin = App::new("admin", AdminService::new(reloader.clone()), admin_limits);
+    let admin_service = AdminService::new(reloader.clone(), deliveries.deliveries.clone());
+    let admin = App::new("admin", admin_service, admin_limits);
     let demo = (config.demo.as_ref()).map(|d| {
         App::new(
             "demo",

@@ -289,7 +289,8 @@ impl ChatService {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
         let config = runtime.load_full().config.clone();
-        let deliveries = Deliveries::new(&config.process.delivery, config.message_bodies);
+        let shared = runtime.load().shared.clone();
+        let deliveries = Deliveries::new(&config.process.delivery, config.message_bodies, shared);
         ChatService {
             shadow_upstream: Arc::new(Upstream::new(
                 server.upstream_pool_size,
@@ -349,7 +350,7 @@ impl ChatService {
         }
         // Async mode (a caller's callback URL or a client's webhook): answered now, the bot later.
         if let Some(target) = self.async_target(&admitted, &req).await? {
-            return self.accept_async(cx, admitted, &req, &body, target);
+            return self.accept_async(cx, admitted, &req, &body, target).await;
         }
         let (to_bot, exchange) = self.exchange_for(cx, &admitted, &req).await?;
         let (answer, after) = (self.to_caller(cx, &admitted, &req, &to_bot, &exchange))

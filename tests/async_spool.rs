@@ -1,5 +1,6 @@
-//! Async mode across a planned restart: the real binary, stopped with SIGTERM while deliveries are
-//! pending, spools them; the next process delivers every one, with the same idempotency keys.
+//! Async mode across a planned restart without a journal (`journal = "off"`): the real binary,
+//! stopped with SIGTERM while deliveries are pending, spools them; the next process delivers every
+//! one, with the same idempotency keys. (With the journal, `tests/async_journal.rs`.)
 
 mod common;
 mod receiver;
@@ -13,7 +14,7 @@ use serde_json::json;
 
 fn config(spool: &std::path::Path) -> String {
     format!(
-        "{}\n[delivery]\nspool_dir = \"{}\"\ndead_letter_path = \"{{DIR}}/dead.jsonl\"\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        "{}\n[delivery]\njournal = \"off\"\nspool_dir = \"{}\"\ndead_letter_path = \"{{DIR}}/dead.jsonl\"\nretry_initial_ms = 50\nretry_max_ms = 200\n",
         shipped_config().replace("grace_period_seconds = 5", "grace_period_seconds = 2"),
         spool.display()
     )

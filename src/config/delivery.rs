@@ -1,5 +1,5 @@
-//! `[delivery]`: async mode's queue, retries, dead-letter log and spool. Every key needs a restart
-//! to change (the queue and its files belong to the running process).
+//! `[delivery]`: async mode's queue, retries, journal, dead-letter log and spool. Every key needs a
+//! restart to change (the queue and its files belong to the running process).
 
 use std::net::SocketAddr;
 
@@ -9,6 +9,30 @@ use super::private_dir;
 use super::rotation::{self, Rotation};
 use super::secret::nonzero;
 use super::ConfigError;
+
+/// Where accepted async requests are journaled before their callers are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalKind {
+    /// An append-only file of this process in `journal_dir`.
+    File,
+    /// A Redis stream shared by every instance (`[redis]`), with the file as `[redis.deliveries]`'s
+    /// `local` fallback.
+    Redis,
+    /// Nothing is journaled: a crash loses what is pending (a planned stop still spools it).
+    Off,
+}
+
+impl JournalKind {
+    /// The `store` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalKind::File => "file",
+            JournalKind::Redis => "redis",
+            JournalKind::Off => "off",
+        }
+    }
+}
 
 /// `[delivery]` as written.
 #[derive(Debug, Deserialize)]
@@ -57,6 +81,19 @@ pub struct RawDelivery {
     /// The directory pending deliveries are written to on a graceful stop or upgrade, and read from
     /// by the next process (private to the proxy's user: deliveries carry what users wrote).
     pub spool_dir: Option<String>,
+    /// `file`, `redis` or `off`; default `redis` with `[redis]`, else `file`.
+    pub journal: Option<JournalKind>,
+    /// The directory of the file journal (default: in the instance's private directory).
+    pub journal_dir: Option<String>,
+    /// Whether an async request is answered only once its journal record is on disk (`fdatasync`,
+    /// default); `false`: once the kernel has it (survives a crash of the process, not of the
+    /// machine).
+    #[serde(default = "yes")]
+    pub journal_fsync: bool,
+    /// A journaled delivery whose instance has not touched it for this long is taken over by
+    /// another instance (Redis journal; the owner touches its own every third of it).
+    #[serde(default = "default_claim_idle")]
+    pub claim_idle_ms: u64,
 }
 
 impl Default for RawDelivery {
@@ -81,11 +118,19 @@ pub struct DeliveryConfig {
     pub dead_letter_path: String,
     pub dead_letter_rotation: Rotation,
     pub spool_dir: String,
+    pub journal: JournalKind,
+    pub journal_dir: String,
+    pub journal_fsync: bool,
+    pub claim_idle_ms: u64,
 }
 
 /// Validates `[delivery]`; the files' defaults are in the private directory of the instance that
-/// listens on `listen`.
-pub fn validate(d: &RawDelivery, listen: SocketAddr) -> Result<DeliveryConfig, ConfigError> {
+/// listens on `listen`; `redis`: whether `[redis]` is configured.
+pub fn validate(
+    d: &RawDelivery,
+    listen: SocketAddr,
+    redis: bool,
+) -> Result<DeliveryConfig, ConfigError> {
     nonzero("delivery.queue_size", d.queue_size as u64)?;
     nonzero("delivery.max_concurrent", d.max_concurrent as u64)?;
     for (key, v) in [
@@ -122,9 +167,23 @@ pub fn validate(d: &RawDelivery, listen: SocketAddr) -> Result<DeliveryConfig, C
     };
     let dead_letter_path = or_default(&d.dead_letter_path, "dead-letters.jsonl");
     let spool_dir = or_default(&d.spool_dir, "spool");
+    let journal_dir = or_default(&d.journal_dir, "journal");
+    let journal = match (d.journal, redis) {
+        (Some(JournalKind::Redis), false) => {
+            return Err(ConfigError::new(
+                "delivery.journal",
+                "\"redis\" needs a [redis] table",
+            ))
+        }
+        (Some(kind), _) => kind,
+        (None, true) => JournalKind::Redis,
+        (None, false) => JournalKind::File,
+    };
+    nonzero("delivery.claim_idle_ms", d.claim_idle_ms)?;
     for (key, path) in [
         ("delivery.dead_letter_path", &dead_letter_path),
         ("delivery.spool_dir", &spool_dir),
+        ("delivery.journal_dir", &journal_dir),
     ] {
         if path.trim().is_empty() {
             return Err(ConfigError::new(key, "must not be empty"));
@@ -144,7 +203,18 @@ pub fn validate(d: &RawDelivery, listen: SocketAddr) -> Result<DeliveryConfig, C
         dead_letter_path,
         dead_letter_rotation,
         spool_dir,
+        journal,
+        journal_dir,
+        journal_fsync: d.journal_fsync,
+        claim_idle_ms: d.claim_idle_ms,
     })
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_claim_idle() -> u64 {
+    30_000
 }
 
 fn default_queue_size() -> usize {
@@ -189,7 +259,25 @@ mod tests {
     use super::*;
 
     fn validate(d: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
-        super::validate(d, "127.0.0.1:8080".parse().unwrap())
+        super::validate(d, "127.0.0.1:8080".parse().unwrap(), false)
+    }
+
+    #[test]
+    fn the_journal_is_on_redis_with_redis_else_in_a_file() {
+        let listen = "127.0.0.1:8080".parse().unwrap();
+        let d = super::validate(&RawDelivery::default(), listen, true).unwrap();
+        assert_eq!(d.journal, JournalKind::Redis);
+        let d = validate(&RawDelivery::default()).unwrap();
+        assert_eq!((d.journal, d.journal_fsync), (JournalKind::File, true));
+        assert!(d.journal_dir.ends_with("journal"));
+        let raw: RawDelivery = toml::from_str("journal = \"redis\"").unwrap();
+        assert_eq!(validate(&raw).unwrap_err().key, "delivery.journal");
+        let raw: RawDelivery = toml::from_str("journal = \"off\"").unwrap();
+        assert_eq!(
+            super::validate(&raw, listen, true).unwrap().journal,
+            JournalKind::Off
+        );
+        assert!(toml::from_str::<RawDelivery>("journal = \"disk\"").is_err());
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl Config {
         let rate_limits = limits::validate(&raw.limits)?;
         let redis = raw.redis.as_ref().map(redis::validate).transpose()?;
         let divergence_log = migration::validate(&raw.migration)?;
-        let delivery = delivery::validate(&raw.delivery, server.listen)?;
+        let delivery = delivery::validate(&raw.delivery, server.listen, redis.is_some())?;
         let conversations = conversations::validate(&raw.conversations)?;
         Ok(Config {
             process: ProcessSettings {

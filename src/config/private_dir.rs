@@ -90,7 +90,7 @@ pub fn prepare(key: &str, path: &str) -> Result<(), ConfigError> {
 }
 
 /// The file keys of `config` and a path in the directory each must be private: `pid_file`,
-/// `upgrade_sock`, `dead_letter_path`, the divergence log, and `spool_dir` itself.
+/// `upgrade_sock`, `dead_letter_path`, the divergence log, and `spool_dir` and `journal_dir` themselves.
 fn files(config: &Config) -> Vec<(&'static str, String)> {
     let (s, d) = (&config.process.server, &config.process.delivery);
     let mut files = vec![
@@ -100,6 +100,13 @@ fn files(config: &Config) -> Vec<(&'static str, String)> {
         (
             "delivery.spool_dir",
             Path::new(&d.spool_dir).join("spool").display().to_string(),
+        ),
+        (
+            "delivery.journal_dir",
+            Path::new(&d.journal_dir)
+                .join("journal")
+                .display()
+                .to_string(),
         ),
     ];
     if let Some(log) = &config.divergence_log {
@@ -174,7 +181,7 @@ mod tests {
             let raw: server::RawServer =
                 toml::from_str(&format!("listen = \"127.0.0.1:{port}\"")).unwrap();
             let (s, _) = server::validate(&raw).unwrap();
-            let d = delivery::validate(&Default::default(), s.listen).unwrap();
+            let d = delivery::validate(&Default::default(), s.listen, false).unwrap();
             (s, d)
         };
         let ((s1, d1), (s2, d2)) = (config(8080), config(8081));

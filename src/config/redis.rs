@@ -72,6 +72,9 @@ pub struct RawRedis {
     /// The conversations of stateful bots: `on_redis_error` (default `local`: this instance's
     /// memory store).
     pub conversations: Option<RawFeature>,
+    /// The delivery journal (`[delivery] journal = "redis"`): `local` (default: this instance's
+    /// file journal) or `deny` (async requests get 503 while Redis is down).
+    pub deliveries: Option<RawFeature>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -102,6 +105,7 @@ pub struct RedisSettings {
     pub limits_on_error: OnRedisError,
     pub replay_guard_on_error: OnRedisError,
     pub conversations_on_error: OnRedisError,
+    pub deliveries_on_error: OnRedisError,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -146,6 +150,16 @@ pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
             .conversations
             .as_ref()
             .map_or(OnRedisError::Local, |f| f.on_redis_error),
+        deliveries_on_error: match r.deliveries.as_ref().map(|f| f.on_redis_error) {
+            None => OnRedisError::Local,
+            Some(OnRedisError::Allow) => {
+                return Err(ConfigError::new(
+                    "redis.deliveries.on_redis_error",
+                    "must be \"local\" or \"deny\": an accepted delivery is journaled somewhere",
+                ))
+            }
+            Some(p) => p,
+        },
     })
 }
 

@@ -1,7 +1,8 @@
-//! The delivery queue's life in the server: a pingora background service that reads the spool when
-//! the process starts and every second after (so an upgraded process also takes the file its
-//! predecessor writes at the end of its grace period), and on a graceful stop or upgrade lets
-//! deliveries finish until a second before the grace period ends, then spools what remains.
+//! The delivery queue's life in the server: a pingora background service that takes over what
+//! processes that are gone still owed (journal files, idle Redis entries, spool files) when the
+//! process starts and every second after (so an upgraded process also takes its predecessor's
+//! journal once it exits), and on a graceful stop or upgrade lets deliveries finish until a second
+//! before the grace period ends, then leaves what remains in the journal (or the spool).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use pingora::services::background::BackgroundService;
 use super::Deliveries;
 use crate::service::Runtime;
 
-/// How often the spool directory is looked at.
+/// How often the journal and the spool are looked at.
 const SPOOL_SCAN: Duration = Duration::from_secs(1);
 
 /// The background service.
@@ -32,7 +33,8 @@ impl BackgroundService for DeliveryLifecycle {
         loop {
             tokio::select! {
                 _ = scan.tick() => {
-                    self.deliveries.restore(&self.runtime.load().config.clients);
+                    let runtime = self.runtime.load_full();
+                    self.deliveries.recover(&runtime.config.clients).await;
                 }
                 _ = shutdown.changed() => break,
             }

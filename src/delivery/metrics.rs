@@ -27,7 +27,8 @@ pub const DEAD_REASONS: [&str; 5] = ["deadline", "rejected", "redirect", "forbid
 
 /// All of async mode's metrics.
 pub struct DeliveryMetrics {
-    /// `botbridge_async_requests_total{dialect, result}`: `accepted`, `queue_full` or a URL refusal.
+    /// `botbridge_async_requests_total{dialect, result}`: `accepted`, `queue_full`, `not_journaled`
+    /// (the journal could not take it: 503) or a URL refusal.
     pub requests: IntCounterVec,
     /// `botbridge_delivery_queue_depth`: async requests accepted and not yet fully delivered.
     pub queue_depth: IntGauge,
@@ -154,6 +155,7 @@ impl DeliveryMetrics {
     /// Creates the request series of a caller dialect at zero.
     pub fn register_dialect(&self, dialect: &str) {
         self.requests.with_label_values(&[dialect, "accepted"]);
+        self.requests.with_label_values(&[dialect, "not_journaled"]);
         for r in super::Refused::ALL {
             self.requests.with_label_values(&[dialect, r.as_str()]);
         }

@@ -14,17 +14,26 @@
 //!   errors, timeouts, 408, 429 and 5xx are retried with exponential backoff and jitter (a
 //!   `Retry-After` in seconds is honoured) until `delivery.deadline_ms` after the bot answered; what
 //!   gives up, and any 3xx or other 4xx, goes to the dead-letter log.
-//! - Planned stops lose nothing: [`Deliveries::shutdown`] lets deliveries finish within the grace
-//!   period, then writes what remains to the spool ([`spool`]), which the next process (or the
-//!   upgraded one) reads ([`Deliveries::restore`]) and delivers first.
+//! - Crashes lose nothing: an async request is answered only once its job is in the [`journal`]
+//!   (a file of this process, or a Redis stream every instance shares), and its bot's answer is
+//!   journaled before it is delivered; what a process that is gone still owed is taken over by the
+//!   next one ([`Deliveries::recover`]). A job whose bot had not answered is never asked again:
+//!   what is owed instead is the caller dialect's failure notice, where it has one.
+//! - Planned stops: [`Deliveries::shutdown`] lets deliveries finish within the grace period, then
+//!   leaves what remains in the journal (released at once to the other instances on Redis), or
+//!   with `journal = "off"` writes it to the spool ([`spool`]), which the next process (or the
+//!   upgraded one) reads and delivers first.
 //!
 //! Pure parts: [`ssrf`] (allow-list and address rules), [`sign`] (signatures), [`policy`] (a
-//! credential's callback settings). I/O: [`send`] (one attempt), [`deadletter`], [`spool`].
+//! credential's callback settings), the journal's records. I/O: [`send`] (one attempt),
+//! [`deadletter`], [`journal`], [`spool`].
 
 pub mod background;
 pub mod deadletter;
+pub mod journal;
 pub mod metrics;
-pub use botbridge_core::delivery::{policy, sign, ssrf};
+pub mod recover;
+pub use botbridge_core::delivery::{journal as journal_records, policy, sign, ssrf};
 pub mod send;
 pub mod spool;
 
@@ -38,7 +47,10 @@ use pingora::connectors::{ConnectorOptions, TransportConnector};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::delivery::DeliveryConfig;
+use crate::shared::redis::SharedRedis;
+use botbridge_core::delivery::journal::{JobRecord, PendingMessage};
 use deadletter::{now_rfc3339, DeadLetter, DeadLetterLog};
+use journal::{Journal, NotJournaled, Stored};
 use metrics::DeliveryMetrics;
 use policy::CallbackPolicy;
 use send::Outcome;
@@ -56,6 +68,8 @@ pub struct Target {
     pub url_text: String,
     /// The request id the caller was answered with.
     pub request_id: String,
+    /// The lane its deliveries keep order in: the callback URL and the user.
+    pub conversation: String,
 }
 
 /// One message to deliver.
@@ -80,6 +94,10 @@ struct Job {
     host: Option<String>,
     /// The bytes it is charged for: its request's body, then its messages' bodies.
     bytes: usize,
+    /// Where it is journaled, once it is.
+    stored: Option<Stored>,
+    /// Its messages done (delivered or dead-lettered) so far.
+    done: u32,
 }
 
 #[derive(Default)]
@@ -229,6 +247,7 @@ struct Inner {
     stop: watch::Sender<bool>,
     drained: Notify,
     dead: DeadLetterLog,
+    journal: Journal,
     metrics: &'static DeliveryMetrics,
 }
 
@@ -247,9 +266,15 @@ pub struct Ticket {
 }
 
 impl Deliveries {
-    /// A queue with `cfg`'s limits; `message_bodies` puts undelivered bodies in the dead-letter log.
-    pub fn new(cfg: &DeliveryConfig, message_bodies: bool) -> Self {
+    /// A queue with `cfg`'s limits and journal (on `shared` with `journal = "redis"`);
+    /// `message_bodies` puts undelivered bodies in the dead-letter log.
+    pub fn new(
+        cfg: &DeliveryConfig,
+        message_bodies: bool,
+        shared: Option<Arc<SharedRedis>>,
+    ) -> Self {
         Deliveries(Arc::new(Inner {
+            journal: Journal::open(cfg, shared),
             connector: TransportConnector::new(Some(ConnectorOptions::new(0))),
             in_flight: Semaphore::new(cfg.max_concurrent),
             depth: AtomicUsize::new(0),
@@ -316,11 +341,30 @@ impl Deliveries {
         ))
     }
 
-    /// A place for a job read back from the spool: it was accepted already, so no limit applies.
-    fn reserve_restored(&self, request_id: &str, credential: &str, conversation: String) -> Ticket {
+    /// A place for a job read back from a journal or the spool (`job`: its id, which its keys
+    /// start with): it was accepted already, so no limit applies.
+    fn reserve_restored(&self, job: &JobRecord, stored: Option<Stored>) -> Ticket {
         self.0.depth.fetch_add(1, Ordering::AcqRel);
         let mut t = self.table();
-        self.enqueue(&mut t, request_id, credential, conversation, None, 0)
+        let conversation = job.conversation.clone();
+        let mut ticket = self.enqueue(
+            &mut t,
+            &job.request_id,
+            &job.credential,
+            conversation,
+            None,
+            0,
+        );
+        if let Some(j) = t.jobs.get_mut(&ticket.id) {
+            j.stored = stored;
+        }
+        ticket.uuid = job.job.clone();
+        ticket
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Journal {
+        &self.0.journal
     }
 
     fn enqueue(
@@ -348,6 +392,8 @@ impl Deliveries {
                 messages: VecDeque::new(),
                 host: host.map(str::to_owned),
                 bytes,
+                stored: None,
+                done: 0,
             },
         );
         Ticket {
@@ -373,7 +419,8 @@ impl Deliveries {
         *self.0.stop.borrow()
     }
 
-    /// One message gave up: counted and logged.
+    /// One message gave up: counted and logged (and, with the shared journal, kept with what a
+    /// replay needs: `replay` is the URL as given and the conversation).
     fn dead_letter(
         &self,
         job: (&str, &str),
@@ -381,8 +428,17 @@ impl Deliveries {
         m: &Message,
         reason: &'static str,
         last: &'static str,
+        replay: Option<(&str, &str)>,
     ) {
         let (credential, request_id) = job;
+        if let (Some(r), Some((url_text, conversation))) = (self.0.journal.shared(), replay) {
+            r.dead_letter(serde_json::json!({
+                "at": now_rfc3339(), "credential": credential, "url": url_text,
+                "redacted_url": url, "conversation": conversation, "request_id": request_id,
+                "idempotency_key": m.key, "reason": reason, "last_outcome": last,
+                "attempts": m.attempts, "body": m.body, "deadline_ms": m.deadline_ms,
+            }));
+        }
         self.0
             .metrics
             .dead_letters
@@ -436,6 +492,24 @@ impl Deliveries {
             self.0.stop.send_replace(true);
             t.jobs.drain().collect()
         };
+        if self.0.journal.enabled() {
+            // The journal has them: the next process (any instance, on Redis) takes them over.
+            let held: Vec<Stored> = (jobs.iter())
+                .filter_map(|(_, j)| j.stored.clone())
+                .collect();
+            let owed = (jobs.iter())
+                .map(|(_, j)| j.messages.len().max(1))
+                .sum::<usize>();
+            self.0.journal.close(&held).await;
+            if !jobs.is_empty() {
+                tracing::info!(
+                    jobs = jobs.len(),
+                    messages = owed,
+                    "pending deliveries left in the journal for the next process"
+                );
+            }
+            return owed;
+        }
         // In the order they were accepted, so the next process keeps each conversation's order.
         jobs.sort_unstable_by_key(|(id, _)| *id);
         spool::write(self, jobs.into_iter().map(|(_, j)| j).collect())
@@ -446,6 +520,74 @@ impl Ticket {
     /// The idempotency key of message `n` of this request.
     fn key(&self, n: usize) -> String {
         format!("{}.{n}", self.uuid)
+    }
+
+    /// Journals the accepted request (to be answered only once this succeeds): where it goes, and
+    /// `interrupt`, the caller dialect's failure notice, owed instead if the bot's answer is never
+    /// journaled. Without a journal, nothing to do.
+    pub async fn journal_accepted(
+        &self,
+        target: &Target,
+        interrupt: Vec<String>,
+    ) -> Result<(), NotJournaled> {
+        let d = &self.owner;
+        if !d.0.journal.enabled() {
+            return Ok(());
+        }
+        let Some(conversation) = d.table().jobs.get(&self.id).map(|j| j.conversation.clone())
+        else {
+            return Err(NotJournaled);
+        };
+        let record = JobRecord {
+            job: self.uuid.clone(),
+            credential: target.policy.credential.clone(),
+            url: target.url_text.clone(),
+            request_id: target.request_id.clone(),
+            conversation,
+            messages: None,
+            interrupt,
+            deadline_ms: unix_ms() + d.0.cfg.deadline_ms,
+        };
+        let stored = d.0.journal.write(&record, None).await?;
+        match d.table().jobs.get_mut(&self.id) {
+            Some(j) => j.stored = Some(stored),
+            None => d.0.journal.finished(&stored, &self.uuid),
+        }
+        Ok(())
+    }
+
+    /// Journals the bot's answer (replacing the accepted request), before it is delivered. A
+    /// failure is logged and counted: the delivery goes on (a crash would then deliver the
+    /// failure notice instead).
+    async fn journal_answered(&self, target: &Target, messages: &VecDeque<Message>) {
+        let d = &self.owner;
+        if !d.0.journal.enabled() {
+            return;
+        }
+        let Some((conversation, prev)) =
+            (d.table().jobs.get(&self.id)).map(|j| (j.conversation.clone(), j.stored.clone()))
+        else {
+            return;
+        };
+        let record = JobRecord {
+            job: self.uuid.clone(),
+            credential: target.policy.credential.clone(),
+            url: target.url_text.clone(),
+            request_id: target.request_id.clone(),
+            conversation,
+            messages: Some(messages.iter().map(Message::pending).collect()),
+            interrupt: Vec::new(),
+            deadline_ms: 0,
+        };
+        match d.0.journal.write(&record, prev.as_ref()).await {
+            Ok(stored) => match d.table().jobs.get_mut(&self.id) {
+                Some(j) => j.stored = Some(stored),
+                None => d.0.journal.finished(&stored, &self.uuid),
+            },
+            Err(_) => {
+                tracing::warn!(request_id = %target.request_id, "a bot's answer could not be journaled: delivered without")
+            }
+        }
     }
 
     /// Delivers `bodies` to `target`, in order, after the conversation's earlier requests. The
@@ -469,6 +611,10 @@ impl Ticket {
         let attached = self.attach(&target, messages);
         async move {
             if attached {
+                let messages = (self.owner.table().jobs.get(&self.id))
+                    .map(|j| j.messages.clone())
+                    .unwrap_or_default();
+                self.journal_answered(&target, &messages).await;
                 self.run_attached(target, true).await
             }
         }
@@ -496,7 +642,7 @@ impl Ticket {
                     target.policy.credential.as_str(),
                     target.request_id.as_str(),
                 );
-                d.dead_letter(job, target.url.redacted(), m, "shutdown", "none");
+                d.dead_letter(job, target.url.redacted(), m, "shutdown", "none", None);
             }
             return false;
         };
@@ -529,7 +675,7 @@ impl Ticket {
                 Some(_) => {}
                 None => return, // stopping: the spool has it
             }
-            d.pop_front(self.id);
+            d.pop_front(self.id, &self.uuid);
         }
     }
 }
@@ -537,6 +683,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut t = self.owner.table();
+        let mut finished = None;
         if let Some(job) = t.jobs.remove(&self.id) {
             t.usage
                 .uncharge(&job.credential, job.host.as_deref(), job.bytes);
@@ -546,8 +693,14 @@ impl Drop for Ticket {
             {
                 t.lanes.remove(&job.conversation);
             }
+            // Delivered, dead-lettered or abandoned: nothing more is owed. (A job a stop took
+            // from the table is not here: the journal keeps it for the next process.)
+            finished = job.stored;
         }
         drop(t);
+        if let Some(stored) = finished {
+            self.owner.0.journal.finished(&stored, &self.uuid);
+        }
         self.done.send_replace(true);
         self.owner.0.metrics.queue_depth.dec();
         self.owner.release();
@@ -559,9 +712,17 @@ impl Deliveries {
         self.table().jobs.get(&id)?.messages.front().cloned()
     }
 
-    fn pop_front(&self, id: u64) {
-        if let Some(job) = self.table().jobs.get_mut(&id) {
-            job.messages.pop_front();
+    fn pop_front(&self, id: u64, uuid: &str) {
+        let mut t = self.table();
+        let Some(job) = t.jobs.get_mut(&id) else {
+            return;
+        };
+        job.messages.pop_front();
+        job.done += 1;
+        let (stored, done) = (job.stored.clone(), job.done);
+        drop(t);
+        if let Some(s) = stored {
+            self.0.journal.done(&s, uuid, done);
         }
     }
 
@@ -609,6 +770,7 @@ impl Deliveries {
                     &m,
                     reason,
                     attempt.outcome.as_str(),
+                    Some((&target.url_text, &target.conversation)),
                 );
                 return Some(false);
             }
@@ -646,6 +808,29 @@ impl Deliveries {
             timeout,
         ))
         .await
+    }
+}
+
+impl Message {
+    /// As journaled.
+    fn pending(&self) -> PendingMessage {
+        PendingMessage {
+            key: self.key.clone(),
+            body: self.body.clone(),
+            deadline_ms: self.deadline_ms,
+            attempts: self.attempts,
+        }
+    }
+}
+
+impl From<PendingMessage> for Message {
+    fn from(m: PendingMessage) -> Message {
+        Message {
+            key: m.key,
+            body: m.body,
+            deadline_ms: m.deadline_ms,
+            attempts: m.attempts,
+        }
     }
 }
 

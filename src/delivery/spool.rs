@@ -18,36 +18,18 @@
 //! such file is counted in `botbridge_delivery_spool_files_skipped_total{reason}` (`untrusted`,
 //! `foreign`) and logged once, by name and message count (never its content).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use botbridge_core::delivery::journal::JobRecord as SpooledJob;
 use prometheus::{register_int_counter_vec, IntCounterVec};
-use serde::{Deserialize, Serialize};
 
-use super::{Deliveries, Job, Message, Target};
+use super::recover::Requeued;
+use super::{Deliveries, Job, Message};
 use crate::config::{private_dir, ClientsConfig};
-
-use super::ssrf::CallbackUrl;
-
-#[derive(Serialize, Deserialize)]
-struct SpooledJob {
-    credential: String,
-    url: String,
-    request_id: String,
-    conversation: String,
-    messages: Vec<SpooledMessage>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SpooledMessage {
-    key: String,
-    body: String,
-    deadline_ms: u64,
-    attempts: u32,
-}
 
 /// Writes the jobs a stop took from the queue; returns the messages written. Jobs whose bot had
 /// not answered yet have nothing to write: each is one `shutdown` dead letter.
@@ -68,23 +50,20 @@ pub(super) fn write(d: &Deliveries, jobs: Vec<Job>) -> usize {
                 &m,
                 "shutdown",
                 "none",
+                None,
             );
             continue;
         };
         count += job.messages.len();
         let spooled = SpooledJob {
+            job: String::new(),
             credential: job.credential.clone(),
             url: target.url_text.clone(),
             request_id: job.request_id.clone(),
             conversation: job.conversation.clone(),
-            messages: (job.messages.into_iter())
-                .map(|m| SpooledMessage {
-                    key: m.key,
-                    body: m.body,
-                    deadline_ms: m.deadline_ms,
-                    attempts: m.attempts,
-                })
-                .collect(),
+            messages: Some(job.messages.iter().map(Message::pending).collect()),
+            interrupt: Vec::new(),
+            deadline_ms: 0,
         };
         lines.extend(serde_json::to_vec(&spooled).expect("spool entry serializes"));
         lines.push(b'\n');
@@ -192,7 +171,7 @@ fn skip_once(file: &Path, clients: &ClientsConfig, reason: &'static str, message
 fn messages(lines: &[&str]) -> usize {
     (lines.iter())
         .filter_map(|l| serde_json::from_str::<SpooledJob>(l).ok())
-        .map(|j| j.messages.len())
+        .map(|j| j.messages.map_or(0, |m| m.len()))
         .sum()
 }
 
@@ -215,7 +194,7 @@ fn read_trusted(path: &Path) -> std::io::Result<String> {
 }
 
 /// Whether this configuration has the job's credential and that credential may reach its URL.
-fn is_ours(job: &SpooledJob, clients: &ClientsConfig) -> bool {
+pub(super) fn is_ours(job: &SpooledJob, clients: &ClientsConfig) -> bool {
     let Some(policy) = clients.callbacks.get(&job.credential) else {
         return false;
     };
@@ -237,7 +216,7 @@ fn partition<'a>(text: &'a str, clients: &ClientsConfig) -> (Vec<SpooledJob>, Ve
 }
 
 /// Writes the others' lines of a claimed file back as a spool file of their own.
-fn leave(dir: &Path, lines: &[&str], clients: &ClientsConfig) {
+pub(super) fn leave(dir: &Path, lines: &[&str], clients: &ClientsConfig) {
     let data: String = lines.iter().map(|l| format!("{l}\n")).collect();
     match write_file(dir, data.as_bytes()) {
         Ok(path) => skip_once(&path, clients, "foreign", messages(lines)),
@@ -251,14 +230,16 @@ impl Deliveries {
     /// Claims every spool file in `delivery.spool_dir` with deliveries of this configuration's
     /// credentials, and queues those (the others are left, see the module docs). Returns the
     /// messages restored.
-    pub fn restore(&self, clients: &ClientsConfig) -> usize {
+    pub async fn restore(&self, clients: &ClientsConfig) -> usize {
         let dir = PathBuf::from(&self.0.cfg.spool_dir);
         let (files, bytes) = waiting(&dir);
         self.0.metrics.spool_bytes.set(bytes as i64);
-        let restored: usize = (files.iter())
-            .filter(|f| skipped().get(f.as_path()) != Some(&config_id(clients)))
-            .map(|f| self.restore_file(&dir, f, clients))
-            .sum();
+        let mut restored = 0;
+        for f in files {
+            if skipped().get(f.as_path()) != Some(&config_id(clients)) {
+                restored += self.restore_file(&dir, &f, clients).await;
+            }
+        }
         if restored > 0 {
             self.0
                 .metrics
@@ -271,8 +252,9 @@ impl Deliveries {
         restored
     }
 
-    /// Claims one file if it holds deliveries of ours; returns the messages queued.
-    fn restore_file(&self, dir: &Path, file: &Path, clients: &ClientsConfig) -> usize {
+    /// Claims one file if it holds deliveries of ours; returns the messages queued (journaled again
+    /// first, when there is a journal).
+    async fn restore_file(&self, dir: &Path, file: &Path, clients: &ClientsConfig) -> usize {
         let text = match read_trusted(file) {
             Ok(t) => t,
             Err(_) => {
@@ -293,45 +275,18 @@ impl Deliveries {
         if std::fs::rename(file, &claimed).is_err() {
             return 0; // another process claimed it
         }
-        let _ = std::fs::remove_file(&claimed);
         if !theirs.is_empty() {
             leave(dir, &theirs, clients);
         }
-        ours.into_iter().map(|job| self.requeue(job, clients)).sum()
-    }
-
-    fn requeue(&self, job: SpooledJob, clients: &ClientsConfig) -> usize {
-        let messages: VecDeque<Message> = (job.messages.into_iter())
-            .map(|m| Message {
-                key: m.key,
-                body: m.body,
-                deadline_ms: m.deadline_ms,
-                attempts: m.attempts,
-            })
-            .collect();
-        let policy = clients.callbacks.get(&job.credential).cloned();
-        let url = CallbackUrl::parse(&job.url).ok();
-        let (Some(policy), Some(url)) = (policy, url) else {
-            for m in &messages {
-                self.dead_letter(
-                    (&job.credential, &job.request_id),
-                    String::new(),
-                    m,
-                    "forbidden",
-                    "none",
-                );
+        let mut queued = 0;
+        for job in ours {
+            if let Requeued::Queued(n) = self.requeue(job, false, None, clients).await {
+                queued += n;
             }
-            return 0;
-        };
-        let count = messages.len();
-        let target = Target {
-            url: url.clone(),
-            url_text: job.url,
-            request_id: job.request_id.clone(),
-            policy,
-        };
-        let ticket = self.reserve_restored(&job.request_id, &job.credential, job.conversation);
-        tokio::spawn(ticket.run(std::sync::Arc::new(target), messages, false));
-        count
+        }
+        // Removed once what it held is queued (and journaled again): a crash before leaves the
+        // claimed file, which is not read again (its deliveries are in the journal).
+        let _ = std::fs::remove_file(&claimed);
+        queued
     }
 }

@@ -17,13 +17,14 @@ pub const REDIS_BUCKETS: &[f64] = &[
 ];
 
 /// The Redis operations (`op` label): a rate limit check, a replay guard entry, a cache clear
-/// published, a conversation read or written.
-pub const OPS: [&str; 5] = [
+/// published, a conversation read or written, a channel's activities, the delivery journal.
+pub const OPS: [&str; 6] = [
     "rate_limit",
     "replay_guard",
     "publish",
     "conversation",
     "channel",
+    "journal",
 ];
 
 /// Why a Redis call failed (`reason` label): no answer in `timeout_ms`, no connection, or an error
@@ -37,6 +38,7 @@ pub enum Feature {
     ReplayGuard,
     Conversations,
     Channels,
+    Deliveries,
 }
 
 impl Feature {
@@ -46,6 +48,7 @@ impl Feature {
             Feature::ReplayGuard => "replay_guard",
             Feature::Conversations => "conversations",
             Feature::Channels => "channels",
+            Feature::Deliveries => "deliveries",
         }
     }
 }
@@ -156,6 +159,7 @@ impl SharedMetrics {
             Feature::ReplayGuard,
             Feature::Conversations,
             Feature::Channels,
+            Feature::Deliveries,
         ] {
             for a in OnRedisError::ALL {
                 self.redis_fallbacks

@@ -74,6 +74,7 @@ impl ChatService {
             .await
             .map_err(refuse)?;
         Ok(Some(Target {
+            conversation: format!("{url_text}\n{}", req.user_id),
             policy,
             url,
             url_text,
@@ -82,8 +83,9 @@ impl ChatService {
     }
 
     /// Checks the request as the synchronous path would (scope, translation), takes a place in the
-    /// delivery queue (503 when full), answers at once and leaves the rest to its own task.
-    pub(super) fn accept_async<'r>(
+    /// delivery queue (503 when full), journals it (503 when it cannot be), answers and leaves the
+    /// rest to its own task.
+    pub(super) async fn accept_async<'r>(
         &self,
         cx: &mut Call<'r>,
         a: Admitted<'r>,
@@ -98,7 +100,7 @@ impl ChatService {
         let reservation = Reservation {
             request_id: &request_id,
             credential: &target.policy.credential,
-            conversation: format!("{}\n{}", target.url_text, req.user_id),
+            conversation: target.conversation.clone(),
             host: &target.url.host,
             bytes: body.len(),
         };
@@ -111,9 +113,23 @@ impl ChatService {
                     .with_header("retry-after", "1"));
             }
         };
-        m.requests.with_label_values(&[dialect, "accepted"]).inc();
         target.request_id = request_id.clone();
-        let ack = self.async_ack(&a, req, &request_id, received);
+        let empty = self.empty_answer(&a, req, &request_id, received);
+        let interrupt = match self.deliveries.journal().enabled() {
+            true => interrupt_notice(&a, &empty),
+            false => Vec::new(),
+        };
+        if ticket.journal_accepted(&target, interrupt).await.is_err() {
+            m.requests
+                .with_label_values(&[dialect, "not_journaled"])
+                .inc();
+            let message = "the request could not be recorded for delivery; try again later";
+            return Err(
+                ProxyError::new(503, Reason::QueueFull, message).with_header("retry-after", "1")
+            );
+        }
+        m.requests.with_label_values(&[dialect, "accepted"]).inc();
+        let ack = self.async_ack(&a, req, empty, received);
         let pending = Pending {
             rt: cx.rt.clone(),
             route: cx.out.route.unwrap_or_default(),
@@ -128,15 +144,15 @@ impl ChatService {
         Ok(ack)
     }
 
-    /// The immediate answer, the caller dialect's (an empty envelope, an acknowledgement).
+    /// The immediate answer, the caller dialect's (an empty envelope, an acknowledgement), from
+    /// its rendering of an answer with no replies.
     fn async_ack(
         &self,
         a: &Admitted<'_>,
         req: &ChatRequest<'_>,
-        request_id: &str,
+        empty: Vec<u8>,
         received: SystemTime,
     ) -> Vec<u8> {
-        let empty = self.empty_answer(a, req, request_id, received);
         let id = self
             .next_message_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -207,7 +223,7 @@ impl ChatService {
         let mut ticket = Some(ticket);
         let mut stream = |replies: Vec<Vec<u8>>| {
             let bodies = self.batch_deliveries(&a, &req, &p, replies);
-            self.deliver_batch(&mut ticket, &target, &req, bodies);
+            self.deliver_batch(&mut ticket, &target, bodies);
         };
         let streams = (a.route.target(req.business_id))
             .is_some_and(|t| rt.config.backends[t.backend].bot.channel().is_some());
@@ -232,7 +248,7 @@ impl ChatService {
         if bodies.is_empty() {
             return;
         }
-        self.deliver_batch(&mut ticket, &target, &req, bodies);
+        self.deliver_batch(&mut ticket, &target, bodies);
     }
 
     /// A batch of a channel bot's replies as the bodies of deliveries, in the caller's dialect.
@@ -263,20 +279,14 @@ impl ChatService {
 
     /// Delivers `bodies` in `ticket`'s place (taking it), else in a new place after it; a batch
     /// the queue has no room for is counted and dropped.
-    fn deliver_batch(
-        &self,
-        ticket: &mut Option<Ticket>,
-        target: &Target,
-        req: &ChatRequest<'_>,
-        bodies: Vec<String>,
-    ) {
+    fn deliver_batch(&self, ticket: &mut Option<Ticket>, target: &Target, bodies: Vec<String>) {
         let ticket = match ticket.take() {
             Some(t) => t,
             None => {
                 let reservation = Reservation {
                     request_id: &target.request_id,
                     credential: &target.policy.credential,
-                    conversation: format!("{}\n{}", target.url_text, req.user_id),
+                    conversation: target.conversation.clone(),
                     host: &target.url.host,
                     bytes: 0,
                 };
@@ -323,6 +333,19 @@ impl ChatService {
         let rendered = a.ingress.render_answer(req, &answer, &ctx);
         Ok(async_of(a).deliveries(req, &rendered, ctx.business_name))
     }
+}
+
+/// What is delivered if the process dies before the bot's answer is journaled: the caller
+/// dialect's failure notice (for a 503 `interrupted`), if it has one. The bot is never asked again.
+fn interrupt_notice(a: &Admitted<'_>, empty: &[u8]) -> Vec<String> {
+    let e = ProxyError::new(
+        503,
+        Reason::Internal,
+        "the proxy stopped before the bot answered; send the message again",
+    );
+    async_of(a)
+        .failure_deliveries(empty, &e)
+        .unwrap_or_default()
 }
 
 /// The async mode of an admitted async request's dialect (checked by `async_target`).

@@ -40,6 +40,7 @@ pub enum Op {
     Publish,
     Conversation,
     Channel,
+    Journal,
 }
 
 impl Op {
@@ -50,6 +51,7 @@ impl Op {
             Op::Publish => "publish",
             Op::Conversation => "conversation",
             Op::Channel => "channel",
+            Op::Journal => "journal",
         }
     }
 }
@@ -177,6 +179,11 @@ impl SharedRedis {
     /// The key of `id` in the namespace `kind`: `<prefix><kind>:<hex id>`.
     pub fn key(&self, kind: &str, id: &[u8]) -> String {
         format!("{}{kind}:{}", self.settings.key_prefix, hex::encode(id))
+    }
+
+    /// This instance's id (unique per process).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The Redis thread's runtime, for work that is not on a request (a periodic count).

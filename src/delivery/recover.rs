@@ -1,0 +1,228 @@
+//! Taking over what processes that are gone still owed: journal files no process holds any more,
+//! Redis stream entries no instance has touched for `claim_idle_ms`, and spool files. Each job is
+//! queued like a fresh one (in its conversation's lane, with its idempotency keys), after it is in
+//! this process's journal; a job of a credential this configuration lacks is left for the process
+//! it belongs to.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use botbridge_core::delivery::journal::{self as records, End, JobRecord};
+
+use super::journal::{file, Stored};
+use super::spool;
+use super::ssrf::CallbackUrl;
+use super::{unix_ms, Deliveries, Message, Target};
+use crate::config::ClientsConfig;
+
+/// What became of a job read back.
+pub enum Requeued {
+    /// Queued with this many messages (0: nothing was left to deliver).
+    Queued(usize),
+    /// Not this configuration's: left for its own process.
+    Foreign,
+    /// It could not be journaled here: left where it was, for the next look.
+    Failed,
+}
+
+impl Deliveries {
+    /// One look for work left by processes that are gone: spool files, journal files, and (on
+    /// Redis) entries untouched for `claim_idle_ms`. Returns the messages queued.
+    pub async fn recover(&self, clients: &ClientsConfig) -> usize {
+        let mut queued = self.restore(clients).await;
+        if let Some(f) = self.journal().file() {
+            let dir = f.dir().to_path_buf();
+            for orphan in file::orphans(&dir) {
+                queued += self.take_over_file(orphan, &dir, clients).await;
+            }
+        }
+        queued + self.take_over_entries(clients).await
+    }
+
+    /// Queues what a journal file owed, then removes it (its foreign jobs become a spool file).
+    async fn take_over_file(
+        &self,
+        orphan: file::Orphan,
+        dir: &Path,
+        clients: &ClientsConfig,
+    ) -> usize {
+        if orphan.end != End::Clean {
+            let end = if matches!(orphan.end, End::Torn(_)) {
+                "torn"
+            } else {
+                "corrupt"
+            };
+            let m = super::journal::JournalMetrics::global();
+            m.damaged.with_label_values(&[end]).inc();
+            tracing::warn!(path = %orphan.path.display(), end, "a journal file taken over ends in a damaged record (the last write of a crash): the records before it are delivered");
+        }
+        let (mut queued, mut foreign, mut failed) = (0, Vec::new(), false);
+        for (job, interrupted) in orphan.jobs.iter().cloned() {
+            match self.requeue(job.clone(), interrupted, None, clients).await {
+                Requeued::Queued(n) => queued += n,
+                Requeued::Foreign => foreign.push(serde_json::to_string(&job).expect("serializes")),
+                Requeued::Failed => failed = true,
+            }
+        }
+        if failed {
+            tracing::error!(path = %orphan.path.display(), "a journal file taken over could not be journaled again: left for the next look");
+            return queued;
+        }
+        if !foreign.is_empty() {
+            let lines: Vec<&str> = foreign.iter().map(String::as_str).collect();
+            spool::leave(Path::new(&self.0.cfg.spool_dir), &lines, clients);
+        }
+        tracing::info!(path = %orphan.path.display(), jobs = orphan.jobs.len(), messages = queued, "journal of a process that is gone taken over");
+        orphan.remove(dir);
+        queued
+    }
+
+    /// On Redis: touches this instance's entries when due, and takes over the idle ones of others.
+    async fn take_over_entries(&self, clients: &ClientsConfig) -> usize {
+        let Some(r) = self.journal().shared().cloned() else {
+            return 0;
+        };
+        if touch_due(r.claim_idle()) {
+            r.touch().await;
+        }
+        let Ok(claimed) = r.claim().await else {
+            return 0;
+        };
+        let mut queued = 0;
+        for c in claimed {
+            let Some(raw) = c.job else {
+                tracing::error!(entry = %c.id, "unreadable journal entry dropped");
+                r.finish(&c.id);
+                continue;
+            };
+            let interrupted = records::interrupted(&raw);
+            let Some(job) = records::owed(raw, 0) else {
+                r.finish(&c.id);
+                self.journal().recovered(&Stored::Redis(c.id), interrupted);
+                continue;
+            };
+            let stored = Some(Stored::Redis(c.id.clone()));
+            match self.requeue(job, interrupted, stored, clients).await {
+                Requeued::Queued(n) => queued += n,
+                // Not touched: another instance takes it over once it is idle again.
+                Requeued::Foreign => foreign_once(&c.id),
+                Requeued::Failed => {}
+            }
+        }
+        if queued > 0 {
+            tracing::info!(
+                messages = queued,
+                "deliveries of instances that are gone taken over"
+            );
+        }
+        queued
+    }
+
+    /// Queues a job read back (`job.messages`: what it still owes). With `stored`, it stays where it
+    /// is journaled; else it is journaled here first (when there is a journal).
+    pub(super) async fn requeue(
+        &self,
+        mut job: JobRecord,
+        interrupted: bool,
+        stored: Option<Stored>,
+        clients: &ClientsConfig,
+    ) -> Requeued {
+        if !spool::is_ours(&job, clients) {
+            return Requeued::Foreign;
+        }
+        if job.job.is_empty() {
+            job.job = uuid::Uuid::new_v4().to_string();
+        }
+        let Some(policy) = clients.callbacks.get(&job.credential).cloned() else {
+            return Requeued::Foreign;
+        };
+        let stored = match stored {
+            Some(s) => Some(s),
+            None if self.journal().enabled() => match self.journal().write(&job, None).await {
+                Ok(s) => Some(s),
+                Err(_) => return Requeued::Failed,
+            },
+            None => None,
+        };
+        if let Some(s) = &stored {
+            self.journal().recovered(s, interrupted);
+        }
+        let messages: VecDeque<Message> = (job.messages.take().unwrap_or_default().into_iter())
+            .map(Message::from)
+            .collect();
+        let Ok(url) = CallbackUrl::parse(&job.url) else {
+            for m in &messages {
+                let who = (job.credential.as_str(), job.request_id.as_str());
+                self.dead_letter(who, String::new(), m, "forbidden", "none", None);
+            }
+            if let Some(s) = &stored {
+                self.journal().finished(s, &job.job);
+            }
+            return Requeued::Queued(0);
+        };
+        let count = messages.len();
+        let target = Target {
+            url,
+            url_text: job.url.clone(),
+            request_id: job.request_id.clone(),
+            conversation: job.conversation.clone(),
+            policy,
+        };
+        let ticket = self.reserve_restored(&job, stored);
+        tokio::spawn(ticket.run(Arc::new(target), messages, false));
+        Requeued::Queued(count)
+    }
+
+    /// Queues one dead letter again (the admin API's replay): journaled, then delivered with its
+    /// idempotency key, a new deadline and its attempts counted from zero.
+    pub async fn replay(&self, letter: &serde_json::Value, clients: &ClientsConfig) -> Requeued {
+        let text = |k: &str| {
+            letter
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let job = JobRecord {
+            job: uuid::Uuid::new_v4().to_string(),
+            credential: text("credential"),
+            url: text("url"),
+            request_id: text("request_id"),
+            conversation: text("conversation"),
+            messages: Some(vec![records::PendingMessage {
+                key: text("idempotency_key"),
+                body: text("body"),
+                deadline_ms: unix_ms() + self.0.cfg.deadline_ms,
+                attempts: 0,
+            }]),
+            interrupt: Vec::new(),
+            deadline_ms: 0,
+        };
+        self.requeue(job, false, None, clients).await
+    }
+}
+
+/// Whether this instance's entries are due to be touched (every third of `claim_idle`).
+fn touch_due(claim_idle: std::time::Duration) -> bool {
+    static LAST: OnceLock<Mutex<std::time::Instant>> = OnceLock::new();
+    let last = LAST.get_or_init(|| Mutex::new(std::time::Instant::now()));
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    if last.elapsed() >= claim_idle / 3 {
+        *last = std::time::Instant::now();
+        return true;
+    }
+    false
+}
+
+/// Logs once per entry that another configuration's delivery was left alone.
+fn foreign_once(id: &str) {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let mut seen = (SEEN.get_or_init(Default::default).lock()).unwrap_or_else(|e| e.into_inner());
+    if seen.len() > 10_000 {
+        seen.clear();
+    }
+    if seen.insert(id.to_owned()) {
+        tracing::warn!(entry = %id, "a journaled delivery of a credential this configuration lacks is left for its own instance");
+    }
+}
