@@ -10,11 +10,15 @@ arrives. Bounded: a fixed number of requests, and a time limit.
   receiver got that POST (so it includes the bot exchange, as a caller experiences it). p50 and p99
   over every delivery, and over the closing POSTs (a whole answer delivered).
 - Throughput: deliveries per second between the first request sent and the last delivery received.
+- The caller's answer: how long the immediate (accepted) answer takes, p50 and p99: what journaling
+  a request before answering adds (`--journal off|file|file-nosync|redis`; `redis` starts a
+  `redis-server` of its own, with `appendonly yes` and `appendfsync everysec`).
 
 The receiver, the callers and the proxy share this machine's cores: the figures are an upper bound
 on latency and a lower bound on throughput for a receiver on another host.
 
 Usage: python3 bench/async_delivery.py [--binary target/release/botbridge] [--requests 2000] [--callers 8] [--pace 50]
+       [--journal off|file|file-nosync|redis]
 Throughput: unpaced (the queue fills, latency then includes the wait in it). Latency: paced below it.
 """
 import argparse
@@ -56,6 +60,8 @@ def main():
     ap.add_argument("--pace", type=float, default=0.0,
                     help="requests per second over all callers (0: as fast as they are answered, which measures "
                          "throughput; latency then includes the wait in the queue)")
+    ap.add_argument("--journal", default="file", choices=["off", "file", "file-nosync", "redis"],
+                    help="where accepted requests are journaled before they are answered")
     args = ap.parse_args()
 
     arrivals = {}  # idempotency key -> (arrival time, request id, closing?)
@@ -89,7 +95,19 @@ def main():
               .replace("127.0.0.1:8081", f"127.0.0.1:{demo}")
               .replace("[server]", f'[server]\npid_file = "{work}/pid"\nupgrade_sock = "{work}/sock"')
               .replace('filter = "info"', 'filter = "warn"'))
-    config += f'\n[delivery]\nspool_dir = "{work}/spool"\ndead_letter_path = "{work}/dead.jsonl"\n'
+    config += f'\n[delivery]\nspool_dir = "{work}/spool"\ndead_letter_path = "{work}/dead.jsonl"\njournal_dir = "{work}/journal"\n'
+    redis = None
+    if args.journal == "off":
+        config += 'journal = "off"\n'
+    elif args.journal == "file-nosync":
+        config += 'journal = "file"\njournal_fsync = false\n'
+    elif args.journal == "redis":
+        rport = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "yes", "--appendfsync", "everysec", "--dir", work],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        config += f'journal = "redis"\n\n[redis]\nurl = "redis://127.0.0.1:{rport}/0"\n'
     path = os.path.join(work, "proxy.toml")
     open(path, "w").write(config)
     proc = subprocess.Popen([args.binary, "--config", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -105,6 +123,7 @@ def main():
                 time.sleep(0.1)
 
         acked = {}  # request id -> time the caller got its answer
+        answered_ms = []  # how long each immediate answer took
         per_caller = args.requests // args.callers
 
         def caller(c):
@@ -117,11 +136,13 @@ def main():
                                    "payload": {"content_type": "text", "content": {"text": "hello"}}}).encode()
                 req = urllib.request.Request(f"http://127.0.0.1:{listen}/chat", data=body, method="POST", headers={
                     "content-type": "application/json", "x-api-key": key, "x-api-signature": sig})
+                sent_at = time.monotonic()
                 with urllib.request.urlopen(req, timeout=10) as r:
                     assert r.status == 200
                     r.read()
                 with lock:
                     acked[rid] = time.monotonic()
+                    answered_ms.append((acked[rid] - sent_at) * 1000)
                 if args.pace > 0:
                     time.sleep(args.callers / args.pace)
 
@@ -153,6 +174,9 @@ def main():
             "latency_ms_p99": round(percentile(lat, 99), 2),
             "whole_answer_ms_p50": round(percentile(closing, 50), 2),
             "whole_answer_ms_p99": round(percentile(closing, 99), 2),
+            "answer_ms_p50": round(percentile(answered_ms, 50), 3),
+            "answer_ms_p99": round(percentile(answered_ms, 99), 3),
+            "journal": args.journal,
             "callers": args.callers,
             "pace_requests_per_s": args.pace or "unpaced",
         }
@@ -162,6 +186,9 @@ def main():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if redis:
+            redis.terminate()
+            redis.wait(timeout=10)
         rx.shutdown()
 
 

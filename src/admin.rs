@@ -263,6 +263,16 @@ impl AdminService {
         let clients = self.reloader.runtime().config.clients.clone();
         let (mut replayed, mut missing, mut refused) = (Vec::new(), Vec::new(), Vec::new());
         for id in ids {
+            // A stream id is `<ms>-<seq>`; anything else is not one (and is not sent to Redis).
+            let well_formed = id.split_once('-').is_some_and(|(ms, seq)| {
+                [ms, seq]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if !well_formed {
+                missing.push(id);
+                continue;
+            }
             let Ok(found) = journal.dead_letters(1, Some(&id)).await else {
                 return Answer::json(503, br#"{"error":"redis is unavailable"}"#.to_vec());
             };
@@ -270,12 +280,17 @@ impl AdminService {
                 missing.push(id);
                 continue;
             };
+            // Taken off the list first: of two replays at once, only one delivers it again.
+            if !journal.forget_dead(&id).await.unwrap_or(false) {
+                missing.push(id);
+                continue;
+            }
             match self.deliveries.replay(&letter.fields, &clients).await {
-                Requeued::Queued(_) => {
-                    let _ = journal.forget_dead(&id).await;
-                    replayed.push(id);
+                Requeued::Queued(_) => replayed.push(id),
+                Requeued::Foreign | Requeued::Failed => {
+                    journal.dead_letter(letter.fields);
+                    refused.push(id)
                 }
-                Requeued::Foreign | Requeued::Failed => refused.push(id),
             }
         }
         tracing::info!(

@@ -26,7 +26,7 @@ fn config(journal: &Path, redis: Option<&str>) -> String {
         journal.display()
     );
     if let Some(url) = redis {
-        text.push_str(&format!("\n[redis]\nurl = \"{url}\"\ntimeout_ms = 500\n"));
+        text.push_str(&format!("\n[redis]\nurl = \"{url}\"\ntimeout_ms = 200\n"));
     }
     text
 }
@@ -428,6 +428,7 @@ async fn a_journal_torn_by_a_crash_gives_up_only_its_last_record() {
             }]),
             interrupt: Vec::new(),
             deadline_ms: 0,
+            seq: String::new(),
         })
     };
     let mut bytes = Vec::new();

@@ -166,6 +166,17 @@ impl Config {
         let redis = raw.redis.as_ref().map(redis::validate).transpose()?;
         let divergence_log = migration::validate(&raw.migration)?;
         let delivery = delivery::validate(&raw.delivery, server.listen, redis.is_some())?;
+        if let (delivery::JournalKind::Redis, Some(r)) = (delivery.journal, &redis) {
+            // Touched every third of it, each touch a call of up to timeout_ms: a live instance's
+            // jobs must never look idle.
+            let least = (4 * r.timeout.as_millis() as u64).max(1_000);
+            if delivery.claim_idle_ms < least {
+                return Err(ConfigError::new(
+                    "delivery.claim_idle_ms",
+                    format!("must be at least {least} (1000, and 4 x redis.timeout_ms)"),
+                ));
+            }
+        }
         let conversations = conversations::validate(&raw.conversations)?;
         Ok(Config {
             process: ProcessSettings {

@@ -547,11 +547,16 @@ impl Ticket {
             messages: None,
             interrupt,
             deadline_ms: unix_ms() + d.0.cfg.deadline_ms,
+            seq: String::new(),
         };
         let stored = d.0.journal.write(&record, None).await?;
         match d.table().jobs.get_mut(&self.id) {
             Some(j) => j.stored = Some(stored),
-            None => d.0.journal.finished(&stored, &self.uuid),
+            None => {
+                // A stop took the queue meanwhile: not accepted after all (the caller gets 503).
+                d.0.journal.finished(&stored, &self.uuid);
+                return Err(NotJournaled);
+            }
         }
         Ok(())
     }
@@ -577,6 +582,7 @@ impl Ticket {
             conversation,
             messages: Some(messages.iter().map(Message::pending).collect()),
             interrupt: Vec::new(),
+            seq: String::new(),
             deadline_ms: 0,
         };
         match d.0.journal.write(&record, prev.as_ref()).await {

@@ -16,6 +16,13 @@ use super::ssrf::CallbackUrl;
 use super::{unix_ms, Deliveries, Message, Target};
 use crate::config::ClientsConfig;
 
+/// A job read back and journaled here, ready to queue.
+struct Prepared {
+    job: JobRecord,
+    stored: Option<Stored>,
+    policy: Arc<super::policy::CallbackPolicy>,
+}
+
 /// What became of a job read back.
 pub enum Requeued {
     /// Queued with this many messages (0: nothing was left to deliver).
@@ -57,17 +64,31 @@ impl Deliveries {
             m.damaged.with_label_values(&[end]).inc();
             tracing::warn!(path = %orphan.path.display(), end, "a journal file taken over ends in a damaged record (the last write of a crash): the records before it are delivered");
         }
-        let (mut queued, mut foreign, mut failed) = (0, Vec::new(), false);
+        // All or nothing: every job is journaled here before any is queued, so a failure leaves
+        // the file to the next look without queueing anything twice.
+        let (mut prepared, mut foreign) = (Vec::new(), Vec::new());
         for (job, interrupted) in orphan.jobs.iter().cloned() {
-            match self.requeue(job.clone(), interrupted, None, clients).await {
-                Requeued::Queued(n) => queued += n,
-                Requeued::Foreign => foreign.push(serde_json::to_string(&job).expect("serializes")),
-                Requeued::Failed => failed = true,
+            match self.journal_again(job.clone(), None, clients).await {
+                Ok(p) => prepared.push((p, interrupted)),
+                Err(Requeued::Foreign) => {
+                    foreign.push(serde_json::to_string(&job).expect("serializes"))
+                }
+                Err(_) => {
+                    for (p, _) in &prepared {
+                        if let Some(s) = &p.stored {
+                            self.journal().finished(s, &p.job.job);
+                        }
+                    }
+                    tracing::error!(path = %orphan.path.display(), "a journal file taken over could not be journaled again: left for the next look");
+                    return 0;
+                }
             }
         }
-        if failed {
-            tracing::error!(path = %orphan.path.display(), "a journal file taken over could not be journaled again: left for the next look");
-            return queued;
+        let mut queued = 0;
+        for (p, interrupted) in prepared {
+            if let Requeued::Queued(n) = self.queue(p, interrupted) {
+                queued += n;
+            }
         }
         if !foreign.is_empty() {
             let lines: Vec<&str> = foreign.iter().map(String::as_str).collect();
@@ -78,19 +99,28 @@ impl Deliveries {
         queued
     }
 
-    /// On Redis: touches this instance's entries when due, and takes over the idle ones of others.
+    /// On Redis: takes over the entries of others left idle for `claim_idle_ms`.
     async fn take_over_entries(&self, clients: &ClientsConfig) -> usize {
         let Some(r) = self.journal().shared().cloned() else {
             return 0;
         };
-        if touch_due(r.claim_idle()) {
-            r.touch().await;
-        }
-        let Ok(claimed) = r.claim().await else {
+        let Ok(mut claimed) = r.claim().await else {
             return 0;
         };
+        // In the order the jobs were accepted (an answered job's entry is newer than its place).
+        claimed.sort_by_key(|c| {
+            let seq = c
+                .job
+                .as_ref()
+                .map(|j| j.seq.as_str())
+                .filter(|s| !s.is_empty());
+            stream_order(seq.unwrap_or(&c.id))
+        });
         let mut queued = 0;
         for c in claimed {
+            if r.owns(&c.id) {
+                continue; // queued here already (its touch failed for a while)
+            }
             let Some(raw) = c.job else {
                 tracing::error!(entry = %c.id, "unreadable journal entry dropped");
                 r.finish(&c.id);
@@ -103,11 +133,16 @@ impl Deliveries {
                 continue;
             };
             let stored = Some(Stored::Redis(c.id.clone()));
+            // Owned (touched) from now on, before it may finish and be acknowledged.
+            r.own(&c.id);
             match self.requeue(job, interrupted, stored, clients).await {
                 Requeued::Queued(n) => queued += n,
                 // Not touched: another instance takes it over once it is idle again.
-                Requeued::Foreign => foreign_once(&c.id),
-                Requeued::Failed => {}
+                Requeued::Foreign => {
+                    r.disown(&c.id);
+                    foreign_once(&c.id)
+                }
+                Requeued::Failed => r.disown(&c.id),
             }
         }
         if queued > 0 {
@@ -123,28 +158,55 @@ impl Deliveries {
     /// is journaled; else it is journaled here first (when there is a journal).
     pub(super) async fn requeue(
         &self,
-        mut job: JobRecord,
+        job: JobRecord,
         interrupted: bool,
         stored: Option<Stored>,
         clients: &ClientsConfig,
     ) -> Requeued {
+        match self.journal_again(job, stored, clients).await {
+            Ok(p) => self.queue(p, interrupted),
+            Err(r) => r,
+        }
+    }
+
+    /// Checks that the job is this configuration's and journals it here (unless `stored`).
+    async fn journal_again(
+        &self,
+        mut job: JobRecord,
+        stored: Option<Stored>,
+        clients: &ClientsConfig,
+    ) -> Result<Prepared, Requeued> {
         if !spool::is_ours(&job, clients) {
-            return Requeued::Foreign;
+            return Err(Requeued::Foreign);
         }
         if job.job.is_empty() {
             job.job = uuid::Uuid::new_v4().to_string();
         }
         let Some(policy) = clients.callbacks.get(&job.credential).cloned() else {
-            return Requeued::Foreign;
+            return Err(Requeued::Foreign);
         };
         let stored = match stored {
             Some(s) => Some(s),
             None if self.journal().enabled() => match self.journal().write(&job, None).await {
                 Ok(s) => Some(s),
-                Err(_) => return Requeued::Failed,
+                Err(_) => return Err(Requeued::Failed),
             },
             None => None,
         };
+        Ok(Prepared {
+            job,
+            stored,
+            policy,
+        })
+    }
+
+    /// Queues a prepared job in its conversation's lane (its delivery on a task of its own).
+    fn queue(&self, p: Prepared, interrupted: bool) -> Requeued {
+        let Prepared {
+            mut job,
+            stored,
+            policy,
+        } = p;
         if let Some(s) = &stored {
             self.journal().recovered(s, interrupted);
         }
@@ -198,21 +260,16 @@ impl Deliveries {
             }]),
             interrupt: Vec::new(),
             deadline_ms: 0,
+            seq: String::new(),
         };
         self.requeue(job, false, None, clients).await
     }
 }
 
-/// Whether this instance's entries are due to be touched (every third of `claim_idle`).
-fn touch_due(claim_idle: std::time::Duration) -> bool {
-    static LAST: OnceLock<Mutex<std::time::Instant>> = OnceLock::new();
-    let last = LAST.get_or_init(|| Mutex::new(std::time::Instant::now()));
-    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-    if last.elapsed() >= claim_idle / 3 {
-        *last = std::time::Instant::now();
-        return true;
-    }
-    false
+/// A stream id (`<ms>-<n>`) as something that sorts in its order.
+fn stream_order(id: &str) -> (u64, u64) {
+    let (ms, n) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(u64::MAX), n.parse().unwrap_or(0))
 }
 
 /// Logs once per entry that another configuration's delivery was left alone.

@@ -64,6 +64,7 @@ pub(super) fn write(d: &Deliveries, jobs: Vec<Job>) -> usize {
             messages: Some(job.messages.iter().map(Message::pending).collect()),
             interrupt: Vec::new(),
             deadline_ms: 0,
+            seq: String::new(),
         };
         lines.extend(serde_json::to_vec(&spooled).expect("spool entry serializes"));
         lines.push(b'\n');
@@ -278,10 +279,18 @@ impl Deliveries {
         if !theirs.is_empty() {
             leave(dir, &theirs, clients);
         }
-        let mut queued = 0;
+        let (mut queued, mut failed) = (0, String::new());
         for job in ours {
-            if let Requeued::Queued(n) = self.requeue(job, false, None, clients).await {
-                queued += n;
+            let line = serde_json::to_string(&job).expect("serializes");
+            match self.requeue(job, false, None, clients).await {
+                Requeued::Queued(n) => queued += n,
+                Requeued::Foreign | Requeued::Failed => failed += &(line + "\n"),
+            }
+        }
+        // What could not be journaled again goes back to the spool, for the next look.
+        if !failed.is_empty() {
+            if let Err(e) = write_file(dir, failed.as_bytes()) {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot put spooled deliveries back: they are lost");
             }
         }
         // Removed once what it held is queued (and journaled again): a crash before leaves the

@@ -61,6 +61,10 @@ pub struct JobRecord {
     /// Unix milliseconds after which an interrupted job's notice is not delivered any more.
     #[serde(default)]
     pub deadline_ms: u64,
+    /// Where it stands in the order jobs were accepted, when its place in the journal does not say
+    /// (a Redis entry that replaced the accepted one: that entry's id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub seq: String,
 }
 
 /// One record of the file journal.
@@ -241,6 +245,7 @@ mod tests {
             }),
             interrupt: vec!["{\"error\":true}".into()],
             deadline_ms: 7,
+            seq: String::new(),
         })
     }
 

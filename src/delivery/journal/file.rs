@@ -50,10 +50,15 @@ impl FileJournal {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
-        let (file, path) = create_locked(dir)?;
+        let (file, path) = create_locked(dir, &[])?;
+        let len = 0;
+        if on_tmpfs(dir) {
+            tracing::warn!(dir = %dir.display(), "the delivery journal is on a tmpfs: it survives a crash of the process, not a reboot; set delivery.journal_dir to persistent storage");
+        }
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             file,
+            len,
             path,
             dir: dir.to_path_buf(),
             fsync,
@@ -98,8 +103,9 @@ impl FileJournal {
     }
 }
 
-/// Creates a new journal file under a temporary name, locks it, then gives it its name.
-fn create_locked(dir: &Path) -> std::io::Result<(File, PathBuf)> {
+/// Creates a new journal file under a temporary name, locks it, writes and syncs `contents`, then
+/// gives it its name (a file under its name is always whole and locked while its writer lives).
+fn create_locked(dir: &Path, contents: &[u8]) -> std::io::Result<(File, PathBuf)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -112,13 +118,37 @@ fn create_locked(dir: &Path) -> std::io::Result<(File, PathBuf)> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    if !flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-        return Err(std::io::Error::other("cannot lock a new journal file"));
+    let named = (|| {
+        if !flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            return Err(std::io::Error::other("cannot lock a new journal file"));
+        }
+        (&file).write_all(contents)?;
+        file.sync_data()?;
+        let path = dir.join(&name);
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(dir);
+        Ok(path)
+    })();
+    match named {
+        Ok(path) => Ok((file, path)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    let path = dir.join(name);
-    std::fs::rename(&tmp, &path)?;
-    sync_dir(dir);
-    Ok((file, path))
+}
+
+/// Whether `dir` is on a tmpfs (memory: gone after a reboot).
+fn on_tmpfs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct it is handed; the path is a valid C string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
+    }
 }
 
 fn flock(file: &File, how: libc::c_int) -> bool {
@@ -135,6 +165,9 @@ fn sync_dir(dir: &Path) {
 
 struct Writer {
     file: File,
+    /// The file's length after the last write that succeeded (a failed one is cut back to it, so
+    /// a half-written frame never hides the records written after it).
+    len: u64,
     path: PathBuf,
     dir: PathBuf,
     fsync: bool,
@@ -173,14 +206,21 @@ impl Writer {
     fn append(&mut self, bytes: &[u8], durable: bool) -> bool {
         let written = self.file.write_all(bytes);
         let synced = if durable && self.fsync {
-            self.file.sync_data()
+            written.and_then(|()| self.file.sync_data())
         } else {
-            Ok(())
+            written
         };
-        match written.and(synced) {
-            Ok(()) => true,
+        match synced {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                true
+            }
             Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot write the delivery journal");
+                tracing::error!(path = %self.path.display(), error = %e, "cannot write the delivery journal: the callers waiting get 503");
+                // Cut back what may have been half written; what was acknowledged before stays.
+                if let Err(e) = self.file.set_len(self.len) {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot cut the delivery journal back after a failed write");
+                }
                 false
             }
         }
@@ -209,21 +249,23 @@ impl Writer {
     }
 
     fn compact(&mut self) -> std::io::Result<u64> {
+        // Read through the writer's own handle (a second open and close would drop an NFS lock).
         let mut bytes = Vec::new();
-        File::open(&self.path)?.read_to_end(&mut bytes)?;
+        std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(0))?;
+        (&self.file).take(self.len).read_to_end(&mut bytes)?;
         let (read, _) = records::read(&bytes);
         let mut out = Vec::new();
         for r in records::live(read) {
             records::frame(&r, &mut out);
         }
-        let (mut file, path) = create_locked(&self.dir)?;
-        file.write_all(&out)?;
-        file.sync_data()?;
-        let old = std::mem::replace(&mut self.path, path);
-        self.file = file;
-        std::fs::remove_file(old)?;
+        let (file, path) = create_locked(&self.dir, &out)?;
+        // The old file goes while its lock is still held: no other look can take it over.
+        std::fs::remove_file(&self.path)?;
         sync_dir(&self.dir);
-        Ok(out.len() as u64)
+        self.path = path;
+        self.file = file;
+        self.len = out.len() as u64;
+        Ok(self.len)
     }
 }
 
@@ -262,7 +304,23 @@ pub fn orphans(dir: &Path) -> Vec<Orphan> {
         })
         .map(|e| e.path())
         .collect();
-    names.sort();
+    // Oldest first: by the creation time in the name (`journal-<pid>-<nanos>.log`).
+    names.sort_by_key(|p| {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let nanos = name
+            .trim_end_matches(".log")
+            .rsplit('-')
+            .next()
+            .map(str::to_owned);
+        (
+            nanos.and_then(|n| n.parse::<u128>().ok()).unwrap_or(0),
+            name,
+        )
+    });
     names.into_iter().filter_map(|p| take_over(&p)).collect()
 }
 
@@ -284,7 +342,7 @@ fn take_over(path: &Path) -> Option<Orphan> {
     }
     // Another process may have taken it over and removed it between our open and our lock.
     let now = std::fs::symlink_metadata(path).ok()?;
-    if now.ino() != meta.ino() || now.dev() != meta.dev() {
+    if now.ino() != meta.ino() || now.dev() != meta.dev() || file.metadata().ok()?.nlink() == 0 {
         return None;
     }
     let mut bytes = Vec::new();

@@ -149,6 +149,9 @@ impl Journal {
             .then_some(shared)
             .flatten()
             .map(|s| Arc::new(RedisJournal::new(s, idle)));
+        if let Some(r) = &redis {
+            r.start_touching();
+        }
         Journal {
             kind: cfg.journal,
             file,
@@ -181,7 +184,14 @@ impl Journal {
         prev: Option<&Stored>,
     ) -> Result<Stored, NotJournaled> {
         match (prev, &self.redis) {
-            (Some(Stored::Redis(id)), Some(r)) => self.to_redis(r, job, Some(id)).await,
+            (Some(Stored::Redis(id)), Some(r)) => {
+                // It replaces the accepted entry: it keeps that entry's place in the order.
+                let mut job = job.clone();
+                if job.seq.is_empty() {
+                    job.seq = id.clone();
+                }
+                self.to_redis(r, &job, Some(id)).await
+            }
             (None, Some(r)) => match self.to_redis(r, job, None).await {
                 Ok(s) => Ok(s),
                 Err(e) => {

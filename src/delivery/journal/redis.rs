@@ -39,14 +39,18 @@ const CLAIM_COUNT: usize = 64;
 /// pending entries of the group (ARGV[1]); acknowledges and deletes the entry it replaces
 /// (ARGV[4], if not empty). The group is created with the stream if Redis has neither (a Redis that
 /// lost its data).
+/// Entries left unread before ours (written by other means) are read into this consumer too, up to
+/// 1,000 per call: not touched by it, they are idle and taken over by whoever looks next.
 const ADD: &str = r#"
-redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[3])
-while true do
+local found = false
+for _ = 1, 1000 do
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
-  if not r then return redis.error_reply('journal entry not read back') end
-  if r[1][2][1][1] == id then break end
+  if not r then break end
+  if r[1][2][1][1] == id then found = true; break end
 end
+if not found then return redis.error_reply('journal entry not read back') end
 if ARGV[4] ~= '' then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[4])
   redis.call('XDEL', KEYS[1], ARGV[4])
@@ -57,7 +61,7 @@ return id
 /// Takes over (for consumer ARGV[2] of group ARGV[1]) entries of KEYS[1] idle for ARGV[3] ms,
 /// from cursor ARGV[4], at most ARGV[5]; the group is created first if Redis has none.
 const CLAIM: &str = r#"
-redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
 return redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
 "#;
 
@@ -85,6 +89,8 @@ pub struct RedisJournal {
     claim: redis::Script,
     /// The entries this instance works on (touched every third of `claim_idle`).
     owned: Mutex<HashSet<String>>,
+    /// Finished entries whose acknowledgement failed (tried again with each touch).
+    unacked: Mutex<HashSet<String>>,
 }
 
 impl RedisJournal {
@@ -99,7 +105,30 @@ impl RedisJournal {
             add: redis::Script::new(ADD),
             claim: redis::Script::new(CLAIM),
             owned: Mutex::new(HashSet::new()),
+            unacked: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Starts touching this instance's entries every third of `claim_idle_ms` (and retrying the
+    /// acknowledgements that failed), on the Redis thread, for the life of the process.
+    pub fn start_touching(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let every = self.claim_idle / 3;
+        self.redis.handle().spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { return };
+                me.touch().await;
+                me.ack_again().await;
+            }
+        });
+    }
+
+    /// Whether this instance already works on entry `id`.
+    pub fn owns(&self, id: &str) -> bool {
+        self.owned().contains(id)
     }
 
     fn owned(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -152,31 +181,53 @@ impl RedisJournal {
         self.owned().remove(id);
     }
 
-    /// Acknowledges and deletes a finished entry (in the background).
+    /// Acknowledges and deletes a finished entry (in the background; one that fails is kept in
+    /// `unacked`, touched and acknowledged again, so no other instance delivers it again).
     pub fn finish(self: &Arc<Self>, id: &str) {
-        self.disown(id);
         let me = self.clone();
         let id = id.to_owned();
         self.redis.handle().spawn(async move {
-            let stream = me.stream.clone();
-            let _ = me
-                .redis
-                .call(Op::Journal, |mut conn| async move {
-                    redis::pipe()
-                        .cmd("XACK")
-                        .arg(&stream)
-                        .arg(GROUP)
-                        .arg(&id)
-                        .ignore()
-                        .cmd("XDEL")
-                        .arg(&stream)
-                        .arg(&id)
-                        .ignore()
-                        .query_async::<()>(&mut conn)
-                        .await
-                })
-                .await;
+            if me.ack(&id).await {
+                me.disown(&id);
+            } else {
+                me.unacked().insert(id);
+            }
         });
+    }
+
+    fn unacked(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.unacked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn ack(&self, id: &str) -> bool {
+        let (stream, id) = (self.stream.clone(), id.to_owned());
+        self.redis
+            .call(Op::Journal, |mut conn| async move {
+                redis::pipe()
+                    .cmd("XACK")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&id)
+                    .ignore()
+                    .cmd("XDEL")
+                    .arg(&stream)
+                    .arg(&id)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
+            .is_ok()
+    }
+
+    async fn ack_again(&self) {
+        let ids: Vec<String> = self.unacked().iter().cloned().collect();
+        for id in ids {
+            if self.ack(&id).await {
+                self.unacked().remove(&id);
+                self.disown(&id);
+            }
+        }
     }
 
     /// Touches this instance's entries, so no other instance takes them over while it lives.
@@ -308,8 +359,8 @@ impl RedisJournal {
             .collect())
     }
 
-    /// Removes a replayed dead letter.
-    pub async fn forget_dead(&self, id: &str) -> Result<(), Unavailable> {
+    /// Removes a dead letter about to be replayed; whether it was there.
+    pub async fn forget_dead(&self, id: &str) -> Result<bool, Unavailable> {
         let (dead, id) = (self.dead.clone(), id.to_owned());
         self.redis
             .call(Op::Journal, |mut conn| async move {
@@ -320,7 +371,7 @@ impl RedisJournal {
                     .await
             })
             .await
-            .map(drop)
+            .map(|removed| removed == 1)
     }
 }
 
