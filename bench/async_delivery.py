@@ -96,6 +96,8 @@ def main():
               .replace("[server]", f'[server]\npid_file = "{work}/pid"\nupgrade_sock = "{work}/sock"')
               .replace('filter = "info"', 'filter = "warn"'))
     config += f'\n[delivery]\nspool_dir = "{work}/spool"\ndead_letter_path = "{work}/dead.jsonl"\njournal_dir = "{work}/journal"\n'
+    # One credential sends every request here: its own share of the queue is the whole queue.
+    config += 'max_pending_per_credential = 10000\nmax_pending_bytes_per_credential = 134217728\n'
     redis = None
     if args.journal == "off":
         config += 'journal = "off"\n'

@@ -30,7 +30,7 @@ use crate::dialect::registry;
 use crate::error::ProxyError;
 use crate::httpio::{self, Answer, Handler};
 use crate::metrics::Metrics;
-use crate::migration::page;
+use crate::migration::{fleet, page, report};
 use crate::reload::Reloader;
 
 /// Serves metrics, health and cache control.
@@ -161,7 +161,7 @@ impl AdminService {
                 let pools = &self.reloader.runtime().pools;
                 Answer::json(200, crate::pool::report::backends_json(pools))
             }
-            Endpoint::Migration | Endpoint::MigrationJson => self.migration(endpoint),
+            Endpoint::Migration | Endpoint::MigrationJson => self.migration(endpoint).await,
             Endpoint::OpenApi(document) => Answer::json(200, document.into()),
             Endpoint::ClearAuthCache => {
                 let runtime = self.reloader.runtime();
@@ -304,9 +304,36 @@ impl AdminService {
         Answer::json(200, body.to_string().into_bytes())
     }
 
-    fn migration(&self, endpoint: Endpoint) -> Answer {
+    /// The report of the fleet (with `[redis]`), else of this instance.
+    async fn migration(&self, endpoint: Endpoint) -> Answer {
         let rt = self.reloader.runtime();
-        let report = page::report(&rt.config, rt.migration.report());
+        let local = rt.migration.report();
+        let gathered = match rt.shared() {
+            Some(shared) => fleet::gather(shared, local).await,
+            None => None,
+        };
+        let report = match gathered {
+            Some(g) => {
+                let data = |route: &str| report::merged(g.routes.get(route).cloned()?);
+                page::report(&rt.config, data, g.fleet.clone())
+            }
+            None => {
+                let own = fleet::InstanceRow {
+                    name: "this instance".into(),
+                    this: true,
+                    pairs: (rt.config.routes.iter())
+                        .map(|r| local.pairs(&r.name))
+                        .sum(),
+                    last_seen: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                        .to_string(),
+                };
+                let fleet = fleet::Fleet {
+                    source: "local",
+                    instances: vec![own],
+                };
+                page::report(&rt.config, |route| local.route(route), fleet)
+            }
+        };
         match endpoint {
             Endpoint::MigrationJson => Answer::json(200, page::json(&report)),
             _ => Answer {

@@ -158,10 +158,21 @@ impl Runtime {
                 .map(|r| RouteMetrics::new(metrics, &config, r))
                 .collect(),
             auto: registry::callers().filter(|c| c.in_auto()).collect(),
-            migration: Migration::new(&config, previous.map(|p| &p.migration)),
+            migration: {
+                let m = Migration::new(&config, previous.map(|p| &p.migration));
+                if let (None, Some(s)) = (previous, &shared) {
+                    crate::migration::fleet::start_publishing(s, m.report_arc());
+                }
+                m
+            },
             config,
             shared,
         }
+    }
+
+    /// The shared Redis, with `[redis]`.
+    pub fn shared(&self) -> Option<&Arc<SharedRedis>> {
+        self.shared.as_ref()
     }
 
     /// The route of a path: the one with this exact path, else the longest prefix it starts with.

@@ -17,14 +17,16 @@ pub const REDIS_BUCKETS: &[f64] = &[
 ];
 
 /// The Redis operations (`op` label): a rate limit check, a replay guard entry, a cache clear
-/// published, a conversation read or written, a channel's activities, the delivery journal.
-pub const OPS: [&str; 6] = [
+/// published, a conversation read or written, a channel's activities, the delivery journal, the
+/// fleet's migration report.
+pub const OPS: [&str; 7] = [
     "rate_limit",
     "replay_guard",
     "publish",
     "conversation",
     "channel",
     "journal",
+    "migration",
 ];
 
 /// Why a Redis call failed (`reason` label): no answer in `timeout_ms`, no connection, or an error

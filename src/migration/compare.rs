@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::model::{Button, ChatAnswer, MediaKind, Reply};
 
 /// The verdict on one pair of answers, as a bounded label value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// The same messages, text equal at least once normalised.

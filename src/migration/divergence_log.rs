@@ -17,7 +17,7 @@ use crate::model::{ChatAnswer, Reply};
 use crate::rotating_file::RotatingFile;
 
 /// One differing pair, as logged and as the report page lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Divergence {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
@@ -29,27 +29,27 @@ pub struct Divergence {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Vec<MessageView>>,
     /// Why the shadow gave no answer (a request-path reason such as `backend_timeout`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow_error: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_error: Option<std::borrow::Cow<'static, str>>,
 }
 
 /// One message of a canonical answer: its kind and text length, and with message bodies on, its
 /// text, link and buttons.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct MessageView {
-    pub kind: &'static str,
+    pub kind: std::borrow::Cow<'static, str>,
     /// Characters of its text (a question's title, a link's or media's URL).
     pub length: usize,
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub buttons: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<ChoiceView>,
 }
 
 /// A button, with message bodies on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ChoiceView {
     pub title: String,
     pub payload: String,
@@ -76,7 +76,7 @@ fn view(r: &Reply<'_>, bodies: bool) -> MessageView {
         payload: b.payload_or_title().to_owned(),
     });
     MessageView {
-        kind: kind(r),
+        kind: kind(r).into(),
         length: text.chars().count(),
         buttons: buttons.len(),
         text: bodies.then(|| text.to_owned()),
@@ -144,7 +144,7 @@ mod tests {
             verdict: Verdict::TextDiffers,
             primary: views(&answer, false),
             shadow: None,
-            shadow_error: Some("backend_timeout"),
+            shadow_error: Some("backend_timeout".into()),
         }
     }
 

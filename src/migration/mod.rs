@@ -13,6 +13,7 @@
 
 pub mod compare;
 pub mod divergence_log;
+pub mod fleet;
 pub mod page;
 pub mod report;
 pub mod shadow;
@@ -113,6 +114,11 @@ impl Migration {
 
     /// The report.
     pub fn report(&self) -> &Report {
+        &self.recorder.report
+    }
+
+    /// The report, shared (it outlives a reload).
+    pub fn report_arc(&self) -> &Arc<Report> {
         &self.recorder.report
     }
 
@@ -226,7 +232,7 @@ impl Recorder {
             verdict,
             primary: views(answers.primary, self.message_bodies),
             shadow: answers.shadow.ok().map(|a| views(a, self.message_bodies)),
-            shadow_error: answers.shadow.err().map(Reason::as_str),
+            shadow_error: answers.shadow.err().map(|r| r.as_str().into()),
         });
         if let (true, Some(d), Some(file)) = (log, &divergence, &self.log) {
             file.write(d);

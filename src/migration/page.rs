@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::divergence_log::{Divergence, MessageView};
-use super::report::{Report, RouteData, STEP_SECS};
+use super::fleet::Fleet;
+use super::report::{RouteData, STEP_SECS};
 use crate::config::{Config, Route};
 
 /// The JSON answer.
@@ -22,6 +23,8 @@ pub struct MigrationReport<'a> {
     /// Whether divergences show message text (`[log] message_bodies`).
     pub message_bodies: bool,
     pub step_seconds: u64,
+    /// Whose comparisons it sums: every instance on Redis, or this one.
+    pub fleet: Fleet,
     pub routes: Vec<RouteReport<'a>>,
 }
 
@@ -48,7 +51,11 @@ pub struct Bot<'a> {
 }
 
 /// The report of every route with a shadow or a canary, in configuration order.
-pub fn report<'a>(config: &'a Config, report: &Report) -> MigrationReport<'a> {
+pub fn report<'a>(
+    config: &'a Config,
+    data: impl Fn(&str) -> Option<RouteData>,
+    fleet: Fleet,
+) -> MigrationReport<'a> {
     let bot = |b: usize, percent| Bot {
         backend: &config.backends[b].name,
         dialect: config.backends[b].bot.dialect(),
@@ -67,13 +74,14 @@ pub fn report<'a>(config: &'a Config, report: &Report) -> MigrationReport<'a> {
             primary: primaries(r),
             shadow: r.shadow.as_ref().map(|s| bot(s.backend, Some(s.percent))),
             canary: r.canary.as_ref().map(|c| bot(c.backend, Some(c.percent))),
-            report: report.route(&r.name),
+            report: data(&r.name),
         })
         .collect();
     MigrationReport {
         generated_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         message_bodies: config.message_bodies,
         step_seconds: STEP_SECS,
+        fleet,
         routes,
     }
 }
@@ -118,6 +126,7 @@ pub fn html(r: &MigrationReport<'_>) -> String {
             "message text redacted to kinds and lengths"
         }
     );
+    fleet_line(&mut h, &r.fleet);
     if r.routes.is_empty() {
         h.push_str(
             "<p class=\"empty\">No route has a <code>shadow</code> or a <code>canary</code>.</p>",
@@ -324,11 +333,11 @@ fn latest(h: &mut String, list: &[Divergence]) {
     }
     h.push_str("<table><tr><th>when, request, verdict</th><th>primary</th><th>shadow</th></tr>");
     for d in list {
-        let shadow = match (&d.shadow, d.shadow_error) {
+        let shadow = match (&d.shadow, &d.shadow_error) {
             (Some(m), _) => messages(m),
             (None, e) => format!(
                 "<span class=\"poor\">no answer: {}</span>",
-                e.unwrap_or("unknown")
+                esc(e.as_deref().unwrap_or("unknown"))
             ),
         };
         let _ = write!(
@@ -343,10 +352,25 @@ fn latest(h: &mut String, list: &[Divergence]) {
     h.push_str("</table>");
 }
 
+/// Whose comparisons the page sums.
+fn fleet_line(h: &mut String, f: &Fleet) {
+    let rows: Vec<String> = (f.instances.iter())
+        .map(|i| {
+            let this = if i.this { " (this one)" } else { "" };
+            format!("{}{this}: {} pairs", esc(&i.name), i.pairs)
+        })
+        .collect();
+    let whose = match f.source {
+        "redis" => format!("Comparisons of {} instances (on Redis)", f.instances.len()),
+        _ => "Comparisons of this instance only".to_owned(),
+    };
+    let _ = write!(h, "<p class=\"meta\">{whose}: {}</p>", rows.join(" · "));
+}
+
 fn messages(list: &[MessageView]) -> String {
     let mut out = String::from("<ol>");
     for m in list {
-        let _ = write!(out, "<li><span class=\"kind\">{}</span> ", m.kind);
+        let _ = write!(out, "<li><span class=\"kind\">{}</span> ", esc(&m.kind));
         match &m.text {
             Some(t) => {
                 let _ = write!(out, "{}", esc(t));
@@ -415,8 +439,14 @@ mod tests {
             generated_at: "now".into(),
             message_bodies: false,
             step_seconds: STEP_SECS,
+            fleet: Fleet {
+                source: "local",
+                instances: Vec::new(),
+            },
             routes: Vec::new(),
         };
-        assert!(html(&r).contains("No route has a"));
+        let page = html(&r);
+        assert!(page.contains("No route has a"));
+        assert!(page.contains("Comparisons of this instance only"));
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::compare::{Comparison, Verdict, KINDS};
 use super::divergence_log::Divergence;
@@ -39,8 +39,9 @@ pub struct Report {
     routes: Mutex<HashMap<String, RouteStats>>,
 }
 
-#[derive(Default)]
-struct RouteStats {
+/// One route's statistics on one instance (what an instance publishes for the fleet's report).
+#[derive(Default, Clone, Serialize, Deserialize)]
+pub struct RouteStats {
     /// (step start in Unix seconds, pairs, matches), oldest first.
     steps: VecDeque<(u64, u64, u64)>,
     verdicts: [u64; Verdict::ALL.len()],
@@ -89,9 +90,73 @@ impl Report {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         routes.get(route).map(RouteStats::data)
     }
+
+    /// Every route's statistics, as JSON (what this instance publishes for the fleet).
+    pub fn snapshot(&self) -> Vec<(String, String)> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        (routes.iter())
+            .map(|(r, s)| (r.clone(), serde_json::to_string(s).expect("serializes")))
+            .collect()
+    }
+
+    /// The pairs this instance compared on `route`.
+    pub fn pairs(&self, route: &str) -> u64 {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.get(route).map_or(0, |s| s.verdicts.iter().sum())
+    }
+}
+
+/// One route's report over several instances' statistics (`None` when none has any).
+pub fn merged(stats: Vec<RouteStats>) -> Option<RouteData> {
+    let mut all = stats.into_iter();
+    let mut acc = all.next()?;
+    for s in all {
+        acc.merge(s);
+    }
+    Some(acc.data())
 }
 
 impl RouteStats {
+    /// The pairs it counts.
+    pub fn pairs(&self) -> u64 {
+        self.verdicts.iter().sum()
+    }
+
+    /// Adds another instance's statistics: counts summed, the chart's steps summed by time, the
+    /// exchange times and divergences kept newest and within their caps (over all instances: the
+    /// percentiles are of the most recent samples).
+    fn merge(&mut self, o: RouteStats) {
+        for (a, b) in self.verdicts.iter_mut().zip(o.verdicts) {
+            *a += b;
+        }
+        self.exact += o.exact;
+        for (a, b) in self.kinds.iter_mut().zip(o.kinds) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
+        self.sent += o.sent;
+        self.dropped += o.dropped;
+        let mut steps: std::collections::BTreeMap<u64, (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for (t, p, m) in self.steps.drain(..).chain(o.steps) {
+            let e = steps.entry(t).or_default();
+            e.0 += p;
+            e.1 += m;
+        }
+        let newest = steps.keys().next_back().copied().unwrap_or(0);
+        self.steps = (steps.into_iter())
+            .filter(|(t, _)| t + STEP_SECS * (STEPS as u64) > newest)
+            .map(|(t, (p, m))| (t, p, m))
+            .collect();
+        // Each instance's samples interleaved: the caps keep a share of each.
+        self.primary_ms = interleave(&self.primary_ms, &o.primary_ms, LATENCY_SAMPLES * 4);
+        self.shadow_ms = interleave(&self.shadow_ms, &o.shadow_ms, LATENCY_SAMPLES * 4);
+        let mut latest: Vec<Divergence> = self.latest.drain(..).chain(o.latest).collect();
+        latest.sort_by(|a, b| a.time.cmp(&b.time));
+        let skip = latest.len().saturating_sub(LATEST);
+        self.latest = latest.into_iter().skip(skip).collect();
+    }
+
     fn count(&mut self, o: &Outcome<'_>) {
         let c = o.comparison;
         let verdict = Verdict::ALL.iter().position(|v| *v == c.verdict);
@@ -161,6 +226,20 @@ impl RouteStats {
             latest: self.latest.iter().rev().cloned().collect(),
         }
     }
+}
+
+/// The newest samples of two series, at most `cap` (their order within each kept).
+fn interleave(a: &VecDeque<f64>, b: &VecDeque<f64>, cap: usize) -> VecDeque<f64> {
+    fn take(q: &VecDeque<f64>, n: usize) -> impl Iterator<Item = f64> + '_ {
+        q.iter().skip(q.len().saturating_sub(n)).copied()
+    }
+    let half = cap / 2;
+    let (na, nb) = match (a.len() < half, b.len() < half) {
+        (true, _) => (a.len(), cap - a.len()),
+        (_, true) => (cap - b.len(), b.len()),
+        _ => (half, cap - half),
+    };
+    take(a, na).chain(take(b, nb)).collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -293,6 +372,33 @@ mod tests {
         assert_eq!(d.latency_ms.shadow.p50, Some(50.0));
         assert_eq!(d.latency_ms.shadow.p99, Some(99.0));
         assert_eq!(d.latency_ms.primary.p99, Some(5.0));
+    }
+
+    #[test]
+    fn a_fleet_report_is_the_sum_of_its_instances() {
+        let (a, b) = (Report::default(), Report::default());
+        for i in 0..40 {
+            record(&a, Verdict::Match, 1_000_000 + i, 10);
+        }
+        for i in 0..60 {
+            let v = if i % 2 == 0 {
+                Verdict::TextDiffers
+            } else {
+                Verdict::Match
+            };
+            record(&b, v, 1_000_000 + i, 30);
+        }
+        let stats = |r: &Report| -> RouteStats {
+            serde_json::from_str(&r.snapshot().into_iter().next().unwrap().1).unwrap()
+        };
+        let d = merged(vec![stats(&a), stats(&b)]).unwrap();
+        assert_eq!(d.pairs, 100);
+        assert_eq!(d.match_rate, Some(0.7));
+        assert_eq!(d.series.iter().map(|p| p.pairs).sum::<u64>(), 100);
+        assert_eq!(d.series.len(), 6, "steps of both, summed by time");
+        assert_eq!(d.latency_ms.shadow.samples, 100);
+        assert_eq!(d.latency_ms.shadow.p99, Some(30.0));
+        assert_eq!(merged(vec![]).map(|d| d.pairs), None);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub enum Op {
     Conversation,
     Channel,
     Journal,
+    Migration,
 }
 
 impl Op {
@@ -52,6 +53,7 @@ impl Op {
             Op::Conversation => "conversation",
             Op::Channel => "channel",
             Op::Journal => "journal",
+            Op::Migration => "migration",
         }
     }
 }
