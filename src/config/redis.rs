@@ -1,5 +1,6 @@
 //! `[redis]`: the Redis server that several instances share their rate limits, API key replay guard and
-//! auth cache clears on, and what each feature does when Redis fails (`on_redis_error`).
+//! auth cache clears on (one server at `url`, or the master a set of Redis Sentinels names), and what
+//! each feature does when Redis fails (`on_redis_error`).
 //!
 //! The whole table is a process setting: the connection is made once, so changing it needs a restart.
 
@@ -50,8 +51,17 @@ pub struct RawFeature {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// `redis://[:password@]host:port/db` (a secret: it may carry the password).
-    pub url: SecretSource,
+    /// `redis://[:password@]host:port/db` (a secret: it may carry the password); or `sentinels`.
+    pub url: Option<SecretSource>,
+    /// The Sentinels that name the master (`redis://host:port` each), instead of `url`.
+    pub sentinels: Option<Vec<String>>,
+    /// The master's name at the Sentinels (with `sentinels`).
+    pub master_name: Option<String>,
+    /// The master's password (with `sentinels`; a secret).
+    pub password: Option<SecretSource>,
+    /// The master's database (with `sentinels`).
+    #[serde(default)]
+    pub db: i64,
     /// Deadline of every Redis call on the request path.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -90,12 +100,24 @@ fn default_prefix() -> String {
     "botbridge:".into()
 }
 
+/// Redis Sentinel: the master named `master` at these Sentinels, followed when they fail over.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct SentinelSettings {
+    pub sentinels: Vec<String>,
+    pub master: String,
+    #[serde(skip)]
+    pub password: Option<String>,
+    pub db: i64,
+}
+
 /// `[redis]`, validated. `Debug` and `Serialize` never show the URL (only its digest, so a reload
 /// still notices a change).
 #[derive(Clone, PartialEq, Serialize)]
 pub struct RedisSettings {
+    /// The one server's URL (empty with `sentinel`).
     #[serde(skip)]
     pub url: String,
+    pub sentinel: Option<SentinelSettings>,
     /// SHA-256 of the URL: what a reload compares.
     pub url_sha256: String,
     pub timeout: Duration,
@@ -120,20 +142,31 @@ impl std::fmt::Debug for RedisSettings {
 
 /// Validates `[redis]`: the URL must parse as a Redis URL (it is not connected to here).
 pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
-    let url = r.url.resolve("redis.url")?;
-    if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
-        return Err(ConfigError::new(
-            "redis.url",
-            "must start with redis:// or redis+unix:// (TLS to Redis is not supported)",
-        ));
-    }
-    // The client's own parser; its error may quote the URL, so it is not passed on.
-    redis::Client::open(url.as_str())
-        .map_err(|_| ConfigError::new("redis.url", "not a valid Redis URL"))?;
+    let (url, sentinel) = match (&r.url, &r.sentinels) {
+        (Some(u), None) => (server_url(u)?, None),
+        (None, Some(list)) => (String::new(), Some(sentinel(r, list)?)),
+        _ => {
+            return Err(ConfigError::new(
+                "redis.url",
+                "give either url (one server) or sentinels (with master_name)",
+            ))
+        }
+    };
+    let digest = match &sentinel {
+        None => url.clone(),
+        Some(s) => format!(
+            "{}|{}|{}|{:?}",
+            s.sentinels.join(","),
+            s.master,
+            s.db,
+            s.password
+        ),
+    };
     let ms = |key: &str, v: u64| nonzero(&format!("redis.{key}"), v).map(Duration::from_millis);
     Ok(RedisSettings {
-        url_sha256: hex::encode(Sha256::digest(url.as_bytes())),
+        url_sha256: hex::encode(Sha256::digest(digest.as_bytes())),
         url,
+        sentinel,
         timeout: ms("timeout_ms", r.timeout_ms)?,
         connect_timeout: ms("connect_timeout_ms", r.connect_timeout_ms)?,
         backoff: ms("backoff_ms", r.backoff_ms)?,
@@ -163,6 +196,52 @@ pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
     })
 }
 
+/// One server's URL, checked.
+fn server_url(u: &SecretSource) -> Result<String, ConfigError> {
+    let url = u.resolve("redis.url")?;
+    if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+        return Err(ConfigError::new(
+            "redis.url",
+            "must start with redis:// or redis+unix:// (TLS to Redis is not supported)",
+        ));
+    }
+    // The client's own parser; its error may quote the URL, so it is not passed on.
+    redis::Client::open(url.as_str())
+        .map_err(|_| ConfigError::new("redis.url", "not a valid Redis URL"))?;
+    Ok(url)
+}
+
+/// `sentinels`, `master_name`, `password` and `db`, checked.
+fn sentinel(r: &RawRedis, list: &[String]) -> Result<SentinelSettings, ConfigError> {
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            "redis.sentinels",
+            "must name at least one Sentinel",
+        ));
+    }
+    for s in list {
+        if !s.starts_with("redis://") || redis::Client::open(s.as_str()).is_err() {
+            return Err(ConfigError::new(
+                "redis.sentinels",
+                "each must be a redis://host:port URL",
+            ));
+        }
+    }
+    let master = (r.master_name.clone())
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| ConfigError::new("redis.master_name", "required with sentinels"))?;
+    let password = match &r.password {
+        Some(p) => Some(p.resolve("redis.password")?),
+        None => None,
+    };
+    Ok(SentinelSettings {
+        sentinels: list.to_vec(),
+        master,
+        password,
+        db: r.db,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +263,24 @@ mod tests {
         .unwrap();
         assert_eq!(s.limits_on_error, OnRedisError::Deny);
         assert_eq!(s.replay_guard_on_error, OnRedisError::Allow);
+    }
+
+    #[test]
+    fn sentinels_instead_of_a_url() {
+        let s = validate(&raw(
+            "sentinels = [\"redis://127.0.0.1:26379\"]\nmaster_name = \"m\"\npassword = \"pw\"",
+        ))
+        .unwrap();
+        let sentinel = s.sentinel.as_ref().unwrap();
+        assert_eq!((sentinel.master.as_str(), sentinel.db), ("m", 0));
+        assert!(!format!("{s:?}").contains("pw"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("pw"));
+        let e = validate(&raw("sentinels = [\"redis://h:1\"]")).unwrap_err();
+        assert_eq!(e.key, "redis.master_name");
+        let e = validate(&raw("url = \"redis://h:1\"\nsentinels = [\"redis://h:1\"]")).unwrap_err();
+        assert_eq!(e.key, "redis.url");
+        let e = validate(&raw("sentinels = [\"h:1\"]\nmaster_name = \"m\"")).unwrap_err();
+        assert_eq!(e.key, "redis.sentinels");
     }
 
     #[test]

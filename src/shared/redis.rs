@@ -13,6 +13,10 @@
 //!   its next cache look-up. A clear published while Redis is down is lost, so an instance that
 //!   (re)subscribes clears its own cache too.
 //! - Every call is timed and every error, by reason, counted (`metrics::shared`).
+//! - Redis Sentinel (`[redis] sentinels`): the connection goes to the master the Sentinels name;
+//!   after a failed call (the master gone, or answering `READONLY` once demoted) they are asked
+//!   again, and a new master gets a new connection manager, by itself. The `redis` crate's
+//!   `ConnectionManager` alone would reconnect to the old address for ever.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +29,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult};
 use tokio::sync::oneshot;
 
-use crate::config::redis::RedisSettings;
+use crate::config::redis::{RedisSettings, SentinelSettings};
 use crate::metrics::shared::SharedMetrics;
 
 /// Redis could not be asked: the call failed or Redis is in its back-off.
@@ -117,10 +121,72 @@ impl Health {
     }
 }
 
+/// Where the connection goes: one server, or the master the Sentinels name.
+enum Endpoint {
+    Server(redis::Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Endpoint {
+    fn new(settings: &RedisSettings) -> Endpoint {
+        match &settings.sentinel {
+            None => Endpoint::Server(
+                redis::Client::open(settings.url.as_str()).expect("validated with the config"),
+            ),
+            Some(s) => Endpoint::Sentinel(tokio::sync::Mutex::new(sentinel_client(s))),
+        }
+    }
+
+    /// A client of the server, or of the master the Sentinels name now.
+    async fn client(&self, timeout: std::time::Duration) -> RedisResult<redis::Client> {
+        match self {
+            Endpoint::Server(c) => Ok(c.clone()),
+            Endpoint::Sentinel(sentinels) => {
+                let mut s = sentinels.lock().await;
+                tokio::time::timeout(timeout, s.async_get_client())
+                    .await
+                    .map_err(|_| {
+                        RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                    })?
+            }
+        }
+    }
+
+    fn is_sentinel(&self) -> bool {
+        matches!(self, Endpoint::Sentinel(_))
+    }
+}
+
+/// A client's server address.
+fn address(c: &redis::Client) -> String {
+    c.get_connection_info().addr().to_string()
+}
+
+fn sentinel_client(s: &SentinelSettings) -> redis::sentinel::SentinelClient {
+    let mut info = redis::RedisConnectionInfo::default().set_db(s.db);
+    if let Some(p) = &s.password {
+        info = info.set_password(p);
+    }
+    let node =
+        redis::sentinel::SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+    redis::sentinel::SentinelClient::build(
+        s.sentinels.clone(),
+        s.master.clone(),
+        Some(node),
+        redis::sentinel::SentinelServerType::Master,
+    )
+    .expect("validated with the config")
+}
+
 /// The shared Redis of this process.
 pub struct SharedRedis {
     settings: RedisSettings,
+    endpoint: Arc<Endpoint>,
+    /// A look at the Sentinels is under way.
+    following: Arc<AtomicBool>,
     manager: Arc<ArcSwapOption<ConnectionManager>>,
+    /// The address the manager connects to.
+    manager_addr: Arc<std::sync::Mutex<String>>,
     health: Arc<Health>,
     /// The Redis thread's runtime, for publishing from code that is not async.
     handle: tokio::runtime::Handle,
@@ -137,7 +203,7 @@ impl SharedRedis {
     /// Starts the Redis thread (connecting, subscribing) and returns at once: until Redis answers,
     /// every feature falls back.
     pub fn start(settings: &RedisSettings) -> Arc<SharedRedis> {
-        let client = redis::Client::open(settings.url.as_str()).expect("validated with the config");
+        let endpoint = Arc::new(Endpoint::new(settings));
         let (stop, stopped) = oneshot::channel();
         let manager = Arc::new(ArcSwapOption::empty());
         let clears = Arc::new(AtomicU64::new(0));
@@ -149,8 +215,10 @@ impl SharedRedis {
             up: AtomicBool::new(false),
             backoff_ms: settings.backoff.as_millis() as u64,
         });
+        let manager_addr = Arc::new(std::sync::Mutex::new(String::new()));
         let background = Background {
-            client,
+            manager_addr: manager_addr.clone(),
+            endpoint: endpoint.clone(),
             settings: settings.clone(),
             manager: manager.clone(),
             health: health.clone(),
@@ -162,6 +230,9 @@ impl SharedRedis {
         metrics.redis_up.set(0);
         Arc::new(SharedRedis {
             handle: background.spawn(stopped),
+            endpoint,
+            manager_addr,
+            following: Arc::new(AtomicBool::new(false)),
             health,
             settings: settings.clone(),
             manager,
@@ -233,7 +304,40 @@ impl SharedRedis {
             .with_label_values(&[op.as_str(), reason])
             .inc();
         self.health.failed(self.metrics, op, reason);
+        self.follow_master();
         Unavailable
+    }
+
+    /// With Sentinels: asks them (once at a time, on the Redis thread) which server is the master,
+    /// and connects to it if it is another one.
+    fn follow_master(&self) {
+        if !self.endpoint.is_sentinel() || self.following.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (endpoint, manager, following, at) = (
+            self.endpoint.clone(),
+            self.manager.clone(),
+            self.following.clone(),
+            self.manager_addr.clone(),
+        );
+        let settings = self.settings.clone();
+        self.handle.spawn(async move {
+            if let Ok(client) = endpoint.client(settings.connect_timeout).await {
+                let addr = address(&client);
+                let moved = *at.lock().unwrap_or_else(|e| e.into_inner()) != addr;
+                if moved {
+                    match ConnectionManager::new_lazy_with_config(client, manager_config(&settings)) {
+                        Ok(m) => {
+                            manager.store(Some(Arc::new(m)));
+                            tracing::warn!(master = %addr, "the sentinels name a new redis master: following it");
+                            *at.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+                        }
+                        Err(e) => tracing::error!(error = ?e.kind(), "cannot connect to the new redis master"),
+                    }
+                }
+            }
+            following.store(false, Ordering::Release);
+        });
     }
 
     /// Tells every other instance to clear its auth cache (in the background: this returns at once).
@@ -272,9 +376,19 @@ fn error_reason(e: &RedisError) -> &'static str {
     }
 }
 
+/// The connection manager's settings.
+fn manager_config(s: &RedisSettings) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(s.connect_timeout))
+        .set_response_timeout(Some(s.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(s.backoff)
+}
+
 /// What runs on the Redis thread: the first connection, then the cache clear subscription.
 struct Background {
-    client: redis::Client,
+    endpoint: Arc<Endpoint>,
+    manager_addr: Arc<std::sync::Mutex<String>>,
     settings: RedisSettings,
     manager: Arc<ArcSwapOption<ConnectionManager>>,
     health: Arc<Health>,
@@ -310,25 +424,10 @@ impl Background {
     /// Makes the connection manager and waits for Redis to answer once before handing it out, so
     /// its connection (and every reconnection) is driven by this thread.
     async fn connect(&self) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.settings.connect_timeout))
-            .set_response_timeout(Some(self.settings.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(self.settings.backoff);
-        let manager = match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = ?e.kind(), "cannot set up the redis connection");
-                return;
-            }
-        };
         let mut warned = false;
-        loop {
-            let mut conn = manager.clone();
-            let ping = redis::cmd("PING");
-            let answer = ping.query_async::<String>(&mut conn);
-            if let Ok(Ok(_)) = tokio::time::timeout(self.settings.connect_timeout, answer).await {
-                break;
+        let manager = loop {
+            if let Some(m) = self.try_connect().await {
+                break m;
             }
             if !std::mem::replace(&mut warned, true) {
                 tracing::warn!(
@@ -336,9 +435,37 @@ impl Background {
                 );
             }
             tokio::time::sleep(self.settings.backoff).await;
-        }
+        };
         self.manager.store(Some(Arc::new(manager)));
         self.health.succeeded(SharedMetrics::global());
+    }
+
+    /// A connection manager to the server (or the master the Sentinels name) once it answers.
+    async fn try_connect(&self) -> Option<ConnectionManager> {
+        let client = self
+            .endpoint
+            .client(self.settings.connect_timeout)
+            .await
+            .ok()?;
+        let addr = address(&client);
+        let manager =
+            match ConnectionManager::new_lazy_with_config(client, manager_config(&self.settings)) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = ?e.kind(), "cannot set up the redis connection");
+                    return None;
+                }
+            };
+        let mut conn = manager.clone();
+        let ping = redis::cmd("PING");
+        let answer = ping.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.settings.connect_timeout, answer).await {
+            Ok(Ok(_)) => {
+                *self.manager_addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+                Some(manager)
+            }
+            _ => None,
+        }
     }
 
     /// Listens for cache clears from other instances, resubscribing after any loss.
@@ -346,7 +473,8 @@ impl Background {
         let metrics = SharedMetrics::global();
         loop {
             let subscribed = tokio::time::timeout(self.settings.connect_timeout, async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let client = self.endpoint.client(self.settings.connect_timeout).await?;
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&self.channel).await?;
                 RedisResult::Ok(pubsub)
             })
