@@ -578,6 +578,10 @@ def main():
     ap.add_argument("--restart-after", type=float, default=3.0, help="seconds between the first kill and the restart")
     ap.add_argument("--claim-idle-ms", type=int, default=3000)
     ap.add_argument("--no-second-kill", action="store_true", help="skip the second SIGKILL (of an instance never restarted)")
+    ap.add_argument("--redis-in-outage", action="store_true",
+                    help="restart Redis while the receiver is down, before the second kill: what the second "
+                         "instance journaled in its own file meanwhile (on_redis_error = \"local\") is still "
+                         "pending when it dies, and no process ever opens its journal_dir again")
     ap.add_argument("--drain", type=float, default=120.0, help="seconds to wait for the deliveries after the traffic")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
     args = ap.parse_args()
@@ -649,16 +653,24 @@ def main():
         victim.start()
         event(f"{victim.name} restarted (pid {victim.proc.pid}) on the same config and dirs")
 
-        at(redis_at)
-        redis.shutdown()
-        event("redis shut down (redis-cli shutdown)")
-        time.sleep(1.0)
-        redis.start()
-        event("redis started again on the same dir (AOF kept)")
+        def restart_redis():
+            redis.shutdown()
+            event("redis shut down (redis-cli shutdown)")
+            time.sleep(1.0)
+            redis.start()
+            event("redis started again on the same dir (AOF kept)")
+
+        if not args.redis_in_outage:
+            at(redis_at)
+            restart_redis()
 
         at(rx_at)
         rx.down()
         event(f"receiver down for {args.receiver_down} s")
+        if args.redis_in_outage:
+            at(rx_at + 1)
+            restart_redis()
+            second_at = max(second_at, time.monotonic() - start + 2)
         second_done = args.no_second_kill
         while time.monotonic() < start + rx_back:
             if not second_done and time.monotonic() >= start + second_at:
@@ -777,7 +789,8 @@ def main():
             "logs": {**{i.name: i.log for i in instances}, "haproxy": haproxy_log, "redis": redis.log},
             "settings": {"seconds": s, "receiver_down": args.receiver_down, "rate": args.rate,
                          "callers": args.callers, "sync_every": args.sync_every, "bot_delay_ms": args.bot_delay_ms,
-                         "claim_idle_ms": args.claim_idle_ms, "second_kill": not args.no_second_kill},
+                         "claim_idle_ms": args.claim_idle_ms, "second_kill": not args.no_second_kill,
+                         "redis_in_outage": args.redis_in_outage},
             "events": events,
             "async": {
                 "sent": len(results), "outcomes": dict(outcomes), "accepted": len(accepted),
