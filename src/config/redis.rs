@@ -57,7 +57,9 @@ pub struct RawRedis {
     pub sentinels: Option<Vec<String>>,
     /// The master's name at the Sentinels (with `sentinels`).
     pub master_name: Option<String>,
-    /// The master's password (with `sentinels`; a secret).
+    /// A Redis Cluster: some of its nodes (`redis://host:port` each), instead of `url`.
+    pub cluster: Option<Vec<String>>,
+    /// The master's password (with `sentinels`), or every node's (with `cluster`); a secret.
     pub password: Option<SecretSource>,
     /// The master's database (with `sentinels`).
     #[serde(default)]
@@ -110,6 +112,14 @@ pub struct SentinelSettings {
     pub db: i64,
 }
 
+/// Redis Cluster: the nodes to start from (the client learns the others and the slots).
+#[derive(Clone, PartialEq, Serialize)]
+pub struct ClusterSettings {
+    pub nodes: Vec<String>,
+    #[serde(skip)]
+    pub password: Option<String>,
+}
+
 /// `[redis]`, validated. `Debug` and `Serialize` never show the URL (only its digest, so a reload
 /// still notices a change).
 #[derive(Clone, PartialEq, Serialize)]
@@ -118,6 +128,7 @@ pub struct RedisSettings {
     #[serde(skip)]
     pub url: String,
     pub sentinel: Option<SentinelSettings>,
+    pub cluster: Option<ClusterSettings>,
     /// SHA-256 of the URL: what a reload compares.
     pub url_sha256: String,
     pub timeout: Duration,
@@ -142,31 +153,34 @@ impl std::fmt::Debug for RedisSettings {
 
 /// Validates `[redis]`: the URL must parse as a Redis URL (it is not connected to here).
 pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
-    let (url, sentinel) = match (&r.url, &r.sentinels) {
-        (Some(u), None) => (server_url(u)?, None),
-        (None, Some(list)) => (String::new(), Some(sentinel(r, list)?)),
+    let (url, sentinel, cluster) = match (&r.url, &r.sentinels, &r.cluster) {
+        (Some(u), None, None) => (server_url(u)?, None, None),
+        (None, Some(list), None) => (String::new(), Some(sentinel(r, list)?), None),
+        (None, None, Some(nodes)) => (String::new(), None, Some(cluster(r, nodes)?)),
         _ => {
             return Err(ConfigError::new(
                 "redis.url",
-                "give either url (one server) or sentinels (with master_name)",
+                "give one of url (one server), sentinels (with master_name) or cluster",
             ))
         }
     };
-    let digest = match &sentinel {
-        None => url.clone(),
-        Some(s) => format!(
+    let digest = match (&sentinel, &cluster) {
+        (Some(s), _) => format!(
             "{}|{}|{}|{:?}",
             s.sentinels.join(","),
             s.master,
             s.db,
             s.password
         ),
+        (_, Some(c)) => format!("cluster|{}|{:?}", c.nodes.join(","), c.password),
+        _ => url.clone(),
     };
     let ms = |key: &str, v: u64| nonzero(&format!("redis.{key}"), v).map(Duration::from_millis);
     Ok(RedisSettings {
         url_sha256: hex::encode(Sha256::digest(digest.as_bytes())),
         url,
         sentinel,
+        cluster,
         timeout: ms("timeout_ms", r.timeout_ms)?,
         connect_timeout: ms("connect_timeout_ms", r.connect_timeout_ms)?,
         backoff: ms("backoff_ms", r.backoff_ms)?,
@@ -209,6 +223,40 @@ fn server_url(u: &SecretSource) -> Result<String, ConfigError> {
     redis::Client::open(url.as_str())
         .map_err(|_| ConfigError::new("redis.url", "not a valid Redis URL"))?;
     Ok(url)
+}
+
+/// `cluster` and `password`, checked. Keys that must share a slot carry a hash tag (`{…}`), so the
+/// key prefix may not hold one.
+fn cluster(r: &RawRedis, nodes: &[String]) -> Result<ClusterSettings, ConfigError> {
+    if nodes.is_empty() {
+        return Err(ConfigError::new(
+            "redis.cluster",
+            "must name at least one node",
+        ));
+    }
+    if nodes
+        .iter()
+        .any(|n| !n.starts_with("redis://") || redis::Client::open(n.as_str()).is_err())
+    {
+        return Err(ConfigError::new(
+            "redis.cluster",
+            "each must be a redis://host:port URL",
+        ));
+    }
+    if r.key_prefix.contains(['{', '}']) {
+        return Err(ConfigError::new(
+            "redis.key_prefix",
+            "may not contain { or } with cluster (its hash tags place keys in slots)",
+        ));
+    }
+    let password = match &r.password {
+        Some(p) => Some(p.resolve("redis.password")?),
+        None => None,
+    };
+    Ok(ClusterSettings {
+        nodes: nodes.to_vec(),
+        password,
+    })
 }
 
 /// `sentinels`, `master_name`, `password` and `db`, checked.
@@ -281,6 +329,21 @@ mod tests {
         assert_eq!(e.key, "redis.url");
         let e = validate(&raw("sentinels = [\"h:1\"]\nmaster_name = \"m\"")).unwrap_err();
         assert_eq!(e.key, "redis.sentinels");
+    }
+
+    #[test]
+    fn a_cluster_instead_of_a_url() {
+        let s = validate(&raw(
+            "cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]",
+        ))
+        .unwrap();
+        assert_eq!(s.cluster.as_ref().unwrap().nodes.len(), 2);
+        let e = validate(&raw("cluster = [\"redis://h:1\"]\nkey_prefix = \"{bb}:\"")).unwrap_err();
+        assert_eq!(e.key, "redis.key_prefix");
+        let e = validate(&raw("cluster = []")).unwrap_err();
+        assert_eq!(e.key, "redis.cluster");
+        let e = validate(&raw("url = \"redis://h:1\"\ncluster = [\"redis://h:1\"]")).unwrap_err();
+        assert_eq!(e.key, "redis.url");
     }
 
     #[test]

@@ -43,7 +43,8 @@ static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCR
 pub async fn check(shared: &SharedRedis, buckets: &[Bucket]) -> Result<Verdict, Unavailable> {
     let mut invocation = SCRIPT.prepare_invoke();
     for b in buckets {
-        invocation.key(shared.key("rl", &b.key));
+        // In the credential's slot: one script may touch all of a request's buckets on a cluster.
+        invocation.key(shared.tagged_key("rl", &b.owner, &b.key));
     }
     for b in buckets {
         invocation.arg(b.limit.interval_us()).arg(b.limit.burst);

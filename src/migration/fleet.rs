@@ -1,6 +1,6 @@
 //! The migration report of a fleet: with `[redis]`, every instance publishes its per-route statistics
-//! every [`PUBLISH_EVERY`] to `<prefix>migration:<instance>` (a hash, route → JSON, which expires an
-//! hour after its last publication) and notes itself in `<prefix>migration:instances` (instance →
+//! every [`PUBLISH_EVERY`] to `<prefix>migration:{fleet}:<instance>` (a hash, route → JSON, which
+//! expires an hour after its last publication) and notes itself in `<prefix>migration:{fleet}:instances` (instance →
 //! when and who); `/migration` and `/migration.json` of any instance show the sum over every
 //! instance seen in the last hour, this instance's own statistics as they are at that moment.
 //!
@@ -54,9 +54,10 @@ pub struct Gathered {
 
 fn keys(shared: &SharedRedis) -> (String, String) {
     let prefix = &shared.settings().key_prefix;
+    // One hash tag: a cluster keeps the fleet's keys in one slot (one pipeline writes several).
     (
-        format!("{prefix}migration:instances"),
-        format!("{prefix}migration:"),
+        format!("{prefix}migration:{{fleet}}:instances"),
+        format!("{prefix}migration:{{fleet}}:"),
     )
 }
 

@@ -17,6 +17,11 @@
 //!   after a failed call (the master gone, or answering `READONLY` once demoted) they are asked
 //!   again, and a new master gets a new connection manager, by itself. The `redis` crate's
 //!   `ConnectionManager` alone would reconnect to the old address for ever.
+//! - Redis Cluster (`[redis] cluster`): the `redis` crate's cluster connection, which learns the
+//!   slots and follows them (and a failover) by itself. Keys that one call uses together share a
+//!   hash tag: [`SharedRedis::key`] puts the id in `{…}`, a rate limit's buckets the credential's.
+//!   Cache clears are published on the cluster (Redis carries them to every node) and received on a
+//!   subscription to one node, the next one when it fails.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,8 +30,9 @@ use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::oneshot;
 
 use crate::config::redis::{RedisSettings, SentinelSettings};
@@ -121,26 +127,74 @@ impl Health {
     }
 }
 
-/// Where the connection goes: one server, or the master the Sentinels name.
+/// A connection every call is made on: to one server (or the Sentinels' master), or to a cluster.
+/// Cheap to clone (both are handles to a multiplexed connection).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the connection goes: one server, the master the Sentinels name, or a cluster.
 enum Endpoint {
     Server(redis::Client),
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        /// Clients of each node given, for the cache clear subscription.
+        nodes: Vec<redis::Client>,
+        /// The node to subscribe to next.
+        next: AtomicU64,
+    },
 }
 
 impl Endpoint {
     fn new(settings: &RedisSettings) -> Endpoint {
         match &settings.sentinel {
-            None => Endpoint::Server(
+            None if settings.cluster.is_none() => Endpoint::Server(
                 redis::Client::open(settings.url.as_str()).expect("validated with the config"),
             ),
             Some(s) => Endpoint::Sentinel(tokio::sync::Mutex::new(sentinel_client(s))),
+            None => cluster(settings),
         }
     }
 
-    /// A client of the server, or of the master the Sentinels name now.
+    /// A client of the server, of the master the Sentinels name now, or of the next cluster node.
     async fn client(&self, timeout: std::time::Duration) -> RedisResult<redis::Client> {
         match self {
             Endpoint::Server(c) => Ok(c.clone()),
+            Endpoint::Cluster { nodes, next, .. } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                Ok(nodes[i % nodes.len()].clone())
+            }
             Endpoint::Sentinel(sentinels) => {
                 let mut s = sentinels.lock().await;
                 tokio::time::timeout(timeout, s.async_get_client())
@@ -160,6 +214,32 @@ impl Endpoint {
 /// A client's server address.
 fn address(c: &redis::Client) -> String {
     c.get_connection_info().addr().to_string()
+}
+
+fn cluster(settings: &RedisSettings) -> Endpoint {
+    let c = settings.cluster.as_ref().expect("a cluster");
+    let mut builder = redis::cluster::ClusterClientBuilder::new(c.nodes.clone())
+        .connection_timeout(settings.connect_timeout)
+        .response_timeout(settings.timeout)
+        .overall_response_timeout(Some(settings.timeout))
+        .retries(1);
+    if let Some(p) = &c.password {
+        builder = builder.password(p);
+    }
+    let node = |url: &String| {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .expect("validated with the config");
+        if let Some(p) = &c.password {
+            let redis = info.redis_settings().clone().set_password(p);
+            info = info.set_redis_settings(redis);
+        }
+        redis::Client::open(info).expect("validated with the config")
+    };
+    Endpoint::Cluster {
+        client: builder.build().expect("validated with the config"),
+        nodes: c.nodes.iter().map(node).collect(),
+        next: AtomicU64::new(0),
+    }
 }
 
 fn sentinel_client(s: &SentinelSettings) -> redis::sentinel::SentinelClient {
@@ -184,7 +264,7 @@ pub struct SharedRedis {
     endpoint: Arc<Endpoint>,
     /// A look at the Sentinels is under way.
     following: Arc<AtomicBool>,
-    manager: Arc<ArcSwapOption<ConnectionManager>>,
+    manager: Arc<ArcSwapOption<Conn>>,
     /// The address the manager connects to.
     manager_addr: Arc<std::sync::Mutex<String>>,
     health: Arc<Health>,
@@ -249,9 +329,21 @@ impl SharedRedis {
         &self.settings
     }
 
-    /// The key of `id` in the namespace `kind`: `<prefix><kind>:<hex id>`.
+    /// The key of `id` in the namespace `kind`: `<prefix><kind>:{<hex id>}` (the id a hash tag, so
+    /// the keys of one id share a cluster slot).
     pub fn key(&self, kind: &str, id: &[u8]) -> String {
-        format!("{}{kind}:{}", self.settings.key_prefix, hex::encode(id))
+        format!("{}{kind}:{{{}}}", self.settings.key_prefix, hex::encode(id))
+    }
+
+    /// The key of `id` in the namespace `kind`, in the slot of `tag`: `<prefix><kind>:{<hex tag>}:<hex
+    /// id>` (a rate limit's buckets, in the slot of their credential).
+    pub fn tagged_key(&self, kind: &str, tag: &[u8], id: &[u8]) -> String {
+        let prefix = &self.settings.key_prefix;
+        format!(
+            "{prefix}{kind}:{{{}}}:{}",
+            hex::encode(tag),
+            hex::encode(id)
+        )
     }
 
     /// This instance's id (unique per process).
@@ -272,7 +364,7 @@ impl SharedRedis {
     /// One Redis call within `timeout_ms`, unless Redis is in its back-off. Timed and counted.
     pub async fn call<T, F, Fut>(&self, op: Op, f: F) -> Result<T, Unavailable>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if !self.health.may_call() {
@@ -328,7 +420,7 @@ impl SharedRedis {
                 if moved {
                     match ConnectionManager::new_lazy_with_config(client, manager_config(&settings)) {
                         Ok(m) => {
-                            manager.store(Some(Arc::new(m)));
+                            manager.store(Some(Arc::new(Conn::Single(m))));
                             tracing::warn!(master = %addr, "the sentinels name a new redis master: following it");
                             *at.lock().unwrap_or_else(|e| e.into_inner()) = addr;
                         }
@@ -390,7 +482,7 @@ struct Background {
     endpoint: Arc<Endpoint>,
     manager_addr: Arc<std::sync::Mutex<String>>,
     settings: RedisSettings,
-    manager: Arc<ArcSwapOption<ConnectionManager>>,
+    manager: Arc<ArcSwapOption<Conn>>,
     health: Arc<Health>,
     clears: Arc<AtomicU64>,
     instance: String,
@@ -440,8 +532,23 @@ impl Background {
         self.health.succeeded(SharedMetrics::global());
     }
 
-    /// A connection manager to the server (or the master the Sentinels name) once it answers.
-    async fn try_connect(&self) -> Option<ConnectionManager> {
+    /// A connection to the server (or the master the Sentinels name, or the cluster) once it
+    /// answers.
+    async fn try_connect(&self) -> Option<Conn> {
+        if let Endpoint::Cluster { client, .. } = &*self.endpoint {
+            let connect = client.get_async_connection();
+            let Ok(Ok(mut conn)) =
+                tokio::time::timeout(self.settings.connect_timeout, connect).await
+            else {
+                return None;
+            };
+            let ping = redis::cmd("PING");
+            let answer = ping.query_async::<String>(&mut conn);
+            return match tokio::time::timeout(self.settings.connect_timeout, answer).await {
+                Ok(Ok(_)) => Some(Conn::Cluster(conn)),
+                _ => None,
+            };
+        }
         let client = self
             .endpoint
             .client(self.settings.connect_timeout)
@@ -462,7 +569,7 @@ impl Background {
         match tokio::time::timeout(self.settings.connect_timeout, answer).await {
             Ok(Ok(_)) => {
                 *self.manager_addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
-                Some(manager)
+                Some(Conn::Single(manager))
             }
             _ => None,
         }
