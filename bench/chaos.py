@@ -23,6 +23,11 @@ on the same dir: the AOF is kept), the receiver is down for `--receiver-down` se
 `--no-second-kill`) a second instance is SIGKILLed during that outage and never restarted: the others
 take its jobs over from Redis after `claim_idle_ms`.
 
+`--redis-in-outage` restarts Redis inside the receiver outage instead, just before the second kill:
+what that instance journaled in its own file while Redis was away (`on_redis_error = "local"`) is
+still owed when it dies, and nobody opens its `journal_dir` again, so those requests are reported lost
+(as README's "[redis.deliveries]" says: "delivered by it or the next process on its files").
+
 Then waits (at most `--drain` seconds) until every accepted async request (answered 200) has its
 closing POST (`conversation_end: true`) at the receiver, matched by the `request_id` the accepted
 answer carried (the callbacks carry the same). An interrupted notice (an `error` message: the process
