@@ -24,9 +24,8 @@ on the same dir: the AOF is kept), the receiver is down for `--receiver-down` se
 take its jobs over from Redis after `claim_idle_ms`.
 
 `--redis-in-outage` restarts Redis inside the receiver outage instead, just before the second kill:
-what that instance journaled in its own file while Redis was away (`on_redis_error = "local"`) is
-still owed when it dies, and nobody opens its `journal_dir` again, so those requests are reported lost
-(as README's "[redis.deliveries]" says: "delivered by it or the next process on its files").
+what that instance journaled in its own file while Redis was away (`on_redis_error = "local"`) moves
+to the stream once Redis answers again, so the others take it over when the instance dies.
 
 Then waits (at most `--drain` seconds) until every accepted async request (answered 200) has its
 closing POST (`conversation_end: true`) at the receiver, matched by the `request_id` the accepted
@@ -585,8 +584,8 @@ def main():
     ap.add_argument("--no-second-kill", action="store_true", help="skip the second SIGKILL (of an instance never restarted)")
     ap.add_argument("--redis-in-outage", action="store_true",
                     help="restart Redis while the receiver is down, before the second kill: what the second "
-                         "instance journaled in its own file meanwhile (on_redis_error = \"local\") is still "
-                         "pending when it dies, and no process ever opens its journal_dir again")
+                         "instance journaled in its own file meanwhile (on_redis_error = \"local\") must have "
+                         "moved to Redis for the others to take it over")
     ap.add_argument("--drain", type=float, default=120.0, help="seconds to wait for the deliveries after the traffic")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
     args = ap.parse_args()

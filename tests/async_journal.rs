@@ -537,3 +537,29 @@ async fn a_graceful_upgrade_hands_the_journal_to_the_new_process() {
         .logs()
         .contains("journal of a process that is gone taken over"));
 }
+
+#[tokio::test]
+async fn what_an_instance_journaled_in_its_file_while_redis_was_away_moves_to_redis_and_survives_it(
+) {
+    let mut redis = RedisServer::start();
+    let (ja, jb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let rx = Receiver::start(Reply::FailFirst(usize::MAX, 503)).await;
+    let mut a = SpawnedProxy::start(&config(ja.path(), Some(&redis.url())));
+    let b = SpawnedProxy::start(&config(jb.path(), Some(&redis.url())));
+    redis.kill();
+    accepted(&a, "away-user", &["one"], &rx.url("/cb")).await;
+    journaled(&a, "file", 2).await;
+    // Redis comes back (empty): the job moves to the stream at a's next look.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !a.logs().contains("moved to the shared journal") {
+        assert!(Instant::now() < deadline, "not moved:\n{}", a.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a dies for good: b, on another journal_dir, takes it over from Redis.
+    crash(&mut a).await;
+    all_delivered(&rx, 1, &keys_tried(&rx)).await;
+    assert!(b
+        .logs()
+        .contains("deliveries of instances that are gone taken over"));
+}

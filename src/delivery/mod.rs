@@ -96,6 +96,8 @@ struct Job {
     bytes: usize,
     /// Where it is journaled, once it is.
     stored: Option<Stored>,
+    /// Its id in the journal (its ticket's; its messages' keys start with it).
+    uuid: String,
     /// Its messages done (delivered or dead-lettered) so far.
     done: u32,
 }
@@ -357,6 +359,7 @@ impl Deliveries {
         );
         if let Some(j) = t.jobs.get_mut(&ticket.id) {
             j.stored = stored;
+            j.uuid = job.job.clone();
         }
         ticket.uuid = job.job.clone();
         ticket
@@ -377,6 +380,7 @@ impl Deliveries {
         bytes: usize,
     ) -> Ticket {
         self.0.metrics.queue_depth.inc();
+        let uuid = uuid::Uuid::new_v4().to_string();
         let (done, done_rx) = watch::channel(false);
         t.next_id += 1;
         let id = t.next_id;
@@ -393,13 +397,14 @@ impl Deliveries {
                 host: host.map(str::to_owned),
                 bytes,
                 stored: None,
+                uuid: uuid.clone(),
                 done: 0,
             },
         );
         Ticket {
             owner: self.clone(),
             id,
-            uuid: uuid::Uuid::new_v4().to_string(),
+            uuid,
             previous,
             done,
         }

@@ -44,7 +44,60 @@ impl Deliveries {
                 queued += self.take_over_file(orphan, &dir, clients).await;
             }
         }
-        queued + self.take_over_entries(clients).await
+        queued += self.take_over_entries(clients).await;
+        self.promote().await;
+        queued
+    }
+
+    /// On Redis: what this process journaled in its file while Redis could not be asked moves to
+    /// the stream once it can (the file keeps a `Finished` record), so if this process dies the
+    /// other instances take it over; else only a process that opens this `journal_dir` would.
+    /// A job whose bot is still answering moves once its answer is journaled (in the file, where the
+    /// job is), at a later look.
+    async fn promote(&self) {
+        let Some(r) = self.journal().shared().cloned() else {
+            return;
+        };
+        let waiting: Vec<(u64, JobRecord)> = {
+            let t = self.table();
+            (t.jobs.iter())
+                .filter(|(_, j)| j.stored == Some(Stored::File))
+                .filter_map(|(id, j)| {
+                    let target = j.target.as_ref()?;
+                    let job = JobRecord {
+                        job: j.uuid.clone(),
+                        credential: j.credential.clone(),
+                        url: target.url_text.clone(),
+                        request_id: j.request_id.clone(),
+                        conversation: j.conversation.clone(),
+                        messages: Some(j.messages.iter().map(Message::pending).collect()),
+                        interrupt: Vec::new(),
+                        deadline_ms: 0,
+                        seq: String::new(),
+                    };
+                    Some((*id, job))
+                })
+                .take(256)
+                .collect()
+        };
+        for (id, job) in waiting {
+            let Ok(entry) = r.write(&job, None).await else {
+                return; // Redis still cannot be asked: the next look
+            };
+            let mut t = self.table();
+            match t.jobs.get_mut(&id) {
+                Some(j) if j.stored == Some(Stored::File) => {
+                    j.stored = Some(Stored::Redis(entry));
+                    drop(t);
+                    self.journal().finished(&Stored::File, &job.job);
+                    tracing::info!(request_id = %job.request_id, "a delivery journaled in this instance's file while redis was away moved to the shared journal");
+                }
+                _ => {
+                    drop(t);
+                    r.finish(&entry); // done meanwhile
+                }
+            }
+        }
     }
 
     /// Queues what a journal file owed, then removes it (its foreign jobs become a spool file).
