@@ -8,7 +8,6 @@
 
 mod common;
 #[path = "common/redis.rs"]
-#[allow(dead_code)] // the other tests use all of it
 mod redis_server;
 
 use common::*;

@@ -11,7 +11,6 @@
 mod common;
 mod receiver;
 #[path = "common/redis.rs"]
-#[allow(dead_code)] // the other tests use all of it
 mod redis_server;
 
 use std::path::Path;

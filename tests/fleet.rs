@@ -4,7 +4,6 @@
 
 mod common;
 #[path = "common/redis.rs"]
-#[allow(dead_code)] // the helpers this file does not use
 mod redis_server;
 
 use std::time::{Duration, Instant};

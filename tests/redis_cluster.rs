@@ -5,63 +5,28 @@
 
 mod common;
 mod receiver;
+#[path = "common/redis.rs"]
+mod redis_server;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use receiver::{Receiver, Reply};
+use redis_server::{command, start_with, RedisChild as Node};
 use serde_json::json;
-
-struct Node {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(port: u16, words: &[&str]) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut out = format!("*{}\r\n", words.len());
-    for w in words {
-        out.push_str(&format!("${}\r\n{w}\r\n", w.len()));
-    }
-    s.write_all(out.as_bytes()).ok()?;
-    let mut buf = vec![0u8; 65536];
-    let n = s.read(&mut buf).ok()?;
-    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
-}
 
 /// Three masters, the slots spread over them, the cluster answering `ok`.
 fn cluster(dir: &std::path::Path) -> Vec<Node> {
     let nodes: Vec<Node> = (0..3)
         .map(|i| {
-            let port = child_port();
-            let log = std::fs::File::create(dir.join(format!("node-{i}.log"))).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                .arg(format!("nodes-{port}.conf"))
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(dir)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("redis-server (apt-get install redis-server)");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !command(port, &["PING"]).is_some_and(|a| a.starts_with("+PONG")) {
-                assert!(Instant::now() < deadline, "node {i} did not answer");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Node { child, port }
+            let args = ["--cluster-enabled", "yes", "--cluster-config-file"]
+                .map(String::from)
+                .into_iter()
+                .chain([format!("nodes-{i}.conf")])
+                .chain(["--save", "", "--appendonly", "no"].map(String::from))
+                .collect::<Vec<_>>();
+            start_with(dir, &format!("node-{i}"), &args)
         })
         .collect();
     let addrs: Vec<String> = nodes

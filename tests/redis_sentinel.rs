@@ -4,60 +4,18 @@
 //! answered), nothing fails with a 5xx, and once the replica is promoted the shared limits live on it.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use redis_server::{command, RedisChild};
 
-/// A `redis-server` child (a server, a replica or a Sentinel), killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(port: u16, words: &[&str]) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut out = format!("*{}\r\n", words.len());
-    for w in words {
-        out.push_str(&format!("${}\r\n{w}\r\n", w.len()));
-    }
-    s.write_all(out.as_bytes()).ok()?;
-    let mut buf = vec![0u8; 65536];
-    let n = s.read(&mut buf).ok()?;
-    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
-}
-
-/// Starts `redis-server` with `args` (the port chosen here and passed as `--port`) and waits for PONG.
-fn start(dir: &std::path::Path, name: &str, args: &[String]) -> Redis {
-    let port = child_port();
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let child = Command::new("redis-server")
-        .args(args)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("redis-server (apt-get install redis-server)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !command(port, &["PING"]).is_some_and(|a| a.starts_with("+PONG")) {
-        assert!(Instant::now() < deadline, "{name} did not answer");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Redis { child, port }
+fn start(dir: &std::path::Path, name: &str, args: &[String]) -> RedisChild {
+    redis_server::start_with(dir, name, args)
 }
 
 /// The port of the server the Sentinel at `sentinel` names master of `bbmaster`.
@@ -99,7 +57,7 @@ async fn the_proxy_follows_the_master_through_a_sentinel_failover_under_load() {
         master.port.to_string(),
     ]);
     let replica = start(dir.path(), "replica", &replica_args);
-    let sentinels: Vec<Redis> = (0..3)
+    let sentinels: Vec<RedisChild> = (0..3)
         .map(|i| {
             let conf = dir.path().join(format!("sentinel-{i}.conf"));
             std::fs::write(

@@ -527,6 +527,21 @@ impl Ticket {
         format!("{}.{n}", self.uuid)
     }
 
+    /// This request as the journal records it: where it goes (no messages yet, no notice).
+    fn record(&self, target: &Target, conversation: String) -> JobRecord {
+        JobRecord {
+            job: self.uuid.clone(),
+            credential: target.policy.credential.clone(),
+            url: target.url_text.clone(),
+            request_id: target.request_id.clone(),
+            conversation,
+            messages: None,
+            interrupt: Vec::new(),
+            deadline_ms: 0,
+            seq: String::new(),
+        }
+    }
+
     /// Journals the accepted request (to be answered only once this succeeds): where it goes, and
     /// `interrupt`, the caller dialect's failure notice, owed instead if the bot's answer is never
     /// journaled. Without a journal, nothing to do.
@@ -544,15 +559,9 @@ impl Ticket {
             return Err(NotJournaled);
         };
         let record = JobRecord {
-            job: self.uuid.clone(),
-            credential: target.policy.credential.clone(),
-            url: target.url_text.clone(),
-            request_id: target.request_id.clone(),
-            conversation,
-            messages: None,
             interrupt,
             deadline_ms: unix_ms() + d.0.cfg.deadline_ms,
-            seq: String::new(),
+            ..self.record(target, conversation)
         };
         let stored = d.0.journal.write(&record, None).await?;
         match d.table().jobs.get_mut(&self.id) {
@@ -580,15 +589,8 @@ impl Ticket {
             return;
         };
         let record = JobRecord {
-            job: self.uuid.clone(),
-            credential: target.policy.credential.clone(),
-            url: target.url_text.clone(),
-            request_id: target.request_id.clone(),
-            conversation,
             messages: Some(messages.iter().map(Message::pending).collect()),
-            interrupt: Vec::new(),
-            seq: String::new(),
-            deadline_ms: 0,
+            ..self.record(target, conversation)
         };
         match d.0.journal.write(&record, prev.as_ref()).await {
             Ok(stored) => match d.table().jobs.get_mut(&self.id) {

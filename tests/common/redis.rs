@@ -3,6 +3,7 @@
 //! persistence off, stopped when dropped. Tests can stop it and start it again on the same port.
 //!
 //! Test files include it with `#[path = "common/redis.rs"] mod redis_server;` next to `mod common;`.
+#![allow(dead_code)] // each test file uses some of these helpers
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -108,8 +109,43 @@ fn spawn(port: u16, dir: &tempfile::TempDir) -> Option<Child> {
     }
 }
 
+/// A `redis-server` started with arguments of the test's own (a cluster node, a replica, a
+/// Sentinel: its config file and `--sentinel`) on a port chosen here, killed when dropped.
+pub struct RedisChild {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `redis-server` with `args` (then `--port`, `--bind 127.0.0.1` and `--dir dir`), logging to
+/// `<dir>/<name>.log`, and waits until it answers PING.
+pub fn start_with(dir: &std::path::Path, name: &str, args: &[String]) -> RedisChild {
+    let port = child_port();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new("redis-server")
+        .args(args)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !command(port, &["PING"]).is_some_and(|a| a.starts_with("+PONG")) {
+        assert!(Instant::now() < deadline, "{name} did not answer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    RedisChild { child, port }
+}
+
 /// One command over a fresh connection; `None` if nothing answers.
-fn command(port: u16, words: &[&str]) -> Option<String> {
+pub fn command(port: u16, words: &[&str]) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut out = format!("*{}\r\n", words.len());
@@ -117,7 +153,7 @@ fn command(port: u16, words: &[&str]) -> Option<String> {
         out.push_str(&format!("${}\r\n{w}\r\n", w.len()));
     }
     s.write_all(out.as_bytes()).ok()?;
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 65536];
     let n = s.read(&mut buf).ok()?;
     (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
