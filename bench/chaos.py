@@ -27,6 +27,21 @@ take its jobs over from Redis after `claim_idle_ms`.
 what that instance journaled in its own file while Redis was away (`on_redis_error = "local"`) moves
 to the stream once Redis answers again, so the others take it over when the instance dies.
 
+`--sentinel` runs Redis Sentinel instead of one Redis: a master and a replica (both `appendonly yes`,
+`appendfsync always`, each in its own dir) and three Sentinels (`sentinel monitor bbmaster … 2`,
+`down-after-milliseconds 1000`, `failover-timeout 4000`); the instances get `sentinels` and
+`master_name` instead of `url`. The Redis restart restarts the current master (shut down, started again
+at once as master, before the Sentinels think it down), and a "Sentinel failover" fault is added
+inside the receiver outage, before the second kill (which waits until that instance's log says Redis
+is reachable again, and 2 s more):
+`--failover kill` (the default) SIGKILLs the master the Sentinels name and restarts it
+`--replica-after` seconds later as a replica of the new master (`--replicaof`); `--failover manual`
+asks a Sentinel for `SENTINEL FAILOVER bbmaster` (the old master stays up until the Sentinels demote
+it). Every data server is watched by `redis-cli MONITOR` (`monitor.log` in its dir), so the summary
+says which writes the old master took after the replica was promoted (lost in the resync), and for
+each lost request where its journal writes went; it counts, per instance process, the logs' "the
+sentinels name a new redis master: following it".
+
 Then waits (at most `--drain` seconds) until every accepted async request (answered 200) has its
 closing POST (`conversation_end: true`) at the receiver, matched by the `request_id` the accepted
 answer carried (the callbacks carry the same). An interrupted notice (an `error` message: the process
@@ -180,17 +195,25 @@ def stop(proc, sig=signal.SIGTERM, wait=10):
 # ---------------------------------------------------------------------------------------------
 
 class Redis:
-    def __init__(self, work):
-        self.dir = os.path.join(work, "redis")
+    """A data server. `monitor`: its commands are recorded by `redis-cli MONITOR` in `monitor.log`."""
+
+    def __init__(self, work, name="redis", monitor=False):
+        self.name = name
+        self.dir = os.path.join(work, name)
         os.makedirs(self.dir, mode=0o700)
         self.port = pick_port()
         self.log = os.path.join(self.dir, "redis.log")
+        self.monitor = monitor
+        self.monitor_log = os.path.join(self.dir, "monitor.log")
+        self.monitor_proc = None
         self.proc = None
 
-    def start(self):
-        self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
-                           "--daemonize", "no"], self.log)
+    def start(self, replicaof=None):
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir, "--daemonize", "no"]
+        if replicaof is not None:
+            argv += ["--replicaof", "127.0.0.1", str(replicaof)]
+        self.proc = spawn(argv, self.log)
         if not wait_listening(self.proc, [self.port], "redis-server", self.log):
             raise SystemExit(f"redis port {self.port} is in use")
         deadline = time.monotonic() + 20
@@ -198,24 +221,133 @@ class Redis:
             if time.monotonic() > deadline:
                 raise SystemExit(f"redis did not answer PING; see {self.log}")
             time.sleep(0.05)
+        if self.monitor:
+            stop(self.monitor_proc)
+            self.monitor_proc = spawn(["redis-cli", "-p", str(self.port), "MONITOR"], self.monitor_log)
 
     def cli(self, *args):
-        r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        try:
+            r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return ""
         return r.stdout.strip()
+
+    def info(self, section="replication"):
+        return dict(l.split(":", 1) for l in self.cli("INFO", section).splitlines() if ":" in l)
+
+    def role(self):
+        return self.info().get("role", "down" if not self.alive() else "?")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
 
     def shutdown(self):
         """Graceful: the AOF (fsynced at every write) stays for the next start."""
         self.cli("SHUTDOWN")
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             stop(self.proc)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
 
     def url(self):
         return f"redis://127.0.0.1:{self.port}/0"
 
 
-def instance_config(work, listen, admin, bot_port, redis_url, claim_idle_ms):
+MASTER_NAME = "bbmaster"
+
+
+class Sentinel:
+    def __init__(self, work, i):
+        self.name = f"sentinel-{i}"
+        self.dir = os.path.join(work, self.name)
+        os.makedirs(self.dir, mode=0o700)
+        self.port = pick_port()
+        self.conf = os.path.join(self.dir, "sentinel.conf")
+        self.log = os.path.join(self.dir, "sentinel.log")
+        self.proc = None
+
+    def start(self, master_port):
+        with open(self.conf, "w") as f:  # the Sentinel rewrites it
+            f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n"
+                    f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+                    f"sentinel failover-timeout {MASTER_NAME} 4000\n"
+                    f"sentinel parallel-syncs {MASTER_NAME} 1\n")
+        self.proc = spawn(["redis-server", self.conf, "--sentinel"], self.log)
+        if not wait_listening(self.proc, [self.port], self.name, self.log):
+            raise SystemExit(f"{self.name}: port {self.port} is in use")
+
+    def cli(self, *args):
+        try:
+            r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=5)
+        except subprocess.TimeoutExpired:
+            return ""
+        return r.stdout.strip()
+
+    def master_port(self):
+        lines = self.cli("SENTINEL", "get-master-addr-by-name", MASTER_NAME).splitlines()
+        return int(lines[-1]) if len(lines) == 2 and lines[-1].isdigit() else None
+
+    def master_state(self):
+        lines = self.cli("SENTINEL", "master", MASTER_NAME).splitlines()
+        return dict(zip(lines[0::2], lines[1::2]))
+
+
+class SentinelSet:
+    """A master and a replica (`r1`, `r2`: their roles change) and three Sentinels."""
+
+    def __init__(self, work):
+        self.servers = [Redis(work, "redis-r1", monitor=True), Redis(work, "redis-r2", monitor=True)]
+        self.sentinels = [Sentinel(work, i) for i in range(3)]
+
+    def start(self):
+        first, second = self.servers
+        first.start()
+        second.start(replicaof=first.port)
+        for s in self.sentinels:
+            s.start(first.port)
+        deadline = time.monotonic() + 40
+        while True:  # every Sentinel knows the replica and the two others; the replica is in sync
+            states = [s.master_state() for s in self.sentinels]
+            if (all(st.get("num-slaves") == "1" and st.get("num-other-sentinels") == "2" for st in states)
+                    and second.info().get("master_link_status") == "up"):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the sentinels did not settle: {states}; see {self.sentinels[0].log}")
+            time.sleep(0.2)
+
+    def master_port(self):
+        """The master the Sentinels name (the first that answers)."""
+        for s in self.sentinels:
+            p = s.master_port()
+            if p is not None:
+                return p
+        return None
+
+    def server(self, port):
+        return next((r for r in self.servers if r.port == port), None)
+
+    def master(self):
+        return self.server(self.master_port())
+
+    def toml(self):
+        urls = ", ".join(f'"redis://127.0.0.1:{s.port}"' for s in self.sentinels)
+        return f'sentinels = [{urls}]\nmaster_name = "{MASTER_NAME}"'
+
+    def stop(self):
+        for s in self.sentinels:  # first: no failover while the servers stop
+            stop(s.proc)
+        for r in self.servers:
+            if r.alive():
+                r.shutdown()
+            stop(r.monitor_proc)
+
+
+def instance_config(work, listen, admin, bot_port, redis_toml, claim_idle_ms):
     text = open(os.path.join(ROOT, "proxy.toml")).read()
     # No demo bots: every backend that pointed at them points at the chaos bot (only demo-bot, the
     # CSML backend of /chat, is used).
@@ -238,20 +370,20 @@ max_pending_per_host = 100000
 max_pending_bytes_per_credential = 1073741824
 
 [redis]
-url = "{redis_url}"
+{redis_toml}
 timeout_ms = 200
 """
     return text
 
 
 class Instance:
-    def __init__(self, n, work, binary, bot_port, redis_url, claim_idle_ms):
+    def __init__(self, n, work, binary, bot_port, redis_toml, claim_idle_ms):
         self.n = n
         self.name = f"bb{n}"
         self.dir = os.path.join(work, self.name)
         os.makedirs(self.dir, mode=0o700)
         self.binary = binary
-        self.bot_port, self.redis_url, self.claim_idle_ms = bot_port, redis_url, claim_idle_ms
+        self.bot_port, self.redis_toml, self.claim_idle_ms = bot_port, redis_toml, claim_idle_ms
         self.log = os.path.join(self.dir, "botbridge.log")
         self.config = os.path.join(self.dir, "proxy.toml")
         self.proc = None
@@ -265,7 +397,7 @@ class Instance:
             if self.port is None:
                 self.port, self.admin = pick_port(), pick_port()
             with open(self.config, "w") as f:
-                f.write(instance_config(self.dir, self.port, self.admin, self.bot_port, self.redis_url,
+                f.write(instance_config(self.dir, self.port, self.admin, self.bot_port, self.redis_toml,
                                         self.claim_idle_ms))
             with open(self.log, "ab") as f:
                 f.write(f"==== chaos: starting {self.name} at {time.strftime('%H:%M:%S')}\n".encode())
@@ -569,6 +701,91 @@ class Driver:
 # The run
 # ---------------------------------------------------------------------------------------------
 
+FOLLOWING = "the sentinels name a new redis master: following it"
+MONITOR_LINE = re.compile(r'^(\d+\.\d+) \[\d+ ([^\]]+)\] "([A-Za-z]+)"')
+WRITES = {"XADD", "XACK", "XDEL", "XCLAIM", "XAUTOCLAIM", "XGROUP", "SET", "DEL", "HSET", "EXPIRE", "PEXPIRE",
+          "EVALSHA", "EVAL", "PUBLISH", "XTRIM", "HDEL", "INCR", "INCRBY", "SETEX", "PSETEX"}
+
+
+def monitor_lines(server):
+    """(wall time, source: a client address or "lua", command, line) of each recorded command."""
+    if not os.path.exists(server.monitor_log):
+        return []
+    out = []
+    for line in open(server.monitor_log, errors="replace"):
+        m = MONITOR_LINE.match(line)
+        if m:
+            out.append((float(m.group(1)), m.group(2), m.group(3).upper(), line))
+    return out
+
+
+def sentinel_report(sset, fo, instances, rel, lost=()):
+    """The failover's times, the roles now, the instances' "following it" lines (per process), and
+    the writes the old master took between the promotion and its demotion (lost in the resync)."""
+    following = {}
+    for i in instances:
+        parts = open(i.log, errors="replace").read().split("==== chaos: starting ")[1:]
+        for k, part in enumerate(parts, 1):
+            following[f"{i.name}#{k}"] = part.count(FOLLOWING)
+    old, new = fo.get("old"), fo.get("new")
+    report = {
+        "failover": fo.get("mode"), "old_master": old and old.name, "new_master": new and new.name,
+        "t_failover": rel(fo.get("at")), "t_promoted": rel(fo.get("promoted")),
+        "t_sentinels_name_new": rel(fo.get("named")), "t_demoted": rel(fo.get("demoted")),
+        "t_old_restarted_as_replica": rel(fo.get("restarted")),
+        "master_now": getattr(sset.master(), "name", None),
+        "roles_now": {r.name: r.role() for r in sset.servers},
+        "following_new_master": following,
+    }
+    if old is not None and "promoted" in fo:
+        # Until the demotion (manual), or the SIGKILL (kill: nothing after it).
+        until = fo.get("demoted") or (fo["at"] if fo.get("mode") == "kill" else time.time())
+        window = [(t, src, cmd, line) for t, src, cmd, line in monitor_lines(old)
+                  if fo["promoted"] <= t <= until and (src == "lua" or cmd in WRITES)]
+        added = sorted({m.group(0) for t, src, cmd, line in window if cmd == "XADD"
+                        for m in [re.search(r"chaos-[0-9a-f]+-\d+-\d+", line)] if m})
+        report["writes_to_old_master_after_promotion"] = {
+            "from": rel(fo["promoted"]), "until": rel(until),
+            "commands": dict(collections.Counter(cmd for _, _, cmd, _ in window)),
+            "xadd_request_ids": added[:30], "xadd_request_ids_count": len(added),
+            "lost_among_them": len(set(added) & set(lost)),
+        }
+        last = [t for t, _, cmd, _ in monitor_lines(old) if t <= until]
+        report["old_master_last_command_before_until"] = rel(max(last)) if last else None
+    return report
+
+
+def journal_trace(sset, rids, rel):
+    """Per request id: its journal writes each server's MONITOR recorded (time, source, command), and
+    whether the stream on the master now holds an entry of it."""
+    if not rids:
+        return {}
+    found = collections.defaultdict(lambda: collections.defaultdict(list))
+    ids = collections.defaultdict(set)  # rid -> stream entry ids (a replica sees the master's XADD with its id)
+    lines = {r.name: monitor_lines(r) for r in sset.servers}
+    for name, ls in lines.items():
+        for t, src, cmd, line in ls:
+            for rid in set(re.findall(r"chaos-[0-9a-f]+-\d+-\d+", line)) & rids:
+                found[rid][name].append((rel(t), src, cmd))
+                m = re.search(r'"XADD" "[^"]*deliveries" "(\d+-\d+)"', line)
+                if m:
+                    ids[rid].add(m.group(1))
+    by_id = {i: rid for rid, s in ids.items() for i in s}
+    acks = collections.defaultdict(lambda: collections.defaultdict(list))
+    if by_id:
+        for name, ls in lines.items():
+            for t, src, cmd, line in ls:
+                if cmd in ("XACK", "XDEL", "EVALSHA"):
+                    for i in set(re.findall(r'"(\d{13}-\d+)"', line)) & by_id.keys():
+                        acks[by_id[i]][name].append((rel(t), src, cmd, i))
+    master = sset.master()
+    entries = master.cli("XRANGE", "botbridge:deliveries", "-", "+") if master else ""
+    return {rid: {"journal_writes_seen_by_monitor": {k: v[:8] for k, v in found[rid].items()},
+                  "entry_ids_replicated": sorted(ids[rid]),
+                  "acks_of_those_entries": {k: v[:6] for k, v in acks[rid].items()},
+                  "in_stream_now": rid in entries} for rid in rids}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "botbridge"))
@@ -586,6 +803,13 @@ def main():
                     help="restart Redis while the receiver is down, before the second kill: what the second "
                          "instance journaled in its own file meanwhile (on_redis_error = \"local\") must have "
                          "moved to Redis for the others to take it over")
+    ap.add_argument("--sentinel", action="store_true",
+                    help="Redis Sentinel: a master, a replica and three Sentinels, and a Sentinel failover fault")
+    ap.add_argument("--failover", choices=("kill", "manual"), default="kill",
+                    help="with --sentinel: SIGKILL the master (restarted as a replica --replica-after s later), "
+                         "or SENTINEL FAILOVER")
+    ap.add_argument("--replica-after", type=float, default=4.0,
+                    help="seconds between the master's SIGKILL and its restart as a replica")
     ap.add_argument("--drain", type=float, default=120.0, help="seconds to wait for the deliveries after the traffic")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
     args = ap.parse_args()
@@ -607,6 +831,10 @@ def main():
     procs_to_stop = []
     events = []
     t0 = time.monotonic()
+    t0_wall = time.time()
+
+    def rel(wall):
+        return None if wall is None else round(wall - t0_wall, 2)
 
     def event(what):
         events.append({"t": round(time.monotonic() - t0, 1), "event": what})
@@ -615,16 +843,26 @@ def main():
     # SIGTERM (a test harness's timeout) ends the children too, via the finally below.
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
 
-    redis = Redis(work)
+    sset = SentinelSet(work) if args.sentinel else None
+    redis = None if sset else Redis(work)
     bot = Bot(args.bot_delay_ms)
     rx = Receiver()
     instances = []
     haproxy = None
+    fo = {}  # the failover: old, new (Redis), and wall-clock times
     try:
-        redis.start()
-        event(f"redis on {redis.port}, bot on {bot.port}, receiver on {rx.port}")
+        if sset:
+            sset.start()
+            r1, r2 = sset.servers
+            event(f"redis master {r1.name} on {r1.port}, replica {r2.name} on {r2.port}, sentinels on "
+                  f"{', '.join(str(x.port) for x in sset.sentinels)}; bot on {bot.port}, receiver on {rx.port}")
+            redis_toml = sset.toml()
+        else:
+            redis.start()
+            event(f"redis on {redis.port}, bot on {bot.port}, receiver on {rx.port}")
+            redis_toml = f'url = "{redis.url()}"'
         for n in (1, 2, 3):
-            inst = Instance(n, work, binary, bot.port, redis.url(), args.claim_idle_ms)
+            inst = Instance(n, work, binary, bot.port, redis_toml, args.claim_idle_ms)
             inst.start()
             instances.append(inst)
             event(f"{inst.name} pid {inst.proc.pid} on {inst.port} (admin {inst.admin}), log {inst.log}")
@@ -649,41 +887,128 @@ def main():
         rx_at = max(redis_at + 3, 0.5 * s)
         rx_back = rx_at + args.receiver_down
         second_at = rx_at + min(args.receiver_down / 2, 10)
+        failover_at = redis_at if args.redis_in_outage else rx_at + 1
+        state = {}  # monotonic times: redis_back (the restart done), promoted (the failover)
 
-        at(kill_at)
-        victim.kill()
-        event(f"SIGKILL {victim.name} (pid {victim.pids[-1]})")
-        at(kill_at + args.restart_after)
-        victim.start()
-        event(f"{victim.name} restarted (pid {victim.proc.pid}) on the same config and dirs")
+        def kill_first():
+            victim.kill()
+            event(f"SIGKILL {victim.name} (pid {victim.pids[-1]})")
+
+        def restart_first():
+            victim.start()
+            event(f"{victim.name} restarted (pid {victim.proc.pid}) on the same config and dirs")
 
         def restart_redis():
-            redis.shutdown()
-            event("redis shut down (redis-cli shutdown)")
-            time.sleep(1.0)
-            redis.start()
-            event("redis started again on the same dir (AOF kept)")
+            if args.redis_in_outage:
+                state["log_offset"] = os.path.getsize(second.log)
+            if sset:
+                m = sset.master()
+                m.shutdown()
+                event(f"redis master {m.name} ({m.port}) shut down (redis-cli shutdown)")
+                m.start()  # at once: back before the Sentinels think it down (down-after-milliseconds 1000)
+                named = sset.server(sset.master_port())
+                event(f"{m.name} started again as master on the same dir (AOF kept); the sentinels name "
+                      f"{named.name if named else None}")
+            else:
+                redis.shutdown()
+                event("redis shut down (redis-cli shutdown)")
+                time.sleep(1.0)
+                redis.start()
+                event("redis started again on the same dir (AOF kept)")
+            state["redis_back"] = time.monotonic()
 
-        if not args.redis_in_outage:
-            at(redis_at)
-            restart_redis()
+        def failover():
+            old = sset.master()
+            new = next(r for r in sset.servers if r is not old)
+            fo.update(old=old, new=new, mode=args.failover, at=time.time())
+            state["log_offset"] = os.path.getsize(second.log)
+            if args.failover == "kill":
+                old.kill()
+                event(f"Sentinel failover: SIGKILL redis master {old.name} ({old.port})")
+            else:
+                answer = sset.sentinels[0].cli("SENTINEL", "FAILOVER", MASTER_NAME)
+                event(f"Sentinel failover: SENTINEL FAILOVER {MASTER_NAME} at {sset.sentinels[0].name} "
+                      f"({answer}); the master was {old.name} ({old.port})")
+            if args.failover == "manual":  # the old master stays up until the Sentinels demote it
+                def watch_demotion():
+                    deadline = time.monotonic() + 90
+                    while time.monotonic() < deadline and old.alive():
+                        if old.role() == "slave":
+                            fo["demoted"] = time.time()
+                            event(f"{old.name} ({old.port}) is a replica (demoted by the sentinels)")
+                            return
+                        time.sleep(0.02)
+                threading.Thread(target=watch_demotion, daemon=True).start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if "promoted" not in fo and new.role() == "master":
+                    fo["promoted"] = time.time()
+                    state["promoted"] = time.monotonic()
+                    event(f"{new.name} ({new.port}) is master (promoted)")
+                if "promoted" in fo and sset.master_port() == new.port:
+                    fo["named"] = time.time()
+                    event(f"the sentinels name {new.name} master")
+                    return
+                time.sleep(0.02)
+            event(f"the failover did not complete within 30 s: {fo}")
 
-        at(rx_at)
-        rx.down()
-        event(f"receiver down for {args.receiver_down} s")
-        if args.redis_in_outage:
-            at(rx_at + 1)
-            restart_redis()
-            second_at = max(second_at, time.monotonic() - start + 2)
-        second_done = args.no_second_kill
-        while time.monotonic() < start + rx_back:
-            if not second_done and time.monotonic() >= start + second_at:
-                second.kill()
-                event(f"SIGKILL {second.name} (pid {second.pids[-1]}), not restarted")
-                second_done = True
-            time.sleep(0.1)
-        rx.up()
-        event("receiver up")
+        def old_master_as_replica():
+            old = fo["old"]
+            deadline = time.monotonic() + 30
+            while sset.master_port() in (None, old.port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            new_port = sset.master_port()
+            old.start(replicaof=new_port)
+            fo["restarted"] = time.time()
+            event(f"{old.name} restarted on the same dir as a replica of {new_port} (--replicaof)")
+
+        def kill_second():
+            # Not before `second` is back on Redis after the last Redis fault, and 2 s more: what it
+            # journaled in its own file meanwhile (on_redis_error = "local") moves to the stream each
+            # second once Redis answers; killed before, nobody would deliver it.
+            until = start + second_at
+            if "redis_back" in state:
+                until = max(until, state["redis_back"] + 2)
+            back = None
+            if "log_offset" in state:
+                while back is None and time.monotonic() < start + rx_back - 2:
+                    with open(second.log, errors="replace") as f:
+                        f.seek(state["log_offset"])
+                        if "redis is reachable" in f.read():
+                            back = time.monotonic()
+                            break
+                    time.sleep(0.05)
+                if back is not None:
+                    event(f"{second.name} is back on redis (its log says so)")
+                    until = max(until, back + 2)
+            until = min(until, start + rx_back)
+            while time.monotonic() < until:
+                time.sleep(0.05)
+            second.kill()
+            event(f"SIGKILL {second.name} (pid {second.pids[-1]}), not restarted"
+                  + ("" if back is not None or "log_offset" not in state else
+                     " (its log did not say redis is reachable again since the last redis fault)"))
+
+        def receiver_down():
+            rx.down()
+            event(f"receiver down for {args.receiver_down} s")
+
+        def receiver_up():
+            rx.up()
+            event("receiver up")
+
+        plan = [(kill_at, kill_first), (kill_at + args.restart_after, restart_first),
+                (rx_at + 1 if args.redis_in_outage else redis_at, restart_redis),
+                (rx_at, receiver_down), (rx_back, receiver_up)]
+        if sset:
+            plan.append((failover_at, failover))
+            if args.failover == "kill":
+                plan.append((failover_at + args.replica_after, old_master_as_replica))
+        if not args.no_second_kill:
+            plan.append((second_at, kill_second))
+        for t, action in sorted(plan, key=lambda x: x[0]):  # stable: ties in the order above
+            at(t)
+            action()
         at(s)
         driver.stop()
         event("traffic stopped")
@@ -717,6 +1042,7 @@ def main():
         ok_posts = [p for p in posts if p["status"] == 200]
         key_count = collections.Counter(p["key"] for p in ok_posts)
         duplicates = sum(c - 1 for c in key_count.values() if c > 1)
+        dup_rids = sorted({p["request_id"] for p in ok_posts if key_count[p["key"]] > 1 and p["request_id"]})
         by_rid = collections.defaultdict(list)
         for p in ok_posts:
             by_rid[p["request_id"]].append(p)
@@ -776,6 +1102,21 @@ def main():
                     "posts_tried": [(p["key"], p["status"]) for p in posts if p["request_id"] == cb_rid],
                     "log_lines": {n: [l for l in ls if rid in l or cb_rid in l][:8] for n, ls in logs.items()},
                 }
+        sentinel = {}
+        if sset:
+            sentinel = sentinel_report(sset, fo, instances, rel, lost)
+            rids = set(lost) | {t.replace("msg-", "chaos-", 1) for t in twice} | set(mixed) | set(dup_rids[:5])
+            journal = journal_trace(sset, rids, rel)
+            for rid in (lost + sorted(rids - set(lost)))[:10]:
+                ev = evidence.setdefault(rid, {})
+                ev.update(journal.get(rid, {}))
+                ev["accepted_by"] = [i.name for i in instances if re.search(
+                    rf'request_id="{re.escape(rid)}".* status=200 ', open(i.log, errors="replace").read())]
+                ev["in_local_journal_file_of"] = [i.name for i in instances if any(
+                    rid.encode() in open(os.path.join(i.dir, "journal", f), "rb").read()
+                    for f in (os.listdir(os.path.join(i.dir, "journal")) if os.path.isdir(os.path.join(i.dir, "journal")) else []))]
+                if rid not in lost:
+                    ev["why"] = "reached the bot twice, answer and notice both, or a duplicate at the receiver"
         metrics = {}
         for i in instances:
             if i.alive():
@@ -785,16 +1126,23 @@ def main():
         for i in instances:
             path = os.path.join(i.dir, "dead-letters.jsonl")
             dead_letters[i.name] = sum(1 for _ in open(path)) if os.path.exists(path) else 0
-        stream = {"xlen": redis.cli("XLEN", "botbridge:deliveries"),
-                  "pending": redis.cli("XPENDING", "botbridge:deliveries", "botbridge").splitlines()[:1]}
+        master = sset.master() if sset else redis
+        stream = {"xlen": master.cli("XLEN", "botbridge:deliveries"),
+                  "pending": master.cli("XPENDING", "botbridge:deliveries", "botbridge").splitlines()[:1]}
+        if sset:
+            stream["on"] = master.name
+            stream["xlen_per_server"] = {r.name: r.cli("XLEN", "botbridge:deliveries") for r in sset.servers}
 
         summary = {
             "work_dir": work,
-            "logs": {**{i.name: i.log for i in instances}, "haproxy": haproxy_log, "redis": redis.log},
+            "logs": {**{i.name: i.log for i in instances}, "haproxy": haproxy_log,
+                     **({r.name: r.log for r in sset.servers} if sset else {"redis": redis.log}),
+                     **({s_.name: s_.log for s_ in sset.sentinels} if sset else {})},
             "settings": {"seconds": s, "receiver_down": args.receiver_down, "rate": args.rate,
                          "callers": args.callers, "sync_every": args.sync_every, "bot_delay_ms": args.bot_delay_ms,
                          "claim_idle_ms": args.claim_idle_ms, "second_kill": not args.no_second_kill,
-                         "redis_in_outage": args.redis_in_outage},
+                         "redis_in_outage": args.redis_in_outage, "sentinel": args.sentinel,
+                         "failover": args.failover if args.sentinel else None},
             "events": events,
             "async": {
                 "sent": len(results), "outcomes": dict(outcomes), "accepted": len(accepted),
@@ -808,12 +1156,13 @@ def main():
             },
             "receiver": {
                 "posts": len(posts), "answered_200": len(ok_posts), "refused_while_down": len(posts) - len(ok_posts),
-                "duplicates_at_receiver": duplicates, "bad_signatures": sum(1 for p in posts if not p["signed"]),
+                "duplicates_at_receiver": duplicates, "duplicate_request_ids": dup_rids[:20], "bad_signatures": sum(1 for p in posts if not p["signed"]),
             },
             "bot": {"texts": len(counts), "asked": sum(counts.values()), "bot_twice": len(twice),
                     "bot_twice_texts": dict(list(twice.items())[:20])},
             "sync": {"sent": len(sync), "outcomes": dict(sync_outcomes)},
             "redis_stream": stream,
+            "sentinel": sentinel,
             "dead_letters": dead_letters,
             "metrics": metrics,
             "evidence": evidence,
@@ -822,6 +1171,13 @@ def main():
         for i in instances:
             print(f"log {i.name}: {i.log}")
         print(f"log haproxy: {haproxy_log}")
+        if sset:
+            w = sentinel.get("writes_to_old_master_after_promotion", {})
+            print(f"sentinel: failover={args.failover} {sentinel.get('old_master')}->{sentinel.get('new_master')} "
+                  f"promoted_at={sentinel.get('t_promoted')} demoted_at={sentinel.get('t_demoted')} "
+                  f"following_new_master={sentinel['following_new_master']} "
+                  f"old_master_writes_after_promotion={w.get('commands', {})} "
+                  f"lost_written_there={w.get('lost_among_them')}")
         print(f"chaos: accepted={len(accepted)} delivered={len(delivered)} lost={len(lost)} "
               f"duplicates_at_receiver={duplicates} bot_twice={len(twice)} sync_ok={sync_ok} "
               f"sync_failed={sync_failed} interrupted_notices={len(interrupted)}", flush=True)
@@ -833,7 +1189,9 @@ def main():
         for inst in instances:
             stop(inst.proc)
         stop(haproxy)
-        if redis.proc is not None and redis.proc.poll() is None:
+        if sset:
+            sset.stop()
+        elif redis.proc is not None and redis.proc.poll() is None:
             redis.shutdown()
     sys.exit(1 if failed else 0)
 
