@@ -40,8 +40,17 @@ async fn status(proxy: &SpawnedProxy, user: &str) -> u16 {
     send(proxy, "/chat", &h, &body).await.0
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_follows_the_master_through_a_sentinel_failover_under_load() {
+/// A master, its replica and three Sentinels watching them (failing over after 1 s down), and the
+/// shipped config on them with a per-user limit of 5 a minute.
+struct Redises {
+    _dir: tempfile::TempDir,
+    master: RedisChild,
+    replica: RedisChild,
+    sentinels: Vec<RedisChild>,
+    config: String,
+}
+
+fn redises() -> Redises {
     let dir = tempfile::tempdir().unwrap();
     let none = [
         "--save".to_string(),
@@ -81,6 +90,24 @@ async fn the_proxy_follows_the_master_through_a_sentinel_failover_under_load() {
         shipped_config(),
         list.join(", ")
     );
+    Redises {
+        _dir: dir,
+        master,
+        replica,
+        sentinels,
+        config,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_follows_the_master_through_a_sentinel_failover_under_load() {
+    let Redises {
+        _dir,
+        master,
+        replica,
+        sentinels,
+        config,
+    } = redises();
     let proxy = Arc::new(SpawnedProxy::start(&config));
     let up = |p: Arc<SpawnedProxy>| async move {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -162,5 +189,58 @@ async fn the_proxy_follows_the_master_through_a_sentinel_failover_under_load() {
         .unwrap_or(0.0)
             >= 1.0,
         "limits fell back to this instance's buckets during the switch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_is_followed_before_the_old_master_is_demoted() {
+    let r = redises();
+    let proxy = SpawnedProxy::start(&r.config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while series_value(&scrape(&proxy).await, "botbridge_redis_up") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "redis never up:\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status(&proxy, "warm").await, 200);
+    // Wait until the replica is in sync, so the Sentinels agree to fail over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a =
+            command(r.sentinels[0].port, &["SENTINEL", "FAILOVER", "bbmaster"]).unwrap_or_default();
+        if a.starts_with("+OK") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinels refused to fail over: {a}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let switched = Instant::now();
+    // The old master stays a writable master until the Sentinels demote it (up to ten seconds):
+    // the proxy must have moved to the new one long before, on the Sentinels' word alone.
+    let deadline = switched + Duration::from_secs(4);
+    loop {
+        let user = format!("after-{}", switched.elapsed().as_nanos());
+        assert_eq!(status(&proxy, &user).await, 200);
+        if proxy.logs().contains("following it") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not followed within 4 s of the failover:\n{}",
+            proxy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let old_role = command(r.master.port, &["ROLE"]).unwrap_or_default();
+    eprintln!(
+        "followed {:?} after the failover; the old master's role then: {}",
+        switched.elapsed(),
+        old_role.lines().nth(1).unwrap_or("")
     );
 }

@@ -414,20 +414,7 @@ impl SharedRedis {
         );
         let settings = self.settings.clone();
         self.handle.spawn(async move {
-            if let Ok(client) = endpoint.client(settings.connect_timeout).await {
-                let addr = address(&client);
-                let moved = *at.lock().unwrap_or_else(|e| e.into_inner()) != addr;
-                if moved {
-                    match ConnectionManager::new_lazy_with_config(client, manager_config(&settings)) {
-                        Ok(m) => {
-                            manager.store(Some(Arc::new(Conn::Single(m))));
-                            tracing::warn!(master = %addr, "the sentinels name a new redis master: following it");
-                            *at.lock().unwrap_or_else(|e| e.into_inner()) = addr;
-                        }
-                        Err(e) => tracing::error!(error = ?e.kind(), "cannot connect to the new redis master"),
-                    }
-                }
-            }
+            follow(&endpoint, &manager, &at, &settings).await;
             following.store(false, Ordering::Release);
         });
     }
@@ -468,6 +455,31 @@ fn error_reason(e: &RedisError) -> &'static str {
     }
 }
 
+/// Asks the Sentinels which server is the master and, if it is not the one connected to, connects to
+/// it.
+async fn follow(
+    endpoint: &Endpoint,
+    manager: &ArcSwapOption<Conn>,
+    at: &std::sync::Mutex<String>,
+    settings: &RedisSettings,
+) {
+    let Ok(client) = endpoint.client(settings.connect_timeout).await else {
+        return;
+    };
+    let addr = address(&client);
+    if *at.lock().unwrap_or_else(|e| e.into_inner()) == addr {
+        return;
+    }
+    match ConnectionManager::new_lazy_with_config(client, manager_config(settings)) {
+        Ok(m) => {
+            manager.store(Some(Arc::new(Conn::Single(m))));
+            tracing::warn!(master = %addr, "the sentinels name a new redis master: following it");
+            *at.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+        }
+        Err(e) => tracing::error!(error = ?e.kind(), "cannot connect to the new redis master"),
+    }
+}
+
 /// The connection manager's settings.
 fn manager_config(s: &RedisSettings) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
@@ -505,12 +517,58 @@ impl Background {
                 rt.block_on(async move {
                     tokio::select! {
                         _ = stop => {}
-                        _ = async { tokio::join!(self.connect(), self.subscribe()) } => {}
+                        _ = async { tokio::join!(self.connect(), self.subscribe(), self.watch_sentinels()) } => {}
                     }
                 });
             })
             .expect("start the redis thread");
         rx.recv().expect("the redis thread's runtime")
+    }
+
+    /// With Sentinels: listens to each one's `+switch-master` and follows the new master at once.
+    /// Waiting for a failed call is not enough: after a manual failover the old master stays
+    /// writable until the Sentinels demote it (up to ten seconds), and what it takes meanwhile is
+    /// lost when it resyncs from the new one.
+    async fn watch_sentinels(&self) {
+        let Some(s) = &self.settings.sentinel else {
+            return;
+        };
+        let watches = s
+            .sentinels
+            .iter()
+            .map(|url| self.watch_sentinel(url, &s.master));
+        futures_util::future::join_all(watches).await;
+    }
+
+    async fn watch_sentinel(&self, url: &str, master: &str) {
+        let Ok(client) = redis::Client::open(url) else {
+            return;
+        };
+        loop {
+            let subscribed = tokio::time::timeout(self.settings.connect_timeout, async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                RedisResult::Ok(pubsub)
+            })
+            .await;
+            if let Ok(Ok(mut pubsub)) = subscribed {
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    // `<master name> <old ip> <old port> <new ip> <new port>`
+                    let text: String = msg.get_payload().unwrap_or_default();
+                    if text.split(' ').next() == Some(master) {
+                        follow(
+                            &self.endpoint,
+                            &self.manager,
+                            &self.manager_addr,
+                            &self.settings,
+                        )
+                        .await;
+                    }
+                }
+            }
+            tokio::time::sleep(self.settings.backoff).await;
+        }
     }
 
     /// Makes the connection manager and waits for Redis to answer once before handing it out, so
