@@ -189,29 +189,7 @@ const DEAD_LETTERS_MAX: usize = 1_000;
 fn query_values<'q>(query: Option<&'q str>, name: &'q str) -> impl Iterator<Item = String> + 'q {
     (query.unwrap_or_default().split('&'))
         .filter_map(move |pair| pair.strip_prefix(name)?.strip_prefix('='))
-        .map(percent_decode)
-}
-
-fn percent_decode(v: &str) -> String {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+        .map(|v| String::from_utf8_lossy(&crate::auth::percent_decode(v)).into_owned())
 }
 
 impl AdminService {

@@ -650,7 +650,7 @@ pub fn token_presented<'h>(
 }
 
 /// `%XX` and `+` decoding of a query value; malformed escapes stay as they are.
-fn percent_decode(s: &str) -> Vec<u8> {
+pub fn percent_decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

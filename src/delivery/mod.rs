@@ -578,18 +578,15 @@ impl Ticket {
     /// Journals the bot's answer (replacing the accepted request), before it is delivered. A
     /// failure is logged and counted: the delivery goes on (a crash would then deliver the
     /// failure notice instead).
-    async fn journal_answered(&self, target: &Target, messages: &VecDeque<Message>) {
+    async fn journal_answered(&self, target: &Target, messages: Vec<PendingMessage>) {
         let d = &self.owner;
-        if !d.0.journal.enabled() {
-            return;
-        }
         let Some((conversation, prev)) =
             (d.table().jobs.get(&self.id)).map(|j| (j.conversation.clone(), j.stored.clone()))
         else {
             return;
         };
         let record = JobRecord {
-            messages: Some(messages.iter().map(Message::pending).collect()),
+            messages: Some(messages),
             ..self.record(target, conversation)
         };
         match d.0.journal.write(&record, prev.as_ref()).await {
@@ -619,15 +616,17 @@ impl Ticket {
                 deadline_ms,
                 attempts: 0,
             })
-            .collect();
+            .collect::<VecDeque<Message>>();
+        // As the journal records them: taken before the messages move into the queue's table.
+        let journaled = (self.owner.0.journal.enabled())
+            .then(|| messages.iter().map(Message::pending).collect());
         let target = Arc::new(target);
         let attached = self.attach(&target, messages);
         async move {
             if attached {
-                let messages = (self.owner.table().jobs.get(&self.id))
-                    .map(|j| j.messages.clone())
-                    .unwrap_or_default();
-                self.journal_answered(&target, &messages).await;
+                if let Some(pending) = journaled {
+                    self.journal_answered(&target, pending).await;
+                }
                 self.run_attached(target, true).await
             }
         }

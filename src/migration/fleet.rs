@@ -16,7 +16,7 @@ use redis::Value;
 use serde::Serialize;
 
 use super::report::{Report, RouteStats};
-use crate::shared::redis::{Op, SharedRedis};
+use crate::shared::redis::{value_text as text, Op, SharedRedis};
 
 /// How often an instance publishes its statistics.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
@@ -190,11 +190,6 @@ pub async fn gather(redis: &SharedRedis, local: &Report) -> Option<Gathered> {
 
 /// An instance's hash (route → JSON) as its statistics (unreadable ones left out).
 fn route_stats(v: Value) -> Vec<(String, RouteStats)> {
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
     let pairs: Vec<(Value, Value)> = match v {
         Value::Array(items) => {
             let mut it = items.into_iter();

@@ -444,6 +444,15 @@ impl SharedRedis {
     }
 }
 
+/// A reply value as text (a bulk or simple string), if it is one.
+pub fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
 /// Why a call failed, as a bounded label.
 fn error_reason(e: &RedisError) -> &'static str {
     if e.is_timeout() {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use botbridge_core::delivery::journal::JobRecord;
 use redis::Value;
 
-use crate::shared::redis::{Op, SharedRedis, Unavailable};
+use crate::shared::redis::{value_text as text, Op, SharedRedis, Unavailable};
 
 /// The consumer group of every instance.
 const GROUP: &str = "botbridge";
@@ -416,12 +416,4 @@ fn entries(list: Value) -> Vec<(String, Option<String>)> {
             Some((id, value))
         })
         .collect()
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
 }
