@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use receiver::{Receiver, Reply};
-use redis_server::RedisServer;
+use redis_server::{command, start_with, RedisServer};
 use serde_json::json;
 
 /// The shipped config with its journal in `journal` (and on `redis` when given).
@@ -562,4 +562,72 @@ async fn what_an_instance_journaled_in_its_file_while_redis_was_away_moves_to_re
     assert!(b
         .logs()
         .contains("deliveries of instances that are gone taken over"));
+}
+
+/// The length of the journal stream on the Redis at `port`.
+fn stream_len(port: u16) -> i64 {
+    let answer = command(port, &["XLEN", "botbridge:deliveries"]).unwrap_or_default();
+    answer.trim_start_matches(':').trim().parse().unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn with_wait_replicas_a_request_is_accepted_only_once_a_replica_holds_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = ["--save", "", "--appendonly", "no"].map(String::from);
+    let master = start_with(dir.path(), "master", &none);
+    let mut replica_args = none.to_vec();
+    replica_args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master.port.to_string(),
+    ]);
+    let replica = start_with(dir.path(), "replica", &replica_args);
+    wait_until("the replica in sync", Duration::from_secs(10), || {
+        command(master.port, &["INFO", "replication"]).is_some_and(|i| i.contains("state=online"))
+    })
+    .await;
+    let rx = Receiver::start(Reply::FailFirst(usize::MAX, 503)).await;
+    let url = format!("redis://127.0.0.1:{}", master.port);
+    let text = config(dir.path(), Some(&url))
+        + "[redis.deliveries]\non_redis_error = \"deny\"\nwait_replicas = 1\n";
+    let proxy = SpawnedProxy::start(&text);
+    wait_until("redis reachable", Duration::from_secs(10), || {
+        proxy.logs().contains("redis is reachable")
+    })
+    .await;
+
+    // With the replica up: accepted, and the replica already holds the entry when the caller hears.
+    accepted(&proxy, "wait-user", &["one"], &rx.url("/cb")).await;
+    journaled(&proxy, "redis", 2).await;
+    assert_eq!(stream_len(replica.port), 1);
+
+    // With no replica: the write is taken back and the request refused, not accepted on a master
+    // alone (whose failover would lose it).
+    drop(replica);
+    let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
+    let headers = [("x-api-key", key), ("x-api-signature", sig)];
+    let (status, answer) = send(
+        &proxy,
+        "/chat",
+        &headers,
+        &body("two", "u2", &rx.url("/cb")),
+    )
+    .await;
+    assert_eq!(status, 503, "{answer}");
+    let metrics = scrape(&proxy).await;
+    let short = series_value(
+        &metrics,
+        "botbridge_redis_errors_total{op=\"journal\",reason=\"replicas\"}",
+    );
+    assert_eq!(short, Some(1.0), "{metrics}");
+    assert_eq!(
+        stream_len(master.port),
+        1,
+        "the refused request's entry is taken back"
+    );
+    assert!(
+        proxy.logs().contains("not replicated in time"),
+        "{}",
+        proxy.logs()
+    );
 }

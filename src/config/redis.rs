@@ -47,6 +47,23 @@ pub struct RawFeature {
     pub on_redis_error: OnRedisError,
 }
 
+/// `[redis.deliveries]`: the journal's failure policy and how many replicas must hold each entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeliveries {
+    /// What an async request gets when the journal cannot be written on Redis (default `local`).
+    #[serde(default = "default_deliveries_on_error")]
+    pub on_redis_error: OnRedisError,
+    /// Replicas that must acknowledge each journal entry (`WAIT`) before the request is answered;
+    /// 0 (the default) does not wait.
+    #[serde(default)]
+    pub wait_replicas: u32,
+}
+
+fn default_deliveries_on_error() -> OnRedisError {
+    OnRedisError::Local
+}
+
 /// `[redis]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +103,7 @@ pub struct RawRedis {
     pub conversations: Option<RawFeature>,
     /// The delivery journal (`[delivery] journal = "redis"`): `local` (default: this instance's
     /// file journal) or `deny` (async requests get 503 while Redis is down).
-    pub deliveries: Option<RawFeature>,
+    pub deliveries: Option<RawDeliveries>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -139,6 +156,8 @@ pub struct RedisSettings {
     pub replay_guard_on_error: OnRedisError,
     pub conversations_on_error: OnRedisError,
     pub deliveries_on_error: OnRedisError,
+    /// Replicas that must acknowledge each journal entry (0: none waited for).
+    pub deliveries_wait_replicas: u32,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -176,7 +195,9 @@ pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
         _ => url.clone(),
     };
     let ms = |key: &str, v: u64| nonzero(&format!("redis.{key}"), v).map(Duration::from_millis);
+    let deliveries_wait_replicas = wait_replicas(r, cluster.is_some())?;
     Ok(RedisSettings {
+        deliveries_wait_replicas,
         url_sha256: hex::encode(Sha256::digest(digest.as_bytes())),
         url,
         sentinel,
@@ -208,6 +229,25 @@ pub fn validate(r: &RawRedis) -> Result<RedisSettings, ConfigError> {
             Some(p) => p,
         },
     })
+}
+
+/// `[redis.deliveries] wait_replicas`: at most 16, and not on a cluster (whose connection is shared by
+/// every call, where a `WAIT` would hold up the others).
+fn wait_replicas(r: &RawRedis, cluster: bool) -> Result<u32, ConfigError> {
+    let n = r.deliveries.as_ref().map_or(0, |d| d.wait_replicas);
+    if n > 16 {
+        return Err(ConfigError::new(
+            "redis.deliveries.wait_replicas",
+            "at most 16 replicas can be waited for",
+        ));
+    }
+    if n > 0 && cluster {
+        return Err(ConfigError::new(
+            "redis.deliveries.wait_replicas",
+            "is for one server or Sentinels; a cluster journal is not waited on",
+        ));
+    }
+    Ok(n)
 }
 
 /// One server's URL, checked.
@@ -344,6 +384,30 @@ mod tests {
         assert_eq!(e.key, "redis.cluster");
         let e = validate(&raw("url = \"redis://h:1\"\ncluster = [\"redis://h:1\"]")).unwrap_err();
         assert_eq!(e.key, "redis.url");
+    }
+
+    #[test]
+    fn wait_replicas_for_the_journal() {
+        let s = validate(&raw("url = \"redis://h:1\"")).unwrap();
+        assert_eq!(s.deliveries_wait_replicas, 0);
+        let s = validate(&raw(
+            "url = \"redis://h:1\"\ndeliveries = { wait_replicas = 2 }",
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.deliveries_wait_replicas, s.deliveries_on_error),
+            (2, OnRedisError::Local)
+        );
+        let e = validate(&raw(
+            "url = \"redis://h:1\"\ndeliveries = { wait_replicas = 17 }",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "redis.deliveries.wait_replicas");
+        let e = validate(&raw(
+            "cluster = [\"redis://h:1\"]\ndeliveries = { wait_replicas = 1 }",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "redis.deliveries.wait_replicas");
     }
 
     #[test]

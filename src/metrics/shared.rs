@@ -29,9 +29,9 @@ pub const OPS: [&str; 7] = [
     "migration",
 ];
 
-/// Why a Redis call failed (`reason` label): no answer in `timeout_ms`, no connection, or an error
-/// answer.
-pub const REDIS_ERRORS: [&str; 3] = ["timeout", "connection", "response"];
+/// Why a Redis call failed (`reason` label): no answer in `timeout_ms`, no connection, an error
+/// answer, or (a journal write) fewer replicas than `wait_replicas` acknowledged it.
+pub const REDIS_ERRORS: [&str; 4] = ["timeout", "connection", "response", "replicas"];
 
 /// A feature that falls back when Redis fails (`feature` label).
 #[derive(Debug, Clone, Copy)]

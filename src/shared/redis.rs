@@ -22,6 +22,10 @@
 //!   hash tag: [`SharedRedis::key`] puts the id in `{…}`, a rate limit's buckets the credential's.
 //!   Cache clears are published on the cluster (Redis carries them to every node) and received on a
 //!   subscription to one node, the next one when it fails.
+//! - Durable writes (`[redis.deliveries] wait_replicas`): the journal's entries are written on
+//!   connections of their own ([`DURABLE_CONNECTIONS`]), each write followed by `WAIT` on the same
+//!   connection. `WAIT` blocks the connection it is sent on: on the shared one it would hold up every
+//!   rate limit behind it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,6 +167,39 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Connections of their own for durable writes (each holds one `WAIT` at a time).
+pub const DURABLE_CONNECTIONS: usize = 4;
+
+/// The connections of the current server (or master, or cluster).
+pub struct Conns {
+    /// Every call but durable writes.
+    main: Conn,
+    /// Durable writes, round robin (none unless `wait_replicas` is set).
+    durable: Vec<Conn>,
+}
+
+impl Conns {
+    /// The connections to `client`'s server: one shared, and `durable` more.
+    fn to(client: &redis::Client, s: &RedisSettings) -> RedisResult<Conns> {
+        let manager = || ConnectionManager::new_lazy_with_config(client.clone(), manager_config(s));
+        let durable = (0..durable_count(s))
+            .map(|_| manager().map(Conn::Single))
+            .collect::<RedisResult<Vec<Conn>>>()?;
+        Ok(Conns {
+            main: Conn::Single(manager()?),
+            durable,
+        })
+    }
+}
+
+fn durable_count(s: &RedisSettings) -> usize {
+    if s.deliveries_wait_replicas > 0 {
+        DURABLE_CONNECTIONS
+    } else {
+        0
+    }
+}
+
 /// Where the connection goes: one server, the master the Sentinels name, or a cluster.
 enum Endpoint {
     Server(redis::Client),
@@ -264,9 +301,11 @@ pub struct SharedRedis {
     endpoint: Arc<Endpoint>,
     /// A look at the Sentinels is under way.
     following: Arc<AtomicBool>,
-    manager: Arc<ArcSwapOption<Conn>>,
+    manager: Arc<ArcSwapOption<Conns>>,
     /// The address the manager connects to.
     manager_addr: Arc<std::sync::Mutex<String>>,
+    /// The next durable connection to use.
+    next_durable: AtomicU64,
     health: Arc<Health>,
     /// The Redis thread's runtime, for publishing from code that is not async.
     handle: tokio::runtime::Handle,
@@ -312,6 +351,7 @@ impl SharedRedis {
             handle: background.spawn(stopped),
             endpoint,
             manager_addr,
+            next_durable: AtomicU64::new(0),
             following: Arc::new(AtomicBool::new(false)),
             health,
             settings: settings.clone(),
@@ -374,8 +414,41 @@ impl SharedRedis {
             // Not connected yet (the first connection is made on the Redis thread).
             return Err(self.failed(op, "connection"));
         };
+        self.timed(op, f(conn.main.clone())).await
+    }
+
+    /// [`SharedRedis::call`] on a connection for durable writes (`f` ends with a `WAIT`); on the
+    /// shared connection when there are none.
+    pub async fn call_durable<T, F, Fut>(&self, op: Op, f: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if !self.health.may_call() {
+            return Err(Unavailable);
+        }
+        let Some(conns) = self.manager.load_full() else {
+            return Err(self.failed(op, "connection"));
+        };
+        let n = conns.durable.len();
+        let conn = match n {
+            0 => conns.main.clone(),
+            n => {
+                let i = self.next_durable.fetch_add(1, Ordering::Relaxed) as usize;
+                conns.durable[i % n].clone()
+            }
+        };
+        self.timed(op, f(conn)).await
+    }
+
+    /// Runs one call within `timeout_ms`, timed; a failure counted and Redis marked down.
+    async fn timed<T>(
+        &self,
+        op: Op,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.settings.timeout, f((*conn).clone())).await;
+        let result = tokio::time::timeout(self.settings.timeout, call).await;
         (self
             .metrics
             .redis_duration
@@ -389,6 +462,15 @@ impl SharedRedis {
             Ok(Err(e)) => Err(self.failed(op, error_reason(&e))),
             Err(_) => Err(self.failed(op, "timeout")),
         }
+    }
+
+    /// Counts a durable write that too few replicas acknowledged, and asks the Sentinels whether
+    /// the master changed. Redis is not marked down: the other features keep using it.
+    pub fn short_of_replicas(&self, op: Op) {
+        (self.metrics.redis_errors)
+            .with_label_values(&[op.as_str(), "replicas"])
+            .inc();
+        self.follow_master();
     }
 
     fn failed(&self, op: Op, reason: &'static str) -> Unavailable {
@@ -468,7 +550,7 @@ fn error_reason(e: &RedisError) -> &'static str {
 /// it.
 async fn follow(
     endpoint: &Endpoint,
-    manager: &ArcSwapOption<Conn>,
+    manager: &ArcSwapOption<Conns>,
     at: &std::sync::Mutex<String>,
     settings: &RedisSettings,
 ) {
@@ -479,9 +561,9 @@ async fn follow(
     if *at.lock().unwrap_or_else(|e| e.into_inner()) == addr {
         return;
     }
-    match ConnectionManager::new_lazy_with_config(client, manager_config(settings)) {
+    match Conns::to(&client, settings) {
         Ok(m) => {
-            manager.store(Some(Arc::new(Conn::Single(m))));
+            manager.store(Some(Arc::new(m)));
             tracing::warn!(master = %addr, "the sentinels name a new redis master: following it");
             *at.lock().unwrap_or_else(|e| e.into_inner()) = addr;
         }
@@ -503,7 +585,7 @@ struct Background {
     endpoint: Arc<Endpoint>,
     manager_addr: Arc<std::sync::Mutex<String>>,
     settings: RedisSettings,
-    manager: Arc<ArcSwapOption<Conn>>,
+    manager: Arc<ArcSwapOption<Conns>>,
     health: Arc<Health>,
     clears: Arc<AtomicU64>,
     instance: String,
@@ -601,7 +683,7 @@ impl Background {
 
     /// A connection to the server (or the master the Sentinels name, or the cluster) once it
     /// answers.
-    async fn try_connect(&self) -> Option<Conn> {
+    async fn try_connect(&self) -> Option<Conns> {
         if let Endpoint::Cluster { client, .. } = &*self.endpoint {
             let connect = client.get_async_connection();
             let Ok(Ok(mut conn)) =
@@ -612,7 +694,10 @@ impl Background {
             let ping = redis::cmd("PING");
             let answer = ping.query_async::<String>(&mut conn);
             return match tokio::time::timeout(self.settings.connect_timeout, answer).await {
-                Ok(Ok(_)) => Some(Conn::Cluster(conn)),
+                Ok(Ok(_)) => Some(Conns {
+                    main: Conn::Cluster(conn),
+                    durable: Vec::new(),
+                }),
                 _ => None,
             };
         }
@@ -622,21 +707,20 @@ impl Background {
             .await
             .ok()?;
         let addr = address(&client);
-        let manager =
-            match ConnectionManager::new_lazy_with_config(client, manager_config(&self.settings)) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = ?e.kind(), "cannot set up the redis connection");
-                    return None;
-                }
-            };
-        let mut conn = manager.clone();
+        let conns = match Conns::to(&client, &self.settings) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = ?e.kind(), "cannot set up the redis connection");
+                return None;
+            }
+        };
+        let mut conn = conns.main.clone();
         let ping = redis::cmd("PING");
         let answer = ping.query_async::<String>(&mut conn);
         match tokio::time::timeout(self.settings.connect_timeout, answer).await {
             Ok(Ok(_)) => {
                 *self.manager_addr.lock().unwrap_or_else(|e| e.into_inner()) = addr;
-                Some(Conn::Single(manager))
+                Some(conns)
             }
             _ => None,
         }

@@ -15,11 +15,17 @@
 //!   them.
 //!
 //! Redis is as durable as it is configured: with `appendonly yes` (`appendfsync everysec`) a Redis
-//! crash loses at most a second of journal, a replica failover what it had not replicated.
+//! crash loses at most a second of journal, a replica failover what it had not replicated. With
+//! `[redis.deliveries] wait_replicas = n`, each entry is written and followed by `WAIT n` on a
+//! connection of its own, and counts as written only once `n` replicas hold it: what a failover
+//! promotes has every entry a caller was answered for. An entry too few replicas acknowledged within
+//! half of `timeout_ms` is taken back (acknowledged and deleted) and the write fails, as when Redis is
+//! down (`on_redis_error`); writes then skip Redis for `backoff_ms`.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use botbridge_core::delivery::journal::JobRecord;
 use redis::Value;
@@ -91,6 +97,11 @@ pub struct RedisJournal {
     owned: Mutex<HashSet<String>>,
     /// Finished entries whose acknowledgement failed (tried again with each touch).
     unacked: Mutex<HashSet<String>>,
+    /// Replicas that must acknowledge each write (0: not waited for).
+    wait_replicas: u32,
+    /// Until when (ms since `epoch`) writes skip Redis, after one too few replicas acknowledged.
+    short_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl RedisJournal {
@@ -98,7 +109,6 @@ impl RedisJournal {
         let prefix = redis.settings().key_prefix.clone();
         RedisJournal {
             consumer: redis.instance().to_owned(),
-            redis,
             stream: format!("{prefix}deliveries"),
             dead: format!("{prefix}deliveries:dead"),
             claim_idle,
@@ -106,6 +116,10 @@ impl RedisJournal {
             claim: redis::Script::new(CLAIM),
             owned: Mutex::new(HashSet::new()),
             unacked: Mutex::new(HashSet::new()),
+            wait_replicas: redis.settings().deliveries_wait_replicas,
+            short_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            redis,
         }
     }
 
@@ -147,11 +161,24 @@ impl RedisJournal {
         replaces: Option<&str>,
     ) -> Result<String, Unavailable> {
         let payload = serde_json::to_string(job).expect("a job serializes");
-        let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
         let old = replaces.unwrap_or_default().to_owned();
+        let id = match self.wait_replicas {
+            0 => self.add(payload, old).await?,
+            n => self.add_replicated(payload, old, n).await?,
+        };
+        let mut owned = self.owned();
+        if let Some(old) = replaces {
+            owned.remove(old);
+        }
+        owned.insert(id.clone());
+        Ok(id)
+    }
+
+    /// The `ADD` script, on the shared connection.
+    async fn add(&self, payload: String, old: String) -> Result<String, Unavailable> {
+        let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
         let script = self.add.clone();
-        let id: String = self
-            .redis
+        self.redis
             .call(Op::Journal, |mut conn| async move {
                 script
                     .key(stream)
@@ -162,13 +189,56 @@ impl RedisJournal {
                     .invoke_async(&mut conn)
                     .await
             })
-            .await?;
-        let mut owned = self.owned();
-        if let Some(old) = replaces {
-            owned.remove(old);
+            .await
+    }
+
+    /// The `ADD` script and `WAIT n` in one pipeline on a durable connection (so the `WAIT` covers
+    /// this write even if the connection is replaced); an entry too few replicas hold is taken back.
+    async fn add_replicated(
+        &self,
+        payload: String,
+        old: String,
+        n: u32,
+    ) -> Result<String, Unavailable> {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        if now < self.short_until.load(Ordering::Relaxed) {
+            return Err(Unavailable);
         }
-        owned.insert(id.clone());
-        Ok(id)
+        let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
+        let wait_ms = (self.redis.settings().timeout.as_millis() as u64 / 2).max(1);
+        let (id, acked): (String, u32) = self
+            .redis
+            .call_durable(Op::Journal, |mut conn| async move {
+                redis::pipe()
+                    .cmd("EVAL")
+                    .arg(ADD)
+                    .arg(1)
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg(payload)
+                    .arg(old)
+                    .cmd("WAIT")
+                    .arg(n)
+                    .arg(wait_ms)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        if acked >= n {
+            return Ok(id);
+        }
+        self.redis.short_of_replicas(Op::Journal);
+        let backoff = self.redis.settings().backoff.as_millis() as u64;
+        self.short_until
+            .store(now + wait_ms + backoff, Ordering::Relaxed);
+        tracing::warn!(
+            replicas = acked,
+            wanted = n,
+            "a journal entry was not replicated in time: taken back, and redis skipped for backoff_ms"
+        );
+        self.ack(&id).await;
+        Err(Unavailable)
     }
 
     /// Takes `id` as this instance's to work on (a claimed entry).
