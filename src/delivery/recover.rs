@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use botbridge_core::delivery::journal::{self as records, End, JobRecord};
 
-use super::journal::{file, Stored};
+use super::journal::{file, JournalMetrics, Stored};
 use super::spool;
 use super::ssrf::CallbackUrl;
 use super::{unix_ms, Deliveries, Message, Target};
@@ -46,7 +46,23 @@ impl Deliveries {
         }
         queued += self.take_over_entries(clients).await;
         self.promote().await;
+        self.count_jobs();
         queued
+    }
+
+    /// Sets `botbridge_delivery_journal_jobs{store}` from the jobs held now.
+    fn count_jobs(&self) {
+        let (mut file, mut redis) = (0, 0);
+        for j in self.table().jobs.values() {
+            match j.stored {
+                Some(Stored::File) => file += 1,
+                Some(Stored::Redis(_)) => redis += 1,
+                None => {}
+            }
+        }
+        let jobs = &JournalMetrics::global().jobs;
+        jobs.with_label_values(&["file"]).set(file);
+        jobs.with_label_values(&["redis"]).set(redis);
     }
 
     /// On Redis: what this process journaled in its file while Redis could not be asked moves to

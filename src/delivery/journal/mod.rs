@@ -19,7 +19,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use botbridge_core::delivery::journal::{JobRecord, Record};
-use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
 
 use crate::config::delivery::{DeliveryConfig, JournalKind};
 use crate::config::redis::OnRedisError;
@@ -61,6 +64,9 @@ pub struct JournalMetrics {
     /// `botbridge_delivery_journal_damaged_total{end}`: journal files taken over whose end was
     /// `torn` (a write the crash cut short) or `corrupt` (a checksum that does not match).
     pub damaged: IntCounterVec,
+    /// `botbridge_delivery_journal_jobs{store}`: jobs this process holds, by where they are journaled
+    /// (with Redis, `file` ones die with this machine until it starts again: see `promote`).
+    pub jobs: IntGaugeVec,
 }
 
 impl JournalMetrics {
@@ -93,9 +99,16 @@ impl JournalMetrics {
                     "Journal files taken over whose end was torn or corrupt",
                     &["end"],
                 ),
+                jobs: register_int_gauge_vec!(
+                    "botbridge_delivery_journal_jobs",
+                    "Jobs this process holds, by the store they are journaled in (counted each second)",
+                    &["store"]
+                )
+                .expect("metric registers once"),
             };
             for store in ["file", "redis"] {
                 m.duration.with_label_values(&[store]);
+                m.jobs.with_label_values(&[store]);
                 for r in ["ok", "error"] {
                     m.writes.with_label_values(&[store, r]);
                 }
