@@ -11,14 +11,15 @@ arrives. Bounded: a fixed number of requests, and a time limit.
   over every delivery, and over the closing POSTs (a whole answer delivered).
 - Throughput: deliveries per second between the first request sent and the last delivery received.
 - The caller's answer: how long the immediate (accepted) answer takes, p50 and p99: what journaling
-  a request before answering adds (`--journal off|file|file-nosync|redis`; `redis` starts a
-  `redis-server` of its own, with `appendonly yes` and `appendfsync everysec`).
+  a request before answering adds (`--journal off|file|file-nosync|redis|redis-wait`; `redis` starts a
+  `redis-server` of its own, with `appendonly yes` and `appendfsync everysec`; `redis-wait` adds a
+  replica of it and `[redis.deliveries] wait_replicas = 1`).
 
 The receiver, the callers and the proxy share this machine's cores: the figures are an upper bound
 on latency and a lower bound on throughput for a receiver on another host.
 
 Usage: python3 bench/async_delivery.py [--binary target/release/botbridge] [--requests 2000] [--callers 8] [--pace 50]
-       [--journal off|file|file-nosync|redis]
+       [--journal off|file|file-nosync|redis|redis-wait]
 Throughput: unpaced (the queue fills, latency then includes the wait in it). Latency: paced below it.
 """
 import argparse
@@ -60,7 +61,7 @@ def main():
     ap.add_argument("--pace", type=float, default=0.0,
                     help="requests per second over all callers (0: as fast as they are answered, which measures "
                          "throughput; latency then includes the wait in the queue)")
-    ap.add_argument("--journal", default="file", choices=["off", "file", "file-nosync", "redis"],
+    ap.add_argument("--journal", default="file", choices=["off", "file", "file-nosync", "redis", "redis-wait"],
                     help="where accepted requests are journaled before they are answered")
     args = ap.parse_args()
 
@@ -98,18 +99,32 @@ def main():
     config += f'\n[delivery]\nspool_dir = "{work}/spool"\ndead_letter_path = "{work}/dead.jsonl"\njournal_dir = "{work}/journal"\n'
     # One credential sends every request here: its own share of the queue is the whole queue.
     config += 'max_pending_per_credential = 10000\nmax_pending_bytes_per_credential = 134217728\n'
-    redis = None
+    redis = replica = None
     if args.journal == "off":
         config += 'journal = "off"\n'
     elif args.journal == "file-nosync":
         config += 'journal = "file"\njournal_fsync = false\n'
-    elif args.journal == "redis":
+    elif args.journal in ("redis", "redis-wait"):
         rport = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "yes", "--appendfsync", "everysec", "--dir", work],
+        server = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                  "--appendfsync", "everysec"]
+        redis = subprocess.Popen(server + ["--port", str(rport), "--dir", work],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         config += f'journal = "redis"\n\n[redis]\nurl = "redis://127.0.0.1:{rport}/0"\n'
+        if args.journal == "redis-wait":
+            rdir = os.path.join(work, "replica")
+            os.makedirs(rdir)
+            replica = subprocess.Popen(server + ["--port", str(free_port()), "--dir", rdir,
+                                                 "--replicaof", "127.0.0.1", str(rport)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 10
+            while b"state=online" not in subprocess.run(
+                    ["redis-cli", "-p", str(rport), "INFO", "replication"], capture_output=True).stdout:
+                if time.time() > deadline:
+                    sys.exit("the replica did not come online")
+                time.sleep(0.1)
+            config += "\n[redis.deliveries]\nwait_replicas = 1\n"
     path = os.path.join(work, "proxy.toml")
     open(path, "w").write(config)
     proc = subprocess.Popen([args.binary, "--config", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -188,9 +203,10 @@ def main():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        if redis:
-            redis.terminate()
-            redis.wait(timeout=10)
+        for server in (replica, redis):
+            if server:
+                server.terminate()
+                server.wait(timeout=10)
         rx.shutdown()
 
 

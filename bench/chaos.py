@@ -42,6 +42,11 @@ says which writes the old master took after the replica was promoted (lost in th
 each lost request where its journal writes went; it counts, per instance process, the logs' "the
 sentinels name a new redis master: following it".
 
+`--wait-replicas N` sets `[redis.deliveries] wait_replicas = N` on every instance (an entry counts only
+once N replicas hold it); the second kill then also waits until that instance holds no job in its
+own file (`botbridge_delivery_journal_jobs{store="file"}` is 0) and none of its writes fell short of
+replicas for 2 s. `--replicas N` gives the master N replicas (default 1).
+
 Then waits (at most `--drain` seconds) until every accepted async request (answered 200) has its
 closing POST (`conversation_end: true`) at the receiver, matched by the `request_id` the accepted
 answer carried (the callbacks carry the same). An interrupted notice (an `error` message: the process
@@ -56,6 +61,7 @@ and exits 1 if anything accepted was lost, a text reached the bot twice, or noth
 import argparse
 import collections
 import ctypes
+import datetime
 import hashlib
 import hmac
 import json
@@ -260,6 +266,15 @@ class Redis:
 MASTER_NAME = "bbmaster"
 
 
+def log_time(line):
+    """The wall-clock time a botbridge log line starts with (`2026-12-07T09:32:38.033711Z …`)."""
+    try:
+        stamp = line.split(" ", 1)[0].rstrip("Z")
+        return datetime.datetime.fromisoformat(stamp).replace(tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return 0.0
+
+
 class Sentinel:
     def __init__(self, work, i):
         self.name = f"sentinel-{i}"
@@ -298,23 +313,25 @@ class Sentinel:
 
 
 class SentinelSet:
-    """A master and a replica (`r1`, `r2`: their roles change) and three Sentinels."""
+    """A master and `replicas` replicas (`r1`, `r2`, …: their roles change) and three Sentinels."""
 
-    def __init__(self, work):
-        self.servers = [Redis(work, "redis-r1", monitor=True), Redis(work, "redis-r2", monitor=True)]
+    def __init__(self, work, replicas=1):
+        self.servers = [Redis(work, f"redis-r{i + 1}", monitor=True) for i in range(replicas + 1)]
         self.sentinels = [Sentinel(work, i) for i in range(3)]
 
     def start(self):
-        first, second = self.servers
+        first, rest = self.servers[0], self.servers[1:]
         first.start()
-        second.start(replicaof=first.port)
+        for r in rest:
+            r.start(replicaof=first.port)
         for s in self.sentinels:
             s.start(first.port)
         deadline = time.monotonic() + 40
-        while True:  # every Sentinel knows the replica and the two others; the replica is in sync
+        while True:  # every Sentinel knows the replicas and the two others; the replicas are in sync
             states = [s.master_state() for s in self.sentinels]
-            if (all(st.get("num-slaves") == "1" and st.get("num-other-sentinels") == "2" for st in states)
-                    and second.info().get("master_link_status") == "up"):
+            if (all(st.get("num-slaves") == str(len(rest)) and st.get("num-other-sentinels") == "2"
+                    for st in states)
+                    and all(r.info().get("master_link_status") == "up" for r in rest)):
                 return
             if time.monotonic() > deadline:
                 raise SystemExit(f"the sentinels did not settle: {states}; see {self.sentinels[0].log}")
@@ -347,7 +364,7 @@ class SentinelSet:
             stop(r.monitor_proc)
 
 
-def instance_config(work, listen, admin, bot_port, redis_toml, claim_idle_ms):
+def instance_config(work, listen, admin, bot_port, redis_toml, claim_idle_ms, wait_replicas=0):
     text = open(os.path.join(ROOT, "proxy.toml")).read()
     # No demo bots: every backend that pointed at them points at the chaos bot (only demo-bot, the
     # CSML backend of /chat, is used).
@@ -373,12 +390,15 @@ max_pending_bytes_per_credential = 1073741824
 {redis_toml}
 timeout_ms = 200
 """
+    if wait_replicas:
+        text += f"\n[redis.deliveries]\nwait_replicas = {wait_replicas}\n"
     return text
 
 
 class Instance:
-    def __init__(self, n, work, binary, bot_port, redis_toml, claim_idle_ms):
+    def __init__(self, n, work, binary, bot_port, redis_toml, claim_idle_ms, wait_replicas=0):
         self.n = n
+        self.wait_replicas = wait_replicas
         self.name = f"bb{n}"
         self.dir = os.path.join(work, self.name)
         os.makedirs(self.dir, mode=0o700)
@@ -398,7 +418,7 @@ class Instance:
                 self.port, self.admin = pick_port(), pick_port()
             with open(self.config, "w") as f:
                 f.write(instance_config(self.dir, self.port, self.admin, self.bot_port, self.redis_toml,
-                                        self.claim_idle_ms))
+                                        self.claim_idle_ms, self.wait_replicas))
             with open(self.log, "ab") as f:
                 f.write(f"==== chaos: starting {self.name} at {time.strftime('%H:%M:%S')}\n".encode())
             env = dict(os.environ)
@@ -426,6 +446,11 @@ class Instance:
                 return r.read().decode()
         except Exception:
             return ""
+
+    def file_jobs(self):
+        """Jobs this instance holds journaled only in its own file (None if it cannot be asked)."""
+        m = re.search(r'^botbridge_delivery_journal_jobs\{store="file"\} (\d+)', self.metrics(), re.M)
+        return int(m.group(1)) if m else None
 
 
 def start_haproxy(haproxy, work, instances):
@@ -808,6 +833,11 @@ def main():
     ap.add_argument("--failover", choices=("kill", "manual"), default="kill",
                     help="with --sentinel: SIGKILL the master (restarted as a replica --replica-after s later), "
                          "or SENTINEL FAILOVER")
+    ap.add_argument("--replicas", type=int, default=1,
+                    help="with --sentinel: how many replicas the master has")
+    ap.add_argument("--wait-replicas", type=int, default=0,
+                    help="[redis.deliveries] wait_replicas for every instance (with --sentinel: 1 makes a "
+                         "failover lose nothing the master had not replicated)")
     ap.add_argument("--replica-after", type=float, default=4.0,
                     help="seconds between the master's SIGKILL and its restart as a replica")
     ap.add_argument("--drain", type=float, default=120.0, help="seconds to wait for the deliveries after the traffic")
@@ -843,7 +873,7 @@ def main():
     # SIGTERM (a test harness's timeout) ends the children too, via the finally below.
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
 
-    sset = SentinelSet(work) if args.sentinel else None
+    sset = SentinelSet(work, args.replicas) if args.sentinel else None
     redis = None if sset else Redis(work)
     bot = Bot(args.bot_delay_ms)
     rx = Receiver()
@@ -853,8 +883,9 @@ def main():
     try:
         if sset:
             sset.start()
-            r1, r2 = sset.servers
-            event(f"redis master {r1.name} on {r1.port}, replica {r2.name} on {r2.port}, sentinels on "
+            r1, rest = sset.servers[0], sset.servers[1:]
+            event(f"redis master {r1.name} on {r1.port}, replicas "
+                  f"{', '.join(f'{r.name} on {r.port}' for r in rest)}, sentinels on "
                   f"{', '.join(str(x.port) for x in sset.sentinels)}; bot on {bot.port}, receiver on {rx.port}")
             redis_toml = sset.toml()
         else:
@@ -862,7 +893,7 @@ def main():
             event(f"redis on {redis.port}, bot on {bot.port}, receiver on {rx.port}")
             redis_toml = f'url = "{redis.url()}"'
         for n in (1, 2, 3):
-            inst = Instance(n, work, binary, bot.port, redis_toml, args.claim_idle_ms)
+            inst = Instance(n, work, binary, bot.port, redis_toml, args.claim_idle_ms, args.wait_replicas)
             inst.start()
             instances.append(inst)
             event(f"{inst.name} pid {inst.proc.pid} on {inst.port} (admin {inst.admin}), log {inst.log}")
@@ -901,6 +932,7 @@ def main():
         def restart_redis():
             if args.redis_in_outage:
                 state["log_offset"] = os.path.getsize(second.log)
+                state["fault_at"] = time.time()
             if sset:
                 m = sset.master()
                 m.shutdown()
@@ -919,9 +951,10 @@ def main():
 
         def failover():
             old = sset.master()
-            new = next(r for r in sset.servers if r is not old)
-            fo.update(old=old, new=new, mode=args.failover, at=time.time())
+            new = None  # the replica the Sentinels promote
+            fo.update(old=old, mode=args.failover, at=time.time())
             state["log_offset"] = os.path.getsize(second.log)
+            state["fault_at"] = time.time()
             if args.failover == "kill":
                 old.kill()
                 event(f"Sentinel failover: SIGKILL redis master {old.name} ({old.port})")
@@ -941,8 +974,12 @@ def main():
                 threading.Thread(target=watch_demotion, daemon=True).start()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                if "promoted" not in fo and new.role() == "master":
+                if new is None:
+                    new = next((r for r in sset.servers if r is not old and r.alive() and r.role() == "master"),
+                               None)
+                if "promoted" not in fo and new is not None:
                     fo["promoted"] = time.time()
+                    fo["new"] = new
                     state["promoted"] = time.monotonic()
                     event(f"{new.name} ({new.port}) is master (promoted)")
                 if "promoted" in fo and sset.master_port() == new.port:
@@ -970,7 +1007,7 @@ def main():
             if "redis_back" in state:
                 until = max(until, state["redis_back"] + 2)
             back = None
-            if "log_offset" in state:
+            if "log_offset" in state and not args.wait_replicas:
                 while back is None and time.monotonic() < start + rx_back - 2:
                     with open(second.log, errors="replace") as f:
                         f.seek(state["log_offset"])
@@ -981,6 +1018,23 @@ def main():
                 if back is not None:
                     event(f"{second.name} is back on redis (its log says so)")
                     until = max(until, back + 2)
+            if "log_offset" in state and args.wait_replicas:
+                # After a failover the new master may have too few replicas for a while: the
+                # instances journal in their files meanwhile, and move those jobs to the stream once
+                # writes are replicated again. Wait for that: no job left in its file, and no write
+                # short of replicas in the last 2 s.
+                back = None
+                while back is None and time.monotonic() < start + rx_back - 2:
+                    with open(second.log, errors="replace") as f:
+                        f.seek(state["log_offset"])
+                        text = f.read()
+                    short = [l for l in text.splitlines()
+                             if "not replicated in time" in l or "redis is unavailable" in l]
+                    quiet = time.time() - max([state["fault_at"]] + [log_time(l) for l in short]) >= 2
+                    if quiet and second.file_jobs() == 0:
+                        back = time.monotonic()
+                        event(f"{second.name} holds no job in its file and its writes are replicated")
+                    time.sleep(0.1)
             until = min(until, start + rx_back)
             while time.monotonic() < until:
                 time.sleep(0.05)
@@ -1140,7 +1194,7 @@ def main():
                      **({s_.name: s_.log for s_ in sset.sentinels} if sset else {})},
             "settings": {"seconds": s, "receiver_down": args.receiver_down, "rate": args.rate,
                          "callers": args.callers, "sync_every": args.sync_every, "bot_delay_ms": args.bot_delay_ms,
-                         "claim_idle_ms": args.claim_idle_ms, "second_kill": not args.no_second_kill,
+                         "claim_idle_ms": args.claim_idle_ms, "wait_replicas": args.wait_replicas, "second_kill": not args.no_second_kill,
                          "redis_in_outage": args.redis_in_outage, "sentinel": args.sentinel,
                          "failover": args.failover if args.sentinel else None},
             "events": events,
