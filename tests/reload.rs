@@ -172,3 +172,127 @@ async fn a_reload_clears_the_auth_cache() {
         "the reload started a fresh cache"
     );
 }
+
+async fn admin_get(proxy: &SpawnedProxy, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(proxy.admin_url(path)).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_configuration_is_kept_by_hash_with_secrets_hidden_and_can_be_rolled_back_to() {
+    let a = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
+    let first = config_with(&(csml_backend_toml("bot", a.addr, "") + routes()));
+    let proxy = SpawnedProxy::start(&first);
+    let first_hash = sha256(&std::fs::read_to_string(&proxy.config_path).unwrap());
+
+    // What runs: its hash, and the file without its secrets.
+    let (status, now) = admin_get(&proxy, "/config").await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(now["hash"], first_hash.as_str());
+    assert_eq!(now["how"], "start");
+    let shown = now["config"].as_str().unwrap();
+    assert!(shown.contains("acme-client"), "{shown}");
+    assert!(!shown.contains("acme-token"), "a secret is shown: {shown}");
+
+    // A reload with a new token: a second configuration, the first one kept.
+    proxy.rewrite_config(&first.replace("token = \"acme-token\"", "token = \"acme-token-2\""));
+    assert_eq!(admin_post(&proxy, "/reload").await.0, 200);
+    let second_hash = sha256(&std::fs::read_to_string(&proxy.config_path).unwrap());
+    assert_eq!(post(&proxy, "acme-client", "acme-token").await, 401);
+    let (_, history) = admin_get(&proxy, "/config/history").await;
+    let kept = history["configurations"].as_array().unwrap();
+    let hashes: Vec<&str> = kept.iter().map(|c| c["hash"].as_str().unwrap()).collect();
+    assert_eq!(hashes, [second_hash.as_str(), first_hash.as_str()]);
+    assert_eq!(
+        (kept[0]["current"].as_bool(), kept[1]["current"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert!(!history.to_string().contains("acme-token"), "{history}");
+
+    // Back to the first by a prefix of its hash: its token works again, the metric names it.
+    let prefix = &first_hash[..12];
+    let (status, text) = admin_post(&proxy, &format!("/config/rollback?hash={prefix}")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(&first_hash), "{text}");
+    assert_eq!(post(&proxy, "acme-client", "acme-token").await, 200);
+    assert_eq!(post(&proxy, "acme-client", "acme-token-2").await, 401);
+    let metrics = scrape(&proxy).await;
+    let info: Vec<&str> = (metrics.lines())
+        .filter(|l| l.starts_with("botbridge_config_info{"))
+        .collect();
+    assert_eq!(
+        info,
+        [format!("botbridge_config_info{{hash=\"{prefix}\"}} 1").as_str()]
+    );
+    let ok = "botbridge_config_rollbacks_total{result=\"ok\"}";
+    assert_eq!(series_value(&metrics, ok), Some(1.0));
+    let (_, now) = admin_get(&proxy, "/config").await;
+    assert_eq!(
+        (now["hash"].as_str(), now["how"].as_str()),
+        (Some(first_hash.as_str()), Some("rollback"))
+    );
+    assert!(proxy.logs().contains(&format!("hash={first_hash}")));
+
+    // Unknown, too short, or not asked for: refused, nothing changes.
+    assert_eq!(
+        admin_post(&proxy, "/config/rollback?hash=deadbeefdeadbeef")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        admin_post(
+            &proxy,
+            &format!("/config/rollback?hash={}", &second_hash[..4])
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(admin_post(&proxy, "/config/rollback").await.0, 400);
+    let cross_site = reqwest::Client::new()
+        .post(proxy.admin_url(&format!("/config/rollback?hash={second_hash}")))
+        .header("origin", "https://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status().as_u16(), 403);
+    assert_eq!(post(&proxy, "acme-client", "acme-token").await, 200);
+    let unknown = "botbridge_config_rollbacks_total{result=\"unknown\"}";
+    assert_eq!(series_value(&scrape(&proxy).await, unknown), Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_home_page_lists_what_the_listener_serves() {
+    let a = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
+    let proxy = SpawnedProxy::start(&config_with(
+        &(csml_backend_toml("bot", a.addr, "") + routes()),
+    ));
+    let r = reqwest::get(proxy.admin_url("/")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let page = r.text().await.unwrap();
+    for path in [
+        "/metrics",
+        "/backends",
+        "/migration",
+        "/config/history",
+        "/config/rollback",
+        "/reload",
+        "/openapi/haptik.json",
+    ] {
+        assert!(page.contains(path), "{path} is not on the page:\n{page}");
+    }
+    let hash = sha256(&std::fs::read_to_string(&proxy.config_path).unwrap());
+    assert!(page.contains(&hash), "{page}");
+}

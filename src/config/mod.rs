@@ -25,9 +25,11 @@ pub mod redis;
 pub mod rotation;
 pub mod routes;
 pub mod server;
+pub mod source;
 pub mod tls;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +109,8 @@ pub struct Config {
     pub rate_limits: limits::LimitsConfig,
     /// `[migration] divergence_log…`: where differing shadow answers are written, if anywhere.
     pub divergence_log: Option<migration::DivergenceLogConfig>,
+    /// The text it was parsed from (empty when built otherwise).
+    pub source: Arc<source::ConfigSource>,
 }
 
 /// Reads, parses and validates a config file.
@@ -116,8 +120,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text)
 }
 
-/// Parses and validates config text.
+/// Parses and validates config text; the config keeps the text (and a view of it with its secrets
+/// hidden) as its [`source::ConfigSource`].
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let (config, secrets) = secret::with_literals(|| parse_only(text));
+    let mut config = config?;
+    config.source = Arc::new(source::ConfigSource::new(text, &secrets));
+    Ok(config)
+}
+
+fn parse_only(text: &str) -> Result<Config, ConfigError> {
     let de = toml::Deserializer::new(text);
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -200,6 +212,7 @@ impl Config {
             routes,
             rate_limits,
             divergence_log,
+            source: Arc::default(),
         })
     }
 

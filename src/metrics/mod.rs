@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use prometheus::{
     register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 mod client;
@@ -74,6 +74,13 @@ pub struct Metrics {
     pub auth_service_errors: IntCounterVec,
     /// `botbridge_config_reloads_total{result}`: `ok` or `error`.
     pub config_reloads: IntCounterVec,
+    /// `botbridge_config_rollbacks_total{result}`: `ok`, `unknown` (no such configuration kept) or
+    /// `error` (it no longer loads or needs a restart).
+    pub config_rollbacks: IntCounterVec,
+    /// `botbridge_config_info{hash}`: 1 for the configuration running (its SHA-256's first 12 hex
+    /// digits; one series at a time), with `botbridge_config_loaded_timestamp_seconds`.
+    pub config_info: IntGaugeVec,
+    pub config_loaded: IntGauge,
     /// `botbridge_translation_errors_total{route, reason}`: see [`TRANSLATION_REASONS`].
     pub translation_errors: IntCounterVec,
     /// `botbridge_admin_refusals_total{reason}`: admin requests refused, see [`ADMIN_REFUSALS`].
@@ -207,6 +214,23 @@ impl Metrics {
                     &["result"]
                 )
                 .expect("register config_reloads"),
+                config_rollbacks: register_int_counter_vec!(
+                    "botbridge_config_rollbacks_total",
+                    "Rollbacks to an earlier configuration (POST /config/rollback), by result.",
+                    &["result"]
+                )
+                .expect("register config_rollbacks"),
+                config_info: register_int_gauge_vec!(
+                    "botbridge_config_info",
+                    "The configuration running: 1, labelled with the first 12 hex digits of its SHA-256.",
+                    &["hash"]
+                )
+                .expect("register config_info"),
+                config_loaded: register_int_gauge!(
+                    "botbridge_config_loaded_timestamp_seconds",
+                    "When the configuration running was loaded (Unix time)."
+                )
+                .expect("register config_loaded"),
                 translation_errors: register_int_counter_vec!(
                     "botbridge_translation_errors_total",
                     "Requests or answers that could not be translated, and messages dropped in translation.",

@@ -1,6 +1,7 @@
 //! Values every table shares: secrets read from the file, the environment or a file, and the small
 //! checks (header-safe values, addresses, non-zero numbers) whose errors name the key.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -39,6 +40,11 @@ impl<'de> Deserialize<'de> for SecretSource {
                 f.write_str(r#"a string, { env = "VAR" } or { file = "path" }"#)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretSource, E> {
+                LITERALS.with(|l| {
+                    if let Some(seen) = l.borrow_mut().as_mut() {
+                        seen.push(v.to_owned());
+                    }
+                });
                 Ok(SecretSource::Literal(v.to_owned()))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretSource, A::Error> {
@@ -59,6 +65,21 @@ impl<'de> Deserialize<'de> for SecretSource {
         }
         d.deserialize_any(V)
     }
+}
+
+thread_local! {
+    /// The literal secrets read while [`with_literals`] runs on this thread.
+    static LITERALS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a config parse) and returns, with its result, every literal secret it read: whatever
+/// a key typed as a secret holds, so a view of the file can hide exactly those values, whichever
+/// table or dialect they belong to.
+pub fn with_literals<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let outer = LITERALS.with(|l| l.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let seen = LITERALS.with(|l| std::mem::replace(&mut *l.borrow_mut(), outer));
+    (result, seen.unwrap_or_default())
 }
 
 impl SecretSource {

@@ -4,7 +4,9 @@
 //! auth service decision), `POST /reload` (reload `proxy.toml`, as `SIGHUP` does) and
 //! `GET /openapi/<dialect>.json` (the callers' API documents, `docs/openapi/`), and with the Redis
 //! delivery journal `GET /deliveries/dead-letters` (the newest dead letters, `?count=`) and
-//! `POST /deliveries/dead-letters/replay?id=…` (deliver them again).
+//! `POST /deliveries/dead-letters/replay?id=…` (deliver them again); `GET /config`,
+//! `GET /config/history` and `POST /config/rollback?hash=…` (`config_history`); `GET /` lists them
+//! all (`home`).
 //!
 //! It runs as its own pingora service with its own thread, so a busy chat listener does not starve
 //! scrapes, and it is meant to listen on a private address. With no `[admin] token`, a request whose
@@ -14,6 +16,9 @@
 //! trigger them) and, with `[admin] token` set, require it as a bearer token (401), as the dead
 //! letters do; the reads (`/metrics`, `/backends`, `/migration`) require it only with
 //! `metrics_token_required`; `/healthz` is always open. Every answer says `X-Content-Type-Options: nosniff`.
+
+mod config_history;
+mod home;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -56,6 +61,14 @@ enum Endpoint {
     DeadLetters,
     /// `POST /deliveries/dead-letters/replay`
     Replay,
+    /// `GET /`: the list of endpoints.
+    Home,
+    /// `GET /config`
+    Config,
+    /// `GET /config/history`
+    ConfigHistory,
+    /// `POST /config/rollback`
+    Rollback,
     /// `/metrics` or `/healthz` with another method than GET/HEAD.
     WrongMethod,
     NotFound,
@@ -75,6 +88,10 @@ impl Endpoint {
             ("/reload", _, true) => Endpoint::Reload,
             ("/deliveries/dead-letters", true, _) => Endpoint::DeadLetters,
             ("/deliveries/dead-letters/replay", _, true) => Endpoint::Replay,
+            ("/", true, _) => Endpoint::Home,
+            ("/config", true, _) => Endpoint::Config,
+            ("/config/history", true, _) => Endpoint::ConfigHistory,
+            ("/config/rollback", _, true) => Endpoint::Rollback,
             ("/metrics" | "/healthz" | "/migration" | "/migration.json", false, _) => {
                 Endpoint::WrongMethod
             }
@@ -89,7 +106,7 @@ impl Endpoint {
     fn mutating(self) -> bool {
         matches!(
             self,
-            Endpoint::ClearAuthCache | Endpoint::Reload | Endpoint::Replay
+            Endpoint::ClearAuthCache | Endpoint::Reload | Endpoint::Replay | Endpoint::Rollback
         )
     }
 }
@@ -138,11 +155,19 @@ impl AdminService {
         }
         let reads = matches!(
             endpoint,
-            Endpoint::Metrics | Endpoint::Backends | Endpoint::Migration | Endpoint::MigrationJson
+            Endpoint::Metrics
+                | Endpoint::Backends
+                | Endpoint::Migration
+                | Endpoint::MigrationJson
+                | Endpoint::Home
         );
-        // Dead letters carry what users were told: always behind the token, when there is one.
+        // Dead letters carry what users were told, the configuration how everything is wired:
+        // always behind the token, when there is one.
         let guarded = endpoint.mutating()
-            || endpoint == Endpoint::DeadLetters
+            || matches!(
+                endpoint,
+                Endpoint::DeadLetters | Endpoint::Config | Endpoint::ConfigHistory
+            )
             || (reads && lock.metrics_token_required);
         if guarded && !lock.opens(bearer(header("authorization"))) {
             let answer = refuse("unauthorized", 401, "missing or wrong admin token");
@@ -156,6 +181,16 @@ impl AdminService {
             Endpoint::DeadLetters => self.dead_letters(query).await,
             Endpoint::Replay => self.replay(query).await,
             Endpoint::Metrics => metrics(),
+            Endpoint::Home => Answer {
+                content_type: "text/html; charset=utf-8",
+                ..Answer::text(200, home::page(&self.reloader))
+            }
+            .with_header("content-security-policy", home::CSP),
+            Endpoint::Config => config_history::current(&self.reloader),
+            Endpoint::ConfigHistory => config_history::history(&self.reloader),
+            Endpoint::Rollback => {
+                config_history::rollback(&self.reloader, query_values(query, "hash").next())
+            }
             Endpoint::Healthz => Answer::text(200, "ok\n"),
             Endpoint::Backends => {
                 let pools = &self.reloader.runtime().pools;
