@@ -136,3 +136,18 @@ fn a_spool_dir_owned_by_another_user_is_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn help_names_every_vendor_dialect() {
+    let out = Command::new(env!("CARGO_BIN_EXE_botbridge"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for vendor in ["Haptik", "CSML", "Rasa", "Lex", "Dialogflow", "Direct Line"] {
+        assert!(
+            text.contains(vendor),
+            "--help does not name {vendor}:\n{text}"
+        );
+    }
+}
