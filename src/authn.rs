@@ -485,7 +485,19 @@ impl Authenticator {
         }
         svc.cache_miss.inc();
         // Concurrent misses for the same key wait for this one call; errors are not cached.
-        match svc.decisions.try_get_with(key, self.call(svc, query)).await {
+        let call = crate::otel::in_span(
+            "auth service",
+            opentelemetry::trace::SpanKind::Client,
+            || {
+                vec![opentelemetry::KeyValue::new(
+                    "server.address",
+                    svc.endpoint.authority.clone(),
+                )]
+            },
+            |e: &ServiceError| e.0,
+            self.call(svc, query),
+        );
+        match svc.decisions.try_get_with(key, call).await {
             Ok(decision) => {
                 if let Some(stale) = &svc.stale {
                     match &decision {
@@ -528,6 +540,9 @@ impl Authenticator {
         if let Some(b) = &bearer {
             request.header("authorization", b);
         }
+        crate::otel::Trace::current().headers(&mut |name, value| {
+            request.header(name, value);
+        });
         let request = request.body(&body);
         let started = Instant::now();
         let Some(reached) = svc.reach().await else {

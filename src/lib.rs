@@ -31,6 +31,7 @@ pub mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod migration;
+pub mod otel;
 pub mod pool;
 pub mod reload;
 pub mod rotating_file;

@@ -70,6 +70,10 @@ fn main() -> ExitCode {
         }
         None => {
             botbridge::logging::init(config.process.log.format, &config.process.log.filter);
+            if let Err(e) = botbridge::otel::start(config.process.tracing.as_ref()) {
+                eprintln!("botbridge: {}: {e}", cli.config.display());
+                return ExitCode::from(2);
+            }
             botbridge::server::run(
                 config,
                 cli.config,

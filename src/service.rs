@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 
@@ -36,6 +38,7 @@ use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
 use crate::migration::shadow::{Job, PrimaryAnswer, ShadowConversation};
 use crate::migration::{self, Migration};
 use crate::model::{request_id_is_sane, ChatAnswer, ChatRequest};
+use crate::otel::{self, Trace};
 use crate::pool::{PoolError, Pools};
 use crate::shared::redis::SharedRedis;
 use crate::tokens::Tokens;
@@ -235,6 +238,8 @@ struct Call<'r> {
     conversation: Option<Conversation>,
     /// In async mode, what takes a channel bot's replies as they arrive (`channel_bot`).
     partial: Option<&'r mut channel_bot::Partial<'r>>,
+    /// The request's span (nothing without `[tracing]`).
+    trace: Trace,
 }
 
 /// What admission established: the route, the caller's dialect and credential, and the body if
@@ -430,10 +435,19 @@ impl ChatService {
             None => self.detect_by_body(cx, route, session).await?,
         };
         let head = Head(session.req_header());
-        let grant = rt
+        let authenticating = rt
             .authn
-            .authenticate(ingress, &head, unix_secs(cx.received))
-            .await?;
+            .authenticate(ingress, &head, unix_secs(cx.received));
+        let attributes = || vec![KeyValue::new("botbridge.caller_dialect", ingress.as_str())];
+        let why = |e: &crate::auth::Denied| e.error.reason.as_str();
+        let grant = otel::in_span(
+            "authenticate",
+            SpanKind::Internal,
+            attributes,
+            why,
+            authenticating,
+        )
+        .await?;
         tracing::trace!(caller = &*grant.name, "caller authenticated");
         let limits = rt.limits.plan(route, &grant);
         Ok(Admitted {
@@ -559,7 +573,8 @@ impl ChatService {
     ) -> Vec<u8> {
         let bot = &*to.backend.bot;
         let at = (path, to.signed_at, token);
-        self.signed_request(ep, bot, &to.body, request_id, at)
+        // The current span is the try's (`Pool::attempt`).
+        self.signed_request(ep, bot, &to.body, request_id, at, &Trace::current())
     }
 
     /// `body` for `ep` (at `path` below its URL's path, when the bot gave one), with the headers
@@ -572,6 +587,7 @@ impl ChatService {
         body: &[u8],
         request_id: &str,
         (path, signed_at, token): (Option<&str>, u64, Option<&str>),
+        trace: &Trace,
     ) -> Vec<u8> {
         let joined;
         let target = match path {
@@ -587,6 +603,9 @@ impl ChatService {
             .header("accept", JSON)
             .header("user-agent", &self.user_agent)
             .header(REQUEST_ID, request_id);
+        trace.headers(&mut |name, value| {
+            up.header(name, value);
+        });
         let out = Outgoing {
             unix_secs: signed_at,
             method: "POST",
@@ -729,6 +748,13 @@ impl ChatService {
         };
         let signed_at = unix_secs((self.clock)());
         let index = target.settings.backend;
+        let span = cx.trace.child("shadow copy", SpanKind::Client);
+        span.set(|| {
+            vec![KeyValue::new(
+                "botbridge.backend",
+                target.backend.name.clone(),
+            )]
+        });
         let bot = &*target.backend.bot;
         let conversation = (bot.conversations()).map(|c| ShadowConversation {
             store: rt.conversations.clone(),
@@ -748,7 +774,7 @@ impl ChatService {
             let path = bot.target(&copy, conversation.as_ref().map(|c| &c.current));
             let token = rt.tokens.peek(index);
             let at = (path.as_deref(), signed_at, token.as_deref());
-            let bytes = self.signed_request(&ep, bot, &body, request_id, at);
+            let bytes = self.signed_request(&ep, bot, &body, request_id, at, &span);
             Ok((ep, bytes))
         });
         let primary = PrimaryAnswer {
@@ -762,6 +788,7 @@ impl ChatService {
             request_id: request_id.to_owned(),
             primary,
             conversation,
+            trace: span,
         };
         rt.migration.offer(target, job, &self.shadow_upstream);
     }
@@ -922,6 +949,7 @@ impl Handler for ChatService {
         if let Some(answer) = self.bot_webhook(&rt, session).await {
             return answer;
         }
+        let trace = Trace::server("chat request", &session.req_header().headers);
         let mut cx = Call {
             rt: &rt,
             received: (self.clock)(),
@@ -929,15 +957,17 @@ impl Handler for ChatService {
             out: AccessRecord::default(),
             conversation: None,
             partial: None,
+            trace: trace.clone(),
         };
         let channel = rt.channel_route(session.req_header().uri.path());
         let mut answer = match channel {
-            None => match self.serve(&mut cx, session).await {
+            None => match trace.scope(self.serve(&mut cx, session)).await {
                 Ok(body) => Answer::json(200, body),
                 Err(err) => self.refusal(&mut cx, session, err).await,
             },
             Some(c) => {
-                let mut a = match Box::pin(self.serve_channel(&mut cx, session, c)).await {
+                let serving = Box::pin(self.serve_channel(&mut cx, session, c));
+                let mut a = match trace.scope(serving).await {
                     Ok(a) => a,
                     Err(err) => self.refusal(&mut cx, session, err).await,
                 };
@@ -946,7 +976,11 @@ impl Handler for ChatService {
             }
         };
         let took = started.elapsed();
-        let out = cx.out;
+        let mut out = cx.out;
+        if trace.is_some() {
+            end_request_span(&trace, &rt, &out, session.req_header(), answer.status);
+            out.trace_id = trace.trace_id();
+        }
         out.record(
             self.metrics,
             &rt.config,
@@ -968,6 +1002,49 @@ impl Handler for ChatService {
         let rt = self.runtime.load();
         error_answer(head.and_then(|h| caller_of(&rt, h)), err)
     }
+}
+
+/// The request span's attributes, and its end.
+fn end_request_span(
+    trace: &Trace,
+    rt: &Runtime,
+    out: &AccessRecord,
+    head: &RequestHeader,
+    status: u16,
+) {
+    trace.set(|| {
+        let mut a = vec![
+            KeyValue::new("http.request.method", head.method.to_string()),
+            KeyValue::new("url.path", head.uri.path().to_owned()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ];
+        if let Some(r) = out.route {
+            a.push(KeyValue::new(
+                "botbridge.route",
+                rt.config.routes[r].name.clone(),
+            ));
+        }
+        if let Some(i) = out.ingress {
+            a.push(KeyValue::new("botbridge.caller_dialect", i.as_str()));
+        }
+        if let Some(b) = out.backend {
+            a.push(KeyValue::new(
+                "botbridge.backend",
+                rt.config.backends[b].name.clone(),
+            ));
+        }
+        if let Some(id) = &out.request_id {
+            a.push(KeyValue::new("botbridge.request_id", id.clone()));
+        }
+        if let Some(reason) = out.error {
+            a.push(KeyValue::new("error.type", reason.as_str()));
+        }
+        a
+    });
+    if status >= 500 {
+        trace.fail(out.error.map_or("server error", |r| r.as_str()));
+    }
+    trace.end();
 }
 
 /// What the bot's answer does to the conversation the request went in, for a stateful bot.

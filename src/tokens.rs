@@ -233,7 +233,19 @@ impl Keeper {
     /// Fetches a token (the caller holds the fetch lock) and records the outcome.
     async fn fetch_now(&self, backoff: &mut Backoff) -> Result<Arc<str>, ProxyError> {
         let started = Instant::now();
-        let result = self.exchange(started).await;
+        let exchange = crate::otel::in_span(
+            "token fetch",
+            opentelemetry::trace::SpanKind::Client,
+            || {
+                vec![opentelemetry::KeyValue::new(
+                    "botbridge.backend",
+                    self.backend.clone(),
+                )]
+            },
+            |e: &&'static str| *e,
+            self.exchange(started),
+        );
+        let result = exchange.await;
         let m = metrics();
         m.duration
             .with_label_values(&[&self.backend])

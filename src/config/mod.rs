@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod dns;
 pub mod limits;
 pub mod migration;
+pub mod otel;
 pub mod pool;
 pub mod private_dir;
 pub mod redis;
@@ -69,6 +70,8 @@ pub struct RawConfig {
     pub conversations: conversations::RawConversations,
     #[serde(default)]
     pub migration: migration::RawMigration,
+    /// `[tracing]`: OpenTelemetry traces (off without it).
+    pub tracing: Option<otel::RawTracing>,
 }
 
 /// Everything a running process cannot change: listeners, threads, pools, logging, the demo bots.
@@ -85,6 +88,8 @@ pub struct ProcessSettings {
     pub delivery: delivery::DeliveryConfig,
     /// `[conversations]`: the conversation store's bound and idle time.
     pub conversations: conversations::ConversationSettings,
+    /// `[tracing]`: where traces are exported, if anywhere.
+    pub tracing: Option<otel::TracingConfig>,
 }
 
 /// The validated configuration the proxy runs on.
@@ -190,6 +195,7 @@ impl Config {
             }
         }
         let conversations = conversations::validate(&raw.conversations)?;
+        let tracing = raw.tracing.as_ref().map(otel::validate).transpose()?;
         Ok(Config {
             process: ProcessSettings {
                 server,
@@ -199,6 +205,7 @@ impl Config {
                 redis,
                 delivery,
                 conversations,
+                tracing,
             },
             limits,
             tls,

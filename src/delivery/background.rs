@@ -45,5 +45,7 @@ impl BackgroundService for DeliveryLifecycle {
         let budget = budget.max(Duration::from_millis(500));
         let spooled = self.deliveries.shutdown(Instant::now() + budget).await;
         tracing::info!(spooled, "delivery queue stopped");
+        // The last spans (the deliveries' among them) go to the collector before the process ends.
+        crate::otel::flush();
     }
 }

@@ -47,11 +47,14 @@ use pingora::connectors::{ConnectorOptions, TransportConnector};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::config::delivery::DeliveryConfig;
+use crate::otel::Trace;
 use crate::shared::redis::SharedRedis;
 use botbridge_core::delivery::journal::{JobRecord, PendingMessage};
 use deadletter::{now_rfc3339, DeadLetter, DeadLetterLog};
 use journal::{Journal, NotJournaled, Stored};
 use metrics::DeliveryMetrics;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use policy::CallbackPolicy;
 use send::Outcome;
 use ssrf::CallbackUrl;
@@ -70,6 +73,9 @@ pub struct Target {
     pub request_id: String,
     /// The lane its deliveries keep order in: the callback URL and the user.
     pub conversation: String,
+    /// The accepted request's span: each attempt's span is its child (a recovered job has none:
+    /// its attempts' spans start traces of their own).
+    pub trace: Trace,
 }
 
 /// One message to deliver.
@@ -806,12 +812,29 @@ impl Deliveries {
         let mut headers = target.policy.signer.headers(unix_ms() / 1000, &body);
         headers.push((IDEMPOTENCY_HEADER, m.key.clone()));
         headers.push(("x-request-id", target.request_id.clone()));
+        let span = match target.trace.is_some() {
+            true => target.trace.child("async delivery", SpanKind::Client),
+            false => Trace::root("async delivery", SpanKind::Client),
+        };
+        span.set(|| {
+            vec![
+                KeyValue::new("botbridge.request_id", target.request_id.clone()),
+                KeyValue::new("server.address", target.url.host.clone()),
+                KeyValue::new("botbridge.idempotency_key", m.key.clone()),
+                KeyValue::new("botbridge.delivery.attempt", i64::from(m.attempts) + 1),
+            ]
+        });
+        span.headers(&mut |name, value| match name {
+            "traceparent" => headers.push(("traceparent", value.to_owned())),
+            "tracestate" => headers.push(("tracestate", value.to_owned())),
+            _ => {}
+        });
         let timeout = Duration::from_millis(self.0.cfg.timeout_ms);
         let reach = &target.policy.reach;
         // Boxed: the connection's and the exchange's state (several KB) exists only while an
         // attempt runs (at most `max_concurrent`), not in every pending request's task while it
         // waits for its turn or its retry.
-        Box::pin(send::attempt(
+        let attempt = Box::pin(send::attempt(
             &self.0.connector,
             reach,
             &target.url,
@@ -819,7 +842,20 @@ impl Deliveries {
             body,
             timeout,
         ))
-        .await
+        .await;
+        if span.is_some() {
+            span.set(|| {
+                vec![KeyValue::new(
+                    "botbridge.delivery.outcome",
+                    attempt.outcome.as_str(),
+                )]
+            });
+            if attempt.outcome != Outcome::Delivered {
+                span.fail(attempt.outcome.as_str());
+            }
+            span.end();
+        }
+        attempt
     }
 }
 

@@ -299,6 +299,7 @@ impl Deliveries {
             request_id: job.request_id.clone(),
             conversation: job.conversation.clone(),
             policy,
+            trace: crate::otel::Trace::none(),
         };
         let ticket = self.reserve_restored(&job, stored);
         tokio::spawn(ticket.run(Arc::new(target), messages, false));

@@ -45,6 +45,9 @@ pub struct Job {
     pub primary: PrimaryAnswer,
     /// For a stateful shadow bot: the conversation the copy went in, so its answer moves it on.
     pub conversation: Option<ShadowConversation>,
+    /// The copy's span (a child of the request's; nothing without `[tracing]`), ended when the
+    /// shadow bot has answered.
+    pub trace: crate::otel::Trace,
 }
 
 /// The conversation of a copy to a stateful shadow bot. Shadow conversations are kept in this
@@ -121,6 +124,16 @@ impl ShadowTarget {
             Ok((ep, bytes)) => {
                 let peer = crate::upstream::peer_for(ep);
                 let x = upstream.exchange(&peer, ep, bytes, started).await;
+                match &x {
+                    Ok(x) => (job.trace).set(|| {
+                        vec![opentelemetry::KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(x.status),
+                        )]
+                    }),
+                    Err(e) => job.trace.fail(&e.to_string()),
+                }
+                job.trace.end();
                 (Some(x.map_err(ProxyError::from)), Some(started.elapsed()))
             }
             Err(_) => (None, None),

@@ -32,6 +32,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use pingora_load_balancing::HealthRegistry;
 use prometheus::IntCounter;
 
@@ -40,6 +42,7 @@ use crate::config::dns::DnsSettings;
 use crate::config::pool::PoolSettings;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::otel::Trace;
 use crate::upstream::{nothing_sent, Endpoint, Exchange, TransportError, Upstream};
 use breaker::Breaker;
 use health::{ActiveCheck, Thresholds, UrlCheck};
@@ -380,7 +383,8 @@ impl Pool {
         }
     }
 
-    /// One exchange with one endpoint, counted in flight.
+    /// One exchange with one endpoint, counted in flight; with `[tracing]`, in a span of its own
+    /// (the request is built inside it, so its `traceparent` names this try).
     async fn attempt(
         &self,
         upstream: &Upstream,
@@ -389,9 +393,37 @@ impl Pool {
         now: Instant,
     ) -> Result<Exchange, TransportError> {
         m.state.metrics.selections.inc();
-        let bytes = request(&m.endpoint);
-        let _in_flight = m.enter();
-        upstream.exchange(&m.peer, &m.endpoint, &bytes, now).await
+        let span = Trace::current().child("bot exchange", SpanKind::Client);
+        if !span.is_some() {
+            let bytes = request(&m.endpoint);
+            let _in_flight = m.enter();
+            return upstream.exchange(&m.peer, &m.endpoint, &bytes, now).await;
+        }
+        span.set(|| {
+            vec![
+                KeyValue::new("botbridge.backend", self.name.to_string()),
+                KeyValue::new("server.address", m.endpoint.authority.clone()),
+                KeyValue::new("network.peer.address", m.addr().to_string()),
+            ]
+        });
+        let result = span
+            .scope(async {
+                let bytes = request(&m.endpoint);
+                let _in_flight = m.enter();
+                upstream.exchange(&m.peer, &m.endpoint, &bytes, now).await
+            })
+            .await;
+        match &result {
+            Ok(x) => span.set(|| {
+                vec![KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(x.status),
+                )]
+            }),
+            Err(e) => span.fail(&e.to_string()),
+        }
+        span.end();
+        result
     }
 
     /// Passive ejection: an endpoint that keeps failing is left out for a while, unless it is the

@@ -29,6 +29,8 @@ struct Pending {
     body: Bytes,
     request_id: String,
     received: SystemTime,
+    /// The request's span: the bot exchange's spans are its children.
+    trace: crate::otel::Trace,
 }
 
 impl ChatService {
@@ -79,6 +81,7 @@ impl ChatService {
             url,
             url_text,
             request_id: String::new(),
+            trace: crate::otel::Trace::none(),
         }))
     }
 
@@ -114,6 +117,7 @@ impl ChatService {
             }
         };
         target.request_id = request_id.clone();
+        target.trace = cx.trace.clone();
         let empty = self.empty_answer(&a, req, &request_id, received);
         let interrupt = match self.deliveries.journal().enabled() {
             true => interrupt_notice(&a, &empty),
@@ -138,6 +142,7 @@ impl ChatService {
             body: body.clone(),
             request_id,
             received,
+            trace: cx.trace.clone(),
         };
         let me = self.clone();
         tokio::spawn(async move { me.finish_async(pending, ticket, target).await });
@@ -212,6 +217,7 @@ impl ChatService {
             },
             conversation: None,
             partial: None,
+            trace: p.trace.clone(),
         };
         // Async mode's dialects (a caller's callback URL, a client's webhook) read no ids from
         // the path, so the route's stands in for the one the request came to.
@@ -230,7 +236,7 @@ impl ChatService {
         if streams {
             cx.partial = Some(&mut stream);
         }
-        let answer = self.bot_answer(&mut cx, &a, &req, &p).await;
+        let answer = p.trace.scope(self.bot_answer(&mut cx, &a, &req, &p)).await;
         drop(cx);
         let bodies = match answer {
             Ok(bodies) => bodies,
