@@ -33,7 +33,7 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Command-line switches that reach pingora.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
-    /// Take over the listening sockets of a running instance (graceful upgrade; see README).
+    /// Take over the listening sockets of a running instance (graceful upgrade; see docs/book/src/operations.md).
     pub upgrade: bool,
 }
 

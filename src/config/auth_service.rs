@@ -12,7 +12,7 @@ use crate::upstream::endpoint::{endpoint_unresolved, Endpoint, Timeouts};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuthService {
-    /// Where to `POST` the questions (see README, "The auth service contract").
+    /// Where to `POST` the questions (see the book: docs/book/src/security.md, "The auth service").
     pub url: String,
     /// Sent as `Authorization: Bearer` to the service, if it wants one.
     pub bearer: Option<SecretSource>,

@@ -63,7 +63,7 @@ pub struct ClientLimits {
 }
 
 impl Default for ClientLimits {
-    /// `[server]`'s defaults (README, "Configuration").
+    /// `[server]`'s defaults (docs/book/src/configuration.md).
     fn default() -> Self {
         ClientLimits {
             header_timeout: Duration::from_secs(10),

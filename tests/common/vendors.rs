@@ -20,7 +20,7 @@ pub fn vendor_python() -> &'static PathBuf {
             .expect("bash runs");
         assert!(
             out.status.success(),
-            "tests/vendors/setup.sh failed: the vendors' clients are needed (README, Development)"
+            "tests/vendors/setup.sh failed: the vendors' clients are needed (docs/book/src/development.md)"
         );
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
