@@ -107,7 +107,7 @@ async fn ask(proxy: &Proxy, path: &str, user: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_page_shows_each_route_and_its_match_rate_in_chromium() {
     if let Some(why) = missing_tools() {
-        eprintln!("SKIPPED the_report_page_shows_each_route_and_its_match_rate_in_chromium: {why}");
+        skip_for_missing(&why);
         return;
     }
     let hello = Behaviour::Answer(csml_answer("r", &[text("Hello!")]));
@@ -209,7 +209,7 @@ async fn the_shipped_demo_route_makes_a_real_report_out_of_the_box() {
     // The two demo bots say the same things in two dialects.
     assert_eq!(r["report"]["match_rate"], 1.0, "{r}");
     if let Some(why) = missing_tools() {
-        eprintln!("SKIPPED the browser part of the demo report: {why}");
+        skip_for_missing(&why);
         return;
     }
     let url = proxy.admin_url("/migration");

@@ -180,7 +180,7 @@ async fn a_name_whose_answers_change_is_followed_and_one_that_stops_resolving_ke
 {
     let _serial = ONE_AT_A_TIME.lock().await;
     let Some(dns) = Dnsmasq::start(&format!("127.0.0.2 {NAME}\n")).await else {
-        eprintln!("skipping: dnsmasq is not installed (apt-get install dnsmasq-base)");
+        common::skip_for_missing("dnsmasq is not installed (apt-get install dnsmasq-base)");
         return;
     };
     let (a, b) = two_bots().await;
@@ -233,7 +233,7 @@ async fn a_name_that_does_not_resolve_yet_starts_the_proxy_and_is_found_once_it_
     const LATER: &str = "later.pool.test";
     let _serial = ONE_AT_A_TIME.lock().await;
     let Some(dns) = Dnsmasq::start(&format!("127.0.0.2 {NAME}\n")).await else {
-        eprintln!("skipping: dnsmasq is not installed (apt-get install dnsmasq-base)");
+        common::skip_for_missing("dnsmasq is not installed (apt-get install dnsmasq-base)");
         return;
     };
     let (a, _b) = two_bots().await;

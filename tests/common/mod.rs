@@ -592,3 +592,13 @@ pub async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Du
         }
     }
 }
+
+/// A tool a test needs is missing (`what` says which and how to install it): the test fails, unless
+/// `BOTBRIDGE_ALLOW_SKIP=1` lets it skip, saying so (true: return now).
+pub fn skip_for_missing(what: &str) -> bool {
+    if std::env::var("BOTBRIDGE_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("SKIPPED (BOTBRIDGE_ALLOW_SKIP=1): {what}");
+        return true;
+    }
+    panic!("{what}: `tests/run` installs it; BOTBRIDGE_ALLOW_SKIP=1 skips the tests that need it");
+}
