@@ -118,7 +118,10 @@ async fn a_callers_trace_is_continued_through_the_proxy_to_the_bot_and_exported(
 
     // The access log names the trace.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !proxy.logs().contains(&format!("trace_id=\"{CALLER_TRACE}\"")) {
+    while !proxy
+        .logs()
+        .contains(&format!("trace_id=\"{CALLER_TRACE}\""))
+    {
         assert!(Instant::now() < deadline, "{}", proxy.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
