@@ -157,14 +157,17 @@ def botbridge_config(work, name, port, admin, backend_keys, extra="", log="warn"
     bench-token, client-id bench-client) on /chat to a signed CSML bot with `backend_keys`, `extra`
     top-level tables (limits, Redis); its path."""
     path = os.path.join(work, f"{name}.toml")
+    # Each instance in a directory of its own: one live process per directory (its lock file).
+    own = os.path.join(work, name)
+    os.makedirs(own, mode=0o700, exist_ok=True)
     with open(path, "w") as f:
         f.write(f"""
 [server]
 listen = "127.0.0.1:{port}"
 threads = {threads}
 upstream_pool_size = 64
-pid_file = "{work}/{name}.pid"
-upgrade_sock = "{work}/{name}.sock"
+pid_file = "{own}/pid"
+upgrade_sock = "{own}/upgrade.sock"
 grace_period_seconds = 0
 # Every benchmark client comes from 127.0.0.1: no per-address cap.
 max_connections_per_address = 0
@@ -291,10 +294,13 @@ def main():
         backend, nginx_port, haproxy_port, bb_port, bb_admin, floor_port, spin_port = (free_port() for _ in range(7))
         lim_port, lim_admin, red_port, red_admin, redis_port = (free_port() for _ in range(5))
         pool_port, pool_admin, on_port, on_admin, shadow_bot = (free_port() for _ in range(5))
+        tr1_port, tr1_admin, tr100_port, tr100_admin, otlp_sink = (free_port() for _ in range(5))
 
         three = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+        # The OTLP collector of the tracing rows: nginx taking every export with an empty 200.
+        sink = f"server {{ listen 127.0.0.1:{otlp_sink}; location / {{ return 200; }} }}"
         backend_conf = nginx_conf(work, "backend", fixed_answer_server(backend, three) + "\n  "
-                                  + fixed_answer_server(shadow_bot))
+                                  + fixed_answer_server(shadow_bot) + "\n  " + sink)
         proxy_conf = nginx_conf(work, "nginx-proxy", f"""
   upstream bot {{ server 127.0.0.1:{backend}; keepalive 256; }}
   server {{
@@ -339,6 +345,10 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
         # log at their defaults.
         # The access log line of every request goes to the shared stderr file, as to a log file.
         on_conf = bb_config("bb-on", on_port, on_admin, pool_keys, NEVER_HIT, log="info")
+        # Tracing at 1% and 100% of requests (the plain instance's config otherwise), exported to the sink.
+        traced = lambda ratio: f'[tracing]\nendpoint = "http://127.0.0.1:{otlp_sink}/v1/traces"\nsampling_ratio = {ratio}\n'
+        tr1_conf = bb_config("bb-trace1", tr1_port, tr1_admin, url, traced(0.01))
+        tr100_conf = bb_config("bb-trace100", tr100_port, tr100_admin, url, traced(1.0))
         script = post_script(work)
         def start(cmd, port):
             log = os.path.join(work, "stderr.log")
@@ -357,6 +367,8 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
                        "--appendonly", "no", "--dir", work], redis_port) if with_redis else None
         red = start([args.binary, "--config", red_conf], red_port) if with_redis else None
         bb_on = start([args.binary, "--config", on_conf], on_port)
+        tr1 = start([args.binary, "--config", tr1_conf], tr1_port)
+        tr100 = start([args.binary, "--config", tr100_conf], tr100_port)
         floor = start([args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{backend}"], floor_port) if args.floor and args.threads == 1 else None
         spun = (start([args.floor, f"127.0.0.1:{spin_port}", f"127.0.0.1:{backend}", str(int(args.floor_spin_us * 1000))],
                       spin_port) if floor and args.floor_spin_us else None)
@@ -380,6 +392,8 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
         if red:
             proxies.append(("botbridge+redis limit", f"http://127.0.0.1:{red_port}/chat", lambda: [red.pid]))
         proxies.append(("botbridge features on", f"http://127.0.0.1:{on_port}/chat", lambda: [bb_on.pid]))
+        proxies.append(("botbridge tracing 1%", f"http://127.0.0.1:{tr1_port}/chat", lambda: [tr1.pid]))
+        proxies.append(("botbridge tracing 100%", f"http://127.0.0.1:{tr100_port}/chat", lambda: [tr100.pid]))
         if args.rows:
             keep = {"haproxy", *(r.strip() for r in args.rows.split(","))}
             proxies = [p for p in proxies if p[0] in keep]
@@ -526,6 +540,13 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
             print(f"\nfeatures on (pool, health checks, limits never hit) vs off: {on['cpu_us_per_req']:.1f} µs CPU per request "
                   f"against {plain['cpu_us_per_req']:.1f} ({on['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x); "
                   f"vs haproxy {on['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x and {plain['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x")
+        for name in ("botbridge tracing 1%", "botbridge tracing 100%"):
+            if plain and name in table:
+                t = table[name]
+                print(f"\n{name[10:]} (OTLP export to a local sink) vs no tracing: CPU "
+                      f"{t['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs/request "
+                      f"({t['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x); p50 {t['p50'] - plain['p50']:+.2f} ms, "
+                      f"p99 {t['p99'] - plain['p99']:+.2f} ms")
         for name, what in (("botbridge+local limit", "a local limit never hit"), ("botbridge+redis limit", "limits on a local Redis")):
             if plain and name in table:
                 t = table[name]

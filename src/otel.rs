@@ -142,12 +142,20 @@ impl Trace {
         Trace(cx.has_active_span().then_some(cx))
     }
 
-    /// A child span of this one (nothing if this is nothing).
+    /// A child span of this one (nothing if this is nothing). The child of a span that is not
+    /// sampled is that span itself: nothing would record it, and the context passed on stays the
+    /// same trace, not sampled.
     pub fn child(&self, name: &'static str, kind: SpanKind) -> Trace {
         match &self.0 {
-            Some(cx) => Trace::child_of(cx, name, kind),
+            Some(cx) if cx.span().span_context().is_sampled() => Trace::child_of(cx, name, kind),
+            Some(_) => self.clone(),
             None => Trace(None),
         }
+    }
+
+    /// Whether the span is sampled (recorded and exported).
+    pub fn is_sampled(&self) -> bool {
+        (self.0.as_ref()).is_some_and(|cx| cx.span().span_context().is_sampled())
     }
 
     fn child_of(parent: &Context, name: &'static str, kind: SpanKind) -> Trace {
@@ -189,11 +197,13 @@ impl Trace {
         }
     }
 
-    /// The trace id (32 hex digits), for the access log.
+    /// The trace id (32 hex digits) of a sampled span, for the access log: a trace the collector
+    /// has.
     pub fn trace_id(&self) -> Option<String> {
         let cx = self.0.as_ref()?;
-        let sc = cx.span().span_context().clone();
-        sc.is_valid().then(|| sc.trace_id().to_string())
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_sampled().then(|| sc.trace_id().to_string())
     }
 
     /// The headers that carry this span's context to the next hop (`traceparent`, and
@@ -243,7 +253,7 @@ pub async fn in_span<T, E, F: Future<Output = Result<T, E>>>(
     fut: F,
 ) -> Result<T, E> {
     let parent = Trace::current();
-    if !parent.is_some() {
+    if !parent.is_sampled() {
         return fut.await;
     }
     let span = parent.child(name, kind);

@@ -977,7 +977,7 @@ impl Handler for ChatService {
         };
         let took = started.elapsed();
         let mut out = cx.out;
-        if trace.is_some() {
+        if trace.is_sampled() {
             end_request_span(&trace, &rt, &out, session.req_header(), answer.status);
             out.trace_id = trace.trace_id();
         }

@@ -843,7 +843,7 @@ impl Deliveries {
             timeout,
         ))
         .await;
-        if span.is_some() {
+        if span.is_sampled() {
             span.set(|| {
                 vec![KeyValue::new(
                     "botbridge.delivery.outcome",

@@ -394,7 +394,7 @@ impl Pool {
     ) -> Result<Exchange, TransportError> {
         m.state.metrics.selections.inc();
         let span = Trace::current().child("bot exchange", SpanKind::Client);
-        if !span.is_some() {
+        if !span.is_sampled() {
             let bytes = request(&m.endpoint);
             let _in_flight = m.enter();
             return upstream.exchange(&m.peer, &m.endpoint, &bytes, now).await;
