@@ -381,6 +381,21 @@ impl ChatService {
         Ok(answer)
     }
 
+    /// [`ChatService::serve`], with the request's span as the current context when it is sampled
+    /// (boxed then: the wrapper would otherwise grow every request's future).
+    async fn serve_traced(
+        &self,
+        cx: &mut Call<'_>,
+        session: &mut ServerSession,
+        trace: &Trace,
+    ) -> Result<Vec<u8>, ProxyError> {
+        if trace.is_sampled() {
+            Box::pin(trace.scope(self.serve(cx, session))).await
+        } else {
+            self.serve(cx, session).await
+        }
+    }
+
     /// To the bot and back: the request translated and signed, the exchange, and on an open
     /// circuit the route's fallback instead.
     async fn exchange_for<'r>(
@@ -438,16 +453,15 @@ impl ChatService {
         let authenticating = rt
             .authn
             .authenticate(ingress, &head, unix_secs(cx.received));
-        let attributes = || vec![KeyValue::new("botbridge.caller_dialect", ingress.as_str())];
-        let why = |e: &crate::auth::Denied| e.error.reason.as_str();
-        let grant = otel::in_span(
-            "authenticate",
-            SpanKind::Internal,
-            attributes,
-            why,
-            authenticating,
-        )
-        .await?;
+        let grant = if cx.trace.is_sampled() {
+            let attributes = || vec![KeyValue::new("botbridge.caller_dialect", ingress.as_str())];
+            let why = |e: &crate::auth::Denied| e.error.reason.as_str();
+            let kind = SpanKind::Internal;
+            let traced = otel::in_span("authenticate", kind, attributes, why, authenticating);
+            Box::pin(traced).await?
+        } else {
+            authenticating.await?
+        };
         tracing::trace!(caller = &*grant.name, "caller authenticated");
         let limits = rt.limits.plan(route, &grant);
         Ok(Admitted {
@@ -570,11 +584,15 @@ impl ChatService {
         to: &ToBot<'_>,
         request_id: &str,
         (path, token): (Option<&str>, Option<&str>),
+        request: &Trace,
     ) -> Vec<u8> {
         let bot = &*to.backend.bot;
         let at = (path, to.signed_at, token);
-        // The current span is the try's (`Pool::attempt`).
-        self.signed_request(ep, bot, &to.body, request_id, at, &Trace::current())
+        // A sampled request's current span is the try's (`Pool::attempt`); one not sampled has no
+        // current span, and its own context goes on.
+        let current = Trace::current();
+        let trace = if current.is_some() { &current } else { request };
+        self.signed_request(ep, bot, &to.body, request_id, at, trace)
     }
 
     /// `body` for `ep` (at `path` below its URL's path, when the bot gave one), with the headers
@@ -660,7 +678,8 @@ impl ChatService {
         let started = Instant::now();
         let request_id = out.request_id.as_deref().unwrap_or_default();
         let at = (path.as_deref(), token.as_deref());
-        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id, at);
+        let trace = &cx.trace;
+        let build = |ep: &Endpoint| self.request_bytes(ep, to, request_id, at, trace);
         let result = (rt.pools.get(to.index))
             .forward(&self.upstream, req.user_id.as_bytes(), build, started)
             .await;
@@ -961,7 +980,7 @@ impl Handler for ChatService {
         };
         let channel = rt.channel_route(session.req_header().uri.path());
         let mut answer = match channel {
-            None => match trace.scope(self.serve(&mut cx, session)).await {
+            None => match self.serve_traced(&mut cx, session, &trace).await {
                 Ok(body) => Answer::json(200, body),
                 Err(err) => self.refusal(&mut cx, session, err).await,
             },

@@ -383,8 +383,7 @@ impl Pool {
         }
     }
 
-    /// One exchange with one endpoint, counted in flight; with `[tracing]`, in a span of its own
-    /// (the request is built inside it, so its `traceparent` names this try).
+    /// One exchange with one endpoint, counted in flight.
     async fn attempt(
         &self,
         upstream: &Upstream,
@@ -394,11 +393,25 @@ impl Pool {
     ) -> Result<Exchange, TransportError> {
         m.state.metrics.selections.inc();
         let span = Trace::current().child("bot exchange", SpanKind::Client);
-        if !span.is_sampled() {
-            let bytes = request(&m.endpoint);
-            let _in_flight = m.enter();
-            return upstream.exchange(&m.peer, &m.endpoint, &bytes, now).await;
+        if span.is_sampled() {
+            // Boxed: inline, the traced exchange would grow every request's future.
+            return Box::pin(self.traced_attempt(upstream, m, request, now, span)).await;
         }
+        let bytes = request(&m.endpoint);
+        let _in_flight = m.enter();
+        upstream.exchange(&m.peer, &m.endpoint, &bytes, now).await
+    }
+
+    /// [`Pool::attempt`] in a span of its own, the request built inside it (so its `traceparent`
+    /// names this try).
+    async fn traced_attempt(
+        &self,
+        upstream: &Upstream,
+        m: &Member,
+        request: &impl Fn(&Endpoint) -> Vec<u8>,
+        now: Instant,
+        span: Trace,
+    ) -> Result<Exchange, TransportError> {
         span.set(|| {
             vec![
                 KeyValue::new("botbridge.backend", self.name.to_string()),
