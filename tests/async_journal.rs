@@ -631,3 +631,69 @@ async fn with_wait_replicas_a_request_is_accepted_only_once_a_replica_holds_its_
         proxy.logs()
     );
 }
+
+#[tokio::test]
+async fn with_wait_replicas_an_answer_no_replica_holds_leaves_the_accepted_entry_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = ["--save", "", "--appendonly", "no"].map(String::from);
+    let master = start_with(dir.path(), "master", &none);
+    let mut replica_args = none.to_vec();
+    replica_args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master.port.to_string(),
+    ]);
+    let replica = start_with(dir.path(), "replica", &replica_args);
+    wait_until("the replica in sync", Duration::from_secs(10), || {
+        command(master.port, &["INFO", "replication"]).is_some_and(|i| i.contains("state=online"))
+    })
+    .await;
+    // A bot that answers after 1.5 s, on a route of its own.
+    let answer = csml_answer(
+        "r",
+        &[json!({"content_type": "text", "content": {"text": "late"}})],
+    );
+    let slow = CsmlBackend::start(Behaviour::Slow(Duration::from_millis(1500), answer)).await;
+    let rx = Receiver::start(Reply::FailFirst(usize::MAX, 503)).await;
+    let url = format!("redis://127.0.0.1:{}", master.port);
+    let text = config(dir.path(), Some(&url))
+        + "[redis.deliveries]\nwait_replicas = 1\n"
+        + &csml_backend_toml("slow", slow.addr, "")
+        + "\n[[routes]]\nname = \"slow\"\npath = \"/slow\"\ningress = \"csml\"\nbackend = \"slow\"\n";
+    let proxy = SpawnedProxy::start(&text);
+    wait_until("redis reachable", Duration::from_secs(10), || {
+        proxy.logs().contains("redis is reachable")
+    })
+    .await;
+    let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
+    let headers = [("x-api-key", key), ("x-api-signature", sig)];
+    let (status, ack) = send(
+        &proxy,
+        "/slow",
+        &headers,
+        &body("one", "late-user", &rx.url("/cb")),
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(stream_len(master.port), 1, "accepted and replicated");
+    // The replica goes before the bot answers: the answer's entry is taken back, and the accepted
+    // entry it would have replaced stays (a crash now still gets the caller the failure notice).
+    drop(replica);
+    wait_until(
+        "the answer's write refused",
+        Duration::from_secs(10),
+        || proxy.logs().contains("not replicated in time"),
+    )
+    .await;
+    assert_eq!(
+        stream_len(master.port),
+        1,
+        "the accepted entry is still there"
+    );
+    wait_until(
+        "the answer delivered all the same",
+        Duration::from_secs(10),
+        || !rx.received().is_empty(),
+    )
+    .await;
+}

@@ -306,6 +306,9 @@ pub struct SharedRedis {
     manager_addr: Arc<std::sync::Mutex<String>>,
     /// The next durable connection to use.
     next_durable: AtomicU64,
+    /// One call at a time on each durable connection: a second would queue behind the first's
+    /// `WAIT` and run out of `timeout_ms`.
+    durable_busy: Vec<tokio::sync::Mutex<()>>,
     health: Arc<Health>,
     /// The Redis thread's runtime, for publishing from code that is not async.
     handle: tokio::runtime::Handle,
@@ -352,6 +355,9 @@ impl SharedRedis {
             endpoint,
             manager_addr,
             next_durable: AtomicU64::new(0),
+            durable_busy: (0..DURABLE_CONNECTIONS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             following: Arc::new(AtomicBool::new(false)),
             health,
             settings: settings.clone(),
@@ -431,14 +437,19 @@ impl SharedRedis {
             return Err(self.failed(op, "connection"));
         };
         let n = conns.durable.len();
-        let conn = match n {
-            0 => conns.main.clone(),
-            n => {
-                let i = self.next_durable.fetch_add(1, Ordering::Relaxed) as usize;
-                conns.durable[i % n].clone()
-            }
+        if n == 0 {
+            return self.timed(op, f(conns.main.clone())).await;
+        }
+        // A free connection if there is one, else the next in turn once it is free.
+        let start = self.next_durable.fetch_add(1, Ordering::Relaxed) as usize;
+        let free = (0..n)
+            .map(|k| (start + k) % n)
+            .find_map(|i| self.durable_busy[i].try_lock().ok().map(|g| (i, g)));
+        let (i, _busy) = match free {
+            Some(found) => found,
+            None => (start % n, self.durable_busy[start % n].lock().await),
         };
-        self.timed(op, f(conn)).await
+        self.timed(op, f(conns.durable[i].clone())).await
     }
 
     /// Runs one call within `timeout_ms`, timed; a failure counted and Redis marked down.

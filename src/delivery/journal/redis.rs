@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use botbridge_core::delivery::journal::JobRecord;
-use redis::Value;
+use redis::{RedisResult, Value};
 
 use crate::shared::redis::{value_text as text, Op, SharedRedis, Unavailable};
 
@@ -166,9 +166,13 @@ impl RedisJournal {
             0 => self.add(payload, old).await?,
             n => self.add_replicated(payload, old, n).await?,
         };
+        let unacked = self.unacked().clone();
         let mut owned = self.owned();
         if let Some(old) = replaces {
-            owned.remove(old);
+            // Still owned (touched) until its acknowledgement goes through.
+            if !unacked.contains(old) {
+                owned.remove(old);
+            }
         }
         owned.insert(id.clone());
         Ok(id)
@@ -206,10 +210,14 @@ impl RedisJournal {
         }
         let (stream, consumer) = (self.stream.clone(), self.consumer.clone());
         let wait_ms = (self.redis.settings().timeout.as_millis() as u64 / 2).max(1);
-        let (id, acked): (String, u32) = self
+        // The entry it replaces stays until this one is replicated (`ARGV[4]` empty): taken back, the
+        // new one leaves the old one as it was. Errors are read per command, so the new entry's id is
+        // known even when `WAIT` fails.
+        let replies: Vec<RedisResult<Value>> = self
             .redis
             .call_durable(Op::Journal, |mut conn| async move {
                 redis::pipe()
+                    .ignore_errors()
                     .cmd("EVAL")
                     .arg(ADD)
                     .arg(1)
@@ -217,7 +225,7 @@ impl RedisJournal {
                     .arg(GROUP)
                     .arg(consumer)
                     .arg(payload)
-                    .arg(old)
+                    .arg("")
                     .cmd("WAIT")
                     .arg(n)
                     .arg(wait_ms)
@@ -225,7 +233,19 @@ impl RedisJournal {
                     .await
             })
             .await?;
-        if acked >= n {
+        let mut replies = replies.into_iter();
+        let id = match replies.next() {
+            Some(Ok(v)) => text(&v).ok_or(Unavailable)?,
+            _ => return Err(Unavailable),
+        };
+        let acked = match replies.next() {
+            Some(Ok(Value::Int(k))) => k,
+            _ => -1,
+        };
+        if acked >= i64::from(n) {
+            if !old.is_empty() && !self.ack(&old).await {
+                self.unacked().insert(old);
+            }
             return Ok(id);
         }
         self.redis.short_of_replicas(Op::Journal);
@@ -237,7 +257,11 @@ impl RedisJournal {
             wanted = n,
             "a journal entry was not replicated in time: taken back, and redis skipped for backoff_ms"
         );
-        self.ack(&id).await;
+        if !self.ack(&id).await {
+            // Kept, touched and acknowledged again: no other instance takes it over meanwhile.
+            self.owned().insert(id.clone());
+            self.unacked().insert(id);
+        }
         Err(Unavailable)
     }
 
