@@ -59,7 +59,11 @@ pub fn start(cfg: Option<&TracingConfig>) -> Result<(), String> {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(cfg.service_name.clone())
         .build();
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampling_ratio)));
+    let ratio = Sampler::TraceIdRatioBased(cfg.sampling_ratio);
+    let sampler = match cfg.caller_sampling {
+        true => Sampler::ParentBased(Box::new(ratio)),
+        false => ratio,
+    };
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(sampler)
@@ -78,12 +82,11 @@ pub fn start(cfg: Option<&TracingConfig>) -> Result<(), String> {
     Ok(())
 }
 
-/// Exports what is still queued (at exit), on a thread of its own: the exporter's blocking HTTP
-/// client may not run on a runtime's thread.
-pub fn flush() {
+/// Exports what is still queued (at exit), off the runtime's threads (it waits on the export).
+pub async fn flush() {
     if let Some(t) = tracing() {
         let provider = t.provider.clone();
-        let _ = std::thread::spawn(move || provider.force_flush()).join();
+        let _ = tokio::task::spawn_blocking(move || provider.force_flush()).await;
     }
 }
 
@@ -91,6 +94,24 @@ pub fn flush() {
 #[inline]
 pub fn on() -> bool {
     TRACING.get().is_some()
+}
+
+/// A caller's `tracestate` goes on to every bot and receiver: one longer than W3C's 32 members or
+/// 512 bytes is dropped (the trace itself goes on).
+fn bounded_state(cx: Context) -> Context {
+    let sc = cx.span().span_context().clone();
+    let state = sc.trace_state().header();
+    if state.len() <= 512 && state.split(',').count() <= 32 {
+        return cx;
+    }
+    let trimmed = opentelemetry::trace::SpanContext::new(
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags(),
+        sc.is_remote(),
+        Default::default(),
+    );
+    cx.with_remote_span_context(trimmed)
 }
 
 /// Reads W3C trace headers from a request head.
@@ -122,6 +143,7 @@ impl Trace {
             return Trace(None);
         };
         let parent = t.propagator.extract(&Headers(headers));
+        let parent = bounded_state(parent);
         let span = (t.tracer.span_builder(name))
             .with_kind(SpanKind::Server)
             .start_with_context(&t.tracer, &parent);
@@ -238,7 +260,10 @@ struct Carrier<'a>(&'a mut dyn FnMut(&str, &str));
 
 impl opentelemetry::propagation::Injector for Carrier<'_> {
     fn set(&mut self, key: &str, value: String) {
-        (self.0)(key, &value);
+        // No empty `tracestate` header when there is no state to pass on.
+        if !value.is_empty() {
+            (self.0)(key, &value);
+        }
     }
 }
 

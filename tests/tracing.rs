@@ -217,3 +217,153 @@ async fn a_sampling_ratio_of_zero_exports_nothing_the_proxy_starts() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(otlp.received().await, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_caller_sampling_a_caller_cannot_make_the_proxy_record_and_long_state_is_dropped() {
+    let otlp = VendorServer::start("otlp_receiver.py", &[]);
+    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
+    let config = config_with(&(csml_backend_toml("bot", bot.addr, "") + routes()));
+    let table = tracing_table(&otlp, 0.0) + "caller_sampling = false\n";
+    let proxy = SpawnedProxy::start(&(config + &table));
+    let state: Vec<String> = (0..40).map(|i| format!("v{i}=x")).collect();
+    let headers = [
+        ("authorization", "Bearer acme-token".to_string()),
+        ("client-id", "acme-client".to_string()),
+        ("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")),
+        ("tracestate", state.join(",")),
+    ];
+    assert_eq!(
+        send(&proxy, "/chat", &headers, &haptik_body("u", "hi", 1))
+            .await
+            .0,
+        200
+    );
+    let got = &bot.requests()[0];
+    let tp = got.header("traceparent").unwrap();
+    assert!(
+        tp.contains(CALLER_TRACE) && tp.ends_with("-00"),
+        "the caller's trace, not sampled: {tp}"
+    );
+    assert_eq!(
+        got.header("tracestate"),
+        None,
+        "40 members are more than W3C allows"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(otlp.received().await, json!([]));
+}
+
+const LOG_MESSAGE: &str = "/v1.0/log_message_from_user/";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_holds_the_retry_the_shadow_copy_and_the_async_delivery() {
+    let otlp = VendorServer::start("otlp_receiver.py", &[]);
+    let hello = [json!({"content_type": "text", "content": {"text": "hello"}})];
+    let bot = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &hello))).await;
+    let shadow = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &hello))).await;
+    let rx = Receiver::start(Reply::Ok).await;
+    // An endpoint nothing listens on, before the live one: a try that sends nothing, then another.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pool = csml_backend_toml("bot", bot.addr, "").replace(
+        &format!("url = \"http://{}/api/chat\"", bot.addr),
+        &format!(
+            "urls = [\"http://{dead}/api/chat\", \"http://{}/api/chat\"]\nbalance = \"round_robin\"",
+            bot.addr
+        ),
+    );
+    let hooked = format!(
+        "[[clients.haptik]]\nname = \"hooked\"\nclient_id = \"hooked-client\"\ntoken = \"hooked-token\"\nwebhook_url = \"{}\"\nwebhook_secret = \"hook-secret\"\nallow_http_callbacks = true\nallow_private_callbacks = true\n",
+        rx.url("/hook")
+    );
+    let routes = format!(
+        "[[routes]]\nname = \"log\"\npath = \"{LOG_MESSAGE}\"\ningress = \"haptik\"\nbackend = \"bot\"\nshadow = {{ backend = \"shadow\", percent = 100 }}\n"
+    );
+    let config = config_with(&format!(
+        "{hooked}\n{pool}\n{}\n{routes}\n[delivery]\nspool_dir = \"{{DIR}}/spool\"\ndead_letter_path = \"{{DIR}}/dead.jsonl\"\njournal = \"off\"\n",
+        csml_backend_toml("shadow", shadow.addr, "")
+    ));
+    let proxy = SpawnedProxy::start(&(config + &tracing_table(&otlp, 1.0)));
+    // Round robin over two endpoints: of two requests, one tries the dead endpoint first.
+    let traces = [
+        "0af7651916cd43dd8448eb211c80319c",
+        "0af7651916cd43dd8448eb211c80319d",
+    ];
+    for trace in traces {
+        let headers = [
+            ("authorization", "Bearer hooked-token".to_string()),
+            ("client-id", "hooked-client".to_string()),
+            ("traceparent", format!("00-{trace}-{CALLER_SPAN}-01")),
+        ];
+        let (status, ack) = send(&proxy, LOG_MESSAGE, &headers, &haptik_body("u", "hi", 343)).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rx.received().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered: {:?}",
+            rx.received().len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut retried = None;
+    for trace in traces {
+        let spans = spans_of(&otlp, trace, 5).await;
+        if named(&spans, "bot exchange").len() == 2 {
+            retried = Some((trace, spans));
+        }
+    }
+    let (trace, spans) = retried.expect("one request tried the dead endpoint first");
+    let request = named(&spans, "chat request")[0].clone();
+    assert_eq!(request["parent_span_id"], CALLER_SPAN);
+    let id = &request["span_id"];
+    // Both tries, the shadow's copy and the delivery are children of the request's span.
+    let tries = named(&spans, "bot exchange");
+    assert!(
+        tries.iter().all(|t| &t["parent_span_id"] == id),
+        "{spans:#?}"
+    );
+    let failed: Vec<_> = tries
+        .iter()
+        .filter(|t| t["status"] == "STATUS_CODE_ERROR")
+        .collect();
+    assert_eq!(failed.len(), 1, "{spans:#?}");
+    assert_eq!(failed[0]["attributes"]["server.address"], dead.to_string());
+    let ok = tries
+        .iter()
+        .find(|t| t["attributes"]["http.response.status_code"] == 200)
+        .unwrap();
+    let all = spans_of(&otlp, trace, 6).await;
+    let copies = named(&all, "shadow copy");
+    assert_eq!(copies.len(), 1);
+    assert_eq!(&copies[0]["parent_span_id"], id);
+    let deliveries = named(&all, "async delivery");
+    assert!(!deliveries.is_empty(), "{all:#?}");
+    assert!(deliveries.iter().all(|d| &d["parent_span_id"] == id));
+    // What the bots and the receiver got name the same trace and the right spans.
+    let asked: Vec<String> = (bot.requests().iter())
+        .filter_map(|r| r.header("traceparent").map(str::to_owned))
+        .collect();
+    assert!(
+        asked
+            .iter()
+            .any(|tp| tp.contains(ok["span_id"].as_str().unwrap()) && tp.contains(trace)),
+        "{asked:?}"
+    );
+    let copied: Vec<String> = (shadow.requests().iter())
+        .filter_map(|r| r.header("traceparent").map(str::to_owned))
+        .collect();
+    assert!(
+        copied
+            .iter()
+            .any(|tp| tp.contains(copies[0]["span_id"].as_str().unwrap())),
+        "{copied:?}"
+    );
+    let hooked: Vec<String> = (rx.received().iter())
+        .filter_map(|g| g.header("traceparent").map(str::to_owned))
+        .collect();
+    assert!(hooked.iter().any(|tp| tp.contains(trace)), "{hooked:?}");
+}

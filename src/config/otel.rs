@@ -11,25 +11,33 @@ use super::{nonzero, ConfigError};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTracing {
-    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces` (used as given).
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://127.0.0.1:4318/v1/traces` (used as given;
+    /// plain HTTP: a collector on the machine or its private network, which forwards over TLS).
     pub endpoint: String,
-    /// The share of traces the proxy starts that are recorded, 0 to 1; a caller's `traceparent`
-    /// that says sampled (or not) decides for its request.
+    /// The share of traces the proxy starts that are recorded, 0 to 1.
     #[serde(default = "default_ratio")]
     pub sampling_ratio: f64,
+    /// Whether a caller's `traceparent` that says sampled (or not) decides for its request (the
+    /// W3C default); `false`: `sampling_ratio` decides for every request, so callers cannot make
+    /// the proxy record more than it chose to (the trace id is kept either way).
+    #[serde(default = "default_true")]
+    pub caller_sampling: bool,
     /// `service.name` of every span.
     #[serde(default = "default_service")]
     pub service_name: String,
     /// Deadline of one export to the collector.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Spans waiting for export at most; more are dropped (and counted) while the collector lags.
+    /// Spans waiting for export at most; more are dropped while the collector lags.
     #[serde(default = "default_queue")]
     pub max_queue: usize,
 }
 
 fn default_ratio() -> f64 {
     1.0
+}
+fn default_true() -> bool {
+    true
 }
 fn default_service() -> String {
     "botbridge".into()
@@ -46,6 +54,7 @@ fn default_queue() -> usize {
 pub struct TracingConfig {
     pub endpoint: String,
     pub sampling_ratio: f64,
+    pub caller_sampling: bool,
     pub service_name: String,
     pub timeout: Duration,
     pub max_queue: usize,
@@ -54,11 +63,21 @@ pub struct TracingConfig {
 /// Validates `[tracing]`.
 pub fn validate(raw: &RawTracing) -> Result<TracingConfig, ConfigError> {
     let e = &raw.endpoint;
-    let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
-    if !scheme_ok || e.parse::<http::Uri>().is_err() {
+    // The exporter is built without TLS: an https:// URL would start and never export.
+    if !e.starts_with("http://") || e.parse::<http::Uri>().is_err() {
         return Err(ConfigError::new(
             "tracing.endpoint",
-            "must be an http:// or https:// URL (the collector's OTLP/HTTP traces URL)",
+            "must be an http:// URL (the OTLP/HTTP traces URL of a collector on this machine or its \
+             private network, e.g. http://127.0.0.1:4318/v1/traces)",
+        ));
+    }
+    if e.split("//")
+        .nth(1)
+        .is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@'))
+    {
+        return Err(ConfigError::new(
+            "tracing.endpoint",
+            "must not carry a user or password",
         ));
     }
     if !(0.0..=1.0).contains(&raw.sampling_ratio) {
@@ -76,6 +95,7 @@ pub fn validate(raw: &RawTracing) -> Result<TracingConfig, ConfigError> {
     Ok(TracingConfig {
         endpoint: e.clone(),
         sampling_ratio: raw.sampling_ratio,
+        caller_sampling: raw.caller_sampling,
         service_name: raw.service_name.clone(),
         timeout: Duration::from_millis(nonzero("tracing.timeout_ms", raw.timeout_ms)?),
         max_queue: nonzero("tracing.max_queue", raw.max_queue as u64)? as usize,

@@ -46,6 +46,6 @@ impl BackgroundService for DeliveryLifecycle {
         let spooled = self.deliveries.shutdown(Instant::now() + budget).await;
         tracing::info!(spooled, "delivery queue stopped");
         // The last spans (the deliveries' among them) go to the collector before the process ends.
-        crate::otel::flush();
+        crate::otel::flush().await;
     }
 }

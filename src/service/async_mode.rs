@@ -213,6 +213,7 @@ impl ChatService {
             arrived: std::time::Instant::now(),
             out: AccessRecord {
                 request_id: Some(p.request_id.clone()),
+                route: Some(p.route),
                 ..AccessRecord::default()
             },
             conversation: None,
@@ -334,6 +335,8 @@ impl ChatService {
             let keep = (cx.rt.conversations).keep(&to_bot.backend.name, &req.user_id, after);
             Box::pin(keep).await;
         }
+        // The route's shadow gets its copy as on the synchronous path.
+        self.shadow(cx, a, req, &to_bot, &exchange);
         // Deliveries carry the current (HSL) shape, whatever shape the route answers synchronously.
         let ctx = self.answer_context(a, req, &p.request_id, p.received, AnswerShape::Hsl);
         let rendered = a.ingress.render_answer(req, &answer, &ctx);
