@@ -91,9 +91,14 @@ impl Reloader {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes that `config` runs now.
+    /// Notes that `config` runs now (a reload of the same file again is not a new entry: repeated
+    /// reloads must not push the configurations to roll back to out of the history).
     fn record(&self, config: &Config, how: &'static str) {
         let source = config.source.clone();
+        let same = (self.kept().back()).is_some_and(|l| l.source.hash == source.hash);
+        if same && how == "reload" {
+            return;
+        }
         let metrics = Metrics::global();
         metrics.config_info.reset();
         (metrics.config_info)

@@ -3,7 +3,9 @@
 //! rate; and the shipped demo route makes a real report out of the box. The browser is Debian's
 //! `chromium`, driven by `tests/browser/migration.mjs` (playwright-core, `npm ci` in tests/browser);
 //! the tests are skipped, saying so, only where node or chromium is not installed. The screenshots
-//! are left in the target directory (`migration.png`, `migration-demo.png`).
+//! are left in the target directory (`migration.png`, `migration-demo.png`). The admin listener's home
+//! page likewise (`tests/browser/admin_home.mjs`, `admin-home.png`): its version, uptime, hash,
+//! listeners and routes shown, and every link on it answering.
 
 mod common;
 
@@ -35,6 +37,11 @@ fn missing_tools() -> Option<String> {
 /// Opens `url` in headless Chromium, saves a screenshot as `name` in the target directory, and
 /// returns what the page showed (see `tests/browser/migration.mjs`).
 fn in_browser(url: &str, name: &str) -> Value {
+    browse("migration.mjs", url, name)
+}
+
+/// [`in_browser`] with another page script of `tests/browser`.
+fn browse(script: &str, url: &str, name: &str) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
@@ -46,7 +53,7 @@ fn in_browser(url: &str, name: &str) -> Value {
         .unwrap()
         .join(name);
     let out = Command::new("node")
-        .arg(dir.join("migration.mjs"))
+        .arg(dir.join(script))
         .arg(url)
         .arg(&shot)
         .output()
@@ -57,7 +64,7 @@ fn in_browser(url: &str, name: &str) -> Value {
         "the browser run failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("migration page screenshot: {}", shot.display());
+    println!("page screenshot: {}", shot.display());
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the page report")
 }
 
@@ -221,4 +228,77 @@ async fn the_shipped_demo_route_makes_a_real_report_out_of_the_box() {
     .unwrap();
     assert_clean(&seen, &url);
     assert_eq!(seen["routes"][0]["matchRate"], "100.0%");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_home_page_shows_the_instance_and_every_link_answers_in_chromium() {
+    let proxy = SpawnedProxy::start(&shipped_config());
+    if let Some(why) = missing_tools() {
+        skip_for_missing(&why);
+        return;
+    }
+    let url = proxy.admin_url("/");
+    let seen =
+        tokio::task::spawn_blocking(move || browse("admin_home.mjs", &url, "admin-home.png"))
+            .await
+            .unwrap();
+    assert_eq!(seen["status"], 200, "{seen}");
+    assert_eq!(
+        seen["problems"],
+        json!([]),
+        "console errors or warnings: {seen}"
+    );
+    assert_eq!(
+        seen["loaded"],
+        json!([proxy.admin_url("/")]),
+        "nothing fetched but the page"
+    );
+    assert_eq!(seen["version"], env!("CARGO_PKG_VERSION"));
+    assert!(seen["uptime"].as_str().unwrap().ends_with('s'), "{seen}");
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(&proxy.config_path).unwrap(),
+        ))
+    };
+    assert_eq!(seen["hash"], hash.as_str());
+    assert_eq!(
+        seen["chat"],
+        format!("http://127.0.0.1:{}", proxy.port).as_str()
+    );
+    assert_eq!(
+        seen["admin"],
+        format!("http://127.0.0.1:{}", proxy.admin_port).as_str()
+    );
+    // Every route of the shipped file, with its callers' dialects and its backends.
+    let routes = seen["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 13, "{seen}");
+    let chat = routes.iter().find(|r| r["route"] == "chat").unwrap();
+    assert!(chat["visible"].as_bool().unwrap());
+    assert_eq!(chat["cells"][1], "/chat");
+    assert!(
+        chat["cells"][3]
+            .as_str()
+            .unwrap()
+            .contains("demo-bot (csml)"),
+        "{chat}"
+    );
+    // Every link answers, the metrics and the configuration among them.
+    let links = seen["links"].as_array().unwrap();
+    for wanted in [
+        "/metrics",
+        "/backends",
+        "/migration",
+        "/config",
+        "/config/history",
+        "/openapi/haptik.json",
+    ] {
+        assert!(
+            links.iter().any(|l| l["href"] == wanted),
+            "no link to {wanted}: {seen}"
+        );
+    }
+    for link in links {
+        assert_eq!(link["status"], 200, "{link}");
+    }
 }

@@ -296,3 +296,75 @@ async fn the_admin_home_page_lists_what_the_listener_serves() {
     let hash = sha256(&std::fs::read_to_string(&proxy.config_path).unwrap());
     assert!(page.contains(&hash), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_under_traffic_restores_the_previous_backend_with_no_failed_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let a = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
+    let b = CsmlBackend::start(Behaviour::Answer(csml_answer("r", &[]))).await;
+    let first = config_with(&(csml_backend_toml("bot", a.addr, "") + routes()));
+    let proxy = Arc::new(SpawnedProxy::start(&first));
+    let first_hash = sha256(&std::fs::read_to_string(&proxy.config_path).unwrap());
+    let (stop, sent, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let (proxy, stop, sent, failed) =
+                (proxy.clone(), stop.clone(), sent.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if post(&proxy, "acme-client", "acme-token").await != 200 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The route moves to b by a reload...
+    proxy.rewrite_config(&config_with(
+        &(csml_backend_toml("bot", b.addr, "") + routes()),
+    ));
+    assert_eq!(admin_post(&proxy, "/reload").await.0, 200);
+    let (from, deadline) = (b.count(), Instant::now() + Duration::from_secs(10));
+    while b.count() < from + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload did not move traffic to b"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and back to a by a rollback, while the callers keep sending.
+    let (status, text) = admin_post(&proxy, &format!("/config/rollback?hash={first_hash}")).await;
+    assert_eq!(status, 200, "{text}");
+    let (a_then, b_then) = (a.count(), b.count());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        c.await.unwrap();
+    }
+    assert!(
+        a.count() >= a_then + 20,
+        "traffic is back on a: {} -> {}",
+        a_then,
+        a.count()
+    );
+    // Requests that started on b's runtime just before the swap may still finish there.
+    assert!(
+        b.count() <= b_then + 8,
+        "b still gets traffic: {} -> {}",
+        b_then,
+        b.count()
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "of {} requests",
+        sent.load(Ordering::Relaxed)
+    );
+}

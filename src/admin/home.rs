@@ -1,8 +1,64 @@
-//! The admin listener's home page (`GET /`): what this listener serves, with links to what can be
-//! read and the `curl` line for what changes something, the version and the configuration running.
+//! The admin listener's home page (`GET /`): the version, uptime and configuration running, the
+//! listeners, each route with its callers' dialects and its backends, what this listener serves (links
+//! to what can be read, the `curl` line for what changes something) and the callers' API documents.
+//! Rendered here, with no script and nothing fetched but the page.
 
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Config;
 use crate::dialect::registry;
 use crate::reload::Reloader;
+
+static STARTED: OnceLock<SystemTime> = OnceLock::new();
+
+/// Notes when the process started (the admin service calls it once, at start).
+pub fn note_start() {
+    STARTED.get_or_init(SystemTime::now);
+}
+
+fn uptime() -> Duration {
+    let started = *STARTED.get_or_init(SystemTime::now);
+    let up = SystemTime::now()
+        .duration_since(started)
+        .unwrap_or_default();
+    Duration::from_secs(up.as_secs())
+}
+
+/// Text for HTML (names from the configuration).
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One row per route: path, callers' dialects, backends and their dialects.
+fn route_rows(config: &Config) -> String {
+    let mut rows = String::new();
+    for r in &config.routes {
+        let callers: Vec<&str> = r.ingress.iter().map(|c| c.as_str()).collect();
+        let backends: Vec<String> = (r.backends().into_iter())
+            .map(|i| {
+                let b = &config.backends[i];
+                format!("{} ({})", esc(&b.name), b.bot.dialect())
+            })
+            .collect();
+        let path = if r.prefix {
+            format!("{}…", r.path)
+        } else {
+            r.path.clone()
+        };
+        rows.push_str(&format!(
+            "<tr data-route=\"{name}\"><td>{name}</td><td><code>{path}</code></td><td>{callers}</td><td>{backends}</td></tr>\n",
+            name = esc(&r.name),
+            path = esc(&path),
+            callers = callers.join(", "),
+            backends = backends.join(", "),
+        ));
+    }
+    rows
+}
 
 /// The page's Content-Security-Policy: nothing but its own inline style.
 pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -83,14 +139,22 @@ pub fn page(reloader: &Reloader) -> String {
         let at = humantime::format_rfc3339_seconds(l.at).to_string();
         (l.source.hash.clone(), at)
     });
-    let mut rows = String::new();
+    let runtime = reloader.runtime();
+    let config = &runtime.config;
+    let server = &config.process.server;
+    let scheme = if server.tls { "https" } else { "http" };
+    // Dead letters are kept for the admin API with the Redis journal only.
+    let shared_journal = config.process.redis.is_some()
+        && config.process.delivery.journal == crate::config::delivery::JournalKind::Redis;
+    let mut endpoints = String::new();
     for (method, path, what, kind) in ENDPOINTS {
-        let shown = if *method == "GET" {
-            format!("<a href=\"{path}\">{path}</a>")
-        } else {
-            format!("<code>curl -X POST 'http://&lt;admin&gt;{path}'</code>")
+        let answers = shared_journal || !path.starts_with("/deliveries");
+        let shown = match (*method, answers) {
+            ("GET", true) => format!("<a href=\"{path}\">{path}</a>"),
+            ("GET", false) => format!("<code>{path}</code> (not with this journal)"),
+            _ => format!("<code>curl -X POST 'http://&lt;admin&gt;{path}'</code>"),
         };
-        rows.push_str(&format!(
+        endpoints.push_str(&format!(
             "<tr><td>{method}</td><td>{shown}</td><td>{what}</td><td>{}</td></tr>\n",
             guard(kind)
         ));
@@ -100,14 +164,23 @@ pub fn page(reloader: &Reloader) -> String {
         .collect();
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>botbridge admin</title>\n\
-         <style>body{{font:15px system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}\
+         <style>body{{font:15px system-ui,sans-serif;margin:2em;max-width:75em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
          td,th{{border-bottom:1px solid #ddd;padding:.35em .7em;text-align:left;vertical-align:top}}\
          code{{font-size:90%}}</style></head>\n<body>\n<h1>botbridge admin</h1>\n\
-         <p>Version {version}. Configuration <code>{short}</code> (SHA-256 <code>{hash}</code>), in force since {at}.</p>\n\
-         <table><tr><th>method</th><th>endpoint</th><th>what</th><th>needs</th></tr>\n{rows}</table>\n\
+         <p id=\"about\">Version <span id=\"version\">{version}</span>, up <span id=\"uptime\">{uptime}</span>. \
+         Configuration <a href=\"/config\"><code>{short}</code></a> (SHA-256 <code id=\"hash\">{hash}</code>), in force since {at}.</p>\n\
+         <h2>Listeners</h2>\n<table><tr><th>what</th><th>address</th></tr>\n\
+         <tr><td>chat</td><td><code id=\"chat-listener\">{scheme}://{chat}</code></td></tr>\n\
+         <tr><td>admin</td><td><code id=\"admin-listener\">http://{admin}</code></td></tr></table>\n\
+         <h2>Routes</h2>\n<table id=\"routes\"><tr><th>route</th><th>path</th><th>callers</th><th>backends</th></tr>\n{routes}</table>\n\
+         <h2>This listener</h2>\n<table><tr><th>method</th><th>endpoint</th><th>what</th><th>needs</th></tr>\n{endpoints}</table>\n\
          <p>The callers' API documents (OpenAPI): {documents}.</p>\n</body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
+        uptime = humantime::format_duration(uptime()),
         short = crate::reload::short(&hash),
+        chat = server.listen,
+        admin = config.process.admin.listen,
+        routes = route_rows(config),
         documents = documents.join(", "),
     )
 }

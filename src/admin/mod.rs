@@ -120,6 +120,7 @@ fn api_document(path: &str) -> Option<&'static str> {
 impl AdminService {
     /// The admin listener, acting on the runtime the reloader manages.
     pub fn new(reloader: Arc<Reloader>, deliveries: Deliveries) -> Self {
+        home::note_start();
         AdminService {
             reloader,
             deliveries,
