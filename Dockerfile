@@ -14,6 +14,10 @@
 # in proxy.toml as { file = "/run/secrets/NAME" }, readable by uid 10001.
 
 FROM rust:bookworm AS build
+# pingora builds zlib-ng with cmake, which the Rust image lacks.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # What `cargo build` reads: the workspace, the bench target its manifest declares, and the OpenAPI
 # documents the dialects embed.
