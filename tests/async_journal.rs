@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use receiver::{Receiver, Reply};
-use redis_server::{command, start_with, RedisServer};
+use redis_server::{command, start_with, RedisChild, RedisServer};
 use serde_json::json;
 
 /// The shipped config with its journal in `journal` (and on `redis` when given).
@@ -564,6 +564,37 @@ async fn what_an_instance_journaled_in_its_file_while_redis_was_away_moves_to_re
         .contains("deliveries of instances that are gone taken over"));
 }
 
+/// A Redis master in `dir` and its replica, once the replica is in sync.
+async fn master_and_replica(dir: &Path) -> (RedisChild, RedisChild) {
+    let none = ["--save", "", "--appendonly", "no"].map(String::from);
+    let master = start_with(dir, "master", &none);
+    let mut replica_args = none.to_vec();
+    replica_args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master.port.to_string(),
+    ]);
+    let replica = start_with(dir, "replica", &replica_args);
+    wait_until("the replica in sync", Duration::from_secs(10), || {
+        command(master.port, &["INFO", "replication"]).is_some_and(|i| i.contains("state=online"))
+    })
+    .await;
+    (master, replica)
+}
+
+/// The proxy on `text`, once it has reached Redis. Redis calls may take up to a second (a replica's
+/// acknowledgement, up to half of it, must not miss on a busy machine).
+async fn on_redis(text: &str) -> SpawnedProxy {
+    let text = (text.replace("timeout_ms = 200", "timeout_ms = 1000"))
+        .replace("claim_idle_ms = 1500", "claim_idle_ms = 4000");
+    let proxy = SpawnedProxy::start(&text);
+    wait_until("redis reachable", Duration::from_secs(10), || {
+        proxy.logs().contains("redis is reachable")
+    })
+    .await;
+    proxy
+}
+
 /// The length of the journal stream on the Redis at `port`.
 fn stream_len(port: u16) -> i64 {
     let answer = command(port, &["XLEN", "botbridge:deliveries"]).unwrap_or_default();
@@ -573,28 +604,12 @@ fn stream_len(port: u16) -> i64 {
 #[tokio::test]
 async fn with_wait_replicas_a_request_is_accepted_only_once_a_replica_holds_its_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let none = ["--save", "", "--appendonly", "no"].map(String::from);
-    let master = start_with(dir.path(), "master", &none);
-    let mut replica_args = none.to_vec();
-    replica_args.extend([
-        "--replicaof".into(),
-        "127.0.0.1".into(),
-        master.port.to_string(),
-    ]);
-    let replica = start_with(dir.path(), "replica", &replica_args);
-    wait_until("the replica in sync", Duration::from_secs(10), || {
-        command(master.port, &["INFO", "replication"]).is_some_and(|i| i.contains("state=online"))
-    })
-    .await;
+    let (master, replica) = master_and_replica(dir.path()).await;
     let rx = Receiver::start(Reply::FailFirst(usize::MAX, 503)).await;
     let url = format!("redis://127.0.0.1:{}", master.port);
     let text = config(dir.path(), Some(&url))
         + "[redis.deliveries]\non_redis_error = \"deny\"\nwait_replicas = 1\n";
-    let proxy = SpawnedProxy::start(&text);
-    wait_until("redis reachable", Duration::from_secs(10), || {
-        proxy.logs().contains("redis is reachable")
-    })
-    .await;
+    let proxy = on_redis(&text).await;
 
     // With the replica up: accepted, and the replica already holds the entry when the caller hears.
     accepted(&proxy, "wait-user", &["one"], &rx.url("/cb")).await;
@@ -635,19 +650,7 @@ async fn with_wait_replicas_a_request_is_accepted_only_once_a_replica_holds_its_
 #[tokio::test]
 async fn with_wait_replicas_an_answer_no_replica_holds_leaves_the_accepted_entry_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let none = ["--save", "", "--appendonly", "no"].map(String::from);
-    let master = start_with(dir.path(), "master", &none);
-    let mut replica_args = none.to_vec();
-    replica_args.extend([
-        "--replicaof".into(),
-        "127.0.0.1".into(),
-        master.port.to_string(),
-    ]);
-    let replica = start_with(dir.path(), "replica", &replica_args);
-    wait_until("the replica in sync", Duration::from_secs(10), || {
-        command(master.port, &["INFO", "replication"]).is_some_and(|i| i.contains("state=online"))
-    })
-    .await;
+    let (master, replica) = master_and_replica(dir.path()).await;
     // A bot that answers after 1.5 s, on a route of its own.
     let answer = csml_answer(
         "r",
@@ -660,11 +663,7 @@ async fn with_wait_replicas_an_answer_no_replica_holds_leaves_the_accepted_entry
         + "[redis.deliveries]\nwait_replicas = 1\n"
         + &csml_backend_toml("slow", slow.addr, "")
         + "\n[[routes]]\nname = \"slow\"\npath = \"/slow\"\ningress = \"csml\"\nbackend = \"slow\"\n";
-    let proxy = SpawnedProxy::start(&text);
-    wait_until("redis reachable", Duration::from_secs(10), || {
-        proxy.logs().contains("redis is reachable")
-    })
-    .await;
+    let proxy = on_redis(&text).await;
     let (key, sig) = csml_sign("demo-key", "demo-secret", unix_now());
     let headers = [("x-api-key", key), ("x-api-signature", sig)];
     let (status, ack) = send(
