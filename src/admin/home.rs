@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
 use crate::dialect::registry;
+use crate::migration::page::esc;
 use crate::reload::Reloader;
 
 static STARTED: OnceLock<SystemTime> = OnceLock::new();
@@ -23,14 +24,6 @@ fn uptime() -> Duration {
         .duration_since(started)
         .unwrap_or_default();
     Duration::from_secs(up.as_secs())
-}
-
-/// Text for HTML (names from the configuration).
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// One row per route: path, callers' dialects, backends and their dialects.

@@ -404,9 +404,9 @@ fn clock(t: u64) -> String {
     format!("{:02}:{:02}", t % 86_400 / 3600, t % 3600 / 60)
 }
 
-/// HTML-escapes text for element content and quoted attribute values. Written here: five
-/// characters, no crate needed.
-fn esc(s: &str) -> String {
+/// HTML-escapes text for element content and quoted attribute values (the admin pages'). Written
+/// here: five characters, no crate needed.
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -413,14 +413,19 @@ impl SharedRedis {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        let conns = self.conns(op)?;
+        self.timed(op, f(conns.main.clone())).await
+    }
+
+    /// The connections to call on, unless Redis is in its back-off or not connected yet (the first
+    /// connection is made on the Redis thread).
+    fn conns(&self, op: Op) -> Result<Arc<Conns>, Unavailable> {
         if !self.health.may_call() {
             return Err(Unavailable);
         }
-        let Some(conn) = self.manager.load_full() else {
-            // Not connected yet (the first connection is made on the Redis thread).
-            return Err(self.failed(op, "connection"));
-        };
-        self.timed(op, f(conn.main.clone())).await
+        self.manager
+            .load_full()
+            .ok_or_else(|| self.failed(op, "connection"))
     }
 
     /// [`SharedRedis::call`] on a connection for durable writes (`f` ends with a `WAIT`); on the
@@ -430,12 +435,7 @@ impl SharedRedis {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        if !self.health.may_call() {
-            return Err(Unavailable);
-        }
-        let Some(conns) = self.manager.load_full() else {
-            return Err(self.failed(op, "connection"));
-        };
+        let conns = self.conns(op)?;
         let n = conns.durable.len();
         if n == 0 {
             return self.timed(op, f(conns.main.clone())).await;
