@@ -19,7 +19,12 @@ if [ "$sanitizer" != none ]; then
   export RUSTC_BOOTSTRAP=1
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-new=${FUZZ_NEW:-$(mktemp -d)}
+if [ -n "${FUZZ_NEW:-}" ]; then
+  new=$FUZZ_NEW
+else
+  new=$(mktemp -d)
+  trap 'rm -rf "$new"' EXIT  # ~150 MB of new inputs and logs per run
+fi
 
 # -a: debug assertions and overflow checks on, so an arithmetic overflow is a crash too.
 cargo fuzz build --sanitizer "$sanitizer" -a
