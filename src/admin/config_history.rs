@@ -17,7 +17,7 @@ fn entry(l: &Loaded, current: bool, with_text: bool) -> serde_json::Value {
         "current": current,
     });
     if with_text {
-        v["config"] = l.source.redacted.clone().into();
+        v["config"] = l.source.redacted().into();
     }
     v
 }

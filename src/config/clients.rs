@@ -4,7 +4,7 @@
 //! file then adds the shared keys to the credential (with the id its rate limit buckets are keyed
 //! by), files it by kind and refuses duplicates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -85,6 +85,8 @@ pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
         route_scopes: Vec::new(),
         callbacks: HashMap::new(),
     };
+    // The ids of the keys channel tokens are signed with, to refuse one key for two credentials.
+    let mut channel_keys = HashSet::new();
     for (name, tables) in raw.by_dialect {
         let dialect = registry::caller(&name).ok_or_else(|| {
             ConfigError::new(
@@ -110,7 +112,13 @@ pub fn validate(raw: RawClients) -> Result<ClientsConfig, ConfigError> {
             let summary = out.summary.entry(dialect.as_str()).or_default();
             summary.count += 1;
             let credential = entry.credential.share(shared);
-            file(&mut out.credentials, &key, credential, summary)?;
+            file(
+                &mut out.credentials,
+                &mut channel_keys,
+                &key,
+                credential,
+                summary,
+            )?;
         }
     }
     Ok(out)
@@ -168,6 +176,7 @@ fn take_shared(
 /// Files one credential under its kind; a duplicate is an error naming the key.
 fn file(
     creds: &mut Credentials,
+    channel_keys: &mut HashSet<[u8; 16]>,
     key: &str,
     c: ClientCredential,
     summary: &mut DialectClients,
@@ -196,10 +205,7 @@ fn file(
             // Tokens find their credential by the id of the key that signs them: two credentials
             // with one key would share every conversation.
             if let Some(c) = &grant.channel {
-                let kid = c.key.id();
-                let shared = (creds.tokens.grants())
-                    .any(|g| g.channel.as_ref().is_some_and(|o| o.key.id() == kid));
-                if shared {
+                if !channel_keys.insert(c.key.id()) {
                     return Err(ConfigError::new(
                         format!("{key}.token_secret"),
                         "another credential signs its tokens with the same secret: give each its own",

@@ -184,8 +184,10 @@ pub fn validate(raw: &[RawRoute], known: &Known<'_>) -> Result<Vec<Route>, Confi
     if routes.is_empty() {
         return Err(ConfigError::new("routes", "at least one route is needed"));
     }
+    let route_names: std::collections::HashSet<&str> =
+        routes.iter().map(|r| r.name.as_str()).collect();
     for (key, names) in &known.clients.route_scopes {
-        if let Some(name) = names.iter().find(|n| !routes.iter().any(|r| &r.name == *n)) {
+        if let Some(name) = names.iter().find(|n| !route_names.contains(n.as_str())) {
             return Err(ConfigError::new(key, format!("no route named `{name}`")));
         }
     }

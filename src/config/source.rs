@@ -5,6 +5,8 @@
 //! table or dialect: see `botbridge_core::config::secret::with_literals`), and the user and password
 //! of any URL, so it is safe to show to whoever may read the admin listener.
 
+use std::collections::HashSet;
+
 use sha2::{Digest, Sha256};
 
 /// What a hidden value is shown as.
@@ -17,8 +19,11 @@ pub struct ConfigSource {
     pub hash: String,
     /// The text itself (never shown: it may hold secrets).
     pub text: String,
-    /// The text as TOML with every secret replaced by [`REDACTED`].
-    pub redacted: String,
+    /// The literal secrets the parse read, until the redacted view is made from them.
+    secrets: std::sync::Mutex<Vec<String>>,
+    /// The text as TOML with every secret replaced by [`REDACTED`], made when first asked for (a
+    /// 100,000-credential config takes a second to redact; most configurations are never shown).
+    redacted: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for ConfigSource {
@@ -35,8 +40,18 @@ impl ConfigSource {
         ConfigSource {
             hash: hex::encode(Sha256::digest(text.as_bytes())),
             text: text.to_owned(),
-            redacted: redact(text, secrets),
+            secrets: std::sync::Mutex::new(secrets.to_vec()),
+            redacted: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The text with every secret hidden.
+    pub fn redacted(&self) -> &str {
+        self.redacted.get_or_init(|| {
+            let secrets =
+                std::mem::take(&mut *self.secrets.lock().unwrap_or_else(|e| e.into_inner()));
+            redact(&self.text, &secrets)
+        })
     }
 }
 
@@ -46,15 +61,16 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
     let Ok(mut table) = text.parse::<toml::Table>() else {
         return String::new(); // never the case for a text that parsed as a config
     };
+    let secrets: HashSet<&str> = secrets.iter().map(String::as_str).collect();
     for (_, value) in table.iter_mut() {
-        hide(value, secrets);
+        hide(value, &secrets);
     }
     toml::to_string(&table).unwrap_or_default()
 }
 
-fn hide(value: &mut toml::Value, secrets: &[String]) {
+fn hide(value: &mut toml::Value, secrets: &HashSet<&str>) {
     match value {
-        toml::Value::String(s) if secrets.iter().any(|x| x == s) => *s = REDACTED.into(),
+        toml::Value::String(s) if secrets.contains(s.as_str()) => *s = REDACTED.into(),
         toml::Value::String(s) => {
             if let Some(clean) = without_userinfo(s) {
                 *s = clean;
@@ -90,6 +106,9 @@ mod tests {
         assert!(shown.contains("http://h/p@q"), "{shown}");
         let source = ConfigSource::new(text, &[]);
         assert_eq!(source.hash.len(), 64);
+        let source = ConfigSource::new(text, &["hunter2".into()]);
+        assert!(!source.redacted().contains("hunter2"));
+        assert!(source.redacted().contains("name = \"hunter\""));
         assert!(!format!("{source:?}").contains("hunter2"));
     }
 }
