@@ -29,6 +29,7 @@ pub mod limits;
 pub mod log_line;
 pub mod log_writer;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod migration;
 pub mod otel;

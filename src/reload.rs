@@ -224,6 +224,8 @@ impl Reloader {
         // The new runtime's cache starts empty; the other instances are told to empty theirs.
         new.publish_cache_clear();
         self.runtime.store(new);
+        drop(current);
+        crate::memory::release_free_memory();
         Ok(())
     }
 }

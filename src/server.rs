@@ -58,6 +58,7 @@ pub struct Assembly {
 pub fn assemble(config: Arc<Config>, config_path: PathBuf, clock: Clock) -> Assembly {
     let s = &config.process.server;
     let runtime = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone(), None)));
+    crate::memory::release_free_memory();
     let reloader = Arc::new(Reloader::new(config_path, runtime.clone()));
     let limits = ClientLimits::from_config(s).fit_open_file_limit();
     let chat_service = ChatService::with_clock(runtime.clone(), clock);

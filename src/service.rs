@@ -34,7 +34,7 @@ use crate::dialect::{
 use crate::error::{ProxyError, Reason};
 use crate::httpio::{self, Answer, BodyError, Handler};
 use crate::limits::{in_flight::BackendSlots, Limiter, Plan};
-use crate::metrics::{AccessRecord, Metrics, RouteMetrics};
+use crate::metrics::{AccessRecord, LazyRouteMetrics, Metrics};
 use crate::migration::shadow::{Job, PrimaryAnswer, ShadowConversation};
 use crate::migration::{self, Migration};
 use crate::model::{request_id_is_sane, ChatAnswer, ChatRequest};
@@ -86,7 +86,7 @@ pub struct Runtime {
     pub pools: Arc<Pools>,
     /// Caller authentication, with its own (fresh) auth service decision cache.
     pub authn: Arc<Authenticator>,
-    route_metrics: Vec<RouteMetrics>,
+    route_metrics: Vec<LazyRouteMetrics>,
     /// The dialects `ingress = "auto"` means, for refusals before a route is known.
     auto: Vec<Caller>,
     /// Rate limits (their in-process buckets outlive a reload).
@@ -124,7 +124,7 @@ impl Runtime {
             Some(p) => p.shared.clone(),
             None => config.process.redis.as_ref().map(SharedRedis::start),
         };
-        for r in &config.routes {
+        for r in config.routes.iter().filter(|r| r.fallback.is_some()) {
             for b in r.backends().into_iter().filter(|&b| Some(b) != r.fallback) {
                 let labels = [r.name.as_str(), config.backends[b].name.as_str()];
                 metrics.pool.fallbacks.with_label_values(&labels);
@@ -158,7 +158,7 @@ impl Runtime {
                     .with_shared(shared.clone()),
             ),
             route_metrics: (config.routes.iter())
-                .map(|r| RouteMetrics::new(metrics, &config, r))
+                .map(|_| LazyRouteMetrics::default())
                 .collect(),
             auto: registry::callers().filter(|c| c.in_auto()).collect(),
             migration: {

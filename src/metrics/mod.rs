@@ -20,7 +20,7 @@ pub mod shared;
 
 pub use client::{ClientMetrics, CloseReason};
 pub use pool::{EndpointMetrics, PoolMetrics};
-pub use request::{AccessRecord, RouteMetrics};
+pub use request::{AccessRecord, LazyRouteMetrics, RouteMetrics};
 
 use crate::auth::AuthReason;
 use crate::error::Reason;
