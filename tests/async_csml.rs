@@ -117,6 +117,38 @@ async fn every_message_arrives_in_order_then_the_closing_post_signed() {
 }
 
 #[tokio::test]
+async fn deliveries_to_one_receiver_reuse_a_kept_alive_connection() {
+    let proxy = Proxy::start(&shipped("")).await;
+    let rx = Receiver::start(Reply::Ok).await;
+    for (n, text) in ["hello", "again", "once more"].into_iter().enumerate() {
+        let body = csml_body(text, Some(&rx.url("/cb")));
+        let (status, ack) = send(&proxy, "/chat", &demo_headers(), &body).await;
+        assert_eq!(status, 200, "{ack}");
+        eventually("the request's four POSTs", || {
+            rx.received().len() == 4 * (n + 1)
+        })
+        .await;
+    }
+    assert!(rx.received().iter().all(|g| g.status == 200));
+    assert_eq!(
+        rx.connections(),
+        1,
+        "twelve deliveries one after the other, all on one connection"
+    );
+
+    // A receiver that closes each connection after its answer still gets everything, each on a
+    // connection of its own (a closed one is never reused).
+    let closing = Receiver::start(Reply::Ok).await;
+    closing.set_keep_alive(false);
+    let body = csml_body("hello", Some(&closing.url("/cb")));
+    let (status, ack) = send(&proxy, "/chat", &demo_headers(), &body).await;
+    assert_eq!(status, 200, "{ack}");
+    eventually("four POSTs", || closing.received().len() == 4).await;
+    assert_eq!(closing.connections(), 4);
+    assert!(closing.received().iter().all(|g| g.status == 200));
+}
+
+#[tokio::test]
 async fn a_receiver_that_fails_twice_gets_each_message_with_a_stable_key() {
     let proxy = Proxy::start_alone(&shipped("")).await;
     let before = scrape(&proxy).await;

@@ -31,6 +31,7 @@
 pub mod background;
 pub mod deadletter;
 pub mod journal;
+pub mod keepalive;
 pub mod metrics;
 pub mod recover;
 pub use botbridge_core::delivery::{journal as journal_records, policy, sign, ssrf};
@@ -248,7 +249,7 @@ impl Usage {
 struct Inner {
     cfg: DeliveryConfig,
     message_bodies: bool,
-    connector: TransportConnector,
+    connections: send::Connections,
     in_flight: Semaphore,
     depth: AtomicUsize,
     table: Mutex<Table>,
@@ -283,7 +284,10 @@ impl Deliveries {
     ) -> Self {
         Deliveries(Arc::new(Inner {
             journal: Journal::open(cfg, shared),
-            connector: TransportConnector::new(Some(ConnectorOptions::new(0))),
+            connections: send::Connections {
+                connector: TransportConnector::new(Some(ConnectorOptions::new(0))),
+                idle: keepalive::IdlePool::default(),
+            },
             in_flight: Semaphore::new(cfg.max_concurrent),
             depth: AtomicUsize::new(0),
             table: Mutex::new(Table::default()),
@@ -835,7 +839,7 @@ impl Deliveries {
         // attempt runs (at most `max_concurrent`), not in every pending request's task while it
         // waits for its turn or its retry.
         let attempt = Box::pin(send::attempt(
-            &self.0.connector,
+            &self.0.connections,
             reach,
             &target.url,
             &headers,

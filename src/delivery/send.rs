@@ -3,7 +3,8 @@
 //!
 //! The connection is opened here, to the `SocketAddr` that passed the check (pingora's transport
 //! connector: plain TCP, or TLS with the URL's host as server name), and only then handed to hyper's
-//! HTTP/1.1 client. A client that resolves names itself could connect to another address than the
+//! HTTP/1.1 client; once its answer is read it is kept for the next delivery to that same checked
+//! address ([`super::keepalive`]). A client that resolves names itself could connect to another address than the
 //! one checked (DNS rebinding), and one that follows redirects could be sent anywhere; hyper's
 //! connection-level client does neither. A 3xx is never followed: it fails the delivery.
 
@@ -11,12 +12,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use pingora::connectors::TransportConnector;
 use pingora::upstreams::peer::HttpPeer;
 
+use super::keepalive::{self, IdlePool, Key};
 use super::ssrf::{CallbackUrl, Reach, Refusal};
+
+/// How deliveries reach receivers: new connections (to checked addresses only) and the idle ones
+/// kept for reuse.
+pub struct Connections {
+    pub connector: TransportConnector,
+    pub idle: IdlePool,
+}
 
 /// How one attempt ended: the bounded label set of `botbridge_delivery_attempts_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +109,7 @@ impl From<Outcome> for Attempt {
 
 /// One POST of `body` to `url` with `headers`, within `timeout`.
 pub async fn attempt(
-    connector: &TransportConnector,
+    conns: &Connections,
     reach: &Reach,
     url: &CallbackUrl,
     headers: &[(&str, String)],
@@ -116,7 +125,7 @@ pub async fn attempt(
             Err(Refusal::Unresolvable) => return Outcome::Unresolvable.into(),
             Err(_) => return Outcome::Forbidden.into(),
         };
-        post(connector, addr, url, headers, body).await
+        post(conns, addr, url, headers, body).await
     };
     tokio::time::timeout(timeout, run)
         .await
@@ -137,16 +146,40 @@ pub async fn checked_address(reach: &Reach, url: &CallbackUrl) -> Result<SocketA
     Ok(SocketAddr::new(ips[0], url.port))
 }
 
-/// Connects to `addr` (and nowhere else), sends the request, reads the status.
+/// Sends the request to `addr` (and nowhere else): on an idle keep-alive connection to that
+/// address and server name when there is one, else on a new one. A reused connection that fails
+/// before an answer (the receiver closed it while idle) is replaced by a new one at once, as Go's
+/// HTTP client does for requests that carry an idempotency key: the receiver may see the message
+/// twice with the same `idempotency-key`, which at-least-once delivery allows anyway.
 async fn post(
-    connector: &TransportConnector,
+    conns: &Connections,
     addr: SocketAddr,
     url: &CallbackUrl,
     headers: &[(&str, String)],
     body: Bytes,
 ) -> Attempt {
+    let key = Key {
+        addr,
+        tls_name: url.tls.then(|| url.host.clone()),
+    };
+    let Some(req) = request(url, headers, &body) else {
+        return Outcome::Rejected.into();
+    };
+    let req = match conns.idle.take(&key) {
+        Some(mut sender) => match sender.try_send_request(req).await {
+            Ok(answer) => return finish(conns, key, sender, answer).await,
+            Err(mut e) => match e.take_message() {
+                Some(req) => req,
+                None => match request(url, headers, &body) {
+                    Some(req) => req,
+                    None => return Outcome::Rejected.into(),
+                },
+            },
+        },
+        None => req,
+    };
     let peer = HttpPeer::new(addr, url.tls, url.host.clone());
-    let Ok(stream) = connector.new_stream(&peer).await else {
+    let Ok(stream) = conns.connector.new_stream(&peer).await else {
         return Outcome::ConnectError.into();
     };
     let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
@@ -154,25 +187,51 @@ async fn post(
         return Outcome::ConnectError.into();
     };
     tokio::spawn(conn);
+    match sender.send_request(req).await {
+        Ok(answer) => finish(conns, key, sender, answer).await,
+        Err(_) => Outcome::ConnectError.into(),
+    }
+}
+
+/// The POST itself.
+fn request(
+    url: &CallbackUrl,
+    headers: &[(&str, String)],
+    body: &Bytes,
+) -> Option<hyper::Request<Full<Bytes>>> {
     let mut req = hyper::Request::post(url.path.as_str())
         .header("host", url.authority.as_str())
         .header("content-type", "application/json")
         .header(
             "user-agent",
             concat!("botbridge/", env!("CARGO_PKG_VERSION")),
-        )
-        .header("connection", "close");
+        );
     for (name, value) in headers {
         req = req.header(*name, value.as_str());
     }
-    let Ok(req) = req.body(Full::new(body)) else {
-        return Outcome::Rejected.into();
-    };
-    match sender.send_request(req).await {
-        Ok(answer) => classify(answer.status().as_u16(), answer.headers()),
-        Err(_) => Outcome::ConnectError.into(),
-    }
+    req.body(Full::new(body.clone())).ok()
 }
+
+/// Classifies the answer, reads its body (at most [`MAX_ANSWER_BYTES`]) and, if the connection
+/// can take another request, files it as idle.
+async fn finish(
+    conns: &Connections,
+    key: Key,
+    mut sender: keepalive::Sender,
+    answer: hyper::Response<hyper::body::Incoming>,
+) -> Attempt {
+    let attempt = classify(answer.status().as_u16(), answer.headers());
+    let read = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await;
+    if read.is_ok() && sender.ready().await.is_ok() {
+        conns.idle.put(key, sender);
+    }
+    attempt
+}
+
+/// A receiver's answer body longer than this closes the connection instead of being read to its end.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// What a receiver's status means for the delivery.
 fn classify(status: u16, headers: &http::HeaderMap) -> Attempt {

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,10 @@ impl Got {
 
 pub struct Receiver {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    connections: Arc<AtomicUsize>,
+    /// Whether connections are kept open after an answer (HTTP/1.1 keep-alive).
+    keep_alive: Arc<AtomicBool>,
     got: Arc<Mutex<Vec<Got>>>,
     reply: Arc<Mutex<Reply>>,
     _task: tokio::task::JoinHandle<()>,
@@ -74,17 +79,23 @@ impl Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let reply = Arc::new(Mutex::new(reply));
         let (g, r) = (got.clone(), reply.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let keep_alive = Arc::new(AtomicBool::new(true));
+        let (accepted, keep) = (connections.clone(), keep_alive.clone());
         let task = tokio::spawn(async move {
             let tries: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (g, r, tries) = (g.clone(), r.clone(), tries.clone());
+                let keep = keep.load(Ordering::SeqCst);
                 tokio::spawn(async move {
                     let svc =
                         service_fn(move |req| answer(req, g.clone(), r.clone(), tries.clone()));
                     let _ = http1::Builder::new()
+                        .keep_alive(keep)
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
                 });
@@ -92,6 +103,8 @@ impl Receiver {
         });
         Receiver {
             addr,
+            connections,
+            keep_alive,
             got,
             reply,
             _task: task,
@@ -104,6 +117,16 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// How many connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Whether the connections it accepts from now on stay open after an answer.
+    pub fn set_keep_alive(&self, on: bool) {
+        self.keep_alive.store(on, Ordering::SeqCst);
     }
 
     pub fn set(&self, reply: Reply) {
