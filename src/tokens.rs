@@ -148,7 +148,7 @@ impl Tokens {
 
 /// The one client every token endpoint is reached with (its idle connections are kept per
 /// address). One per keeper cost ~165 KB each (a TLS connector with its own copy of the system's
-/// root certificates): 47 MB for 2,000 routes with a Dialogflow bot in every seventh.
+/// root certificates): 47 MB for 2,000 routes with a token-minting bot in every seventh.
 fn token_upstream() -> &'static Upstream {
     static UPSTREAM: OnceLock<Upstream> = OnceLock::new();
     UPSTREAM.get_or_init(|| Upstream::new(4, 64 * 1024))
