@@ -33,6 +33,7 @@ pub mod memory;
 pub mod metrics;
 pub mod migration;
 pub mod otel;
+pub mod overload;
 pub mod pool;
 pub mod reload;
 pub mod rotating_file;

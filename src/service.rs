@@ -444,6 +444,15 @@ impl ChatService {
                 "only POST is allowed here",
             ));
         }
+        let max_queue = rt.config.limits.max_queue;
+        if crate::overload::shed(max_queue) {
+            out.retry_after = Some(crate::overload::retry_after(max_queue));
+            return Err(ProxyError::new(
+                503,
+                Reason::Overloaded,
+                "the proxy is over capacity; try again later",
+            ));
+        }
         out.request_id = Some(request_id(head.0));
         let (ingress, body) = match out.ingress {
             Some(d) => (d, None),
@@ -941,9 +950,8 @@ impl ChatService {
             a = a.with_header("allow", "POST");
         }
         a.headers.extend(err.headers);
-        if let Some(wait) = out
-            .retry_after
-            .filter(|_| err.reason == Reason::CircuitOpen)
+        if let Some(wait) = (out.retry_after)
+            .filter(|_| matches!(err.reason, Reason::CircuitOpen | Reason::Overloaded))
         {
             a = a.with_header("retry-after", retry_after_secs(wait).to_string());
         }

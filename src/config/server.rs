@@ -73,6 +73,10 @@ pub struct RawServer {
     /// A TLS client's handshake must finish within this, counted from the accept (with `tls`).
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_ms: u64,
+    /// Past this wait for a worker thread, new requests are refused with 503 (`crate::overload`);
+    /// 0: never.
+    #[serde(default)]
+    pub max_queue_ms: u64,
 }
 
 /// `[server]`, validated: everything but the body limit needs a restart to change.
@@ -103,6 +107,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Admission control's limit on the measured wait for a worker thread (zero: off).
+    pub max_queue: std::time::Duration,
 }
 
 /// Validates `[server]`.
@@ -148,8 +154,15 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
         max_connections_per_address: s.max_connections_per_address,
         handshake_timeout_ms: s.handshake_timeout_ms,
     };
+    if s.max_queue_ms > 10_000 {
+        return Err(ConfigError::new(
+            "server.max_queue_ms",
+            "must be at most 10000 (0: off)",
+        ));
+    }
     let limits = Limits {
         max_body_bytes: s.max_body_bytes,
+        max_queue: std::time::Duration::from_millis(s.max_queue_ms),
     };
     Ok((server, limits))
 }
