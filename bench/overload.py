@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Past saturation: goodput and the latency of what is admitted, with and without admission control.
+
+`python3 bench/overload.py` builds the open-loop load generator (examples/open_loop.rs) and runs two
+botbridge instances with one worker thread each, on the full translating path (a Haptik caller to a
+signed CSML bot, a fixed-answer nginx): one with `[server] max_queue_ms = 0` (off, the default), one
+with `max_queue_ms = MAX_QUEUE` (20 by default).
+
+First the capacity: the requests/s one worker thread serves (wrk, 50 keep-alive connections,
+closed loop). Then, for each instance, an open-loop load of 1x, 2x and 4x that rate: requests are
+sent on schedule whatever the answers take, and each answer's latency counts from when its request
+was due (so a queue shows). For each: goodput (2xx answers/s), the share refused with 503, and p50 /
+p99 of the 2xx answers.
+
+The generator, nginx and the proxy share the machine's 2 cores: compare the rows with each other.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import (HAPTIK_BODY, botbridge_config, fixed_answer_server, free_port, nginx_conf,  # noqa: E402
+                   one_url, post_script, run_wrk, wait_port)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADERS = ["Authorization: Bearer bench-token", "client-id: bench-client"]
+
+
+def build_generator():
+    subprocess.run(["cargo", "build", "--release", "--locked", "--example", "open_loop"], cwd=ROOT, check=True)
+    return os.path.join(ROOT, "target/release/examples/open_loop")
+
+
+def open_loop(generator, port, rate, seconds):
+    connections = max(100, min(4000, int(rate * 0.1)))
+    out = subprocess.run([generator, f"127.0.0.1:{port}", "/chat", str(rate), str(seconds), str(connections),
+                          HAPTIK_BODY, *HEADERS], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/botbridge"))
+    ap.add_argument("--seconds", type=float, default=6)
+    ap.add_argument("--max-queue", type=int, default=20, help="max_queue_ms of the instance with admission control")
+    ap.add_argument("--loads", default="1,2,4", help="multiples of the measured capacity")
+    args = ap.parse_args()
+    generator = build_generator()
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    work = tempfile.mkdtemp(prefix="botbridge-overload-")
+    bot = free_port()
+    nginx = subprocess.Popen(["nginx", "-c", nginx_conf(work, "bot", fixed_answer_server(bot), workers=1),
+                              "-p", work, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+    procs = []
+    try:
+        wait_port(bot)
+        instances = {}
+        for name, max_queue in (("off", 0), ("on", args.max_queue)):
+            port, admin = free_port(), free_port()
+            config = botbridge_config(work, name, port, admin, one_url(bot))
+            config_text = open(config).read().replace("[server]\n", f"[server]\nmax_queue_ms = {max_queue}\n", 1)
+            open(config, "w").write(config_text)
+            log = open(os.path.join(work, f"{name}.log"), "w")
+            procs.append(subprocess.Popen([args.binary, "-c", config], stdout=log, stderr=log))
+            wait_port(port)
+            instances[name] = port
+        script = post_script(work)
+        measured = run_wrk(f"http://127.0.0.1:{instances['off']}/chat", script, 5, 50)
+        if measured["non2xx"]:
+            raise SystemExit(f"overload: {measured['non2xx']} non-2xx answers while measuring capacity:\n{measured['raw']}")
+        capacity = measured["rps"]
+        print(f"capacity of one worker thread (closed loop, 50 connections): {capacity:.0f} requests/s", flush=True)
+        print("| load | admission control | offered/s | goodput/s | refused (503) | 2xx p50 | 2xx p99 | other |")
+        print("|---|---|---|---|---|---|---|---|")
+        rows = []
+        for k in [float(x) for x in args.loads.split(",")]:
+            for name in ("off", "on"):
+                rate = k * capacity
+                r = open_loop(generator, instances[name], rate, args.seconds)
+                refused = r["statuses"].get("503", 0)
+                other = r["sent"] - sum(r["statuses"].values()) + sum(
+                    v for s, v in r["statuses"].items() if s not in ("200", "503"))
+                label = "off" if name == "off" else f"max_queue_ms = {args.max_queue}"
+                print(f"| {k:g}x | {label} | {rate:.0f} | {r['goodput_per_s']:.0f} | "
+                      f"{100 * refused / max(r['sent'], 1):.1f}% | {r['ok_p50_ms']:.1f} ms | {r['ok_p99_ms']:.1f} ms | "
+                      f"{other} |", flush=True)
+                rows.append({"load": k, "instance": name, **r})
+                time.sleep(1)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        nginx.terminate()
+        nginx.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+//! An open-loop load generator for bench/overload.py: sends POSTs at a fixed rate whatever the
+//! answers take, over N keep-alive connections, and measures each answer's latency from the moment
+//! it was *due* to be sent (so a request delayed by a slow answer before it counts its wait, as
+//! wrk2 does). Prints one JSON line: requests sent, answers by status, and p50/p99/max latency of
+//! the 2xx answers and of the others.
+//!
+//! `cargo run --release --example open_loop -- ADDR PATH RATE SECONDS CONNECTIONS BODY [HEADER: VALUE]...`
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Default)]
+struct Seen {
+    sent: u64,
+    by_status: BTreeMap<u16, u64>,
+    ok_us: Vec<u64>,
+    other_us: Vec<u64>,
+    errors: u64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 6 {
+        eprintln!("usage: open_loop ADDR PATH RATE SECONDS CONNECTIONS BODY [HEADER: VALUE]...");
+        std::process::exit(2);
+    }
+    let addr: SocketAddr = args[0].parse().expect("ADDR");
+    let rate: f64 = args[2].parse().expect("RATE");
+    let seconds: f64 = args[3].parse().expect("SECONDS");
+    let connections: usize = args[4].parse().expect("CONNECTIONS");
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        args[1],
+        args[5].len()
+    );
+    for h in &args[6..] {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    let request = format!("{head}\r\n{}", args[5]).into_bytes();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let began = Instant::now();
+    let seen = rt.block_on(run(addr, request, rate, seconds, connections));
+    // Answers/s over the whole run, including the time the last answers took past the schedule.
+    let elapsed = began.elapsed().as_secs_f64() - 0.2;
+    print_json(&seen, elapsed);
+}
+
+async fn run(addr: SocketAddr, request: Vec<u8>, rate: f64, seconds: f64, n: usize) -> Seen {
+    let start = Instant::now() + Duration::from_millis(200);
+    let every = Duration::from_secs_f64(n as f64 / rate);
+    let end = start + Duration::from_secs_f64(seconds);
+    let request = std::sync::Arc::new(request);
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let request = request.clone();
+        // Each connection's schedule is offset so the whole rate is spread evenly.
+        let first = start + every.mul_f64(i as f64 / n as f64);
+        tasks.push(tokio::spawn(connection(addr, request, first, every, end)));
+    }
+    let mut all = Seen::default();
+    for t in tasks {
+        let s = t.await.unwrap();
+        all.sent += s.sent;
+        all.errors += s.errors;
+        for (k, v) in s.by_status {
+            *all.by_status.entry(k).or_default() += v;
+        }
+        all.ok_us.extend(s.ok_us);
+        all.other_us.extend(s.other_us);
+    }
+    all
+}
+
+async fn connection(
+    addr: SocketAddr,
+    request: std::sync::Arc<Vec<u8>>,
+    mut due: Instant,
+    every: Duration,
+    end: Instant,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut stream: Option<TcpStream> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    while due < end {
+        tokio::time::sleep_until(due.into()).await;
+        if stream.is_none() {
+            stream = TcpStream::connect(addr).await.ok();
+            if let Some(s) = &stream {
+                let _ = s.set_nodelay(true);
+            }
+        }
+        seen.sent += 1;
+        let answer = match stream.as_mut() {
+            Some(s) => exchange(s, &request, &mut buf).await,
+            None => None,
+        };
+        let took = due.elapsed().as_micros() as u64;
+        match answer {
+            Some((status, keep)) => {
+                *seen.by_status.entry(status).or_default() += 1;
+                if (200..300).contains(&status) {
+                    seen.ok_us.push(took);
+                } else {
+                    seen.other_us.push(took);
+                }
+                if !keep {
+                    stream = None;
+                }
+            }
+            None => {
+                seen.errors += 1;
+                stream = None;
+            }
+        }
+        due += every;
+    }
+    seen
+}
+
+/// Writes the request and reads one answer: its status and whether the connection stays open.
+async fn exchange(s: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> Option<(u16, bool)> {
+    s.write_all(request).await.ok()?;
+    let mut have = 0;
+    loop {
+        let n = s.read(&mut buf[have..]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        have += n;
+        let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") else {
+            if have == buf.len() {
+                return None;
+            }
+            continue;
+        };
+        let head = std::str::from_utf8(&buf[..end]).ok()?.to_ascii_lowercase();
+        let status: u16 = head.get(9..12)?.parse().ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let keep = !head.contains("connection: close");
+        let mut body = have - (end + 4);
+        while body < length {
+            let n = s.read(buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            body += n;
+        }
+        return Some((status, keep));
+    }
+}
+
+fn pct(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i] as f64 / 1000.0
+}
+
+fn print_json(seen: &Seen, elapsed: f64) {
+    let mut ok = seen.ok_us.clone();
+    let mut other = seen.other_us.clone();
+    let statuses: Vec<String> = (seen.by_status.iter())
+        .map(|(k, v)| format!("\"{k}\": {v}"))
+        .collect();
+    println!(
+        "{{\"sent\": {}, \"errors\": {}, \"elapsed_s\": {:.2}, \"statuses\": {{{}}}, \"goodput_per_s\": {:.1}, \
+         \"ok_p50_ms\": {:.2}, \"ok_p99_ms\": {:.2}, \"ok_max_ms\": {:.2}, \"other_p99_ms\": {:.2}}}",
+        seen.sent,
+        seen.errors,
+        elapsed,
+        statuses.join(", "),
+        ok.len() as f64 / elapsed,
+        pct(&mut ok, 0.50),
+        pct(&mut ok, 0.99),
+        pct(&mut ok, 1.0),
+        pct(&mut other, 0.99),
+    )
+}
