@@ -275,6 +275,47 @@ async fn three_instances_on_one_redis_hold_one_limit_within_5_percent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checks_share_script_calls_and_the_count_stays_exact() {
+    let redis = RedisServer::start();
+    let backend = CsmlBackend::start(answer()).await;
+    let tail = format!("[redis]\nurl = \"{}\"\ntimeout_ms = 2000", redis.url());
+    let cfg = config(
+        &backend,
+        "rate_limit = { requests = 150, per_seconds = 3600 }",
+        "",
+        "",
+        &tail,
+    );
+    let proxies = instances(&[cfg]);
+    // 400 requests of one credential, 64 at a time: exactly the limit's 150 pass (a token comes
+    // back every 24 s, so at most one more in a slow run).
+    let results = load(&proxies, 400, 64, |i| {
+        (
+            haptik("acme-client", "acme-token"),
+            haptik_body(&format!("user-{i}"), "hi", 1),
+        )
+    })
+    .await;
+    let ok = results.iter().filter(|r| r.1 == 200).count();
+    let limited = results.iter().filter(|r| r.1 == 429).count();
+    assert_eq!(ok + limited, 400, "{results:?}");
+    assert!((150..=151).contains(&ok), "{ok}");
+    assert_eq!(backend.count(), ok);
+    let fell_back = "botbridge_redis_fallbacks_total{action=\"local\",feature=\"limits\"}";
+    assert_eq!(metric(&proxies[0], fell_back).await, 0.0);
+    // Each request's check went to Redis, but far fewer script calls carried them.
+    let calls = metric(
+        &proxies[0],
+        "botbridge_redis_duration_seconds_count{op=\"rate_limit\"}",
+    )
+    .await;
+    assert!(
+        calls > 0.0 && calls < 200.0,
+        "400 checks in {calls} script calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_signed_request_replayed_to_another_instance_is_refused() {
     let redis = RedisServer::start();
     let backend = CsmlBackend::start(answer()).await;

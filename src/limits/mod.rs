@@ -171,6 +171,8 @@ pub struct Limiter {
     defaults: LimitPair,
     local: Arc<local::LocalBuckets>,
     shared: Option<Arc<SharedRedis>>,
+    /// The batched checks, on one Redis server (not a cluster).
+    batches: Option<redis::Batches>,
     on_redis_error: OnRedisError,
     /// `rate_limit_decisions_total{scope, result}` by [scope][allowed, limited], resolved once.
     decisions: [[IntCounter; 2]; 2],
@@ -197,6 +199,9 @@ impl Limiter {
             on_redis_error: shared
                 .as_ref()
                 .map_or(OnRedisError::Local, |s| s.settings().limits_on_error),
+            batches: (shared.as_ref())
+                .filter(|s| s.settings().cluster.is_none())
+                .map(redis::Batches::start),
             shared,
             decisions,
             metrics,
@@ -245,7 +250,7 @@ impl Limiter {
     async fn check(&self, buckets: &[Bucket]) -> Result<(), ProxyError> {
         let verdict = match &self.shared {
             None => self.local.check(buckets),
-            Some(shared) => match redis::check(shared, buckets).await {
+            Some(shared) => match self.shared_check(shared, buckets).await {
                 Ok(v) => v,
                 Err(_) => self.fallback(buckets)?,
             },
@@ -265,6 +270,18 @@ impl Limiter {
                 self.decisions[scope as usize][1].inc();
                 Err(too_many_requests(scope, limit, retry_after))
             }
+        }
+    }
+
+    /// The buckets checked on Redis: batched with other requests' checks, or alone on a cluster.
+    async fn shared_check(
+        &self,
+        shared: &SharedRedis,
+        buckets: &[Bucket],
+    ) -> Result<Verdict, crate::shared::redis::Unavailable> {
+        match &self.batches {
+            Some(b) => b.check(shared, buckets).await,
+            None => redis::check(shared, buckets).await,
         }
     }
 
