@@ -25,6 +25,9 @@ fn cluster(dir: &std::path::Path) -> Vec<Node> {
                 .into_iter()
                 .chain([format!("nodes-{i}.conf")])
                 .chain(["--save", "", "--appendonly", "no"].map(String::from))
+                // The bus port would default to port + 10000: inside the ephemeral range, where
+                // an outgoing connection may hold it (the node then does not start).
+                .chain(["--cluster-port".to_string(), child_port().to_string()])
                 .collect::<Vec<_>>();
             start_with(dir, &format!("node-{i}"), &args)
         })
