@@ -248,8 +248,9 @@ def parse_ms(s):
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
-def run_wrk(url, script, seconds, connections, threads=1):
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
+def run_wrk(url, script, seconds, connections, threads=1, pin=None):
+    taskset = ["taskset", "-c", pin] if pin else []
+    out = subprocess.run([*taskset, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
                          capture_output=True, text=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

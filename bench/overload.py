@@ -12,7 +12,11 @@ sent on schedule whatever the answers take, and each answer's latency counts fro
 was due (so a queue shows). For each: goodput (2xx answers/s), the share refused with 503, and p50 /
 p99 of the 2xx answers.
 
-The generator, nginx and the proxy share the machine's 2 cores: compare the rows with each other.
+The proxy runs on CPU 0 and everything else (the generator, nginx, wrk) on CPU 1 (`taskset`), and
+the proxy gets only `--cpu-share` of its core (a cgroup CPU quota, 3 ms in every 10 ms by default):
+the generator must offer 4x what the proxy serves, and on this machine it could not out-send a
+whole core. So the proxy's worker thread is the one saturated and its measured wait is its own queue.
+Compare the rows with each other.
 """
 import argparse
 import json
@@ -36,11 +40,29 @@ def build_generator():
     return os.path.join(ROOT, "target/release/examples/open_loop")
 
 
-def open_loop(generator, port, rate, seconds):
-    connections = max(100, min(4000, int(rate * 0.1)))
-    out = subprocess.run([generator, f"127.0.0.1:{port}", "/chat", str(rate), str(seconds), str(connections),
+def open_loop(generator, port, rate, seconds, connections):
+    out = subprocess.run(["taskset", "-c", "1", generator, f"127.0.0.1:{port}", "/chat", str(rate), str(seconds), str(connections),
                           HAPTIK_BODY, *HEADERS], capture_output=True, text=True, check=True).stdout
     return json.loads(out)
+
+
+def cpu_quota(pids, share, period_us=10_000):
+    """Puts `pids` in a cgroup (v1 `cpu` or v2) allowed `share` of one CPU; its path."""
+    for root, v2 in (("/sys/fs/cgroup/cpu", False), ("/sys/fs/cgroup", True)):
+        path = os.path.join(root, f"botbridge-overload-{os.getpid()}")
+        try:
+            os.makedirs(path, exist_ok=True)
+            if v2:
+                open(os.path.join(path, "cpu.max"), "w").write(f"{int(share * period_us)} {period_us}")
+            else:
+                open(os.path.join(path, "cpu.cfs_period_us"), "w").write(str(period_us))
+                open(os.path.join(path, "cpu.cfs_quota_us"), "w").write(str(int(share * period_us)))
+            for pid in pids:
+                open(os.path.join(path, "cgroup.procs"), "w").write(str(pid))
+            return path
+        except OSError:
+            continue
+    raise SystemExit("overload: no writable cgroup for a CPU quota (run as root, or --cpu-share 1)")
 
 
 def main():
@@ -49,6 +71,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=6)
     ap.add_argument("--max-queue", type=int, default=20, help="max_queue_ms of the instance with admission control")
     ap.add_argument("--loads", default="1,2,4", help="multiples of the measured capacity")
+    ap.add_argument("--cpu-share", type=float, default=0.3, help="the share of one CPU the proxy gets")
+    ap.add_argument("--connections", type=int, default=500,
+                    help="the generator's connections (each sends on its own schedule, one request at a time)")
     args = ap.parse_args()
     generator = build_generator()
     import resource
@@ -57,34 +82,43 @@ def main():
 
     work = tempfile.mkdtemp(prefix="botbridge-overload-")
     bot = free_port()
-    nginx = subprocess.Popen(["nginx", "-c", nginx_conf(work, "bot", fixed_answer_server(bot), workers=1),
+    nginx = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", nginx_conf(work, "bot", fixed_answer_server(bot), workers=1),
                               "-p", work, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
     procs = []
+    group = None
     try:
         wait_port(bot)
         instances = {}
         for name, max_queue in (("off", 0), ("on", args.max_queue)):
             port, admin = free_port(), free_port()
             config = botbridge_config(work, name, port, admin, one_url(bot))
-            config_text = open(config).read().replace("[server]\n", f"[server]\nmax_queue_ms = {max_queue}\n", 1)
+            # Idle upstream connections kept: more than the generator's connections, so a queue of
+            # requests never closes and reopens connections to the bot (with 64, the 500 in flight
+            # churned ~440 connections a round and tripled the CPU per request).
+            config_text = (open(config).read()
+                           .replace("[server]\n", f"[server]\nmax_queue_ms = {max_queue}\n", 1)
+                           .replace("upstream_pool_size = 64", "upstream_pool_size = 2048"))
             open(config, "w").write(config_text)
             log = open(os.path.join(work, f"{name}.log"), "w")
-            procs.append(subprocess.Popen([args.binary, "-c", config], stdout=log, stderr=log))
+            procs.append(subprocess.Popen(["taskset", "-c", "0", args.binary, "-c", config], stdout=log, stderr=log))
             wait_port(port)
             instances[name] = port
+        if args.cpu_share < 1:
+            group = cpu_quota([p.pid for p in procs], args.cpu_share)
         script = post_script(work)
-        measured = run_wrk(f"http://127.0.0.1:{instances['off']}/chat", script, 5, 50)
+        measured = run_wrk(f"http://127.0.0.1:{instances['off']}/chat", script, 5, 50, pin="1")
         if measured["non2xx"]:
             raise SystemExit(f"overload: {measured['non2xx']} non-2xx answers while measuring capacity:\n{measured['raw']}")
         capacity = measured["rps"]
-        print(f"capacity of one worker thread (closed loop, 50 connections): {capacity:.0f} requests/s", flush=True)
+        print(f"capacity of one worker thread with {args.cpu_share:g} of a CPU (closed loop, 50 connections): "
+              f"{capacity:.0f} requests/s", flush=True)
         print("| load | admission control | offered/s | goodput/s | refused (503) | 2xx p50 | 2xx p99 | other |")
         print("|---|---|---|---|---|---|---|---|")
         rows = []
         for k in [float(x) for x in args.loads.split(",")]:
             for name in ("off", "on"):
                 rate = k * capacity
-                r = open_loop(generator, instances[name], rate, args.seconds)
+                r = open_loop(generator, instances[name], rate, args.seconds, args.connections)
                 refused = r["statuses"].get("503", 0)
                 other = r["sent"] - sum(r["statuses"].values()) + sum(
                     v for s, v in r["statuses"].items() if s not in ("200", "503"))
@@ -98,6 +132,11 @@ def main():
         for p in procs:
             p.terminate()
             p.wait()
+        if group:
+            try:
+                os.rmdir(group)
+            except OSError:
+                pass
         nginx.terminate()
         nginx.wait()
         shutil.rmtree(work, ignore_errors=True)
