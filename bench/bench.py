@@ -497,8 +497,13 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
         peers_idle = {"haproxy": idle_connections(False, haproxy_port, lambda: [hap.pid] + children(hap.pid))}
         peers_idle_parts = {"haproxy": parts[haproxy_port]}
         if floor:
-            peers_idle["pingora floor"] = idle_connections(False, floor_port, lambda: [floor.pid])
-            peers_idle_parts["pingora floor"] = parts[floor_port]
+            # The floor example has answered 503 while the 1,000 connections were being opened (not
+            # yet investigated): its idle row is then left out rather than ending the whole run.
+            try:
+                peers_idle["pingora floor"] = idle_connections(False, floor_port, lambda: [floor.pid])
+                peers_idle_parts["pingora floor"] = parts[floor_port]
+            except AssertionError as e:
+                print(f"  pingora floor: 1,000 idle connections not measured ({e})")
 
         def summary(name):
             rs = results[name]
