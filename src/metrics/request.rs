@@ -55,6 +55,9 @@ impl RouteMetrics {
             .collect();
         dialects.sort_unstable();
         dialects.dedup();
+        for b in &backends {
+            m.register_backend(b);
+        }
         let mut pairs = Vec::new();
         for &ingress in &r.ingress {
             m.register_route(&r.name, ingress.as_str(), &dialects, &backends);
