@@ -1,5 +1,5 @@
-//! The shared buckets: one Lua script per request does GCRA on every bucket of the request in Redis,
-//! atomically, on Redis's own clock (so instances need not agree on the time).
+//! The shared buckets: a Lua script does GCRA on every bucket of a request in Redis (of a batch of
+//! requests, see below), atomically, on Redis's own clock (so instances need not agree on the time).
 //!
 //! A bucket is one key holding its theoretical arrival time (TAT, microseconds), expiring when the
 //! bucket is full again. The script takes a token from every bucket or, if any is empty, from none, and
@@ -21,36 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Bucket, Verdict};
 use crate::shared::redis::{Op, SharedRedis, Unavailable};
 
-/// GCRA over the buckets `KEYS` with `ARGV` = (interval µs, burst) per bucket. Returns `{0, 0}` when
-/// every bucket had a token (each then took one), else `{i, wait µs}`: the bucket that must be waited
-/// for longest, and how long.
-const GCRA: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tats = {}
-local refused, longest = 0, 0
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', key) or now)
-  if tat < now then tat = now end
-  tats[i] = tat + interval
-  local wait = tats[i] - interval * burst - now
-  if wait > longest then refused, longest = i, wait end
-end
-if refused > 0 then return {refused, longest} end
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%d', tats[i]), 'PX', math.floor((tats[i] - now) / 1000) + 1)
-end
-return {0, 0}
-";
-
-static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(GCRA));
-
-/// [`GCRA`] for several requests in one call: `ARGV[1]` is the number of requests; then for each,
+/// GCRA for one or more requests in one call: `ARGV[1]` is the number of requests; then for each,
 /// its number of buckets and their (interval µs, burst) pairs; `KEYS` are all their buckets in that
-/// order. Returns `{refused, wait µs}` per request, in order.
+/// order. Returns `{refused, wait µs}` per request, in order: `{0, 0}` when every bucket of the
+/// request had a token (each then took one), else the bucket (1-based) that must be waited for
+/// longest, and how long; a refused request takes no token from any of its buckets.
 const GCRA_BATCH: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -180,20 +155,25 @@ fn verdict(buckets: &[Bucket], refused: usize, wait_us: u64) -> Verdict {
     }
 }
 
-/// Takes a token from every bucket in Redis, or says why not; `Err` when Redis cannot be asked.
+/// Takes a token from every bucket in Redis, or says why not; `Err` when Redis cannot be asked. A
+/// call of its own (on a cluster, where a batch would span slots).
 pub async fn check(shared: &SharedRedis, buckets: &[Bucket]) -> Result<Verdict, Unavailable> {
-    let mut invocation = SCRIPT.prepare_invoke();
+    let mut invocation = BATCH_SCRIPT.prepare_invoke();
+    invocation.arg(1).arg(buckets.len());
     for b in buckets {
         // In the credential's slot: one script may touch all of a request's buckets on a cluster.
-        invocation.key(shared.tagged_key("rl", &b.owner, &b.key));
+        invocation
+            .key(shared.tagged_key("rl", &b.owner, &b.key))
+            .arg(b.limit.interval_us())
+            .arg(b.limit.burst);
     }
-    for b in buckets {
-        invocation.arg(b.limit.interval_us()).arg(b.limit.burst);
-    }
-    let (refused, wait_us): (usize, u64) = shared
+    let answer: Vec<u64> = shared
         .call(Op::RateLimit, |mut conn| async move {
             invocation.invoke_async(&mut conn).await
         })
         .await?;
-    Ok(verdict(buckets, refused, wait_us))
+    match answer[..] {
+        [refused, wait_us] => Ok(verdict(buckets, refused as usize, wait_us)),
+        _ => Err(Unavailable),
+    }
 }
