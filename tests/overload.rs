@@ -93,8 +93,9 @@ async fn past_its_queue_limit_a_worker_sheds_new_requests_with_503_and_retry_aft
     assert!(off.ok.load(Ordering::Relaxed) > 200);
     drop(proxy);
 
-    // A 1 ms limit: the queue of 200 callers is far past it, so many are refused at once.
-    let proxy = SpawnedProxy::start_with_env(&config(bot.addr, 1), &env);
+    // A 5 ms limit (the least allowed): the queue of 200 callers is far past it, so many are
+    // refused at once.
+    let proxy = SpawnedProxy::start_with_env(&config(bot.addr, 5), &env);
     let on = flood(&proxy, 200, 3).await;
     let (ok, shed) = (
         on.ok.load(Ordering::Relaxed),

@@ -154,10 +154,11 @@ pub fn validate(s: &RawServer) -> Result<(ServerConfig, Limits), ConfigError> {
         max_connections_per_address: s.max_connections_per_address,
         handshake_timeout_ms: s.handshake_timeout_ms,
     };
-    if s.max_queue_ms > 10_000 {
+    // Below 5 ms the timer's own rounding (up to 1 ms of lateness on an idle thread) would shed.
+    if s.max_queue_ms != 0 && !(5..=10_000).contains(&s.max_queue_ms) {
         return Err(ConfigError::new(
             "server.max_queue_ms",
-            "must be at most 10000 (0: off)",
+            "must be 0 (off) or between 5 and 10000",
         ));
     }
     let limits = Limits {
@@ -244,6 +245,20 @@ mod tests {
     fn with(keys: &str) -> Result<ServerConfig, ConfigError> {
         let raw: RawServer = toml::from_str(&format!("listen = \"127.0.0.1:1\"\n{keys}")).unwrap();
         validate(&raw).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn max_queue_is_off_or_between_5_ms_and_10_s() {
+        let raw = |keys: &str| -> RawServer {
+            toml::from_str(&format!("listen = \"127.0.0.1:1\"\n{keys}")).unwrap()
+        };
+        let limits = |keys: &str| validate(&raw(keys)).map(|(_, l)| l.max_queue);
+        assert_eq!(limits("").unwrap(), std::time::Duration::ZERO);
+        assert_eq!(limits("max_queue_ms = 50").unwrap().as_millis(), 50);
+        for bad in ["max_queue_ms = 4", "max_queue_ms = 10001"] {
+            let e = limits(bad).unwrap_err();
+            assert_eq!(e.key, "server.max_queue_ms", "{bad}");
+        }
     }
 
     #[test]

@@ -47,11 +47,13 @@ impl ConfigSource {
 
     /// The text with every secret hidden.
     pub fn redacted(&self) -> &str {
-        self.redacted.get_or_init(|| {
-            let secrets =
-                std::mem::take(&mut *self.secrets.lock().unwrap_or_else(|e| e.into_inner()));
+        let shown = self.redacted.get_or_init(|| {
+            let secrets = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
             redact(&self.text, &secrets)
-        })
+        });
+        // Kept until the view exists: a redaction that failed part-way must not leave none.
+        std::mem::take(&mut *self.secrets.lock().unwrap_or_else(|e| e.into_inner()));
+        shown
     }
 }
 

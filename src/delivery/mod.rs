@@ -286,7 +286,7 @@ impl Deliveries {
             journal: Journal::open(cfg, shared),
             connections: send::Connections {
                 connector: TransportConnector::new(Some(ConnectorOptions::new(0))),
-                idle: keepalive::IdlePool::default(),
+                idle: Arc::default(),
             },
             in_flight: Semaphore::new(cfg.max_concurrent),
             depth: AtomicUsize::new(0),

@@ -9,6 +9,7 @@
 //! connection-level client does neither. A 3xx is never followed: it fails the delivery.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use super::ssrf::{CallbackUrl, Reach, Refusal};
 /// kept for reuse.
 pub struct Connections {
     pub connector: TransportConnector,
-    pub idle: IdlePool,
+    pub idle: Arc<IdlePool>,
 }
 
 /// How one attempt ended: the bounded label set of `botbridge_delivery_attempts_total{outcome}`.
@@ -122,14 +123,18 @@ pub async fn attempt(
     let run = async {
         let addr = match checked_address(reach, url).await {
             Ok(a) => a,
-            Err(Refusal::Unresolvable) => return Outcome::Unresolvable.into(),
-            Err(_) => return Outcome::Forbidden.into(),
+            Err(Refusal::Unresolvable) => return Err(Outcome::Unresolvable.into()),
+            Err(_) => return Err(Outcome::Forbidden.into()),
         };
         post(conns, addr, url, headers, body).await
     };
-    tokio::time::timeout(timeout, run)
-        .await
-        .unwrap_or_else(|_| Outcome::Timeout.into())
+    // The outcome is the answer's status, within the timeout; the rest of the answer only decides
+    // whether its connection is kept.
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => Outcome::Timeout.into(),
+        Ok(Err(failed)) => failed,
+        Ok(Ok(answered)) => answered.finish(&conns.idle).await,
+    }
 }
 
 /// Resolves the URL's host and checks every address; the first one is where the delivery connects.
@@ -157,39 +162,54 @@ async fn post(
     url: &CallbackUrl,
     headers: &[(&str, String)],
     body: Bytes,
-) -> Attempt {
+) -> Result<Answered, Attempt> {
     let key = Key {
         addr,
         tls_name: url.tls.then(|| url.host.clone()),
     };
     let Some(req) = request(url, headers, &body) else {
-        return Outcome::Rejected.into();
+        return Err(Outcome::Rejected.into());
     };
     let req = match conns.idle.take(&key) {
         Some(mut sender) => match sender.try_send_request(req).await {
-            Ok(answer) => return finish(conns, key, sender, answer).await,
+            Ok(answer) => {
+                return Ok(Answered {
+                    key,
+                    sender,
+                    answer,
+                })
+            }
             Err(mut e) => match e.take_message() {
                 Some(req) => req,
-                None => match request(url, headers, &body) {
-                    Some(req) => req,
-                    None => return Outcome::Rejected.into(),
-                },
+                // Sent, but the connection closed before any answer: the receiver closed it
+                // while idle. Any other failure (a malformed answer) is the attempt's outcome.
+                None if e.error().is_incomplete_message() || e.error().is_canceled() => {
+                    match request(url, headers, &body) {
+                        Some(req) => req,
+                        None => return Err(Outcome::Rejected.into()),
+                    }
+                }
+                None => return Err(Outcome::ConnectError.into()),
             },
         },
         None => req,
     };
     let peer = HttpPeer::new(addr, url.tls, url.host.clone());
     let Ok(stream) = conns.connector.new_stream(&peer).await else {
-        return Outcome::ConnectError.into();
+        return Err(Outcome::ConnectError.into());
     };
     let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     else {
-        return Outcome::ConnectError.into();
+        return Err(Outcome::ConnectError.into());
     };
     tokio::spawn(conn);
     match sender.send_request(req).await {
-        Ok(answer) => finish(conns, key, sender, answer).await,
-        Err(_) => Outcome::ConnectError.into(),
+        Ok(answer) => Ok(Answered {
+            key,
+            sender,
+            answer,
+        }),
+        Err(_) => Err(Outcome::ConnectError.into()),
     }
 }
 
@@ -212,23 +232,52 @@ fn request(
     req.body(Full::new(body.clone())).ok()
 }
 
-/// Classifies the answer, reads its body (at most [`MAX_ANSWER_BYTES`]) and, if the connection
-/// can take another request, files it as idle.
-async fn finish(
-    conns: &Connections,
+/// An answer's head, on the connection it came on.
+struct Answered {
     key: Key,
-    mut sender: keepalive::Sender,
+    sender: keepalive::Sender,
     answer: hyper::Response<hyper::body::Incoming>,
-) -> Attempt {
-    let attempt = classify(answer.status().as_u16(), answer.headers());
-    let read = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await;
-    if read.is_ok() && sender.ready().await.is_ok() {
-        conns.idle.put(key, sender);
-    }
-    attempt
 }
+
+impl Answered {
+    /// The attempt's outcome (its status alone, as before connections were kept), once its body is
+    /// read and the connection filed as idle if it can take another request. That waits at most
+    /// [`KEEP_INLINE`] (a complete answer takes far less), then goes on in a task of its own for
+    /// at most [`KEEP_WITHIN`]: a receiver that trickles or withholds its body, or stops reading the
+    /// request, only loses its connection, never changes the outcome.
+    async fn finish(self, idle: &Arc<IdlePool>) -> Attempt {
+        let Answered {
+            key,
+            mut sender,
+            answer,
+        } = self;
+        let attempt = classify(answer.status().as_u16(), answer.headers());
+        let mut reuse = Box::pin(async move {
+            let read = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await;
+            (read.is_ok() && sender.ready().await.is_ok()).then_some(sender)
+        });
+        match tokio::time::timeout(KEEP_INLINE, &mut reuse).await {
+            Ok(Some(sender)) => idle.put(key, sender),
+            Ok(None) => {}
+            Err(_) => {
+                let idle = idle.clone();
+                tokio::spawn(async move {
+                    if let Ok(Some(sender)) = tokio::time::timeout(KEEP_WITHIN, reuse).await {
+                        idle.put(key, sender);
+                    }
+                });
+            }
+        }
+        attempt
+    }
+}
+
+/// How long a delivery waits for the rest of an answer before leaving it to a task.
+const KEEP_INLINE: Duration = Duration::from_millis(100);
+/// How long the rest of an answer may take for its connection to be kept.
+const KEEP_WITHIN: Duration = Duration::from_secs(2);
 
 /// A receiver's answer body longer than this closes the connection instead of being read to its end.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;

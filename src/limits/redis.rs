@@ -104,7 +104,13 @@ impl Batches {
             reply,
         };
         self.queue.send(pending).map_err(|_| Unavailable)?;
-        let (refused, wait_us) = answer.await.map_err(|_| Unavailable)??;
+        // At most the call in flight and the one carrying this check, each within `timeout_ms`;
+        // past that Redis counts as unavailable for this request (its fallback applies).
+        let wait = shared.settings().timeout * 2;
+        let answered = tokio::time::timeout(wait, answer).await;
+        let (refused, wait_us) = answered
+            .map_err(|_| Unavailable)?
+            .map_err(|_| Unavailable)??;
         Ok(verdict(buckets, refused, wait_us))
     }
 }
