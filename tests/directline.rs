@@ -809,9 +809,15 @@ impl BotFrameworkBot {
 
     /// On `port` (0: any free one).
     fn start_on(port: u16, secret: &str) -> BotFrameworkBot {
+        Self::start_with(port, secret, 1800)
+    }
+
+    /// With tokens that last `token_seconds`.
+    fn start_with(port: u16, secret: &str, token_seconds: u64) -> BotFrameworkBot {
         use std::io::BufRead;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dl_bot.mjs");
         let mut child = Command::new("node")
+            .env("DL_TOKEN_SECONDS", token_seconds.to_string())
             .arg(script)
             .args([&port.to_string(), secret])
             .stdin(std::process::Stdio::piped())
@@ -1178,6 +1184,60 @@ async fn a_direct_line_bot_that_lost_its_conversations_gets_a_new_one() {
         "{v}"
     );
     drop(bot);
+}
+
+/// What the test Direct Line service counts: conversations started, tokens refreshed.
+async fn bot_stats(port: u16) -> (u64, u64) {
+    let url = format!("http://127.0.0.1:{port}/v3/test/stats");
+    let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    (
+        v["started"].as_u64().unwrap(),
+        v["refreshed"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_line_bots_token_is_refreshed_before_it_expires_and_the_conversation_goes_on() {
+    if skipped(node_missing()) {
+        return;
+    }
+    // Tokens of 303 s: less than the 300 s the proxy keeps in hand is left after 3 s.
+    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start_with(0, "bf-secret", 303))
+        .await
+        .unwrap();
+    let config = with_bf_bot(bot.port, "quiet_ms = 300", &to_bf_route("rasa"));
+    let proxy = Proxy::start(&config).await;
+    let rasa = || vec![("authorization", "Bearer demo-rasa-token".to_string())];
+    let say = |t: &str| json!({"sender": "r1", "message": t}).to_string();
+    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("Red")).await;
+    assert_eq!(
+        (status, &v[0]["text"]),
+        (200, &json!("You said: Red")),
+        "{v}"
+    );
+    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("No")).await;
+    assert_eq!(
+        (status, &v[0]["text"]),
+        (200, &json!("You said: No")),
+        "{v}"
+    );
+    assert_eq!(
+        bot_stats(bot.port).await,
+        (1, 0),
+        "a fresh token is used as it is"
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("Yes")).await;
+    assert_eq!(
+        (status, &v[0]["text"]),
+        (200, &json!("You said: Yes")),
+        "{v}"
+    );
+    assert_eq!(
+        bot_stats(bot.port).await,
+        (1, 1),
+        "one refresh, in the same conversation"
+    );
 }
 
 #[tokio::test]

@@ -18,6 +18,10 @@
 //     answers {conversationId, expiresIn} with the bot's status), and a conversation unknown here
 //     answers 404 with an ErrorResponse;
 //   - GET /v3/directline/conversations/{id}[?watermark=] (reconnect: a fresh streamUrl);
+//   - tokens that expire after `expires_in` (403 {"error":{"code":"TokenExpired"}} after that) and
+//     POST /v3/directline/tokens/refresh with a conversation's token (a new one for the same
+//     conversation, as the real service gives);
+//   - GET /v3/test/stats: how many conversations were started and tokens refreshed (for tests);
 //   - the WebSocket stream at streamUrl (`t=` query, or the Authorization header), which pushes
 //     {activities, watermark} ActivitySets read from the package's own history, and an empty
 //     message every 10 s as a keep-alive, as the real service does;
@@ -63,7 +67,9 @@ if (portArg === undefined || !/^\d+$/.test(portArg) || !secret) {
   process.exit(2);
 }
 const HOST = '127.0.0.1';
-const EXPIRES_IN = 1800;
+// Token lifetime in seconds (Direct Line's is 1800); DL_TOKEN_SECONDS shortens it for tests of
+// the client's refresh.
+const EXPIRES_IN = Number(process.env.DL_TOKEN_SECONDS || 1800);
 const BOT_TIMEOUT_MS = 15000;
 
 // One bad promise in the package (e.g. the bot unreachable) must not end the server.
@@ -167,25 +173,34 @@ const botUrl = `http://${HOST}:${botServer.address().port}/api/messages`;
 // The Direct Line side.
 
 const conversations = new Map(); // conversationId -> { token }
-const tokens = new Map(); // token -> conversationId
+const tokens = new Map(); // token -> { conversationId, expires (ms since the epoch) }
+const stats = { started: 0, refreshed: 0 };
+const issue = (conversationId) => {
+  const token = newToken();
+  tokens.set(token, { conversationId, expires: Date.now() + EXPIRES_IN * 1000 });
+  return token;
+};
 
 const newToken = () => randomBytes(24).toString('base64url');
 const errorBody = (code, message) => ({ error: { code, message } });
-const forbidden = (res, message) => res.status(403).json(errorBody('Forbidden', message));
+const forbidden = (res, [code, message]) => res.status(403).json(errorBody(code, message));
 
 let baseHttp; // http://127.0.0.1:<port>, once listening
 const streamUrl = (conversationId, token, watermark = '-') =>
   `${baseHttp.replace(/^http/, 'ws')}/v3/directline/conversations/${encodeURIComponent(conversationId)}` +
   `/stream?watermark=${encodeURIComponent(watermark)}&t=${encodeURIComponent(token)}`;
 
-// Who may call: the secret, or the token of the conversation named in the path.
+// Who may call: the secret, or an unexpired token of the conversation named in the path. Null, or
+// why not as [code, message].
 function authorize(credential, conversationId) {
-  if (!credential) return 'Authorization: Bearer <secret or token> is required';
+  const no = (message) => ['Forbidden', message];
+  if (!credential) return no('Authorization: Bearer <secret or token> is required');
   if (credential === secret) return null;
-  const tokenConversation = tokens.get(credential);
-  if (tokenConversation === undefined) return 'the secret or token is not valid';
-  if (conversationId === undefined) return 'a conversation token cannot start a conversation';
-  if (conversationId !== tokenConversation) return 'the token is not valid for this conversation';
+  const t = tokens.get(credential);
+  if (t === undefined) return no('the secret or token is not valid');
+  if (t.expires <= Date.now()) return ['TokenExpired', 'Token expired'];
+  if (conversationId === undefined) return no('a conversation token cannot start a conversation');
+  if (conversationId !== t.conversationId) return no('the token is not valid for this conversation');
   return null;
 }
 
@@ -235,6 +250,20 @@ app.disable('x-powered-by');
 // The package's bot-facing Connector API; nothing else of it at /v3/v3.
 app.use('/v3/v3/directline', (req, res) => res.status(404).json(errorBody('NotFound', 'no such route')));
 
+// Refresh Token: a conversation's unexpired token for a new one (the secret cannot be refreshed).
+app.post('/v3/directline/tokens/refresh', (req, res) => {
+  const credential = bearer(req.headers.authorization);
+  const t = tokens.get(credential);
+  if (t === undefined) return forbidden(res, ['Forbidden', 'only a conversation token can be refreshed']);
+  const why = authorize(credential, t.conversationId);
+  if (why) return forbidden(res, why);
+  const token = issue(t.conversationId);
+  conversations.set(t.conversationId, { token });
+  stats.refreshed += 1;
+  res.status(200).json({ conversationId: t.conversationId, token, expires_in: EXPIRES_IN });
+});
+app.get('/v3/test/stats', (req, res) => res.status(200).json(stats));
+
 const dl = express.Router();
 dl.use((req, res, next) => {
   res.header('Access-Control-Allow-Origin', '*');
@@ -262,9 +291,9 @@ dl.post(
     if (!body || typeof body.conversationId !== 'string') {
       return [502, errorBody('BotError', 'Failed to start the conversation')];
     }
-    const token = newToken();
+    const token = issue(body.conversationId);
     conversations.set(body.conversationId, { token });
-    tokens.set(token, body.conversationId);
+    stats.started += 1;
     return [
       201,
       { conversationId: body.conversationId, token, expires_in: EXPIRES_IN, streamUrl: streamUrl(body.conversationId, token) },
