@@ -35,7 +35,7 @@ local k, a = 1, 2
 for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   a = a + 1
-  local tats, intervals = {}, {}
+  local tats = {}
   local refused, longest = 0, 0
   for i = 1, n do
     local interval = tonumber(ARGV[a])
@@ -66,10 +66,28 @@ pub const MAX_BATCH: usize = 128;
 
 /// One request's check, waiting for a batch.
 struct Pending {
-    keys: Vec<String>,
-    /// (interval µs, burst) per key.
-    args: Vec<(u64, u32)>,
+    buckets: Vec<BucketArgs>,
     reply: oneshot::Sender<Result<(usize, u64), Unavailable>>,
+}
+
+/// A bucket as the script takes it: its key (in the credential's slot, so that one script may
+/// touch all of a request's buckets on a cluster), interval (µs) and burst.
+type BucketArgs = (String, u64, u32);
+
+fn bucket_args(shared: &SharedRedis, buckets: &[Bucket]) -> Vec<BucketArgs> {
+    let args = |b: &Bucket| {
+        let key = shared.tagged_key("rl", &b.owner, &b.key);
+        (key, b.limit.interval_us(), b.limit.burst)
+    };
+    buckets.iter().map(args).collect()
+}
+
+/// One request's part of the script's arguments: its number of buckets, then each bucket.
+fn add_request(invocation: &mut redis::ScriptInvocation<'_>, buckets: &[BucketArgs]) {
+    invocation.arg(buckets.len());
+    for (key, interval, burst) in buckets {
+        invocation.key(key).arg(*interval).arg(*burst);
+    }
 }
 
 /// The batching of one server's checks: a task on the Redis thread sends what has queued.
@@ -95,12 +113,7 @@ impl Batches {
     ) -> Result<Verdict, Unavailable> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            keys: (buckets.iter())
-                .map(|b| shared.tagged_key("rl", &b.owner, &b.key))
-                .collect(),
-            args: (buckets.iter())
-                .map(|b| (b.limit.interval_us(), b.limit.burst))
-                .collect(),
+            buckets: bucket_args(shared, buckets),
             reply,
         };
         self.queue.send(pending).map_err(|_| Unavailable)?;
@@ -123,10 +136,7 @@ async fn send_batches(shared: Weak<SharedRedis>, mut rx: mpsc::UnboundedReceiver
         let mut invocation = BATCH_SCRIPT.prepare_invoke();
         invocation.arg(batch.len());
         for p in &batch {
-            invocation.arg(p.keys.len());
-            for (key, (interval, burst)) in p.keys.iter().zip(&p.args) {
-                invocation.key(key).arg(*interval).arg(*burst);
-            }
+            add_request(&mut invocation, &p.buckets);
         }
         let answers: Result<Vec<u64>, Unavailable> = s
             .call(Op::RateLimit, |mut conn| async move {
@@ -165,14 +175,8 @@ fn verdict(buckets: &[Bucket], refused: usize, wait_us: u64) -> Verdict {
 /// call of its own (on a cluster, where a batch would span slots).
 pub async fn check(shared: &SharedRedis, buckets: &[Bucket]) -> Result<Verdict, Unavailable> {
     let mut invocation = BATCH_SCRIPT.prepare_invoke();
-    invocation.arg(1).arg(buckets.len());
-    for b in buckets {
-        // In the credential's slot: one script may touch all of a request's buckets on a cluster.
-        invocation
-            .key(shared.tagged_key("rl", &b.owner, &b.key))
-            .arg(b.limit.interval_us())
-            .arg(b.limit.burst);
-    }
+    invocation.arg(1);
+    add_request(&mut invocation, &bucket_args(shared, buckets));
     let answer: Vec<u64> = shared
         .call(Op::RateLimit, |mut conn| async move {
             invocation.invoke_async(&mut conn).await
