@@ -50,6 +50,8 @@ pub struct IdlePool {
 struct Inner {
     by_key: HashMap<Key, Vec<(Sender, Instant)>>,
     total: usize,
+    /// When the connections too old to reuse were last dropped.
+    pruned: Option<Instant>,
 }
 
 impl IdlePool {
@@ -57,7 +59,7 @@ impl IdlePool {
     pub fn take(&self, key: &Key) -> Option<Sender> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let Inner { by_key, total } = &mut *inner;
+        let Inner { by_key, total, .. } = &mut *inner;
         let list = by_key.get_mut(key)?;
         let mut found = None;
         while let Some((sender, since)) = list.pop() {
@@ -79,8 +81,14 @@ impl IdlePool {
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.total >= TOTAL {
-            inner.prune(Instant::now());
+        let now = Instant::now();
+        // Connections no longer reusable are closed at least every IDLE_FOR while deliveries go
+        // on (and at once when the pool is full), not only when their key is asked for again.
+        let due = inner
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= IDLE_FOR);
+        if due || inner.total >= TOTAL {
+            inner.prune(now);
             if inner.total >= TOTAL {
                 return;
             }
@@ -89,18 +97,8 @@ impl IdlePool {
         if list.len() >= PER_ADDRESS {
             return;
         }
-        list.push((sender, Instant::now()));
+        list.push((sender, now));
         inner.total += 1;
-    }
-
-    /// How many idle connections are kept.
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -114,5 +112,6 @@ impl Inner {
             !list.is_empty()
         });
         self.total = total;
+        self.pruned = Some(now);
     }
 }
