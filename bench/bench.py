@@ -248,6 +248,34 @@ def parse_ms(s):
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
+# A second route of the plain instance, /shadowed: the same, with a shadow at 100% (a second signed
+# CSML bot on a fixed-answer nginx at port `shadow_bot`).
+SHADOWED = """
+[[backends]]
+name = "shadow-bot"
+dialect = "csml"
+url = "http://127.0.0.1:{shadow_bot}/api/chat"
+auth = "signed"
+api_key = "bench-key"
+api_secret = "bench-secret"
+[[routes]]
+name = "shadowed"
+path = "/shadowed"
+ingress = "haptik"
+backend = "bot"
+shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queued = 1024 }}
+"""
+
+
+def shadow_copies(admin):
+    """The shadow copies an instance has sent and dropped so far (`botbridge_shadow_requests_total`)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    def count(outcome):
+        return sum(float(m) for m in re.findall(rf'botbridge_shadow_requests_total{{[^}}]*outcome="{outcome}"[^}}]*}} (\S+)', text))
+    return count("sent"), count("dropped")
+
+
 def run_wrk(url, script, seconds, connections, threads=1, pin=None):
     taskset = ["taskset", "-c", pin] if pin else []
     out = subprocess.run([*taskset, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, url],
@@ -316,21 +344,7 @@ def main():
 
         url = one_url(backend)
         # The plain instance also serves /shadowed: the same route with a shadow at 100%.
-        shadowed = f"""
-[[backends]]
-name = "shadow-bot"
-dialect = "csml"
-url = "http://127.0.0.1:{shadow_bot}/api/chat"
-auth = "signed"
-api_key = "bench-key"
-api_secret = "bench-secret"
-[[routes]]
-name = "shadowed"
-path = "/shadowed"
-ingress = "haptik"
-backend = "bot"
-shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queued = 1024 }}
-"""
+        shadowed = SHADOWED.format(shadow_bot=shadow_bot)
         bb_conf = bb_config("bb", bb_port, bb_admin, url + shadowed)
         pool_keys = pool_of_three(backend)
         pool_conf = bb_config("bb-pool", pool_port, pool_admin, pool_keys)
@@ -422,6 +436,7 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
                     sampler.start()
                 before, sys_before = cpu_ticks(pids), cpu_ticks(pids, (12,))
                 redis_before = cpu_ticks([redis.pid]) if redis else 0
+                copies_before = shadow_copies(bb_admin) if name == "botbridge + shadow" else None
                 r = run_wrk(url, script, args.seconds if rnd else 2, args.connections, args.threads)
                 r["cpu_us_per_req"] = (cpu_ticks(pids) - before) / TICKS * 1e6 / max(r["requests"], 1)
                 r["sys_us_per_req"] = (cpu_ticks(pids, (12,)) - sys_before) / TICKS * 1e6 / max(r["requests"], 1)
@@ -431,6 +446,9 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
                     stop.set()
                     sampler.join()
                     rss_load = max(rss_load, peak[0])
+                if copies_before:
+                    sent, dropped = (b - a for a, b in zip(copies_before, shadow_copies(bb_admin)))
+                    r["copies_sent"], r["copies_dropped"] = sent, dropped
                 if rnd:
                     results[name].append(r)
                 print(f"  round {rnd} {name:13s} {r['rps']:8.0f} req/s  p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms  "
@@ -530,9 +548,14 @@ shadow = {{ backend = "shadow-bot", percent = 100, max_in_flight = 64, max_queue
                   f"({pool['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x)")
         if plain and "botbridge + shadow" in table:
             sh = table["botbridge + shadow"]
+            rs = results["botbridge + shadow"]
+            sent, dropped = (sum(r.get(k, 0) for r in rs) for k in ("copies_sent", "copies_dropped"))
+            served = sum(r["requests"] for r in rs)
+            extra = sh['cpu_us_per_req'] - plain['cpu_us_per_req']
             print(f"\na shadow at 100% vs none: caller p99 {sh['p99']:.2f} ms against {plain['p99']:.2f} ms "
-                  f"({sh['p99'] / plain['p99']:.3f}x); CPU {sh['cpu_us_per_req'] - plain['cpu_us_per_req']:+.1f} µs per request "
-                  f"({sh['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x)")
+                  f"({sh['p99'] / plain['p99']:.3f}x); CPU {extra:+.1f} µs per request "
+                  f"({sh['cpu_us_per_req'] / plain['cpu_us_per_req']:.3f}x); copies sent {sent:.0f} and dropped "
+                  f"{dropped:.0f} of {served} requests ({extra * served / max(sent, 1):+.1f} µs per copy sent)")
         if paced:
             m = {n: {k: statistics.mean(r[k] for r in rs) for k in ("rps", "p50", "p99")} for n, rs in paced.items()}
             a, b = m["botbridge"], m["botbridge + shadow"]

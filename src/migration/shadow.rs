@@ -9,13 +9,13 @@
 //! (`super::Recorder`). Nothing here can delay or fail the caller: its answer does not wait for the
 //! task, and every failure of the shadow is a verdict (`shadow_error`).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use super::compare::compare;
 use super::Recorder;
@@ -104,7 +104,7 @@ impl ShadowTarget {
         self.sent.inc();
         let pending = Pending::enter(self.clone());
         let (upstream, recorder) = (upstream.clone(), recorder.clone());
-        shadow_thread().spawn(async move {
+        inbox().hand_over(Box::pin(async move {
             let me = &pending.0;
             recorder.report.copy(&me.route, true);
             // The semaphore is never closed.
@@ -112,7 +112,7 @@ impl ShadowTarget {
                 return;
             };
             me.run(job, &upstream, &recorder).await;
-        });
+        }));
     }
 
     /// The exchange, both answers read, compared and recorded.
@@ -191,6 +191,88 @@ fn shadow_thread() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("the shadow thread starts")
     })
+}
+
+/// A copy's whole task, as handed over.
+type Copy = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How long the shadow thread lets copies gather before it starts the next ones, while copies keep
+/// coming. Handing each copy over on its own woke the shadow thread once per copy: in the 100%
+/// shadow benchmark the listener thread paid the wake-up and the shadow thread about a third of its
+/// time parking and waking (bench/RESULTS.md, "Shadow copies handed over in batches"). A copy
+/// starts at most this much later; the caller is never waiting for it.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// The copies handed over and not started yet; the shadow thread takes them all at once.
+struct Inbox {
+    copies: Mutex<Vec<Copy>>,
+    /// Whether the shadow thread's taker is running (or about to): then a hand-over only queues.
+    awake: AtomicBool,
+    wake: Notify,
+}
+
+/// The process's inbox, its taker started on the shadow thread on first use.
+fn inbox() -> &'static Inbox {
+    static INBOX: OnceLock<Inbox> = OnceLock::new();
+    let mut made = false;
+    let inbox = INBOX.get_or_init(|| {
+        made = true;
+        Inbox {
+            copies: Mutex::new(Vec::new()),
+            awake: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    });
+    if made {
+        shadow_thread().spawn(take_copies(inbox));
+    }
+    inbox
+}
+
+impl Inbox {
+    /// Queues a copy; wakes the taker only when it sleeps (no system call while copies flow).
+    fn hand_over(&self, copy: Copy) {
+        self.copies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(copy);
+        if !self.awake.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<Copy> {
+        std::mem::take(&mut *self.copies.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The shadow thread's taker: sleeps until a copy comes, then starts what has gathered every
+/// [`GATHER`] until a round finds none.
+async fn take_copies(inbox: &'static Inbox) {
+    loop {
+        inbox.wake.notified().await;
+        loop {
+            let copies = inbox.take();
+            if copies.is_empty() {
+                inbox.awake.store(false, Ordering::Release);
+                // A copy queued between the take and the store found the taker awake and did not
+                // wake it: take it now.
+                let late = !inbox
+                    .copies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if late && !inbox.awake.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                break;
+            }
+            for copy in copies {
+                tokio::spawn(copy);
+            }
+            tokio::time::sleep(GATHER).await;
+        }
+    }
 }
 
 /// Counts a copy as pending for as long as its task lives (also if the task is dropped).
