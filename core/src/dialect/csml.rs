@@ -1301,7 +1301,7 @@ impl BotDialect for Csml {
         let auth = match (c.auth.unwrap_or_default(), &c.api_secret) {
             (AuthMode::Signed, Some(s)) => {
                 let secret = s.resolve(&format!("{key}.api_secret"))?;
-                KeyAuth::Signed(HmacKey::new(api_key, secret.as_bytes()))
+                KeyAuth::signed(HmacKey::new(api_key, secret.as_bytes()))
             }
             (AuthMode::Signed, None) => {
                 return Err(ConfigError::new(
