@@ -112,15 +112,17 @@ NEVER_HIT = ("[limits]\nrate_limit = { requests = 1000000, per_seconds = 1 }\n"
              "user_rate_limit = { requests = 1000000, per_seconds = 1 }\n")
 
 
-def nginx_conf(work, name, server_block, workers=1):
-    """Writes an nginx config (`work/name.conf`) serving `server_block`; its path."""
+def nginx_conf(work, name, server_block, workers=1, connections=4096):
+    """Writes an nginx config (`work/name.conf`) serving `server_block` with up to `connections`
+    connections per worker; its path."""
     path = os.path.join(work, f"{name}.conf")
     with open(path, "w") as f:
         f.write(f"""
 worker_processes {workers};
+worker_rlimit_nofile {2 * connections + 64};
 pid {work}/{name}.pid;
 error_log {work}/{name}.error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
   access_log off;
   client_body_temp_path {work}/{name}-body;

@@ -320,7 +320,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="botbridge-scale-")
     bot = free_port()
-    nginx = subprocess.Popen(["nginx", "-c", nginx_conf(work, "bot", fixed_answer_server(bot), workers=1),
+    nginx = subprocess.Popen(["nginx", "-c", nginx_conf(work, "bot", fixed_answer_server(bot), workers=1, connections=24000),
                               "-p", work, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
     results = {"configs": [], "flood": None, "connections": []}
     try:
