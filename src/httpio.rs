@@ -252,6 +252,7 @@ impl<H: Handler> ServerApp for App<H> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let (app, shutdown) = (self.clone(), shutdown.clone());
+        crate::memory::tidy_this_thread();
         tokio::spawn(async move { app.serve(stream, &shutdown).await });
         None
     }
