@@ -208,7 +208,7 @@ fn verification(c: &mut Criterion) {
         name: "c".into(),
         business_id: None,
         scope: Scope::default(),
-        api_key: Some(ApiKeyAuth::Signed(key.clone())),
+        api_key: Some(ApiKeyAuth::Signed(Box::new(key.clone()))),
         limits: Default::default(),
         callbacks: None,
         verifier: None,

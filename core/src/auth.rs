@@ -163,8 +163,9 @@ impl Scope {
 /// How an API key credential's requests are verified.
 #[derive(Debug, Clone)]
 pub enum ApiKeyAuth {
-    /// `KEY|TS` with a signature, checked with this key's pre-keyed HMAC.
-    Signed(HmacKey),
+    /// `KEY|TS` with a signature, checked with this key's pre-keyed HMAC (boxed: 176 bytes that
+    /// every other credential's grant would otherwise carry too).
+    Signed(Box<HmacKey>),
     /// `KEY` alone.
     Plain,
 }
@@ -803,7 +804,7 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
         AuthQuery::ApiKey { key, .. } => {
             Some(match (v.auth.as_deref().unwrap_or("signed"), v.secret) {
                 ("signed", Some(secret)) if !secret.is_empty() => {
-                    ApiKeyAuth::Signed(HmacKey::new(*key, secret.as_bytes()))
+                    ApiKeyAuth::Signed(Box::new(HmacKey::new(*key, secret.as_bytes())))
                 }
                 ("signed", _) => {
                     return Err("a valid signed API key needs a non-empty `secret`".into())
@@ -857,7 +858,10 @@ mod tests {
                 name: "s".into(),
                 business_id: Some(7),
                 scope: Scope::default(),
-                api_key: Some(ApiKeyAuth::Signed(HmacKey::new("signed-key", b"secret"))),
+                api_key: Some(ApiKeyAuth::Signed(Box::new(HmacKey::new(
+                    "signed-key",
+                    b"secret",
+                )))),
                 limits: CallerLimits::default(),
                 callbacks: None,
                 verifier: None,

@@ -1211,7 +1211,8 @@ impl CallerDialect for Csml {
                 if api_key == "demo-key" && secret == "demo-secret" {
                     demo = Some(format!("csml key {api_key}"));
                 }
-                let auth = ApiKeyAuth::Signed(HmacKey::new(api_key.clone(), secret.as_bytes()));
+                let auth =
+                    ApiKeyAuth::Signed(Box::new(HmacKey::new(api_key.clone(), secret.as_bytes())));
                 api_secret = Some(secret);
                 auth
             }
