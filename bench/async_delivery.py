@@ -43,6 +43,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import nginx_conf  # noqa: E402  (bench/bench.py, beside this file)
 
 
 def free_port():
@@ -231,20 +233,7 @@ def main():
 
 def receiver_conf(work, port):
     """nginx answering 200 to every delivery (its body read and dropped); the config's path."""
-    path = os.path.join(work, "receiver.conf")
-    with open(path, "w") as f:
-        f.write(f"""worker_processes 1;
-pid {work}/receiver.pid;
-error_log {work}/receiver.error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {work}/receiver-body;
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200; }} }}
-}}
-""")
-    return path
+    return nginx_conf(work, "receiver", f"server {{ listen 127.0.0.1:{port}; location / {{ return 200; }} }}")
 
 
 def delivered(admin):

@@ -1207,37 +1207,24 @@ async fn a_direct_line_bots_token_is_refreshed_before_it_expires_and_the_convers
         .unwrap();
     let config = with_bf_bot(bot.port, "quiet_ms = 300", &to_bf_route("rasa"));
     let proxy = Proxy::start(&config).await;
-    let rasa = || vec![("authorization", "Bearer demo-rasa-token".to_string())];
-    let say = |t: &str| json!({"sender": "r1", "message": t}).to_string();
-    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("Red")).await;
-    assert_eq!(
-        (status, &v[0]["text"]),
-        (200, &json!("You said: Red")),
-        "{v}"
-    );
-    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("No")).await;
-    assert_eq!(
-        (status, &v[0]["text"]),
-        (200, &json!("You said: No")),
-        "{v}"
-    );
-    assert_eq!(
-        bot_stats(bot.port).await,
-        (1, 0),
-        "a fresh token is used as it is"
-    );
+    let rasa = [("authorization", "Bearer demo-rasa-token".to_string())];
+    let said = |t: &'static str| {
+        let body = json!({"sender": "r1", "message": t}).to_string();
+        let (proxy, rasa) = (&proxy, &rasa);
+        async move {
+            let (status, v) = send(proxy, "/to-bf", rasa, &body).await;
+            let expected = json!(format!("You said: {t}"));
+            assert_eq!((status, &v[0]["text"]), (200, &expected), "{v}");
+        }
+    };
+    said("Red").await;
+    said("No").await;
+    let stats = bot_stats(bot.port).await;
+    assert_eq!(stats, (1, 0), "a fresh token is used as it is");
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let (status, v) = send(&proxy, "/to-bf", &rasa(), &say("Yes")).await;
-    assert_eq!(
-        (status, &v[0]["text"]),
-        (200, &json!("You said: Yes")),
-        "{v}"
-    );
-    assert_eq!(
-        bot_stats(bot.port).await,
-        (1, 1),
-        "one refresh, in the same conversation"
-    );
+    said("Yes").await;
+    let stats = bot_stats(bot.port).await;
+    assert_eq!(stats, (1, 1), "one refresh, in the same conversation");
 }
 
 #[tokio::test]
