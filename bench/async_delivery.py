@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--fast", action="store_true", help="throughput only, with wrk as callers and nginx as receiver")
     ap.add_argument("--seconds", type=int, default=10, help="--fast: how long wrk sends")
     args = ap.parse_args()
+    if args.fast and args.seconds < 4:
+        ap.error("--fast needs --seconds 4 or more (the rate is read from the 2nd second on)")
 
     arrivals = {}  # idempotency key -> (arrival time, request id, closing?)
     lock = threading.Lock()
@@ -256,7 +258,7 @@ def fast(args, work, listen, admin, callback):
         f.write(f"""
 local sigs = {{ {sigs} }}
 local n = 0
-local prefix = tostring(math.random(1, 1000000000))
+local prefix = "{os.getpid()}-{now}"
 request = function()
   n = n + 1
   local t = os.time()

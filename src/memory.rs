@@ -16,6 +16,7 @@ pub fn release_free_memory() {
 /// How often a thread that serves connections hands back the memory it freed.
 pub const TIDY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+#[cfg(feature = "mimalloc")]
 thread_local! {
     /// Whether this thread's tidying task runs.
     static TIDYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -27,7 +28,9 @@ thread_local! {
 /// at once and then only holds their idle connections kept ~21 MB it no longer used (bench.py's
 /// burst row: 43.4 MB against 22.6 MB with the pages returned at once). Returning them at once
 /// instead (`purge_delay = 0`) cost 13.5 µs per request; a collection a second costs nothing
-/// measurable.
+/// measurable. The chat and admin listeners run one single-threaded runtime per worker thread
+/// (`work_stealing: false`), so the task stays on the thread it tidies; on a work-stealing runtime
+/// it would tidy whichever thread runs it.
 pub fn tidy_this_thread() {
     #[cfg(feature = "mimalloc")]
     if !TIDYING.get() {

@@ -1201,8 +1201,10 @@ async fn a_direct_line_bots_token_is_refreshed_before_it_expires_and_the_convers
     if skipped(node_missing()) {
         return;
     }
-    // Tokens of 303 s: less than the 300 s the proxy keeps in hand is left after 3 s.
-    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start_with(0, "bf-secret", 303))
+    // Tokens of 306 s: less than the 300 s the proxy keeps in hand is left after 6 s. The test
+    // service revokes a token once it is refreshed, so a proxy that kept using the old one would
+    // be refused and start another conversation.
+    let bot = tokio::task::spawn_blocking(|| BotFrameworkBot::start_with(0, "bf-secret", 306))
         .await
         .unwrap();
     let config = with_bf_bot(bot.port, "quiet_ms = 300", &to_bf_route("rasa"));
@@ -1221,8 +1223,9 @@ async fn a_direct_line_bots_token_is_refreshed_before_it_expires_and_the_convers
     said("No").await;
     let stats = bot_stats(bot.port).await;
     assert_eq!(stats, (1, 0), "a fresh token is used as it is");
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(6500)).await;
     said("Yes").await;
+    said("Red").await;
     let stats = bot_stats(bot.port).await;
     assert_eq!(stats, (1, 1), "one refresh, in the same conversation");
 }

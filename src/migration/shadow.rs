@@ -214,6 +214,8 @@ struct Inbox {
 /// The process's inbox, its taker started on the shadow thread on first use.
 fn inbox() -> &'static Inbox {
     static INBOX: OnceLock<Inbox> = OnceLock::new();
+    // The thread first: if it cannot start, no inbox is made, and the next copy tries again.
+    let thread = shadow_thread();
     let mut made = false;
     let inbox = INBOX.get_or_init(|| {
         made = true;
@@ -224,7 +226,7 @@ fn inbox() -> &'static Inbox {
         }
     });
     if made {
-        shadow_thread().spawn(take_copies(inbox));
+        thread.spawn(take_copies(inbox));
     }
     inbox
 }

@@ -20,7 +20,8 @@
 //   - GET /v3/directline/conversations/{id}[?watermark=] (reconnect: a fresh streamUrl);
 //   - tokens that expire after `expires_in` (403 {"error":{"code":"TokenExpired"}} after that) and
 //     POST /v3/directline/tokens/refresh with a conversation's token (a new one for the same
-//     conversation, as the real service gives);
+//     conversation, as the real service gives; the old one is revoked at once, so that a client
+//     that kept it is caught);
 //   - GET /v3/test/stats: how many conversations were started and tokens refreshed (for tests);
 //   - the WebSocket stream at streamUrl (`t=` query, or the Authorization header), which pushes
 //     {activities, watermark} ActivitySets read from the package's own history, and an empty
@@ -258,6 +259,9 @@ app.post('/v3/directline/tokens/refresh', (req, res) => {
   const why = authorize(credential, t.conversationId);
   if (why) return forbidden(res, why);
   const token = issue(t.conversationId);
+  // The old token ends here (stricter than the real service, which lets it run out): a client
+  // that kept using it would be refused.
+  tokens.delete(credential);
   conversations.set(t.conversationId, { token });
   stats.refreshed += 1;
   res.status(200).json({ conversationId: t.conversationId, token, expires_in: EXPIRES_IN });
