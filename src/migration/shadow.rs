@@ -9,13 +9,13 @@
 //! (`super::Recorder`). Nothing here can delay or fail the caller: its answer does not wait for the
 //! task, and every failure of the shadow is a verdict (`shadow_error`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use super::compare::compare;
 use super::Recorder;
@@ -104,7 +104,8 @@ impl ShadowTarget {
         self.sent.inc();
         let pending = Pending::enter(self.clone());
         let (upstream, recorder) = (upstream.clone(), recorder.clone());
-        inbox().hand_over(Box::pin(async move {
+        // The taker lives as long as the process: a send does not fail.
+        let _ = inbox().send(Box::pin(async move {
             let me = &pending.0;
             recorder.report.copy(&me.route, true);
             // The semaphore is never closed.
@@ -203,77 +204,28 @@ type Copy = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// starts at most this much later; the caller is never waiting for it.
 const GATHER: Duration = Duration::from_millis(1);
 
-/// The copies handed over and not started yet; the shadow thread takes them all at once.
-struct Inbox {
-    copies: Mutex<Vec<Copy>>,
-    /// Whether the shadow thread's taker is running (or about to): then a hand-over only queues.
-    awake: AtomicBool,
-    wake: Notify,
-}
-
-/// The process's inbox, its taker started on the shadow thread on first use.
-fn inbox() -> &'static Inbox {
-    static INBOX: OnceLock<Inbox> = OnceLock::new();
-    // The thread first: if it cannot start, no inbox is made, and the next copy tries again.
+/// The process's hand-over to the shadow thread, its taker started there on first use (the thread
+/// first: if it cannot start, no hand-over is made, and the next copy tries again).
+fn inbox() -> &'static mpsc::UnboundedSender<Copy> {
+    static INBOX: OnceLock<mpsc::UnboundedSender<Copy>> = OnceLock::new();
     let thread = shadow_thread();
-    let mut made = false;
-    let inbox = INBOX.get_or_init(|| {
-        made = true;
-        Inbox {
-            copies: Mutex::new(Vec::new()),
-            awake: AtomicBool::new(false),
-            wake: Notify::new(),
-        }
-    });
-    if made {
-        thread.spawn(take_copies(inbox));
-    }
-    inbox
+    INBOX.get_or_init(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        thread.spawn(take_copies(rx));
+        tx
+    })
 }
 
-impl Inbox {
-    /// Queues a copy; wakes the taker only when it sleeps (no system call while copies flow).
-    fn hand_over(&self, copy: Copy) {
-        self.copies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(copy);
-        if !self.awake.swap(true, Ordering::AcqRel) {
-            self.wake.notify_one();
+/// The shadow thread's taker: waits for a copy, starts every copy queued, then lets copies gather
+/// for [`GATHER`] before it looks again. A copy queued while it gathers wakes nothing; only one
+/// queued while it waits on the empty queue does. Bounded by the routes' `Pending` counts.
+async fn take_copies(mut rx: mpsc::UnboundedReceiver<Copy>) {
+    let mut copies = Vec::new();
+    while rx.recv_many(&mut copies, usize::MAX).await > 0 {
+        for copy in copies.drain(..) {
+            tokio::spawn(copy);
         }
-    }
-
-    fn take(&self) -> Vec<Copy> {
-        std::mem::take(&mut *self.copies.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// The shadow thread's taker: sleeps until a copy comes, then starts what has gathered every
-/// [`GATHER`] until a round finds none.
-async fn take_copies(inbox: &'static Inbox) {
-    loop {
-        inbox.wake.notified().await;
-        loop {
-            let copies = inbox.take();
-            if copies.is_empty() {
-                inbox.awake.store(false, Ordering::Release);
-                // A copy queued between the take and the store found the taker awake and did not
-                // wake it: take it now.
-                let late = !inbox
-                    .copies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty();
-                if late && !inbox.awake.swap(true, Ordering::AcqRel) {
-                    continue;
-                }
-                break;
-            }
-            for copy in copies {
-                tokio::spawn(copy);
-            }
-            tokio::time::sleep(GATHER).await;
-        }
+        tokio::time::sleep(GATHER).await;
     }
 }
 
