@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntGauge};
-
 use crate::config::pool::BreakerSettings;
 use crate::metrics::Metrics;
 
@@ -27,10 +25,9 @@ pub struct Breaker {
     /// Not closed: the fast path's only question.
     tripped: AtomicBool,
     state: Mutex<State>,
-    open_gauge: IntGauge,
-    to_open: IntCounter,
-    to_half_open: IntCounter,
-    to_closed: IntCounter,
+    /// The backend's name, for its series: found at each transition (rare), not held by every
+    /// backend (four series each, most never moved: ~1 KB a backend with thousands of them).
+    backend: Box<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,19 +53,25 @@ pub struct Permit<'a> {
 impl Breaker {
     /// The closed circuit of `backend`.
     pub fn new(backend: &str) -> Self {
-        let m = &Metrics::global().pool;
-        let to = |state: &str| m.circuit_transitions.with_label_values(&[backend, state]);
         Breaker {
             tripped: AtomicBool::new(false),
             state: Mutex::new(State {
                 phase: Phase::Closed,
                 window: [(0, 0, 0); BUCKETS],
             }),
-            open_gauge: m.circuit_open.with_label_values(&[backend]),
-            to_open: to("open"),
-            to_half_open: to("half_open"),
-            to_closed: to("closed"),
+            backend: backend.into(),
         }
+    }
+
+    /// Counts a move to `to` (one of `CIRCUIT_STATES`) and sets the open gauge.
+    fn moved(&self, to: &str, open: bool) {
+        let m = &Metrics::global().pool;
+        (m.circuit_transitions)
+            .with_label_values(&[&self.backend, to])
+            .inc();
+        (m.circuit_open)
+            .with_label_values(&[&self.backend])
+            .set(i64::from(open));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -88,7 +91,7 @@ impl Breaker {
             }
             Phase::Open { .. } | Phase::HalfOpen { probing: false } => {
                 if matches!(st.phase, Phase::Open { .. }) {
-                    self.to_half_open.inc();
+                    self.moved("half_open", true);
                 }
                 st.phase = Phase::HalfOpen { probing: true };
                 Ok(self.permit(true))
@@ -125,21 +128,19 @@ impl Breaker {
 
     fn open(&self, st: &mut State, now_ms: u64, s: &BreakerSettings) {
         if !matches!(st.phase, Phase::Open { .. }) {
-            self.to_open.inc();
+            self.moved("open", true);
         }
         st.phase = Phase::Open {
             until_ms: now_ms + s.open.as_millis() as u64,
         };
         self.tripped.store(true, Ordering::Relaxed);
-        self.open_gauge.set(1);
     }
 
     fn close(&self, st: &mut State) {
         st.phase = Phase::Closed;
         st.window = [(0, 0, 0); BUCKETS];
         self.tripped.store(false, Ordering::Relaxed);
-        self.open_gauge.set(0);
-        self.to_closed.inc();
+        self.moved("closed", false);
     }
 
     /// A request's outcome in the window; opens the circuit if the error rate is reached.

@@ -90,10 +90,17 @@ fn due(next_ms: &AtomicU64, running: &AtomicBool, now: u64, every: Duration) -> 
 }
 
 impl Pool {
-    /// Sets each endpoint's `up` series.
+    /// Sets each endpoint's `up` series: made now for a pool with active checks, else only where
+    /// the endpoint was chosen before (without checks, only an ejection takes one down).
     fn show_up(&self, now: u64) {
         for m in self.selector.members().iter() {
-            m.state.metrics.up.set(i64::from(self.up(m, now)));
+            let series = match self.active {
+                Some(_) => Some(m.state.series()),
+                None => m.state.made_series(),
+            };
+            if let Some(s) = series {
+                s.up.set(i64::from(self.up(m, now)));
+            }
         }
     }
 

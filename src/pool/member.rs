@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use pingora_load_balancing::Backend as LbBackend;
 
@@ -68,10 +68,26 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
     pub outlier: Outlier,
-    pub metrics: EndpointMetrics,
+    backend: Arc<str>,
+    /// Its series, made when it is first chosen (or checked): a backend nobody calls holds none.
+    metrics: OnceLock<EndpointMetrics>,
 }
 
 impl EndpointState {
+    /// Its series, made now (`up` at 1) if they were not.
+    pub fn series(&self) -> &EndpointMetrics {
+        self.metrics.get_or_init(|| {
+            let m = (Metrics::global().pool).endpoint(&self.backend, &self.addr.to_string());
+            m.up.set(1);
+            m
+        })
+    }
+
+    /// Its series if they were made.
+    pub fn made_series(&self) -> Option<&EndpointMetrics> {
+        self.metrics.get()
+    }
+
     /// Requests being sent to or answered by this endpoint now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
@@ -90,9 +106,11 @@ impl Drop for InFlight<'_> {
 /// A backend's endpoint states by address, shared by the pools of successive configurations, so an
 /// address that stays keeps its state and there is never more than one state (and one set of
 /// series) per address. The series of an address no pool holds any more are removed here, under
-/// the same lock that creates them, so a removal never races a re-creation.
+/// the lock that creates a new state: a state's series are made only while it is held, and a new
+/// state for the address is made only after the old one's series are gone, so a removal never
+/// races a re-creation.
 pub struct States {
-    backend: String,
+    backend: Arc<str>,
     map: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
 }
 
@@ -100,7 +118,7 @@ impl States {
     /// The states of the backend named `backend`.
     pub fn new(backend: &str) -> Self {
         States {
-            backend: backend.to_string(),
+            backend: backend.into(),
             map: Mutex::default(),
         }
     }
@@ -120,11 +138,9 @@ impl States {
             addr,
             in_flight: AtomicUsize::new(0),
             outlier: Outlier::default(),
-            metrics: Metrics::global()
-                .pool
-                .endpoint(&self.backend, &addr.to_string()),
+            backend: self.backend.clone(),
+            metrics: OnceLock::new(),
         });
-        state.metrics.up.set(1);
         map.insert(addr, Arc::downgrade(&state));
         state
     }

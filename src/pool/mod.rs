@@ -36,7 +36,6 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use pingora_load_balancing::HealthRegistry;
-use prometheus::IntCounter;
 
 use crate::config::backends::Backend;
 use crate::config::dns::DnsSettings;
@@ -229,7 +228,6 @@ pub struct Pool {
     active: Option<Active>,
     breaker: Arc<Breaker>,
     states: Arc<States>,
-    failovers: IntCounter,
     /// When the next health pass and DNS refresh are due, and whether one is running.
     next_check_ms: AtomicU64,
     checking: AtomicBool,
@@ -265,10 +263,6 @@ impl Pool {
             active,
             breaker: before.map_or_else(|| Arc::new(Breaker::new(&b.name)), |p| p.breaker.clone()),
             states: before.map_or_else(|| Arc::new(States::new(&b.name)), |p| p.states.clone()),
-            failovers: Metrics::global()
-                .pool
-                .failovers
-                .with_label_values(&[&b.name]),
             next_check_ms: AtomicU64::new(0),
             checking: AtomicBool::new(false),
             next_dns_ms: AtomicU64::new(0),
@@ -377,7 +371,10 @@ impl Pool {
             match result {
                 Err(e) if nothing_sent(&e) && tried.len() + 1 < s.tries as usize => {
                     tracing::debug!(backend = %self.name, endpoint = %m.addr(), "nothing was sent; trying another endpoint");
-                    self.failovers.inc();
+                    // Found now, not held: failovers are rare, backends many.
+                    (Metrics::global().pool.failovers)
+                        .with_label_values(&[&self.name])
+                        .inc();
                     tried.push(m);
                     last = Some(e);
                 }
@@ -397,7 +394,7 @@ impl Pool {
         request: &impl Fn(&Endpoint) -> Vec<u8>,
         now: Instant,
     ) -> Result<Exchange, TransportError> {
-        m.state.metrics.selections.inc();
+        m.state.series().selections.inc();
         let span = Trace::current().child("bot exchange", SpanKind::Client);
         if span.is_sampled() {
             // Boxed: inline, the traced exchange would grow every request's future.
@@ -459,8 +456,9 @@ impl Pool {
             .outlier
             .record(failed, &self.settings.outlier, now, others_up)
         {
-            m.state.metrics.ejections.inc();
-            m.state.metrics.up.set(0);
+            let series = m.state.series();
+            series.ejections.inc();
+            series.up.set(0);
             tracing::warn!(backend = %self.name, endpoint = %m.addr(), seconds = length.as_secs(), "endpoint ejected after consecutive failures");
         }
     }

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use arc_swap::ArcSwap;
@@ -26,14 +26,28 @@ use crate::config::pool::Balance;
 const KETAMA_POINTS: usize = 160;
 
 /// A pool's membership, health and selection.
+///
+/// The balancer is made only once a pool needs one: more than one endpoint, or active checks. Most
+/// backends are one address without `[backends.health]`, and pingora's `LoadBalancer` (its
+/// `Backends` set, the discovery's copy of it, a health registry and the selection's tables) held
+/// about 5 KB for each of them (massif, 2,000 routes each with its own backend).
 pub struct Selector {
-    kind: Kind,
-    /// The endpoints, for `least_requests` and reports (the same `Member`s the balancer holds).
+    balance: Balance,
+    /// The active health (shared across reloads), with `[backends.health]`.
+    registry: Option<Arc<HealthRegistry>>,
+    balancer: OnceLock<Balancer>,
+    /// The endpoints, for `least_requests`, reports and a pool without a balancer (the same
+    /// `Member`s the balancer holds).
     members: ArcSwap<Vec<Arc<Member>>>,
-    /// What the balancer's discovery returns on its next update.
-    discovered: Arc<ArcSwap<BTreeSet<LbBackend>>>,
     /// Where `least_requests` starts looking, so ties are spread.
     next: AtomicUsize,
+}
+
+/// pingora-load-balancing's selection over the members.
+struct Balancer {
+    kind: Kind,
+    /// What the balancer's discovery returns on its next update.
+    discovered: Arc<ArcSwap<BTreeSet<LbBackend>>>,
 }
 
 enum Kind {
@@ -54,13 +68,12 @@ impl ServiceDiscovery for Discovered {
     }
 }
 
-impl Selector {
-    /// An empty selector; `registry` holds the active health (shared across reloads), if any.
-    pub fn new(balance: Balance, registry: Option<Arc<HealthRegistry>>) -> Self {
+impl Balancer {
+    fn new(balance: Balance, registry: Option<&Arc<HealthRegistry>>) -> Self {
         let discovered = Arc::new(ArcSwap::from_pointee(BTreeSet::new()));
         let view = || {
             let d = Box::new(Discovered(discovered.clone()));
-            match &registry {
+            match registry {
                 Some(r) => Backends::new_with_health_registry(d, r.clone()),
                 None => Backends::new(d),
             }
@@ -70,16 +83,11 @@ impl Selector {
             Balance::Sticky => Kind::Sticky(LoadBalancer::from_backends(view())),
             Balance::LeastRequests => Kind::LeastRequests(LoadBalancer::from_backends(view())),
         };
-        Selector {
-            kind,
-            members: ArcSwap::from_pointee(Vec::new()),
-            discovered,
-            next: AtomicUsize::new(0),
-        }
+        Balancer { kind, discovered }
     }
 
-    /// Replaces the membership (selection is rebuilt at once).
-    pub fn set_members(&self, members: Vec<Arc<Member>>) {
+    /// Gives the balancer `members` (its selection is rebuilt at once).
+    fn update(&self, members: &[Arc<Member>]) {
         let set: BTreeSet<LbBackend> = (members.iter())
             .map(|m| {
                 let mut b = m.lb.clone();
@@ -88,7 +96,6 @@ impl Selector {
             })
             .collect();
         self.discovered.store(Arc::new(set));
-        self.members.store(Arc::new(members));
         let update = match &self.kind {
             Kind::RoundRobin(lb) | Kind::LeastRequests(lb) => now(lb.update()),
             Kind::Sticky(lb) => now(lb.update()),
@@ -97,28 +104,62 @@ impl Selector {
         debug_assert!(matches!(update, Some(Ok(()))));
     }
 
-    /// The current endpoints.
-    pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
-        self.members.load_full()
-    }
-
     fn backends(&self) -> &Backends {
         match &self.kind {
             Kind::RoundRobin(lb) | Kind::LeastRequests(lb) => lb.backends(),
             Kind::Sticky(lb) => lb.backends(),
         }
     }
+}
+
+impl Selector {
+    /// An empty selector; `registry` holds the active health (shared across reloads), if any.
+    pub fn new(balance: Balance, registry: Option<Arc<HealthRegistry>>) -> Self {
+        Selector {
+            balance,
+            registry,
+            balancer: OnceLock::new(),
+            members: ArcSwap::from_pointee(Vec::new()),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Replaces the membership (selection is rebuilt at once). The balancer is made the first time
+    /// the pool has more than one endpoint or has active checks, and kept from then on.
+    pub fn set_members(&self, members: Vec<Arc<Member>>) {
+        let needs = members.len() > 1 || self.registry.is_some();
+        let balancer = match self.balancer.get() {
+            Some(b) => Some(b),
+            None if needs => Some(
+                (self.balancer).get_or_init(|| Balancer::new(self.balance, self.registry.as_ref())),
+            ),
+            None => None,
+        };
+        if let Some(b) = balancer {
+            b.update(&members);
+        }
+        self.members.store(Arc::new(members));
+    }
+
+    /// The current endpoints.
+    pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        self.members.load_full()
+    }
 
     /// Whether the endpoint passes its active checks (always, without them).
     pub fn healthy(&self, m: &Member) -> bool {
-        self.backends().ready(&m.lb)
+        (self.balancer.get()).is_none_or(|b| b.backends().ready(&m.lb))
     }
 
     /// An endpoint for a request with this key (the user id, for `sticky`) that `usable` accepts.
     pub fn select(&self, key: &[u8], usable: impl Fn(&Member) -> bool) -> Option<Arc<Member>> {
         let n = self.members.load().len();
         let accept = |b: &LbBackend, healthy: bool| healthy && member(b).is_some_and(|m| usable(m));
-        let chosen = match &self.kind {
+        let Some(balancer) = self.balancer.get() else {
+            // One endpoint, no active checks (or a second one arriving just now).
+            return self.members.load().iter().find(|m| usable(m)).cloned();
+        };
+        let chosen = match &balancer.kind {
             Kind::RoundRobin(lb) => lb.select_with(key, 2 * n + 1, accept),
             Kind::Sticky(lb) => lb.select_with(key, KETAMA_POINTS * n + 1, accept),
             Kind::LeastRequests(_) => return self.least_requests(usable),
