@@ -259,7 +259,7 @@ fn sweep(buckets: Weak<LocalBuckets>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{credential_id, Origin, Scope};
+    use super::super::{credential_id, Keys, Origin, Scope};
     use super::*;
 
     #[test]
@@ -272,7 +272,14 @@ mod tests {
         };
         let bucket = |who: &[u8]| {
             let id = credential_id("t", who);
-            Bucket::new(Scope::Credential, Origin::Client, limit, &id, "")
+            Bucket::new(
+                Keys::Local,
+                Scope::Credential,
+                Origin::Client,
+                limit,
+                &id,
+                "",
+            )
         };
         let b = bucket(b"x");
         for _ in 0..3 {
@@ -299,7 +306,14 @@ mod tests {
             per_seconds: 1,
             burst: 1,
         };
-        let quick = Bucket::new(Scope::User, Origin::Default, short, &[0; 16], "u");
+        let quick = Bucket::new(
+            Keys::Local,
+            Scope::User,
+            Origin::Default,
+            short,
+            &[0; 16],
+            "u",
+        );
         // Checking made its entry; two microseconds refill it, a millisecond is plenty: it is full
         // again, and forgotten.
         assert_eq!(local.check(&[quick]), Verdict::Allowed);
@@ -318,9 +332,9 @@ mod tests {
         };
         let user = |cred: &[u8], who: &str| {
             let id = credential_id("t", cred);
-            let b = Bucket::new(Scope::User, Origin::Default, limit, &id, who);
+            let b = Bucket::new(Keys::Local, Scope::User, Origin::Default, limit, &id, who);
             match local.full() {
-                true => b.with_overflow(Origin::Default, &id),
+                true => b.with_overflow(Keys::Local, Origin::Default, &id),
                 false => b,
             }
         };
