@@ -171,7 +171,7 @@ impl Reloader {
         // Several entries may be the same configuration; a prefix of two different ones is not one.
         found
             .all(|l| l.source.hash == first.source.hash)
-            .then(|| first.source.text.clone())
+            .then(|| first.source.text())
     }
 
     /// The runtime in force now.
