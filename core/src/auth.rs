@@ -134,6 +134,16 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// `scope` as a grant holds it: every unrestricted grant shares one (a grant carries a pointer,
+    /// not the 48 bytes of two lists most credentials leave unset).
+    pub fn shared(scope: Scope) -> Arc<Scope> {
+        static OPEN: std::sync::OnceLock<Arc<Scope>> = std::sync::OnceLock::new();
+        match scope == Scope::default() {
+            true => OPEN.get_or_init(Arc::default).clone(),
+            false => Arc::new(scope),
+        }
+    }
+
     /// Refuses (403) a route or business outside the scope.
     pub fn check(&self, route: &str, business_id: Option<i64>) -> Result<(), Denied> {
         let forbidden = |what: String| Denied {
@@ -178,7 +188,7 @@ pub struct Grant {
     /// The business its requests go to, when a route needs one and the caller's requests name none.
     pub business_id: Option<i64>,
     /// What it may reach.
-    pub scope: Scope,
+    pub scope: Arc<Scope>,
     /// How its API key requests are verified (`None` for credentials of other kinds).
     pub api_key: Option<ApiKeyAuth>,
     /// Its own rate limits, and the id its rate limit buckets are keyed by.
@@ -202,7 +212,7 @@ impl Grant {
         Grant {
             name: name.into(),
             business_id: None,
-            scope: Scope::default(),
+            scope: Scope::shared(Scope::default()),
             api_key: None,
             limits: CallerLimits::default(),
             callbacks: None,
@@ -253,7 +263,7 @@ impl IdTokenClient {
 
     /// Restricts what the client may reach.
     pub fn with_scope(mut self, scope: Scope) -> Self {
-        Arc::make_mut(&mut self.grant).scope = scope;
+        Arc::make_mut(&mut self.grant).scope = Scope::shared(scope);
         self
     }
 
@@ -573,11 +583,8 @@ impl ClientCredential {
             ClientCredential::ApiKey { grant, .. } | ClientCredential::Token { grant, .. } => grant,
         };
         grant.business_id = shared.business_id;
-        grant.scope = shared.scope;
-        grant.limits = CallerLimits {
-            id,
-            own: shared.limits,
-        };
+        grant.scope = Scope::shared(shared.scope);
+        grant.limits = CallerLimits::new(id, shared.limits);
         self
     }
 
@@ -819,15 +826,12 @@ pub fn grant_from_verdict(query: &AuthQuery<'_>, v: AuthVerdict) -> Result<Optio
     Ok(Some(Grant {
         name: v.name.unwrap_or_else(|| "auth-service".into()).into(),
         business_id: v.business_id,
-        scope: Scope {
+        scope: Scope::shared(Scope {
             routes: v.routes,
             businesses: v.businesses,
-        },
+        }),
         api_key,
-        limits: CallerLimits {
-            id: query.credential_id(),
-            own: Default::default(),
-        },
+        limits: CallerLimits::new(query.credential_id(), Default::default()),
         callbacks: None,
         verifier: None,
         channel: None,

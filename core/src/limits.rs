@@ -50,7 +50,21 @@ pub fn credential_id(kind: &str, ident: &[u8]) -> CredentialId {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallerLimits {
     pub id: CredentialId,
-    pub own: LimitPair,
+    /// Boxed, and only when set: most credentials have none, and every grant would carry 32 bytes.
+    own: Option<Box<LimitPair>>,
+}
+
+impl CallerLimits {
+    /// The limits `own` of the credential `id`.
+    pub fn new(id: CredentialId, own: LimitPair) -> Self {
+        let own = (own != LimitPair::default()).then(|| Box::new(own));
+        CallerLimits { id, own }
+    }
+
+    /// The credential's own limits (none set: the route's or `[limits]` apply).
+    pub fn own(&self) -> LimitPair {
+        self.own.as_deref().copied().unwrap_or_default()
+    }
 }
 
 /// The first 16 bytes of a SHA-256: ample for keys no caller chooses the digest of.

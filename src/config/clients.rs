@@ -266,7 +266,7 @@ rate_limit = { requests = 5, per_seconds = 1 }
             Some(&["chat".to_owned()][..])
         );
         assert_eq!(grant.scope.businesses.as_deref(), Some(&[7][..]));
-        assert_eq!(grant.limits.own.rate_limit.map(|l| l.requests), Some(5));
+        assert_eq!(grant.limits.own().rate_limit.map(|l| l.requests), Some(5));
         assert_eq!(
             c.route_scopes,
             [("clients.rasa[0].routes".to_owned(), vec!["chat".to_owned()])]
