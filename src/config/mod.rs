@@ -324,6 +324,19 @@ backend = "b"
         assert!(c.routes[0].target(Some(99)).is_some());
     }
 
+    #[test]
+    fn a_path_routed_twice_is_refused_and_a_prefix_of_it_is_not() {
+        let again =
+            "[[routes]]\nname = \"r2\"\npath = \"/chat\"\ningress = \"haptik\"\nbackend = \"b\"\n";
+        let e = err(&format!("{MINIMAL}{again}"));
+        assert_eq!(
+            (e.key.as_str(), e.problem.as_str()),
+            ("routes[1].path", "`/chat` is routed twice")
+        );
+        let prefix = again.replace("path =", "path_prefix =");
+        assert!(parse(&format!("{MINIMAL}{prefix}")).is_ok());
+    }
+
     /// A load is pure: names are resolved when pools and the auth service start, so a name that
     /// does not resolve (yet) never refuses a configuration.
     #[test]
