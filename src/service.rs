@@ -114,13 +114,9 @@ impl Runtime {
     /// state of backends and endpoints that stay).
     pub fn new(config: Arc<Config>, previous: Option<&Runtime>) -> Self {
         let metrics = Metrics::global();
-        // A backend's error and pool series are made with the series of the first route that
-        // reaches it, at that route's first request (`RouteMetrics`).
-        for b in &config.backends {
-            if b.bot.conversations().is_some() {
-                ConversationStore::register_backend(&b.name);
-            }
-        }
+        // A backend's series (errors, pool, conversation restarts, token fetches) are made with the
+        // series of the first route that reaches it, at that route's first request
+        // (`RouteMetrics`).
         let shared = match previous {
             Some(p) => p.shared.clone(),
             None => config.process.redis.as_ref().map(SharedRedis::start),

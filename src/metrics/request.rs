@@ -55,8 +55,15 @@ impl RouteMetrics {
             .collect();
         dialects.sort_unstable();
         dialects.dedup();
-        for b in &backends {
-            m.register_backend(b);
+        for &b in &reach {
+            let backend = &config.backends[b];
+            m.register_backend(&backend.name);
+            if backend.bot.conversations().is_some() {
+                crate::conversations::ConversationStore::register_backend(&backend.name);
+            }
+            if backend.token_endpoint.is_some() {
+                crate::tokens::register_backend(&backend.name);
+            }
         }
         let mut pairs = Vec::new();
         for &ingress in &r.ingress {
