@@ -64,11 +64,12 @@ def backend_table(i, bot):
     return head + keys + "\n"
 
 
-def route_table(i):
+def route_table(i, backends):
+    """Route i, to backend i of the `backends` (in turn when there are fewer backends than routes)."""
     ingress = CALLER_DIALECTS[i % len(CALLER_DIALECTS)] if i else "haptik"
     path = "/chat" if i == 0 else f"/t{i}/chat"
     return (f'[[routes]]\nname = "r{i}"\npath = "{path}"\ningress = {json.dumps(ingress)}\n'
-            f'backend = "b{i}"\nbusiness_id = 343\n')
+            f'backend = "b{i % backends}"\nbusiness_id = 343\n')
 
 
 def credential_table(i):
@@ -87,7 +88,7 @@ def credential_table(i):
     return f'[[clients.{kind}]]\nname = "c{i}"\n{keys}\n'
 
 
-def write_config(work, name, routes, credentials, port, admin, bot, extra=""):
+def write_config(work, name, routes, credentials, port, admin, bot, extra="", backends=None):
     own = os.path.join(work, name)
     os.makedirs(own, mode=0o700, exist_ok=True)
     parts = [f"""[server]
@@ -106,8 +107,9 @@ filter = "warn"
 {extra}
 """]
     parts += [credential_table(i) for i in range(credentials)]
-    parts += [backend_table(i, bot) for i in range(routes)]
-    parts += [route_table(i) for i in range(routes)]
+    backends = backends or routes
+    parts += [backend_table(i, bot) for i in range(backends)]
+    parts += [route_table(i, backends) for i in range(routes)]
     path = os.path.join(work, f"{name}.toml")
     with open(path, "w") as f:
         f.write("\n".join(parts))
@@ -169,10 +171,11 @@ def cpu_per_request(proc, port, script, seconds):
     return ticks / os.sysconf("SC_CLK_TCK") / out["requests"] * 1e6, out
 
 
-def config_row(args, work, bot, script, routes, credentials):
+def config_row(args, work, bot, script, routes, credentials, backends=None):
+    """One configuration's row: `backends` (default: one per route) shared by the routes in turn."""
     port, admin = free_port(), free_port()
-    name = f"r{routes}-c{credentials}"
-    config = write_config(work, name, routes, credentials, port, admin, bot)
+    name = f"r{routes}-c{credentials}-b{backends or routes}"
+    config = write_config(work, name, routes, credentials, port, admin, bot, backends=backends)
     check = timed([args.binary, "-c", config, "check"])
     with open(os.path.join(work, f"{name}.log"), "w") as log:
         proc, start = start_proxy(args.binary, config, port, log)
@@ -183,10 +186,11 @@ def config_row(args, work, bot, script, routes, credentials):
             cpu, _ = cpu_per_request(proc, port, script, args.seconds)
         finally:
             stop(proc)
-    row = {"routes": routes, "credentials": credentials, "check_s": check, "start_s": start,
+    row = {"routes": routes, "credentials": credentials, "backends": backends or routes,
+           "check_s": check, "start_s": start,
            "reload_s": reload, "idle_rss_kib": idle, "rss_after_reload_kib": after_reload,
            "cpu_us": cpu, "config_bytes": os.path.getsize(config)}
-    print(f"  {routes:>6} routes {credentials:>7} credentials: check {check:.3f} s, start {start:.3f} s, "
+    print(f"  {routes:>6} routes ({backends or routes} backends) {credentials:>7} credentials: check {check:.3f} s, start {start:.3f} s, "
           f"reload {reload:.3f} s, idle RSS {idle / 1024:.1f} MB (after reload {after_reload / 1024:.1f}), "
           f"{cpu:.2f} us CPU/request", flush=True)
     return row
@@ -306,7 +310,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--configs", help="only these ROUTES:CREDENTIALS pairs, e.g. 10:100,10000:100")
+    ap.add_argument("--configs", help="only these ROUTES:CREDENTIALS[:BACKENDS] configs, e.g. "
+                    "10:100,10000:100,10000:100:10 (backends: one per route unless given)")
     ap.add_argument("--skip", default="", help="comma-separated: configs,flood,connections")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -328,11 +333,13 @@ def main():
         script = post_script(work)
         if "configs" not in skip:
             print("configs (routes x credentials):", flush=True)
-            pairs = [(r, c) for r in route_counts for c in credential_counts]
+            configs = [(r, c) for r in route_counts for c in credential_counts]
+            # The most routes again, sharing 10 backends: what a route costs without a backend.
+            configs.append((route_counts[-1], credential_counts[0], 10))
             if args.configs:
-                pairs = [tuple(int(n) for n in p.split(":")) for p in args.configs.split(",")]
-            for routes, credentials in pairs:
-                results["configs"].append(config_row(args, work, bot, script, routes, credentials))
+                configs = [tuple(int(n) for n in p.split(":")) for p in args.configs.split(",")]
+            for config in configs:
+                results["configs"].append(config_row(args, work, bot, script, *config))
             if not args.configs:
                 summarize(results["configs"], route_counts, credential_counts)
         if "flood" not in skip:
@@ -351,14 +358,18 @@ def main():
 
 
 def summarize(rows, route_counts, credential_counts):
-    at = {(r["routes"], r["credentials"]): r for r in rows}
+    at = {(r["routes"], r["credentials"]): r for r in rows if r["backends"] == r["routes"]}
+    shared = next(r for r in rows if r["backends"] != r["routes"])
     lo_r, hi_r = route_counts[0], route_counts[-1]
     lo_c, hi_c = credential_counts[0], credential_counts[-1]
     per_route = (at[hi_r, lo_c]["idle_rss_kib"] - at[lo_r, lo_c]["idle_rss_kib"]) * 1024 / (hi_r - lo_r)
     per_cred = (at[lo_r, hi_c]["idle_rss_kib"] - at[lo_r, lo_c]["idle_rss_kib"]) * 1024 / (hi_c - lo_c)
     cpu = at[hi_r, hi_c]["cpu_us"] / at[lo_r, lo_c]["cpu_us"]
-    print(f"  RSS per route: {per_route:.0f} B ({lo_r} -> {hi_r} routes); per credential: {per_cred:.0f} B "
-          f"({lo_c} -> {hi_c}); CPU per request at {hi_r}/{hi_c} vs {lo_r}/{lo_c}: {cpu:.3f}x", flush=True)
+    alone = (shared["idle_rss_kib"] - at[lo_r, lo_c]["idle_rss_kib"]) * 1024 / (hi_r - lo_r)
+    print(f"  RSS per route: {per_route:.0f} B ({lo_r} -> {hi_r} routes, each with its own backend), "
+          f"{alone:.0f} B sharing {shared['backends']} backends (so {per_route - alone:.0f} B a backend); "
+          f"per credential: {per_cred:.0f} B ({lo_c} -> {hi_c}); CPU per request at {hi_r}/{hi_c} vs "
+          f"{lo_r}/{lo_c}: {cpu:.3f}x", flush=True)
 
 
 if __name__ == "__main__":
