@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from bench import CSML_ANSWER, HAPTIK_BODY, botbridge_config, one_url  # bench/bench.py, beside this file
+from bench import CSML_ANSWER, HAPTIK_BODY, botbridge_config, one_url, pool_of_three  # bench/bench.py, beside this file
 
 
 # The same answer as CSML_ANSWER (a text, a question with two buttons) from a Lex V2 bot and from a
@@ -198,6 +198,9 @@ def main():
     ap.add_argument("--bot", choices=["csml", "lex", "dialogflow"], default="csml",
                     help="the bot behind: the signed CSML bot (HMAC), a Lex V2 bot (SigV4 over the whole "
                          "request) or a Dialogflow CX agent (an OAuth2 token minted once, then reused)")
+    ap.add_argument("--pool", action="store_true",
+                    help="the bot as bench.py's features-on pool: three endpoints (127.0.0.1, .2, .3) with "
+                         "HTTP health checks every second")
     ap.add_argument("--floor", action="store_true",
                     help="BINARY is the pingora floor (examples/passthrough_floor: LISTEN BACKEND), "
                          "which forwards the body as is: the plumbing's own count")
@@ -215,6 +218,8 @@ def main():
         answer = answer.replace("'", "\\'")
         token = TOKEN_ANSWER.replace("'", "\\'")
         nginx_conf = os.path.join(work, "backend.conf")
+        hosts = ("127.0.0.1", "127.0.0.2", "127.0.0.3") if args.pool else ("127.0.0.1",)
+        listens = " ".join(f"listen {h}:{backend};" for h in hosts)
         with open(nginx_conf, "w") as f:
             f.write(f"""
 worker_processes 1;
@@ -227,14 +232,15 @@ http {{
   keepalive_requests 1000000;
   keepalive_timeout 600s;
   server {{
-    listen 127.0.0.1:{backend};
+    {listens}
     location = /token {{ default_type application/json; return 200 '{token}'; }}
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}
 }}
 """)
         # The configuration bench.py measures.
-        bb_conf = botbridge_config(work, "proxy", bb_port, bb_admin, one_url(backend),
+        bb_conf = botbridge_config(work, "proxy", bb_port, bb_admin,
+                                   pool_of_three(backend) if args.pool else one_url(backend),
                                    LIMITS if args.limits else "", args.log)
         with_bot(bb_conf, args.bot, work, backend)
         check = subprocess.run([binary, "--config", bb_conf, "check"], capture_output=True, text=True) if not args.floor else None

@@ -90,9 +90,10 @@ fn due(next_ms: &AtomicU64, running: &AtomicBool, now: u64, every: Duration) -> 
 }
 
 impl Pool {
-    /// Sets each endpoint's `up` series: made now for a pool with active checks, else only where
+    /// Reads each endpoint's health after the active checks, and sets its `up` series: made now for a pool with active checks, else only where
     /// the endpoint was chosen before (without checks, only an ejection takes one down).
     fn show_up(&self, now: u64) {
+        self.selector.refresh_health();
         for m in self.selector.members().iter() {
             let series = match self.active {
                 Some(_) => Some(m.state.series()),

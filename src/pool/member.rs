@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use pingora_load_balancing::Backend as LbBackend;
@@ -25,6 +25,9 @@ pub struct Member {
     /// The active check of its URL, when the backend has `[backends.health]`.
     pub check: Option<Arc<UrlCheck>>,
     pub state: Arc<EndpointState>,
+    /// Whether it passed its active checks when they last ran (always, without them): read by every
+    /// selection, written by the pool after each pass (`Selector::refresh_health`).
+    pub(super) healthy: AtomicBool,
 }
 
 impl Member {
@@ -48,6 +51,7 @@ impl Member {
             url,
             check,
             state,
+            healthy: AtomicBool::new(true),
         }
     }
 

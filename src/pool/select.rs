@@ -1,7 +1,10 @@
 //! Choosing an endpoint: pingora-load-balancing's `LoadBalancer` holds the membership and the active
-//! health of a pool and selects with `RoundRobin` or `Consistent` (Ketama, keyed by the user id, for
-//! `sticky`: only the users of an endpoint that goes down move, to the next endpoint on the ring);
-//! `least_requests` (fewest in flight) is the project's own, over the same membership and health.
+//! health of a pool and selects with `Consistent` (Ketama, keyed by the user id, for `sticky`: only
+//! the users of an endpoint that goes down move, to the next endpoint on the ring). `round_robin`
+//! and `least_requests` (fewest in flight) are the project's own, over the same membership and
+//! health: pingora's `RoundRobin` selection, with its health lookup (a hash of the backend and a map
+//! lookup per candidate), cost 2.1k instructions per request under callgrind even for a pool of one,
+//! where a counter over the members and a health flag each member keeps cost a few dozen.
 //!
 //! Every selection skips endpoints that fail their active checks, are ejected, or were already tried
 //! by this request.
@@ -137,6 +140,10 @@ impl Selector {
         };
         if let Some(b) = balancer {
             b.update(&members);
+            for m in &members {
+                m.healthy
+                    .store(b.backends().ready(&m.lb), Ordering::Relaxed);
+            }
         }
         self.members.store(Arc::new(members));
     }
@@ -146,9 +153,20 @@ impl Selector {
         self.members.load_full()
     }
 
-    /// Whether the endpoint passes its active checks (always, without them).
+    /// Whether the endpoint passed its active checks when they last ran (always, without them).
     pub fn healthy(&self, m: &Member) -> bool {
-        (self.balancer.get()).is_none_or(|b| b.backends().ready(&m.lb))
+        m.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Reads each member's health from the balancer's registry (after a pass of the active checks,
+    /// and on every tick of the keeper: the registry outlives reloads).
+    pub fn refresh_health(&self) {
+        if let Some(b) = self.balancer.get() {
+            for m in self.members.load().iter() {
+                m.healthy
+                    .store(b.backends().ready(&m.lb), Ordering::Relaxed);
+            }
+        }
     }
 
     /// An endpoint for a request with this key (the user id, for `sticky`) that `usable` accepts.
@@ -160,11 +178,22 @@ impl Selector {
             return self.members.load().iter().find(|m| usable(m)).cloned();
         };
         let chosen = match &balancer.kind {
-            Kind::RoundRobin(lb) => lb.select_with(key, 2 * n + 1, accept),
+            Kind::RoundRobin(_) => return self.round_robin(usable),
             Kind::Sticky(lb) => lb.select_with(key, KETAMA_POINTS * n + 1, accept),
             Kind::LeastRequests(_) => return self.least_requests(usable),
         };
         chosen.as_ref().and_then(member).cloned()
+    }
+
+    /// The next healthy, usable endpoint in turn.
+    fn round_robin(&self, usable: impl Fn(&Member) -> bool) -> Option<Arc<Member>> {
+        let members = self.members.load();
+        let n = members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &members[(start + i) % n])
+            .find(|m| self.healthy(m) && usable(m))
+            .cloned()
     }
 
     /// The usable endpoint with the fewest requests in flight, the first found from a rotating start
