@@ -207,7 +207,7 @@ fn verification(c: &mut Criterion) {
     let grant = Grant {
         name: "c".into(),
         business_id: None,
-        scope: Scope::default(),
+        scope: Scope::shared(Scope::default()),
         api_key: Some(ApiKeyAuth::Signed(Box::new(key.clone()))),
         limits: Default::default(),
         callbacks: None,

@@ -861,7 +861,7 @@ mod tests {
             Grant {
                 name: "s".into(),
                 business_id: Some(7),
-                scope: Scope::default(),
+                scope: Scope::shared(Scope::default()),
                 api_key: Some(ApiKeyAuth::Signed(Box::new(HmacKey::new(
                     "signed-key",
                     b"secret",
@@ -877,7 +877,7 @@ mod tests {
             Grant {
                 name: "p".into(),
                 business_id: None,
-                scope: Scope::default(),
+                scope: Scope::shared(Scope::default()),
                 api_key: Some(ApiKeyAuth::Plain),
                 limits: CallerLimits::default(),
                 callbacks: None,
