@@ -188,25 +188,27 @@ impl Selector {
     /// The next healthy, usable endpoint in turn.
     fn round_robin(&self, usable: impl Fn(&Member) -> bool) -> Option<Arc<Member>> {
         let members = self.members.load();
-        let n = members.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &members[(start + i) % n])
-            .find(|m| self.healthy(m) && usable(m))
-            .cloned()
+        let chosen = self.in_turn(&members).find(|m| usable(m)).cloned();
+        chosen
     }
 
     /// The usable endpoint with the fewest requests in flight, the first found from a rotating start
     /// among equals.
     fn least_requests(&self, usable: impl Fn(&Member) -> bool) -> Option<Arc<Member>> {
         let members = self.members.load();
+        (self.in_turn(&members))
+            .filter(|m| usable(m))
+            .min_by_key(|m| m.state.in_flight())
+            .cloned()
+    }
+
+    /// The healthy members, from a start that moves on at every call.
+    fn in_turn<'m>(&self, members: &'m [Arc<Member>]) -> impl Iterator<Item = &'m Arc<Member>> {
         let n = members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|i| &members[(start + i) % n])
-            .filter(|m| self.healthy(m) && usable(m))
-            .min_by_key(|m| m.state.in_flight())
-            .cloned()
+            .map(move |i| &members[(start + i) % n])
+            .filter(|m| m.healthy.load(Ordering::Relaxed))
     }
 }
 
