@@ -4,8 +4,8 @@
 //!
 //! One concern per file:
 //! - `member`: one endpoint (address, peer, state that outlives reloads);
-//! - `select`: membership, active health and selection (pingora-load-balancing, plus
-//!   `least_requests`);
+//! - `select`: membership, active health and selection (pingora-load-balancing's health registry
+//!   and Ketama ring for `sticky`; `round_robin` and `least_requests` of the project's own);
 //! - `health`: the active checks per URL and passive ejection;
 //! - `breaker`: the circuit breaker;
 //! - `dns`: resolving host names (hickory-resolver);

@@ -1,6 +1,7 @@
-//! Choosing an endpoint: pingora-load-balancing's `LoadBalancer` holds the membership and the active
-//! health of a pool and selects with `Consistent` (Ketama, keyed by the user id, for `sticky`: only
-//! the users of an endpoint that goes down move, to the next endpoint on the ring). `round_robin`
+//! Choosing an endpoint: once a pool has more than one address or active checks,
+//! pingora-load-balancing's `LoadBalancer` holds its membership and active health, and selects with
+//! `Consistent` for `sticky` (Ketama, keyed by the user id: only the users of an endpoint that goes
+//! down move, to the next endpoint on the ring); a pool of one address without checks has none. `round_robin`
 //! and `least_requests` (fewest in flight) are the project's own, over the same membership and
 //! health: pingora's `RoundRobin` selection, with its health lookup (a hash of the backend and a map
 //! lookup per candidate), cost 2.1k instructions per request under callgrind even for a pool of one,
@@ -128,18 +129,25 @@ impl Selector {
     }
 
     /// Replaces the membership (selection is rebuilt at once). The balancer is made the first time
-    /// the pool has more than one endpoint or has active checks, and kept from then on.
+    /// the pool has more than one endpoint or has active checks, and kept from then on; it is given
+    /// its members before it is published, so no selection ever finds it empty.
     pub fn set_members(&self, members: Vec<Arc<Member>>) {
         let needs = members.len() > 1 || self.registry.is_some();
+        let mut made = false;
         let balancer = match self.balancer.get() {
             Some(b) => Some(b),
-            None if needs => Some(
-                (self.balancer).get_or_init(|| Balancer::new(self.balance, self.registry.as_ref())),
-            ),
+            None if needs => Some(self.balancer.get_or_init(|| {
+                made = true;
+                let b = Balancer::new(self.balance, self.registry.as_ref());
+                b.update(&members);
+                b
+            })),
             None => None,
         };
         if let Some(b) = balancer {
-            b.update(&members);
+            if !made {
+                b.update(&members);
+            }
             for m in &members {
                 m.healthy
                     .store(b.backends().ready(&m.lb), Ordering::Relaxed);
@@ -159,7 +167,9 @@ impl Selector {
     }
 
     /// Reads each member's health from the balancer's registry (after a pass of the active checks,
-    /// and on every tick of the keeper: the registry outlives reloads).
+    /// and on every tick of the keeper: the registry outlives reloads). `round_robin` and
+    /// `least_requests` see an endpoint's new health when the pass that found it ends (within the
+    /// checks' timeout); `sticky` reads the registry itself.
     pub fn refresh_health(&self) {
         if let Some(b) = self.balancer.get() {
             for m in self.members.load().iter() {
