@@ -48,13 +48,10 @@ impl std::fmt::Debug for ConfigSource {
 impl ConfigSource {
     /// The source of `text`, whose parse read the literal secrets `secrets`.
     pub fn new(text: &str, secrets: &[String]) -> ConfigSource {
-        let mut hashed: Vec<u64> = secrets.iter().map(|s| secret_hash(s)).collect();
-        hashed.sort_unstable();
-        hashed.dedup();
         ConfigSource {
             hash: hex::encode(Sha256::digest(text.as_bytes())),
             deflated: deflate(text),
-            secrets: std::sync::Mutex::new(hashed),
+            secrets: std::sync::Mutex::new(hashed(secrets)),
             redacted: OnceLock::new(),
         }
     }
@@ -107,9 +104,15 @@ fn secret_hash(s: &str) -> u64 {
 /// `text` as TOML with the values in `secrets`, and every URL's user and password, hidden. Comments
 /// and layout are not kept.
 pub fn redact(text: &str, secrets: &[String]) -> String {
+    redact_hashed(text, &hashed(secrets))
+}
+
+/// The [`secret_hash`]es of `secrets`, sorted, each once.
+fn hashed(secrets: &[String]) -> Vec<u64> {
     let mut hashed: Vec<u64> = secrets.iter().map(|s| secret_hash(s)).collect();
     hashed.sort_unstable();
-    redact_hashed(text, &hashed)
+    hashed.dedup();
+    hashed
 }
 
 /// [`redact`], with the secrets as sorted [`secret_hash`]es.

@@ -108,6 +108,14 @@ impl Balancer {
         debug_assert!(matches!(update, Some(Ok(()))));
     }
 
+    /// Sets each member's health flag from the registry.
+    fn read_health(&self, members: &[Arc<Member>]) {
+        for m in members {
+            m.healthy
+                .store(self.backends().ready(&m.lb), Ordering::Relaxed);
+        }
+    }
+
     fn backends(&self) -> &Backends {
         match &self.kind {
             Kind::RoundRobin(lb) | Kind::LeastRequests(lb) => lb.backends(),
@@ -148,10 +156,7 @@ impl Selector {
             if !made {
                 b.update(&members);
             }
-            for m in &members {
-                m.healthy
-                    .store(b.backends().ready(&m.lb), Ordering::Relaxed);
-            }
+            b.read_health(&members);
         }
         self.members.store(Arc::new(members));
     }
@@ -172,10 +177,7 @@ impl Selector {
     /// checks' timeout); `sticky` reads the registry itself.
     pub fn refresh_health(&self) {
         if let Some(b) = self.balancer.get() {
-            for m in self.members.load().iter() {
-                m.healthy
-                    .store(b.backends().ready(&m.lb), Ordering::Relaxed);
-            }
+            b.read_health(&self.members.load());
         }
     }
 
