@@ -177,7 +177,13 @@ async fn an_async_delivery_carries_the_trace_to_the_callback_receiver() {
         .header("traceparent")
         .expect("the callback gets a traceparent");
     assert_eq!(tp.split('-').nth(1), Some(CALLER_TRACE), "{tp}");
-    let spans = spans_of(&otlp, CALLER_TRACE, 2).await;
+    // The delivery's span ends after the request's, and may reach the receiver in a later export.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut spans = spans_of(&otlp, CALLER_TRACE, 2).await;
+    while named(&spans, "async delivery").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        spans = spans_of(&otlp, CALLER_TRACE, 2).await;
+    }
     let request = named(&spans, "chat request")[0].clone();
     let deliveries = named(&spans, "async delivery");
     assert!(!deliveries.is_empty(), "{spans:#?}");
