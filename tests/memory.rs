@@ -1,6 +1,7 @@
 //! What the process gives back, against the spawned binary: memory freed after a burst of requests
 //! is returned to the system within seconds while the connections that sent them stay open and
-//! keep serving (`src/memory.rs`, each worker thread's tidying, which is mimalloc's).
+//! keep serving (`src/memory.rs`, each worker thread's tidying, which is mimalloc's); a reload
+//! gives back the configuration it replaced.
 #![cfg(feature = "mimalloc")]
 
 mod common;
@@ -115,4 +116,54 @@ async fn memory_freed_after_a_burst_goes_back_while_its_connections_stay_open() 
         c.write_all(&request()).await.unwrap();
         assert_eq!(answer(c).await, 200);
     }
+}
+
+/// The shipped config with `n` more Haptik credentials: memory enough that keeping a second copy
+/// of the configuration shows in the process's resident size.
+fn config_with_credentials(n: usize) -> String {
+    let mut config = shipped_config();
+    for i in 0..n {
+        config.push_str(&format!(
+            "\n[[clients.haptik]]\nname = \"tenant-{i}\"\nclient_id = \"tenant-client-{i}\"\ntoken = \"tenant-token-{i:08}\"\n"
+        ));
+    }
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_gives_back_the_configuration_it_replaced() {
+    let proxy = SpawnedProxy::start(&config_with_credentials(60_000));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = rss_kib(proxy.pid());
+    let reload = || async {
+        let r = reqwest::Client::new()
+            .post(proxy.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    };
+    reload().await;
+    reload().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(proxy.pid());
+    // With the replaced configuration kept alive (two held at once) this was 1.33x for 40,000
+    // credentials in a debug build; without, 1.18x for 40,000 and 1.20x for 60,000: the history's
+    // compressed texts and secret hashes, and the allocator's slack.
+    assert!(
+        after * 4 < start * 5,
+        "{start} KiB at start, {after} KiB after two reloads of the same 60,000 credentials"
+    );
+    // The reloaded configuration serves.
+    let (status, _) = send(
+        &proxy,
+        "/chat",
+        &[
+            ("Authorization", "Bearer tenant-token-00000007".to_string()),
+            ("client-id", "tenant-client-7".to_string()),
+        ],
+        &haptik_body("u", "Hello", 343),
+    )
+    .await;
+    assert_eq!(status, 200);
 }
