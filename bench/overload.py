@@ -8,9 +8,10 @@ with `max_queue_ms = MAX_QUEUE` (20 by default).
 
 First the capacity: the requests/s one worker thread serves (wrk, 50 keep-alive connections,
 closed loop). Then, for each instance, an open-loop load of 1x, 2x and 4x that rate: requests are
-sent on schedule whatever the answers take, and each answer's latency counts from when its request
-was due (so a queue shows). For each: goodput (2xx answers/s), the share refused with 503, and p50 /
-p99 of the 2xx answers.
+sent on schedule whatever the answers take, each on an idle keep-alive connection or a new one (up
+to `--max-connections` in flight), and each answer's latency counts from when its request was due
+(so the proxy's queue shows, and no request waits behind its own connection's last answer). For
+each: goodput (2xx answers/s), the share refused with 503, and p50 / p99 of the 2xx answers.
 
 The proxy runs on CPU 0 and everything else (the generator, nginx, wrk) on CPU 1 (`taskset`), and
 the proxy gets only `--cpu-share` of its core (a cgroup CPU quota, 3 ms in every 10 ms by default):
@@ -71,9 +72,12 @@ def main():
     ap.add_argument("--seconds", type=float, default=6)
     ap.add_argument("--max-queue", type=int, default=20, help="max_queue_ms of the instance with admission control")
     ap.add_argument("--loads", default="1,2,4", help="multiples of the measured capacity")
+    ap.add_argument("--capacity", type=float, default=0,
+                    help="the requests/s taken as 1x (default: measured with wrk); give the same to compare builds")
     ap.add_argument("--cpu-share", type=float, default=0.3, help="the share of one CPU the proxy gets")
-    ap.add_argument("--connections", type=int, default=500,
-                    help="the generator's connections (each sends on its own schedule, one request at a time)")
+    ap.add_argument("--max-connections", type=int, default=4000,
+                    help="the most requests the generator has in flight (one connection each); a request due "
+                         "past it is counted as not sent")
     args = ap.parse_args()
     generator = build_generator()
     import resource
@@ -109,23 +113,23 @@ def main():
         measured = run_wrk(f"http://127.0.0.1:{instances['off']}/chat", script, 5, 50, pin="1")
         if measured["non2xx"]:
             raise SystemExit(f"overload: {measured['non2xx']} non-2xx answers while measuring capacity:\n{measured['raw']}")
-        capacity = measured["rps"]
+        capacity = args.capacity or measured["rps"]
         print(f"capacity of one worker thread with {args.cpu_share:g} of a CPU (closed loop, 50 connections): "
-              f"{capacity:.0f} requests/s", flush=True)
-        print("| load | admission control | offered/s | goodput/s | refused (503) | 2xx p50 | 2xx p99 | other |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"{measured['rps']:.0f} requests/s; 1x is {capacity:.0f}", flush=True)
+        print("| load | admission control | offered/s | goodput/s | refused (503) | 2xx p50 | 2xx p99 | other | not sent |")
+        print("|---|---|---|---|---|---|---|---|---|")
         rows = []
         for k in [float(x) for x in args.loads.split(",")]:
             for name in ("off", "on"):
                 rate = k * capacity
-                r = open_loop(generator, instances[name], rate, args.seconds, args.connections)
+                r = open_loop(generator, instances[name], rate, args.seconds, args.max_connections)
                 refused = r["statuses"].get("503", 0)
                 other = r["sent"] - sum(r["statuses"].values()) + sum(
                     v for s, v in r["statuses"].items() if s not in ("200", "503"))
                 label = "off" if name == "off" else f"max_queue_ms = {args.max_queue}"
                 print(f"| {k:g}x | {label} | {rate:.0f} | {r['goodput_per_s']:.0f} | "
                       f"{100 * refused / max(r['sent'], 1):.1f}% | {r['ok_p50_ms']:.1f} ms | {r['ok_p99_ms']:.1f} ms | "
-                      f"{other} |", flush=True)
+                      f"{other} | {r['not_sent']} |", flush=True)
                 rows.append({"load": k, "instance": name, **r})
                 time.sleep(1)
     finally:

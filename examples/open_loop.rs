@@ -1,13 +1,20 @@
 //! An open-loop load generator for bench/overload.py: sends POSTs at a fixed rate whatever the
-//! answers take, over N keep-alive connections, and measures each answer's latency from the moment
-//! it was *due* to be sent (so a request delayed by a slow answer before it counts its wait, as
-//! wrk2 does). Prints one JSON line: requests sent, answers by status, and p50/p99/max latency of
-//! the 2xx answers and of the others.
+//! answers take, and measures each answer's latency from the moment it was *due* to be sent.
 //!
-//! `cargo run --release --example open_loop -- ADDR PATH RATE SECONDS CONNECTIONS BODY [HEADER: VALUE]...`
+//! Each request due takes an idle keep-alive connection, or opens a new one if none is idle (up to
+//! MAX_CONNECTIONS in flight), so a request never waits behind its own connection's previous answer:
+//! what its latency counts is the server's queue, not the generator's. (A generator with a fixed set
+//! of connections, each sending its next request only after the last answer, counts that wait too:
+//! past saturation it measures its own backlog, which grows without bound whatever the server does.)
+//! A request due when MAX_CONNECTIONS are all in flight is counted as `not_sent`. Prints one JSON
+//! line: requests sent, answers by status, and p50/p99/max latency of the 2xx answers and of the
+//! others.
+//!
+//! `cargo run --release --example open_loop -- ADDR PATH RATE SECONDS MAX_CONNECTIONS BODY [HEADER: VALUE]...`
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,22 +23,24 @@ use tokio::net::TcpStream;
 #[derive(Default)]
 struct Seen {
     sent: u64,
+    not_sent: u64,
     by_status: BTreeMap<u16, u64>,
     ok_us: Vec<u64>,
     other_us: Vec<u64>,
     errors: u64,
 }
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 6 {
-        eprintln!("usage: open_loop ADDR PATH RATE SECONDS CONNECTIONS BODY [HEADER: VALUE]...");
+        eprintln!(
+            "usage: open_loop ADDR PATH RATE SECONDS MAX_CONNECTIONS BODY [HEADER: VALUE]..."
+        );
         std::process::exit(2);
     }
     let addr: SocketAddr = args[0].parse().expect("ADDR");
     let rate: f64 = args[2].parse().expect("RATE");
     let seconds: f64 = args[3].parse().expect("SECONDS");
-    let connections: usize = args[4].parse().expect("CONNECTIONS");
+    let connections: usize = args[4].parse().expect("MAX_CONNECTIONS");
     let mut head = format!(
         "POST {} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         args[1],
@@ -53,76 +62,90 @@ fn main() {
     print_json(&seen, elapsed);
 }
 
-async fn run(addr: SocketAddr, request: Vec<u8>, rate: f64, seconds: f64, n: usize) -> Seen {
-    let start = Instant::now() + Duration::from_millis(200);
-    let every = Duration::from_secs_f64(n as f64 / rate);
-    let end = start + Duration::from_secs_f64(seconds);
-    let request = std::sync::Arc::new(request);
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let request = request.clone();
-        // Each connection's schedule is offset so the whole rate is spread evenly.
-        let first = start + every.mul_f64(i as f64 / n as f64);
-        tasks.push(tokio::spawn(connection(addr, request, first, every, end)));
-    }
-    let mut all = Seen::default();
-    for t in tasks {
-        let s = t.await.unwrap();
-        all.sent += s.sent;
-        all.errors += s.errors;
-        for (k, v) in s.by_status {
-            *all.by_status.entry(k).or_default() += v;
-        }
-        all.ok_us.extend(s.ok_us);
-        all.other_us.extend(s.other_us);
-    }
-    all
+/// The connections not in use, and how many are in flight.
+#[derive(Default)]
+struct Pool {
+    idle: Vec<TcpStream>,
+    busy: usize,
 }
 
-async fn connection(
-    addr: SocketAddr,
-    request: std::sync::Arc<Vec<u8>>,
-    mut due: Instant,
-    every: Duration,
-    end: Instant,
-) -> Seen {
-    let mut seen = Seen::default();
-    let mut stream: Option<TcpStream> = None;
-    let mut buf = vec![0u8; 16 * 1024];
+async fn run(addr: SocketAddr, request: Vec<u8>, rate: f64, seconds: f64, max: usize) -> Seen {
+    let start = Instant::now() + Duration::from_millis(200);
+    let every = Duration::from_secs_f64(1.0 / rate);
+    let end = start + Duration::from_secs_f64(seconds);
+    let request = Arc::new(request);
+    let pool = Arc::new(Mutex::new(Pool::default()));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut tasks = Vec::new();
+    let mut due = start;
     while due < end {
         tokio::time::sleep_until(due.into()).await;
-        if stream.is_none() {
-            stream = TcpStream::connect(addr).await.ok();
-            if let Some(s) = &stream {
-                let _ = s.set_nodelay(true);
+        let idle = {
+            let mut p = pool.lock().unwrap();
+            if p.busy >= max {
+                None
+            } else {
+                p.busy += 1;
+                Some(p.idle.pop())
+            }
+        };
+        match idle {
+            None => seen.lock().unwrap().not_sent += 1,
+            Some(stream) => {
+                let (request, pool, seen) = (request.clone(), pool.clone(), seen.clone());
+                tasks.push(tokio::spawn(one(addr, stream, request, due, pool, seen)));
             }
         }
+        due += every;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
+}
+
+/// One request due at `due`, on `stream` or a new connection; the connection goes back to the pool
+/// if it stays open.
+async fn one(
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    request: Arc<Vec<u8>>,
+    due: Instant,
+    pool: Arc<Mutex<Pool>>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let stream = match stream {
+        Some(s) => Some(s),
+        None => TcpStream::connect(addr).await.ok().inspect(|s| {
+            let _ = s.set_nodelay(true);
+        }),
+    };
+    let (answer, stream) = match stream {
+        Some(mut s) => (exchange(&mut s, &request, &mut buf).await, Some(s)),
+        None => (None, None),
+    };
+    let took = due.elapsed().as_micros() as u64;
+    {
+        let mut seen = seen.lock().unwrap();
         seen.sent += 1;
-        let answer = match stream.as_mut() {
-            Some(s) => exchange(s, &request, &mut buf).await,
-            None => None,
-        };
-        let took = due.elapsed().as_micros() as u64;
         match answer {
-            Some((status, keep)) => {
+            Some((status, _)) => {
                 *seen.by_status.entry(status).or_default() += 1;
                 if (200..300).contains(&status) {
                     seen.ok_us.push(took);
                 } else {
                     seen.other_us.push(took);
                 }
-                if !keep {
-                    stream = None;
-                }
             }
-            None => {
-                seen.errors += 1;
-                stream = None;
-            }
+            None => seen.errors += 1,
         }
-        due += every;
     }
-    seen
+    let mut p = pool.lock().unwrap();
+    p.busy -= 1;
+    if let (Some(s), Some((_, true))) = (stream, answer) {
+        p.idle.push(s);
+    }
 }
 
 /// Writes the request and reads one answer: its status and whether the connection stays open.
@@ -177,9 +200,10 @@ fn print_json(seen: &Seen, elapsed: f64) {
         .map(|(k, v)| format!("\"{k}\": {v}"))
         .collect();
     println!(
-        "{{\"sent\": {}, \"errors\": {}, \"elapsed_s\": {:.2}, \"statuses\": {{{}}}, \"goodput_per_s\": {:.1}, \
+        "{{\"sent\": {}, \"not_sent\": {}, \"errors\": {}, \"elapsed_s\": {:.2}, \"statuses\": {{{}}}, \"goodput_per_s\": {:.1}, \
          \"ok_p50_ms\": {:.2}, \"ok_p99_ms\": {:.2}, \"ok_max_ms\": {:.2}, \"other_p99_ms\": {:.2}}}",
         seen.sent,
+        seen.not_sent,
         seen.errors,
         elapsed,
         statuses.join(", "),
