@@ -3,7 +3,8 @@
 //!
 //! Each request due takes an idle keep-alive connection, or opens a new one if none is idle (up to
 //! MAX_CONNECTIONS in flight), so a request never waits behind its own connection's previous answer:
-//! what its latency counts is the server's queue, not the generator's. (A generator with a fixed set
+//! what its latency counts is the server's queue (plus a new connection's connect, and up to 1 ms of
+//! this generator's timer), not the generator's. (A generator with a fixed set
 //! of connections, each sending its next request only after the last answer, counts that wait too:
 //! past saturation it measures its own backlog, which grows without bound whatever the server does.)
 //! A request due when MAX_CONNECTIONS are all in flight is counted as `not_sent`. Prints one JSON
@@ -29,6 +30,7 @@ struct Seen {
     other_us: Vec<u64>,
     errors: u64,
 }
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 6 {
