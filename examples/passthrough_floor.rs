@@ -12,8 +12,8 @@
 use async_trait::async_trait;
 use botbridge::conn::ClientLimits;
 use botbridge::httpio::{self, Answer, App, Handler};
-use botbridge::upstream::Endpoint;
 use botbridge::upstream::{self, RequestBytes, Upstream};
+use botbridge::upstream::{Endpoint, EndpointUrl};
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -80,17 +80,17 @@ fn main() {
         .parse()
         .expect("backend address");
     let spin_ns: u64 = args.next().map_or(0, |n| n.parse().expect("SPIN_NS"));
-    let endpoint = Endpoint {
+    let url = EndpointUrl {
         name: "backend".into(),
         tls: false,
         host: backend.ip().to_string(),
         authority: backend.to_string(),
-        addr: backend,
         path: "/".into(),
         connect_timeout: std::time::Duration::from_secs(2),
         read_timeout: std::time::Duration::from_secs(30),
         pool_idle_timeout: std::time::Duration::from_secs(30),
     };
+    let endpoint = Endpoint::new(backend, url);
     let conf = ServerConf {
         threads: 1,
         work_stealing: false,

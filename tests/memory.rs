@@ -1,7 +1,7 @@
 //! What the process gives back, against the spawned binary: memory freed after a burst of requests
 //! is returned to the system within seconds while the connections that sent them stay open and
 //! keep serving (`src/memory.rs`, each worker thread's tidying, which is mimalloc's); a reload
-//! gives back the configuration it replaced.
+//! gives back the configuration it replaced; a backend of its own costs what its pool needs, once.
 #![cfg(feature = "mimalloc")]
 
 mod common;
@@ -166,4 +166,45 @@ async fn a_reload_gives_back_the_configuration_it_replaced() {
     )
     .await;
     assert_eq!(status, 200);
+}
+
+/// The shipped config with `routes` more Haptik routes to CSML bots: each with a backend of its own,
+/// or all sharing one. No request ever reaches these bots.
+fn config_with_routes(routes: usize, own_backends: bool) -> String {
+    let mut config = shipped_config();
+    let backends = if own_backends { routes } else { 1 };
+    for i in 0..backends {
+        config.push_str(&format!(
+            "\n[[backends]]\nname = \"scale-bot-{i}\"\ndialect = \"csml\"\nurl = \"http://127.0.0.1:9/api/chat\"\n\
+             auth = \"signed\"\napi_key = \"key-{i}\"\napi_secret = \"secret-{i}\"\n"
+        ));
+    }
+    for i in 0..routes {
+        config.push_str(&format!(
+            "\n[[routes]]\nname = \"scale-{i}\"\npath = \"/scale/{i}/chat\"\ningress = \"haptik\"\n\
+             backend = \"scale-bot-{}\"\n",
+            i % backends
+        ));
+    }
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_of_its_own_costs_under_five_kilobytes() {
+    const ROUTES: u64 = 8_000;
+    let resident = |own| async move {
+        let proxy = SpawnedProxy::start(&config_with_routes(ROUTES as usize, own));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss_kib(proxy.pid())
+    };
+    let shared = resident(false).await;
+    let own = resident(true).await;
+    // Each backend held its URL three times over (its settings, its pool's URL list, its member),
+    // a copy of its pool settings, an idle breaker window, an empty balancer and a series that could
+    // never count: 6,190 bytes a backend in a debug build, 3,950 without them. The line is between.
+    let per_backend = own.saturating_sub(shared) * 1024 / ROUTES;
+    assert!(
+        per_backend < 5_000,
+        "{per_backend} bytes a backend: {shared} KiB with {ROUTES} routes sharing one, {own} KiB with a backend each"
+    );
 }

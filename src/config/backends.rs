@@ -93,7 +93,8 @@ pub struct Backend {
     pub bot: Arc<dyn Bot>,
     /// One per URL, in the order written.
     pub urls: Vec<BackendUrl>,
-    pub pool: PoolSettings,
+    /// Shared with the backend's pool (which would otherwise hold a copy of its own).
+    pub pool: Arc<PoolSettings>,
     /// `max_in_flight`: the cap on requests at the bot at once (`limits::in_flight`).
     pub max_in_flight: Option<u32>,
     /// For a bot with a token source: its token endpoint (a name in it is resolved at each fetch).
@@ -183,7 +184,7 @@ fn backend(key: &str, b: RawBackend) -> Result<Backend, ConfigError> {
         name: b.name,
         bot: Arc::from(bot),
         urls,
-        pool,
+        pool: Arc::new(pool),
         max_in_flight: b.max_in_flight,
         token_endpoint,
     })

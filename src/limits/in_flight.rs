@@ -45,8 +45,10 @@ impl BackendSlots {
         let mut by_name = HashMap::new();
         let by_index = (backends.iter())
             .map(|b| {
-                let refusals = metrics.in_flight_refusals.with_label_values(&[&b.name]);
+                // A backend without the cap has no series: it could never count (and made one for
+                // each backend cost about 0.4 KB).
                 let max = b.max_in_flight?;
+                let refusals = metrics.in_flight_refusals.with_label_values(&[&b.name]);
                 let slots = previous
                     .and_then(|p| p.by_name.get(&b.name).cloned())
                     .unwrap_or_else(|| {

@@ -39,8 +39,9 @@ enum Phase {
 
 struct State {
     phase: Phase,
-    /// (bucket number, requests, failures).
-    window: [(u64, u64, u64); BUCKETS],
+    /// (bucket number, requests, failures): made at the first count, so a backend without an
+    /// error rate (the default) does not hold 240 bytes it never uses.
+    window: Option<Box<[(u64, u64, u64); BUCKETS]>>,
 }
 
 /// Leave to send one request.
@@ -57,7 +58,7 @@ impl Breaker {
             tripped: AtomicBool::new(false),
             state: Mutex::new(State {
                 phase: Phase::Closed,
-                window: [(0, 0, 0); BUCKETS],
+                window: None,
             }),
             backend: backend.into(),
         }
@@ -138,7 +139,7 @@ impl Breaker {
 
     fn close(&self, st: &mut State) {
         st.phase = Phase::Closed;
-        st.window = [(0, 0, 0); BUCKETS];
+        st.window = None;
         self.tripped.store(false, Ordering::Relaxed);
         self.moved("closed", false);
     }
@@ -148,13 +149,16 @@ impl Breaker {
         let Some(rate) = s.error_rate else { return };
         let width = (s.window.as_millis() as u64 / BUCKETS as u64).max(1);
         let bucket = now_ms / width;
-        let slot = &mut st.window[(bucket % BUCKETS as u64) as usize];
+        let window = st
+            .window
+            .get_or_insert_with(|| Box::new([(0, 0, 0); BUCKETS]));
+        let slot = &mut window[(bucket % BUCKETS as u64) as usize];
         if slot.0 != bucket {
             *slot = (bucket, 0, 0);
         }
         slot.1 += 1;
         slot.2 += u64::from(failed);
-        let recent = st.window.iter().filter(|b| b.0 + BUCKETS as u64 > bucket);
+        let recent = window.iter().filter(|b| b.0 + BUCKETS as u64 > bucket);
         let (total, failures) = recent.fold((0, 0), |(t, f), b| (t + b.1, f + b.2));
         if total >= s.min_requests && failures as f64 >= rate * total as f64 {
             self.open(st, now_ms, s);

@@ -20,8 +20,6 @@ pub struct Member {
     pub peer: BackendPeer,
     /// Which of the backend's URLs this address came from.
     pub url: usize,
-    /// pingora-load-balancing's identity of the address (for its health and selection).
-    pub lb: LbBackend,
     /// The active check of its URL, when the backend has `[backends.health]`.
     pub check: Option<Arc<UrlCheck>>,
     pub state: Arc<EndpointState>,
@@ -42,11 +40,6 @@ impl Member {
         let endpoint = template.at(addr);
         Member {
             peer: peer_for(&endpoint),
-            lb: LbBackend {
-                addr: pingora::protocols::l4::socket::SocketAddr::Inet(addr),
-                weight: 1,
-                ext: Default::default(),
-            },
             endpoint,
             url,
             check,
@@ -58,6 +51,16 @@ impl Member {
     /// The address.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.addr
+    }
+
+    /// pingora-load-balancing's identity of the address (for its health and selection), made when
+    /// asked: only a pool with a balancer asks, and keeping one in every member cost 136 bytes.
+    pub fn lb(&self) -> LbBackend {
+        LbBackend {
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(self.addr()),
+            weight: 1,
+            ext: Default::default(),
+        }
     }
 
     /// Counts a request in flight on this endpoint until the guard is dropped.

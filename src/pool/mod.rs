@@ -217,7 +217,7 @@ impl Active {
 /// One backend's endpoints.
 pub struct Pool {
     pub name: String,
-    settings: PoolSettings,
+    settings: Arc<PoolSettings>,
     /// One per URL, at its first address.
     urls: Vec<Endpoint>,
     /// The active check of each URL, with `[backends.health]`.

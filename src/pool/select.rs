@@ -39,7 +39,8 @@ pub struct Selector {
     balance: Balance,
     /// The active health (shared across reloads), with `[backends.health]`.
     registry: Option<Arc<HealthRegistry>>,
-    balancer: OnceLock<Balancer>,
+    /// Boxed: about 190 bytes that a pool without a balancer would hold empty.
+    balancer: OnceLock<Box<Balancer>>,
     /// The endpoints, for `least_requests`, reports and a pool without a balancer (the same
     /// `Member`s the balancer holds).
     members: ArcSwap<Vec<Arc<Member>>>,
@@ -94,7 +95,7 @@ impl Balancer {
     fn update(&self, members: &[Arc<Member>]) {
         let set: BTreeSet<LbBackend> = (members.iter())
             .map(|m| {
-                let mut b = m.lb.clone();
+                let mut b = m.lb();
                 b.ext.insert(m.clone());
                 b
             })
@@ -112,7 +113,7 @@ impl Balancer {
     fn read_health(&self, members: &[Arc<Member>]) {
         for m in members {
             m.healthy
-                .store(self.backends().ready(&m.lb), Ordering::Relaxed);
+                .store(self.backends().ready(&m.lb()), Ordering::Relaxed);
         }
     }
 
@@ -148,7 +149,7 @@ impl Selector {
                 made = true;
                 let b = Balancer::new(self.balance, self.registry.as_ref());
                 b.update(&members);
-                b
+                Box::new(b)
             })),
             None => None,
         };

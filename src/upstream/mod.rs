@@ -31,7 +31,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, EndpointUrl};
 
 pub use error::{TransportError, TransportKind};
 pub use exchange::{nothing_sent, Upstream};
