@@ -202,7 +202,11 @@ async fn a_backend_of_its_own_costs_under_five_kilobytes() {
     // Each backend held its URL three times over (its settings, its pool's URL list, its member),
     // a copy of its pool settings, an idle breaker window, an empty balancer and a series that could
     // never count: 6,190 bytes a backend in a debug build, 3,950 without them. The line is between.
-    let per_backend = own.saturating_sub(shared) * 1024 / ROUTES;
+    assert!(
+        own > shared,
+        "{own} KiB with a backend each, {shared} KiB sharing one"
+    );
+    let per_backend = (own - shared) * 1024 / ROUTES;
     assert!(
         per_backend < 5_000,
         "{per_backend} bytes a backend: {shared} KiB with {ROUTES} routes sharing one, {own} KiB with a backend each"

@@ -45,8 +45,8 @@ impl BackendSlots {
         let mut by_name = HashMap::new();
         let by_index = (backends.iter())
             .map(|b| {
-                // A backend without the cap has no series: it could never count (and made one for
-                // each backend cost about 0.4 KB).
+                // A backend without the cap has no series: it could never count, and making one
+                // for every backend cost about 0.4 KB each.
                 let max = b.max_in_flight?;
                 let refusals = metrics.in_flight_refusals.with_label_values(&[&b.name]);
                 let slots = previous
